@@ -1,0 +1,15 @@
+"""nbnet: a small, fast, readable neural-network framework with Numba kernels."""
+
+from . import datasets
+from .data import batches
+from .layers import Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
+from .losses import CrossEntropy, MSELoss, SoftmaxCrossEntropy
+from .model import Sequential, load
+from .optim import SGD, Adam, AdamW
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam", "AdamW", "CrossEntropy", "Linear", "MSELoss", "Parameter", "ReLU", "SGD", "Sequential",
+    "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "batches", "datasets", "load",
+]

@@ -1,0 +1,329 @@
+"""CPU kernels: one `<layer>_forward` / `<layer>_backward` pair per layer, compiled with Numba.
+
+Conventions (the same in nbnet/gpu.py):
+- Batch in rows: inp is (k, n), weight is (m, n), out is (k, m); out = inp @ weight.T + bias.
+- Outputs first, then inputs; gradients are named d<name>. Parameter gradients accumulate (+=),
+  input gradients are overwritten.
+- Every kernel is generic over float32/float64. Constants are made with `x.dtype.type(c)` so that a
+  float32 kernel never computes in float64 (tests/test_dtypes.py greps the LLVM IR for `double`).
+- Each output element has exactly one owner: prange runs over an output index, and every sum is a
+  serial loop in a fixed order. So the result is bitwise the same whatever NUMBA_NUM_THREADS is.
+- Losses take the mean over the batch here, once; Linear's backward never divides by k again.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+# cache=True: a second process loads the compiled kernels from __pycache__ instead of compiling.
+jit = njit(cache=True)
+pjit = njit(parallel=True, cache=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear
+
+
+@pjit
+def linear_forward(out, inp, weight, bias):
+    """y_ij = Σ_l x_il w_jl + b_j
+
+    out (k, m), inp (k, n), weight (m, n), bias (m,). Parallel over rows i.
+    """
+    k, n = inp.shape
+    m = weight.shape[0]
+    for i in prange(k):
+        for j in range(m):
+            acc = bias[j]
+            for l in range(n):
+                acc += inp[i, l] * weight[j, l]
+            out[i, j] = acc
+
+
+@pjit
+def linear_backward_params(dweight, dbias, dout, inp):
+    """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
+
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n). Parallel over output rows j, so each
+    dw_jl has one owner and its sum over i runs in a fixed order.
+    """
+    k, n = inp.shape
+    m = dout.shape[1]
+    for j in prange(m):
+        db = dbias.dtype.type(0)
+        for i in range(k):
+            g = dout[i, j]
+            db += g
+            for l in range(n):
+                dweight[j, l] += g * inp[i, l]
+        dbias[j] += db
+
+
+@pjit
+def linear_backward_input(dinp, dout, weight):
+    """dx_il = Σ_j g_ij w_jl
+
+    dinp (k, n), dout (k, m), weight (m, n). Parallel over rows i.
+    """
+    k, m = dout.shape
+    n = weight.shape[1]
+    for i in prange(k):
+        for l in range(n):
+            dinp[i, l] = 0
+        for j in range(m):
+            g = dout[i, j]
+            for l in range(n):
+                dinp[i, l] += g * weight[j, l]
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations. All are (k, n) -> (k, n), parallel over rows.
+
+
+@pjit
+def relu_forward(out, inp):
+    """y_ij = max(0, x_ij)"""
+    zero = inp.dtype.type(0)
+    for i in prange(inp.shape[0]):
+        for j in range(inp.shape[1]):
+            x = inp[i, j]
+            out[i, j] = x if x > zero else zero
+
+
+@pjit
+def relu_backward(dinp, dout, inp):
+    """dx_ij = g_ij if x_ij >= 0 else 0
+
+    ReLU'(0) = 1 is the design notes' convention; PyTorch takes ReLU'(0) = 0. The two differ only
+    when an input is exactly 0.
+    """
+    zero = inp.dtype.type(0)
+    for i in prange(inp.shape[0]):
+        for j in range(inp.shape[1]):
+            dinp[i, j] = dout[i, j] if inp[i, j] >= zero else zero
+
+
+@pjit
+def sigmoid_forward(out, inp):
+    """y_ij = 1 / (1 + e^(-x_ij))   (e^(-x) = inf for very negative x gives exactly 0, no NaN)"""
+    one = inp.dtype.type(1)
+    for i in prange(inp.shape[0]):
+        for j in range(inp.shape[1]):
+            out[i, j] = one / (one + np.exp(-inp[i, j]))
+
+
+@pjit
+def sigmoid_backward(dinp, dout, out):
+    """dx_ij = g_ij y_ij (1 - y_ij), from the forward's output y"""
+    one = out.dtype.type(1)
+    for i in prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            y = out[i, j]
+            dinp[i, j] = dout[i, j] * y * (one - y)
+
+
+@pjit
+def tanh_forward(out, inp):
+    """y_ij = tanh(x_ij)"""
+    for i in prange(inp.shape[0]):
+        for j in range(inp.shape[1]):
+            out[i, j] = np.tanh(inp[i, j])
+
+
+@pjit
+def tanh_backward(dinp, dout, out):
+    """dx_ij = g_ij (1 - y_ij²), from the forward's output y"""
+    one = out.dtype.type(1)
+    for i in prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            y = out[i, j]
+            dinp[i, j] = dout[i, j] * (one - y * y)
+
+
+@pjit
+def softmax_forward(out, inp):
+    """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)
+
+    Subtracting the row maximum keeps every exponent ≤ 0: finite for logits of any size.
+    """
+    k, n = inp.shape
+    for i in prange(k):
+        mx = inp[i, 0]
+        for j in range(1, n):
+            mx = max(mx, inp[i, j])
+        s = inp.dtype.type(0)
+        for j in range(n):
+            e = np.exp(inp[i, j] - mx)
+            out[i, j] = e
+            s += e
+        inv = inp.dtype.type(1) / s
+        for j in range(n):
+            out[i, j] *= inv
+
+
+@pjit
+def softmax_backward(dinp, dout, out):
+    """dx_ij = y_ij (g_ij - Σ_k g_ik y_ik), the Jacobian-vector product of softmax"""
+    k, n = out.shape
+    for i in prange(k):
+        gy = out.dtype.type(0)
+        for j in range(n):
+            gy += dout[i, j] * out[i, j]
+        for j in range(n):
+            dinp[i, j] = out[i, j] * (dout[i, j] - gy)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses. Each forward returns the batch mean (the only place 1/k is applied); each backward
+# returns dL/dpred of that mean. The final sum over rows is serial, in row order.
+
+
+@pjit
+def crossentropy_forward(losses, probs, targets):
+    """L = -(1/k) Σ_i log p[i, t_i]
+
+    losses (k,) scratch, probs (k, c), targets (k,) int. Probabilities are clamped below at the
+    dtype's smallest normal number, so p = 0 gives a large finite loss instead of inf.
+    """
+    k = probs.shape[0]
+    tiny = np.finfo(probs.dtype).tiny
+    for i in prange(k):
+        losses[i] = -np.log(max(probs[i, targets[i]], tiny))
+    total = probs.dtype.type(0)
+    for i in range(k):
+        total += losses[i]
+    return total / probs.dtype.type(k)
+
+
+@pjit
+def crossentropy_backward(dprobs, probs, targets):
+    """dp_ij = -1 / (k p_ij) if j = t_i else 0   (same clamp as the forward)"""
+    k, c = probs.shape
+    tiny = np.finfo(probs.dtype).tiny
+    kk = probs.dtype.type(k)
+    for i in prange(k):
+        for j in range(c):
+            dprobs[i, j] = 0
+        dprobs[i, targets[i]] = -probs.dtype.type(1) / (kk * max(probs[i, targets[i]], tiny))
+
+
+@pjit
+def softmax_crossentropy_forward(probs, losses, logits, targets):
+    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i), computed as m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i
+
+    probs (k, c) out: softmax(z), kept for the backward; losses (k,) scratch; logits (k, c) = z;
+    targets (k,) int. With m_i = max_j z_ij every exponent is ≤ 0: finite at logits of ±1000.
+    """
+    k, c = logits.shape
+    for i in prange(k):
+        mx = logits[i, 0]
+        for j in range(1, c):
+            mx = max(mx, logits[i, j])
+        s = logits.dtype.type(0)
+        for j in range(c):
+            e = np.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            s += e
+        inv = logits.dtype.type(1) / s
+        for j in range(c):
+            probs[i, j] *= inv
+        losses[i] = mx + np.log(s) - logits[i, targets[i]]
+    total = logits.dtype.type(0)
+    for i in range(k):
+        total += losses[i]
+    return total / logits.dtype.type(k)
+
+
+@pjit
+def softmax_crossentropy_backward(dlogits, probs, targets):
+    """dz_ij = (p_ij - [j = t_i]) / k"""
+    k, c = probs.shape
+    inv_k = probs.dtype.type(1) / probs.dtype.type(k)
+    for i in prange(k):
+        for j in range(c):
+            dlogits[i, j] = probs[i, j] * inv_k
+        dlogits[i, targets[i]] -= inv_k
+
+
+@pjit
+def mse_forward(pred, target):
+    """L = (1/(k d)) Σ_ij (p_ij - t_ij)²   (PyTorch MSELoss: the mean over every element)
+
+    Serial: a single sum has one owner; the loss is cheap next to the matmuls.
+    """
+    k, d = pred.shape
+    total = pred.dtype.type(0)
+    for i in range(k):
+        for j in range(d):
+            r = pred[i, j] - target[i, j]
+            total += r * r
+    return total / pred.dtype.type(k * d)
+
+
+@pjit
+def mse_backward(dpred, pred, target):
+    """dp_ij = 2 (p_ij - t_ij) / (k d)"""
+    k, d = pred.shape
+    scale = pred.dtype.type(2) / pred.dtype.type(k * d)
+    for i in prange(k):
+        for j in range(d):
+            dpred[i, j] = scale * (pred[i, j] - target[i, j])
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizers: the update rules of torch.optim, element by element over a flat parameter vector.
+# Scalars arrive already cast to the parameter dtype (torch casts Python scalars the same way).
+
+
+@pjit
+def sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
+    """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD, dampening 0)
+
+    With momentum = 0, b is unused and θ -= lr g. On the first step b = 0, so b = g, as in torch.
+    """
+    zero = param.dtype.type(0)
+    for p in prange(param.shape[0]):
+        g = grad[p]
+        if weight_decay != zero:
+            g += weight_decay * param[p]
+        if momentum != zero:
+            b = momentum * buf[p] + g
+            buf[p] = b
+            if nesterov:
+                g = g + momentum * b
+            else:
+                g = b
+        param[p] -= lr * g
+
+
+@pjit
+def adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt):
+    """torch.optim.Adam and AdamW, one step t; the caller precomputes the scalars:
+
+    Adam:  g = ∇ + l2 θ        (l2 = weight_decay, decay = 1)
+    AdamW: θ *= decay;  g = ∇   (l2 = 0, decay = 1 - lr weight_decay)
+    m = β1 m + (1-β1) g   (as torch's lerp: m + (1-β1)(g - m));   v = β2 v + (1-β2) g²
+    θ -= step_size m / (√v / bc2_sqrt + ε),   step_size = lr / (1-β1^t),   bc2_sqrt = √(1-β2^t)
+    """
+    one = param.dtype.type(1)
+    zero = param.dtype.type(0)
+    for p in prange(param.shape[0]):
+        g = grad[p]
+        if l2 != zero:
+            g += l2 * param[p]
+        if decay != one:
+            param[p] *= decay
+        mp = m[p] + (one - beta1) * (g - m[p])
+        vp = beta2 * v[p] + (one - beta2) * g * g
+        m[p] = mp
+        v[p] = vp
+        param[p] -= step_size * mp / (np.sqrt(vp) / bc2_sqrt + eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Array helpers that nbnet/gpu.py mirrors for device arrays.
+
+empty = np.empty
+
+
+def fill(arr, value):
+    arr.fill(value)

@@ -1,0 +1,249 @@
+"""Layers: plain dataclasses holding parameters, gradients and the forward cache.
+
+Each layer's forward/backward checks its input once, then calls one kernel from nbnet.cpu (NumPy
+arrays) or nbnet.gpu (CUDA device arrays) with the same name and arguments: the array's location
+picks the kernel, nothing else changes.
+
+Buffers: a layer owns its output and input-gradient arrays and reuses them while the batch size
+stays the same, so a training step allocates nothing. The array `forward` returns is therefore
+overwritten by the next `forward` of the same layer: copy it if you need to keep it.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import cpu
+
+
+def kernels(arr):
+    """The kernel module for where `arr` lives: nbnet.cpu for NumPy arrays, else nbnet.gpu."""
+    if isinstance(arr, np.ndarray):
+        return cpu
+    from . import gpu  # noqa: PLC0415 - optional, needs numba-cuda
+
+    return gpu
+
+
+def empty_like_shape(like, shape, dtype):
+    """An uninitialised array of `shape` on the same device as `like`."""
+    if isinstance(like, np.ndarray):
+        return np.empty(shape, dtype)
+    from . import gpu  # noqa: PLC0415
+
+    return gpu.empty(shape, dtype)
+
+
+@dataclass(eq=False)
+class Parameter:
+    """A handle on one parameter of a layer: `.data` and `.grad` are that layer's arrays, looked up
+    on each access, so the handle stays valid when the layer's arrays are replaced (e.g. moved to
+    the GPU) or assigned."""
+
+    layer: Any
+    name: str
+
+    @property
+    def data(self):
+        return getattr(self.layer, self.name)
+
+    @property
+    def grad(self):
+        return getattr(self.layer, "grad_" + self.name)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+
+class Layer:
+    """What every layer shares: no parameters by default, a reusable buffer, and input checks."""
+
+    def parameters(self):
+        return []
+
+    def zero_grad(self):
+        for p in self.parameters():
+            kernels(p.grad).fill(p.grad, 0)
+
+    def config(self):
+        """The constructor arguments that rebuild this layer (saved in checkpoints)."""
+        return {}
+
+    def _buffer(self, name, like, shape, dtype):
+        """self.<name>, reallocated only when the shape, dtype or device changes."""
+        buf = getattr(self, name, None)
+        if (
+            buf is None
+            or buf.shape != shape
+            or buf.dtype != dtype
+            or isinstance(buf, np.ndarray) != isinstance(like, np.ndarray)
+        ):
+            buf = empty_like_shape(like, shape, dtype)
+            setattr(self, name, buf)
+        return buf
+
+    def _check_input(self, x, width=None, dtype=None):
+        name = self.describe()
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise ValueError(f"{name}: expected an array, got {type(x).__name__}")
+        if x.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+        if dtype is not None and x.dtype != dtype:
+            raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+        if x.ndim != 2 or (width is not None and x.shape[1] != width):
+            expected = f"(N, {width})" if width is not None else "(N, D)"
+            raise ValueError(f"{name}: expected input of shape {expected}, got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: got an empty batch of shape {tuple(x.shape)}")
+        if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return x
+
+    def _check_grad(self, dout, out):
+        name = self.describe()
+        if out is None:
+            raise ValueError(f"{name}: backward called before forward")
+        if tuple(dout.shape) != tuple(out.shape):
+            raise ValueError(
+                f"{name}: expected gradient of shape {tuple(out.shape)}, got {tuple(dout.shape)}"
+            )
+        if dout.dtype != out.dtype:
+            raise ValueError(f"{name}: expected gradient dtype {out.dtype}, got {dout.dtype}")
+        if isinstance(dout, np.ndarray) and not dout.flags.c_contiguous:
+            dout = np.ascontiguousarray(dout)
+        return dout
+
+    def describe(self):
+        return type(self).__name__ + "()"
+
+
+def _he_uniform(rng, out_features, in_features, dtype):
+    """He (Kaiming) uniform: U(-√(6/fan_in), √(6/fan_in)), keeps ReLU activations' variance."""
+    bound = np.sqrt(6.0 / in_features)
+    return rng.uniform(-bound, bound, size=(out_features, in_features)).astype(dtype)
+
+
+@dataclass(eq=False)
+class Linear(Layer):
+    """Y = X Wᵀ + b:  y_ij = Σ_l x_il w_jl + b_j.   X (N, in), W (out, in), b (out,).
+
+    Backward with G = dL/dY:  dW += Gᵀ X,  db += Σ_i G_i,  dX = G W.
+    Weights He-uniform from `seed`, bias zero.
+    """
+
+    in_features: int
+    out_features: int
+    dtype: Any = field(default=np.float32, kw_only=True)
+    seed: Any = field(default=None, kw_only=True, repr=False)
+    weight: Any = field(init=False, repr=False)
+    bias: Any = field(init=False, repr=False)
+    grad_weight: Any = field(init=False, repr=False)
+    grad_bias: Any = field(init=False, repr=False)
+    inp: Any = field(init=False, default=None, repr=False)  # forward cache: X
+    out: Any = field(init=False, default=None, repr=False)
+    dinp: Any = field(init=False, default=None, repr=False)
+
+    def __post_init__(self):
+        for name in ("in_features", "out_features"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
+        self.in_features, self.out_features = int(self.in_features), int(self.out_features)
+        self.dtype = np.dtype(self.dtype).type
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"Linear: dtype must be float32 or float64, got {np.dtype(self.dtype)}")
+        rng = np.random.default_rng(self.seed)
+        self.weight = _he_uniform(rng, self.out_features, self.in_features, self.dtype)
+        self.bias = np.zeros(self.out_features, self.dtype)
+        self.grad_weight = np.zeros_like(self.weight)
+        self.grad_bias = np.zeros_like(self.bias)
+
+    def describe(self):
+        return f"Linear({self.in_features}, {self.out_features})"
+
+    def config(self):
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "dtype": np.dtype(self.dtype).name,
+        }
+
+    def parameters(self):
+        return [Parameter(self, "weight"), Parameter(self, "bias")]
+
+    def forward(self, x):
+        x = self._check_input(x, self.in_features, self.dtype)
+        self.inp = x
+        out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
+        kernels(x).linear_forward(out, x, self.weight, self.bias)
+        return out
+
+    def backward(self, dout, need_input_grad=True):
+        dout = self._check_grad(dout, self.out)
+        k = kernels(dout)
+        k.linear_backward_params(self.grad_weight, self.grad_bias, dout, self.inp)
+        if not need_input_grad:
+            return None
+        dinp = self._buffer("dinp", dout, self.inp.shape, dout.dtype)
+        k.linear_backward_input(dinp, dout, self.weight)
+        return dinp
+
+
+@dataclass(eq=False)
+class _Activation(Layer):
+    """An element-wise layer: y = f(x), dx = g ⊙ f'(x). Subclasses name their two kernels and
+    whether the backward reads the forward's input (ReLU) or its output (Sigmoid, Tanh, Softmax)."""
+
+    inp: Any = field(init=False, default=None, repr=False)
+    out: Any = field(init=False, default=None, repr=False)
+    dinp: Any = field(init=False, default=None, repr=False)
+    backward_uses_input = False
+
+    def forward(self, x):
+        x = self._check_input(x)
+        self.inp = x
+        out = self._buffer("out", x, x.shape, x.dtype)
+        getattr(kernels(x), self.kernel + "_forward")(out, x)
+        return out
+
+    def backward(self, dout, need_input_grad=True):
+        dout = self._check_grad(dout, self.out)
+        dinp = self._buffer("dinp", dout, dout.shape, dout.dtype)
+        saved = self.inp if self.backward_uses_input else self.out
+        getattr(kernels(dout), self.kernel + "_backward")(dinp, dout, saved)
+        return dinp
+
+
+@dataclass(eq=False)
+class ReLU(_Activation):
+    """y = max(0, x); dx = g where x ≥ 0, else 0 (ReLU'(0) = 1, the notes' convention; PyTorch
+    uses 0 there)."""
+
+    kernel = "relu"
+    backward_uses_input = True
+
+
+@dataclass(eq=False)
+class Sigmoid(_Activation):
+    """y = 1 / (1 + e^-x); dx = g y (1 - y)."""
+
+    kernel = "sigmoid"
+
+
+@dataclass(eq=False)
+class Tanh(_Activation):
+    """y = tanh(x); dx = g (1 - y²)."""
+
+    kernel = "tanh"
+
+
+@dataclass(eq=False)
+class Softmax(_Activation):
+    """Row-wise y_ij = e^(x_ij) / Σ_k e^(x_ik) (max-subtracted); dx_ij = y_ij (g_ij − Σ_k g_ik y_ik)."""
+
+    kernel = "softmax"
+
+
+LAYERS = {cls.__name__: cls for cls in (Linear, ReLU, Sigmoid, Tanh, Softmax)}

@@ -1,0 +1,111 @@
+"""Losses: `forward(pred, target) -> float` (the batch mean), then `backward() -> dL/dpred`.
+
+The mean's 1/N is applied here and only here; layers' backwards never divide by the batch size.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .layers import Layer, kernels
+
+
+def check_labels(who, targets, n, classes):
+    """Labels must be a 1-D integer array of length n with values in [0, classes)."""
+    if not hasattr(targets, "dtype") or not np.issubdtype(targets.dtype, np.integer):
+        got = getattr(targets, "dtype", type(targets).__name__)
+        raise ValueError(f"{who}: labels must be an integer array, got {got}")
+    if targets.ndim != 1 or targets.shape[0] != n:
+        raise ValueError(f"{who}: expected labels of shape ({n},), got {tuple(targets.shape)}")
+    if isinstance(targets, np.ndarray):  # device labels are checked once, when copied over
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{who}: label {bad} is out of range [0, {classes})")
+        if not targets.flags.c_contiguous:
+            targets = np.ascontiguousarray(targets)
+    return targets
+
+
+@dataclass(eq=False)
+class _ClassificationLoss(Layer):
+    """Shared state of the two cross-entropies: the saved probabilities and labels."""
+
+    probs: Any = field(init=False, default=None, repr=False)
+    targets: Any = field(init=False, default=None, repr=False)
+    losses: Any = field(init=False, default=None, repr=False)  # per-row scratch
+    dinp: Any = field(init=False, default=None, repr=False)
+
+    def _check_pair(self, pred, targets):
+        pred = self._check_input(pred)
+        return pred, check_labels(self.describe(), targets, pred.shape[0], pred.shape[1])
+
+    def _backward_check(self):
+        if self.probs is None:
+            raise ValueError(f"{self.describe()}: backward called before forward")
+        return self._buffer("dinp", self.probs, self.probs.shape, self.probs.dtype)
+
+
+@dataclass(eq=False)
+class CrossEntropy(_ClassificationLoss):
+    """On probabilities p (N, C) and labels t (N,):  L = −(1/N) Σ_i log p[i, t_i].
+    Backward: dp_ij = −1/(N p_ij) at j = t_i, else 0. Pair it with a Softmax layer, or better use
+    SoftmaxCrossEntropy on the logits (stable, and its gradient is simply (p − onehot)/N)."""
+
+    def forward(self, probs, targets):
+        probs, targets = self._check_pair(probs, targets)
+        self.probs, self.targets = probs, targets
+        losses = self._buffer("losses", probs, (probs.shape[0],), probs.dtype)
+        return float(kernels(probs).crossentropy_forward(losses, probs, targets))
+
+    def backward(self):
+        dprobs = self._backward_check()
+        kernels(dprobs).crossentropy_backward(dprobs, self.probs, self.targets)
+        return dprobs
+
+
+@dataclass(eq=False)
+class SoftmaxCrossEntropy(_ClassificationLoss):
+    """On logits z (N, C) and labels t (N,), fused:  L = (1/N) Σ_i (logsumexp(z_i) − z_i,t_i),
+    the same as PyTorch's CrossEntropyLoss(). Backward: dz = (softmax(z) − onehot(t)) / N.
+    Finite for logits of any size (the row maximum is subtracted before exponentiating)."""
+
+    def forward(self, logits, targets):
+        logits, targets = self._check_pair(logits, targets)
+        probs = self._buffer("probs_buf", logits, logits.shape, logits.dtype)
+        losses = self._buffer("losses", logits, (logits.shape[0],), logits.dtype)
+        self.probs, self.targets = probs, targets
+        return float(kernels(logits).softmax_crossentropy_forward(probs, losses, logits, targets))
+
+    def backward(self):
+        dlogits = self._backward_check()
+        kernels(dlogits).softmax_crossentropy_backward(dlogits, self.probs, self.targets)
+        return dlogits
+
+
+@dataclass(eq=False)
+class MSELoss(Layer):
+    """On predictions p (N, D) and targets t (N, D):  L = (1/(N D)) Σ_ij (p_ij − t_ij)², the same as
+    PyTorch's MSELoss(). Backward: dp = 2 (p − t) / (N D)."""
+
+    pred: Any = field(init=False, default=None, repr=False)
+    target: Any = field(init=False, default=None, repr=False)
+    dinp: Any = field(init=False, default=None, repr=False)
+
+    def forward(self, pred, target):
+        pred = self._check_input(pred)
+        target = self._check_input(target, pred.shape[1], pred.dtype)
+        if target.shape != pred.shape:
+            raise ValueError(
+                f"MSELoss(): expected targets of shape {tuple(pred.shape)}, got {tuple(target.shape)}"
+            )
+        self.pred, self.target = pred, target
+        return float(kernels(pred).mse_forward(pred, target))
+
+    def backward(self):
+        if self.pred is None:
+            raise ValueError("MSELoss(): backward called before forward")
+        dpred = self._buffer("dinp", self.pred, self.pred.shape, self.pred.dtype)
+        kernels(dpred).mse_backward(dpred, self.pred, self.target)
+        return dpred

@@ -1,0 +1,167 @@
+"""Optimizers with the update rules of torch.optim's classes of the same name, step for step.
+
+Each `step()` calls one kernel per parameter (nbnet.cpu.sgd_step / adam_step, or their nbnet.gpu
+twins) on flat views. Hyper-parameters are Python floats; like torch, the kernels get them cast to
+the parameter dtype. `lr` is a plain attribute, so a schedule sets `opt.lr` before each step.
+"""
+
+import math
+
+import numpy as np
+
+from .layers import empty_like_shape, kernels
+
+
+def _flat(arr):
+    return arr.reshape(arr.size)
+
+
+def _check_nonneg(cls, **values):
+    for name, v in values.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{cls}: {name} must be a finite number ≥ 0, got {v!r}")
+
+
+class Optimizer:
+    """Holds the parameter handles and, per parameter, named state arrays (flat)."""
+
+    state_names = ()
+    hyper_names = ()
+
+    def __init__(self, params):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
+        self.step_count = 0
+        self.state = [{name: None for name in self.state_names} for _ in self.params]
+
+    def zero_grad(self):
+        for p in self.params:
+            kernels(p.grad).fill(p.grad, 0)
+
+    def _state(self, i, p):
+        """Parameter i's state arrays, created as zeros (torch's start) on the parameter's device,
+        and moved there if the model was moved since."""
+        st = self.state[i]
+        for name, arr in st.items():
+            if arr is None:
+                arr = empty_like_shape(p.data, (p.data.size,), p.data.dtype)
+                kernels(arr).fill(arr, 0)
+                st[name] = arr
+            elif isinstance(arr, np.ndarray) != isinstance(p.data, np.ndarray):
+                from .gpu import to_device_like  # noqa: PLC0415
+
+                st[name] = to_device_like(arr, p.data)
+        return st
+
+    def state_dict(self):
+        """{"type", hyper-parameters, "step_count", "state": {"<name>.<i>": host array}}."""
+        state = {}
+        for i, st in enumerate(self.state):
+            for name, arr in st.items():
+                if arr is not None:
+                    state[f"{name}.{i}"] = arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
+        hyper = {name: getattr(self, name) for name in self.hyper_names}
+        return {"type": type(self).__name__, **hyper, "step_count": self.step_count, "state": state}
+
+    def load_state_dict(self, sd):
+        who = type(self).__name__
+        if sd.get("type", who) != who:
+            raise ValueError(f"{who}: cannot load the state of a {sd['type']} optimizer")
+        new_state = [{name: None for name in self.state_names} for _ in self.params]
+        for key, arr in sd.get("state", {}).items():
+            name, _, idx = key.rpartition(".")
+            if name not in self.state_names or not idx.isdigit() or int(idx) >= len(self.params):
+                raise ValueError(f"{who}: unexpected optimizer state entry {key!r}")
+            p = self.params[int(idx)]
+            arr = np.asarray(arr)
+            if arr.shape != (p.data.size,) or arr.dtype != p.data.dtype:
+                raise ValueError(
+                    f"{who}: state {key!r} has shape {arr.shape} {arr.dtype}, "
+                    f"expected ({p.data.size},) {p.data.dtype}"
+                )
+            new_state[int(idx)][name] = arr.copy()
+        for name in self.hyper_names:
+            if name in sd:
+                value = sd[name]
+                setattr(self, name, tuple(value) if isinstance(value, (list, tuple)) else value)
+        self.step_count = int(sd.get("step_count", 0))
+        self.state = new_state
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD (dampening 0):
+        g = ∇θ + λθ;   b = μ b + g (b = g on the first step);   θ ← θ − lr (nesterov ? g + μ b : b)
+    """
+
+    hyper_names = ("lr", "momentum", "weight_decay", "nesterov")
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        _check_nonneg("SGD", lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD: nesterov momentum requires momentum > 0")
+        self.state_names = ("momentum_buffer",) if momentum > 0 else ()
+        super().__init__(params)
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.nesterov = bool(nesterov)
+
+    def step(self):
+        self.step_count += 1
+        for i, p in enumerate(self.params):
+            dt = p.data.dtype.type
+            st = self._state(i, p)
+            buf = st["momentum_buffer"] if self.momentum > 0 else _flat(p.data)  # unused then
+            kernels(p.data).sgd_step(
+                _flat(p.data), _flat(p.grad), buf,
+                dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov,
+            )
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (L2 weight decay added to the gradient):
+        g = ∇θ + λθ;  m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²
+        θ ← θ − lr/(1−β1^t) · m / (√v / √(1−β2^t) + ε)
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    hyper_names = ("lr", "betas", "eps", "weight_decay")
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        name = type(self).__name__
+        _check_nonneg(name, lr=lr, eps=eps, weight_decay=weight_decay)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"{name}: betas must be two numbers in [0, 1), got {betas!r}")
+        super().__init__(params)
+        self.lr, self.eps, self.weight_decay = float(lr), float(eps), float(weight_decay)
+        self.betas = (float(betas[0]), float(betas[1]))
+
+    def step(self):
+        self.step_count += 1
+        t = self.step_count
+        beta1, beta2 = self.betas
+        # Scalars in Python doubles, as torch computes them, then cast to the parameter dtype.
+        step_size = self.lr / (1 - beta1**t)
+        bc2_sqrt = math.sqrt(1 - beta2**t)
+        l2 = 0.0 if self.decoupled else self.weight_decay
+        decay = 1 - self.lr * self.weight_decay if self.decoupled else 1.0
+        for i, p in enumerate(self.params):
+            dt = p.data.dtype.type
+            st = self._state(i, p)
+            kernels(p.data).adam_step(
+                _flat(p.data), _flat(p.grad), st["exp_avg"], st["exp_avg_sq"],
+                dt(beta1), dt(beta2), dt(self.eps), dt(l2), dt(decay), dt(step_size), dt(bc2_sqrt),
+            )
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: decoupled weight decay θ ← θ (1 − lr λ) before the Adam step (which then
+    uses the plain gradient)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

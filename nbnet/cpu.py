@@ -244,11 +244,11 @@ def softmax_crossentropy_backward(dlogits, probs, targets):
         dlogits[i, targets[i]] -= inv_k
 
 
-@pjit
+@jit
 def mse_forward(pred, target):
     """L = (1/(k d)) Σ_ij (p_ij - t_ij)²   (PyTorch MSELoss: the mean over every element)
 
-    Serial: a single sum has one owner; the loss is cheap next to the matmuls.
+    Plain @njit, not parallel: the single sum has one owner, and the loss is cheap next to the matmuls.
     """
     k, d = pred.shape
     total = pred.dtype.type(0)

@@ -1,0 +1,46 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central finite differences of the scalar f() with respect to every element of x (in place)."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def rel_err(a, b):
+    """max |a - b| relative to the largest magnitude of either: 0 when equal, ~1 when unrelated."""
+    scale = max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300)
+    return float(np.max(np.abs(a - b)) / scale)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def data_dir(name):
+    """Folder of a real dataset in ../shared/data (or $NBNET_DATA_DIR), or skip the test."""
+    base = Path(os.environ.get("NBNET_DATA_DIR", ROOT.parent / "shared" / "data"))
+    folder = base / name
+    if not (folder / "train-images-idx3-ubyte.gz").exists() and not (
+        folder / "train-images-idx3-ubyte"
+    ).exists():
+        pytest.skip(f"{name} data not found in {base}")
+    return folder

@@ -1,0 +1,124 @@
+"""float32 stays float32 (no silent upcasting, in the outputs or inside the kernels), float64 works,
+and the stable kernels stay finite at extreme inputs."""
+
+import numba
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet import cpu
+
+
+def one_step(dtype, act=nb.ReLU, opt_cls=nb.SGD):
+    rng = np.random.default_rng(0)
+    model = nb.Sequential([nb.Linear(5, 4, dtype=dtype, seed=0), act(), nb.Linear(4, 3, dtype=dtype, seed=1)])
+    opt = opt_cls(model.parameters(), lr=0.01, **({"momentum": 0.9} if opt_cls is nb.SGD else {}))
+    x = rng.normal(size=(6, 5)).astype(dtype)
+    t = rng.integers(0, 3, size=6)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    logits = model.forward(x)
+    loss_fn.forward(logits, t)
+    dx = model.backward(loss_fn.backward())
+    opt.step()
+    return model, logits, dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_and_gradients_keep_the_dtype(dtype):
+    model, logits, dx = one_step(dtype)
+    assert logits.dtype == dtype and dx.dtype == dtype
+    for p in model.parameters():
+        assert p.data.dtype == dtype and p.grad.dtype == dtype
+    for layer in (nb.Sigmoid(), nb.Tanh(), nb.Softmax(), nb.ReLU()):
+        y = layer.forward(np.ones((2, 3), dtype))
+        assert y.dtype == dtype and layer.backward(np.ones((2, 3), dtype)).dtype == dtype
+    for loss, pred, target in (
+        (nb.MSELoss(), np.ones((2, 3), dtype), np.zeros((2, 3), dtype)),
+        (nb.CrossEntropy(), np.full((2, 3), 1 / 3, dtype), np.array([0, 2])),
+    ):
+        assert isinstance(loss.forward(pred, target), float)
+        assert loss.backward().dtype == dtype
+
+
+def exercise_every_kernel_in_float32():
+    for act in (nb.ReLU, nb.Sigmoid, nb.Tanh, nb.Softmax):
+        one_step(np.float32, act=act)
+    for opt_cls in (nb.Adam, nb.AdamW):
+        one_step(np.float32, opt_cls=opt_cls)
+    for loss, pred, target in (
+        (nb.MSELoss(), np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32)),
+        (nb.CrossEntropy(), np.full((2, 3), 1 / 3, np.float32), np.array([0, 2])),
+    ):
+        loss.forward(pred, target)
+        loss.backward()
+
+
+def float32_signatures(dispatcher):
+    def is_f32(t):
+        return getattr(t, "dtype", None) == numba.float32 or t == numba.float32
+
+    return [sig for sig in dispatcher.signatures if any(is_f32(t) for t in sig)]
+
+
+def compiled_body(ir):
+    """The IR lines of the kernel itself (and its parallel parts), without the CPython wrapper,
+    which boxes a returned float32 as a Python float (a double) by necessity."""
+    lines, keep = [], True
+    for line in ir.splitlines():
+        if line.startswith("define"):
+            keep = "7cpython" not in line and "@cfunc." not in line
+        if keep and not line.startswith("declare"):
+            lines.append(line)
+    return lines
+
+
+def test_no_float64_inside_float32_kernels():
+    """A float64 literal or accumulator in a float32 kernel shows up as `double` in its LLVM IR.
+
+    The IR is optimised: where float64 arithmetic provably rounds to the same float32 result (e.g.
+    one division of two widened floats), LLVM removes it, so what this flags is float64 arithmetic
+    that really runs (an accumulator `acc = 0.0` does)."""
+    exercise_every_kernel_in_float32()
+    kernels = {name: obj for name, obj in vars(cpu).items() if isinstance(obj, numba.core.registry.CPUDispatcher)}
+    assert len(kernels) >= 15
+    for name, kernel in kernels.items():
+        sigs = float32_signatures(kernel)
+        assert sigs, f"cpu.{name} was never compiled for float32"
+        # Recompile without the on-disk cache: Numba cannot show the IR of cached code.
+        fresh = numba.njit(**{k: v for k, v in kernel.targetoptions.items() if k != "cache"})(kernel.py_func)
+        for sig in sigs:
+            fresh.compile(sig)
+            body = compiled_body(fresh.inspect_llvm(sig))
+            assert any("float" in line for line in body), f"no IR for cpu.{name}{sig}"
+            bad = [line.strip() for line in body if "double" in line]
+            assert not bad, f"cpu.{name}{sig} computes in float64: {bad[:3]}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_crossentropy_is_finite_at_extreme_logits(dtype):
+    z = np.array([[1000.0, -1000.0, 0.0], [-1000.0, -1000.0, -1000.0], [1000.0, 1000.0, -1000.0]], dtype)
+    t = np.array([1, 0, 0])
+    loss = nb.SoftmaxCrossEntropy()
+    value = loss.forward(z, t)
+    grad = loss.backward()
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    # Row 0: the true class is 2000 below the max: loss 2000. Row 1: uniform, log 3. Row 2: log 2.
+    assert value == pytest.approx((2000 + np.log(3) + np.log(2)) / 3, rel=1e-6)
+    np.testing.assert_allclose(grad.sum(1), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_are_finite_at_extreme_inputs(dtype):
+    x = np.array([[1000.0, -1000.0, 0.0, 88.0, -104.0]], dtype)
+    for layer in (nb.Sigmoid(), nb.Tanh(), nb.Softmax()):
+        y = layer.forward(x)
+        assert np.all(np.isfinite(y)), type(layer).__name__
+        assert np.all(np.isfinite(layer.backward(np.ones_like(x))))
+    np.testing.assert_array_equal(nb.Sigmoid().forward(x)[0, :2], [1.0, 0.0])
+
+
+def test_crossentropy_on_a_zero_probability_is_large_but_finite():
+    loss = nb.CrossEntropy()
+    value = loss.forward(np.array([[0.0, 1.0]], np.float32), np.array([0]))
+    assert np.isfinite(value) and value > 80
+    assert np.all(np.isfinite(loss.backward()))

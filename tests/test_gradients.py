@@ -1,0 +1,209 @@
+"""Every layer and loss against NumPy (forward) and central finite differences in float64 (backward).
+
+Layers are checked through the scalar L = Σ_ij u_ij y_ij with a fixed random u, whose gradient with
+respect to y is u: so backward(u) must equal the numerical dL/dx (and dL/dW, dL/db).
+"""
+
+import numpy as np
+import pytest
+from conftest import numerical_grad, rel_err
+
+import nbnet as nb
+
+TOL = 1e-6
+F64 = np.float64
+
+
+def away_from_zero(rng, shape, margin=0.05):
+    """Inputs with |x| ≥ margin, so a finite difference never straddles ReLU's kink."""
+    x = rng.uniform(margin, 2.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+    return x.astype(F64)
+
+
+def check_layer_input_grad(layer, x, rng):
+    u = rng.normal(size=layer.forward(x).shape)
+    analytic = layer.backward(u).copy()
+    numeric = numerical_grad(lambda: float(np.sum(u * layer.forward(x))), x)
+    assert rel_err(analytic, numeric) < TOL
+
+
+# ---- forward against NumPy ---------------------------------------------------------------------
+
+
+def test_linear_forward_matches_numpy(rng):
+    layer = nb.Linear(7, 5, dtype=F64, seed=0)
+    layer.bias[...] = rng.normal(size=5)
+    x = rng.normal(size=(4, 7))
+    np.testing.assert_allclose(layer.forward(x), x @ layer.weight.T + layer.bias, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "layer, ref",
+    [
+        (nb.ReLU(), lambda x: np.maximum(x, 0)),
+        (nb.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+        (nb.Tanh(), np.tanh),
+        (nb.Softmax(), lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)),
+    ],
+    ids=["relu", "sigmoid", "tanh", "softmax"],
+)
+def test_activation_forward_matches_numpy(layer, ref, rng):
+    x = rng.normal(size=(5, 6)) * 3
+    np.testing.assert_allclose(layer.forward(x), ref(x), rtol=1e-12, atol=1e-15)
+
+
+# ---- backward against finite differences --------------------------------------------------------
+
+
+def test_linear_gradients(rng):
+    layer = nb.Linear(6, 4, dtype=F64, seed=0)
+    layer.bias[...] = rng.normal(size=4)
+    x = rng.normal(size=(5, 6))
+    u = rng.normal(size=(5, 4))
+
+    def loss():
+        return float(np.sum(u * layer.forward(x)))
+
+    layer.forward(x)
+    dx = layer.backward(u).copy()
+    assert rel_err(dx, numerical_grad(loss, x)) < TOL
+    assert rel_err(layer.grad_weight, numerical_grad(loss, layer.weight)) < TOL
+    assert rel_err(layer.grad_bias, numerical_grad(loss, layer.bias)) < TOL
+    # And the closed forms of the notes: dW = Gᵀ X, db = Σ_i G, dX = G W.
+    np.testing.assert_allclose(layer.grad_weight, u.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(layer.grad_bias, u.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(dx, u @ layer.weight, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [nb.ReLU(), nb.Sigmoid(), nb.Tanh()], ids=["relu", "sigmoid", "tanh"])
+def test_elementwise_activation_gradients(layer, rng):
+    check_layer_input_grad(layer, away_from_zero(rng, (4, 7)), rng)
+
+
+def test_softmax_jacobian_vector_product(rng):
+    x = rng.normal(size=(4, 6)) * 2
+    layer = nb.Softmax()
+    check_layer_input_grad(layer, x, rng)
+    # dx_i = y_i (g_i − Σ_k g_k y_k) is J g with the full Jacobian J = diag(y) − y yᵀ.
+    g = rng.normal(size=x.shape)
+    y = layer.forward(x).copy()
+    dx = layer.backward(g)
+    for i in range(x.shape[0]):
+        jac = np.diag(y[i]) - np.outer(y[i], y[i])
+        np.testing.assert_allclose(dx[i], jac @ g[i], rtol=1e-12, atol=1e-15)
+
+
+def test_relu_derivative_at_zero_is_one():
+    layer = nb.ReLU()
+    x = np.array([[-1.0, 0.0, 2.0]])
+    layer.forward(x)
+    np.testing.assert_array_equal(layer.backward(np.ones((1, 3))), [[0.0, 1.0, 1.0]])
+
+
+def test_softmax_crossentropy_value_and_gradient(rng):
+    z = rng.normal(size=(5, 4)) * 3
+    t = np.array([0, 3, 1, 1, 2])
+    loss = nb.SoftmaxCrossEntropy()
+    value = loss.forward(z, t)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert value == pytest.approx(-logp[np.arange(5), t].mean(), rel=1e-12)
+    analytic = loss.backward().copy()
+    numeric = numerical_grad(lambda: loss.forward(z, t), z)
+    assert rel_err(analytic, numeric) < TOL
+    onehot = np.eye(4)[t]
+    np.testing.assert_allclose(analytic, (np.exp(logp) - onehot) / 5, rtol=1e-12, atol=1e-15)
+
+
+def test_crossentropy_on_probabilities(rng):
+    p = rng.uniform(0.05, 1.0, size=(6, 3))
+    p /= p.sum(1, keepdims=True)
+    t = np.array([2, 0, 1, 1, 0, 2])
+    loss = nb.CrossEntropy()
+    value = loss.forward(p, t)
+    assert value == pytest.approx(-np.log(p[np.arange(6), t]).mean(), rel=1e-12)
+    analytic = loss.backward().copy()
+    assert rel_err(analytic, numerical_grad(lambda: loss.forward(p, t), p)) < TOL
+
+
+def test_softmax_then_crossentropy_equals_fused(rng):
+    z = rng.normal(size=(5, 4))
+    t = np.array([1, 0, 3, 2, 2])
+    sm, ce, fused = nb.Softmax(), nb.CrossEntropy(), nb.SoftmaxCrossEntropy()
+    assert ce.forward(sm.forward(z), t) == pytest.approx(fused.forward(z, t), rel=1e-12)
+    np.testing.assert_allclose(sm.backward(ce.backward()), fused.backward(), rtol=1e-9, atol=1e-15)
+
+
+def test_mse_value_and_gradient(rng):
+    p = rng.normal(size=(4, 3))
+    y = rng.normal(size=(4, 3))
+    loss = nb.MSELoss()
+    assert loss.forward(p, y) == pytest.approx(np.mean((p - y) ** 2), rel=1e-12)
+    analytic = loss.backward().copy()
+    assert rel_err(analytic, numerical_grad(lambda: loss.forward(p, y), p)) < TOL
+    np.testing.assert_allclose(analytic, 2 * (p - y) / p.size, rtol=1e-12)
+
+
+@pytest.mark.parametrize("act", [nb.ReLU, nb.Sigmoid, nb.Tanh])
+def test_three_layer_mlp_all_parameter_gradients(act, rng):
+    model = nb.Sequential(
+        [
+            nb.Linear(5, 8, dtype=F64, seed=1), act(),
+            nb.Linear(8, 6, dtype=F64, seed=2), act(),
+            nb.Linear(6, 3, dtype=F64, seed=3),
+        ]
+    )
+    for p in model.parameters():  # nonzero biases, so they matter
+        if p.name == "bias":
+            p.data[...] = rng.normal(size=p.shape) * 0.1
+    x = rng.normal(size=(7, 5))
+    t = rng.integers(0, 3, size=7)
+    loss_fn = nb.SoftmaxCrossEntropy()
+
+    def loss():
+        return loss_fn.forward(model.forward(x), t)
+
+    model.zero_grad()
+    loss()
+    dx = model.backward(loss_fn.backward()).copy()
+    for p in model.parameters():
+        assert rel_err(p.grad, numerical_grad(loss, p.data)) < TOL, p.name
+    if act is not nb.ReLU:  # ReLU's kink makes dL/dx numerically fragile at arbitrary x
+        assert rel_err(dx, numerical_grad(loss, x)) < TOL
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    model = nb.Sequential([nb.Linear(4, 5, dtype=F64, seed=0), nb.Tanh(), nb.Linear(5, 2, dtype=F64, seed=1)])
+    loss_fn = nb.MSELoss()
+    x1, y1 = rng.normal(size=(3, 4)), rng.normal(size=(3, 2))
+    x2, y2 = rng.normal(size=(6, 4)), rng.normal(size=(6, 2))
+
+    def grads_of(x, y):
+        model.zero_grad()
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        return [p.grad.copy() for p in model.parameters()]
+
+    g1, g2 = grads_of(x1, y1), grads_of(x2, y2)
+    model.zero_grad()
+    for x, y in ((x1, y1), (x2, y2)):
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+    for p, a, b in zip(model.parameters(), g1, g2):
+        np.testing.assert_allclose(p.grad, a + b, rtol=1e-12)
+    model.zero_grad()
+    assert all(not p.grad.any() for p in model.parameters())
+
+
+def test_backward_without_input_grad_gives_same_parameter_gradients(rng):
+    model = nb.Sequential([nb.ReLU(), nb.Linear(4, 3, dtype=F64, seed=0), nb.Sigmoid(), nb.Linear(3, 2, dtype=F64, seed=1)])
+    x, y = rng.normal(size=(5, 4)), rng.normal(size=(5, 2))
+    loss_fn = nb.MSELoss()
+    loss_fn.forward(model.forward(x), y)
+    assert model.backward(loss_fn.backward()) is not None
+    full = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    loss_fn.forward(model.forward(x), y)
+    assert model.backward(loss_fn.backward(), need_input_grad=False) is None
+    for p, g in zip(model.parameters(), full):
+        np.testing.assert_array_equal(p.grad, g)

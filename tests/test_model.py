@@ -1,0 +1,150 @@
+"""Sequential, parameters, save/load, initialisation, and the errors users get for bad input."""
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+
+
+def mlp(dtype=np.float32):
+    return nb.Sequential(
+        [nb.Linear(4, 8, dtype=dtype, seed=0), nb.ReLU(), nb.Linear(8, 6, dtype=dtype, seed=1), nb.Tanh(),
+         nb.Linear(6, 3, dtype=dtype, seed=2), nb.Softmax()]
+    )
+
+
+def test_parameters_in_layer_order_weight_before_bias():
+    model = mlp()
+    names = [(model.layers.index(p.layer), p.name) for p in model.parameters()]
+    assert names == [(0, "weight"), (0, "bias"), (2, "weight"), (2, "bias"), (4, "weight"), (4, "bias")]
+    p = model.parameters()[0]
+    assert p.data is model.layers[0].weight and p.grad is model.layers[0].grad_weight
+
+
+def test_parameters_are_writable_in_place():
+    model = mlp(np.float64)
+    model.layers[0].weight[...] = 0.5
+    model.parameters()[1].data[...] = 2.0
+    x = np.ones((1, 4))
+    np.testing.assert_allclose(model.layers[0].forward(x), np.full((1, 8), 4 * 0.5 + 2.0))
+
+
+def test_he_uniform_init_is_seeded_and_bounded():
+    a, b, c = nb.Linear(100, 50, seed=3), nb.Linear(100, 50, seed=3), nb.Linear(100, 50, seed=4)
+    np.testing.assert_array_equal(a.weight, b.weight)
+    assert not np.array_equal(a.weight, c.weight)
+    bound = np.sqrt(6 / 100)
+    assert a.weight.shape == (50, 100) and a.bias.shape == (50,)
+    assert np.abs(a.weight).max() <= bound and np.abs(a.weight).max() > 0.9 * bound
+    assert a.weight.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    assert not a.bias.any() and a.weight.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_save_load_bit_for_bit(tmp_path, dtype):
+    model = mlp(dtype)
+    for p in model.parameters():
+        p.data[...] += np.random.default_rng(0).normal(size=p.shape).astype(dtype)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    same = nb.load(path)
+    assert [type(layer) for layer in same.layers] == [type(layer) for layer in model.layers]
+    for p, q in zip(model.parameters(), same.parameters()):
+        assert q.data.dtype == dtype
+        np.testing.assert_array_equal(p.data, q.data)
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(dtype)
+    np.testing.assert_array_equal(model.forward(x), same.forward(x))
+    with np.load(path, allow_pickle=False) as f:  # readable without pickle
+        assert "nbnet/architecture" in f.files
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temp file left behind
+
+
+def test_save_replaces_atomically(tmp_path):
+    path = tmp_path / "m.npz"
+    mlp().save(path)
+    model = mlp()
+    model.layers[0].weight[...] = 7
+    model.save(path)
+    assert (nb.load(path).layers[0].weight == 7).all()
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"", "corrupt|not a readable"), (b"PK\x03\x04garbage", "corrupt|not a readable"), (None, "no such file")],
+)
+def test_load_bad_files_gives_one_line_errors(tmp_path, content, match):
+    path = tmp_path / "bad.npz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as err:
+        nb.load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_load_truncated_and_foreign_files(tmp_path):
+    path = tmp_path / "m.npz"
+    mlp().save(path)
+    data = path.read_bytes()
+    (tmp_path / "t.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError):
+        nb.load(tmp_path / "t.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not an nbnet model"):
+        nb.load(tmp_path / "other.npz")
+    arrays = dict(np.load(path))
+    arrays["layer0.weight"] = np.zeros((3, 3), np.float32)
+    np.savez(tmp_path / "shape.npz", **arrays)
+    with pytest.raises(ValueError, match="layer0.weight has shape"):
+        nb.load(tmp_path / "shape.npz")
+
+
+def test_shape_errors_name_layer_expected_and_received():
+    layer = nb.Linear(784, 256)
+    with pytest.raises(ValueError, match=r"Linear\(784, 256\).*\(N, 784\).*\(32, 100\)"):
+        layer.forward(np.zeros((32, 100), np.float32))
+    with pytest.raises(ValueError, match=r"Linear\(784, 256\).*\(N, 784\).*\(784,\)"):
+        layer.forward(np.zeros(784, np.float32))
+    layer.forward(np.zeros((2, 784), np.float32))
+    with pytest.raises(ValueError, match=r"Linear\(784, 256\).*gradient of shape \(2, 256\).*\(2, 10\)"):
+        layer.backward(np.zeros((2, 10), np.float32))
+
+
+def test_dtype_errors_are_not_silently_converted():
+    with pytest.raises(ValueError, match=r"Linear\(3, 2\): expected dtype float32, got float64"):
+        nb.Linear(3, 2).forward(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="float32 or float64, got int64"):
+        nb.ReLU().forward(np.zeros((1, 3), np.int64))
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        nb.Linear(3, 2, dtype=np.float16)
+    with pytest.raises(ValueError, match="positive integer"):
+        nb.Linear(0, 2)
+
+
+def test_label_errors():
+    loss = nb.SoftmaxCrossEntropy()
+    logits = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="label 4 is out of range \\[0, 4\\)"):
+        loss.forward(logits, np.array([0, 1, 4]))
+    with pytest.raises(ValueError, match="label -1"):
+        loss.forward(logits, np.array([0, -1, 2]))
+    with pytest.raises(ValueError, match="integer"):
+        loss.forward(logits, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"labels of shape \(3,\)"):
+        loss.forward(logits, np.array([0, 1]))
+    with pytest.raises(ValueError, match="before forward"):
+        nb.CrossEntropy().backward()
+
+
+def test_batches_cover_everything_once_and_are_seeded():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    y = np.arange(10)
+    got = list(nb.batches(x, y, batch_size=4, seed=0))
+    assert [len(b[0]) for b in got] == [4, 4, 2]
+    assert sorted(np.concatenate([b[1] for b in got])) == list(range(10))
+    assert all((xb[:, 0] == yb).all() for xb, yb in got)
+    again = list(nb.batches(x, y, batch_size=4, seed=0))
+    assert all((a[1] == b[1]).all() for a, b in zip(got, again))
+    plain = list(nb.batches(x, y, batch_size=4, shuffle=False))
+    assert list(plain[0][1]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        list(nb.batches(x, y[:5], batch_size=4))

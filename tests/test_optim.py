@@ -1,0 +1,167 @@
+"""Each optimizer against its published update rule (torch.optim's documentation), written out in
+NumPy for several steps, on float64 so the comparison is tight."""
+
+import math
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+
+STEPS = 5
+
+
+def make_params(rng):
+    layer = nb.Linear(4, 3, dtype=np.float64, seed=0)
+    layer.bias[...] = rng.normal(size=3)
+    return layer, layer.parameters()
+
+
+def feed_grads(params, rng):
+    """Fresh gradients each step (as zero_grad + backward would leave them)."""
+    grads = [rng.normal(size=p.shape) for p in params]
+    for p, g in zip(params, grads):
+        p.grad[...] = g
+    return grads
+
+
+def ref_sgd(theta, grads_per_step, lr, momentum, weight_decay, nesterov):
+    theta = [t.copy() for t in theta]
+    bufs = [None] * len(theta)
+    for grads in grads_per_step:
+        for i, g in enumerate(grads):
+            g = g + weight_decay * theta[i]
+            if momentum:
+                bufs[i] = g.copy() if bufs[i] is None else momentum * bufs[i] + g
+                g = g + momentum * bufs[i] if nesterov else bufs[i]
+            theta[i] = theta[i] - lr * g
+    return theta
+
+
+def ref_adam(theta, grads_per_step, lr, betas, eps, weight_decay, decoupled):
+    b1, b2 = betas
+    theta = [t.copy() for t in theta]
+    m = [np.zeros_like(t) for t in theta]
+    v = [np.zeros_like(t) for t in theta]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, g in enumerate(grads):
+            if decoupled:
+                theta[i] = theta[i] * (1 - lr * weight_decay)
+            else:
+                g = g + weight_decay * theta[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            m_hat = m[i] / (1 - b1**t)
+            v_hat = v[i] / (1 - b2**t)
+            theta[i] = theta[i] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return theta
+
+
+def run(opt_factory, rng):
+    layer, params = make_params(rng)
+    start = [p.data.copy() for p in params]
+    opt = opt_factory(params)
+    grads_per_step = []
+    for _ in range(STEPS):
+        grads_per_step.append(feed_grads(params, rng))
+        opt.step()
+    return start, grads_per_step, [p.data for p in params]
+
+
+@pytest.mark.parametrize(
+    "lr, momentum, weight_decay, nesterov",
+    [(0.1, 0.0, 0.0, False), (0.1, 0.9, 0.0, False), (0.05, 0.9, 0.01, True), (0.1, 0.5, 0.1, False)],
+)
+def test_sgd_update_rule(lr, momentum, weight_decay, nesterov, rng):
+    start, grads, got = run(
+        lambda ps: nb.SGD(ps, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov), rng
+    )
+    want = ref_sgd(start, grads, lr, momentum, weight_decay, nesterov)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls, weight_decay", [(nb.Adam, 0.0), (nb.Adam, 0.1), (nb.AdamW, 0.1), (nb.AdamW, 0.0)])
+def test_adam_and_adamw_update_rules(cls, weight_decay, rng):
+    lr, betas, eps = 0.01, (0.8, 0.95), 1e-6
+    start, grads, got = run(lambda ps: cls(ps, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), rng)
+    want = ref_adam(start, grads, lr, betas, eps, weight_decay, decoupled=cls is nb.AdamW)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_first_step_is_lr_times_sign():
+    """Bias correction makes step 1 exactly lr·g/(|g| + eps'): a sign step of size lr."""
+    layer = nb.Linear(3, 2, dtype=np.float64, seed=0)
+    start = layer.weight.copy()
+    layer.grad_weight[...] = np.array([[1.0, -2.0, 3.0], [-0.5, 0.25, 4.0]])
+    nb.Adam(layer.parameters()[:1], lr=0.1, eps=0.0).step()
+    np.testing.assert_allclose(start - layer.weight, 0.1 * np.sign(layer.grad_weight), rtol=1e-12)
+
+
+def test_adamw_default_weight_decay_is_decoupled_001():
+    opt = nb.AdamW(make_params(np.random.default_rng(0))[1])
+    assert opt.weight_decay == 0.01 and opt.decoupled and not nb.Adam.decoupled
+
+
+def test_state_dict_round_trip_continues_identically(rng):
+    def fresh():
+        layer, params = make_params(np.random.default_rng(7))
+        return params, nb.Adam(params, lr=0.01, weight_decay=0.01)
+
+    grads = [[rng.normal(size=s) for s in ((3, 4), (3,))] for _ in range(4)]
+
+    def apply(params, opt, steps):
+        for gs in steps:
+            for p, g in zip(params, gs):
+                p.grad[...] = g
+            opt.step()
+
+    params_a, opt_a = fresh()
+    apply(params_a, opt_a, grads)
+    params_b, opt_b = fresh()
+    apply(params_b, opt_b, grads[:2])
+    sd = opt_b.state_dict()
+    params_c, opt_c = fresh()
+    for pc, pb in zip(params_c, params_b):
+        pc.data[...] = pb.data
+    opt_c.load_state_dict(sd)
+    apply(params_c, opt_c, grads[2:])
+    for a, c in zip(params_a, params_c):
+        np.testing.assert_array_equal(a.data, c.data)
+
+
+def test_load_state_dict_rejects_mismatched_shapes(rng):
+    _, params = make_params(rng)
+    opt = nb.SGD(params, lr=0.1, momentum=0.9)
+    bad = {"type": "SGD", "state": {"momentum_buffer.0": np.zeros(5)}}
+    with pytest.raises(ValueError, match="momentum_buffer.0"):
+        opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="Adam"):
+        opt.load_state_dict({"type": "Adam"})
+
+
+def test_float32_parameters_stay_float32(rng):
+    layer = nb.Linear(4, 3, seed=0)
+    for cls in (nb.SGD, nb.Adam, nb.AdamW):
+        opt = cls(layer.parameters(), lr=0.01) if cls is not nb.SGD else cls(layer.parameters(), lr=0.01, momentum=0.9)
+        layer.grad_weight[...] = 1
+        opt.step()
+        assert layer.weight.dtype == np.float32 and all(
+            a.dtype == np.float32 for st in opt.state for a in st.values()
+        )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: nb.SGD(ps, lr=-1),
+        lambda ps: nb.SGD(ps, lr=math.nan),
+        lambda ps: nb.SGD(ps, lr=0.1, nesterov=True),
+        lambda ps: nb.Adam(ps, betas=(0.9, 1.0)),
+        lambda ps: nb.SGD([], lr=0.1),
+    ],
+)
+def test_bad_hyperparameters_are_rejected(make, rng):
+    with pytest.raises(ValueError):
+        make(make_params(rng)[1])

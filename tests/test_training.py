@@ -1,0 +1,74 @@
+"""End to end: an MLP learns the spiral, and the same seed gives bitwise the same weights whatever
+the number of threads."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import nbnet as nb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TRAIN = """
+import hashlib, numpy as np, nbnet as nb
+xtr, ytr, _, _ = nb.datasets.load("spiral")
+model = nb.Sequential([nb.Linear(2, 96, seed=0), nb.Tanh(), nb.Linear(96, 64, seed=1), nb.ReLU(),
+                       nb.Linear(64, 3, seed=2)])
+loss_fn = nb.SoftmaxCrossEntropy()
+opt = nb.{opt}
+for epoch in range(3):
+    for xb, yb in nb.batches(xtr, ytr, batch_size=50, seed=(0, epoch)):
+        opt.zero_grad()
+        loss_fn.forward(model.forward(xb), yb)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+h = hashlib.sha256()
+for p in model.parameters():
+    h.update(p.data.tobytes())
+print(h.hexdigest())
+"""
+
+
+def train_in_subprocess(threads, opt):
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", TRAIN.format(opt=opt)], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_same_seed_same_weights_bitwise_with_1_and_2_threads():
+    for opt in ("SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)", "AdamW(model.parameters())"):
+        one, two = train_in_subprocess(1, opt), train_in_subprocess(2, opt)
+        assert len(one) == 64 and one == two, opt
+
+
+def test_mlp_learns_spiral():
+    xtr, ytr, xte, yte = nb.datasets.load("spiral")
+    model = nb.Sequential([nb.Linear(2, 100, seed=0), nb.ReLU(), nb.Linear(100, 3, seed=1)])
+    loss_fn = nb.SoftmaxCrossEntropy()
+    opt = nb.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    first = None
+    for epoch in range(25):
+        for xb, yb in nb.batches(xtr, ytr, batch_size=64, seed=(0, epoch)):
+            opt.zero_grad()
+            loss = loss_fn.forward(model.forward(xb), yb)
+            first = loss if first is None else first
+            model.backward(loss_fn.backward(), need_input_grad=False)
+            opt.step()
+    train_acc = float(np.mean(model.forward(xtr).argmax(1) == ytr))
+    test_acc = float(np.mean(model.forward(xte).argmax(1) == yte))
+    assert train_acc >= 0.95 and test_acc >= 0.93, (train_acc, test_acc)
+    assert loss < first / 5
+
+
+def test_spiral_dataset_shapes():
+    xtr, ytr, xte, yte = nb.datasets.load("spiral")
+    assert xtr.dtype == np.float32 and xtr.shape[1] == 2 and ytr.dtype == np.int64
+    assert len(xtr) + len(xte) == 3000 and set(np.unique(ytr)) == {0, 1, 2}
+    again = nb.datasets.load("spiral")
+    assert hashlib.sha256(again[0].tobytes()).digest() == hashlib.sha256(xtr.tobytes()).digest()

@@ -434,6 +434,37 @@ def softmax_crossentropy_backward(dlogits, probs, targets):
         dlogits[i, targets[i]] -= inv_k
 
 
+@njit(cache=True)
+def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):
+    """L = (1/k) Σ_i (m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i),  dz_ij = (p_ij - [j = t_i]) / k
+
+    softmax_crossentropy_forward and _backward in one pass over the logits (k, c): dlogits (k, c)
+    out, probs (k, c) out, losses (k,) scratch, targets (k,) int. Serial: k × c is tiny next to
+    the matmuls, and waking threads would cost more.
+    """
+    k, c = logits.shape
+    inv_k = logits.dtype.type(1) / logits.dtype.type(k)
+    total = logits.dtype.type(0)
+    for i in range(k):
+        mx = logits[i, 0]
+        for j in range(1, c):
+            mx = max(mx, logits[i, j])
+        s = logits.dtype.type(0)
+        for j in range(c):
+            e = np.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            s += e
+        inv = logits.dtype.type(1) / s
+        for j in range(c):
+            p = probs[i, j] * inv
+            probs[i, j] = p
+            dlogits[i, j] = p * inv_k
+        dlogits[i, targets[i]] -= inv_k
+        losses[i] = mx + np.log(s) - logits[i, targets[i]]
+        total += losses[i]
+    return total / logits.dtype.type(k)
+
+
 @pjit
 def mse_forward(pred, target):
     """L = (1/(k d)) Σ_ij (p_ij - t_ij)²   (PyTorch MSELoss: the mean over every element)

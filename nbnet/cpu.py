@@ -12,7 +12,9 @@ Conventions (the same in nbnet/gpu.py):
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # cache=True: a second process loads the compiled kernels from __pycache__ instead of compiling.
 jit = njit(cache=True)
@@ -23,9 +25,8 @@ pjit = njit(parallel=True, cache=True)
 # Linear
 
 
-@pjit
-def linear_forward(out, inp, weight, bias):
-    """y_ij = Σ_l x_il w_jl + b_j
+def _linear_forward_ref(out, inp, weight, bias):
+    """y_ij = Σ_l x_il w_jl + b_j   (the plain formula; reference for linear_forward)
 
     out (k, m), inp (k, n), weight (m, n), bias (m,). Parallel over rows i.
     """
@@ -39,9 +40,8 @@ def linear_forward(out, inp, weight, bias):
             out[i, j] = acc
 
 
-@pjit
-def linear_backward_params(dweight, dbias, dout, inp):
-    """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
+def _linear_backward_params_ref(dweight, dbias, dout, inp):
+    """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij   (the plain formula)
 
     dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n). Parallel over output rows j, so each
     dw_jl has one owner and its sum over i runs in a fixed order.
@@ -58,9 +58,8 @@ def linear_backward_params(dweight, dbias, dout, inp):
         dbias[j] += db
 
 
-@pjit
-def linear_backward_input(dinp, dout, weight):
-    """dx_il = Σ_j g_ij w_jl
+def _linear_backward_input_ref(dinp, dout, weight):
+    """dx_il = Σ_j g_ij w_jl   (the plain formula)
 
     dinp (k, n), dout (k, m), weight (m, n). Parallel over rows i.
     """
@@ -73,6 +72,197 @@ def linear_backward_input(dinp, dout, weight):
             g = dout[i, j]
             for l in range(n):
                 dinp[i, l] += g * weight[j, l]
+
+
+linear_forward_ref = pjit(_linear_forward_ref)
+linear_backward_params_ref = pjit(_linear_backward_params_ref)
+linear_backward_input_ref = pjit(_linear_backward_input_ref)
+
+
+# The fast Linear kernels. All three matmuls are written as one pattern, C_rc = Σ_l A_rl B_cl, with
+# both operands read along l (contiguous): Y = X Wᵀ as is, dX = G (Wᵀ)ᵀ with Wᵀ copied once per
+# step, dW = (Gᵀ)(Xᵀ)ᵀ with Gᵀ and Xᵀ copied once per step (the copies cost 1/m and 1/n of the
+# multiply-adds). A TILE×TILE block of outputs is summed in registers (a stack tile, `tile`), and
+# the l loop is vectorised by LLVM: `reassoc` lets it keep one 16-lane (float32) partial sum per
+# output, `contract` makes each step one FMA. The summation order therefore is "16 interleaved
+# partial sums, then a fixed tree": fixed by the compiled code and the shapes, never by the thread
+# count, since each output tile has one owner.
+FAST = {"contract", "reassoc"}
+TILE = 4
+
+
+@intrinsic
+def tile(typingctx, rows, cols, like):
+    """A (rows, cols) C-contiguous array of like's dtype on the stack: uninitialised, freed on
+    return, and small enough that LLVM keeps it in registers. rows and cols must be constants."""
+    if not isinstance(rows, types.IntegerLiteral) or not isinstance(cols, types.IntegerLiteral):
+        return None
+    r, c = rows.literal_value, cols.literal_value
+    arrty = types.Array(like.dtype, 2, "C")
+
+    def codegen(context, builder, sig, args):
+        elty = context.get_value_type(like.dtype)
+        size = context.get_abi_sizeof(elty)
+        ptr = cgutils.alloca_once(builder, elty, size=r * c)
+        arr = context.make_array(arrty)(context, builder)
+        intp = lambda v: context.get_constant(types.intp, v)  # noqa: E731
+        context.populate_array(
+            arr, data=ptr, shape=[intp(r), intp(c)], strides=[intp(c * size), intp(size)],
+            itemsize=intp(size), meminfo=None,
+        )
+        return arr._getvalue()
+
+    return arrty(rows, cols, like), codegen
+
+
+@njit(inline="always")
+def dot_tile(acc, a, b, i0, j0):
+    """acc_rc = Σ_l a[i0+r, l] b[j0+c, l] for r, c < TILE. Rows past the end of a or b repeat its
+    last row (the caller stores only the valid part), so edge tiles run the same code."""
+    ia, jb = a.shape[0] - 1, b.shape[0] - 1
+    for r in range(TILE):
+        for c in range(TILE):
+            acc[r, c] = 0
+    for l in range(a.shape[1]):
+        for r in range(TILE):
+            for c in range(TILE):
+                acc[r, c] += a[min(i0 + r, ia), l] * b[min(j0 + c, jb), l]
+
+
+@njit(inline="always")
+def transpose(out, inp):
+    """out_ji = x_ij, in 32×32 blocks so both sides stay in cache. Parallel over row blocks of out."""
+    k, n = inp.shape
+    for jb in prange((n + 31) // 32):
+        for i0 in range(0, k, 32):
+            for j in range(jb * 32, min(jb * 32 + 32, n)):
+                for i in range(i0, min(i0 + 32, k)):
+                    out[j, i] = inp[i, j]
+
+
+class Kernel:
+    """One kernel compiled twice from the same Python function, serial and parallel; a call runs
+    the parallel one only when the work (multiply-adds) reaches `threshold`, below which waking the
+    thread pool costs more than it saves (measured in profiling/bench_vs_torch.py --threshold).
+    The choice depends on shapes only, so results never depend on the thread count."""
+
+    def __init__(self, func, work, threshold):
+        self.serial = njit(cache=True, fastmath=FAST)(func)
+        self.parallel = njit(cache=True, fastmath=FAST, parallel=True)(func)
+        self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
+
+    def __call__(self, *args):
+        run = self.parallel if self.work(*args) >= self.threshold else self.serial
+        return run(*args)
+
+
+# Below this many multiply-adds a Linear kernel runs serially (see Kernel).
+PARALLEL_WORK = 1 << 18
+
+
+def _linear_forward(out, act, inp, weight, bias, relu):
+    """y_ij = Σ_l x_il w_jl + b_j, and with relu also a_ij = max(0, y_ij) (the next layer's input)
+
+    out (k, m) = Y, act (k, m) (written only with relu), inp (k, n), weight (m, n), bias (m,).
+    Parallel over TILE×TILE output tiles, row-major, so a thread reuses its rows of X from cache.
+    """
+    k = inp.shape[0]
+    m = weight.shape[0]
+    zero = out.dtype.type(0)
+    tj = (m + TILE - 1) // TILE
+    for t in prange(((k + TILE - 1) // TILE) * tj):
+        i0, j0 = (t // tj) * TILE, (t % tj) * TILE
+        acc = tile(TILE, TILE, out)
+        dot_tile(acc, inp, weight, i0, j0)
+        for r in range(min(TILE, k - i0)):
+            for c in range(min(TILE, m - j0)):
+                y = acc[r, c] + bias[j0 + c]
+                out[i0 + r, j0 + c] = y
+                if relu:
+                    act[i0 + r, j0 + c] = y if y > zero else zero
+
+
+linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: x.size * w.shape[0], PARALLEL_WORK)
+
+
+def linear_forward(out, inp, weight, bias):
+    """y_ij = Σ_l x_il w_jl + b_j   out (k, m), inp (k, n), weight (m, n), bias (m,)"""
+    linear_forward_act(out, out, inp, weight, bias, False)
+
+
+def linear_relu_forward(out, act, inp, weight, bias):
+    """y_ij = Σ_l x_il w_jl + b_j,  a_ij = max(0, y_ij)   (Linear then ReLU in one pass; Y is kept
+    as the ReLU's input for its backward)"""
+    linear_forward_act(out, act, inp, weight, bias, True)
+
+
+def _linear_backward_input(dinp, dout, weight, weight_t, preact, relu):
+    """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
+
+    dinp (k, n), dout (k, m) = G, weight (m, n), weight_t (n, m) scratch (overwritten with Wᵀ),
+    preact (k, n) (read only with relu). Parallel over output tiles.
+    """
+    k = dout.shape[0]
+    n = weight.shape[1]
+    zero = dinp.dtype.type(0)
+    transpose(weight_t, weight)
+    tl = (n + TILE - 1) // TILE
+    for t in prange(((k + TILE - 1) // TILE) * tl):
+        i0, l0 = (t // tl) * TILE, (t % tl) * TILE
+        acc = tile(TILE, TILE, dinp)
+        dot_tile(acc, dout, weight_t, i0, l0)
+        for r in range(min(TILE, k - i0)):
+            for c in range(min(TILE, n - l0)):
+                dx = acc[r, c]
+                if relu and preact[i0 + r, l0 + c] < zero:
+                    dx = zero
+                dinp[i0 + r, l0 + c] = dx
+
+
+linear_backward_input_act = Kernel(
+    _linear_backward_input, lambda dx, g, w, wt, p, relu: g.shape[0] * w.size, PARALLEL_WORK
+)
+
+
+def linear_backward_input(dinp, dout, weight, weight_t):
+    """dx_il = Σ_j g_ij w_jl   dinp (k, n), dout (k, m), weight (m, n), weight_t (n, m) scratch"""
+    linear_backward_input_act(dinp, dout, weight, weight_t, dinp, False)
+
+
+def linear_relu_backward_input(dinp, dout, weight, weight_t, preact):
+    """dx_il = [x'_il ≥ 0] Σ_j g_ij w_jl: this Linear's input gradient, passed back through the
+    ReLU before it (whose input was x' = preact), in one pass. ReLU'(0) = 1 as in relu_backward."""
+    linear_backward_input_act(dinp, dout, weight, weight_t, preact, True)
+
+
+def _linear_backward_params(dweight, dbias, dout, inp, dout_t, inp_t):
+    """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
+
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X; dout_t (m, k) and inp_t (n, k)
+    scratch, overwritten with Gᵀ and Xᵀ. Parallel over output tiles of dW.
+    """
+    m, n = dweight.shape
+    k = dout.shape[0]
+    transpose(dout_t, dout)
+    transpose(inp_t, inp)
+    for j in prange(m):
+        db = dbias.dtype.type(0)
+        for i in range(k):
+            db += dout_t[j, i]
+        dbias[j] += db
+    tl = (n + TILE - 1) // TILE
+    for t in prange(((m + TILE - 1) // TILE) * tl):
+        j0, l0 = (t // tl) * TILE, (t % tl) * TILE
+        acc = tile(TILE, TILE, dweight)
+        dot_tile(acc, dout_t, inp_t, j0, l0)
+        for r in range(min(TILE, m - j0)):
+            for c in range(min(TILE, n - l0)):
+                dweight[j0 + r, l0 + c] += acc[r, c]
+
+
+linear_backward_params = Kernel(
+    _linear_backward_params, lambda dw, db, g, x, gt, xt: x.size * dw.shape[0], PARALLEL_WORK
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +432,37 @@ def softmax_crossentropy_backward(dlogits, probs, targets):
         for j in range(c):
             dlogits[i, j] = probs[i, j] * inv_k
         dlogits[i, targets[i]] -= inv_k
+
+
+@jit
+def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):
+    """L = (1/k) Σ_i (m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i),  dz_ij = (p_ij - [j = t_i]) / k
+
+    softmax_crossentropy_forward and _backward in one pass over the logits (k, c): dlogits (k, c)
+    out, probs (k, c) out, losses (k,) scratch, targets (k,) int. Serial: k × c is tiny next to
+    the matmuls, and waking threads would cost more.
+    """
+    k, c = logits.shape
+    inv_k = logits.dtype.type(1) / logits.dtype.type(k)
+    total = logits.dtype.type(0)
+    for i in range(k):
+        mx = logits[i, 0]
+        for j in range(1, c):
+            mx = max(mx, logits[i, j])
+        s = logits.dtype.type(0)
+        for j in range(c):
+            e = np.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            s += e
+        inv = logits.dtype.type(1) / s
+        for j in range(c):
+            p = probs[i, j] * inv
+            probs[i, j] = p
+            dlogits[i, j] = p * inv_k
+        dlogits[i, targets[i]] -= inv_k
+        losses[i] = mx + np.log(s) - logits[i, targets[i]]
+        total += losses[i]
+    return total / logits.dtype.type(k)
 
 
 @jit

@@ -144,6 +144,9 @@ class Linear(Layer):
     inp: Any = field(init=False, default=None, repr=False)  # forward cache: X
     out: Any = field(init=False, default=None, repr=False)
     dinp: Any = field(init=False, default=None, repr=False)
+    dout_t: Any = field(init=False, default=None, repr=False)  # backward scratch: Gᵀ, Xᵀ, Wᵀ
+    inp_t: Any = field(init=False, default=None, repr=False)
+    weight_t: Any = field(init=False, default=None, repr=False)
 
     def __post_init__(self):
         for name in ("in_features", "out_features"):
@@ -180,14 +183,36 @@ class Linear(Layer):
         kernels(x).linear_forward(out, x, self.weight, self.bias)
         return out
 
-    def backward(self, dout, need_input_grad=True):
+    def forward_relu(self, x, relu):
+        """This layer then `relu` (a ReLU) in one kernel: bias and max(0, ·) in the matmul's last
+        pass. Leaves both layers' caches as their own forwards would; returns the ReLU's output."""
+        x = self._check_input(x, self.in_features, self.dtype)
+        self.inp = x
+        out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
+        act = relu._buffer("out", x, out.shape, x.dtype)
+        relu.inp = out
+        kernels(x).linear_relu_forward(out, act, x, self.weight, self.bias)
+        return act
+
+    def backward(self, dout, need_input_grad=True, relu=None):
+        """dW += Gᵀ X, db += Σ_i G_i, and (if wanted) dX = G W. With `relu` (the ReLU layer that
+        fed this one), returns the gradient at that ReLU's input instead, in the same pass."""
         dout = self._check_grad(dout, self.out)
         k = kernels(dout)
-        k.linear_backward_params(self.grad_weight, self.grad_bias, dout, self.inp)
+        rows = dout.shape[0]
+        # Scratch for the transposed operands (see nbnet.cpu): reused while the batch size stays.
+        dout_t = self._buffer("dout_t", dout, (self.out_features, rows), dout.dtype)
+        inp_t = self._buffer("inp_t", dout, (self.in_features, rows), dout.dtype)
+        k.linear_backward_params(self.grad_weight, self.grad_bias, dout, self.inp, dout_t, inp_t)
         if not need_input_grad:
             return None
+        weight_t = self._buffer("weight_t", dout, (self.in_features, self.out_features), dout.dtype)
+        if relu is not None:
+            dinp = relu._buffer("dinp", dout, self.inp.shape, dout.dtype)
+            k.linear_relu_backward_input(dinp, dout, self.weight, weight_t, relu.inp)
+            return dinp
         dinp = self._buffer("dinp", dout, self.inp.shape, dout.dtype)
-        k.linear_backward_input(dinp, dout, self.weight)
+        k.linear_backward_input(dinp, dout, self.weight, weight_t)
         return dinp
 
 

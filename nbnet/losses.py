@@ -76,11 +76,19 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
         probs = self._buffer("probs_buf", logits, logits.shape, logits.dtype)
         losses = self._buffer("losses", logits, (logits.shape[0],), logits.dtype)
         self.probs, self.targets = probs, targets
-        return float(kernels(logits).softmax_crossentropy_forward(probs, losses, logits, targets))
+        k = kernels(logits)
+        if hasattr(k, "softmax_crossentropy_forward_backward"):
+            # One pass over the logits: the backward's dz is computed now, backward() returns it.
+            dlogits = self._buffer("dinp", logits, logits.shape, logits.dtype)
+            self.dlogits_ready = True
+            return float(k.softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets))
+        self.dlogits_ready = False
+        return float(k.softmax_crossentropy_forward(probs, losses, logits, targets))
 
     def backward(self):
         dlogits = self._backward_check()
-        kernels(dlogits).softmax_crossentropy_backward(dlogits, self.probs, self.targets)
+        if not getattr(self, "dlogits_ready", False):
+            kernels(dlogits).softmax_crossentropy_backward(dlogits, self.probs, self.targets)
         return dlogits
 
 

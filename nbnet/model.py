@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from .layers import LAYERS, Linear
+from .layers import LAYERS, Linear, ReLU, kernels
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
@@ -28,17 +28,34 @@ class Sequential:
         for layer in self.layers:
             if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
                 raise ValueError(f"Sequential: {layer!r} is not a layer")
+        pack_parameters(self.parameters())
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n    {inner},\n])"
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            if self._fuses_relu(i, x):
+                x = layers[i].forward_relu(x, layers[i + 1])
+                i += 2
+            else:
+                x = layers[i].forward(x)
+                i += 1
         return x
 
     __call__ = forward
+
+    def _fuses_relu(self, i, x):
+        """Layer i is a Linear followed by a ReLU, and x's device has the fused kernels."""
+        layers = self.layers
+        return (
+            i + 1 < len(layers)
+            and type(layers[i]) is Linear
+            and type(layers[i + 1]) is ReLU
+            and hasattr(kernels(x), "linear_relu_forward")
+        )
 
     def backward(self, grad, need_input_grad=True):
         """Fills every layer's gradients; returns dL/dX, or None with need_input_grad=False (which
@@ -46,9 +63,27 @@ class Sequential:
         # Layers before the first one with parameters need no gradient at all when the caller
         # does not want dL/dX, and that first layer needs only its parameters' gradients.
         stop = 0 if need_input_grad else self._first_with_parameters()
-        for i in range(len(self.layers) - 1, stop - 1, -1):
-            grad = self.layers[i].backward(grad, need_input_grad=need_input_grad or i > stop)
+        i = len(self.layers) - 1
+        while i >= stop:
+            layer = self.layers[i]
+            if i - 1 >= stop and self._after_relu(i, grad):
+                # Linear after a ReLU: its dX and the ReLU's backward in one pass.
+                grad = layer.backward(grad, relu=self.layers[i - 1])
+                i -= 2
+            else:
+                grad = layer.backward(grad, need_input_grad=need_input_grad or i > stop)
+                i -= 1
         return grad if need_input_grad else None
+
+    def _after_relu(self, i, grad):
+        layers = self.layers
+        return (
+            i >= 1
+            and type(layers[i]) is Linear
+            and type(layers[i - 1]) is ReLU
+            and layers[i - 1].inp is not None
+            and hasattr(kernels(grad), "linear_relu_backward_input")
+        )
 
     def _first_with_parameters(self):
         return next((i for i, layer in enumerate(self.layers) if layer.parameters()), 0)
@@ -89,6 +124,27 @@ class Sequential:
 
     def save(self, path):
         write_npz_atomic(path, self.state_arrays())
+
+
+def pack_parameters(params):
+    """Move the parameters (and their gradients) into one flat buffer each, leaving every layer's
+    arrays as views of it, so an optimizer updates them all in one pass (see nbnet.optim). Values
+    are kept; `layer.weight[...] = w` still writes through. Host arrays of one dtype only."""
+    if not params or not all(isinstance(p.data, np.ndarray) for p in params):
+        return
+    dtype = params[0].data.dtype
+    if any(p.data.dtype != dtype for p in params):
+        return
+    total = sum(p.data.size for p in params)
+    data, grad = np.empty(total, dtype), np.empty(total, dtype)
+    start = 0
+    for p in params:
+        end = start + p.data.size
+        data[start:end] = p.data.ravel()
+        grad[start:end] = p.grad.ravel()
+        setattr(p.layer, p.name, data[start:end].reshape(p.data.shape))
+        setattr(p.layer, "grad_" + p.name, grad[start:end].reshape(p.grad.shape))
+        start = end
 
 
 def to_host(arr):

@@ -22,6 +22,24 @@ def _check_nonneg(cls, **values):
             raise ValueError(f"{cls}: {name} must be a finite number ≥ 0, got {v!r}")
 
 
+def one_flat(arrays):
+    """A 1-D view covering all of `arrays` when they lie back to back in one buffer, in order (as
+    after nbnet.model.pack_parameters), else None."""
+    first = arrays[0]
+    base = first.base if isinstance(first, np.ndarray) else None
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
+    pos = start
+    for arr in arrays:
+        if not isinstance(arr, np.ndarray) or arr.base is not base or not arr.flags.c_contiguous:
+            return None
+        if arr.__array_interface__["data"][0] != base.__array_interface__["data"][0] + pos * base.itemsize:
+            return None
+        pos += arr.size
+    return base[start:pos]
+
+
 class Optimizer:
     """Holds the parameter handles and, per parameter, named state arrays (flat)."""
 
@@ -34,8 +52,42 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
         self.step_count = 0
         self.state = [{name: None for name in self.state_names} for _ in self.params]
+        self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
+
+    def _flat(self):
+        """(data, grad) flat views over all parameters when they are packed, else None. Checked
+        against the arrays the layers hold now, so a moved or reassigned parameter falls back."""
+        arrays = [p.data for p in self.params] + [p.grad for p in self.params]
+        cached = self._flat_for
+        if cached is None or len(cached[0]) != len(arrays) or any(a is not b for a, b in zip(arrays, cached[0])):
+            n = len(self.params)
+            data, grad = one_flat(arrays[:n]), one_flat(arrays[n:])
+            cached = self._flat_for = (arrays, data, grad)
+        return None if cached[1] is None or cached[2] is None else (cached[1], cached[2])
+
+    def _flat_state(self, name, data):
+        """State `name` of every parameter as one flat array whose per-parameter views are what
+        state_dict saves; built (keeping any values, e.g. loaded ones) when they are not yet."""
+        views = [st[name] for st in self.state]
+        if all(v is not None for v in views):
+            flat = one_flat(views)
+            if flat is not None and flat.size == data.size:
+                return flat
+        flat = np.zeros(data.size, data.dtype)
+        start = 0
+        for st, p in zip(self.state, self.params):
+            view = flat[start : start + p.data.size]
+            if st[name] is not None:
+                view[...] = st[name]
+            st[name] = view
+            start += p.data.size
+        return flat
 
     def zero_grad(self):
+        flat = self._flat()
+        if flat is not None:
+            flat[1].fill(0)
+            return
         for p in self.params:
             kernels(p.grad).fill(p.grad, 0)
 
@@ -107,6 +159,15 @@ class SGD(Optimizer):
 
     def step(self):
         self.step_count += 1
+        flat = self._flat()
+        if flat is not None:  # packed parameters: one pass over all of them
+            data, grad = flat
+            dt = data.dtype.type
+            buf = self._flat_state("momentum_buffer", data) if self.momentum > 0 else data
+            kernels(data).sgd_step(
+                data, grad, buf, dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov
+            )
+            return
         for i, p in enumerate(self.params):
             dt = p.data.dtype.type
             st = self._state(i, p)

@@ -1,0 +1,166 @@
+"""nbnet's training epoch side by side with PyTorch CPU, a hand-written NumPy MLP, and the sgemm peak.
+
+MLP 784-256-128-10 ReLU, SGD momentum 0.9, float32, synthetic MNIST-shaped data (x in [0, 1],
+labels 0-9). Every number is measured in this one run, alternating the contenders repeat by
+repeat and keeping each one's best, so a loaded machine hurts them alike; read the ratios.
+
+    python profiling/bench_vs_torch.py                      # full: 60,000 samples, batch 32/128/512, 1 and 2 threads
+    python profiling/bench_vs_torch.py --samples 8192 --repeats 2
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import nbnet as nb
+from nbnet.data import batches_reusing
+
+SIZES = (784, 256, 128, 10)
+PARAMS = sum(a * b + b for a, b in zip(SIZES, SIZES[1:]))  # 235,146
+FLOP_PER_SAMPLE = 6 * PARAMS  # forward 2, backward 4 flop per weight
+
+
+def nbnet_epoch(x, y, batch_size):
+    model = nb.Sequential([nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 128, seed=1), nb.ReLU(),
+                           nb.Linear(128, 10, seed=2)])
+    loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run():
+        for xb, yb in batches_reusing(x, y, batch_size, seed=0):
+            opt.zero_grad()
+            loss_fn.forward(model.forward(xb), yb)
+            model.backward(loss_fn.backward(), need_input_grad=False)
+            opt.step()
+    return run
+
+
+def torch_epoch(x, y, batch_size):
+    import torch  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def run():
+        order = torch.from_numpy(np.random.default_rng(0).permutation(len(x)))
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad()
+            loss_fn(model(tx[idx]), ty[idx]).backward()
+            opt.step()
+    return run
+
+
+def numpy_epoch(x, y, batch_size):
+    """The same MLP by hand with np.dot (OpenBLAS): the 'what BLAS gives' reference."""
+    rng = np.random.default_rng(0)
+    ws = [rng.uniform(-np.sqrt(6 / a), np.sqrt(6 / a), (b, a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
+    bs = [np.zeros(b, np.float32) for b in SIZES[1:]]
+    vs = [np.zeros_like(p) for p in ws + bs]
+
+    def run():
+        for xb, yb in batches_reusing(x, y, batch_size, seed=0):
+            hs = [xb]
+            for i, (w, b) in enumerate(zip(ws, bs)):
+                h = hs[-1] @ w.T + b
+                hs.append(np.maximum(h, 0) if i < 2 else h)
+            z = hs[-1] - hs[-1].max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(yb)), yb] -= 1
+            g = p / len(yb)
+            grads_w, grads_b = [None] * 3, [None] * 3
+            for i in (2, 1, 0):
+                grads_w[i], grads_b[i] = g.T @ hs[i], g.sum(axis=0)
+                if i:
+                    g = (g @ ws[i]) * (hs[i] > 0)
+            for p_, g_, v in zip(ws + bs, grads_w + grads_b, vs):
+                v *= 0.9
+                v += g_
+                p_ -= 0.01 * v
+    return run
+
+
+def sgemm_gflops(size=2048, repeats=3):
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    best = min(timed(lambda: np.dot(a, a)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def set_threads(n, have_torch):
+    import numba  # noqa: PLC0415
+
+    numba.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+        threadpool_limits(n)
+    except ImportError:
+        print(f"(threadpoolctl not installed: numpy/sgemm use OpenBLAS's default threads, not {n})")
+    if have_torch:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(n)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch-sizes", default="32,128,512")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--samples", type=int, default=60000, help="samples per epoch (fewer for a quick run)")
+    ap.add_argument("--repeats", "--epochs", type=int, default=3, help="timed epochs per contender (best kept)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = ap.parse_args(argv)
+    if args.device == "cuda":
+        sys.exit("Error: --device cuda is not implemented in this benchmark yet (the GPU section goes here)")
+
+    try:
+        import torch  # noqa: PLC0415
+
+        torch.set_flush_denormal(True)
+        have_torch = True
+    except ImportError:
+        have_torch = False
+        print("PyTorch not installed: its column is skipped (pip install torch --index-url .../cpu)")
+
+    rng = np.random.default_rng(0)
+    x = rng.random((args.samples, 784), dtype=np.float32)
+    y = rng.integers(0, 10, args.samples)
+    flop = FLOP_PER_SAMPLE * args.samples
+    print(f"MLP 784-256-128-10 ReLU, SGD momentum, float32, {args.samples} samples/epoch, best of {args.repeats}")
+    print(f"{'thr':>3} {'batch':>5} {'who':>6} {'s/epoch':>8} {'samples/s':>10} {'GFLOP/s':>8} {'%sgemm':>7} {'vs torch':>8}")
+    for threads in map(int, args.threads.split(",")):
+        set_threads(threads, have_torch)
+        peak = sgemm_gflops()
+        print(f"{threads:>3} {'':>5} {'sgemm':>6} {'':>8} {'':>10} {peak:8.1f} {100:6.0f}%")
+        for bs in map(int, args.batch_sizes.split(",")):
+            makers = {"nbnet": nbnet_epoch, "numpy": numpy_epoch}
+            if have_torch:
+                makers["torch"] = torch_epoch
+            runs = {name: make(x, y, bs) for name, make in makers.items()}
+            for make in makers.values():  # warm-up on two batches: compile, load caches
+                make(x[: 2 * bs], y[: 2 * bs], bs)()
+            best = {name: float("inf") for name in runs}
+            for _ in range(args.repeats):  # interleaved
+                for name, run in runs.items():
+                    best[name] = min(best[name], timed(run))
+            for name, sec in best.items():
+                ratio = f"{best['torch'] / sec:7.2f}x" if have_torch else "    n/a"
+                print(f"{threads:>3} {bs:>5} {name:>6} {sec:8.3f} {args.samples / sec:10.0f} "
+                      f"{flop / sec / 1e9:8.1f} {100 * flop / sec / 1e9 / peak:6.0f}% {ratio}")
+    print("vs torch = torch's seconds / this one's: above 1 is faster than PyTorch.")
+
+
+if __name__ == "__main__":
+    main()

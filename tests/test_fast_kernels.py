@@ -1,0 +1,213 @@
+"""The tiled Linear kernels against their plain-formula references, the fused kernels against the
+unfused ones, and the invariants: no float64 in float32 kernels, AVX-512 FMAs where the CPU has
+them, bitwise the same training whatever NUMBA_NUM_THREADS is."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import njit
+
+import nbnet as nb
+from nbnet import cpu
+
+SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41)]  # (k, n, m), odd
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n,m", SHAPES)
+def test_linear_kernels_match_reference(k, n, m, dtype):
+    rng = np.random.default_rng(k * 100 + n + m)
+    x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype), rand(rng, (k, m), dtype)
+    tol = TOL[dtype] * n
+
+    out, ref = np.full((k, m), np.nan, dtype), np.empty((k, m), dtype)
+    cpu.linear_forward(out, x, w, b)
+    cpu.linear_forward_ref(ref, x, w, b)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=tol)
+
+    out, act = np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype)
+    cpu.linear_relu_forward(out, act, x, w, b)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=tol)
+    np.testing.assert_array_equal(act, np.maximum(out, 0))
+
+    dx, dx_ref = np.full((k, n), np.nan, dtype), np.empty((k, n), dtype)
+    cpu.linear_backward_input(dx, g, w, np.empty((n, m), dtype))
+    cpu.linear_backward_input_ref(dx_ref, g, w)
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=TOL[dtype] * m)
+
+    preact = rand(rng, (k, n), dtype)
+    preact[0, 0] = 0  # ReLU'(0) = 1
+    cpu.linear_relu_backward_input(dx, g, w, np.empty((n, m), dtype), preact)
+    np.testing.assert_allclose(dx, np.where(preact >= 0, dx_ref, 0), rtol=0, atol=TOL[dtype] * m)
+
+    # parameter gradients accumulate: start from non-zero values
+    dw, db = np.ones((m, n), dtype), np.ones(m, dtype)
+    dw_ref, db_ref = dw.copy(), db.copy()
+    cpu.linear_backward_params(dw, db, g, x, np.empty((m, k), dtype), np.empty((n, k), dtype))
+    cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
+    np.testing.assert_allclose(dw, dw_ref, rtol=0, atol=TOL[dtype] * k)
+    np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
+
+
+def test_parallel_and_serial_twins_agree():
+    rng = np.random.default_rng(1)
+    k, n, m = 20, 30, 12
+    x, w, b = rand(rng, (k, n), np.float32), rand(rng, (m, n), np.float32), rand(rng, m, np.float32)
+    a, c = np.empty((k, m), np.float32), np.empty((k, m), np.float32)
+    cpu.linear_forward_act.serial(a, a, x, w, b, False)
+    cpu.linear_forward_act.parallel(c, c, x, w, b, False)
+    np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_crossentropy_forward_backward_matches_unfused(dtype):
+    rng = np.random.default_rng(2)
+    z = (rand(rng, (7, 5), dtype) * 30).astype(dtype)
+    t = rng.integers(0, 5, 7)
+    p1, p2 = np.empty_like(z), np.empty_like(z)
+    d1, d2 = np.empty_like(z), np.empty_like(z)
+    l1 = cpu.softmax_crossentropy_forward_backward(d1, p1, np.empty(7, dtype), z, t)
+    l2 = cpu.softmax_crossentropy_forward(p2, np.empty(7, dtype), z, t)
+    cpu.softmax_crossentropy_backward(d2, p2, t)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    np.testing.assert_allclose(d1, d2, rtol=0, atol=TOL[dtype])
+    np.testing.assert_allclose(p1, p2, rtol=0, atol=TOL[dtype])
+
+
+def train_once(model_dtype=np.float32):
+    """Two SGD-momentum steps of a small Linear-ReLU-Linear-ReLU-Linear net; returns the weights."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 24)).astype(model_dtype)
+    y = rng.integers(0, 4, 64)
+    model = nb.Sequential([
+        nb.Linear(24, 40, seed=0, dtype=model_dtype), nb.ReLU(),
+        nb.Linear(40, 16, seed=1, dtype=model_dtype), nb.ReLU(),
+        nb.Linear(16, 4, seed=2, dtype=model_dtype),
+    ])
+    loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for xb, yb in nb.batches(x, y, 32, seed=0):
+        opt.zero_grad()
+        loss_fn.forward(model.forward(xb), yb)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+    return model, opt
+
+
+def test_fused_model_matches_unfused_layers():
+    """Sequential fuses Linear→ReLU; running the layers one by one must give the same gradients."""
+    model, _ = train_once(np.float64)
+    rng = np.random.default_rng(3)
+    x, y = rng.random((9, 24)), rng.integers(0, 4, 9)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    model.zero_grad()
+    loss_fn.forward(model.forward(x), y)
+    dx = model.backward(loss_fn.backward()).copy()
+    fused = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h)
+    loss_fn.forward(h, y)
+    g = loss_fn.backward()
+    for layer in reversed(model.layers):
+        g = layer.backward(g)
+    for a, p in zip(fused, model.parameters()):
+        np.testing.assert_allclose(a, p.grad, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, g, rtol=1e-12, atol=1e-14)
+
+
+def test_packed_parameters_views_and_optimizer_state():
+    model, opt = train_once()
+    lin = model.layers[0]
+    lin.weight[...] = 0.5  # writes through to the packed buffer the optimizer updates
+    assert opt._flat() is not None
+    sd = opt.state_dict()
+    assert sorted(sd["state"]) == [f"momentum_buffer.{i}" for i in range(6)]
+    assert sd["state"]["momentum_buffer.0"].shape == (lin.weight.size,)
+    opt2 = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(sd)
+    a, b = opt2.state_dict()["state"], sd["state"]
+    for key in b:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_batches_reusing_gives_the_same_batches():
+    x, y = np.arange(70, dtype=np.float32).reshape(35, 2), np.arange(35)
+    for (a, b), (c, d) in zip(nb.batches(x, y, 8, seed=3), nb.data.batches_reusing(x, y, 8, seed=3)):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+
+
+FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_backward_input_act, cpu.linear_backward_params]
+
+
+def compiled(kernel, dtype):
+    """Compile both twins of `kernel` for `dtype` on a tiny call; return the dispatchers."""
+    rng = np.random.default_rng(0)
+    k, n, m = 3, 5, 4
+    x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype), rand(rng, (k, m), dtype)
+    args = {
+        "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
+        "linear_backward_input_act": (np.empty((k, n), dtype), g, w, np.empty((n, m), dtype), x, True),
+        "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x,
+                                   np.empty((m, k), dtype), np.empty((n, k), dtype)),
+    }[name_of(kernel)]
+    # Fresh, uncached compilations: Numba cannot inspect code it loaded from its cache.
+    func = kernel.serial.py_func
+    twins = (njit(fastmath=cpu.FAST)(func), njit(fastmath=cpu.FAST, parallel=True)(func))
+    for twin in twins:
+        twin(*args)
+    return twins
+
+
+def name_of(kernel):
+    return next(name for name in dir(cpu) if getattr(cpu, name) is kernel)
+
+
+@pytest.mark.parametrize("kernel", FAST_KERNELS, ids=name_of)
+def test_no_double_in_float32_kernels(kernel):
+    for twin in compiled(kernel, np.float32):
+        for sig in twin.signatures:
+            if sig[0].dtype.name == "float32":
+                assert "double" not in twin.inspect_llvm(sig)
+
+
+def has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512f" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_avx512(), reason="no AVX-512 on this CPU")
+@pytest.mark.parametrize("kernel", FAST_KERNELS, ids=name_of)
+def test_tiled_kernels_use_avx512_fma(kernel):
+    serial, _ = compiled(kernel, np.float32)
+    sig = next(s for s in serial.signatures if s[0].dtype.name == "float32")
+    asm = serial.inspect_asm(sig)
+    assert re.search(r"vfmadd\d+ps\s+[^\n]*zmm", asm), "no packed float32 FMA on zmm registers"
+
+
+def test_training_is_bitwise_the_same_with_1_and_2_threads():
+    script = (
+        "import numpy as np, sys; sys.path.insert(0, '.');"
+        "from tests.test_fast_kernels import train_once;"
+        "m, _ = train_once(); sys.stdout.write(np.concatenate([p.data.ravel() for p in m.parameters()]).tobytes().hex())"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+        outs.append(subprocess.run([sys.executable, "-c", script], cwd=root, env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert outs[0] == outs[1] and outs[0]

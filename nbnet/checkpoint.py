@@ -46,15 +46,17 @@ def save_checkpoint(path, model, opt, state, config):
 
 class Checkpoint:
     """A loaded checkpoint: .model (Sequential), .config (dict), .state (TrainState),
-    .optim_state (a state_dict for optimizer.load_state_dict)."""
+    .optim_state (a state_dict for optimizer.load_state_dict). For a file that `Sequential.save`
+    wrote, only .model: .config is {} and .state, .optim_state are None."""
 
     def __init__(self, path):
         path = os.fspath(path)
         arrays = read_npz(path)
         self.path = path
         self.model = model_from_arrays(arrays, source=path)
-        if "checkpoint/version" not in arrays:
-            raise ValueError(f"{path}: a saved model, not a training checkpoint (no train/config)")
+        self.config, self.state, self.optim_state = {}, None, None
+        if "checkpoint/version" not in arrays:  # a model.save file: a model, nothing to resume
+            return
         version = int(arrays["checkpoint/version"])
         if version > CHECKPOINT_VERSION:
             raise ValueError(f"{path}: written by a newer nbnet (checkpoint version {version})")

@@ -18,7 +18,7 @@ import time
 import click
 import numpy as np
 
-from . import datasets
+from . import __version__, datasets
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import write_npz_atomic
 from .train import (
@@ -68,7 +68,7 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="nbnet", prog_name="nbnet")
+@click.version_option(__version__, prog_name="nbnet")
 def cli():
     """nbnet: train, evaluate and use small neural networks with Numba kernels.
 
@@ -478,7 +478,7 @@ def info_cmd():
 
     import numba  # noqa: PLC0415
 
-    from . import __version__, cpu  # noqa: PLC0415
+    from . import cpu  # noqa: PLC0415
 
     click.echo(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}, "
                f"click {version('click')}, python {platform.python_version()}")

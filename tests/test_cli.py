@@ -159,11 +159,23 @@ def test_predict_outputs(trained, tmp_path):
         assert f["pred"].tolist() == pred and f["probs"].shape == (5, 3)
 
 
+def test_a_plain_saved_model_evaluates_and_predicts(trained, tmp_path):
+    d, ck, x, last = trained
+    nb.load(ck).save(tmp_path / "plain.npz")
+    r = nbnet("evaluate", "--checkpoint", tmp_path / "plain.npz", "--dataset", d / "blobs.npz", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["accuracy"] == last["test_accuracy"]  # same seed 0 split
+    assert_error(nbnet("evaluate", "--checkpoint", tmp_path / "plain.npz"), "pass --dataset")
+    np.savez(tmp_path / "in.npz", x=x[:4])
+    assert nbnet("predict", "--checkpoint", tmp_path / "plain.npz", tmp_path / "in.npz").exit_code == 0
+
+
 def test_info():
     r = nbnet("info")
     assert r.exit_code == 0, r.output
     for word in ("nbnet", "numba", "numpy", "click", "python", "CPU threads", "threading layer", "GPU:"):
         assert word in r.stdout
+    assert nbnet("--version").stdout.strip() == f"nbnet, version {nb.__version__}"
 
 
 # --------------------------------------------------------------------------------------------- errors

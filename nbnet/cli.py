@@ -188,6 +188,9 @@ def train_cmd(ctx, **opts):
         _set_threads(opts["threads"])
     if cfg["device"] == "cuda":
         _check_cuda_importable()
+    for key in ("save", "metrics_out", "plot"):
+        if opts[key] is not None:
+            _check_writable(opts[key], key)
     out = Output(quiet=opts["quiet"])
 
     if resume is not None:
@@ -299,6 +302,20 @@ def _show(v):
 def _load_data(dataset, data_dir, val_split, seed, download, dtype):
     x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, val_split=val_split, seed=seed, download=download)
     return x_tr.astype(dtype, copy=False), y_tr, x_te.astype(dtype, copy=False), y_te
+
+
+def _check_writable(path, option):
+    """Fail before training, not after the first epoch, when an output cannot be written."""
+    name = "--" + option.replace("_", "-")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{name} {path}: cannot create folder {folder} ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"{name} {path}: folder {folder} is not writable")
+    if os.path.isdir(path):
+        raise CliError(f"{name} {path}: is a folder")
 
 
 def _check_plot_available():

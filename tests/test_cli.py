@@ -202,6 +202,8 @@ def test_error_missing_corrupt_and_truncated_files(tmp_path, trained):
     assert_error(nbnet("train", "--resume", tmp_path / "t.npz"), "corrupt or truncated")
     assert_error(nbnet("predict", "--checkpoint", tmp_path / "none.npz", tmp_path / "x.npz"), "no such file")
     assert_error(nbnet("train", "--dataset", "mnist", "--data-dir", tmp_path / "empty"), "not found", "--download")
+    (tmp_path / "file").write_text("")
+    assert_error(nbnet("train", "--save", tmp_path / "file" / "c.npz"), "--save")  # a file as folder
 
 
 def test_error_bad_data(tmp_path):

@@ -32,6 +32,7 @@ MUST_MATCH_ON_RESUME = ("dataset", "hidden", "activation", "dtype", "optimizer",
 # Options that are not part of the resolved config stored in a checkpoint.
 NOT_CONFIG = ("config", "resume", "save", "metrics_out", "quiet", "plot", "threads", "download")
 EXIT_INTERRUPTED = 130
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class CliError(Exception):
@@ -48,7 +49,7 @@ class Group(click.Group):
         debug = bool(os.environ.get("NBNET_DEBUG"))
         try:
             rv = super().main(args, prog_name or "nbnet", standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as e:  # plain `nbnet`
+        except _NO_ARGS_IS_HELP as e:  # plain `nbnet` (click >= 8.2)
             click.echo(e.ctx.get_help())
             sys.exit(0)
         except click.ClickException as e:
@@ -166,7 +167,9 @@ def _dataset_key(name):
 @click.option("--save", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint written (atomically) after every epoch and on Ctrl-C; nb.load() reads it too.")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="Continue the run saved in this checkpoint up to --epochs; options not given are taken from it.")
+              help="Continue the run saved in this checkpoint up to --epochs total, bit for bit as if it had "
+                   "never stopped; options not given are taken from it. (cosine/step schedules are "
+                   "functions of --epochs: raising --epochs after a finished run changes the rates from there on.)")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
               help="JSON Lines file: one object per epoch (epoch, train/test loss and accuracy, seconds, samples_per_second, lr).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,

@@ -38,12 +38,24 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 class CliError(Exception):
     """A user error with a ready one-line message."""
 
+    exit_code = 1
+
+
+class Interrupted(CliError):
+    exit_code = EXIT_INTERRUPTED
+
 
 def _one_line(msg):
     return " ".join(str(msg).split())
 
 
 class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # outside training (which stops cleanly itself): loading data, ...
+            raise Interrupted("interrupted") from None
+
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
         debug = bool(os.environ.get("NBNET_DEBUG"))
@@ -64,7 +76,7 @@ class Group(click.Group):
             if debug:
                 raise
             click.echo(f"Error: {_one_line(e)}", err=True)
-            sys.exit(1)
+            sys.exit(getattr(e, "exit_code", 1))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -93,6 +93,21 @@ def test_resume_two_then_four_equals_four_straight(tmp_path):
     assert nb.load(b).layers[0].weight.shape == (16, 2)
 
 
+def test_thread_count_and_dtype(tmp_path):
+    import numba  # noqa: PLC0415
+
+    before = numba.get_num_threads()
+    try:
+        assert nbnet("train", *FAST, "--save", tmp_path / "a.npz", "--threads", "1", "-q").exit_code == 0
+    finally:
+        numba.set_num_threads(before)
+    assert nbnet("train", *FAST, "--save", tmp_path / "b.npz", "-q").exit_code == 0
+    wa, wb = weights(tmp_path / "a.npz"), weights(tmp_path / "b.npz")
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)  # same seed, same run, whatever the threads
+    assert nbnet("train", *FAST, "--save", tmp_path / "c.npz", "--dtype", "float64", "-q").exit_code == 0
+    assert nb.load(tmp_path / "c.npz").layers[0].weight.dtype == np.float64
+
+
 def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text('hidden = [8, 4]\nepochs = 1\nbatch-size = 64\nlr = 0.05\noptimizer = "adam"\n')
@@ -243,6 +258,16 @@ def test_error_device_cuda_without_gpu_and_plot_without_matplotlib(monkeypatch, 
     r = nbnet("train", "--plot", tmp_path / "p.png")
     assert_error(r, "--plot needs matplotlib: pip install 'nbnet[plot]'")
     assert "epoch" not in r.stdout  # checked before training
+
+
+def test_ctrl_c_before_training_is_one_line(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nb.datasets, "load", interrupted)
+    r = nbnet("train")
+    assert_error(r, "Error: interrupted")
+    assert r.exit_code == 130
 
 
 def test_download_through_the_cli(tmp_path, monkeypatch):

@@ -390,6 +390,7 @@ class Output:
     def __init__(self, quiet):
         self.quiet = quiet
         self.bar = not quiet and sys.stdout.isatty()
+        self.epochs = "?"
         self._last = 0.0
 
     def info(self, msg):
@@ -401,6 +402,7 @@ class Output:
 
         sizes = [layer.in_features for layer in model.layers if isinstance(layer, Linear)]
         sizes.append([layer for layer in model.layers if isinstance(layer, Linear)][-1].out_features)
+        self.epochs = cfg["epochs"]
         what = "resuming" if resume else "training"
         done = f" from epoch {resume.state.epoch}, step {resume.state.step}" if resume else ""
         self.info(
@@ -417,7 +419,7 @@ class Output:
         width = 30
         filled = width * batch // n_batches
         sys.stdout.write(
-            f"\repoch {state.epoch + 1} [{'#' * filled}{'.' * (width - filled)}] {batch}/{n_batches} "
+            f"\repoch {state.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] {batch}/{n_batches} "
             f"loss {running_loss:.4f}"
         )
         sys.stdout.flush()

@@ -128,7 +128,7 @@ def test_progress_bar_on_a_terminal(monkeypatch, capsys):
     out = cli_module.Output(quiet=False)
     assert out.bar
     out.step(TrainState(), 3, 3, 0.5)
-    assert "\repoch 1 [" in capsys.readouterr().out
+    assert "\repoch 1/? [" in capsys.readouterr().out
     assert not cli_module.Output(quiet=True).bar
 
 

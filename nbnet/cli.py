@@ -8,7 +8,6 @@ and keeps its traceback. Set NBNET_DEBUG=1 to see the traceback of an `Error:` t
 
 import importlib.util
 import json
-import math
 import os
 import signal
 import sys
@@ -257,7 +256,7 @@ def train_cmd(ctx, **opts):
                 )
             except TrainingInterrupted as e:
                 out.end_bar()
-                where = f"epoch {e.state.epoch + 1}, step {e.state.step}"
+                where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
                 if opts["save"]:
                     save_checkpoint(opts["save"], model, opt, e.state, cfg)
                     msg = f"Interrupted in {where}: checkpoint saved to {opts['save']} (continue with --resume {opts['save']})"

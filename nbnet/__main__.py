@@ -1,0 +1,5 @@
+"""`python -m nbnet` is the `nbnet` command."""
+
+from .cli import main
+
+main()

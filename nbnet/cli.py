@@ -1,0 +1,540 @@
+"""`nbnet train | evaluate | predict | info`: the command line of ../shared/interface.md.
+
+Every error a user can cause ends as one line `Error: ...` on stderr and a non-zero exit, in one
+place: `Group.main` below. It catches click's usage errors, ValueError and OSError (what nbnet
+raises for bad input and what the OS raises for bad paths) and CliError; anything else is a bug
+and keeps its traceback. Set NBNET_DEBUG=1 to see the traceback of an `Error:` too.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import click
+import numpy as np
+
+from . import __version__, datasets
+from .checkpoint import load_checkpoint, save_checkpoint
+from .model import write_npz_atomic
+from .train import (
+    ACTIVATIONS, SCHEDULES, TrainingInterrupted, build_model, check_data, evaluate, make_optimizer,
+    predict, train,
+)
+
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
+# Options that fix the model, the data or the order of the batches: a resumed run must keep them.
+MUST_MATCH_ON_RESUME = ("dataset", "hidden", "activation", "dtype", "optimizer", "batch_size", "seed", "val_split")
+# Options that are not part of the resolved config stored in a checkpoint.
+NOT_CONFIG = ("config", "resume", "save", "metrics_out", "quiet", "plot", "threads", "download")
+EXIT_INTERRUPTED = 130
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class CliError(Exception):
+    """A user error with a ready one-line message."""
+
+    exit_code = 1
+
+
+class Interrupted(CliError):
+    exit_code = EXIT_INTERRUPTED
+
+
+def _one_line(msg):
+    return " ".join(str(msg).split())
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # outside training (which stops cleanly itself): loading data, ...
+            raise Interrupted("interrupted") from None
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        debug = bool(os.environ.get("NBNET_DEBUG"))
+        try:
+            rv = super().main(args, prog_name or "nbnet", standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as e:  # plain `nbnet` (click >= 8.2)
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.ClickException as e:
+            if debug:
+                raise
+            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Error: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (CliError, ValueError, OSError) as e:
+            if debug:
+                raise
+            click.echo(f"Error: {_one_line(e)}", err=True)
+            sys.exit(getattr(e, "exit_code", 1))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nbnet")
+def cli():
+    """nbnet: train, evaluate and use small neural networks with Numba kernels.
+
+    Start with `nbnet train` (a few seconds on the built-in spiral data), then
+    `nbnet train --dataset mnist --data-dir DIR --hidden 256,128 --save mnist.npz`.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _read_config(ctx, param, path):
+    """--config FILE.toml: its keys are option names; they become defaults the command line beats."""
+    if path is None:
+        return None
+    try:
+        import tomllib  # noqa: PLC0415
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # noqa: PLC0415
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as e:
+        raise click.BadParameter(f"{path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise click.BadParameter(f"{path}: not valid TOML ({e})") from None
+    names = {p.name for p in ctx.command.params if p.name != "config"}
+    defaults = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise click.BadParameter(f"{path}: unknown option {key!r}")
+        if name == "hidden" and isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        defaults[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def _parse_hidden(ctx, param, value):
+    if value is None or isinstance(value, list):
+        return value
+    try:
+        sizes = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated layer widths like 256,128") from None
+    if any(s < 1 for s in sizes):
+        raise click.BadParameter(f"{value!r}: layer widths must be positive")
+    return sizes
+
+
+def _dataset_key(name):
+    """Files are remembered by absolute path, so evaluate/resume work from another folder."""
+    if name is None or name in ("spiral", *datasets.IMAGE_DATASETS):
+        return name
+    return os.path.abspath(name)
+
+
+@cli.command(name="train")
+@click.option("--config", type=click.Path(dir_okay=False), callback=_read_config, is_eager=True, expose_value=True,
+              help="TOML file whose keys are option names (e.g. lr = 0.05, hidden = [256, 128]); "
+                   "options given on the command line win.")
+@click.option("--dataset", default="spiral", show_default=True,
+              help="spiral (built in), mnist, fashion-mnist, or FILE.npz (arrays x, y) / FILE.csv (label first).")
+@click.option("--data-dir", default=None,
+              help="Folder with the four IDX files of mnist/fashion-mnist, gzipped or not "
+                   "[default: $NBNET_DATA_DIR/<dataset>, else ~/.cache/nbnet/<dataset>].")
+@click.option("--download", is_flag=True, help="Fetch missing mnist/fashion-mnist files into --data-dir (md5-checked).")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
+              help="Fraction of a spiral/.npz/.csv dataset held out as the test set (shuffled with --seed).")
+@click.option("--hidden", default="64,64", show_default=True, callback=_parse_hidden,
+              help="Hidden layer widths, comma-separated (empty string: a linear model).")
+@click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Total epochs; with --resume, the run continues up to this many.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="sgd", show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate [default: 0.1 for sgd, 0.001 for adam/adamw].")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
+              help="SGD momentum (ignored by adam/adamw).")
+@click.option("--lr-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
+              help="constant; cosine: per step from --lr to 0 over all epochs, lr·½(1+cos(π·step/total_steps)); "
+                   "step: ×0.1 every max(1, epochs // 3) epochs.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="L2 penalty (sgd, adam) or decoupled decay (adamw) [default: 0, adamw 0.01].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds initialisation, shuffling and the train/test split: same seed, same run, bit for bit.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda needs numba-cuda and an NVIDIA GPU; there is no silent fall-back to the CPU.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the kernels (1 .. NUMBA_NUM_THREADS) [default: all].")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--save", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint written (atomically) after every epoch and on Ctrl-C; nb.load() reads it too.")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="Continue the run saved in this checkpoint up to --epochs total, bit for bit as if it had "
+                   "never stopped; options not given are taken from it. (cosine/step schedules are "
+                   "functions of --epochs: raising --epochs after a finished run changes the rates from there on.)")
+@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
+              help="JSON Lines file: one object per epoch (epoch, train/test loss and accuracy, seconds, samples_per_second, lr).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Save loss/accuracy curves to this .png (needs matplotlib: pip install 'nbnet[plot]').")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.pass_context
+def train_cmd(ctx, **opts):
+    """Train a multi-layer perceptron (Linear layers with an activation between, softmax
+    cross-entropy on the logits) and report train/test loss and accuracy per epoch.
+
+    Prints a progress bar with the running loss when stdout is a terminal, else one line per
+    epoch. Ctrl-C stops after the current step and, with --save, writes a checkpoint to resume from.
+    """
+    resume = load_checkpoint(opts["resume"]) if opts["resume"] else None
+    cfg = _resolve(ctx, opts, resume)
+    if opts["plot"] is not None:
+        _check_plot_available()
+    if opts["threads"] is not None:
+        _set_threads(opts["threads"])
+    if cfg["device"] == "cuda":
+        _check_cuda_importable()
+    for key in ("save", "metrics_out", "plot"):
+        if opts[key] is not None:
+            _check_writable(opts[key], key)
+    out = Output(quiet=opts["quiet"])
+
+    if resume is not None:
+        _check_resume_fits(resume, cfg)
+
+    dtype = np.dtype(cfg["dtype"]).type
+    data = _load_data(cfg["dataset"], cfg["data_dir"], cfg["val_split"], cfg["seed"], opts["download"], dtype)
+    if resume is not None:
+        model, state = resume.model, resume.state
+    else:
+        classes = int(max(data[1].max(), data[3].max())) + 1
+        model = build_model(data[0].shape[1], cfg["hidden"], classes, cfg["activation"], dtype, cfg["seed"])
+        state = None
+    check_data(model, data)
+    if cfg["device"] == "cuda":
+        try:
+            model.to("cuda")
+        except Exception as e:  # noqa: BLE001 - whatever the GPU stack raises, the user gets one line
+            raise CliError(f"--device cuda: {_one_line(e) or type(e).__name__}") from None
+    opt = make_optimizer(cfg["optimizer"], model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    if resume is not None:
+        opt.load_state_dict(resume.optim_state)
+        # The command line may change these hyper-parameters on resume; the schedule sets lr.
+        for name in ("momentum", "weight_decay"):
+            if hasattr(opt, name) and cfg[name] is not None:
+                setattr(opt, name, float(cfg[name]))
+
+    metrics_file = open(opts["metrics_out"], "w", encoding="utf-8") if opts["metrics_out"] else None  # noqa: SIM115
+    try:
+        if metrics_file and resume is not None:
+            for m in resume.state.history:  # the file always holds the whole run
+                metrics_file.write(json.dumps(m) + "\n")
+        out.start(cfg, model, data, resume)
+
+        def on_epoch(st, metrics):
+            out.epoch(metrics, cfg["epochs"])
+            if metrics_file:
+                metrics_file.write(json.dumps(metrics) + "\n")
+                metrics_file.flush()
+            if opts["save"]:
+                save_checkpoint(opts["save"], model, opt, st, cfg)
+
+        with StopOnSigint() as stopper:
+            try:
+                history = train(
+                    model, opt, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+                    lr_schedule=cfg["lr_schedule"], lr=cfg["lr"], state=state,
+                    on_step=out.step if out.bar else None, on_epoch=on_epoch, should_stop=stopper.requested,
+                )
+            except TrainingInterrupted as e:
+                out.end_bar()
+                where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
+                if opts["save"]:
+                    save_checkpoint(opts["save"], model, opt, e.state, cfg)
+                    msg = f"Interrupted in {where}: checkpoint saved to {opts['save']} (continue with --resume {opts['save']})"
+                else:
+                    msg = f"Interrupted in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
+                click.echo(msg, err=True)
+                sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if metrics_file:
+            metrics_file.close()
+    if opts["save"]:
+        out.info(f"saved {opts['save']}")
+    if opts["plot"] is not None:
+        from .plot import plot_curves  # noqa: PLC0415 - optional (matplotlib)
+
+        plot_curves(history, opts["plot"])
+        out.info(f"saved {opts['plot']}")
+
+
+def _resolve(ctx, opts, resume):
+    """The run's config: options from the command line or --config, then (on --resume) the
+    checkpoint's, then the defaults."""
+    from click.core import ParameterSource  # noqa: PLC0415
+
+    cfg = {k: v for k, v in opts.items() if k not in NOT_CONFIG}
+    cfg["dataset"] = _dataset_key(cfg["dataset"])
+    if cfg["data_dir"] is not None:
+        cfg["data_dir"] = os.path.abspath(cfg["data_dir"])
+    if resume is not None:
+        for k, v in resume.config.items():
+            if k in cfg and ctx.get_parameter_source(k) in (ParameterSource.DEFAULT, None):
+                cfg[k] = v
+    if cfg["lr"] is None:
+        cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
+    return cfg
+
+
+def _check_resume_fits(resume, cfg):
+    if not resume.config:
+        raise CliError(f"{resume.path}: a saved model, not a training checkpoint: cannot resume from it")
+    for key in MUST_MATCH_ON_RESUME:
+        if key in resume.config and resume.config[key] != cfg[key]:
+            opt = "--" + key.replace("_", "-")
+            raise CliError(
+                f"{resume.path} does not fit: it was trained with {opt} {_show(resume.config[key])}, "
+                f"this run has {_show(cfg[key])}"
+            )
+    done = resume.state.epoch
+    if cfg["epochs"] <= done and resume.state.seen == 0:
+        raise CliError(f"{resume.path} already has {done} of --epochs {cfg['epochs']}: raise --epochs to train on")
+
+
+def _show(v):
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def _load_data(dataset, data_dir, val_split, seed, download, dtype):
+    x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, val_split=val_split, seed=seed, download=download)
+    return x_tr.astype(dtype, copy=False), y_tr, x_te.astype(dtype, copy=False), y_te
+
+
+def _check_writable(path, option):
+    """Fail before training, not after the first epoch, when an output cannot be written."""
+    name = "--" + option.replace("_", "-")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{name} {path}: cannot create folder {folder} ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"{name} {path}: folder {folder} is not writable")
+    if os.path.isdir(path):
+        raise CliError(f"{name} {path}: is a folder")
+
+
+def _check_plot_available():
+    try:
+        import nbnet.plot  # noqa: F401, PLC0415
+    except ImportError:
+        raise CliError("--plot needs matplotlib: pip install 'nbnet[plot]'") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CliError("--plot needs matplotlib: pip install 'nbnet[plot]'")
+
+
+def _set_threads(n):
+    import numba  # noqa: PLC0415
+
+    top = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= top:
+        raise CliError(f"--threads {n}: must be between 1 and {top} (NUMBA_NUM_THREADS)")
+    numba.set_num_threads(n)
+
+
+def _check_cuda_importable():
+    try:
+        import nbnet.gpu  # noqa: F401, PLC0415
+    except Exception as e:  # noqa: BLE001
+        raise CliError(f"--device cuda: GPU support is not usable ({_one_line(e) or type(e).__name__})") from None
+
+
+class StopOnSigint:
+    """While active, the first Ctrl-C asks the loop to stop after the current step (so the
+    checkpoint holds a completed step); a second one interrupts at once."""
+
+    def __init__(self):
+        self._flag = False
+        self._old = None
+
+    def requested(self):
+        return self._flag
+
+    def _handler(self, signum, frame):
+        if self._flag:
+            raise KeyboardInterrupt
+        self._flag = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Output:
+    """A progress bar with the running loss on a terminal; one line per epoch otherwise."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+        self.bar = not quiet and sys.stdout.isatty()
+        self.epochs = "?"
+        self._last = 0.0
+
+    def info(self, msg):
+        if not self.quiet:
+            click.echo(msg)
+
+    def start(self, cfg, model, data, resume):
+        from .layers import Linear  # noqa: PLC0415
+
+        sizes = [layer.in_features for layer in model.layers if isinstance(layer, Linear)]
+        sizes.append([layer for layer in model.layers if isinstance(layer, Linear)][-1].out_features)
+        self.epochs = cfg["epochs"]
+        what = "resuming" if resume else "training"
+        done = f" from epoch {resume.state.epoch}, step {resume.state.step}" if resume else ""
+        self.info(
+            f"{what} {'-'.join(map(str, sizes))} {cfg['activation']} on {os.path.basename(cfg['dataset'])} "
+            f"({len(data[0])} train, {len(data[2])} test){done}: {cfg['optimizer']} lr {cfg['lr']:g} "
+            f"{cfg['lr_schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['device']}"
+        )
+
+    def step(self, state, batch, n_batches, running_loss):
+        now = time.perf_counter()
+        if batch < n_batches and now - self._last < 0.1:
+            return
+        self._last = now
+        width = 30
+        filled = width * batch // n_batches
+        sys.stdout.write(
+            f"\repoch {state.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] {batch}/{n_batches} "
+            f"loss {running_loss:.4f}"
+        )
+        sys.stdout.flush()
+
+    def end_bar(self):
+        if self.bar:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+    def epoch(self, m, epochs):
+        if self.quiet:
+            return
+        line = (
+            f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.4f} acc {100 * m['train_accuracy']:.2f}%  "
+            f"test loss {m['test_loss']:.4f} acc {100 * m['test_accuracy']:.2f}%  "
+            f"{m['seconds']:.2f}s  {m['samples_per_second']:,.0f} samples/s"
+        )
+        if self.bar:
+            line = "\r" + line + " " * 20
+        click.echo(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate, predict, info
+
+
+@cli.command(name="evaluate")
+@click.option("--checkpoint", required=True, help="A checkpoint from `nbnet train --save` (or a model.save file).")
+@click.option("--dataset", default=None,
+              help="spiral, mnist, fashion-mnist, FILE.npz or FILE.csv [default: the checkpoint's]. "
+                   "Scores the test set (for files: the --val-split part held out in training).")
+@click.option("--data-dir", default=None, help="Folder with the IDX files [default: the checkpoint's].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with loss and accuracy.")
+def evaluate_cmd(checkpoint, dataset, data_dir, as_json):
+    """Loss and accuracy of a saved model on a dataset's test set."""
+    ck = load_checkpoint(checkpoint)
+    cfg = ck.config
+    if dataset is None:
+        dataset = cfg.get("dataset")
+        if dataset is None:
+            raise CliError(f"{checkpoint} stores no dataset: pass --dataset")
+        if data_dir is None:
+            data_dir = cfg.get("data_dir")
+    dtype = ck.model.dtype.type
+    _, _, x_test, y_test = _load_data(
+        _dataset_key(dataset), data_dir, cfg.get("val_split", 0.2), cfg.get("seed", 0), False, dtype
+    )
+    check_data(ck.model, (x_test, y_test, x_test, y_test))
+    loss, acc = evaluate(ck.model, x_test, y_test)
+    if as_json:
+        click.echo(json.dumps({"loss": loss, "accuracy": acc, "samples": len(y_test), "dataset": dataset}))
+    else:
+        click.echo(f"{dataset}: test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(y_test)} samples)")
+
+
+@cli.command(name="predict")
+@click.option("--checkpoint", required=True, help="A checkpoint from `nbnet train --save` (or a model.save file).")
+@click.option("--output", "-o", default=None,
+              help="Where to write the predicted classes: .csv (one class per line), .npy (int64 array) or "
+                   ".npz (arrays `pred` (N,) and `probs` (N, classes)) [default: one class per line on stdout].")
+@click.argument("input_path", metavar="INPUT")
+def predict_cmd(checkpoint, output, input_path):
+    """Predict the class of each row of INPUT: a .npz with array x (N, D), a .csv of features
+    (no label column), or an IDX image file (e.g. t10k-images-idx3-ubyte.gz, scaled to [0, 1])."""
+    if output is not None and not output.endswith((".csv", ".npy", ".npz")):
+        raise CliError(f"--output {output}: use a .csv, .npy or .npz file name")
+    model = load_checkpoint(checkpoint).model
+    x = datasets.load_inputs(input_path).astype(model.dtype, copy=False)
+    in_features = next(layer.in_features for layer in model.layers if hasattr(layer, "in_features"))
+    if x.shape[1] != in_features:
+        raise CliError(f"{input_path} has {x.shape[1]} features per row, the model in {checkpoint} expects {in_features}")
+    pred, probs = predict(model, x)
+    pred = pred.astype(np.int64)
+    if output is None:
+        click.echo("\n".join(map(str, pred.tolist())))
+    elif output.endswith(".csv"):
+        with open(output, "w", encoding="utf-8") as f:
+            f.write("\n".join(map(str, pred.tolist())) + "\n")
+    elif output.endswith(".npy"):
+        np.save(output, pred)
+    else:
+        write_npz_atomic(output, {"pred": pred, "probs": probs})
+
+
+@cli.command(name="info")
+def info_cmd():
+    """Versions, CPU threads, Numba's threading layer, and whether a GPU is usable."""
+    import platform  # noqa: PLC0415
+    from importlib.metadata import version  # noqa: PLC0415
+
+    import numba  # noqa: PLC0415
+
+    from . import cpu  # noqa: PLC0415
+
+    click.echo(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}, "
+               f"click {version('click')}, python {platform.python_version()}")
+    click.echo(f"CPU threads: {numba.get_num_threads()} in use, NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
+    x = np.zeros((4, 4), np.float32)
+    cpu.relu_forward(np.empty_like(x), x)  # a parallel kernel: the threading layer is chosen on first use
+    try:
+        layer = numba.threading_layer()
+    except ValueError as e:
+        layer = f"unknown ({e})"
+    click.echo(f"threading layer: {layer}")
+    try:
+        from .gpu import gpu_status  # noqa: PLC0415
+
+        gpu = gpu_status()
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable", and says why
+        gpu = f"not usable: {_one_line(e) or type(e).__name__}"
+    click.echo(f"GPU: {gpu}")
+
+
+def main(args=None):
+    cli.main(args=args, prog_name="nbnet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""`nbnet train | evaluate | predict | info`, in process with click's CliRunner; subprocesses only
+for what needs a real process (Ctrl-C, and that no traceback reaches the user)."""
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import nbnet as nb
+from nbnet import cli as cli_module
+from nbnet.cli import cli
+from nbnet.train import TrainState
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--epochs", "2", "--hidden", "16", "--batch-size", "32"]
+
+
+def nbnet(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_error(result, *fragments):
+    """One line on stderr starting `Error:`, a non-zero exit, no traceback."""
+    assert result.exit_code != 0, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def blobs(path, n=120, d=3, classes=3, seed=0):
+    """An easy .npz classification problem."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = (rng.normal(size=(n, d)) * 0.3 + y[:, None]).astype(np.float32)
+    np.savez(path, x=x, y=y)
+    return x, y
+
+
+def weights(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k.startswith(("layer", "optim/state/"))}
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def test_train_with_no_options_learns_spiral(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = nbnet("train")
+    assert r.exit_code == 0, r.output
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("epoch 10/10")
+    acc = float(last.split("test loss")[1].split("acc")[1].split("%")[0])
+    assert acc >= 95.0, last
+
+
+def test_metrics_out_is_jsonl_with_the_interface_keys(tmp_path):
+    m = tmp_path / "m.jsonl"
+    r = nbnet("train", *FAST, "--metrics-out", m, "--quiet")
+    assert r.exit_code == 0 and r.stdout == ""
+    rows = [json.loads(line) for line in m.read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for row in rows:
+        assert {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+                "samples_per_second"} <= row.keys()
+        assert 0 <= row["train_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
+
+
+def test_resume_two_then_four_equals_four_straight(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    common = ["--hidden", "16", "--batch-size", "32", "--optimizer", "adam", "--quiet"]
+    assert nbnet("train", *common, "--epochs", "4", "--save", a).exit_code == 0
+    assert nbnet("train", *common, "--epochs", "2", "--save", b).exit_code == 0
+    r = nbnet("train", "--epochs", "4", "--resume", b, "--save", b, "--metrics-out", tmp_path / "m.jsonl")
+    assert r.exit_code == 0, r.output  # the other options come from the checkpoint
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and any(k.startswith("optim/state/") for k in wa)
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 4  # the whole run's history
+    assert nb.load(b).layers[0].weight.shape == (16, 2)
+
+
+def test_thread_count_and_dtype(tmp_path):
+    import numba  # noqa: PLC0415
+
+    before = numba.get_num_threads()
+    try:
+        assert nbnet("train", *FAST, "--save", tmp_path / "a.npz", "--threads", "1", "-q").exit_code == 0
+    finally:
+        numba.set_num_threads(before)
+    assert nbnet("train", *FAST, "--save", tmp_path / "b.npz", "-q").exit_code == 0
+    wa, wb = weights(tmp_path / "a.npz"), weights(tmp_path / "b.npz")
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)  # same seed, same run, whatever the threads
+    assert nbnet("train", *FAST, "--save", tmp_path / "c.npz", "--dtype", "float64", "-q").exit_code == 0
+    assert nb.load(tmp_path / "c.npz").layers[0].weight.dtype == np.float64
+
+
+def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('hidden = [8, 4]\nepochs = 1\nbatch-size = 64\nlr = 0.05\noptimizer = "adam"\n')
+    ck = tmp_path / "c.npz"
+    r = nbnet("train", "--config", cfg, "--lr", "0.01", "--save", ck, "--quiet")
+    assert r.exit_code == 0, r.output
+    stored = json.loads(str(np.load(ck)["train/config"]))
+    assert stored["hidden"] == [8, 4] and stored["batch_size"] == 64 and stored["optimizer"] == "adam"
+    assert stored["lr"] == 0.01 and stored["epochs"] == 1
+    cfg.write_text("hiden = [8]\n")
+    assert_error(nbnet("train", "--config", cfg), "unknown option 'hiden'")
+    cfg.write_text("hidden = [8\n")
+    assert_error(nbnet("train", "--config", cfg), "not valid TOML")
+
+
+def test_progress_bar_on_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    out = cli_module.Output(quiet=False)
+    assert out.bar
+    out.step(TrainState(), 3, 3, 0.5)
+    assert "\repoch 1/? [" in capsys.readouterr().out
+    assert not cli_module.Output(quiet=True).bar
+
+
+# --------------------------------------------------------------------------------------------- evaluate, predict
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trained")
+    data = d / "blobs.npz"
+    x, y = blobs(data)
+    ck = d / "c.npz"
+    r = nbnet("train", "--dataset", data, *FAST, "--save", ck, "--metrics-out", d / "m.jsonl", "--quiet")
+    assert r.exit_code == 0, r.output
+    last = json.loads((d / "m.jsonl").read_text().splitlines()[-1])
+    return d, ck, x, last
+
+
+def test_evaluate_json_reports_the_training_figures(trained):
+    d, ck, _, last = trained
+    r = nbnet("evaluate", "--checkpoint", ck, "--json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["accuracy"] == last["test_accuracy"] and got["loss"] == last["test_loss"]
+    r = nbnet("evaluate", "--checkpoint", ck)
+    assert "accuracy" in r.stdout
+
+
+def test_predict_outputs(trained, tmp_path):
+    d, ck, x, _ = trained
+    np.savez(tmp_path / "in.npz", x=x[:5])
+    r = nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz")
+    assert r.exit_code == 0, r.output
+    pred = [int(v) for v in r.stdout.split()]
+    assert len(pred) == 5 and all(0 <= p < 3 for p in pred)
+    (tmp_path / "in.csv").write_text("".join(",".join(map(repr, row)) + "\n" for row in x[:5].tolist()))
+    assert nbnet("predict", "--checkpoint", ck, tmp_path / "in.csv", "--output", tmp_path / "p.csv").exit_code == 0
+    assert [int(v) for v in (tmp_path / "p.csv").read_text().split()] == pred
+    assert nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", tmp_path / "p.npy").exit_code == 0
+    assert np.load(tmp_path / "p.npy").tolist() == pred
+    assert nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", tmp_path / "p.npz").exit_code == 0
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as f:
+        assert f["pred"].tolist() == pred and f["probs"].shape == (5, 3)
+
+
+def test_a_plain_saved_model_evaluates_and_predicts(trained, tmp_path):
+    d, ck, x, last = trained
+    nb.load(ck).save(tmp_path / "plain.npz")
+    r = nbnet("evaluate", "--checkpoint", tmp_path / "plain.npz", "--dataset", d / "blobs.npz", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["accuracy"] == last["test_accuracy"]  # same seed 0 split
+    assert_error(nbnet("evaluate", "--checkpoint", tmp_path / "plain.npz"), "pass --dataset")
+    np.savez(tmp_path / "in.npz", x=x[:4])
+    assert nbnet("predict", "--checkpoint", tmp_path / "plain.npz", tmp_path / "in.npz").exit_code == 0
+
+
+def test_info():
+    r = nbnet("info")
+    assert r.exit_code == 0, r.output
+    for word in ("nbnet", "numba", "numpy", "click", "python", "CPU threads", "threading layer", "GPU:"):
+        assert word in r.stdout
+    assert nbnet("--version").stdout.strip() == f"nbnet, version {nb.__version__}"
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_error_bad_option_values(tmp_path):
+    assert_error(nbnet("train", "--epochs", "0"), "--epochs")
+    assert_error(nbnet("train", "--hidden", "64,x"), "--hidden")
+    assert_error(nbnet("train", "--activation", "gelu"), "--activation")
+    assert_error(nbnet("train", "--val-split", "1.5"), "--val-split")
+    assert_error(nbnet("train", "--threads", "9999"), "--threads 9999")
+    assert_error(nbnet("train", "--dataset", "cifar"), "unknown dataset")
+    assert_error(nbnet("train", "--bogus"), "--bogus")
+    assert_error(nbnet("predict", "--checkpoint", tmp_path / "c.npz", "x.npz", "-o", "p.txt"), ".csv, .npy or .npz")
+
+
+def test_error_missing_corrupt_and_truncated_files(tmp_path, trained):
+    _, ck, _, _ = trained
+    assert_error(nbnet("train", "--dataset", tmp_path / "nope.npz"), "no such file")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    assert_error(nbnet("train", "--dataset", tmp_path / "bad.npz"), "bad.npz")
+    (tmp_path / "t.npz").write_bytes(Path(ck).read_bytes()[:300])
+    assert_error(nbnet("evaluate", "--checkpoint", tmp_path / "t.npz"), "corrupt or truncated")
+    assert_error(nbnet("train", "--resume", tmp_path / "t.npz"), "corrupt or truncated")
+    assert_error(nbnet("predict", "--checkpoint", tmp_path / "none.npz", tmp_path / "x.npz"), "no such file")
+    assert_error(nbnet("train", "--dataset", "mnist", "--data-dir", tmp_path / "empty"), "not found", "--download")
+    (tmp_path / "file").write_text("")
+    assert_error(nbnet("train", "--save", tmp_path / "file" / "c.npz"), "--save")  # a file as folder
+
+
+def test_error_bad_data(tmp_path):
+    x = np.zeros((20, 2), np.float32)
+    np.savez(tmp_path / "neg.npz", x=x, y=np.r_[np.zeros(19, int), -3])
+    assert_error(nbnet("train", "--dataset", tmp_path / "neg.npz"), "label -3")
+    x[3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(20, int))
+    assert_error(nbnet("train", "--dataset", tmp_path / "nan.npz"), "NaN")
+    (tmp_path / "len.csv").write_text("0,1,2\n1,3\n")
+    assert_error(nbnet("train", "--dataset", tmp_path / "len.csv"), "columns")
+
+
+def test_error_data_or_checkpoint_that_does_not_fit(tmp_path, trained):
+    d, ck, x, _ = trained
+    np.savez(tmp_path / "wide.npz", x=np.zeros((10, 5), np.float32), y=np.zeros(10, int))
+    assert_error(nbnet("evaluate", "--checkpoint", ck, "--dataset", tmp_path / "wide.npz"), "expects 3")
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "wide.npz"), "expects 3")
+    np.savez(tmp_path / "many.npz", x=np.zeros((10, 3), np.float32), y=np.arange(10))
+    assert_error(nbnet("evaluate", "--checkpoint", ck, "--dataset", tmp_path / "many.npz"), "out of range")
+    assert_error(nbnet("train", "--resume", ck, "--hidden", "32", "--epochs", "5"), "--hidden 16", "32")
+    assert_error(nbnet("train", "--resume", ck, "--dataset", "spiral", "--epochs", "5"), "--dataset")
+    assert_error(nbnet("train", "--resume", ck), "already has 2")
+    nb.load(ck).save(tmp_path / "plain.npz")
+    assert_error(nbnet("train", "--resume", tmp_path / "plain.npz"), "not a training checkpoint")
+
+
+def test_error_divergence_names_epoch_and_step():
+    assert_error(nbnet("train", *FAST, "--lr", "1e30", "--momentum", "0"), "training diverged: loss is", "at epoch 1, step")
+
+
+def test_error_device_cuda_without_gpu_and_plot_without_matplotlib(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "nbnet.gpu", None)  # as if numba-cuda were missing
+    r = nbnet("train", "--device", "cuda")
+    assert_error(r, "--device cuda")
+    monkeypatch.setitem(sys.modules, "nbnet.plot", None)
+    r = nbnet("train", "--plot", tmp_path / "p.png")
+    assert_error(r, "--plot needs matplotlib: pip install 'nbnet[plot]'")
+    assert "epoch" not in r.stdout  # checked before training
+
+
+def test_ctrl_c_before_training_is_one_line(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nb.datasets, "load", interrupted)
+    r = nbnet("train")
+    assert_error(r, "Error: interrupted")
+    assert r.exit_code == 130
+
+
+def test_download_through_the_cli(tmp_path, monkeypatch):
+    # a local HTTP mirror is exercised in test_datasets; here the file:// scheme keeps it short
+    served = tmp_path / "served"
+    served.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("train-images-idx3-ubyte", (64, 4, 4)), ("train-labels-idx1-ubyte", (64,)),
+                        ("t10k-images-idx3-ubyte", (32, 4, 4)), ("t10k-labels-idx1-ubyte", (32,))):
+        arr = rng.integers(0, 10 if len(shape) == 1 else 256, shape).astype(np.uint8)
+        raw = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+        (served / (name + ".gz")).write_bytes(gzip.compress(raw))
+
+    monkeypatch.setitem(nb.datasets.MIRRORS, "mnist", [served.as_uri() + "/"])
+    monkeypatch.setitem(nb.datasets.MD5, "mnist", {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()})
+    r = nbnet("train", "--dataset", "mnist", "--data-dir", tmp_path / "dl", "--download", "--epochs", "1", "--hidden", "8")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "dl").iterdir())) == 4
+
+
+# --------------------------------------------------------------------------------------------- subprocesses
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_no_traceback_from_a_real_process(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "nbnet", "train", "--dataset", tmp_path / "missing.csv"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [f"Error: {tmp_path / 'missing.csv'}: no such file"]
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    data = tmp_path / "d.npz"
+    blobs(data, n=2000, d=8)
+    ck = tmp_path / "c.npz"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nbnet.cli", "train", "--dataset", data, "--epochs", "100000", "--hidden", "8",
+         "--batch-size", "16", "--save", ck, "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
+    )
+    try:
+        for _ in range(2):  # wait until training runs (an epoch line is printed)
+            line = p.stdout.readline()
+        assert line.startswith("epoch 1/"), line
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130
+    assert "Interrupted" in err and "checkpoint saved" in err and "Traceback" not in err
+    state = json.loads(str(np.load(ck, allow_pickle=False)["train/state"]))
+    assert state["step"] > 0
+    # resumable: continue to the end of the epoch it was in
+    r = nbnet("train", "--resume", ck, "--epochs", str(state["epoch"] + 1), "--quiet", "--save", ck)
+    assert r.exit_code == 0, r.output
+    assert json.loads(str(np.load(ck)["train/state"]))["epoch"] == state["epoch"] + 1
+
+
+# --------------------------------------------------------------------------------------------- real data
+
+
+def test_tiny_mnist_subset_trains(tmp_path):
+    root = os.environ.get("NBNET_DATA_DIR") or str(REPO.parent / "shared" / "data")
+    folder = Path(root) / "mnist"
+    if not (folder / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"no mnist data in {root}")
+    x_tr, y_tr, _, _ = nb.datasets.load("mnist", data_dir=folder)
+    np.savez(tmp_path / "sub.npz", x=x_tr[:1500], y=y_tr[:1500])
+    m = tmp_path / "m.jsonl"
+    r = nbnet("train", "--dataset", tmp_path / "sub.npz", "--hidden", "32", "--epochs", "3", "--lr", "0.05",
+              "--metrics-out", m, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads(m.read_text().splitlines()[-1])["test_accuracy"] > 0.8

@@ -1,0 +1,239 @@
+"""Dataset loading: IDX (gz or not), --download from a local mirror, npz/csv, and every validation."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbnet import datasets
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def real_data_dir(name):
+    root = os.environ.get("NBNET_DATA_DIR") or str(REPO.parent / "shared" / "data")
+    folder = os.path.join(root, name)
+    if not os.path.isfile(os.path.join(folder, "train-images-idx3-ubyte.gz")):
+        pytest.skip(f"no {name} data in {root}")
+    return folder
+
+
+def idx_bytes(arr):
+    arr = np.asarray(arr, np.uint8)
+    return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def write_idx(path, arr, gz=True):
+    raw = idx_bytes(arr)
+    Path(path).write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def make_mnist(folder, n_train=20, n_test=10, gz=True, seed=0):
+    """A tiny MNIST-layout dataset (4x4 images); returns the arrays it wrote."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 4, 4)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 4, 4)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for base, arr in arrays.items():
+        write_idx(folder / (base + (".gz" if gz else "")), arr, gz)
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dataset_loads_scaled_and_flattened(tmp_path, gz):
+    arrays = make_mnist(tmp_path, gz=gz)
+    x_tr, y_tr, x_te, y_te = datasets.load("mnist", data_dir=tmp_path)
+    assert x_tr.shape == (20, 16) and x_te.shape == (10, 16)
+    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int64
+    np.testing.assert_array_equal(x_tr, arrays["train-images-idx3-ubyte"].reshape(20, 16).astype(np.float32) / 255)
+    np.testing.assert_array_equal(y_te, arrays["t10k-labels-idx1-ubyte"])
+    assert 0 <= x_tr.min() and x_tr.max() <= 1
+
+
+def _corrupt(tmp_path, fname, raw):
+    make_mnist(tmp_path, gz=False)
+    (tmp_path / fname).write_bytes(raw)
+
+
+@pytest.mark.parametrize(
+    "fname, make, match",
+    [
+        ("train-images-idx3-ubyte", lambda: b"\x50\x4b\x03\x04" + bytes(100), "not an IDX file"),
+        ("train-images-idx3-ubyte", lambda: idx_bytes(np.zeros((20, 4, 4)))[:-5], "truncated"),
+        ("train-images-idx3-ubyte", lambda: idx_bytes(np.zeros((20, 4, 4))) + b"xx", "trailing bytes"),
+        ("train-images-idx3-ubyte", lambda: bytes([0, 0, 8, 3, 0]), "truncated IDX header"),
+        ("train-images-idx3-ubyte", lambda: b"", "too short"),
+        ("train-images-idx3-ubyte", lambda: idx_bytes(np.zeros(20)), "3 dimensions"),
+        ("train-labels-idx1-ubyte", lambda: idx_bytes(np.zeros(19)), "20 images but .* 19 labels"),
+        ("t10k-labels-idx1-ubyte", lambda: idx_bytes(np.zeros(0)), "no labels"),
+        ("train-images-idx3-ubyte", lambda: gzip.compress(idx_bytes(np.zeros((20, 4, 4))))[:-10], "gzip"),
+    ],
+)
+def test_bad_idx_files_are_named_errors(tmp_path, fname, make, match):
+    _corrupt(tmp_path, fname, make())
+    with pytest.raises(ValueError, match=match) as e:
+        datasets.load("mnist", data_dir=tmp_path)
+    assert str(tmp_path) in str(e.value) or "mnist" in str(e.value)
+
+
+def test_missing_idx_file_suggests_download(tmp_path):
+    make_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\[.gz\] not found .*--download"):
+        datasets.load("fashion-mnist", data_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- download
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A local HTTP server (127.0.0.1) serving a generated dataset; yields (url, md5 dict, arrays)."""
+    served = tmp_path / "served"
+    arrays = make_mnist(served, gz=True, seed=1)
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()}
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", md5, arrays
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_falls_back_to_the_next_mirror_and_checks_md5(tmp_path, mirror, monkeypatch):
+    url, md5, arrays = mirror
+    monkeypatch.setitem(datasets.MIRRORS, "mnist", [url + "missing/", url])  # first mirror: 404s
+    monkeypatch.setitem(datasets.MD5, "mnist", md5)
+    dest = tmp_path / "dl"
+    x_tr, y_tr, _, _ = datasets.load("mnist", data_dir=dest, download=True)
+    np.testing.assert_array_equal(y_tr, arrays["train-labels-idx1-ubyte"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(md5)  # no temporary files left
+
+
+def test_download_rejects_a_bad_checksum_and_keeps_nothing(tmp_path, mirror, monkeypatch):
+    url, md5, _ = mirror
+    monkeypatch.setitem(datasets.MIRRORS, "mnist", [url])
+    monkeypatch.setitem(datasets.MD5, "mnist", {**md5, "train-labels-idx1-ubyte.gz": "0" * 32})
+    dest = tmp_path / "dl"
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte.gz: .*md5 .* does not match"):
+        datasets.load("mnist", data_dir=dest, download=True)
+    assert not (dest / "train-labels-idx1-ubyte.gz").exists()
+    assert not any(p.name.endswith(".part") for p in dest.iterdir())
+
+
+def test_shipped_checksums_match_the_shared_data():
+    for name in ("mnist", "fashion-mnist"):
+        folder = real_data_dir(name)
+        for fname, digest in datasets.MD5[name].items():
+            assert hashlib.md5(Path(folder, fname).read_bytes()).hexdigest() == digest
+
+
+# --------------------------------------------------------------------------------------------- npz / csv
+
+
+def test_npz_and_csv_load_and_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 50)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    (tmp_path / "d.csv").write_text("label,a,b,c\n" + "".join(
+        f"{yi},{a!r},{b!r},{c!r}\n" for yi, (a, b, c) in zip(y, x.tolist())))
+    for name in ("d.npz", "d.csv"):
+        x_tr, y_tr, x_te, y_te = datasets.load(str(tmp_path / name), val_split=0.2, seed=3)
+        assert x_tr.shape == (40, 3) and x_te.shape == (10, 3) and x_tr.dtype == np.float32
+        assert y_tr.dtype == np.int64
+        np.testing.assert_array_equal(np.sort(np.concatenate([y_tr, y_te])), np.sort(y))
+    a = datasets.load(str(tmp_path / "d.npz"), seed=3)
+    b = datasets.load(str(tmp_path / "d.csv"), seed=3)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({"x": np.zeros((4, 2))}, "no array 'y'"),
+        ({"x": np.array([[0.0, np.nan]] * 4), "y": np.zeros(4, int)}, "NaN/Inf"),
+        ({"x": np.array([[0.0, np.inf]] * 4), "y": np.zeros(4, int)}, "NaN/Inf"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, -1, 0])}, "label -1 is negative"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 1.5, 1, 0])}, "whole numbers"),
+        ({"x": np.zeros((4, 2)), "y": np.array(["a", "b", "c", "d"])}, "integers"),
+        ({"x": np.zeros((4, 2)), "y": np.zeros(3, int)}, "4 rows but y has 3"),
+        ({"x": np.zeros((0, 2)), "y": np.zeros(0, int)}, "no data"),
+        ({"x": np.zeros(4), "y": np.zeros(4, int)}, "2-D"),
+    ],
+)
+def test_bad_npz_contents(tmp_path, arrays, match):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        datasets.load(str(tmp_path / "d.npz"))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "no data rows"),
+        ("label,a\n", "no data rows"),
+        ("0,1.0,2.0\n1,1.0\n", "row 2 has 2 columns"),
+        ("0,1.0,2.0\n1,x,2\n", "row 2 .* not a number"),
+        ("0,1.0,nan\n1,1.0,2.0\n", "NaN/Inf"),
+        ("0\n1\n", "label column and at least one feature"),
+    ],
+)
+def test_bad_csv_contents(tmp_path, text, match):
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        datasets.load(str(tmp_path / "d.csv"))
+
+
+def test_corrupt_npz_and_unknown_names(tmp_path):
+    (tmp_path / "d.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        datasets.load(str(tmp_path / "d.npz"))
+    with pytest.raises(ValueError, match="no such file"):
+        datasets.load(str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        datasets.load("cifar")
+
+
+def test_load_inputs_for_prediction(tmp_path):
+    np.savez(tmp_path / "x.npz", x=np.ones((3, 2)))
+    (tmp_path / "x.csv").write_text("1,2\n3,4\n")
+    write_idx(tmp_path / "imgs.gz", np.full((2, 4, 4), 255))
+    assert datasets.load_inputs(tmp_path / "x.npz").shape == (3, 2)
+    np.testing.assert_array_equal(datasets.load_inputs(tmp_path / "x.csv"), [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(datasets.load_inputs(tmp_path / "imgs.gz"), np.ones((2, 16), np.float32))
+
+
+# --------------------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_real_dataset_shapes_dtypes_ranges(name):
+    x_tr, y_tr, x_te, y_te = datasets.load(name, data_dir=real_data_dir(name))
+    assert x_tr.shape == (60000, 784) and x_te.shape == (10000, 784)
+    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int64
+    assert x_tr.min() == 0 and x_tr.max() == 1
+    assert set(np.unique(y_tr)) == set(range(10)) and set(np.unique(y_te)) == set(range(10))

@@ -1,14 +1,14 @@
-"""Per-kernel table: every forward and backward kernel of nbnet.cpu at MNIST shapes, batch 128.
+"""Per-kernel table: every kernel of nbnet.cpu at MNIST shapes, batch 128.
 
-Measures, for each kernel of the 784-256-128-10 MLP (Linear 784->256, 256->128, 128->10; ReLU,
-Sigmoid, Tanh, Softmax on 128x256; fused softmax + cross-entropy on 128x10; SGD and Adam steps over
-its 235,146 parameters): microseconds per call (best of several rounds, compilation excluded),
-GFLOP/s for the matmuls, that as % of the sgemm peak (np.dot on 1024x1024 float32, measured in the
-same run), and the same computation in NumPy with the ratio NumPy time / nbnet time (> 1: nbnet is
-faster). Kernels are looked up in nbnet.cpu by name, so faster kernels show up as soon as they land;
-kernels named `<kernel>_<suffix>` are timed as variants beside the kernel they replace.
+Measures, for the 784-256-128-10 MLP (Linear 784->256, 256->128, 128->10; ReLU, Sigmoid, Tanh,
+Softmax on 128x256; the losses on 128x10; SGD and Adam steps over its 235,146 parameters):
+microseconds per call (best of several rounds, compilation excluded), GFLOP/s for the matmuls and
+that as a % of the sgemm peak (np.dot on 1024x1024, measured in the same run), and the same
+computation in NumPy with the ratio NumPy time / nbnet time (> 1: nbnet is faster).
+Every kernel nbnet.cpu holds is measured (see common.py), so new or fused kernels appear by
+themselves; Linear FLOPs count the matmul only, fused extras (bias, ReLU) are not counted.
 
-    python profiling/kernels.py                      # ~20 s, threads as Numba chooses
+    python profiling/kernels.py                      # ~20 s, all Numba threads
     python profiling/kernels.py --batch 512 --threads 1 --dtype float64 --min-time 1
 """
 
@@ -17,7 +17,7 @@ import argparse
 import numba
 import numpy as np
 
-from common import cpu_kernels, load_warning, mnist_cases, sgemm_peak, table, time_call, variants
+from common import load_warning, mnist_cases, sgemm_peak, table, time_call
 
 
 def main():
@@ -29,44 +29,40 @@ def main():
     args = parser.parse_args()
     if args.threads:
         numba.set_num_threads(args.threads)
-    if load_warning():
-        print(load_warning())
 
     dtype = np.dtype(args.dtype).type
     peak = sgemm_peak(dtype=dtype)
     print(f"nbnet.cpu kernels, batch {args.batch}, {args.dtype}, {numba.get_num_threads()} Numba "
-          f"thread(s); sgemm peak (np.dot 1024x1024 {args.dtype}): {peak:.1f} GFLOP/s\n")
+          f"thread(s); sgemm peak (np.dot 1024x1024 {args.dtype}): {peak:.1f} GFLOP/s")
+    if load_warning():
+        print(load_warning())
+    print()
 
-    kernels = cpu_kernels()
-    cases = mnist_cases(args.batch, dtype)
-    case_names = {c.kernel for c in cases}
+    cases, unowned = mnist_cases(args.batch, dtype)
     # NumPy first: once a Numba parallel region has run, its OpenMP threads keep spinning for a
     # while and would slow the BLAS threads that NumPy's reference calls use.
-    refs = [time_call(c.numpy, min_time=args.min_time) if c.numpy else None for c in cases]
-    rows, absent = [], []
-    for case, ref in zip(cases, refs):
-        names = variants(case.kernel, kernels, case_names)
-        if not names:
-            absent.append(case.kernel)
-        for name in names:
-            try:
-                sec = time_call(kernels[name], *case.args, min_time=args.min_time)
-            except Exception as e:  # a variant with a different signature
-                rows.append([name, case.shape, f"error: {type(e).__name__}", "", "", "", ""])
-                continue
-            gflops = case.flops / sec / 1e9 if case.flops else None
-            rows.append([
-                name, case.shape, f"{sec * 1e6:,.1f}",
-                f"{gflops:.1f}" if gflops else "", f"{100 * gflops / peak:.0f}%" if gflops else "",
-                f"{ref * 1e6:,.1f}" if ref else "", f"{ref / sec:.2f}x" if ref else "",
-            ])
+    refs = {}
+    for c in cases:
+        fn = (c.group.numpy or {}).get(c.name)
+        if fn is not None:
+            refs[id(c)] = time_call(fn, min_time=args.min_time)
+
+    rows, problems = [], []
+    for c in cases:
+        if c.problem:
+            problems.append(f"{c.name}: {c.problem}")
+            continue
+        sec = time_call(c.kernel, *c.args, min_time=args.min_time)
+        gflops = c.group.flops / sec / 1e9 if c.group.flops else None
+        ref = refs.get(id(c))
+        rows.append([
+            c.name, c.group.shape, f"{sec * 1e6:,.1f}",
+            f"{gflops:.1f}" if gflops else "", f"{100 * gflops / peak:.0f}%" if gflops else "",
+            f"{ref * 1e6:,.1f}" if ref else "", f"{ref / sec:.2f}x" if ref else "",
+        ])
     print(table(["kernel", "shape", "µs/call", "GFLOP/s", "% peak", "NumPy µs", "NumPy/nbnet"], rows))
-    measured = {r[0] for r in rows}
-    others = sorted(set(kernels) - measured)
-    if absent:
-        print(f"\nnot in nbnet.cpu (renamed?): {', '.join(absent)}")
-    if others:
-        print(f"\nnot measured here: {', '.join(others)}")
+    for line in problems + [f"{n}: no shapes for it here (add a Group in common.py)" for n in unowned]:
+        print("not measured: " + line)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Measures microseconds per call at MNIST shapes, batch 128 (the cases of kernels.py), with
 numba.set_num_threads(t) for each t in --threads, and the speed-up over 1 thread. Results are the
-same bitwise at every thread count (each output element has one owner); only time changes. A
-speed-up well below t on a small kernel means the parallel overhead (waking threads, ~µs) is
-comparable to the work: see threshold.py for where parallel starts paying.
+same bitwise at every thread count (each output element has one owner); only the time changes. A
+speed-up well below t on a small kernel means waking the threads costs about as much as the work:
+threshold.py finds where parallel starts paying.
 
     python profiling/threads.py                   # 1 and 2 threads, ~30 s
     python profiling/threads.py --threads 1,2,4,8 --batch 512
@@ -13,9 +13,8 @@ comparable to the work: see threshold.py for where parallel starts paying.
 import argparse
 
 import numba
-import numpy as np
 
-from common import cpu_kernels, load_warning, mnist_cases, table, time_call, training_step
+from common import load_warning, mnist_cases, table, time_call, training_step
 
 
 def main():
@@ -31,9 +30,8 @@ def main():
     print(f"thread scaling, batch {args.batch}, float32")
     if load_warning():
         print(load_warning())
-    kernels = cpu_kernels()
-    work = [(c.kernel, c.shape, kernels[c.kernel], c.args)
-            for c in mnist_cases(args.batch) if c.kernel in kernels]
+    cases, _ = mnist_cases(args.batch)
+    work = [(c.name, c.group.shape, c.kernel, c.args) for c in cases if not c.problem]
     work.append(("training step", "784-256-128-10 SGD", training_step(args.batch), ()))
 
     rows = []

@@ -85,3 +85,30 @@ def test_mnist_examples(tmp_path, script, folder, min_accuracy):
     assert percent(r"test accuracy ([\d.]+)%", out) > min_accuracy
     assert "confusion matrix" in out and "most confused" in out
     assert (tmp_path / "model.npz").exists()
+
+
+README_PRELUDE = """
+import nbnet as nb
+_load = nb.datasets.load
+def _tiny_load(name, data_dir=None, **kw):  # the README's code on 2000 training images, our data dir
+    x, y, xt, yt = _load(name, data_dir={data_dir!r}, **kw)
+    return x[:2000], y[:2000], xt, yt
+nb.datasets.load = _tiny_load
+"""
+
+
+@pytest.mark.skipif(not HAVE_CLI, reason=NO_CLI)
+def test_readme_python_example(tmp_path):
+    """The README's first Python block runs as written (on fewer images) and learns."""
+    if not (DATA / "mnist").is_dir():
+        pytest.skip(f"no mnist data in {DATA / 'mnist'} (set NBNET_DATA_DIR)")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    script = tmp_path / "readme_example.py"
+    script.write_text(README_PRELUDE.format(data_dir=str(DATA / "mnist")) + code, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert percent(r"test accuracy ([\d.]+)%", done.stdout) > 0.8
+    assert (tmp_path / "model.npz").exists()

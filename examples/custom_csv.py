@@ -44,10 +44,12 @@ def nbnet_cli(*args):
 def with_cli(csv, workdir, epochs):
     checkpoint = workdir / "rings_model.npz"
     nbnet_cli("train", "--dataset", str(csv), "--hidden", "32,32", "--optimizer", "adam",
-              "--lr", "0.01", "--epochs", str(epochs), "--seed", "0", "--save", str(checkpoint))
+              "--lr", "0.01", "--batch-size", "32", "--epochs", str(epochs), "--seed", "0",
+              "--save", str(checkpoint))
     result = json.loads(nbnet_cli("evaluate", "--checkpoint", str(checkpoint),
                                   "--dataset", str(csv), "--json"))
-    print(f"CLI: accuracy {result['accuracy']:.1%}, loss {result['loss']:.4f}")
+    print(f"CLI: accuracy {result['accuracy']:.1%}, loss {result['loss']:.4f} "
+          "on the rows held out for testing (--val-split, default 20%)")
 
     model = nb.load(checkpoint)  # the CLI's checkpoint is an ordinary nbnet model
     points = np.array([[0.0, 1.0], [2.0, 0.0], [0.0, -3.0]], dtype=np.float32)
@@ -67,7 +69,7 @@ def with_api(csv, epochs):
     loss_fn = nb.SoftmaxCrossEntropy()
     opt = nb.Adam(model.parameters(), lr=0.01)
     for epoch in range(epochs):
-        for xb, yb in nb.batches(x[train], y[train], batch_size=64, seed=(0, epoch)):
+        for xb, yb in nb.batches(x[train], y[train], batch_size=32, seed=(0, epoch)):
             opt.zero_grad()
             loss = loss_fn.forward(model.forward(xb), yb)
             model.backward(loss_fn.backward())

@@ -60,7 +60,8 @@ def main():
     for name in args.kernels.split(","):
         case = by_batch[batches[0]].get(name)
         if case is None or case.problem:
-            continue  # not in this nbnet.cpu (e.g. a fused kernel from another version)
+            summary.append([name, "-", "(not in nbnet.cpu)" if case is None else f"({case.problem})"])
+            continue
         pair = serial_and_parallel(case.kernel)
         if isinstance(pair, str):
             summary.append([name, "-", f"({pair})"])

@@ -68,7 +68,7 @@ def main(dataset="mnist", class_names=DIGITS):
     except (OSError, ValueError) as e:
         sys.exit(f"Error: {e}\n(point --data-dir at the folder holding the four {dataset} IDX files)")
     x_train, y_train = x_train[: args.limit], y_train[: args.limit]
-    print(f"{dataset}: {len(x_train)} training and {len(x_test)} test images of {x_train.shape[1]} pixels")
+    print(f"{dataset}: {len(x_train)} training and {len(x_test)} test images")
 
     model = nb.Sequential([
         nb.Linear(784, 256, seed=0), nb.ReLU(),

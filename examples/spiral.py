@@ -72,7 +72,8 @@ def main():
             model.backward(loss_fn.backward())
             opt.step()
         if epoch % 10 == 0 or epoch == args.epochs:
-            print(f"epoch {epoch:3d}  loss {loss:.4f}  test accuracy {accuracy(model, x_test, y_test):.1%}")
+            acc = accuracy(model, x_test, y_test)
+            print(f"epoch {epoch:3d}  last batch loss {loss:.4f}  test accuracy {acc:.1%}")
 
     test_acc = accuracy(model, x_test, y_test)
     try:

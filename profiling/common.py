@@ -82,45 +82,51 @@ def mnist_groups(batch=128, dtype=np.float32):
                  out=np.empty((k, m), d), act=np.empty((k, m), d), dinp=np.empty((k, n), d),
                  dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), weight_t=np.empty((n, m), d),
                  dout_t=np.empty((m, k), d), inp_t=np.empty((n, k), d), relu=False)
-        ref_out = np.empty((k, m), d)
-        groups.append(Group(f"Linear {n}->{m}", f"{k}x{n} -> {m}", ("linear_",), a, 2.0 * k * n * m, work=k * n * m, numpy={
-            "linear_forward": lambda a=a, o=ref_out: np.add(np.dot(a["inp"], a["weight"].T, out=o), a["bias"], out=o),
+        o_fwd, o_dx = np.empty((k, m), d), np.empty((k, n), d)  # NumPy's outputs
+        numpy = {
+            "linear_forward": lambda a=a, o=o_fwd: np.add(np.dot(a["inp"], a["weight"].T, out=o),
+                                                          a["bias"], out=o),
             "linear_backward_params": lambda a=a: (np.dot(a["dout"].T, a["inp"]), a["dout"].sum(0)),
-            "linear_backward_input": lambda a=a, o=np.empty((k, n), d): np.dot(a["dout"], a["weight"], out=o),
-        }))
+            "linear_backward_input": lambda a=a, o=o_dx: np.dot(a["dout"], a["weight"], out=o),
+        }
+        groups.append(Group(f"Linear {n}->{m}", f"{k}x{n} -> {m}", ("linear_",), a,
+                            flops=2.0 * k * n * m, work=k * n * m, numpy=numpy))
 
     x, g = rand(k, 256, dtype=d), rand(k, 256, dtype=d, seed=1)
     y = np.random.default_rng(2).uniform(0.01, 0.99, (k, 256)).astype(d)  # a forward's output
     r = np.empty((k, 256), d)  # NumPy's output
     for layer, forward, backward in (
         ("relu", lambda: np.maximum(x, 0, out=r), lambda: np.multiply(g, x >= 0, out=r)),
-        ("sigmoid", lambda: np.divide(1, 1 + np.exp(-x), out=r), lambda: np.multiply(g * y, 1 - y, out=r)),
+        ("sigmoid", lambda: np.divide(1, 1 + np.exp(-x), out=r),
+         lambda: np.multiply(g * y, 1 - y, out=r)),
         ("tanh", lambda: np.tanh(x, out=r), lambda: np.multiply(g, 1 - y * y, out=r)),
         ("softmax", lambda: _np_softmax(x), lambda: y * (g - (g * y).sum(1, keepdims=True))),
     ):
         # Backward kernels read the forward's input (`inp`, ReLU) or output (`out`). A forward
         # kernel overwrites `out` with its true output of `inp`, which suits the backward as well.
         a = dict(inp=x, dout=g, out=y.copy(), dinp=np.empty((k, 256), d))
-        groups.append(Group(layer.capitalize(), f"{k}x256", (layer + "_",), a, work=k * 256, numpy={
-            f"{layer}_forward": forward, f"{layer}_backward": backward}))
+        numpy = {f"{layer}_forward": forward, f"{layer}_backward": backward}
+        groups.append(Group(layer.capitalize(), f"{k}x256", (layer + "_",), a, work=k * 256,
+                            numpy=numpy))
 
     z, t = rand(k, 10, dtype=d), np.random.default_rng(0).integers(0, 10, k)
     a = dict(logits=z, targets=t, probs=_np_softmax(z), losses=np.empty(k, d),
              dlogits=np.empty((k, 10), d), dprobs=np.empty((k, 10), d),
              pred=z, target=rand(k, 10, dtype=d, seed=1), dpred=np.empty((k, 10), d))
-    groups.append(Group("Losses", f"{k}x10", ("softmax_crossentropy_", "crossentropy_", "mse_"), a, work=k * 10, numpy={
+    numpy = {
         "softmax_crossentropy_forward": lambda: -np.log(_np_softmax(z)[np.arange(k), t]).mean(),
         "softmax_crossentropy_backward": lambda: (_np_softmax(z) - np.eye(10, dtype=d)[t]) / d(k),
-    }))
+    }
+    groups.append(Group("Losses", f"{k}x10", ("softmax_crossentropy_", "crossentropy_", "mse_"), a,
+                        work=k * 10, numpy=numpy))
 
     n = 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
     a = dict(param=rand(n, dtype=d), grad=rand(n, dtype=d, seed=1) * d(1e-3), buf=np.zeros(n, d),
              m=np.zeros(n, d), v=np.zeros(n, d), lr=d(0.01), momentum=d(0.9), weight_decay=d(0),
              nesterov=False, beta1=d(0.9), beta2=d(0.999), eps=d(1e-8), l2=d(0), decay=d(1),
              step_size=d(1e-3), bc2_sqrt=d(0.03))
-    groups.append(Group("Optimizers", f"{n} params", ("sgd_", "adam_"), a, work=n, numpy={
-        "sgd_step": lambda a=a: _np_sgd(a), "adam_step": lambda a=a: _np_adam(a),
-    }))
+    numpy = {"sgd_step": lambda: _np_sgd(a), "adam_step": lambda: _np_adam(a)}
+    groups.append(Group("Optimizers", f"{n} params", ("sgd_", "adam_"), a, work=n, numpy=numpy))
     return groups
 
 

@@ -43,7 +43,8 @@ def main():
         rows.append([name, shape] + [f"{s * 1e6:,.1f}" for s in times]
                     + [f"{times[0] / s:.2f}x" for s in times[1:]])
     print(f"threading layer: {numba.threading_layer()}\n")
-    headers = ["kernel", "shape"] + [f"µs @ {t}" for t in counts] + [f"speed-up @ {t}" for t in counts[1:]]
+    headers = (["kernel", "shape"] + [f"µs @ {t}" for t in counts]
+               + [f"speed-up @ {t}" for t in counts[1:]])
     print(table(headers, rows))
 
 

@@ -72,7 +72,8 @@ def main():
             c = by_batch[k][name]
             ts = time_call(serial, *c.args, min_time=args.min_time)
             tp = time_call(parallel, *c.args, min_time=args.min_time)
-            rows.append([k, f"{c.group.work:,}", f"{ts * 1e6:,.1f}", f"{tp * 1e6:,.1f}", f"{ts / tp:.2f}"])
+            rows.append([k, f"{c.group.work:,}", f"{ts * 1e6:,.1f}", f"{tp * 1e6:,.1f}",
+                         f"{ts / tp:.2f}"])
             if ts / tp <= 1.0:
                 crossover = None  # parallel must win here and at every larger size
             elif crossover is None:

@@ -6,10 +6,10 @@ compiled serially (prange then runs as range), and prints serial time / parallel
 parallel is faster) and the work size (multiply-adds for Linear, else elements) from which parallel
 wins at every larger size: below it, a kernel should run serially.
 
-Kernels that already come as a serial/parallel pair (`.serial`, `.parallel`) are compared as they
-are. Otherwise the serial copy is compiled with `numba.njit(kernel.py_func)` *without* cache=True:
-Numba's cache index keys on the function and its signature but not on `parallel`, so a cached serial
-copy would overwrite (or be loaded as) the parallel kernel in nbnet's own cache.
+The serial copy is compiled here with `numba.njit(kernel.py_func)` *without* cache=True (also for
+kernels that come as a `.serial`/`.parallel` pair): Numba's cache index keys on the function's name
+and its signature but not on `parallel`, so two cached compilations of one Python function load
+each other's code, and a cached serial copy would be loaded as nbnet's parallel kernel.
 
     python profiling/threshold.py                           # ~40 s
     python profiling/threshold.py --kernels linear_forward,relu_forward --max-batch 4096
@@ -26,14 +26,15 @@ DEFAULT = ("linear_forward,linear_forward_act,linear_backward_params,linear_back
 
 
 def serial_and_parallel(kernel):
-    """(serial, parallel) callables for a kernel, or a string saying why there are none."""
-    if hasattr(kernel, "serial") and hasattr(kernel, "parallel"):
-        return kernel.serial, kernel.parallel
-    if not hasattr(kernel, "py_func"):
+    """(serial, parallel) callables for a kernel, or a string saying why there are none. The
+    serial one is compiled here, uncached, with the parallel one's options less `parallel`."""
+    parallel = getattr(kernel, "parallel", kernel)  # a serial/parallel pair: its parallel half
+    if not hasattr(parallel, "py_func"):
         return "a Python function that picks its kernels itself"
-    if not kernel.targetoptions.get("parallel"):
+    options = {k: v for k, v in parallel.targetoptions.items() if k not in ("parallel", "nopython")}
+    if not parallel.targetoptions.get("parallel"):
         return "compiled serial only"
-    return numba.njit(python_function(kernel)), kernel  # no cache=True: see the docstring
+    return numba.njit(**options)(parallel.py_func), parallel  # no cache=True: see the docstring
 
 
 def main():

@@ -19,7 +19,7 @@ import argparse
 
 import numba
 
-from common import load_warning, mnist_cases, python_function, table, time_call
+from common import load_warning, mnist_cases, table, time_call
 
 DEFAULT = ("linear_forward,linear_forward_act,linear_backward_params,linear_backward_input,"
            "linear_backward_input_act,relu_forward,relu_backward,softmax_crossentropy_forward")

@@ -54,7 +54,7 @@ def print_confusion(cm, names):
 
 
 def main(dataset="mnist", class_names=DIGITS):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=f"Train an MLP on {dataset}, print a confusion matrix.")
     parser.add_argument("--data-dir", default=default_data_dir(dataset))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")

@@ -90,9 +90,9 @@ def test_mnist_examples(tmp_path, script, folder, min_accuracy):
 README_PRELUDE = """
 import nbnet as nb
 _load = nb.datasets.load
-def _tiny_load(name, data_dir=None, **kw):  # the README's code on 2000 training images, our data dir
+def _tiny_load(name, data_dir=None, **kw):  # the README's code on fewer images, from our data dir
     x, y, xt, yt = _load(name, data_dir={data_dir!r}, **kw)
-    return x[:2000], y[:2000], xt, yt
+    return x[:2000], y[:2000], xt[:2000], yt[:2000]
 nb.datasets.load = _tiny_load
 """
 

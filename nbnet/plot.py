@@ -1,0 +1,63 @@
+"""Training curves as a PNG (`nbnet train --plot curves.png`). Needs the optional extra `nbnet[plot]`."""
+
+
+def _require_pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use so that
+    `import nbnet` never needs matplotlib."""
+    try:
+        import matplotlib  # noqa: PLC0415
+    except ImportError:
+        raise ImportError(
+            "plotting needs matplotlib: pip install 'nbnet[plot]' (or pip install matplotlib)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def plot_curves(history, path, title=None):
+    """Draw loss (left) and accuracy (right) per epoch, train and test, and save a PNG to `path`.
+
+    `history` is a list of per-epoch dicts as `nbnet train --metrics-out` writes them: keys `epoch`,
+    `train_loss`, `train_accuracy`, `test_loss`, `test_accuracy` (accuracies as fractions; any of
+    the train/test keys may be missing or None, and that curve is left out).
+    """
+    history = list(history)
+    if not history:
+        raise ValueError("plot_curves: the history is empty (no epoch finished)")
+    plt = _require_pyplot()
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    style = {"train": dict(color="tab:blue"), "test": dict(color="tab:orange")}
+    marker = "o" if len(epochs) <= 30 else None  # dots help with few epochs, clutter with many
+
+    for split in ("train", "test"):
+        for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
+            points = [(e, h.get(f"{split}_{key}")) for e, h in zip(epochs, history)]
+            points = [(e, v * scale) for e, v in points if v is not None]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker=marker, markersize=4, label=split, **style[split])
+
+    last = history[-1]
+    ax_loss.set_title("loss")
+    ax_loss.set_ylabel("cross-entropy (mean per sample)")
+    ax_acc.set_title("accuracy" + (
+        f"  (final test {100 * last['test_accuracy']:.2f}%)"
+        if last.get("test_accuracy") is not None else ""
+    ))
+    ax_acc.set_ylabel("% correct")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend()
+        if len(epochs) <= 20:  # whole epochs only: 1, 2, 3 rather than 1.0, 1.5, 2.0
+            ax.set_xticks(epochs)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

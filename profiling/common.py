@@ -1,0 +1,245 @@
+"""What the profiling scripts share: the kernels of nbnet.cpu at MNIST shapes, a timer, the sgemm
+peak. Not a script: kernels.py, threads.py, threshold.py and compile.py import it.
+
+Kernels are found in nbnet.cpu when a script runs: every callable named `<something>_forward`,
+`_backward...` or `_step...`, and each is called with the arrays its parameters name (`out`, `inp`,
+`weight`, `dout`, ...). So whatever nbnet.cpu holds then, including faster or fused kernels with new
+names or scratch arguments, is what gets measured, with no change here; a kernel whose parameters
+name something unknown is listed as not measured, with the name.
+"""
+
+import inspect
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from numba.core.errors import NumbaPerformanceWarning
+
+import nbnet as nb
+from nbnet import cpu
+
+# "parallel=True but nothing to parallelise" is about nbnet's code, not about these measurements.
+warnings.simplefilter("ignore", NumbaPerformanceWarning)
+
+KERNEL_NAME = re.compile(r"^[a-z][a-z0-9_]*_(forward|backward|step)(_[a-z0-9_]+)?$")
+
+
+def python_function(kernel):
+    """The Python function behind a kernel: a Numba dispatcher's py_func, a serial/parallel pair's
+    serial.py_func, or a plain function that calls kernels itself."""
+    for obj in (kernel, getattr(kernel, "serial", None)):
+        if hasattr(obj, "py_func"):
+            return obj.py_func
+    return kernel if inspect.isfunction(kernel) else None
+
+
+def cpu_kernels():
+    """{name: kernel} for every kernel in nbnet.cpu as it is now, in source order."""
+    return {name: obj for name, obj in vars(cpu).items()
+            if KERNEL_NAME.match(name) and callable(obj) and python_function(obj) is not None}
+
+
+def parameter_names(kernel):
+    return list(inspect.signature(python_function(kernel)).parameters)
+
+
+def rand(*shape, dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+@dataclass
+class Group:
+    """Arrays of one layer at one shape, by the parameter names kernels use for them."""
+
+    label: str  # e.g. "Linear 784->256"
+    shape: str
+    prefixes: tuple  # kernel names this group measures start with one of these
+    arrays: dict
+    flops: float = 0.0  # 2 x multiply-adds, for the matmuls; 0: not a matmul
+    numpy: dict = None  # kernel name -> the same computation in NumPy, as a reference
+    work: int = 0  # multiply-adds for the matmuls, else elements: the size a thread pool splits
+
+    def prefix(self, name):
+        """Length of the longest of this group's prefixes that `name` starts with (0: none)."""
+        return max((len(p) for p in self.prefixes if name.startswith(p)), default=0)
+
+    def args(self, kernel):
+        """The kernel's arguments, or raise KeyError naming the parameter we have no array for."""
+        return tuple(self.arrays[p] for p in parameter_names(kernel))
+
+
+def mnist_groups(batch=128, dtype=np.float32):
+    """Every layer of the 784-256-128-10 MNIST MLP at batch size `batch`, the activations at
+    (batch, 256), the loss at (batch, 10), and optimizer steps over all 235,146 parameters."""
+    k, d = batch, dtype
+    groups = []
+    for n, m in ((784, 256), (256, 128), (128, 10)):
+        a = dict(inp=rand(k, n, dtype=d), weight=rand(m, n, dtype=d, seed=1), bias=rand(m, dtype=d),
+                 dout=rand(k, m, dtype=d, seed=2), preact=rand(k, n, dtype=d, seed=3),
+                 out=np.empty((k, m), d), act=np.empty((k, m), d), dinp=np.empty((k, n), d),
+                 dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), weight_t=np.empty((n, m), d),
+                 dout_t=np.empty((m, k), d), inp_t=np.empty((n, k), d), relu=False)
+        o_fwd, o_dx = np.empty((k, m), d), np.empty((k, n), d)  # NumPy's outputs
+        numpy = {
+            "linear_forward": lambda a=a, o=o_fwd: np.add(np.dot(a["inp"], a["weight"].T, out=o),
+                                                          a["bias"], out=o),
+            "linear_backward_params": lambda a=a: (np.dot(a["dout"].T, a["inp"]), a["dout"].sum(0)),
+            "linear_backward_input": lambda a=a, o=o_dx: np.dot(a["dout"], a["weight"], out=o),
+        }
+        groups.append(Group(f"Linear {n}->{m}", f"{k}x{n} -> {m}", ("linear_",), a,
+                            flops=2.0 * k * n * m, work=k * n * m, numpy=numpy))
+
+    x, g = rand(k, 256, dtype=d), rand(k, 256, dtype=d, seed=1)
+    y = np.random.default_rng(2).uniform(0.01, 0.99, (k, 256)).astype(d)  # a forward's output
+    r = np.empty((k, 256), d)  # NumPy's output
+    for layer, forward, backward in (
+        ("relu", lambda: np.maximum(x, 0, out=r), lambda: np.multiply(g, x >= 0, out=r)),
+        ("sigmoid", lambda: np.divide(1, 1 + np.exp(-x), out=r),
+         lambda: np.multiply(g * y, 1 - y, out=r)),
+        ("tanh", lambda: np.tanh(x, out=r), lambda: np.multiply(g, 1 - y * y, out=r)),
+        ("softmax", lambda: _np_softmax(x), lambda: y * (g - (g * y).sum(1, keepdims=True))),
+    ):
+        # Backward kernels read the forward's input (`inp`, ReLU) or output (`out`). A forward
+        # kernel overwrites `out` with its true output of `inp`, which suits the backward as well.
+        a = dict(inp=x, dout=g, out=y.copy(), dinp=np.empty((k, 256), d))
+        numpy = {f"{layer}_forward": forward, f"{layer}_backward": backward}
+        groups.append(Group(layer.capitalize(), f"{k}x256", (layer + "_",), a, work=k * 256,
+                            numpy=numpy))
+
+    z, t = rand(k, 10, dtype=d), np.random.default_rng(0).integers(0, 10, k)
+    a = dict(logits=z, targets=t, probs=_np_softmax(z), losses=np.empty(k, d),
+             dlogits=np.empty((k, 10), d), dprobs=np.empty((k, 10), d),
+             pred=z, target=rand(k, 10, dtype=d, seed=1), dpred=np.empty((k, 10), d))
+    numpy = {
+        "softmax_crossentropy_forward": lambda: -np.log(_np_softmax(z)[np.arange(k), t]).mean(),
+        "softmax_crossentropy_backward": lambda: (_np_softmax(z) - np.eye(10, dtype=d)[t]) / d(k),
+    }
+    groups.append(Group("Losses", f"{k}x10", ("softmax_crossentropy_", "crossentropy_", "mse_"), a,
+                        work=k * 10, numpy=numpy))
+
+    n = 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+    a = dict(param=rand(n, dtype=d), grad=rand(n, dtype=d, seed=1) * d(1e-3), buf=np.zeros(n, d),
+             m=np.zeros(n, d), v=np.zeros(n, d), lr=d(0.01), momentum=d(0.9), weight_decay=d(0),
+             nesterov=False, beta1=d(0.9), beta2=d(0.999), eps=d(1e-8), l2=d(0), decay=d(1),
+             step_size=d(1e-3), bc2_sqrt=d(0.03))
+    numpy = {"sgd_step": lambda: _np_sgd(a), "adam_step": lambda: _np_adam(a)}
+    groups.append(Group("Optimizers", f"{n} params", ("sgd_", "adam_"), a, work=n, numpy=numpy))
+    return groups
+
+
+def _np_softmax(x):
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _np_sgd(a):
+    buf = a["buf"].copy()
+    buf *= 0.9
+    buf += a["grad"]
+    return a["param"] - a["lr"] * buf
+
+
+def _np_adam(a):
+    m = a["m"] + 0.1 * (a["grad"] - a["m"])
+    v = 0.999 * a["v"] + 0.001 * a["grad"] * a["grad"]
+    return a["param"] - 1e-3 * m / (np.sqrt(v) / 0.03 + 1e-8)
+
+
+@dataclass
+class Case:
+    group: Group
+    name: str
+    kernel: object
+    args: tuple = None
+    problem: str = ""  # why it cannot be measured here, if it cannot
+
+
+def mnist_cases(batch=128, dtype=np.float32):
+    """(group, kernel) pairs for every kernel in nbnet.cpu, in group order then source order, and
+    the names of kernels that no group owns."""
+    kernels = cpu_kernels()
+    groups = mnist_groups(batch, dtype)
+    # A kernel belongs to the group(s) whose prefix fits it best: softmax_crossentropy_forward
+    # to the losses, not to Softmax.
+    best = {name: max(g.prefix(name) for g in groups) for name in kernels}
+    cases, owned = [], set()
+    for grp in groups:
+        for name, kernel in kernels.items():
+            if best[name] == 0 or grp.prefix(name) != best[name]:
+                continue
+            owned.add(name)
+            case = Case(grp, name, kernel)
+            try:
+                case.args = grp.args(kernel)
+            except KeyError as e:
+                case.problem = f"needs an argument named {e.args[0]!r}"
+            cases.append(case)
+    return cases, sorted(set(kernels) - owned)
+
+
+def time_call(fn, *args, min_time=0.2, repeat=5):
+    """Seconds per call: the best of `repeat` rounds of enough calls to last min_time/repeat each.
+    The first call (compilation, first touch of memory) is not timed."""
+    fn(*args)
+    t0, calls = time.perf_counter(), 0
+    while time.perf_counter() - t0 < min_time / repeat / 4:
+        fn(*args)
+        calls += 1
+    per_round = max(1, int(calls * 4))
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(per_round):
+            fn(*args)
+        best = min(best, (time.perf_counter() - t0) / per_round)
+    return best
+
+
+def sgemm_peak(n=1024, dtype=np.float32):
+    """GFLOP/s of np.dot on two n x n matrices: what this machine's BLAS reaches, measured now,
+    with the threads NumPy's BLAS uses (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS)."""
+    a, b = rand(n, n, dtype=dtype), rand(n, n, dtype=dtype, seed=1)
+    out = np.empty((n, n), dtype)
+    return 2.0 * n**3 / time_call(lambda: np.dot(a, b, out=out), min_time=0.5, repeat=3) / 1e9
+
+
+def training_step(batch=128, dtype=np.float32):
+    """A function doing one SGD training step of the 784-256-128-10 MLP on a fixed random batch."""
+    model = nb.Sequential([
+        nb.Linear(784, 256, dtype=dtype, seed=0), nb.ReLU(),
+        nb.Linear(256, 128, dtype=dtype, seed=1), nb.ReLU(),
+        nb.Linear(128, 10, dtype=dtype, seed=2),
+    ])
+    loss_fn = nb.SoftmaxCrossEntropy()
+    opt = nb.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = np.random.default_rng(0).uniform(0, 1, (batch, 784)).astype(dtype)
+    y = np.random.default_rng(1).integers(0, 10, batch)
+
+    def step():
+        opt.zero_grad()
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+
+    return step
+
+
+def load_warning():
+    """A line to print when other processes compete for the cores (timings are then unreliable)."""
+    load, cores = os.getloadavg()[0], os.cpu_count()
+    if load > 0.5 * cores:
+        return (f"warning: load average {load:.1f} on {cores} cores: other processes are running, "
+                "timings are noisy; rerun on a quiet machine for figures to quote")
+    return None
+
+
+def table(headers, rows, aligns=None):
+    """Rows as an aligned text table (first column left, the others right-aligned)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    aligns = aligns or ["<"] + [">"] * (len(headers) - 1)
+    line = lambda r: "  ".join(f"{str(c):{a}{w}}" for c, a, w in zip(r, aligns, widths)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])

@@ -1,0 +1,69 @@
+"""Per-kernel table: every kernel of nbnet.cpu at MNIST shapes, batch 128.
+
+Measures, for the 784-256-128-10 MLP (Linear 784->256, 256->128, 128->10; ReLU, Sigmoid, Tanh,
+Softmax on 128x256; the losses on 128x10; SGD and Adam steps over its 235,146 parameters):
+microseconds per call (best of several rounds, compilation excluded), GFLOP/s for the matmuls and
+that as a % of the sgemm peak (np.dot on 1024x1024, measured in the same run), and the same
+computation in NumPy with the ratio NumPy time / nbnet time (> 1: nbnet is faster).
+Every kernel nbnet.cpu holds is measured (see common.py), so new or fused kernels appear by
+themselves; Linear FLOPs count the matmul only, fused extras (bias, ReLU) are not counted.
+
+    python profiling/kernels.py                      # ~20 s, all Numba threads
+    python profiling/kernels.py --batch 512 --threads 1 --dtype float64 --min-time 1
+"""
+
+import argparse
+
+import numba
+import numpy as np
+
+from common import load_warning, mnist_cases, sgemm_peak, table, time_call
+
+
+def main():
+    parser = argparse.ArgumentParser(description="per-kernel timings at MNIST shapes")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--min-time", type=float, default=0.2, help="seconds of timing per kernel")
+    args = parser.parse_args()
+    if args.threads:
+        numba.set_num_threads(args.threads)
+
+    dtype = np.dtype(args.dtype).type
+    peak = sgemm_peak(dtype=dtype)
+    print(f"nbnet.cpu kernels, batch {args.batch}, {args.dtype}, {numba.get_num_threads()} Numba "
+          f"thread(s); sgemm peak (np.dot 1024x1024 {args.dtype}): {peak:.1f} GFLOP/s")
+    if load_warning():
+        print(load_warning())
+    print()
+
+    cases, unowned = mnist_cases(args.batch, dtype)
+    # NumPy first: once a Numba parallel region has run, its OpenMP threads keep spinning for a
+    # while and would slow the BLAS threads that NumPy's reference calls use.
+    refs = {}
+    for c in cases:
+        fn = (c.group.numpy or {}).get(c.name)
+        if fn is not None:
+            refs[id(c)] = time_call(fn, min_time=args.min_time)
+
+    rows, problems = [], []
+    for c in cases:
+        if c.problem:
+            problems.append(f"{c.name}: {c.problem}")
+            continue
+        sec = time_call(c.kernel, *c.args, min_time=args.min_time)
+        gflops = c.group.flops / sec / 1e9 if c.group.flops else None
+        ref = refs.get(id(c))
+        rows.append([
+            c.name, c.group.shape, f"{sec * 1e6:,.1f}",
+            f"{gflops:.1f}" if gflops else "", f"{100 * gflops / peak:.0f}%" if gflops else "",
+            f"{ref * 1e6:,.1f}" if ref else "", f"{ref / sec:.2f}x" if ref else "",
+        ])
+    print(table(["kernel", "shape", "µs/call", "GFLOP/s", "% peak", "NumPy µs", "NumPy/nbnet"], rows))
+    for line in problems + [f"{n}: no shapes for it here (add a Group in common.py)" for n in unowned]:
+        print("not measured: " + line)
+
+
+if __name__ == "__main__":
+    main()

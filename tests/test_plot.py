@@ -1,0 +1,61 @@
+"""nbnet.plot.plot_curves writes a real PNG of the training curves (skipped without matplotlib)."""
+
+import math
+import struct
+import sys
+
+import pytest
+
+from nbnet.plot import plot_curves
+
+
+def fake_history(epochs):
+    return [
+        {
+            "epoch": e,
+            "train_loss": math.exp(-e / 3),
+            "train_accuracy": 1 - 0.3 * math.exp(-e / 3),
+            "test_loss": math.exp(-e / 3) + 0.05,
+            "test_accuracy": 1 - 0.3 * math.exp(-e / 3) - 0.02,
+            "seconds": 1.0,
+            "samples_per_second": 1e4,
+        }
+        for e in range(1, epochs + 1)
+    ]
+
+
+def png_size(path):
+    """(width, height) from the PNG header; fails unless the file starts like a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("epochs", [1, 12])
+def test_plot_curves_writes_png(tmp_path, epochs):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "curves.png"
+    plot_curves(fake_history(epochs), path)
+    width, height = png_size(path)
+    assert width > 2 * height > 400  # two panels side by side
+    assert path.stat().st_size > 10_000  # something was drawn, not an empty canvas
+
+
+def test_plot_curves_missing_test_metrics(tmp_path):
+    pytest.importorskip("matplotlib")
+    history = [dict(h, test_loss=None, test_accuracy=None) for h in fake_history(3)]
+    plot_curves(history, tmp_path / "curves.png")
+    png_size(tmp_path / "curves.png")
+
+
+def test_plot_curves_empty_history(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        plot_curves([], tmp_path / "curves.png")
+
+
+def test_plot_curves_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(ImportError, match=r"pip install 'nbnet\[plot\]'"):
+        plot_curves(fake_history(2), tmp_path / "curves.png")
+    assert not (tmp_path / "curves.png").exists()

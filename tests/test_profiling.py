@@ -1,0 +1,48 @@
+"""The profiling scripts can call every kernel in nbnet.cpu (no timing here: that is their job).
+
+profiling/common.py binds each kernel's arguments by parameter name; a kernel with a parameter it
+has no array for would silently drop out of the tables, so that fails here instead.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PROFILING = Path(__file__).resolve().parents[1] / "profiling"
+sys.path.insert(0, str(PROFILING))
+import common  # noqa: E402
+
+
+def test_every_cpu_kernel_has_arguments_at_mnist_shapes():
+    cases, unowned = common.mnist_cases(batch=4)
+    assert not unowned, f"kernels with no shapes in profiling/common.py: {unowned}"
+    assert not [c.problem for c in cases if c.problem]
+    names = {c.name for c in cases}
+    assert {"linear_forward", "relu_backward", "softmax_crossentropy_forward", "adam_step"} <= names
+
+
+def test_bound_arguments_run_and_compute_the_formula():
+    cases, _ = common.mnist_cases(batch=4, dtype=np.float64)
+    case = next(c for c in cases if c.name == "linear_forward" and c.group.label == "Linear 128->10")
+    case.kernel(*case.args)
+    a = case.group.arrays
+    np.testing.assert_allclose(a["out"], a["inp"] @ a["weight"].T + a["bias"], rtol=1e-12)
+
+
+def test_table_aligns_columns():
+    text = common.table(["kernel", "µs"], [["a", "1.0"], ["linear_forward", "123.4"]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header rule
+
+
+def test_scripts_have_help_and_say_what_they_measure():
+    for script in ("kernels.py", "compile.py", "threads.py", "threshold.py"):
+        source = (PROFILING / script).read_text(encoding="utf-8")
+        assert source.startswith('"""') and "python profiling/" in source, script
+        done = subprocess.run([sys.executable, str(PROFILING / script), "--help"],
+                              capture_output=True, text=True, cwd=PROFILING, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
+        assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)

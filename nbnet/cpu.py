@@ -11,6 +11,8 @@ Conventions (the same in nbnet/gpu.py):
 - Losses take the mean over the batch here, once; Linear's backward never divides by k again.
 """
 
+import types as pytypes
+
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -140,6 +142,16 @@ def transpose(out, inp):
                     out[j, i] = inp[i, j]
 
 
+def _renamed(func, suffix):
+    """func under another name. Numba's on-disk cache files a compilation under the function's
+    name and line, not under `parallel`, so serial and parallel twins of one function would load
+    each other's code; a renamed copy gets its own cache entry."""
+    copy = pytypes.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix, func.__defaults__)
+    copy.__qualname__ = func.__qualname__ + suffix
+    copy.__doc__ = func.__doc__
+    return copy
+
+
 class Kernel:
     """One kernel compiled twice from the same Python function, serial and parallel; a call runs
     the parallel one only when the work (multiply-adds) reaches `threshold`, below which waking the
@@ -147,7 +159,7 @@ class Kernel:
     The choice depends on shapes only, so results never depend on the thread count."""
 
     def __init__(self, func, work, threshold):
-        self.serial = njit(cache=True, fastmath=FAST)(func)
+        self.serial = njit(cache=True, fastmath=FAST)(_renamed(func, "_serial"))
         self.parallel = njit(cache=True, fastmath=FAST, parallel=True)(func)
         self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 

@@ -58,6 +58,16 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
 
 
+def test_serial_and_parallel_twins_have_their_own_cache_entries():
+    """Numba files cached code by function name and line, not by `parallel`: twins of one function
+    would load each other's compilation (the serial one then ran on every thread)."""
+    for name in ("linear_forward_act", "linear_backward_input_act", "linear_backward_params"):
+        kernel = getattr(cpu, name)
+        names = {twin._cache._cache_file._index_name for twin in (kernel.serial, kernel.parallel)}
+        assert len(names) == 2, name
+        assert not kernel.serial.targetoptions.get("parallel") and kernel.parallel.targetoptions["parallel"]
+
+
 def test_parallel_and_serial_twins_agree():
     rng = np.random.default_rng(1)
     k, n, m = 20, 30, 12

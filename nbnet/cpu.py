@@ -191,7 +191,7 @@ def _linear_forward(out, act, inp, weight, bias, relu):
                 y = acc[r, c] + bias[j0 + c]
                 out[i0 + r, j0 + c] = y
                 if relu:
-                    act[i0 + r, j0 + c] = y if y > zero else zero
+                    act[i0 + r, j0 + c] = zero if y < zero else y  # NaN passes through, as in torch
 
 
 linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: x.size * w.shape[0], PARALLEL_WORK)
@@ -288,7 +288,7 @@ def relu_forward(out, inp):
     for i in prange(inp.shape[0]):
         for j in range(inp.shape[1]):
             x = inp[i, j]
-            out[i, j] = x if x > zero else zero
+            out[i, j] = zero if x < zero else x  # NaN passes through (to the loss), as in torch
 
 
 @pjit

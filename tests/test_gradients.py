@@ -207,3 +207,14 @@ def test_backward_without_input_grad_gives_same_parameter_gradients(rng):
     assert model.backward(loss_fn.backward(), need_input_grad=False) is None
     for p, g in zip(model.parameters(), full):
         np.testing.assert_array_equal(p.grad, g)
+
+
+def test_relu_passes_nan_through_so_divergence_is_seen():
+    """max(0, NaN) must stay NaN (as in PyTorch): a ReLU that turned it into 0 would hide a
+    diverged layer from the loss."""
+    x = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    y = nb.ReLU().forward(x)
+    assert np.isnan(y[0, 0]) and y[0, 1] == 0 and y[0, 2] == 2
+    model = nb.Sequential([nb.Linear(3, 2, seed=0), nb.ReLU(), nb.Linear(2, 2, seed=1)])  # fused path
+    model.layers[0].bias[0] = np.nan
+    assert np.isnan(model.forward(np.ones((1, 3), np.float32))).any()

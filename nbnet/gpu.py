@@ -135,7 +135,7 @@ def move_model(model, device):
             setattr(layer, p.name, move(p.data))
             setattr(layer, "grad_" + p.name, move(p.grad))
         for name, value in list(vars(layer).items()):
-            if name not in keep and hasattr(value, "shape") and hasattr(value, "dtype"):
+            if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
                 setattr(layer, name, None)
 
 
@@ -636,3 +636,134 @@ def _fill_kernel(flat, value):
 
 def fill(arr, value):
     _launch_1d(_fill_kernel, arr.size, arr.reshape(arr.size), arr.dtype.type(value))
+
+
+# ----------------------------------------------------------------------------------------------
+# A data set on the device: copied over once, batches gathered there, only scalars come back.
+
+
+@_jit
+def _gather_rows_kernel(xb, yb, x, y, order, start):
+    """xb_rc = x[o_(start+r), c],  yb_r = y[o_(start+r)]   one thread per element of xb"""
+    p = cuda.grid(1)
+    if p < xb.size:
+        d = xb.shape[1]
+        r = p // d
+        c = p - r * d
+        src = order[start + r]
+        xb[r, c] = x[src, c]
+        if c == 0:
+            yb[r] = y[src]
+
+
+def gather_rows(xb, yb, x, y, order, start):
+    """Rows order[start : start + len(xb)] of (x, y) into (xb, yb), all on the device."""
+    _launch_1d(_gather_rows_kernel, xb.size, xb, yb, x, y, order, start)
+
+
+@_jit
+def _count_correct_kernel(total, logits, targets):
+    """total[0] = Σ_i [argmax_j z_ij = t_i]   (first maximum, as np.argmax); one block"""
+    partial = cuda.shared.array(REDUCE, dtype=total.dtype)
+    t = cuda.threadIdx.x
+    acc = total.dtype.type(0)
+    for i in range(t, logits.shape[0], cuda.blockDim.x):
+        best = 0
+        for j in range(1, logits.shape[1]):
+            if logits[i, j] > logits[i, best]:
+                best = j
+        if best == targets[i]:
+            acc += 1
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+def count_correct(logits, targets):
+    """How many rows' largest logit is at the label: a host int (what accuracy needs, nothing more)."""
+    return int(_reduce_to_host(_count_correct_kernel, logits.shape[0], np.int64, logits, targets))
+
+
+class DeviceDataset:
+    """(x, y) copied to the GPU once; `batches` gathers each batch there with a kernel.
+
+        train = DeviceDataset(x_train, y_train, classes=10)
+        for xb, yb in train.batches(128, shuffle=True, seed=(seed, epoch)):   # device arrays
+            ...
+
+    The batches are exactly those of `nbnet.batches(x, y, batch_size, shuffle, seed)` (same
+    permutation), so a GPU run sees the data in the CPU run's order. Per step nothing is copied:
+    once per epoch the permutation goes over (N int64s). When the data set does not fit in
+    `max_bytes` (default: half the free GPU memory) it stays on the host and goes over one chunk of
+    whole batches at a time, each chunk gathered in permutation order on the host: still the same
+    batches, at the cost of one host-to-device copy of the data set per epoch.
+
+    The yielded arrays are reused buffers (views of them): the next batch overwrites them.
+    """
+
+    def __init__(self, x, y, *, classes=None, max_bytes=None):
+        _require_device()
+        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+        if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
+            raise ValueError(f"DeviceDataset: x must be a float32/float64 (N, D) array, got {x.dtype} {x.shape}")
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"DeviceDataset: y must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+        if len(x) == 0:
+            raise ValueError("DeviceDataset: the data set is empty")
+        if classes is not None and (y.min() < 0 or y.max() >= classes):
+            bad = y.min() if y.min() < 0 else y.max()
+            raise ValueError(f"DeviceDataset: label {bad} is out of range [0, {classes})")
+        if max_bytes is None:
+            free = cuda.current_context().get_memory_info()[0]
+            max_bytes = min(free, 2**62) // 2  # the simulator reports infinite memory
+        self.n = len(x)
+        self.row_bytes = x.itemsize * x.shape[1] + y.itemsize
+        self.resident = self.n * self.row_bytes <= max_bytes
+        self.chunk_rows = max(1, int(max_bytes // self.row_bytes))
+        if self.resident:
+            self.x, self.y = to_device(x), to_device(y)
+            self.host = None
+        else:
+            self.x = self.y = None
+            self.host = (x, y)
+        self.dtype, self.width, self.label_dtype = x.dtype, x.shape[1], y.dtype
+        self._bufs = {}
+
+    def __len__(self):
+        return self.n
+
+    def _buffers(self, rows):
+        """Reused device arrays of `rows` rows for x and y (made once per size)."""
+        if rows not in self._bufs:
+            self._bufs[rows] = (empty((rows, self.width), self.dtype), empty(rows, self.label_dtype))
+        return self._bufs[rows]
+
+    def batches(self, batch_size, shuffle=True, seed=None):
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+        n = self.n
+        order = np.random.default_rng(seed).permutation(n) if shuffle else None
+        if self.resident:
+            if order is None:  # in order: plain views of the resident arrays
+                for start in range(0, n, batch_size):
+                    yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+                return
+            d_order = to_device(order)
+            xb, yb = self._buffers(batch_size)
+            for start in range(0, n, batch_size):
+                rows = min(batch_size, n - start)
+                gather_rows(xb[:rows], yb[:rows], self.x, self.y, d_order, start)
+                yield xb[:rows], yb[:rows]
+            return
+        x, y = self.host
+        chunk = max(batch_size, self.chunk_rows // batch_size * batch_size)
+        cx, cy = self._buffers(chunk)
+        for c0 in range(0, n, chunk):
+            rows_c = min(chunk, n - c0)
+            idx = slice(c0, c0 + rows_c) if order is None else order[c0 : c0 + rows_c]
+            cx[:rows_c].copy_to_device(np.ascontiguousarray(x[idx]))
+            cy[:rows_c].copy_to_device(np.ascontiguousarray(y[idx]))
+            for start in range(0, rows_c, batch_size):
+                end = min(start + batch_size, rows_c)
+                yield cx[start:end], cy[start:end]

@@ -21,20 +21,21 @@ simulator (it is an explicit opt-in, not a fall-back); `gpu_status()` reports th
 use. NBNET_CUDA_TILE (default 16) sets TILE, so tests can cover partial tiles at tiny shapes.
 """
 
+import functools
 import importlib.util
 import math
 import os
 
 import numpy as np
 
-_INSTALL_HINT = "numba-cuda is not installed: install 'nbnet[cuda]' (pip install 'nbnet[cuda]')"
+_INSTALL_HINT = "numba-cuda is not installed (pip install 'nbnet[cuda]')"
 cuda = None
 if importlib.util.find_spec("numba_cuda") is not None:
     try:
         from numba import cuda
         from numba.cuda.core import config as _cuda_config
     except ImportError as e:  # e.g. numba-cuda without its CUDA bindings
-        cuda, _INSTALL_HINT = None, f"numba-cuda does not import ({e}): reinstall 'nbnet[cuda]'"
+        cuda, _INSTALL_HINT = None, f"numba-cuda does not import ({e}); pip install 'nbnet[cuda]'"
 
 if cuda is not None:
     _jit = cuda.jit
@@ -61,11 +62,12 @@ def simulator_enabled():
     return _SIMULATOR
 
 
-def _first_line(err):
+def _one_line(err):
     lines = [s.strip(" :") for s in str(err).splitlines() if s.strip(" :")]
     return "; ".join(lines[:2]) or type(err).__name__
 
 
+@functools.cache  # a failure is not cached: the next call asks again
 def _real_gpu():
     """A one-line description of the current real GPU; RuntimeError saying why there is none."""
     if cuda is None:
@@ -75,7 +77,7 @@ def _real_gpu():
     try:
         dev = cuda.get_current_device()
     except Exception as e:  # CudaSupportError (no driver), CudaDriverError (no device), ...
-        raise RuntimeError(f"no usable CUDA GPU: {_first_line(e)}") from None
+        raise RuntimeError(f"no usable CUDA GPU: {_one_line(e)}") from None
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
     cc = ".".join(map(str, dev.compute_capability))
     import numba_cuda  # noqa: PLC0415

@@ -163,8 +163,10 @@ def _launch_tiles(kernel, rows, cols, *args):
 
 
 @_jit
-def _linear_forward_kernel(out, inp, weight, bias):
-    """y_ij = Σ_l x_il w_jl + b_j   out (k, m), inp (k, n), weight (m, n), bias (m,)
+def _linear_forward_kernel(out, act, inp, weight, bias, relu):
+    """y_ij = Σ_l x_il w_jl + b_j, and with relu also a_ij = max(0, y_ij)   (Linear, or Linear+ReLU)
+
+    out (k, m) = Y, act (k, m) written only with relu, inp (k, n), weight (m, n), bias (m,).
 
     Block (by, bx) computes out[by T:(by+1) T, bx T:(bx+1) T]. Per step over l it stages an X tile
     and a W tile in shared memory; thread (ty, tx) owns y_ij, i = by T + ty, j = bx T + tx.
@@ -189,10 +191,17 @@ def _linear_forward_kernel(out, inp, weight, bias):
         cuda.syncthreads()
     if i < k and j < m:
         out[i, j] = acc
+        if relu:
+            act[i, j] = acc if acc > zero else zero
 
 
 def linear_forward(out, inp, weight, bias):
-    _launch_tiles(_linear_forward_kernel, out.shape[0], out.shape[1], out, inp, weight, bias)
+    _launch_tiles(_linear_forward_kernel, out.shape[0], out.shape[1], out, out, inp, weight, bias, False)
+
+
+def linear_relu_forward(out, act, inp, weight, bias):
+    """Linear then ReLU in one kernel (the CPU's fused epilogue): Y kept for the ReLU's backward."""
+    _launch_tiles(_linear_forward_kernel, out.shape[0], out.shape[1], out, act, inp, weight, bias, True)
 
 
 @_jit
@@ -233,14 +242,17 @@ def _linear_backward_bias_kernel(dbias, dout):
         dbias[j] += db
 
 
-def linear_backward_params(dweight, dbias, dout, inp):
+def linear_backward_params(dweight, dbias, dout, inp, dout_t=None, inp_t=None):
+    # dout_t, inp_t: the CPU kernel's transpose scratch; the tiles here read G and X coalesced as they are.
     _launch_tiles(_linear_backward_weight_kernel, dweight.shape[0], dweight.shape[1], dweight, dout, inp)
     _launch_1d(_linear_backward_bias_kernel, dbias.shape[0], dbias, dout)
 
 
 @_jit
-def _linear_backward_input_kernel(dinp, dout, weight):
-    """dx_il = Σ_j g_ij w_jl   dinp (k, n), dout (k, m), weight (m, n)
+def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
+    """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
+
+    dinp (k, n), dout (k, m), weight (m, n), preact (k, n) = x' read only with relu.
 
     A tiled G W: thread (ty, tx) owns dx_il, i = by T + ty, l = bx T + tx, summing j in order.
     """
@@ -261,11 +273,19 @@ def _linear_backward_input_kernel(dinp, dout, weight):
             acc += gs[ty, c] * ws[c, tx]
         cuda.syncthreads()
     if i < k and l < n:
+        if relu and preact[i, l] < zero:
+            acc = zero
         dinp[i, l] = acc
 
 
-def linear_backward_input(dinp, dout, weight):
-    _launch_tiles(_linear_backward_input_kernel, dinp.shape[0], dinp.shape[1], dinp, dout, weight)
+def linear_backward_input(dinp, dout, weight, weight_t=None):
+    # weight_t: the CPU kernel's Wᵀ scratch; unused, W's tile rows are read coalesced as they are.
+    _launch_tiles(_linear_backward_input_kernel, dinp.shape[0], dinp.shape[1], dinp, dout, weight, dinp, False)
+
+
+def linear_relu_backward_input(dinp, dout, weight, weight_t, preact):
+    """dx = [x' ≥ 0] (G W): this Linear's input gradient through the ReLU before it, in one kernel."""
+    _launch_tiles(_linear_backward_input_kernel, dinp.shape[0], dinp.shape[1], dinp, dout, weight, preact, True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,6 +566,37 @@ def _softmax_crossentropy_backward_kernel(dlogits, probs, targets):
 
 def softmax_crossentropy_backward(dlogits, probs, targets):
     _launch_1d(_softmax_crossentropy_backward_kernel, probs.shape[0], dlogits, probs, targets)
+
+
+@_jit
+def _softmax_crossentropy_forward_backward_kernel(dlogits, probs, losses, logits, targets):
+    """p_ij = softmax(z_i)_j,  ℓ_i = m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i,  dz_ij = (p_ij - [j = t_i]) / k"""
+    i = cuda.grid(1)
+    k, c = logits.shape
+    if i < k:
+        mx = logits[i, 0]
+        for j in range(1, c):
+            mx = max(mx, logits[i, j])
+        s = logits.dtype.type(0)
+        for j in range(c):
+            e = math.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            s += e
+        inv = logits.dtype.type(1) / s
+        inv_k = logits.dtype.type(1) / logits.dtype.type(k)
+        for j in range(c):
+            p = probs[i, j] * inv
+            probs[i, j] = p
+            dlogits[i, j] = p * inv_k
+        dlogits[i, targets[i]] -= inv_k
+        losses[i] = mx + math.log(s) - logits[i, targets[i]]
+
+
+def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):
+    """The forward's mean loss (a host scalar) and the backward's dz in one pass over the logits."""
+    k = logits.shape[0]
+    _launch_1d(_softmax_crossentropy_forward_backward_kernel, k, dlogits, probs, losses, logits, targets)
+    return _reduce_to_host(_sum_kernel, k, logits.dtype, losses) / logits.dtype.type(k)
 
 
 def mse_forward(pred, target):

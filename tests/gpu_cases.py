@@ -68,6 +68,44 @@ def test_linear_kernels(k, n, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_linear_relu_kernels(dtype):
+    """The fused epilogues equal the CPU's unfused kernels run one after the other."""
+    k, n, m = LINEAR_SHAPES[0]
+    rng = np.random.default_rng(11)
+    x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, (m,), dtype), rand(rng, (k, m), dtype)
+    y, a = np.empty((k, m), dtype), np.empty((k, m), dtype)
+    cpu.linear_forward(y, x, w, b)
+    cpu.relu_forward(a, y)
+    dy, da = gpu.empty((k, m), dtype), gpu.empty((k, m), dtype)
+    gpu.linear_relu_forward(dy, da, gpu.to_device(x), gpu.to_device(w), gpu.to_device(b))
+    np.testing.assert_allclose(to_host(dy), y, **TOL[dtype])
+    np.testing.assert_allclose(to_host(da), a, **TOL[dtype])
+
+    preact = rand(rng, (k, n), dtype)
+    preact[0, 0] = 0  # ReLU'(0) = 1
+    dx, want = np.empty((k, n), dtype), np.empty((k, n), dtype)
+    cpu.linear_backward_input(dx, g, w)
+    cpu.relu_backward(want, dx, preact)
+    d_dx = gpu.empty((k, n), dtype)
+    gpu.linear_relu_backward_input(d_dx, gpu.to_device(g), gpu.to_device(w), None, gpu.to_device(preact))
+    np.testing.assert_allclose(to_host(d_dx), want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_softmax_crossentropy_kernel(dtype):
+    rng = np.random.default_rng(12)
+    logits, t = rand(rng, (5, 4), dtype, -5, 5), rng.integers(0, 4, size=5)
+    probs, dz = np.empty_like(logits), np.empty_like(logits)
+    loss = cpu.softmax_crossentropy_forward(probs, np.empty(5, dtype), logits, t)
+    cpu.softmax_crossentropy_backward(dz, probs, t)
+    d = [gpu.empty((5, 4), dtype), gpu.empty((5, 4), dtype), gpu.empty(5, dtype)]
+    got = gpu.softmax_crossentropy_forward_backward(*d, gpu.to_device(logits), gpu.to_device(t))
+    np.testing.assert_allclose(got, loss, **TOL[dtype])
+    np.testing.assert_allclose(to_host(d[0]), dz, **TOL[dtype])
+    np.testing.assert_allclose(to_host(d[1]), probs, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])
 def test_activation_kernels(name, dtype):
     rng = np.random.default_rng(1)

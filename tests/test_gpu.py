@@ -80,16 +80,17 @@ for dt in (np.float32, np.float64):
     a, s = (lambda *shape: np.zeros(shape, dt)), dt(1)
     m2 = (a(3, 4), a(3, 4))
     examples = {
-        "_linear_forward_kernel": (a(3, 4), a(3, 5), a(4, 5), a(4)),
+        "_linear_forward_kernel": (a(3, 4), a(3, 4), a(3, 5), a(4, 5), a(4), True),
         "_linear_backward_weight_kernel": (a(4, 5), a(3, 4), a(3, 5)),
         "_linear_backward_bias_kernel": (a(4), a(3, 4)),
-        "_linear_backward_input_kernel": (a(3, 5), a(3, 4), a(4, 5)),
+        "_linear_backward_input_kernel": (a(3, 5), a(3, 4), a(4, 5), a(3, 5), True),
         "_sum_kernel": (a(1), a(3)),
         "_squared_error_sum_kernel": (a(1), *m2),
         "_crossentropy_rows_kernel": (a(3), a(3, 4), i64, s),
         "_crossentropy_backward_kernel": (*m2, i64, s),
         "_softmax_crossentropy_rows_kernel": (a(3, 4), a(3), a(3, 4), i64),
         "_softmax_crossentropy_backward_kernel": (*m2, i64),
+        "_softmax_crossentropy_forward_backward_kernel": (*m2, a(3), a(3, 4), i64),
         "_mse_backward_kernel": (a(3, 4), *m2),
         "_sgd_step_kernel": (a(4), a(4), a(4), s, s, s, True),
         "_adam_step_kernel": (a(4), a(4), a(4), a(4)) + (s,) * 7,

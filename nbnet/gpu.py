@@ -152,10 +152,11 @@ def _launch_1d(kernel, size, *args):
     kernel[(size + threads - 1) // threads, threads](*args)
 
 
-def _launch_tiles(kernel, rows, cols, *args):
-    """One TILE x TILE block per tile of a (rows, cols) output; x runs along columns."""
+def _launch_tiles(kernel, out, *args):
+    """One TILE x TILE block per tile of the (rows, cols) output `out`; x runs along columns."""
+    rows, cols = out.shape
     grid = ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE)
-    kernel[grid, (TILE, TILE)](*args)
+    kernel[grid, (TILE, TILE)](out, *args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,12 +197,12 @@ def _linear_forward_kernel(out, act, inp, weight, bias, relu):
 
 
 def linear_forward(out, inp, weight, bias):
-    _launch_tiles(_linear_forward_kernel, out.shape[0], out.shape[1], out, out, inp, weight, bias, False)
+    _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False)
 
 
 def linear_relu_forward(out, act, inp, weight, bias):
     """Linear then ReLU in one kernel (the CPU's fused epilogue): Y kept for the ReLU's backward."""
-    _launch_tiles(_linear_forward_kernel, out.shape[0], out.shape[1], out, act, inp, weight, bias, True)
+    _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True)
 
 
 @_jit
@@ -243,8 +244,8 @@ def _linear_backward_bias_kernel(dbias, dout):
 
 
 def linear_backward_params(dweight, dbias, dout, inp, dout_t=None, inp_t=None):
-    # dout_t, inp_t: the CPU kernel's transpose scratch; the tiles here read G and X coalesced as they are.
-    _launch_tiles(_linear_backward_weight_kernel, dweight.shape[0], dweight.shape[1], dweight, dout, inp)
+    # dout_t, inp_t: the CPU kernel's transpose scratch; unused, the tiles read G and X coalesced.
+    _launch_tiles(_linear_backward_weight_kernel, dweight, dout, inp)
     _launch_1d(_linear_backward_bias_kernel, dbias.shape[0], dbias, dout)
 
 
@@ -280,12 +281,12 @@ def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
 
 def linear_backward_input(dinp, dout, weight, weight_t=None):
     # weight_t: the CPU kernel's Wᵀ scratch; unused, W's tile rows are read coalesced as they are.
-    _launch_tiles(_linear_backward_input_kernel, dinp.shape[0], dinp.shape[1], dinp, dout, weight, dinp, False)
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False)
 
 
 def linear_relu_backward_input(dinp, dout, weight, weight_t, preact):
     """dx = [x' ≥ 0] (G W): this Linear's input gradient through the ReLU before it, in one kernel."""
-    _launch_tiles(_linear_backward_input_kernel, dinp.shape[0], dinp.shape[1], dinp, dout, weight, preact, True)
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,7 +547,7 @@ def _softmax_crossentropy_rows_kernel(probs, losses, logits, targets):
 
 
 def softmax_crossentropy_forward(probs, losses, logits, targets):
-    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i), returned as a host scalar; probs kept for backward"""
+    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i) as a host scalar; probs kept for the backward"""
     k = logits.shape[0]
     _launch_1d(_softmax_crossentropy_rows_kernel, k, probs, losses, logits, targets)
     return _reduce_to_host(_sum_kernel, k, logits.dtype, losses) / logits.dtype.type(k)

@@ -123,7 +123,8 @@ def empty(shape, dtype):
 
 def move_model(model, device):
     """Move every layer's parameters and gradients to "cuda" or "cpu", and drop the arrays layers
-    cached from earlier steps (forward cache, buffers): they are remade on the new device.
+    cached from earlier steps (forward cache, buffers): they are remade on the new device. On the
+    host the parameters are packed again as Sequential packs them (nbnet.model.pack_parameters).
     Optimizer state follows on the optimizer's next step (nbnet.optim calls to_device_like)."""
     if device not in ("cuda", "cpu"):
         raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'")
@@ -139,6 +140,10 @@ def move_model(model, device):
         for name, value in list(vars(layer).items()):
             if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
                 setattr(layer, name, None)
+    if device == "cpu":
+        from .model import pack_parameters  # noqa: PLC0415
+
+        pack_parameters(model.parameters())  # one flat buffer again: the optimizer's one-pass path
 
 
 # ----------------------------------------------------------------------------------------------

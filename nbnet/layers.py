@@ -192,7 +192,7 @@ class Linear(Layer):
     def forward_relu(self, x, relu):
         """This layer then `relu` (a ReLU) in one kernel: bias and max(0, ·) in the matmul's last
         pass. Leaves both layers' caches as their own forwards would; returns the ReLU's output."""
-        x = self._check_input(x, self.in_features, self.dtype)
+        x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
         act = relu._buffer("out", x, out.shape, x.dtype)

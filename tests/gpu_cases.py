@@ -13,6 +13,7 @@ import pytest
 import nbnet as nb
 from nbnet import cpu, gpu
 from nbnet.model import to_host
+from nbnet.optim import one_flat
 
 DTYPES = [np.float32, np.float64]
 # float32: the simulator evaluates math.exp/log/tanh in double before rounding, the CPU in float,
@@ -255,6 +256,7 @@ def test_moves_back_and_forth_with_optimizer_state(tmp_path):
     model.to("cpu")
     assert model.layers[0].out is None  # cached device buffers dropped
     assert all(isinstance(p.data, np.ndarray) and isinstance(p.grad, np.ndarray) for p in model.parameters())
+    assert one_flat([p.data for p in model.parameters()]) is not None  # packed again
     train(model, opt, loss_fn, x, y, 1)
     assert all(isinstance(a, np.ndarray) for st in opt.state for a in st.values())
     loaded = nb.load(tmp_path / "m.npz").to("cuda")  # to the device

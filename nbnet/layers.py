@@ -84,7 +84,9 @@ class Layer:
             setattr(self, name, buf)
         return buf
 
-    def _check_input(self, x, width=None, dtype=None):
+    def _check_input(self, x, width=None, dtype=None, like=None):
+        """x checked (an array, float32/64, (N, width), not empty) and C-contiguous; with `like`,
+        also on like's device (a host batch is copied to the GPU when the parameters live there)."""
         name = self.describe()
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise ValueError(f"{name}: expected an array, got {type(x).__name__}")
@@ -99,6 +101,10 @@ class Layer:
             raise ValueError(f"{name}: got an empty batch of shape {tuple(x.shape)}")
         if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
+        if like is not None and isinstance(x, np.ndarray) != isinstance(like, np.ndarray):
+            from .gpu import to_device_like  # noqa: PLC0415
+
+            x = to_device_like(x, like)
         return x
 
     def _check_grad(self, dout, out):
@@ -177,7 +183,7 @@ class Linear(Layer):
         return [Parameter(self, "weight"), Parameter(self, "bias")]
 
     def forward(self, x):
-        x = self._check_input(x, self.in_features, self.dtype)
+        x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
         kernels(x).linear_forward(out, x, self.weight, self.bias)
@@ -186,7 +192,7 @@ class Linear(Layer):
     def forward_relu(self, x, relu):
         """This layer then `relu` (a ReLU) in one kernel: bias and max(0, ·) in the matmul's last
         pass. Leaves both layers' caches as their own forwards would; returns the ReLU's output."""
-        x = self._check_input(x, self.in_features, self.dtype)
+        x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
         act = relu._buffer("out", x, out.shape, x.dtype)

@@ -39,7 +39,12 @@ class _ClassificationLoss(Layer):
 
     def _check_pair(self, pred, targets):
         pred = self._check_input(pred)
-        return pred, check_labels(self.describe(), targets, pred.shape[0], pred.shape[1])
+        targets = check_labels(self.describe(), targets, pred.shape[0], pred.shape[1])
+        if isinstance(targets, np.ndarray) and not isinstance(pred, np.ndarray):
+            from .gpu import to_device  # noqa: PLC0415 - host labels, checked above, follow the logits
+
+            targets = to_device(targets)
+        return pred, targets
 
     def _backward_check(self):
         if self.probs is None:
@@ -103,7 +108,7 @@ class MSELoss(Layer):
 
     def forward(self, pred, target):
         pred = self._check_input(pred)
-        target = self._check_input(target, pred.shape[1], pred.dtype)
+        target = self._check_input(target, pred.shape[1], pred.dtype, like=pred)
         if target.shape != pred.shape:
             raise ValueError(
                 f"MSELoss(): expected targets of shape {tuple(pred.shape)}, got {tuple(target.shape)}"

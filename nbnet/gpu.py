@@ -1,0 +1,828 @@
+"""GPU kernels: the CUDA twin of nbnet/cpu.py, compiled with numba-cuda (`pip install 'nbnet[cuda]'`).
+
+Every function that layers, losses and optimizers call in nbnet.cpu has a launcher here of the same
+name and arguments; it picks the grid and launches `_<name>_kernel`, whose docstring states the same
+formula. Conventions as in cpu.py (outputs first, gradients d<name>, generic over float32/float64,
+constants as `x.dtype.type(c)`), plus:
+- Each output element has one owner thread and every sum runs in a fixed order, with no atomics:
+  the same inputs give bitwise the same outputs on every run.
+- Linear is a shared-memory tiled matmul over TILE x TILE blocks; its sums run in the same order as
+  the CPU kernel's (l = 0, 1, ... for Y, i for dW, j for dX).
+- A loss's mean is reduced by one block in a fixed tree order, and only that scalar is copied back.
+- Scalars a CPU kernel gets from np.finfo (the log clamp) arrive as arguments: device code has no
+  np.finfo.
+
+Without numba-cuda installed this module still imports (nbnet.layers imports it lazily); whatever
+would create a device array raises RuntimeError saying "install 'nbnet[cuda]'".
+
+Testing without a GPU: NUMBA_ENABLE_CUDASIM=1 (set before numba.cuda is imported) runs these same
+kernels in Numba's CUDA simulator, one Python thread per GPU thread. `to("cuda")` accepts the
+simulator (it is an explicit opt-in, not a fall-back); `gpu_status()` reports that no real GPU is in
+use. NBNET_CUDA_TILE (default 16) sets TILE, so tests can cover partial tiles at tiny shapes.
+"""
+
+import functools
+import importlib.util
+import math
+import os
+
+import numpy as np
+
+_INSTALL_HINT = "numba-cuda is not installed (pip install 'nbnet[cuda]')"
+cuda = None
+if importlib.util.find_spec("numba_cuda") is not None:
+    try:
+        from numba import cuda
+        from numba.cuda.core import config as _cuda_config
+    except ImportError as e:  # e.g. numba-cuda without its CUDA bindings
+        cuda, _INSTALL_HINT = None, f"numba-cuda does not import ({e}); pip install 'nbnet[cuda]'"
+
+if cuda is not None:
+    _jit = cuda.jit
+    _SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
+else:  # keep the module importable: kernels stay plain functions that nothing can launch
+    _SIMULATOR = False
+
+    def _jit(fn=None, **_options):
+        return fn if fn is not None else (lambda f: f)
+
+
+TILE = int(os.environ.get("NBNET_CUDA_TILE", "16"))  # Linear's tile edge: TILE x TILE threads a block
+TILE_PAD = TILE + 1  # a transposed tile's row length: +1 keeps its column reads off one memory bank
+BLOCK = 128  # threads per block for element-wise and per-row kernels
+REDUCE = 256  # most threads of the one block that reduces a loss (a power of two)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which GPU, and moving arrays
+
+
+def simulator_enabled():
+    """True when numba.cuda was imported with NUMBA_ENABLE_CUDASIM=1."""
+    return _SIMULATOR
+
+
+def _one_line(err):
+    lines = [s.strip(" :") for s in str(err).splitlines() if s.strip(" :")]
+    return "; ".join(lines[:2]) or type(err).__name__
+
+
+@functools.cache  # a failure is not cached: the next call asks again
+def _real_gpu():
+    """A one-line description of the current real GPU; RuntimeError saying why there is none."""
+    if cuda is None:
+        raise RuntimeError(_INSTALL_HINT)
+    if simulator_enabled():
+        raise RuntimeError("no real GPU in use: the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1)")
+    try:
+        dev = cuda.get_current_device()
+    except Exception as e:  # CudaSupportError (no driver), CudaDriverError (no device), ...
+        raise RuntimeError(f"no usable CUDA GPU: {_one_line(e)}") from None
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    cc = ".".join(map(str, dev.compute_capability))
+    import numba_cuda  # noqa: PLC0415
+
+    return f"{name} (compute capability {cc}), numba-cuda {numba_cuda.__version__}"
+
+
+def gpu_status():
+    """One line naming the usable GPU; raises RuntimeError with the reason when there is none
+    (numba-cuda not installed, no driver, no device, or only the simulator)."""
+    return _real_gpu()
+
+
+def _require_device():
+    """Raise RuntimeError unless kernels here can run: a real GPU, or the simulator on purpose."""
+    if cuda is None:
+        raise RuntimeError(_INSTALL_HINT)
+    if not simulator_enabled():
+        _real_gpu()
+
+
+def to_device(arr):
+    """A device copy of a host array (a device array is returned as it is)."""
+    if not isinstance(arr, np.ndarray):
+        return arr
+    _require_device()
+    return cuda.to_device(np.ascontiguousarray(arr))
+
+
+def to_host(arr):
+    return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
+
+
+def to_device_like(arr, like):
+    """`arr` on the device where `like` lives (host or GPU), copied only if it is elsewhere."""
+    return to_host(arr) if isinstance(like, np.ndarray) else to_device(arr)
+
+
+def empty(shape, dtype):
+    _require_device()
+    return cuda.device_array(shape, dtype)
+
+
+def move_model(model, device):
+    """Move every layer's parameters and gradients to "cuda" or "cpu", and drop the arrays layers
+    cached from earlier steps (forward cache, buffers): they are remade on the new device. On the
+    host the parameters are packed again as Sequential packs them (nbnet.model.pack_parameters).
+    Optimizer state follows on the optimizer's next step (nbnet.optim calls to_device_like)."""
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'")
+    move = to_device if device == "cuda" else to_host
+    if device == "cuda":
+        _require_device()  # before touching anything: a failed move leaves the model as it was
+    for layer in model.layers:
+        keep = set()
+        for p in layer.parameters():
+            keep.update((p.name, "grad_" + p.name))
+            setattr(layer, p.name, move(p.data))
+            setattr(layer, "grad_" + p.name, move(p.grad))
+        for name, value in list(vars(layer).items()):
+            if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
+                setattr(layer, name, None)
+    if device == "cpu":
+        from .model import pack_parameters  # noqa: PLC0415
+
+        pack_parameters(model.parameters())  # one flat buffer again: the optimizer's one-pass path
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch helpers: the grid for one thread per element (1-D) or per output of a tiled matmul.
+
+
+def _launch_1d(kernel, size, *args):
+    if size == 0:
+        return
+    threads = min(BLOCK, size)
+    kernel[(size + threads - 1) // threads, threads](*args)
+
+
+def _launch_tiles(kernel, out, *args):
+    """One TILE x TILE block per tile of the (rows, cols) output `out`; x runs along columns."""
+    rows, cols = out.shape
+    grid = ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE)
+    kernel[grid, (TILE, TILE)](out, *args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear
+
+
+@_jit
+def _linear_forward_kernel(out, act, inp, weight, bias, relu):
+    """y_ij = Σ_l x_il w_jl + b_j, and with relu also a_ij = max(0, y_ij)   (Linear, or Linear+ReLU)
+
+    out (k, m) = Y, act (k, m) written only with relu, inp (k, n), weight (m, n), bias (m,).
+
+    Block (by, bx) computes out[by T:(by+1) T, bx T:(bx+1) T]. Per step over l it stages an X tile
+    and a W tile in shared memory; thread (ty, tx) owns y_ij, i = by T + ty, j = bx T + tx.
+    """
+    k, n = inp.shape
+    m = weight.shape[0]
+    xs = cuda.shared.array((TILE, TILE), dtype=inp.dtype)  # xs[a, c] = x[by T + a, l0 + c]
+    ws = cuda.shared.array((TILE, TILE_PAD), dtype=inp.dtype)  # ws[b, c] = w[bx T + b, l0 + c]
+    ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+    i = cuda.blockIdx.y * TILE + ty
+    j = cuda.blockIdx.x * TILE + tx
+    zero = inp.dtype.type(0)
+    acc = bias[j] if i < k and j < m else zero
+    for l0 in range(0, n, TILE):
+        # Every thread loads one element of each tile (zeros past the edges), then all sync.
+        xs[ty, tx] = inp[i, l0 + tx] if i < k and l0 + tx < n else zero
+        wrow = cuda.blockIdx.x * TILE + ty
+        ws[ty, tx] = weight[wrow, l0 + tx] if wrow < m and l0 + tx < n else zero
+        cuda.syncthreads()
+        for c in range(min(TILE, n - l0)):
+            acc += xs[ty, c] * ws[tx, c]
+        cuda.syncthreads()
+    if i < k and j < m:
+        out[i, j] = acc
+        if relu:
+            act[i, j] = acc if acc > zero else zero
+
+
+def linear_forward(out, inp, weight, bias):
+    _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False)
+
+
+def linear_relu_forward(out, act, inp, weight, bias):
+    """Linear then ReLU in one kernel (the CPU's fused epilogue): Y kept for the ReLU's backward."""
+    _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True)
+
+
+@_jit
+def _linear_backward_weight_kernel(dweight, dout, inp):
+    """dw_jl += Σ_i g_ij x_il   dweight (m, n), dout (k, m) = G, inp (k, n)
+
+    A tiled GᵀX: thread (ty, tx) owns dw_jl, j = by T + ty, l = bx T + tx, and sums over i in order.
+    """
+    k, n = inp.shape
+    m = dout.shape[1]
+    gs = cuda.shared.array((TILE, TILE_PAD), dtype=inp.dtype)  # gs[a, b] = g[i0 + a, by T + b]
+    xs = cuda.shared.array((TILE, TILE), dtype=inp.dtype)  # xs[a, c] = x[i0 + a, bx T + c]
+    ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+    j = cuda.blockIdx.y * TILE + ty
+    l = cuda.blockIdx.x * TILE + tx
+    zero = inp.dtype.type(0)
+    acc = dweight[j, l] if j < m and l < n else zero
+    for i0 in range(0, k, TILE):
+        gcol = cuda.blockIdx.y * TILE + tx  # coalesced: consecutive tx read consecutive g columns
+        gs[ty, tx] = dout[i0 + ty, gcol] if i0 + ty < k and gcol < m else zero
+        xs[ty, tx] = inp[i0 + ty, l] if i0 + ty < k and l < n else zero
+        cuda.syncthreads()
+        for a in range(min(TILE, k - i0)):
+            acc += gs[a, ty] * xs[a, tx]
+        cuda.syncthreads()
+    if j < m and l < n:
+        dweight[j, l] = acc
+
+
+@_jit
+def _linear_backward_bias_kernel(dbias, dout):
+    """db_j += Σ_i g_ij   one thread per j, summing i in order"""
+    j = cuda.grid(1)
+    if j < dbias.shape[0]:
+        db = dbias.dtype.type(0)
+        for i in range(dout.shape[0]):
+            db += dout[i, j]
+        dbias[j] += db
+
+
+def linear_backward_params(dweight, dbias, dout, inp, dout_t=None, inp_t=None):
+    # dout_t, inp_t: the CPU kernel's transpose scratch; unused, the tiles read G and X coalesced.
+    _launch_tiles(_linear_backward_weight_kernel, dweight, dout, inp)
+    _launch_1d(_linear_backward_bias_kernel, dbias.shape[0], dbias, dout)
+
+
+@_jit
+def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
+    """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
+
+    dinp (k, n), dout (k, m), weight (m, n), preact (k, n) = x' read only with relu.
+
+    A tiled G W: thread (ty, tx) owns dx_il, i = by T + ty, l = bx T + tx, summing j in order.
+    """
+    k, m = dout.shape
+    n = weight.shape[1]
+    gs = cuda.shared.array((TILE, TILE), dtype=dout.dtype)  # gs[a, c] = g[by T + a, j0 + c]
+    ws = cuda.shared.array((TILE, TILE), dtype=dout.dtype)  # ws[c, b] = w[j0 + c, bx T + b]
+    ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+    i = cuda.blockIdx.y * TILE + ty
+    l = cuda.blockIdx.x * TILE + tx
+    zero = dout.dtype.type(0)
+    acc = zero
+    for j0 in range(0, m, TILE):
+        gs[ty, tx] = dout[i, j0 + tx] if i < k and j0 + tx < m else zero
+        ws[ty, tx] = weight[j0 + ty, l] if j0 + ty < m and l < n else zero
+        cuda.syncthreads()
+        for c in range(min(TILE, m - j0)):
+            acc += gs[ty, c] * ws[c, tx]
+        cuda.syncthreads()
+    if i < k and l < n:
+        if relu and preact[i, l] < zero:
+            acc = zero
+        dinp[i, l] = acc
+
+
+def linear_backward_input(dinp, dout, weight, weight_t=None):
+    # weight_t: the CPU kernel's Wᵀ scratch; unused, W's tile rows are read coalesced as they are.
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False)
+
+
+def linear_relu_backward_input(dinp, dout, weight, weight_t, preact):
+    """dx = [x' ≥ 0] (G W): this Linear's input gradient through the ReLU before it, in one kernel."""
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations: (k, n) -> (k, n), one thread per element p = i n + j.
+
+
+@_jit
+def _relu_forward_kernel(out, inp):
+    """y_ij = max(0, x_ij)"""
+    p = cuda.grid(1)
+    if p < inp.size:
+        i = p // inp.shape[1]
+        j = p - i * inp.shape[1]
+        zero = inp.dtype.type(0)
+        x = inp[i, j]
+        out[i, j] = x if x > zero else zero
+
+
+@_jit
+def _relu_backward_kernel(dinp, dout, inp):
+    """dx_ij = g_ij if x_ij >= 0 else 0   (ReLU'(0) = 1, as on the CPU)"""
+    p = cuda.grid(1)
+    if p < inp.size:
+        i = p // inp.shape[1]
+        j = p - i * inp.shape[1]
+        zero = inp.dtype.type(0)
+        dinp[i, j] = dout[i, j] if inp[i, j] >= zero else zero
+
+
+@_jit
+def _sigmoid_forward_kernel(out, inp):
+    """y_ij = 1 / (1 + e^(-x_ij))"""
+    p = cuda.grid(1)
+    if p < inp.size:
+        i = p // inp.shape[1]
+        j = p - i * inp.shape[1]
+        one = inp.dtype.type(1)
+        out[i, j] = one / (one + math.exp(-inp[i, j]))
+
+
+@_jit
+def _sigmoid_backward_kernel(dinp, dout, out):
+    """dx_ij = g_ij y_ij (1 - y_ij)"""
+    p = cuda.grid(1)
+    if p < out.size:
+        i = p // out.shape[1]
+        j = p - i * out.shape[1]
+        y = out[i, j]
+        dinp[i, j] = dout[i, j] * y * (out.dtype.type(1) - y)
+
+
+@_jit
+def _tanh_forward_kernel(out, inp):
+    """y_ij = tanh(x_ij)"""
+    p = cuda.grid(1)
+    if p < inp.size:
+        i = p // inp.shape[1]
+        j = p - i * inp.shape[1]
+        out[i, j] = math.tanh(inp[i, j])
+
+
+@_jit
+def _tanh_backward_kernel(dinp, dout, out):
+    """dx_ij = g_ij (1 - y_ij²)"""
+    p = cuda.grid(1)
+    if p < out.size:
+        i = p // out.shape[1]
+        j = p - i * out.shape[1]
+        y = out[i, j]
+        dinp[i, j] = dout[i, j] * (out.dtype.type(1) - y * y)
+
+
+# Softmax is per row: one thread owns row i (classes are few; the row's sums stay in order).
+
+
+@_jit
+def _softmax_forward_kernel(out, inp):
+    """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)"""
+    i = cuda.grid(1)
+    if i < inp.shape[0]:
+        n = inp.shape[1]
+        mx = inp[i, 0]
+        for j in range(1, n):
+            mx = max(mx, inp[i, j])
+        s = inp.dtype.type(0)
+        for j in range(n):
+            e = math.exp(inp[i, j] - mx)
+            out[i, j] = e
+            s += e
+        inv = inp.dtype.type(1) / s
+        for j in range(n):
+            out[i, j] *= inv
+
+
+@_jit
+def _softmax_backward_kernel(dinp, dout, out):
+    """dx_ij = y_ij (g_ij - Σ_k g_ik y_ik)"""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        n = out.shape[1]
+        gy = out.dtype.type(0)
+        for j in range(n):
+            gy += dout[i, j] * out[i, j]
+        for j in range(n):
+            dinp[i, j] = out[i, j] * (dout[i, j] - gy)
+
+
+def relu_forward(out, inp):
+    _launch_1d(_relu_forward_kernel, inp.size, out, inp)
+
+
+def relu_backward(dinp, dout, inp):
+    _launch_1d(_relu_backward_kernel, inp.size, dinp, dout, inp)
+
+
+def sigmoid_forward(out, inp):
+    _launch_1d(_sigmoid_forward_kernel, inp.size, out, inp)
+
+
+def sigmoid_backward(dinp, dout, out):
+    _launch_1d(_sigmoid_backward_kernel, out.size, dinp, dout, out)
+
+
+def tanh_forward(out, inp):
+    _launch_1d(_tanh_forward_kernel, inp.size, out, inp)
+
+
+def tanh_backward(dinp, dout, out):
+    _launch_1d(_tanh_backward_kernel, out.size, dinp, dout, out)
+
+
+def softmax_forward(out, inp):
+    _launch_1d(_softmax_forward_kernel, inp.shape[0], out, inp)
+
+
+def softmax_backward(dinp, dout, out):
+    _launch_1d(_softmax_backward_kernel, out.shape[0], dinp, dout, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reductions: one block, fixed tree order, so a sum is the same on every run.
+
+
+@_jit(device=True)
+def _block_sum(partial):
+    """partial[0] = Σ_t partial[t] over the block's threads (blockDim.x, a power of two), pairwise
+    in a fixed order."""
+    t = cuda.threadIdx.x
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        cuda.syncthreads()
+        if t < stride:
+            partial[t] += partial[t + stride]
+        stride //= 2
+    cuda.syncthreads()
+
+
+@_jit
+def _sum_kernel(total, values):
+    """total[0] = Σ_i v_i   thread t first sums v_t, v_(t+R), ... in order, then the block's tree"""
+    partial = cuda.shared.array(REDUCE, dtype=values.dtype)
+    t = cuda.threadIdx.x
+    acc = values.dtype.type(0)
+    for i in range(t, values.shape[0], cuda.blockDim.x):
+        acc += values[i]
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+@_jit
+def _squared_error_sum_kernel(total, pred, target):
+    """total[0] = Σ_ij (p_ij - t_ij)²   one block, as _sum_kernel over the flat index p = i d + j"""
+    partial = cuda.shared.array(REDUCE, dtype=pred.dtype)
+    t = cuda.threadIdx.x
+    d = pred.shape[1]
+    acc = pred.dtype.type(0)
+    for p in range(t, pred.size, cuda.blockDim.x):
+        i = p // d
+        j = p - i * d
+        r = pred[i, j] - target[i, j]
+        acc += r * r
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+_scalars = {}  # dtype -> a reused one-element device array that a reduction writes into
+
+
+def _reduce_to_host(kernel, size, dtype, *args):
+    """Run a one-block reduction kernel(total, *args) and return total[0] as a host scalar."""
+    total = _scalars.get(np.dtype(dtype))
+    if total is None:
+        total = _scalars[np.dtype(dtype)] = cuda.device_array(1, dtype)
+    threads = min(REDUCE, 1 << max(0, size - 1).bit_length())  # a power of two ≥ size
+    kernel[1, threads](total, *args)
+    return total.copy_to_host()[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses: per-row losses on the device, then their mean; the 1/k is applied here, once.
+
+
+@_jit
+def _crossentropy_rows_kernel(losses, probs, targets, tiny):
+    """ℓ_i = -log max(p[i, t_i], tiny)"""
+    i = cuda.grid(1)
+    if i < probs.shape[0]:
+        losses[i] = -math.log(max(probs[i, targets[i]], tiny))
+
+
+def crossentropy_forward(losses, probs, targets):
+    """L = -(1/k) Σ_i log p[i, t_i], returned as a host scalar"""
+    k = probs.shape[0]
+    dt = probs.dtype.type
+    _launch_1d(_crossentropy_rows_kernel, k, losses, probs, targets, dt(np.finfo(probs.dtype).tiny))
+    return _reduce_to_host(_sum_kernel, k, probs.dtype, losses) / dt(k)
+
+
+@_jit
+def _crossentropy_backward_kernel(dprobs, probs, targets, tiny):
+    """dp_ij = -1 / (k p_ij) if j = t_i else 0"""
+    i = cuda.grid(1)
+    k, c = probs.shape
+    if i < k:
+        for j in range(c):
+            dprobs[i, j] = 0
+        t = targets[i]
+        dprobs[i, t] = -probs.dtype.type(1) / (probs.dtype.type(k) * max(probs[i, t], tiny))
+
+
+def crossentropy_backward(dprobs, probs, targets):
+    tiny = probs.dtype.type(np.finfo(probs.dtype).tiny)
+    _launch_1d(_crossentropy_backward_kernel, probs.shape[0], dprobs, probs, targets, tiny)
+
+
+@_jit
+def _softmax_crossentropy_rows_kernel(probs, losses, logits, targets):
+    """p_ij = softmax(z_i)_j;  ℓ_i = m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i,  m_i = max_j z_ij"""
+    i = cuda.grid(1)
+    if i < logits.shape[0]:
+        c = logits.shape[1]
+        mx = logits[i, 0]
+        for j in range(1, c):
+            mx = max(mx, logits[i, j])
+        s = logits.dtype.type(0)
+        for j in range(c):
+            e = math.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            s += e
+        inv = logits.dtype.type(1) / s
+        for j in range(c):
+            probs[i, j] *= inv
+        losses[i] = mx + math.log(s) - logits[i, targets[i]]
+
+
+def softmax_crossentropy_forward(probs, losses, logits, targets):
+    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i) as a host scalar; probs kept for the backward"""
+    k = logits.shape[0]
+    _launch_1d(_softmax_crossentropy_rows_kernel, k, probs, losses, logits, targets)
+    return _reduce_to_host(_sum_kernel, k, logits.dtype, losses) / logits.dtype.type(k)
+
+
+@_jit
+def _softmax_crossentropy_backward_kernel(dlogits, probs, targets):
+    """dz_ij = (p_ij - [j = t_i]) / k"""
+    i = cuda.grid(1)
+    k, c = probs.shape
+    if i < k:
+        inv_k = probs.dtype.type(1) / probs.dtype.type(k)
+        for j in range(c):
+            dlogits[i, j] = probs[i, j] * inv_k
+        dlogits[i, targets[i]] -= inv_k
+
+
+def softmax_crossentropy_backward(dlogits, probs, targets):
+    _launch_1d(_softmax_crossentropy_backward_kernel, probs.shape[0], dlogits, probs, targets)
+
+
+@_jit
+def _softmax_crossentropy_forward_backward_kernel(dlogits, probs, losses, logits, targets):
+    """p_ij = softmax(z_i)_j,  ℓ_i = m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i,  dz_ij = (p_ij - [j = t_i]) / k"""
+    i = cuda.grid(1)
+    k, c = logits.shape
+    if i < k:
+        mx = logits[i, 0]
+        for j in range(1, c):
+            mx = max(mx, logits[i, j])
+        s = logits.dtype.type(0)
+        for j in range(c):
+            e = math.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            s += e
+        inv = logits.dtype.type(1) / s
+        inv_k = logits.dtype.type(1) / logits.dtype.type(k)
+        for j in range(c):
+            p = probs[i, j] * inv
+            probs[i, j] = p
+            dlogits[i, j] = p * inv_k
+        dlogits[i, targets[i]] -= inv_k
+        losses[i] = mx + math.log(s) - logits[i, targets[i]]
+
+
+def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):
+    """The forward's mean loss (a host scalar) and the backward's dz in one pass over the logits."""
+    k = logits.shape[0]
+    _launch_1d(_softmax_crossentropy_forward_backward_kernel, k, dlogits, probs, losses, logits, targets)
+    return _reduce_to_host(_sum_kernel, k, logits.dtype, losses) / logits.dtype.type(k)
+
+
+def mse_forward(pred, target):
+    """L = (1/(k d)) Σ_ij (p_ij - t_ij)², returned as a host scalar"""
+    k, d = pred.shape
+    total = _reduce_to_host(_squared_error_sum_kernel, pred.size, pred.dtype, pred, target)
+    return total / pred.dtype.type(k * d)
+
+
+@_jit
+def _mse_backward_kernel(dpred, pred, target):
+    """dp_ij = 2 (p_ij - t_ij) / (k d)"""
+    p = cuda.grid(1)
+    if p < pred.size:
+        k, d = pred.shape
+        i = p // d
+        j = p - i * d
+        scale = pred.dtype.type(2) / pred.dtype.type(k * d)
+        dpred[i, j] = scale * (pred[i, j] - target[i, j])
+
+
+def mse_backward(dpred, pred, target):
+    _launch_1d(_mse_backward_kernel, pred.size, dpred, pred, target)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizers: one thread per parameter element, the update rules of cpu.sgd_step / cpu.adam_step.
+
+
+@_jit
+def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov):
+    """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD)"""
+    p = cuda.grid(1)
+    if p < param.shape[0]:
+        zero = param.dtype.type(0)
+        g = grad[p]
+        if weight_decay != zero:
+            g += weight_decay * param[p]
+        if momentum != zero:
+            b = momentum * buf[p] + g
+            buf[p] = b
+            if nesterov:
+                g = g + momentum * b
+            else:
+                g = b
+        param[p] -= lr * g
+
+
+def sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
+    _launch_1d(_sgd_step_kernel, param.shape[0], param, grad, buf, lr, momentum, weight_decay, nesterov)
+
+
+@_jit
+def _adam_step_kernel(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt):
+    """g = ∇ + l2 θ;  θ *= decay;  m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;
+    θ -= step_size m / (√v / bc2_sqrt + ε)   (torch.optim.Adam / AdamW; see cpu.adam_step)"""
+    p = cuda.grid(1)
+    if p < param.shape[0]:
+        one = param.dtype.type(1)
+        zero = param.dtype.type(0)
+        g = grad[p]
+        if l2 != zero:
+            g += l2 * param[p]
+        if decay != one:
+            param[p] *= decay
+        mp = m[p] + (one - beta1) * (g - m[p])
+        vp = beta2 * v[p] + (one - beta2) * g * g
+        m[p] = mp
+        v[p] = vp
+        param[p] -= step_size * mp / (math.sqrt(vp) / bc2_sqrt + eps)
+
+
+def adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt):
+    _launch_1d(
+        _adam_step_kernel, param.shape[0],
+        param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Array helpers (the twins of cpu.empty / cpu.fill)
+
+
+@_jit
+def _fill_kernel(flat, value):
+    p = cuda.grid(1)
+    if p < flat.shape[0]:
+        flat[p] = value
+
+
+def fill(arr, value):
+    _launch_1d(_fill_kernel, arr.size, arr.reshape(arr.size), arr.dtype.type(value))
+
+
+# ----------------------------------------------------------------------------------------------
+# A data set on the device: copied over once, batches gathered there, only scalars come back.
+
+
+@_jit
+def _gather_rows_kernel(xb, yb, x, y, order, start):
+    """xb_rc = x[o_(start+r), c],  yb_r = y[o_(start+r)]   one thread per element of xb"""
+    p = cuda.grid(1)
+    if p < xb.size:
+        d = xb.shape[1]
+        r = p // d
+        c = p - r * d
+        src = order[start + r]
+        xb[r, c] = x[src, c]
+        if c == 0:
+            yb[r] = y[src]
+
+
+def gather_rows(xb, yb, x, y, order, start):
+    """Rows order[start : start + len(xb)] of (x, y) into (xb, yb), all on the device."""
+    _launch_1d(_gather_rows_kernel, xb.size, xb, yb, x, y, order, start)
+
+
+@_jit
+def _count_correct_kernel(total, logits, targets):
+    """total[0] = Σ_i [argmax_j z_ij = t_i]   (first maximum, as np.argmax); one block"""
+    partial = cuda.shared.array(REDUCE, dtype=total.dtype)
+    t = cuda.threadIdx.x
+    acc = total.dtype.type(0)
+    for i in range(t, logits.shape[0], cuda.blockDim.x):
+        best = 0
+        for j in range(1, logits.shape[1]):
+            if logits[i, j] > logits[i, best]:
+                best = j
+        if best == targets[i]:
+            acc += 1
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+def count_correct(logits, targets):
+    """How many rows' largest logit is at the label: a host int (what accuracy needs, nothing more)."""
+    return int(_reduce_to_host(_count_correct_kernel, logits.shape[0], np.int64, logits, targets))
+
+
+class DeviceDataset:
+    """(x, y) copied to the GPU once; `batches` gathers each batch there with a kernel.
+
+        train = DeviceDataset(x_train, y_train, classes=10)
+        for xb, yb in train.batches(128, shuffle=True, seed=(seed, epoch)):   # device arrays
+            ...
+
+    The batches are exactly those of `nbnet.batches(x, y, batch_size, shuffle, seed)` (same
+    permutation), so a GPU run sees the data in the CPU run's order. Per step nothing is copied:
+    once per epoch the permutation goes over (N int64s). When the data set does not fit in
+    `max_bytes` (default: half the free GPU memory) it stays on the host and goes over one chunk of
+    whole batches at a time, each chunk gathered in permutation order on the host: still the same
+    batches, at the cost of one host-to-device copy of the data set per epoch.
+
+    The yielded arrays are reused buffers (views of them): the next batch overwrites them.
+    """
+
+    def __init__(self, x, y, *, classes=None, max_bytes=None):
+        _require_device()
+        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+        if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
+            raise ValueError(f"DeviceDataset: x must be a float32/float64 (N, D) array, got {x.dtype} {x.shape}")
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"DeviceDataset: y must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+        if len(x) == 0:
+            raise ValueError("DeviceDataset: the data set is empty")
+        if classes is not None and (y.min() < 0 or y.max() >= classes):
+            bad = y.min() if y.min() < 0 else y.max()
+            raise ValueError(f"DeviceDataset: label {bad} is out of range [0, {classes})")
+        if max_bytes is None:
+            free = cuda.current_context().get_memory_info()[0]
+            max_bytes = min(free, 2**62) // 2  # the simulator reports infinite memory
+        self.n = len(x)
+        self.row_bytes = x.itemsize * x.shape[1] + y.itemsize
+        self.resident = self.n * self.row_bytes <= max_bytes
+        self.chunk_rows = max(1, int(max_bytes // self.row_bytes))
+        if self.resident:
+            self.x, self.y = to_device(x), to_device(y)
+            self.host = None
+        else:
+            self.x = self.y = None
+            self.host = (x, y)
+        self.dtype, self.width, self.label_dtype = x.dtype, x.shape[1], y.dtype
+        self._bufs = {}
+
+    def __len__(self):
+        return self.n
+
+    def _buffers(self, rows):
+        """Reused device arrays of `rows` rows for x and y (made once per size)."""
+        if rows not in self._bufs:
+            self._bufs[rows] = (empty((rows, self.width), self.dtype), empty(rows, self.label_dtype))
+        return self._bufs[rows]
+
+    def batches(self, batch_size, shuffle=True, seed=None):
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+        n = self.n
+        order = np.random.default_rng(seed).permutation(n) if shuffle else None
+        if self.resident:
+            if order is None:  # in order: plain views of the resident arrays
+                for start in range(0, n, batch_size):
+                    yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+                return
+            d_order = to_device(order)
+            xb, yb = self._buffers(batch_size)
+            for start in range(0, n, batch_size):
+                rows = min(batch_size, n - start)
+                gather_rows(xb[:rows], yb[:rows], self.x, self.y, d_order, start)
+                yield xb[:rows], yb[:rows]
+            return
+        x, y = self.host
+        chunk = max(batch_size, self.chunk_rows // batch_size * batch_size)
+        cx, cy = self._buffers(chunk)
+        for c0 in range(0, n, chunk):
+            rows_c = min(chunk, n - c0)
+            idx = slice(c0, c0 + rows_c) if order is None else order[c0 : c0 + rows_c]
+            cx[:rows_c].copy_to_device(np.ascontiguousarray(x[idx]))
+            cy[:rows_c].copy_to_device(np.ascontiguousarray(y[idx]))
+            for start in range(0, rows_c, batch_size):
+                end = min(start + batch_size, rows_c)
+                yield cx[start:end], cy[start:end]

@@ -1,0 +1,314 @@
+"""GPU kernels against the CPU kernels, run by tests/test_gpu.py in a child pytest process.
+
+That child has NUMBA_ENABLE_CUDASIM=1 (Numba's CUDA simulator: the same kernels, run in Python) and
+NBNET_CUDA_TILE=4, so tiny shapes still leave partial tiles in every dimension. On a machine with a
+GPU, `NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/gpu_cases.py` runs the same cases for real
+(test_gpu.py does that when one is usable). The simulator runs one Python thread per GPU thread:
+keep shapes tiny and steps few.
+"""
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet import cpu, gpu
+from nbnet.model import to_host
+from nbnet.optim import one_flat
+
+DTYPES = [np.float32, np.float64]
+# float32: the simulator evaluates math.exp/log/tanh in double before rounding, the CPU in float,
+# and a loss's mean is summed in tree order on the GPU, in row order on the CPU: a few ulp apart.
+TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+# Shapes (k, n, m) with TILE = 4: partial tiles in k, n and m; a single partial tile; several full ones.
+LINEAR_SHAPES = [(5, 7, 6), (3, 2, 1), (8, 4, 9)]
+# The register-tiled CPU Linear kernels (they come with the fused ones) take transpose scratch
+# arrays last; the GPU launchers accept and ignore them, so both get the same arguments.
+CPU_TAKES_SCRATCH = hasattr(cpu, "linear_relu_forward")
+
+
+def scratch(*shapes, dtype):
+    return tuple(np.empty(s, dtype) for s in shapes) if CPU_TAKES_SCRATCH else ()
+
+
+def rand(rng, shape, dtype, lo=-1.0, hi=1.0):
+    return rng.uniform(lo, hi, size=shape).astype(dtype)
+
+
+def on_both(fn, *host_args):
+    """Run fn from nbnet.cpu on copies of the host arrays and the same-named launcher from
+    nbnet.gpu on device copies; return (cpu result, gpu result, cpu arrays, gpu arrays on host)."""
+    h = [a.copy() if isinstance(a, np.ndarray) else a for a in host_args]
+    d = [gpu.to_device(a) if isinstance(a, np.ndarray) else a for a in host_args]
+    r_cpu = getattr(cpu, fn)(*h)
+    r_gpu = getattr(gpu, fn)(*d)
+    return r_cpu, r_gpu, h, [to_host(a) if hasattr(a, "copy_to_host") else a for a in d]
+
+
+def assert_same(fn, *host_args, check=None):
+    """Every array argument (outputs included) ends equal on both; so does the return value."""
+    r_cpu, r_gpu, h, d = on_both(fn, *host_args)
+    dtype = next(a.dtype.type for a in host_args if isinstance(a, np.ndarray) and a.dtype.kind == "f")
+    for idx in check if check is not None else range(len(h)):
+        if isinstance(h[idx], np.ndarray):
+            np.testing.assert_allclose(d[idx], h[idx], **TOL[dtype], err_msg=f"{fn} argument {idx}")
+    if r_cpu is not None:
+        assert isinstance(r_gpu, (float, np.floating)), f"{fn} must return a host scalar"
+        np.testing.assert_allclose(r_gpu, r_cpu, **TOL[dtype], err_msg=f"{fn} result")
+    return d
+
+
+def test_tiles_are_small_enough_to_be_partial():
+    # LINEAR_SHAPES leave partial tiles only for TILE < 9 (test_gpu.py sets NBNET_CUDA_TILE=4).
+    assert gpu.TILE <= 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n,m", LINEAR_SHAPES)
+def test_linear_kernels(k, n, m, dtype):
+    rng = np.random.default_rng(k * 100 + n * 10 + m)
+    x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, (m,), dtype)
+    g = rand(rng, (k, m), dtype)
+    out = assert_same("linear_forward", np.empty((k, m), dtype), x, w, b)[0]
+    np.testing.assert_allclose(out, x @ w.T + b, **TOL[dtype])  # and the formula itself
+    # Parameter gradients accumulate into what is there: start from non-zero values.
+    dw, db = rand(rng, (m, n), dtype), rand(rng, (m,), dtype)
+    assert_same("linear_backward_params", dw, db, g, x, *scratch((m, k), (n, k), dtype=dtype), check=[0, 1])
+    assert_same("linear_backward_input", np.full((k, n), np.nan, dtype), g, w, *scratch((n, m), dtype=dtype),
+                check=[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_linear_relu_kernels(dtype):
+    """The fused epilogues equal the CPU's unfused kernels run one after the other."""
+    k, n, m = LINEAR_SHAPES[0]
+    rng = np.random.default_rng(11)
+    x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, (m,), dtype), rand(rng, (k, m), dtype)
+    y, a = np.empty((k, m), dtype), np.empty((k, m), dtype)
+    cpu.linear_forward(y, x, w, b)
+    cpu.relu_forward(a, y)
+    dy, da = gpu.empty((k, m), dtype), gpu.empty((k, m), dtype)
+    gpu.linear_relu_forward(dy, da, gpu.to_device(x), gpu.to_device(w), gpu.to_device(b))
+    np.testing.assert_allclose(to_host(dy), y, **TOL[dtype])
+    np.testing.assert_allclose(to_host(da), a, **TOL[dtype])
+
+    preact = rand(rng, (k, n), dtype)
+    preact[0, 0] = 0  # ReLU'(0) = 1
+    dx, want = np.empty((k, n), dtype), np.empty((k, n), dtype)
+    cpu.linear_backward_input(dx, g, w, *scratch((n, m), dtype=dtype))
+    cpu.relu_backward(want, dx, preact)
+    d_dx = gpu.empty((k, n), dtype)
+    gpu.linear_relu_backward_input(d_dx, gpu.to_device(g), gpu.to_device(w), None, gpu.to_device(preact))
+    np.testing.assert_allclose(to_host(d_dx), want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_softmax_crossentropy_kernel(dtype):
+    rng = np.random.default_rng(12)
+    logits, t = rand(rng, (5, 4), dtype, -5, 5), rng.integers(0, 4, size=5)
+    probs, dz = np.empty_like(logits), np.empty_like(logits)
+    loss = cpu.softmax_crossentropy_forward(probs, np.empty(5, dtype), logits, t)
+    cpu.softmax_crossentropy_backward(dz, probs, t)
+    d = [gpu.empty((5, 4), dtype), gpu.empty((5, 4), dtype), gpu.empty(5, dtype)]
+    got = gpu.softmax_crossentropy_forward_backward(*d, gpu.to_device(logits), gpu.to_device(t))
+    np.testing.assert_allclose(got, loss, **TOL[dtype])
+    np.testing.assert_allclose(to_host(d[0]), dz, **TOL[dtype])
+    np.testing.assert_allclose(to_host(d[1]), probs, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])
+def test_activation_kernels(name, dtype):
+    rng = np.random.default_rng(1)
+    x = rand(rng, (3, 5), dtype, -3, 3)
+    x[0, 0] = 0  # ReLU'(0) = 1 on both
+    out = np.empty_like(x)
+    getattr(cpu, name + "_forward")(out, x)
+    assert_same(name + "_forward", np.empty_like(x), x)
+    saved = x if name == "relu" else out
+    assert_same(name + "_backward", np.empty_like(x), rand(rng, x.shape, dtype), saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 3, 5])  # the mean's tree reduction with 1, 4 and 8 threads
+def test_loss_kernels(k, dtype):
+    rng = np.random.default_rng(k)
+    c = 4
+    logits = rand(rng, (k, c), dtype, -5, 5)
+    logits[0, 1] = 500  # large logits stay finite
+    t = rng.integers(0, c, size=k)
+    probs = np.empty_like(logits)
+    cpu.softmax_forward(probs, logits)
+    probs[0, t[0]] = 0  # the log clamp
+    assert_same("softmax_crossentropy_forward", np.empty_like(logits), np.empty(k, dtype), logits, t)
+    assert_same("softmax_crossentropy_backward", np.empty_like(logits), probs, t)
+    assert_same("crossentropy_forward", np.empty(k, dtype), probs, t)
+    assert_same("crossentropy_backward", np.empty_like(probs), probs, t)
+    target = rand(rng, (k, c), dtype)
+    assert_same("mse_forward", logits / 100, target)
+    assert_same("mse_backward", np.empty_like(logits), logits, target)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_kernels(dtype):
+    rng = np.random.default_rng(2)
+    size = 7
+    dt = dtype
+    for momentum, wd, nesterov in [(0.0, 0.0, False), (0.9, 0.01, False), (0.9, 0.0, True)]:
+        p, g, buf = rand(rng, size, dtype), rand(rng, size, dtype), rand(rng, size, dtype)
+        assert_same("sgd_step", p, g, buf, dt(0.1), dt(momentum), dt(wd), nesterov)
+    for l2, decay in [(0.0, 1.0), (0.01, 1.0), (0.0, 0.999)]:
+        p, g, m, v = (rand(rng, size, dtype) for _ in range(4))
+        v = np.abs(v)
+        assert_same("adam_step", p, g, m, v, *(dt(s) for s in (0.9, 0.999, 1e-8, l2, decay, 0.01, 0.3)))
+
+
+def test_empty_and_fill():
+    a = gpu.empty((3, 2), np.float32)
+    gpu.fill(a, 1.5)
+    np.testing.assert_array_equal(to_host(a), np.full((3, 2), 1.5, np.float32))
+    assert a.dtype == np.float32 and tuple(a.shape) == (3, 2)
+
+
+def test_gather_rows_and_count_correct():
+    rng = np.random.default_rng(3)
+    x, y = rand(rng, (6, 3), np.float32), rng.integers(0, 4, size=6)
+    order = rng.permutation(6)
+    xb, yb = gpu.empty((4, 3), np.float32), gpu.empty(4, y.dtype)
+    gpu.gather_rows(xb, yb, gpu.to_device(x), gpu.to_device(y), gpu.to_device(order), 2)
+    np.testing.assert_array_equal(to_host(xb), x[order[2:6]])
+    np.testing.assert_array_equal(to_host(yb), y[order[2:6]])
+    logits = rand(rng, (5, 4), np.float32)
+    logits[0] = [1, 3, 3, 0]  # a tie: the first maximum counts, as np.argmax
+    t = np.array([2, 0, 1, 2, 3])
+    expected = int((logits.argmax(1) == t).sum())
+    assert gpu.count_correct(gpu.to_device(logits), gpu.to_device(t)) == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# The model on the device
+
+
+def tiny_model(dtype=np.float32, activation=nb.ReLU):
+    return nb.Sequential([
+        nb.Linear(3, 5, seed=0, dtype=dtype), activation(), nb.Linear(5, 4, seed=1, dtype=dtype),
+    ])
+
+
+def train(model, opt, loss_fn, x, y, steps, batch_size=4):
+    losses = []
+    for step, (xb, yb) in zip(range(steps), nb.batches(x, y, batch_size, shuffle=True, seed=0)):
+        opt.zero_grad()
+        losses.append(loss_fn.forward(model.forward(xb), yb))
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+    return losses
+
+
+@pytest.mark.parametrize("dtype,opt_cls,rtol", [
+    # float64: the runs differ only in the last bits of the loss's sum order and of exp/log, so
+    # after a few steps they still agree to ~1e-14; 1e-10 leaves room yet catches any real error.
+    (np.float64, lambda ps: nb.SGD(ps, lr=0.5, momentum=0.9), 1e-10),
+    # float32: the same few-ulp differences, grown through 4 Adam steps (which divides by √v).
+    (np.float32, lambda ps: nb.Adam(ps, lr=0.05), 1e-4),
+])
+def test_training_matches_cpu(dtype, opt_cls, rtol):
+    rng = np.random.default_rng(4)
+    x, y = rand(rng, (12, 3), dtype, -2, 2), rng.integers(0, 4, size=12)
+    runs = []
+    for device in ("cpu", "cuda"):
+        model = tiny_model(dtype).to(device)
+        runs.append((train(model, opt_cls(model.parameters()), nb.SoftmaxCrossEntropy(), x, y, 4), model))
+    (cpu_losses, cpu_model), (gpu_losses, gpu_model) = runs
+    assert all(isinstance(v, float) for v in gpu_losses)
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=rtol)
+    assert gpu_losses[-1] < gpu_losses[0]
+    for pc, pg in zip(cpu_model.parameters(), gpu_model.parameters()):
+        assert not isinstance(pg.data, np.ndarray)
+        np.testing.assert_allclose(to_host(pg.data), pc.data, rtol=rtol * 10, atol=rtol)
+
+
+def test_mse_and_sigmoid_model_on_device():
+    rng = np.random.default_rng(5)
+    x, t = rand(rng, (3, 3), np.float64), rand(rng, (3, 4), np.float64)
+    losses = []
+    for device in ("cpu", "cuda"):
+        model, loss_fn = tiny_model(np.float64, nb.Sigmoid).to(device), nb.MSELoss()
+        losses.append(loss_fn.forward(model.forward(x), t))  # host targets follow the predictions
+        dx = model.backward(loss_fn.backward())
+        losses.append(to_host(dx))
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-12)
+    np.testing.assert_allclose(losses[3], losses[1], rtol=1e-12)
+
+
+def test_moves_back_and_forth_with_optimizer_state(tmp_path):
+    rng = np.random.default_rng(6)
+    x, y = rand(rng, (8, 3), np.float32), rng.integers(0, 4, size=8)
+    model = tiny_model()
+    opt, loss_fn = nb.Adam(model.parameters(), lr=0.01), nb.SoftmaxCrossEntropy()
+    train(model, opt, loss_fn, x, y, 1)  # state made on the host
+    model.to("cuda")
+    train(model, opt, loss_fn, x, y, 1)  # state follows the parameters to the device
+    assert all(not isinstance(a, np.ndarray) for st in opt.state for a in st.values())
+    assert model.layers[0].out is not None and not isinstance(model.layers[0].out, np.ndarray)
+    sd = opt.state_dict()  # host arrays, from the device
+    assert all(isinstance(a, np.ndarray) for a in sd["state"].values())
+    model.save(tmp_path / "m.npz")  # from the device
+    model.to("cpu")
+    assert model.layers[0].out is None  # cached device buffers dropped
+    assert all(isinstance(p.data, np.ndarray) and isinstance(p.grad, np.ndarray) for p in model.parameters())
+    assert one_flat([p.data for p in model.parameters()]) is not None  # packed again
+    train(model, opt, loss_fn, x, y, 1)
+    assert all(isinstance(a, np.ndarray) for st in opt.state for a in st.values())
+    loaded = nb.load(tmp_path / "m.npz").to("cuda")  # to the device
+    for p, q in zip(loaded.parameters(), nb.load(tmp_path / "m.npz").parameters()):
+        np.testing.assert_array_equal(to_host(p.data), q.data)
+    probs = loaded.forward(x)
+    assert not isinstance(probs, np.ndarray)
+
+
+def test_device_labels_and_bad_labels():
+    model = tiny_model().to("cuda")
+    logits = model.forward(np.zeros((2, 3), np.float32))
+    loss_fn = nb.SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match="out of range"):
+        loss_fn.forward(logits, np.array([0, 4]))  # checked on the host before the copy
+    assert loss_fn.forward(logits, gpu.to_device(np.array([0, 3]))) > 0
+    with pytest.raises(ValueError, match="float32"):
+        model.forward(np.zeros((2, 3), np.float64))
+
+
+@pytest.mark.parametrize("max_bytes", [None, 3 * (3 * 4 + 8)])  # resident; chunks of 3 rows → 2 rows
+def test_device_dataset_gives_the_cpu_batches(max_bytes):
+    rng = np.random.default_rng(7)
+    x, y = rand(rng, (7, 3), np.float32), rng.integers(0, 4, size=7)
+    ds = gpu.DeviceDataset(x, y, classes=4, max_bytes=max_bytes)
+    assert ds.resident == (max_bytes is None)
+    for shuffle in (True, False):
+        got = [(to_host(xb), to_host(yb)) for xb, yb in ds.batches(2, shuffle=shuffle, seed=(1, 2))]
+        want = list(nb.batches(x, y, 2, shuffle=shuffle, seed=(1, 2)))
+        assert len(got) == len(want) == 4
+        for (gx, gy), (wx, wy) in zip(got, want):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+    with pytest.raises(ValueError, match="out of range"):
+        gpu.DeviceDataset(x, y, classes=3)
+
+
+def test_training_on_a_device_dataset_matches_host_batches():
+    rng = np.random.default_rng(8)
+    x, y = rand(rng, (9, 3), np.float64), rng.integers(0, 4, size=9)
+    model = tiny_model(np.float64).to("cuda")
+    opt, loss_fn = nb.SGD(model.parameters(), lr=0.3), nb.SoftmaxCrossEntropy()
+    ds = gpu.DeviceDataset(x, y, classes=4)
+    losses, correct = [], 0
+    for xb, yb in ds.batches(4, shuffle=True, seed=0):
+        opt.zero_grad()
+        logits = model.forward(xb)
+        losses.append(loss_fn.forward(logits, yb))
+        correct += gpu.count_correct(logits, yb)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+    host_model = tiny_model(np.float64)
+    host_losses = train(host_model, nb.SGD(host_model.parameters(), lr=0.3), nb.SoftmaxCrossEntropy(), x, y, 3)
+    np.testing.assert_allclose(losses, host_losses, rtol=1e-10)
+    assert 0 <= correct <= 9

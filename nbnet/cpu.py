@@ -502,6 +502,21 @@ def mse_backward(dpred, pred, target):
             dpred[i, j] = scale * (pred[i, j] - target[i, j])
 
 
+@jit
+def count_correct(logits, targets):
+    """Σ_i [argmax_j z_ij = t_i]: the rows whose largest logit (the first, on ties) is the label.
+
+    Plain @njit: one counter, cheap next to the forward pass."""
+    correct = 0
+    for i in range(logits.shape[0]):
+        best = 0
+        for j in range(1, logits.shape[1]):
+            if logits[i, j] > logits[i, best]:
+                best = j
+        correct += best == targets[i]
+    return correct
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimizers: the update rules of torch.optim, element by element over a flat parameter vector.
 # Scalars arrive already cast to the parameter dtype (torch casts Python scalars the same way).

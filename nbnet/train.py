@@ -9,8 +9,9 @@ are shuffled with seed (seed, e), and the learning rate is a pure function of th
 `TrainState` (epochs and steps done, plus the running sums of the epoch in progress), the weights
 and the optimizer state are all a resumed run needs to continue exactly where it stopped.
 
-The step loop touches model outputs only through `to_host` (for the accuracy), so the same loop
-runs a model moved to the GPU.
+The same loop runs a model moved to the GPU: batches come from `batch_source` (a DeviceDataset,
+copied over once, for a GPU model), and per step only the loss and the count of correct rows come
+back to the host.
 """
 
 import math
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import batches
-from .layers import Linear, ReLU, Sigmoid, Tanh
+from .data import batches, batches_reusing
+from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
 from .optim import OPTIMIZERS
@@ -94,14 +95,26 @@ def learning_rate(schedule, lr, step, epoch, epochs, steps_per_epoch):
     raise ValueError(f"unknown lr schedule {schedule!r} (use {', '.join(SCHEDULES)})")
 
 
-def evaluate(model, x, y, batch_size=1000):
+def batch_source(model, x, y):
+    """`batches(batch_size, shuffle, seed)` over (x, y) where the model lives: on the host, gathered
+    into reused buffers (no allocation per step); for a model on the GPU, from a DeviceDataset
+    copied over once. Both give exactly the batches of `nbnet.batches`."""
+    if isinstance(model.parameters()[0].data, np.ndarray):
+        return lambda batch_size, shuffle, seed=None: batches_reusing(x, y, batch_size, shuffle, seed)
+    from .gpu import DeviceDataset  # noqa: PLC0415
+
+    return DeviceDataset(x, y).batches
+
+
+def evaluate(model, x, y, batch_size=1000, source=None):
     """(mean loss, accuracy) of the model on (x, y), in batches."""
     loss_fn = SoftmaxCrossEntropy()
     loss_sum, correct = 0.0, 0
-    for xb, yb in batches(x, y, batch_size, shuffle=False):
+    source = batch_source(model, x, y) if source is None else source
+    for xb, yb in source(batch_size, shuffle=False):
         logits = model.forward(xb)
         loss_sum += loss_fn.forward(logits, yb) * len(yb)
-        correct += int(np.count_nonzero(to_host(logits).argmax(axis=1) == yb))
+        correct += kernels(logits).count_correct(logits, yb)
     return loss_sum / len(y), correct / len(y)
 
 
@@ -153,6 +166,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     loss_fn = SoftmaxCrossEntropy()
+    train_batches = batch_source(model, x_train, y_train)
+    test_batches = batch_source(model, x_test, y_test)
 
     while state.epoch < epochs:
         epoch = state.epoch
@@ -163,7 +178,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 f"{steps_per_epoch} steps per epoch: was the batch size or the data changed?"
             )
         t0 = time.perf_counter()
-        for b, (xb, yb) in enumerate(batches(x_train, y_train, batch_size, seed=(seed, epoch))):
+        for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=True, seed=(seed, epoch))):
             if b < skip:
                 continue
             opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
@@ -174,7 +189,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 raise TrainingDiverged(
                     f"training diverged: loss is {loss} at epoch {epoch + 1}, step {b + 1}"
                 )
-            correct = int(np.count_nonzero(to_host(logits).argmax(axis=1) == yb))
+            correct = kernels(logits).count_correct(logits, yb)
             model.backward(loss_fn.backward(), need_input_grad=False)
             opt.step()
             state.step += 1
@@ -187,7 +202,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 state.seconds += time.perf_counter() - t0
                 raise TrainingInterrupted(state)
         seconds = state.seconds + time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch_size)
+        test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch_size, test_batches)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / state.seen,

@@ -312,3 +312,22 @@ def test_training_on_a_device_dataset_matches_host_batches():
     host_losses = train(host_model, nb.SGD(host_model.parameters(), lr=0.3), nb.SoftmaxCrossEntropy(), x, y, 3)
     np.testing.assert_allclose(losses, host_losses, rtol=1e-10)
     assert 0 <= correct <= 9
+
+
+def test_train_loop_on_the_device_matches_the_cpu_history():
+    """nbnet.train.train with a GPU model: DeviceDataset batches, losses and counts from the device."""
+    from nbnet.train import build_model, make_optimizer, train as train_loop
+
+    rng = np.random.default_rng(9)
+    x, y = rand(rng, (10, 3), np.float64, -2, 2), rng.integers(0, 3, size=10)
+    data = (x, y, x[:5], y[:5])
+    histories = []
+    for device in ("cpu", "cuda"):
+        model = build_model(3, [4], 3, dtype=np.float64, seed=0).to(device)
+        opt = make_optimizer("sgd", model, lr=0.2, momentum=0.9)
+        histories.append(train_loop(model, opt, data, epochs=2, batch_size=4, seed=1))
+    for h_cpu, h_gpu in zip(*histories):
+        for key in ("train_loss", "test_loss"):
+            assert h_gpu[key] == pytest.approx(h_cpu[key], rel=1e-10)
+        for key in ("train_accuracy", "test_accuracy"):
+            assert h_gpu[key] == h_cpu[key]

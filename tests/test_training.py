@@ -72,3 +72,12 @@ def test_spiral_dataset_shapes():
     assert len(xtr) + len(xte) == 3000 and set(np.unique(ytr)) == {0, 1, 2}
     again = nb.datasets.load("spiral")
     assert hashlib.sha256(again[0].tobytes()).digest() == hashlib.sha256(xtr.tobytes()).digest()
+
+
+def test_count_correct_matches_numpy_argmax():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 7)).astype(np.float32)
+    z[0] = 1.0  # a tie: argmax takes the first
+    t = rng.integers(0, 7, 50)
+    t[0] = 0
+    assert nb.cpu.count_correct(z, t) == np.count_nonzero(z.argmax(1) == t) > 0

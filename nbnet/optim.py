@@ -1,7 +1,8 @@
 """Optimizers with the update rules of torch.optim's classes of the same name, step for step.
 
-Each `step()` calls one kernel per parameter (nbnet.cpu.sgd_step / adam_step, or their nbnet.gpu
-twins) on flat views. Hyper-parameters are Python floats; like torch, the kernels get them cast to
+Each `step()` calls one kernel (nbnet.cpu.sgd_step / adam_step, or their nbnet.gpu twins) on flat
+views: once over all parameters when a Sequential packed them into one buffer, else once per
+parameter. Hyper-parameters are Python floats; like torch, the kernels get them cast to
 the parameter dtype. `lr` is a plain attribute, so a schedule sets `opt.lr` before each step.
 """
 
@@ -77,8 +78,8 @@ class Optimizer:
         start = 0
         for st, p in zip(self.state, self.params):
             view = flat[start : start + p.data.size]
-            if st[name] is not None:
-                view[...] = st[name]
+            if st[name] is not None:  # e.g. loaded, or made per parameter on a device before
+                view[...] = st[name] if isinstance(st[name], np.ndarray) else st[name].copy_to_host()
             st[name] = view
             start += p.data.size
         return flat
@@ -105,6 +106,16 @@ class Optimizer:
 
                 st[name] = to_device_like(arr, p.data)
         return st
+
+    def _groups(self):
+        """What a step updates, as (data, grad, state) with flat arrays: one group covering every
+        parameter when they lie packed in one buffer (see nbnet.model.pack_parameters), so one
+        kernel call updates them all; else one group per parameter."""
+        flat = self._flat()
+        if flat is not None:
+            data, grad = flat
+            return [(data, grad, {name: self._flat_state(name, data) for name in self.state_names})]
+        return [(_flat(p.data), _flat(p.grad), self._state(i, p)) for i, p in enumerate(self.params)]
 
     def state_dict(self):
         """{"type", hyper-parameters, "step_count", "state": {"<name>.<i>": host array}}."""
@@ -159,22 +170,11 @@ class SGD(Optimizer):
 
     def step(self):
         self.step_count += 1
-        flat = self._flat()
-        if flat is not None:  # packed parameters: one pass over all of them
-            data, grad = flat
+        for data, grad, st in self._groups():
             dt = data.dtype.type
-            buf = self._flat_state("momentum_buffer", data) if self.momentum > 0 else data
+            buf = st.get("momentum_buffer", data)  # without momentum the kernel never reads it
             kernels(data).sgd_step(
                 data, grad, buf, dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov
-            )
-            return
-        for i, p in enumerate(self.params):
-            dt = p.data.dtype.type
-            st = self._state(i, p)
-            buf = st["momentum_buffer"] if self.momentum > 0 else _flat(p.data)  # unused then
-            kernels(p.data).sgd_step(
-                _flat(p.data), _flat(p.grad), buf,
-                dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov,
             )
 
 
@@ -206,11 +206,10 @@ class Adam(Optimizer):
         bc2_sqrt = math.sqrt(1 - beta2**t)
         l2 = 0.0 if self.decoupled else self.weight_decay
         decay = 1 - self.lr * self.weight_decay if self.decoupled else 1.0
-        for i, p in enumerate(self.params):
-            dt = p.data.dtype.type
-            st = self._state(i, p)
-            kernels(p.data).adam_step(
-                _flat(p.data), _flat(p.grad), st["exp_avg"], st["exp_avg_sq"],
+        for data, grad, st in self._groups():
+            dt = data.dtype.type
+            kernels(data).adam_step(
+                data, grad, st["exp_avg"], st["exp_avg_sq"],
                 dt(beta1), dt(beta2), dt(self.eps), dt(l2), dt(decay), dt(step_size), dt(bc2_sqrt),
             )
 

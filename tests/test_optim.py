@@ -165,3 +165,27 @@ def test_float32_parameters_stay_float32(rng):
 def test_bad_hyperparameters_are_rejected(make, rng):
     with pytest.raises(ValueError):
         make(make_params(rng)[1])
+
+
+@pytest.mark.parametrize(
+    "make", [lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+             lambda ps: nb.Adam(ps, lr=0.01, weight_decay=0.1), lambda ps: nb.AdamW(ps, lr=0.01)],
+    ids=["sgd", "adam", "adamw"],
+)
+def test_one_pass_over_packed_parameters_equals_one_call_per_parameter(make, rng):
+    """A Sequential packs its parameters into one buffer and the optimizer updates them in one
+    kernel call; standalone layers take one call each. Same element-wise rule: bitwise equal."""
+    layers = [nb.Linear(4, 5, dtype=np.float64, seed=0), nb.Linear(5, 3, dtype=np.float64, seed=1)]
+    loose = [p for layer in layers for p in layer.parameters()]
+    packed = nb.Sequential([nb.Linear(4, 5, dtype=np.float64, seed=0), nb.Linear(5, 3, dtype=np.float64, seed=1)])
+    opt_loose, opt_packed = make(loose), make(packed.parameters())
+    assert opt_packed._flat() is not None and opt_loose._flat() is None
+    for _ in range(3):
+        for p, q in zip(loose, packed.parameters()):
+            p.grad[...] = q.grad[...] = rng.normal(size=p.shape)
+        opt_loose.step()
+        opt_packed.step()
+    for p, q in zip(loose, packed.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    for key, arr in opt_loose.state_dict()["state"].items():
+        np.testing.assert_array_equal(arr, opt_packed.state_dict()["state"][key])

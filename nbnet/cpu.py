@@ -142,6 +142,35 @@ def transpose(out, inp):
                     out[j, i] = inp[i, j]
 
 
+# dX = G W and dW = Gᵀ X are written the other way round, as sums of outer products: a ROWS×COLS
+# block of outputs is C_rc = Σ_s a_rs b_sc, with b read along its rows (contiguous, c) and a_rs one
+# number broadcast per row. No transposes, and no horizontal sums at the end (the dot form pays
+# ROWS×COLS of those per tile, which dominates when the summed length is a batch of 32 or m = 10).
+# Compiled with `contract` only: with `reassoc` LLVM would vectorise the s loop instead, as 256
+# separate reductions fed by gathers. So each output is summed in plain order s = 0, 1, ... (one
+# FMA per step), fixed by the shapes only.
+OUTER = {"contract"}
+ROWS, COLS = 4, 64  # 4 × 64 float32 = 16 AVX-512 accumulators; measured best of 2..8 × 16..96
+
+
+@njit(inline="always")
+def outer_tile(acc, a, a_transposed, b, r0, c0):
+    """acc_rc = Σ_s a[r0+r, s] b[s, c0+c] (a_transposed: a[s, r0+r]) for r < ROWS, c < COLS.
+
+    Rows past the end of a repeat its last row (the caller stores only the valid ones). c0 is
+    unsigned: Numba then skips the negative-index wraparound, so the COLS loads of b[s] are one
+    contiguous run that LLVM vectorises (with a signed index it emits gathers)."""
+    ra = (a.shape[0] if not a_transposed else a.shape[1]) - 1
+    for r in range(ROWS):
+        for c in range(COLS):
+            acc[r, c] = 0
+    for s in range(b.shape[0]):
+        for r in range(ROWS):
+            g = a[s, min(r0 + r, ra)] if a_transposed else a[min(r0 + r, ra), s]
+            for c in range(COLS):
+                acc[r, c] += g * b[s, c0 + np.uint64(c)]
+
+
 def _renamed(func, suffix):
     """func under another name. Numba's on-disk cache files a compilation under the function's
     name and line, not under `parallel`, so serial and parallel twins of one function would load
@@ -158,10 +187,10 @@ class Kernel:
     thread pool costs more than it saves (measured in profiling/bench_vs_torch.py --threshold).
     The choice depends on shapes only, so results never depend on the thread count."""
 
-    def __init__(self, func, work, threshold):
-        self.serial = njit(cache=True, fastmath=FAST)(_renamed(func, "_serial"))
-        self.parallel = njit(cache=True, fastmath=FAST, parallel=True)(func)
-        self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
+    def __init__(self, func, work, threshold, fastmath=FAST):
+        self.serial = njit(cache=True, fastmath=fastmath)(_renamed(func, "_serial"))
+        self.parallel = njit(cache=True, fastmath=fastmath, parallel=True)(func)
+        self.work, self.threshold, self.fastmath, self.__doc__ = work, threshold, fastmath, func.__doc__
 
     def __call__(self, *args):
         run = self.parallel if self.work(*args) >= self.threshold else self.serial
@@ -211,28 +240,49 @@ def linear_relu_forward(out, act, inp, weight, bias):
 def _linear_backward_input(dinp, dout, weight, weight_t, preact, relu):
     """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
 
-    dinp (k, n), dout (k, m) = G, weight (m, n), weight_t (n, m) scratch (overwritten with Wᵀ),
-    preact (k, n) (read only with relu). Parallel over output tiles.
+    dinp (k, n), dout (k, m) = G, weight (m, n), weight_t unused (kept for the call signature),
+    preact (k, n) (read only with relu). Outer-product tiles (outer_tile), parallel over them;
+    the last column tile overlaps its neighbour and stores only its own columns.
     """
-    k = dout.shape[0]
+    k, m = dout.shape
     n = weight.shape[1]
     zero = dinp.dtype.type(0)
-    transpose(weight_t, weight)
-    tl = (n + TILE - 1) // TILE
-    for t in prange(((k + TILE - 1) // TILE) * tl):
-        i0, l0 = (t // tl) * TILE, (t % tl) * TILE
-        acc = tile(TILE, TILE, dinp)
-        dot_tile(acc, dout, weight_t, i0, l0)
-        for r in range(min(TILE, k - i0)):
-            for c in range(min(TILE, n - l0)):
-                dx = acc[r, c]
-                if relu and preact[i0 + r, l0 + c] < zero:
-                    dx = zero
-                dinp[i0 + r, l0 + c] = dx
+    if n < COLS:  # too narrow for a tile: one row of dX at a time, j in order
+        for i in prange(k):
+            dx = dinp[i]  # row views: LLVM vectorises these loops as plain contiguous runs
+            for l in range(n):
+                dx[l] = zero
+            for j in range(m):
+                g = dout[i, j]
+                w = weight[j]
+                for l in range(n):
+                    dx[l] += g * w[l]
+            if relu:
+                p = preact[i]
+                for l in range(n):
+                    if p[l] < zero:
+                        dx[l] = zero
+    else:
+        ti = (k + ROWS - 1) // ROWS
+        for t in prange(((n + COLS - 1) // COLS) * ti):
+            lt, i0 = (t // ti) * COLS, (t % ti) * ROWS
+            skip = lt - min(lt, n - COLS)  # columns the previous tile owns
+            l0 = np.uint64(lt - skip)  # unsigned: see outer_tile
+            acc = tile(ROWS, COLS, dinp)
+            outer_tile(acc, dout, False, weight, i0, l0)
+            for r in range(min(ROWS, k - i0)):
+                for c in range(COLS):  # not range(skip, ...): a signed acc index makes gathers
+                    if c < skip:
+                        continue
+                    l = l0 + np.uint64(c)
+                    dx = acc[r, c]
+                    if relu and preact[i0 + r, l] < zero:
+                        dx = zero
+                    dinp[i0 + r, l] = dx
 
 
 linear_backward_input_act = Kernel(
-    _linear_backward_input, lambda dx, g, w, wt, p, relu: g.shape[0] * w.size, PARALLEL_WORK
+    _linear_backward_input, lambda dx, g, w, wt, p, relu: g.shape[0] * w.size, PARALLEL_WORK, OUTER
 )
 
 
@@ -250,30 +300,40 @@ def linear_relu_backward_input(dinp, dout, weight, weight_t, preact):
 def _linear_backward_params(dweight, dbias, dout, inp, dout_t, inp_t):
     """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
 
-    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X; dout_t (m, k) and inp_t (n, k)
-    scratch, overwritten with Gᵀ and Xᵀ. Parallel over output tiles of dW.
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X; dout_t, inp_t unused (kept for
+    the call signature). Outer-product tiles (outer_tile, reading G as Gᵀ), parallel over them.
     """
     m, n = dweight.shape
     k = dout.shape[0]
-    transpose(dout_t, dout)
-    transpose(inp_t, inp)
     for j in prange(m):
         db = dbias.dtype.type(0)
         for i in range(k):
-            db += dout_t[j, i]
+            db += dout[i, j]
         dbias[j] += db
-    tl = (n + TILE - 1) // TILE
-    for t in prange(((m + TILE - 1) // TILE) * tl):
-        j0, l0 = (t // tl) * TILE, (t % tl) * TILE
-        acc = tile(TILE, TILE, dweight)
-        dot_tile(acc, dout_t, inp_t, j0, l0)
-        for r in range(min(TILE, m - j0)):
-            for c in range(min(TILE, n - l0)):
-                dweight[j0 + r, l0 + c] += acc[r, c]
+    if n < COLS:  # too narrow for a tile: one row of dW at a time, i in order
+        for j in prange(m):
+            dw = dweight[j]  # row views, as in _linear_backward_input
+            for i in range(k):
+                g = dout[i, j]
+                x = inp[i]
+                for l in range(n):
+                    dw[l] += g * x[l]
+    else:
+        tj = (m + ROWS - 1) // ROWS
+        for t in prange(((n + COLS - 1) // COLS) * tj):
+            lt, j0 = (t // tj) * COLS, (t % tj) * ROWS
+            skip = lt - min(lt, n - COLS)  # columns the previous tile owns
+            l0 = np.uint64(lt - skip)  # unsigned: see outer_tile
+            acc = tile(ROWS, COLS, dweight)
+            outer_tile(acc, dout, True, inp, j0, l0)
+            for r in range(min(ROWS, m - j0)):
+                for c in range(COLS):  # not range(skip, ...): a signed acc index makes gathers
+                    if c >= skip:
+                        dweight[j0 + r, l0 + np.uint64(c)] += acc[r, c]
 
 
 linear_backward_params = Kernel(
-    _linear_backward_params, lambda dw, db, g, x, gt, xt: x.size * dw.shape[0], PARALLEL_WORK
+    _linear_backward_params, lambda dw, db, g, x, gt, xt: x.size * dw.shape[0], PARALLEL_WORK, OUTER
 )
 
 

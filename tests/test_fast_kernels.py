@@ -14,7 +14,8 @@ from numba import njit
 import nbnet as nb
 from nbnet import cpu
 
-SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41)]  # (k, n, m), odd
+# (k, n, m), odd; n >= 64 (cpu.COLS) takes the outer-product tiles of dX and dW, with an overlapping last tile
+SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41), (1, 64, 5), (6, 131, 9)]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
@@ -76,6 +77,18 @@ def test_parallel_and_serial_twins_agree():
     cpu.linear_forward_act.serial(a, a, x, w, b, False)
     cpu.linear_forward_act.parallel(c, c, x, w, b, False)
     np.testing.assert_array_equal(a, c)
+    k, n, m = 13, 131, 10  # n >= cpu.COLS: the outer-product tiles
+    x, g, w = rand(rng, (k, n), np.float32), rand(rng, (k, m), np.float32), rand(rng, (m, n), np.float32)
+    dx = [np.empty((k, n), np.float32) for _ in range(2)]
+    dw = [np.ones((m, n), np.float32) for _ in range(2)]
+    db = [np.ones(m, np.float32) for _ in range(2)]
+    for twin, a, c, d in zip((cpu.linear_backward_input_act.serial, cpu.linear_backward_input_act.parallel), dx, dw, db):
+        twin(a, g, w, None, x, True)
+    for twin, a, c, d in zip((cpu.linear_backward_params.serial, cpu.linear_backward_params.parallel), dx, dw, db):
+        twin(c, d, g, x, None, None)
+    np.testing.assert_array_equal(dx[0], dx[1])
+    np.testing.assert_array_equal(dw[0], dw[1])
+    np.testing.assert_array_equal(db[0], db[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -173,7 +186,7 @@ def compiled(kernel, dtype):
     }[name_of(kernel)]
     # Fresh, uncached compilations: Numba cannot inspect code it loaded from its cache.
     func = kernel.serial.py_func
-    twins = (njit(fastmath=cpu.FAST)(func), njit(fastmath=cpu.FAST, parallel=True)(func))
+    twins = (njit(fastmath=kernel.fastmath)(func), njit(fastmath=kernel.fastmath, parallel=True)(func))
     for twin in twins:
         twin(*args)
     return twins
@@ -206,6 +219,8 @@ def test_tiled_kernels_use_avx512_fma(kernel):
     sig = next(s for s in serial.signatures if s[0].dtype.name == "float32")
     asm = serial.inspect_asm(sig)
     assert re.search(r"vfmadd\d+ps\s+[^\n]*zmm", asm), "no packed float32 FMA on zmm registers"
+    if kernel.fastmath == cpu.OUTER:  # outer_tile's COLS loads must stay one contiguous run
+        assert "vgather" not in asm, "gathers in an outer-product kernel: b[s] is not read contiguously"
 
 
 def test_training_is_bitwise_the_same_with_1_and_2_threads():

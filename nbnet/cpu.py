@@ -81,14 +81,13 @@ linear_backward_params_ref = pjit(_linear_backward_params_ref)
 linear_backward_input_ref = pjit(_linear_backward_input_ref)
 
 
-# The fast Linear kernels. All three matmuls are written as one pattern, C_rc = Σ_l A_rl B_cl, with
-# both operands read along l (contiguous): Y = X Wᵀ as is, dX = G (Wᵀ)ᵀ with Wᵀ copied once per
-# step, dW = (Gᵀ)(Xᵀ)ᵀ with Gᵀ and Xᵀ copied once per step (the copies cost 1/m and 1/n of the
-# multiply-adds). A TILE×TILE block of outputs is summed in registers (a stack tile, `tile`), and
-# the l loop is vectorised by LLVM: `reassoc` lets it keep one 16-lane (float32) partial sum per
-# output, `contract` makes each step one FMA. The summation order therefore is "16 interleaved
-# partial sums, then a fixed tree": fixed by the compiled code and the shapes, never by the thread
-# count, since each output tile has one owner.
+# The fast forward, Y = X Wᵀ, is written as C_rc = Σ_l A_rl B_cl with both operands read along l
+# (contiguous): x_il and w_jl as they are. A TILE×TILE block of outputs is summed in registers (a
+# stack tile, `tile`), and the l loop is vectorised by LLVM: `reassoc` lets it keep one 16-lane
+# (float32) partial sum per output, `contract` makes each step one FMA. The summation order
+# therefore is "16 interleaved partial sums, then a fixed tree": fixed by the compiled code and the
+# shapes, never by the thread count, since each output tile has one owner. (dX and dW sum over the
+# batch or over m instead, often short: they use outer-product tiles, see outer_tile.)
 FAST = {"contract", "reassoc"}
 TILE = 4
 
@@ -129,17 +128,6 @@ def dot_tile(acc, a, b, i0, j0):
         for r in range(TILE):
             for c in range(TILE):
                 acc[r, c] += a[min(i0 + r, ia), l] * b[min(j0 + c, jb), l]
-
-
-@njit(inline="always")
-def transpose(out, inp):
-    """out_ji = x_ij, in 32×32 blocks so both sides stay in cache. Parallel over row blocks of out."""
-    k, n = inp.shape
-    for jb in prange((n + 31) // 32):
-        for i0 in range(0, k, 32):
-            for j in range(jb * 32, min(jb * 32 + 32, n)):
-                for i in range(i0, min(i0 + 32, k)):
-                    out[j, i] = inp[i, j]
 
 
 # dX = G W and dW = Gᵀ X are written the other way round, as sums of outer products: a ROWS×COLS
@@ -237,11 +225,10 @@ def linear_relu_forward(out, act, inp, weight, bias):
     linear_forward_act(out, act, inp, weight, bias, True)
 
 
-def _linear_backward_input(dinp, dout, weight, weight_t, preact, relu):
+def _linear_backward_input(dinp, dout, weight, preact, relu):
     """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
 
-    dinp (k, n), dout (k, m) = G, weight (m, n), weight_t unused (kept for the call signature),
-    preact (k, n) (read only with relu). Outer-product tiles (outer_tile), parallel over them;
+    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu). Outer-product tiles (outer_tile), parallel over them;
     the last column tile overlaps its neighbour and stores only its own columns.
     """
     k, m = dout.shape
@@ -282,26 +269,25 @@ def _linear_backward_input(dinp, dout, weight, weight_t, preact, relu):
 
 
 linear_backward_input_act = Kernel(
-    _linear_backward_input, lambda dx, g, w, wt, p, relu: g.shape[0] * w.size, PARALLEL_WORK, OUTER
+    _linear_backward_input, lambda dx, g, w, p, relu: g.shape[0] * w.size, PARALLEL_WORK, OUTER
 )
 
 
-def linear_backward_input(dinp, dout, weight, weight_t):
-    """dx_il = Σ_j g_ij w_jl   dinp (k, n), dout (k, m), weight (m, n), weight_t (n, m) scratch"""
-    linear_backward_input_act(dinp, dout, weight, weight_t, dinp, False)
+def linear_backward_input(dinp, dout, weight):
+    """dx_il = Σ_j g_ij w_jl   dinp (k, n), dout (k, m), weight (m, n)"""
+    linear_backward_input_act(dinp, dout, weight, dinp, False)
 
 
-def linear_relu_backward_input(dinp, dout, weight, weight_t, preact):
+def linear_relu_backward_input(dinp, dout, weight, preact):
     """dx_il = [x'_il ≥ 0] Σ_j g_ij w_jl: this Linear's input gradient, passed back through the
     ReLU before it (whose input was x' = preact), in one pass. ReLU'(0) = 1 as in relu_backward."""
-    linear_backward_input_act(dinp, dout, weight, weight_t, preact, True)
+    linear_backward_input_act(dinp, dout, weight, preact, True)
 
 
-def _linear_backward_params(dweight, dbias, dout, inp, dout_t, inp_t):
+def _linear_backward_params(dweight, dbias, dout, inp):
     """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
 
-    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X; dout_t, inp_t unused (kept for
-    the call signature). Outer-product tiles (outer_tile, reading G as Gᵀ), parallel over them.
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. Outer-product tiles (outer_tile, reading G as Gᵀ), parallel over them.
     """
     m, n = dweight.shape
     k = dout.shape[0]
@@ -333,7 +319,7 @@ def _linear_backward_params(dweight, dbias, dout, inp, dout_t, inp_t):
 
 
 linear_backward_params = Kernel(
-    _linear_backward_params, lambda dw, db, g, x, gt, xt: x.size * dw.shape[0], PARALLEL_WORK, OUTER
+    _linear_backward_params, lambda dw, db, g, x: x.size * dw.shape[0], PARALLEL_WORK, OUTER
 )
 
 

@@ -248,8 +248,7 @@ def _linear_backward_bias_kernel(dbias, dout):
         dbias[j] += db
 
 
-def linear_backward_params(dweight, dbias, dout, inp, dout_t=None, inp_t=None):
-    # dout_t, inp_t: the CPU kernel's transpose scratch; unused, the tiles read G and X coalesced.
+def linear_backward_params(dweight, dbias, dout, inp):
     _launch_tiles(_linear_backward_weight_kernel, dweight, dout, inp)
     _launch_1d(_linear_backward_bias_kernel, dbias.shape[0], dbias, dout)
 
@@ -284,12 +283,11 @@ def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
         dinp[i, l] = acc
 
 
-def linear_backward_input(dinp, dout, weight, weight_t=None):
-    # weight_t: the CPU kernel's Wᵀ scratch; unused, W's tile rows are read coalesced as they are.
+def linear_backward_input(dinp, dout, weight):
     _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False)
 
 
-def linear_relu_backward_input(dinp, dout, weight, weight_t, preact):
+def linear_relu_backward_input(dinp, dout, weight, preact):
     """dx = [x' ≥ 0] (G W): this Linear's input gradient through the ReLU before it, in one kernel."""
     _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True)
 

@@ -150,9 +150,6 @@ class Linear(Layer):
     inp: Any = field(init=False, default=None, repr=False)  # forward cache: X
     out: Any = field(init=False, default=None, repr=False)
     dinp: Any = field(init=False, default=None, repr=False)
-    dout_t: Any = field(init=False, default=None, repr=False)  # backward scratch: Gᵀ, Xᵀ, Wᵀ
-    inp_t: Any = field(init=False, default=None, repr=False)
-    weight_t: Any = field(init=False, default=None, repr=False)
 
     def __post_init__(self):
         for name in ("in_features", "out_features"):
@@ -205,20 +202,15 @@ class Linear(Layer):
         fed this one), returns the gradient at that ReLU's input instead, in the same pass."""
         dout = self._check_grad(dout, self.out)
         k = kernels(dout)
-        rows = dout.shape[0]
-        # Scratch for the transposed operands (see nbnet.cpu): reused while the batch size stays.
-        dout_t = self._buffer("dout_t", dout, (self.out_features, rows), dout.dtype)
-        inp_t = self._buffer("inp_t", dout, (self.in_features, rows), dout.dtype)
-        k.linear_backward_params(self.grad_weight, self.grad_bias, dout, self.inp, dout_t, inp_t)
+        k.linear_backward_params(self.grad_weight, self.grad_bias, dout, self.inp)
         if not need_input_grad:
             return None
-        weight_t = self._buffer("weight_t", dout, (self.in_features, self.out_features), dout.dtype)
         if relu is not None:
             dinp = relu._buffer("dinp", dout, self.inp.shape, dout.dtype)
-            k.linear_relu_backward_input(dinp, dout, self.weight, weight_t, relu.inp)
+            k.linear_relu_backward_input(dinp, dout, self.weight, relu.inp)
             return dinp
         dinp = self._buffer("dinp", dout, self.inp.shape, dout.dtype)
-        k.linear_backward_input(dinp, dout, self.weight, weight_t)
+        k.linear_backward_input(dinp, dout, self.weight)
         return dinp
 
 

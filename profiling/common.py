@@ -80,8 +80,7 @@ def mnist_groups(batch=128, dtype=np.float32):
         a = dict(inp=rand(k, n, dtype=d), weight=rand(m, n, dtype=d, seed=1), bias=rand(m, dtype=d),
                  dout=rand(k, m, dtype=d, seed=2), preact=rand(k, n, dtype=d, seed=3),
                  out=np.empty((k, m), d), act=np.empty((k, m), d), dinp=np.empty((k, n), d),
-                 dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), weight_t=np.empty((n, m), d),
-                 dout_t=np.empty((m, k), d), inp_t=np.empty((n, k), d), relu=False)
+                 dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), relu=False)
         o_fwd, o_dx = np.empty((k, m), d), np.empty((k, n), d)  # NumPy's outputs
         numpy = {
             "linear_forward": lambda a=a, o=o_fwd: np.add(np.dot(a["inp"], a["weight"].T, out=o),

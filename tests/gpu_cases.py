@@ -21,15 +21,6 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 # Shapes (k, n, m) with TILE = 4: partial tiles in k, n and m; a single partial tile; several full ones.
 LINEAR_SHAPES = [(5, 7, 6), (3, 2, 1), (8, 4, 9)]
-# The register-tiled CPU Linear kernels (they come with the fused ones) take transpose scratch
-# arrays last; the GPU launchers accept and ignore them, so both get the same arguments.
-CPU_TAKES_SCRATCH = hasattr(cpu, "linear_relu_forward")
-
-
-def scratch(*shapes, dtype):
-    return tuple(np.empty(s, dtype) for s in shapes) if CPU_TAKES_SCRATCH else ()
-
-
 def rand(rng, shape, dtype, lo=-1.0, hi=1.0):
     return rng.uniform(lo, hi, size=shape).astype(dtype)
 
@@ -72,9 +63,8 @@ def test_linear_kernels(k, n, m, dtype):
     np.testing.assert_allclose(out, x @ w.T + b, **TOL[dtype])  # and the formula itself
     # Parameter gradients accumulate into what is there: start from non-zero values.
     dw, db = rand(rng, (m, n), dtype), rand(rng, (m,), dtype)
-    assert_same("linear_backward_params", dw, db, g, x, *scratch((m, k), (n, k), dtype=dtype), check=[0, 1])
-    assert_same("linear_backward_input", np.full((k, n), np.nan, dtype), g, w, *scratch((n, m), dtype=dtype),
-                check=[0])
+    assert_same("linear_backward_params", dw, db, g, x, check=[0, 1])
+    assert_same("linear_backward_input", np.full((k, n), np.nan, dtype), g, w, check=[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -94,10 +84,10 @@ def test_fused_linear_relu_kernels(dtype):
     preact = rand(rng, (k, n), dtype)
     preact[0, 0] = 0  # ReLU'(0) = 1
     dx, want = np.empty((k, n), dtype), np.empty((k, n), dtype)
-    cpu.linear_backward_input(dx, g, w, *scratch((n, m), dtype=dtype))
+    cpu.linear_backward_input(dx, g, w)
     cpu.relu_backward(want, dx, preact)
     d_dx = gpu.empty((k, n), dtype)
-    gpu.linear_relu_backward_input(d_dx, gpu.to_device(g), gpu.to_device(w), None, gpu.to_device(preact))
+    gpu.linear_relu_backward_input(d_dx, gpu.to_device(g), gpu.to_device(w), gpu.to_device(preact))
     np.testing.assert_allclose(to_host(d_dx), want, **TOL[dtype])
 
 

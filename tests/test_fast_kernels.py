@@ -41,19 +41,19 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     np.testing.assert_array_equal(act, np.maximum(out, 0))
 
     dx, dx_ref = np.full((k, n), np.nan, dtype), np.empty((k, n), dtype)
-    cpu.linear_backward_input(dx, g, w, np.empty((n, m), dtype))
+    cpu.linear_backward_input(dx, g, w)
     cpu.linear_backward_input_ref(dx_ref, g, w)
     np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=TOL[dtype] * m)
 
     preact = rand(rng, (k, n), dtype)
     preact[0, 0] = 0  # ReLU'(0) = 1
-    cpu.linear_relu_backward_input(dx, g, w, np.empty((n, m), dtype), preact)
+    cpu.linear_relu_backward_input(dx, g, w, preact)
     np.testing.assert_allclose(dx, np.where(preact >= 0, dx_ref, 0), rtol=0, atol=TOL[dtype] * m)
 
     # parameter gradients accumulate: start from non-zero values
     dw, db = np.ones((m, n), dtype), np.ones(m, dtype)
     dw_ref, db_ref = dw.copy(), db.copy()
-    cpu.linear_backward_params(dw, db, g, x, np.empty((m, k), dtype), np.empty((n, k), dtype))
+    cpu.linear_backward_params(dw, db, g, x)
     cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
     np.testing.assert_allclose(dw, dw_ref, rtol=0, atol=TOL[dtype] * k)
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
@@ -83,9 +83,9 @@ def test_parallel_and_serial_twins_agree():
     dw = [np.ones((m, n), np.float32) for _ in range(2)]
     db = [np.ones(m, np.float32) for _ in range(2)]
     for twin, a, c, d in zip((cpu.linear_backward_input_act.serial, cpu.linear_backward_input_act.parallel), dx, dw, db):
-        twin(a, g, w, None, x, True)
+        twin(a, g, w, x, True)
     for twin, a, c, d in zip((cpu.linear_backward_params.serial, cpu.linear_backward_params.parallel), dx, dw, db):
-        twin(c, d, g, x, None, None)
+        twin(c, d, g, x)
     np.testing.assert_array_equal(dx[0], dx[1])
     np.testing.assert_array_equal(dw[0], dw[1])
     np.testing.assert_array_equal(db[0], db[1])
@@ -180,9 +180,8 @@ def compiled(kernel, dtype):
     x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype), rand(rng, (k, m), dtype)
     args = {
         "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
-        "linear_backward_input_act": (np.empty((k, n), dtype), g, w, np.empty((n, m), dtype), x, True),
-        "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x,
-                                   np.empty((m, k), dtype), np.empty((n, k), dtype)),
+        "linear_backward_input_act": (np.empty((k, n), dtype), g, w, x, True),
+        "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x),
     }[name_of(kernel)]
     # Fresh, uncached compilations: Numba cannot inspect code it loaded from its cache.
     func = kernel.serial.py_func

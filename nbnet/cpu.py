@@ -217,22 +217,81 @@ def _linear_forward(out, act, inp, weight, bias, relu):
 linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: x.size * w.shape[0], PARALLEL_WORK)
 
 
-def linear_forward(out, inp, weight, bias):
-    """y_ij = Σ_l x_il w_jl + b_j   out (k, m), inp (k, n), weight (m, n), bias (m,)"""
-    linear_forward_act(out, out, inp, weight, bias, False)
+def _linear_forward_t(out, act, inp, weight_t, bias, relu):
+    """y_ij = Σ_l x_il w_jl + b_j (and a_ij = max(0, y_ij) with relu), from weight_t = Wᵀ (n, m)
+
+    Outer-product tiles (outer_tile) over the rows of Wᵀ, parallel over them; as linear_forward_act
+    otherwise. Each y_ij sums l in plain order.
+    """
+    k = inp.shape[0]
+    m = weight_t.shape[1]
+    zero = out.dtype.type(0)
+    ti = (k + ROWS - 1) // ROWS
+    for t in prange(((m + COLS - 1) // COLS) * ti):
+        jt, i0 = (t // ti) * COLS, (t % ti) * ROWS
+        skip = jt - min(jt, m - COLS)  # columns the previous tile owns
+        j0 = np.uint64(jt - skip)  # unsigned: see outer_tile
+        acc = tile(ROWS, COLS, out)
+        outer_tile(acc, inp, False, weight_t, i0, j0)
+        for r in range(min(ROWS, k - i0)):
+            for c in range(COLS):  # not range(skip, ...): a signed acc index makes gathers
+                if c >= skip:
+                    j = j0 + np.uint64(c)
+                    y = acc[r, c] + bias[j]
+                    out[i0 + r, j] = y
+                    if relu:
+                        act[i0 + r, j] = zero if y < zero else y
 
 
-def linear_relu_forward(out, act, inp, weight, bias):
+linear_forward_t = Kernel(_linear_forward_t, lambda out, act, x, wt, b, relu: x.size * wt.shape[1], PARALLEL_WORK, OUTER)
+
+
+@pjit
+def transpose(out, inp):
+    """out_ji = x_ij, in 32×32 blocks so both sides stay in cache. Parallel over row blocks of out."""
+    k, n = inp.shape
+    for jb in prange((n + 31) // 32):
+        for i0 in range(0, k, 32):
+            for j in range(jb * 32, min(jb * 32 + 32, n)):
+                o = out[j]
+                for i in range(i0, min(i0 + 32, k)):
+                    o[i] = inp[i, j]
+
+
+# From this batch size on the forward copies W to Wᵀ (~145 µs for 784->256 on one core) and runs
+# outer-product tiles (~20% faster than the dot tiles at 784->256, ~40% at 256->128). Measured on
+# one core: the copy pays for itself from about 155 rows at 784->256 and 90 at 256->128.
+FORWARD_T_ROWS = 256
+
+
+def _forward(out, act, inp, weight, bias, weight_t, relu):
+    """The forward for these shapes: outer-product tiles over Wᵀ when the batch is large enough
+    to pay for the copy and W has a full tile of rows, dot tiles otherwise (shapes only)."""
+    if weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and weight.shape[0] >= COLS:
+        transpose(weight_t, weight)
+        linear_forward_t(out, act, inp, weight_t, bias, relu)
+    else:
+        linear_forward_act(out, act, inp, weight, bias, relu)
+
+
+def linear_forward(out, inp, weight, bias, weight_t=None):
+    """y_ij = Σ_l x_il w_jl + b_j   out (k, m), inp (k, n), weight (m, n), bias (m,);
+    weight_t (n, m) optional scratch for Wᵀ: without it the forward always uses the dot tiles"""
+    _forward(out, out, inp, weight, bias, weight_t, False)
+
+
+def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     """y_ij = Σ_l x_il w_jl + b_j,  a_ij = max(0, y_ij)   (Linear then ReLU in one pass; Y is kept
     as the ReLU's input for its backward)"""
-    linear_forward_act(out, act, inp, weight, bias, True)
+    _forward(out, act, inp, weight, bias, weight_t, True)
 
 
 def _linear_backward_input(dinp, dout, weight, preact, relu):
     """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
 
-    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu). Outer-product tiles (outer_tile), parallel over them;
-    the last column tile overlaps its neighbour and stores only its own columns.
+    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu).
+    Outer-product tiles (outer_tile), parallel over them; the last column tile overlaps its
+    neighbour and stores only its own columns.
     """
     k, m = dout.shape
     n = weight.shape[1]

@@ -201,11 +201,12 @@ def _linear_forward_kernel(out, act, inp, weight, bias, relu):
             act[i, j] = acc if acc > zero else zero
 
 
-def linear_forward(out, inp, weight, bias):
+def linear_forward(out, inp, weight, bias, weight_t=None):
+    # weight_t: the CPU forward's Wᵀ scratch (nbnet.cpu); the GPU tiles read W as it is.
     _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False)
 
 
-def linear_relu_forward(out, act, inp, weight, bias):
+def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     """Linear then ReLU in one kernel (the CPU's fused epilogue): Y kept for the ReLU's backward."""
     _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True)
 

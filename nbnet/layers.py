@@ -150,6 +150,7 @@ class Linear(Layer):
     inp: Any = field(init=False, default=None, repr=False)  # forward cache: X
     out: Any = field(init=False, default=None, repr=False)
     dinp: Any = field(init=False, default=None, repr=False)
+    weight_t: Any = field(init=False, default=None, repr=False)  # forward scratch: Wᵀ
 
     def __post_init__(self):
         for name in ("in_features", "out_features"):
@@ -183,7 +184,7 @@ class Linear(Layer):
         x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
-        kernels(x).linear_forward(out, x, self.weight, self.bias)
+        kernels(x).linear_forward(out, x, self.weight, self.bias, self._weight_t(x))
         return out
 
     def forward_relu(self, x, relu):
@@ -194,8 +195,14 @@ class Linear(Layer):
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
         act = relu._buffer("out", x, out.shape, x.dtype)
         relu.inp = out
-        kernels(x).linear_relu_forward(out, act, x, self.weight, self.bias)
+        kernels(x).linear_relu_forward(out, act, x, self.weight, self.bias, self._weight_t(x))
         return act
+
+    def _weight_t(self, x):
+        """Scratch for Wᵀ, which the CPU forward uses at large batches (nbnet.cpu.FORWARD_T_ROWS)."""
+        if kernels(x) is not cpu or x.shape[0] < cpu.FORWARD_T_ROWS:
+            return None
+        return self._buffer("weight_t", x, (self.in_features, self.out_features), x.dtype)
 
     def backward(self, dout, need_input_grad=True, relu=None):
         """dW += Gᵀ X, db += Σ_i G_i, and (if wanted) dX = G W. With `relu` (the ReLU layer that

@@ -81,6 +81,7 @@ def mnist_groups(batch=128, dtype=np.float32):
                  dout=rand(k, m, dtype=d, seed=2), preact=rand(k, n, dtype=d, seed=3),
                  out=np.empty((k, m), d), act=np.empty((k, m), d), dinp=np.empty((k, n), d),
                  dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), relu=False)
+        a["weight_t"] = a["weight"].T.copy()  # linear_forward_t's Wᵀ
         o_fwd, o_dx = np.empty((k, m), d), np.empty((k, n), d)  # NumPy's outputs
         numpy = {
             "linear_forward": lambda a=a, o=o_fwd: np.add(np.dot(a["inp"], a["weight"].T, out=o),

@@ -56,6 +56,7 @@ def exercise_every_kernel_in_float32():
     cpu.linear_forward_ref(g.copy(), x, w, b)
     cpu.linear_backward_params_ref(w.copy(), b.copy(), g, x)
     cpu.linear_backward_input_ref(x.copy(), g, w)
+    cpu.transpose(w.T.copy(), w)  # the large-batch forward's Wᵀ copy
     t = np.array([0, 1, 1])
     cpu.softmax_crossentropy_forward(g.copy(), np.ones(3, np.float32), g, t)  # the unfused pair
     cpu.softmax_crossentropy_backward(g.copy(), g, t)

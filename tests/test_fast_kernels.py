@@ -59,10 +59,32 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70)])
+def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
+    """From cpu.FORWARD_T_ROWS rows (and m >= cpu.COLS) the forward copies W to Wᵀ and runs
+    outer-product tiles: the same formula, checked against the reference, with ReLU."""
+    assert k >= cpu.FORWARD_T_ROWS and m >= cpu.COLS
+    rng = np.random.default_rng(k + n + m)
+    x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype)
+    ref, out, act = np.empty((k, m), dtype), np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype)
+    cpu.linear_forward_ref(ref, x, w, b)
+    wt = np.full((n, m), np.nan, dtype)
+    cpu.linear_relu_forward(out, act, x, w, b, wt)
+    np.testing.assert_array_equal(wt, w.T)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL[dtype] * n)
+    np.testing.assert_array_equal(act, np.maximum(out, 0))
+    a, c = np.empty((k, m), dtype), np.empty((k, m), dtype)
+    cpu.linear_forward_t.serial(a, a, x, wt, b, False)
+    cpu.linear_forward_t.parallel(c, c, x, wt, b, False)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(a, out)
+
+
 def test_serial_and_parallel_twins_have_their_own_cache_entries():
     """Numba files cached code by function name and line, not by `parallel`: twins of one function
     would load each other's compilation (the serial one then ran on every thread)."""
-    for name in ("linear_forward_act", "linear_backward_input_act", "linear_backward_params"):
+    for name in ("linear_forward_act", "linear_forward_t", "linear_backward_input_act", "linear_backward_params"):
         kernel = getattr(cpu, name)
         names = {twin._cache._cache_file._index_name for twin in (kernel.serial, kernel.parallel)}
         assert len(names) == 2, name
@@ -170,7 +192,7 @@ def test_batches_reusing_gives_the_same_batches():
         np.testing.assert_array_equal(b, d)
 
 
-FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_backward_input_act, cpu.linear_backward_params]
+FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_forward_t, cpu.linear_backward_input_act, cpu.linear_backward_params]
 
 
 def compiled(kernel, dtype):
@@ -180,6 +202,7 @@ def compiled(kernel, dtype):
     x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype), rand(rng, (k, m), dtype)
     args = {
         "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
+        "linear_forward_t": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w.T.copy(), b, True),
         "linear_backward_input_act": (np.empty((k, n), dtype), g, w, x, True),
         "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x),
     }[name_of(kernel)]

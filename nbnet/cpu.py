@@ -134,11 +134,16 @@ def dot_tile(acc, a, b, i0, j0):
 # block of outputs is C_rc = Σ_s a_rs b_sc, with b read along its rows (contiguous, c) and a_rs one
 # number broadcast per row. No transposes, and no horizontal sums at the end (the dot form pays
 # ROWS×COLS of those per tile, which dominates when the summed length is a batch of 32 or m = 10).
-# Compiled with `contract` only: with `reassoc` LLVM would vectorise the s loop instead, as 256
+# Compiled with `contract` only: with `reassoc` LLVM would vectorise the s loop instead, as ROWS×COLS
 # separate reductions fed by gathers. So each output is summed in plain order s = 0, 1, ... (one
 # FMA per step), fixed by the shapes only.
 OUTER = {"contract"}
-ROWS, COLS = 4, 64  # 4 × 64 float32 = 16 AVX-512 accumulators; measured best of 2..8 × 16..96
+# 4 × 64 float32 = 16 AVX-512 accumulators: measured best of 2..8 × 16..96 (16 and 32 columns do
+# not vectorise: LLVM leaves the tile in memory). In float64 the same tile fills all 32 registers
+# and spills (dW 784->256: 1884 µs, 1111 with 48 columns); 48 for both dtypes costs float32
+# training 7-10% (wasted columns at 128 and 256), and a width per dtype would need a compilation
+# per dtype. float32 is the default, so 64.
+ROWS, COLS = 4, 64
 
 
 @njit(inline="always")

@@ -6,6 +6,7 @@ repeat and keeping each one's best, so a loaded machine hurts them alike; read t
 
     python profiling/bench_vs_torch.py                      # full: 60,000 samples, batch 32/128/512, 1 and 2 threads
     python profiling/bench_vs_torch.py --samples 8192 --repeats 2
+    python profiling/bench_vs_torch.py --device cuda        # GPU: nbnet vs PyTorch CUDA, batch 128/512/2048
 """
 
 import argparse
@@ -86,6 +87,92 @@ def numpy_epoch(x, y, batch_size):
     return run
 
 
+def nbnet_cuda_epoch(x, y, batch_size):
+    """nbnet on the GPU: the data set copied over once (outside the timing), batches gathered there."""
+    from nbnet.gpu import DeviceDataset  # noqa: PLC0415
+
+    model = nb.Sequential([nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 128, seed=1), nb.ReLU(),
+                           nb.Linear(128, 10, seed=2)]).to("cuda")
+    loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    data = DeviceDataset(x, y)
+
+    def run():
+        for xb, yb in data.batches(batch_size, shuffle=True, seed=0):
+            opt.zero_grad()
+            loss_fn.forward(model.forward(xb), yb)  # a host float: one sync per step
+            model.backward(loss_fn.backward(), need_input_grad=False)
+            opt.step()
+    return run
+
+
+def torch_cuda_epoch(x, y, batch_size):
+    """PyTorch CUDA, data on the GPU before timing; loss.item() each step, as nbnet's float loss."""
+    import torch  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+
+    def run():
+        order = torch.from_numpy(np.random.default_rng(0).permutation(len(x))).cuda()
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(tx[idx]), ty[idx])
+            loss.backward()
+            opt.step()
+            loss.item()
+        torch.cuda.synchronize()
+    return run
+
+
+def cuda_main(args, x, y):
+    """--device cuda: nbnet and PyTorch on the GPU, per batch size, and a float32 torch.mm peak."""
+    from nbnet import gpu  # noqa: PLC0415
+
+    try:
+        print(f"GPU: {gpu.gpu_status()}")
+    except Exception as e:  # noqa: BLE001 - whatever the GPU stack says, as one line
+        sys.exit(f"Error: --device cuda: {e}")
+    makers = {"nbnet": nbnet_cuda_epoch}
+    peak = None
+    try:
+        import torch  # noqa: PLC0415
+
+        if torch.cuda.is_available():
+            makers["torch"] = torch_cuda_epoch
+            torch.backends.cuda.matmul.allow_tf32 = False
+            a = torch.rand(8192, 8192, device="cuda")
+            torch.mm(a, a)
+            torch.cuda.synchronize()
+            peak = 2 * 8192**3 / min(timed(lambda: (torch.mm(a, a), torch.cuda.synchronize())) for _ in range(3)) / 1e9
+        else:
+            print("PyTorch has no usable CUDA here: its column is skipped")
+    except ImportError:
+        print("PyTorch not installed: its column is skipped")
+    flop = FLOP_PER_SAMPLE * args.samples
+    print(f"MLP 784-256-128-10 ReLU, SGD momentum, float32, {args.samples} samples/epoch, best of {args.repeats}")
+    if peak:
+        print(f"float32 torch.mm peak (TF32 off): {peak:.0f} GFLOP/s")
+    print(f"{'batch':>5} {'who':>6} {'s/epoch':>8} {'samples/s':>10} {'GFLOP/s':>8} {'%peak':>6} {'vs torch':>8}")
+    for bs in map(int, args.batch_sizes.split(",")):
+        runs = {name: make(x, y, bs) for name, make in makers.items()}
+        for make in makers.values():  # warm-up: kernel compilation, first launches
+            make(x[: 2 * bs], y[: 2 * bs], bs)()
+        best = {name: float("inf") for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                best[name] = min(best[name], timed(run))
+        for name, sec in best.items():
+            ratio = f"{best['torch'] / sec:7.2f}x" if "torch" in best else "    n/a"
+            pct = f"{100 * flop / sec / 1e9 / peak:5.1f}%" if peak else "   n/a"
+            print(f"{bs:>5} {name:>6} {sec:8.3f} {args.samples / sec:10.0f} {flop / sec / 1e9:8.1f} {pct} {ratio}")
+    print("vs torch = torch's seconds / this one's: above 1 is faster than PyTorch.")
+
+
 def sgemm_gflops(size=2048, repeats=3):
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     best = min(timed(lambda: np.dot(a, a)) for _ in range(repeats))
@@ -116,14 +203,17 @@ def set_threads(n, have_torch):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch-sizes", default="32,128,512")
+    ap.add_argument("--batch-sizes", default=None, help="default 32,128,512 (cpu), 128,512,2048 (cuda)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--samples", type=int, default=60000, help="samples per epoch (fewer for a quick run)")
     ap.add_argument("--repeats", "--epochs", type=int, default=3, help="timed epochs per contender (best kept)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
+    if args.batch_sizes is None:
+        args.batch_sizes = "128,512,2048" if args.device == "cuda" else "32,128,512"
     if args.device == "cuda":
-        sys.exit("Error: --device cuda is not implemented in this benchmark yet (the GPU section goes here)")
+        rng = np.random.default_rng(0)
+        return cuda_main(args, rng.random((args.samples, 784), dtype=np.float32), rng.integers(0, 10, args.samples))
 
     try:
         import torch  # noqa: PLC0415

@@ -477,25 +477,33 @@ def tanh_backward(dinp, dout, out):
             dinp[i, j] = dout[i, j] * (one - y * y)
 
 
+@njit(inline="always")
+def softmax_row(out, inp, i):
+    """out_ij = e^(x_ij - m_i) / s_i  with  m_i = max_j x_ij,  s_i = Σ_j e^(x_ij - m_i);  returns (m_i, s_i)
+
+    Subtracting the row maximum keeps every exponent ≤ 0: finite for inputs of any size. And
+    log Σ_j e^(x_ij) = m_i + log s_i, which is what the cross-entropy needs.
+    """
+    n = inp.shape[1]
+    mx = inp[i, 0]
+    for j in range(1, n):
+        mx = max(mx, inp[i, j])
+    s = inp.dtype.type(0)
+    for j in range(n):
+        e = np.exp(inp[i, j] - mx)
+        out[i, j] = e
+        s += e
+    inv = inp.dtype.type(1) / s
+    for j in range(n):
+        out[i, j] *= inv
+    return mx, s
+
+
 @pjit
 def softmax_forward(out, inp):
-    """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)
-
-    Subtracting the row maximum keeps every exponent ≤ 0: finite for logits of any size.
-    """
-    k, n = inp.shape
-    for i in prange(k):
-        mx = inp[i, 0]
-        for j in range(1, n):
-            mx = max(mx, inp[i, j])
-        s = inp.dtype.type(0)
-        for j in range(n):
-            e = np.exp(inp[i, j] - mx)
-            out[i, j] = e
-            s += e
-        inv = inp.dtype.type(1) / s
-        for j in range(n):
-            out[i, j] *= inv
+    """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)   (row by row: softmax_row)"""
+    for i in prange(inp.shape[0]):
+        softmax_row(out, inp, i)
 
 
 @pjit
@@ -551,19 +559,9 @@ def softmax_crossentropy_forward(probs, losses, logits, targets):
     probs (k, c) out: softmax(z), kept for the backward; losses (k,) scratch; logits (k, c) = z;
     targets (k,) int. With m_i = max_j z_ij every exponent is ≤ 0: finite at logits of ±1000.
     """
-    k, c = logits.shape
+    k = logits.shape[0]
     for i in prange(k):
-        mx = logits[i, 0]
-        for j in range(1, c):
-            mx = max(mx, logits[i, j])
-        s = logits.dtype.type(0)
-        for j in range(c):
-            e = np.exp(logits[i, j] - mx)
-            probs[i, j] = e
-            s += e
-        inv = logits.dtype.type(1) / s
-        for j in range(c):
-            probs[i, j] *= inv
+        mx, s = softmax_row(probs, logits, i)
         losses[i] = mx + np.log(s) - logits[i, targets[i]]
     total = logits.dtype.type(0)
     for i in range(k):
@@ -594,19 +592,9 @@ def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, target
     inv_k = logits.dtype.type(1) / logits.dtype.type(k)
     total = logits.dtype.type(0)
     for i in range(k):
-        mx = logits[i, 0]
-        for j in range(1, c):
-            mx = max(mx, logits[i, j])
-        s = logits.dtype.type(0)
+        mx, s = softmax_row(probs, logits, i)
         for j in range(c):
-            e = np.exp(logits[i, j] - mx)
-            probs[i, j] = e
-            s += e
-        inv = logits.dtype.type(1) / s
-        for j in range(c):
-            p = probs[i, j] * inv
-            probs[i, j] = p
-            dlogits[i, j] = p * inv_k
+            dlogits[i, j] = probs[i, j] * inv_k
         dlogits[i, targets[i]] -= inv_k
         losses[i] = mx + np.log(s) - logits[i, targets[i]]
         total += losses[i]

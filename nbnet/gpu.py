@@ -366,23 +366,31 @@ def _tanh_backward_kernel(dinp, dout, out):
 # Softmax is per row: one thread owns row i (classes are few; the row's sums stay in order).
 
 
+@_jit(device=True)
+def _softmax_row(out, inp, i):
+    """out_ij = e^(x_ij - m_i) / s_i  with  m_i = max_j x_ij,  s_i = Σ_j e^(x_ij - m_i);  returns (m_i, s_i)
+    (cpu.softmax_row's twin: one thread does row i)"""
+    n = inp.shape[1]
+    mx = inp[i, 0]
+    for j in range(1, n):
+        mx = max(mx, inp[i, j])
+    s = inp.dtype.type(0)
+    for j in range(n):
+        e = math.exp(inp[i, j] - mx)
+        out[i, j] = e
+        s += e
+    inv = inp.dtype.type(1) / s
+    for j in range(n):
+        out[i, j] *= inv
+    return mx, s
+
+
 @_jit
 def _softmax_forward_kernel(out, inp):
     """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)"""
     i = cuda.grid(1)
     if i < inp.shape[0]:
-        n = inp.shape[1]
-        mx = inp[i, 0]
-        for j in range(1, n):
-            mx = max(mx, inp[i, j])
-        s = inp.dtype.type(0)
-        for j in range(n):
-            e = math.exp(inp[i, j] - mx)
-            out[i, j] = e
-            s += e
-        inv = inp.dtype.type(1) / s
-        for j in range(n):
-            out[i, j] *= inv
+        _softmax_row(out, inp, i)
 
 
 @_jit
@@ -535,18 +543,7 @@ def _softmax_crossentropy_rows_kernel(probs, losses, logits, targets):
     """p_ij = softmax(z_i)_j;  ℓ_i = m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i,  m_i = max_j z_ij"""
     i = cuda.grid(1)
     if i < logits.shape[0]:
-        c = logits.shape[1]
-        mx = logits[i, 0]
-        for j in range(1, c):
-            mx = max(mx, logits[i, j])
-        s = logits.dtype.type(0)
-        for j in range(c):
-            e = math.exp(logits[i, j] - mx)
-            probs[i, j] = e
-            s += e
-        inv = logits.dtype.type(1) / s
-        for j in range(c):
-            probs[i, j] *= inv
+        mx, s = _softmax_row(probs, logits, i)
         losses[i] = mx + math.log(s) - logits[i, targets[i]]
 
 
@@ -579,20 +576,10 @@ def _softmax_crossentropy_forward_backward_kernel(dlogits, probs, losses, logits
     i = cuda.grid(1)
     k, c = logits.shape
     if i < k:
-        mx = logits[i, 0]
-        for j in range(1, c):
-            mx = max(mx, logits[i, j])
-        s = logits.dtype.type(0)
-        for j in range(c):
-            e = math.exp(logits[i, j] - mx)
-            probs[i, j] = e
-            s += e
-        inv = logits.dtype.type(1) / s
+        mx, s = _softmax_row(probs, logits, i)
         inv_k = logits.dtype.type(1) / logits.dtype.type(k)
         for j in range(c):
-            p = probs[i, j] * inv
-            probs[i, j] = p
-            dlogits[i, j] = p * inv_k
+            dlogits[i, j] = probs[i, j] * inv_k
         dlogits[i, targets[i]] -= inv_k
         losses[i] = mx + math.log(s) - logits[i, targets[i]]
 

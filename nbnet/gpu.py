@@ -107,12 +107,10 @@ def to_device(arr):
     return cuda.to_device(np.ascontiguousarray(arr))
 
 
-def to_host(arr):
-    return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
-
-
 def to_device_like(arr, like):
     """`arr` on the device where `like` lives (host or GPU), copied only if it is elsewhere."""
+    from .model import to_host  # noqa: PLC0415
+
     return to_host(arr) if isinstance(like, np.ndarray) else to_device(arr)
 
 
@@ -128,6 +126,8 @@ def move_model(model, device):
     Optimizer state follows on the optimizer's next step (nbnet.optim calls to_device_like)."""
     if device not in ("cuda", "cpu"):
         raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'")
+    from .model import pack_parameters, to_host  # noqa: PLC0415
+
     move = to_device if device == "cuda" else to_host
     if device == "cuda":
         _require_device()  # before touching anything: a failed move leaves the model as it was
@@ -141,8 +141,6 @@ def move_model(model, device):
             if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
                 setattr(layer, name, None)
     if device == "cpu":
-        from .model import pack_parameters  # noqa: PLC0415
-
         pack_parameters(model.parameters())  # one flat buffer again: the optimizer's one-pass path
 
 

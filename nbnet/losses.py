@@ -81,20 +81,13 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
         probs = self._buffer("probs_buf", logits, logits.shape, logits.dtype)
         losses = self._buffer("losses", logits, (logits.shape[0],), logits.dtype)
         self.probs, self.targets = probs, targets
-        k = kernels(logits)
-        if hasattr(k, "softmax_crossentropy_forward_backward"):
-            # One pass over the logits: the backward's dz is computed now, backward() returns it.
-            dlogits = self._buffer("dinp", logits, logits.shape, logits.dtype)
-            self.dlogits_ready = True
-            return float(k.softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets))
-        self.dlogits_ready = False
-        return float(k.softmax_crossentropy_forward(probs, losses, logits, targets))
+        # One pass over the logits computes the backward's dz too; backward() only returns it.
+        # (softmax_crossentropy_forward / _backward, the two halves, are its tested reference.)
+        dlogits = self._buffer("dinp", logits, logits.shape, logits.dtype)
+        return float(kernels(logits).softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets))
 
     def backward(self):
-        dlogits = self._backward_check()
-        if not getattr(self, "dlogits_ready", False):
-            kernels(dlogits).softmax_crossentropy_backward(dlogits, self.probs, self.targets)
-        return dlogits
+        return self._backward_check()
 
 
 @dataclass(eq=False)

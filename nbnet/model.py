@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from .layers import LAYERS, Linear, ReLU, kernels
+from .layers import LAYERS, Linear, ReLU
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
@@ -48,14 +48,9 @@ class Sequential:
     __call__ = forward
 
     def _fuses_relu(self, i, x):
-        """Layer i is a Linear followed by a ReLU, and x's device has the fused kernels."""
+        """Layer i is a Linear followed by a ReLU: one kernel does both (cpu and gpu alike)."""
         layers = self.layers
-        return (
-            i + 1 < len(layers)
-            and type(layers[i]) is Linear
-            and type(layers[i + 1]) is ReLU
-            and hasattr(kernels(x), "linear_relu_forward")
-        )
+        return i + 1 < len(layers) and type(layers[i]) is Linear and type(layers[i + 1]) is ReLU
 
     def backward(self, grad, need_input_grad=True):
         """Fills every layer's gradients; returns dL/dX, or None with need_input_grad=False (which
@@ -82,7 +77,6 @@ class Sequential:
             and type(layers[i]) is Linear
             and type(layers[i - 1]) is ReLU
             and layers[i - 1].inp is not None
-            and hasattr(kernels(grad), "linear_relu_backward_input")
         )
 
     def _first_with_parameters(self):

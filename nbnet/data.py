@@ -1,6 +1,20 @@
-"""Mini-batches."""
+"""Mini-batches. Every batch iterator here (and nbnet.gpu.DeviceDataset) takes its order from
+`batch_order`, so they all give exactly the same batches for the same seed."""
 
 import numpy as np
+
+
+def batch_order(n, batch_size, shuffle, seed):
+    """The row order of an epoch: a permutation from np.random.default_rng(seed), or None for
+    rows in order. `seed` may be an int or a sequence of ints (e.g. (seed, epoch))."""
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+    return np.random.default_rng(seed).permutation(n) if shuffle else None
+
+
+def _check_lengths(x, y):
+    if len(x) != len(y):
+        raise ValueError(f"batches: x has {len(x)} rows but y has {len(y)}")
 
 
 def batches(x, y, batch_size, shuffle=True, seed=None):
@@ -9,40 +23,28 @@ def batches(x, y, batch_size, shuffle=True, seed=None):
     With shuffle, the order is a permutation from np.random.default_rng(seed): the same seed gives
     the same batches. `seed` may be an int or a sequence of ints (e.g. (seed, epoch)).
     """
-    n = len(x)
-    if len(y) != n:
-        raise ValueError(f"batches: x has {n} rows but y has {len(y)}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
-    if shuffle:
-        order = np.random.default_rng(seed).permutation(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
-    else:
-        for start in range(0, n, batch_size):
-            yield x[start : start + batch_size], y[start : start + batch_size]
+    _check_lengths(x, y)
+    order = batch_order(len(x), batch_size, shuffle, seed)
+    for start in range(0, len(x), batch_size):
+        idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+        yield x[idx], y[idx]
 
 
 def batches_reusing(x, y, batch_size, shuffle=True, seed=None):
-    """Like `batches` (same batches, same order), but gathers each batch into two buffers reused for
-    every batch of the same size: no allocation per step. Each yielded pair is overwritten by the
-    next one, so use it in a training loop, not to keep batches."""
-    xb = yb = None
-    for idx in _orders(len(x), batch_size, shuffle, seed, len(y)):
-        if xb is None or xb.shape[0] != len(idx):
-            xb = np.empty((len(idx),) + x.shape[1:], x.dtype)
-            yb = np.empty((len(idx),) + y.shape[1:], y.dtype)
+    """Like `batches` (same batches, same order), but gathers each batch into two buffers made once,
+    so a training step allocates nothing. Each yielded pair is overwritten by the next one: use it
+    in a training loop, not to keep batches. (In order, the batches are views of x and y.)"""
+    _check_lengths(x, y)
+    order = batch_order(len(x), batch_size, shuffle, seed)
+    if order is None:
+        yield from batches(x, y, batch_size, shuffle=False)
+        return
+    rows = min(batch_size, len(x))
+    xbuf = np.empty((rows,) + x.shape[1:], x.dtype)
+    ybuf = np.empty((rows,) + y.shape[1:], y.dtype)
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        xb, yb = xbuf[: len(idx)], ybuf[: len(idx)]
         np.take(x, idx, axis=0, out=xb)
         np.take(y, idx, axis=0, out=yb)
         yield xb, yb
-
-
-def _orders(n, batch_size, shuffle, seed, ny):
-    if ny != n:
-        raise ValueError(f"batches: x has {n} rows but y has {ny}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]

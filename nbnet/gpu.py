@@ -783,10 +783,10 @@ class DeviceDataset:
         return self._bufs[rows]
 
     def batches(self, batch_size, shuffle=True, seed=None):
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+        from .data import batch_order  # noqa: PLC0415 - the one source of the epoch's order
+
         n = self.n
-        order = np.random.default_rng(seed).permutation(n) if shuffle else None
+        order = batch_order(n, batch_size, shuffle, seed)
         if self.resident:
             if order is None:  # in order: plain views of the resident arrays
                 for start in range(0, n, batch_size):

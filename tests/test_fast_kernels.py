@@ -185,11 +185,17 @@ def test_packed_parameters_views_and_optimizer_state():
         np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_batches_reusing_gives_the_same_batches():
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_reusing_gives_the_same_batches(shuffle):
     x, y = np.arange(70, dtype=np.float32).reshape(35, 2), np.arange(35)
-    for (a, b), (c, d) in zip(nb.batches(x, y, 8, seed=3), nb.data.batches_reusing(x, y, 8, seed=3)):
+    plain = list(nb.batches(x, y, 8, shuffle=shuffle, seed=3))
+    reused = [(xb.copy(), yb.copy(), xb) for xb, yb in nb.data.batches_reusing(x, y, 8, shuffle=shuffle, seed=3)]
+    assert len(plain) == len(reused) == 5 and len(reused[-1][1]) == 3
+    for (a, b), (c, d, _) in zip(plain, reused):
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
+    if shuffle:  # every batch, the short last one too, lives in the one buffer
+        assert all(np.shares_memory(xb, reused[0][2]) for _, _, xb in reused)
 
 
 FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_forward_t, cpu.linear_backward_input_act, cpu.linear_backward_params]

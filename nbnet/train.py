@@ -111,8 +111,9 @@ def evaluate(model, x, y, batch_size=1000, source=None):
     loss_fn = SoftmaxCrossEntropy()
     loss_sum, correct = 0.0, 0
     source = batch_source(model, x, y) if source is None else source
+    forward = getattr(model, "forward_reusing", model.forward)
     for xb, yb in source(batch_size, shuffle=False):
-        logits = model.forward(xb)
+        logits = forward(xb)
         loss_sum += loss_fn.forward(logits, yb) * len(yb)
         correct += kernels(logits).count_correct(logits, yb)
     return loss_sum / len(y), correct / len(y)
@@ -123,10 +124,19 @@ def predict(model, x, batch_size=1000):
     from .layers import Softmax  # noqa: PLC0415
 
     softmax = Softmax()
-    probs = [to_host(softmax.forward(model.forward(xb))).copy() for xb, _ in
+    forward = getattr(model, "forward_reusing", model.forward)
+    probs = [to_host(softmax.forward(forward(xb))).copy() for xb, _ in
              batches(x, np.zeros(len(x)), batch_size, shuffle=False)]
     probs = np.concatenate(probs)
     return probs.argmax(axis=1), probs
+
+
+def check_finite_parameters(model, message):
+    """Raise TrainingDiverged(message) when a parameter holds NaN or Inf."""
+    for p in model.parameters():
+        data = to_host(p.data)
+        if not np.isfinite(data).all():
+            raise TrainingDiverged(message)
 
 
 def check_data(model, data):
@@ -166,6 +176,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     loss_fn = SoftmaxCrossEntropy()
+    forward = getattr(model, "forward_reusing", model.forward)  # the loop owns the buffers it reads
     train_batches = batch_source(model, x_train, y_train)
     test_batches = batch_source(model, x_test, y_test)
 
@@ -183,7 +194,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 continue
             opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
             opt.zero_grad()
-            logits = model.forward(xb)
+            logits = forward(xb)
             loss = loss_fn.forward(logits, yb)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
@@ -202,7 +213,12 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 state.seconds += time.perf_counter() - t0
                 raise TrainingInterrupted(state)
         seconds = state.seconds + time.perf_counter() - t0
+        # The loss of each step is checked before its update; the update of the epoch's last step
+        # is checked here, with the weights, before anyone (on_epoch: --save) sees them.
+        check_finite_parameters(model, f"training diverged: the weights became NaN or Inf in epoch {epoch + 1}")
         test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch_size, test_batches)
+        if not math.isfinite(test_loss):
+            raise TrainingDiverged(f"training diverged: test loss is {test_loss} after epoch {epoch + 1}")
         metrics = {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / state.seen,

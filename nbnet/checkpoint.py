@@ -4,7 +4,8 @@
     optim/state/<name>.<i>                 optimizer state arrays (momentum buffers, Adam moments)
     optim/meta                             JSON: the rest of optimizer.state_dict() (type, hyper-parameters, step_count)
     train/state                            JSON: epochs and steps done, the running sums of the epoch in
-                                           progress, and the history of per-epoch metrics
+                                           progress, the history of per-epoch metrics, and the best
+                                           validation loss so far, its epoch and the epochs since it
     train/config                           JSON: the resolved `nbnet train` options
     checkpoint/version                     int64 format version
 
@@ -12,6 +13,7 @@ There is no RNG state to store: shuffling is seeded with (seed, epoch) and initi
 (seed, layer), so the seed in the config reproduces every random draw.
 """
 
+import json
 import math
 import os
 
@@ -28,8 +30,6 @@ MAX_HISTORY_KEYS = 100
 
 
 def _json(obj):
-    import json  # noqa: PLC0415
-
     return np.array(json.dumps(obj, allow_nan=False))
 
 
@@ -45,6 +45,7 @@ def save_checkpoint(path, model, opt, state, config):
     arrays["train/state"] = _json({
         "epoch": state.epoch, "step": state.step, "loss_sum": state.loss_sum, "correct": state.correct,
         "seen": state.seen, "seconds": state.seconds, "history": state.history,
+        "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
     })
     arrays["train/config"] = _json(config)
     arrays["checkpoint/version"] = np.array(CHECKPOINT_VERSION, np.int64)
@@ -92,8 +93,16 @@ def _check_state(st, bad):
             isinstance(k, str) and _is_num(v) for k, v in m.items()
         ):
             raise bad("train/state history holds an entry that is not {name: finite number}")
+    # model selection (absent from checkpoints written before validation existed)
+    best_val_loss, best_epoch, bad_epochs = st.get("best_val_loss"), st.get("best_epoch"), st.get("bad_epochs", 0)
+    if not (best_val_loss is None or _is_num(best_val_loss)):
+        raise bad(f"train/state best_val_loss = {str(best_val_loss)[:40]} is not valid")
+    if not (best_epoch is None or _is_int(best_epoch, 1, st["epoch"])) or not _is_int(bad_epochs, 0, st["epoch"]):
+        raise bad("train/state best_epoch or bad_epochs is not valid")
     return TrainState(epoch=st["epoch"], step=st["step"], history=history, loss_sum=float(st["loss_sum"]),
-                      correct=st["correct"], seen=st["seen"], seconds=float(st["seconds"]))
+                      correct=st["correct"], seen=st["seen"], seconds=float(st["seconds"]),
+                      best_val_loss=None if best_val_loss is None else float(best_val_loss),
+                      best_epoch=best_epoch, bad_epochs=bad_epochs)
 
 
 # Hyper-parameters an optimizer stores (nbnet.optim), and what each may be; others must be

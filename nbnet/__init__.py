@@ -1,5 +1,9 @@
 """nbnet: a small, fast, readable neural-network framework with Numba kernels."""
 
+from ._startup import quiet_signals_while_starting
+
+quiet_signals_while_starting()  # only in the `nbnet` command; first, before NumPy and Numba load
+
 from . import datasets
 from .api import evaluate, predict, train
 from .data import batches

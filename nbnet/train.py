@@ -68,12 +68,40 @@ def build_model(in_features, hidden, classes, activation="relu", dtype=np.float3
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r} (use {', '.join(ACTIVATIONS)})")
     sizes = [in_features, *hidden, classes]
+    check_memory(sizes, dtype)
     layers = []
     for i in range(len(sizes) - 1):
         if i:
             layers.append(ACTIVATIONS[activation]())
         layers.append(Linear(sizes[i], sizes[i + 1], dtype=dtype, seed=(seed, i)))
     return Sequential(layers)
+
+
+OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}  # state arrays per parameter (momentum; moments)
+EVAL_ROWS = 1000  # evaluate's batch
+
+
+def model_bytes(sizes, dtype, batch_size=1, optimizer="sgd"):
+    """Bytes a model of layer widths `sizes` takes to train: its parameters four times over
+    (weights, gradients, the copy while packing them, Wᵀ scratch), the optimizer's state, and the
+    activations and their gradients of one training or evaluation batch."""
+    params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    rows = max(batch_size, EVAL_ROWS)
+    return np.dtype(dtype).itemsize * (params * (4 + OPTIMIZER_SLOTS.get(optimizer, 2)) + 4 * rows * sum(sizes))
+
+
+def check_memory(sizes, dtype, batch_size=1, optimizer="sgd"):
+    """ValueError, before anything is allocated, when training a model of these layer widths
+    would need more than nbnet.files.memory_budget() (half this machine's memory)."""
+    from .files import gib, memory_budget  # noqa: PLC0415
+
+    need, budget = model_bytes(sizes, dtype, batch_size, optimizer), memory_budget()
+    if need > budget:
+        raise ValueError(
+            f"a {'-'.join(map(str, sizes))} model needs about {gib(need)} to train "
+            f"(batch {batch_size}, {optimizer}, {np.dtype(dtype).name}): more than {gib(budget)}, "
+            "half of this machine's memory"
+        )
 
 
 def make_optimizer(name, model, lr, momentum=0.0, weight_decay=None):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .data import batches, batches_reusing
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
-from .losses import SoftmaxCrossEntropy, check_labels
+from .losses import SoftmaxCrossEntropy, _ClassificationLoss, check_labels
 from .model import Sequential, to_host
 from .optim import OPTIMIZERS
 
@@ -106,16 +106,23 @@ def batch_source(model, x, y):
     return DeviceDataset(x, y).batches
 
 
-def evaluate(model, x, y, batch_size=1000, source=None):
-    """(mean loss, accuracy) of the model on (x, y), in batches."""
-    loss_fn = SoftmaxCrossEntropy()
+def classifies(loss_fn):
+    """Whether the loss takes integer class labels (so accuracy means something)."""
+    return isinstance(loss_fn, _ClassificationLoss)
+
+
+def evaluate(model, x, y, batch_size=1000, source=None, loss_fn=None):
+    """(mean loss, accuracy) of the model on (x, y), in batches; accuracy is None for a loss that
+    does not classify (loss_fn default: SoftmaxCrossEntropy)."""
+    loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
     loss_sum, correct = 0.0, 0
     source = batch_source(model, x, y) if source is None else source
     for xb, yb in source(batch_size, shuffle=False):
         logits = model.forward(xb)
         loss_sum += loss_fn.forward(logits, yb) * len(yb)
-        correct += kernels(logits).count_correct(logits, yb)
-    return loss_sum / len(y), correct / len(y)
+        if classifies(loss_fn):
+            correct += kernels(logits).count_correct(logits, yb)
+    return loss_sum / len(y), (correct / len(y) if classifies(loss_fn) else None)
 
 
 def predict(model, x, batch_size=1000):
@@ -129,27 +136,38 @@ def predict(model, x, batch_size=1000):
     return probs.argmax(axis=1), probs
 
 
-def check_data(model, data):
-    """The data must fit the model: feature count, dtype, labels within its classes."""
+def check_data(model, data, classify=True):
+    """The data must fit the model: feature count, dtype, labels within its classes (or, when not
+    classifying, targets of the output's shape). The test part may be None."""
     first = next(layer for layer in model.layers if isinstance(layer, Linear))
     last = [layer for layer in model.layers if isinstance(layer, Linear)][-1]
     for part, x, y in (("train", data[0], data[1]), ("test", data[2], data[3])):
+        if part == "test" and x is None:
+            continue
         if x.ndim != 2 or x.shape[1] != first.in_features:
             raise ValueError(
                 f"{part} data has {x.shape[1:]} features per row, the model expects {first.in_features}"
             )
         if len(x) == 0:
             raise ValueError(f"{part} data is empty")
-        check_labels(f"{part} data", y, len(x), last.out_features)
+        if classify:
+            check_labels(f"{part} data", y, len(x), last.out_features)
+        elif y.shape != (len(x), last.out_features):
+            raise ValueError(f"{part} data: expected targets of shape {(len(x), last.out_features)}, got {y.shape}")
 
 
 def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
-          state=None, on_step=None, on_epoch=None, should_stop=None, eval_batch_size=1000):
+          state=None, on_step=None, on_epoch=None, should_stop=None, eval_batch_size=1000,
+          loss_fn=None, shuffle=True):
     """Train up to `epochs` epochs in total (continuing from `state`), and return the history:
     one dict per epoch with epoch, train_loss, train_accuracy, test_loss, test_accuracy, lr,
     seconds, samples_per_second.
 
-    data: (x_train, y_train, x_test, y_test), host arrays in the model's dtype.
+    data: (x_train, y_train, x_test, y_test), host arrays in the model's dtype; x_test and y_test
+    may be None (then test_loss and test_accuracy are None).
+    loss_fn: a loss object (default SoftmaxCrossEntropy); with one that does not classify (e.g.
+    MSELoss, targets (N, outputs)) train_accuracy and test_accuracy are None.
+    shuffle: False keeps the rows in order every epoch.
     lr: the base rate of the schedule (default: the optimizer's rate on entry).
     on_step(state, batch, n_batches, running_loss) after each step; on_epoch(state, metrics) after
     each epoch; should_stop() is asked after each step: True raises TrainingInterrupted(state).
@@ -160,14 +178,15 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    check_data(model, data)
+    loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
+    classify = classifies(loss_fn)
+    check_data(model, data, classify)
     base_lr = opt.lr if lr is None else lr
     state = TrainState() if state is None else state
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
-    loss_fn = SoftmaxCrossEntropy()
     train_batches = batch_source(model, x_train, y_train)
-    test_batches = batch_source(model, x_test, y_test)
+    test_batches = None if x_test is None else batch_source(model, x_test, y_test)
 
     while state.epoch < epochs:
         epoch = state.epoch
@@ -178,7 +197,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 f"{steps_per_epoch} steps per epoch: was the batch size or the data changed?"
             )
         t0 = time.perf_counter()
-        for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=True, seed=(seed, epoch))):
+        for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
             if b < skip:
                 continue
             opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
@@ -189,7 +208,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 raise TrainingDiverged(
                     f"training diverged: loss is {loss} at epoch {epoch + 1}, step {b + 1}"
                 )
-            correct = kernels(logits).count_correct(logits, yb)
+            correct = kernels(logits).count_correct(logits, yb) if classify else 0
             model.backward(loss_fn.backward(), need_input_grad=False)
             opt.step()
             state.step += 1
@@ -202,11 +221,13 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 state.seconds += time.perf_counter() - t0
                 raise TrainingInterrupted(state)
         seconds = state.seconds + time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch_size, test_batches)
+        test_loss, test_acc = (None, None) if x_test is None else evaluate(
+            model, x_test, y_test, eval_batch_size, test_batches, loss_fn
+        )
         metrics = {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / state.seen,
-            "train_accuracy": state.correct / state.seen,
+            "train_accuracy": state.correct / state.seen if classify else None,
             "test_loss": test_loss,
             "test_accuracy": test_acc,
             "lr": opt.lr,

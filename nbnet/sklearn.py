@@ -23,6 +23,8 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   columns), not one logistic output: the same model family.
 - No solver="lbfgs", learning_rate schedules other than constant, warm_start or sample weights.
 - Predictions and probabilities are in `dtype`: float32 unless dtype=np.float64.
+- Early stopping scores the validation rows with the loop's val_accuracy / val_r2; for several
+  outputs that R² is variance-weighted (scikit-learn's r2_score averages the outputs' R²).
 """
 
 import numbers
@@ -42,11 +44,9 @@ except ImportError:  # older: the estimator's own method
     def validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
-from .data import batches
-from .losses import MSELoss, SoftmaxCrossEntropy
-from .model import model_from_arrays, to_host
+from .model import model_from_arrays
 from .optim import SGD, Adam, AdamW
-from .train import TrainState, build_model, predict, train
+from .train import METRIC, TrainState, build_model, predict, train
 
 ACTIVATIONS = {"relu": "relu", "logistic": "sigmoid", "tanh": "tanh", "identity": None}
 SOLVERS = ("sgd", "adam", "adamw")
@@ -227,7 +227,7 @@ class _BaseMLP(BaseEstimator):
             else:
                 self.validation_scores_, self.best_validation_score_, self.best_loss_ = None, None, np.inf
 
-        X_val = y_val = None
+        val_data = None
         if self.early_stopping and not incremental:
             X, X_val, y, y_val = train_test_split(
                 X, y, test_size=self.validation_fraction, random_state=self._seed_,
@@ -237,6 +237,7 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
                                  "size of your dataset.")
             X, y = np.ascontiguousarray(X), np.ascontiguousarray(y)
+            val_data = (np.ascontiguousarray(X_val), np.ascontiguousarray(y_val))
             self._best_params = None
         batch_size = self._batch_size(len(X))
         self._optimizer.weight_decay = float(self.alpha) / batch_size
@@ -249,7 +250,7 @@ class _BaseMLP(BaseEstimator):
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            self._update_no_improvement_count(X_val, y_val)
+            self._update_no_improvement_count(metrics.get(f"val_{METRIC[self._loss]}"))
             if not incremental and self._no_improvement_count > self.n_iter_no_change:
                 if self.verbose:
                     what = "Validation score" if self.early_stopping else "Training loss"
@@ -257,15 +258,15 @@ class _BaseMLP(BaseEstimator):
                           f"{self.n_iter_no_change} consecutive epochs. Stopping.")
                 raise _Converged
 
-        loop = dict(batch_size=batch_size, seed=self._seed_, loss_fn=self._loss(), shuffle=bool(self.shuffle),
-                    on_epoch=on_epoch)
+        loop = dict(batch_size=batch_size, seed=self._seed_, loss=self._loss, shuffle=bool(self.shuffle),
+                    val_data=val_data, on_epoch=on_epoch)
         if incremental:  # one more epoch, continuing the loop's state (epoch i shuffles with (seed, i))
             steps = -(-n // batch_size)
             state = TrainState(epoch=self.n_iter_, step=self.n_iter_ * steps)
-            train(self._model, self._optimizer, (X, y, None, None), epochs=self.n_iter_ + 1, state=state, **loop)
+            train(self._model, self._optimizer, (X, y), epochs=self.n_iter_ + 1, state=state, **loop)
             return self
         try:
-            train(self._model, self._optimizer, (X, y, None, None), epochs=self.max_iter, **loop)
+            train(self._model, self._optimizer, (X, y), epochs=self.max_iter, **loop)
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         except _Converged:
@@ -276,12 +277,11 @@ class _BaseMLP(BaseEstimator):
             del self._best_params
         return self
 
-    def _update_no_improvement_count(self, X_val, y_val):
+    def _update_no_improvement_count(self, score):
         """scikit-learn's rule: an epoch that does not beat the best by tol counts; n_iter_no_change
-        + 1 such epochs in a row stop training. On the validation score with early_stopping, else on
-        the training loss."""
-        if X_val is not None:
-            score = self._score_encoded(X_val, y_val)
+        + 1 such epochs in a row stop training. On the validation score (the loop's val_accuracy or
+        val_r2) with early_stopping, else on the training loss."""
+        if score is not None:
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")
@@ -298,11 +298,6 @@ class _BaseMLP(BaseEstimator):
             else:
                 self._no_improvement_count = 0
             self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
-
-    def _outputs(self, X):
-        """The model's outputs for rows X (already validated), in batches, owned by the caller."""
-        return np.concatenate([to_host(self._model.forward(xb)).copy()
-                               for xb, _ in batches(X, np.zeros(len(X)), 1000, shuffle=False)])
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)
@@ -334,9 +329,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Labels of any type (strings, ints, -1/1, ...); binary or multiclass."""
 
     _classifies = True
-
-    def _loss(self):
-        return SoftmaxCrossEntropy()
+    _loss = "cross-entropy"
 
     def _n_outputs(self, y):
         return len(self.classes_)
@@ -369,7 +362,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_proba(self, X):
         """Class probabilities (n, n_classes), columns in the order of classes_."""
         X = self._validate_for_predict(X)
-        return predict(self._model, X)[1]
+        return predict(self._model, X, loss=self._loss)[1]
 
     def predict(self, X):
         probs = self.predict_proba(X)
@@ -378,9 +371,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_log_proba(self, X):
         return np.log(self.predict_proba(X))
 
-    def _score_encoded(self, X, y):
-        return float(np.mean(predict(self._model, X)[0] == y))
-
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor on nbnet: scikit-learn's MLPRegressor parameters (see the
@@ -388,9 +378,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     One or several outputs; the output layer is linear (out_activation_ "identity")."""
 
     _classifies = False
-
-    def _loss(self):
-        return MSELoss()
+    _loss = "mse"
 
     def _n_outputs(self, y):
         return y.shape[1]
@@ -410,13 +398,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def predict(self, X):
         """Predictions (n,) for one output, else (n, n_outputs), in the estimator's dtype."""
-        out = self._outputs(self._validate_for_predict(X))
+        X = self._validate_for_predict(X)
+        out = predict(self._model, X, loss=self._loss)[0]
         return out.ravel() if out.shape[1] == 1 else out
-
-    def _score_encoded(self, X, y):
-        from sklearn.metrics import r2_score  # noqa: PLC0415
-
-        return float(r2_score(y, self._outputs(X)))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

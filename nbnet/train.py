@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import dist
 from .data import batches, batches_reusing
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import SoftmaxCrossEntropy, check_labels
@@ -95,27 +96,43 @@ def learning_rate(schedule, lr, step, epoch, epochs, steps_per_epoch):
     raise ValueError(f"unknown lr schedule {schedule!r} (use {', '.join(SCHEDULES)})")
 
 
-def batch_source(model, x, y):
+def batch_source(model, x, y, part=(0, 1)):
     """`batches(batch_size, shuffle, seed)` over (x, y) where the model lives: on the host, gathered
     into reused buffers (no allocation per step); for a model on the GPU, from a DeviceDataset
-    copied over once. Both give exactly the batches of `nbnet.batches`."""
+    copied over once. Both give exactly the batches of `nbnet.batches`; part=(rank, size): this
+    data-parallel process's share of each (see nbnet.dist)."""
     if isinstance(model.parameters()[0].data, np.ndarray):
-        return lambda batch_size, shuffle, seed=None: batches_reusing(x, y, batch_size, shuffle, seed)
+        return lambda batch_size, shuffle, seed=None: batches_reusing(x, y, batch_size, shuffle, seed, part)
     from .gpu import DeviceDataset  # noqa: PLC0415
 
-    return DeviceDataset(x, y).batches
+    every = DeviceDataset(x, y).batches
+    if part == (0, 1):
+        return every
+
+    def mine(batch_size, shuffle, seed=None):
+        for xb, yb in every(batch_size, shuffle, seed):
+            lo, hi = dist.share(len(yb), *part)
+            yield xb[lo:hi], yb[lo:hi]
+
+    return mine
 
 
 def evaluate(model, x, y, batch_size=1000, source=None):
     """(mean loss, accuracy) of the model on (x, y), in batches."""
+    loss_sum, correct = _evaluate_sums(model, batch_size, batch_source(model, x, y) if source is None else source)
+    return loss_sum / len(y), correct / len(y)
+
+
+def _evaluate_sums(model, batch_size, source):
+    """(Σ loss·rows, Σ correct) over the batches of `source`."""
     loss_fn = SoftmaxCrossEntropy()
     loss_sum, correct = 0.0, 0
-    source = batch_source(model, x, y) if source is None else source
     for xb, yb in source(batch_size, shuffle=False):
-        logits = model.forward(xb)
-        loss_sum += loss_fn.forward(logits, yb) * len(yb)
-        correct += kernels(logits).count_correct(logits, yb)
-    return loss_sum / len(y), correct / len(y)
+        if len(yb):
+            logits = model.forward(xb)
+            loss_sum += loss_fn.forward(logits, yb) * len(yb)
+            correct += kernels(logits).count_correct(logits, yb)
+    return loss_sum, correct
 
 
 def predict(model, x, batch_size=1000):
@@ -144,7 +161,7 @@ def check_data(model, data):
 
 
 def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
-          state=None, on_step=None, on_epoch=None, should_stop=None, eval_batch_size=1000):
+          state=None, on_step=None, on_epoch=None, should_stop=None, eval_batch_size=1000, comm=None):
     """Train up to `epochs` epochs in total (continuing from `state`), and return the history:
     one dict per epoch with epoch, train_loss, train_accuracy, test_loss, test_accuracy, lr,
     seconds, samples_per_second.
@@ -154,8 +171,15 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     on_step(state, batch, n_batches, running_loss) after each step; on_epoch(state, metrics) after
     each epoch; should_stop() is asked after each step: True raises TrainingInterrupted(state).
     Raises TrainingDiverged (a ValueError) on a NaN/Inf loss, before that step updates anything.
+
+    comm: an mpi4py communicator (e.g. MPI.COMM_WORLD) to train data-parallel over its processes
+    (see nbnet.dist): each takes its share of every global batch of `batch_size` rows and of the
+    test set; the weights, the history and the state are the same on every process, and those of
+    one process within rounding. Start the script with `mpiexec -n N python -m mpi4py script.py`,
+    so that an exception on one process ends them all (examples/mpi_train.py).
     """
     x_train, y_train, x_test, y_test = data
+    comm = dist.wrap(comm)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -166,8 +190,10 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     loss_fn = SoftmaxCrossEntropy()
-    train_batches = batch_source(model, x_train, y_train)
-    test_batches = batch_source(model, x_test, y_test)
+    params = model.parameters()
+    train_batches = batch_source(model, x_train, y_train, (comm.rank, comm.size))
+    lo, hi = dist.share(len(y_test), comm.rank, comm.size)
+    test_batches = batch_source(model, x_test[lo:hi], y_test[lo:hi]) if hi > lo else (lambda *a, **k: iter(()))
 
     while state.epoch < epochs:
         epoch = state.epoch
@@ -183,26 +209,35 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 continue
             opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
             opt.zero_grad()
-            logits = model.forward(xb)
-            loss = loss_fn.forward(logits, yb)
-            if not math.isfinite(loss):
+            rows, loss, correct = len(yb), 0.0, 0
+            if rows:  # a data-parallel share may be empty
+                logits = model.forward(xb)
+                loss = loss_fn.forward(logits, yb)
+                correct = kernels(logits).count_correct(logits, yb)
+                if math.isfinite(loss):
+                    model.backward(loss_fn.backward(), need_input_grad=False)
+            # Summed over processes (one process: as they are), so every process decides alike.
+            loss_sum, correct, seen, stop = comm.sums(
+                loss * rows, correct, rows, should_stop is not None and should_stop()
+            )
+            if not math.isfinite(loss_sum):
                 raise TrainingDiverged(
-                    f"training diverged: loss is {loss} at epoch {epoch + 1}, step {b + 1}"
+                    f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"
                 )
-            correct = kernels(logits).count_correct(logits, yb)
-            model.backward(loss_fn.backward(), need_input_grad=False)
+            comm.allreduce_grad(params, rows / seen)  # between backward and the step
             opt.step()
             state.step += 1
-            state.loss_sum += loss * len(yb)
-            state.correct += correct
-            state.seen += len(yb)
+            state.loss_sum += loss_sum
+            state.correct += int(correct)
+            state.seen += int(seen)
             if on_step is not None:
                 on_step(state, b + 1, steps_per_epoch, state.loss_sum / state.seen)
-            if should_stop is not None and should_stop():
+            if stop:
                 state.seconds += time.perf_counter() - t0
                 raise TrainingInterrupted(state)
         seconds = state.seconds + time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch_size, test_batches)
+        test_loss, test_correct = comm.sums(*_evaluate_sums(model, eval_batch_size, test_batches))
+        test_loss, test_acc = test_loss / len(y_test), test_correct / len(y_test)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / state.seen,

@@ -245,6 +245,8 @@ def train_cmd(ctx, **opts):
             if hasattr(opt, name) and cfg[name] is not None:
                 setattr(opt, name, float(cfg[name]))
 
+    if comm.size > 1:  # every process got here, with the same options, data and weights (else Error:)
+        comm.agree_setup(dist.fingerprint(cfg, data, model.parameters()))
     metrics_file = open(opts["metrics_out"], "w", encoding="utf-8") if opts["metrics_out"] else None  # noqa: SIM115
     try:
         if metrics_file and resume is not None:
@@ -260,9 +262,6 @@ def train_cmd(ctx, **opts):
             if opts["save"]:
                 save_checkpoint(opts["save"], model, opt, st, cfg)
 
-        comm.agree_setup(dist.fingerprint(
-            cfg, *(a.shape for a in data), arrays=[*(p.data for p in model.parameters()), data[1], data[3]]
-        ) if comm.size > 1 else "")
         with StopOnSigint() as stopper:
             try:
                 history = train(

@@ -117,9 +117,15 @@ class MPIComm:
         self.setup_done = False
         self._sums = np.zeros(8, np.float64)
         self._staging = None  # host buffer for gradients that are not one packed host array
+        self._fault = _fault_plan(self.rank)
+        self._calls = 0
 
     def sums(self, *values):
         """Each value summed over all processes (as float64: counts stay exact below 2**53)."""
+        if self._fault is not None:
+            self._calls += 1
+            if self._calls == self._fault[0]:
+                _inject(self._fault[1])
         buf = self._sums[: len(values)]
         buf[:] = values
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
@@ -202,14 +208,34 @@ class MPIComm:
         if any(t != texts[0] for t in texts):
             if self.rank == 0:
                 odd = next(r for r in range(self.size) if texts[r] != texts[0])
-                _print_error(f"process {odd} does not have what process 0 has ({texts[odd]} vs {texts[0]}): "
-                             "every process needs the same options, data and checkpoint")
+                _print_error(f"process {odd} does not train what process 0 does ({texts[odd]}; process 0: "
+                             f"{texts[0]}): every process needs the same options, data and checkpoint")
             sys.exit(1)
 
     def abort(self, code):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)  # MPICH's Abort may return to the caller before the launcher ends this process
+
+
+def _fault_plan(rank):
+    """For the tests: NBNET_MPI_FAULT=RANK:STEP:raise|die makes process RANK raise a ValueError, or
+    die at once (os._exit), in training step STEP (1-based, counted from the start of this run)."""
+    spec = os.environ.get("NBNET_MPI_FAULT")
+    if not spec:
+        return None
+    try:
+        r, step, kind = spec.split(":")
+        return (int(step), kind) if int(r) == rank else None
+    except ValueError:
+        return None
+
+
+def _inject(kind):
+    if kind == "die":
+        os._exit(7)
+    raise ValueError("injected fault (NBNET_MPI_FAULT)")
 
 
 _world = None
@@ -247,12 +273,20 @@ def wrap(comm):
     return wrapped
 
 
-def fingerprint(*parts, arrays=()):
-    """A short string that is equal on two processes when their options, shapes and arrays are."""
-    crc = 0
-    for arr in arrays:
-        crc = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), crc)
-    return " ".join(map(str, parts)) + f" crc {crc:08x}"
+def fingerprint(options, data, params):
+    """A short string that two processes share when their options, data (shapes and labels) and
+    weights are the same: what agree_setup compares."""
+    def crc(arrays):
+        value = 0
+        for arr in arrays:
+            value = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), value)
+        return f"{value:08x}"
+
+    shapes = "/".join("x".join(map(str, a.shape)) for a in data)
+    from .model import to_host  # noqa: PLC0415
+
+    return (f"options {crc([np.frombuffer(repr(sorted(options.items())).encode(), np.uint8)])}, "
+            f"data {shapes} labels {crc([data[1], data[3]])}, weights {crc([to_host(p.data) for p in params])}")
 
 
 def _print_error(message):

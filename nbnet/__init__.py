@@ -1,6 +1,7 @@
 """nbnet: a small, fast, readable neural-network framework with Numba kernels."""
 
 from . import datasets
+from .api import evaluate, predict, train
 from .data import batches
 from .layers import Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
 from .losses import CrossEntropy, MSELoss, SoftmaxCrossEntropy
@@ -11,5 +12,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam", "AdamW", "CrossEntropy", "Linear", "MSELoss", "Parameter", "ReLU", "SGD", "Sequential",
-    "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "batches", "datasets", "load",
+    "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "batches", "datasets", "evaluate", "load", "predict", "train",
 ]

@@ -19,9 +19,12 @@ FORMAT_VERSION = 1
 
 
 class Sequential:
-    """Layers applied in order. `backward(grad)` runs them in reverse and returns dL/dX."""
+    """Layers applied in order. `backward(grad)` runs them in reverse and returns dL/dX.
+    `Sequential([l1, l2])` and `Sequential(l1, l2)` are the same model."""
 
-    def __init__(self, layers):
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")

@@ -3,7 +3,7 @@
     pip install 'nbnet[mpi]'                                    # mpi4py + mpich (mpiexec)
     mpiexec -n 2 python -m mpi4py examples/mpi_train.py [--epochs 10] [--out spiral_mpi.npz]
 
-`train(..., comm=MPI.COMM_WORLD)` gives each process its share of every global batch of
+`nb.train(..., comm=MPI.COMM_WORLD)` gives each process its share of every global batch of
 --batch-size rows and sums the gradients with one Allreduce per step, so the N processes end with
 the same weights, and those of one process (`python examples/mpi_train.py`) within rounding.
 `python -m mpi4py` makes an exception on one process abort them all rather than leave the others
@@ -14,7 +14,6 @@ import argparse
 import zlib
 
 import nbnet as nb
-from nbnet.train import build_model, make_optimizer, train
 
 
 def main():
@@ -31,15 +30,17 @@ def main():
     comm = MPI.COMM_WORLD
 
     data = nb.datasets.load("spiral")  # the same data on every process
-    model = build_model(2, [64, 64], 3, seed=0)  # the same initial weights on every process
-    opt = make_optimizer("sgd", model, lr=0.1, momentum=0.9)
+    model = nb.Sequential(  # the same initial weights on every process: seeded
+        nb.Linear(2, 64, seed=0), nb.ReLU(), nb.Linear(64, 64, seed=1), nb.ReLU(), nb.Linear(64, 3, seed=2),
+    )
+    opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def on_epoch(state, m):  # every process has the same metrics; one prints them
         if comm.rank == 0:
             print(f"epoch {m['epoch']}  train loss {m['train_loss']:.4f}  "
                   f"test accuracy {m['test_accuracy']:.1%}  ({comm.size} processes)")
 
-    train(model, opt, data, epochs=args.epochs, batch_size=args.batch_size, seed=0, on_epoch=on_epoch, comm=comm)
+    nb.train(model, opt, data, epochs=args.epochs, batch_size=args.batch_size, seed=0, on_epoch=on_epoch, comm=comm)
 
     # What data parallelism promises: every process holds the very same weights.
     crc = zlib.crc32(b"".join(p.data.tobytes() for p in model.parameters()))

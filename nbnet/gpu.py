@@ -91,6 +91,16 @@ def gpu_status():
     return _real_gpu()
 
 
+def use_device_of(local_rank):
+    """Data-parallel (nbnet.dist): make GPU `local_rank` mod (GPUs on this machine) this process's
+    device, before anything else touches a GPU: one GPU per process where there are enough."""
+    if cuda is None or simulator_enabled():
+        return
+    count = len(cuda.gpus)
+    if count:
+        cuda.select_device(local_rank % count)
+
+
 def _require_device():
     """Raise RuntimeError unless kernels here can run: a real GPU, or the simulator on purpose."""
     if cuda is None:

@@ -18,7 +18,8 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
 - loss_curve_ / loss_ / best_loss_ are the data loss the loop reports, without the L2 term. The
   regressor's loss is the mean squared error (PyTorch's MSELoss), twice scikit-learn's half squared
   error: with solver="sgd" the same learning_rate_init takes steps twice as long.
-- Weights start He-uniform (nbnet.Linear), not Glorot-uniform.
+- Weights start Glorot-uniform as scikit-learn's (nbnet.Linear's He-uniform draws, rescaled: see
+  glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
 - Binary classification uses two softmax outputs (out_activation_ "softmax", coefs_[-1] has 2
   columns), not one logistic output: the same model family.
 - No solver="lbfgs", learning_rate schedules other than constant, warm_start or sample weights.
@@ -50,6 +51,18 @@ from .train import METRIC, TrainState, build_model, predict, train
 
 ACTIVATIONS = {"relu": "relu", "logistic": "sigmoid", "tanh": "tanh", "identity": None}
 SOLVERS = ("sgd", "adam", "adamw")
+
+
+def glorot_like_sklearn(model, activation):
+    """Scale each Linear's He-uniform weights, U(±√(6/fan_in)), to scikit-learn's start,
+    U(±√(factor/(fan_in + fan_out))) with factor 2 for logistic, else 6: the same draws, so the
+    start is still a function of (seed, layer). Measured: 10 epochs on 20,000 × 100 synthetic data,
+    test accuracy 0.81 from He-uniform, 0.83 from this (profiling/bench_sklearn.py's work)."""
+    factor = 2.0 if activation == "logistic" else 6.0
+    for layer in model.layers:
+        if layer.parameters():
+            fan_in, fan_out = layer.in_features, layer.out_features
+            layer.weight *= layer.weight.dtype.type(np.sqrt(factor / 6.0 * fan_in / (fan_in + fan_out)))
 
 
 class _Converged(Exception):
@@ -180,6 +193,7 @@ class _BaseMLP(BaseEstimator):
             from .model import Sequential  # noqa: PLC0415
 
             model = Sequential([layer for layer in model.layers if layer.parameters()])
+        glorot_like_sklearn(model, self.activation)
         return model
 
     def _new_optimizer(self, model):

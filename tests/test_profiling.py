@@ -46,3 +46,20 @@ def test_scripts_have_help_and_say_what_they_measure():
                               capture_output=True, text=True, cwd=PROFILING, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
         assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)
+
+
+def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
+    import pytest  # noqa: PLC0415
+
+    pytest.importorskip("sklearn")
+    done = subprocess.run([sys.executable, str(PROFILING / "bench_sklearn.py"), "--quick"],
+                          capture_output=True, text=True, cwd=PROFILING, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("CPU: ") and "ISA: " in out and "speedup" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("synth")]
+    assert [r[2] for r in rows] == ["adam", "sgd"]
+    for r in rows:  # seconds, accuracy for each side, then the ratio
+        assert float(r[3]) > 0 and 0 <= float(r[4]) <= 1 and float(r[5]) > 0 and 0 <= float(r[6]) <= 1
+        assert r[7].endswith("x")

@@ -17,7 +17,19 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import check_regressor_multioutput, parametrize_with_checks  # noqa: E402
 
-from nbnet.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from nbnet.sklearn import MLPClassifier, MLPRegressor, glorot_like_sklearn  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_numba_thread():
+    """These tests check behaviour, not speed: one thread keeps them quick on a loaded machine
+    (results are bitwise the same at any thread count; threading is tested with the kernels)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
 
 
 def expected_failed_checks(estimator):
@@ -59,6 +71,7 @@ def test_thin_the_same_run_as_the_loop_nbnet_train_runs():
     with pytest.warns(ConvergenceWarning):
         clf.fit(x, y)
     model = build_model(8, [16, 8], 3, "relu", np.float32, seed=7)
+    glorot_like_sklearn(model, "relu")  # scikit-learn's starting scale, from the same draws
     opt = make_optimizer("sgd", model, lr=0.05, momentum=0.9, weight_decay=0.0)
     history = train(model, opt, (x.astype(np.float32), y, None, None), epochs=3, batch_size=32, seed=7)
     linears = [layer for layer in model.layers if layer.parameters()]
@@ -66,6 +79,17 @@ def test_thin_the_same_run_as_the_loop_nbnet_train_runs():
         np.testing.assert_array_equal(coef, layer.weight.T)  # bitwise: the same loop, seeds and batches
         np.testing.assert_array_equal(intercept, layer.bias)
     assert clf.loss_curve_ == [h["train_loss"] for h in history]
+
+
+def test_starts_from_sklearns_glorot_uniform_bound():
+    x, y = blobs()
+    for activation, factor in (("relu", 6), ("logistic", 2)):
+        clf = MLPClassifier((400,), activation=activation, random_state=0, max_iter=1, learning_rate_init=1e-12)
+        with pytest.warns(ConvergenceWarning):
+            clf.fit(x, y)
+        w = clf.coefs_[0]  # (8, 400): bound sqrt(factor / 408), nearly reached by 3,200 draws
+        bound = np.sqrt(factor / (8 + 400))
+        assert bound * 0.99 < np.abs(w).max() <= bound * (1 + 1e-6)
 
 
 def test_fitted_attributes_as_sklearn_users_read_them():
@@ -264,3 +288,17 @@ def test_verbose_prints_sklearn_lines(capsys):
     with pytest.warns(ConvergenceWarning):
         MLPClassifier((8,), random_state=0, max_iter=2, verbose=True).fit(x, y)
     assert capsys.readouterr().out.startswith("Iteration 1, loss = ")
+
+
+def test_readme_example_runs_as_written():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## scikit-learn", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    x, y = blobs(n=400)
+    env = {"x_train": x[:300], "y_train": y[:300], "x_test": x[300:], "y_test": y[300:]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        exec(compile(code + "\nresult = search.best_params_, search.score(x_test, y_test)", "README", "exec"), env)
+    assert env["result"][1] > 0.8

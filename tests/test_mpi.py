@@ -195,6 +195,30 @@ def test_a_process_that_dies_ends_the_job(problem, tmp_path):
 
 
 @needs_mpi
+def test_nan_on_one_process_stops_every_process_at_that_step(problem, tmp_path):
+    result = run(2, "train", "--dataset", problem, *TRAIN, env={"NBNET_MPI_FAULT": "1:10:nan"})
+    assert result.returncode == 1
+    assert error_lines(result) == [result.stderr.strip()]  # one line, no MPI_Abort: all agreed
+    assert "training diverged: loss is nan at epoch 2, step 2" in result.stderr
+
+
+@needs_mpi
+def test_ctrl_c_on_one_process_stops_all_at_one_step_and_resumes_with_another_count(problem, tmp_path):
+    """Process 1 alone gets SIGINT in step 5: all stop after step 6 (asked before the reduction of
+    each step), process 0 saves, exit 130; resumed by 3 processes, the run of one process."""
+    common = ["--dataset", problem, *TRAIN, "--dtype", "float64"]
+    ok(run(1, "train", *common, "--save", tmp_path / "whole.npz"))
+    result = run(2, "train", *common, "--save", tmp_path / "ck.npz", env={"NBNET_MPI_FAULT": "1:5:sigint"})
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.count("Interrupted in epoch 1 after step 6") == 1, result.stderr
+    from nbnet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(tmp_path / "ck.npz")).state.step == 6
+    ok(run(3, "train", "--resume", tmp_path / "ck.npz", "--save", tmp_path / "end.npz"))
+    assert max_rel(arrays(tmp_path / "whole.npz"), arrays(tmp_path / "end.npz")) < 1e-9
+
+
+@needs_mpi
 def test_bad_input_is_reported_once(problem, tmp_path):
     for args in (["--dataset", tmp_path / "missing.npz"], ["--epochs", "0"], ["--dataset", problem, "--hidden", "x"]):
         result = run(2, "train", *args)

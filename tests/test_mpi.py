@@ -254,6 +254,16 @@ def test_python_example_trains_with_comm_world(tmp_path):
 
 
 @needs_mpi
+def test_scaling_script_quick_prints_cpu_speedup_and_estimate():
+    done = subprocess.run([sys.executable, str(REPO / "profiling" / "mpi_scaling.py"), "--quick"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("CPU: ") and "\nISA: " in out and "speedup 2 processes vs 1: " in out
+    assert "0.94 MB gradient" in out and "communication > compute from N = " in out
+
+
+@needs_mpi
 def test_gradient_through_a_host_buffer(tmp_path):
     """Gradients that are not one packed host array (a GPU model's) go through the staging buffer:
     checked on COMM_SELF with arrays standing in for device arrays."""

@@ -264,6 +264,21 @@ def test_scaling_script_quick_prints_cpu_speedup_and_estimate():
 
 
 @needs_mpi
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda (the simulator)")
+def test_gpu_models_in_the_cuda_simulator_train_what_one_cpu_process_does(tmp_path):
+    """--device cuda under mpiexec: batches sliced on the device, gradients through a host buffer."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 80)
+    np.savez(tmp_path / "tiny.npz", x=rng.normal(size=(80, 3)) * 0.3 + y[:, None], y=y)
+    common = ["--dataset", tmp_path / "tiny.npz", "--hidden", "4", "--batch-size", "16", "--epochs", "2",
+              "--dtype", "float64", "--quiet"]
+    ok(run(1, "train", *common, "--save", tmp_path / "cpu.npz"))
+    ok(run(2, "train", *common, "--device", "cuda", "--save", tmp_path / "gpu.npz",
+           env={"NUMBA_ENABLE_CUDASIM": "1", "NBNET_CUDA_TILE": "4"}))
+    assert max_rel(arrays(tmp_path / "cpu.npz"), arrays(tmp_path / "gpu.npz")) < 1e-9
+
+
+@needs_mpi
 def test_gradient_through_a_host_buffer(tmp_path):
     """Gradients that are not one packed host array (a GPU model's) go through the staging buffer:
     checked on COMM_SELF with arrays standing in for device arrays."""

@@ -39,7 +39,8 @@ def test_table_aligns_columns():
 
 
 def test_scripts_have_help_and_say_what_they_measure():
-    for script in ("kernels.py", "compile.py", "threads.py", "threshold.py", "denormals.py", "bench_vs_torch.py"):
+    for script in ("kernels.py", "compile.py", "threads.py", "threshold.py", "denormals.py", "bench_vs_torch.py",
+                   "load.py"):
         source = (PROFILING / script).read_text(encoding="utf-8")
         assert source.startswith('"""') and "python profiling/" in source, script
         done = subprocess.run([sys.executable, str(PROFILING / script), "--help"],

@@ -12,10 +12,13 @@ import pytest
 from numba import njit
 
 import nbnet as nb
-from nbnet import cpu
+from nbnet import cpu, simd
 
-# (k, n, m), odd; n >= 64 (cpu.COLS) takes the outer-product tiles of dX and dW, with an overlapping last tile
-SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41), (1, 64, 5), (6, 131, 9)]
+# (k, n, m), odd: every edge of the register blocks and of the units (simd.MC rows, tiles of
+# BCAST_NV vectors, DOT_NB columns), n and m ≡ 1 mod 64 and mod the vector width (8 or 16 float32,
+# 4 or 8 float64), a single row, sums shorter than one vector, and more than KC (256) steps.
+SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41), (1, 64, 5), (6, 131, 9),
+          (1, 65, 129), (2, 129, 17), (4, 97, 65), (121, 49, 33), (7, 300, 3), (130, 257, 66)]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
@@ -60,11 +63,11 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70)])
+@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70), (300, 270, 65)])
 def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
-    """From cpu.FORWARD_T_ROWS rows (and m >= cpu.COLS) the forward copies W to Wᵀ and runs
-    outer-product tiles: the same formula, checked against the reference, with ReLU."""
-    assert k >= cpu.FORWARD_T_ROWS and m >= cpu.COLS
+    """From cpu.FORWARD_T_ROWS rows (and m of at least one column tile) the forward copies W to Wᵀ
+    and runs the broadcast form: the same formula, checked against the reference, with ReLU."""
+    assert k >= cpu.FORWARD_T_ROWS and m >= simd.BCAST_NV * simd.lanes(np.dtype(dtype))
     rng = np.random.default_rng(k + n + m)
     x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype)
     ref, out, act = np.empty((k, m), dtype), np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype)
@@ -99,7 +102,7 @@ def test_parallel_and_serial_twins_agree():
     cpu.linear_forward_act.serial(a, a, x, w, b, False)
     cpu.linear_forward_act.parallel(c, c, x, w, b, False)
     np.testing.assert_array_equal(a, c)
-    k, n, m = 13, 131, 10  # n >= cpu.COLS: the outer-product tiles
+    k, n, m = 130, 131, 10  # two row blocks (simd.MC), several column tiles
     x, g, w = rand(rng, (k, n), np.float32), rand(rng, (k, m), np.float32), rand(rng, (m, n), np.float32)
     dx = [np.empty((k, n), np.float32) for _ in range(2)]
     dw = [np.ones((m, n), np.float32) for _ in range(2)]

@@ -211,7 +211,13 @@ class _IR:
         i.add_incoming(b.add(i, self.int(1)), b.block)
         for p, v in zip(phis, new):
             p.add_incoming(v, b.block)
-        b.branch(head)
+        br = b.branch(head)
+        # One step per iteration: unrolled copies each want their own A pointers, more than x86's
+        # 16 general registers (measured: pointers reloaded from the stack in the hot loop).
+        mod = b.module
+        loop_id = mod.add_metadata([])
+        loop_id.operands = (loop_id, mod.add_metadata([ir.MetaDataString(mod, "llvm.loop.unroll.disable")]))
+        br.set_metadata("llvm.loop", loop_id)
         b.position_at_end(done)
 
 
@@ -422,3 +428,33 @@ def dot_unit(c, a, b, u):
                     t += a[i, l] * b[j, l]
                 c[i, j] += t
     return r0, r1, c0, c1
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Inspection: do the micro-kernels' hot loops stay in registers on this ISA?
+
+def hot_loops(asm, min_fmas=4):
+    """[(vector FMAs, stack accesses)] for each loop in `asm` (x86 AT&T or AArch64 assembly, as
+    Numba's inspect_asm gives) whose body holds at least min_fmas vector FMAs on the widest
+    registers of this ISA. A loop is the text from a label to the branch that jumps back to it.
+    Stack accesses there are spills (or reloads of spilled pointers): a block that does not fit."""
+    import re  # noqa: PLC0415
+
+    if ISA == "neon":
+        fma, stack = r"\bfmla\s+v\d+\.(4s|2d)", r"\[sp\b"
+    else:
+        reg = {"avx512": "zmm", "avx2": "ymm", "avx": "ymm"}.get(ISA, "xmm")
+        fma, stack = rf"\bvfmadd\w*\s+[^\n]*%{reg}", r"\(%rsp[,)]"  # rbp is a plain register here
+    loops = []
+    for m in re.finditer(r"^([.\w$]+):", asm, re.M):
+        label = re.escape(m.group(1))
+        back = re.search(rf"^\s+(j\w+|b\.\w+|b|cbnz|cbz|tbnz|tbz)\s+([^\n]*[\s,])?{label}\s*$", asm[m.end():], re.M)
+        if back is None:
+            continue
+        body = asm[m.end(): m.end() + back.end()]
+        if re.search(r"^[.\w$]+:", body, re.M):  # another label inside: not a simple loop body
+            continue
+        n = len(re.findall(fma, body))
+        if n >= min_fmas:
+            loops.append((n, len(re.findall(stack, body))))
+    return loops

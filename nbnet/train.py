@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .check import compile_kernels
 from .data import batches, batches_reusing
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import SoftmaxCrossEntropy, check_labels
@@ -168,6 +169,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     loss_fn = SoftmaxCrossEntropy()
     train_batches = batch_source(model, x_train, y_train)
     test_batches = batch_source(model, x_test, y_test)
+    # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
+    # seconds and samples/s measure training, not compilation.
+    compile_kernels(model, opt, np.asarray(y_train).dtype)
 
     while state.epoch < epochs:
         epoch = state.epoch

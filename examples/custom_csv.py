@@ -49,7 +49,7 @@ def with_cli(csv, workdir, epochs):
     result = json.loads(nbnet_cli("evaluate", "--checkpoint", str(checkpoint),
                                   "--dataset", str(csv), "--json"))
     print(f"CLI: accuracy {result['accuracy']:.1%}, loss {result['loss']:.4f} "
-          "on the rows held out for testing (--val-split, default 20%)")
+          "on the rows held out for testing (--test-split, default 20%)")
 
     model = nb.load(checkpoint)  # the CLI's checkpoint is an ordinary nbnet model
     points = np.array([[0.0, 1.0], [2.0, 0.0], [0.0, -3.0]], dtype=np.float32)

@@ -47,11 +47,13 @@ def _kernels():
     return [obj for obj in vars(cpu).values() if isinstance(obj, cpu.Kernel)]
 
 
-def compile_kernels(model, opt=None, labels_dtype=np.int64, say=True):
+def compile_kernels(model, opt=None, loss_fn=None, targets=None, say=True):
     """Compile what training and evaluating `model` (a Sequential on the CPU) will run: both the
     serial and the parallel twin of each Linear kernel, the dot and the broadcast forward, its
-    activations, the loss, count_correct and `opt`'s step, on a throwaway copy with narrow layers.
-    The model and optimizer are not touched. Says COMPILING on stderr when the cache is cold."""
+    activations, `loss_fn` (default SoftmaxCrossEntropy) with targets like `targets` (default
+    int64 labels), count_correct and `opt`'s step, on a throwaway copy with narrow hidden layers.
+    The model and optimizer are not touched. Says COMPILING on stderr when the cache is cold.
+    Anything it cannot copy is left to compile on first use."""
     from .layers import Linear  # noqa: PLC0415
     from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
     from .model import Sequential  # noqa: PLC0415
@@ -61,41 +63,42 @@ def compile_kernels(model, opt=None, labels_dtype=np.int64, say=True):
         return
     if say and cold_cache():
         print(COMPILING, file=sys.stderr, flush=True)
-    layers, width, in_width = [], None, None
+    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
+    saved = [(k, k.threshold) for k in _kernels()]
     try:
+        layers, width = [], min(linears[0].in_features, 64)
+        in_width = width
         for layer in model.layers:
-            if isinstance(layer, Linear):
-                n = width or min(layer.in_features, 64)
-                in_width = in_width or n
-                width = min(layer.out_features, 64)
-                layers.append(Linear(n, width, dtype=layer.dtype, seed=0))
+            if isinstance(layer, Linear):  # the last keeps its width: the targets must fit it
+                out = layer.out_features if layer is linears[-1] else min(layer.out_features, 64)
+                layers.append(Linear(width, out, dtype=layer.dtype, seed=0))
+                width = out
             else:
                 layers.append(type(layer)())
         copy = Sequential(layers)
         copy_opt = None
         if opt is not None:
             copy_opt = type(opt)(copy.parameters(), **{k: getattr(opt, k) for k in opt.hyper_names})
-    except Exception:  # noqa: BLE001 - a layer or optimizer this cannot copy: compile on first use
-        return
-    loss_fn = SoftmaxCrossEntropy()
-    dtype = copy.dtype
-    saved = [(k, k.threshold) for k in _kernels()]
-    try:
+        loss_fn = type(loss_fn)() if loss_fn is not None else SoftmaxCrossEntropy()
+        targets = np.zeros(1, np.int64) if targets is None else np.asarray(targets)
+        dtype = copy.dtype
         for threshold in (0, float("inf")):  # every kernel parallel, then every kernel serial
             for k, _ in saved:
                 k.threshold = threshold
             for rows in (cpu.FORWARD_T_ROWS, 3):
                 x = np.random.default_rng(0).random((rows, in_width)).astype(dtype)
-                y = np.zeros(rows, labels_dtype)
+                y = np.zeros((rows,) + targets.shape[1:], targets.dtype)
                 copy.zero_grad()
                 logits = copy.forward(x)
-                cpu.count_correct(logits, y)
-                if width is not None and width >= 2:
-                    loss_fn.forward(logits, y)
-                    copy.backward(loss_fn.backward(), need_input_grad=False)
-                    copy.backward(loss_fn.backward(), need_input_grad=True)
+                if y.ndim == 1:
+                    cpu.count_correct(logits, y)
+                loss_fn.forward(logits, y)
+                copy.backward(loss_fn.backward())
+                copy.backward(loss_fn.backward(), need_input_grad=True)
                 if copy_opt is not None:
                     copy_opt.step()
+    except Exception:  # noqa: BLE001, S110 - a warm-up only: what it could not run compiles on first use
+        pass
     finally:
         for k, t in saved:
             k.threshold = t

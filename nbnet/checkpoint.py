@@ -4,7 +4,8 @@
     optim/state/<name>.<i>                 optimizer state arrays (momentum buffers, Adam moments)
     optim/meta                             JSON: the rest of optimizer.state_dict() (type, hyper-parameters, step_count)
     train/state                            JSON: epochs and steps done, the running sums of the epoch in
-                                           progress, and the history of per-epoch metrics
+                                           progress, the history of per-epoch metrics, and the best
+                                           validation loss so far, its epoch and the epochs since it
     train/config                           JSON: the resolved `nbnet train` options
     checkpoint/version                     int64 format version
 
@@ -38,6 +39,7 @@ def save_checkpoint(path, model, opt, state, config):
     arrays["train/state"] = _json({
         "epoch": state.epoch, "step": state.step, "loss_sum": state.loss_sum, "correct": state.correct,
         "seen": state.seen, "seconds": state.seconds, "history": state.history,
+        "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
     })
     arrays["train/config"] = _json(config)
     arrays["checkpoint/version"] = np.array(CHECKPOINT_VERSION, np.int64)
@@ -68,6 +70,10 @@ class Checkpoint:
                 epoch=int(st["epoch"]), step=int(st["step"]), history=list(st["history"]),
                 loss_sum=float(st["loss_sum"]), correct=int(st["correct"]), seen=int(st["seen"]),
                 seconds=float(st["seconds"]),
+                # absent from checkpoints written before validation existed: no best epoch yet
+                best_val_loss=None if st.get("best_val_loss") is None else float(st["best_val_loss"]),
+                best_epoch=None if st.get("best_epoch") is None else int(st["best_epoch"]),
+                bad_epochs=int(st.get("bad_epochs", 0)),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None

@@ -22,14 +22,16 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .model import write_npz_atomic
 from .train import (
     ACTIVATIONS, SCHEDULES, TrainingInterrupted, build_model, check_data, evaluate, make_optimizer,
-    predict, train,
+    predict, split_validation, train,
 )
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 # Options that fix the model, the data or the order of the batches: a resumed run must keep them.
-MUST_MATCH_ON_RESUME = ("dataset", "hidden", "activation", "dtype", "optimizer", "batch_size", "seed", "val_split")
+MUST_MATCH_ON_RESUME = (
+    "dataset", "hidden", "activation", "dtype", "optimizer", "batch_size", "seed", "val_split", "test_split",
+)
 # Options that are not part of the resolved config stored in a checkpoint.
-NOT_CONFIG = ("config", "resume", "save", "metrics_out", "quiet", "plot", "threads", "download")
+NOT_CONFIG = ("config", "resume", "save", "save_best", "metrics_out", "quiet", "plot", "threads", "download")
 EXIT_INTERRUPTED = 130
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -150,8 +152,17 @@ def _dataset_key(name):
               help="Folder with the four IDX files of mnist/fashion-mnist, gzipped or not "
                    "[default: $NBNET_DATA_DIR/<dataset>, else ~/.cache/nbnet/<dataset>].")
 @click.option("--download", is_flag=True, help="Fetch missing mnist/fashion-mnist files into --data-dir (md5-checked).")
-@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
-              help="Fraction of a spiral/.npz/.csv dataset held out as the test set (shuffled with --seed).")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction of the training rows held out as a validation set (every dataset; shuffled with "
+                   "--seed): shown beside train and test, and what --early-stopping and --save-best watch. "
+                   "(Earlier versions used --val-split for what --test-split is now.)")
+@click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
+              help="Fraction of a spiral/.npz/.csv dataset held out as the test set (shuffled with --seed); "
+                   "mnist and fashion-mnist keep their own test set.")
+@click.option("--early-stopping", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop when the validation loss has not improved for N epochs (needs --val-split).")
+@click.option("--save-best", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint (as --save writes) of the epoch with the lowest validation loss (needs --val-split).")
 @click.option("--hidden", default="64,64", show_default=True, callback=_parse_hidden,
               help="Hidden layer widths, comma-separated (empty string: a linear model).")
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
@@ -195,30 +206,43 @@ def train_cmd(ctx, **opts):
     epoch. Ctrl-C stops after the current step and, with --save, writes a checkpoint to resume from.
     """
     resume = load_checkpoint(opts["resume"]) if opts["resume"] else None
+    if resume is not None:
+        resume.config = upgrade_config(resume.config)
     cfg = _resolve(ctx, opts, resume)
+    if (cfg["early_stopping"] is not None or opts["save_best"]) and not cfg["val_split"]:
+        which = "--early-stopping" if cfg["early_stopping"] is not None else "--save-best"
+        raise CliError(f"{which} chooses on validation data: give --val-split F (e.g. 0.1) too")
     if opts["plot"] is not None:
         _check_plot_available()
     if opts["threads"] is not None:
         _set_threads(opts["threads"])
     if cfg["device"] == "cuda":
         _check_cuda_importable()
-    for key in ("save", "metrics_out", "plot"):
+    for key in ("save", "save_best", "metrics_out", "plot"):
         if opts[key] is not None:
             _check_writable(opts[key], key)
+    if opts["save_best"] is not None:
+        for key in ("save", "resume", "metrics_out", "plot", "dataset"):
+            other = opts[key] if key != "save" or opts["save"] else opts["resume"]
+            if other is not None and os.path.abspath(other) == os.path.abspath(opts["save_best"]):
+                raise CliError(f"--save-best {opts['save_best']}: the same file as --{key.replace('_', '-')}")
     out = Output(quiet=opts["quiet"])
 
     if resume is not None:
         _check_resume_fits(resume, cfg)
 
     dtype = np.dtype(cfg["dtype"]).type
-    data = _load_data(cfg["dataset"], cfg["data_dir"], cfg["val_split"], cfg["seed"], opts["download"], dtype)
+    data = _load_data(cfg["dataset"], cfg["data_dir"], cfg["test_split"], cfg["seed"], opts["download"], dtype)
+    x_tr, y_tr, x_val, y_val = split_validation(data[0], data[1], cfg["val_split"], cfg["seed"])
+    data = (x_tr, y_tr, data[2], data[3])
+    val_data = None if x_val is None else (x_val, y_val)
     if resume is not None:
         model, state = resume.model, resume.state
     else:
         classes = int(max(data[1].max(), data[3].max())) + 1
         model = build_model(data[0].shape[1], cfg["hidden"], classes, cfg["activation"], dtype, cfg["seed"])
         state = None
-    check_data(model, data)
+    check_data(model, data if val_data is None else (*data, *val_data))
     if cfg["device"] == "cuda":
         try:
             model.to("cuda")
@@ -237,7 +261,7 @@ def train_cmd(ctx, **opts):
         if metrics_file and resume is not None:
             for m in resume.state.history:  # the file always holds the whole run
                 metrics_file.write(json.dumps(m) + "\n")
-        out.start(cfg, model, data, resume)
+        out.start(cfg, model, data, resume, val_data)
 
         def on_epoch(st, metrics):
             out.epoch(metrics, cfg["epochs"])
@@ -247,11 +271,16 @@ def train_cmd(ctx, **opts):
             if opts["save"]:
                 save_checkpoint(opts["save"], model, opt, st, cfg)
 
+        def on_best(st, metrics):
+            if opts["save_best"]:
+                save_checkpoint(opts["save_best"], model, opt, st, cfg)
+
         with StopOnSigint() as stopper:
             try:
                 history = train(
                     model, opt, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
-                    lr_schedule=cfg["lr_schedule"], lr=cfg["lr"], state=state,
+                    lr_schedule=cfg["lr_schedule"], lr=cfg["lr"], state=state, val_data=val_data,
+                    early_stopping=cfg["early_stopping"], on_best=on_best if val_data is not None else None,
                     on_step=out.step if out.bar else None, on_epoch=on_epoch, should_stop=stopper.requested,
                 )
             except TrainingInterrupted as e:
@@ -267,6 +296,11 @@ def train_cmd(ctx, **opts):
     finally:
         if metrics_file:
             metrics_file.close()
+    if history.best_epoch is not None:
+        why = f"early stopping: no better validation loss for {cfg['early_stopping']} epochs; " if history.stopped_early else ""
+        best = history[history.best_epoch - 1]
+        out.info(f"{why}best epoch {history.best_epoch} (validation loss {best['val_loss']:.4f})"
+                 + (f", saved to {opts['save_best']}" if opts["save_best"] else ""))
     if opts["save"]:
         out.info(f"saved {opts['save']}")
     if opts["plot"] is not None:
@@ -313,8 +347,18 @@ def _show(v):
     return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
-def _load_data(dataset, data_dir, val_split, seed, download, dtype):
-    x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, val_split=val_split, seed=seed, download=download)
+def upgrade_config(config):
+    """A checkpoint's config in today's option names. Before --test-split existed, `val_split` was
+    the fraction held out as the test set and there was no validation set."""
+    config = dict(config)
+    if config and "test_split" not in config:
+        config["test_split"] = config.pop("val_split", 0.2)
+        config["val_split"] = 0.0
+    return config
+
+
+def _load_data(dataset, data_dir, test_split, seed, download, dtype):
+    x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, test_split=test_split, seed=seed, download=download)
     return x_tr.astype(dtype, copy=False), y_tr, x_te.astype(dtype, copy=False), y_te
 
 
@@ -396,7 +440,7 @@ class Output:
         if not self.quiet:
             click.echo(msg)
 
-    def start(self, cfg, model, data, resume):
+    def start(self, cfg, model, data, resume, val_data=None):
         from .layers import Linear  # noqa: PLC0415
 
         sizes = [layer.in_features for layer in model.layers if isinstance(layer, Linear)]
@@ -406,7 +450,8 @@ class Output:
         done = f" from epoch {resume.state.epoch}, step {resume.state.step}" if resume else ""
         self.info(
             f"{what} {'-'.join(map(str, sizes))} {cfg['activation']} on {os.path.basename(cfg['dataset'])} "
-            f"({len(data[0])} train, {len(data[2])} test){done}: {cfg['optimizer']} lr {cfg['lr']:g} "
+            f"({len(data[0])} train, {'' if val_data is None else f'{len(val_data[0])} validation, '}"
+            f"{len(data[2])} test){done}: {cfg['optimizer']} lr {cfg['lr']:g} "
             f"{cfg['lr_schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['device']}"
         )
 
@@ -431,10 +476,16 @@ class Output:
     def epoch(self, m, epochs):
         if self.quiet:
             return
+        parts = []
+        for split in ("train", "val", "test"):
+            if f"{split}_loss" not in m:
+                continue
+            score = (f"acc {100 * m[f'{split}_accuracy']:.2f}%" if f"{split}_accuracy" in m
+                     else f"R² {m[f'{split}_r2']:.4f}")
+            parts.append(f"{split} loss {m[f'{split}_loss']:.4f} {score}")
         line = (
-            f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.4f} acc {100 * m['train_accuracy']:.2f}%  "
-            f"test loss {m['test_loss']:.4f} acc {100 * m['test_accuracy']:.2f}%  "
-            f"{m['seconds']:.2f}s  {m['samples_per_second']:,.0f} samples/s"
+            f"epoch {m['epoch']}/{epochs}  " + "  ".join(parts) +
+            f"  {m['seconds']:.2f}s  {m['samples_per_second']:,.0f} samples/s"
         )
         if self.bar:
             line = "\r" + line + " " * 20
@@ -449,13 +500,13 @@ class Output:
 @click.option("--checkpoint", required=True, help="A checkpoint from `nbnet train --save` (or a model.save file).")
 @click.option("--dataset", default=None,
               help="spiral, mnist, fashion-mnist, FILE.npz or FILE.csv [default: the checkpoint's]. "
-                   "Scores the test set (for files: the --val-split part held out in training).")
+                   "Scores the test set (for files: the --test-split part held out in training).")
 @click.option("--data-dir", default=None, help="Folder with the IDX files [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with loss and accuracy.")
 def evaluate_cmd(checkpoint, dataset, data_dir, as_json):
     """Loss and accuracy of a saved model on a dataset's test set."""
     ck = load_checkpoint(checkpoint)
-    cfg = ck.config
+    cfg = upgrade_config(ck.config)
     if dataset is None:
         dataset = cfg.get("dataset")
         if dataset is None:
@@ -464,7 +515,7 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json):
             data_dir = cfg.get("data_dir")
     dtype = ck.model.dtype.type
     _, _, x_test, y_test = _load_data(
-        _dataset_key(dataset), data_dir, cfg.get("val_split", 0.2), cfg.get("seed", 0), False, dtype
+        _dataset_key(dataset), data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype
     )
     check_data(ck.model, (x_test, y_test, x_test, y_test))
     loss, acc = evaluate(ck.model, x_test, y_test)

@@ -73,14 +73,14 @@ def spiral(points_per_class=1000, classes=3, noise=0.2, seed=0, dtype=np.float32
     return x, y
 
 
-def split(x, y, val_split, seed):
-    """Shuffle with `seed` and cut off the last `val_split` fraction as the test set."""
-    if not 0 < val_split < 1:
-        raise ValueError(f"val_split must be in (0, 1), got {val_split}")
+def split(x, y, test_split, seed):
+    """Shuffle with `seed` and cut off the last `test_split` fraction as the test set."""
+    if not 0 < test_split < 1:
+        raise ValueError(f"test_split must be in (0, 1), got {test_split}")
     order = np.random.default_rng(seed).permutation(len(x))
-    n_test = max(1, int(round(len(x) * val_split)))
+    n_test = max(1, int(round(len(x) * test_split)))
     if n_test >= len(x):
-        raise ValueError(f"val_split {val_split} leaves no training rows out of {len(x)}")
+        raise ValueError(f"test_split {test_split} leaves no training rows out of {len(x)}")
     tr, te = order[:-n_test], order[-n_test:]
     return x[tr], y[tr], x[te], y[te]
 
@@ -342,18 +342,22 @@ def load_inputs(path):
     return check_features(x, path)
 
 
-def load(name, data_dir=None, val_split=0.2, seed=0, download=False):
+def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_split=None):
     """`spiral` (embedded, generated), `mnist`, `fashion-mnist` (four IDX files in data_dir), or a
-    path to a .npz (x, y) / .csv (label first) file, split into train and test by val_split."""
+    path to a .npz (x, y) / .csv (label first) file, split into train and test by test_split
+    (shuffled with seed). `val_split` is test_split's old name, still accepted here; a validation
+    set is carved from the training rows by nbnet.train.split_validation."""
+    if val_split is not None:
+        test_split = val_split
     name = os.fspath(name)
     if name == "spiral":
         x, y = spiral()
-        return split(x, y, val_split, seed)
+        return split(x, y, test_split, seed)
     if name in IMAGE_DATASETS:
         return load_idx_dataset(name, data_dir or default_data_dir(name), download=download)
     if name.endswith((".npz", ".csv")):
         x, y = load_file(name)
-        return split(x, y, val_split, seed)
+        return split(x, y, test_split, seed)
     raise ValueError(
         f"unknown dataset {name!r} (use spiral, mnist, fashion-mnist, or a .npz/.csv file)"
     )

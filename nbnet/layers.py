@@ -7,6 +7,10 @@ picks the kernel, nothing else changes.
 Buffers: a layer owns its output and input-gradient arrays and reuses them while the batch size
 stays the same, so a training step allocates nothing. The array `forward` returns is therefore
 overwritten by the next `forward` of the same layer: copy it if you need to keep it.
+
+Layers and losses are callable, as in PyTorch: `layer(x)` is `layer.forward(x)`. A forward takes
+exactly its dtype and converts nothing (a float64 batch into a float32 Linear is a ValueError, not a
+silent downcast); nb.train / nb.evaluate / nb.predict are where features get converted.
 """
 
 from dataclasses import dataclass, field
@@ -59,6 +63,9 @@ class Parameter:
 
 class Layer:
     """What every layer shares: no parameters by default, a reusable buffer, and input checks."""
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def parameters(self):
         return []
@@ -136,15 +143,17 @@ class Linear(Layer):
     """Y = X Wᵀ + b:  y_ij = Σ_l x_il w_jl + b_j.   X (N, in), W (out, in), b (out,).
 
     Backward with G = dL/dY:  dW += Gᵀ X,  db += Σ_i G_i,  dX = G W.
-    Weights He-uniform from `seed`, bias zero.
+    Weights He-uniform from `seed`, bias zero. With bias=False there is no b (`.bias` and
+    `.grad_bias` are None, parameters() is [weight]): the kernels get a zero vector for b and a
+    scratch for db that nothing reads, so every device runs the one tested kernel.
     """
 
     in_features: int
     out_features: int
+    bias: Any = field(default=True, kw_only=True, repr=False)
     dtype: Any = field(default=np.float32, kw_only=True)
     seed: Any = field(default=None, kw_only=True, repr=False)
     weight: Any = field(init=False, repr=False)
-    bias: Any = field(init=False, repr=False)
     grad_weight: Any = field(init=False, repr=False)
     grad_bias: Any = field(init=False, repr=False)
     inp: Any = field(init=False, default=None, repr=False)  # forward cache: X
@@ -161,30 +170,59 @@ class Linear(Layer):
         self.dtype = np.dtype(self.dtype).type
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"Linear: dtype must be float32 or float64, got {np.dtype(self.dtype)}")
+        if not isinstance(self.bias, (bool, np.bool_)):
+            raise ValueError(f"Linear: bias must be True or False, got {self.bias!r}")
+        has_bias = bool(self.bias)
         rng = np.random.default_rng(self.seed)
         self.weight = _he_uniform(rng, self.out_features, self.in_features, self.dtype)
-        self.bias = np.zeros(self.out_features, self.dtype)
+        self.bias = np.zeros(self.out_features, self.dtype) if has_bias else None
         self.grad_weight = np.zeros_like(self.weight)
-        self.grad_bias = np.zeros_like(self.bias)
+        self.grad_bias = np.zeros_like(self.bias) if has_bias else None
+
+    def __repr__(self):
+        extra = ", bias=False" if self.bias is None else ""
+        dtype = "" if self.dtype is np.float32 else f", dtype=np.{np.dtype(self.dtype).name}"
+        return f"Linear({self.in_features}, {self.out_features}{extra}{dtype})"
 
     def describe(self):
         return f"Linear({self.in_features}, {self.out_features})"
 
     def config(self):
-        return {
+        cfg = {
             "in_features": self.in_features,
             "out_features": self.out_features,
             "dtype": np.dtype(self.dtype).name,
         }
+        if self.bias is None:  # only then: checkpoints of a biased layer read as before
+            cfg["bias"] = False
+        return cfg
 
     def parameters(self):
+        if self.bias is None:
+            return [Parameter(self, "weight")]
         return [Parameter(self, "weight"), Parameter(self, "bias")]
+
+    def _bias(self, like):
+        """b, or for bias=False a zero vector on like's device (made once per device)."""
+        if self.bias is not None:
+            return self.bias
+        zeros = getattr(self, "zero_bias", None)
+        if zeros is None or isinstance(zeros, np.ndarray) != isinstance(like, np.ndarray):
+            zeros = self._buffer("zero_bias", like, (self.out_features,), self.weight.dtype)
+            kernels(zeros).fill(zeros, 0)
+        return zeros
+
+    def _grad_bias(self, like):
+        """db, or for bias=False a scratch the kernel adds into and nothing reads."""
+        if self.grad_bias is not None:
+            return self.grad_bias
+        return self._buffer("grad_bias_scratch", like, (self.out_features,), self.weight.dtype)
 
     def forward(self, x):
         x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
-        kernels(x).linear_forward(out, x, self.weight, self.bias, self._weight_t(x))
+        kernels(x).linear_forward(out, x, self.weight, self._bias(x), self._weight_t(x))
         return out
 
     def forward_relu(self, x, relu):
@@ -195,7 +233,7 @@ class Linear(Layer):
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
         act = relu._buffer("out", x, out.shape, x.dtype)
         relu.inp = out
-        kernels(x).linear_relu_forward(out, act, x, self.weight, self.bias, self._weight_t(x))
+        kernels(x).linear_relu_forward(out, act, x, self.weight, self._bias(x), self._weight_t(x))
         return act
 
     def _weight_t(self, x):
@@ -209,7 +247,7 @@ class Linear(Layer):
         fed this one), returns the gradient at that ReLU's input instead, in the same pass."""
         dout = self._check_grad(dout, self.out)
         k = kernels(dout)
-        k.linear_backward_params(self.grad_weight, self.grad_bias, dout, self.inp)
+        k.linear_backward_params(self.grad_weight, self._grad_bias(dout), dout, self.inp)
         if not need_input_grad:
             return None
         if relu is not None:

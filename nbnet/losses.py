@@ -1,6 +1,11 @@
 """Losses: `forward(pred, target) -> float` (the batch mean), then `backward() -> dL/dpred`.
+Callable, as in PyTorch: `loss_fn(logits, y)` is `loss_fn.forward(logits, y)`.
 
 The mean's 1/N is applied here and only here; layers' backwards never divide by the batch size.
+
+Targets are data, not computed values, so a loss takes them as given: a list of labels becomes an
+array, and MSELoss converts host targets of another dtype (float64, integers) to the predictions'
+dtype and reads (N,) targets as (N, 1). Predictions are never converted.
 """
 
 from dataclasses import dataclass, field
@@ -12,7 +17,9 @@ from .layers import Layer, kernels
 
 
 def check_labels(who, targets, n, classes):
-    """Labels must be a 1-D integer array of length n with values in [0, classes)."""
+    """Labels must be a 1-D integer array (or list) of length n with values in [0, classes)."""
+    if isinstance(targets, (list, tuple)):
+        targets = np.asarray(targets)
     if not hasattr(targets, "dtype") or not np.issubdtype(targets.dtype, np.integer):
         got = getattr(targets, "dtype", type(targets).__name__)
         raise ValueError(f"{who}: labels must be an integer array, got {got}")
@@ -93,7 +100,10 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
 @dataclass(eq=False)
 class MSELoss(Layer):
     """On predictions p (N, D) and targets t (N, D):  L = (1/(N D)) Σ_ij (p_ij − t_ij)², the same as
-    PyTorch's MSELoss(). Backward: dp = 2 (p − t) / (N D)."""
+    PyTorch's MSELoss(). Backward: dp = 2 (p − t) / (N D).
+
+    Targets may be a list, (N,) for (N, 1) predictions, or of another real dtype (converted to the
+    predictions' dtype: float64 targets for a float32 model are rounded to float32 once, here)."""
 
     pred: Any = field(init=False, default=None, repr=False)
     target: Any = field(init=False, default=None, repr=False)
@@ -101,6 +111,14 @@ class MSELoss(Layer):
 
     def forward(self, pred, target):
         pred = self._check_input(pred)
+        if isinstance(target, (list, tuple)):
+            target = np.asarray(target)
+        if isinstance(target, np.ndarray):
+            if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1:
+                target = target.reshape(-1, 1)
+            if target.dtype != pred.dtype and (np.issubdtype(target.dtype, np.number) or target.dtype == np.bool_) \
+                    and not np.iscomplexobj(target):
+                target = target.astype(pred.dtype)
         target = self._check_input(target, pred.shape[1], pred.dtype, like=pred)
         if target.shape != pred.shape:
             raise ValueError(

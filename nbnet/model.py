@@ -20,20 +20,110 @@ FORMAT_VERSION = 1
 
 class Sequential:
     """Layers applied in order. `backward(grad)` runs them in reverse and fills the gradients;
-    `backward(grad, need_input_grad=True)` also returns dL/dX."""
+    `backward(grad, need_input_grad=True)` also returns dL/dX.
 
-    def __init__(self, layers):
-        self.layers = list(layers)
-        if not self.layers:
-            raise ValueError("Sequential: needs at least one layer")
-        for layer in self.layers:
-            if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
-                raise ValueError(f"Sequential: {layer!r} is not a layer")
+    As torch.nn.Sequential: `Sequential([l1, l2])` or `Sequential(l1, l2)`; `model(x)`,
+    `len(model)`, `model[i]` (a layer), `model[i:j]` (a Sequential sharing those layers), iteration
+    over the layers, `state_dict()` / `load_state_dict()`. All layers must share one dtype.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
+        self.layers = _checked_layers(layers)
         pack_parameters(self.parameters())
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n    {inner},\n])"
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            part = Sequential.__new__(Sequential)  # the same layers: not packed again
+            part.layers = _checked_layers(self.layers[index])
+            return part
+        return self.layers[index]
+
+    def state_dict(self):
+        """{"<layer index>.<name>": host array}, e.g. "0.weight", "0.bias", "2.weight" (PyTorch's keys),
+        in parameter order. Copies: training on does not change a state_dict taken before."""
+        return {f"{i}.{p.name}": to_host(p.data).copy() for i, layer in enumerate(self.layers)
+                for p in layer.parameters()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters from `state_dict` (as `state_dict()` returns) into this model, in place
+        (on whatever device it lives). Shapes and dtypes must match (no silent conversion: use
+        `astype` first); strict=False ignores missing and unexpected keys. Nothing is written
+        unless every entry fits."""
+        own = {f"{i}.{p.name}": p for i, layer in enumerate(self.layers) for p in layer.parameters()}
+        if strict:
+            missing = [k for k in own if k not in state_dict]
+            unexpected = [k for k in state_dict if k not in own]
+            if missing or unexpected:
+                raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        todo = []
+        for key, p in own.items():
+            if key not in state_dict:
+                continue
+            value = state_dict[key]
+            value = value if isinstance(value, np.ndarray) else to_host(value) if hasattr(value, "copy_to_host") else np.asarray(value)
+            if value.shape != p.data.shape or value.dtype != p.data.dtype:
+                raise ValueError(
+                    f"load_state_dict: {key} is {value.shape} {value.dtype}, the model has {p.data.shape} {p.data.dtype}"
+                )
+            todo.append((p, value))
+        for p, value in todo:
+            if isinstance(p.data, np.ndarray):
+                p.data[...] = value
+            else:
+                p.data.copy_to_device(np.ascontiguousarray(value))
+
+    def num_parameters(self):
+        return sum(int(np.prod(p.data.shape)) for p in self.parameters())
+
+    def summary(self):
+        """A table of the layers, their output shapes (N is the batch) and parameter counts, with
+        the total; a string that prints as the table (and shows as one in a REPL)."""
+        rows = [("#", "layer", "output shape", "parameters")]
+        width = None
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                width = layer.out_features
+            n = sum(int(np.prod(p.data.shape)) for p in layer.parameters())
+            rows.append((str(i), repr(layer), f"(N, {'?' if width is None else width})", f"{n:,}"))
+        sizes = [max(len(r[c]) for r in rows) for c in range(4)]
+        line = "-" * (sum(sizes) + 6)
+
+        def fmt(r):
+            return f"{r[0]:>{sizes[0]}}  {r[1]:<{sizes[1]}}  {r[2]:<{sizes[2]}}  {r[3]:>{sizes[3]}}"
+
+        body = [fmt(rows[0]), line, *map(fmt, rows[1:]), line]
+        body.append(f"{self.num_parameters():,} parameters ({np.dtype(self.dtype).name}, "
+                    f"{sum(to_host(p.data).nbytes for p in self.parameters()):,} bytes)")
+        return Summary("\n".join(body))
+
+    def astype(self, dtype):
+        """A copy of this model (on the host) with every layer in `dtype` (np.float32 or
+        np.float64), parameters converted; like NumPy's astype, the model itself is unchanged."""
+        name = np.dtype(dtype).name
+        if name not in ("float32", "float64"):
+            raise ValueError(f"astype: dtype must be float32 or float64, got {name}")
+        arrays = self.state_arrays()
+        arch = json.loads(str(arrays[ARCH_KEY]))
+        for spec in arch["layers"]:
+            if "dtype" in spec:
+                spec["dtype"] = name
+        arrays[ARCH_KEY] = np.array(json.dumps(arch))
+        for key in arrays:
+            if key != ARCH_KEY:
+                arrays[key] = arrays[key].astype(name)
+        return model_from_arrays(arrays, source="astype")
 
     def forward(self, x):
         layers, i = self.layers, 0
@@ -121,6 +211,28 @@ class Sequential:
 
     def save(self, path):
         write_npz_atomic(path, self.state_arrays())
+
+
+class Summary(str):
+    """Sequential.summary()'s table: a str whose repr is itself, so a REPL shows the table."""
+
+    def __repr__(self):
+        return str(self)
+
+
+def _checked_layers(layers):
+    layers = list(layers)
+    if not layers:
+        raise ValueError("Sequential: needs at least one layer")
+    for layer in layers:
+        if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
+            raise ValueError(f"Sequential: {layer!r} is not a layer")
+    dtypes = {np.dtype(layer.dtype).name: layer for layer in layers if getattr(layer, "dtype", None) is not None}
+    if len(dtypes) > 1:
+        kinds = " and ".join(f"{name} ({layer!r})" for name, layer in dtypes.items())
+        raise ValueError(f"Sequential: layers of different dtypes, {kinds}: convert one with "
+                         "Linear(..., dtype=...) or model.astype(dtype)")
+    return layers
 
 
 def pack_parameters(params):

@@ -225,3 +225,39 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """torch.nn.utils.clip_grad_norm_: the norm of all gradients together, as one vector,
+    total = (Σ_p Σ_i |g_pi|^q)^(1/q) (q = norm_type; inf: max |g|); if total > max_norm, every
+    gradient is scaled in place by max_norm / (total + 1e-6), as torch does. Returns total (a float).
+
+    parameters: Parameters (e.g. model.parameters()) or a single one. The sum runs in float64 (on a
+    copy for a model on the GPU); the scale is applied in the gradients' dtype.
+    """
+    from .model import to_host  # noqa: PLC0415
+
+    params = [parameters] if hasattr(parameters, "grad") else list(parameters)
+    if not isinstance(max_norm, (int, float)) or isinstance(max_norm, bool) or not max_norm >= 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be a number ≥ 0, got {max_norm!r}")
+    q = float(norm_type)
+    if not (q > 0):
+        raise ValueError(f"clip_grad_norm_: norm_type must be > 0 or inf, got {norm_type!r}")
+    if not params:
+        return 0.0
+    grads = [p.grad for p in params if p.grad is not None]
+    host = [to_host(g).astype(np.float64, copy=False).ravel() for g in grads]
+    if math.isinf(q):
+        total = max(float(np.abs(g).max(initial=0.0)) for g in host)
+    else:
+        total = sum(float(np.sum(np.abs(g) ** q)) for g in host) ** (1.0 / q)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise ValueError(f"clip_grad_norm_: the total norm of the gradients is {total}")
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            if isinstance(g, np.ndarray):
+                g *= g.dtype.type(coef)
+            else:
+                g.copy_to_device(g.copy_to_host() * g.dtype.type(coef))
+    return total

@@ -17,11 +17,13 @@ def _require_pyplot():
 
 
 def plot_curves(history, path, title=None):
-    """Draw loss (left) and accuracy (right) per epoch, train and test, and save a PNG to `path`.
+    """Draw loss (left) and accuracy (right) per epoch, train, validation and test, and save a PNG
+    to `path`.
 
     `history` is a list of per-epoch dicts as `nbnet train --metrics-out` writes them: keys `epoch`,
-    `train_loss`, `train_accuracy`, `test_loss`, `test_accuracy` (accuracies as fractions; any of
-    the train/test keys may be missing or None, and that curve is left out).
+    `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`, `test_loss`, `test_accuracy`
+    (accuracies as fractions; any of these may be missing or None, and that curve is left out).
+    A regression run (`--loss mse`) has `*_r2` instead of `*_accuracy`: the right panel shows R².
     """
     history = list(history)
     if not history:
@@ -30,25 +32,32 @@ def plot_curves(history, path, title=None):
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    style = {"train": dict(color="tab:blue"), "test": dict(color="tab:orange")}
+    style = {"train": dict(color="tab:blue"), "val": dict(color="tab:green"), "test": dict(color="tab:orange")}
+    names = {"train": "train", "val": "validation", "test": "test"}
+    regression = not any(k.endswith("_accuracy") for k in history[0]) and any(k.endswith("_r2") for k in history[0])
+    metric, metric_scale = ("r2", 1) if regression else ("accuracy", 100)
     marker = "o" if len(epochs) <= 30 else None  # dots help with few epochs, clutter with many
 
-    for split in ("train", "test"):
-        for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
+    for split in ("train", "val", "test"):
+        for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, metric, metric_scale)):
             points = [(e, h.get(f"{split}_{key}")) for e, h in zip(epochs, history)]
             points = [(e, v * scale) for e, v in points if v is not None]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker=marker, markersize=4, label=split, **style[split])
+                ax.plot(xs, ys, marker=marker, markersize=4, label=names[split], **style[split])
 
     last = history[-1]
     ax_loss.set_title("loss")
-    ax_loss.set_ylabel("cross-entropy (mean per sample)")
-    ax_acc.set_title("accuracy" + (
-        f"  (final test {100 * last['test_accuracy']:.2f}%)"
-        if last.get("test_accuracy") is not None else ""
-    ))
-    ax_acc.set_ylabel("% correct")
+    ax_loss.set_ylabel("mean squared error" if regression else "loss (mean per sample)")
+    if regression:
+        ax_acc.set_title("R²" + (f"  (final test {last['test_r2']:.4f})" if last.get("test_r2") is not None else ""))
+        ax_acc.set_ylabel("R² (1 is perfect)")
+    else:
+        ax_acc.set_title("accuracy" + (
+            f"  (final test {100 * last['test_accuracy']:.2f}%)"
+            if last.get("test_accuracy") is not None else ""
+        ))
+        ax_acc.set_ylabel("% correct")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)

@@ -23,7 +23,7 @@ import numpy as np
 from .check import compile_kernels
 from .data import batches, batches_reusing
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
-from .losses import SoftmaxCrossEntropy, check_labels
+from .losses import MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
 from .optim import OPTIMIZERS
 
@@ -55,6 +55,12 @@ class TrainState:
     correct: int = 0
     seen: int = 0
     seconds: float = 0.0
+    # Model selection on the validation set: the lowest validation loss so far, its epoch (1-based),
+    # and the epochs since it (early stopping's patience counter). Saved in checkpoints, so a
+    # resumed run chooses as one that never stopped.
+    best_val_loss: float = None
+    best_epoch: int = None
+    bad_epochs: int = 0
 
 
 def build_model(in_features, hidden, classes, activation="relu", dtype=np.float32, seed=0):
@@ -96,84 +102,240 @@ def learning_rate(schedule, lr, step, epoch, epochs, steps_per_epoch):
     raise ValueError(f"unknown lr schedule {schedule!r} (use {', '.join(SCHEDULES)})")
 
 
+LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSELoss}
+# What each loss reports beside itself: accuracy for the classifiers (for bce: the fraction of
+# correct labels, every output a label), R² for mse (whose loss is the MSE).
+METRIC = {"cross-entropy": "accuracy", "mse": "r2"}
+VAL_SEED_TAG = 0x56414C  # "VAL": the validation split's own seed stream, (seed, VAL_SEED_TAG)
+
+
+def check_loss(loss):
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r} (use {', '.join(LOSSES)})")
+    return loss
+
+
+def as_features(model, x, who="x"):
+    """x as a C-contiguous (N, D) array of the model's dtype: lists, integer, bool and float64 (for
+    a float32 model) features are converted here, in nb.train / nb.evaluate / nb.predict, and only
+    here (a layer's forward converts nothing)."""
+    if not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host"):
+        return x  # already on the GPU: its dtype is checked by the first layer
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
+        raise ValueError(f"{who}: features must be real numbers, got {x.dtype}")
+    if x.ndim == 1:
+        raise ValueError(f"{who}: expected a 2-D (N, D) array, got shape {x.shape} (one sample: x[None])")
+    return np.ascontiguousarray(x, dtype=model.dtype)
+
+
+def as_targets(model, y, loss, who="y"):
+    """Targets as the loss wants them: integer labels (N,) for cross-entropy; for mse (and bce)
+    float arrays of the model's dtype, (N,) made (N, 1)."""
+    if not isinstance(y, np.ndarray) and hasattr(y, "copy_to_host"):
+        return y
+    y = np.asarray(y)
+    if loss == "cross-entropy":
+        if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)  # whole numbers stored as floats are labels too
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{who}: cross-entropy needs integer class labels, got {y.dtype}")
+        return np.ascontiguousarray(y, dtype=np.int64)
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
+        raise ValueError(f"{who}: {loss} needs numeric targets, got {y.dtype}")
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    return np.ascontiguousarray(y, dtype=model.dtype)
+
+
+def split_validation(x, y, fraction, seed):
+    """(x_train, y_train, x_val, y_val): a fraction of the rows, shuffled with (seed, VAL_SEED_TAG),
+    held out for validation. fraction 0 gives no validation rows (x_val, y_val None)."""
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"val_split must be in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return x, y, None, None
+    n = len(x)
+    n_val = max(1, int(round(n * fraction)))
+    if n_val >= n:
+        raise ValueError(f"val_split {fraction} leaves no training rows out of {n}")
+    order = np.random.default_rng((seed, VAL_SEED_TAG)).permutation(n)
+    tr, va = np.sort(order[:-n_val]), np.sort(order[-n_val:])
+    return x[tr], y[tr], x[va], y[va]
+
+
+def _r2(ss_res, ss_tot):
+    """R² = 1 − SS_res / SS_tot, summed over every output (sklearn's "variance_weighted", the same
+    as its default for one output); a constant target gives 1 if predicted exactly, else 0."""
+    if ss_tot > 0:
+        return 1.0 - ss_res / ss_tot
+    return 1.0 if ss_res == 0 else 0.0
+
+
+def _ss_tot(y):
+    y = to_host(y).astype(np.float64)
+    return float(((y - y.mean(axis=0)) ** 2).sum())
+
+
+def _batch_correct(loss, logits, yb):
+    """What the epoch's metric sums per batch: rows with the right class (cross-entropy); nothing
+    for mse (R² comes from the loss sums)."""
+    if loss == "cross-entropy":
+        return kernels(logits).count_correct(logits, yb)
+    return 0
+
+
+def _metric(loss, loss_sum, correct, seen, y):
+    """The epoch's metric from its sums: loss_sum = Σ batch mean loss × rows, correct, seen rows."""
+    if loss == "mse":
+        width = y.shape[1]
+        return _r2(loss_sum * width, _ss_tot(y))
+    return correct / seen
+
+
 def batch_source(model, x, y):
     """`batches(batch_size, shuffle, seed)` over (x, y) where the model lives: on the host, gathered
     into reused buffers (no allocation per step); for a model on the GPU, from a DeviceDataset
-    copied over once. Both give exactly the batches of `nbnet.batches`."""
-    if isinstance(model.parameters()[0].data, np.ndarray):
+    copied over once (class labels; other targets come from the host, copied per batch). All give
+    exactly the batches of `nbnet.batches`."""
+    on_host = isinstance(model.parameters()[0].data, np.ndarray)
+    if on_host or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         return lambda batch_size, shuffle, seed=None: batches_reusing(x, y, batch_size, shuffle, seed)
     from .gpu import DeviceDataset  # noqa: PLC0415
 
     return DeviceDataset(x, y).batches
 
 
-def evaluate(model, x, y, batch_size=1000, source=None):
-    """(mean loss, accuracy) of the model on (x, y), in batches."""
-    loss_fn = SoftmaxCrossEntropy()
+def evaluate(model, x, y, batch_size=1000, source=None, loss="cross-entropy"):
+    """(mean loss, metric) of the model on (x, y), in batches: the metric is the accuracy for
+    cross-entropy, R² for mse (see METRIC)."""
+    loss_fn = LOSSES[check_loss(loss)]()
     loss_sum, correct = 0.0, 0
     source = batch_source(model, x, y) if source is None else source
     for xb, yb in source(batch_size, shuffle=False):
         logits = model.forward(xb)
         loss_sum += loss_fn.forward(logits, yb) * len(yb)
-        correct += kernels(logits).count_correct(logits, yb)
-    return loss_sum / len(y), correct / len(y)
+        correct += _batch_correct(loss, logits, yb)
+    return loss_sum / len(y), _metric(loss, loss_sum, correct, len(y), y)
 
 
-def predict(model, x, batch_size=1000):
-    """Predicted classes (N,) and class probabilities (N, C)."""
+def predict(model, x, batch_size=1000, loss="cross-entropy"):
+    """(predictions, scores) for the rows of x: for cross-entropy the classes (N,) and class
+    probabilities (N, C); for mse the outputs (N, D), twice."""
     from .layers import Softmax  # noqa: PLC0415
 
+    check_loss(loss)
     softmax = Softmax()
-    probs = [to_host(softmax.forward(model.forward(xb))).copy() for xb, _ in
-             batches(x, np.zeros(len(x)), batch_size, shuffle=False)]
-    probs = np.concatenate(probs)
-    return probs.argmax(axis=1), probs
+    outs = []
+    for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
+        z = model.forward(xb)
+        outs.append(to_host(softmax.forward(z) if loss == "cross-entropy" else z).copy())
+    scores = np.concatenate(outs)
+    if loss == "cross-entropy":
+        return scores.argmax(axis=1), scores
+    return scores, scores
 
 
-def check_data(model, data):
-    """The data must fit the model: feature count, dtype, labels within its classes."""
+def check_data(model, data, loss="cross-entropy"):
+    """The data must fit the model: feature count, dtype, labels within its classes (targets of
+    its output width for mse). data: (x_train, y_train[, x_test, y_test]), a part may be None."""
     first = next(layer for layer in model.layers if isinstance(layer, Linear))
     last = [layer for layer in model.layers if isinstance(layer, Linear)][-1]
-    for part, x, y in (("train", data[0], data[1]), ("test", data[2], data[3])):
+    parts = ("train", "test", "validation")
+    for i in range(0, len(data), 2):
+        part, x, y = parts[i // 2], data[i], data[i + 1]
+        if x is None:
+            continue
         if x.ndim != 2 or x.shape[1] != first.in_features:
             raise ValueError(
                 f"{part} data has {x.shape[1:]} features per row, the model expects {first.in_features}"
             )
         if len(x) == 0:
             raise ValueError(f"{part} data is empty")
-        check_labels(f"{part} data", y, len(x), last.out_features)
+        if loss == "cross-entropy":
+            check_labels(f"{part} data", y, len(x), last.out_features)
+        elif y.shape != (len(x), last.out_features):
+            raise ValueError(
+                f"{part} data has targets of shape {tuple(y.shape)}, the model outputs ({len(x)}, {last.out_features})"
+            )
+
+
+class History(list):
+    """What `train` returns: the per-epoch metrics dicts (a list), plus `best_epoch` and
+    `best_val_loss` (the epoch with the lowest validation loss, None without validation data) and
+    `stopped_early` (early stopping ended the run before `epochs`)."""
+
+    best_epoch = None
+    best_val_loss = None
+    stopped_early = False
 
 
 def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
-          state=None, on_step=None, on_epoch=None, should_stop=None, eval_batch_size=1000):
-    """Train up to `epochs` epochs in total (continuing from `state`), and return the history:
-    one dict per epoch with epoch, train_loss, train_accuracy, test_loss, test_accuracy, lr,
-    seconds, samples_per_second.
+          loss="cross-entropy", val_data=None, val_split=0.0, early_stopping=None, min_delta=0.0,
+          restore_best=False, shuffle=True, state=None, on_step=None, on_epoch=None, on_best=None,
+          should_stop=None, eval_batch_size=1000):
+    """Train up to `epochs` epochs in total (continuing from `state`), and return the History:
+    one dict per epoch with epoch, train_loss, train_<metric>, [val_loss, val_<metric>,]
+    [test_loss, test_<metric>,] lr, seconds, samples_per_second; <metric> is accuracy for
+    cross-entropy, r2 for mse (whose loss is the MSE).
 
-    data: (x_train, y_train, x_test, y_test), host arrays in the model's dtype.
+    data: (x_train, y_train) or (x_train, y_train, x_test, y_test): NumPy arrays or lists;
+        features are converted to the model's dtype (float64 or integers for a float32 model),
+        targets to what the loss wants (see as_targets). The test set is only reported, never
+        used to choose anything.
+    loss: "cross-entropy" (softmax cross-entropy on logits, integer labels) or "mse".
+    val_data=(x_val, y_val), or val_split=F: hold out a fraction F of the training rows (shuffled
+        with (seed, VAL_SEED_TAG)) for validation. The best epoch is the one with the lowest
+        validation loss (improving by more than min_delta).
+    early_stopping=N: stop after N epochs in a row without a better validation loss.
+    restore_best: at the end, put back the weights of the best epoch (of this call).
     lr: the base rate of the schedule (default: the optimizer's rate on entry).
-    on_step(state, batch, n_batches, running_loss) after each step; on_epoch(state, metrics) after
-    each epoch; should_stop() is asked after each step: True raises TrainingInterrupted(state).
+    on_step(state, batch, n_batches, running_loss) after each step; on_best(state, metrics) after
+    an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
+    should_stop() is asked after each step: True raises TrainingInterrupted(state).
     Raises TrainingDiverged (a ValueError) on a NaN/Inf loss, before that step updates anything.
     """
-    x_train, y_train, x_test, y_test = data
-    if not isinstance(epochs, int) or epochs < 1:
+    check_loss(loss)
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    check_data(model, data)
+    if early_stopping is not None and (not isinstance(early_stopping, (int, np.integer)) or early_stopping < 1):
+        raise ValueError(f"early_stopping must be a positive integer (epochs of patience), got {early_stopping!r}")
+    if len(data) not in (2, 4):
+        raise ValueError("data must be (x_train, y_train) or (x_train, y_train, x_test, y_test)")
+    x_train, y_train = as_features(model, data[0], "x_train"), as_targets(model, data[1], loss, "y_train")
+    x_test = y_test = x_val = y_val = None
+    if len(data) == 4 and data[2] is not None:
+        x_test, y_test = as_features(model, data[2], "x_test"), as_targets(model, data[3], loss, "y_test")
+    if val_data is not None and val_split:
+        raise ValueError("give val_data or val_split, not both")
+    if val_data is not None:
+        x_val, y_val = as_features(model, val_data[0], "x_val"), as_targets(model, val_data[1], loss, "y_val")
+    elif val_split:
+        x_train, y_train, x_val, y_val = split_validation(x_train, y_train, val_split, seed)
+    if len(x_train) != len(y_train):
+        raise ValueError(f"x_train has {len(x_train)} rows but y_train has {len(y_train)}")
+    if (early_stopping is not None or on_best is not None or restore_best) and x_val is None:
+        raise ValueError("early stopping and keeping the best epoch need validation data (val_data or val_split)")
+    check_data(model, (x_train, y_train, x_test, y_test, x_val, y_val), loss)
+    metric = METRIC[loss]
     base_lr = opt.lr if lr is None else lr
     state = TrainState() if state is None else state
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
-    loss_fn = SoftmaxCrossEntropy()
+    loss_fn = LOSSES[loss]()
     train_batches = batch_source(model, x_train, y_train)
-    test_batches = batch_source(model, x_test, y_test)
+    test_batches = batch_source(model, x_test, y_test) if x_test is not None else None
+    val_batches = batch_source(model, x_val, y_val) if x_val is not None else None
+    best_params = None
     # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
     # seconds and samples/s measure training, not compilation.
-    compile_kernels(model, opt, np.asarray(y_train).dtype)
+    compile_kernels(model, opt, loss_fn, y_train)
 
     while state.epoch < epochs:
+        if early_stopping is not None and state.bad_epochs >= early_stopping:
+            break  # stopped before (e.g. a resumed run that had already stopped early)
         epoch = state.epoch
         skip = state.step - epoch * steps_per_epoch  # steps of this epoch done before a resume
         if not 0 <= skip <= steps_per_epoch:  # == : stopped after its last step
@@ -182,22 +344,22 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 f"{steps_per_epoch} steps per epoch: was the batch size or the data changed?"
             )
         t0 = time.perf_counter()
-        for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=True, seed=(seed, epoch))):
+        for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
             if b < skip:
                 continue
             opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
             opt.zero_grad()
             logits = model.forward(xb)
-            loss = loss_fn.forward(logits, yb)
-            if not math.isfinite(loss):
+            value = loss_fn.forward(logits, yb)
+            if not math.isfinite(value):
                 raise TrainingDiverged(
-                    f"training diverged: loss is {loss} at epoch {epoch + 1}, step {b + 1}"
+                    f"training diverged: loss is {value} at epoch {epoch + 1}, step {b + 1}"
                 )
-            correct = kernels(logits).count_correct(logits, yb)
+            correct = _batch_correct(loss, logits, yb)
             model.backward(loss_fn.backward(), need_input_grad=False)
             opt.step()
             state.step += 1
-            state.loss_sum += loss * len(yb)
+            state.loss_sum += value * len(yb)
             state.correct += correct
             state.seen += len(yb)
             if on_step is not None:
@@ -206,20 +368,46 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 state.seconds += time.perf_counter() - t0
                 raise TrainingInterrupted(state)
         seconds = state.seconds + time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch_size, test_batches)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / state.seen,
-            "train_accuracy": state.correct / state.seen,
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
+            f"train_{metric}": _metric(loss, state.loss_sum, state.correct, state.seen, y_train),
+        }
+        if x_val is not None:
+            metrics["val_loss"], metrics[f"val_{metric}"] = evaluate(
+                model, x_val, y_val, eval_batch_size, val_batches, loss)
+        if x_test is not None:
+            metrics["test_loss"], metrics[f"test_{metric}"] = evaluate(
+                model, x_test, y_test, eval_batch_size, test_batches, loss)
+        metrics.update({
             "lr": opt.lr,
             "seconds": seconds,
             "samples_per_second": state.seen / seconds if seconds > 0 else 0.0,
-        }
+        })
         state.epoch += 1
         state.loss_sum, state.correct, state.seen, state.seconds = 0.0, 0, 0, 0.0
         state.history.append(metrics)
+        improved = False
+        if x_val is not None:
+            v = metrics["val_loss"]
+            if state.best_val_loss is None or v < state.best_val_loss - min_delta:
+                state.best_val_loss, state.best_epoch, state.bad_epochs = v, epoch + 1, 0
+                improved = True
+                if restore_best:
+                    best_params = [to_host(p.data).copy() for p in model.parameters()]
+            else:
+                state.bad_epochs += 1
+        if improved and on_best is not None:
+            on_best(state, metrics)
         if on_epoch is not None:
             on_epoch(state, metrics)
-    return state.history
+    if restore_best and best_params is not None:
+        for p, value in zip(model.parameters(), best_params):
+            if isinstance(p.data, np.ndarray):
+                p.data[...] = value
+            else:
+                p.data.copy_to_device(value)
+    history = History(state.history)
+    history.best_epoch, history.best_val_loss = state.best_epoch, state.best_val_loss
+    history.stopped_early = early_stopping is not None and state.bad_epochs >= early_stopping and state.epoch < epochs
+    return history

@@ -321,3 +321,21 @@ def test_train_loop_on_the_device_matches_the_cpu_history():
             assert h_gpu[key] == pytest.approx(h_cpu[key], rel=1e-10)
         for key in ("train_accuracy", "test_accuracy"):
             assert h_gpu[key] == h_cpu[key]
+
+
+def test_linear_without_bias_on_device_matches_cpu():
+    """bias=False: the zero-bias vector and the db scratch are made on the device too."""
+    rng = np.random.default_rng(8)
+    x, y = rand(rng, (8, 3), np.float64, -2, 2), rng.integers(0, 4, size=8)
+    runs = []
+    for device in ("cpu", "cuda"):
+        model = nb.Sequential(nb.Linear(3, 5, seed=0, dtype=np.float64, bias=False), nb.ReLU(),
+                              nb.Linear(5, 4, seed=1, dtype=np.float64, bias=False)).to(device)
+        opt = nb.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        runs.append((train(model, opt, nb.SoftmaxCrossEntropy(), x, y, 2), model))
+    (cl, cm), (gl, gm) = runs
+    np.testing.assert_allclose(gl, cl, rtol=1e-10)
+    for pc, pg in zip(cm.parameters(), gm.parameters()):
+        np.testing.assert_allclose(to_host(pg.data), pc.data, rtol=1e-10)
+    gm.to("cpu")
+    assert gm.layers[0].bias is None and len(gm.parameters()) == 2

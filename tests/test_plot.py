@@ -59,3 +59,35 @@ def test_plot_curves_without_matplotlib_says_how_to_install(tmp_path, monkeypatc
     with pytest.raises(ImportError, match=r"pip install 'nbnet\[plot\]'"):
         plot_curves(fake_history(2), tmp_path / "curves.png")
     assert not (tmp_path / "curves.png").exists()
+
+
+def drawn_curves(monkeypatch, history, tmp_path):
+    """{panel title: [line labels]} of the figure plot_curves saves."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    seen = {}
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        for ax in fig.axes:
+            seen[ax.get_title().split()[0]] = [line.get_label() for line in ax.lines]
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    plot_curves(history, tmp_path / "curves.png")
+    png_size(tmp_path / "curves.png")
+    return seen
+
+
+def test_plot_curves_show_validation_beside_train_and_test(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    history = [dict(h, val_loss=h["test_loss"] + 0.1, val_accuracy=h["test_accuracy"] - 0.01) for h in fake_history(4)]
+    assert drawn_curves(monkeypatch, history, tmp_path) == {
+        "loss": ["train", "validation", "test"], "accuracy": ["train", "validation", "test"]}
+
+
+def test_plot_curves_of_a_regression_show_r2(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    history = [{"epoch": e, "train_loss": 1 / e, "train_r2": 1 - 1 / e, "test_loss": 1.1 / e, "test_r2": 0.9 - 1 / e}
+               for e in (1, 2, 3)]
+    assert drawn_curves(monkeypatch, history, tmp_path) == {"loss": ["train", "test"], "R²": ["train", "test"]}

@@ -56,3 +56,20 @@ def test_bench_gemm_quick_prints_cpu_isa_and_ratios():
     out = done.stdout
     assert "ISA" in out and "blocks:" in out and "% BLAS" in out and "% of sgemm" in out
     assert out.count("float32") >= 9  # forward, dW, dX at each of the three layers
+
+
+def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
+    import pytest  # noqa: PLC0415
+
+    pytest.importorskip("sklearn")
+    done = subprocess.run([sys.executable, str(PROFILING / "bench_sklearn.py"), "--quick"],
+                          capture_output=True, text=True, cwd=PROFILING, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("CPU: ") and "ISA: " in out and "speedup" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("synth")]
+    assert [r[2] for r in rows] == ["adam", "sgd"]
+    for r in rows:  # seconds, accuracy for each side, then the ratio
+        assert float(r[3]) > 0 and 0 <= float(r[4]) <= 1 and float(r[5]) > 0 and 0 <= float(r[6]) <= 1
+        assert r[7].endswith("x")

@@ -1,0 +1,39 @@
+"""nb.train, nb.evaluate, nb.predict: the loop `nbnet train` runs (nbnet.train), from Python.
+
+    model = nb.Sequential(nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 10, seed=1))
+    opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    history = nb.train(model, opt, (x_train, y_train, x_test, y_test), epochs=10, batch_size=128,
+                       val_split=0.1, early_stopping=3, restore_best=True)
+    nb.evaluate(model, x_test, y_test)      # {"loss": ..., "accuracy": ...}
+    nb.predict(model, x_new)                # classes (N,); proba=True: probabilities (N, C)
+
+Features may be lists, integers or float64: they are converted to the model's dtype here (never
+inside a layer's forward, which takes exactly its dtype). `loss` picks the task: "cross-entropy"
+(integer labels, accuracy reported), "mse" (float targets, MSE and R² reported).
+"""
+
+from . import train as _loop
+from .train import History, TrainingDiverged, TrainingInterrupted  # noqa: F401 - re-exported
+
+train = _loop.train
+
+
+def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
+    """The model's mean loss on (x, y) and its metric, as a dict: {"loss", "accuracy"} for
+    cross-entropy; {"loss", "mse", "r2"} for mse (loss and mse are the same number)."""
+    _loop.check_loss(loss)
+    x, y = _loop.as_features(model, x), _loop.as_targets(model, y, loss)
+    _loop.check_data(model, (x, y), loss)
+    value, metric = _loop.evaluate(model, x, y, batch_size, loss=loss)
+    if loss == "mse":
+        return {"loss": value, "mse": value, "r2": metric}
+    return {"loss": value, _loop.METRIC[loss]: metric}
+
+
+def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
+    """Predictions for the rows of x, a new array: for cross-entropy the class of each row (N,)
+    int64, or with proba=True the class probabilities (N, C); for mse the outputs (N, D)."""
+    _loop.check_loss(loss)
+    x = _loop.as_features(model, x)
+    pred, scores = _loop.predict(model, x, batch_size, loss=loss)
+    return scores if proba else pred

@@ -1,0 +1,159 @@
+"""nbnet.sklearn.MLPClassifier against scikit-learn's own MLPClassifier: fit time and test accuracy.
+
+The same work on both sides: the same hidden layers, solver, batch size (200, scikit-learn's
+"auto"), learning rate, alpha, epochs (tol=0 and n_iter_no_change=max_iter, so both run exactly
+--epochs epochs), float32 data, and threads (BLAS threads for scikit-learn pinned with
+threadpoolctl, Numba threads for nbnet). Fits alternate nbnet / scikit-learn repeat by repeat and
+each keeps its best time, so a loaded machine hurts them alike: read the ratios.
+
+    python profiling/bench_sklearn.py                   # 20,000 x 100 synthetic and MNIST (if found)
+    python profiling/bench_sklearn.py --quick           # seconds: a small synthetic run (the tests use it)
+    python profiling/bench_sklearn.py --threads 1,2 --solvers adam,sgd --mnist-dir /work/shared/data/mnist
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
+
+
+def cpu_and_isa():
+    """The CPU's name and the vector ISA the kernels can use (what LLVM compiles Numba code for)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import llvmlite.binding as llvm  # noqa: PLC0415
+
+        feats = llvm.get_host_cpu_features()
+        isa = [f for f in ("avx512f", "avx2", "fma", "avx", "sse4.2", "neon") if feats.get(f)]
+        host = llvm.get_host_cpu_name()
+    except Exception:  # noqa: BLE001 - a description only
+        isa, host = [], "?"
+    return f"{name} (LLVM target {host}), ISA: {'+'.join(isa) or 'unknown'}, {os.cpu_count()} cores"
+
+
+def synthetic(n, d, seed=0):
+    from sklearn.datasets import make_classification  # noqa: PLC0415
+
+    x, y = make_classification(n, d, n_informative=d // 2, n_redundant=d // 4, n_classes=10,
+                               n_clusters_per_class=2, class_sep=1.5, random_state=seed)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    cut = int(0.8 * n)
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def mnist(data_dir):
+    import nbnet as nb  # noqa: PLC0415
+
+    return nb.datasets.load("mnist", data_dir=data_dir)
+
+
+def estimators(hidden, solver, epochs, lr):
+    from sklearn.neural_network import MLPClassifier as SkMLP  # noqa: PLC0415
+
+    from nbnet.sklearn import MLPClassifier as NbMLP  # noqa: PLC0415
+
+    same = dict(hidden_layer_sizes=hidden, solver=solver, batch_size=200, learning_rate_init=lr, alpha=1e-4,
+                max_iter=epochs, tol=0.0, n_iter_no_change=epochs + 1, momentum=0.9,
+                nesterovs_momentum=True, random_state=0, shuffle=True)
+    return {"nbnet": lambda: NbMLP(**same), "sklearn": lambda: SkMLP(**same)}
+
+
+def set_threads(n):
+    """n threads for both: Numba's for nbnet, BLAS's for scikit-learn (a context to enter)."""
+    import numba  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def run(name, data, hidden, solver, epochs, lr, threads, repeats):
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+
+    x, y, xt, yt = data
+    makers = estimators(hidden, solver, epochs, lr)
+    rows = []
+    for t in threads:
+        with set_threads(t), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for make in makers.values():  # warm-up: compile / load the kernels, touch the data
+                make().set_params(max_iter=1).fit(x[:400], y[:400])
+            best, acc = {k: np.inf for k in makers}, {}
+            for _ in range(repeats):  # interleaved
+                for who, make in makers.items():
+                    est = make()
+                    t0 = time.perf_counter()
+                    est.fit(x, y)
+                    best[who] = min(best[who], time.perf_counter() - t0)
+                    acc[who] = est.score(xt, yt)
+                    dtype = est.coefs_[0].dtype
+        ratio = best["sklearn"] / best["nbnet"]
+        rows.append((name, t, solver, best["nbnet"], acc["nbnet"], best["sklearn"], acc["sklearn"], ratio))
+        print(f"{name:<10} {t:>3} {solver:>5} {best['nbnet']:9.2f} {acc['nbnet']:8.4f} "
+              f"{best['sklearn']:9.2f} {acc['sklearn']:8.4f} {ratio:7.2f}x   (sklearn trained in {dtype})", flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 x 100 synthetic, 2 epochs, 1 repeat, no MNIST")
+    ap.add_argument("--threads", default=None, help="comma list (default: 1,2; --quick: 1)")
+    ap.add_argument("--solvers", default="adam,sgd")
+    ap.add_argument("--epochs", type=int, default=None, help="default 10 (synthetic), 5 (MNIST); --quick 2")
+    ap.add_argument("--repeats", type=int, default=None, help="fits per side, best time kept (default 2; --quick 1)")
+    ap.add_argument("--hidden", default="100", help="hidden layer sizes, comma list (scikit-learn's default 100)")
+    ap.add_argument("--samples", type=int, default=20000, help="synthetic rows (80%% train, 20%% test)")
+    ap.add_argument("--features", type=int, default=100)
+    ap.add_argument("--mnist-dir", default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")
+    args = ap.parse_args(argv)
+    try:
+        import sklearn  # noqa: PLC0415
+    except ImportError:
+        print("scikit-learn is not installed: pip install 'nbnet[sklearn]'")
+        return 1
+    sys.path.insert(0, os.path.dirname(__file__))
+    from common import load_warning  # noqa: PLC0415
+
+    if args.quick:
+        args.samples, args.threads = min(args.samples, 2000), args.threads or "1"
+        args.epochs, args.repeats = args.epochs or 2, args.repeats or 1
+    threads = [int(t) for t in (args.threads or "1,2").split(",")]
+    repeats = args.repeats or 2
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    print(f"CPU: {cpu_and_isa()}")
+    print(f"scikit-learn {sklearn.__version__}, NumPy {np.__version__}; hidden {hidden}, batch 200, "
+          f"alpha 1e-4, float32 data, best of {repeats} fits per side, interleaved")
+    if load_warning():
+        print(load_warning())
+    print(f"{'data':<10} {'thr':>3} {'solver':>5} {'nbnet s':>9} {'nb acc':>8} {'sklearn s':>9} {'sk acc':>8} {'speedup':>8}")
+    lr = {"adam": 1e-3, "sgd": 0.01, "adamw": 1e-3}
+    works = [(f"synth{args.samples // 1000}k", synthetic(args.samples, args.features), args.epochs or 10)]
+    mnist_dir = args.mnist_dir or next((d for d in MNIST_DIRS if os.path.isdir(d)), None)
+    if not args.quick and mnist_dir:
+        works.append(("mnist", mnist(mnist_dir), args.epochs or 5))
+    elif not args.quick:
+        print("MNIST not found (--mnist-dir): synthetic only")
+    for name, data, epochs in works:
+        for solver in args.solvers.split(","):
+            run(name, data, hidden, solver, epochs, lr[solver], threads, repeats)
+    print("speedup = scikit-learn's fit seconds / nbnet's: above 1, nbnet is faster. "
+          "Accuracy on held-out rows (MNIST: its test set).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""nb.train / nb.evaluate / nb.predict: the CLI's loop from Python, with validation, early stopping,
+the best epoch, and the loss choice."""
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet.train import split_validation
+
+
+def spiral_model(seed=0, dtype=np.float32):
+    return nb.Sequential([nb.Linear(2, 32, seed=(seed, 0), dtype=dtype), nb.ReLU(),
+                          nb.Linear(32, 3, seed=(seed, 1), dtype=dtype)])
+
+
+def params(model):
+    return [p.data.copy() for p in model.parameters()]
+
+
+def test_train_converts_lists_and_float64_and_equals_float32_bitwise():
+    xtr, ytr, xte, yte = nb.datasets.load("spiral")
+    runs = []
+    for data in ((xtr, ytr, xte, yte), (xtr.astype(np.float64), ytr.tolist(), xte.tolist(), list(yte))):
+        model = spiral_model()
+        opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        history = nb.train(model, opt, data, epochs=2, batch_size=64)
+        runs.append((params(model), [h["test_loss"] for h in history]))
+        assert set(history[0]) >= {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                                   "lr", "seconds", "samples_per_second"}
+        assert "val_loss" not in history[0] and history.best_epoch is None
+    for a, b in zip(runs[0][0], runs[1][0]):
+        np.testing.assert_array_equal(a, b)
+    assert runs[0][1] == runs[1][1]
+
+
+def test_evaluate_and_predict_match_numpy():
+    xtr, ytr, xte, yte = nb.datasets.load("spiral")
+    model = spiral_model()
+    nb.train(model, nb.SGD(model.parameters(), lr=0.1, momentum=0.9), (xtr, ytr), epochs=3)
+    logits = model(xte).astype(np.float64)
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    result = nb.evaluate(model, xte.astype(np.float64), yte.tolist())
+    assert result["loss"] == pytest.approx(-logp[np.arange(len(yte)), yte].mean(), rel=1e-5)
+    assert result["accuracy"] == np.mean(logits.argmax(1) == yte)
+    np.testing.assert_array_equal(nb.predict(model, xte), logits.argmax(1))
+    np.testing.assert_allclose(nb.predict(model, xte, proba=True), np.exp(logp), rtol=1e-5, atol=1e-7)
+
+
+def test_validation_split_comes_from_the_training_rows_and_is_seeded():
+    x = np.arange(100, dtype=np.float32).reshape(50, 2)
+    y = np.arange(50)
+    xt, yt, xv, yv = split_validation(x, y, 0.2, seed=3)
+    assert len(yv) == 10 and len(yt) == 40 and sorted(np.r_[yt, yv].tolist()) == list(range(50))
+    assert np.array_equal(yv, split_validation(x, y, 0.2, seed=3)[3])
+    assert not np.array_equal(yv, split_validation(x, y, 0.2, seed=4)[3])
+    assert split_validation(x, y, 0, seed=3)[2] is None
+    with pytest.raises(ValueError, match="val_split"):
+        split_validation(x, y, 1.0, seed=0)
+
+
+def noisy_blobs(n, seed, flip=0.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = (rng.normal(size=(n, 2)) * 0.8 + y[:, None]).astype(np.float32)
+    if flip:
+        y = np.where(rng.random(n) < flip, rng.integers(0, 3, n), y)
+    return x, y
+
+
+def test_early_stopping_picks_the_validation_epoch_never_the_test_one():
+    """Overfit a small noisy set with a big net and a high rate: the validation loss turns up, and
+    the run stops `patience` epochs after its minimum. Two test sets (clean, and with labels
+    scrambled so that its loss has a different minimum) change nothing but the test columns."""
+    xtr, ytr = noisy_blobs(60, 0, flip=0.3)
+    xva, yva = noisy_blobs(200, 1)
+    runs = []
+    for test in (noisy_blobs(200, 2), (noisy_blobs(200, 2)[0], np.random.default_rng(9).integers(0, 3, 200))):
+        model = nb.Sequential([nb.Linear(2, 256, seed=0), nb.ReLU(), nb.Linear(256, 3, seed=1)])
+        opt = nb.Adam(model.parameters(), lr=0.01)
+        best_weights = {}
+        history = nb.train(model, opt, (xtr, ytr, *test), epochs=60, batch_size=20, val_data=(xva, yva),
+                           early_stopping=3, restore_best=True,
+                           on_best=lambda st, m: best_weights.update(epoch=m["epoch"], w=params(model)))
+        val = [h["val_loss"] for h in history]
+        assert history.stopped_early and len(history) < 60
+        assert history.best_epoch == int(np.argmin(val)) + 1 == best_weights["epoch"]
+        assert len(history) == history.best_epoch + 3
+        assert history.best_val_loss == min(val)
+        for a, b in zip(params(model), best_weights["w"]):  # restore_best put the best epoch back
+            np.testing.assert_array_equal(a, b)
+        runs.append((history, params(model)))
+    (h1, w1), (h2, w2) = runs
+    assert [h["val_loss"] for h in h1] == [h["val_loss"] for h in h2]
+    assert h1.best_epoch == h2.best_epoch
+    assert int(np.argmin([h["test_loss"] for h in h2])) + 1 != h2.best_epoch  # the test set would choose otherwise
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_regression_with_mse_reports_r2():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))  # float64 features for a float32 model
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=400)  # (N,) float64 targets
+    model = nb.Sequential(nb.Linear(3, 16, seed=0), nb.Tanh(), nb.Linear(16, 1, seed=1))
+    opt = nb.Adam(model.parameters(), lr=0.01)
+    history = nb.train(model, opt, (x[:300], y[:300], x[300:], y[300:]), epochs=30, batch_size=32, loss="mse",
+                       val_split=0.2)
+    last = history[-1]
+    assert {"train_r2", "val_r2", "test_r2", "val_loss"} <= set(last) and "train_accuracy" not in last
+    assert last["test_r2"] > 0.95
+    pred = nb.predict(model, x[300:], loss="mse")
+    assert pred.shape == (100, 1) and pred.dtype == np.float32
+    res = pred[:, 0].astype(np.float64) - y[300:]
+    r2 = 1 - (res ** 2).sum() / ((y[300:] - y[300:].mean()) ** 2).sum()
+    result = nb.evaluate(model, x[300:], y[300:], loss="mse")
+    assert result["mse"] == result["loss"] == pytest.approx((res ** 2).mean(), rel=1e-4)
+    assert result["r2"] == pytest.approx(r2, rel=1e-4) and result["r2"] == pytest.approx(last["test_r2"], rel=1e-4)
+
+
+def test_train_refuses_bad_arguments():
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    for kwargs, msg in (
+        ({"early_stopping": 2}, "validation data"),
+        ({"restore_best": True}, "validation data"),
+        ({"loss": "hinge"}, "unknown loss"),
+        ({"val_split": 0.2, "val_data": (xtr, ytr)}, "not both"),
+        ({"early_stopping": 0, "val_split": 0.1}, "early_stopping"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            nb.train(model, opt, (xtr, ytr), epochs=1, **kwargs)
+    with pytest.raises(ValueError, match="integer class labels"):
+        nb.train(model, opt, (xtr, ytr + 0.5), epochs=1)
+    with pytest.raises(ValueError, match="real numbers"):
+        nb.train(model, opt, (np.array([["a", "b"]] * len(ytr)), ytr), epochs=1)

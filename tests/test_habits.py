@@ -1,0 +1,203 @@
+"""PyTorch habits: callable layers and losses, Sequential as a container, state_dict, summary,
+Linear(bias=False), clip_grad_norm_, astype, one dtype per model, forgiving targets."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet.optim import one_flat
+
+
+def mlp(dtype=np.float32, bias=True):
+    return nb.Sequential(nb.Linear(4, 8, seed=0, dtype=dtype, bias=bias), nb.ReLU(),
+                         nb.Linear(8, 3, seed=1, dtype=dtype, bias=bias))
+
+
+def test_callable_layers_losses_and_sequential_of_args():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 4)).astype(np.float32), rng.integers(0, 3, 5)
+    a, b = mlp(), nb.Sequential([nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1)])
+    np.testing.assert_array_equal(a(x), b.forward(x))
+    layer = nb.Linear(4, 3, seed=2)
+    np.testing.assert_array_equal(layer(x).copy(), layer.forward(x))
+    loss_fn = nb.SoftmaxCrossEntropy()
+    assert loss_fn(a(x), y) == nb.SoftmaxCrossEntropy().forward(a(x), y)
+    assert loss_fn(a(x), y.tolist()) == loss_fn(a(x), y)  # a list of labels
+
+
+def test_len_indexing_slicing_iteration():
+    model = mlp()
+    assert len(model) == 3 and model[0] is model.layers[0] and model[-1] is model.layers[2]
+    assert list(model) == model.layers and [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear"]
+    head = model[:2]
+    assert isinstance(head, nb.Sequential) and head.layers == model.layers[:2] and head[0] is model[0]
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model[2](head(x).copy()), model(x))
+    # the slice shares the layers without repacking them: the model's optimizer keeps its one pass
+    assert one_flat([p.data for p in model.parameters()]) is not None
+    with pytest.raises(ValueError, match="at least one layer"):
+        model[3:]
+
+
+def test_state_dict_round_trip_and_errors():
+    model, other = mlp(), nb.Sequential(nb.Linear(4, 8, seed=5), nb.ReLU(), nb.Linear(8, 3, seed=6))
+    sd = model.state_dict()
+    assert list(sd) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    sd_before = {k: v.copy() for k, v in sd.items()}
+    model.layers[0].weight[...] += 1  # a copy: the state_dict does not follow
+    np.testing.assert_array_equal(sd["0.weight"], sd_before["0.weight"])
+    other.load_state_dict(sd)
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k])
+    x = np.ones((2, 4), np.float32)
+    model.load_state_dict(sd)
+    np.testing.assert_array_equal(model(x), other(x))
+    untouched = other.state_dict()
+    bad = dict(sd, **{"2.bias": np.zeros(4, np.float32)})
+    with pytest.raises(ValueError, match="2.bias"):
+        other.load_state_dict(dict(bad, **{"0.weight": sd["0.weight"] + 1}))
+    np.testing.assert_array_equal(other.state_dict()["0.weight"], untouched["0.weight"])  # nothing written
+    with pytest.raises(ValueError, match="float64"):
+        other.load_state_dict({k: v.astype(np.float64) for k, v in sd.items()})
+    with pytest.raises(ValueError, match="missing keys"):
+        other.load_state_dict({"0.weight": sd["0.weight"]})
+    with pytest.raises(ValueError, match="unexpected keys"):
+        other.load_state_dict(dict(sd, extra=np.zeros(1)))
+    other.load_state_dict({"0.weight": sd["0.weight"] * 0}, strict=False)
+    assert not other.layers[0].weight.any() and other.layers[2].weight.any()
+
+
+def test_summary_lists_layers_shapes_and_parameters(capsys):
+    model = nb.Sequential(nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 10, seed=1, bias=False))
+    text = model.summary()
+    lines = text.splitlines()
+    assert "Linear(784, 256)" in lines[2] and "(N, 256)" in lines[2] and "200,960" in lines[2]
+    assert "ReLU()" in lines[3] and "(N, 256)" in lines[3]
+    assert "bias=False" in lines[4] and "(N, 10)" in lines[4] and "2,560" in lines[4]
+    assert lines[-1].startswith("203,520 parameters (float32")
+    assert 784 * 256 + 256 + 256 * 10 == model.num_parameters() == 203_520
+    assert repr(text) == text  # a REPL shows the table itself
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_without_bias(dtype, tmp_path):
+    rng = np.random.default_rng(2)
+    layer = nb.Linear(4, 3, seed=0, dtype=dtype, bias=False)
+    assert layer.bias is None and layer.grad_bias is None and [p.name for p in layer.parameters()] == ["weight"]
+    x, g = rng.normal(size=(5, 4)).astype(dtype), rng.normal(size=(5, 3)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12)
+    np.testing.assert_allclose(layer(x), x @ layer.weight.T, **tol)
+    dx = layer.backward(g)
+    np.testing.assert_allclose(dx, g @ layer.weight, **tol)
+    np.testing.assert_allclose(layer.grad_weight, g.T @ x, **tol)
+    # a model (fused Linear+ReLU path), its optimizers, save/load and checkpoints
+    model = mlp(dtype, bias=False)
+    assert [p.name for p in model.parameters()] == ["weight", "weight"]
+    for opt in (nb.SGD(model.parameters(), lr=0.1, momentum=0.9), nb.Adam(model.parameters())):
+        h = nb.train(model, opt, (rng.normal(size=(40, 4)), rng.integers(0, 3, 40)), epochs=2, batch_size=8)
+        assert np.isfinite(h[-1]["train_loss"])
+    model.save(tmp_path / "m.npz")
+    loaded = nb.load(tmp_path / "m.npz")
+    assert loaded[0].bias is None and repr(loaded) == repr(model)
+    xs = rng.normal(size=(3, 4)).astype(dtype)
+    np.testing.assert_array_equal(loaded(xs), model(xs))
+    # and the checked formula: finite differences of the mean loss in float64
+    if dtype == np.float64:
+        loss_fn = nb.SoftmaxCrossEntropy()
+        t = rng.integers(0, 3, 3)
+        model.zero_grad()
+        loss_fn(model(xs), t)
+        model.backward(loss_fn.backward())
+        w = model[2].weight
+        num = np.zeros_like(w)
+        for idx in np.ndindex(w.shape):
+            old = w[idx]
+            w[idx] = old + 1e-6
+            up = loss_fn(model(xs), t)
+            w[idx] = old - 1e-6
+            down = loss_fn(model(xs), t)
+            w[idx] = old
+            num[idx] = (up - down) / 2e-6
+        np.testing.assert_allclose(model[2].grad_weight, num, rtol=1e-6, atol=1e-9)
+
+
+def numpy_clip(grads, max_norm, q):
+    flat = np.concatenate([g.ravel().astype(np.float64) for g in grads])
+    total = np.abs(flat).max() if q == np.inf else (np.abs(flat) ** q).sum() ** (1 / q)
+    coef = min(1.0, max_norm / (total + 1e-6))
+    return total, [g * np.float32(coef) if coef < 1 else g for g in grads]
+
+
+@pytest.mark.parametrize("max_norm,q", [(0.5, 2.0), (100.0, 2.0), (0.1, np.inf), (0.3, 1.0)])
+def test_clip_grad_norm_matches_numpy(max_norm, q):
+    rng = np.random.default_rng(3)
+    model = mlp()
+    for p in model.parameters():
+        p.grad[...] = rng.normal(size=p.grad.shape)
+    before = [p.grad.copy() for p in model.parameters()]
+    total, expected = numpy_clip(before, max_norm, q)
+    got = nb.clip_grad_norm_(model.parameters(), max_norm, norm_type=q)
+    assert isinstance(got, float) and got == pytest.approx(total, rel=1e-12)
+    for p, e in zip(model.parameters(), expected):
+        np.testing.assert_allclose(p.grad, e, rtol=1e-6)
+    after = np.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in model.parameters()))
+    if q == 2.0:
+        assert after == pytest.approx(min(total, max_norm), rel=1e-5)
+    with pytest.raises(ValueError):
+        nb.clip_grad_norm_(model.parameters(), -1.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_clip_grad_norm_matches_torch():
+    import torch  # noqa: PLC0415
+
+    rng = np.random.default_rng(4)
+    grads = [rng.normal(size=s).astype(np.float32) for s in ((8, 4), (8,), (3, 8), (3,))]
+    model = mlp()
+    for p, g in zip(model.parameters(), grads):
+        p.grad[...] = g
+    tparams = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
+    for t, g in zip(tparams, grads):
+        t.grad = torch.from_numpy(g.copy())
+    expected = float(torch.nn.utils.clip_grad_norm_(tparams, 0.7))
+    assert nb.clip_grad_norm_(model.parameters(), 0.7) == pytest.approx(expected, rel=1e-6)
+    for p, t in zip(model.parameters(), tparams):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-6)
+
+
+def test_astype_copies_and_mixed_dtypes_are_refused():
+    model = mlp()
+    wide = model.astype(np.float64)
+    assert wide.dtype == np.float64 and model.dtype == np.float32
+    assert all(p.data.dtype == np.float64 for p in wide.parameters())
+    for p, q in zip(model.parameters(), wide.parameters()):
+        np.testing.assert_array_equal(p.data.astype(np.float64), q.data)
+    x = np.random.default_rng(5).normal(size=(3, 4))
+    np.testing.assert_allclose(wide(x), model(x.astype(np.float32)), rtol=1e-5, atol=1e-6)
+    wide[0].weight[...] = 0  # a copy
+    assert model[0].weight.any()
+    with pytest.raises(ValueError, match="different dtypes"):
+        nb.Sequential(nb.Linear(4, 8), nb.ReLU(), nb.Linear(8, 3, dtype=np.float64))
+    with pytest.raises(ValueError, match="dtype"):
+        model.astype(np.int32)
+
+
+def test_a_layer_forward_converts_nothing():
+    with pytest.raises(ValueError, match="expected dtype float32, got float64"):
+        nb.Linear(4, 3)(np.ones((2, 4)))
+
+
+def test_mse_targets_of_shape_n_and_other_dtypes():
+    pred = np.array([[0.5], [1.5], [-1.0]], np.float32)
+    ref = nb.MSELoss()
+    expected = ref(pred, np.array([[1.0], [1.0], [0.0]], np.float32))
+    grad = ref.backward().copy()
+    for target in (np.array([1.0, 1.0, 0.0]), np.array([1, 1, 0]), [1.0, 1.0, 0.0], np.array([[1.0], [1.0], [0.0]])):
+        loss = nb.MSELoss()
+        assert loss(pred, target) == expected
+        np.testing.assert_array_equal(loss.backward(), grad)
+    assert expected == pytest.approx((0.25 + 0.25 + 1.0) / 3)
+    with pytest.raises(ValueError, match="shape"):
+        nb.MSELoss()(np.ones((3, 2), np.float32), np.ones(3))

@@ -1,0 +1,304 @@
+"""nbnet.sklearn's estimators: scikit-learn's own estimator checks, plus what users do with them
+(Pipeline, GridSearchCV, pickle, clone, partial_fit, early stopping, labels of any type)."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn", minversion="1.6")  # parametrize_with_checks' expected_failed_checks
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import make_classification, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import check_regressor_multioutput, parametrize_with_checks  # noqa: E402
+
+from nbnet.sklearn import MLPClassifier, MLPRegressor, glorot_like_sklearn  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_numba_thread():
+    """These tests check behaviour, not speed: one thread keeps them quick on a loaded machine
+    (results are bitwise the same at any thread count; threading is tested with the kernels)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+def expected_failed_checks(estimator):
+    """Checks these estimators fail on purpose, each with the reason."""
+    if isinstance(estimator, MLPRegressor):
+        return {
+            "check_regressor_multioutput": (
+                "asks for float64 predictions; nbnet predicts in the estimator's dtype (float32 by "
+                "default, as every nbnet model: no silent upcast). With dtype=np.float64 it passes: "
+                "test_multioutput_check_passes_in_float64."
+            ),
+        }
+    return {}
+
+
+@parametrize_with_checks([MLPClassifier(random_state=0), MLPRegressor(random_state=0)],
+                         expected_failed_checks=expected_failed_checks)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+def test_multioutput_check_passes_in_float64():
+    check_regressor_multioutput("MLPRegressor", MLPRegressor(random_state=0, dtype=np.float64))
+
+
+def blobs(n=300, classes=3, seed=0):
+    return make_classification(n, 8, n_informative=5, n_redundant=0, n_classes=classes,
+                               n_clusters_per_class=1, class_sep=2.0, random_state=seed)
+
+
+def test_thin_the_same_run_as_the_loop_nbnet_train_runs():
+    from nbnet.train import build_model, make_optimizer, train
+
+    x, y = blobs()
+    clf = MLPClassifier((16, 8), solver="sgd", learning_rate_init=0.05, momentum=0.9,
+                        nesterovs_momentum=False, alpha=0.0, batch_size=32, max_iter=3, random_state=7)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(x, y)
+    model = build_model(8, [16, 8], 3, "relu", np.float32, seed=7)
+    glorot_like_sklearn(model, "relu")  # scikit-learn's starting scale, from the same draws
+    opt = make_optimizer("sgd", model, lr=0.05, momentum=0.9, weight_decay=0.0)
+    history = train(model, opt, (x.astype(np.float32), y, None, None), epochs=3, batch_size=32, seed=7)
+    linears = [layer for layer in model.layers if layer.parameters()]
+    for coef, intercept, layer in zip(clf.coefs_, clf.intercepts_, linears, strict=True):
+        np.testing.assert_array_equal(coef, layer.weight.T)  # bitwise: the same loop, seeds and batches
+        np.testing.assert_array_equal(intercept, layer.bias)
+    assert clf.loss_curve_ == [h["train_loss"] for h in history]
+
+
+def test_starts_from_sklearns_glorot_uniform_bound():
+    x, y = blobs()
+    for activation, factor in (("relu", 6), ("logistic", 2)):
+        clf = MLPClassifier((400,), activation=activation, random_state=0, max_iter=1, learning_rate_init=1e-12)
+        with pytest.warns(ConvergenceWarning):
+            clf.fit(x, y)
+        w = clf.coefs_[0]  # (8, 400): bound sqrt(factor / 408), nearly reached by 3,200 draws
+        bound = np.sqrt(factor / (8 + 400))
+        assert bound * 0.99 < np.abs(w).max() <= bound * (1 + 1e-6)
+
+
+def test_fitted_attributes_as_sklearn_users_read_them():
+    x, y = blobs()
+    labels = np.array(["cat", "dog", "eel"])[y]
+    with pytest.warns(ConvergenceWarning):
+        clf = MLPClassifier((16, 8), random_state=0, max_iter=20).fit(x, labels)
+    assert list(clf.classes_) == ["cat", "dog", "eel"]
+    assert set(clf.predict(x)) <= set(clf.classes_)
+    assert clf.n_features_in_ == 8 and clf.n_layers_ == 4 and clf.n_outputs_ == 3
+    assert [c.shape for c in clf.coefs_] == [(8, 16), (16, 8), (8, 3)]  # (in, out) like sklearn
+    assert [b.shape for b in clf.intercepts_] == [(16,), (8,), (3,)]
+    assert clf.n_iter_ == len(clf.loss_curve_) == 20 and clf.t_ == 20 * len(x)
+    assert clf.best_loss_ == min(clf.loss_curve_) and clf.loss_ == clf.loss_curve_[-1]
+    assert clf.validation_scores_ is None and clf.best_validation_score_ is None
+    assert clf.out_activation_ == "softmax" and clf.predict_proba(x).dtype == np.float32
+    # coefs_ are views of the model's (out, in) weights: X·coefs + intercepts is the forward.
+    h = np.maximum(x.astype(np.float32) @ clf.coefs_[0] + clf.intercepts_[0], 0)
+    h = np.maximum(h @ clf.coefs_[1] + clf.intercepts_[1], 0)
+    z = h @ clf.coefs_[2] + clf.intercepts_[2]
+    p = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(p / p.sum(1, keepdims=True), clf.predict_proba(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("labels", [np.array([-1, 1]), np.array([3, 7]), np.array(["no", "yes"]),
+                                    np.array([False, True]), np.array([1.0, 2.0])])
+def test_binary_labels_of_any_type(labels):
+    x, y = blobs(classes=2)
+    clf = MLPClassifier((16,), random_state=0, max_iter=30).fit(x, labels[y])
+    assert clf.classes_.dtype == labels.dtype and list(clf.classes_) == sorted(labels)
+    assert clf.predict(x).dtype == labels.dtype and clf.score(x, labels[y]) > 0.9
+    assert clf.predict_proba(x).shape == (len(x), 2)
+
+
+def test_labels_as_a_list_and_one_class_refused():
+    x, y = blobs()
+    clf = MLPClassifier((8,), random_state=0, max_iter=5).fit(x.tolist(), [f"c{v}" for v in y])
+    assert list(clf.classes_) == ["c0", "c1", "c2"]
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        MLPClassifier().fit(x, np.zeros(len(x)))
+
+
+def test_regressor_one_and_several_outputs():
+    x, y = make_regression(200, 6, n_targets=3, noise=0.1, random_state=0)
+    y = y / y.std()
+    reg = MLPRegressor((32,), random_state=0, max_iter=300, learning_rate_init=0.01).fit(x, y)
+    assert reg.predict(x).shape == (200, 3) and reg.score(x, y) > 0.95
+    assert reg.out_activation_ == "identity" and reg.n_outputs_ == 3
+    one = MLPRegressor((32,), random_state=0, max_iter=300, learning_rate_init=0.01).fit(x, y[:, 0])
+    assert one.predict(x).shape == (200,) and one.score(x, y[:, 0]) > 0.95
+    # float64 on request, end to end
+    reg64 = MLPRegressor((32,), random_state=0, max_iter=5, dtype=np.float64).fit(x, y)
+    assert reg64.predict(x).dtype == np.float64 and reg64.coefs_[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("activation", ["relu", "logistic", "tanh", "identity"])
+@pytest.mark.parametrize("solver", ["sgd", "adam", "adamw"])
+def test_activations_and_solvers_learn(activation, solver):
+    x, y = blobs()
+    x = StandardScaler().fit_transform(x)
+    clf = MLPClassifier((16,), activation=activation, solver=solver,
+                        learning_rate_init=0.1 if solver == "sgd" else 0.01,
+                        max_iter=40, random_state=0, n_iter_no_change=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    assert clf.score(x, y) > 0.9
+    assert len(clf._model.layers) == (2 if activation == "identity" else 3)
+
+
+def test_stops_like_sklearn_without_early_stopping():
+    """Training loss not better than best_loss_ - tol for n_iter_no_change + 1 epochs in a row
+    stops (scikit-learn's rule); reaching max_iter instead warns ConvergenceWarning."""
+    x, y = blobs()
+    clf = MLPClassifier((8,), random_state=0, tol=10.0, n_iter_no_change=3, max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf.fit(x, y)
+    # Epoch 1 beats best_loss_ = inf; epochs 2..5 do not beat it by 10: the 4th such is > 3.
+    assert clf.n_iter_ == 5
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(5\) reached"):
+        MLPClassifier((8,), random_state=0, max_iter=5).fit(x, y)
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    x, y = blobs(n=400)
+    clf = MLPClassifier((32,), random_state=0, early_stopping=True, validation_fraction=0.25,
+                        n_iter_no_change=5, max_iter=200, learning_rate_init=0.01).fit(x, y)
+    assert clf.best_loss_ is None and len(clf.validation_scores_) == clf.n_iter_ < 200
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    # The weights are those of the best epoch: rescoring the same validation rows gives its score.
+    from sklearn.model_selection import train_test_split
+
+    _, x_val, _, y_val = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    assert clf.score(x_val, y_val) == pytest.approx(clf.best_validation_score_)
+    reg = MLPRegressor((16,), random_state=0, early_stopping=True, max_iter=50).fit(x, y.astype(float))
+    assert len(reg.validation_scores_) == reg.n_iter_
+
+
+def test_partial_fit_one_epoch_at_a_time_continues_the_state():
+    x, y = blobs()
+    a = MLPClassifier((16,), solver="sgd", random_state=3, batch_size=50, max_iter=4, tol=0.0)
+    with pytest.warns(ConvergenceWarning):
+        a.fit(x, y)
+    b = MLPClassifier((16,), solver="sgd", random_state=3, batch_size=50)
+    for _ in range(4):
+        b.partial_fit(x, y, classes=np.unique(y))
+    assert b.n_iter_ == 4 and b.loss_curve_ == a.loss_curve_
+    for ca, cb in zip(a.coefs_, b.coefs_, strict=True):
+        np.testing.assert_array_equal(ca, cb)  # epoch i shuffles with (seed, i) either way
+    with pytest.warns(UserWarning, match="clipped"):  # as scikit-learn: batch_size > rows
+        b.partial_fit(x[:40], y[:40])
+    assert b.n_iter_ == 5
+    with pytest.raises(ValueError, match="classes must be passed"):
+        MLPClassifier().partial_fit(x, y)
+    with pytest.raises(ValueError, match="not in `self.classes_`"):
+        b.partial_fit(x, y + 5)
+    reg = MLPRegressor((8,), random_state=0)
+    reg.partial_fit(x, y.astype(float)).partial_fit(x, y.astype(float))
+    assert reg.n_iter_ == 2
+
+
+def test_alpha_is_weight_decay_alpha_over_batch_size():
+    x, y = blobs()
+    clf = MLPClassifier((8,), alpha=0.5, batch_size=25, max_iter=1, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(x, y)
+    assert clf._optimizer.weight_decay == 0.5 / 25
+    big = MLPClassifier((8,), alpha=50.0, max_iter=30, random_state=0, solver="sgd", learning_rate_init=0.01)
+    small = clone(big).set_params(alpha=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        big.fit(x, y), small.fit(x, y)
+    assert np.linalg.norm(big.coefs_[0]) < 0.5 * np.linalg.norm(small.coefs_[0])
+
+
+def test_bad_parameters_refused_at_fit_with_a_reason():
+    x, y = blobs()
+    for params, match in [({"solver": "lbfgs"}, "solver"), ({"activation": "gelu"}, "activation"),
+                          ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes"),
+                          ({"batch_size": 0}, "batch_size"), ({"learning_rate_init": 0}, "learning_rate_init"),
+                          ({"max_iter": 0}, "max_iter"), ({"momentum": 1.5}, "momentum"),
+                          ({"dtype": np.int32}, "dtype"), ({"validation_fraction": 1.0}, "validation_fraction")]:
+        with pytest.raises(ValueError, match=match):
+            MLPClassifier(**params).fit(x, y)
+
+
+def test_pipeline_and_gridsearchcv():
+    x, y = blobs()
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(random_state=0, max_iter=50, learning_rate_init=0.01))
+    grid = GridSearchCV(pipe, {"mlpclassifier__hidden_layer_sizes": [(8,), (32,)],
+                               "mlpclassifier__alpha": [1e-4, 1e-2]}, cv=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        grid.fit(x, y)
+    assert len(grid.cv_results_["params"]) == 4 and grid.best_score_ > 0.9
+    assert grid.predict(x).shape == (len(x),) and grid.score(x, y) > 0.9
+    reg = GridSearchCV(make_pipeline(StandardScaler(), MLPRegressor(random_state=0, max_iter=20)),
+                       {"mlpregressor__solver": ["sgd", "adam"]}, cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(x, y.astype(float))
+    assert reg.best_params_["mlpregressor__solver"] in ("sgd", "adam")
+
+
+def test_pickle_holds_numpy_arrays_and_round_trips():
+    x, y = blobs()
+    clf = MLPClassifier((16,), random_state=0, max_iter=5)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(x, y)
+    state = clf.__getstate__()
+    assert "_model" not in state and "_optimizer" not in state  # no layers, buffers or kernels
+    blob = pickle.dumps(clf)
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
+    # ... and training continues exactly: the optimizer state came along.
+    clf.partial_fit(x, y), again.partial_fit(x, y)
+    np.testing.assert_array_equal(again.coefs_[0], clf.coefs_[0])
+    assert len(blob) < 4 * (8 * 16 + 16 + 16 * 3 + 3) * 3 + 20_000  # weights, Adam's two moments, small change
+
+
+def test_clone_is_unfitted_with_the_same_parameters():
+    x, y = blobs()
+    clf = MLPClassifier((16,), solver="sgd", alpha=0.01, random_state=0, max_iter=5, dtype=np.float64)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(x, y)
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params() and not hasattr(twin, "classes_")
+    with pytest.warns(ConvergenceWarning):
+        twin.fit(x, y)
+    np.testing.assert_array_equal(twin.predict_proba(x), clf.predict_proba(x))
+
+
+def test_verbose_prints_sklearn_lines(capsys):
+    x, y = blobs()
+    with pytest.warns(ConvergenceWarning):
+        MLPClassifier((8,), random_state=0, max_iter=2, verbose=True).fit(x, y)
+    assert capsys.readouterr().out.startswith("Iteration 1, loss = ")
+
+
+def test_readme_example_runs_as_written():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## scikit-learn", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    x, y = blobs(n=400)
+    env = {"x_train": x[:300], "y_train": y[:300], "x_test": x[300:], "y_test": y[300:]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        exec(compile(code + "\nresult = search.best_params_, search.score(x_test, y_test)", "README", "exec"), env)
+    assert env["result"][1] > 0.8

@@ -13,13 +13,13 @@ from . import datasets
 from .api import evaluate, predict, train
 from .data import batches
 from .layers import Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
-from .losses import CrossEntropy, MSELoss, SoftmaxCrossEntropy
+from .losses import BCEWithLogits, CrossEntropy, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential, load
 from .optim import SGD, Adam, AdamW, clip_grad_norm_
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "CrossEntropy", "Linear", "MSELoss", "Parameter", "ReLU", "SGD", "Sequential",
+    "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "Linear", "MSELoss", "Parameter", "ReLU", "SGD", "Sequential",
     "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "batches", "clip_grad_norm_", "datasets", "evaluate", "load", "predict", "train",
 ]

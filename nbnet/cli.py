@@ -17,12 +17,12 @@ import time
 import click
 import numpy as np
 
-from . import __version__, datasets
+from . import __version__, datasets, dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import write_npz_atomic
 from .train import (
-    ACTIVATIONS, SCHEDULES, TrainingInterrupted, build_model, check_data, evaluate, make_optimizer,
-    predict, split_validation, train,
+    ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, evaluate,
+    make_optimizer, predict, split_validation, train,
 )
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
@@ -32,6 +32,8 @@ MUST_MATCH_ON_RESUME = (
 )
 # Options that are not part of the resolved config stored in a checkpoint.
 NOT_CONFIG = ("config", "resume", "save", "save_best", "metrics_out", "quiet", "plot", "threads", "download")
+# Under MPI only process 0 writes these (the others train the same weights and stay silent).
+WRITTEN_BY_PROCESS_0 = ("save", "save_best", "metrics_out", "plot")
 EXIT_INTERRUPTED = 130
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -68,16 +70,15 @@ class Group(click.Group):
         except click.ClickException as e:
             if debug:
                 raise
-            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
-            sys.exit(e.exit_code)
+            dist.fail(_one_line(e.format_message()), e.exit_code)
         except click.exceptions.Abort:
-            click.echo("Error: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            dist.fail("interrupted", EXIT_INTERRUPTED)
         except (CliError, ValueError, OSError) as e:
             if debug:
                 raise
-            click.echo(f"Error: {_one_line(e)}", err=True)
-            sys.exit(getattr(e, "exit_code", 1))
+            # dist.fail: one line per job, not per MPI process; a TrainingDiverged is raised by
+            # every process at the same step.
+            dist.fail(_one_line(e), getattr(e, "exit_code", 1), agreed=isinstance(e, TrainingDiverged))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -205,6 +206,12 @@ def train_cmd(ctx, **opts):
     Prints a progress bar with the running loss when stdout is a terminal, else one line per
     epoch. Ctrl-C stops after the current step and, with --save, writes a checkpoint to resume from.
     """
+    try:
+        comm = dist.world()  # under `mpiexec -n N` (N > 1): data-parallel, see nbnet/dist.py
+    except RuntimeError as e:
+        raise CliError(str(e)) from None
+    if comm.rank != 0:
+        opts.update({key: None for key in WRITTEN_BY_PROCESS_0 if key in opts}, quiet=True)
     resume = load_checkpoint(opts["resume"]) if opts["resume"] else None
     if resume is not None:
         resume.config = upgrade_config(resume.config)
@@ -216,6 +223,8 @@ def train_cmd(ctx, **opts):
         _check_plot_available()
     if opts["threads"] is not None:
         _set_threads(opts["threads"])
+    elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
+        _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]))
     if cfg["device"] == "cuda":
         _check_cuda_importable()
     for key in ("save", "save_best", "metrics_out", "plot"):
@@ -245,6 +254,10 @@ def train_cmd(ctx, **opts):
     check_data(model, data if val_data is None else (*data, *val_data))
     if cfg["device"] == "cuda":
         try:
+            if comm.size > 1:
+                from .gpu import use_device_of  # noqa: PLC0415
+
+                use_device_of(dist.local_size_rank()[1])  # one GPU per process, where there are enough
             model.to("cuda")
         except Exception as e:  # noqa: BLE001 - whatever the GPU stack raises, the user gets one line
             raise CliError(f"--device cuda: {_one_line(e) or type(e).__name__}") from None
@@ -256,6 +269,8 @@ def train_cmd(ctx, **opts):
             if hasattr(opt, name) and cfg[name] is not None:
                 setattr(opt, name, float(cfg[name]))
 
+    if comm.size > 1:  # every process got here, with the same options, data and weights (else Error:)
+        comm.agree_setup(dist.fingerprint(cfg, data, model.parameters()))
     metrics_file = open(opts["metrics_out"], "w", encoding="utf-8") if opts["metrics_out"] else None  # noqa: SIM115
     try:
         if metrics_file and resume is not None:
@@ -282,8 +297,11 @@ def train_cmd(ctx, **opts):
                     lr_schedule=cfg["lr_schedule"], lr=cfg["lr"], state=state, val_data=val_data,
                     early_stopping=cfg["early_stopping"], on_best=on_best if val_data is not None else None,
                     on_step=out.step if out.bar else None, on_epoch=on_epoch, should_stop=stopper.requested,
+                    comm=comm,
                 )
             except TrainingInterrupted as e:
+                if comm.rank != 0:  # every process stops at the same step; process 0 reports
+                    sys.exit(EXIT_INTERRUPTED)
                 out.end_bar()
                 where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
                 if opts["save"]:
@@ -392,6 +410,12 @@ def _set_threads(n):
     if not 1 <= n <= top:
         raise CliError(f"--threads {n}: must be between 1 and {top} (NUMBA_NUM_THREADS)")
     numba.set_num_threads(n)
+
+
+def _max_threads():
+    import numba  # noqa: PLC0415
+
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def _check_cuda_importable():
@@ -581,6 +605,7 @@ def info_cmd():
     except Exception as e:  # noqa: BLE001 - any failure means "not usable", and says why
         gpu = f"not usable: {_one_line(e) or type(e).__name__}"
     click.echo(f"GPU: {gpu}")
+    click.echo(f"MPI: {dist.mpi_status()}")
 
 
 @cli.command(name="check")
@@ -592,7 +617,20 @@ def check_cmd():
 
 
 def main(args=None):
-    cli.main(args=args, prog_name="nbnet")
+    if dist.launched_size() == 1:
+        cli.main(args=args, prog_name="nbnet")
+        return
+    try:
+        cli.main(args=args, prog_name="nbnet")
+    except SystemExit:  # after dist.fail, or agreed by every process (help, Ctrl-C)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C in the middle of a step
+        dist.fail("interrupted", EXIT_INTERRUPTED)
+    except BaseException:  # a bug: its traceback, then end every process rather than leave them waiting
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exc()
+        dist.fail("unexpected error (traceback above)", 1)
 
 
 if __name__ == "__main__":

@@ -527,6 +527,52 @@ def mse_backward(dpred, pred, target):
 
 
 @jit
+def bce_with_logits_forward(logits, targets):
+    """L = (1/(k c)) Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|))
+
+    Sigmoid and binary cross-entropy on logits z (k, c) with targets t (k, c) in [0, 1], as PyTorch's
+    BCEWithLogitsLoss() (the mean over every element). It equals −t log σ(z) − (1−t) log(1−σ(z)),
+    rewritten so that no exponent is positive: finite for logits of any size. Serial, one sum in
+    row order, like mse_forward.
+    """
+    k, c = logits.shape
+    zero = logits.dtype.type(0)
+    total = zero
+    for i in range(k):
+        for j in range(c):
+            z = logits[i, j]
+            total += max(z, zero) - z * targets[i, j] + np.log1p(np.exp(-abs(z)))
+    return total / logits.dtype.type(k * c)
+
+
+@pjit
+def bce_with_logits_backward(dlogits, logits, targets):
+    """dz_ij = (σ(z_ij) − t_ij) / (k c),  σ(z) = 1/(1 + e^(−z)) for z ≥ 0, e^z/(1 + e^z) below"""
+    k, c = logits.shape
+    one = logits.dtype.type(1)
+    inv_n = one / logits.dtype.type(k * c)
+    for i in prange(k):
+        for j in range(c):
+            z = logits[i, j]
+            e = np.exp(-abs(z))  # ≤ 1: no overflow on either side
+            s = one / (one + e) if z >= 0 else e / (one + e)
+            dlogits[i, j] = (s - targets[i, j]) * inv_n
+
+
+@jit
+def count_correct_labels(logits, targets):
+    """Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)]: the labels (every output one yes/no label) predicted right,
+    σ(z) ≥ ½ read as yes. Plain @njit, as count_correct."""
+    correct = 0
+    zero = logits.dtype.type(0)
+    half = targets.dtype.type(0.5)
+    for i in range(logits.shape[0]):
+        for j in range(logits.shape[1]):
+            correct += (logits[i, j] >= zero) == (targets[i, j] >= half)
+    return correct
+
+
+@jit
 def count_correct(logits, targets):
     """Σ_i [argmax_j z_ij = t_i]: the rows whose largest logit (the first, on ties) is the label.
 

@@ -91,6 +91,16 @@ def gpu_status():
     return _real_gpu()
 
 
+def use_device_of(local_rank):
+    """Data-parallel (nbnet.dist): make GPU `local_rank` mod (GPUs on this machine) this process's
+    device, before anything else touches a GPU: one GPU per process where there are enough."""
+    if cuda is None or simulator_enabled():
+        return
+    count = len(cuda.gpus)
+    if count:
+        cuda.select_device(local_rank % count)
+
+
 def _require_device():
     """Raise RuntimeError unless kernels here can run: a real GPU, or the simulator on purpose."""
     if cuda is None:
@@ -612,6 +622,51 @@ def mse_backward(dpred, pred, target):
     _launch_1d(_mse_backward_kernel, pred.size, dpred, pred, target)
 
 
+@_jit
+def _bce_with_logits_sum_kernel(total, logits, targets):
+    """total[0] = Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|))   one block, flat index p = i c + j"""
+    partial = cuda.shared.array(REDUCE, dtype=logits.dtype)
+    t = cuda.threadIdx.x
+    c = logits.shape[1]
+    zero = logits.dtype.type(0)
+    acc = zero
+    for p in range(t, logits.size, cuda.blockDim.x):
+        i = p // c
+        j = p - i * c
+        z = logits[i, j]
+        acc += max(z, zero) - z * targets[i, j] + math.log1p(math.exp(-abs(z)))
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+def bce_with_logits_forward(logits, targets):
+    """L = (1/(k c)) Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|)), returned as a host scalar"""
+    k, c = logits.shape
+    total = _reduce_to_host(_bce_with_logits_sum_kernel, logits.size, logits.dtype, logits, targets)
+    return total / logits.dtype.type(k * c)
+
+
+@_jit
+def _bce_with_logits_backward_kernel(dlogits, logits, targets):
+    """dz_ij = (σ(z_ij) − t_ij) / (k c), σ from e^(−|z|) on both sides"""
+    p = cuda.grid(1)
+    if p < logits.size:
+        k, c = logits.shape
+        i = p // c
+        j = p - i * c
+        one = logits.dtype.type(1)
+        z = logits[i, j]
+        e = math.exp(-abs(z))
+        s = one / (one + e) if z >= logits.dtype.type(0) else e / (one + e)
+        dlogits[i, j] = (s - targets[i, j]) * (one / logits.dtype.type(k * c))
+
+
+def bce_with_logits_backward(dlogits, logits, targets):
+    _launch_1d(_bce_with_logits_backward_kernel, logits.size, dlogits, logits, targets)
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimizers: one thread per parameter element, the update rules of cpu.sgd_step / cpu.adam_step.
 
@@ -726,6 +781,29 @@ def _count_correct_kernel(total, logits, targets):
 def count_correct(logits, targets):
     """How many rows' largest logit is at the label: a host int (what accuracy needs, nothing more)."""
     return int(_reduce_to_host(_count_correct_kernel, logits.shape[0], np.int64, logits, targets))
+
+
+@_jit
+def _count_correct_labels_kernel(total, logits, targets):
+    """total[0] = Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)]   one block"""
+    partial = cuda.shared.array(REDUCE, dtype=total.dtype)
+    t = cuda.threadIdx.x
+    c = logits.shape[1]
+    acc = total.dtype.type(0)
+    for p in range(t, logits.size, cuda.blockDim.x):
+        i = p // c
+        j = p - i * c
+        if (logits[i, j] >= logits.dtype.type(0)) == (targets[i, j] >= targets.dtype.type(0.5)):
+            acc += 1
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+def count_correct_labels(logits, targets):
+    """How many labels (outputs) are predicted right, z ≥ 0 read as yes: a host int."""
+    return int(_reduce_to_host(_count_correct_labels_kernel, logits.size, np.int64, logits, targets))
 
 
 class DeviceDataset:

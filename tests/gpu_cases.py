@@ -136,6 +136,11 @@ def test_loss_kernels(k, dtype):
     target = rand(rng, (k, c), dtype)
     assert_same("mse_forward", logits / 100, target)
     assert_same("mse_backward", np.empty_like(logits), logits, target)
+    labels = (rng.random((k, c)) < 0.5).astype(dtype)
+    assert_same("bce_with_logits_forward", logits, labels)
+    assert_same("bce_with_logits_backward", np.empty_like(logits), logits, labels)
+    labels[0, 0] = 0.5  # a tie in the target counts as yes
+    assert gpu.count_correct_labels(gpu.to_device(logits), gpu.to_device(labels)) == cpu.count_correct_labels(logits, labels)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

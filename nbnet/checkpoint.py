@@ -122,7 +122,7 @@ def _check_optim_meta(sd, bad):
     from .optim import OPTIMIZERS  # noqa: PLC0415
 
     types = {cls.__name__ for cls in OPTIMIZERS.values()}
-    if not isinstance(sd, dict) or sd.get("type") not in types:
+    if not isinstance(sd, dict) or not isinstance(sd.get("type"), str) or sd["type"] not in types:
         raise bad(f"optim/meta names no known optimizer (one of {', '.join(sorted(types))})")
     for key, value in sd.items():
         if key == "type":

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dist
+from .check import compile_kernels
 from .data import batches, batches_reusing
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
-from .losses import MSELoss, SoftmaxCrossEntropy, check_labels
+from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
 from .optim import OPTIMIZERS
 
@@ -130,10 +131,10 @@ def learning_rate(schedule, lr, step, epoch, epochs, steps_per_epoch):
     raise ValueError(f"unknown lr schedule {schedule!r} (use {', '.join(SCHEDULES)})")
 
 
-LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSELoss}
+LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSELoss, "bce": BCEWithLogits}
 # What each loss reports beside itself: accuracy for the classifiers (for bce: the fraction of
 # correct labels, every output a label), R² for mse (whose loss is the MSE).
-METRIC = {"cross-entropy": "accuracy", "mse": "r2"}
+METRIC = {"cross-entropy": "accuracy", "mse": "r2", "bce": "accuracy"}
 VAL_SEED_TAG = 0x56414C  # "VAL": the validation split's own seed stream, (seed, VAL_SEED_TAG)
 
 
@@ -173,7 +174,12 @@ def as_targets(model, y, loss, who="y"):
         raise ValueError(f"{who}: {loss} needs numeric targets, got {y.dtype}")
     if y.ndim == 1:
         y = y.reshape(-1, 1)
-    return np.ascontiguousarray(y, dtype=model.dtype)
+    y = np.ascontiguousarray(y, dtype=model.dtype)
+    if y.size and not np.all(np.isfinite(y)):
+        raise ValueError(f"{who}: targets hold NaN or Inf (or values too large for {model.dtype})")
+    if loss == "bce" and y.size and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"{who}: bce targets must lie in [0, 1] (0/1 labels or probabilities)")
+    return y
 
 
 def split_validation(x, y, fraction, seed):
@@ -206,10 +212,13 @@ def _ss_tot(y):
 
 
 def _batch_correct(loss, logits, yb):
-    """What the epoch's metric sums per batch: rows with the right class (cross-entropy); nothing
-    for mse (R² comes from the loss sums)."""
+    """What the epoch's metric sums per batch: rows with the right class (cross-entropy), labels
+    predicted right (bce: every output a yes/no label, z ≥ 0 read as yes); nothing for mse (R²
+    comes from the loss sums)."""
     if loss == "cross-entropy":
         return kernels(logits).count_correct(logits, yb)
+    if loss == "bce":
+        return kernels(logits).count_correct_labels(logits, yb)
     return 0
 
 
@@ -218,6 +227,8 @@ def _metric(loss, loss_sum, correct, seen, y):
     if loss == "mse":
         width = y.shape[1]
         return _r2(loss_sum * width, _ss_tot(y))
+    if loss == "bce":
+        return correct / (seen * y.shape[1])  # the fraction of labels, not of rows, right
     return correct / seen
 
 
@@ -267,19 +278,22 @@ def _evaluate_sums(model, batch_size, source, loss):
 
 def predict(model, x, batch_size=1000, loss="cross-entropy"):
     """(predictions, scores) for the rows of x: for cross-entropy the classes (N,) and class
-    probabilities (N, C); for mse the outputs (N, D), twice."""
-    from .layers import Softmax  # noqa: PLC0415
+    probabilities (N, C); for bce the 0/1 labels (N, L) int64 (σ(z) ≥ ½) and probabilities σ(z);
+    for mse the outputs (N, D), twice."""
+    from .layers import Sigmoid, Softmax  # noqa: PLC0415
 
     check_loss(loss)
-    softmax = Softmax()
+    squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
     forward = getattr(model, "forward_reusing", model.forward)
     outs = []
     for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
         z = forward(xb)
-        outs.append(to_host(softmax.forward(z) if loss == "cross-entropy" else z).copy())
+        outs.append(to_host(z if squash is None else squash.forward(z)).copy())
     scores = np.concatenate(outs)
     if loss == "cross-entropy":
         return scores.argmax(axis=1), scores
+    if loss == "bce":
+        return (scores >= 0.5).astype(np.int64), scores
     return scores, scores
 
 
@@ -337,7 +351,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         features are converted to the model's dtype (float64 or integers for a float32 model),
         targets to what the loss wants (see as_targets). The test set is only reported, never
         used to choose anything.
-    loss: "cross-entropy" (softmax cross-entropy on logits, integer labels) or "mse".
+    loss: "cross-entropy" (softmax cross-entropy on logits, integer labels), "mse" (float targets,
+        R² reported) or "bce" (sigmoid + binary cross-entropy on logits: 0/1 targets (N,) or
+        (N, L) multi-label; accuracy is the fraction of labels right).
     val_data=(x_val, y_val), or val_split=F: hold out a fraction F of the training rows (shuffled
         with (seed, VAL_SEED_TAG)) for validation. The best epoch is the one with the lowest
         validation loss (improving by more than min_delta).
@@ -406,6 +422,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
 
     score_val, score_test = evaluator(x_val, y_val), evaluator(x_test, y_test)
     best_params = None
+    # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
+    # seconds and samples/s measure training, not compilation.
+    compile_kernels(model, opt, loss_fn, y_train)
 
     while state.epoch < epochs:
         if early_stopping is not None and state.bad_epochs >= early_stopping:
@@ -431,7 +450,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 if math.isfinite(value):
                     model.backward(loss_fn.backward(), need_input_grad=False)
             # Summed over the processes (one process: as they are), so that all decide alike.
-            loss_sum, correct, seen, stop = comm.sums(
+            loss_sum, correct, seen, stop = comm.step_sums(
                 value * rows, correct, rows, should_stop is not None and should_stop()
             )
             if not math.isfinite(loss_sum):

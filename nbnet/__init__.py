@@ -1,5 +1,14 @@
 """nbnet: a small, fast, readable neural-network framework with Numba kernels."""
 
+import os
+
+# Threads that wait for work sleep instead of spinning. libgomp (Numba's default "omp" threading
+# layer) spins ~300,000 iterations before it sleeps; when another process holds a core, the
+# spinning thread steals it from the one doing the work, and 2-thread training ran 3-5x slower
+# than on a quiet machine (profiling/load.py measures it). Read once, when the threading layer
+# starts (the first parallel kernel call), so it is set here, at import; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 from . import datasets
 from .api import evaluate, predict, train
 from .data import batches

@@ -666,6 +666,14 @@ def info_cmd():
     click.echo(f"MPI: {dist.mpi_status()}")
 
 
+@cli.command(name="check")
+def check_cmd():
+    """Compile the kernels for this CPU and check each against its formula (run it on a new machine)."""
+    from .check import main as run_checks  # noqa: PLC0415
+
+    sys.exit(run_checks(click.echo))
+
+
 def main(args=None):
     if dist.launched_size() == 1:
         cli.main(args=args, prog_name="nbnet")

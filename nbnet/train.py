@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dist
+from .check import compile_kernels
 from .data import batches, batches_reusing
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
@@ -383,6 +384,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
 
     score_val, score_test = evaluator(x_val, y_val), evaluator(x_test, y_test)
     best_params = None
+    # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
+    # seconds and samples/s measure training, not compilation.
+    compile_kernels(model, opt, loss_fn, y_train)
 
     while state.epoch < epochs:
         if early_stopping is not None and state.bad_epochs >= early_stopping:

@@ -229,7 +229,7 @@ def test_mse_and_sigmoid_model_on_device():
     for device in ("cpu", "cuda"):
         model, loss_fn = tiny_model(np.float64, nb.Sigmoid).to(device), nb.MSELoss()
         losses.append(loss_fn.forward(model.forward(x), t))  # host targets follow the predictions
-        dx = model.backward(loss_fn.backward())
+        dx = model.backward(loss_fn.backward(), need_input_grad=True)
         losses.append(to_host(dx))
     np.testing.assert_allclose(losses[2], losses[0], rtol=1e-12)
     np.testing.assert_allclose(losses[3], losses[1], rtol=1e-12)

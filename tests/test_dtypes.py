@@ -18,7 +18,7 @@ def one_step(dtype, act=nb.ReLU, opt_cls=nb.SGD):
     loss_fn = nb.SoftmaxCrossEntropy()
     logits = model.forward(x)
     loss_fn.forward(logits, t)
-    dx = model.backward(loss_fn.backward())
+    dx = model.backward(loss_fn.backward(), need_input_grad=True)
     opt.step()
     return model, logits, dx
 

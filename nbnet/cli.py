@@ -219,12 +219,12 @@ def train_cmd(ctx, **opts):
         comm = dist.world()  # under `mpiexec -n N` (N > 1): data-parallel, see nbnet/dist.py
     except RuntimeError as e:
         raise CliError(str(e)) from None
-    if comm.rank != 0:
-        opts.update({key: None for key in WRITTEN_BY_PROCESS_0 if key in opts}, quiet=True)
     resume = load_checkpoint(opts["resume"]) if opts["resume"] else None
     if resume is not None:
         resume.config = upgrade_config(resume.config)
     cfg = _resolve(ctx, opts, resume)
+    if comm.rank != 0:  # once the outputs are settled: process 0 alone writes them
+        opts.update({key: None for key in WRITTEN_BY_PROCESS_0 if key in opts}, quiet=True)
     if (cfg["early_stopping"] is not None or opts["save_best"]) and not cfg["val_split"]:
         which = "--early-stopping" if cfg["early_stopping"] is not None else "--save-best"
         raise CliError(f"{which} chooses on validation data: give --val-split F (e.g. 0.1) too")

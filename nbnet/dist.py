@@ -97,6 +97,9 @@ class Single:
     def sums(self, *values):
         return values
 
+    def step_sums(self, loss_sum, correct, rows, stop):
+        return loss_sum, correct, rows, stop
+
     def allreduce_grad(self, params, scale):
         pass
 
@@ -120,12 +123,18 @@ class MPIComm:
         self._fault = _fault_plan(self.rank)
         self._calls = 0
 
-    def sums(self, *values):
-        """Each value summed over all processes (as float64: counts stay exact below 2**53)."""
+    def step_sums(self, loss_sum, correct, rows, stop):
+        """A training step's (Σ loss·rows, Σ correct, Σ rows, any process asked to stop)."""
+        values = (loss_sum, correct, rows, stop)
         if self._fault is not None:
             self._calls += 1
             if self._calls == self._fault[0]:
-                _inject(self._fault[1])
+                values = _inject(self._fault[1], values)
+        loss_sum, correct, rows, stop = self.sums(*values)
+        return loss_sum, correct, rows, stop > 0
+
+    def sums(self, *values):
+        """Each value summed over all processes (as float64: counts stay exact below 2**53)."""
         buf = self._sums[: len(values)]
         buf[:] = values
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
@@ -187,6 +196,7 @@ class MPIComm:
         mine[4:8] = np.frombuffer(np.int32(len(raw)).tobytes(), np.uint8)
         mine[8 : 8 + len(raw)] = np.frombuffer(raw, np.uint8)
         everyone = np.zeros((self.size, _MESSAGE_BYTES), np.uint8)
+        self.setup_done = True  # from here on an error (even a Ctrl-C while waiting) aborts: one meeting only
         request = self.comm.Iallgather(mine, everyone)
         deadline = time.monotonic() + setup_timeout()
         while not request.Test():
@@ -195,7 +205,6 @@ class MPIComm:
                              f"within {setup_timeout():g} s (NBNET_MPI_TIMEOUT)")
                 self.abort(1)
             time.sleep(0.002)
-        self.setup_done = True
         codes = [int(np.frombuffer(row[:4].tobytes(), np.int32)[0]) for row in everyone]
         texts = [row[8 : 8 + int(np.frombuffer(row[4:8].tobytes(), np.int32)[0])].tobytes().decode("utf-8", "replace")
                  for row in everyone]
@@ -220,8 +229,9 @@ class MPIComm:
 
 
 def _fault_plan(rank):
-    """For the tests: NBNET_MPI_FAULT=RANK:STEP:raise|die makes process RANK raise a ValueError, or
-    die at once (os._exit), in training step STEP (1-based, counted from the start of this run)."""
+    """For the tests: NBNET_MPI_FAULT=RANK:STEP:KIND makes process RANK, in training step STEP
+    (1-based, counted from the start of this run), raise a ValueError (raise), die at once without
+    a word (die), see a NaN loss (nan), or get a Ctrl-C (sigint) on its own."""
     spec = os.environ.get("NBNET_MPI_FAULT")
     if not spec:
         return None
@@ -232,9 +242,16 @@ def _fault_plan(rank):
         return None
 
 
-def _inject(kind):
+def _inject(kind, values):
     if kind == "die":
         os._exit(7)
+    if kind == "nan":
+        return (float("nan"), *values[1:])
+    if kind == "sigint":
+        import signal  # noqa: PLC0415
+
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next Python line
+        return values
     raise ValueError("injected fault (NBNET_MPI_FAULT)")
 
 

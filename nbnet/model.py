@@ -192,6 +192,8 @@ class Sequential:
         from .gpu import move_model  # noqa: PLC0415 - optional, needs numba-cuda for "cuda"
 
         move_model(self, device)
+        if device == "cpu":
+            pack_parameters(self.parameters())  # one flat buffer again: the optimizer's one-pass path
         return self
 
     def state_arrays(self):

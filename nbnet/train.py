@@ -412,7 +412,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 if math.isfinite(value):
                     model.backward(loss_fn.backward(), need_input_grad=False)
             # Summed over the processes (one process: as they are), so that all decide alike.
-            loss_sum, correct, seen, stop = comm.sums(
+            loss_sum, correct, seen, stop = comm.step_sums(
                 value * rows, correct, rows, should_stop is not None and should_stop()
             )
             if not math.isfinite(loss_sum):

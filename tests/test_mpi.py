@@ -195,6 +195,30 @@ def test_a_process_that_dies_ends_the_job(problem, tmp_path):
 
 
 @needs_mpi
+def test_nan_on_one_process_stops_every_process_at_that_step(problem, tmp_path):
+    result = run(2, "train", "--dataset", problem, *TRAIN, env={"NBNET_MPI_FAULT": "1:10:nan"})
+    assert result.returncode == 1
+    assert error_lines(result) == [result.stderr.strip()]  # one line, no MPI_Abort: all agreed
+    assert "training diverged: loss is nan at epoch 2, step 2" in result.stderr
+
+
+@needs_mpi
+def test_ctrl_c_on_one_process_stops_all_at_one_step_and_resumes_with_another_count(problem, tmp_path):
+    """Process 1 alone gets SIGINT in step 5: all stop after step 6 (asked before the reduction of
+    each step), process 0 saves, exit 130; resumed by 3 processes, the run of one process."""
+    common = ["--dataset", problem, *TRAIN, "--dtype", "float64"]
+    ok(run(1, "train", *common, "--save", tmp_path / "whole.npz"))
+    result = run(2, "train", *common, "--save", tmp_path / "ck.npz", env={"NBNET_MPI_FAULT": "1:5:sigint"})
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.count("Interrupted in epoch 1 after step 6") == 1, result.stderr
+    from nbnet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(tmp_path / "ck.npz")).state.step == 6
+    ok(run(3, "train", "--resume", tmp_path / "ck.npz", "--save", tmp_path / "end.npz"))
+    assert max_rel(arrays(tmp_path / "whole.npz"), arrays(tmp_path / "end.npz")) < 1e-9
+
+
+@needs_mpi
 def test_bad_input_is_reported_once(problem, tmp_path):
     for args in (["--dataset", tmp_path / "missing.npz"], ["--epochs", "0"], ["--dataset", problem, "--hidden", "x"]):
         result = run(2, "train", *args)
@@ -219,14 +243,39 @@ def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
 @needs_mpi
 def test_python_example_trains_with_comm_world(tmp_path):
     """examples/mpi_train.py: nb.train(..., comm=MPI.COMM_WORLD); the processes end with the same weights."""
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py", str(REPO / "examples" / "mpi_train.py"),
+    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "mpi4py", str(REPO / "examples" / "mpi_train.py"),
            "--epochs", "3", "--out", str(tmp_path / "m.npz")]
     result = subprocess.run(cmd, cwd=tmp_path, env={**_env(), "PYTHONPATH": str(REPO)}, capture_output=True,
                             text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("epoch 3 ") == 1, result.stdout  # process 0 prints
-    assert "same weights on all 2 processes: True" in result.stdout
+    assert "same weights on all 3 processes: True" in result.stdout  # uneven shares: 42-43 rows each
     assert float(result.stdout.split("test accuracy ")[-1].split("%")[0]) > 80
+
+
+@needs_mpi
+def test_scaling_script_quick_prints_cpu_speedup_and_estimate():
+    done = subprocess.run([sys.executable, str(REPO / "profiling" / "mpi_scaling.py"), "--quick"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("CPU: ") and "\nISA: " in out and "speedup 2 processes vs 1: " in out
+    assert "0.94 MB gradient" in out and "communication > compute from N = " in out
+
+
+@needs_mpi
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda (the simulator)")
+def test_gpu_models_in_the_cuda_simulator_train_what_one_cpu_process_does(tmp_path):
+    """--device cuda under mpiexec: batches sliced on the device, gradients through a host buffer."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 80)
+    np.savez(tmp_path / "tiny.npz", x=rng.normal(size=(80, 3)) * 0.3 + y[:, None], y=y)
+    common = ["--dataset", tmp_path / "tiny.npz", "--hidden", "4", "--batch-size", "16", "--epochs", "2",
+              "--dtype", "float64", "--quiet"]
+    ok(run(1, "train", *common, "--save", tmp_path / "cpu.npz"))
+    ok(run(2, "train", *common, "--device", "cuda", "--save", tmp_path / "gpu.npz",
+           env={"NUMBA_ENABLE_CUDASIM": "1", "NBNET_CUDA_TILE": "4"}))
+    assert max_rel(arrays(tmp_path / "cpu.npz"), arrays(tmp_path / "gpu.npz")) < 1e-9
 
 
 @needs_mpi

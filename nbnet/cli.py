@@ -351,7 +351,7 @@ def train_cmd(ctx, **opts):
         opts["save"] = opts["resume"]  # --resume X keeps saving to X
     cfg = _resolve(ctx, opts, resume)
     _check_paths(opts, cfg)
-    if comm.rank != 0:
+    if comm.rank != 0:  # once the outputs are settled: process 0 alone writes them
         opts.update({key: None for key in WRITTEN_BY_PROCESS_0 if key in opts}, quiet=True)
     if (cfg["early_stopping"] is not None or opts["save_best"]) and not cfg["val_split"]:
         which = "--early-stopping" if cfg["early_stopping"] is not None else "--save-best"

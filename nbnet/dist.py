@@ -196,6 +196,7 @@ class MPIComm:
         mine[4:8] = np.frombuffer(np.int32(len(raw)).tobytes(), np.uint8)
         mine[8 : 8 + len(raw)] = np.frombuffer(raw, np.uint8)
         everyone = np.zeros((self.size, _MESSAGE_BYTES), np.uint8)
+        self.setup_done = True  # from here on an error (even a Ctrl-C while waiting) aborts: one meeting only
         request = self.comm.Iallgather(mine, everyone)
         deadline = time.monotonic() + setup_timeout()
         while not request.Test():
@@ -204,7 +205,6 @@ class MPIComm:
                              f"within {setup_timeout():g} s (NBNET_MPI_TIMEOUT)")
                 self.abort(1)
             time.sleep(0.002)
-        self.setup_done = True
         codes = [int(np.frombuffer(row[:4].tobytes(), np.int32)[0]) for row in everyone]
         texts = [row[8 : 8 + int(np.frombuffer(row[4:8].tobytes(), np.int32)[0])].tobytes().decode("utf-8", "replace")
                  for row in everyone]

@@ -18,7 +18,20 @@ import nbnet as nb
 from nbnet import cpu
 from nbnet.checkpoint import load_checkpoint
 
-from test_cli import FAST, REPO, assert_error, blobs, nbnet, weights
+from test_cli import FAST, REPO, blobs, nbnet, weights
+
+
+def assert_error(result, *fragments):
+    """One line on stderr starting `Error:`, a non-zero exit, no traceback. (nbnet.check's note
+    that kernels are being compiled, printed once on a cold Numba cache, is not an error.)"""
+    from nbnet.check import COMPILING  # noqa: PLC0415
+
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line != COMPILING]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
 
 
 def strict_json(text):
@@ -291,7 +304,8 @@ def test_no_warnings_before_the_error_line(tmp_path, args, fragment):
     p = subprocess.run([sys.executable, "-W", "default", "-m", "nbnet", "train", *args], capture_output=True,
                        text=True, env=_env(), timeout=120)
     assert p.returncode == 1
-    assert len(p.stderr.splitlines()) == 1 and p.stderr.startswith("Error:") and fragment in p.stderr, p.stderr
+    lines = [line for line in p.stderr.splitlines() if "compiling kernels" not in line]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], p.stderr
 
 
 # --------------------------------------------------------------------------------------------- 7. small
@@ -332,6 +346,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     finally:
         p.kill()
     assert p.returncode == 143
+    err = "\n".join(line for line in err.splitlines() if "compiling kernels" not in line)
     assert err.startswith("Terminated in epoch") and "checkpoint saved" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
     assert stored(ck, "train/state")["step"] > 0
@@ -361,7 +376,7 @@ def test_a_closed_stdout_ends_quietly(tmp_path):
     p.stdout.close()
     _, err = p.communicate(timeout=120)
     assert first.startswith(b"training")
-    assert err == b"" and p.returncode == 141
+    assert err.replace(b"compiling kernels for this CPU (cached for later runs)\n", b"") == b"" and p.returncode == 141
 
 
 # --------------------------------------------------------------------------------------------- 6. tests the mutation pass missed

@@ -161,9 +161,10 @@ class _BaseMLP(BaseEstimator):
         number("beta_1", 0, 1, hi_open=True)
         number("beta_2", 0, 1, hi_open=True)
         number("epsilon", 0, lo_open=True)
-        number("n_iter_no_change", 1, integer=True)
+        if self.n_iter_no_change != np.inf:  # inf: never stop before max_iter (as scikit-learn)
+            number("n_iter_no_change", 1, integer=True)
         try:
-            dtype = np.dtype(self.dtype)
+            dtype = None if self.dtype is None else np.dtype(self.dtype)  # np.dtype(None) is float64
         except TypeError:
             dtype = None
         if dtype not in (np.float32, np.float64):
@@ -371,6 +372,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             return self._fit(X, y, incremental=True, classes=classes)
+        if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"`classes={classes!r}` is not the same as on the first call to partial_fit, "
+                             f"was: {self.classes_!r}")
         return self._fit(X, y, incremental=True)
 
     def predict_proba(self, X):

@@ -170,6 +170,8 @@ def test_stops_like_sklearn_without_early_stopping():
         clf.fit(x, y)
     # Epoch 1 beats best_loss_ = inf; epochs 2..5 do not beat it by 10: the 4th such is > 3.
     assert clf.n_iter_ == 5
+    with pytest.warns(ConvergenceWarning):  # n_iter_no_change=inf: only max_iter stops it
+        assert clf.set_params(n_iter_no_change=np.inf, max_iter=8).fit(x, y).n_iter_ == 8
     with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(5\) reached"):
         MLPClassifier((8,), random_state=0, max_iter=5).fit(x, y)
 
@@ -207,6 +209,9 @@ def test_partial_fit_one_epoch_at_a_time_continues_the_state():
         MLPClassifier().partial_fit(x, y)
     with pytest.raises(ValueError, match="not in `self.classes_`"):
         b.partial_fit(x, y + 5)
+    with pytest.raises(ValueError, match="not the same as on the first call"):
+        b.partial_fit(x, y, classes=[0, 1, 2, 3])
+    b.partial_fit(x, y, classes=[2, 1, 0])  # the same classes: fine
     reg = MLPRegressor((8,), random_state=0)
     reg.partial_fit(x, y.astype(float)).partial_fit(x, y.astype(float))
     assert reg.n_iter_ == 2
@@ -232,7 +237,8 @@ def test_bad_parameters_refused_at_fit_with_a_reason():
                           ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes"),
                           ({"batch_size": 0}, "batch_size"), ({"learning_rate_init": 0}, "learning_rate_init"),
                           ({"max_iter": 0}, "max_iter"), ({"momentum": 1.5}, "momentum"),
-                          ({"dtype": np.int32}, "dtype"), ({"validation_fraction": 1.0}, "validation_fraction")]:
+                          ({"dtype": np.int32}, "dtype"), ({"dtype": None}, "dtype"),
+                          ({"n_iter_no_change": 0}, "n_iter_no_change"), ({"alpha": -1.0}, "alpha"), ({"validation_fraction": 1.0}, "validation_fraction")]:
         with pytest.raises(ValueError, match=match):
             MLPClassifier(**params).fit(x, y)
 

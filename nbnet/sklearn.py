@@ -7,8 +7,9 @@
 The parameters of sklearn.neural_network's estimators of the same names, with their meanings, plus
 `dtype` (float32 default, as every nbnet model). They are thin: `fit` builds the model with
 nbnet.train.build_model and runs nbnet.train.train, the loop `nbnet train` runs; `partial_fit` runs
-that loop for one more epoch, continuing its state. With an integer `random_state` the run is the
-one `nbnet train --seed random_state` makes with the same settings.
+that loop for one more epoch, continuing its state. An integer `random_state` is the loop's seed
+(layer i drawn from (seed, i), epoch e shuffled with (seed, e)), so a fit is bitwise reproducible
+at any thread count.
 
 Where they differ from scikit-learn (on purpose, or because nbnet works that way):
 - alpha: scikit-learn adds alpha/(2·n_batch)·Σ‖W‖² to each batch's loss, so its gradient adds

@@ -9,7 +9,8 @@
 
 Features may be lists, integers or float64: they are converted to the model's dtype here (never
 inside a layer's forward, which takes exactly its dtype). `loss` picks the task: "cross-entropy"
-(integer labels, accuracy reported), "mse" (float targets, MSE and R² reported).
+(integer labels, accuracy reported), "mse" (float targets, MSE and R² reported), "bce" (binary or
+multi-label 0/1 targets; accuracy = the fraction of labels predicted right).
 """
 
 from . import train as _loop
@@ -20,7 +21,8 @@ train = _loop.train
 
 def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
     """The model's mean loss on (x, y) and its metric, as a dict: {"loss", "accuracy"} for
-    cross-entropy; {"loss", "mse", "r2"} for mse (loss and mse are the same number)."""
+    cross-entropy and bce (for bce the fraction of labels right); {"loss", "mse", "r2"} for mse
+    (loss and mse are the same number)."""
     _loop.check_loss(loss)
     x, y = _loop.as_features(model, x), _loop.as_targets(model, y, loss)
     _loop.check_data(model, (x, y), loss)
@@ -32,7 +34,8 @@ def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
 
 def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
     """Predictions for the rows of x, a new array: for cross-entropy the class of each row (N,)
-    int64, or with proba=True the class probabilities (N, C); for mse the outputs (N, D)."""
+    int64, or with proba=True the class probabilities (N, C); for bce the 0/1 labels (N, L) int64
+    (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D)."""
     _loop.check_loss(loss)
     x = _loop.as_features(model, x)
     pred, scores = _loop.predict(model, x, batch_size, loss=loss)

@@ -17,21 +17,27 @@ import time
 import click
 import numpy as np
 
-from . import __version__, datasets
+from . import __version__, datasets, dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import write_npz_atomic
 from .train import (
-    ACTIVATIONS, SCHEDULES, TrainingInterrupted, build_model, check_data, evaluate, make_optimizer,
-    predict, split_validation, train,
+    ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, evaluate,
+    make_optimizer, predict, split_validation, train,
 )
+from .train import LOSSES
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 # Options that fix the model, the data or the order of the batches: a resumed run must keep them.
 MUST_MATCH_ON_RESUME = (
     "dataset", "hidden", "activation", "dtype", "optimizer", "batch_size", "seed", "val_split", "test_split",
+    "loss",
 )
+# What each --loss reads from a dataset file's y (see nbnet.datasets.check_xy).
+TARGETS = {"cross-entropy": "labels", "mse": "values", "bce": "binary"}
 # Options that are not part of the resolved config stored in a checkpoint.
 NOT_CONFIG = ("config", "resume", "save", "save_best", "metrics_out", "quiet", "plot", "threads", "download")
+# Under MPI only process 0 writes these (the others train the same weights and stay silent).
+WRITTEN_BY_PROCESS_0 = ("save", "save_best", "metrics_out", "plot")
 EXIT_INTERRUPTED = 130
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -68,16 +74,15 @@ class Group(click.Group):
         except click.ClickException as e:
             if debug:
                 raise
-            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
-            sys.exit(e.exit_code)
+            dist.fail(_one_line(e.format_message()), e.exit_code)
         except click.exceptions.Abort:
-            click.echo("Error: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            dist.fail("interrupted", EXIT_INTERRUPTED)
         except (CliError, ValueError, OSError) as e:
             if debug:
                 raise
-            click.echo(f"Error: {_one_line(e)}", err=True)
-            sys.exit(getattr(e, "exit_code", 1))
+            # dist.fail: one line per job, not per MPI process; a TrainingDiverged is raised by
+            # every process at the same step.
+            dist.fail(_one_line(e), getattr(e, "exit_code", 1), agreed=isinstance(e, TrainingDiverged))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -166,6 +171,10 @@ def _dataset_key(name):
 @click.option("--hidden", default="64,64", show_default=True, callback=_parse_hidden,
               help="Hidden layer widths, comma-separated (empty string: a linear model).")
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="cross-entropy", show_default=True,
+              help="cross-entropy: classes (integer labels; softmax on the logits). mse: regression on float "
+                   "targets y (N,) or (N, D) of a .npz/.csv file; reports MSE and R². bce: binary or "
+                   "multi-label, y of 0/1 (N,) or (N, L) in a .npz; accuracy = fraction of labels right.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
               help="Total epochs; with --resume, the run continues up to this many.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
@@ -199,16 +208,23 @@ def _dataset_key(name):
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 def train_cmd(ctx, **opts):
-    """Train a multi-layer perceptron (Linear layers with an activation between, softmax
-    cross-entropy on the logits) and report train/test loss and accuracy per epoch.
+    """Train a multi-layer perceptron (Linear layers with an activation between; softmax
+    cross-entropy on the logits, or --loss mse / bce) and report train/validation/test loss and
+    accuracy (R² for mse) per epoch.
 
     Prints a progress bar with the running loss when stdout is a terminal, else one line per
     epoch. Ctrl-C stops after the current step and, with --save, writes a checkpoint to resume from.
     """
+    try:
+        comm = dist.world()  # under `mpiexec -n N` (N > 1): data-parallel, see nbnet/dist.py
+    except RuntimeError as e:
+        raise CliError(str(e)) from None
     resume = load_checkpoint(opts["resume"]) if opts["resume"] else None
     if resume is not None:
         resume.config = upgrade_config(resume.config)
     cfg = _resolve(ctx, opts, resume)
+    if comm.rank != 0:  # once the outputs are settled: process 0 alone writes them
+        opts.update({key: None for key in WRITTEN_BY_PROCESS_0 if key in opts}, quiet=True)
     if (cfg["early_stopping"] is not None or opts["save_best"]) and not cfg["val_split"]:
         which = "--early-stopping" if cfg["early_stopping"] is not None else "--save-best"
         raise CliError(f"{which} chooses on validation data: give --val-split F (e.g. 0.1) too")
@@ -216,6 +232,8 @@ def train_cmd(ctx, **opts):
         _check_plot_available()
     if opts["threads"] is not None:
         _set_threads(opts["threads"])
+    elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
+        _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]))
     if cfg["device"] == "cuda":
         _check_cuda_importable()
     for key in ("save", "save_best", "metrics_out", "plot"):
@@ -232,19 +250,24 @@ def train_cmd(ctx, **opts):
         _check_resume_fits(resume, cfg)
 
     dtype = np.dtype(cfg["dtype"]).type
-    data = _load_data(cfg["dataset"], cfg["data_dir"], cfg["test_split"], cfg["seed"], opts["download"], dtype)
+    data = _load_data(cfg["dataset"], cfg["data_dir"], cfg["test_split"], cfg["seed"], opts["download"], dtype,
+                      cfg["loss"])
     x_tr, y_tr, x_val, y_val = split_validation(data[0], data[1], cfg["val_split"], cfg["seed"])
     data = (x_tr, y_tr, data[2], data[3])
     val_data = None if x_val is None else (x_val, y_val)
     if resume is not None:
         model, state = resume.model, resume.state
     else:
-        classes = int(max(data[1].max(), data[3].max())) + 1
-        model = build_model(data[0].shape[1], cfg["hidden"], classes, cfg["activation"], dtype, cfg["seed"])
+        outputs = int(max(data[1].max(), data[3].max())) + 1 if cfg["loss"] == "cross-entropy" else data[1].shape[1]
+        model = build_model(data[0].shape[1], cfg["hidden"], outputs, cfg["activation"], dtype, cfg["seed"])
         state = None
-    check_data(model, data if val_data is None else (*data, *val_data))
+    check_data(model, data if val_data is None else (*data, *val_data), cfg["loss"])
     if cfg["device"] == "cuda":
         try:
+            if comm.size > 1:
+                from .gpu import use_device_of  # noqa: PLC0415
+
+                use_device_of(dist.local_size_rank()[1])  # one GPU per process, where there are enough
             model.to("cuda")
         except Exception as e:  # noqa: BLE001 - whatever the GPU stack raises, the user gets one line
             raise CliError(f"--device cuda: {_one_line(e) or type(e).__name__}") from None
@@ -256,6 +279,8 @@ def train_cmd(ctx, **opts):
             if hasattr(opt, name) and cfg[name] is not None:
                 setattr(opt, name, float(cfg[name]))
 
+    if comm.size > 1:  # every process got here, with the same options, data and weights (else Error:)
+        comm.agree_setup(dist.fingerprint(cfg, data, model.parameters()))
     metrics_file = open(opts["metrics_out"], "w", encoding="utf-8") if opts["metrics_out"] else None  # noqa: SIM115
     try:
         if metrics_file and resume is not None:
@@ -279,11 +304,14 @@ def train_cmd(ctx, **opts):
             try:
                 history = train(
                     model, opt, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
-                    lr_schedule=cfg["lr_schedule"], lr=cfg["lr"], state=state, val_data=val_data,
+                    lr_schedule=cfg["lr_schedule"], lr=cfg["lr"], state=state, val_data=val_data, loss=cfg["loss"],
                     early_stopping=cfg["early_stopping"], on_best=on_best if val_data is not None else None,
                     on_step=out.step if out.bar else None, on_epoch=on_epoch, should_stop=stopper.requested,
+                    comm=comm,
                 )
             except TrainingInterrupted as e:
+                if comm.rank != 0:  # every process stops at the same step; process 0 reports
+                    sys.exit(EXIT_INTERRUPTED)
                 out.end_bar()
                 where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
                 if opts["save"]:
@@ -354,11 +382,19 @@ def upgrade_config(config):
     if config and "test_split" not in config:
         config["test_split"] = config.pop("val_split", 0.2)
         config["val_split"] = 0.0
+    if config:
+        config.setdefault("loss", "cross-entropy")  # before --loss, every run was a classifier
+        config.setdefault("early_stopping", None)
     return config
 
 
-def _load_data(dataset, data_dir, test_split, seed, download, dtype):
-    x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, test_split=test_split, seed=seed, download=download)
+def _load_data(dataset, data_dir, test_split, seed, download, dtype, loss="cross-entropy"):
+    """(x_train, y_train, x_test, y_test) as the loss wants them: features in `dtype`; integer
+    labels for cross-entropy, else float targets of `dtype` made (N, D)."""
+    x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, test_split=test_split, seed=seed,
+                                           download=download, targets=TARGETS[loss])
+    if loss != "cross-entropy":
+        y_tr, y_te = (np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype) for y in (y_tr, y_te))
     return x_tr.astype(dtype, copy=False), y_tr, x_te.astype(dtype, copy=False), y_te
 
 
@@ -392,6 +428,12 @@ def _set_threads(n):
     if not 1 <= n <= top:
         raise CliError(f"--threads {n}: must be between 1 and {top} (NUMBA_NUM_THREADS)")
     numba.set_num_threads(n)
+
+
+def _max_threads():
+    import numba  # noqa: PLC0415
+
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def _check_cuda_importable():
@@ -441,6 +483,7 @@ class Output:
             click.echo(msg)
 
     def start(self, cfg, model, data, resume, val_data=None):
+        self.label_accuracy = cfg.get("loss") == "bce"
         from .layers import Linear  # noqa: PLC0415
 
         sizes = [layer.in_features for layer in model.layers if isinstance(layer, Linear)]
@@ -480,7 +523,8 @@ class Output:
         for split in ("train", "val", "test"):
             if f"{split}_loss" not in m:
                 continue
-            score = (f"acc {100 * m[f'{split}_accuracy']:.2f}%" if f"{split}_accuracy" in m
+            acc = "label acc" if getattr(self, "label_accuracy", False) else "acc"
+            score = (f"{acc} {100 * m[f'{split}_accuracy']:.2f}%" if f"{split}_accuracy" in m
                      else f"R² {m[f'{split}_r2']:.4f}")
             parts.append(f"{split} loss {m[f'{split}_loss']:.4f} {score}")
         line = (
@@ -502,8 +546,11 @@ class Output:
               help="spiral, mnist, fashion-mnist, FILE.npz or FILE.csv [default: the checkpoint's]. "
                    "Scores the test set (for files: the --test-split part held out in training).")
 @click.option("--data-dir", default=None, help="Folder with the IDX files [default: the checkpoint's].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with loss and accuracy.")
-def evaluate_cmd(checkpoint, dataset, data_dir, as_json):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object with loss and accuracy (mse: loss, mse and r2).")
+@click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default=None,
+              help="The loss the model was trained with [default: the checkpoint's; cross-entropy for a model.save file].")
+def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
     """Loss and accuracy of a saved model on a dataset's test set."""
     ck = load_checkpoint(checkpoint)
     cfg = upgrade_config(ck.config)
@@ -514,44 +561,79 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json):
         if data_dir is None:
             data_dir = cfg.get("data_dir")
     dtype = ck.model.dtype.type
+    loss_name = _checkpoint_loss(cfg, loss_name)
     _, _, x_test, y_test = _load_data(
-        _dataset_key(dataset), data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype
+        _dataset_key(dataset), data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype, loss_name
     )
-    check_data(ck.model, (x_test, y_test, x_test, y_test))
-    loss, acc = evaluate(ck.model, x_test, y_test)
+    check_data(ck.model, (x_test, y_test, x_test, y_test), loss_name)
+    loss, metric = evaluate(ck.model, x_test, y_test, loss=loss_name)
+    if loss_name == "mse":
+        if as_json:
+            click.echo(json.dumps({"loss": loss, "mse": loss, "r2": metric, "samples": len(y_test), "dataset": dataset}))
+        else:
+            click.echo(f"{dataset}: test MSE {loss:.6g}  R² {metric:.4f}  ({len(y_test)} samples)")
+        return
+    what = "label accuracy" if loss_name == "bce" else "accuracy"
     if as_json:
-        click.echo(json.dumps({"loss": loss, "accuracy": acc, "samples": len(y_test), "dataset": dataset}))
+        click.echo(json.dumps({"loss": loss, "accuracy": metric, "samples": len(y_test), "dataset": dataset}))
     else:
-        click.echo(f"{dataset}: test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(y_test)} samples)")
+        click.echo(f"{dataset}: test loss {loss:.4f}  {what} {100 * metric:.2f}%  ({len(y_test)} samples)")
+
+
+def _checkpoint_loss(cfg, given):
+    """The loss a checkpoint was trained with (--loss overrides it, e.g. for a model.save file)."""
+    if given is not None:
+        return given
+    return cfg.get("loss", "cross-entropy")
 
 
 @cli.command(name="predict")
 @click.option("--checkpoint", required=True, help="A checkpoint from `nbnet train --save` (or a model.save file).")
 @click.option("--output", "-o", default=None,
-              help="Where to write the predicted classes: .csv (one class per line), .npy (int64 array) or "
-                   ".npz (arrays `pred` (N,) and `probs` (N, classes)) [default: one class per line on stdout].")
+              help="Where to write the predictions: .csv (one row per line), .npy (the array `pred`) or "
+                   ".npz (arrays `pred` and `probs`) [default: one row per line on stdout].")
+@click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default=None,
+              help="The loss the model was trained with [default: the checkpoint's; cross-entropy for a model.save file].")
 @click.argument("input_path", metavar="INPUT")
-def predict_cmd(checkpoint, output, input_path):
-    """Predict the class of each row of INPUT: a .npz with array x (N, D), a .csv of features
-    (no label column), or an IDX image file (e.g. t10k-images-idx3-ubyte.gz, scaled to [0, 1])."""
+def predict_cmd(checkpoint, output, input_path, loss_name):
+    """Predict each row of INPUT: a .npz with array x (N, D), a .csv of features (no label column),
+    or an IDX image file (e.g. t10k-images-idx3-ubyte.gz, scaled to [0, 1]).
+
+    Prints, per row: the class (cross-entropy); the values, comma-separated (mse); 0 or 1 for one
+    binary output, or the set of labels predicted yes, e.g. {0,3} (bce, multi-label). `pred` in
+    .npy/.npz: classes (N,) int64, values (N, D), or 0/1 labels (N, L) int64; `probs`: class
+    probabilities, or σ(z) for bce (absent for mse)."""
     if output is not None and not output.endswith((".csv", ".npy", ".npz")):
         raise CliError(f"--output {output}: use a .csv, .npy or .npz file name")
-    model = load_checkpoint(checkpoint).model
+    ck = load_checkpoint(checkpoint)
+    model, loss_name = ck.model, _checkpoint_loss(upgrade_config(ck.config), loss_name)
     x = datasets.load_inputs(input_path).astype(model.dtype, copy=False)
     in_features = next(layer.in_features for layer in model.layers if hasattr(layer, "in_features"))
     if x.shape[1] != in_features:
         raise CliError(f"{input_path} has {x.shape[1]} features per row, the model in {checkpoint} expects {in_features}")
-    pred, probs = predict(model, x)
-    pred = pred.astype(np.int64)
+    pred, probs = predict(model, x, loss=loss_name)
+    if loss_name == "mse":
+        lines = [",".join(f"{v:.9g}" for v in row) for row in pred.tolist()]
+        arrays = {"pred": pred}
+    elif loss_name == "bce":
+        if pred.shape[1] == 1:
+            lines = [str(v) for v in pred[:, 0].tolist()]
+        else:
+            lines = ["{" + ",".join(str(j) for j in np.flatnonzero(row)) + "}" for row in pred]
+        arrays = {"pred": pred, "probs": probs}
+    else:
+        pred = pred.astype(np.int64)
+        lines = [str(v) for v in pred.tolist()]
+        arrays = {"pred": pred, "probs": probs}
     if output is None:
-        click.echo("\n".join(map(str, pred.tolist())))
+        click.echo("\n".join(lines))
     elif output.endswith(".csv"):
         with open(output, "w", encoding="utf-8") as f:
-            f.write("\n".join(map(str, pred.tolist())) + "\n")
+            f.write("\n".join(lines) + "\n")
     elif output.endswith(".npy"):
-        np.save(output, pred)
+        np.save(output, arrays["pred"])
     else:
-        write_npz_atomic(output, {"pred": pred, "probs": probs})
+        write_npz_atomic(output, arrays)
 
 
 @cli.command(name="info")
@@ -581,10 +663,32 @@ def info_cmd():
     except Exception as e:  # noqa: BLE001 - any failure means "not usable", and says why
         gpu = f"not usable: {_one_line(e) or type(e).__name__}"
     click.echo(f"GPU: {gpu}")
+    click.echo(f"MPI: {dist.mpi_status()}")
+
+
+@cli.command(name="check")
+def check_cmd():
+    """Compile the kernels for this CPU and check each against its formula (run it on a new machine)."""
+    from .check import main as run_checks  # noqa: PLC0415
+
+    sys.exit(run_checks(click.echo))
 
 
 def main(args=None):
-    cli.main(args=args, prog_name="nbnet")
+    if dist.launched_size() == 1:
+        cli.main(args=args, prog_name="nbnet")
+        return
+    try:
+        cli.main(args=args, prog_name="nbnet")
+    except SystemExit:  # after dist.fail, or agreed by every process (help, Ctrl-C)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C in the middle of a step
+        dist.fail("interrupted", EXIT_INTERRUPTED)
+    except BaseException:  # a bug: its traceback, then end every process rather than leave them waiting
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exc()
+        dist.fail("unexpected error (traceback above)", 1)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ Conventions (the same in nbnet/gpu.py):
 import types as pytypes
 
 import numpy as np
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
+
+from . import simd
 
 # cache=True: a second process loads the compiled kernels from __pycache__ instead of compiling.
 jit = njit(cache=True)
@@ -81,87 +81,19 @@ linear_backward_params_ref = pjit(_linear_backward_params_ref)
 linear_backward_input_ref = pjit(_linear_backward_input_ref)
 
 
-# The fast forward, Y = X Wᵀ, is written as C_rc = Σ_l A_rl B_cl with both operands read along l
-# (contiguous): x_il and w_jl as they are. A TILE×TILE block of outputs is summed in registers (a
-# stack tile, `tile`), and the l loop is vectorised by LLVM: `reassoc` lets it keep one 16-lane
-# (float32) partial sum per output, `contract` makes each step one FMA. The summation order
-# therefore is "16 interleaved partial sums, then a fixed tree": fixed by the compiled code and the
-# shapes, never by the thread count, since each output tile has one owner. (dX and dW sum over the
-# batch or over m instead, often short: they use outer-product tiles, see outer_tile.)
-FAST = {"contract", "reassoc"}
-TILE = 4
-
-
-@intrinsic
-def tile(typingctx, rows, cols, like):
-    """A (rows, cols) C-contiguous array of like's dtype on the stack: uninitialised, freed on
-    return, and small enough that LLVM keeps it in registers. rows and cols must be constants."""
-    if not isinstance(rows, types.IntegerLiteral) or not isinstance(cols, types.IntegerLiteral):
-        return None
-    r, c = rows.literal_value, cols.literal_value
-    arrty = types.Array(like.dtype, 2, "C")
-
-    def codegen(context, builder, sig, args):
-        elty = context.get_value_type(like.dtype)
-        size = context.get_abi_sizeof(elty)
-        ptr = cgutils.alloca_once(builder, elty, size=r * c)
-        arr = context.make_array(arrty)(context, builder)
-        intp = lambda v: context.get_constant(types.intp, v)  # noqa: E731
-        context.populate_array(
-            arr, data=ptr, shape=[intp(r), intp(c)], strides=[intp(c * size), intp(size)],
-            itemsize=intp(size), meminfo=None,
-        )
-        return arr._getvalue()
-
-    return arrty(rows, cols, like), codegen
-
-
-@njit(inline="always")
-def dot_tile(acc, a, b, i0, j0):
-    """acc_rc = Σ_l a[i0+r, l] b[j0+c, l] for r, c < TILE. Rows past the end of a or b repeat its
-    last row (the caller stores only the valid part), so edge tiles run the same code."""
-    ia, jb = a.shape[0] - 1, b.shape[0] - 1
-    for r in range(TILE):
-        for c in range(TILE):
-            acc[r, c] = 0
-    for l in range(a.shape[1]):
-        for r in range(TILE):
-            for c in range(TILE):
-                acc[r, c] += a[min(i0 + r, ia), l] * b[min(j0 + c, jb), l]
-
-
-# dX = G W and dW = Gᵀ X are written the other way round, as sums of outer products: a ROWS×COLS
-# block of outputs is C_rc = Σ_s a_rs b_sc, with b read along its rows (contiguous, c) and a_rs one
-# number broadcast per row. No transposes, and no horizontal sums at the end (the dot form pays
-# ROWS×COLS of those per tile, which dominates when the summed length is a batch of 32 or m = 10).
-# Compiled with `contract` only: with `reassoc` LLVM would vectorise the s loop instead, as ROWS×COLS
-# separate reductions fed by gathers. So each output is summed in plain order s = 0, 1, ... (one
-# FMA per step), fixed by the shapes only.
-OUTER = {"contract"}
-# 4 × 64 float32 = 16 AVX-512 accumulators: measured best of 2..8 × 16..96 (16 and 32 columns do
-# not vectorise: LLVM leaves the tile in memory). In float64 the same tile fills all 32 registers
-# and spills (dW 784->256: 1884 µs, 1111 with 48 columns); 48 for both dtypes costs float32
-# training 7-10% (wasted columns at 128 and 256), and a width per dtype would need a compilation
-# per dtype. float32 is the default, so 64.
-ROWS, COLS = 4, 64
-
-
-@njit(inline="always")
-def outer_tile(acc, a, a_transposed, b, r0, c0):
-    """acc_rc = Σ_s a[r0+r, s] b[s, c0+c] (a_transposed: a[s, r0+r]) for r < ROWS, c < COLS.
-
-    Rows past the end of a repeat its last row (the caller stores only the valid ones). c0 is
-    unsigned: Numba then skips the negative-index wraparound, so the COLS loads of b[s] are one
-    contiguous run that LLVM vectorises (with a signed index it emits gathers)."""
-    ra = (a.shape[0] if not a_transposed else a.shape[1]) - 1
-    for r in range(ROWS):
-        for c in range(COLS):
-            acc[r, c] = 0
-    for s in range(b.shape[0]):
-        for r in range(ROWS):
-            g = a[s, min(r0 + r, ra)] if a_transposed else a[min(r0 + r, ra), s]
-            for c in range(COLS):
-                acc[r, c] += g * b[s, c0 + np.uint64(c)]
+# The fast kernels compute the same sums through nbnet.simd's register-blocked micro-kernels, sized
+# for this CPU when nbnet is imported (simd.describe() says which). Two shapes of product:
+# - broadcast (simd.bcast_unit): C[r, :] += a_rs · B[s, :], one element of A times a contiguous row
+#   of B. dW = GᵀX (A = Gᵀ, B = X), dX = GW (A = G, B = W), and the forward from a copy of Wᵀ at
+#   large batches (A = X, B = Wᵀ). Each output sums s in plain order, one FMA per step.
+# - dot (simd.dot_unit): y_ij = Σ_l x_il w_jl with both rows read along l: the forward at small
+#   batches, where copying W to Wᵀ would cost as much as the product. Each output keeps W lane
+#   partial sums, added in a fixed tree at the end.
+# Each kernel splits its output into work units (blocks of rows × columns) that the threads take
+# one at a time (simd.claim), so a thread slowed by another process takes fewer; each unit, and so
+# each output element, has one owner, and its sums do not depend on which thread runs it: results
+# are bitwise the same whatever the thread count. The epilogue (bias, ReLU) runs on a unit's block
+# right after it is computed, while it is in cache.
 
 
 def _renamed(func, suffix):
@@ -180,10 +112,10 @@ class Kernel:
     thread pool costs more than it saves (measured: see PARALLEL_WORK).
     The choice depends on shapes only, so results never depend on the thread count."""
 
-    def __init__(self, func, work, threshold, fastmath=FAST):
-        self.serial = njit(cache=True, fastmath=fastmath)(_renamed(func, "_serial"))
-        self.parallel = njit(cache=True, fastmath=fastmath, parallel=True)(func)
-        self.work, self.threshold, self.fastmath, self.__doc__ = work, threshold, fastmath, func.__doc__
+    def __init__(self, func, work, threshold):
+        self.serial = njit(cache=True)(_renamed(func, "_serial"))
+        self.parallel = njit(cache=True, parallel=True)(func)
+        self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 
     def __call__(self, *args):
         run = self.parallel if self.work(*args) >= self.threshold else self.serial
@@ -201,22 +133,23 @@ def _linear_forward(out, act, inp, weight, bias, relu):
     """y_ij = Σ_l x_il w_jl + b_j, and with relu also a_ij = max(0, y_ij) (the next layer's input)
 
     out (k, m) = Y, act (k, m) (written only with relu), inp (k, n), weight (m, n), bias (m,).
-    Parallel over TILE×TILE output tiles, row-major, so a thread reuses its rows of X from cache.
+    Dot-form units (simd.dot_unit), taken by the threads one at a time.
     """
-    k = inp.shape[0]
-    m = weight.shape[0]
     zero = out.dtype.type(0)
-    tj = (m + TILE - 1) // TILE
-    for t in prange(((k + TILE - 1) // TILE) * tj):
-        i0, j0 = (t // tj) * TILE, (t % tj) * TILE
-        acc = tile(TILE, TILE, out)
-        dot_tile(acc, inp, weight, i0, j0)
-        for r in range(min(TILE, k - i0)):
-            for c in range(min(TILE, m - j0)):
-                y = acc[r, c] + bias[j0 + c]
-                out[i0 + r, j0 + c] = y
-                if relu:
-                    act[i0 + r, j0 + c] = zero if y < zero else y  # NaN passes through, as in torch
+    units = simd.dot_units(out)
+    counter = np.empty(1, np.int64)
+    counter[0] = 0
+    for _ in prange(units):  # each thread drains the counter in its first iteration
+        u = simd.claim(counter)
+        while u < units:
+            i0, i1, j0, j1 = simd.dot_unit(out, inp, weight, u)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    y = out[i, j] + bias[j]
+                    out[i, j] = y
+                    if relu:
+                        act[i, j] = zero if y < zero else y  # NaN passes through, as in torch
+            u = simd.claim(counter)
 
 
 linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: x.size * w.shape[0], PARALLEL_WORK)
@@ -225,30 +158,27 @@ linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: x.s
 def _linear_forward_t(out, act, inp, weight_t, bias, relu):
     """y_ij = Σ_l x_il w_jl + b_j (and a_ij = max(0, y_ij) with relu), from weight_t = Wᵀ (n, m)
 
-    Outer-product tiles (outer_tile) over the rows of Wᵀ, parallel over them; as linear_forward_act
-    otherwise. Each y_ij sums l in plain order.
+    Broadcast-form units (simd.bcast_unit: A = X, B = Wᵀ); as linear_forward_act otherwise.
     """
-    k = inp.shape[0]
-    m = weight_t.shape[1]
+    n = inp.shape[1]
     zero = out.dtype.type(0)
-    ti = (k + ROWS - 1) // ROWS
-    for t in prange(((m + COLS - 1) // COLS) * ti):
-        jt, i0 = (t // ti) * COLS, (t % ti) * ROWS
-        skip = jt - min(jt, m - COLS)  # columns the previous tile owns
-        j0 = np.uint64(jt - skip)  # unsigned: see outer_tile
-        acc = tile(ROWS, COLS, out)
-        outer_tile(acc, inp, False, weight_t, i0, j0)
-        for r in range(min(ROWS, k - i0)):
-            for c in range(COLS):  # not range(skip, ...): a signed acc index makes gathers
-                if c >= skip:
-                    j = j0 + np.uint64(c)
-                    y = acc[r, c] + bias[j]
-                    out[i0 + r, j] = y
+    units = simd.bcast_units(out)
+    counter = np.empty(1, np.int64)
+    counter[0] = 0
+    for _ in prange(units):  # each thread drains the counter in its first iteration
+        u = simd.claim(counter)
+        while u < units:
+            i0, i1, j0, j1 = simd.bcast_unit(out, inp, n, 1, weight_t, n, u, False)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    y = out[i, j] + bias[j]
+                    out[i, j] = y
                     if relu:
-                        act[i0 + r, j] = zero if y < zero else y
+                        act[i, j] = zero if y < zero else y
+            u = simd.claim(counter)
 
 
-linear_forward_t = Kernel(_linear_forward_t, lambda out, act, x, wt, b, relu: x.size * wt.shape[1], PARALLEL_WORK, OUTER)
+linear_forward_t = Kernel(_linear_forward_t, lambda out, act, x, wt, b, relu: x.size * wt.shape[1], PARALLEL_WORK)
 
 
 @pjit
@@ -263,16 +193,20 @@ def transpose(out, inp):
                     o[i] = inp[i, j]
 
 
-# From this batch size on the forward copies W to Wᵀ (~145 µs for 784->256 on one core) and runs
-# outer-product tiles (~20% faster than the dot tiles at 784->256, ~40% at 256->128). Measured on
-# one core: the copy pays for itself from about 155 rows at 784->256 and 90 at 256->128.
-FORWARD_T_ROWS = 256
+# From this batch size on, and for inputs narrower than FORWARD_T_MAX_IN, the forward copies W to
+# Wᵀ and runs the broadcast form (W must have one full column tile of rows, simd.BCAST_NV vectors).
+# Measured on one core (AVX2, float32, copy included): 256->128 broadcast 96 vs dot 107 µs at batch
+# 64, 555 vs 864 at 512; 784->256 dot wins at every batch to 512 (3454 vs 3988 µs): a long sum
+# keeps the dot form's lane sums cheap, and the copy of a wide W costs more.
+FORWARD_T_ROWS = 64
+FORWARD_T_MAX_IN = 512
 
 
 def _forward(out, act, inp, weight, bias, weight_t, relu):
-    """The forward for these shapes: outer-product tiles over Wᵀ when the batch is large enough
-    to pay for the copy and W has a full tile of rows, dot tiles otherwise (shapes only)."""
-    if weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and weight.shape[0] >= COLS:
+    """The forward for these shapes: broadcast units over Wᵀ when the batch is large enough to pay
+    for the copy, the sum short and W has a full tile of rows, dot units otherwise (shapes only)."""
+    if (weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and inp.shape[1] < FORWARD_T_MAX_IN
+            and weight.shape[0] >= simd.BCAST_NV * simd.lanes(weight.dtype)):
         transpose(weight_t, weight)
         linear_forward_t(out, act, inp, weight_t, bias, relu)
     else:
@@ -281,7 +215,7 @@ def _forward(out, act, inp, weight, bias, weight_t, relu):
 
 def linear_forward(out, inp, weight, bias, weight_t=None):
     """y_ij = Σ_l x_il w_jl + b_j   out (k, m), inp (k, n), weight (m, n), bias (m,);
-    weight_t (n, m) optional scratch for Wᵀ: without it the forward always uses the dot tiles"""
+    weight_t (n, m) optional scratch for Wᵀ: without it the forward always uses the dot form"""
     _forward(out, out, inp, weight, bias, weight_t, False)
 
 
@@ -295,48 +229,27 @@ def _linear_backward_input(dinp, dout, weight, preact, relu):
     """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
 
     dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu).
-    Outer-product tiles (outer_tile), parallel over them; the last column tile overlaps its
-    neighbour and stores only its own columns.
+    Broadcast-form units (simd.bcast_unit: A = G, B = W), taken by the threads one at a time.
     """
-    k, m = dout.shape
-    n = weight.shape[1]
+    m = dout.shape[1]
     zero = dinp.dtype.type(0)
-    if n < COLS:  # too narrow for a tile: one row of dX at a time, j in order
-        for i in prange(k):
-            dx = dinp[i]  # row views: LLVM vectorises these loops as plain contiguous runs
-            for l in range(n):
-                dx[l] = zero
-            for j in range(m):
-                g = dout[i, j]
-                w = weight[j]
-                for l in range(n):
-                    dx[l] += g * w[l]
+    units = simd.bcast_units(dinp)
+    counter = np.empty(1, np.int64)
+    counter[0] = 0
+    for _ in prange(units):  # each thread drains the counter in its first iteration
+        u = simd.claim(counter)
+        while u < units:
+            i0, i1, l0, l1 = simd.bcast_unit(dinp, dout, m, 1, weight, m, u, False)
             if relu:
-                p = preact[i]
-                for l in range(n):
-                    if p[l] < zero:
-                        dx[l] = zero
-    else:
-        ti = (k + ROWS - 1) // ROWS
-        for t in prange(((n + COLS - 1) // COLS) * ti):
-            lt, i0 = (t // ti) * COLS, (t % ti) * ROWS
-            skip = lt - min(lt, n - COLS)  # columns the previous tile owns
-            l0 = np.uint64(lt - skip)  # unsigned: see outer_tile
-            acc = tile(ROWS, COLS, dinp)
-            outer_tile(acc, dout, False, weight, i0, l0)
-            for r in range(min(ROWS, k - i0)):
-                for c in range(COLS):  # not range(skip, ...): a signed acc index makes gathers
-                    if c < skip:
-                        continue
-                    l = l0 + np.uint64(c)
-                    dx = acc[r, c]
-                    if relu and preact[i0 + r, l] < zero:
-                        dx = zero
-                    dinp[i0 + r, l] = dx
+                for i in range(i0, i1):
+                    for l in range(l0, l1):
+                        if preact[i, l] < zero:
+                            dinp[i, l] = zero
+            u = simd.claim(counter)
 
 
 linear_backward_input_act = Kernel(
-    _linear_backward_input, lambda dx, g, w, p, relu: g.shape[0] * w.size, PARALLEL_WORK, OUTER
+    _linear_backward_input, lambda dx, g, w, p, relu: g.shape[0] * w.size, PARALLEL_WORK
 )
 
 
@@ -351,42 +264,52 @@ def linear_relu_backward_input(dinp, dout, weight, preact):
     linear_backward_input_act(dinp, dout, weight, preact, True)
 
 
+# Up to this batch size dW += GᵀX runs row by row (the formula's own loop order, vectorised over l):
+# with a sum over i this short, the update of each dW block by the micro-kernel costs more than its
+# FMAs (measured, one thread, 784->256: batch 1 28 µs vs 256 µs in blocks, 12: 255 vs 555, 16: 349 vs 309).
+SMALL_BATCH = 12
+
+
 def _linear_backward_params(dweight, dbias, dout, inp):
     """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
 
-    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. Outer-product tiles (outer_tile, reading G as Gᵀ), parallel over them.
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. Broadcast-form units
+    (simd.bcast_unit: A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the first
+    column tile also sum db for their rows, so each db_j has one owner too. Up to SMALL_BATCH
+    rows: the plain row loop, parallel over j.
     """
     m, n = dweight.shape
     k = dout.shape[0]
-    for j in prange(m):
-        db = dbias.dtype.type(0)
-        for i in range(k):
-            db += dout[i, j]
-        dbias[j] += db
-    if n < COLS:  # too narrow for a tile: one row of dW at a time, i in order
+    if k <= SMALL_BATCH:  # each dW row read and written once; no register block pays for itself
         for j in prange(m):
-            dw = dweight[j]  # row views, as in _linear_backward_input
+            dw = dweight[j]  # row views: LLVM vectorises the l loop as one contiguous run
+            db = dbias.dtype.type(0)
             for i in range(k):
                 g = dout[i, j]
+                db += g
                 x = inp[i]
                 for l in range(n):
                     dw[l] += g * x[l]
-    else:
-        tj = (m + ROWS - 1) // ROWS
-        for t in prange(((n + COLS - 1) // COLS) * tj):
-            lt, j0 = (t // tj) * COLS, (t % tj) * ROWS
-            skip = lt - min(lt, n - COLS)  # columns the previous tile owns
-            l0 = np.uint64(lt - skip)  # unsigned: see outer_tile
-            acc = tile(ROWS, COLS, dweight)
-            outer_tile(acc, dout, True, inp, j0, l0)
-            for r in range(min(ROWS, m - j0)):
-                for c in range(COLS):  # not range(skip, ...): a signed acc index makes gathers
-                    if c >= skip:
-                        dweight[j0 + r, l0 + np.uint64(c)] += acc[r, c]
+            dbias[j] += db
+        return
+    units = simd.bcast_units(dweight)
+    counter = np.empty(1, np.int64)
+    counter[0] = 0
+    for _ in prange(units):  # each thread drains the counter in its first iteration
+        u = simd.claim(counter)
+        while u < units:
+            j0, j1, l0, l1 = simd.bcast_unit(dweight, dout, 1, m, inp, k, u, True)
+            if l0 == 0:
+                for j in range(j0, j1):
+                    db = dbias.dtype.type(0)
+                    for i in range(k):
+                        db += dout[i, j]
+                    dbias[j] += db
+            u = simd.claim(counter)
 
 
 linear_backward_params = Kernel(
-    _linear_backward_params, lambda dw, db, g, x: x.size * dw.shape[0], PARALLEL_WORK, OUTER
+    _linear_backward_params, lambda dw, db, g, x: x.size * dw.shape[0], PARALLEL_WORK
 )
 
 
@@ -624,6 +547,52 @@ def mse_backward(dpred, pred, target):
     for i in prange(k):
         for j in range(d):
             dpred[i, j] = scale * (pred[i, j] - target[i, j])
+
+
+@jit
+def bce_with_logits_forward(logits, targets):
+    """L = (1/(k c)) Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|))
+
+    Sigmoid and binary cross-entropy on logits z (k, c) with targets t (k, c) in [0, 1], as PyTorch's
+    BCEWithLogitsLoss() (the mean over every element). It equals −t log σ(z) − (1−t) log(1−σ(z)),
+    rewritten so that no exponent is positive: finite for logits of any size. Serial, one sum in
+    row order, like mse_forward.
+    """
+    k, c = logits.shape
+    zero = logits.dtype.type(0)
+    total = zero
+    for i in range(k):
+        for j in range(c):
+            z = logits[i, j]
+            total += max(z, zero) - z * targets[i, j] + np.log1p(np.exp(-abs(z)))
+    return total / logits.dtype.type(k * c)
+
+
+@pjit
+def bce_with_logits_backward(dlogits, logits, targets):
+    """dz_ij = (σ(z_ij) − t_ij) / (k c),  σ(z) = 1/(1 + e^(−z)) for z ≥ 0, e^z/(1 + e^z) below"""
+    k, c = logits.shape
+    one = logits.dtype.type(1)
+    inv_n = one / logits.dtype.type(k * c)
+    for i in prange(k):
+        for j in range(c):
+            z = logits[i, j]
+            e = np.exp(-abs(z))  # ≤ 1: no overflow on either side
+            s = one / (one + e) if z >= 0 else e / (one + e)
+            dlogits[i, j] = (s - targets[i, j]) * inv_n
+
+
+@jit
+def count_correct_labels(logits, targets):
+    """Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)]: the labels (every output one yes/no label) predicted right,
+    σ(z) ≥ ½ read as yes. Plain @njit, as count_correct."""
+    correct = 0
+    zero = logits.dtype.type(0)
+    half = targets.dtype.type(0.5)
+    for i in range(logits.shape[0]):
+        for j in range(logits.shape[1]):
+            correct += (logits[i, j] >= zero) == (targets[i, j] >= half)
+    return correct
 
 
 @jit

@@ -3,6 +3,8 @@
 
 import numpy as np
 
+from .dist import share
+
 
 def batch_order(n, batch_size, shuffle, seed):
     """The row order of an epoch: a permutation from np.random.default_rng(seed), or None for
@@ -30,20 +32,27 @@ def batches(x, y, batch_size, shuffle=True, seed=None):
         yield x[idx], y[idx]
 
 
-def batches_reusing(x, y, batch_size, shuffle=True, seed=None):
+def batches_reusing(x, y, batch_size, shuffle=True, seed=None, part=(0, 1)):
     """Like `batches` (same batches, same order), but gathers each batch into two buffers made once,
     so a training step allocates nothing. Each yielded pair is overwritten by the next one: use it
-    in a training loop, not to keep batches. (In order, the batches are views of x and y.)"""
+    in a training loop, not to keep batches. (In order, the batches are views of x and y.)
+    part=(rank, size): only rows nbnet.dist.share(len(batch), rank, size) of every batch (possibly
+    none), the share of one of `size` data-parallel processes."""
     _check_lengths(x, y)
     order = batch_order(len(x), batch_size, shuffle, seed)
+    rank, size = part
     if order is None:
-        yield from batches(x, y, batch_size, shuffle=False)
+        for xb, yb in batches(x, y, batch_size, shuffle=False):
+            lo, hi = share(len(xb), rank, size)
+            yield xb[lo:hi], yb[lo:hi]
         return
-    rows = min(batch_size, len(x))
+    rows = -(-min(batch_size, len(x)) // size)
     xbuf = np.empty((rows,) + x.shape[1:], x.dtype)
     ybuf = np.empty((rows,) + y.shape[1:], y.dtype)
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
+        lo, hi = share(len(idx), rank, size)
+        idx = idx[lo:hi]
         xb, yb = xbuf[: len(idx)], ybuf[: len(idx)]
         np.take(x, idx, axis=0, out=xb)
         np.take(y, idx, axis=0, out=yb)

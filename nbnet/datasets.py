@@ -233,8 +233,15 @@ def fetch(name, data_dir, mirrors=None, md5=None, timeout=30):
 # User files: .npz (x, y) and .csv (label first)
 
 
-def check_xy(x, y, source):
-    """Validate features and labels; returns (float32 x, int64 y)."""
+TARGETS = ("labels", "values", "binary")
+
+
+def check_xy(x, y, source, targets="labels"):
+    """Validate features and targets; returns (float32 x, y). targets: "labels" (class labels,
+    (N,) int64 out), "values" (regression: finite reals, (N,) or (N, D), float64 out), "binary"
+    (yes/no labels or probabilities in [0, 1], (N,) or (N, L), float64 out)."""
+    if targets != "labels":
+        return _check_x_values(x, y, source, targets)
     if x.ndim != 2:
         raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -252,6 +259,24 @@ def check_xy(x, y, source):
     if y.min() < 0:
         raise ValueError(f"{source}: label {y.min()} is negative (labels are 0 .. classes-1)")
     return x, y.astype(np.int64)
+
+
+def _check_x_values(x, y, source, targets):
+    if x.ndim != 2:
+        raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{source}: holds no data (x has shape {x.shape})")
+    if y.ndim not in (1, 2) or len(y) != len(x) or (y.ndim == 2 and y.shape[1] == 0):
+        raise ValueError(f"{source}: y must be (N,) or (N, D) with N = {len(x)} rows, got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
+        raise ValueError(f"{source}: targets must be real numbers, got {y.dtype}")
+    x = check_features(x, source)
+    y = y.astype(np.float64)
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{source}: targets hold NaN or Inf")
+    if targets == "binary" and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"{source}: binary targets must lie in [0, 1], found {y.min() if y.min() < 0 else y.max()}")
+    return x, y
 
 
 def check_features(x, source):
@@ -305,8 +330,9 @@ def read_csv(path):
     return out
 
 
-def load_file(path):
-    """(x, y) from a user's .npz (arrays x, y) or .csv (label in the first column)."""
+def load_file(path, targets="labels"):
+    """(x, y) from a user's .npz (arrays x, y) or .csv (label in the first column); targets as
+    check_xy's (a .csv holds one target column: multi-output targets need a .npz)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"{path}: no such file")
@@ -319,7 +345,7 @@ def load_file(path):
         x, y = table[:, 1:], table[:, 0]
     else:
         raise ValueError(f"{path}: unknown file type (use .npz with x and y, or .csv with the label first)")
-    return check_xy(np.asarray(x), np.asarray(y), path)
+    return check_xy(np.asarray(x), np.asarray(y), path, targets)
 
 
 def load_inputs(path):
@@ -342,21 +368,26 @@ def load_inputs(path):
     return check_features(x, path)
 
 
-def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_split=None):
+def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_split=None, targets="labels"):
     """`spiral` (embedded, generated), `mnist`, `fashion-mnist` (four IDX files in data_dir), or a
     path to a .npz (x, y) / .csv (label first) file, split into train and test by test_split
     (shuffled with seed). `val_split` is test_split's old name, still accepted here; a validation
-    set is carved from the training rows by nbnet.train.split_validation."""
+    set is carved from the training rows by nbnet.train.split_validation. targets: what y holds,
+    as check_xy's; "values" and "binary" only for files (the built-in sets are class labels)."""
     if val_split is not None:
         test_split = val_split
+    if targets not in TARGETS:
+        raise ValueError(f"unknown targets {targets!r} (use {', '.join(TARGETS)})")
     name = os.fspath(name)
+    if targets != "labels" and (name == "spiral" or name in IMAGE_DATASETS):
+        raise ValueError(f"{name} has class labels: regression or binary targets need your own .npz or .csv file")
     if name == "spiral":
         x, y = spiral()
         return split(x, y, test_split, seed)
     if name in IMAGE_DATASETS:
         return load_idx_dataset(name, data_dir or default_data_dir(name), download=download)
     if name.endswith((".npz", ".csv")):
-        x, y = load_file(name)
+        x, y = load_file(name, targets)
         return split(x, y, test_split, seed)
     raise ValueError(
         f"unknown dataset {name!r} (use spiral, mnist, fashion-mnist, or a .npz/.csv file)"

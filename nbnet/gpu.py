@@ -91,6 +91,16 @@ def gpu_status():
     return _real_gpu()
 
 
+def use_device_of(local_rank):
+    """Data-parallel (nbnet.dist): make GPU `local_rank` mod (GPUs on this machine) this process's
+    device, before anything else touches a GPU: one GPU per process where there are enough."""
+    if cuda is None or simulator_enabled():
+        return
+    count = len(cuda.gpus)
+    if count:
+        cuda.select_device(local_rank % count)
+
+
 def _require_device():
     """Raise RuntimeError unless kernels here can run: a real GPU, or the simulator on purpose."""
     if cuda is None:
@@ -107,11 +117,13 @@ def to_device(arr):
     return cuda.to_device(np.ascontiguousarray(arr))
 
 
+def _to_host(arr):
+    return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
+
+
 def to_device_like(arr, like):
     """`arr` on the device where `like` lives (host or GPU), copied only if it is elsewhere."""
-    from .model import to_host  # noqa: PLC0415
-
-    return to_host(arr) if isinstance(like, np.ndarray) else to_device(arr)
+    return _to_host(arr) if isinstance(like, np.ndarray) else to_device(arr)
 
 
 def empty(shape, dtype):
@@ -121,14 +133,13 @@ def empty(shape, dtype):
 
 def move_model(model, device):
     """Move every layer's parameters and gradients to "cuda" or "cpu", and drop the arrays layers
-    cached from earlier steps (forward cache, buffers): they are remade on the new device. On the
-    host the parameters are packed again as Sequential packs them (nbnet.model.pack_parameters).
-    Optimizer state follows on the optimizer's next step (nbnet.optim calls to_device_like)."""
+    cached from earlier steps (forward cache, buffers): they are remade on the new device. (Back
+    on the host, Sequential.to packs the parameters again.) Optimizer state follows on the
+    optimizer's next step (nbnet.optim calls to_device_like). This module imports nothing from
+    nbnet.model or nbnet.layers, which import it lazily: no import circle."""
     if device not in ("cuda", "cpu"):
         raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'")
-    from .model import pack_parameters, to_host  # noqa: PLC0415
-
-    move = to_device if device == "cuda" else to_host
+    move = to_device if device == "cuda" else _to_host
     if device == "cuda":
         _require_device()  # before touching anything: a failed move leaves the model as it was
     for layer in model.layers:
@@ -140,8 +151,6 @@ def move_model(model, device):
         for name, value in list(vars(layer).items()):
             if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
                 setattr(layer, name, None)
-    if device == "cpu":
-        pack_parameters(model.parameters())  # one flat buffer again: the optimizer's one-pass path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,6 +621,51 @@ def mse_backward(dpred, pred, target):
     _launch_1d(_mse_backward_kernel, pred.size, dpred, pred, target)
 
 
+@_jit
+def _bce_with_logits_sum_kernel(total, logits, targets):
+    """total[0] = Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|))   one block, flat index p = i c + j"""
+    partial = cuda.shared.array(REDUCE, dtype=logits.dtype)
+    t = cuda.threadIdx.x
+    c = logits.shape[1]
+    zero = logits.dtype.type(0)
+    acc = zero
+    for p in range(t, logits.size, cuda.blockDim.x):
+        i = p // c
+        j = p - i * c
+        z = logits[i, j]
+        acc += max(z, zero) - z * targets[i, j] + math.log1p(math.exp(-abs(z)))
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+def bce_with_logits_forward(logits, targets):
+    """L = (1/(k c)) Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|)), returned as a host scalar"""
+    k, c = logits.shape
+    total = _reduce_to_host(_bce_with_logits_sum_kernel, logits.size, logits.dtype, logits, targets)
+    return total / logits.dtype.type(k * c)
+
+
+@_jit
+def _bce_with_logits_backward_kernel(dlogits, logits, targets):
+    """dz_ij = (σ(z_ij) − t_ij) / (k c), σ from e^(−|z|) on both sides"""
+    p = cuda.grid(1)
+    if p < logits.size:
+        k, c = logits.shape
+        i = p // c
+        j = p - i * c
+        one = logits.dtype.type(1)
+        z = logits[i, j]
+        e = math.exp(-abs(z))
+        s = one / (one + e) if z >= logits.dtype.type(0) else e / (one + e)
+        dlogits[i, j] = (s - targets[i, j]) * (one / logits.dtype.type(k * c))
+
+
+def bce_with_logits_backward(dlogits, logits, targets):
+    _launch_1d(_bce_with_logits_backward_kernel, logits.size, dlogits, logits, targets)
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimizers: one thread per parameter element, the update rules of cpu.sgd_step / cpu.adam_step.
 
@@ -726,6 +780,29 @@ def _count_correct_kernel(total, logits, targets):
 def count_correct(logits, targets):
     """How many rows' largest logit is at the label: a host int (what accuracy needs, nothing more)."""
     return int(_reduce_to_host(_count_correct_kernel, logits.shape[0], np.int64, logits, targets))
+
+
+@_jit
+def _count_correct_labels_kernel(total, logits, targets):
+    """total[0] = Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)]   one block"""
+    partial = cuda.shared.array(REDUCE, dtype=total.dtype)
+    t = cuda.threadIdx.x
+    c = logits.shape[1]
+    acc = total.dtype.type(0)
+    for p in range(t, logits.size, cuda.blockDim.x):
+        i = p // c
+        j = p - i * c
+        if (logits[i, j] >= logits.dtype.type(0)) == (targets[i, j] >= targets.dtype.type(0.5)):
+            acc += 1
+    partial[t] = acc
+    _block_sum(partial)
+    if t == 0:
+        total[0] = partial[0]
+
+
+def count_correct_labels(logits, targets):
+    """How many labels (outputs) are predicted right, z ≥ 0 read as yes: a host int."""
+    return int(_reduce_to_host(_count_correct_labels_kernel, logits.size, np.int64, logits, targets))
 
 
 class DeviceDataset:

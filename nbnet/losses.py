@@ -97,6 +97,23 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
         return self._backward_check()
 
 
+def _targets_like(loss, target, pred):
+    """Float targets for pred (N, D): a list becomes an array, (N,) becomes (N, 1) when D = 1, a
+    host array of another real dtype is converted to pred's; then shape and device as pred's."""
+    if isinstance(target, (list, tuple)):
+        target = np.asarray(target)
+    if isinstance(target, np.ndarray):
+        if target.ndim == 1 and pred.shape[1] == 1:
+            target = target.reshape(-1, 1)
+        real = np.issubdtype(target.dtype, np.number) or target.dtype == np.bool_
+        if target.dtype != pred.dtype and real and not np.iscomplexobj(target):
+            target = target.astype(pred.dtype)
+    target = loss._check_input(target, pred.shape[1], pred.dtype, like=pred)
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"{loss.describe()}: expected targets of shape {tuple(pred.shape)}, got {tuple(target.shape)}")
+    return target
+
+
 @dataclass(eq=False)
 class MSELoss(Layer):
     """On predictions p (N, D) and targets t (N, D):  L = (1/(N D)) Σ_ij (p_ij − t_ij)², the same as
@@ -111,19 +128,7 @@ class MSELoss(Layer):
 
     def forward(self, pred, target):
         pred = self._check_input(pred)
-        if isinstance(target, (list, tuple)):
-            target = np.asarray(target)
-        if isinstance(target, np.ndarray):
-            if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1:
-                target = target.reshape(-1, 1)
-            if target.dtype != pred.dtype and (np.issubdtype(target.dtype, np.number) or target.dtype == np.bool_) \
-                    and not np.iscomplexobj(target):
-                target = target.astype(pred.dtype)
-        target = self._check_input(target, pred.shape[1], pred.dtype, like=pred)
-        if target.shape != pred.shape:
-            raise ValueError(
-                f"MSELoss(): expected targets of shape {tuple(pred.shape)}, got {tuple(target.shape)}"
-            )
+        target = _targets_like(self, target, pred)
         self.pred, self.target = pred, target
         return float(kernels(pred).mse_forward(pred, target))
 
@@ -133,3 +138,29 @@ class MSELoss(Layer):
         dpred = self._buffer("dinp", self.pred, self.pred.shape, self.pred.dtype)
         kernels(dpred).mse_backward(dpred, self.pred, self.target)
         return dpred
+
+
+@dataclass(eq=False)
+class BCEWithLogits(Layer):
+    """Sigmoid + binary cross-entropy on logits z (N, C), fused and stable, for binary (C = 1) and
+    multi-label targets t (N, C) of 0/1 (or probabilities):
+        L = (1/(N C)) Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|)),   dz = (σ(z) − t) / (N C)
+    the same as PyTorch's BCEWithLogitsLoss() (mean over every element). Targets as MSELoss's:
+    (N,) is read as (N, 1), lists and other dtypes are converted to the logits' dtype."""
+
+    logits: Any = field(init=False, default=None, repr=False)
+    target: Any = field(init=False, default=None, repr=False)
+    dinp: Any = field(init=False, default=None, repr=False)
+
+    def forward(self, logits, target):
+        logits = self._check_input(logits)
+        target = _targets_like(self, target, logits)
+        self.logits, self.target = logits, target
+        return float(kernels(logits).bce_with_logits_forward(logits, target))
+
+    def backward(self):
+        if self.logits is None:
+            raise ValueError("BCEWithLogits(): backward called before forward")
+        dlogits = self._buffer("dinp", self.logits, self.logits.shape, self.logits.dtype)
+        kernels(dlogits).bce_with_logits_backward(dlogits, self.logits, self.target)
+        return dlogits

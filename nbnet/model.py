@@ -19,7 +19,8 @@ FORMAT_VERSION = 1
 
 
 class Sequential:
-    """Layers applied in order. `backward(grad)` runs them in reverse and returns dL/dX.
+    """Layers applied in order. `backward(grad)` runs them in reverse and fills the gradients;
+    `backward(grad, need_input_grad=True)` also returns dL/dX.
 
     As torch.nn.Sequential: `Sequential([l1, l2])` or `Sequential(l1, l2)`; `model(x)`,
     `len(model)`, `model[i]` (a layer), `model[i:j]` (a Sequential sharing those layers), iteration
@@ -142,9 +143,11 @@ class Sequential:
         layers = self.layers
         return i + 1 < len(layers) and type(layers[i]) is Linear and type(layers[i + 1]) is ReLU
 
-    def backward(self, grad, need_input_grad=True):
-        """Fills every layer's gradients; returns dL/dX, or None with need_input_grad=False (which
-        skips the first Linear's input gradient: a training loop never uses it)."""
+    def backward(self, grad, need_input_grad=False):
+        """Fills every layer's gradients. Returns dL/dX only with need_input_grad=True; by default
+        None, and the first Linear's input gradient is not computed at all (a third of that
+        layer's backward, which a training loop never reads), as PyTorch skips the gradient of an
+        input that does not require one. Layers' own backward always returns their dX."""
         # Layers before the first one with parameters need no gradient at all when the caller
         # does not want dL/dX, and that first layer needs only its parameters' gradients.
         stop = 0 if need_input_grad else self._first_with_parameters()
@@ -191,6 +194,8 @@ class Sequential:
         from .gpu import move_model  # noqa: PLC0415 - optional, needs numba-cuda for "cuda"
 
         move_model(self, device)
+        if device == "cpu":
+            pack_parameters(self.parameters())  # one flat buffer again: the optimizer's one-pass path
         return self
 
     def state_arrays(self):

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import dist
+from .check import compile_kernels
 from .data import batches, batches_reusing
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
-from .losses import MSELoss, SoftmaxCrossEntropy, check_labels
+from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
 from .optim import OPTIMIZERS
 
@@ -101,10 +103,10 @@ def learning_rate(schedule, lr, step, epoch, epochs, steps_per_epoch):
     raise ValueError(f"unknown lr schedule {schedule!r} (use {', '.join(SCHEDULES)})")
 
 
-LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSELoss}
+LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSELoss, "bce": BCEWithLogits}
 # What each loss reports beside itself: accuracy for the classifiers (for bce: the fraction of
 # correct labels, every output a label), R² for mse (whose loss is the MSE).
-METRIC = {"cross-entropy": "accuracy", "mse": "r2"}
+METRIC = {"cross-entropy": "accuracy", "mse": "r2", "bce": "accuracy"}
 VAL_SEED_TAG = 0x56414C  # "VAL": the validation split's own seed stream, (seed, VAL_SEED_TAG)
 
 
@@ -144,7 +146,12 @@ def as_targets(model, y, loss, who="y"):
         raise ValueError(f"{who}: {loss} needs numeric targets, got {y.dtype}")
     if y.ndim == 1:
         y = y.reshape(-1, 1)
-    return np.ascontiguousarray(y, dtype=model.dtype)
+    y = np.ascontiguousarray(y, dtype=model.dtype)
+    if y.size and not np.all(np.isfinite(y)):
+        raise ValueError(f"{who}: targets hold NaN or Inf (or values too large for {model.dtype})")
+    if loss == "bce" and y.size and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"{who}: bce targets must lie in [0, 1] (0/1 labels or probabilities)")
+    return y
 
 
 def split_validation(x, y, fraction, seed):
@@ -177,10 +184,13 @@ def _ss_tot(y):
 
 
 def _batch_correct(loss, logits, yb):
-    """What the epoch's metric sums per batch: rows with the right class (cross-entropy); nothing
-    for mse (R² comes from the loss sums)."""
+    """What the epoch's metric sums per batch: rows with the right class (cross-entropy), labels
+    predicted right (bce: every output a yes/no label, z ≥ 0 read as yes); nothing for mse (R²
+    comes from the loss sums)."""
     if loss == "cross-entropy":
         return kernels(logits).count_correct(logits, yb)
+    if loss == "bce":
+        return kernels(logits).count_correct_labels(logits, yb)
     return 0
 
 
@@ -189,49 +199,71 @@ def _metric(loss, loss_sum, correct, seen, y):
     if loss == "mse":
         width = y.shape[1]
         return _r2(loss_sum * width, _ss_tot(y))
+    if loss == "bce":
+        return correct / (seen * y.shape[1])  # the fraction of labels, not of rows, right
     return correct / seen
 
 
-def batch_source(model, x, y):
+def batch_source(model, x, y, part=(0, 1)):
     """`batches(batch_size, shuffle, seed)` over (x, y) where the model lives: on the host, gathered
     into reused buffers (no allocation per step); for a model on the GPU, from a DeviceDataset
     copied over once (class labels; other targets come from the host, copied per batch). All give
-    exactly the batches of `nbnet.batches`."""
+    exactly the batches of `nbnet.batches`; part=(rank, size): this data-parallel process's share
+    of each (see nbnet.dist)."""
     on_host = isinstance(model.parameters()[0].data, np.ndarray)
     if on_host or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        return lambda batch_size, shuffle, seed=None: batches_reusing(x, y, batch_size, shuffle, seed)
+        return lambda batch_size, shuffle, seed=None: batches_reusing(x, y, batch_size, shuffle, seed, part)
     from .gpu import DeviceDataset  # noqa: PLC0415
 
-    return DeviceDataset(x, y).batches
+    every = DeviceDataset(x, y).batches
+    if part == (0, 1):
+        return every
+
+    def mine(batch_size, shuffle, seed=None):
+        for xb, yb in every(batch_size, shuffle, seed):
+            lo, hi = dist.share(len(yb), *part)
+            yield xb[lo:hi], yb[lo:hi]
+
+    return mine
 
 
 def evaluate(model, x, y, batch_size=1000, source=None, loss="cross-entropy"):
     """(mean loss, metric) of the model on (x, y), in batches: the metric is the accuracy for
     cross-entropy, R² for mse (see METRIC)."""
-    loss_fn = LOSSES[check_loss(loss)]()
-    loss_sum, correct = 0.0, 0
     source = batch_source(model, x, y) if source is None else source
-    for xb, yb in source(batch_size, shuffle=False):
-        logits = model.forward(xb)
-        loss_sum += loss_fn.forward(logits, yb) * len(yb)
-        correct += _batch_correct(loss, logits, yb)
+    loss_sum, correct = _evaluate_sums(model, batch_size, source, check_loss(loss))
     return loss_sum / len(y), _metric(loss, loss_sum, correct, len(y), y)
+
+
+def _evaluate_sums(model, batch_size, source, loss):
+    """(Σ batch mean loss × rows, Σ correct rows) over the batches of `source`."""
+    loss_fn = LOSSES[loss]()
+    loss_sum, correct = 0.0, 0
+    for xb, yb in source(batch_size, shuffle=False):
+        if len(yb):  # a data-parallel share may be empty
+            logits = model.forward(xb)
+            loss_sum += loss_fn.forward(logits, yb) * len(yb)
+            correct += _batch_correct(loss, logits, yb)
+    return loss_sum, correct
 
 
 def predict(model, x, batch_size=1000, loss="cross-entropy"):
     """(predictions, scores) for the rows of x: for cross-entropy the classes (N,) and class
-    probabilities (N, C); for mse the outputs (N, D), twice."""
-    from .layers import Softmax  # noqa: PLC0415
+    probabilities (N, C); for bce the 0/1 labels (N, L) int64 (σ(z) ≥ ½) and probabilities σ(z);
+    for mse the outputs (N, D), twice."""
+    from .layers import Sigmoid, Softmax  # noqa: PLC0415
 
     check_loss(loss)
-    softmax = Softmax()
+    squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
     outs = []
     for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
         z = model.forward(xb)
-        outs.append(to_host(softmax.forward(z) if loss == "cross-entropy" else z).copy())
+        outs.append(to_host(z if squash is None else squash.forward(z)).copy())
     scores = np.concatenate(outs)
     if loss == "cross-entropy":
         return scores.argmax(axis=1), scores
+    if loss == "bce":
+        return (scores >= 0.5).astype(np.int64), scores
     return scores, scores
 
 
@@ -272,7 +304,7 @@ class History(list):
 def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
           loss="cross-entropy", val_data=None, val_split=0.0, early_stopping=None, min_delta=0.0,
           restore_best=False, shuffle=True, state=None, on_step=None, on_epoch=None, on_best=None,
-          should_stop=None, eval_batch_size=1000):
+          should_stop=None, eval_batch_size=1000, comm=None):
     """Train up to `epochs` epochs in total (continuing from `state`), and return the History:
     one dict per epoch with epoch, train_loss, train_<metric>, [val_loss, val_<metric>,]
     [test_loss, test_<metric>,] lr, seconds, samples_per_second; <metric> is accuracy for
@@ -282,7 +314,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         features are converted to the model's dtype (float64 or integers for a float32 model),
         targets to what the loss wants (see as_targets). The test set is only reported, never
         used to choose anything.
-    loss: "cross-entropy" (softmax cross-entropy on logits, integer labels) or "mse".
+    loss: "cross-entropy" (softmax cross-entropy on logits, integer labels), "mse" (float targets,
+        R² reported) or "bce" (sigmoid + binary cross-entropy on logits: 0/1 targets (N,) or
+        (N, L) multi-label; accuracy is the fraction of labels right).
     val_data=(x_val, y_val), or val_split=F: hold out a fraction F of the training rows (shuffled
         with (seed, VAL_SEED_TAG)) for validation. The best epoch is the one with the lowest
         validation loss (improving by more than min_delta).
@@ -293,8 +327,15 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
     should_stop() is asked after each step: True raises TrainingInterrupted(state).
     Raises TrainingDiverged (a ValueError) on a NaN/Inf loss, before that step updates anything.
+
+    comm: an mpi4py communicator (e.g. MPI.COMM_WORLD) to train data-parallel over its processes
+    (see nbnet.dist): each takes its share of every global batch of `batch_size` rows and of the
+    validation and test sets; the weights, history and state come out the same on every process,
+    and those of one process within rounding. Start the script with `mpiexec -n N python -m mpi4py
+    script.py`, so that an exception on one process ends them all (examples/mpi_train.py).
     """
     check_loss(loss)
+    comm = dist.wrap(comm)
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -324,10 +365,28 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     loss_fn = LOSSES[loss]()
-    train_batches = batch_source(model, x_train, y_train)
-    test_batches = batch_source(model, x_test, y_test) if x_test is not None else None
-    val_batches = batch_source(model, x_val, y_val) if x_val is not None else None
+    params = model.parameters()
+    train_batches = batch_source(model, x_train, y_train, (comm.rank, comm.size))
+
+    def evaluator(x, y):
+        """(loss, metric) on (x, y) as a function of the current weights: each process scores its
+        share of the rows, and the sums are added up over processes."""
+        if x is None:
+            return None
+        lo, hi = dist.share(len(y), comm.rank, comm.size)
+        source = batch_source(model, x[lo:hi], y[lo:hi]) if hi > lo else (lambda *args, **kwargs: iter(()))
+
+        def score():
+            loss_sum, correct = comm.sums(*_evaluate_sums(model, eval_batch_size, source, loss))
+            return loss_sum / len(y), _metric(loss, loss_sum, correct, len(y), y)
+
+        return score
+
+    score_val, score_test = evaluator(x_val, y_val), evaluator(x_test, y_test)
     best_params = None
+    # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
+    # seconds and samples/s measure training, not compilation.
+    compile_kernels(model, opt, loss_fn, y_train)
 
     while state.epoch < epochs:
         if early_stopping is not None and state.bad_epochs >= early_stopping:
@@ -345,22 +404,30 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 continue
             opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
             opt.zero_grad()
-            logits = model.forward(xb)
-            value = loss_fn.forward(logits, yb)
-            if not math.isfinite(value):
+            rows, value, correct = len(yb), 0.0, 0
+            if rows:  # a data-parallel share may be empty
+                logits = model.forward(xb)
+                value = loss_fn.forward(logits, yb)
+                correct = _batch_correct(loss, logits, yb)
+                if math.isfinite(value):
+                    model.backward(loss_fn.backward(), need_input_grad=False)
+            # Summed over the processes (one process: as they are), so that all decide alike.
+            loss_sum, correct, seen, stop = comm.step_sums(
+                value * rows, correct, rows, should_stop is not None and should_stop()
+            )
+            if not math.isfinite(loss_sum):
                 raise TrainingDiverged(
-                    f"training diverged: loss is {value} at epoch {epoch + 1}, step {b + 1}"
+                    f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"
                 )
-            correct = _batch_correct(loss, logits, yb)
-            model.backward(loss_fn.backward(), need_input_grad=False)
+            comm.allreduce_grad(params, rows / seen)  # between backward and the step
             opt.step()
             state.step += 1
-            state.loss_sum += value * len(yb)
-            state.correct += correct
-            state.seen += len(yb)
+            state.loss_sum += loss_sum
+            state.correct += int(correct)
+            state.seen += int(seen)
             if on_step is not None:
                 on_step(state, b + 1, steps_per_epoch, state.loss_sum / state.seen)
-            if should_stop is not None and should_stop():
+            if stop:
                 state.seconds += time.perf_counter() - t0
                 raise TrainingInterrupted(state)
         seconds = state.seconds + time.perf_counter() - t0
@@ -369,12 +436,10 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             "train_loss": state.loss_sum / state.seen,
             f"train_{metric}": _metric(loss, state.loss_sum, state.correct, state.seen, y_train),
         }
-        if x_val is not None:
-            metrics["val_loss"], metrics[f"val_{metric}"] = evaluate(
-                model, x_val, y_val, eval_batch_size, val_batches, loss)
-        if x_test is not None:
-            metrics["test_loss"], metrics[f"test_{metric}"] = evaluate(
-                model, x_test, y_test, eval_batch_size, test_batches, loss)
+        if score_val is not None:
+            metrics["val_loss"], metrics[f"val_{metric}"] = score_val()
+        if score_test is not None:
+            metrics["test_loss"], metrics[f"test_{metric}"] = score_test()
         metrics.update({
             "lr": opt.lr,
             "seconds": seconds,

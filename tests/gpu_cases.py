@@ -136,6 +136,11 @@ def test_loss_kernels(k, dtype):
     target = rand(rng, (k, c), dtype)
     assert_same("mse_forward", logits / 100, target)
     assert_same("mse_backward", np.empty_like(logits), logits, target)
+    labels = (rng.random((k, c)) < 0.5).astype(dtype)
+    assert_same("bce_with_logits_forward", logits, labels)
+    assert_same("bce_with_logits_backward", np.empty_like(logits), logits, labels)
+    labels[0, 0] = 0.5  # a tie in the target counts as yes
+    assert gpu.count_correct_labels(gpu.to_device(logits), gpu.to_device(labels)) == cpu.count_correct_labels(logits, labels)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -224,7 +229,7 @@ def test_mse_and_sigmoid_model_on_device():
     for device in ("cpu", "cuda"):
         model, loss_fn = tiny_model(np.float64, nb.Sigmoid).to(device), nb.MSELoss()
         losses.append(loss_fn.forward(model.forward(x), t))  # host targets follow the predictions
-        dx = model.backward(loss_fn.backward())
+        dx = model.backward(loss_fn.backward(), need_input_grad=True)
         losses.append(to_host(dx))
     np.testing.assert_allclose(losses[2], losses[0], rtol=1e-12)
     np.testing.assert_allclose(losses[3], losses[1], rtol=1e-12)

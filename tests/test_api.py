@@ -135,3 +135,29 @@ def test_train_refuses_bad_arguments():
         nb.train(model, opt, (xtr, ytr + 0.5), epochs=1)
     with pytest.raises(ValueError, match="real numbers"):
         nb.train(model, opt, (np.array([["a", "b"]] * len(ytr)), ytr), epochs=1)
+
+
+def test_multi_label_with_bce_reports_the_fraction_of_labels_right():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 4)).astype(np.float32)
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] < 0.5], axis=1).astype(np.int64)  # (N, 3) 0/1
+    model = nb.Sequential(nb.Linear(4, 32, seed=0), nb.ReLU(), nb.Linear(32, 3, seed=1))
+    history = nb.train(model, nb.Adam(model.parameters(), lr=0.01), (x[:500], y[:500], x[500:], y[500:]),
+                       epochs=15, batch_size=32, loss="bce", val_split=0.1, early_stopping=5)
+    last = history[-1]
+    assert {"train_accuracy", "val_accuracy", "test_accuracy"} <= set(last) and last["test_accuracy"] > 0.9
+    labels = nb.predict(model, x[500:], loss="bce")
+    proba = nb.predict(model, x[500:], loss="bce", proba=True)
+    z = model(x[500:]).astype(np.float64)
+    np.testing.assert_allclose(proba, 1 / (1 + np.exp(-z)), rtol=1e-5)
+    np.testing.assert_array_equal(labels, (z >= 0).astype(np.int64))
+    result = nb.evaluate(model, x[500:], y[500:], loss="bce")
+    assert result["accuracy"] == np.mean(labels == y[500:]) == last["test_accuracy"]
+    expected = np.mean(np.maximum(z, 0) - z * y[500:] + np.log1p(np.exp(-np.abs(z))))
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    # binary: (N,) 0/1 targets for one output
+    one = nb.Sequential(nb.Linear(4, 1, seed=0))
+    h = nb.train(one, nb.SGD(one.parameters(), lr=0.5), (x, y[:, 0].tolist()), epochs=5, loss="bce")
+    assert h[-1]["train_accuracy"] > 0.9 and nb.predict(one, x[:3], loss="bce").shape == (3, 1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        nb.train(one, nb.SGD(one.parameters(), lr=0.5), (x, y[:, 0] * 2), epochs=1, loss="bce")

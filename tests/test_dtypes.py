@@ -18,7 +18,7 @@ def one_step(dtype, act=nb.ReLU, opt_cls=nb.SGD):
     loss_fn = nb.SoftmaxCrossEntropy()
     logits = model.forward(x)
     loss_fn.forward(logits, t)
-    dx = model.backward(loss_fn.backward())
+    dx = model.backward(loss_fn.backward(), need_input_grad=True)
     opt.step()
     return model, logits, dx
 
@@ -61,6 +61,10 @@ def exercise_every_kernel_in_float32():
     cpu.softmax_crossentropy_forward(g.copy(), np.ones(3, np.float32), g, t)  # the unfused pair
     cpu.softmax_crossentropy_backward(g.copy(), g, t)
     cpu.count_correct(g, t)
+    bce = nb.BCEWithLogits()  # bce_with_logits_forward / _backward, and the label count
+    bce.forward(g, np.ones_like(g))
+    bce.backward()
+    cpu.count_correct_labels(g, np.ones_like(g))
 
 
 def float32_signatures(dispatcher):

@@ -3,7 +3,6 @@ unfused ones, and the invariants: no float64 in float32 kernels, AVX-512 FMAs wh
 them, bitwise the same training whatever NUMBA_NUM_THREADS is."""
 
 import os
-import re
 import subprocess
 import sys
 
@@ -12,10 +11,13 @@ import pytest
 from numba import njit
 
 import nbnet as nb
-from nbnet import cpu
+from nbnet import cpu, simd
 
-# (k, n, m), odd; n >= 64 (cpu.COLS) takes the outer-product tiles of dX and dW, with an overlapping last tile
-SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41), (1, 64, 5), (6, 131, 9)]
+# (k, n, m), odd: every edge of the register blocks and of the units (simd.MC rows, tiles of
+# BCAST_NV vectors, DOT_NB columns), n and m ≡ 1 mod 64 and mod the vector width (8 or 16 float32,
+# 4 or 8 float64), a single row, sums shorter than one vector, and more than KC (256) steps.
+SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41), (1, 64, 5), (6, 131, 9),
+          (1, 65, 129), (2, 129, 17), (4, 97, 65), (121, 49, 33), (7, 300, 3), (130, 257, 66)]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
@@ -60,11 +62,11 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70)])
+@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70), (300, 270, 65)])
 def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
-    """From cpu.FORWARD_T_ROWS rows (and m >= cpu.COLS) the forward copies W to Wᵀ and runs
-    outer-product tiles: the same formula, checked against the reference, with ReLU."""
-    assert k >= cpu.FORWARD_T_ROWS and m >= cpu.COLS
+    """From cpu.FORWARD_T_ROWS rows (and m of at least one column tile) the forward copies W to Wᵀ
+    and runs the broadcast form: the same formula, checked against the reference, with ReLU."""
+    assert k >= cpu.FORWARD_T_ROWS and m >= simd.BCAST_NV * simd.lanes(np.dtype(dtype))
     rng = np.random.default_rng(k + n + m)
     x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype)
     ref, out, act = np.empty((k, m), dtype), np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype)
@@ -99,7 +101,7 @@ def test_parallel_and_serial_twins_agree():
     cpu.linear_forward_act.serial(a, a, x, w, b, False)
     cpu.linear_forward_act.parallel(c, c, x, w, b, False)
     np.testing.assert_array_equal(a, c)
-    k, n, m = 13, 131, 10  # n >= cpu.COLS: the outer-product tiles
+    k, n, m = 130, 131, 10  # two row blocks (simd.MC), several column tiles
     x, g, w = rand(rng, (k, n), np.float32), rand(rng, (k, m), np.float32), rand(rng, (m, n), np.float32)
     dx = [np.empty((k, n), np.float32) for _ in range(2)]
     dw = [np.ones((m, n), np.float32) for _ in range(2)]
@@ -155,7 +157,7 @@ def test_fused_model_matches_unfused_layers():
     loss_fn = nb.SoftmaxCrossEntropy()
     model.zero_grad()
     loss_fn.forward(model.forward(x), y)
-    dx = model.backward(loss_fn.backward()).copy()
+    dx = model.backward(loss_fn.backward(), need_input_grad=True).copy()
     fused = [p.grad.copy() for p in model.parameters()]
     model.zero_grad()
     h = x
@@ -201,20 +203,25 @@ def test_batches_reusing_gives_the_same_batches(shuffle):
 FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_forward_t, cpu.linear_backward_input_act, cpu.linear_backward_params]
 
 
-def compiled(kernel, dtype):
-    """Compile both twins of `kernel` for `dtype` on a tiny call; return the dispatchers."""
+def kernel_args(name, dtype):
     rng = np.random.default_rng(0)
     k, n, m = 3, 5, 4
     x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype), rand(rng, (k, m), dtype)
-    args = {
+    return {
         "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
         "linear_forward_t": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w.T.copy(), b, True),
         "linear_backward_input_act": (np.empty((k, n), dtype), g, w, x, True),
         "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x),
-    }[name_of(kernel)]
+    }[name]
+
+
+def compiled(kernel, dtype, parallel=True):
+    """Compile the twins of `kernel` (serial only with parallel=False) for `dtype` on a tiny call;
+    return the dispatchers."""
+    args = kernel_args(name_of(kernel), dtype)
     # Fresh, uncached compilations: Numba cannot inspect code it loaded from its cache.
     func = kernel.serial.py_func
-    twins = (njit(fastmath=kernel.fastmath)(func), njit(fastmath=kernel.fastmath, parallel=True)(func))
+    twins = (njit(func), njit(parallel=True)(func)) if parallel else (njit(func),)
     for twin in twins:
         twin(*args)
     return twins
@@ -232,23 +239,55 @@ def test_no_double_in_float32_kernels(kernel):
                 assert "double" not in twin.inspect_llvm(sig)
 
 
-def has_avx512():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512f" in f.read()
-    except OSError:
-        return False
+def block_fmas(kernel):
+    """Vector FMAs in one step of the kernel's micro-kernel: its accumulator count."""
+    if kernel is cpu.linear_forward_act:
+        return simd.DOT_MR * simd.DOT_NR
+    return simd.BCAST_MR * simd.BCAST_NV
 
 
-@pytest.mark.skipif(not has_avx512(), reason="no AVX-512 on this CPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", FAST_KERNELS, ids=name_of)
-def test_tiled_kernels_use_avx512_fma(kernel):
-    serial, _ = compiled(kernel, np.float32)
-    sig = next(s for s in serial.signatures if s[0].dtype.name == "float32")
-    asm = serial.inspect_asm(sig)
-    assert re.search(r"vfmadd\d+ps\s+[^\n]*zmm", asm), "no packed float32 FMA on zmm registers"
-    if kernel.fastmath == cpu.OUTER:  # outer_tile's COLS loads must stay one contiguous run
-        assert "vgather" not in asm, "gathers in an outer-product kernel: b[s] is not read contiguously"
+def test_micro_kernels_stay_in_the_hosts_widest_registers(kernel, dtype):
+    """The hot loop of each micro-kernel does one full block of FMAs on this CPU's widest vector
+    registers (zmm with AVX-512, ymm with AVX2, NEON q) and touches no stack: nothing spills."""
+    if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA:
+        pytest.skip(f"no FMA vector ISA to check on {simd.ISA}")
+    (serial,) = compiled(kernel, dtype, parallel=False)
+    sig = serial.signatures[0]
+    loops = simd.hot_loops(serial.inspect_asm(sig))
+    assert any(n == block_fmas(kernel) for n, _ in loops), (simd.describe(), loops)
+    assert all(spills == 0 for _, spills in loops), (simd.describe(), loops)
+
+
+AVX512_SCRIPT = """
+import numpy as np
+from numba import njit, types
+from nbnet import cpu, simd
+assert simd.ISA == "avx512" and simd.REGISTERS == 32, simd.describe()
+arr = lambda nd: types.Array(types.float32, nd, "C")
+for kernel, sig, want in (
+    (cpu.linear_backward_params, (arr(2), arr(1), arr(2), arr(2)), simd.BCAST_MR * simd.BCAST_NV),
+    (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
+):
+    f = njit(kernel.serial.py_func)
+    f.compile(sig)  # compile only: this CPU may not run AVX-512
+    loops = simd.hot_loops(f.inspect_asm(f.signatures[0]))
+    assert any(n == want for n, _ in loops) and all(s == 0 for _, s in loops), loops
+print("ok", simd.describe())
+"""
+
+
+def test_avx512_micro_kernels_compile_without_spills_on_any_machine():
+    """NUMBA_CPU_NAME=skylake-avx512 with empty NUMBA_CPU_FEATURES compiles AVX-512 code here too
+    (it is inspected, never run): the 32-register blocks fit zmm without spilling."""
+    if simd.ISA not in ("avx512", "avx2", "avx"):
+        pytest.skip("x86 only")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CPU_NAME="skylake-avx512", NUMBA_CPU_FEATURES="")
+    done = subprocess.run([sys.executable, "-c", AVX512_SCRIPT], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
 
 
 def test_training_is_bitwise_the_same_with_1_and_2_threads():

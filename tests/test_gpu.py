@@ -97,6 +97,9 @@ for dt in (np.float32, np.float64):
         "_fill_kernel": (a(4), s),
         "_gather_rows_kernel": (a(2, 4), i64[:2], a(3, 4), i64, i64, 0),
         "_count_correct_kernel": (np.zeros(1, np.int64), a(3, 4), i64),
+        "_bce_with_logits_sum_kernel": (a(1), *m2),
+        "_bce_with_logits_backward_kernel": (a(3, 4), *m2),
+        "_count_correct_labels_kernel": (np.zeros(1, np.int64), *m2),
     }
     for act in ("relu", "sigmoid", "tanh", "softmax"):
         examples[f"_{act}_forward_kernel"] = m2

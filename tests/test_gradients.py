@@ -165,7 +165,7 @@ def test_three_layer_mlp_all_parameter_gradients(act, rng):
 
     model.zero_grad()
     loss()
-    dx = model.backward(loss_fn.backward()).copy()
+    dx = model.backward(loss_fn.backward(), need_input_grad=True).copy()
     for p in model.parameters():
         assert rel_err(p.grad, numerical_grad(loss, p.data)) < TOL, p.name
     if act is not nb.ReLU:  # ReLU's kink makes dL/dx numerically fragile at arbitrary x
@@ -200,11 +200,11 @@ def test_backward_without_input_grad_gives_same_parameter_gradients(rng):
     x, y = rng.normal(size=(5, 4)), rng.normal(size=(5, 2))
     loss_fn = nb.MSELoss()
     loss_fn.forward(model.forward(x), y)
-    assert model.backward(loss_fn.backward()) is not None
+    assert model.backward(loss_fn.backward(), need_input_grad=True) is not None
     full = [p.grad.copy() for p in model.parameters()]
     model.zero_grad()
     loss_fn.forward(model.forward(x), y)
-    assert model.backward(loss_fn.backward(), need_input_grad=False) is None
+    assert model.backward(loss_fn.backward()) is None  # the default: no dL/dX, as in a training loop
     for p, g in zip(model.parameters(), full):
         np.testing.assert_array_equal(p.grad, g)
 

@@ -39,13 +39,23 @@ def test_table_aligns_columns():
 
 
 def test_scripts_have_help_and_say_what_they_measure():
-    for script in ("kernels.py", "compile.py", "threads.py", "threshold.py", "denormals.py", "bench_vs_torch.py"):
+    for script in ("kernels.py", "compile.py", "threads.py", "threshold.py", "denormals.py", "bench_vs_torch.py",
+                   "load.py", "bench_gemm.py", "bench_epoch.py", "bench_step.py"):
         source = (PROFILING / script).read_text(encoding="utf-8")
         assert source.startswith('"""') and "python profiling/" in source, script
         done = subprocess.run([sys.executable, str(PROFILING / script), "--help"],
                               capture_output=True, text=True, cwd=PROFILING, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
         assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)
+
+
+def test_bench_gemm_quick_prints_cpu_isa_and_ratios():
+    done = subprocess.run([sys.executable, str(PROFILING / "bench_gemm.py"), "--quick"], capture_output=True,
+                          text=True, cwd=PROFILING, timeout=300, env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "ISA" in out and "blocks:" in out and "% BLAS" in out and "% of sgemm" in out
+    assert out.count("float32") >= 9  # forward, dW, dX at each of the three layers
 
 
 def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():

@@ -1,0 +1,245 @@
+"""`nbnet check`: compile the kernels for this CPU and check each against its formula, in seconds.
+
+The first thing to run on a new machine, and what a bug report should carry: it prints the CPU,
+the vector ISA and register blocks nbnet chose (nbnet.simd), the threading layer, then checks
+- every fast Linear kernel against its plain formula kernel (the `_ref` in nbnet.cpu) on odd
+  shapes that hit every block edge, float32 and float64, fused ReLU included;
+- the same kernels bitwise equal on 1 thread and on all threads;
+- a small model's gradients against central finite differences in float64.
+Exit status 1 when any check fails.
+
+Also here: `compile_kernels`, which the training loop runs before timing epoch 1 so that its
+samples/s do not include compilation, and which says "compiling kernels for this CPU" on stderr
+when Numba's cache does not hold them yet.
+"""
+
+import os
+import sys
+import time
+
+import numba
+import numpy as np
+
+from . import cpu, simd
+
+COMPILING = "compiling kernels for this CPU (cached for later runs)"
+
+# (k, n, m): a single row, n ≡ 1 mod 64 and mod the vector width, more rows than one MC block,
+# more steps than KC, widths below one vector.
+SHAPES = [(1, 65, 129), (3, 5, 9), (37, 70, 41), (130, 257, 66), (257, 33, 70)]
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def cold_cache():
+    """True when Numba's on-disk cache holds no compiled Linear kernels yet (a first run, or a
+    new nbnet version): the first training step will compile them, for several seconds."""
+    for name, obj in vars(cpu).items():
+        if isinstance(obj, cpu.Kernel):
+            for twin in (obj.serial, obj.parallel):
+                cache = getattr(twin, "_cache", None)
+                path = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+                if path is not None and not os.path.exists(path):
+                    return True
+    return False
+
+
+def _kernels():
+    return [obj for obj in vars(cpu).values() if isinstance(obj, cpu.Kernel)]
+
+
+def compile_kernels(model, opt=None, loss_fn=None, targets=None, say=True):
+    """Compile what training and evaluating `model` (a Sequential on the CPU) will run: both the
+    serial and the parallel twin of each Linear kernel, the dot and the broadcast forward, its
+    activations, `loss_fn` (default SoftmaxCrossEntropy) with targets like `targets` (default
+    int64 labels), count_correct and `opt`'s step, on a throwaway copy with narrow hidden layers.
+    The model and optimizer are not touched. Says COMPILING on stderr when the cache is cold.
+    Anything it cannot copy is left to compile on first use."""
+    from .layers import Linear  # noqa: PLC0415
+    from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
+    from .model import Sequential  # noqa: PLC0415
+
+    params = model.parameters()
+    if not params or not isinstance(params[0].data, np.ndarray):
+        return
+    if say and cold_cache():
+        print(COMPILING, file=sys.stderr, flush=True)
+    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
+    saved = [(k, k.threshold) for k in _kernels()]
+    try:
+        layers, width = [], min(linears[0].in_features, 64)
+        in_width = width
+        for layer in model.layers:
+            if isinstance(layer, Linear):  # the last keeps its width: the targets must fit it
+                out = layer.out_features if layer is linears[-1] else min(layer.out_features, 64)
+                layers.append(Linear(width, out, dtype=layer.dtype, seed=0))
+                width = out
+            else:
+                layers.append(type(layer)())
+        copy = Sequential(layers)
+        copy_opt = None
+        if opt is not None:
+            copy_opt = type(opt)(copy.parameters(), **{k: getattr(opt, k) for k in opt.hyper_names})
+        loss_fn = type(loss_fn)() if loss_fn is not None else SoftmaxCrossEntropy()
+        targets = np.zeros(1, np.int64) if targets is None else np.asarray(targets)
+        dtype = copy.dtype
+        for threshold in (0, float("inf")):  # every kernel parallel, then every kernel serial
+            for k, _ in saved:
+                k.threshold = threshold
+            for rows in (cpu.FORWARD_T_ROWS, 3):
+                x = np.random.default_rng(0).random((rows, in_width)).astype(dtype)
+                y = np.zeros((rows,) + targets.shape[1:], targets.dtype)
+                copy.zero_grad()
+                logits = copy.forward(x)
+                if y.ndim == 1:
+                    cpu.count_correct(logits, y)
+                loss_fn.forward(logits, y)
+                copy.backward(loss_fn.backward())
+                copy.backward(loss_fn.backward(), need_input_grad=True)
+                if copy_opt is not None:
+                    copy_opt.step()
+    except Exception:  # noqa: BLE001, S110 - a warm-up only: what it could not run compiles on first use
+        pass
+    finally:
+        for k, t in saved:
+            k.threshold = t
+
+
+def _rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def check_linear(dtype):
+    """Failures (strings) of the fast Linear kernels against the formula kernels at SHAPES."""
+    bad = []
+    for k, n, m in SHAPES:
+        rng = np.random.default_rng(k + n + m)
+        x, w, b, g = _rand(rng, (k, n), dtype), _rand(rng, (m, n), dtype), _rand(rng, m, dtype), _rand(rng, (k, m), dtype)
+        name = f"{np.dtype(dtype).name} k={k} n={n} m={m}"
+        ref, out, act = np.empty((k, m), dtype), np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype)
+        cpu.linear_forward_ref(ref, x, w, b)
+        wt = np.empty((n, m), dtype)
+        cpu.linear_relu_forward(out, act, x, w, b, wt)
+        if not np.abs(out - ref).max() <= TOL[dtype] * n or not np.array_equal(act, np.maximum(out, 0)):
+            bad.append(f"linear_relu_forward {name}: max error {np.abs(out - ref).max():.3g}")
+        out.fill(np.nan)
+        cpu.linear_forward(out, x, w, b)
+        if not np.abs(out - ref).max() <= TOL[dtype] * n:
+            bad.append(f"linear_forward {name}: max error {np.abs(out - ref).max():.3g}")
+        dx, dx_ref = np.full((k, n), np.nan, dtype), np.empty((k, n), dtype)
+        cpu.linear_backward_input_ref(dx_ref, g, w)
+        preact = _rand(rng, (k, n), dtype)
+        cpu.linear_relu_backward_input(dx, g, w, preact)
+        want = np.where(preact >= 0, dx_ref, 0)
+        if not np.abs(dx - want).max() <= TOL[dtype] * m:
+            bad.append(f"linear_relu_backward_input {name}: max error {np.abs(dx - want).max():.3g}")
+        dw, db = np.ones((m, n), dtype), np.ones(m, dtype)
+        dw_ref, db_ref = dw.copy(), db.copy()
+        cpu.linear_backward_params(dw, db, g, x)
+        cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
+        err = max(np.abs(dw - dw_ref).max(), np.abs(db - db_ref).max())
+        if not err <= TOL[dtype] * k:
+            bad.append(f"linear_backward_params {name}: max error {err:.3g}")
+    return bad
+
+
+def check_threads():
+    """Failures of 1 thread vs all threads, bitwise, on each fast Linear kernel (parallel twins)."""
+    top = numba.config.NUMBA_NUM_THREADS
+    if top < 2:
+        return []
+    rng = np.random.default_rng(7)
+    k, n, m = 130, 257, 66
+    x, w, b, g = (_rand(rng, s, np.float32) for s in ((k, n), (m, n), (m,), (k, m)))
+    runs = []
+    before = numba.get_num_threads()
+    try:
+        for t in (1, top):
+            numba.set_num_threads(t)
+            out, dx, dw, db = np.empty((k, m), np.float32), np.empty((k, n), np.float32), np.ones((m, n), np.float32), np.ones(m, np.float32)
+            cpu.linear_forward_act.parallel(out, out, x, w, b, False)
+            cpu.linear_forward_t.parallel(out.copy(), out.copy(), x, w.T.copy(), b, False)
+            cpu.linear_backward_input_act.parallel(dx, g, w, dx, False)
+            cpu.linear_backward_params.parallel(dw, db, g, x)
+            runs.append((out, dx, dw, db))
+    finally:
+        numba.set_num_threads(before)
+    return [f"{name}: 1 thread and {top} threads differ" for name, a, c in
+            zip(("forward", "dX", "dW", "db"), runs[0], runs[1]) if not np.array_equal(a, c)]
+
+
+def check_finite_differences():
+    """Failures of a small float64 model's gradients against central differences."""
+    from .layers import Linear, ReLU  # noqa: PLC0415
+    from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
+    from .model import Sequential  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    model = Sequential([Linear(9, 17, dtype=np.float64, seed=1), ReLU(), Linear(17, 4, dtype=np.float64, seed=2)])
+    x, y = rng.standard_normal((5, 9)), rng.integers(0, 4, 5)
+    loss_fn = SoftmaxCrossEntropy()
+    model.zero_grad()
+    loss_fn.forward(model.forward(x), y)
+    dx = model.backward(loss_fn.backward(), need_input_grad=True).copy()
+    bad = []
+    h = 1e-6
+    for p in model.parameters():
+        flat, grad = p.data.reshape(-1), p.grad.reshape(-1)
+        for i in rng.choice(flat.size, size=min(6, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + h
+            up = loss_fn.forward(model.forward(x), y)
+            flat[i] = old - h
+            down = loss_fn.forward(model.forward(x), y)
+            flat[i] = old
+            num = (up - down) / (2 * h)
+            if abs(num - grad[i]) > 1e-6 * max(1.0, abs(num)):
+                bad.append(f"d{p.name} of a {p.shape} parameter: {grad[i]:.8g}, finite difference {num:.8g}")
+    for i, j in ((0, 0), (4, 8)):
+        old = x[i, j]
+        x[i, j] = old + h
+        up = loss_fn.forward(model.forward(x), y)
+        x[i, j] = old - h
+        down = loss_fn.forward(model.forward(x), y)
+        x[i, j] = old
+        num = (up - down) / (2 * h)
+        if abs(num - dx[i, j]) > 1e-6 * max(1.0, abs(num)):
+            bad.append(f"dX[{i}, {j}]: {dx[i, j]:.8g}, finite difference {num:.8g}")
+    return bad
+
+
+def threading_layer():
+    x = np.zeros((4, 4), np.float32)
+    cpu.relu_forward(np.empty_like(x), x)  # a parallel kernel: the layer is chosen on first use
+    try:
+        return numba.threading_layer()
+    except ValueError as e:
+        return f"unknown ({e})"
+
+
+def main(out=print):
+    """Run every check, printing as it goes; returns the exit status (0: all passed)."""
+    from . import __version__  # noqa: PLC0415
+
+    out(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}")
+    out(simd.describe())
+    out(f"threads: {numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}), threading layer "
+        f"{threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+    t0 = time.perf_counter()
+    if cold_cache():
+        print(COMPILING, file=sys.stderr, flush=True)
+    failures = 0
+    for name, run in (("Linear kernels vs formula, float32", lambda: check_linear(np.float32)),
+                      ("Linear kernels vs formula, float64", lambda: check_linear(np.float64)),
+                      ("1 thread vs all threads, bitwise", check_threads),
+                      ("gradients vs finite differences, float64", check_finite_differences)):
+        t = time.perf_counter()
+        try:
+            bad = run()
+        except Exception as e:  # noqa: BLE001 - a kernel that fails to compile or run is a failure
+            bad = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+        failures += len(bad)
+        out(f"{'ok  ' if not bad else 'FAIL'} {name} ({time.perf_counter() - t:.1f} s)")
+        for line in bad:
+            out(f"     {line}")
+    out(f"{'all checks passed' if not failures else f'{failures} check(s) failed'} in {time.perf_counter() - t0:.1f} s")
+    return 1 if failures else 0

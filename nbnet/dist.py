@@ -1,0 +1,336 @@
+"""Data-parallel training over MPI: `mpiexec -n N nbnet train ...`, or from Python
+`nb.train(..., comm=MPI.COMM_WORLD)` (extra `nbnet[mpi]`: mpi4py and mpich).
+
+Every process holds the whole model and the whole data set, walks the same global order of rows,
+and takes its own contiguous share of every global batch (`share`). Its loss is the mean over its
+k_local rows, so it scales its gradient by k_local / k_global: the sum over processes, one
+Allreduce over the packed gradient buffer per step, is then the gradient of the global-batch mean,
+and every process applies the same optimizer step to the same weights. A second Allreduce of five
+numbers per step (loss·k, correct, k, and the Ctrl-C request) keeps the metrics global and the
+stop/diverge decisions the same on every process, so no process is left waiting for another.
+
+`Single` is the one-process stand-in (every collective the identity), so the training loop has one
+code path. mpi4py is imported only when this process was started by an MPI launcher with more
+than one process, or when a communicator is passed in: plain `nbnet train` never pays for it.
+
+Errors (see `fail`): before training starts, the processes agree (a bounded collective) and
+process 0 prints the first one once; all exit with its code. During training, a process that
+raises prints its `Error:` line and aborts the whole job (MPI_Abort): never a hang.
+"""
+
+import os
+import sys
+import time
+import zlib
+
+import numpy as np
+
+# What MPI launchers put in each process's environment: MPICH/Intel (hydra), Open MPI, MVAPICH.
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+_LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+_LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+
+# A process that fails alone waits this long for process 0 to abort the job first (so an error
+# that every process meets is printed once, by process 0) before it prints and aborts itself.
+GRACE_SECONDS = 2.0
+_MESSAGE_BYTES = 1024  # one error message per process in the start-of-training agreement
+
+
+def _env_int(names, default):
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    return default
+
+
+def launched_size():
+    """How many processes the MPI launcher started (1 when not launched by one)."""
+    return max(1, _env_int(_SIZE_VARS, 1))
+
+
+def launched_rank():
+    return _env_int(_RANK_VARS, 0)
+
+
+def local_size_rank():
+    """(processes on this machine, this one's index among them), from the launcher."""
+    return max(1, _env_int(_LOCAL_SIZE_VARS, launched_size())), _env_int(_LOCAL_RANK_VARS, launched_rank())
+
+
+def setup_timeout():
+    """Seconds the start-of-training agreement waits for the slowest process (NBNET_MPI_TIMEOUT)."""
+    try:
+        return float(os.environ.get("NBNET_MPI_TIMEOUT", 600))
+    except ValueError:
+        return 600.0
+
+
+def share(n, rank, size):
+    """Rows [lo, hi) of n that process `rank` of `size` takes: contiguous, sizes differ by at most 1."""
+    return n * rank // size, n * (rank + 1) // size
+
+
+def mpi_status():
+    """One line for `nbnet info`: whether mpi4py imports, and the MPI library's version."""
+    try:
+        import mpi4py  # noqa: PLC0415
+        from mpi4py import MPI  # noqa: PLC0415
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable", and says why
+        why = "not installed" if isinstance(e, ModuleNotFoundError) else " ".join(str(e).split())
+        return f"not available (mpi4py {why}; pip install 'nbnet[mpi]')"
+    library = MPI.Get_library_version().strip().splitlines()[0].strip()
+    return f"mpi4py {mpi4py.__version__}, {library}; {launched_size()} process(es) launched"
+
+
+class Single:
+    """One process: the identity for every collective."""
+
+    rank = 0
+    size = 1
+    setup_done = True
+
+    def sums(self, *values):
+        return values
+
+    def step_sums(self, loss_sum, correct, rows, stop):
+        return loss_sum, correct, rows, stop
+
+    def allreduce_grad(self, params, scale):
+        pass
+
+    def agree_setup(self, fingerprint=""):
+        pass
+
+
+class MPIComm:
+    """An mpi4py communicator with the few collectives training needs."""
+
+    def __init__(self, comm):
+        from mpi4py import MPI  # noqa: PLC0415
+
+        self.MPI = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.setup_done = False
+        self._sums = np.zeros(8, np.float64)
+        self._staging = None  # host buffer for gradients that are not one packed host array
+        self._fault = _fault_plan(self.rank)
+        self._calls = 0
+
+    def step_sums(self, loss_sum, correct, rows, stop):
+        """A training step's (Σ loss·rows, Σ correct, Σ rows, any process asked to stop)."""
+        values = (loss_sum, correct, rows, stop)
+        if self._fault is not None:
+            self._calls += 1
+            if self._calls == self._fault[0]:
+                values = _inject(self._fault[1], values)
+        loss_sum, correct, rows, stop = self.sums(*values)
+        return loss_sum, correct, rows, stop > 0
+
+    def sums(self, *values):
+        """Each value summed over all processes (as float64: counts stay exact below 2**53)."""
+        buf = self._sums[: len(values)]
+        buf[:] = values
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        return tuple(float(v) for v in buf)
+
+    def allreduce_grad(self, params, scale):
+        """grad ← Σ over processes of scale·grad, in place, for every parameter: one Allreduce
+        over the packed buffer (a model on the GPU goes through one host buffer)."""
+        from .optim import one_flat  # noqa: PLC0415
+
+        grads = [p.grad for p in params]
+        flat = one_flat(grads)
+        if flat is None:
+            flat = self._stage_in(grads)
+        if scale != 1:
+            flat *= scale
+        self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+        if flat is self._staging:
+            self._stage_out(grads)
+
+    def _stage_in(self, grads):
+        total = sum(g.size for g in grads)
+        if self._staging is None or self._staging.size != total or self._staging.dtype != grads[0].dtype:
+            self._staging = np.empty(total, grads[0].dtype)
+        start = 0
+        for g in grads:
+            view = self._staging[start : start + g.size].reshape(g.shape)
+            if isinstance(g, np.ndarray):
+                view[...] = g
+            else:
+                g.copy_to_host(view)
+            start += g.size
+        return self._staging
+
+    def _stage_out(self, grads):
+        start = 0
+        for g in grads:
+            view = self._staging[start : start + g.size].reshape(g.shape)
+            if isinstance(g, np.ndarray):
+                g[...] = view
+            else:
+                g.copy_to_device(view)
+            start += g.size
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def agree_setup(self, fingerprint=""):
+        """The start-of-training meeting: returns when every process got here with the same
+        fingerprint (the options, data shapes and initial weights); otherwise process 0 prints
+        one `Error:` line and every process exits non-zero."""
+        self._meet(0, fingerprint)
+
+    def _meet(self, code, text):
+        """Exchange (code, text) with every process, bounded by setup_timeout(); exits unless
+        every code is 0 and every text equal."""
+        mine = np.zeros(_MESSAGE_BYTES, np.uint8)
+        raw = text.encode("utf-8", "replace")[: _MESSAGE_BYTES - 8]
+        mine[:4] = np.frombuffer(np.int32(code).tobytes(), np.uint8)
+        mine[4:8] = np.frombuffer(np.int32(len(raw)).tobytes(), np.uint8)
+        mine[8 : 8 + len(raw)] = np.frombuffer(raw, np.uint8)
+        everyone = np.zeros((self.size, _MESSAGE_BYTES), np.uint8)
+        self.setup_done = True  # from here on an error (even a Ctrl-C while waiting) aborts: one meeting only
+        request = self.comm.Iallgather(mine, everyone)
+        deadline = time.monotonic() + setup_timeout()
+        while not request.Test():
+            if time.monotonic() > deadline:
+                _print_error(f"process {self.rank}: not every process reached the start of training "
+                             f"within {setup_timeout():g} s (NBNET_MPI_TIMEOUT)")
+                self.abort(1)
+            time.sleep(0.002)
+        codes = [int(np.frombuffer(row[:4].tobytes(), np.int32)[0]) for row in everyone]
+        texts = [row[8 : 8 + int(np.frombuffer(row[4:8].tobytes(), np.int32)[0])].tobytes().decode("utf-8", "replace")
+                 for row in everyone]
+        failed = [r for r in range(self.size) if codes[r]]
+        if failed:
+            first = failed[0]
+            if self.rank == 0:
+                _print_error(texts[first] if first == 0 else f"process {first}: {texts[first]}")
+            sys.exit(codes[first])
+        if any(t != texts[0] for t in texts):
+            if self.rank == 0:
+                odd = next(r for r in range(self.size) if texts[r] != texts[0])
+                _print_error(f"process {odd} does not train what process 0 does ({texts[odd]}; process 0: "
+                             f"{texts[0]}): every process needs the same options, data and checkpoint")
+            sys.exit(1)
+
+    def abort(self, code):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+        os._exit(code)  # MPICH's Abort may return to the caller before the launcher ends this process
+
+
+def _fault_plan(rank):
+    """For the tests: NBNET_MPI_FAULT=RANK:STEP:KIND makes process RANK, in training step STEP
+    (1-based, counted from the start of this run), raise a ValueError (raise), die at once without
+    a word (die), see a NaN loss (nan), or get a Ctrl-C (sigint) on its own."""
+    spec = os.environ.get("NBNET_MPI_FAULT")
+    if not spec:
+        return None
+    try:
+        r, step, kind = spec.split(":")
+        return (int(step), kind) if int(r) == rank else None
+    except ValueError:
+        return None
+
+
+def _inject(kind, values):
+    if kind == "die":
+        os._exit(7)
+    if kind == "nan":
+        return (float("nan"), *values[1:])
+    if kind == "sigint":
+        import signal  # noqa: PLC0415
+
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next Python line
+        return values
+    raise ValueError("injected fault (NBNET_MPI_FAULT)")
+
+
+_world = None
+
+
+def world():
+    """The job's communicator: MPIComm(COMM_WORLD) when an MPI launcher started more than one
+    process, else Single(). Raises RuntimeError when launched that way without mpi4py."""
+    global _world
+    if _world is None:
+        if launched_size() > 1:
+            try:
+                from mpi4py import MPI  # noqa: PLC0415
+            except ImportError:
+                raise RuntimeError(
+                    f"started by an MPI launcher as {launched_size()} processes, but mpi4py is not installed: "
+                    "pip install 'nbnet[mpi]'"
+                ) from None
+            _world = MPIComm(MPI.COMM_WORLD)
+        else:
+            _world = Single()
+    return _world
+
+
+def wrap(comm):
+    """What `train(comm=...)` accepts: None (one process), an mpi4py communicator, or one of ours."""
+    if comm is None:
+        return Single()
+    if isinstance(comm, (Single, MPIComm)):
+        return comm
+    if comm.Get_size() == 1:
+        return Single()
+    wrapped = MPIComm(comm)
+    wrapped.setup_done = True  # a Python caller handles its own errors (see examples/mpi_train.py)
+    return wrapped
+
+
+def fingerprint(options, data, params):
+    """A short string that two processes share when their options, data (shapes and labels) and
+    weights are the same: what agree_setup compares."""
+    def crc(arrays):
+        value = 0
+        for arr in arrays:
+            value = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), value)
+        return f"{value:08x}"
+
+    shapes = "/".join("x".join(map(str, a.shape)) for a in data)
+    from .model import to_host  # noqa: PLC0415
+
+    return (f"options {crc([np.frombuffer(repr(sorted(options.items())).encode(), np.uint8)])}, "
+            f"data {shapes} labels {crc([data[1], data[3]])}, weights {crc([to_host(p.data) for p in params])}")
+
+
+def _print_error(message):
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message, code, agreed=False):
+    """End this process for an error, printing `Error: message` once for the whole job.
+
+    Not launched by MPI: print and exit. Before training started (world() created, agree_setup not
+    yet passed): meet the other processes; process 0 prints the first error. `agreed`: every
+    process raised it at the same point (divergence): process 0 prints, all exit. Otherwise this
+    process may be alone with it: wait GRACE_SECONDS for process 0 to end the job, then print and
+    abort every process."""
+    comm = _world
+    if comm is None or comm.size == 1:
+        if launched_rank() == 0:
+            _print_error(message)
+        sys.exit(code)
+    if not comm.setup_done:
+        comm._meet(code or 1, message)
+    if agreed:
+        if comm.rank == 0:
+            _print_error(message)
+        sys.exit(code)
+    if comm.rank != 0:
+        time.sleep(GRACE_SECONDS)
+        message = f"process {comm.rank}: {message}"
+    _print_error(message)
+    comm.abort(code or 1)

@@ -1,0 +1,460 @@
+"""The low-level machinery that nbnet.cpu's fast Linear kernels read through, in one place.
+
+1. The host's vector ISA, read once at import: vector width and register count, from the CPU name
+   and features LLVM (llvmlite) reports, honouring NUMBA_CPU_NAME / NUMBA_CPU_FEATURES so that
+   `NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=` compiles AVX2 code on an AVX-512 machine (and
+   `skylake-avx512` compiles AVX-512 code anywhere, for inspection). The register blocks below
+   follow from it.
+2. Two register-blocked micro-kernels, LLVM IR emitted by `numba.extending.intrinsic`s, whose
+   block sizes are compile-time parameters:
+     bcast_block   C[r, :] (+)= Σ_s a_rs B[s, :]   one element of A broadcast, times contiguous
+                   rows of B: MR rows × NV vectors of accumulators (dW = GᵀX, dX = GW, Y = X·Wᵀ
+                   from a copy of Wᵀ)
+     dot_block     C[r, c] = Σ_l A[r, l] B[c, l]   vectors along the shared contiguous index l:
+                   MR × NR accumulators, each summed across its lanes at the end (Y = XWᵀ)
+   Accumulators are LLVM vector SSA values (phi nodes), never a stack array, so nothing relies on
+   LLVM's SROA or loop vectoriser; a block that fits the register file does not spill
+   (tests/test_fast_kernels.py checks the host's assembly).
+3. `claim`: an atomic counter that threads take work units from, so a thread slowed by another
+   process does fewer units (the static split of prange would make everyone wait for it). Which
+   thread computes a unit never changes what it computes: results are bitwise the same for any
+   thread count.
+
+Summation order, fixed by the shapes only: bcast_block sums s = 0, 1, ... in order with one FMA per
+step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halves, then quarters...).
+"""
+
+import os
+
+import llvmlite.binding as llb
+from llvmlite import ir
+from numba import config, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# ----------------------------------------------------------------------------------------------
+# 1. The ISA and the register blocks
+
+# CPUs whose own features include AVX-512 (for NUMBA_CPU_NAME with NUMBA_CPU_FEATURES empty).
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake", "tigerlake",
+                "rocketlake", "sapphirerapids", "graniterapids", "emeraldrapids", "znver4", "znver5",
+                "x86-64-v4", "knl", "knm")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "kabylake", "coffeelake", "alderlake", "raptorlake",
+              "meteorlake", "arrowlake", "lunarlake", "gracemont", "znver1", "znver2", "znver3",
+              "x86-64-v3", "bdver4")
+
+
+def cpu_name():
+    return config.CPU_NAME or llb.get_host_cpu_name()
+
+
+def cpu_features():
+    """The set of enabled features Numba compiles for ('avx2', 'fma', ...); None when
+    NUMBA_CPU_FEATURES is set empty (the named CPU's own features apply: see isa())."""
+    feats = config.CPU_FEATURES
+    if feats is None:
+        feats = llb.get_host_cpu_features().flatten()
+    elif feats == "":
+        return None
+    return {f[1:] for f in feats.split(",") if f.startswith("+")}
+
+
+def isa():
+    """(name, vector bytes, vector registers, has FMA) for the code Numba generates here."""
+    machine = llb.get_process_triple().split("-")[0]
+    if machine in ("aarch64", "arm64"):
+        return "neon", 16, 32, True  # Advanced SIMD is part of ARMv8-A
+    feats = cpu_features()
+    if feats is None:  # the named CPU's own features
+        name = cpu_name().lower()
+        if name.startswith(_AVX512_CPUS):
+            feats = {"avx512f", "avx2", "fma"}
+        elif name.startswith(_AVX2_CPUS):
+            feats = {"avx2", "fma"}
+        else:
+            feats = set()
+    if machine in ("x86_64", "amd64", "i686", "i386"):
+        if "avx512f" in feats:
+            return "avx512", 64, 32, True
+        if "avx2" in feats or "avx" in feats:
+            return ("avx2" if "avx2" in feats else "avx"), 32, 16, "fma" in feats
+        return "sse2", 16, 16, False
+    return "generic", 16, 16, False  # unknown: 128-bit vectors LLVM may split; correct anyway
+
+
+ISA, VECTOR_BYTES, REGISTERS, HAS_FMA = isa()
+
+# Register blocks, in vectors. Rule (Low et al., "Analytical modeling is enough for
+# high-performance BLIS"): enough accumulators to cover FMA latency × ports (~8-10), and
+# accumulators + B vectors + 1 broadcast below the register file, with headroom (a block that
+# exactly fills it spills under LLVM).
+# - 16 registers (AVX2, AVX, SSE): broadcast 5 rows × 2 vectors (10 accumulators + 2 + 1); BLIS's
+#   6×2 spilled under LLVM (measured: 30 stack accesses in the hot loop), 5×2 did not. Dot 3×4
+#   (12 accumulators + 3 + 1).
+# - 32 registers (AVX-512, NEON): broadcast 8 × 3 (24 + 3 + 1, OpenBLAS's skylakex sgemm keeps 24
+#   zmm accumulators, BLIS's ARMv8 8×12 floats is 8 × 3 NEON vectors); dot 4 × 5 (20 + 4 + 1).
+if REGISTERS >= 32:
+    BCAST_MR, BCAST_NV, DOT_MR, DOT_NR = 8, 3, 4, 5
+else:
+    BCAST_MR, BCAST_NV, DOT_MR, DOT_NR = 5, 2, 3, 4
+# Cache blocks (measured on Zen 3 with the 5×2 block: batch 512 fell from ~80 to 20-26 GFLOP/s
+# without them): KC steps of s per pass, so a KC × (NV vectors) panel of B stays in L1 while MC
+# rows of A (MC × KC, in L2) stream past it; the dot kernel takes DOT_NB rows of W at a time.
+KC, MC, DOT_NB = 256, 120, 64
+DOT_NR1 = 2 * DOT_NR  # columns of the one-row dot block (a constant: block sizes must be literals)
+
+
+def lanes(dtype):
+    """Elements per vector register for `dtype` (float32: 8 on AVX2, 16 on AVX-512)."""
+    return VECTOR_BYTES // dtype.itemsize if hasattr(dtype, "itemsize") else VECTOR_BYTES // dtype
+
+
+def describe():
+    """One line for benchmarks, `nbnet check` and bug reports."""
+    return (f"CPU {cpu_name()}, ISA {ISA} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
+            f"{'FMA' if HAS_FMA else 'no FMA'}), blocks: broadcast {BCAST_MR}×{BCAST_NV} vectors, "
+            f"dot {DOT_MR}×{DOT_NR}, KC {KC}, MC {MC}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Micro-kernels (LLVM IR). Arrays are C-contiguous; offsets and strides are in elements.
+
+def _float_array(t):
+    return isinstance(t, types.Array) and t.layout == "C" and t.dtype in (types.float32, types.float64)
+
+
+def _lit(t):
+    return t.literal_value if isinstance(t, types.IntegerLiteral) else None
+
+
+class _IR:
+    """Small helpers over llvmlite's IRBuilder for one element type: vector type, load, store,
+    splat, fma. What an intrinsic below emits reads as the operations it names."""
+
+    def __init__(self, context, builder, dtype):
+        self.b, self.context = builder, context
+        self.elty = context.get_value_type(dtype)
+        self.w = VECTOR_BYTES // (dtype.bitwidth // 8)
+        self.align = dtype.bitwidth // 8
+        self.vty = ir.VectorType(self.elty, self.w)
+        self.i64 = context.get_value_type(types.intp)
+
+    def int(self, v):
+        return ir.Constant(self.i64, v)
+
+    def at(self, ptr, offset):
+        return self.b.gep(ptr, [offset], inbounds=True)
+
+    def load(self, ptr):
+        return self.b.load(self.b.bitcast(ptr, self.vty.as_pointer()), align=self.align)
+
+    def store(self, value, ptr):
+        self.b.store(value, self.b.bitcast(ptr, self.vty.as_pointer()), align=self.align)
+
+    def zero(self):
+        return ir.Constant(self.vty, None)
+
+    def splat(self, x):
+        i32 = ir.IntType(32)
+        one = self.b.insert_element(ir.Constant(self.vty, ir.Undefined), x, ir.Constant(i32, 0))
+        return self.b.shuffle_vector(one, ir.Constant(self.vty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(i32, self.w), [0] * self.w))
+
+    def fma(self, a, b, c):
+        """a·b + c: one rounding where the ISA has FMA; without it a multiply then an add (the
+        llvm.fma intrinsic would become a slow libm call there)."""
+        if HAS_FMA:
+            name = f"llvm.fma.v{self.w}f{self.align * 8}"
+            fn = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(self.vty, [self.vty] * 3), name)
+            return self.b.call(fn, [a, b, c])
+        return self.b.fadd(self.b.fmul(a, b), c)
+
+    def hsum(self, v):
+        """Σ of v's lanes in a fixed tree: (lanes 0..h-1) + (h..2h-1), halving to one lane."""
+        i32, w = ir.IntType(32), self.w
+        while w > 1:
+            h = w // 2
+            lo = self.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h))))
+            hi = self.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h, w))))
+            v, w = self.b.fadd(lo, hi), h
+        return self.b.extract_element(v, ir.Constant(i32, 0))
+
+    def min(self, a, b):
+        return self.b.select(self.b.icmp_signed("<", a, b), a, b)
+
+    def data(self, arrty, arr):
+        return self.context.make_array(arrty)(self.context, self.b, arr).data
+
+    def loop(self, count, init):
+        """A counted loop whose carried values (a flat list of vectors) are phi nodes: yields
+        (i, values) in the body, which must send back the new values; returns the final ones."""
+        b = self.b
+        pre = b.block
+        head = b.append_basic_block("mk.head")
+        body = b.append_basic_block("mk.body")
+        done = b.append_basic_block("mk.done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(self.i64)
+        i.add_incoming(self.int(0), pre)
+        phis = []
+        for v in init:
+            p = b.phi(v.type)
+            p.add_incoming(v, pre)
+            phis.append(p)
+        b.cbranch(b.icmp_signed("<", i, count), body, done)
+        b.position_at_end(body)
+        return i, phis, head, done
+
+    def end_loop(self, i, phis, new, head, done):
+        b = self.b
+        i.add_incoming(b.add(i, self.int(1)), b.block)
+        for p, v in zip(phis, new):
+            p.add_incoming(v, b.block)
+        br = b.branch(head)
+        # One step per iteration: unrolled copies each want their own A pointers, more than x86's
+        # 16 general registers (measured: pointers reloaded from the stack in the hot loop).
+        mod = b.module
+        loop_id = mod.add_metadata([])
+        loop_id.operands = (loop_id, mod.add_metadata([ir.MetaDataString(mod, "llvm.loop.unroll.disable")]))
+        br.set_metadata("llvm.loop", loop_id)
+        b.position_at_end(done)
+
+
+@intrinsic
+def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, steps, nrows, accumulate, MR, NV):
+    """C[c_off + r·ldc + j] (+)= Σ_{s < steps} A[a_off + r·a_rs + s·a_ss] · B[b_off + s·ldb + j]
+
+    for r < nrows (≤ MR) and j < NV vectors. MR × NV vector accumulators; rows r ≥ nrows read
+    row nrows-1 (same code for edge blocks) and are not stored. accumulate: C += the sum, else C =.
+    """
+    mr, nv = _lit(MR), _lit(NV)
+    if mr is None or nv is None or not all(map(_float_array, (c, a, b))) or not (c.dtype == a.dtype == b.dtype):
+        return None
+    sig = types.void(c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, steps, nrows, accumulate, MR, NV)
+
+    def codegen(context, builder, sig, args):
+        x = _IR(context, builder, c.dtype)
+        ints = [context.cast(builder, v, t, types.intp) for v, t in zip(args, sig.args)]
+        _, c_off_, ldc_, _, a_off_, a_rs_, a_ss_, _, b_off_, ldb_, steps_, nrows_ = ints[:12]
+        acc_flag = context.cast(builder, args[12], sig.args[12], types.boolean)
+        cdata, adata, bdata = x.data(sig.args[0], args[0]), x.data(sig.args[3], args[3]), x.data(sig.args[7], args[7])
+        last = builder.sub(nrows_, x.int(1))
+        arows = [x.at(adata, builder.add(a_off_, builder.mul(x.min(x.int(r), last), a_rs_))) for r in range(mr)]
+        s, acc, head, done = x.loop(steps_, [x.zero()] * (mr * nv))
+        brow = x.at(bdata, builder.add(b_off_, builder.mul(s, ldb_)))
+        bv = [x.load(x.at(brow, x.int(v * x.w))) for v in range(nv)]
+        a_s = builder.mul(s, a_ss_)
+        new = []
+        for r in range(mr):
+            ar = x.splat(builder.load(x.at(arows[r], a_s)))
+            new += [x.fma(ar, bv[v], acc[r * nv + v]) for v in range(nv)]
+        x.end_loop(s, acc, new, head, done)
+        for r in range(mr):
+            with builder.if_then(builder.icmp_signed("<", x.int(r), nrows_)):
+                crow = x.at(cdata, builder.add(c_off_, builder.mul(x.int(r), ldc_)))
+                with builder.if_else(acc_flag) as (add, put):
+                    with add:
+                        for v in range(nv):
+                            p = x.at(crow, x.int(v * x.w))
+                            x.store(builder.fadd(x.load(p), acc[r * nv + v]), p)
+                    with put:
+                        for v in range(nv):
+                            x.store(acc[r * nv + v], x.at(crow, x.int(v * x.w)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_block(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, nvec, nrows, ncols, MR, NR):
+    """C[c_off + r·ldc + q] = Σ_{l < nvec·W} A[a_off + r·lda + l] · B[b_off + q·ldb + l]
+
+    for r < nrows (≤ MR), q < ncols (≤ NR): W-lane partial sums in MR × NR vector accumulators,
+    then each summed across its lanes (hsum). Rows past nrows / ncols repeat the last one and are
+    not stored. The caller adds the last n mod W terms (see dot_tail)."""
+    mr, nr = _lit(MR), _lit(NR)
+    if mr is None or nr is None or not all(map(_float_array, (c, a, b))) or not (c.dtype == a.dtype == b.dtype):
+        return None
+    sig = types.void(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, nvec, nrows, ncols, MR, NR)
+
+    def codegen(context, builder, sig, args):
+        x = _IR(context, builder, c.dtype)
+        ints = [context.cast(builder, v, t, types.intp) for v, t in zip(args, sig.args)]
+        _, c_off_, ldc_, _, a_off_, lda_, _, b_off_, ldb_, nvec_, nrows_, ncols_ = ints[:12]
+        cdata, adata, bdata = x.data(sig.args[0], args[0]), x.data(sig.args[3], args[3]), x.data(sig.args[6], args[6])
+        lastr, lastc = builder.sub(nrows_, x.int(1)), builder.sub(ncols_, x.int(1))
+        arows = [x.at(adata, builder.add(a_off_, builder.mul(x.min(x.int(r), lastr), lda_))) for r in range(mr)]
+        brows = [x.at(bdata, builder.add(b_off_, builder.mul(x.min(x.int(q), lastc), ldb_))) for q in range(nr)]
+        t, acc, head, done = x.loop(nvec_, [x.zero()] * (mr * nr))
+        lo = builder.mul(t, x.int(x.w))
+        av = [x.load(x.at(arows[r], lo)) for r in range(mr)]
+        new = [None] * (mr * nr)
+        for q in range(nr):
+            bq = x.load(x.at(brows[q], lo))
+            for r in range(mr):
+                new[r * nr + q] = x.fma(av[r], bq, acc[r * nr + q])
+        x.end_loop(t, acc, new, head, done)
+        for r in range(mr):
+            with builder.if_then(builder.icmp_signed("<", x.int(r), nrows_)):
+                crow = x.at(cdata, builder.add(c_off_, builder.mul(x.int(r), ldc_)))
+                for q in range(nr):
+                    with builder.if_then(builder.icmp_signed("<", x.int(q), ncols_)):
+                        builder.store(x.hsum(acc[r * nr + q]), x.at(crow, x.int(q)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vector_lanes(typingctx, arr):
+    """Elements per vector register for arr's dtype, a compile-time constant."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, VECTOR_BYTES // (arr.dtype.bitwidth // 8))
+
+    return types.intp(arr), codegen
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Work units for the threads
+
+@intrinsic
+def claim(typingctx, counter):
+    """counter[0] += 1 atomically; returns the value before: the next work unit to do."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(counter), codegen
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Drivers: one work unit of a product, cache-blocked, built from the micro-kernels. A kernel
+# hands units out to its threads with `claim` and applies its own epilogue (bias, ReLU) to the
+# block a unit returns, while it is in cache. Units never overlap: each output has one owner.
+
+def _jit(func):
+    return njit(cache=True)(func)
+
+
+@_jit
+def bcast_units(c):
+    """Work units of bcast_unit for C (rows × cols): MC-row blocks × tiles of NV vectors."""
+    nc = BCAST_NV * vector_lanes(c)
+    return ((c.shape[0] + MC - 1) // MC) * ((c.shape[1] + nc - 1) // nc)
+
+
+@_jit
+def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
+    """Unit u of  C[r, j] (+)= Σ_{s < steps} A[r, s] B[s, j],  A[r, s] = a.flat[r·a_rs + s·a_ss]
+    (so A may be a transposed view: dW = GᵀX reads G with a_rs = 1, a_ss = m).
+
+    Sums s in order, one FMA per step, in KC-long chunks each added to C. Columns past the last
+    full tile use one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
+    rows, cols = c.shape
+    w = vector_lanes(c)
+    nc = BCAST_NV * w
+    tiles = (cols + nc - 1) // nc
+    r0 = (u // tiles) * MC
+    r1 = min(r0 + MC, rows)
+    c0 = (u % tiles) * nc
+    c1 = min(c0 + nc, cols)
+    ldb = b.shape[1]
+    af, bf = a.reshape(a.size), b.reshape(b.size)
+    for k0 in range(0, steps, KC):
+        ks = min(KC, steps - k0)
+        add = accumulate or k0 > 0
+        for r in range(r0, r1, BCAST_MR):
+            nr = min(BCAST_MR, r1 - r)
+            ao = r * a_rs + k0 * a_ss
+            if c1 - c0 == nc:
+                bcast_block(c, r * cols + c0, cols, a, ao, a_rs, a_ss, b, k0 * ldb + c0, ldb, ks, nr, add,
+                            BCAST_MR, BCAST_NV)
+                continue
+            j = c0
+            while j + w <= c1:
+                bcast_block(c, r * cols + j, cols, a, ao, a_rs, a_ss, b, k0 * ldb + j, ldb, ks, nr, add, BCAST_MR, 1)
+                j += w
+            for rr in range(r, r + nr):
+                for jj in range(j, c1):
+                    t = c.dtype.type(0)
+                    for s in range(k0, k0 + ks):
+                        t += af[rr * a_rs + s * a_ss] * bf[s * ldb + jj]
+                    c[rr, jj] = c[rr, jj] + t if add else t
+    return r0, r1, c0, c1
+
+
+@_jit
+def dot_units(c):
+    """Work units of dot_unit for C (rows × cols): MC-row blocks × DOT_NB-column blocks."""
+    return ((c.shape[0] + MC - 1) // MC) * ((c.shape[1] + DOT_NB - 1) // DOT_NB)
+
+
+@_jit
+def dot_unit(c, a, b, u):
+    """Unit u of  C[i, j] = Σ_l A[i, l] B[j, l]  (C = A Bᵀ; A (rows, n), B (cols, n)).
+
+    DOT_MR × DOT_NR blocks (a single row uses 1 × DOT_NR1, so batch 1 wastes nothing), then the
+    last n mod W terms of each sum added in order. Returns the block (r0, r1, c0, c1)."""
+    rows, cols = c.shape
+    n = a.shape[1]
+    w = vector_lanes(c)
+    nvec = n // w
+    tiles = (cols + DOT_NB - 1) // DOT_NB
+    r0 = (u // tiles) * MC
+    r1 = min(r0 + MC, rows)
+    c0 = (u % tiles) * DOT_NB
+    c1 = min(c0 + DOT_NB, cols)
+    for r in range(r0, r1, DOT_MR):
+        nr = min(DOT_MR, r1 - r)
+        if nr == 1:
+            for q in range(c0, c1, DOT_NR1):
+                dot_block(c, r * cols + q, cols, a, r * n, n, b, q * n, n, nvec, 1, min(DOT_NR1, c1 - q), 1, DOT_NR1)
+        else:
+            for q in range(c0, c1, DOT_NR):
+                dot_block(c, r * cols + q, cols, a, r * n, n, b, q * n, n, nvec, nr, min(DOT_NR, c1 - q),
+                          DOT_MR, DOT_NR)
+    if nvec * w < n:
+        for i in range(r0, r1):
+            for j in range(c0, c1):
+                t = c.dtype.type(0)
+                for l in range(nvec * w, n):
+                    t += a[i, l] * b[j, l]
+                c[i, j] += t
+    return r0, r1, c0, c1
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Inspection: do the micro-kernels' hot loops stay in registers on this ISA?
+
+def hot_loops(asm, min_fmas=4):
+    """[(vector FMAs, stack accesses)] for each loop in `asm` (x86 AT&T or AArch64 assembly, as
+    Numba's inspect_asm gives) whose body holds at least min_fmas vector FMAs on the widest
+    registers of this ISA. A loop is the text from a label to the branch that jumps back to it.
+    Stack accesses there are spills (or reloads of spilled pointers): a block that does not fit."""
+    import re  # noqa: PLC0415
+
+    if ISA == "neon":
+        fma, stack = r"\bfmla\s+v\d+\.(4s|2d)", r"\[sp\b"
+    else:
+        reg = {"avx512": "zmm", "avx2": "ymm", "avx": "ymm"}.get(ISA, "xmm")
+        fma, stack = rf"\bvfmadd\w*\s+[^\n]*%{reg}", r"\(%rsp[,)]"  # rbp is a plain register here
+    loops = []
+    for m in re.finditer(r"^([.\w$]+):", asm, re.M):
+        label = re.escape(m.group(1))
+        back = re.search(rf"^\s+(j\w+|b\.\w+|b|cbnz|cbz|tbnz|tbz)\s+([^\n]*[\s,])?{label}\s*$", asm[m.end():], re.M)
+        if back is None:
+            continue
+        body = asm[m.end(): m.end() + back.end()]
+        if re.search(r"^[.\w$]+:", body, re.M):  # another label inside: not a simple loop body
+            continue
+        n = len(re.findall(fma, body))
+        if n >= min_fmas:
+            loops.append((n, len(re.findall(stack, body))))
+    return loops

@@ -1,0 +1,115 @@
+"""Linear kernels as a % of single-thread BLAS at the MLP's shapes, and a training step vs sgemm.
+
+For each Linear of the 784-256-128-10 MLP (784->256, 256->128, 128->10) at batch 32, 128, 512,
+float32 and float64: nbnet's forward (Y = X Wᵀ + b), dW (+= Gᵀ X, with db) and dX (= G W) on one
+thread against np.dot of the same product with OpenBLAS pinned to one thread, measured interleaved
+in this run (best of rounds each). "% BLAS" = np.dot's time / nbnet's time (above 100%: faster).
+Then one whole training step at batch 512 (forward, loss, backward, SGD momentum) on one thread,
+its GFLOP/s (6 flop per weight per sample) as a % of the sgemm peak (1024² np.dot, one thread).
+Goal (issue #9): every kernel ≥ 70% (float32) / 60% (float64), the step ≥ 60%.
+
+    python profiling/bench_gemm.py             # ~1-2 min
+    python profiling/bench_gemm.py --quick     # batch 128 float32 only, a few seconds
+"""
+
+import os
+import sys
+
+# One BLAS thread and one Numba thread: set before numpy and numba start their pools.
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from common import load_warning, rand, training_step  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nbnet import cpu, simd  # noqa: E402
+
+LAYERS = ((784, 256), (256, 128), (128, 10))
+
+
+def best_interleaved(fns, rounds, min_time):
+    """Best seconds per call of each function, alternating them round by round."""
+    calls = []
+    for fn in fns:
+        fn()
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < min_time / rounds:
+            fn()
+            n += 1
+        calls.append(max(1, n))
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(calls[i]):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / calls[i])
+    return best
+
+
+def kernel_rows(k, n, m, dtype, rounds, min_time):
+    x, w, b, g = rand(k, n, dtype=dtype), rand(m, n, dtype=dtype, seed=1), rand(m, dtype=dtype), rand(k, m, dtype=dtype, seed=2)
+    out, act, wt = np.empty((k, m), dtype), np.empty((k, m), dtype), np.empty((n, m), dtype)
+    dx, dw, db = np.empty((k, n), dtype), np.zeros((m, n), dtype), np.zeros(m, dtype)
+    o_fwd, o_dw, o_dx = np.empty((k, m), dtype), np.empty((m, n), dtype), np.empty((k, n), dtype)
+    wT, gT = w.T, g.T
+    pairs = {
+        "forward": (lambda: cpu.linear_relu_forward(out, act, x, w, b, wt), lambda: np.dot(x, wT, out=o_fwd)),
+        "dW": (lambda: cpu.linear_backward_params(dw, db, g, x), lambda: np.dot(gT, x, out=o_dw)),
+        "dX": (lambda: cpu.linear_backward_input(dx, g, w), lambda: np.dot(g, w, out=o_dx)),
+    }
+    rows = []
+    for name, (ours, blas) in pairs.items():
+        t_ours, t_blas = best_interleaved([ours, blas], rounds, min_time)
+        flops = 2.0 * k * n * m
+        rows.append((f"{n}->{m}", k, name, np.dtype(dtype).name, t_ours * 1e6, t_blas * 1e6,
+                     flops / t_ours / 1e9, 100 * t_blas / t_ours))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Linear kernels vs single-thread BLAS, and a step vs sgemm")
+    parser.add_argument("--batches", default="32,128,512")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per kernel")
+    parser.add_argument("--quick", action="store_true", help="batch 128, float32, short timings")
+    args = parser.parse_args()
+    if args.quick:
+        args.batches, args.dtypes, args.rounds, args.min_time = "128", "float32", 2, 0.03
+
+    print(simd.describe())
+    print("one thread: OPENBLAS_NUM_THREADS=1, NUMBA_NUM_THREADS=1; best of interleaved rounds")
+    if load_warning():
+        print(load_warning())
+    print(f"\n{'layer':<9} {'batch':>5} {'kernel':<8} {'dtype':<8} {'nbnet µs':>9} {'BLAS µs':>9} {'GFLOP/s':>8} {'% BLAS':>7}")
+    worst = {}
+    for dtype in args.dtypes.split(","):
+        for k in map(int, args.batches.split(",")):
+            for n, m in LAYERS:
+                for row in kernel_rows(k, n, m, np.dtype(dtype).type, args.rounds, args.min_time):
+                    print(f"{row[0]:<9} {row[1]:>5} {row[2]:<8} {row[3]:<8} {row[4]:9.1f} {row[5]:9.1f} {row[6]:8.1f} {row[7]:6.0f}%")
+                    worst[dtype] = min(worst.get(dtype, 1e9), row[7])
+    for dtype, pct in worst.items():
+        print(f"lowest % BLAS, {dtype}: {pct:.0f}%")
+
+    size = 256 if args.quick else 1024
+    a, c, o = rand(size, size), rand(size, size, seed=1), np.empty((size, size), np.float32)
+    batch = 128 if args.quick else 512
+    step = training_step(batch)
+    t_gemm, t_step = best_interleaved([lambda: np.dot(a, c, out=o), step], args.rounds, args.min_time * 3)
+    peak = 2.0 * size**3 / t_gemm / 1e9
+    params = sum(i * j + j for i, j in ((784, 256), (256, 128), (128, 10)))
+    step_gflops = 6.0 * params * batch / t_step / 1e9
+    print(f"\nsgemm {size}² one thread: {peak:.1f} GFLOP/s")
+    print(f"training step, batch {batch}, one thread: {t_step * 1e6:.0f} µs, {step_gflops:.1f} GFLOP/s, "
+          f"{100 * step_gflops / peak:.0f}% of sgemm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Step latency at small batches: the loop users write, nbnet vs PyTorch CPU.
+
+One training step as interface.md writes it (zero_grad, forward, loss, backward, step) of the
+784-256-128-10 MLP, SGD momentum, float32, at batch 1 and 8, with 1 and 2 threads (each in a fresh
+process with NUMBA_NUM_THREADS / OMP_NUM_THREADS set, and torch.set_num_threads). Prints the median
+µs per step of each, interleaved in chunks, and nbnet's over PyTorch's (goal, issue #9: ≤ 0.2×).
+At these sizes the arithmetic is ~1.4 MFLOP per sample: what is measured is per-step overhead
+(Python, kernel calls, waking threads).
+
+    python profiling/bench_step.py            # ~30 s
+    python profiling/bench_step.py --quick    # 1 thread, a few seconds
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def nbnet_step(x, y):
+    import nbnet as nb  # noqa: PLC0415
+
+    model = nb.Sequential([nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 128, seed=1), nb.ReLU(),
+                           nb.Linear(128, 10, seed=2)])
+    loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad()
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    return step
+
+
+def torch_step(x, y):
+    import torch  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(tx), ty)
+        loss.backward()
+        opt.step()
+        loss.item()  # nbnet's loss is a Python float: the same sync
+    return step
+
+
+def worker(threads, batches, steps):
+    import numpy as np  # noqa: PLC0415
+
+    makers = {"nbnet": nbnet_step}
+    try:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+        makers["torch"] = torch_step
+    except ImportError:
+        pass
+    result = {}
+    for bs in batches:
+        rng = np.random.default_rng(0)
+        x, y = rng.random((bs, 784), dtype=np.float32), rng.integers(0, 10, bs)
+        fns = {name: make(x, y) for name, make in makers.items()}
+        times = {name: [] for name in fns}
+        for fn in fns.values():
+            for _ in range(20):  # warm-up: compilation, caches, allocator
+                fn()
+        for _ in range(10):  # interleaved chunks
+            for name, fn in fns.items():
+                for _ in range(steps // 10):
+                    t = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t)
+        result[bs] = {name: statistics.median(v) for name, v in times.items()}
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description="step latency at batch 1 and 8: nbnet vs PyTorch CPU")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--steps", type=int, default=1000, help="timed steps per contender and batch size")
+    parser.add_argument("--quick", action="store_true", help="1 thread, 100 steps")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.threads, args.steps = "1", 100
+    if args.worker:
+        print(json.dumps(worker(int(args.threads), list(map(int, args.batch_sizes.split(","))), args.steps)))
+        return
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from nbnet import simd  # noqa: PLC0415
+
+    print(simd.describe())
+    print(f"training step (zero_grad, forward, loss, backward, step), MLP 784-256-128-10, SGD momentum, float32; "
+          f"median of {args.steps}")
+    if os.getloadavg()[0] > 0.5 * os.cpu_count():
+        print(f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings are noisy")
+    print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'torch µs':>9} {'nbnet/torch':>12}")
+    for t in args.threads.split(","):
+        env = dict(os.environ, NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
+                   PYTHONPATH=os.path.dirname(HERE))
+        done = subprocess.run([sys.executable, __file__, "--worker", "--threads", t, "--batch-sizes", args.batch_sizes,
+                               "--steps", str(args.steps)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"worker failed:\n{done.stderr[-3000:]}")
+        for bs, res in json.loads(done.stdout.strip().splitlines()[-1]).items():
+            torch_us = f"{res['torch'] * 1e6:9.0f}" if "torch" in res else f"{'-':>9}"
+            ratio = f"{res['nbnet'] / res['torch']:11.2f}x" if "torch" in res else f"{'-':>12}"
+            print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {torch_us} {ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""BCEWithLogits: the fused, stable sigmoid + binary cross-entropy on logits, against finite
+differences, a NumPy transcription of PyTorch's definition, and PyTorch itself when installed."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet import cpu
+
+
+def torch_formula(z, t):
+    """PyTorch's binary_cross_entropy_with_logits (aten/src/ATen/native/Loss.cpp, no weights),
+    transcribed in float64:  loss = (1 − t) z + m + log(e^(−m) + e^(−z − m)),  m = max(−z, 0),
+    then the mean over every element; its gradient (σ(z) − t) / numel."""
+    z, t = z.astype(np.float64), t.astype(np.float64)
+    m = np.maximum(-z, 0)
+    loss = (1 - t) * z + m + np.log(np.exp(-m) + np.exp(-z - m))
+    return loss.mean(), (1 / (1 + np.exp(-z)) - t) / z.size
+
+
+def sample(dtype, k=6, c=3, seed=0, soft=False):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=3, size=(k, c)).astype(dtype)
+    t = (rng.random((k, c)) if soft else rng.integers(0, 2, (k, c))).astype(dtype)
+    return z, t
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("soft", [False, True])
+def test_value_and_gradient_match_torchs_definition(dtype, soft):
+    z, t = sample(dtype, soft=soft)
+    loss = nb.BCEWithLogits()
+    value = loss(z, t)
+    grad = loss.backward()
+    expected, expected_grad = torch_formula(z, t)
+    tol = dict(rtol=1e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    assert isinstance(value, float) and grad.dtype == dtype
+    np.testing.assert_allclose(value, expected, **tol)
+    np.testing.assert_allclose(grad, expected_grad, **tol)
+
+
+def test_gradient_by_finite_differences_in_float64():
+    z, t = sample(np.float64, k=4, c=2, seed=1)
+    loss = nb.BCEWithLogits()
+    loss(z, t)
+    grad = loss.backward().copy()
+    num = np.zeros_like(z)
+    h = 1e-6
+    for idx in np.ndindex(z.shape):
+        zp, zm = z.copy(), z.copy()
+        zp[idx] += h
+        zm[idx] -= h
+        num[idx] = (nb.BCEWithLogits()(zp, t) - nb.BCEWithLogits()(zm, t)) / (2 * h)
+    np.testing.assert_allclose(grad, num, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_at_extreme_logits(dtype):
+    z = np.array([[1000.0, -1000.0, 0.0, 90.0, -90.0]], dtype)
+    t = np.array([[0.0, 1.0, 1.0, 1.0, 0.0]], dtype)
+    loss = nb.BCEWithLogits()
+    value = loss(z, t)
+    grad = loss.backward()
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    assert value == pytest.approx((1000 + 1000 + np.log(2) + 2 * np.log1p(np.exp(-90.0))) / 5, rel=1e-6)
+    np.testing.assert_allclose(grad, [[0.2, -0.2, -0.1, 0.0, 0.0]], atol=1e-7)
+
+
+def test_targets_of_shape_n_lists_and_other_dtypes():
+    z = np.array([[2.0], [-1.0], [0.5]], np.float32)
+    expected = nb.BCEWithLogits()(z, np.array([[1.0], [0.0], [0.0]], np.float32))
+    for t in ([1, 0, 0], np.array([1, 0, 0]), np.array([True, False, False]), np.array([1.0, 0.0, 0.0])):
+        assert nb.BCEWithLogits()(z, t) == expected
+    with pytest.raises(ValueError, match="shape"):
+        nb.BCEWithLogits()(np.ones((3, 2), np.float32), [1, 0, 0])
+
+
+def test_count_correct_labels_matches_numpy():
+    z, t = sample(np.float32, k=20, c=4, seed=2)
+    z[0, 0], t[0, 0] = 0.0, 1.0  # z = 0 is σ = ½: read as yes
+    assert cpu.count_correct_labels(z, t) == np.count_nonzero((z >= 0) == (t >= 0.5))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_torch(dtype):
+    import torch  # noqa: PLC0415
+
+    z, t = sample(dtype, k=7, c=5, seed=3, soft=True)
+    z[0, :2] = [80, -80]
+    zt = torch.tensor(z, requires_grad=True)
+    expected = torch.nn.BCEWithLogitsLoss()(zt, torch.tensor(t))
+    expected.backward()
+    loss = nb.BCEWithLogits()
+    tol = dict(rtol=2e-6, atol=1e-8) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(loss(z, t), expected.item(), **tol)
+    np.testing.assert_allclose(loss.backward(), zt.grad.numpy(), **tol)

@@ -1,0 +1,306 @@
+"""Data-parallel training (nbnet/dist.py): `mpiexec -n N nbnet train` in subprocesses on localhost,
+each with a timeout, so a hang fails the test instead of the CI run. Skipped when mpi4py or
+mpiexec is missing (pip install 'nbnet[mpi]' puts mpiexec beside the venv's python)."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbnet import dist
+from nbnet.data import batches, batches_reusing
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MPIEXEC = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+needs_mpi = pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
+    reason="needs mpi4py and mpiexec: pip install 'nbnet[mpi]'",
+)
+TIMEOUT = 60  # a hang fails here, well before CI's limit
+# 3 epochs of a small problem: 4 classes in 12-D; 480 train rows in batches of 64 (the last 32).
+TRAIN = ["--hidden", "24,16", "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--quiet"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_", "NBNET_MPI"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["NUMBA_NUM_THREADS"] = "1"  # N processes on a 2-core machine: no oversubscription
+    return env
+
+
+def run(n, *args, env=None, timeout=TIMEOUT):
+    """`nbnet ARGS` in n processes (n=1: no mpiexec at all). CompletedProcess; a hang fails."""
+    cmd = [sys.executable, "-m", "nbnet", *map(str, args)]
+    if n > 1:
+        cmd = [MPIEXEC, "-n", str(n), *cmd]
+    try:
+        return subprocess.run(cmd, cwd=REPO, env={**_env(), **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s: a hang\n{e.stderr}")
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mpi") / "blobs.npz"
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 600)
+    x = rng.normal(size=(600, 12)) * 0.8 + np.eye(4, 12)[y] * 1.5
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def arrays(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k.startswith(("layer", "optim/state/"))}
+
+
+def max_rel(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(a[k])), 1e-300)) for k in a)
+
+
+# ------------------------------------------------------------------------------ without mpiexec
+
+
+def test_shares_cover_each_batch_once_in_the_global_order():
+    x = np.arange(103 * 2, dtype=np.float32).reshape(103, 2)
+    y = np.arange(103)
+    for size in (1, 2, 3, 7):
+        for shuffle in (True, False):
+            whole = [yb.copy() for _, yb in batches(x, y, 20, shuffle=shuffle, seed=(5, 1))]
+            parts = [[yb.copy() for _, yb in batches_reusing(x, y, 20, shuffle, (5, 1), part=(r, size))]
+                     for r in range(size)]
+            for b, global_batch in enumerate(whole):
+                np.testing.assert_array_equal(np.concatenate([p[b] for p in parts]), global_batch)
+                sizes = [len(p[b]) for p in parts]
+                assert max(sizes) - min(sizes) <= 1
+
+
+def test_one_process_needs_no_mpi4py(tmp_path):
+    """Plain `nbnet train` does not import mpi4py (nor pay for it), and `nbnet info` says MPI."""
+    code = ("import sys; from nbnet.cli import main\n"
+            "try:\n    main(['train', '--epochs', '1', '--hidden', '8', '--quiet'])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'mpi4py' not in sys.modules, 'mpi4py imported'\n")
+    ok(subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                      timeout=TIMEOUT))
+    info = ok(run(1, "info"))
+    assert "MPI: " in info.stdout
+    if importlib.util.find_spec("mpi4py") is None:
+        assert "MPI: not available" in info.stdout
+    else:
+        assert "mpi4py" in info.stdout.split("MPI: ")[1]
+
+
+def test_launched_without_mpi4py_is_one_error_line(tmp_path):
+    """PMI_SIZE says 2 processes, mpi4py cannot be imported: one Error: line, not a traceback."""
+    (tmp_path / "mpi4py").mkdir()
+    (tmp_path / "mpi4py" / "__init__.py").write_text("raise ImportError('no MPI here')\n")
+    env = {**_env(), "PMI_SIZE": "2", "PMI_RANK": "0", "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    result = subprocess.run([sys.executable, "-m", "nbnet", "train", "--epochs", "1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert error_lines(result) == [result.stderr.strip()]
+    assert "nbnet[mpi]" in result.stderr
+
+
+# ------------------------------------------------------------------------------ with mpiexec
+
+
+@needs_mpi
+def test_two_processes_train_what_one_does(problem, tmp_path):
+    """float64: weights, optimizer state and metrics after 3 epochs within 1e-9 of one process;
+    3 processes too (uneven shares); the same bits on a second run with the same N."""
+    common = ["--dataset", problem, *TRAIN, "--dtype", "float64"]
+    ok(run(1, "train", *common, "--save", tmp_path / "one.npz", "--metrics-out", tmp_path / "one.jsonl"))
+    two = ok(run(2, "train", *common, "--save", tmp_path / "two.npz", "--metrics-out", tmp_path / "two.jsonl"))
+    assert two.stdout == "" and two.stderr == ""
+    one_w, two_w = arrays(tmp_path / "one.npz"), arrays(tmp_path / "two.npz")
+    assert max_rel(one_w, two_w) < 1e-9
+    m1 = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    m2 = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert len(m2) == 3  # process 0 alone writes
+    for a, b in zip(m1, m2):
+        for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "lr"):
+            assert abs(a[key] - b[key]) <= 1e-9 * abs(a[key]), key
+
+    ok(run(2, "train", *common, "--save", tmp_path / "again.npz"))
+    again = arrays(tmp_path / "again.npz")
+    assert all(np.array_equal(two_w[k], again[k]) for k in two_w)
+
+    ok(run(3, "train", *common, "--save", tmp_path / "three.npz"))
+    assert max_rel(one_w, arrays(tmp_path / "three.npz")) < 1e-9
+
+
+@needs_mpi
+def test_empty_shares_and_float32(problem, tmp_path):
+    """Batch 479 of 480 rows: the last batch has one row, so two of 3 processes have none."""
+    common = ["--dataset", problem, *TRAIN, "--batch-size", "479", "--optimizer", "adam", "--lr", "0.01"]
+    ok(run(1, "train", *common, "--save", tmp_path / "one.npz"))
+    ok(run(3, "train", *common, "--save", tmp_path / "three.npz"))
+    assert max_rel(arrays(tmp_path / "one.npz"), arrays(tmp_path / "three.npz")) < 1e-4  # float32 rounding
+
+
+@needs_mpi
+def test_resume_with_another_process_count(problem, tmp_path):
+    """1 epoch with 2 processes, resumed with 3 processes, then 1: the uninterrupted run (a constant
+    rate: cosine and step rates are functions of --epochs)."""
+    common = ["--dataset", problem, *TRAIN, "--dtype", "float64", "--optimizer", "adam", "--lr", "0.01"]
+    ok(run(1, "train", *common, "--save", tmp_path / "whole.npz"))
+    ok(run(2, "train", *common, "--epochs", "1", "--save", tmp_path / "part.npz"))
+    ok(run(3, "train", "--resume", tmp_path / "part.npz", "--epochs", "2", "--save", tmp_path / "part2.npz"))
+    ok(run(1, "train", "--resume", tmp_path / "part2.npz", "--epochs", "3", "--save", tmp_path / "part3.npz"))
+    assert max_rel(arrays(tmp_path / "whole.npz"), arrays(tmp_path / "part3.npz")) < 1e-9
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_process_that_raises_ends_the_job_with_one_error_line(problem, tmp_path, rank):
+    result = run(2, "train", "--dataset", problem, *TRAIN, "--save", tmp_path / "ck.npz",
+                 env={"NBNET_MPI_FAULT": f"{rank}:12:raise"})  # step 12: in epoch 2
+    assert result.returncode != 0
+    assert len(error_lines(result)) == 1, result.stderr
+    assert "injected fault" in error_lines(result)[0]
+    assert "Traceback" not in result.stderr
+    from nbnet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(tmp_path / "ck.npz")).state.epoch == 1  # the last one stays loadable
+
+
+@needs_mpi
+def test_a_process_that_dies_ends_the_job(problem, tmp_path):
+    result = run(3, "train", "--dataset", problem, *TRAIN, "--save", tmp_path / "ck.npz",
+                 env={"NBNET_MPI_FAULT": "2:20:die"})
+    assert result.returncode != 0
+    from nbnet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(tmp_path / "ck.npz")).state.epoch == 2
+
+
+@needs_mpi
+def test_nan_on_one_process_stops_every_process_at_that_step(problem, tmp_path):
+    result = run(2, "train", "--dataset", problem, *TRAIN, env={"NBNET_MPI_FAULT": "1:10:nan"})
+    assert result.returncode == 1
+    assert error_lines(result) == [result.stderr.strip()]  # one line, no MPI_Abort: all agreed
+    assert "training diverged: loss is nan at epoch 2, step 2" in result.stderr
+
+
+@needs_mpi
+def test_ctrl_c_on_one_process_stops_all_at_one_step_and_resumes_with_another_count(problem, tmp_path):
+    """Process 1 alone gets SIGINT in step 5: all stop after step 6 (asked before the reduction of
+    each step), process 0 saves, exit 130; resumed by 3 processes, the run of one process."""
+    common = ["--dataset", problem, *TRAIN, "--dtype", "float64"]
+    ok(run(1, "train", *common, "--save", tmp_path / "whole.npz"))
+    result = run(2, "train", *common, "--save", tmp_path / "ck.npz", env={"NBNET_MPI_FAULT": "1:5:sigint"})
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.count("Interrupted in epoch 1 after step 6") == 1, result.stderr
+    from nbnet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(tmp_path / "ck.npz")).state.step == 6
+    ok(run(3, "train", "--resume", tmp_path / "ck.npz", "--save", tmp_path / "end.npz"))
+    assert max_rel(arrays(tmp_path / "whole.npz"), arrays(tmp_path / "end.npz")) < 1e-9
+
+
+@needs_mpi
+def test_bad_input_is_reported_once(problem, tmp_path):
+    for args in (["--dataset", tmp_path / "missing.npz"], ["--epochs", "0"], ["--dataset", problem, "--hidden", "x"]):
+        result = run(2, "train", *args)
+        assert result.returncode != 0
+        assert len(error_lines(result)) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@needs_mpi
+def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
+    """MPMD launch: process 1 has another seed (other weights), or a file process 0 lacks."""
+    py = [sys.executable, "-m", "nbnet", "train", "--dataset", str(problem), *TRAIN]
+    cases = [([*py, "--seed", "1"], "does not train what process 0 does"),
+             ([*py, "--resume", str(tmp_path / "missing.npz")], "process 1:")]
+    for other, expected in cases:
+        result = subprocess.run([MPIEXEC, "-n", "1", *py, ":", "-n", "1", *other], cwd=REPO, env=_env(),
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode != 0
+        assert len(error_lines(result)) == 1 and expected in error_lines(result)[0], result.stderr
+
+
+@needs_mpi
+def test_python_example_trains_with_comm_world(tmp_path):
+    """examples/mpi_train.py: nb.train(..., comm=MPI.COMM_WORLD); the processes end with the same weights."""
+    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "mpi4py", str(REPO / "examples" / "mpi_train.py"),
+           "--epochs", "3", "--out", str(tmp_path / "m.npz")]
+    result = subprocess.run(cmd, cwd=tmp_path, env={**_env(), "PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("epoch 3 ") == 1, result.stdout  # process 0 prints
+    assert "same weights on all 3 processes: True" in result.stdout  # uneven shares: 42-43 rows each
+    assert float(result.stdout.split("test accuracy ")[-1].split("%")[0]) > 80
+
+
+@needs_mpi
+def test_scaling_script_quick_prints_cpu_speedup_and_estimate():
+    done = subprocess.run([sys.executable, str(REPO / "profiling" / "mpi_scaling.py"), "--quick"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("CPU: ") and "\nISA: " in out and "speedup 2 processes vs 1: " in out
+    assert "0.94 MB gradient" in out and "communication > compute from N = " in out
+
+
+@needs_mpi
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda (the simulator)")
+def test_gpu_models_in_the_cuda_simulator_train_what_one_cpu_process_does(tmp_path):
+    """--device cuda under mpiexec: batches sliced on the device, gradients through a host buffer."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 80)
+    np.savez(tmp_path / "tiny.npz", x=rng.normal(size=(80, 3)) * 0.3 + y[:, None], y=y)
+    common = ["--dataset", tmp_path / "tiny.npz", "--hidden", "4", "--batch-size", "16", "--epochs", "2",
+              "--dtype", "float64", "--quiet"]
+    ok(run(1, "train", *common, "--save", tmp_path / "cpu.npz"))
+    ok(run(2, "train", *common, "--device", "cuda", "--save", tmp_path / "gpu.npz",
+           env={"NUMBA_ENABLE_CUDASIM": "1", "NBNET_CUDA_TILE": "4"}))
+    assert max_rel(arrays(tmp_path / "cpu.npz"), arrays(tmp_path / "gpu.npz")) < 1e-9
+
+
+@needs_mpi
+def test_gradient_through_a_host_buffer(tmp_path):
+    """Gradients that are not one packed host array (a GPU model's) go through the staging buffer:
+    checked on COMM_SELF with arrays standing in for device arrays."""
+    code = """
+import numpy as np
+from mpi4py import MPI
+from nbnet import dist
+
+class Dev:  # a device array's copy_to_host / copy_to_device
+    def __init__(self, a): self.a, self.shape, self.size, self.dtype = a, a.shape, a.size, a.dtype
+    def copy_to_host(self, out): out[...] = self.a
+    def copy_to_device(self, src): self.a[...] = src
+
+class P:
+    def __init__(self, g): self.grad = g
+
+g1, g2 = np.arange(6.0).reshape(2, 3), np.arange(4.0)
+comm = dist.MPIComm(MPI.COMM_SELF)
+comm.allreduce_grad([P(Dev(g1)), P(g2)], 0.5)
+assert np.array_equal(g1, np.arange(6.0).reshape(2, 3) * 0.5) and np.array_equal(g2, np.arange(4.0) * 0.5)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr

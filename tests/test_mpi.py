@@ -195,6 +195,13 @@ def test_a_process_that_dies_ends_the_job(problem, tmp_path):
 
 
 @needs_mpi
+def test_a_process_that_hangs_is_given_up_on_after_the_timeout(problem, tmp_path):
+    result = run(2, "train", "--dataset", problem, *TRAIN, env={"NBNET_MPI_FAULT": "1:5:hang", "NBNET_MPI_TIMEOUT": "2"})
+    assert result.returncode != 0
+    assert len(error_lines(result)) == 1 and "NBNET_MPI_TIMEOUT" in error_lines(result)[0], result.stderr
+
+
+@needs_mpi
 def test_nan_on_one_process_stops_every_process_at_that_step(problem, tmp_path):
     result = run(2, "train", "--dataset", problem, *TRAIN, env={"NBNET_MPI_FAULT": "1:10:nan"})
     assert result.returncode == 1

@@ -193,15 +193,19 @@ def transpose(out, inp):
                     o[i] = inp[i, j]
 
 
-# From this batch size on the forward copies W to Wᵀ (~145 µs for 784->256 on one core) and runs
-# the broadcast form, when W has at least one full column tile of rows (simd.BCAST_NV vectors).
-FORWARD_T_ROWS = 256
+# From this batch size on, and for inputs narrower than FORWARD_T_MAX_IN, the forward copies W to
+# Wᵀ and runs the broadcast form (W must have one full column tile of rows, simd.BCAST_NV vectors).
+# Measured on one core (AVX2, float32, copy included): 256->128 broadcast 96 vs dot 107 µs at batch
+# 64, 555 vs 864 at 512; 784->256 dot wins at every batch to 512 (3454 vs 3988 µs): a long sum
+# keeps the dot form's lane sums cheap, and the copy of a wide W costs more.
+FORWARD_T_ROWS = 64
+FORWARD_T_MAX_IN = 512
 
 
 def _forward(out, act, inp, weight, bias, weight_t, relu):
     """The forward for these shapes: broadcast units over Wᵀ when the batch is large enough to pay
-    for the copy and W has a full tile of rows, dot units otherwise (shapes only)."""
-    if (weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS
+    for the copy, the sum short and W has a full tile of rows, dot units otherwise (shapes only)."""
+    if (weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and inp.shape[1] < FORWARD_T_MAX_IN
             and weight.shape[0] >= simd.BCAST_NV * simd.lanes(weight.dtype)):
         transpose(weight_t, weight)
         linear_forward_t(out, act, inp, weight_t, bias, relu)
@@ -260,15 +264,34 @@ def linear_relu_backward_input(dinp, dout, weight, preact):
     linear_backward_input_act(dinp, dout, weight, preact, True)
 
 
+# Up to this batch size dW += GᵀX runs row by row (the formula's own loop order, vectorised over l):
+# with a sum over i this short, the update of each dW block by the micro-kernel costs more than its
+# FMAs (measured, one thread, 784->256: batch 1 28 µs vs 256 µs in blocks, 12: 255 vs 555, 16: 349 vs 309).
+SMALL_BATCH = 12
+
+
 def _linear_backward_params(dweight, dbias, dout, inp):
     """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
 
     dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. Broadcast-form units
     (simd.bcast_unit: A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the first
-    column tile also sum db for their rows, so each db_j has one owner too.
+    column tile also sum db for their rows, so each db_j has one owner too. Up to SMALL_BATCH
+    rows: the plain row loop, parallel over j.
     """
-    m = dweight.shape[0]
+    m, n = dweight.shape
     k = dout.shape[0]
+    if k <= SMALL_BATCH:  # each dW row read and written once; no register block pays for itself
+        for j in prange(m):
+            dw = dweight[j]  # row views: LLVM vectorises the l loop as one contiguous run
+            db = dbias.dtype.type(0)
+            for i in range(k):
+                g = dout[i, j]
+                db += g
+                x = inp[i]
+                for l in range(n):
+                    dw[l] += g * x[l]
+            dbias[j] += db
+        return
     units = simd.bcast_units(dweight)
     counter = np.empty(1, np.int64)
     counter[0] = 0

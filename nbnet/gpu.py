@@ -117,11 +117,13 @@ def to_device(arr):
     return cuda.to_device(np.ascontiguousarray(arr))
 
 
+def _to_host(arr):
+    return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
+
+
 def to_device_like(arr, like):
     """`arr` on the device where `like` lives (host or GPU), copied only if it is elsewhere."""
-    from .model import to_host  # noqa: PLC0415
-
-    return to_host(arr) if isinstance(like, np.ndarray) else to_device(arr)
+    return _to_host(arr) if isinstance(like, np.ndarray) else to_device(arr)
 
 
 def empty(shape, dtype):
@@ -131,14 +133,13 @@ def empty(shape, dtype):
 
 def move_model(model, device):
     """Move every layer's parameters and gradients to "cuda" or "cpu", and drop the arrays layers
-    cached from earlier steps (forward cache, buffers): they are remade on the new device. On the
-    host the parameters are packed again as Sequential packs them (nbnet.model.pack_parameters).
-    Optimizer state follows on the optimizer's next step (nbnet.optim calls to_device_like)."""
+    cached from earlier steps (forward cache, buffers): they are remade on the new device. (Back
+    on the host, Sequential.to packs the parameters again.) Optimizer state follows on the
+    optimizer's next step (nbnet.optim calls to_device_like). This module imports nothing from
+    nbnet.model or nbnet.layers, which import it lazily: no import circle."""
     if device not in ("cuda", "cpu"):
         raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'")
-    from .model import pack_parameters, to_host  # noqa: PLC0415
-
-    move = to_device if device == "cuda" else to_host
+    move = to_device if device == "cuda" else _to_host
     if device == "cuda":
         _require_device()  # before touching anything: a failed move leaves the model as it was
     for layer in model.layers:
@@ -150,8 +151,6 @@ def move_model(model, device):
         for name, value in list(vars(layer).items()):
             if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
                 setattr(layer, name, None)
-    if device == "cpu":
-        pack_parameters(model.parameters())  # one flat buffer again: the optimizer's one-pass path
 
 
 # ----------------------------------------------------------------------------------------------

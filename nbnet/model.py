@@ -45,9 +45,7 @@ class Sequential:
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            part = Sequential.__new__(Sequential)  # the same layers: not packed again
-            part.layers = _checked_layers(self.layers[index])
-            return part
+            return Sequential(self.layers[index])  # the same layers (already packed: left so)
         return self.layers[index]
 
     def state_dict(self):
@@ -243,6 +241,10 @@ def pack_parameters(params):
     are kept; `layer.weight[...] = w` still writes through. Host arrays of one dtype only."""
     if not params or not all(isinstance(p.data, np.ndarray) for p in params):
         return
+    from .optim import one_flat  # noqa: PLC0415 - optim imports layers, not model: no circle
+
+    if one_flat([p.data for p in params]) is not None and one_flat([p.grad for p in params]) is not None:
+        return  # already back to back in one buffer (e.g. a slice of a packed model): keep it
     dtype = params[0].data.dtype
     if any(p.data.dtype != dtype for p in params):
         return

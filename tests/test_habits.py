@@ -31,7 +31,9 @@ def test_len_indexing_slicing_iteration():
     model = mlp()
     assert len(model) == 3 and model[0] is model.layers[0] and model[-1] is model.layers[2]
     assert list(model) == model.layers and [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear"]
+    arrays = [p.data for p in model.parameters()]
     head = model[:2]
+    assert all(p.data is a for p, a in zip(model.parameters(), arrays))  # not repacked
     assert isinstance(head, nb.Sequential) and head.layers == model.layers[:2] and head[0] is model[0]
     x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
     np.testing.assert_array_equal(model[2](head(x).copy()), model(x))

@@ -121,7 +121,12 @@ def test_binary_labels_of_any_type(labels):
     clf = MLPClassifier((16,), random_state=0, max_iter=30).fit(x, labels[y])
     assert clf.classes_.dtype == labels.dtype and list(clf.classes_) == sorted(labels)
     assert clf.predict(x).dtype == labels.dtype and clf.score(x, labels[y]) > 0.9
-    assert clf.predict_proba(x).shape == (len(x), 2)
+    proba = clf.predict_proba(x)
+    assert proba.shape == (len(x), 2) and np.allclose(proba.sum(1), 1)
+    # As scikit-learn: one logistic output trained with binary cross-entropy.
+    assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 1 and clf.coefs_[-1].shape == (16, 1)
+    z = np.maximum(x.astype(np.float32) @ clf.coefs_[0] + clf.intercepts_[0], 0) @ clf.coefs_[1] + clf.intercepts_[1]
+    np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-z[:, 0])), atol=1e-5)
 
 
 def test_labels_as_a_list_and_one_class_refused():
@@ -187,6 +192,9 @@ def test_early_stopping_keeps_the_best_validation_epoch():
 
     _, x_val, _, y_val = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     assert clf.score(x_val, y_val) == pytest.approx(clf.best_validation_score_)
+    x2, y2 = blobs(classes=2)
+    binary = MLPClassifier((16,), random_state=0, early_stopping=True, max_iter=200).fit(x2, np.array(["n", "y"])[y2])
+    assert binary.best_validation_score_ > 0.9 and len(binary.validation_scores_) == binary.n_iter_ < 200
     reg = MLPRegressor((16,), random_state=0, early_stopping=True, max_iter=50).fit(x, y.astype(float))
     assert len(reg.validation_scores_) == reg.n_iter_
 

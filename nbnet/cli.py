@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__, datasets, dist
 from .checkpoint import load_checkpoint, save_checkpoint
-from .files import check_outputs, open_input, write_atomic, write_npz_atomic
+from .files import check_outputs, check_replaceable, write_atomic, write_npz_atomic
 from .train import (
     ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, check_memory,
     evaluate,
@@ -385,7 +385,8 @@ def train_cmd(ctx, **opts):
         model, state = resume.model, resume.state
     else:
         outputs = int(max(data[1].max(), data[3].max())) + 1 if cfg["loss"] == "cross-entropy" else data[1].shape[1]
-        check_memory([data[0].shape[1], *cfg["hidden"], outputs], dtype, cfg["batch_size"], cfg["optimizer"])
+        check_memory([data[0].shape[1], *cfg["hidden"], outputs], dtype, min(cfg["batch_size"], len(data[0])),
+                     cfg["optimizer"])
         model = build_model(data[0].shape[1], cfg["hidden"], outputs, cfg["activation"], dtype, cfg["seed"])
         state = None
     check_data(model, data if val_data is None else (*data, *val_data), cfg["loss"])
@@ -590,6 +591,11 @@ def _check_writable(path, option):
         raise CliError(f"{name} {path}: folder {folder} is not writable")
     if os.path.isdir(path):
         raise CliError(f"{name} {path}: is a folder")
+    if option in ("save", "save_best"):  # replaced atomically: only a regular file
+        try:
+            check_replaceable(path, name)
+        except ValueError as e:
+            raise CliError(str(e)) from None
 
 
 def _check_plot_available():
@@ -793,6 +799,8 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
         raise CliError(f"--output {output}: use a .csv, .npy or .npz file name")
     try:
         check_outputs({"--output": output}, {"INPUT": input_path, "--checkpoint": checkpoint})
+        if output is not None:
+            check_replaceable(output, "--output")
     except ValueError as e:
         raise CliError(str(e)) from None
     ck = load_checkpoint(checkpoint)

@@ -206,13 +206,26 @@ def remove_stale_temps(folder):
                 pass
 
 
+def check_replaceable(path, label=None):
+    """An output that is renamed over `path` may only replace a regular file (or nothing): never a
+    device such as /dev/null, a FIFO or a folder."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        name = f"{label} {path}" if label else path
+        raise ValueError(f"{name}: is {_kind(st.st_mode)}, not a regular file: nbnet will not replace it")
+
+
 def write_atomic(path, write, suffix=""):
     """Call write(f) on a temporary binary file in path's folder, fsync it and rename it over
     `path`: a crash leaves either the old file or the new one. The new file's mode follows the
-    umask."""
+    umask. Only a regular file is replaced (see check_replaceable)."""
     path = os.fspath(path)
     if path == "":
         raise ValueError("empty output path")
+    check_replaceable(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(folder)

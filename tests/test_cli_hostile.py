@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -163,6 +164,20 @@ def test_an_output_that_is_an_input_is_an_error(run, tmp_path, case):
     r = nbnet("train", *args)
     assert_error(r, "the same file" if case == "two outputs" else "of this run: it would be overwritten")
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_output_never_replaces_a_device_or_fifo(run, tmp_path):
+    # (a FIFO stands for /dev/null here: a regression must not replace a device of the machine)
+    _, ck, x = run
+    fifo = tmp_path / "out.npz"
+    os.mkfifo(fifo)
+    assert_error(nbnet("train", *FAST, "--save", fifo), "not a regular file")
+    assert_error(nbnet("train", *FAST, "--val-split", "0.2", "--save-best", fifo), "not a regular file")
+    np.savez(tmp_path / "in.npz", x=x[:3])
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", fifo), "not a regular file")
+    with pytest.raises(ValueError, match="not a regular file"):
+        nb.load(ck).save(fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 def test_predict_output_that_is_its_input_is_an_error(run, tmp_path):

@@ -373,8 +373,8 @@ def check_features(x, source, dtype=np.float32):
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(
-            f"{source}: x has {x[row, col]} at row {row}, column {col} "
-            f"(NaN/Inf, or too large for {dtype}, are not allowed)"
+            f"{source}: x[{row}, {col}] is {x[row, col]} (counted from 0; NaN/Inf, or too large for {dtype}, "
+            "are not allowed)"
         )
     return xd
 

@@ -387,7 +387,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
     # seconds and samples/s measure training, not compilation.
     local = [hi - lo for lo, hi in (dist.share(b, comm.rank, comm.size) for b in (batch_size, n % batch_size))]
-    compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),))
+    compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),),
+                    say=comm.rank == 0)
 
     while state.epoch < epochs:
         if early_stopping is not None and state.bad_epochs >= early_stopping:

@@ -13,8 +13,10 @@ next save in that folder. `check_outputs` refuses an output path that is one of 
 import errno
 import math
 import os
+import re
 import stat
 import tempfile
+import time
 import zipfile
 
 import numpy as np
@@ -189,6 +191,11 @@ def _pid_alive(pid):
     return True
 
 
+# Temporary files of nbnet before they carried a process id: removed once an hour old.
+_LEGACY_TMP = re.compile(r"\.tmp-[a-z0-9_]{8}\.npz\Z")
+LEGACY_TMP_AGE = 3600
+
+
 def remove_stale_temps(folder):
     """Remove the temporary files of saves whose process is gone (killed half-way through)."""
     try:
@@ -196,12 +203,20 @@ def remove_stale_temps(folder):
     except OSError:
         return
     for name in names:
-        if not name.startswith(TMP_PREFIX):
-            continue
-        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        path = os.path.join(folder, name)
+        if name.startswith(TMP_PREFIX):
+            pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+            stale = pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+        elif _LEGACY_TMP.match(name):
             try:
-                os.unlink(os.path.join(folder, name))
+                stale = time.time() - os.stat(path).st_mtime > LEGACY_TMP_AGE
+            except OSError:
+                stale = False
+        else:
+            continue
+        if stale:
+            try:
+                os.unlink(path)
             except OSError:
                 pass
 

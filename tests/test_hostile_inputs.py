@@ -263,9 +263,14 @@ def test_the_next_save_removes_temporary_files_of_a_killed_save(tmp_path):
     stale.write_bytes(b"half a checkpoint")
     live = tmp_path / f"{files.TMP_PREFIX}{os.getppid()}-def456.npz"  # a save in progress elsewhere
     live.write_bytes(b"being written")
+    old = tmp_path / ".tmp-k3j2h1g0.npz"  # named as before the process id was in the name
+    old.write_bytes(b"an hour-old half checkpoint")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    recent = tmp_path / ".tmp-a1b2c3d4.npz"
+    recent.write_bytes(b"maybe being written by an older nbnet")
     nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "m.npz")
-    assert not stale.exists() and live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name])
+    assert not stale.exists() and live.exists() and not old.exists() and recent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name, recent.name])
 
 
 def test_outputs_never_clobber_inputs(tmp_path):

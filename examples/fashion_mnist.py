@@ -2,8 +2,8 @@
 
     python examples/fashion_mnist.py [--data-dir DIR] [--epochs 2] [--limit N]
 
-The files have MNIST's format and sizes; the data dir defaults to $NBNET_DATA_DIR/fashion-mnist, else
-../shared/data/fashion-mnist next to this repository. Harder than digits: shirts, T-shirts,
+The files have MNIST's format and sizes; the data dir defaults to where the library
+looks: $NBNET_DATA_DIR/fashion-mnist, else ~/.cache/nbnet/fashion-mnist. Harder than digits: shirts, T-shirts,
 pullovers and coats get mixed up, as the confusion matrix shows.
 """
 

@@ -3,12 +3,12 @@
     python examples/mnist.py [--data-dir DIR] [--epochs 2] [--limit N]
 
 The data are the four original IDX files (train-images-idx3-ubyte.gz, ...) in --data-dir, by
-default $NBNET_DATA_DIR/mnist, else ../shared/data/mnist next to this repository.
+default where `nbnet train --dataset mnist` looks: $NBNET_DATA_DIR/mnist, else ~/.cache/nbnet/mnist
+(`nbnet train --dataset mnist --download` fetches them there).
 --limit N trains on the first N training images only (quick runs); the test set is always whole.
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,8 +21,7 @@ DIGITS = [str(d) for d in range(10)]
 
 
 def default_data_dir(folder):
-    root = os.environ.get("NBNET_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(root) / folder
+    return Path(nb.datasets.default_data_dir(folder))  # where the library and the CLI look
 
 
 def evaluate(model, x, y):

@@ -1,5 +1,9 @@
 """nbnet: a small, fast, readable neural-network framework with Numba kernels."""
 
+from ._startup import quiet_signals_while_starting
+
+quiet_signals_while_starting()  # only in the `nbnet` command; first, before NumPy and Numba load
+
 import os
 
 # Threads that wait for work sleep instead of spinning. libgomp (Numba's default "omp" threading

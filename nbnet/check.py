@@ -43,17 +43,13 @@ def cold_cache():
     return False
 
 
-def _kernels():
-    return [obj for obj in vars(cpu).values() if isinstance(obj, cpu.Kernel)]
-
-
-def compile_kernels(model, opt=None, loss_fn=None, targets=None, say=True):
-    """Compile what training and evaluating `model` (a Sequential on the CPU) will run: both the
-    serial and the parallel twin of each Linear kernel, the dot and the broadcast forward, its
-    activations, `loss_fn` (default SoftmaxCrossEntropy) with targets like `targets` (default
-    int64 labels), count_correct and `opt`'s step, on a throwaway copy with narrow hidden layers.
-    The model and optimizer are not touched. Says COMPILING on stderr when the cache is cold.
-    Anything it cannot copy is left to compile on first use."""
+def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128,), eval_rows=(), say=True):
+    """Compile what training and evaluating `model` (a Sequential on the CPU) will run, by running
+    it on a throwaway copy of the same widths: training steps (forward, `loss_fn`, backward,
+    `opt`'s step) at each of `train_rows` batch sizes and forwards at `eval_rows`, so exactly the
+    kernels those shapes choose (serial or parallel twin, dot or broadcast forward) get compiled,
+    or loaded from Numba's cache. The model and optimizer are not touched. Says COMPILING on
+    stderr when the cache is cold. What it cannot copy is left to compile on first use."""
     from .layers import Linear  # noqa: PLC0415
     from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
     from .model import Sequential  # noqa: PLC0415
@@ -63,45 +59,31 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, say=True):
         return
     if say and cold_cache():
         print(COMPILING, file=sys.stderr, flush=True)
-    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
-    saved = [(k, k.threshold) for k in _kernels()]
     try:
-        layers, width = [], min(linears[0].in_features, 64)
-        in_width = width
-        for layer in model.layers:
-            if isinstance(layer, Linear):  # the last keeps its width: the targets must fit it
-                out = layer.out_features if layer is linears[-1] else min(layer.out_features, 64)
-                layers.append(Linear(width, out, dtype=layer.dtype, seed=0))
-                width = out
-            else:
-                layers.append(type(layer)())
+        layers = [Linear(layer.in_features, layer.out_features, dtype=layer.dtype, seed=0)
+                  if isinstance(layer, Linear) else type(layer)() for layer in model.layers]
         copy = Sequential(layers)
         copy_opt = None
         if opt is not None:
             copy_opt = type(opt)(copy.parameters(), **{k: getattr(opt, k) for k in opt.hyper_names})
         loss_fn = type(loss_fn)() if loss_fn is not None else SoftmaxCrossEntropy()
         targets = np.zeros(1, np.int64) if targets is None else np.asarray(targets)
-        dtype = copy.dtype
-        for threshold in (0, float("inf")):  # every kernel parallel, then every kernel serial
-            for k, _ in saved:
-                k.threshold = threshold
-            for rows in (cpu.FORWARD_T_ROWS, 3):
-                x = np.random.default_rng(0).random((rows, in_width)).astype(dtype)
-                y = np.zeros((rows,) + targets.shape[1:], targets.dtype)
-                copy.zero_grad()
-                logits = copy.forward(x)
-                if y.ndim == 1:
-                    cpu.count_correct(logits, y)
-                loss_fn.forward(logits, y)
+        width = next(layer for layer in model.layers if isinstance(layer, Linear)).in_features
+        rng = np.random.default_rng(0)
+        for rows, train in [(r, True) for r in train_rows if r > 0] + [(r, False) for r in eval_rows if r > 0]:
+            x = rng.random((rows, width)).astype(copy.dtype)
+            y = np.zeros((rows,) + targets.shape[1:], targets.dtype)
+            copy.zero_grad()
+            logits = copy.forward(x)
+            if y.ndim == 1:
+                cpu.count_correct(logits, y)
+            loss_fn.forward(logits, y)
+            if train:
                 copy.backward(loss_fn.backward())
-                copy.backward(loss_fn.backward(), need_input_grad=True)
                 if copy_opt is not None:
                     copy_opt.step()
     except Exception:  # noqa: BLE001, S110 - a warm-up only: what it could not run compiles on first use
         pass
-    finally:
-        for k, t in saved:
-            k.threshold = t
 
 
 def _rand(rng, shape, dtype):

@@ -14,27 +14,33 @@ There is no RNG state to store: shuffling is seeded with (seed, epoch) and initi
 """
 
 import json
+import math
 import os
 
 import numpy as np
 
-from .model import model_from_arrays, read_npz, write_npz_atomic
+from .files import read_npz, write_npz_atomic
+from .model import check_finite, json_entry, model_from_arrays
 from .train import TrainState
 
 CHECKPOINT_VERSION = 1
 STATE_PREFIX = "optim/state/"
+MAX_COUNT = 2**53  # epochs, steps, rows: whole numbers a float64 holds exactly
+MAX_HISTORY_KEYS = 100
 
 
 def _json(obj):
-    return np.array(json.dumps(obj))
+    return np.array(json.dumps(obj, allow_nan=False))
 
 
 def save_checkpoint(path, model, opt, state, config):
-    """Write everything a resume needs, atomically (temp file + rename)."""
+    """Write everything a resume needs, atomically (temp file + rename). Weights or optimizer
+    state holding NaN or Inf are an error: a diverged run is never saved as a good one."""
     arrays = model.state_arrays()
     sd = opt.state_dict()
     for key, arr in sd.pop("state").items():
         arrays[STATE_PREFIX + key] = arr
+    check_finite(arrays, f"cannot save {os.fspath(path)}", "arrays")
     arrays["optim/meta"] = _json(sd)
     arrays["train/state"] = _json({
         "epoch": state.epoch, "step": state.step, "loss_sum": state.loss_sum, "correct": state.correct,
@@ -46,10 +52,104 @@ def save_checkpoint(path, model, opt, state, config):
     write_npz_atomic(path, arrays)
 
 
+# ---------------------------------------------------------------------------------------------
+# The schema of what a checkpoint stores beside the model (the model's own: nbnet.model).
+
+
+def _is_int(v, lo=0, hi=MAX_COUNT):
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_num(v, lo=-math.inf, hi=math.inf):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+
+
+def _is_plain(v):
+    """A JSON scalar (finite), or a short list of them: what an option value can be."""
+    if v is None or isinstance(v, (bool, str)):
+        return isinstance(v, bool) or v is None or len(v) <= 4096
+    if isinstance(v, (int, float)):
+        return math.isfinite(v)
+    if isinstance(v, list):
+        return len(v) <= 1000 and all(_is_plain(x) and not isinstance(x, list) for x in v)
+    return False
+
+
+def _check_state(st, bad):
+    if not isinstance(st, dict):
+        raise bad("train/state is not a JSON object")
+    rules = {"epoch": _is_int, "step": _is_int, "correct": _is_int, "seen": _is_int,
+             "loss_sum": lambda v: _is_num(v, 0), "seconds": lambda v: _is_num(v, 0)}
+    for key, ok in rules.items():
+        if not ok(st.get(key)):
+            raise bad(f"train/state {key} = {str(st.get(key))[:40]} is not valid")
+    if st["correct"] > st["seen"]:
+        raise bad("train/state counts more correct rows than rows seen")
+    history = st.get("history")
+    if not isinstance(history, list) or len(history) > st["epoch"]:
+        raise bad("train/state history is not a list of at most one entry per epoch")
+    for m in history:
+        if not isinstance(m, dict) or len(m) > MAX_HISTORY_KEYS or not all(
+            isinstance(k, str) and _is_num(v) for k, v in m.items()
+        ):
+            raise bad("train/state history holds an entry that is not {name: finite number}")
+    # model selection (absent from checkpoints written before validation existed)
+    best_val_loss, best_epoch, bad_epochs = st.get("best_val_loss"), st.get("best_epoch"), st.get("bad_epochs", 0)
+    if not (best_val_loss is None or _is_num(best_val_loss)):
+        raise bad(f"train/state best_val_loss = {str(best_val_loss)[:40]} is not valid")
+    if not (best_epoch is None or _is_int(best_epoch, 1, st["epoch"])) or not _is_int(bad_epochs, 0, st["epoch"]):
+        raise bad("train/state best_epoch or bad_epochs is not valid")
+    return TrainState(epoch=st["epoch"], step=st["step"], history=history, loss_sum=float(st["loss_sum"]),
+                      correct=st["correct"], seen=st["seen"], seconds=float(st["seconds"]),
+                      best_val_loss=None if best_val_loss is None else float(best_val_loss),
+                      best_epoch=best_epoch, bad_epochs=bad_epochs)
+
+
+# Hyper-parameters an optimizer stores (nbnet.optim), and what each may be; others must be
+# finite numbers or booleans.
+_HYPER = {
+    "lr": lambda v: _is_num(v, 0),
+    "momentum": lambda v: _is_num(v, 0, 1),
+    "weight_decay": lambda v: _is_num(v, 0),
+    "eps": lambda v: _is_num(v, 0),
+    "nesterov": lambda v: isinstance(v, bool),
+    "betas": lambda v: isinstance(v, list) and len(v) == 2 and all(_is_num(b, 0, 1) for b in v),
+    "step_count": _is_int,
+}
+
+
+def _check_optim_meta(sd, bad):
+    from .optim import OPTIMIZERS  # noqa: PLC0415
+
+    types = {cls.__name__ for cls in OPTIMIZERS.values()}
+    if not isinstance(sd, dict) or not isinstance(sd.get("type"), str) or sd["type"] not in types:
+        raise bad(f"optim/meta names no known optimizer (one of {', '.join(sorted(types))})")
+    for key, value in sd.items():
+        if key == "type":
+            continue
+        ok = _HYPER.get(key, lambda v: isinstance(v, bool) or _is_num(v))
+        if not ok(value):
+            raise bad(f"optim/meta {key} = {str(value)[:40]} is not valid")
+    return sd
+
+
+def _check_config(config, bad):
+    if not isinstance(config, dict) or len(config) > 200:
+        raise bad("train/config is not a JSON object of options")
+    for key, value in config.items():
+        if not _is_plain(value):
+            raise bad(f"train/config {key} = {str(value)[:40]} is not an option value")
+    return config
+
+
 class Checkpoint:
     """A loaded checkpoint: .model (Sequential), .config (dict), .state (TrainState),
     .optim_state (a state_dict for optimizer.load_state_dict). For a file that `Sequential.save`
-    wrote, only .model: .config is {} and .state, .optim_state are None."""
+    wrote, only .model: .config is {} and .state, .optim_state are None.
+
+    Everything is checked against the schema above (types, ranges, sizes) and the arrays against
+    the architecture before anything is built; NaN or Inf anywhere is an error. The option values
+    in .config are checked again, as command-line values, by `nbnet train --resume`."""
 
     def __init__(self, path):
         path = os.fspath(path)
@@ -59,25 +159,24 @@ class Checkpoint:
         self.config, self.state, self.optim_state = {}, None, None
         if "checkpoint/version" not in arrays:  # a model.save file: a model, nothing to resume
             return
-        version = int(arrays["checkpoint/version"])
-        if version > CHECKPOINT_VERSION:
-            raise ValueError(f"{path}: written by a newer nbnet (checkpoint version {version})")
-        try:
-            self.config = json.loads(str(arrays["train/config"]))
-            st = json.loads(str(arrays["train/state"]))
-            sd = json.loads(str(arrays["optim/meta"]))
-            self.state = TrainState(
-                epoch=int(st["epoch"]), step=int(st["step"]), history=list(st["history"]),
-                loss_sum=float(st["loss_sum"]), correct=int(st["correct"]), seen=int(st["seen"]),
-                seconds=float(st["seconds"]),
-                # absent from checkpoints written before validation existed: no best epoch yet
-                best_val_loss=None if st.get("best_val_loss") is None else float(st["best_val_loss"]),
-                best_epoch=None if st.get("best_epoch") is None else int(st["best_epoch"]),
-                bad_epochs=int(st.get("bad_epochs", 0)),
-            )
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
-        sd["state"] = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
+
+        def bad(why):
+            return ValueError(f"{path}: damaged checkpoint ({why})")
+
+        version = arrays["checkpoint/version"]
+        if version.shape != () or version.dtype.kind not in "iu":
+            raise bad("checkpoint/version is not an integer")
+        if int(version) > CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: written by a newer nbnet (checkpoint version {int(version)})")
+        for key in ("train/config", "train/state", "optim/meta"):
+            if key not in arrays:
+                raise bad(f"no {key}")
+        self.config = _check_config(json_entry(arrays, "train/config", path), bad)
+        self.state = _check_state(json_entry(arrays, "train/state", path), bad)
+        sd = _check_optim_meta(json_entry(arrays, "optim/meta", path), bad)
+        state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
+        check_finite(state, path, "optimizer state")
+        sd["state"] = state
         self.optim_state = sd
 
 

@@ -4,10 +4,18 @@ Every error a user can cause ends as one line `Error: ...` on stderr and a non-z
 place: `Group.main` below. It catches click's usage errors, ValueError and OSError (what nbnet
 raises for bad input and what the OS raises for bad paths) and CliError; anything else is a bug
 and keeps its traceback. Set NBNET_DEBUG=1 to see the traceback of an `Error:` too.
+
+One checked path per input kind: an option value is checked by its click type and range, whether
+it comes from the command line, a --config TOML file or a checkpoint's stored config
+(`_option_value`); files are read through nbnet.files (regular files only); every output path is
+compared with every input of the run (`_check_paths`). Signals: Ctrl-C (exit 130) and SIGTERM
+(exit 143) stop training after the current step and save with --save; at any other moment they
+end the command with one line. A closed stdout (`nbnet train | head -1`) ends it quietly.
 """
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -19,9 +27,10 @@ import numpy as np
 
 from . import __version__, datasets, dist
 from .checkpoint import load_checkpoint, save_checkpoint
-from .model import write_npz_atomic
+from .files import check_outputs, open_input, write_atomic, write_npz_atomic
 from .train import (
-    ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, evaluate,
+    ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, check_memory,
+    evaluate,
     make_optimizer, predict, split_validation, train,
 )
 from .train import LOSSES
@@ -39,6 +48,10 @@ NOT_CONFIG = ("config", "resume", "save", "save_best", "metrics_out", "quiet", "
 # Under MPI only process 0 writes these (the others train the same weights and stay silent).
 WRITTEN_BY_PROCESS_0 = ("save", "save_best", "metrics_out", "plot")
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM killed
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: `nbnet train | head -1`, as any Unix tool ends there
+# Outputs of `nbnet train`, checked against its inputs before anything runs.
+OUTPUT_OPTIONS = ("save", "save_best", "metrics_out", "plot")
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
@@ -47,42 +60,78 @@ class CliError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message, exit_code=None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
 
 class Interrupted(CliError):
     exit_code = EXIT_INTERRUPTED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would raise KeyboardInterrupt, so both take one path."""
 
 
 def _one_line(msg):
     return " ".join(str(msg).split())
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+def _quiet_broken_pipe():
+    """stdout's reader is gone: point stdout at /dev/null so that nothing more (not even Python's
+    flush at exit) complains, and end as a process killed by SIGPIPE would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
 class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # here, before click's own handling (a silent exit 1)
+            _quiet_broken_pipe()
+        except Terminated:
+            raise Interrupted("terminated", EXIT_TERMINATED) from None
         except KeyboardInterrupt:  # outside training (which stops cleanly itself): loading data, ...
             raise Interrupted("interrupted") from None
 
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
         debug = bool(os.environ.get("NBNET_DEBUG"))
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # replaces the start-up one (nbnet/__init__)
         try:
             rv = super().main(args, prog_name or "nbnet", standalone_mode=False, **extra)
         except _NO_ARGS_IS_HELP as e:  # plain `nbnet` (click >= 8.2)
             click.echo(e.ctx.get_help())
             sys.exit(0)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except click.ClickException as e:
             if debug:
                 raise
             dist.fail(_one_line(e.format_message()), e.exit_code)
-        except click.exceptions.Abort:
+        except Terminated:
+            dist.fail("terminated", EXIT_TERMINATED)
+        except (click.exceptions.Abort, KeyboardInterrupt):
             dist.fail("interrupted", EXIT_INTERRUPTED)
-        except (CliError, ValueError, OSError) as e:
+        except (CliError, ValueError, OSError, RecursionError, MemoryError) as e:
             if debug:
                 raise
             # dist.fail: one line per job, not per MPI process; a TrainingDiverged is raised by
             # every process at the same step.
-            dist.fail(_one_line(e), getattr(e, "exit_code", 1), agreed=isinstance(e, TrainingDiverged))
+            dist.fail(_one_line(e) or type(e).__name__, getattr(e, "exit_code", 1),
+                      agreed=isinstance(e, TrainingDiverged))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -100,32 +149,105 @@ def cli():
 # train
 
 
+class FilePath(click.Path):
+    """A file path option: never empty (an empty path is a mistake, not "no file")."""
+
+    def __init__(self, **kwargs):
+        super().__init__(dir_okay=False, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip() == "":
+            self.fail("empty path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Finite(click.FloatRange):
+    """A float in a range, and finite: `--lr nan` or `lr = inf` is an error like any other."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_config(ctx, param, path):
-    """--config FILE.toml: its keys are option names; they become defaults the command line beats."""
+    """--config FILE.toml: its keys are option names; they become defaults the command line beats.
+    Each value is checked as the command line checks it (`_option_value`)."""
     if path is None:
         return None
     try:
         import tomllib  # noqa: PLC0415
     except ModuleNotFoundError:  # Python < 3.11
         import tomli as tomllib  # noqa: PLC0415
+    from .files import read_input_bytes  # noqa: PLC0415
+
     try:
-        with open(path, "rb") as f:
-            table = tomllib.load(f)
-    except OSError as e:
-        raise click.BadParameter(f"{path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise click.BadParameter(f"{path}: not valid TOML ({e})") from None
-    names = {p.name for p in ctx.command.params if p.name != "config"}
+        raw = read_input_bytes(path, "--config", limit=MAX_CONFIG_BYTES)
+        table = tomllib.loads(raw.decode("utf-8"))
+    except ValueError as e:  # not a regular file, too big, not UTF-8
+        if isinstance(e, tomllib.TOMLDecodeError):
+            raise click.BadParameter(f"{path}: not valid TOML ({e})") from None
+        raise click.BadParameter(_one_line(e)) from None
+    except RecursionError:
+        raise click.BadParameter(f"{path}: not valid TOML (nested too deeply)") from None
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
     defaults = {}
     for key, value in table.items():
         name = key.replace("-", "_")
-        if name not in names:
+        if name not in params:
             raise click.BadParameter(f"{path}: unknown option {key!r}")
-        if name == "hidden" and isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        defaults[name] = value
+        value = _option_value(ctx, params[name], value, f"{path}: {key}")
+        # click passes a default through the option's type again: --hidden's is text
+        defaults[name] = ",".join(map(str, value)) if name == "hidden" else value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
+
+
+def _option_value(ctx, param, value, where):
+    """`value` (from a TOML file or a checkpoint's config) converted and checked by `param`'s
+    click type, range and callback, exactly as the same value on the command line would be: no
+    truncation of 2.9 to 2, no truthy 5 for a flag, no table or list where a number belongs."""
+    def bad(why):
+        return click.BadParameter(f"{where} = {_short(value)}: {why}")
+
+    if param.is_flag:
+        if not isinstance(value, bool):
+            raise bad("expected true or false")
+        return value
+    if value is None:  # a checkpoint's "not set" (TOML has no null)
+        if param.default is not None and param.name != "hidden":
+            raise bad("expected a value")
+        return None
+    if isinstance(value, bool):
+        raise bad(f"expected {param.type.name}, not true/false")
+    if isinstance(value, list) and param.name == "hidden":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad("expected a list of layer widths (integers)")
+        text = ",".join(map(str, value))
+    elif isinstance(value, (int, float)):
+        if not isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
+            raise bad(f"expected {param.type.name}, not a number")
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise bad(f"expected {param.type.name}, not a {type(value).__name__}")
+    try:
+        converted = param.type_cast_value(ctx, text)
+        if param.callback is not None and param.name == "hidden":
+            converted = param.callback(ctx, param, converted)
+    except click.BadParameter as e:
+        raise bad(_one_line(e.message)) from None
+    return converted
+
+
+def _short(value):
+    text = json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _parse_hidden(ctx, param, value):
@@ -133,6 +255,8 @@ def _parse_hidden(ctx, param, value):
         return value
     try:
         sizes = [int(v) for v in str(value).split(",") if v.strip()]
+        if len(sizes) > 1000:
+            raise click.BadParameter(f"{len(sizes)} hidden layers: at most 1000")
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected comma-separated layer widths like 256,128") from None
     if any(s < 1 for s in sizes):
@@ -141,14 +265,15 @@ def _parse_hidden(ctx, param, value):
 
 
 def _dataset_key(name):
-    """Files are remembered by absolute path, so evaluate/resume work from another folder."""
-    if name is None or name in ("spiral", *datasets.IMAGE_DATASETS):
+    """Files are remembered by absolute path, so evaluate/resume work from another folder. Other
+    names stay as given (an unknown one is reported as the user wrote it)."""
+    if name is None or not name.endswith((".npz", ".csv")):
         return name
     return os.path.abspath(name)
 
 
 @cli.command(name="train")
-@click.option("--config", type=click.Path(dir_okay=False), callback=_read_config, is_eager=True, expose_value=True,
+@click.option("--config", type=FilePath(), callback=_read_config, is_eager=True, expose_value=True,
               help="TOML file whose keys are option names (e.g. lr = 0.05, hidden = [256, 128]); "
                    "options given on the command line win.")
 @click.option("--dataset", default="spiral", show_default=True,
@@ -157,16 +282,16 @@ def _dataset_key(name):
               help="Folder with the four IDX files of mnist/fashion-mnist, gzipped or not "
                    "[default: $NBNET_DATA_DIR/<dataset>, else ~/.cache/nbnet/<dataset>].")
 @click.option("--download", is_flag=True, help="Fetch missing mnist/fashion-mnist files into --data-dir (md5-checked).")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--val-split", type=Finite(0, 1, max_open=True), default=0.0, show_default=True,
               help="Fraction of the training rows held out as a validation set (every dataset; shuffled with "
                    "--seed): shown beside train and test, and what --early-stopping and --save-best watch. "
                    "(Earlier versions used --val-split for what --test-split is now.)")
-@click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
+@click.option("--test-split", type=Finite(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
               help="Fraction of a spiral/.npz/.csv dataset held out as the test set (shuffled with --seed); "
                    "mnist and fashion-mnist keep their own test set.")
 @click.option("--early-stopping", type=click.IntRange(min=1), default=None, metavar="N",
               help="Stop when the validation loss has not improved for N epochs (needs --val-split).")
-@click.option("--save-best", type=click.Path(dir_okay=False), default=None,
+@click.option("--save-best", type=FilePath(), default=None,
               help="Checkpoint (as --save writes) of the epoch with the lowest validation loss (needs --val-split).")
 @click.option("--hidden", default="64,64", show_default=True, callback=_parse_hidden,
               help="Hidden layer widths, comma-separated (empty string: a linear model).")
@@ -179,31 +304,31 @@ def _dataset_key(name):
               help="Total epochs; with --resume, the run continues up to this many.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="sgd", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=Finite(min=0, min_open=True), default=None,
               help="Learning rate [default: 0.1 for sgd, 0.001 for adam/adamw].")
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
+@click.option("--momentum", type=Finite(0, 1, max_open=True), default=0.9, show_default=True,
               help="SGD momentum (ignored by adam/adamw).")
 @click.option("--lr-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
               help="constant; cosine: per step from --lr to 0 over all epochs, lr·½(1+cos(π·step/total_steps)); "
                    "step: ×0.1 every max(1, epochs // 3) epochs.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+@click.option("--weight-decay", type=Finite(min=0), default=None,
               help="L2 penalty (sgd, adam) or decoupled decay (adamw) [default: 0, adamw 0.01].")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds initialisation, shuffling and the train/test split: same seed, same run, bit for bit.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda needs numba-cuda and an NVIDIA GPU; there is no silent fall-back to the CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for the kernels (1 .. NUMBA_NUM_THREADS) [default: all].")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--save", type=click.Path(dir_okay=False), default=None,
+@click.option("--save", type=FilePath(), default=None,
               help="Checkpoint written (atomically) after every epoch and on Ctrl-C; nb.load() reads it too.")
-@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+@click.option("--resume", type=FilePath(), default=None,
               help="Continue the run saved in this checkpoint up to --epochs total, bit for bit as if it had "
                    "never stopped; options not given are taken from it. (cosine/step schedules are "
                    "functions of --epochs: raising --epochs after a finished run changes the rates from there on.)")
-@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
+@click.option("--metrics-out", type=FilePath(), default=None,
               help="JSON Lines file: one object per epoch (epoch, train/test loss and accuracy, seconds, samples_per_second, lr).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", type=FilePath(), default=None,
               help="Save loss/accuracy curves to this .png (needs matplotlib: pip install 'nbnet[plot]').")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
@@ -221,8 +346,11 @@ def train_cmd(ctx, **opts):
         raise CliError(str(e)) from None
     resume = load_checkpoint(opts["resume"]) if opts["resume"] else None
     if resume is not None:
-        resume.config = upgrade_config(resume.config)
+        resume.config = _checked_config(ctx, upgrade_config(resume.config), resume.path)
+    if opts["save"] is None and resume is not None:
+        opts["save"] = opts["resume"]  # --resume X keeps saving to X
     cfg = _resolve(ctx, opts, resume)
+    _check_paths(opts, cfg)
     if comm.rank != 0:  # once the outputs are settled: process 0 alone writes them
         opts.update({key: None for key in WRITTEN_BY_PROCESS_0 if key in opts}, quiet=True)
     if (cfg["early_stopping"] is not None or opts["save_best"]) and not cfg["val_split"]:
@@ -236,20 +364,18 @@ def train_cmd(ctx, **opts):
         _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]))
     if cfg["device"] == "cuda":
         _check_cuda_importable()
-    for key in ("save", "save_best", "metrics_out", "plot"):
-        if opts[key] is not None:
+    for key in OUTPUT_OPTIONS:
+        if opts.get(key) is not None:
             _check_writable(opts[key], key)
-    if opts["save_best"] is not None:
-        for key in ("save", "resume", "metrics_out", "plot", "dataset"):
-            other = opts[key] if key != "save" or opts["save"] else opts["resume"]
-            if other is not None and os.path.abspath(other) == os.path.abspath(opts["save_best"]):
-                raise CliError(f"--save-best {opts['save_best']}: the same file as --{key.replace('_', '-')}")
     out = Output(quiet=opts["quiet"])
 
     if resume is not None:
         _check_resume_fits(resume, cfg)
 
     dtype = np.dtype(cfg["dtype"]).type
+    for name in ("lr", "momentum", "weight_decay"):
+        if cfg[name] is not None and abs(cfg[name]) > float(np.finfo(dtype).max):
+            raise CliError(f"--{name.replace('_', '-')} {cfg[name]:g} is too large for {cfg['dtype']}")
     data = _load_data(cfg["dataset"], cfg["data_dir"], cfg["test_split"], cfg["seed"], opts["download"], dtype,
                       cfg["loss"])
     x_tr, y_tr, x_val, y_val = split_validation(data[0], data[1], cfg["val_split"], cfg["seed"])
@@ -259,6 +385,7 @@ def train_cmd(ctx, **opts):
         model, state = resume.model, resume.state
     else:
         outputs = int(max(data[1].max(), data[3].max())) + 1 if cfg["loss"] == "cross-entropy" else data[1].shape[1]
+        check_memory([data[0].shape[1], *cfg["hidden"], outputs], dtype, cfg["batch_size"], cfg["optimizer"])
         model = build_model(data[0].shape[1], cfg["hidden"], outputs, cfg["activation"], dtype, cfg["seed"])
         state = None
     check_data(model, data if val_data is None else (*data, *val_data), cfg["loss"])
@@ -285,22 +412,23 @@ def train_cmd(ctx, **opts):
     try:
         if metrics_file and resume is not None:
             for m in resume.state.history:  # the file always holds the whole run
-                metrics_file.write(json.dumps(m) + "\n")
+                metrics_file.write(json_line(m) + "\n")
         out.start(cfg, model, data, resume, val_data)
 
         def on_epoch(st, metrics):
-            out.epoch(metrics, cfg["epochs"])
-            if metrics_file:
-                metrics_file.write(json.dumps(metrics) + "\n")
-                metrics_file.flush()
+            # save first: a closed stdout (`| head -1`) must not lose the epoch
             if opts["save"]:
                 save_checkpoint(opts["save"], model, opt, st, cfg)
+            if metrics_file:
+                metrics_file.write(json_line(metrics) + "\n")
+                metrics_file.flush()
+            out.epoch(metrics, cfg["epochs"])
 
         def on_best(st, metrics):
             if opts["save_best"]:
                 save_checkpoint(opts["save_best"], model, opt, st, cfg)
 
-        with StopOnSigint() as stopper:
+        with StopOnSignals() as stopper:
             try:
                 history = train(
                     model, opt, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
@@ -313,14 +441,15 @@ def train_cmd(ctx, **opts):
                 if comm.rank != 0:  # every process stops at the same step; process 0 reports
                     sys.exit(EXIT_INTERRUPTED)
                 out.end_bar()
+                what = "Terminated" if stopper.signum == signal.SIGTERM else "Interrupted"
                 where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
                 if opts["save"]:
                     save_checkpoint(opts["save"], model, opt, e.state, cfg)
-                    msg = f"Interrupted in {where}: checkpoint saved to {opts['save']} (continue with --resume {opts['save']})"
+                    msg = f"{what} in {where}: checkpoint saved to {opts['save']} (continue with --resume {opts['save']})"
                 else:
-                    msg = f"Interrupted in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
+                    msg = f"{what} in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
                 click.echo(msg, err=True)
-                sys.exit(EXIT_INTERRUPTED)
+                sys.exit(EXIT_TERMINATED if stopper.signum == signal.SIGTERM else EXIT_INTERRUPTED)
     finally:
         if metrics_file:
             metrics_file.close()
@@ -356,6 +485,52 @@ def _resolve(ctx, opts, resume):
     return cfg
 
 
+def _checked_config(ctx, config, path):
+    """A checkpoint's stored options, each checked by its option's click type and range (as on
+    the command line); a value that does not pass is a damaged checkpoint."""
+    params = {p.name: p for p in ctx.command.params if p.name not in NOT_CONFIG}
+    checked = dict(config)
+    for key, value in config.items():
+        if key in params:
+            try:
+                checked[key] = _option_value(ctx, params[key], value, f"stored option {key}")
+            except click.BadParameter as e:
+                raise CliError(f"{path}: damaged checkpoint ({e.message})") from None
+    return checked
+
+
+def _check_paths(opts, cfg):
+    """Every output of the run is checked against every input (after resolving links): an output
+    that is an input is an error, except --save over the --resume checkpoint (that is the point
+    of resuming). Two outputs may not be one file either."""
+    inputs = {"--config": opts.get("config"), "--resume": opts.get("resume")}
+    if cfg["dataset"] is not None and cfg["dataset"].endswith((".npz", ".csv")):
+        inputs["--dataset"] = cfg["dataset"]
+    elif cfg["dataset"] in datasets.IMAGE_DATASETS:
+        data_dir = cfg["data_dir"] or datasets.default_data_dir(cfg["dataset"])
+        for role, path in datasets.find_idx(cfg["dataset"], data_dir).items():
+            inputs[f"{cfg['dataset']} {role.replace('_', ' ')} file"] = path
+    outputs = {"--" + k.replace("_", "-"): opts.get(k) for k in OUTPUT_OPTIONS}
+    try:
+        check_outputs(outputs, inputs, allowed={("--save", "--resume")})
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def json_line(obj):
+    """One line of JSON, always valid: a NaN or Inf number (which JSON has not) becomes null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False)
+
+
 def _check_resume_fits(resume, cfg):
     if not resume.config:
         raise CliError(f"{resume.path}: a saved model, not a training checkpoint: cannot resume from it")
@@ -369,6 +544,11 @@ def _check_resume_fits(resume, cfg):
     done = resume.state.epoch
     if cfg["epochs"] <= done and resume.state.seen == 0:
         raise CliError(f"{resume.path} already has {done} of --epochs {cfg['epochs']}: raise --epochs to train on")
+    if cfg["epochs"] <= done:  # stopped inside epoch done + 1: --epochs is a total, so finish that one
+        raise CliError(
+            f"{resume.path} stopped in epoch {done + 1} (step {resume.state.step}): "
+            f"--epochs {cfg['epochs']} would train nothing; give --epochs {done + 1} or more to finish it"
+        )
 
 
 def _show(v):
@@ -389,13 +569,13 @@ def upgrade_config(config):
 
 
 def _load_data(dataset, data_dir, test_split, seed, download, dtype, loss="cross-entropy"):
-    """(x_train, y_train, x_test, y_test) as the loss wants them: features in `dtype`; integer
-    labels for cross-entropy, else float targets of `dtype` made (N, D)."""
+    """(x_train, y_train, x_test, y_test) as the loss wants them: features in `dtype`, converted once
+    from what the file holds; integer labels for cross-entropy, else float targets of `dtype` made (N, D)."""
     x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, test_split=test_split, seed=seed,
-                                           download=download, targets=TARGETS[loss])
+                                           download=download, targets=TARGETS[loss], dtype=dtype)
     if loss != "cross-entropy":
         y_tr, y_te = (np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype) for y in (y_tr, y_te))
-    return x_tr.astype(dtype, copy=False), y_tr, x_te.astype(dtype, copy=False), y_te
+    return x_tr, y_tr, x_te, y_te
 
 
 def _check_writable(path, option):
@@ -443,30 +623,34 @@ def _check_cuda_importable():
         raise CliError(f"--device cuda: GPU support is not usable ({_one_line(e) or type(e).__name__})") from None
 
 
-class StopOnSigint:
-    """While active, the first Ctrl-C asks the loop to stop after the current step (so the
-    checkpoint holds a completed step); a second one interrupts at once."""
+class StopOnSignals:
+    """While active, the first Ctrl-C or SIGTERM asks the loop to stop after the current step (so
+    the checkpoint holds a completed step); a second one interrupts at once. `.signum` is the
+    signal that asked."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self._flag = False
-        self._old = None
+        self.signum = None
+        self._old = {}
 
     def requested(self):
-        return self._flag
+        return self.signum is not None
 
     def _handler(self, signum, frame):
-        if self._flag:
-            raise KeyboardInterrupt
-        self._flag = True
+        if self.signum is not None:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.signum = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Output:
@@ -541,7 +725,8 @@ class Output:
 
 
 @cli.command(name="evaluate")
-@click.option("--checkpoint", required=True, help="A checkpoint from `nbnet train --save` (or a model.save file).")
+@click.option("--checkpoint", type=FilePath(), required=True,
+              help="A checkpoint from `nbnet train --save` (or a model.save file).")
 @click.option("--dataset", default=None,
               help="spiral, mnist, fashion-mnist, FILE.npz or FILE.csv [default: the checkpoint's]. "
                    "Scores the test set (for files: the --test-split part held out in training).")
@@ -565,17 +750,17 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
     _, _, x_test, y_test = _load_data(
         _dataset_key(dataset), data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype, loss_name
     )
-    check_data(ck.model, (x_test, y_test, x_test, y_test), loss_name)
+    check_data(ck.model, (None, None, x_test, y_test), loss_name)
     loss, metric = evaluate(ck.model, x_test, y_test, loss=loss_name)
     if loss_name == "mse":
         if as_json:
-            click.echo(json.dumps({"loss": loss, "mse": loss, "r2": metric, "samples": len(y_test), "dataset": dataset}))
+            click.echo(json_line({"loss": loss, "mse": loss, "r2": metric, "samples": len(y_test), "dataset": dataset}))
         else:
             click.echo(f"{dataset}: test MSE {loss:.6g}  R² {metric:.4f}  ({len(y_test)} samples)")
         return
     what = "label accuracy" if loss_name == "bce" else "accuracy"
     if as_json:
-        click.echo(json.dumps({"loss": loss, "accuracy": metric, "samples": len(y_test), "dataset": dataset}))
+        click.echo(json_line({"loss": loss, "accuracy": metric, "samples": len(y_test), "dataset": dataset}))
     else:
         click.echo(f"{dataset}: test loss {loss:.4f}  {what} {100 * metric:.2f}%  ({len(y_test)} samples)")
 
@@ -588,13 +773,14 @@ def _checkpoint_loss(cfg, given):
 
 
 @cli.command(name="predict")
-@click.option("--checkpoint", required=True, help="A checkpoint from `nbnet train --save` (or a model.save file).")
-@click.option("--output", "-o", default=None,
+@click.option("--checkpoint", type=FilePath(), required=True,
+              help="A checkpoint from `nbnet train --save` (or a model.save file).")
+@click.option("--output", "-o", type=FilePath(), default=None,
               help="Where to write the predictions: .csv (one row per line), .npy (the array `pred`) or "
                    ".npz (arrays `pred` and `probs`) [default: one row per line on stdout].")
 @click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default=None,
               help="The loss the model was trained with [default: the checkpoint's; cross-entropy for a model.save file].")
-@click.argument("input_path", metavar="INPUT")
+@click.argument("input_path", metavar="INPUT", type=FilePath())
 def predict_cmd(checkpoint, output, input_path, loss_name):
     """Predict each row of INPUT: a .npz with array x (N, D), a .csv of features (no label column),
     or an IDX image file (e.g. t10k-images-idx3-ubyte.gz, scaled to [0, 1]).
@@ -605,13 +791,19 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
     probabilities, or σ(z) for bce (absent for mse)."""
     if output is not None and not output.endswith((".csv", ".npy", ".npz")):
         raise CliError(f"--output {output}: use a .csv, .npy or .npz file name")
+    try:
+        check_outputs({"--output": output}, {"INPUT": input_path, "--checkpoint": checkpoint})
+    except ValueError as e:
+        raise CliError(str(e)) from None
     ck = load_checkpoint(checkpoint)
     model, loss_name = ck.model, _checkpoint_loss(upgrade_config(ck.config), loss_name)
-    x = datasets.load_inputs(input_path).astype(model.dtype, copy=False)
+    x = datasets.load_inputs(input_path, model.dtype)  # in the model's dtype, never through another
     in_features = next(layer.in_features for layer in model.layers if hasattr(layer, "in_features"))
     if x.shape[1] != in_features:
         raise CliError(f"{input_path} has {x.shape[1]} features per row, the model in {checkpoint} expects {in_features}")
     pred, probs = predict(model, x, loss=loss_name)
+    if len(pred) != len(x):  # one output per input row, always
+        raise RuntimeError(f"predict: {len(pred)} predictions for {len(x)} rows")
     if loss_name == "mse":
         lines = [",".join(f"{v:.9g}" for v in row) for row in pred.tolist()]
         arrays = {"pred": pred}
@@ -628,10 +820,9 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
     if output is None:
         click.echo("\n".join(lines))
     elif output.endswith(".csv"):
-        with open(output, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        write_atomic(output, lambda f: f.write(("\n".join(lines) + "\n").encode()))
     elif output.endswith(".npy"):
-        np.save(output, arrays["pred"])
+        write_atomic(output, lambda f: np.save(f, arrays["pred"]))
     else:
         write_npz_atomic(output, arrays)
 

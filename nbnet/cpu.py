@@ -225,14 +225,39 @@ def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     _forward(out, act, inp, weight, bias, weight_t, True)
 
 
+# dW += GᵀX with a batch (the sum over i) up to this long, and dX = GW with m up to this, run row by
+# row (the formula's own loop order, vectorised over l): with a sum this short, updating each
+# output block in the micro-kernel costs more than its FMAs. Measured on one core, dW 784->256:
+# batch 1 28 µs vs 256 µs in blocks, 12: 255 vs 555, 16: 349 vs 309; dX 128->10 (m = 10): batch 128
+# 17 vs 22 µs, 512: 46 vs 83; dX 256->32: blocks win (273 vs 297 µs at batch 512).
+SHORT_SUM = 12
+
+
 def _linear_backward_input(dinp, dout, weight, preact, relu):
     """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
 
     dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu).
-    Broadcast-form units (simd.bcast_unit: A = G, B = W), taken by the threads one at a time.
+    Broadcast-form units (simd.bcast_unit: A = G, B = W), taken by the threads one at a time;
+    up to SHORT_SUM columns of G, the plain row loop, parallel over i.
     """
-    m = dout.shape[1]
+    k, m = dout.shape
     zero = dinp.dtype.type(0)
+    if m <= SHORT_SUM:  # a short sum over j: row by row, as in _linear_backward_params
+        for i in prange(k):
+            dx = dinp[i]  # row views: LLVM vectorises the l loops as contiguous runs
+            for l in range(dx.shape[0]):
+                dx[l] = zero
+            for j in range(m):
+                g = dout[i, j]
+                w = weight[j]
+                for l in range(dx.shape[0]):
+                    dx[l] += g * w[l]
+            if relu:
+                p = preact[i]
+                for l in range(dx.shape[0]):
+                    if p[l] < zero:
+                        dx[l] = zero
+        return
     units = simd.bcast_units(dinp)
     counter = np.empty(1, np.int64)
     counter[0] = 0
@@ -264,10 +289,6 @@ def linear_relu_backward_input(dinp, dout, weight, preact):
     linear_backward_input_act(dinp, dout, weight, preact, True)
 
 
-# Up to this batch size dW += GᵀX runs row by row (the formula's own loop order, vectorised over l):
-# with a sum over i this short, the update of each dW block by the micro-kernel costs more than its
-# FMAs (measured, one thread, 784->256: batch 1 28 µs vs 256 µs in blocks, 12: 255 vs 555, 16: 349 vs 309).
-SMALL_BATCH = 12
 
 
 def _linear_backward_params(dweight, dbias, dout, inp):
@@ -275,12 +296,12 @@ def _linear_backward_params(dweight, dbias, dout, inp):
 
     dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. Broadcast-form units
     (simd.bcast_unit: A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the first
-    column tile also sum db for their rows, so each db_j has one owner too. Up to SMALL_BATCH
+    column tile also sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM
     rows: the plain row loop, parallel over j.
     """
     m, n = dweight.shape
     k = dout.shape[0]
-    if k <= SMALL_BATCH:  # each dW row read and written once; no register block pays for itself
+    if k <= SHORT_SUM:  # each dW row read and written once; no register block pays for itself
         for j in prange(m):
             dw = dweight[j]  # row views: LLVM vectorises the l loop as one contiguous run
             db = dbias.dtype.type(0)

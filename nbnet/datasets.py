@@ -4,18 +4,30 @@ x is float32 (N, D), y is int64 (N,). Images are scaled to [0, 1] and flattened.
 
 Everything read from disk is validated before it reaches a kernel: IDX magic numbers and declared
 sizes against the bytes present, label type and range, NaN/Inf, x/y lengths, empty files. Every
-problem is a ValueError with a one-line message naming the file.
+problem is a ValueError with a one-line message naming the file. Files are opened through
+nbnet.files (regular files only, within a size budget); IDX data is decompressed as a stream and
+never past the size its header declares.
 """
 
 import gzip
 import hashlib
+import http.client
+import io
+import math
 import os
+import struct
+import time
 import urllib.error
 import urllib.request
+import zlib
 
 import numpy as np
 
-from .model import read_npz
+from .files import gib, memory_budget, open_input, read_input_bytes, read_npz
+
+# Labels are class indices 0 .. MAX_CLASSES-1: a larger one is a mistake, not a class (it would
+# size the output layer).
+MAX_CLASSES = 1 << 16
 
 # The four files of an MNIST-layout dataset, as (role, file name without .gz).
 IDX_FILES = (
@@ -49,6 +61,21 @@ MD5 = {
         "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+}
+# Sizes of the publishers' .gz files: a download is cut off past them.
+SIZES = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": 9912422,
+        "train-labels-idx1-ubyte.gz": 28881,
+        "t10k-images-idx3-ubyte.gz": 1648877,
+        "t10k-labels-idx1-ubyte.gz": 4542,
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": 26421880,
+        "train-labels-idx1-ubyte.gz": 29515,
+        "t10k-images-idx3-ubyte.gz": 4422102,
+        "t10k-labels-idx1-ubyte.gz": 5148,
     },
 }
 IMAGE_DATASETS = tuple(MIRRORS)
@@ -92,52 +119,65 @@ def split(x, y, test_split, seed):
 def read_idx(path, ndim=None):
     """The array in an IDX file (gzipped or not: told apart by the gzip magic, not the name)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
-    if raw[:2] == b"\x1f\x8b":
+    with open_input(path) as f:
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    return parse_idx(raw, path, ndim)
+            return _read_idx_stream(stream, path, ndim)
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            what = "corrupt or truncated gzip data" if gz else "cannot read"
+            raise ValueError(f"{path}: {what} ({type(e).__name__}: {' '.join(str(e).split())})") from None
 
 
 def parse_idx(raw, source="IDX data", ndim=None):
-    if len(raw) < 4:
-        raise ValueError(f"{source}: too short for an IDX file ({len(raw)} bytes)")
-    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{source}: not an IDX file (magic bytes {raw[:4].hex()})")
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    nd = raw[3]
+    """The array in the (uncompressed) IDX bytes `raw`."""
+    return _read_idx_stream(io.BytesIO(raw), source, ndim)
+
+
+def _read_idx_stream(f, source, ndim):
+    """Read the header, check it, then read exactly the bytes it declares (plus one, to tell a
+    file with trailing data): never more, whatever the stream holds (a gzip bomb stops here)."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise ValueError(f"{source}: too short for an IDX file ({len(head)} bytes)")
+    if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
+        raise ValueError(f"{source}: not an IDX file (magic bytes {head.hex()})")
+    dtype = np.dtype(_IDX_TYPES[head[2]])
+    nd = head[3]
     if ndim is not None and nd != ndim:
         raise ValueError(f"{source}: expected an IDX file with {ndim} dimensions, found {nd}")
-    header = 4 + 4 * nd
-    if len(raw) < header:
-        raise ValueError(f"{source}: truncated IDX header ({len(raw)} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", nd, 4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    present = len(raw) - header
-    if present != expected:
-        what = "truncated" if present < expected else "has trailing bytes"
+    dims = f.read(4 * nd)
+    if len(dims) < 4 * nd:
+        raise ValueError(f"{source}: truncated IDX header ({4 + len(dims)} bytes)")
+    shape = struct.unpack(f">{nd}I", dims)
+    expected = math.prod(shape) * dtype.itemsize
+    budget = memory_budget()
+    if expected > budget:
         raise ValueError(
-            f"{source}: {what}: header declares shape {shape} ({expected} bytes of data), "
-            f"found {present} bytes"
+            f"{source}: header declares shape {shape} ({expected} bytes of data), "
+            f"more than nbnet reads ({gib(budget)})"
         )
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    data = f.read(expected + 1)
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        found = f"{len(data)} bytes" if len(data) < expected else "more"
+        raise ValueError(
+            f"{source}: {what}: header declares shape {shape} ({expected} bytes of data), found {found}"
+        )
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def images_to_features(images, source):
-    """(N, rows, cols) uint8 images -> (N, rows*cols) float32 in [0, 1]."""
+def images_to_features(images, source, dtype=np.float32):
+    """(N, rows, cols) uint8 images -> (N, rows*cols) in [0, 1], float32 (or `dtype`)."""
     if images.ndim < 2:
         raise ValueError(f"{source}: expected images with at least 2 dimensions, got shape {images.shape}")
     if images.shape[0] == 0:
         raise ValueError(f"{source}: holds no images")
     if images.dtype != np.uint8:
         raise ValueError(f"{source}: expected unsigned-byte images, got {images.dtype}")
-    return (images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255)).astype(np.float32)
+    dtype = np.dtype(dtype).type
+    return images.reshape(images.shape[0], -1).astype(dtype) / dtype(255)
 
 
 def find_idx(name, data_dir):
@@ -158,7 +198,7 @@ def default_data_dir(name):
     return os.path.join(root, name)
 
 
-def load_idx_dataset(name, data_dir, download=False):
+def load_idx_dataset(name, data_dir, download=False, dtype=np.float32):
     data_dir = os.fspath(data_dir)
     found = find_idx(name, data_dir)
     if len(found) < len(IDX_FILES):
@@ -170,9 +210,9 @@ def load_idx_dataset(name, data_dir, download=False):
             )
         fetch(name, data_dir)
         found = find_idx(name, data_dir)
-    x_train = images_to_features(read_idx(found["train_images"], 3), found["train_images"])
+    x_train = images_to_features(read_idx(found["train_images"], 3), found["train_images"], dtype)
     y_train = _idx_labels(found["train_labels"])
-    x_test = images_to_features(read_idx(found["test_images"], 3), found["test_images"])
+    x_test = images_to_features(read_idx(found["test_images"], 3), found["test_images"], dtype)
     y_test = _idx_labels(found["test_labels"])
     for x, y, xi, yi in ((x_train, y_train, "train_images", "train_labels"), (x_test, y_test, "test_images", "test_labels")):
         if len(x) != len(y):
@@ -195,11 +235,15 @@ def _idx_labels(path):
 # Download
 
 
-def fetch(name, data_dir, mirrors=None, md5=None, timeout=30):
+def fetch(name, data_dir, mirrors=None, md5=None, sizes=None, timeout=30, deadline=900):
     """Fetch the missing .gz files of `name` into data_dir, trying each mirror in turn and keeping
-    a file only if its md5 matches. Written to a temporary name, then renamed: no torn files."""
+    a file only if its md5 matches. Each body is cut off past its known size (`SIZES`), and the
+    whole fetch must finish within `deadline` seconds (a server sending a byte now and then
+    cannot keep it going). Written to a temporary name, then renamed: no torn files."""
     mirrors = MIRRORS[name] if mirrors is None else mirrors
     md5 = MD5[name] if md5 is None else md5
+    sizes = SIZES.get(name, {}) if sizes is None else sizes
+    end = time.monotonic() + deadline
     os.makedirs(data_dir, exist_ok=True)
     have = find_idx(name, data_dir)
     for role, base in IDX_FILES:
@@ -211,10 +255,9 @@ def fetch(name, data_dir, mirrors=None, md5=None, timeout=30):
         for mirror in mirrors:
             url = mirror + fname
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as r:
-                    data = r.read()
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                problems.append(f"{url}: {getattr(e, 'reason', e)}")
+                data = _download(url, sizes.get(fname, DEFAULT_MAX_DOWNLOAD), end, timeout, deadline)
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+                problems.append(f"{url}: {getattr(e, 'reason', None) or e}")
                 continue
             digest = hashlib.md5(data).hexdigest()
             if digest != md5[fname]:
@@ -229,6 +272,33 @@ def fetch(name, data_dir, mirrors=None, md5=None, timeout=30):
             raise ValueError(f"{name}: could not download {fname}: " + "; ".join(problems))
 
 
+DEFAULT_MAX_DOWNLOAD = 64 << 20  # a file of unknown size (not in SIZES)
+
+
+def _download(url, max_bytes, end, timeout, deadline):
+    """The body at `url`: at most `max_bytes` (more is an error), all of it before `end`."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"no time left (the download must finish within {deadline:g} s)")
+    with urllib.request.urlopen(url, timeout=min(timeout, left)) as r:
+        length = r.headers.get("Content-Length") if hasattr(r, "headers") else None
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            raise ValueError(f"{length} bytes announced, expected at most {max_bytes}")
+        read = getattr(r, "read1", r.read)  # read1: what has arrived, so the deadline is checked often
+        chunks, got = [], 0
+        while True:
+            if time.monotonic() > end:
+                raise TimeoutError(f"not complete within {deadline:g} s ({got} bytes arrived)")
+            chunk = read(min(1 << 16, max_bytes + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > max_bytes:
+                raise ValueError(f"more than the expected {max_bytes} bytes")
+    return b"".join(chunks)
+
+
 # ---------------------------------------------------------------------------------------------
 # User files: .npz (x, y) and .csv (label first)
 
@@ -236,12 +306,12 @@ def fetch(name, data_dir, mirrors=None, md5=None, timeout=30):
 TARGETS = ("labels", "values", "binary")
 
 
-def check_xy(x, y, source, targets="labels"):
-    """Validate features and targets; returns (float32 x, y). targets: "labels" (class labels,
+def check_xy(x, y, source, targets="labels", dtype=np.float32):
+    """Validate features and targets; returns (x as `dtype`, y). targets: "labels" (class labels,
     (N,) int64 out), "values" (regression: finite reals, (N,) or (N, D), float64 out), "binary"
     (yes/no labels or probabilities in [0, 1], (N,) or (N, L), float64 out)."""
     if targets != "labels":
-        return _check_x_values(x, y, source, targets)
+        return _check_x_values(x, y, source, targets, dtype)
     if x.ndim != 2:
         raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -250,18 +320,31 @@ def check_xy(x, y, source, targets="labels"):
         raise ValueError(f"{source}: y must be 1-D (N,), got shape {y.shape}")
     if len(x) != len(y):
         raise ValueError(f"{source}: x has {len(x)} rows but y has {len(y)} labels")
-    x = check_features(x, source)
+    x = check_features(x, source, dtype)
+    return x, check_labels(y, source)
+
+
+def check_labels(y, source):
+    """Class labels 0 .. MAX_CLASSES-1 (whole numbers, integer or float) as int64: checked before
+    the cast, so a huge or fractional label is an error, not a wrapped or truncated class."""
     if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError(f"{source}: labels must be whole numbers")
-    elif not np.issubdtype(y.dtype, np.integer):
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise ValueError(f"{source}: labels must be whole numbers (row {int(np.argmax(bad))} has {y[bad][0]})")
+    elif not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         raise ValueError(f"{source}: labels must be integers, got {y.dtype}")
-    if y.min() < 0:
-        raise ValueError(f"{source}: label {y.min()} is negative (labels are 0 .. classes-1)")
-    return x, y.astype(np.int64)
+    lo, hi = y.min(), y.max()
+    if lo < 0:
+        raise ValueError(f"{source}: label {lo} is negative (labels are 0 .. classes-1)")
+    if hi >= MAX_CLASSES:
+        raise ValueError(
+            f"{source}: label {hi:g} is too large: labels are class numbers 0 .. classes-1, "
+            f"at most {MAX_CLASSES - 1}"
+        )
+    return y.astype(np.int64)
 
 
-def _check_x_values(x, y, source, targets):
+def _check_x_values(x, y, source, targets, dtype):
     if x.ndim != 2:
         raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -270,7 +353,7 @@ def _check_x_values(x, y, source, targets):
         raise ValueError(f"{source}: y must be (N,) or (N, D) with N = {len(x)} rows, got shape {y.shape}")
     if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
         raise ValueError(f"{source}: targets must be real numbers, got {y.dtype}")
-    x = check_features(x, source)
+    x = check_features(x, source, dtype)
     y = y.astype(np.float64)
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{source}: targets hold NaN or Inf")
@@ -279,19 +362,21 @@ def _check_x_values(x, y, source, targets):
     return x, y
 
 
-def check_features(x, source):
+def check_features(x, source, dtype=np.float32):
+    """x as a C-contiguous array of `dtype`; NaN, Inf, or a value too large for `dtype`, is an error."""
+    dtype = np.dtype(dtype)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
         raise ValueError(f"{source}: x must be real numbers, got {x.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
-        x32 = np.ascontiguousarray(x, dtype=np.float32)
-    bad = ~np.isfinite(x32)
+        xd = np.ascontiguousarray(x, dtype=dtype)
+    bad = ~np.isfinite(xd)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(
             f"{source}: x has {x[row, col]} at row {row}, column {col} "
-            "(NaN/Inf, or too large for float32, are not allowed)"
+            f"(NaN/Inf, or too large for {dtype}, are not allowed)"
         )
-    return x32
+    return xd
 
 
 def read_npz_xy(path, need_y=True):
@@ -302,40 +387,55 @@ def read_npz_xy(path, need_y=True):
     return arrays["x"], arrays.get("y")
 
 
-def read_csv(path):
-    """A numeric CSV as a 2-D float64 array; one header line of non-numbers is skipped."""
-    path = os.fspath(path)
+def _is_number(field):
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from None
-    if lines:
-        try:
-            [float(v) for v in lines[0].split(",")]
-        except ValueError:
-            lines = lines[1:]  # a header
-    if not lines:
+        float(field)
+    except ValueError:
+        return False
+    return "_" not in field  # float() takes "1_000"; a CSV number does not
+
+
+def read_csv(path):
+    """A numeric CSV as a 2-D float64 array. UTF-8, with or without a byte-order mark. The first
+    row is a header when none of its fields is a number; every other field must be a finite
+    number: anything else is an error naming its row and column (counted from 1, as a
+    spreadsheet shows them)."""
+    path = os.fspath(path)
+    raw = read_input_bytes(path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if rows and not any(_is_number(v) for v in rows[0][1].split(",")):
+        rows = rows[1:]  # a header
+    if not rows:
         raise ValueError(f"{path}: holds no data rows")
-    width = lines[0].count(",") + 1
-    out = np.empty((len(lines), width), np.float64)
-    for i, line in enumerate(lines):
+    width = rows[0][1].count(",") + 1
+    out = np.empty((len(rows), width), np.float64)
+    for i, (n, line) in enumerate(rows):
         fields = line.split(",")
         if len(fields) != width:
-            raise ValueError(f"{path}: row {i + 1} has {len(fields)} columns, the first has {width}")
+            raise ValueError(f"{path}: row {n} has {len(fields)} columns, the first row has {width}")
         try:
+            if "_" in line:
+                raise ValueError
             out[i] = [float(v) for v in fields]
         except ValueError:
-            raise ValueError(f"{path}: row {i + 1} holds a value that is not a number") from None
+            col = next(c for c, v in enumerate(fields) if not _is_number(v))
+            raise ValueError(f"{path}: row {n}, column {col + 1}: {fields[col].strip()[:40]!r} is not a number") from None
+    bad = ~np.isfinite(out)
+    if bad.any():
+        i, col = np.argwhere(bad)[0]
+        n = rows[i][0]
+        raise ValueError(f"{path}: row {n}, column {col + 1}: {out[i, col]} (NaN and Inf are not allowed)")
     return out
 
 
-def load_file(path, targets="labels"):
+def load_file(path, targets="labels", dtype=np.float32):
     """(x, y) from a user's .npz (arrays x, y) or .csv (label in the first column); targets as
     check_xy's (a .csv holds one target column: multi-output targets need a .npz)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: no such file")
     if path.endswith(".npz"):
         x, y = read_npz_xy(path)
     elif path.endswith(".csv"):
@@ -345,14 +445,13 @@ def load_file(path, targets="labels"):
         x, y = table[:, 1:], table[:, 0]
     else:
         raise ValueError(f"{path}: unknown file type (use .npz with x and y, or .csv with the label first)")
-    return check_xy(np.asarray(x), np.asarray(y), path, targets)
+    return check_xy(np.asarray(x), np.asarray(y), path, targets, dtype)
 
 
-def load_inputs(path):
-    """Features without labels, for prediction: .npz (x), .csv (all columns), or IDX images."""
+def load_inputs(path, dtype=np.float32):
+    """Features without labels, for prediction, as `dtype`: .npz (x), .csv (all columns), or IDX
+    images. One row of the result per row (or image) of the file, in order."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: no such file")
     if path.endswith(".npz"):
         x, _ = read_npz_xy(path, need_y=False)
         x = np.asarray(x)
@@ -362,18 +461,20 @@ def load_inputs(path):
         x = read_csv(path)
     else:
         images = read_idx(path)
-        return images_to_features(images, path)
+        return images_to_features(images, path, dtype)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{path}: x must be a non-empty 2-D array (N, D), got shape {x.shape}")
-    return check_features(x, path)
+    return check_features(x, path, dtype)
 
 
-def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_split=None, targets="labels"):
+def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_split=None, targets="labels",
+         dtype=np.float32):
     """`spiral` (embedded, generated), `mnist`, `fashion-mnist` (four IDX files in data_dir), or a
     path to a .npz (x, y) / .csv (label first) file, split into train and test by test_split
     (shuffled with seed). `val_split` is test_split's old name, still accepted here; a validation
     set is carved from the training rows by nbnet.train.split_validation. targets: what y holds,
-    as check_xy's; "values" and "binary" only for files (the built-in sets are class labels)."""
+    as check_xy's; "values" and "binary" only for files (the built-in sets are class labels).
+    Features come as `dtype` (float32 or float64), converted once from what the file holds."""
     if val_split is not None:
         test_split = val_split
     if targets not in TARGETS:
@@ -382,12 +483,12 @@ def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_spl
     if targets != "labels" and (name == "spiral" or name in IMAGE_DATASETS):
         raise ValueError(f"{name} has class labels: regression or binary targets need your own .npz or .csv file")
     if name == "spiral":
-        x, y = spiral()
+        x, y = spiral(dtype=dtype)
         return split(x, y, test_split, seed)
     if name in IMAGE_DATASETS:
-        return load_idx_dataset(name, data_dir or default_data_dir(name), download=download)
+        return load_idx_dataset(name, data_dir or default_data_dir(name), download=download, dtype=dtype)
     if name.endswith((".npz", ".csv")):
-        x, y = load_file(name, targets)
+        x, y = load_file(name, targets, dtype)
         return split(x, y, test_split, seed)
     raise ValueError(
         f"unknown dataset {name!r} (use spiral, mnist, fashion-mnist, or a .npz/.csv file)"

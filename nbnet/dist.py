@@ -63,7 +63,8 @@ def local_size_rank():
 
 
 def setup_timeout():
-    """Seconds the start-of-training agreement waits for the slowest process (NBNET_MPI_TIMEOUT)."""
+    """Seconds a process waits for the slowest one, at the start of training and in each step,
+    before it decides that one is stuck and aborts the job (NBNET_MPI_TIMEOUT, default 600)."""
     try:
         return float(os.environ.get("NBNET_MPI_TIMEOUT", 600))
     except ValueError:
@@ -137,8 +138,25 @@ class MPIComm:
         """Each value summed over all processes (as float64: counts stay exact below 2**53)."""
         buf = self._sums[: len(values)]
         buf[:] = values
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        # Where processes meet after computing on their own (a step's backward, an evaluation):
+        # bounded, so that one stuck process cannot leave the others waiting forever. The
+        # gradient Allreduce right after it finds every process there.
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
         return tuple(float(v) for v in buf)
+
+    def _wait(self, request):
+        if request.Test():
+            return
+        timeout = setup_timeout()
+        deadline = time.monotonic() + timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                if self.rank != 0:
+                    time.sleep(GRACE_SECONDS)  # process 0, if it is waiting too, speaks for all
+                who = "" if self.rank == 0 else f"process {self.rank}: "
+                _print_error(f"{who}another process did not reach the end of the step within {timeout:g} s "
+                             "(NBNET_MPI_TIMEOUT): it is stuck; ending the job")
+                self.abort(1)
 
     def allreduce_grad(self, params, scale):
         """grad ← Σ over processes of scale·grad, in place, for every parameter: one Allreduce
@@ -201,8 +219,11 @@ class MPIComm:
         deadline = time.monotonic() + setup_timeout()
         while not request.Test():
             if time.monotonic() > deadline:
-                _print_error(f"process {self.rank}: not every process reached the start of training "
-                             f"within {setup_timeout():g} s (NBNET_MPI_TIMEOUT)")
+                if self.rank != 0:
+                    time.sleep(GRACE_SECONDS)
+                who = "" if self.rank == 0 else f"process {self.rank}: "
+                _print_error(f"{who}not every process reached the start of training within {setup_timeout():g} s "
+                             "(NBNET_MPI_TIMEOUT)")
                 self.abort(1)
             time.sleep(0.002)
         codes = [int(np.frombuffer(row[:4].tobytes(), np.int32)[0]) for row in everyone]
@@ -231,7 +252,7 @@ class MPIComm:
 def _fault_plan(rank):
     """For the tests: NBNET_MPI_FAULT=RANK:STEP:KIND makes process RANK, in training step STEP
     (1-based, counted from the start of this run), raise a ValueError (raise), die at once without
-    a word (die), see a NaN loss (nan), or get a Ctrl-C (sigint) on its own."""
+    a word (die), stop responding (hang), see a NaN loss (nan), or get a Ctrl-C (sigint) on its own."""
     spec = os.environ.get("NBNET_MPI_FAULT")
     if not spec:
         return None
@@ -245,6 +266,9 @@ def _fault_plan(rank):
 def _inject(kind, values):
     if kind == "die":
         os._exit(7)
+    if kind == "hang":
+        while True:
+            time.sleep(1)
     if kind == "nan":
         return (float("nan"), *values[1:])
     if kind == "sigint":

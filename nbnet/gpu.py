@@ -126,6 +126,13 @@ def to_device_like(arr, like):
     return _to_host(arr) if isinstance(like, np.ndarray) else to_device(arr)
 
 
+def copy(arr):
+    """A new device array holding the values of device array `arr`."""
+    out = cuda.device_array(arr.shape, arr.dtype)
+    out.copy_to_device(arr)
+    return out
+
+
 def empty(shape, dtype):
     _require_device()
     return cuda.device_array(shape, dtype)
@@ -205,7 +212,7 @@ def _linear_forward_kernel(out, act, inp, weight, bias, relu):
     if i < k and j < m:
         out[i, j] = acc
         if relu:
-            act[i, j] = acc if acc > zero else zero
+            act[i, j] = zero if acc < zero else acc  # NaN passes through, as on the CPU
 
 
 def linear_forward(out, inp, weight, bias, weight_t=None):
@@ -313,7 +320,7 @@ def _relu_forward_kernel(out, inp):
         j = p - i * inp.shape[1]
         zero = inp.dtype.type(0)
         x = inp[i, j]
-        out[i, j] = x if x > zero else zero
+        out[i, j] = zero if x < zero else x  # NaN passes through, as on the CPU
 
 
 @_jit

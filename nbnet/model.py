@@ -7,11 +7,12 @@ Other keys (optimizer state, config, ...) may sit beside these; `load` ignores t
 """
 
 import json
+import math
 import os
-import tempfile
 
 import numpy as np
 
+from .files import read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
 from .layers import LAYERS, Linear, ReLU
 
 ARCH_KEY = "nbnet/architecture"
@@ -124,6 +125,16 @@ class Sequential:
         return model_from_arrays(arrays, source="astype")
 
     def forward(self, x):
+        """The model's output for x, in a new array that belongs to the caller (a later call does
+        not touch it, as in PyTorch)."""
+        out = self.forward_reusing(x)
+        return out.copy() if isinstance(out, np.ndarray) else copy_device_array(out)
+
+    __call__ = forward
+
+    def forward_reusing(self, x):
+        """Like `forward`, but returns the last layer's own output buffer, which the next call
+        overwrites: the allocation-free path of the training loop, evaluate and predict."""
         layers, i = self.layers, 0
         while i < len(layers):
             if self._fuses_relu(i, x):
@@ -133,8 +144,6 @@ class Sequential:
                 x = layers[i].forward(x)
                 i += 1
         return x
-
-    __call__ = forward
 
     def _fuses_relu(self, i, x):
         """Layer i is a Linear followed by a ReLU: one kernel does both (cpu and gpu alike)."""
@@ -210,7 +219,10 @@ class Sequential:
         return arrays
 
     def save(self, path):
-        write_npz_atomic(path, self.state_arrays())
+        """Write the model to `path` (.npz, atomically); a model holding NaN or Inf is an error."""
+        arrays = self.state_arrays()
+        check_finite(arrays, f"cannot save {os.fspath(path)}")
+        write_npz_atomic(path, arrays)
 
 
 class Summary(str):
@@ -260,6 +272,12 @@ def pack_parameters(params):
         start = end
 
 
+def copy_device_array(arr):
+    from .gpu import copy  # noqa: PLC0415 - only device arrays get here
+
+    return copy(arr)
+
+
 def to_host(arr):
     return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
 
@@ -268,60 +286,94 @@ def arr_safe(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def write_npz_atomic(path, arrays):
-    """Write `arrays` to `path` so that a crash leaves either the old file or the new one, never a
-    torn one: write a temporary file in the same folder, fsync it, then rename it over `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+MAX_LAYERS = 10_000
 
 
-def read_npz(path):
-    """All arrays of an .npz file, read without pickle. Raises ValueError with a one-line reason
-    for a missing, truncated or corrupt file."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: no such file")
+def json_entry(arrays, key, source):
+    """The JSON value stored as a 0-d string array `arrays[key]`; ValueError if it is not one."""
+    value = arrays[key]
+    if not isinstance(value, np.ndarray) or value.shape != () or value.dtype.kind != "U":
+        raise ValueError(f"{source}: {key} is not a JSON string")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}
-    except ValueError as e:
-        raise ValueError(f"{path}: not a readable .npz file ({e})") from None
-    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, zlib.error, ...
-        raise ValueError(f"{path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from None
+        return json.loads(str(value))
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{source}: {key} is not valid JSON ({type(e).__name__})") from None
+
+
+def check_finite(arrays, source, what="weights"):
+    """ValueError naming the first array (of a {name: array} dict) holding NaN or Inf."""
+    for name, arr in arrays.items():
+        if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"{source}: {what} {name} hold NaN or Inf")
+
+
+def _int_in(value, lo, hi):
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _check_layer_specs(arch, arrays, source):
+    """The architecture checked against its schema and the stored arrays, before any layer is
+    built (so no layer allocates what the file does not hold)."""
+    if not isinstance(arch, dict) or not isinstance(arch.get("layers"), list):
+        raise ValueError(f"{source}: architecture is not {{..., \"layers\": [...]}}")
+    version = arch.get("version", FORMAT_VERSION)
+    if not _int_in(version, 0, 2**31):
+        raise ValueError(f"{source}: architecture version {version!r} is not a whole number")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{source}: written by a newer nbnet (format version {version})")
+    specs = arch["layers"]
+    if not 1 <= len(specs) <= MAX_LAYERS:
+        raise ValueError(f"{source}: {len(specs)} layers (expected 1 to {MAX_LAYERS})")
+    width = None  # output width of the last Linear seen
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or spec["type"] not in LAYERS:
+            kind = spec.get("type") if isinstance(spec, dict) else spec
+            raise ValueError(f"{source}: layer {i}: unknown layer type {str(kind)[:40]!r}")
+        for key, value in spec.items():
+            if not isinstance(value, (str, int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{source}: layer {i}: {key} = {str(value)[:40]} is not a plain value")
+        if spec["type"] != "Linear":
+            continue
+        n_in, n_out, dtype = spec.get("in_features"), spec.get("out_features"), spec.get("dtype", "float32")
+        if not (_int_in(n_in, 1, 2**31 - 1) and _int_in(n_out, 1, 2**31 - 1)):
+            raise ValueError(f"{source}: layer {i}: Linear sizes {n_in!r}, {n_out!r} are not positive integers")
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"{source}: layer {i}: dtype {str(dtype)[:20]!r} (expected float32 or float64)")
+        if width is not None and n_in != width:
+            raise ValueError(f"{source}: layer {i} takes {n_in} inputs but the Linear before it gives {width}")
+        has_bias = spec.get("bias", True)
+        if not isinstance(has_bias, bool):
+            raise ValueError(f"{source}: layer {i}: bias = {str(has_bias)[:20]} (expected true or false)")
+        width = n_out
+        for name, shape in (("weight", (n_out, n_in)), ("bias", (n_out,)))[: 2 if has_bias else 1]:
+            key = f"layer{i}.{name}"
+            value = arrays.get(key)
+            if value is None:
+                raise ValueError(f"{source}: missing array {key!r}")
+            if value.shape != shape or value.dtype != np.dtype(dtype):
+                raise ValueError(
+                    f"{source}: {key} has shape {value.shape} {value.dtype}, expected {shape} {np.dtype(dtype)}"
+                )
+    if width is None:
+        raise ValueError(f"{source}: the model has no Linear layer")
+    return specs
 
 
 def model_from_arrays(arrays, source="checkpoint"):
-    """Rebuild a Sequential from the arrays `Sequential.state_arrays` wrote."""
+    """Rebuild a Sequential from the arrays `Sequential.state_arrays` wrote. The architecture is
+    checked against its schema and the stored arrays before any layer is built; parameters holding
+    NaN or Inf are an error (a diverged model is never loaded as a good one)."""
     if ARCH_KEY not in arrays:
         raise ValueError(f"{source}: not an nbnet model (no {ARCH_KEY!r} entry)")
-    try:
-        arch = json.loads(str(arrays[ARCH_KEY]))
-        specs = arch["layers"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{source}: unreadable architecture ({e})") from None
-    if arch.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{source}: written by a newer nbnet (format version {arch['version']})")
+    specs = _check_layer_specs(json_entry(arrays, ARCH_KEY, source), arrays, source)
+    check_finite({k: v for k, v in arrays.items() if k.startswith("layer")}, source)
     layers = []
     for i, spec in enumerate(specs):
         spec = dict(spec)
-        cls = LAYERS.get(spec.pop("type", None))
-        if cls is None:
-            raise ValueError(f"{source}: unknown layer type in layer {i}")
+        cls = LAYERS[spec.pop("type")]
         try:
             layer = cls(**spec)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: bad settings for layer {i} ({e})") from None
         for p in layer.parameters():
             key = f"layer{i}.{p.name}"
@@ -335,7 +387,10 @@ def model_from_arrays(arrays, source="checkpoint"):
                 )
             p.data[...] = value
         layers.append(layer)
-    return Sequential(layers)
+    try:
+        return Sequential(layers)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def load(path):

@@ -20,11 +20,14 @@
    thread computes a unit never changes what it computes: results are bitwise the same for any
    thread count.
 
+Editing this module: Numba's on-disk cache keys nbnet.cpu's kernels on cpu.py alone, so after a
+change here clear nbnet/__pycache__ (or touch cpu.py) or the cached kernels keep the old code.
+
 Summation order, fixed by the shapes only: bcast_block sums s = 0, 1, ... in order with one FMA per
 step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halves, then quarters...).
 """
 
-import os
+import re
 
 import llvmlite.binding as llb
 from llvmlite import ir
@@ -438,8 +441,6 @@ def hot_loops(asm, min_fmas=4):
     Numba's inspect_asm gives) whose body holds at least min_fmas vector FMAs on the widest
     registers of this ISA. A loop is the text from a label to the branch that jumps back to it.
     Stack accesses there are spills (or reloads of spilled pointers): a block that does not fit."""
-    import re  # noqa: PLC0415
-
     if ISA == "neon":
         fma, stack = r"\bfmla\s+v\d+\.(4s|2d)", r"\[sp\b"
     else:

@@ -7,8 +7,9 @@
 The parameters of sklearn.neural_network's estimators of the same names, with their meanings, plus
 `dtype` (float32 default, as every nbnet model). They are thin: `fit` builds the model with
 nbnet.train.build_model and runs nbnet.train.train, the loop `nbnet train` runs; `partial_fit` runs
-that loop for one more epoch, continuing its state. With an integer `random_state` the run is the
-one `nbnet train --seed random_state` makes with the same settings.
+that loop for one more epoch, continuing its state. An integer `random_state` is the loop's seed
+(layer i drawn from (seed, i), epoch e shuffled with (seed, e)), so a fit is bitwise reproducible
+at any thread count.
 
 Where they differ from scikit-learn (on purpose, or because nbnet works that way):
 - alpha: scikit-learn adds alpha/(2·n_batch)·Σ‖W‖² to each batch's loss, so its gradient adds
@@ -20,8 +21,6 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   error: with solver="sgd" the same learning_rate_init takes steps twice as long.
 - Weights start Glorot-uniform as scikit-learn's (nbnet.Linear's He-uniform draws, rescaled: see
   glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
-- Binary classification uses two softmax outputs (out_activation_ "softmax", coefs_[-1] has 2
-  columns), not one logistic output: the same model family.
 - No solver="lbfgs", learning_rate schedules other than constant, warm_start or sample weights.
 - Predictions and probabilities are in `dtype`: float32 unless dtype=np.float64.
 - Early stopping scores the validation rows with the loop's val_accuracy / val_r2; for several
@@ -161,9 +160,10 @@ class _BaseMLP(BaseEstimator):
         number("beta_1", 0, 1, hi_open=True)
         number("beta_2", 0, 1, hi_open=True)
         number("epsilon", 0, lo_open=True)
-        number("n_iter_no_change", 1, integer=True)
+        if self.n_iter_no_change != np.inf:  # inf: never stop before max_iter (as scikit-learn)
+            number("n_iter_no_change", 1, integer=True)
         try:
-            dtype = np.dtype(self.dtype)
+            dtype = None if self.dtype is None else np.dtype(self.dtype)  # np.dtype(None) is float64
         except TypeError:
             dtype = None
         if dtype not in (np.float32, np.float64):
@@ -245,7 +245,7 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping and not incremental:
             X, X_val, y, y_val = train_test_split(
                 X, y, test_size=self.validation_fraction, random_state=self._seed_,
-                stratify=y if self._classifies else None,
+                stratify=y.ravel() if self._classifies else None,
             )
             if len(X_val) < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
@@ -339,14 +339,19 @@ class _BaseMLP(BaseEstimator):
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier on nbnet: scikit-learn's MLPClassifier parameters (see the
-    module docstring for the differences), softmax cross-entropy on the loop `nbnet train` runs.
-    Labels of any type (strings, ints, -1/1, ...); binary or multiclass."""
+    module docstring for the differences), on the loop `nbnet train` runs. Labels of any type
+    (strings, ints, -1/1, ...). As in scikit-learn, two classes are one logistic output trained
+    with binary cross-entropy (the loop's "bce", out_activation_ "logistic"), more are softmax
+    outputs with cross-entropy (out_activation_ "softmax")."""
 
     _classifies = True
-    _loss = "cross-entropy"
+
+    @property
+    def _loss(self):
+        return "bce" if len(self.classes_) == 2 else "cross-entropy"
 
     def _n_outputs(self, y):
-        return len(self.classes_)
+        return 1 if len(self.classes_) == 2 else len(self.classes_)
 
     def _encode_targets(self, y, first, classes, dtype):
         check_classification_targets(y)
@@ -355,13 +360,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if len(self.classes_) < 2:
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, "
                                  f"got 1 class: {self.classes_[0]!r}")
-            self.n_outputs_ = len(self.classes_)
-            self.out_activation_ = "softmax"
+            self.n_outputs_ = self._n_outputs(y)
+            self.out_activation_ = "logistic" if len(self.classes_) == 2 else "softmax"
         idx = np.searchsorted(self.classes_, y)
         idx = np.minimum(idx, len(self.classes_) - 1)
         if not np.array_equal(self.classes_[idx], y):
             unknown = np.setdiff1d(y, self.classes_)
             raise ValueError(f"`y` has classes not in `self.classes_` {self.classes_!r}: {unknown!r}")
+        if len(self.classes_) == 2:  # bce's targets: 1.0 for classes_[1], as (N, 1)
+            return idx.astype(dtype).reshape(-1, 1)
         return idx.astype(np.int64)
 
     def partial_fit(self, X, y, classes=None):
@@ -371,12 +378,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             return self._fit(X, y, incremental=True, classes=classes)
+        if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"`classes={classes!r}` is not the same as on the first call to partial_fit, "
+                             f"was: {self.classes_!r}")
         return self._fit(X, y, incremental=True)
 
     def predict_proba(self, X):
         """Class probabilities (n, n_classes), columns in the order of classes_."""
         X = self._validate_for_predict(X)
-        return predict(self._model, X, loss=self._loss)[1]
+        probs = predict(self._model, X, loss=self._loss)[1]
+        if len(self.classes_) == 2:  # σ(z) is the probability of classes_[1]
+            probs = np.hstack([1 - probs, probs])
+        return probs
 
     def predict(self, X):
         probs = self.predict_proba(X)

@@ -70,12 +70,40 @@ def build_model(in_features, hidden, classes, activation="relu", dtype=np.float3
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r} (use {', '.join(ACTIVATIONS)})")
     sizes = [in_features, *hidden, classes]
+    check_memory(sizes, dtype)
     layers = []
     for i in range(len(sizes) - 1):
         if i:
             layers.append(ACTIVATIONS[activation]())
         layers.append(Linear(sizes[i], sizes[i + 1], dtype=dtype, seed=(seed, i)))
     return Sequential(layers)
+
+
+OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}  # state arrays per parameter (momentum; moments)
+EVAL_ROWS = 1000  # evaluate's batch
+
+
+def model_bytes(sizes, dtype, batch_size=1, optimizer="sgd"):
+    """Bytes a model of layer widths `sizes` takes to train: its parameters four times over
+    (weights, gradients, the copy while packing them, Wᵀ scratch), the optimizer's state, and the
+    activations and their gradients of one training or evaluation batch."""
+    params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    rows = max(batch_size, EVAL_ROWS)
+    return np.dtype(dtype).itemsize * (params * (4 + OPTIMIZER_SLOTS.get(optimizer, 2)) + 4 * rows * sum(sizes))
+
+
+def check_memory(sizes, dtype, batch_size=1, optimizer="sgd"):
+    """ValueError, before anything is allocated, when training a model of these layer widths
+    would need more than nbnet.files.memory_budget() (half this machine's memory)."""
+    from .files import gib, memory_budget  # noqa: PLC0415
+
+    need, budget = model_bytes(sizes, dtype, batch_size, optimizer), memory_budget()
+    if need > budget:
+        raise ValueError(
+            f"a {'-'.join(map(str, sizes))} model needs about {gib(need)} to train "
+            f"(batch {batch_size}, {optimizer}, {np.dtype(dtype).name}): more than {gib(budget)}, "
+            "half of this machine's memory"
+        )
 
 
 def make_optimizer(name, model, lr, momentum=0.0, weight_decay=None):
@@ -239,9 +267,10 @@ def _evaluate_sums(model, batch_size, source, loss):
     """(Σ batch mean loss × rows, Σ correct rows) over the batches of `source`."""
     loss_fn = LOSSES[loss]()
     loss_sum, correct = 0.0, 0
+    forward = getattr(model, "forward_reusing", model.forward)  # read at once: no copy needed
     for xb, yb in source(batch_size, shuffle=False):
         if len(yb):  # a data-parallel share may be empty
-            logits = model.forward(xb)
+            logits = forward(xb)
             loss_sum += loss_fn.forward(logits, yb) * len(yb)
             correct += _batch_correct(loss, logits, yb)
     return loss_sum, correct
@@ -255,9 +284,10 @@ def predict(model, x, batch_size=1000, loss="cross-entropy"):
 
     check_loss(loss)
     squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
+    forward = getattr(model, "forward_reusing", model.forward)
     outs = []
     for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
-        z = model.forward(xb)
+        z = forward(xb)
         outs.append(to_host(z if squash is None else squash.forward(z)).copy())
     scores = np.concatenate(outs)
     if loss == "cross-entropy":
@@ -265,6 +295,13 @@ def predict(model, x, batch_size=1000, loss="cross-entropy"):
     if loss == "bce":
         return (scores >= 0.5).astype(np.int64), scores
     return scores, scores
+
+
+def check_finite_parameters(model, message):
+    """Raise TrainingDiverged(message) when a parameter holds NaN or Inf."""
+    for p in model.parameters():
+        if not np.isfinite(to_host(p.data)).all():
+            raise TrainingDiverged(message)
 
 
 def check_data(model, data, loss="cross-entropy"):
@@ -365,6 +402,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     loss_fn = LOSSES[loss]()
+    forward = getattr(model, "forward_reusing", model.forward)  # the loop owns the buffers it reads
     params = model.parameters()
     train_batches = batch_source(model, x_train, y_train, (comm.rank, comm.size))
 
@@ -386,7 +424,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     best_params = None
     # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
     # seconds and samples/s measure training, not compilation.
-    compile_kernels(model, opt, loss_fn, y_train)
+    local = [hi - lo for lo, hi in (dist.share(b, comm.rank, comm.size) for b in (batch_size, n % batch_size))]
+    compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),),
+                    say=comm.rank == 0)
 
     while state.epoch < epochs:
         if early_stopping is not None and state.bad_epochs >= early_stopping:
@@ -406,7 +446,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             opt.zero_grad()
             rows, value, correct = len(yb), 0.0, 0
             if rows:  # a data-parallel share may be empty
-                logits = model.forward(xb)
+                logits = forward(xb)
                 value = loss_fn.forward(logits, yb)
                 correct = _batch_correct(loss, logits, yb)
                 if math.isfinite(value):
@@ -431,6 +471,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 state.seconds += time.perf_counter() - t0
                 raise TrainingInterrupted(state)
         seconds = state.seconds + time.perf_counter() - t0
+        # The loss of each step is checked before its update; the update of the epoch's last step
+        # is checked here, with the weights, before anyone (on_epoch: --save) sees them.
+        check_finite_parameters(model, f"training diverged: the weights became NaN or Inf in epoch {epoch + 1}")
         metrics = {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / state.seen,
@@ -440,6 +483,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             metrics["val_loss"], metrics[f"val_{metric}"] = score_val()
         if score_test is not None:
             metrics["test_loss"], metrics[f"test_{metric}"] = score_test()
+        for part in ("val", "test"):
+            if not math.isfinite(metrics.get(f"{part}_loss", 0.0)):
+                raise TrainingDiverged(f"training diverged: {part} loss is {metrics[part + '_loss']} after epoch {epoch + 1}")
         metrics.update({
             "lr": opt.lr,
             "seconds": seconds,

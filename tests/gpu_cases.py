@@ -92,6 +92,35 @@ def test_fused_linear_relu_kernels(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_passes_through_relu_and_fused_linear_relu_as_on_the_cpu(dtype):
+    """A diverged layer must not hide on the GPU: ReLU(NaN) is NaN on both devices."""
+    x = np.array([[np.nan, -1.0, 2.0], [0.0, np.nan, -np.inf]], dtype)
+    out = np.empty_like(x)
+    cpu.relu_forward(out, x)
+    assert np.isnan(out[0, 0]) and np.isnan(out[1, 1])
+    assert_same("relu_forward", np.empty_like(x), x)
+    # fused: a NaN weight makes its column of Y NaN, and the ReLU after it keeps the NaN
+    w = np.array([[1.0, 0.0, 0.0], [np.nan, 0.0, 0.0]], dtype)
+    xf = np.ones((2, 3), dtype)
+    dy, da = gpu.empty((2, 2), dtype), gpu.empty((2, 2), dtype)
+    gpu.linear_relu_forward(dy, da, gpu.to_device(xf), gpu.to_device(w), gpu.to_device(np.zeros(2, dtype)))
+    y, a = np.empty((2, 2), dtype), np.empty((2, 2), dtype)
+    cpu.linear_relu_forward(y, a, xf, w, np.zeros(2, dtype))
+    assert np.isnan(a[:, 1]).all()
+    np.testing.assert_array_equal(to_host(da), a)
+
+
+def test_model_output_on_the_device_belongs_to_the_caller():
+    model = tiny_model().to("cuda")
+    rng = np.random.default_rng(3)
+    a, b = rand(rng, (4, 3), np.float32), rand(rng, (4, 3), np.float32)
+    p1 = model(a)
+    want = to_host(p1).copy()
+    model(b)
+    np.testing.assert_array_equal(to_host(p1), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_softmax_crossentropy_kernel(dtype):
     rng = np.random.default_rng(12)
     logits, t = rand(rng, (5, 4), dtype, -5, 5), rng.integers(0, 4, size=5)

@@ -197,8 +197,12 @@ def test_bad_npz_contents(tmp_path, arrays, match):
         ("", "no data rows"),
         ("label,a\n", "no data rows"),
         ("0,1.0,2.0\n1,1.0\n", "row 2 has 2 columns"),
-        ("0,1.0,2.0\n1,x,2\n", "row 2 .* not a number"),
-        ("0,1.0,nan\n1,1.0,2.0\n", "NaN/Inf"),
+        ("0,1.0,2.0\n1,x,2\n", "row 2, column 2: 'x' is not a number"),
+        ("0,1.0,nan\n1,1.0,2.0\n", "row 1, column 3: nan .NaN and Inf"),
+        ("\n0,1.0,2.0\n\n1,1.0,1e999\n", "row 4, column 3: inf"),  # rows count blank lines, as an editor does
+        ("1,0.5,0.5,O.5\n0,1,1,1\n", "row 1, column 4: 'O.5' is not a number"),  # a typo is no header
+        ("0,1_000\n", "row 1, column 2: '1_000' is not a number"),
+        ("label,a\n0,x\n", "row 2, column 2"),
         ("0\n1\n", "label column and at least one feature"),
     ],
 )

@@ -121,7 +121,12 @@ def test_binary_labels_of_any_type(labels):
     clf = MLPClassifier((16,), random_state=0, max_iter=30).fit(x, labels[y])
     assert clf.classes_.dtype == labels.dtype and list(clf.classes_) == sorted(labels)
     assert clf.predict(x).dtype == labels.dtype and clf.score(x, labels[y]) > 0.9
-    assert clf.predict_proba(x).shape == (len(x), 2)
+    proba = clf.predict_proba(x)
+    assert proba.shape == (len(x), 2) and np.allclose(proba.sum(1), 1)
+    # As scikit-learn: one logistic output trained with binary cross-entropy.
+    assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 1 and clf.coefs_[-1].shape == (16, 1)
+    z = np.maximum(x.astype(np.float32) @ clf.coefs_[0] + clf.intercepts_[0], 0) @ clf.coefs_[1] + clf.intercepts_[1]
+    np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-z[:, 0])), atol=1e-5)
 
 
 def test_labels_as_a_list_and_one_class_refused():
@@ -170,6 +175,8 @@ def test_stops_like_sklearn_without_early_stopping():
         clf.fit(x, y)
     # Epoch 1 beats best_loss_ = inf; epochs 2..5 do not beat it by 10: the 4th such is > 3.
     assert clf.n_iter_ == 5
+    with pytest.warns(ConvergenceWarning):  # n_iter_no_change=inf: only max_iter stops it
+        assert clf.set_params(n_iter_no_change=np.inf, max_iter=8).fit(x, y).n_iter_ == 8
     with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(5\) reached"):
         MLPClassifier((8,), random_state=0, max_iter=5).fit(x, y)
 
@@ -185,6 +192,9 @@ def test_early_stopping_keeps_the_best_validation_epoch():
 
     _, x_val, _, y_val = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     assert clf.score(x_val, y_val) == pytest.approx(clf.best_validation_score_)
+    x2, y2 = blobs(classes=2)
+    binary = MLPClassifier((16,), random_state=0, early_stopping=True, max_iter=200).fit(x2, np.array(["n", "y"])[y2])
+    assert binary.best_validation_score_ > 0.9 and len(binary.validation_scores_) == binary.n_iter_ < 200
     reg = MLPRegressor((16,), random_state=0, early_stopping=True, max_iter=50).fit(x, y.astype(float))
     assert len(reg.validation_scores_) == reg.n_iter_
 
@@ -207,6 +217,9 @@ def test_partial_fit_one_epoch_at_a_time_continues_the_state():
         MLPClassifier().partial_fit(x, y)
     with pytest.raises(ValueError, match="not in `self.classes_`"):
         b.partial_fit(x, y + 5)
+    with pytest.raises(ValueError, match="not the same as on the first call"):
+        b.partial_fit(x, y, classes=[0, 1, 2, 3])
+    b.partial_fit(x, y, classes=[2, 1, 0])  # the same classes: fine
     reg = MLPRegressor((8,), random_state=0)
     reg.partial_fit(x, y.astype(float)).partial_fit(x, y.astype(float))
     assert reg.n_iter_ == 2
@@ -232,7 +245,8 @@ def test_bad_parameters_refused_at_fit_with_a_reason():
                           ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes"),
                           ({"batch_size": 0}, "batch_size"), ({"learning_rate_init": 0}, "learning_rate_init"),
                           ({"max_iter": 0}, "max_iter"), ({"momentum": 1.5}, "momentum"),
-                          ({"dtype": np.int32}, "dtype"), ({"validation_fraction": 1.0}, "validation_fraction")]:
+                          ({"dtype": np.int32}, "dtype"), ({"dtype": None}, "dtype"),
+                          ({"n_iter_no_change": 0}, "n_iter_no_change"), ({"alpha": -1.0}, "alpha"), ({"validation_fraction": 1.0}, "validation_fraction")]:
         with pytest.raises(ValueError, match=match):
             MLPClassifier(**params).fit(x, y)
 

@@ -1,0 +1,235 @@
+"""Every file nbnet reads or writes goes through here.
+
+Inputs: `open_input` opens only regular files, without blocking (a FIFO, a folder or /dev/zero is
+an error, never a hang or an endless read), and `read_npz` checks each array's declared size
+before reading it. Nothing is read past `memory_budget()`.
+
+Outputs: `write_atomic` writes a temporary file in the target's folder and renames it over the
+target, so a crash leaves the old file or the new one, never a torn one; the file gets the mode
+the umask gives (as `open` would), and temporary files left by a killed save are removed by the
+next save in that folder. `check_outputs` refuses an output path that is one of the run's inputs.
+"""
+
+import errno
+import math
+import os
+import stat
+import tempfile
+import zipfile
+
+import numpy as np
+
+TMP_PREFIX = ".tmp-nbnet-"  # + "<pid>-<random>" + suffix
+
+
+def memory_budget():
+    """Bytes one input file or one model may take: half this machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 8 GiB
+        return 8 << 30
+
+
+def gib(nbytes):
+    return f"{nbytes / (1 << 30):.1f} GiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _kind(mode):
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_input(path, what=None):
+    """`path` opened for binary reading; ValueError (one line, naming the file) unless it is an
+    existing regular file. Opened with O_NONBLOCK so that a FIFO without a writer cannot hang."""
+    path = os.fspath(path)
+    name = f"{what} {path}" if what else path
+    if path == "":
+        raise ValueError(f"{what or 'input'}: empty path")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise ValueError(f"{name}: no such file") from None
+        raise ValueError(f"{name}: cannot read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{name}: not a regular file ({_kind(st.st_mode)})")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_input_bytes(path, what=None, limit=None):
+    """The whole content of a regular file, refused (before reading) above `limit` bytes."""
+    limit = memory_budget() if limit is None else limit
+    with open_input(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ValueError(f"{path}: {size} bytes is more than nbnet reads ({limit} bytes)")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path}: more than {limit} bytes")
+    return data
+
+
+def read_npz(path, what=None):
+    """All arrays of an .npz file, read without pickle. Each array's header (shape, dtype) is read
+    and checked against the bytes stored for it, and the total against `memory_budget()`, before
+    any array is allocated. Raises ValueError with a one-line reason for a missing, truncated,
+    corrupt or oversized file."""
+    path = os.fspath(path)
+    budget = memory_budget()
+    with open_input(path, what) as f:
+        try:
+            with zipfile.ZipFile(f) as z:
+                total = 0
+                for info in z.infolist():
+                    with z.open(info) as member:
+                        shape, dtype = _npy_header(member, info.filename)
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    if nbytes > info.file_size:
+                        raise ValueError(f"{info.filename} declares {shape} {dtype} but holds {info.file_size} bytes")
+                    total += nbytes
+                    if total > budget:
+                        raise ValueError(f"its arrays need more than {gib(budget)}")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as npz:
+                return {key: npz[key] for key in npz.files}
+        except ValueError as e:
+            raise ValueError(f"{path}: not a readable .npz file ({' '.join(str(e).split())})") from None
+        except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, zlib.error, ...
+            raise ValueError(f"{path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from None
+
+
+def _npy_header(member, name):
+    fmt = np.lib.format
+    version = fmt.read_magic(member)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"{name}: unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise ValueError(f"{name} holds Python objects (not loaded: no pickle)")
+    return shape, dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _resolved(path):
+    return os.path.realpath(os.path.abspath(os.fspath(path)))
+
+
+def same_file(a, b):
+    """Whether paths a and b name the same file (symlinks and hard links included)."""
+    if _resolved(a) == _resolved(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs, inputs, allowed=()):
+    """outputs, inputs: {label: path or None}. ValueError when an output is one of the inputs (an
+    (output label, input label) pair in `allowed` excepted), or two outputs are one file."""
+    outputs = {k: v for k, v in outputs.items() if v is not None}
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    for label, path in outputs.items():
+        if os.fspath(path) == "":
+            raise ValueError(f"{label}: empty path")
+        for in_label, in_path in inputs.items():
+            if (label, in_label) not in allowed and same_file(path, in_path):
+                raise ValueError(f"{label} {path} is the {in_label} of this run: it would be overwritten")
+    labels = list(outputs)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            if same_file(outputs[a], outputs[b]):
+                raise ValueError(f"{a} and {b} are the same file ({outputs[a]})")
+
+
+def _umask():
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(folder):
+    """Remove the temporary files of saves whose process is gone (killed half-way through)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def write_atomic(path, write, suffix=""):
+    """Call write(f) on a temporary binary file in path's folder, fsync it and rename it over
+    `path`: a crash leaves either the old file or the new one. The new file's mode follows the
+    umask."""
+    path = os.fspath(path)
+    if path == "":
+        raise ValueError("empty output path")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=suffix, dir=folder)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_npz_atomic(path, arrays):
+    """np.savez(path, **arrays), atomically (see write_atomic)."""
+    write_atomic(path, lambda f: np.savez(f, **arrays), suffix=".npz")

@@ -1,0 +1,473 @@
+"""The command line against a hostile user (issue #10): silent wrong answers, lost work,
+tracebacks, hangs, noise and faults, each class with the test that now covers it. In process with
+CliRunner; subprocesses only for signals, pipes and what needs a real process."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet import cpu
+from nbnet.checkpoint import load_checkpoint
+
+from test_cli import FAST, REPO, blobs, nbnet, weights
+
+
+def assert_error(result, *fragments):
+    """One line on stderr starting `Error:`, a non-zero exit, no traceback. (nbnet.check's note
+    that kernels are being compiled, printed once on a cold Numba cache, is not an error.)"""
+    from nbnet.check import COMPILING  # noqa: PLC0415
+
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line != COMPILING]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def strict_json(text):
+    def no_constant(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A small trained checkpoint on a blobs .npz: (folder, checkpoint, x)."""
+    d = tmp_path_factory.mktemp("run")
+    x, _ = blobs(d / "blobs.npz")
+    ck = d / "c.npz"
+    r = nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--save", ck, "--quiet")
+    assert r.exit_code == 0, r.output
+    return d, ck, x
+
+
+def rewrite(src, dst, **changes):
+    """Copy checkpoint src to dst with some arrays replaced (JSON entries given as Python objects)."""
+    with np.load(src, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    for key, value in changes.items():
+        key = key.replace("__", "/")
+        arrays[key] = np.array(json.dumps(value)) if not isinstance(value, np.ndarray) else value
+    np.savez(dst, **arrays)
+    return dst
+
+
+def stored(path, key):
+    with np.load(path, allow_pickle=False) as f:
+        return json.loads(str(f[key]))
+
+
+# --------------------------------------------------------------------------------------------- 1. silent wrong answers, lost work
+
+
+def test_divergence_on_the_last_step_is_an_error_and_saves_nothing(tmp_path):
+    ck = tmp_path / "d.npz"
+    r = nbnet("train", "--epochs", "1", "--batch-size", "100000", "--lr", "1e30", "--save", ck)
+    assert_error(r, "training diverged", "epoch 1")
+    assert not ck.exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    ck = tmp_path / "d.npz"
+    assert nbnet("train", *FAST, "--save", ck, "-q").exit_code == 0
+    before = ck.read_bytes()
+    assert_error(nbnet("train", "--resume", ck, "--epochs", "3", "--lr", "1e30"), "diverged")
+    assert ck.read_bytes() == before
+
+
+def test_a_checkpoint_with_nan_or_inf_weights_does_not_load(run, tmp_path):
+    _, ck, x = run
+    for bad in (np.nan, np.inf):
+        w = nb.load(ck).layers[0].weight.copy()
+        w[0, 0] = bad
+        p = rewrite(ck, tmp_path / "nan.npz", **{"layer0.weight": w})
+        assert_error(nbnet("evaluate", "--checkpoint", p), "nan.npz", "NaN or Inf")
+        np.savez(tmp_path / "in.npz", x=x[:3])
+        assert_error(nbnet("predict", "--checkpoint", p, tmp_path / "in.npz"), "NaN or Inf")
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            nb.load(p)
+
+
+def test_json_outputs_are_always_valid_json(run, tmp_path):
+    d, ck, _ = run
+    m = tmp_path / "m.jsonl"
+    assert nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--metrics-out", m, "-q").exit_code == 0
+    for line in m.read_text().splitlines():
+        strict_json(line)
+    # finite weights whose logits overflow float32: the loss is not a number, the JSON says null
+    model = nb.load(ck)
+    model.layers[0].weight[...] = 3e38
+    model.save(tmp_path / "huge.npz")
+    r = nbnet("evaluate", "--checkpoint", tmp_path / "huge.npz", "--dataset", d / "blobs.npz", "--json")
+    assert r.exit_code == 0, r.output
+    assert strict_json(r.stdout)["loss"] is None
+
+
+def test_csv_with_bom_or_typo_gives_one_prediction_per_row_or_an_error(run, tmp_path):
+    _, ck, x = run
+    rows = "".join(",".join(map(repr, row)) + "\n" for row in x[:5].tolist())
+    (tmp_path / "bom.csv").write_bytes(("\ufeff" + rows).encode())
+    r = nbnet("predict", "--checkpoint", ck, tmp_path / "bom.csv")
+    assert r.exit_code == 0, r.output
+    want = nb.load(ck)(x[:5]).argmax(1).tolist()
+    assert [int(v) for v in r.stdout.split()] == want  # N rows, N predictions, each on its row
+    (tmp_path / "typo.csv").write_text("0.5,0.5,O.5\n" + rows)
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "typo.csv"), "row 1, column 3", "'O.5'")
+
+
+def test_predictions_equal_model_argmax(run, tmp_path):
+    _, ck, x = run
+    np.savez(tmp_path / "in.npz", x=x)
+    r = nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", tmp_path / "p.npz")
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "p.npz") as f:
+        pred, probs = f["pred"], f["probs"]
+    logits = nb.load(ck)(x)
+    assert np.array_equal(pred, logits.argmax(1))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["save=dataset", "metrics=dataset", "metrics=resume", "plot=resume",
+                                  "save_best=dataset", "save=config", "symlink", "two outputs"])
+def test_an_output_that_is_an_input_is_an_error(run, tmp_path, case):
+    d, ck, _ = run
+    data = tmp_path / "data.npz"
+    blobs(data)
+    ck2 = tmp_path / "c.npz"
+    ck2.write_bytes(ck.read_bytes())
+    (tmp_path / "run.toml").write_text("epochs = 1\n")
+    before = {p: p.read_bytes() for p in (data, ck2, tmp_path / "run.toml")}
+    args = {
+        "save=dataset": ["--dataset", data, "--save", data],
+        "metrics=dataset": ["--dataset", data, "--metrics-out", data],
+        "metrics=resume": ["--resume", ck2, "--epochs", "3", "--metrics-out", ck2],
+        "plot=resume": ["--resume", ck2, "--epochs", "3", "--plot", ck2],
+        "save_best=dataset": ["--dataset", data, "--val-split", "0.2", "--save-best", data],
+        "save=config": ["--config", tmp_path / "run.toml", "--save", tmp_path / "run.toml"],
+        "symlink": ["--dataset", data, "--save", tmp_path / "link.npz"],
+        "two outputs": ["--save", tmp_path / "o.npz", "--save-best", tmp_path / "o.npz", "--val-split", "0.2"],
+    }[case]
+    os.symlink(data, tmp_path / "link.npz")
+    r = nbnet("train", *args)
+    assert_error(r, "the same file" if case == "two outputs" else "of this run: it would be overwritten")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_predict_output_that_is_its_input_is_an_error(run, tmp_path):
+    _, ck, x = run
+    np.savez(tmp_path / "in.npz", x=x[:3])
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", tmp_path / "in.npz"), "INPUT")
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", ck), "--checkpoint")
+
+
+def test_resume_without_save_keeps_saving_to_the_checkpoint(tmp_path):
+    ck = tmp_path / "c.npz"
+    assert nbnet("train", *FAST, "--save", ck, "-q").exit_code == 0
+    r = nbnet("train", "--resume", ck, "--epochs", "3")  # the README's line
+    assert r.exit_code == 0, r.output
+    assert f"saved {ck}" in r.stdout
+    assert stored(ck, "train/state")["epoch"] == 3
+
+
+@pytest.mark.parametrize("option", ["--resume", "--save", "--metrics-out", "--plot", "--config", "--save-best"])
+def test_empty_paths_are_errors(option):
+    assert_error(nbnet("train", option, ""), option, "empty path")
+
+
+def test_mid_epoch_checkpoint_with_too_few_epochs_is_an_error(run, tmp_path):
+    _, ck, _ = run
+    st = stored(ck, "train/state")
+    mid = {**st, "epoch": 1, "step": st["step"] // 2 + 1, "history": st["history"][:1], "seen": 32,
+           "loss_sum": 1.0, "correct": 10}
+    p = rewrite(ck, tmp_path / "mid.npz", train__state=mid)
+    r = nbnet("train", "--resume", p, "--epochs", "1")
+    assert_error(r, "stopped in epoch 2", "--epochs 2 or more")
+    assert "saved" not in r.stdout
+
+
+@pytest.mark.parametrize("toml, fragment", [
+    ("epochs = 2.9", "'2.9' is not a valid integer"),
+    ("seed = 1.9", "'1.9' is not a valid integer"),
+    ("quiet = 5", "expected true or false"),
+    ("epochs = inf", "epochs = inf"),
+    ("lr = nan", "not a finite number"),
+    ("epochs = [1]", "epochs = [1]"),
+    ("save = 5", "save = 5"),
+    ("hidden = [8, true]", "layer widths"),
+    ("optimizer = {a = 1}", "not a dict"),
+    ("x = " + "[" * 3000 + "]" * 3000, "nested too deeply"),
+    ("epochs = 0", "0"),
+    ("save = ''", "empty path"),
+])
+def test_toml_values_go_through_the_command_line_checks(tmp_path, toml, fragment):
+    (tmp_path / "c.toml").write_text(toml + "\n")
+    assert_error(nbnet("train", "--config", tmp_path / "c.toml"), fragment)
+
+
+def test_float64_predictions_never_pass_through_float32(tmp_path):
+    data = tmp_path / "d.npz"
+    blobs(data)
+    ck = tmp_path / "c.npz"
+    assert nbnet("train", "--dataset", data, *FAST, "--dtype", "float64", "--save", ck, "-q").exit_code == 0
+    x = np.array([[0.1, 1 + 2**-40, 3.3], [1e-50, 2.0, -1.0]])  # not float32 values
+    np.savez(tmp_path / "in.npz", x=x)
+    assert nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", tmp_path / "p.npz").exit_code == 0
+    model = nb.load(ck)
+    with np.load(tmp_path / "p.npz") as f:
+        assert f["probs"].dtype == np.float64
+        logits = model(x)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(f["probs"], e / e.sum(1, keepdims=True), rtol=1e-13)
+        assert not np.array_equal(model(x), model(x.astype(np.float32).astype(np.float64)))
+
+
+# --------------------------------------------------------------------------------------------- 2. tracebacks -> one line
+
+
+def test_hidden_layers_too_big_for_memory_are_an_error_before_allocating():
+    t0 = time.monotonic()
+    assert_error(nbnet("train", "--hidden", "100000,100000"), "needs about", "GiB")
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"nbnet__architecture": {"layers": {"a": 1}}}, "architecture"),
+    ({"nbnet__architecture": {"version": "2", "layers": []}}, "version"),
+    ({"nbnet__architecture": {"layers": [{"type": "ReLU"}]}}, "no Linear layer"),
+    ({"nbnet__architecture": {"layers": [{"type": "Linear", "in_features": 100000, "out_features": 100000}]}},
+     "layer0.weight has shape"),
+    ({"nbnet__architecture": {"layers": [{"type": "Linear", "in_features": 3, "out_features": 16, "seed": [1]}]}},
+     "not a plain value"),
+    ({"nbnet__architecture": np.array("[" * 5000 + "]" * 5000)}, "not valid JSON"),
+    ({"train__state": "EPOCH"}, "train/state"),
+    ({"optim__meta": {"type": "SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": [1], "nesterov": False,
+                      "step_count": 1}}, "weight_decay"),
+    ({"optim__meta": {"type": "Pickle"}}, "optim/meta"),
+    ({"train__config": [1, 2]}, "train/config"),
+    ({"train__config": {"epochs": 2.5}}, "stored option epochs"),
+    ({"train__config": {"hidden": "16", "lr": "fast"}}, "stored option lr"),
+    ({"checkpoint__version": np.array("1")}, "checkpoint/version"),
+])
+def test_checkpoint_metadata_is_checked_against_a_schema(run, tmp_path, change, fragment):
+    _, ck, _ = run
+    p = rewrite(ck, tmp_path / "bad.npz", **change)
+    r = nbnet("train", "--resume", p, "--epochs", "5")
+    assert_error(r, fragment)
+
+
+def test_epoch_1e400_in_a_checkpoint(run, tmp_path):
+    _, ck, _ = run
+    st = stored(ck, "train/state")
+    p = rewrite(ck, tmp_path / "bad.npz")
+    with np.load(p) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["train/state"] = np.array(json.dumps(st).replace(f'"epoch": {st["epoch"]}', '"epoch": 1e400'))
+    np.savez(p, **arrays)
+    assert_error(nbnet("train", "--resume", p, "--epochs", "5"), "train/state epoch")
+
+
+def test_dev_zero_and_fifos_are_errors_not_hangs(run, tmp_path):
+    _, ck, _ = run
+    os.mkfifo(tmp_path / "f.csv")
+    os.mkfifo(tmp_path / "f.toml")
+    t0 = time.monotonic()
+    assert_error(nbnet("train", "--dataset", tmp_path / "f.csv"), "not a regular file")
+    assert_error(nbnet("train", "--config", tmp_path / "f.toml"), "not a regular file")
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "f.csv"), "not a regular file")
+    assert_error(nbnet("predict", "--checkpoint", ck, "/dev/zero"), "not a regular file")
+    assert_error(nbnet("evaluate", "--checkpoint", "/dev/zero"), "not a regular file")
+    assert time.monotonic() - t0 < 30
+
+
+# --------------------------------------------------------------------------------------------- 4. noise
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--lr", "1e39"], "too large for float32"),
+    (["--dataset", "LABELS"], "too large"),
+])
+def test_no_warnings_before_the_error_line(tmp_path, args, fragment):
+    (tmp_path / "big.csv").write_text("0,1,2\n1e300,1,2\n1,2,3\n")
+    args = [str(tmp_path / "big.csv") if a == "LABELS" else a for a in args]
+    p = subprocess.run([sys.executable, "-W", "default", "-m", "nbnet", "train", *args], capture_output=True,
+                       text=True, env=_env(), timeout=120)
+    assert p.returncode == 1
+    lines = [line for line in p.stderr.splitlines() if "compiling kernels" not in line]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], p.stderr
+
+
+# --------------------------------------------------------------------------------------------- 7. small
+
+
+def test_unknown_dataset_is_named_as_given_and_evaluate_says_test_data(run, tmp_path):
+    d, ck, _ = run
+    assert_error(nbnet("train", "--dataset", "cifar10"), "unknown dataset 'cifar10'")
+    np.savez(tmp_path / "wide.npz", x=np.zeros((10, 5), np.float32), y=np.zeros(10, int))
+    r = nbnet("evaluate", "--checkpoint", ck, "--dataset", tmp_path / "wide.npz")
+    assert_error(r, "test data has")
+    assert "train data" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------------- 3, 5. signals, pipes
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    data = tmp_path / "d.npz"
+    blobs(data, n=2000, d=8)
+    ck = tmp_path / "c.npz"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nbnet", "train", "--dataset", data, "--epochs", "100000", "--hidden", "8",
+         "--batch-size", "16", "--save", ck, "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
+    )
+    try:
+        for _ in range(2):
+            line = p.stdout.readline()
+        assert line.startswith("epoch 1/"), line
+        time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 143
+    err = "\n".join(line for line in err.splitlines() if "compiling kernels" not in line)
+    assert err.startswith("Terminated in epoch") and "checkpoint saved" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert stored(ck, "train/state")["step"] > 0
+
+
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "Error: interrupted"),
+                                             (signal.SIGTERM, 143, "Error: terminated")])
+def test_a_signal_while_the_command_starts_is_one_line(sig, code, line):
+    # `nbnet` as argv[0] is the command; the signal arrives right after the package starts loading
+    script = (f"import sys; sys.argv[0] = 'nbnet'; import nbnet, os; os.kill(os.getpid(), {int(sig)}); "
+              "import time; time.sleep(30)")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60)
+    assert (p.returncode, p.stderr) == (code, line + "\n")
+
+
+def test_a_signal_while_loading_data_is_one_line(tmp_path):
+    script = ("import sys, time, signal, os; sys.argv[0] = 'nbnet'; import nbnet.cli, nbnet.datasets as d; "
+              "d.load = lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30)); nbnet.cli.main(['train'])")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60)
+    assert (p.returncode, p.stderr) == (143, "Error: terminated\n")
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "nbnet", "train", "--epochs", "50", "--hidden", "8"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=tmp_path)
+    first = p.stdout.readline()  # `| head -1`
+    p.stdout.close()
+    _, err = p.communicate(timeout=120)
+    assert first.startswith(b"training")
+    assert err.replace(b"compiling kernels for this CPU (cached for later runs)\n", b"") == b"" and p.returncode == 141
+
+
+# --------------------------------------------------------------------------------------------- 6. tests the mutation pass missed
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [65, 129])
+def test_dx_with_one_column_in_the_last_tile(n, dtype):
+    """n % 64 == 1: dX's outer-product tiles end with a tile of one column."""
+    rng = np.random.default_rng(n)
+    k, m = 5, 7
+    g, w = rng.standard_normal((k, m)).astype(dtype), rng.standard_normal((m, n)).astype(dtype)
+    dx = np.full((k, n), np.nan, dtype)
+    cpu.linear_backward_input(dx, g, w)
+    np.testing.assert_allclose(dx, g.astype(np.float64) @ w, rtol=0, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+def test_resume_with_a_non_default_seed_is_bitwise(tmp_path):
+    common = ["--hidden", "16", "--batch-size", "32", "--seed", "5", "--val-split", "0.2", "-q"]
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert nbnet("train", *common, "--epochs", "3", "--save", a).exit_code == 0
+    assert nbnet("train", *common, "--epochs", "1", "--save", b).exit_code == 0
+    assert nbnet("train", "--resume", b, "--epochs", "3").exit_code == 0  # seed from the checkpoint
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    wc = tmp_path / "c.npz"
+    other = ["--hidden", "16", "--batch-size", "32", "--seed", "6", "--val-split", "0.2", "-q"]
+    assert nbnet("train", *other, "--epochs", "3", "--save", wc).exit_code == 0
+    assert not np.array_equal(weights(wc)["layer0.weight"], wa["layer0.weight"])  # the seed matters
+
+
+def test_a_torn_checkpoint_is_a_one_line_error_and_a_failed_save_keeps_the_old(run, tmp_path, monkeypatch):
+    _, ck, _ = run
+    raw = ck.read_bytes()
+    for cut in (0, 10, len(raw) // 3, len(raw) // 2, len(raw) - 30, len(raw) - 1):
+        (tmp_path / "torn.npz").write_bytes(raw[:cut])
+        assert_error(nbnet("evaluate", "--checkpoint", tmp_path / "torn.npz"), "torn.npz")
+    # a save that fails half-way through writing the file
+    target = tmp_path / "c.npz"
+    target.write_bytes(raw)
+    real_savez = np.savez
+
+    def half(f, **arrays):
+        real_savez(f, **arrays)
+        f.truncate(f.tell() // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", half)
+    assert_error(nbnet("train", "--resume", target, "--epochs", "3"), "No space left")
+    assert target.read_bytes() == raw
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_the_rate_applied_on_the_first_and_last_step(monkeypatch):
+    from nbnet.train import build_model, make_optimizer, train  # noqa: PLC0415
+
+    x, y = nb.datasets.spiral(points_per_class=20)
+    model = build_model(2, [8], 3, seed=0)
+    opt = make_optimizer("sgd", model, lr=0.5)
+    applied = []
+    real_step = opt.step
+    monkeypatch.setattr(opt, "step", lambda: (applied.append(opt.lr), real_step()))
+    train(model, opt, (x, y, x, y), epochs=2, batch_size=16, lr_schedule="cosine")
+    total = 2 * math.ceil(60 / 16)
+    assert len(applied) == total
+    assert applied[0] == 0.5
+    assert applied[-1] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * (total - 1) / total)), rel=1e-12)
+
+
+def test_reported_losses_equal_the_loss_on_the_whole_set():
+    from nbnet.train import build_model, make_optimizer, train  # noqa: PLC0415
+
+    x, y = nb.datasets.spiral(points_per_class=50, dtype=np.float64)
+    x_tr, y_tr, x_te, y_te = nb.datasets.split(x, y, 0.3, seed=0)
+    model = build_model(2, [8], 3, dtype=np.float64, seed=0)
+    opt = make_optimizer("sgd", model, lr=0.0)  # the weights stay: every batch sees one model
+    history = train(model, opt, (x_tr, y_tr, x_te, y_te), epochs=1, batch_size=16)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    assert history[0]["train_loss"] == pytest.approx(loss_fn.forward(model(x_tr), y_tr), rel=1e-12)
+    assert history[0]["test_loss"] == pytest.approx(loss_fn.forward(model(x_te), y_te), rel=1e-12)
+    assert history[0]["train_accuracy"] == np.mean(model(x_tr).argmax(1) == y_tr)
+    assert history[0]["test_accuracy"] == np.mean(model(x_te).argmax(1) == y_te)
+
+
+def test_model_output_belongs_to_the_caller():
+    model = nb.Sequential([nb.Linear(3, 5, seed=0), nb.ReLU(), nb.Linear(5, 2, seed=1)])
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    p1 = model(a)
+    kept = p1.copy()
+    p2 = model(b)
+    assert np.array_equal(p1, kept) and not np.array_equal(p1, p2)
+    p3 = model.forward(a)
+    assert np.array_equal(p3, kept) and p3 is not p1

@@ -1,0 +1,285 @@
+"""Hostile inputs, one checked path each (issue #10): IDX streams and budgets, CSV rows, labels,
+regular files only, downloads under a size cap and a deadline, and files written by nbnet (umask,
+stale temporary files, outputs that would overwrite inputs)."""
+
+import contextlib
+import gzip
+import http.server
+import os
+import signal
+import stat
+import struct
+import threading
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet import datasets, files
+
+
+def idx_bytes(arr, type_byte=0x08):
+    arr = np.asarray(arr, np.uint8)
+    return bytes([0, 0, type_byte, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+@contextlib.contextmanager
+def no_hang(seconds=20):
+    """Fail (instead of hanging the suite) when the block blocks longer than `seconds`."""
+
+    def alarm(signum, frame):
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# --------------------------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("magic", [b"\x01\x00\x08\x01", b"\x00\x01\x08\x01", b"\x00\x00\x07\x01"])
+def test_idx_magic_needs_two_zero_bytes_and_a_known_type(magic):
+    raw = magic + struct.pack(">I", 3) + bytes(3)
+    with pytest.raises(ValueError, match="not an IDX file"):
+        datasets.parse_idx(raw)
+    assert datasets.parse_idx(b"\x00\x00\x08\x01" + raw[4:]).tolist() == [0, 0, 0]
+
+
+def test_gzip_bomb_is_read_only_as_far_as_the_header_declares(tmp_path):
+    # 10 small images declared, 256 MiB of zeros following (about 250 KB compressed)
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    parts = [comp.compress(idx_bytes(np.zeros((10, 4, 4))))]
+    parts += [comp.compress(zeros) for _ in range(256)]
+    (tmp_path / "bomb.gz").write_bytes(b"".join(parts) + comp.flush())
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="trailing bytes"):
+            datasets.read_idx(tmp_path / "bomb.gz", 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+def test_idx_header_declaring_more_than_the_budget_is_refused_before_reading(tmp_path):
+    raw = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**16, 2**16)
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(raw))
+    with pytest.raises(ValueError, match="more than nbnet reads"):
+        datasets.read_idx(tmp_path / "huge.gz")
+
+
+def test_every_flipped_byte_of_a_gz_is_an_error_or_harmless(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (6, 5, 5))
+    good = gzip.compress(idx_bytes(arr), mtime=0)
+    for pos in range(len(good)):
+        bad = bytearray(good)
+        bad[pos] ^= 0x55
+        (tmp_path / "f.gz").write_bytes(bytes(bad))
+        try:
+            got = datasets.read_idx(tmp_path / "f.gz", 3)
+        except ValueError:
+            continue  # one line, naming the file; never zlib.error or EOFError
+        assert np.array_equal(got, arr), pos  # a flip in the header's mtime/flags/OS bytes
+
+
+# --------------------------------------------------------------------------------------------- CSV
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeff1,0.5,0.5\n0,0.25,0.75\n2,1,1\n".encode())
+    x, y, _, _ = datasets.load(str(tmp_path / "bom.csv"), val_split=0.34, seed=0)
+    assert sorted(np.r_[y, _].tolist()) == [0, 1, 2]
+    (tmp_path / "in.csv").write_bytes("\ufeff0.5,0.5\n0.25,0.75\n1,1\n".encode())
+    np.testing.assert_array_equal(datasets.load_inputs(tmp_path / "in.csv"), [[0.5, 0.5], [0.25, 0.75], [1, 1]])
+
+
+def test_csv_header_only_when_no_field_is_a_number(tmp_path):
+    (tmp_path / "h.csv").write_text("label,x1,x2\n1,2,3\n")
+    assert datasets.read_csv(tmp_path / "h.csv").tolist() == [[1, 2, 3]]
+    (tmp_path / "n.csv").write_text("1,2,3\n4,5,6\n")
+    assert datasets.read_csv(tmp_path / "n.csv").shape == (2, 3)
+    (tmp_path / "m.csv").write_text("label,2,x\n1,2,3\n")  # half a header: a mistake, said where
+    with pytest.raises(ValueError, match="row 1, column 1: 'label' is not a number"):
+        datasets.read_csv(tmp_path / "m.csv")
+
+
+# --------------------------------------------------------------------------------------------- labels, dtype
+
+
+@pytest.mark.parametrize("label", [1e9, 1e300, 2**63 + 5, 65536])
+def test_a_huge_label_is_an_error_not_a_huge_output_layer(tmp_path, label):
+    y = np.array([0, 1, label, 0], dtype=np.float64 if isinstance(label, float) else np.uint64)
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), y=y)
+    with np.errstate(all="raise"):  # no RuntimeWarning on the way (a cast of 1e300 would give one)
+        with pytest.raises(ValueError, match="too large"):
+            datasets.load(str(tmp_path / "d.npz"))
+
+
+def test_float64_features_never_pass_through_float32(tmp_path):
+    x = np.array([[0.1, 1 + 2**-40], [0.3, 0.7], [1e-50, 2.0], [4.0, 5.0]])
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 0, 1]))
+    assert np.array_equal(datasets.load_inputs(tmp_path / "d.npz", np.float64), x)
+    xs = np.concatenate(datasets.load(str(tmp_path / "d.npz"), val_split=0.25, dtype=np.float64)[::2])
+    assert sorted(map(tuple, xs.tolist())) == sorted(map(tuple, x.tolist()))
+    (tmp_path / "d.csv").write_text("0.1,1.0000000000009095\n")
+    assert datasets.load_inputs(tmp_path / "d.csv", np.float64)[0, 1] == 1 + 2**-40
+
+
+# --------------------------------------------------------------------------------------------- regular files only
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz", "-idx3-ubyte"])
+def test_a_fifo_or_a_device_is_an_error_not_a_hang(tmp_path, suffix):
+    fifo = tmp_path / ("pipe" + suffix)
+    os.mkfifo(fifo)
+    with no_hang():
+        with pytest.raises(ValueError, match="not a regular file .a FIFO"):
+            datasets.load_inputs(fifo)
+        if suffix != "-idx3-ubyte":
+            with pytest.raises(ValueError, match="not a regular file"):
+                datasets.load(str(fifo))
+        with pytest.raises(ValueError, match="not a regular file .a device"):
+            datasets.read_idx("/dev/zero")
+        with pytest.raises(ValueError, match="not a regular file .a folder"):
+            nb.load(tmp_path)
+
+
+def test_npz_whose_array_header_declares_more_than_it_holds(tmp_path):
+    import io  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(tmp_path / "e.npz", "w") as z:
+        z.writestr("x.npy", buf.getvalue() + bytes(32))  # a valid zip; 8 TB declared, 32 bytes held
+    with pytest.raises(ValueError, match="declares .* but holds"):
+        datasets.load_inputs(tmp_path / "e.npz")
+
+
+# --------------------------------------------------------------------------------------------- download
+
+
+@contextlib.contextmanager
+def server(handler):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+class Drip(http.server.BaseHTTPRequestHandler):
+    """Sends a byte every 0.2 s, forever (each read is quick; the file never ends)."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+class Flood(Drip):
+    """Sends more than any expected size, without a Content-Length."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(1000):
+                self.wfile.write(bytes(1 << 16))
+        except OSError:
+            pass
+
+
+def test_a_slow_download_ends_at_one_overall_deadline(tmp_path):
+    with server(Drip) as url:
+        t0 = time.monotonic()
+        with pytest.raises(ValueError, match="not complete within 2 s"):
+            datasets.fetch("mnist", tmp_path / "dl", mirrors=[url], timeout=1, deadline=2)
+        assert time.monotonic() - t0 < 10
+    assert not any(p.name.endswith(".part") for p in (tmp_path / "dl").iterdir())
+
+
+def test_a_download_is_cut_off_past_its_expected_size(tmp_path):
+    with server(Flood) as url:
+        sizes = {f + ".gz": 1000 for _, f in datasets.IDX_FILES}
+        with pytest.raises(ValueError, match="more than the expected 1000 bytes"):
+            datasets.fetch("mnist", tmp_path / "dl", mirrors=[url], sizes=sizes, deadline=30)
+
+
+def test_shipped_sizes_match_the_shared_data():
+    root = os.environ.get("NBNET_DATA_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+    for name, sizes in datasets.SIZES.items():
+        for fname, size in sizes.items():
+            path = os.path.join(root, name, fname)
+            if not os.path.isfile(path):
+                pytest.skip(f"no {name} data in {root}")
+            assert os.path.getsize(path) == size
+
+
+# --------------------------------------------------------------------------------------------- written files
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "a.npz")
+        assert stat.S_IMODE(os.stat(tmp_path / "a.npz").st_mode) == 0o644
+        os.umask(0o077)
+        nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "b.npz")
+        assert stat.S_IMODE(os.stat(tmp_path / "b.npz").st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_the_next_save_removes_temporary_files_of_a_killed_save(tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    stale = tmp_path / f"{files.TMP_PREFIX}{pid}-abc123.npz"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f"{files.TMP_PREFIX}{os.getppid()}-def456.npz"  # a save in progress elsewhere
+    live.write_bytes(b"being written")
+    nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "m.npz")
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name])
+
+
+def test_outputs_never_clobber_inputs(tmp_path):
+    (tmp_path / "data.csv").write_text("0,1\n")
+    os.symlink(tmp_path / "data.csv", tmp_path / "link.csv")
+    os.link(tmp_path / "data.csv", tmp_path / "hard.csv")
+    inputs = {"--dataset": tmp_path / "data.csv", "--resume": tmp_path / "r.npz"}
+    for out in ("data.csv", "link.csv", "hard.csv", "./sub/../data.csv"):
+        with pytest.raises(ValueError, match="is the --dataset of this run"):
+            files.check_outputs({"--save": tmp_path / out}, inputs)
+    with pytest.raises(ValueError, match="--metrics-out .* is the --resume"):
+        files.check_outputs({"--metrics-out": tmp_path / "r.npz"}, inputs, allowed={("--save", "--resume")})
+    files.check_outputs({"--save": tmp_path / "r.npz"}, inputs, allowed={("--save", "--resume")})
+    with pytest.raises(ValueError, match="--save and --plot are the same file"):
+        files.check_outputs({"--save": tmp_path / "o", "--plot": tmp_path / "o"}, inputs)
+    with pytest.raises(ValueError, match="--save: empty path"):
+        files.check_outputs({"--save": ""}, inputs)

@@ -141,6 +141,24 @@ def test_labels_as_a_list_and_one_class_refused():
         one.predict(x)
 
 
+def test_multilabel_indicator_targets():
+    x, y3 = blobs(n=400)
+    Y = np.stack([y3 == 0, y3 != 1, x[:, 0] > 0], axis=1).astype(int)  # 3 labels, some rows with 2
+    clf = MLPClassifier((32,), random_state=0, max_iter=100, learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, Y)
+    assert list(clf.classes_) == [0, 1, 2] and clf.n_outputs_ == 3 and clf.out_activation_ == "logistic"
+    pred, proba = clf.predict(x), clf.predict_proba(x)
+    assert pred.shape == proba.shape == (400, 3) and set(np.unique(pred)) <= {0, 1}
+    np.testing.assert_array_equal(pred, (proba > 0.5).astype(int))
+    assert clf.score(x, Y) > 0.8  # subset accuracy, as scikit-learn
+    with pytest.raises(ValueError, match="indicator"):
+        clf.partial_fit(x, y3)
+    with pytest.raises(ValueError, match="multi-label indicator"):
+        MLPClassifier().fit(x, np.stack([y3, y3], axis=1))  # 2-D but not 0/1: multiclass-multioutput
+
+
 def test_regressor_one_and_several_outputs():
     x, y = make_regression(200, 6, n_targets=3, noise=0.1, random_state=0)
     y = y / y.std()

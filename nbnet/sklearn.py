@@ -204,6 +204,10 @@ class _BaseMLP(BaseEstimator):
         cls = Adam if self.solver == "adam" else AdamW
         return cls(params, lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon, weight_decay=0.0)
 
+    def __sklearn_is_fitted__(self):
+        """Fitted once a model exists (a fit refused midway leaves n_features_in_ but no model)."""
+        return hasattr(self, "_model")
+
     def _linears(self):
         check_is_fitted(self)
         return [layer for layer in self._model.layers if layer.parameters()]
@@ -286,7 +290,7 @@ class _BaseMLP(BaseEstimator):
         except _Converged:
             pass
         if self.early_stopping:
-            for p, best in zip(self._model.parameters(), self._best_params):
+            for p, best in zip(self._model.parameters(), self._best_params or ()):  # None: no finite score
                 p.data[...] = best
             del self._best_params
         return self
@@ -356,10 +360,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _encode_targets(self, y, first, classes, dtype):
         check_classification_targets(y)
         if first:
-            self.classes_ = np.unique(y if classes is None else classes)
-            if len(self.classes_) < 2:
+            found = np.unique(y if classes is None else classes)
+            if len(found) < 2:  # refused before setting classes_, so the estimator stays unfitted
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                                 f"got 1 class: {self.classes_[0]!r}")
+                                 f"got 1 class: {found[0]!r}")
+            self.classes_ = found
             self.n_outputs_ = self._n_outputs(y)
             self.out_activation_ = "logistic" if len(self.classes_) == 2 else "softmax"
         idx = np.searchsorted(self.classes_, y)

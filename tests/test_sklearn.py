@@ -133,8 +133,12 @@ def test_labels_as_a_list_and_one_class_refused():
     x, y = blobs()
     clf = MLPClassifier((8,), random_state=0, max_iter=5).fit(x.tolist(), [f"c{v}" for v in y])
     assert list(clf.classes_) == ["c0", "c1", "c2"]
+    one = MLPClassifier()
     with pytest.raises(ValueError, match="at least 2 classes"):
-        MLPClassifier().fit(x, np.zeros(len(x)))
+        one.fit(x, np.zeros(len(x)))
+    assert not hasattr(one, "classes_")  # still unfitted
+    with pytest.raises(sklearn.exceptions.NotFittedError):
+        one.predict(x)
 
 
 def test_regressor_one_and_several_outputs():

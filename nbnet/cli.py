@@ -883,11 +883,13 @@ def main(args=None):
         raise
     except KeyboardInterrupt:  # a second Ctrl-C in the middle of a step
         dist.fail("interrupted", EXIT_INTERRUPTED)
-    except BaseException:  # a bug: its traceback, then end every process rather than leave them waiting
+    except BaseException as e:  # a bug, or MPI telling of a failed process: end them all, no hang
         import traceback  # noqa: PLC0415
 
-        traceback.print_exc()
-        dist.fail("unexpected error (traceback above)", 1)
+        if type(e).__module__.startswith("mpi4py"):  # another process failed; it says why
+            dist.fail(f"MPI: {_one_line(e)}", 1)
+        # After dist.fail's grace: when a process aborted the job first, this one says nothing.
+        dist.fail("unexpected error (traceback above)", 1, before=traceback.format_exc())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ _LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_W
 
 # A process that fails alone waits this long for process 0 to abort the job first (so an error
 # that every process meets is printed once, by process 0) before it prints and aborts itself.
-GRACE_SECONDS = 2.0
+GRACE_SECONDS = 1.0
 _MESSAGE_BYTES = 1024  # one error message per process in the start-of-training agreement
 
 
@@ -330,12 +330,13 @@ def fingerprint(options, data, params):
             f"data {shapes} labels {crc([data[1], data[3]])}, weights {crc([to_host(p.data) for p in params])}")
 
 
-def _print_error(message):
-    print(f"Error: {message}", file=sys.stderr, flush=True)
+def _print_error(message, before=""):
+    print(f"{before}Error: {message}", file=sys.stderr, flush=True)
 
 
-def fail(message, code, agreed=False):
-    """End this process for an error, printing `Error: message` once for the whole job.
+def fail(message, code, agreed=False, before=""):
+    """End this process for an error, printing `Error: message` once for the whole job (`before`,
+    e.g. a bug's traceback, printed just ahead of it).
 
     Not launched by MPI: print and exit. Before training started (world() created, agree_setup not
     yet passed): meet the other processes; process 0 prints the first error. `agreed`: every
@@ -345,16 +346,16 @@ def fail(message, code, agreed=False):
     comm = _world
     if comm is None or comm.size == 1:
         if launched_rank() == 0:
-            _print_error(message)
+            _print_error(message, before)
         sys.exit(code)
     if not comm.setup_done:
         comm._meet(code or 1, message)
     if agreed:
         if comm.rank == 0:
-            _print_error(message)
+            _print_error(message, before)
         sys.exit(code)
     if comm.rank != 0:
         time.sleep(GRACE_SECONDS)
         message = f"process {comm.rank}: {message}"
-    _print_error(message)
+    _print_error(message, before)
     comm.abort(code or 1)

@@ -24,6 +24,7 @@ def plot_curves(history, path, title=None):
     `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`, `test_loss`, `test_accuracy`
     (accuracies as fractions; any of these may be missing or None, and that curve is left out).
     A regression run (`--loss mse`) has `*_r2` instead of `*_accuracy`: the right panel shows R².
+    With validation data, a dotted line marks the epoch of the lowest validation loss.
     """
     history = list(history)
     if not history:
@@ -45,6 +46,14 @@ def plot_curves(history, path, title=None):
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker=marker, markersize=4, label=names[split], **style[split])
+
+    val = [(h.get("val_loss"), e) for e, h in zip(epochs, history) if h.get("val_loss") is not None]
+    if val:  # the epoch that --save-best keeps: the lowest validation loss (the first, on ties)
+        best = min(val, key=lambda p: p[0])[1]
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(best, color="tab:green", linestyle=":", linewidth=1)
+        ax_loss.annotate(f"best validation epoch {best}", (best, 0.98), xycoords=("data", "axes fraction"),
+                         ha="center", va="top", fontsize=8, color="tab:green")
 
     last = history[-1]
     ax_loss.set_title("loss")

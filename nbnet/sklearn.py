@@ -24,7 +24,8 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
 - No solver="lbfgs", learning_rate schedules other than constant, warm_start or sample weights.
 - Predictions and probabilities are in `dtype`: float32 unless dtype=np.float64.
 - Early stopping scores the validation rows with the loop's val_accuracy / val_r2; for several
-  outputs that R² is variance-weighted (scikit-learn's r2_score averages the outputs' R²).
+  outputs that R² is variance-weighted (scikit-learn's r2_score averages the outputs' R²), and for
+  multi-label targets the accuracy counts labels, not whole rows (scikit-learn: subset accuracy).
 """
 
 import numbers
@@ -35,8 +36,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 try:
     from sklearn.utils.validation import validate_data  # scikit-learn >= 1.6
@@ -204,6 +205,10 @@ class _BaseMLP(BaseEstimator):
         cls = Adam if self.solver == "adam" else AdamW
         return cls(params, lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon, weight_decay=0.0)
 
+    def __sklearn_is_fitted__(self):
+        """Fitted once a model exists (a fit refused midway leaves n_features_in_ but no model)."""
+        return hasattr(self, "_model")
+
     def _linears(self):
         check_is_fitted(self)
         return [layer for layer in self._model.layers if layer.parameters()]
@@ -226,8 +231,10 @@ class _BaseMLP(BaseEstimator):
     def _fit(self, X, y, incremental, classes=None):
         sizes, dtype = self._check_params()
         first = not incremental or not hasattr(self, "_model")
-        X, y = validate_data(self, X, y, reset=first, dtype=dtype, order="C",
-                             multi_output=not self._classifies, y_numeric=not self._classifies)
+        X, y = validate_data(self, X, y, reset=first, dtype=dtype, order="C", multi_output=True,
+                             y_numeric=not self._classifies)
+        if self._classifies and y.ndim == 2 and y.shape[1] == 1:  # a column of labels: as scikit-learn
+            y = column_or_1d(y, warn=True)
         y = self._encode_targets(y, first, classes, dtype)
         if first:
             self._seed_ = self._seed()
@@ -245,7 +252,7 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping and not incremental:
             X, X_val, y, y_val = train_test_split(
                 X, y, test_size=self.validation_fraction, random_state=self._seed_,
-                stratify=y.ravel() if self._classifies else None,
+                stratify=y.ravel() if self._classifies and not self._multilabel else None,
             )
             if len(X_val) < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
@@ -286,7 +293,7 @@ class _BaseMLP(BaseEstimator):
         except _Converged:
             pass
         if self.early_stopping:
-            for p, best in zip(self._model.parameters(), self._best_params):
+            for p, best in zip(self._model.parameters(), self._best_params or ()):  # None: no finite score
                 p.data[...] = best
             del self._best_params
         return self
@@ -342,26 +349,35 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     module docstring for the differences), on the loop `nbnet train` runs. Labels of any type
     (strings, ints, -1/1, ...). As in scikit-learn, two classes are one logistic output trained
     with binary cross-entropy (the loop's "bce", out_activation_ "logistic"), more are softmax
-    outputs with cross-entropy (out_activation_ "softmax")."""
+    outputs with cross-entropy (out_activation_ "softmax"), and a multi-label indicator matrix y
+    (n, L) of 0/1 is L logistic outputs with bce (classes_ 0..L-1, predict gives (n, L) 0/1)."""
 
     _classifies = True
 
     @property
     def _loss(self):
-        return "bce" if len(self.classes_) == 2 else "cross-entropy"
+        return "cross-entropy" if self.out_activation_ == "softmax" else "bce"
 
     def _n_outputs(self, y):
+        if y.ndim == 2:
+            return y.shape[1]
         return 1 if len(self.classes_) == 2 else len(self.classes_)
 
     def _encode_targets(self, y, first, classes, dtype):
         check_classification_targets(y)
+        if y.ndim == 2:
+            return self._encode_multilabel(y, first, dtype)
+        if not first and self._multilabel:
+            raise ValueError("fitted on multi-label targets (n, L): y must be an indicator matrix again")
         if first:
-            self.classes_ = np.unique(y if classes is None else classes)
-            if len(self.classes_) < 2:
+            found = np.unique(y if classes is None else classes)
+            if len(found) < 2:  # refused before setting classes_, so the estimator stays unfitted
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                                 f"got 1 class: {self.classes_[0]!r}")
+                                 f"got 1 class: {found[0]!r}")
+            self.classes_ = found
             self.n_outputs_ = self._n_outputs(y)
             self.out_activation_ = "logistic" if len(self.classes_) == 2 else "softmax"
+            self._multilabel = False
         idx = np.searchsorted(self.classes_, y)
         idx = np.minimum(idx, len(self.classes_) - 1)
         if not np.array_equal(self.classes_[idx], y):
@@ -371,6 +387,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return idx.astype(dtype).reshape(-1, 1)
         return idx.astype(np.int64)
 
+    def _encode_multilabel(self, y, first, dtype):
+        if type_of_target(y) != "multilabel-indicator":
+            raise ValueError(f"2-D y must be a multi-label indicator matrix of 0 and 1, got {type_of_target(y)}")
+        if first:
+            self.classes_ = np.arange(y.shape[1])
+            self.n_outputs_ = y.shape[1]
+            self.out_activation_ = "logistic"
+            self._multilabel = True
+        elif not self._multilabel or y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y.shape[1]} label columns; the model was fitted on "
+                             f"{self.n_outputs_ if self._multilabel else 'single labels'}")
+        return np.ascontiguousarray(y, dtype=dtype)
+
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y), continuing from the state so far. `classes` (all the labels there
         will be) is required on the first call. Returns self."""
@@ -378,22 +407,33 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             return self._fit(X, y, incremental=True, classes=classes)
-        if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+        if classes is not None and not self._multilabel and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"`classes={classes!r}` is not the same as on the first call to partial_fit, "
                              f"was: {self.classes_!r}")
         return self._fit(X, y, incremental=True)
 
     def predict_proba(self, X):
-        """Class probabilities (n, n_classes), columns in the order of classes_."""
+        """Class probabilities (n, n_classes), columns in the order of classes_ (multi-label: each
+        label's probability)."""
         X = self._validate_for_predict(X)
         probs = predict(self._model, X, loss=self._loss)[1]
-        if len(self.classes_) == 2:  # σ(z) is the probability of classes_[1]
+        if not self._multilabel and len(self.classes_) == 2:  # σ(z) is the probability of classes_[1]
             probs = np.hstack([1 - probs, probs])
         return probs
 
     def predict(self, X):
         probs = self.predict_proba(X)
+        if self._multilabel:  # scikit-learn's threshold: above ½
+            return (probs > 0.5).astype(np.int64)
         return self.classes_[probs.argmax(axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"multilabel": True}
 
     def predict_log_proba(self, X):
         return np.log(self.predict_proba(X))

@@ -373,3 +373,22 @@ def test_linear_without_bias_on_device_matches_cpu():
         np.testing.assert_allclose(to_host(pg.data), pc.data, rtol=1e-10)
     gm.to("cpu")
     assert gm.layers[0].bias is None and len(gm.parameters()) == 2
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_train_loop_with_float_targets_on_the_device_matches_the_cpu(loss):
+    """nb.train with loss mse / bce on a GPU model: host batches (float targets do not go into a
+    DeviceDataset), targets copied per step, R² / label counts from the device kernels."""
+    rng = np.random.default_rng(9)
+    x = rand(rng, (16, 3), np.float64, -2, 2)
+    y = (rng.random((16, 2)) < 0.5).astype(np.float64) if loss == "bce" else rand(rng, (16, 2), np.float64)
+    histories = []
+    for device in ("cpu", "cuda"):
+        model = nb.Sequential(nb.Linear(3, 5, seed=0, dtype=np.float64), nb.Tanh(),
+                              nb.Linear(5, 2, seed=1, dtype=np.float64)).to(device)
+        opt = nb.SGD(model.parameters(), lr=0.1)
+        histories.append(nb.train(model, opt, (x[:12], y[:12], x[12:], y[12:]), epochs=2, batch_size=4, loss=loss))
+    for hc, hg in zip(*histories):
+        for key in hc:
+            if key not in ("seconds", "samples_per_second"):
+                np.testing.assert_allclose(hg[key], hc[key], rtol=1e-10, err_msg=key)

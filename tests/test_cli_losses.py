@@ -8,6 +8,11 @@ import pytest
 
 from test_cli import assert_error, nbnet
 
+
+def epoch_line(output, epoch=1):
+    return next(line for line in output.splitlines() if line.startswith(f"epoch {epoch}/"))
+
+
 FAST = ["--hidden", "32", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.01"]
 
 
@@ -34,7 +39,7 @@ def test_regression_reports_mse_and_r2(tmp_path, outputs):
     out = nbnet("train", "--dataset", tmp_path / "r.npz", "--loss", "mse", *FAST, "--epochs", "15", "--val-split", "0.1",
                 "--save", tmp_path / "m.npz", "--metrics-out", tmp_path / "m.jsonl")
     assert out.exit_code == 0, out.output
-    assert f"3-32-{outputs}" in out.output and "R²" in out.output.splitlines()[1] and "acc" not in out.output
+    assert f"3-32-{outputs}" in out.output and "R²" in epoch_line(out.output) and "acc" not in epoch_line(out.output)
     last = json.loads(open(tmp_path / "m.jsonl").read().splitlines()[-1])
     assert {"train_r2", "val_r2", "test_r2", "test_loss"} <= set(last) and last["test_r2"] > 0.8
     result = json.loads(nbnet("evaluate", "--checkpoint", tmp_path / "m.npz", "--json").output)
@@ -55,7 +60,7 @@ def test_multi_label_bce(tmp_path):
     out = nbnet("train", "--dataset", tmp_path / "ml.npz", "--loss", "bce", *FAST, "--epochs", "10",
                 "--save", tmp_path / "m.npz", "--metrics-out", tmp_path / "m.jsonl")
     assert out.exit_code == 0, out.output
-    assert "4-32-3" in out.output and "label acc" in out.output.splitlines()[1]
+    assert "4-32-3" in out.output and "label acc" in epoch_line(out.output)
     last = json.loads(open(tmp_path / "m.jsonl").read().splitlines()[-1])
     assert last["test_accuracy"] > 0.9
     result = json.loads(nbnet("evaluate", "--checkpoint", tmp_path / "m.npz", "--json").output)

@@ -71,6 +71,8 @@ def drawn_curves(monkeypatch, history, tmp_path):
     def spy(fig, *args, **kwargs):
         for ax in fig.axes:
             seen[ax.get_title().split()[0]] = [line.get_label() for line in ax.lines]
+            seen.setdefault("best", []).extend(
+                line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":")
         return save(fig, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", spy)
@@ -82,12 +84,15 @@ def drawn_curves(monkeypatch, history, tmp_path):
 def test_plot_curves_show_validation_beside_train_and_test(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     history = [dict(h, val_loss=h["test_loss"] + 0.1, val_accuracy=h["test_accuracy"] - 0.01) for h in fake_history(4)]
-    assert drawn_curves(monkeypatch, history, tmp_path) == {
-        "loss": ["train", "validation", "test"], "accuracy": ["train", "validation", "test"]}
+    history[2]["val_loss"] = 0.01  # the best validation epoch: 3
+    seen = drawn_curves(monkeypatch, history, tmp_path)
+    assert [label for label in seen["loss"] if not label.startswith("_")] == ["train", "validation", "test"]
+    assert [label for label in seen["accuracy"] if not label.startswith("_")] == ["train", "validation", "test"]
+    assert seen["best"] == [3.0, 3.0]
 
 
 def test_plot_curves_of_a_regression_show_r2(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     history = [{"epoch": e, "train_loss": 1 / e, "train_r2": 1 - 1 / e, "test_loss": 1.1 / e, "test_r2": 0.9 - 1 / e}
                for e in (1, 2, 3)]
-    assert drawn_curves(monkeypatch, history, tmp_path) == {"loss": ["train", "test"], "R²": ["train", "test"]}
+    assert drawn_curves(monkeypatch, history, tmp_path) == {"loss": ["train", "test"], "R²": ["train", "test"], "best": []}

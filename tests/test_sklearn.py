@@ -133,8 +133,30 @@ def test_labels_as_a_list_and_one_class_refused():
     x, y = blobs()
     clf = MLPClassifier((8,), random_state=0, max_iter=5).fit(x.tolist(), [f"c{v}" for v in y])
     assert list(clf.classes_) == ["c0", "c1", "c2"]
+    one = MLPClassifier()
     with pytest.raises(ValueError, match="at least 2 classes"):
-        MLPClassifier().fit(x, np.zeros(len(x)))
+        one.fit(x, np.zeros(len(x)))
+    assert not hasattr(one, "classes_")  # still unfitted
+    with pytest.raises(sklearn.exceptions.NotFittedError):
+        one.predict(x)
+
+
+def test_multilabel_indicator_targets():
+    x, y3 = blobs(n=400)
+    Y = np.stack([y3 == 0, y3 != 1, x[:, 0] > 0], axis=1).astype(int)  # 3 labels, some rows with 2
+    clf = MLPClassifier((32,), random_state=0, max_iter=100, learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, Y)
+    assert list(clf.classes_) == [0, 1, 2] and clf.n_outputs_ == 3 and clf.out_activation_ == "logistic"
+    pred, proba = clf.predict(x), clf.predict_proba(x)
+    assert pred.shape == proba.shape == (400, 3) and set(np.unique(pred)) <= {0, 1}
+    np.testing.assert_array_equal(pred, (proba > 0.5).astype(int))
+    assert clf.score(x, Y) > 0.8  # subset accuracy, as scikit-learn
+    with pytest.raises(ValueError, match="indicator"):
+        clf.partial_fit(x, y3)
+    with pytest.raises(ValueError, match="multi-label indicator"):
+        MLPClassifier().fit(x, np.stack([y3, y3], axis=1))  # 2-D but not 0/1: multiclass-multioutput
 
 
 def test_regressor_one_and_several_outputs():

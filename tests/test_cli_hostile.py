@@ -486,3 +486,17 @@ def test_model_output_belongs_to_the_caller():
     assert np.array_equal(p1, kept) and not np.array_equal(p1, p2)
     p3 = model.forward(a)
     assert np.array_equal(p3, kept) and p3 is not p1
+
+
+def test_weights_that_overflow_on_the_last_step_stop_before_on_epoch():
+    """No test set to notice: the weights are checked themselves when the epoch ends."""
+    from nbnet.train import TrainingDiverged, build_model, make_optimizer, train  # noqa: PLC0415
+
+    x, y = nb.datasets.spiral(points_per_class=20)
+    x *= 1e4  # gradients far above 1: lr · g overflows float32, the loss before the step does not
+    model = build_model(2, [8], 3, seed=0)
+    opt = make_optimizer("sgd", model, lr=1e38)  # one step: finite loss before it, Inf weights after
+    saved = []
+    with pytest.raises(TrainingDiverged, match="weights became NaN or Inf in epoch 1"):
+        train(model, opt, (x, y), epochs=1, batch_size=60, on_epoch=lambda st, m: saved.append(m))
+    assert saved == []

@@ -105,11 +105,20 @@ class Group(click.Group):
             raise Interrupted("interrupted") from None
 
     def main(self, args=None, prog_name=None, **extra):
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM takes Ctrl-C's path; SIGINT's start-up handler (nbnet/_startup.py) is replaced.
+            for sig, handler in ((signal.SIGTERM, _on_sigterm), (signal.SIGINT, signal.default_int_handler)):
+                old[sig] = signal.signal(sig, handler)
+        try:
+            self._main(args, prog_name, **extra)
+        finally:  # called in process (tests, scripts): leave the caller's handlers as they were
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def _main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
         debug = bool(os.environ.get("NBNET_DEBUG"))
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _on_sigterm)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # replaces the start-up one (nbnet/__init__)
         try:
             rv = super().main(args, prog_name or "nbnet", standalone_mode=False, **extra)
         except _NO_ARGS_IS_HELP as e:  # plain `nbnet` (click >= 8.2)

@@ -401,7 +401,7 @@ def read_csv(path):
     number: anything else is an error naming its row and column (counted from 1, as a
     spreadsheet shows them)."""
     path = os.fspath(path)
-    raw = read_input_bytes(path)
+    raw = read_input_bytes(path, limit=memory_budget() // 4)  # parsing takes a few times the text
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

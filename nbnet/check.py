@@ -10,14 +10,16 @@ Exit status 1 when any check fails.
 
 Also here: `compile_kernels`, which the training loop runs before timing epoch 1 so that its
 samples/s do not include compilation, and which says "compiling kernels for this CPU" on stderr
-when Numba's cache does not hold them yet.
+when Numba's on-disk cache does not hold them yet (a real compilation, not a cache load).
 """
 
+import contextlib
 import os
 import sys
 import time
 
 import numba
+import numba.core.event
 import numpy as np
 
 from . import cpu, simd
@@ -30,17 +32,24 @@ SHAPES = [(1, 65, 129), (3, 5, 9), (37, 70, 41), (130, 257, 66), (257, 33, 70)]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def cold_cache():
-    """True when Numba's on-disk cache holds no compiled Linear kernels yet (a first run, or a
-    new nbnet version): the first training step will compile them, for several seconds."""
-    for name, obj in vars(cpu).items():
-        if isinstance(obj, cpu.Kernel):
-            for twin in (obj.serial, obj.parallel):
-                cache = getattr(twin, "_cache", None)
-                path = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-                if path is not None and not os.path.exists(path):
-                    return True
-    return False
+class _SayCompiling(numba.core.event.Listener):
+    """Prints COMPILING on stderr when Numba starts a real compilation ("numba:compile" fires only
+    on a cache miss: a kernel loaded from the on-disk cache says nothing), once per process."""
+
+    said = False
+
+    def on_start(self, event):
+        if not _SayCompiling.said:
+            _SayCompiling.said = True
+            print(COMPILING, file=sys.stderr, flush=True)
+
+    def on_end(self, event):
+        pass
+
+
+def saying_compiling():
+    """A context in which the first kernel that really compiles prints COMPILING (once per process)."""
+    return numba.core.event.install_listener("numba:compile", _SayCompiling())
 
 
 def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128,), eval_rows=(), say=True):
@@ -49,16 +58,19 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
     `opt`'s step) at each of `train_rows` batch sizes and forwards at `eval_rows`, so exactly the
     kernels those shapes choose (serial or parallel twin, dot or broadcast forward) get compiled,
     or loaded from Numba's cache. The model and optimizer are not touched. Says COMPILING on
-    stderr when the cache is cold. What it cannot copy is left to compile on first use."""
+    stderr when a kernel is not in Numba's cache. What it cannot copy is left to compile on first use."""
+    params = model.parameters()
+    if not params or not isinstance(params[0].data, np.ndarray):
+        return
+    with saying_compiling() if say else contextlib.nullcontext():
+        _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
+
+
+def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows):
     from .layers import Linear  # noqa: PLC0415
     from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
     from .model import Sequential  # noqa: PLC0415
 
-    params = model.parameters()
-    if not params or not isinstance(params[0].data, np.ndarray):
-        return
-    if say and cold_cache():
-        print(COMPILING, file=sys.stderr, flush=True)
     try:
         layers = [Linear(layer.in_features, layer.out_features, dtype=layer.dtype, seed=0)
                   if isinstance(layer, Linear) else type(layer)() for layer in model.layers]
@@ -207,8 +219,13 @@ def main(out=print):
     out(f"threads: {numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}), threading layer "
         f"{threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
     t0 = time.perf_counter()
-    if cold_cache():
-        print(COMPILING, file=sys.stderr, flush=True)
+    with saying_compiling():
+        failures = _run_checks(out)
+    out(f"{'all checks passed' if not failures else f'{failures} check(s) failed'} in {time.perf_counter() - t0:.1f} s")
+    return 1 if failures else 0
+
+
+def _run_checks(out):
     failures = 0
     for name, run in (("Linear kernels vs formula, float32", lambda: check_linear(np.float32)),
                       ("Linear kernels vs formula, float64", lambda: check_linear(np.float64)),
@@ -223,5 +240,4 @@ def main(out=print):
         out(f"{'ok  ' if not bad else 'FAIL'} {name} ({time.perf_counter() - t:.1f} s)")
         for line in bad:
             out(f"     {line}")
-    out(f"{'all checks passed' if not failures else f'{failures} check(s) failed'} in {time.perf_counter() - t0:.1f} s")
-    return 1 if failures else 0
+    return failures

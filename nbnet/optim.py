@@ -54,6 +54,7 @@ class Optimizer:
         self.step_count = 0
         self.state = [{name: None for name in self.state_names} for _ in self.params]
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
+        self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
 
     def _flat(self):
         """(data, grad) flat views over all parameters when they are packed, else None. Checked
@@ -113,8 +114,18 @@ class Optimizer:
         kernel call updates them all; else one group per parameter."""
         flat = self._flat()
         if flat is not None:
+            # The flat state found last step, while the arrays are still the same ones (a step
+            # must not search the buffers again: one_flat costs more than a small model's step).
+            cached = self._groups_for
+            views = [st[name] for st in self.state for name in self.state_names]
+            if (cached is not None and cached[0] is self._flat_for
+                    and len(views) == len(cached[1]) and all(a is b for a, b in zip(views, cached[1]))):
+                return cached[2]
             data, grad = flat
-            return [(data, grad, {name: self._flat_state(name, data) for name in self.state_names})]
+            groups = [(data, grad, {name: self._flat_state(name, data) for name in self.state_names})]
+            views = [st[name] for st in self.state for name in self.state_names]
+            self._groups_for = (self._flat_for, views, groups)
+            return groups
         return [(_flat(p.data), _flat(p.grad), self._state(i, p)) for i, p in enumerate(self.params)]
 
     def state_dict(self):

@@ -1,5 +1,9 @@
 """`nbnet check` and the warm-up compile the training loop runs before timing epoch 1."""
 
+import subprocess
+import sys
+
+import numba
 import numpy as np
 from click.testing import CliRunner
 
@@ -30,9 +34,43 @@ def test_compile_kernels_leaves_model_and_optimizer_alone(monkeypatch, capsys):
     model = nb.Sequential([nb.Linear(30, 20, seed=0), nb.ReLU(), nb.Linear(20, 3, seed=1)])
     opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
     before = [p.data.copy() for p in model.parameters()] + [p.grad.copy() for p in model.parameters()]
-    monkeypatch.setattr(check, "cold_cache", lambda: True)
     check.compile_kernels(model, opt, train_rows=(1, 70), eval_rows=(300,))
-    assert check.COMPILING in capsys.readouterr().err
     after = [p.data for p in model.parameters()] + [p.grad for p in model.parameters()]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     assert opt.step_count == 0 and all(v is None for st in opt.state for v in st.values())
+
+
+def test_compiling_is_said_on_a_real_compilation_only_and_once(monkeypatch, capsys):
+    monkeypatch.setattr(check._SayCompiling, "said", False)
+    twice = numba.njit(lambda a: 2 * a)  # not cached: calling it compiles
+    with check.saying_compiling():
+        pass
+    assert capsys.readouterr().err == ""
+    with check.saying_compiling():
+        twice(1)
+        twice(1.5)  # a second compilation
+    with check.saying_compiling():
+        twice(np.int8(1))
+    assert capsys.readouterr().err == check.COMPILING + "\n"
+
+
+TINY_FIT = """
+import numpy as np, nbnet as nb
+rng = np.random.default_rng(0)
+x, y = rng.random((100, 7), dtype=np.float32), rng.integers(0, 3, 100)
+for opt in ("sgd", "adam"):
+    m = nb.Sequential([nb.Linear(7, 5, seed=0), nb.ReLU(), nb.Linear(5, 3, seed=1)])
+    o = nb.SGD(m.parameters(), lr=0.1, momentum=0.9) if opt == "sgd" else nb.Adam(m.parameters())
+    nb.train(m, o, (x, y), epochs=1, batch_size=16)
+"""
+
+
+def test_a_warm_cache_says_nothing_about_compiling():
+    """The second fit in a fresh process finds every kernel in Numba's on-disk cache: it must not
+    announce a compilation (the first one may, on a cold cache)."""
+    run = lambda: subprocess.run([sys.executable, "-c", TINY_FIT], capture_output=True, text=True, timeout=600)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert check.COMPILING not in second.stderr

@@ -112,9 +112,9 @@ class Kernel:
     thread pool costs more than it saves (measured: see PARALLEL_WORK).
     The choice depends on shapes only, so results never depend on the thread count."""
 
-    def __init__(self, func, work, threshold):
-        self.serial = njit(cache=True)(_renamed(func, "_serial"))
-        self.parallel = njit(cache=True, parallel=True)(func)
+    def __init__(self, func, work, threshold, **options):
+        self.serial = njit(cache=True, **options)(_renamed(func, "_serial"))
+        self.parallel = njit(cache=True, parallel=True, **options)(func)
         self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 
     def __call__(self, *args):
@@ -689,7 +689,9 @@ def _adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_s
         param[p] -= step_size * mp / (np.sqrt(vp) / bc2_sqrt + eps)
 
 
-adam_step = Kernel(_adam_step, lambda param, *rest: param.shape[0], STEP_PARALLEL_WORK)
+# error_model="numpy": IEEE division (as torch) instead of a ZeroDivisionError check per element,
+# which kept LLVM from vectorizing the loop: 7x faster, the same bits (the divisor is ≥ ε > 0).
+adam_step = Kernel(_adam_step, lambda param, *rest: param.shape[0], STEP_PARALLEL_WORK, error_model="numpy")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,18 +94,17 @@ class Layer:
     def _check_input(self, x, width=None, dtype=None, like=None):
         """x checked (an array, float32/64, (N, width), not empty) and C-contiguous; with `like`,
         also on like's device (a host batch is copied to the GPU when the parameters live there)."""
-        name = self.describe()
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise ValueError(f"{name}: expected an array, got {type(x).__name__}")
+            raise ValueError(f"{self.describe()}: expected an array, got {type(x).__name__}")
         if x.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+            raise ValueError(f"{self.describe()}: expected dtype float32 or float64, got {x.dtype}")
         if dtype is not None and x.dtype != dtype:
-            raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+            raise ValueError(f"{self.describe()}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
         if x.ndim != 2 or (width is not None and x.shape[1] != width):
             expected = f"(N, {width})" if width is not None else "(N, D)"
-            raise ValueError(f"{name}: expected input of shape {expected}, got {tuple(x.shape)}")
+            raise ValueError(f"{self.describe()}: expected input of shape {expected}, got {tuple(x.shape)}")
         if x.shape[0] == 0:
-            raise ValueError(f"{name}: got an empty batch of shape {tuple(x.shape)}")
+            raise ValueError(f"{self.describe()}: got an empty batch of shape {tuple(x.shape)}")
         if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         if like is not None and isinstance(x, np.ndarray) != isinstance(like, np.ndarray):
@@ -115,15 +114,14 @@ class Layer:
         return x
 
     def _check_grad(self, dout, out):
-        name = self.describe()
         if out is None:
-            raise ValueError(f"{name}: backward called before forward")
+            raise ValueError(f"{self.describe()}: backward called before forward")
         if tuple(dout.shape) != tuple(out.shape):
             raise ValueError(
-                f"{name}: expected gradient of shape {tuple(out.shape)}, got {tuple(dout.shape)}"
+                f"{self.describe()}: expected gradient of shape {tuple(out.shape)}, got {tuple(dout.shape)}"
             )
         if dout.dtype != out.dtype:
-            raise ValueError(f"{name}: expected gradient dtype {out.dtype}, got {dout.dtype}")
+            raise ValueError(f"{self.describe()}: expected gradient dtype {out.dtype}, got {dout.dtype}")
         if isinstance(dout, np.ndarray) and not dout.flags.c_contiguous:
             dout = np.ascontiguousarray(dout)
         return dout

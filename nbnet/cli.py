@@ -858,7 +858,7 @@ def info_cmd():
                f"click {version('click')}, python {platform.python_version()}")
     click.echo(f"CPU threads: {numba.get_num_threads()} in use, NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
     x = np.zeros((4, 4), np.float32)
-    cpu.relu_forward(np.empty_like(x), x)  # a parallel kernel: the threading layer is chosen on first use
+    cpu.relu_forward.parallel(np.empty_like(x), x)  # the parallel twin: the threading layer is chosen on first use
     try:
         layer = numba.threading_layer()
     except ValueError as e:

@@ -334,12 +334,24 @@ linear_backward_params = Kernel(
 )
 
 
+# Below this many parameters an optimizer step runs serially (see Kernel). Measured on 2 cores,
+# sgd_step with momentum, serial vs parallel twin (median of 30 x 20 calls): parallel 2.7x slower at
+# 2,000, 1.4x at 10,000, even at 30,000, 0.85x at 60,000. A small model's step then skips waking
+# the threads, as sklearn's MLP (100 hidden units: 11,000 parameters) does. The element-wise
+# activation and loss-gradient kernels use the same threshold on their element count.
+STEP_PARALLEL_WORK = 32_768
+
+
 # ----------------------------------------------------------------------------------------------
-# Activations. All are (k, n) -> (k, n), parallel over rows.
+# Activations. All are (k, n) -> (k, n), parallel over rows: serial below STEP_PARALLEL_WORK
+# elements (an element-wise pass is as cheap as an optimizer's per parameter).
 
 
-@pjit
-def relu_forward(out, inp):
+def _elements(out, *rest):
+    return out.size
+
+
+def _relu_forward(out, inp):
     """y_ij = max(0, x_ij)"""
     zero = inp.dtype.type(0)
     for i in prange(inp.shape[0]):
@@ -348,8 +360,10 @@ def relu_forward(out, inp):
             out[i, j] = zero if x < zero else x  # NaN passes through (to the loss), as in torch
 
 
-@pjit
-def relu_backward(dinp, dout, inp):
+relu_forward = Kernel(_relu_forward, _elements, STEP_PARALLEL_WORK)
+
+
+def _relu_backward(dinp, dout, inp):
     """dx_ij = g_ij if x_ij >= 0 else 0
 
     ReLU'(0) = 1 is the design notes' convention; PyTorch takes ReLU'(0) = 0. The two differ only
@@ -361,8 +375,10 @@ def relu_backward(dinp, dout, inp):
             dinp[i, j] = dout[i, j] if inp[i, j] >= zero else zero
 
 
-@pjit
-def sigmoid_forward(out, inp):
+relu_backward = Kernel(_relu_backward, _elements, STEP_PARALLEL_WORK)
+
+
+def _sigmoid_forward(out, inp):
     """y_ij = 1 / (1 + e^(-x_ij))   (e^(-x) = inf for very negative x gives exactly 0, no NaN)"""
     one = inp.dtype.type(1)
     for i in prange(inp.shape[0]):
@@ -370,14 +386,19 @@ def sigmoid_forward(out, inp):
             out[i, j] = one / (one + np.exp(-inp[i, j]))
 
 
-@pjit
-def sigmoid_backward(dinp, dout, out):
+sigmoid_forward = Kernel(_sigmoid_forward, _elements, STEP_PARALLEL_WORK)
+
+
+def _sigmoid_backward(dinp, dout, out):
     """dx_ij = g_ij y_ij (1 - y_ij), from the forward's output y"""
     one = out.dtype.type(1)
     for i in prange(out.shape[0]):
         for j in range(out.shape[1]):
             y = out[i, j]
             dinp[i, j] = dout[i, j] * y * (one - y)
+
+
+sigmoid_backward = Kernel(_sigmoid_backward, _elements, STEP_PARALLEL_WORK)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -411,14 +432,16 @@ def tanh_forward(out, inp):
                 y[j] = v if abs(v) < small else p / q  # tanh x = x (1 - x²/3 ...): exact below 4e-4
 
 
-@pjit
-def tanh_backward(dinp, dout, out):
+def _tanh_backward(dinp, dout, out):
     """dx_ij = g_ij (1 - y_ij²), from the forward's output y"""
     one = out.dtype.type(1)
     for i in prange(out.shape[0]):
         for j in range(out.shape[1]):
             y = out[i, j]
             dinp[i, j] = dout[i, j] * (one - y * y)
+
+
+tanh_backward = Kernel(_tanh_backward, _elements, STEP_PARALLEL_WORK)
 
 
 @njit(inline="always")
@@ -484,8 +507,7 @@ def crossentropy_forward(losses, probs, targets):
     return total / probs.dtype.type(k)
 
 
-@pjit
-def crossentropy_backward(dprobs, probs, targets):
+def _crossentropy_backward(dprobs, probs, targets):
     """dp_ij = -1 / (k p_ij) if j = t_i else 0   (same clamp as the forward)"""
     k, c = probs.shape
     tiny = np.finfo(probs.dtype).tiny
@@ -494,6 +516,9 @@ def crossentropy_backward(dprobs, probs, targets):
         for j in range(c):
             dprobs[i, j] = 0
         dprobs[i, targets[i]] = -probs.dtype.type(1) / (kk * max(probs[i, targets[i]], tiny))
+
+
+crossentropy_backward = Kernel(_crossentropy_backward, _elements, STEP_PARALLEL_WORK)
 
 
 @pjit
@@ -513,8 +538,7 @@ def softmax_crossentropy_forward(probs, losses, logits, targets):
     return total / logits.dtype.type(k)
 
 
-@pjit
-def softmax_crossentropy_backward(dlogits, probs, targets):
+def _softmax_crossentropy_backward(dlogits, probs, targets):
     """dz_ij = (p_ij - [j = t_i]) / k"""
     k, c = probs.shape
     inv_k = probs.dtype.type(1) / probs.dtype.type(k)
@@ -522,6 +546,9 @@ def softmax_crossentropy_backward(dlogits, probs, targets):
         for j in range(c):
             dlogits[i, j] = probs[i, j] * inv_k
         dlogits[i, targets[i]] -= inv_k
+
+
+softmax_crossentropy_backward = Kernel(_softmax_crossentropy_backward, _elements, STEP_PARALLEL_WORK)
 
 
 @jit
@@ -560,14 +587,16 @@ def mse_forward(pred, target):
     return total / pred.dtype.type(k * d)
 
 
-@pjit
-def mse_backward(dpred, pred, target):
+def _mse_backward(dpred, pred, target):
     """dp_ij = 2 (p_ij - t_ij) / (k d)"""
     k, d = pred.shape
     scale = pred.dtype.type(2) / pred.dtype.type(k * d)
     for i in prange(k):
         for j in range(d):
             dpred[i, j] = scale * (pred[i, j] - target[i, j])
+
+
+mse_backward = Kernel(_mse_backward, _elements, STEP_PARALLEL_WORK)
 
 
 @jit
@@ -589,8 +618,7 @@ def bce_with_logits_forward(logits, targets):
     return total / logits.dtype.type(k * c)
 
 
-@pjit
-def bce_with_logits_backward(dlogits, logits, targets):
+def _bce_with_logits_backward(dlogits, logits, targets):
     """dz_ij = (σ(z_ij) − t_ij) / (k c),  σ(z) = 1/(1 + e^(−z)) for z ≥ 0, e^z/(1 + e^z) below"""
     k, c = logits.shape
     one = logits.dtype.type(1)
@@ -601,6 +629,9 @@ def bce_with_logits_backward(dlogits, logits, targets):
             e = np.exp(-abs(z))  # ≤ 1: no overflow on either side
             s = one / (one + e) if z >= 0 else e / (one + e)
             dlogits[i, j] = (s - targets[i, j]) * inv_n
+
+
+bce_with_logits_backward = Kernel(_bce_with_logits_backward, _elements, STEP_PARALLEL_WORK)
 
 
 @jit
@@ -634,13 +665,6 @@ def count_correct(logits, targets):
 # ----------------------------------------------------------------------------------------------
 # Optimizers: the update rules of torch.optim, element by element over a flat parameter vector.
 # Scalars arrive already cast to the parameter dtype (torch casts Python scalars the same way).
-
-
-# Below this many parameters an optimizer step runs serially (see Kernel). Measured on 2 cores,
-# sgd_step with momentum, serial vs parallel twin (median of 30 x 20 calls): parallel 2.7x slower at
-# 2,000, 1.4x at 10,000, even at 30,000, 0.85x at 60,000. A small model's step then skips waking
-# the threads, as sklearn's MLP (100 hidden units: 11,000 parameters) does.
-STEP_PARALLEL_WORK = 32_768
 
 
 def _sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):

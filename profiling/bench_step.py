@@ -20,6 +20,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_vs_torch import torch_mlp  # noqa: E402
 
 
 def nbnet_step(x, y):
@@ -40,11 +43,7 @@ def nbnet_step(x, y):
 def torch_step(x, y):
     import torch  # noqa: PLC0415
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    model, opt, loss_fn = torch_mlp("cpu")
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
     def step():

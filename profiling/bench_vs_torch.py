@@ -37,14 +37,21 @@ def nbnet_epoch(x, y, batch_size):
     return run
 
 
-def torch_epoch(x, y, batch_size):
+def torch_mlp(device):
+    """PyTorch's twin of the benchmarked MLP (784-256-128-10 ReLU, SGD momentum 0.9, lr 0.01, seed 0):
+    (model, optimizer, loss) on `device`, shared by every torch contender here and in bench_step.py."""
     import torch  # noqa: PLC0415
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10)).to(device)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), torch.nn.CrossEntropyLoss()
+
+
+def torch_epoch(x, y, batch_size):
+    import torch  # noqa: PLC0415
+
+    model, opt, loss_fn = torch_mlp("cpu")
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
     def run():
@@ -109,11 +116,7 @@ def torch_cuda_epoch(x, y, batch_size):
     """PyTorch CUDA, data on the GPU before timing; loss.item() each step, as nbnet's float loss."""
     import torch  # noqa: PLC0415
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                torch.nn.ReLU(), torch.nn.Linear(128, 10)).cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    model, opt, loss_fn = torch_mlp("cuda")
     tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
 
     def run():

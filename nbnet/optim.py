@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .layers import empty_like_shape, kernels
+from .layers import Parameter, empty_like_shape, kernels
 
 
 def _flat(arr):
@@ -55,16 +55,34 @@ class Optimizer:
         self.state = [{name: None for name in self.state_names} for _ in self.params]
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
         self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
+        self._owners = self._attrs = None  # (layer, attribute) of each array, for _arrays_now
+
+    def _arrays_now(self):
+        """The arrays the layers hold now, data then grad, and a key of their ids. With Parameter
+        handles the lookups are C-level (map/getattr): this runs twice per step, and a Python
+        loop over the handles' properties cost ~5 µs each time."""
+        if self._owners is None:
+            if all(isinstance(p, Parameter) for p in self.params):
+                self._owners = [p.layer for p in self.params] * 2
+                self._attrs = [p.name for p in self.params] + ["grad_" + p.name for p in self.params]
+            else:
+                self._owners = False
+        if self._owners:
+            arrays = list(map(getattr, self._owners, self._attrs))
+        else:
+            arrays = [p.data for p in self.params] + [p.grad for p in self.params]
+        return arrays, tuple(map(id, arrays))
 
     def _flat(self):
         """(data, grad) flat views over all parameters when they are packed, else None. Checked
-        against the arrays the layers hold now, so a moved or reassigned parameter falls back."""
-        arrays = [p.data for p in self.params] + [p.grad for p in self.params]
+        against the arrays the layers hold now, so a moved or reassigned parameter falls back.
+        (The cache keeps the arrays it was built from alive, so their ids cannot be reused.)"""
+        arrays, key = self._arrays_now()
         cached = self._flat_for
-        if cached is None or len(cached[0]) != len(arrays) or any(a is not b for a, b in zip(arrays, cached[0])):
+        if cached is None or cached[3] != key:
             n = len(self.params)
             data, grad = one_flat(arrays[:n]), one_flat(arrays[n:])
-            cached = self._flat_for = (arrays, data, grad)
+            cached = self._flat_for = (arrays, data, grad, key)
         return None if cached[1] is None or cached[2] is None else (cached[1], cached[2])
 
     def _flat_state(self, name, data):
@@ -117,14 +135,14 @@ class Optimizer:
             # The flat state found last step, while the arrays are still the same ones (a step
             # must not search the buffers again: one_flat costs more than a small model's step).
             cached = self._groups_for
-            views = [st[name] for st in self.state for name in self.state_names]
-            if (cached is not None and cached[0] is self._flat_for
-                    and len(views) == len(cached[1]) and all(a is b for a, b in zip(views, cached[1]))):
-                return cached[2]
+            if cached is not None and cached[0] is self._flat_for:
+                views = [st[name] for st in self.state for name in self.state_names]
+                if tuple(map(id, views)) == cached[3]:
+                    return cached[2]
             data, grad = flat
             groups = [(data, grad, {name: self._flat_state(name, data) for name in self.state_names})]
             views = [st[name] for st in self.state for name in self.state_names]
-            self._groups_for = (self._flat_for, views, groups)
+            self._groups_for = (self._flat_for, views, groups, tuple(map(id, views)))
             return groups
         return [(_flat(p.data), _flat(p.grad), self._state(i, p)) for i, p in enumerate(self.params)]
 

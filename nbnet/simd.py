@@ -15,6 +15,8 @@
    Accumulators are LLVM vector SSA values (phi nodes), never a stack array, so nothing relies on
    LLVM's SROA or loop vectoriser; a block that fits the register file does not spill
    (tests/test_fast_kernels.py checks the host's assembly).
+   Two helpers feed them: `pack_rows` copies a strided panel of B to contiguous rows, and
+   `stack_array` gives each thread a scratch array on its own stack to hold it (no allocation).
 3. `claim`: an atomic counter that threads take work units from, so a thread slowed by another
    process does fewer units (the static split of prange would make everyone wait for it). Which
    thread computes a unit never changes what it computes: results are bitwise the same for any
@@ -104,6 +106,16 @@ else:
 # without them): KC steps of s per pass, so a KC × (NV vectors) panel of B stays in L1 while MC
 # rows of A (MC × KC, in L2) stream past it; the dot kernel takes DOT_NB rows of W at a time.
 KC, MC, DOT_NB = 256, 120, 64
+# The broadcast form reads B's rows at stride ldb (784 floats for X or W of a 784-wide layer):
+# each step touches new cache lines, and strides of 1 KB map a panel onto a few L1 sets that it
+# thrashes. bcast_unit copies a tile's KC × NV vectors of B once to a contiguous panel that then
+# serves all of the unit's row blocks from L1, as BLIS and OpenBLAS do. Measured on Zen 3 (float32,
+# one thread, % of BLAS before -> after): dW 784->256 batch 128 61 -> 73, 256->128 batch 512
+# 56 -> 80; dX 784->256 batch 512 73 -> 85; forward from Wᵀ 784->256 batch 512 62 -> 78.
+# The copy pays for itself from about 4 row blocks (128->10's dW, 2 blocks: 200% -> 157% of BLAS
+# with it; 20 rows: even); below PACK_MIN_ROWS rows B is read in place.
+PACK_MIN_ROWS = 4 * BCAST_MR
+PANEL = KC * BCAST_NV * (VECTOR_BYTES // 4)  # panel elements: enough for float32, the most lanes
 DOT_NR1 = 2 * DOT_NR  # columns of the one-row dot block (a constant: block sizes must be literals)
 
 
@@ -328,6 +340,55 @@ def vector_lanes(typingctx, arr):
     return types.intp(arr), codegen
 
 
+@intrinsic
+def pack_rows(typingctx, dst, src, s_off, lds, rows, NV):
+    """dst[s·NV·W + j] = src[s_off + s·lds + j]  for s < rows, j < NV·W: NV vectors from each of
+    `rows` rows of src, strided, to consecutive rows of dst (a panel), by vector loads and stores."""
+    nv = _lit(NV)
+    if nv is None or not (_float_array(dst) and _float_array(src)) or dst.dtype != src.dtype:
+        return None
+    sig = types.void(dst, src, s_off, lds, rows, NV)
+
+    def codegen(context, builder, sig, args):
+        x = _IR(context, builder, dst.dtype)
+        s_off_, lds_, rows_ = [context.cast(builder, v, t, types.intp) for v, t in zip(args[2:5], sig.args[2:5])]
+        ddata, sdata = x.data(sig.args[0], args[0]), x.data(sig.args[1], args[1])
+        s, _, head, done = x.loop(rows_, [])
+        srow = x.at(sdata, builder.add(s_off_, builder.mul(s, lds_)))
+        drow = x.at(ddata, builder.mul(s, x.int(nv * x.w)))
+        for v in range(nv):
+            x.store(x.load(x.at(srow, x.int(v * x.w))), x.at(drow, x.int(v * x.w)))
+        x.end_loop(s, [], [], head, done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def stack_array(typingctx, like, SIZE):
+    """A 1-D array of SIZE elements of like's dtype on the calling function's stack frame (an alloca
+    in its entry block, 64-byte aligned, so each panel row of one cache line starts one): scratch that
+    costs no allocation and is private to the thread running the function. It must not outlive the
+    function; SIZE is a compile-time constant, small against a thread's stack (megabytes)."""
+    size = _lit(SIZE)
+    if size is None or not isinstance(like, types.Array):
+        return None
+    arrty = types.Array(like.dtype, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        elty = context.get_value_type(like.dtype)
+        with builder.goto_entry_block():
+            data = builder.alloca(elty, size=ir.Constant(context.get_value_type(types.intp), size))
+            data.align = 64
+        arr = context.make_array(arrty)(context, builder)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(elty))
+        context.populate_array(arr, data=data, shape=[context.get_constant(types.intp, size)],
+                               strides=[itemsize], itemsize=itemsize, meminfo=None)  # no owner to count
+        return arr._getvalue()
+
+    return arrty(like, SIZE), codegen
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. Work units for the threads
 
@@ -365,8 +426,10 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
     """Unit u of  C[r, j] (+)= Σ_{s < steps} A[r, s] B[s, j],  A[r, s] = a.flat[r·a_rs + s·a_ss]
     (so A may be a transposed view: dW = GᵀX reads G with a_rs = 1, a_ss = m).
 
-    Sums s in order, one FMA per step, in KC-long chunks each added to C. Columns past the last
-    full tile use one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
+    Sums s in order, one FMA per step, in KC-long chunks each added to C. A full tile's KC × NV
+    vectors of B are first copied to a contiguous panel on this thread's stack (see PACK_MIN_ROWS).
+    Columns past the last full tile use one-vector blocks, then plain scalar loops. Returns the
+    block (r0, r1, c0, c1)."""
     rows, cols = c.shape
     w = vector_lanes(c)
     nc = BCAST_NV * w
@@ -377,9 +440,16 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
     c1 = min(c0 + nc, cols)
     ldb = b.shape[1]
     af, bf = a.reshape(a.size), b.reshape(b.size)
+    panel = stack_array(c, PANEL)
     for k0 in range(0, steps, KC):
         ks = min(KC, steps - k0)
         add = accumulate or k0 > 0
+        if c1 - c0 == nc and r1 - r0 >= PACK_MIN_ROWS:
+            pack_rows(panel, b, k0 * ldb + c0, ldb, ks, BCAST_NV)
+            for r in range(r0, r1, BCAST_MR):
+                bcast_block(c, r * cols + c0, cols, a, r * a_rs + k0 * a_ss, a_rs, a_ss, panel, 0, nc, ks,
+                            min(BCAST_MR, r1 - r), add, BCAST_MR, BCAST_NV)
+            continue
         for r in range(r0, r1, BCAST_MR):
             nr = min(BCAST_MR, r1 - r)
             ao = r * a_rs + k0 * a_ss
@@ -447,12 +517,14 @@ def hot_loops(asm, min_fmas=4):
     """[(vector FMAs, stack accesses)] for each loop in `asm` (x86 AT&T or AArch64 assembly, as
     Numba's inspect_asm gives) whose body holds at least min_fmas vector FMAs on the widest
     registers of this ISA. A loop is the text from a label to the branch that jumps back to it.
-    Stack accesses there are spills (or reloads of spilled pointers): a block that does not fit."""
+    Accesses to a fixed stack slot there are spills (or reloads of spilled pointers): a block that
+    does not fit. A stack array walked with an index register (the packed panel of stack_array,
+    `(%rsp,%rax,4)`) is data, not a spill, and is not counted."""
     if ISA == "neon":
-        fma, stack = r"\bfmla\s+v\d+\.(4s|2d)", r"\[sp\b"
+        fma, stack = r"\bfmla\s+v\d+\.(4s|2d)", r"\[sp(, #-?\d+)?\]"
     else:
         reg = {"avx512": "zmm", "avx2": "ymm", "avx": "ymm"}.get(ISA, "xmm")
-        fma, stack = rf"\bvfmadd\w*\s+[^\n]*%{reg}", r"\(%rsp[,)]"  # rbp is a plain register here
+        fma, stack = rf"\bvfmadd\w*\s+[^\n]*%{reg}", r"\(%rsp\)"  # rbp is a plain register here
     loops = []
     for m in re.finditer(r"^([.\w$]+):", asm, re.M):
         label = re.escape(m.group(1))

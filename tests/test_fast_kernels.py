@@ -260,6 +260,17 @@ def test_micro_kernels_stay_in_the_hosts_widest_registers(kernel, dtype):
     assert all(spills == 0 for _, spills in loops), (simd.describe(), loops)
 
 
+def test_hot_loops_counts_spill_slots_but_not_a_stack_array_walked_by_index(monkeypatch):
+    """The spill check itself can fail: a fixed stack slot in a hot loop counts, the packed panel
+    on the stack (stack_array) read through an index register does not."""
+    monkeypatch.setattr(simd, "ISA", "avx2")
+    body = "\tvfmadd231ps %ymm1, %ymm2, %ymm3\n" * 4
+    spill = ".LBB0_1:\n" + body + "\tvmovups 64(%rsp), %ymm4\n\tdecq %rax\n\tjne .LBB0_1\n"
+    panel = ".LBB0_2:\n" + body + "\tvmovaps 960(%rsp,%rax,4), %ymm4\n\tdecq %rcx\n\tjne .LBB0_2\n"
+    assert simd.hot_loops(spill) == [(4, 1)]
+    assert simd.hot_loops(panel) == [(4, 0)]
+
+
 AVX512_SCRIPT = """
 import numpy as np
 from numba import njit, types

@@ -225,12 +225,14 @@ def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     _forward(out, act, inp, weight, bias, weight_t, True)
 
 
-# dW += GᵀX with a batch (the sum over i) up to this long, and dX = GW with m up to this, run row by
-# row (the formula's own loop order, vectorised over l): with a sum this short, updating each
-# output block in the micro-kernel costs more than its FMAs. Measured on one core, dW 784->256:
-# batch 1 28 µs vs 256 µs in blocks, 12: 255 vs 555, 16: 349 vs 309; dX 128->10 (m = 10): batch 128
-# 17 vs 22 µs, 512: 46 vs 83; dX 256->32: blocks win (273 vs 297 µs at batch 512).
-SHORT_SUM = 12
+# dW += GᵀX with a batch (the sum over i) up to SHORT_SUM rows, and dX = GW of a single row, run
+# row by row (the formula's own loop order, vectorised over l): there a register block would
+# compute rows that are not kept, or update its block of C for too few FMAs. Measured on one core
+# (Zen 3, AVX2, rows vs blocks, interleaved): dW 784->256 float32 k = 1: 24 vs 47 µs, 4: 45 vs 51,
+# 6: 83 vs 66, 8: 104 vs 71 (float64 k = 4: a tie); dX at k = 1: 20 vs 33 µs (784->256), 0.5 vs
+# 1.0 (128->10); at k = 2 the blocks win or tie at every shape but m = 10 (≤ 0.4 µs), and from
+# k = 32 they win 1.4-2.6x even at m = 10.
+SHORT_SUM = 4
 
 
 def _linear_backward_input(dinp, dout, weight, preact, relu):
@@ -238,11 +240,11 @@ def _linear_backward_input(dinp, dout, weight, preact, relu):
 
     dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu).
     Broadcast-form units (simd.bcast_unit: A = G, B = W), taken by the threads one at a time;
-    up to SHORT_SUM columns of G, the plain row loop, parallel over i.
+    for a single row, the plain row loop.
     """
     k, m = dout.shape
     zero = dinp.dtype.type(0)
-    if m <= SHORT_SUM:  # a short sum over j: row by row, as in _linear_backward_params
+    if k == 1:  # one row: a block of BCAST_MR rows would compute rows that are not kept
         for i in prange(k):
             dx = dinp[i]  # row views: LLVM vectorises the l loops as contiguous runs
             for l in range(dx.shape[0]):

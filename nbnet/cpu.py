@@ -637,6 +637,16 @@ bce_with_logits_backward = Kernel(_bce_with_logits_backward, _elements, STEP_PAR
 
 
 @jit
+def label_bounds(targets):
+    """(min_i t_i, max_i t_i) of a non-empty integer array, in one pass (the losses' label check)."""
+    lo = hi = targets[0]
+    for i in range(1, targets.shape[0]):
+        lo = min(lo, targets[i])
+        hi = max(hi, targets[i])
+    return lo, hi
+
+
+@jit
 def count_correct_labels(logits, targets):
     """Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)]: the labels (every output one yes/no label) predicted right,
     σ(z) ≥ ½ read as yes. Plain @njit, as count_correct."""

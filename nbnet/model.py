@@ -180,7 +180,8 @@ class Sequential:
         )
 
     def _first_with_parameters(self):
-        return next((i for i, layer in enumerate(self.layers) if layer.parameters()), 0)
+        # A Linear always has parameters: asking it would build its Parameter handles every step.
+        return next((i for i, layer in enumerate(self.layers) if type(layer) is Linear or layer.parameters()), 0)
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]

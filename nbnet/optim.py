@@ -56,6 +56,7 @@ class Optimizer:
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
         self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
         self._owners = self._attrs = None  # (layer, attribute) of each array, for _arrays_now
+        self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
 
     def _arrays_now(self):
         """The arrays the layers hold now, data then grad, and a key of their ids. With Parameter
@@ -146,6 +147,14 @@ class Optimizer:
             return groups
         return [(_flat(p.data), _flat(p.grad), self._state(i, p)) for i, p in enumerate(self.params)]
 
+    def _scalars(self, dtype, *values):
+        """values cast to dtype (as torch casts Python scalars), kept while they stay the same:
+        making NumPy scalars costs ~0.3 µs each, a step."""
+        key = (dtype, values)
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, tuple(dtype.type(v) for v in values))
+        return self._cast[1]
+
     def state_dict(self):
         """{"type", hyper-parameters, "step_count", "state": {"<name>.<i>": host array}}."""
         state = {}
@@ -200,11 +209,9 @@ class SGD(Optimizer):
     def step(self):
         self.step_count += 1
         for data, grad, st in self._groups():
-            dt = data.dtype.type
             buf = st.get("momentum_buffer", data)  # without momentum the kernel never reads it
-            kernels(data).sgd_step(
-                data, grad, buf, dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov
-            )
+            lr, momentum, weight_decay = self._scalars(data.dtype, self.lr, self.momentum, self.weight_decay)
+            kernels(data).sgd_step(data, grad, buf, lr, momentum, weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):

@@ -23,7 +23,8 @@
    thread count.
 
 Editing this module: Numba's on-disk cache keys nbnet.cpu's kernels on cpu.py alone, so after a
-change here clear nbnet/__pycache__ (or touch cpu.py) or the cached kernels keep the old code.
+change here delete nbnet/__pycache__/*.nbi and *.nbc, or the cached kernels keep the old code
+(touching cpu.py was seen not to be enough).
 
 Summation order, fixed by the shapes only: bcast_block sums s = 0, 1, ... in order with one FMA per
 step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halves, then quarters...).

@@ -194,19 +194,23 @@ def transpose(out, inp):
 
 
 # From this batch size on, and for inputs narrower than FORWARD_T_MAX_IN, the forward copies W to
-# Wᵀ and runs the broadcast form (W must have one full column tile of rows, simd.BCAST_NV vectors).
-# Measured on one core (AVX2, float32, copy included): 256->128 broadcast 96 vs dot 107 µs at batch
-# 64, 555 vs 864 at 512; 784->256 dot wins at every batch to 512 (3454 vs 3988 µs): a long sum
-# keeps the dot form's lane sums cheap, and the copy of a wide W costs more.
-FORWARD_T_ROWS = 64
+# Wᵀ and runs the broadcast form (W must have at least two column tiles of rows, 2·simd.BCAST_NV
+# vectors: bcast_unit's columns past its last full tile run as scalar loops, which cost 128->10 in
+# float64, one tile + 2 columns, 36% of BLAS against 114% in the dot form).
+# Measured on one core (Zen 3, AVX2, copy included, % of 1-thread BLAS, dot vs broadcast), since the
+# dot form lost its per-call overhead and the broadcast form packs its panels: float32 256->128
+# batch 128 88 vs 69, 512 84 vs 84, 1024 75 vs 87, 2048 83 vs 89; 784->256 batch 512 89 vs 83,
+# 1024 87 vs 86; float64 256->128 batch 512 100 vs 90, 1024 88 vs 96. The copy is 8% of the
+# broadcast form's time at batch 512, 50% at 32.
+FORWARD_T_ROWS = 1024
 FORWARD_T_MAX_IN = 512
 
 
 def _forward(out, act, inp, weight, bias, weight_t, relu):
     """The forward for these shapes: broadcast units over Wᵀ when the batch is large enough to pay
-    for the copy, the sum short and W has a full tile of rows, dot units otherwise (shapes only)."""
+    for the copy, the sum short and W has two full tiles of rows, dot units otherwise (shapes only)."""
     if (weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and inp.shape[1] < FORWARD_T_MAX_IN
-            and weight.shape[0] >= simd.BCAST_NV * simd.lanes(weight.dtype)):
+            and weight.shape[0] >= 2 * simd.BCAST_NV * simd.lanes(weight.dtype)):
         transpose(weight_t, weight)
         linear_forward_t(out, act, inp, weight_t, bias, relu)
     else:

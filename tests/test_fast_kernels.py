@@ -62,11 +62,11 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70), (300, 270, 65)])
+@pytest.mark.parametrize("k,n,m", [(1024, 5, 64), (1025, 33, 70), (1100, 270, 65)])
 def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
-    """From cpu.FORWARD_T_ROWS rows (and m of at least one column tile) the forward copies W to Wᵀ
+    """From cpu.FORWARD_T_ROWS rows (and m of at least two column tiles) the forward copies W to Wᵀ
     and runs the broadcast form: the same formula, checked against the reference, with ReLU."""
-    assert k >= cpu.FORWARD_T_ROWS and m >= simd.BCAST_NV * simd.lanes(np.dtype(dtype))
+    assert k >= cpu.FORWARD_T_ROWS and m >= 2 * simd.BCAST_NV * simd.lanes(np.dtype(dtype))
     rng = np.random.default_rng(k + n + m)
     x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype)
     ref, out, act = np.empty((k, m), dtype), np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype)

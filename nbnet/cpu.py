@@ -193,24 +193,24 @@ def transpose(out, inp):
                     o[i] = inp[i, j]
 
 
-# From this batch size on, and for inputs narrower than FORWARD_T_MAX_IN, the forward copies W to
-# Wᵀ and runs the broadcast form (W must have at least two column tiles of rows, 2·simd.BCAST_NV
-# vectors: bcast_unit's columns past its last full tile run as scalar loops, which cost 128->10 in
-# float64, one tile + 2 columns, 36% of BLAS against 114% in the dot form).
-# Measured on one core (Zen 3, AVX2, copy included, % of 1-thread BLAS, dot vs broadcast), since the
-# dot form lost its per-call overhead and the broadcast form packs its panels: float32 256->128
-# batch 128 88 vs 69, 512 84 vs 84, 1024 75 vs 87, 2048 83 vs 89; 784->256 batch 512 89 vs 83,
-# 1024 87 vs 86; float64 256->128 batch 512 100 vs 90, 1024 88 vs 96. The copy is 8% of the
-# broadcast form's time at batch 512, 50% at 32.
-FORWARD_T_ROWS = 1024
-FORWARD_T_MAX_IN = 512
+# The forward copies W to Wᵀ and runs the broadcast form only for a short sum (inputs narrower than
+# FORWARD_T_MAX_IN), a batch of at least FORWARD_T_ROWS rows to pay for the copy, and whole vectors
+# of outputs (m a multiple of the vector width, at least one full tile: no scalar columns). Else the
+# dot form. Measured on one core (Zen 3, AVX2, interleaved, copy included), dot / broadcast time:
+# 20->100 float32 batch 64 1.64, 512 2.08 (float64 ~1.0): a 20-long sum is mostly the dot form's
+# scalar tail; but from 32 inputs on the dot form wins or ties at batch 64-128 (256->128 0.61-0.82,
+# 128->64 0.73-0.89, 784->100 0.31), and the broadcast form wins by at most 1.1-1.3x at batch 512;
+# with scalar columns (128->10) the broadcast form is 4-6x slower.
+FORWARD_T_ROWS = 64
+FORWARD_T_MAX_IN = 32
 
 
 def _forward(out, act, inp, weight, bias, weight_t, relu):
-    """The forward for these shapes: broadcast units over Wᵀ when the batch is large enough to pay
-    for the copy, the sum short and W has two full tiles of rows, dot units otherwise (shapes only)."""
+    """The forward for these shapes: broadcast units over Wᵀ for a short sum at a batch that pays
+    for the copy and whole vectors of outputs, dot units otherwise (shapes only)."""
+    m, w = weight.shape[0], simd.lanes(weight.dtype)
     if (weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and inp.shape[1] < FORWARD_T_MAX_IN
-            and weight.shape[0] >= 2 * simd.BCAST_NV * simd.lanes(weight.dtype)):
+            and m >= simd.BCAST_NV * w and m % w == 0):
         transpose(weight_t, weight)
         linear_forward_t(out, act, inp, weight_t, bias, relu)
     else:

@@ -18,6 +18,7 @@ process 0 prints the first one once; all exit with its code. During training, a 
 raises prints its `Error:` line and aborts the whole job (MPI_Abort): never a hang.
 """
 
+import math
 import os
 import sys
 import time
@@ -64,11 +65,17 @@ def local_size_rank():
 
 def setup_timeout():
     """Seconds a process waits for the slowest one, at the start of training and in each step,
-    before it decides that one is stuck and aborts the job (NBNET_MPI_TIMEOUT, default 600)."""
+    before it decides that one is stuck and aborts the job (NBNET_MPI_TIMEOUT, default 600).
+    A value that is not a number of seconds > 0 is a ValueError (one Error: line), not a silent
+    default: a typo must not turn a 10 s limit into 10 minutes."""
+    text = os.environ.get("NBNET_MPI_TIMEOUT", "600")
     try:
-        return float(os.environ.get("NBNET_MPI_TIMEOUT", 600))
+        value = float(text)
     except ValueError:
-        return 600.0
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise ValueError(f"NBNET_MPI_TIMEOUT must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def share(n, rank, size):
@@ -123,6 +130,7 @@ class MPIComm:
         self._staging = None  # host buffer for gradients that are not one packed host array
         self._fault = _fault_plan(self.rank)
         self._calls = 0
+        self._timeout = setup_timeout()  # checked once, when the job starts
 
     def step_sums(self, loss_sum, correct, rows, stop):
         """A training step's (Σ loss·rows, Σ correct, Σ rows, any process asked to stop)."""
@@ -147,10 +155,17 @@ class MPIComm:
     def _wait(self, request):
         if request.Test():
             return
-        timeout = setup_timeout()
-        deadline = time.monotonic() + timeout
+        timeout = self._timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while not request.Test():
-            if time.monotonic() > deadline:
+            # Poll at full speed for the first millisecond (a step's peers are usually that
+            # close), then sleep between polls: a process waiting for a slower one must not take
+            # a core from it, nor from whatever else runs on the machine.
+            now = time.monotonic()
+            if now - start > 0.001:
+                time.sleep(0.0002)
+            if now > deadline:
                 if self.rank != 0:
                     time.sleep(GRACE_SECONDS)  # process 0, if it is waiting too, speaks for all
                 who = "" if self.rank == 0 else f"process {self.rank}: "

@@ -247,7 +247,7 @@ class Linear(Layer):
         return act
 
     def _weight_t(self, x):
-        """Scratch for Wᵀ, which the CPU forward uses at large batches (nbnet.cpu.FORWARD_T_ROWS)."""
+        """Scratch for Wᵀ, which the CPU forward uses for short sums at large batches (nbnet.cpu._forward)."""
         if kernels(x) is not cpu or x.shape[0] < cpu.FORWARD_T_ROWS or self.in_features >= cpu.FORWARD_T_MAX_IN:
             return None
         return self._buffer("weight_t", x, (self.in_features, self.out_features), x.dtype)

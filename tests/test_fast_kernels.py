@@ -62,25 +62,32 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k,n,m", [(1024, 5, 64), (1025, 33, 70), (1100, 270, 65)])
+@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70), (300, 270, 65), (64, 31, 16)])
 def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
-    """From cpu.FORWARD_T_ROWS rows (and m of at least two column tiles) the forward copies W to Wᵀ
-    and runs the broadcast form: the same formula, checked against the reference, with ReLU."""
-    assert k >= cpu.FORWARD_T_ROWS and m >= 2 * simd.BCAST_NV * simd.lanes(np.dtype(dtype))
+    """The broadcast-form forward over Wᵀ: the same formula, checked against the reference with ReLU,
+    on odd shapes too (columns past the last full tile). The layer's forward takes it for a short sum
+    (n < cpu.FORWARD_T_MAX_IN) from cpu.FORWARD_T_ROWS rows with whole vectors of outputs."""
     rng = np.random.default_rng(k + n + m)
     x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype)
-    ref, out, act = np.empty((k, m), dtype), np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype)
+    ref = np.empty((k, m), dtype)
     cpu.linear_forward_ref(ref, x, w, b)
     wt = np.full((n, m), np.nan, dtype)
-    cpu.linear_relu_forward(out, act, x, w, b, wt)
+    cpu.transpose(wt, w)
     np.testing.assert_array_equal(wt, w.T)
-    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL[dtype] * n)
-    np.testing.assert_array_equal(act, np.maximum(out, 0))
-    a, c = np.empty((k, m), dtype), np.empty((k, m), dtype)
-    cpu.linear_forward_t.serial(a, a, x, wt, b, False)
+    a, c, act = np.empty((k, m), dtype), np.empty((k, m), dtype), np.full((k, m), np.nan, dtype)
+    cpu.linear_forward_t.serial(a, act, x, wt, b, True)
     cpu.linear_forward_t.parallel(c, c, x, wt, b, False)
+    np.testing.assert_allclose(a, ref, rtol=0, atol=TOL[dtype] * n)
+    np.testing.assert_array_equal(act, np.maximum(a, 0))
     np.testing.assert_array_equal(a, c)
-    np.testing.assert_array_equal(a, out)
+    lanes = simd.lanes(np.dtype(dtype))
+    takes_it = n < cpu.FORWARD_T_MAX_IN and m % lanes == 0 and m >= simd.BCAST_NV * lanes
+    out, act, wt = np.empty((k, m), dtype), np.empty((k, m), dtype), np.full((n, m), np.nan, dtype)
+    cpu.linear_relu_forward(out, act, x, w, b, wt)
+    assert not np.isnan(wt).any() if takes_it else np.isnan(wt).all()
+    if takes_it:
+        np.testing.assert_array_equal(out, a)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL[dtype] * n)
 
 
 def test_serial_and_parallel_twins_have_their_own_cache_entries():

@@ -197,6 +197,26 @@ def test_a_process_that_hangs_is_given_up_on_after_the_timeout(problem, tmp_path
 
 
 @needs_mpi
+@pytest.mark.parametrize("value", ["ten", "0", "-5", "nan", "inf", ""])
+def test_a_bad_mpi_timeout_is_one_error_line(problem, value):
+    result = run(2, "train", "--dataset", problem, *TRAIN, env={"NBNET_MPI_TIMEOUT": value})
+    assert result.returncode != 0
+    assert len(error_lines(result)) == 1 and "NBNET_MPI_TIMEOUT" in error_lines(result)[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_mpi_timeout_is_read_strictly(monkeypatch):
+    monkeypatch.setenv("NBNET_MPI_TIMEOUT", "2.5")
+    assert dist.setup_timeout() == 2.5
+    monkeypatch.delenv("NBNET_MPI_TIMEOUT")
+    assert dist.setup_timeout() == 600
+    for bad in ("ten", "0", "-1", "nan", "1e999"):
+        monkeypatch.setenv("NBNET_MPI_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="NBNET_MPI_TIMEOUT"):
+            dist.setup_timeout()
+
+
+@needs_mpi
 def test_nan_on_one_process_stops_every_process_at_that_step(problem, tmp_path):
     result = run(2, "train", "--dataset", problem, *TRAIN, env={"NBNET_MPI_FAULT": "1:10:nan"})
     assert result.returncode == 1

@@ -129,13 +129,31 @@ class Kernel:
 PARALLEL_WORK = 200_000
 
 
+@njit(inline="always")
+def bias_relu_block(out, act, bias, i0, i1, j0, j1, relu):
+    """The forward's epilogue on one block: y_ij += b_j, and with relu a_ij = max(0, y_ij).
+
+    Row slices indexed from 0, and a select for the ReLU: LLVM vectorises both loops (with
+    range(j0, j1) over 2-D indices it kept scalar code, and a branch on the sign is mispredicted
+    for half the elements)."""
+    zero = out.dtype.type(0)
+    b = bias[j0:j1]
+    for i in range(i0, i1):
+        y = out[i, j0:j1]
+        for j in range(y.shape[0]):
+            y[j] += b[j]
+        if relu:
+            a = act[i, j0:j1]
+            for j in range(y.shape[0]):
+                a[j] = zero if y[j] < zero else y[j]  # NaN passes through, as in torch
+
+
 def _linear_forward(out, act, inp, weight, bias, relu):
     """y_ij = Σ_l x_il w_jl + b_j, and with relu also a_ij = max(0, y_ij) (the next layer's input)
 
     out (k, m) = Y, act (k, m) (written only with relu), inp (k, n), weight (m, n), bias (m,).
     Dot-form units (simd.dot_unit), taken by the threads one at a time.
     """
-    zero = out.dtype.type(0)
     units = simd.dot_units(out)
     counter = np.empty(1, np.int64)
     counter[0] = 0
@@ -143,12 +161,7 @@ def _linear_forward(out, act, inp, weight, bias, relu):
         u = simd.claim(counter)
         while u < units:
             i0, i1, j0, j1 = simd.dot_unit(out, inp, weight, u)
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    y = out[i, j] + bias[j]
-                    out[i, j] = y
-                    if relu:
-                        act[i, j] = zero if y < zero else y  # NaN passes through, as in torch
+            bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
             u = simd.claim(counter)
 
 
@@ -161,7 +174,6 @@ def _linear_forward_t(out, act, inp, weight_t, bias, relu):
     Broadcast-form units (simd.bcast_unit: A = X, B = Wᵀ); as linear_forward_act otherwise.
     """
     n = inp.shape[1]
-    zero = out.dtype.type(0)
     units = simd.bcast_units(out)
     counter = np.empty(1, np.int64)
     counter[0] = 0
@@ -169,12 +181,7 @@ def _linear_forward_t(out, act, inp, weight_t, bias, relu):
         u = simd.claim(counter)
         while u < units:
             i0, i1, j0, j1 = simd.bcast_unit(out, inp, n, 1, weight_t, n, u, False)
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    y = out[i, j] + bias[j]
-                    out[i, j] = y
-                    if relu:
-                        act[i, j] = zero if y < zero else y
+            bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
             u = simd.claim(counter)
 
 
@@ -261,8 +268,7 @@ def _linear_backward_input(dinp, dout, weight, preact, relu):
             if relu:
                 p = preact[i]
                 for l in range(dx.shape[0]):
-                    if p[l] < zero:
-                        dx[l] = zero
+                    dx[l] = zero if p[l] < zero else dx[l]
         return
     units = simd.bcast_units(dinp)
     counter = np.empty(1, np.int64)
@@ -272,10 +278,15 @@ def _linear_backward_input(dinp, dout, weight, preact, relu):
         while u < units:
             i0, i1, l0, l1 = simd.bcast_unit(dinp, dout, m, 1, weight, m, u, False)
             if relu:
+                # A select, not `if p < 0: dx = 0`: with about half the inputs negative that branch
+                # is mispredicted half the time (measured: 829 vs 378 µs without the ReLU for
+                # 256->128 at batch 512); a select vectorises.
                 for i in range(i0, i1):
-                    for l in range(l0, l1):
-                        if preact[i, l] < zero:
-                            dinp[i, l] = zero
+                    # Slices indexed from 0: LLVM then knows no index is negative (no wraparound)
+                    # and vectorises the loop as one contiguous run.
+                    d, p = dinp[i, l0:l1], preact[i, l0:l1]
+                    for l in range(d.shape[0]):
+                        d[l] = zero if p[l] < zero else d[l]
             u = simd.claim(counter)
 
 

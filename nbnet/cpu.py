@@ -313,7 +313,7 @@ def _linear_backward_params(dweight, dbias, dout, inp):
 
     dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. Broadcast-form units
     (simd.bcast_unit: A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the first
-    column tile also sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM
+    column group also sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM
     rows: the plain row loop, parallel over j.
     """
     m, n = dweight.shape

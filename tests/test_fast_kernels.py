@@ -100,6 +100,27 @@ def test_serial_and_parallel_twins_have_their_own_cache_entries():
         assert not kernel.serial.targetoptions.get("parallel") and kernel.parallel.targetoptions["parallel"]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dw_through_packed_transposed_gradient_matches_reference(dtype):
+    """dW = GᵀX with units wide enough that bcast_unit copies Gᵀ's blocks to MR-row panels
+    (simd.pack_cols): two KC chunks, a last row block too short to copy, ragged columns; against
+    the formula kernel, and bitwise the same serial and parallel."""
+    k, n, m = simd.KC + 44, 50 * simd.BCAST_NV * simd.lanes(np.dtype(dtype)) + 13, 2 * simd.MC + 17
+    rng = np.random.default_rng(3)
+    g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
+    dw = [np.ones((m, n), dtype) for _ in range(3)]
+    db = [np.ones(m, dtype) for _ in range(3)]
+    _, per = simd.bcast_grid(dw[0])
+    assert per >= simd.PACK_A_TILES and simd.MC >= simd.PACK_MIN_ROWS  # the copy is taken
+    cpu.linear_backward_params_ref(dw[0], db[0], g, x)
+    cpu.linear_backward_params.serial(dw[1], db[1], g, x)
+    cpu.linear_backward_params.parallel(dw[2], db[2], g, x)
+    np.testing.assert_allclose(dw[1], dw[0], rtol=0, atol=TOL[dtype] * k)
+    np.testing.assert_allclose(db[1], db[0], rtol=0, atol=TOL[dtype] * k)
+    np.testing.assert_array_equal(dw[1], dw[2])
+    np.testing.assert_array_equal(db[1], db[2])
+
+
 def test_parallel_and_serial_twins_agree():
     rng = np.random.default_rng(1)
     k, n, m = 20, 30, 12

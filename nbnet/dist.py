@@ -34,7 +34,8 @@ _LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_W
 
 # A process that fails alone waits this long for process 0 to abort the job first (so an error
 # that every process meets is printed once, by process 0) before it prints and aborts itself.
-GRACE_SECONDS = 1.0
+GRACE_SECONDS = 1.5
+ABORT_PAUSE_SECONDS = 0.5  # < GRACE_SECONDS, with a margin: process 0 still aborts first
 _MESSAGE_BYTES = 1024  # one error message per process in the start-of-training agreement
 
 
@@ -260,6 +261,10 @@ class MPIComm:
     def abort(self, code):
         sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher forwards a process's output asynchronously and stops forwarding when the
+        # job is aborted: without a pause the Error line just written was sometimes lost on a
+        # loaded machine (the job ended with exit 1 and an empty stderr).
+        time.sleep(ABORT_PAUSE_SECONDS)
         self.comm.Abort(code)
         os._exit(code)  # MPICH's Abort may return to the caller before the launcher ends this process
 

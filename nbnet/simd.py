@@ -96,8 +96,10 @@ ISA, VECTOR_BYTES, REGISTERS, HAS_FMA = isa()
 # accumulators + B vectors + 1 broadcast below the register file, with headroom (a block that
 # exactly fills it spills under LLVM).
 # - 16 registers (AVX2, AVX, SSE): broadcast 5 rows × 2 vectors (10 accumulators + 2 + 1); BLIS's
-#   6×2 spilled under LLVM (measured: 30 stack accesses in the hot loop), 5×2 did not. Dot 3×4
-#   (12 accumulators + 3 + 1).
+#   6×2 spilled under LLVM (measured: 30 stack accesses in the hot loop), 5×2 did not. Since the
+#   broadcast block is its own function (bcast_block), 6×2 compiles without spills too, but it was
+#   no faster on Zen 3 (784->256 dW batch 512 86 vs 85% of BLAS, dX equal) and lost where 6 does
+#   not divide the rows (128->10 dW 152 -> 139%): 5×2 kept. Dot 3×4 (12 accumulators + 3 + 1).
 # - 32 registers (AVX-512, NEON): broadcast 8 × 3 (24 + 3 + 1, OpenBLAS's skylakex sgemm keeps 24
 #   zmm accumulators, BLIS's ARMv8 8×12 floats is 8 × 3 NEON vectors); dot 4 × 5 (20 + 4 + 1).
 if REGISTERS >= 32:
@@ -131,7 +133,10 @@ PANEL = KC * BCAST_NV * (VECTOR_BYTES // 4)  # panel elements: enough for float3
 # 256->128 batch 512 76 -> 95; at 8 tiles a unit 784->256 float32 batch 512 gave 86. As landed
 # (cpu.linear_backward_params, one thread, interleaved against the kernels before): float32
 # 784->256 batch 512 78 -> 88, 128 86 -> 91, 32 98 -> 114; float64 784->256 batch 512 72 -> 90,
-# 128 76 -> 93; 256->128 (16 tiles: 4 a unit, no A copy) unchanged.
+# 128 76 -> 93; 256->128 (16 tiles: 4 a unit, no A copy) unchanged. Tried, no better: the A copy
+# from 4 tiles a unit (256->128 float32 batch 128 83 -> 72%), by whole vectors instead of element
+# by element (±3), row blocks evened out (128 rows as 65 + 63: ±3), prefetching A 8 steps ahead
+# in bcast_block (±4).
 PACK_A_TILES = 8
 MIN_UNITS = 8
 APANEL = MC * KC
@@ -211,7 +216,9 @@ class _IR:
         return self.b.fadd(self.b.fmul(a, b), c)
 
     def hsum(self, v):
-        """Σ of v's lanes in a fixed tree: (lanes 0..h-1) + (h..2h-1), halving to one lane."""
+        """Σ of v's lanes in a fixed tree: (lanes 0..h-1) + (h..2h-1), halving to one lane. (One
+        shuffle tree for a dot row's 4 accumulators together, 12 operations instead of 28, measured
+        no faster on Zen 3: 128->10 forward 107 -> 100% of BLAS.)"""
         i32, w = ir.IntType(32), self.w
         while w > 1:
             h = w // 2

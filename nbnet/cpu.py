@@ -14,7 +14,7 @@ Conventions (the same in nbnet/gpu.py):
 import types as pytypes
 
 import numpy as np
-from numba import njit, prange
+from numba import config, njit, prange
 
 from . import simd
 
@@ -118,8 +118,14 @@ class Kernel:
         self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 
     def __call__(self, *args):
-        run = self.parallel if self.work(*args) >= self.threshold else self.serial
+        run = self.parallel if not ONE_THREAD and self.work(*args) >= self.threshold else self.serial
         return run(*args)
+
+
+# Numba started one thread (NUMBA_NUM_THREADS=1): every Kernel runs its serial twin, as a parallel
+# region on one thread still costs 2-5 µs a call (784->256 at batch 1, one core: forward 18.5 vs
+# 14.0 µs, dW 22.2 vs 19.7). The same results: the twins are one function.
+ONE_THREAD = config.NUMBA_NUM_THREADS == 1
 
 
 # Below this many multiply-adds a Linear kernel runs serially (see Kernel). Measured on 2 cores

@@ -343,12 +343,11 @@ def _linear_backward_params(dweight, dbias, dout, inp):
         u = simd.claim(counter)
         while u < units:
             j0, j1, l0, l1 = simd.bcast_unit(dweight, dout, 1, m, inp, k, u, True)
-            if l0 == 0:
-                for j in range(j0, j1):
-                    db = dbias.dtype.type(0)
-                    for i in range(k):
-                        db += dout[i, j]
-                    dbias[j] += db
+            if l0 == 0:  # db_j += g_ij for i in order, along G's rows (down its columns: a cache
+                for i in range(k):  # line a step at stride m, measured 5% of dW 784->256)
+                    g = dout[i]
+                    for j in range(j0, j1):
+                        dbias[j] += g[j]
             u = simd.claim(counter)
 
 

@@ -546,7 +546,26 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
         add = accumulate or k0 > 0
         if pack_a:  # A[r0 + r, k0 + s] -> apanel[(r // MR)·ks·MR + s·MR + r % MR]
             pack_cols(apanel, a, r0 + k0 * a_ss, a_ss, ks, r1 - r0, BCAST_MR)
-        for c0 in range(g0, g1, nc):
+        full = (g1 - g0) // nc  # whole tiles in the group
+        if ks * full * nc <= PANEL and full > 1 and r1 - r0 >= PACK_MIN_ROWS:
+            # A short sum: the panels of all the group's whole tiles fit the panel buffer at once,
+            # so C is walked along its rows (row block by row block, all tiles) instead of down
+            # each tile's column: C's traffic dominates when each element gets few FMAs (dW at
+            # batch 8-15). Measured on Zen 3, one thread, dW 784->256 batch 8 as % of BLAS:
+            # float32 94 -> 139, float64 89 -> 136; batch 12 104 -> 129, 125 -> 137.
+            for t in range(full):
+                pack_rows(panel[t * ks * nc:], b, k0 * ldb + g0 + t * nc, ldb, ks, BCAST_NV)
+            for r in range(r0, r1, BCAST_MR):
+                for t in range(full):
+                    if pack_a:
+                        bcast_block(c, r * cols + g0 + t * nc, cols, apanel, (r - r0) * ks, 1, BCAST_MR, panel,
+                                    t * ks * nc, nc, ks, min(BCAST_MR, r1 - r), add, BCAST_MR, BCAST_NV)
+                    else:
+                        bcast_block(c, r * cols + g0 + t * nc, cols, a, r * a_rs + k0 * a_ss, a_rs, a_ss, panel,
+                                    t * ks * nc, nc, ks, min(BCAST_MR, r1 - r), add, BCAST_MR, BCAST_NV)
+        else:
+            full = 0
+        for c0 in range(g0 + full * nc, g1, nc):
             c1 = min(c0 + nc, cols)
             if c1 - c0 == nc and r1 - r0 >= PACK_MIN_ROWS:
                 pack_rows(panel, b, k0 * ldb + c0, ldb, ks, BCAST_NV)

@@ -121,6 +121,32 @@ def test_dw_through_packed_transposed_gradient_matches_reference(dtype):
     np.testing.assert_array_equal(db[1], db[2])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_sums_walking_c_by_rows_match_reference(dtype):
+    """Short sums (dW at batch 9, dX of a 9-wide layer) go through bcast_unit's row-by-row walk of
+    C over all of a group's panels at once: against the formula kernels, and bitwise the same
+    serial and parallel."""
+    rng = np.random.default_rng(4)
+    k, n, m = 9, 300, 64  # dW: 64 rows, 9 steps
+    g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
+    dw, db = [np.ones((m, n), dtype) for _ in range(3)], [np.ones(m, dtype) for _ in range(3)]
+    cpu.linear_backward_params_ref(dw[0], db[0], g, x)
+    cpu.linear_backward_params.serial(dw[1], db[1], g, x)
+    cpu.linear_backward_params.parallel(dw[2], db[2], g, x)
+    np.testing.assert_allclose(dw[1], dw[0], rtol=0, atol=TOL[dtype] * k)
+    np.testing.assert_allclose(db[1], db[0], rtol=0, atol=TOL[dtype] * k)
+    np.testing.assert_array_equal(dw[1], dw[2])
+    np.testing.assert_array_equal(db[1], db[2])
+    k, n, m = 40, 300, 9  # dX: 40 rows, 9 steps
+    g, w = rand(rng, (k, m), dtype), rand(rng, (m, n), dtype)
+    dx = [np.empty((k, n), dtype) for _ in range(3)]
+    cpu.linear_backward_input_ref(dx[0], g, w)
+    cpu.linear_backward_input_act.serial(dx[1], g, w, dx[1], False)
+    cpu.linear_backward_input_act.parallel(dx[2], g, w, dx[2], False)
+    np.testing.assert_allclose(dx[1], dx[0], rtol=0, atol=TOL[dtype] * m)
+    np.testing.assert_array_equal(dx[1], dx[2])
+
+
 def test_parallel_and_serial_twins_agree():
     rng = np.random.default_rng(1)
     k, n, m = 20, 30, 12

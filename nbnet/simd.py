@@ -524,9 +524,10 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
     Sums s in order, one FMA per step, in KC-long chunks each added to C: the grouping of rows and
     columns into units changes no sum. A full tile's KC × NV vectors of B are first copied to a
     contiguous panel on this thread's stack (see PACK_MIN_ROWS); a transposed A (a_rs = 1) is
-    copied once per KC chunk to MR-row panels for all the unit's tiles (see PACK_A_TILES).
-    Columns past the last full tile use one-vector blocks, then plain scalar loops. Returns the
-    block (r0, r1, c0, c1)."""
+    copied once per KC chunk to MR-row panels for all the unit's tiles (see PACK_A_TILES). When
+    the panels of all the unit's whole tiles fit the panel buffer together (a short sum), they are
+    all packed first and C is walked row block by row block. Columns past the last full tile use
+    one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
     rows, cols = c.shape
     w = vector_lanes(c)
     nc = BCAST_NV * w

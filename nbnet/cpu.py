@@ -245,11 +245,11 @@ def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
 # dW += GᵀX with a batch (the sum over i) up to SHORT_SUM rows, and dX = GW of a single row, run
 # row by row (the formula's own loop order, vectorised over l): there a register block would
 # compute rows that are not kept, or update its block of C for too few FMAs. Measured on one core
-# (Zen 3, AVX2, rows vs blocks, interleaved): dW 784->256 float32 k = 1: 24 vs 47 µs, 4: 45 vs 51,
-# 6: 83 vs 66, 8: 104 vs 71 (float64 k = 4: a tie); dX at k = 1: 20 vs 33 µs (784->256), 0.5 vs
-# 1.0 (128->10); at k = 2 the blocks win or tie at every shape but m = 10 (≤ 0.4 µs), and from
-# k = 32 they win 1.4-2.6x even at m = 10.
-SHORT_SUM = 4
+# (Zen 3, AVX2, rows vs blocks, interleaved): dW 784->256 float32 k = 1: 20 vs 36 µs, 2: 31 vs
+# 39, 3: 43 vs 42 (a tie, float64 1.2x for blocks), 4: 45 vs 40, 6: 83 vs 52; dX at k = 1: 20 vs
+# 33 µs (784->256), 0.5 vs 1.0 (128->10); at k = 2 the blocks win or tie at every shape but m = 10
+# (≤ 0.4 µs), and from k = 32 they win 1.4-2.6x even at m = 10.
+SHORT_SUM = 3
 
 
 def _linear_backward_input(dinp, dout, weight, preact, relu):

@@ -16,6 +16,8 @@ import numba
 
 from common import load_warning, mnist_cases, table, time_call, training_step
 
+from nbnet.check import threading_layer
+
 
 def main():
     parser = argparse.ArgumentParser(description="thread scaling of nbnet.cpu kernels")
@@ -42,7 +44,7 @@ def main():
             times.append(time_call(fn, *fargs, min_time=args.min_time))
         rows.append([name, shape] + [f"{s * 1e6:,.1f}" for s in times]
                     + [f"{times[0] / s:.2f}x" for s in times[1:]])
-    print(f"threading layer: {numba.threading_layer()}\n")
+    print(f"threading layer: {threading_layer()}\n")
     headers = (["kernel", "shape"] + [f"µs @ {t}" for t in counts]
                + [f"speed-up @ {t}" for t in counts[1:]])
     print(table(headers, rows))

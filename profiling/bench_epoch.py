@@ -41,6 +41,9 @@ def sklearn_epoch(x, y, batch_size):
     return run
 
 
+PAUSE_SECONDS = 0.5
+
+
 def worker(args):
     import numpy as np  # noqa: PLC0415
 
@@ -73,6 +76,10 @@ def worker(args):
         best = {name: float("inf") for name in runs}
         for _ in range(args.repeats):
             for name, run in runs.items():
+                # A pause first, so the previous contender's idle threads are asleep when this one's
+                # clock starts: OpenBLAS's spin (with sched_yield) for a while after their last call,
+                # measured to add 0.03-0.06 s to a 2-thread nbnet epoch that followed NumPy's.
+                time.sleep(PAUSE_SECONDS)
                 t = time.perf_counter()
                 run()
                 best[name] = min(best[name], time.perf_counter() - t)

@@ -129,10 +129,13 @@ ONE_THREAD = config.NUMBA_NUM_THREADS == 1
 
 
 # Below this many multiply-adds a Linear kernel runs serially (see Kernel). Measured on 2 cores
-# (serial vs parallel twin, forward/dX/dW at 128->10, 64->64, 256->128, 784->256, batch 1..128):
-# parallel loses up to 163,840 (128->10 at batch 128: dW 0.89x, dX 0.98x) and wins from 200,704
-# (784->256 at batch 1: 1.6x) at every measured size, bar one noisy point.
-PARALLEL_WORK = 200_000
+# (Zen 3, serial / parallel twin time, forward, dW, dX+ReLU, interleaved, quiet): waking the sleeping
+# second thread costs 10-15 µs a call (OMP_WAIT_POLICY=passive), so parallel loses up to about 650K
+# (784->256 at batch 1, 200K: 0.56-0.80; 256->128 at 8, 262K: 0.46-0.57; 100->100 at 64, 640K:
+# 0.87-1.14), is even around 1M (256->128 at 32: 0.99-1.14; 64->64 at 256: 0.92-1.24; 128->10 at
+# 768: 0.91-1.13) and wins from 2M (256->128 at 64: 1.17-1.19). (784->256 at batch 8, 1.6M, still
+# 0.93-1.09: four work units for two threads.)
+PARALLEL_WORK = 1_000_000
 
 
 @njit(inline="always")

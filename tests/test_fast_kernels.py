@@ -355,6 +355,37 @@ def test_avx512_micro_kernels_compile_without_spills_on_any_machine():
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
 
 
+SMALL_STACK_SCRIPT = """
+import numpy as np
+from nbnet import cpu
+from nbnet.check import threading_layer
+rng = np.random.default_rng(0)
+for dtype in (np.float64, np.float32):  # float64: the largest stack panels
+    x, g = rng.random((512, 784)).astype(dtype), rng.random((512, 256)).astype(dtype)
+    w, b = rng.random((256, 784)).astype(dtype), np.zeros(256, dtype)
+    dw, db, dx, y = np.zeros_like(w), np.zeros_like(b), np.empty_like(x), np.empty_like(g)
+    cpu.linear_backward_params.parallel(dw, db, g, x)
+    cpu.linear_backward_input_act.parallel(dx, g, w, dx, False)
+    cpu.linear_forward_act.parallel(y, y, x, w, b, True)
+    wt, x2 = np.empty((64, 256), dtype), rng.random((512, 64)).astype(dtype)
+    cpu.linear_forward_t.parallel(y, y, x2, wt, b, False)
+print("ok", threading_layer())
+"""
+
+
+def test_kernels_fit_a_512_kb_thread_stack():
+    """The packed panels live on each thread's stack (nbnet.simd: up to ~290 KB in float64). macOS
+    gives secondary threads 512 KB by default; OMP_STACKSIZE=512K gives OpenMP's workers the same
+    here, so a block or panel size that would overflow there crashes this test instead."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_STACKSIZE="512K", NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", SMALL_STACK_SCRIPT], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, (done.returncode, done.stderr[-3000:])
+    if "omp" not in done.stdout:
+        pytest.skip(f"threading layer {done.stdout.split()[-1]}: OMP_STACKSIZE does not apply")
+
+
 def test_training_is_bitwise_the_same_with_1_and_2_threads():
     script = (
         "import numpy as np, sys; sys.path.insert(0, '.');"

@@ -359,12 +359,19 @@ linear_backward_params = Kernel(
 )
 
 
-# Below this many parameters an optimizer step runs serially (see Kernel). Measured on 2 cores,
-# sgd_step with momentum, serial vs parallel twin (median of 30 x 20 calls): parallel 2.7x slower at
-# 2,000, 1.4x at 10,000, even at 30,000, 0.85x at 60,000. A small model's step then skips waking
-# the threads, as sklearn's MLP (100 hidden units: 11,000 parameters) does. The element-wise
-# activation and loss-gradient kernels use the same threshold on their element count.
-STEP_PARALLEL_WORK = 32_768
+# Below this much work an optimizer step or an element-wise kernel runs serially (see Kernel). The
+# work is the element count for a pass that memory bounds (SGD, ReLU, the backward passes), times
+# EXP_COST for one with an exp per element (sigmoid, BCE's backward), half that for adam_step (a
+# square root and a division). Measured on 2 cores (Zen 3, serial /
+# parallel twin time, interleaved, quiet; waking the sleeping thread costs 10-15 µs): sgd_step 0.70
+# at 131K elements, 1.20 at 262K, 2.0 at 524K; relu forward/backward 0.62-0.73 at 131K, 0.97-1.02 at
+# 262K; but sigmoid forward 1.75 at 32K and adam_step 0.75 at 32K, 1.30 at 131K.
+STEP_PARALLEL_WORK = 262_144
+EXP_COST = 8
+
+
+def _costly_elements(out, *rest):
+    return out.size * EXP_COST
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,7 +418,7 @@ def _sigmoid_forward(out, inp):
             out[i, j] = one / (one + np.exp(-inp[i, j]))
 
 
-sigmoid_forward = Kernel(_sigmoid_forward, _elements, STEP_PARALLEL_WORK)
+sigmoid_forward = Kernel(_sigmoid_forward, _costly_elements, STEP_PARALLEL_WORK)
 
 
 def _sigmoid_backward(dinp, dout, out):
@@ -656,7 +663,7 @@ def _bce_with_logits_backward(dlogits, logits, targets):
             dlogits[i, j] = (s - targets[i, j]) * inv_n
 
 
-bce_with_logits_backward = Kernel(_bce_with_logits_backward, _elements, STEP_PARALLEL_WORK)
+bce_with_logits_backward = Kernel(_bce_with_logits_backward, _costly_elements, STEP_PARALLEL_WORK)
 
 
 @jit
@@ -750,7 +757,7 @@ def _adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_s
 
 # error_model="numpy": IEEE division (as torch) instead of a ZeroDivisionError check per element,
 # which kept LLVM from vectorizing the loop: 7x faster, the same bits (the divisor is ≥ ε > 0).
-adam_step = Kernel(_adam_step, lambda param, *rest: param.shape[0], STEP_PARALLEL_WORK, error_model="numpy")
+adam_step = Kernel(_adam_step, lambda param, *rest: param.shape[0] * EXP_COST // 2, STEP_PARALLEL_WORK, error_model="numpy")
 
 
 # ----------------------------------------------------------------------------------------------

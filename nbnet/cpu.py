@@ -108,8 +108,9 @@ def _renamed(func, suffix):
 
 class Kernel:
     """One kernel compiled twice from the same Python function, serial and parallel; a call runs
-    the parallel one only when the work (multiply-adds) reaches `threshold`, below which waking the
-    thread pool costs more than it saves (measured: see PARALLEL_WORK).
+    the parallel one only when the work (multiply-adds for a Linear kernel, weighted elements for the
+    others) reaches `threshold`, below which waking the thread pool costs more than it saves
+    (measured: see PARALLEL_WORK and STEP_PARALLEL_WORK).
     The choice depends on shapes only, so results never depend on the thread count."""
 
     def __init__(self, func, work, threshold, **options):

@@ -222,7 +222,7 @@ class MPIComm:
         self._meet(0, fingerprint)
 
     def _meet(self, code, text):
-        """Exchange (code, text) with every process, bounded by setup_timeout(); exits unless
+        """Exchange (code, text) with every process, bounded by NBNET_MPI_TIMEOUT; exits unless
         every code is 0 and every text equal."""
         mine = np.zeros(_MESSAGE_BYTES, np.uint8)
         raw = text.encode("utf-8", "replace")[: _MESSAGE_BYTES - 8]
@@ -232,13 +232,13 @@ class MPIComm:
         everyone = np.zeros((self.size, _MESSAGE_BYTES), np.uint8)
         self.setup_done = True  # from here on an error (even a Ctrl-C while waiting) aborts: one meeting only
         request = self.comm.Iallgather(mine, everyone)
-        deadline = time.monotonic() + setup_timeout()
+        deadline = time.monotonic() + self._timeout
         while not request.Test():
             if time.monotonic() > deadline:
                 if self.rank != 0:
                     time.sleep(GRACE_SECONDS)
                 who = "" if self.rank == 0 else f"process {self.rank}: "
-                _print_error(f"{who}not every process reached the start of training within {setup_timeout():g} s "
+                _print_error(f"{who}not every process reached the start of training within {self._timeout:g} s "
                              "(NBNET_MPI_TIMEOUT)")
                 self.abort(1)
             time.sleep(0.002)

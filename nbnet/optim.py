@@ -55,14 +55,15 @@ class Optimizer:
         self.state = [{name: None for name in self.state_names} for _ in self.params]
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
         self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
-        self._owners = self._attrs = None  # (layer, attribute) of each array, for _arrays_now
+        self._owners = self._attrs = self._owners_of = None  # (layer, attribute) of each array, for _arrays_now
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
 
     def _arrays_now(self):
         """The arrays the layers hold now, data then grad, and a key of their ids. With Parameter
         handles the lookups are C-level (map/getattr): this runs twice per step, and a Python
         loop over the handles' properties cost ~5 µs each time."""
-        if self._owners is None:
+        if self._owners is None or self._owners_of != self.params:  # opt.params may be reassigned
+            self._owners_of = list(self.params)  # kept alive: the comparison is by identity
             if all(isinstance(p, Parameter) for p in self.params):
                 self._owners = [p.layer for p in self.params] * 2
                 self._attrs = [p.name for p in self.params] + ["grad_" + p.name for p in self.params]

@@ -100,6 +100,20 @@ def test_serial_and_parallel_twins_have_their_own_cache_entries():
         assert not kernel.serial.targetoptions.get("parallel") and kernel.parallel.targetoptions["parallel"]
 
 
+def check_dw_twins(g, x, dtype):
+    """dW += GᵀX, db += Σ_i G_i from non-zero starts: the serial twin against the formula kernel, and
+    the parallel twin bitwise the same as the serial one."""
+    k, m, n = g.shape[0], g.shape[1], x.shape[1]
+    dw, db = [np.ones((m, n), dtype) for _ in range(3)], [np.ones(m, dtype) for _ in range(3)]
+    cpu.linear_backward_params_ref(dw[0], db[0], g, x)
+    cpu.linear_backward_params.serial(dw[1], db[1], g, x)
+    cpu.linear_backward_params.parallel(dw[2], db[2], g, x)
+    np.testing.assert_allclose(dw[1], dw[0], rtol=0, atol=TOL[dtype] * k)
+    np.testing.assert_allclose(db[1], db[0], rtol=0, atol=TOL[dtype] * k)
+    np.testing.assert_array_equal(dw[1], dw[2])
+    np.testing.assert_array_equal(db[1], db[2])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dw_through_packed_transposed_gradient_matches_reference(dtype):
     """dW = GᵀX with units wide enough that bcast_unit copies Gᵀ's blocks to MR-row panels
@@ -108,17 +122,9 @@ def test_dw_through_packed_transposed_gradient_matches_reference(dtype):
     k, n, m = simd.KC + 44, 50 * simd.BCAST_NV * simd.lanes(np.dtype(dtype)) + 13, 2 * simd.MC + 17
     rng = np.random.default_rng(3)
     g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
-    dw = [np.ones((m, n), dtype) for _ in range(3)]
-    db = [np.ones(m, dtype) for _ in range(3)]
-    _, per = simd.bcast_grid(dw[0])
+    _, per = simd.bcast_grid(np.empty((m, n), dtype))
     assert per >= simd.PACK_A_TILES and simd.MC >= simd.PACK_MIN_ROWS  # the copy is taken
-    cpu.linear_backward_params_ref(dw[0], db[0], g, x)
-    cpu.linear_backward_params.serial(dw[1], db[1], g, x)
-    cpu.linear_backward_params.parallel(dw[2], db[2], g, x)
-    np.testing.assert_allclose(dw[1], dw[0], rtol=0, atol=TOL[dtype] * k)
-    np.testing.assert_allclose(db[1], db[0], rtol=0, atol=TOL[dtype] * k)
-    np.testing.assert_array_equal(dw[1], dw[2])
-    np.testing.assert_array_equal(db[1], db[2])
+    check_dw_twins(g, x, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -129,14 +135,7 @@ def test_short_sums_walking_c_by_rows_match_reference(dtype):
     rng = np.random.default_rng(4)
     k, n, m = 9, 300, 64  # dW: 64 rows, 9 steps
     g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
-    dw, db = [np.ones((m, n), dtype) for _ in range(3)], [np.ones(m, dtype) for _ in range(3)]
-    cpu.linear_backward_params_ref(dw[0], db[0], g, x)
-    cpu.linear_backward_params.serial(dw[1], db[1], g, x)
-    cpu.linear_backward_params.parallel(dw[2], db[2], g, x)
-    np.testing.assert_allclose(dw[1], dw[0], rtol=0, atol=TOL[dtype] * k)
-    np.testing.assert_allclose(db[1], db[0], rtol=0, atol=TOL[dtype] * k)
-    np.testing.assert_array_equal(dw[1], dw[2])
-    np.testing.assert_array_equal(db[1], db[2])
+    check_dw_twins(g, x, dtype)
     k, n, m = 40, 300, 9  # dX: 40 rows, 9 steps
     g, w = rand(rng, (k, m), dtype), rand(rng, (m, n), dtype)
     dx = [np.empty((k, n), dtype) for _ in range(3)]

@@ -1,6 +1,10 @@
 """The serial and parallel twins of the element-wise kernels (nbnet.cpu.Kernel) give the same bits:
 which twin runs depends on the size only, so a run must not change with it (or with threads)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -48,3 +52,28 @@ def test_serial_and_parallel_twins_agree_bitwise(name):
             assert x.tobytes() == y.tobytes()
     changed = [not np.array_equal(x, y) for x, y in zip(one, args) if isinstance(x, np.ndarray)]
     assert any(changed)  # the kernel wrote something
+
+
+THRESHOLD_SCRIPT = """
+import numpy as np
+from nbnet import cpu
+x, w, b = np.ones((64, 784), np.float32), np.ones((256, 784), np.float32), np.zeros(256, np.float32)
+out = np.empty((64, 256), np.float32)
+cpu.linear_forward_act(out, out, x, w, b, False)  # 12.8M multiply-adds: above PARALLEL_WORK
+p = np.zeros(1000, np.float32)
+cpu.sgd_step(p, p, p, np.float32(0.1), np.float32(0.9), np.float32(0), False)  # below STEP_PARALLEL_WORK
+print(len(cpu.linear_forward_act.parallel.signatures), len(cpu.linear_forward_act.serial.signatures),
+      len(cpu.sgd_step.parallel.signatures), len(cpu.sgd_step.serial.signatures))
+"""
+
+
+@pytest.mark.parametrize("threads,expected", [("1", "0 1 0 1"), ("2", "1 0 0 1")])
+def test_which_twin_runs(threads, expected):
+    """Above its threshold a Kernel runs the parallel twin, below it the serial one; with one Numba
+    thread always the serial one (a parallel region on one thread only costs). Fresh processes: the
+    twins compile on first use, so their signatures show which ran."""
+    env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+    done = subprocess.run([sys.executable, "-c", THRESHOLD_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == expected.split()

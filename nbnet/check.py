@@ -22,7 +22,7 @@ import numba
 import numba.core.event
 import numpy as np
 
-from . import cpu, simd
+from . import cpu, simd, threads
 
 COMPILING = "compiling kernels for this CPU (cached for later runs)"
 
@@ -216,7 +216,7 @@ def main(out=print):
 
     out(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}")
     out(simd.describe())
-    out(f"threads: {numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}), threading layer "
+    out(f"threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
         f"{threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
     t0 = time.perf_counter()
     with saying_compiling():

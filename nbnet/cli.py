@@ -327,7 +327,8 @@ def _dataset_key(name):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda needs numba-cuda and an NVIDIA GPU; there is no silent fall-back to the CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for the kernels (1 .. NUMBA_NUM_THREADS) [default: all].")
+              help="CPU threads for the kernels (1 .. NUMBA_NUM_THREADS), whatever the load "
+                   "[default: all, fewer while other processes keep the cores busy].")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--save", type=FilePath(), default=None,
               help="Checkpoint written (atomically) after every epoch and on Ctrl-C; nb.load() reads it too.")
@@ -369,6 +370,9 @@ def train_cmd(ctx, **opts):
         _check_plot_available()
     if opts["threads"] is not None:
         _set_threads(opts["threads"])
+        from . import threads  # noqa: PLC0415
+
+        threads.fix()  # the user's number, whatever the load
     elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
         _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]))
     if cfg["device"] == "cuda":
@@ -852,11 +856,11 @@ def info_cmd():
 
     import numba  # noqa: PLC0415
 
-    from . import cpu  # noqa: PLC0415
+    from . import cpu, threads  # noqa: PLC0415
 
     click.echo(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}, "
                f"click {version('click')}, python {platform.python_version()}")
-    click.echo(f"CPU threads: {numba.get_num_threads()} in use, NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
+    click.echo(f"CPU threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
     x = np.zeros((4, 4), np.float32)
     cpu.relu_forward.parallel(np.empty_like(x), x)  # the parallel twin: the threading layer is chosen on first use
     try:

@@ -14,9 +14,9 @@ Conventions (the same in nbnet/gpu.py):
 import types as pytypes
 
 import numpy as np
-from numba import config, njit, prange
+from numba import njit, prange
 
-from . import simd
+from . import simd, threads
 
 # cache=True: a second process loads the compiled kernels from __pycache__ instead of compiling.
 jit = njit(cache=True)
@@ -110,8 +110,11 @@ class Kernel:
     """One kernel compiled twice from the same Python function, serial and parallel; a call runs
     the parallel one only when the work (multiply-adds for a Linear kernel, weighted elements for the
     others) reaches `threshold`, below which waking the thread pool costs more than it saves
-    (measured: see PARALLEL_WORK and STEP_PARALLEL_WORK).
-    The choice depends on shapes only, so results never depend on the thread count."""
+    (measured: see PARALLEL_WORK and STEP_PARALLEL_WORK), and when more than one thread is in use
+    (nbnet.threads: fewer while other processes keep the cores busy). On one thread the serial twin
+    runs, as a parallel region on one thread still costs 2-5 µs a call (784->256 at batch 1, one
+    core: forward 18.5 vs 14.0 µs, dW 22.2 vs 19.7).
+    The twins are one function, so results never depend on which runs, or on the thread count."""
 
     def __init__(self, func, work, threshold, **options):
         self.serial = njit(cache=True, **options)(_renamed(func, "_serial"))
@@ -119,14 +122,9 @@ class Kernel:
         self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 
     def __call__(self, *args):
-        run = self.parallel if not ONE_THREAD and self.work(*args) >= self.threshold else self.serial
-        return run(*args)
-
-
-# Numba started one thread (NUMBA_NUM_THREADS=1): every Kernel runs its serial twin, as a parallel
-# region on one thread still costs 2-5 µs a call (784->256 at batch 1, one core: forward 18.5 vs
-# 14.0 µs, dW 22.2 vs 19.7). The same results: the twins are one function.
-ONE_THREAD = config.NUMBA_NUM_THREADS == 1
+        if self.work(*args) >= self.threshold and threads.parallel():
+            return self.parallel(*args)
+        return self.serial(*args)
 
 
 # Below this many multiply-adds a Linear kernel runs serially (see Kernel). Measured on 2 cores

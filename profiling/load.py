@@ -1,10 +1,15 @@
-"""Training under load: 1 vs 2 threads with one core busy (another process spinning) vs quiet.
+"""Training under load: 1 thread, 2 threads fixed, and 2 threads as nbnet adapts them, on a quiet
+machine and with one core busy (another process spinning).
 
 A training step of the 784-256-128-10 MLP (SGD momentum, float32) is timed in a fresh process per
-setting (thread count and OMP_WAIT_POLICY are read when Numba starts its threads), once on a quiet
-machine and once while a busy-loop process holds a core. Prints the mean step time per setting,
-each loaded time over its quiet time, and 2 threads over 1 thread on the loaded machine. nbnet
-sets OMP_WAIT_POLICY=passive unless the user set it: `--policies passive,active` shows why.
+setting (thread count and OMP_WAIT_POLICY are read when Numba starts its threads), after 0.5 s of
+untimed steps (compilation, and nbnet.threads' first looks at the load). Settings:
+- 1t: NUMBA_NUM_THREADS=1;
+- 2t fixed: NUMBA_NUM_THREADS=2, NBNET_THREADS=fixed (2 threads whatever the load);
+- 2t auto: NUMBA_NUM_THREADS=2, nbnet's default (fewer threads while other processes use the cores).
+Prints the mean step time of each, quiet and loaded, and the loaded 2-thread time over its quiet
+time and over 1 thread's loaded time. nbnet sets OMP_WAIT_POLICY=passive unless the user set it:
+`--policies passive,active` shows why.
 Goal (issue #9): loaded 2-thread ≤ 1.5× its quiet time and never slower than 1 thread loaded.
 
     python profiling/load.py                       # ~1 min
@@ -29,7 +34,9 @@ def worker(batch, steps):
     from common import training_step  # noqa: PLC0415
 
     step = training_step(batch)
-    step()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:  # untimed: compilation, and nbnet.threads' first looks at the load
+        step()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -39,11 +46,15 @@ def worker(batch, steps):
 
     # The mean, not the median: under time-slicing a step is either at full speed or stalled for
     # a slice, and the median hides the stalls that make training slower.
-    return {"median": statistics.median(times), "mean": statistics.fmean(times), "layer": threading_layer()}
+    from nbnet import threads  # noqa: PLC0415
+
+    return {"median": statistics.median(times), "mean": statistics.fmean(times), "layer": threading_layer(),
+            "threads": threads._n}
 
 
-def measure(threads, policy, batch, steps):
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=os.path.dirname(HERE))
+def measure(setting, policy, batch, steps):
+    threads, mode = setting
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=os.path.dirname(HERE), NBNET_THREADS=mode)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
     done = subprocess.run([sys.executable, __file__, "--worker", "--batch", str(batch), "--steps", str(steps)],
@@ -53,9 +64,12 @@ def measure(threads, policy, batch, steps):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+SETTINGS = {"1t": (1, "fixed"), "2t fixed": (2, "fixed"), "2t auto": (2, "auto")}
+
+
 def main():
-    parser = argparse.ArgumentParser(description="1 vs 2 threads, quiet vs one core busy")
-    parser.add_argument("--batch", type=int, default=128)
+    parser = argparse.ArgumentParser(description="1 vs 2 threads (fixed, adaptive), quiet vs one core busy")
+    parser.add_argument("--batch", default="128", help="batch sizes, comma-separated")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per setting")
     parser.add_argument("--policies", default="", help="OMP_WAIT_POLICY values to compare (default: nbnet's)")
     parser.add_argument("--quick", action="store_true", help="20 steps per setting")
@@ -64,39 +78,39 @@ def main():
     if args.quick:
         args.steps = 20
     if args.worker:
-        print(json.dumps(worker(args.batch, args.steps)))
+        print(json.dumps(worker(int(args.batch), args.steps)))
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
     from nbnet import simd  # noqa: PLC0415
 
     print(simd.describe())
-    print(f"training step, MLP 784-256-128-10, batch {args.batch}, float32; mean of {args.steps} steps, "
-          f"{os.cpu_count()} cores")
+    print(f"training step, MLP 784-256-128-10, float32; mean of {args.steps} steps, {os.cpu_count()} cores; "
+          f"threads in use at the end in brackets")
     policies = args.policies.split(",") if args.policies else [""]
-    rows = []
+    print(f"\n{'policy':<18} {'batch':>5} {'layer':<5}" + "".join(f" {'quiet ' + n:>14}" for n in SETTINGS)
+          + "".join(f" {'busy ' + n:>14}" for n in SETTINGS) + f" {'auto busy/quiet':>16} {'auto busy/1t':>13}")
     for policy in policies:
-        res = {}
-        for loaded in (False, True):
-            busy = None
-            if loaded:
-                busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                time.sleep(0.3)
-            try:
-                for t in (1, 2):
-                    res[t, loaded] = measure(t, policy, args.batch, args.steps)
-            finally:
-                if busy is not None:
-                    busy.kill()
-                    busy.wait()
-        name = policy or f"default ({os.environ.get('OMP_WAIT_POLICY', 'passive')})"
-        layer = res[2, False]["layer"]
-        q1, q2, l1, l2 = (res[k]["mean"] * 1e6 for k in ((1, False), (2, False), (1, True), (2, True)))
-        rows.append((name, layer, q1, q2, l1, l2))
-    print(f"\n{'policy':<20} {'layer':<9} {'quiet 1t':>9} {'quiet 2t':>9} {'busy 1t':>9} {'busy 2t':>9}"
-          f" {'2t busy/quiet':>14} {'busy 2t/1t':>11}")
-    for name, layer, q1, q2, l1, l2 in rows:
-        print(f"{name:<20} {layer:<9} {q1:>8.0f}µ {q2:>8.0f}µ {l1:>8.0f}µ {l2:>8.0f}µ {l2 / q2:>13.2f}x {l2 / l1:>10.2f}x")
+        for batch in map(int, args.batch.split(",")):
+            res = {}
+            for loaded in (False, True):
+                busy = None
+                if loaded:
+                    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                    time.sleep(0.3)
+                try:
+                    for name, setting in SETTINGS.items():
+                        res[name, loaded] = measure(setting, policy, batch, args.steps)
+                finally:
+                    if busy is not None:
+                        busy.kill()
+                        busy.wait()
+            name = policy or f"default ({os.environ.get('OMP_WAIT_POLICY', 'passive')})"
+            cells = "".join(f" {res[n, loaded]['mean'] * 1e6:>9.0f}µ [{res[n, loaded]['threads']}]"
+                            for loaded in (False, True) for n in SETTINGS)
+            auto_q, auto_l, one_l = (res[k]["mean"] for k in (("2t auto", False), ("2t auto", True), ("1t", True)))
+            print(f"{name:<18} {batch:>5} {res['2t auto', False]['layer']:<5}{cells}"
+                  f" {auto_l / auto_q:>15.2f}x {auto_l / one_l:>12.2f}x")
 
 
 if __name__ == "__main__":

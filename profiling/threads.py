@@ -1,7 +1,7 @@
 """Thread scaling: each nbnet.cpu kernel and one whole training step at 1, 2, ... Numba threads.
 
 Measures microseconds per call at MNIST shapes, batch 128 (the cases of kernels.py), with
-numba.set_num_threads(t) for each t in --threads, and the speed-up over 1 thread. Results are the
+nbnet.threads.fix(t) (t threads whatever the load) for each t in --threads, and the speed-up over 1 thread. Results are the
 same bitwise at every thread count (each output element has one owner); only the time changes. A
 speed-up well below t on a small kernel means waking the threads costs about as much as the work:
 threshold.py finds where parallel starts paying.
@@ -16,6 +16,7 @@ import numba
 
 from common import load_warning, mnist_cases, table, time_call, training_step
 
+from nbnet import threads as nbthreads
 from nbnet.check import threading_layer
 
 
@@ -40,7 +41,7 @@ def main():
     for name, shape, fn, fargs in work:
         times = []
         for t in counts:
-            numba.set_num_threads(t)
+            nbthreads.fix(t)
             times.append(time_call(fn, *fargs, min_time=args.min_time))
         rows.append([name, shape] + [f"{s * 1e6:,.1f}" for s in times]
                     + [f"{times[0] / s:.2f}x" for s in times[1:]])

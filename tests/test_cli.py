@@ -96,11 +96,15 @@ def test_resume_two_then_four_equals_four_straight(tmp_path):
 def test_thread_count_and_dtype(tmp_path):
     import numba  # noqa: PLC0415
 
+    from nbnet import threads  # noqa: PLC0415
+
     before = numba.get_num_threads()
     try:
         assert nbnet("train", *FAST, "--save", tmp_path / "a.npz", "--threads", "1", "-q").exit_code == 0
+        assert not threads.parallel()  # --threads 1: the serial twins, whatever the load
     finally:
         numba.set_num_threads(before)
+        threads.auto()
     assert nbnet("train", *FAST, "--save", tmp_path / "b.npz", "-q").exit_code == 0
     wa, wb = weights(tmp_path / "a.npz"), weights(tmp_path / "b.npz")
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)  # same seed, same run, whatever the threads

@@ -72,7 +72,7 @@ def test_which_twin_runs(threads, expected):
     """Above its threshold a Kernel runs the parallel twin, below it the serial one; with one Numba
     thread always the serial one (a parallel region on one thread only costs). Fresh processes: the
     twins compile on first use, so their signatures show which ran."""
-    env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+    env = dict(os.environ, NUMBA_NUM_THREADS=threads, NBNET_THREADS="fixed")  # not fewer on a loaded machine
     done = subprocess.run([sys.executable, "-c", THRESHOLD_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,0 +1,144 @@
+"""How many threads nbnet's parallel kernels use: all the user allows, fewer while other processes
+keep the cores busy.
+
+Why: a parallel kernel ends when its last thread does. A thread that shares its core with another
+process waits for its turn (milliseconds), and the whole step waits with it. Measured on 2 cores
+(Zen 3, profiling/load.py, batch 128, one core held by a busy loop): 2 threads took 1.11x the time
+of 1 thread on the same loaded machine, and 1.74x their quiet time; 1 thread ran at its quiet speed.
+So while the cores are busy elsewhere, nbnet uses only the ones that are free.
+
+How: every POLL seconds, during a kernel call that would run in parallel, nbnet reads how much
+CPU time this process's cores gave to anything (/proc/stat, Linux), subtracts what this process
+used (os.times), and uses floor(cores - others + MARGIN) threads, at least 1 and at most the
+limit: NUMBA_NUM_THREADS, or what numba.set_num_threads / `nbnet train --threads` last set (both
+are read as the user's limit). On 1 thread every Kernel runs its serial twin. Results do not
+change: every kernel gives the same bits on any number of threads (tests/test_twins.py).
+
+`fix(n)` turns this off and uses n threads (`--threads N` does); `auto()` turns it back on; the
+environment variable NBNET_THREADS=fixed starts with it off. Without /proc/stat (macOS, Windows)
+nbnet always uses the limit.
+"""
+
+import math
+import os
+import time
+
+import numba
+
+POLL = 0.5  # seconds between looks: /proc/stat counts in 10 ms ticks, so a look needs ~0.1 s or more
+FIRST_POLL = 0.1  # the first look comes sooner, so a run that starts on a loaded machine adapts in its first steps
+MARGIN = 0.25  # a core counts as free while others use less than 0.75 of it
+
+_limit = None  # the most threads the user allows (None: not read yet)
+_applied = None  # what this module last passed to numba.set_num_threads
+_n = None  # threads in use now
+_fixed = os.environ.get("NBNET_THREADS", "auto").strip().lower() == "fixed"
+_next = 0.0  # time.monotonic() of the next look
+_last = None  # (wall, busy seconds of our cores, own CPU seconds) at the last look
+_others = None  # cores others used at the last look, for describe()
+_clock = time.monotonic
+
+
+def _cores():
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+_CORES = _cores()
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def busy_seconds(cores=_CORES, path="/proc/stat"):
+    """CPU seconds the given cores have spent on anything since boot (user, nice, system, irq,
+    softirq and steal: a hypervisor's steal is a core someone else has), or None where
+    /proc/stat cannot be read."""
+    if not cores:
+        return None
+    wanted = {f"cpu{c}" for c in cores}
+    total = 0
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.startswith(b"cpu") or not line[3:4].isdigit():
+                    continue
+                fields = line.split()
+                if fields[0].decode() in wanted:
+                    v = [int(x) for x in fields[1:9]]
+                    total += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / _TICK
+
+
+def _own_seconds():
+    t = os.times()
+    return t.user + t.system
+
+
+def choose(cores, others, limit):
+    """Threads to use with `cores` cores of which others keep `others` busy: the free ones."""
+    return max(1, min(limit, math.floor(cores - others + MARGIN)))
+
+
+def _set(n):
+    global _n, _applied
+    _n = n
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    _applied = n
+
+
+def _poll():
+    """Look at the load (see the module docstring) and set the thread count."""
+    global _limit, _next, _last, _others
+    now = _clock()
+    current = numba.get_num_threads()
+    if _limit is None or current != _applied:  # first call, or the user set a number: their limit
+        _limit = current
+        _set(current)
+    busy = None if _fixed else busy_seconds()
+    if busy is None:
+        _next = now + POLL  # still looks at what the user set
+        _set(_limit)
+        return
+    own = _own_seconds()
+    if _last is not None and now - _last[0] > 0:
+        wall = now - _last[0]
+        _others = max(0.0, (busy - _last[1]) / wall - (own - _last[2]) / wall)
+        _set(choose(len(_CORES), _others, _limit))
+    _next = now + (FIRST_POLL if _last is None else POLL)
+    _last = (now, busy, own)
+
+
+def parallel():
+    """Whether a kernel with enough work should run its parallel twin now (more than one thread)."""
+    if _clock() >= _next:
+        _poll()
+    return _n > 1
+
+
+def fix(n=None):
+    """Use n threads (default: the current limit) whatever the load, until auto()."""
+    global _fixed, _next
+    _fixed = True
+    if n is not None:
+        numba.set_num_threads(n)  # raises ValueError outside 1..NUMBA_NUM_THREADS
+    _next = 0.0
+    _poll()
+
+
+def auto():
+    """Adapt the thread count to the load again (the default)."""
+    global _fixed, _next, _last
+    _fixed, _next, _last = False, 0.0, None
+
+
+def describe():
+    """One line for `nbnet check` / `nbnet info`."""
+    parallel()
+    how = ("fixed" if _fixed else "adaptive: fewer while other processes use the cores"
+           if _CORES is not None and busy_seconds() is not None else "fixed (no /proc/stat to read the load from)")
+    seen = f", others used {_others:.1f} cores at the last look" if _others is not None and not _fixed else ""
+    return f"{_n} of at most {_limit} threads ({how}{seen})"

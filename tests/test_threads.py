@@ -1,0 +1,154 @@
+"""nbnet.threads: fewer threads while other processes keep the cores busy, the user's number
+otherwise, and the Kernels' choice of twin follows it."""
+
+import subprocess
+import sys
+import time
+
+import numba
+import pytest
+
+from nbnet import cpu, threads
+
+TWO = numba.config.NUMBA_NUM_THREADS >= 2
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """The module's state as at import, restored (with Numba's thread count) afterwards."""
+    names = ("_limit", "_applied", "_n", "_fixed", "_next", "_last", "_others")
+    saved = {name: getattr(threads, name) for name in names}
+    before = numba.get_num_threads()
+    for name, value in (("_limit", None), ("_applied", None), ("_n", None), ("_fixed", False), ("_next", 0.0),
+                        ("_last", None), ("_others", None)):
+        setattr(threads, name, value)
+    yield threads
+    numba.set_num_threads(before)
+    for name, value in saved.items():
+        setattr(threads, name, value)
+
+
+@pytest.mark.parametrize("cores,others,limit,expected", [
+    (2, 0.0, 2, 2), (2, 0.2, 2, 2), (2, 0.3, 2, 1), (2, 1.0, 2, 1), (2, 2.0, 2, 1),
+    (16, 4.0, 16, 12), (16, 4.0, 8, 8), (16, 15.9, 16, 1), (4, 0.0, 1, 1),
+])
+def test_choose_takes_the_free_cores(cores, others, limit, expected):
+    assert threads.choose(cores, others, limit) == expected
+
+
+def test_busy_seconds_reads_the_given_cores(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  900 0 900 9000 0 0 0 0 0 0\n"
+        "cpu0 100 10 20 5000 7 1 2 3 0 0\n"  # busy: user nice system irq softirq steal = 136 (not idle, iowait)
+        "cpu1 400 0 0 1000 0 0 0 0 0 0\n"
+        "cpu2 1 1 1 1 1 1 1 1 0 0\n"  # 6
+        "intr 1 2 3\n"
+    )
+    tick = threads._TICK
+    assert threads.busy_seconds([0], str(stat)) == pytest.approx(136 / tick)
+    assert threads.busy_seconds([0, 2], str(stat)) == pytest.approx(142 / tick)
+    assert threads.busy_seconds([1], str(stat)) == pytest.approx(400 / tick)
+    assert threads.busy_seconds([0], str(tmp_path / "missing")) is None
+    stat.write_text("cpu0 x y z\n")
+    assert threads.busy_seconds([0], str(stat)) is None
+    assert threads.busy_seconds(None, str(stat)) is None
+
+
+def _fake_machine(monkeypatch, cores):
+    """A clock, and /proc/stat and os.times readings that move as `load` says: load["others"]
+    cores busy elsewhere, this process using load["own"] cores."""
+    load = {"t": 100.0, "busy": 0.0, "own": 0.0, "others_rate": 0.0, "own_rate": 1.0}
+
+    def advance(dt):
+        load["t"] += dt
+        load["busy"] += dt * (load["others_rate"] + load["own_rate"])
+        load["own"] += dt * load["own_rate"]
+
+    monkeypatch.setattr(threads, "_CORES", list(range(cores)))
+    monkeypatch.setattr(threads, "_clock", lambda: load["t"])
+    monkeypatch.setattr(threads, "busy_seconds", lambda *a: load["busy"])
+    monkeypatch.setattr(threads, "_own_seconds", lambda: load["own"])
+    return load, advance
+
+
+@pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_drops_to_one_thread_while_a_core_is_busy_and_comes_back(fresh, monkeypatch):
+    load, advance = _fake_machine(monkeypatch, 2)
+    numba.set_num_threads(2)
+    assert threads.parallel()  # the first look only takes a reading
+    advance(threads.FIRST_POLL)
+    assert threads.parallel()  # quiet: both cores
+    load["others_rate"] = 1.0  # another process takes a core
+    advance(threads.POLL / 2)
+    assert threads.parallel()  # not looked yet
+    advance(threads.POLL / 2)
+    assert not threads.parallel()
+    assert threads._others == pytest.approx(1.0)
+    assert numba.get_num_threads() == 1  # also for the kernels that are not Kernels (transpose, losses)
+    load["others_rate"] = 0.1
+    advance(threads.POLL)
+    assert threads.parallel()
+    assert numba.get_num_threads() == 2
+
+
+@pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_the_users_thread_count_is_the_limit(fresh, monkeypatch):
+    load, advance = _fake_machine(monkeypatch, 2)
+    numba.set_num_threads(2)
+    threads.parallel()
+    numba.set_num_threads(1)  # the user's choice (as `nbnet train --threads 1`)
+    advance(threads.POLL)
+    assert not threads.parallel()
+    assert threads._limit == 1
+    numba.set_num_threads(2)
+    advance(threads.POLL)
+    assert threads.parallel()
+
+
+@pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_fix_keeps_the_number_whatever_the_load(fresh, monkeypatch):
+    load, advance = _fake_machine(monkeypatch, 2)
+    load["others_rate"] = 1.0
+    threads.fix(2)
+    for _ in range(3):
+        advance(threads.POLL)
+        assert threads.parallel()
+    threads.fix(1)
+    assert not threads.parallel()
+    threads.auto()
+    numba.set_num_threads(2)
+    for _ in range(3):
+        advance(threads.POLL)
+        threads.parallel()
+    assert not threads.parallel()  # adapting again: a core is busy
+    with pytest.raises(ValueError):
+        threads.fix(numba.config.NUMBA_NUM_THREADS + 1)
+
+
+def test_a_kernel_runs_its_parallel_twin_only_with_threads_and_work(monkeypatch):
+    kernel = cpu.Kernel.__new__(cpu.Kernel)
+    kernel.serial, kernel.parallel = (lambda n: "serial"), (lambda n: "parallel")
+    kernel.work, kernel.threshold = (lambda n: n), 100
+    monkeypatch.setattr(threads, "parallel", lambda: True)
+    assert (kernel(99), kernel(100)) == ("serial", "parallel")
+    monkeypatch.setattr(threads, "parallel", lambda: False)
+    assert (kernel(99), kernel(100)) == ("serial", "serial")
+
+
+@pytest.mark.skipif(not TWO or threads.busy_seconds() is None, reason="needs 2 threads and /proc/stat")
+def test_a_busy_process_takes_a_thread_away(fresh):
+    """The real thing: a busy loop in another process holds a core; nbnet then uses at most the
+    cores left (one on a 2-core machine)."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        threads.parallel()
+        time.sleep(0.3)
+        threads._next = 0.0
+        threads.parallel()
+        assert threads._others >= 0.75
+        assert threads._n <= max(1, len(threads._CORES) - 1)
+    finally:
+        busy.kill()
+        busy.wait()

@@ -25,7 +25,7 @@ import time
 import click
 import numpy as np
 
-from . import __version__, datasets, dist
+from . import __version__, datasets, dist, threads
 from .checkpoint import load_checkpoint, save_checkpoint
 from .files import check_outputs, check_replaceable, write_atomic, write_npz_atomic
 from .train import (
@@ -119,6 +119,10 @@ class Group(click.Group):
     def _main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
         debug = bool(os.environ.get("NBNET_DEBUG"))
+        try:
+            threads.env_fixed()
+        except ValueError as e:
+            dist.fail(str(e), 2)
         try:
             rv = super().main(args, prog_name or "nbnet", standalone_mode=False, **extra)
         except _NO_ARGS_IS_HELP as e:  # plain `nbnet` (click >= 8.2)
@@ -370,8 +374,6 @@ def train_cmd(ctx, **opts):
         _check_plot_available()
     if opts["threads"] is not None:
         _set_threads(opts["threads"])
-        from . import threads  # noqa: PLC0415
-
         threads.fix()  # the user's number, whatever the load
     elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
         _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]))
@@ -856,7 +858,7 @@ def info_cmd():
 
     import numba  # noqa: PLC0415
 
-    from . import cpu, threads  # noqa: PLC0415
+    from . import cpu  # noqa: PLC0415
 
     click.echo(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}, "
                f"click {version('click')}, python {platform.python_version()}")

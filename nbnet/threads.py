@@ -32,11 +32,21 @@ MARGIN = 0.25  # a core counts as free while others use less than 0.75 of it
 _limit = None  # the most threads the user allows (None: not read yet)
 _applied = None  # what this module last passed to numba.set_num_threads
 _n = None  # threads in use now
-_fixed = os.environ.get("NBNET_THREADS", "auto").strip().lower() == "fixed"
+_fixed = None  # whether the count is fixed (None: NBNET_THREADS not read yet)
 _next = 0.0  # time.monotonic() of the next look
 _last = None  # (wall, busy seconds of our cores, own CPU seconds) at the last look
 _others = None  # cores others used at the last look, for describe()
 _clock = time.monotonic
+
+
+def env_fixed():
+    """NBNET_THREADS read: "auto" (or unset) adapts to the load, "fixed" does not; else ValueError."""
+    text = os.environ.get("NBNET_THREADS", "auto")
+    mode = text.strip().lower()
+    if mode not in ("auto", "fixed", ""):
+        raise ValueError(f"NBNET_THREADS must be auto or fixed, got {text[:40]!r} "
+                         "(set the number of threads with NUMBA_NUM_THREADS or --threads)")
+    return mode == "fixed"
 
 
 def _cores():
@@ -92,8 +102,10 @@ def _set(n):
 
 def _poll():
     """Look at the load (see the module docstring) and set the thread count."""
-    global _limit, _next, _last, _others
+    global _limit, _next, _last, _others, _fixed
     now = _clock()
+    if _fixed is None:
+        _fixed = env_fixed()
     current = numba.get_num_threads()
     if _limit is None or current != _applied:  # first call, or the user set a number: their limit
         _limit = current

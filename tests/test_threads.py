@@ -152,3 +152,19 @@ def test_a_busy_process_takes_a_thread_away(fresh):
     finally:
         busy.kill()
         busy.wait()
+
+
+@pytest.mark.parametrize("value,fixed", [("auto", False), ("", False), (" Fixed ", True), ("fixed", True)])
+def test_nbnet_threads_values(monkeypatch, value, fixed):
+    monkeypatch.setenv("NBNET_THREADS", value)
+    assert threads.env_fixed() is fixed
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "fixed2"])
+def test_a_bad_nbnet_threads_is_one_error_line(monkeypatch, value):
+    monkeypatch.setenv("NBNET_THREADS", value)
+    with pytest.raises(ValueError, match="NBNET_THREADS"):
+        threads.env_fixed()
+    done = subprocess.run([sys.executable, "-m", "nbnet.cli", "info"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: NBNET_THREADS must be auto or fixed")

@@ -432,8 +432,7 @@ def _sigmoid_backward(dinp, dout, out):
 sigmoid_backward = Kernel(_sigmoid_backward, _elements, STEP_PARALLEL_WORK)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def tanh_forward(out, inp):
+def _tanh_forward(out, inp):
     """y_ij = tanh(x_ij)
 
     float64: libm's tanh. float32: tanh(x) ≈ x p(x²) / q(x²) on |x| ≤ 7.9053 (beyond it tanh
@@ -461,6 +460,9 @@ def tanh_forward(out, inp):
                 p = ((((((a13 * v2 + a11) * v2 + a9) * v2 + a7) * v2 + a5) * v2 + a3) * v2 + a1) * v
                 q = ((b6 * v2 + b4) * v2 + b2) * v2 + b0
                 y[j] = v if abs(v) < small else p / q  # tanh x = x (1 - x²/3 ...): exact below 4e-4
+
+
+tanh_forward = Kernel(_tanh_forward, _costly_elements, STEP_PARALLEL_WORK, error_model="numpy")
 
 
 def _tanh_backward(dinp, dout, out):
@@ -497,15 +499,16 @@ def softmax_row(out, inp, i):
     return mx, s
 
 
-@pjit
-def softmax_forward(out, inp):
+def _softmax_forward(out, inp):
     """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)   (row by row: softmax_row)"""
     for i in prange(inp.shape[0]):
         softmax_row(out, inp, i)
 
 
-@pjit
-def softmax_backward(dinp, dout, out):
+softmax_forward = Kernel(_softmax_forward, _costly_elements, STEP_PARALLEL_WORK)
+
+
+def _softmax_backward(dinp, dout, out):
     """dx_ij = y_ij (g_ij - Σ_k g_ik y_ik), the Jacobian-vector product of softmax"""
     k, n = out.shape
     for i in prange(k):
@@ -516,13 +519,15 @@ def softmax_backward(dinp, dout, out):
             dinp[i, j] = out[i, j] * (dout[i, j] - gy)
 
 
+softmax_backward = Kernel(_softmax_backward, _elements, STEP_PARALLEL_WORK)
+
+
 # ----------------------------------------------------------------------------------------------
 # Losses. Each forward returns the batch mean (the only place 1/k is applied); each backward
 # returns dL/dpred of that mean. The final sum over rows is serial, in row order.
 
 
-@pjit
-def crossentropy_forward(losses, probs, targets):
+def _crossentropy_forward(losses, probs, targets):
     """L = -(1/k) Σ_i log p[i, t_i]
 
     losses (k,) scratch, probs (k, c), targets (k,) int. Probabilities are clamped below at the
@@ -536,6 +541,9 @@ def crossentropy_forward(losses, probs, targets):
     for i in range(k):
         total += losses[i]
     return total / probs.dtype.type(k)
+
+
+crossentropy_forward = Kernel(_crossentropy_forward, lambda losses, probs, t: losses.size * EXP_COST, STEP_PARALLEL_WORK)
 
 
 def _crossentropy_backward(dprobs, probs, targets):
@@ -552,8 +560,7 @@ def _crossentropy_backward(dprobs, probs, targets):
 crossentropy_backward = Kernel(_crossentropy_backward, _elements, STEP_PARALLEL_WORK)
 
 
-@pjit
-def softmax_crossentropy_forward(probs, losses, logits, targets):
+def _softmax_crossentropy_forward(probs, losses, logits, targets):
     """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i), computed as m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i
 
     probs (k, c) out: softmax(z), kept for the backward; losses (k,) scratch; logits (k, c) = z;
@@ -567,6 +574,11 @@ def softmax_crossentropy_forward(probs, losses, logits, targets):
     for i in range(k):
         total += losses[i]
     return total / logits.dtype.type(k)
+
+
+softmax_crossentropy_forward = Kernel(
+    _softmax_crossentropy_forward, lambda probs, losses, z, t: z.size * EXP_COST, STEP_PARALLEL_WORK
+)
 
 
 def _softmax_crossentropy_backward(dlogits, probs, targets):

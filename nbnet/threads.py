@@ -133,11 +133,13 @@ def parallel():
 
 def fix(n=None):
     """Use n threads (default: the current limit) whatever the load, until auto()."""
-    global _fixed, _next
-    _fixed = True
+    global _fixed, _next, _limit
     if n is not None:
         numba.set_num_threads(n)  # raises ValueError outside 1..NUMBA_NUM_THREADS
-    _next = 0.0
+    # The number now set is the user's even when it equals what this module last set (after a
+    # drop to 1 thread under load, `--threads 1` must not read as "unchanged").
+    _fixed, _limit, _next = True, numba.get_num_threads(), 0.0
+    _set(_limit)
     _poll()
 
 

@@ -126,6 +126,24 @@ def test_fix_keeps_the_number_whatever_the_load(fresh, monkeypatch):
         threads.fix(numba.config.NUMBA_NUM_THREADS + 1)
 
 
+@pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_fixing_the_number_this_module_last_set_is_still_the_users(fresh, monkeypatch):
+    """Under load the module set 1 thread; the user's `--threads 1` (numba.set_num_threads(1),
+    then fix()) must keep 1 after the load is gone, not return to the old limit of 2."""
+    load, advance = _fake_machine(monkeypatch, 2)
+    numba.set_num_threads(2)
+    threads.parallel()
+    load["others_rate"] = 1.0
+    advance(threads.FIRST_POLL)
+    assert not threads.parallel()
+    numba.set_num_threads(1)
+    threads.fix()
+    load["others_rate"] = 0.0
+    for _ in range(3):
+        advance(threads.POLL)
+        assert not threads.parallel()
+
+
 def test_a_kernel_runs_its_parallel_twin_only_with_threads_and_work(monkeypatch):
     kernel = cpu.Kernel.__new__(cpu.Kernel)
     kernel.serial, kernel.parallel = (lambda n: "serial"), (lambda n: "parallel")

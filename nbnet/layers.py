@@ -257,7 +257,7 @@ class Linear(Layer):
         fed this one), returns the gradient at that ReLU's input instead, in the same pass."""
         dout = self._check_grad(dout, self.out)
         k = kernels(dout)
-        k.linear_backward_params(self.grad_weight, self._grad_bias(dout), dout, self.inp)
+        k.linear_backward_params(self.grad_weight, self._grad_bias(dout), dout, self.inp, True)
         if not need_input_grad:
             return None
         if relu is not None:

@@ -152,7 +152,9 @@ def move_model(model, device):
     for layer in model.layers:
         keep = set()
         for p in layer.parameters():
-            keep.update((p.name, "grad_" + p.name))
+            # "_grad_<name>": the array behind a Linear's grad_<name> property. p.grad reads a
+            # gradient that zero_grad marked as zeros (and fills it): the move copies zeros.
+            keep.update((p.name, "grad_" + p.name, "_grad_" + p.name))
             setattr(layer, p.name, move(p.data))
             setattr(layer, "grad_" + p.name, move(p.grad))
         for name, value in list(vars(layer).items()):

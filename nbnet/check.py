@@ -128,11 +128,18 @@ def check_linear(dtype):
             bad.append(f"linear_relu_backward_input {name}: max error {np.abs(dx - want).max():.3g}")
         dw, db = np.ones((m, n), dtype), np.ones(m, dtype)
         dw_ref, db_ref = dw.copy(), db.copy()
-        cpu.linear_backward_params(dw, db, g, x)
+        cpu.linear_backward_params(dw, db, g, x, True)
         cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
         err = max(np.abs(dw - dw_ref).max(), np.abs(db - db_ref).max())
         if not err <= TOL[dtype] * k:
             bad.append(f"linear_backward_params {name}: max error {err:.3g}")
+        # accumulate=False (after zero_grad) writes over what is there: NaN must not show through.
+        dw, db, dw_ref, db_ref = np.full((m, n), np.nan, dtype), np.full(m, np.nan, dtype), np.zeros((m, n), dtype), np.zeros(m, dtype)
+        cpu.linear_backward_params(dw, db, g, x, False)
+        cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
+        err = max(np.abs(dw - dw_ref).max(), np.abs(db - db_ref).max())
+        if not err <= TOL[dtype] * k:
+            bad.append(f"linear_backward_params (writing) {name}: max error {err:.3g}")
     return bad
 
 
@@ -153,7 +160,7 @@ def check_threads():
             cpu.linear_forward_act.parallel(out, out, x, w, b, False)
             cpu.linear_forward_t.parallel(out.copy(), out.copy(), x, w.T.copy(), b, False)
             cpu.linear_backward_input_act.parallel(dx, g, w, dx, False)
-            cpu.linear_backward_params.parallel(dw, db, g, x)
+            cpu.linear_backward_params.parallel(dw, db, g, x, True)
             runs.append((out, dx, dw, db))
     finally:
         numba.set_num_threads(before)

@@ -3,7 +3,7 @@
 Conventions (the same in nbnet/gpu.py):
 - Batch in rows: inp is (k, n), weight is (m, n), out is (k, m); out = inp @ weight.T + bias.
 - Outputs first, then inputs; gradients are named d<name>. Parameter gradients accumulate (+=),
-  input gradients are overwritten.
+  or with accumulate=False are written (=) over what is there; input gradients are overwritten.
 - Every kernel is generic over float32/float64. Constants are made with `x.dtype.type(c)` so that a
   float32 kernel never computes in float64 (tests/test_dtypes.py greps the LLVM IR for `double`).
 - Each output element has exactly one owner: prange runs over an output index, and every sum is a
@@ -316,13 +316,15 @@ def linear_relu_backward_input(dinp, dout, weight, preact):
 
 
 
-def _linear_backward_params(dweight, dbias, dout, inp):
-    """dw_jl += Σ_i g_ij x_il,   db_j += Σ_i g_ij
+def _linear_backward_params(dweight, dbias, dout, inp, accumulate):
+    """dw_jl (+)= Σ_i g_ij x_il,   db_j (+)= Σ_i g_ij   (accumulate: +=, else =)
 
-    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. Broadcast-form units
-    (simd.bcast_unit: A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the first
-    column group also sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM
-    rows: the plain row loop, parallel over j.
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. accumulate=False writes the sums
+    over what is there (the first backward after zero_grad, see nbnet.layers.Linear): the values
+    of adding them to zeros (up to the sign of a zero sum), without reading dW. Broadcast-form units (simd.bcast_unit:
+    A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the first column group also
+    sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM rows: the plain row
+    loop, parallel over j.
     """
     m, n = dweight.shape
     k = dout.shape[0]
@@ -334,9 +336,13 @@ def _linear_backward_params(dweight, dbias, dout, inp):
                 g = dout[i, j]
                 db += g
                 x = inp[i]
-                for l in range(n):
-                    dw[l] += g * x[l]
-            dbias[j] += db
+                if accumulate or i > 0:
+                    for l in range(n):
+                        dw[l] += g * x[l]
+                else:
+                    for l in range(n):
+                        dw[l] = g * x[l]
+            dbias[j] = dbias[j] + db if accumulate else db
         return
     units = simd.bcast_units(dweight)
     counter = np.empty(1, np.int64)
@@ -344,17 +350,21 @@ def _linear_backward_params(dweight, dbias, dout, inp):
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
-            j0, j1, l0, l1 = simd.bcast_unit(dweight, dout, 1, m, inp, k, u, True)
-            if l0 == 0:  # db_j += g_ij for i in order, along G's rows (down its columns: a cache
-                for i in range(k):  # line a step at stride m, measured 5% of dW 784->256)
+            j0, j1, l0, l1 = simd.bcast_unit(dweight, dout, 1, m, inp, k, u, accumulate)
+            if l0 == 0:  # db_j (+)= g_ij for i in order, along G's rows (down its columns: a
+                for i in range(k):  # cache line a step at stride m, measured 5% of dW 784->256)
                     g = dout[i]
-                    for j in range(j0, j1):
-                        dbias[j] += g[j]
+                    if accumulate or i > 0:
+                        for j in range(j0, j1):
+                            dbias[j] += g[j]
+                    else:
+                        for j in range(j0, j1):
+                            dbias[j] = g[j]
             u = simd.claim(counter)
 
 
 linear_backward_params = Kernel(
-    _linear_backward_params, lambda dw, db, g, x: x.size * dw.shape[0], PARALLEL_WORK
+    _linear_backward_params, lambda dw, db, g, x, accumulate: x.size * dw.shape[0], PARALLEL_WORK
 )
 
 

@@ -152,7 +152,9 @@ def move_model(model, device):
     for layer in model.layers:
         keep = set()
         for p in layer.parameters():
-            keep.update((p.name, "grad_" + p.name))
+            # "_grad_<name>": the array behind a Linear's grad_<name> property. p.grad reads a
+            # gradient that zero_grad marked as zeros (and fills it): the move copies zeros.
+            keep.update((p.name, "grad_" + p.name, "_grad_" + p.name))
             setattr(layer, p.name, move(p.data))
             setattr(layer, "grad_" + p.name, move(p.grad))
         for name, value in list(vars(layer).items()):
@@ -226,8 +228,8 @@ def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
 
 
 @_jit
-def _linear_backward_weight_kernel(dweight, dout, inp):
-    """dw_jl += Σ_i g_ij x_il   dweight (m, n), dout (k, m) = G, inp (k, n)
+def _linear_backward_weight_kernel(dweight, dout, inp, accumulate):
+    """dw_jl (+)= Σ_i g_ij x_il   dweight (m, n), dout (k, m) = G, inp (k, n); accumulate: +=, else =
 
     A tiled GᵀX: thread (ty, tx) owns dw_jl, j = by T + ty, l = bx T + tx, and sums over i in order.
     """
@@ -239,7 +241,7 @@ def _linear_backward_weight_kernel(dweight, dout, inp):
     j = cuda.blockIdx.y * TILE + ty
     l = cuda.blockIdx.x * TILE + tx
     zero = inp.dtype.type(0)
-    acc = dweight[j, l] if j < m and l < n else zero
+    acc = dweight[j, l] if accumulate and j < m and l < n else zero
     for i0 in range(0, k, TILE):
         gcol = cuda.blockIdx.y * TILE + tx  # coalesced: consecutive tx read consecutive g columns
         gs[ty, tx] = dout[i0 + ty, gcol] if i0 + ty < k and gcol < m else zero
@@ -253,19 +255,20 @@ def _linear_backward_weight_kernel(dweight, dout, inp):
 
 
 @_jit
-def _linear_backward_bias_kernel(dbias, dout):
-    """db_j += Σ_i g_ij   one thread per j, summing i in order"""
+def _linear_backward_bias_kernel(dbias, dout, accumulate):
+    """db_j (+)= Σ_i g_ij   one thread per j, summing i in order"""
     j = cuda.grid(1)
     if j < dbias.shape[0]:
         db = dbias.dtype.type(0)
         for i in range(dout.shape[0]):
             db += dout[i, j]
-        dbias[j] += db
+        dbias[j] = dbias[j] + db if accumulate else db
 
 
-def linear_backward_params(dweight, dbias, dout, inp):
-    _launch_tiles(_linear_backward_weight_kernel, dweight, dout, inp)
-    _launch_1d(_linear_backward_bias_kernel, dbias.shape[0], dbias, dout)
+def linear_backward_params(dweight, dbias, dout, inp, accumulate):
+    """dw_jl (+)= Σ_i g_ij x_il,  db_j (+)= Σ_i g_ij: accumulate=True adds, False writes (as nbnet.cpu)"""
+    _launch_tiles(_linear_backward_weight_kernel, dweight, dout, inp, accumulate)
+    _launch_1d(_linear_backward_bias_kernel, dbias.shape[0], dbias, dout, accumulate)
 
 
 @_jit

@@ -46,7 +46,7 @@ def empty_like_shape(like, shape, dtype):
 class Parameter:
     """A handle on one parameter of a layer: `.data` and `.grad` are that layer's arrays, looked up
     on each access, so the handle stays valid when the layer's arrays are replaced (e.g. moved to
-    the GPU) or assigned."""
+    the GPU) or assigned. After zero_grad(), `.grad` reads zeros (see Linear)."""
 
     layer: Any
     name: str
@@ -74,6 +74,7 @@ class Layer:
         return []
 
     def zero_grad(self):
+        """Every gradient reads as zeros from now on (here: filled; Linear only marks them)."""
         for p in self.parameters():
             kernels(p.grad).fill(p.grad, 0)
 
@@ -156,6 +157,14 @@ class Linear(Layer):
     Weights He-uniform from `seed`, bias zero. With bias=False there is no b (`.bias` and
     `.grad_bias` are None, parameters() is [weight]): the kernels get a zero vector for b and a
     scratch for db that nothing reads, so every device runs the one tested kernel.
+
+    zero_grad() writes nothing: it marks the gradients as zeros, and the next backward writes
+    dW = Gᵀ X, db = Σ_i G_i instead of adding (the same values as adding them to zeros, without
+    a pass over the arrays first: at batch 1 that pass cost as much as the backward itself).
+    Reading `.grad_weight` / `.grad_bias` (or a Parameter's `.grad`) while they are marked fills
+    them with zeros first, so every read sees zeros; an array taken from them before zero_grad()
+    keeps its old values until the next backward or read (as torch's zero_grad(set_to_none=True)
+    leaves an old .grad tensor alone). Assigning `.grad_weight = arr` clears the mark.
     """
 
     in_features: int
@@ -164,8 +173,10 @@ class Linear(Layer):
     dtype: Any = field(default=np.float32, kw_only=True)
     seed: Any = field(default=None, kw_only=True, repr=False)
     weight: Any = field(init=False, repr=False)
-    grad_weight: Any = field(init=False, repr=False)
-    grad_bias: Any = field(init=False, repr=False)
+    _grad_weight: Any = field(init=False, default=None, repr=False)  # behind the grad_weight property
+    _grad_bias: Any = field(init=False, default=None, repr=False)
+    _zero_weight: bool = field(init=False, default=False, repr=False)  # marked by zero_grad: reads as zeros
+    _zero_bias: bool = field(init=False, default=False, repr=False)
     inp: Any = field(init=False, default=None, repr=False)  # forward cache: X
     out: Any = field(init=False, default=None, repr=False)
     dinp: Any = field(init=False, default=None, repr=False)
@@ -197,6 +208,51 @@ class Linear(Layer):
     def describe(self):
         return f"Linear({self.in_features}, {self.out_features})"
 
+    @property
+    def grad_weight(self):
+        """dL/dW (out, in); zeros after zero_grad() until the next backward."""
+        if self._zero_weight:
+            self._zero_marked()
+        return self._grad_weight
+
+    @grad_weight.setter
+    def grad_weight(self, value):
+        self._grad_weight, self._zero_weight = value, False
+
+    @property
+    def grad_bias(self):
+        """dL/db (out,), or None with bias=False; zeros after zero_grad() until the next backward."""
+        if self._zero_bias:
+            self._zero_marked()
+        return self._grad_bias
+
+    @grad_bias.setter
+    def grad_bias(self, value):
+        self._grad_bias, self._zero_bias = value, False
+
+    def zero_grad(self):
+        """Mark both gradients as zeros, writing nothing (see the class docstring)."""
+        self._zero_weight = True
+        self._zero_bias = self._grad_bias is not None
+
+    def _zero_marked(self):
+        """Fill the marked gradients with zeros for real and clear their marks."""
+        for name in ("weight", "bias"):
+            if getattr(self, "_zero_" + name):
+                setattr(self, "_zero_" + name, False)
+                arr = getattr(self, "_grad_" + name)
+                kernels(arr).fill(arr, 0)
+
+    def _accumulate(self):
+        """For this backward's kernel: False (write dW and db) when zero_grad marked both as zeros
+        since the last backward, else True (add). Clears the marks; a gradient marked alone (an
+        optimizer over the weight only, say) is zeroed for real first."""
+        if self._zero_weight and (self._zero_bias or self._grad_bias is None):
+            self._zero_weight = self._zero_bias = False
+            return False
+        self._zero_marked()
+        return True
+
     def config(self):
         cfg = {
             "in_features": self.in_features,
@@ -222,10 +278,11 @@ class Linear(Layer):
             kernels(zeros).fill(zeros, 0)
         return zeros
 
-    def _grad_bias(self, like):
-        """db, or for bias=False a scratch the kernel adds into and nothing reads."""
-        if self.grad_bias is not None:
-            return self.grad_bias
+    def _dbias(self, like):
+        """db's array as it is (a mark of zero_grad left alone), or for bias=False a scratch the
+        kernel writes into and nothing reads."""
+        if self._grad_bias is not None:
+            return self._grad_bias
         return self._buffer("grad_bias_scratch", like, (self.out_features,), self.weight.dtype)
 
     def forward(self, x):
@@ -253,11 +310,13 @@ class Linear(Layer):
         return self._buffer("weight_t", x, (self.in_features, self.out_features), x.dtype)
 
     def backward(self, dout, need_input_grad=True, relu=None):
-        """dW += Gᵀ X, db += Σ_i G_i, and (if wanted) dX = G W. With `relu` (the ReLU layer that
-        fed this one), returns the gradient at that ReLU's input instead, in the same pass."""
+        """dW += Gᵀ X, db += Σ_i G_i (=, not +=, right after zero_grad), and (if wanted) dX = G W.
+        With `relu` (the ReLU layer that fed this one), returns the gradient at that ReLU's input
+        instead, in the same pass."""
         dout = self._check_grad(dout, self.out)
         k = kernels(dout)
-        k.linear_backward_params(self.grad_weight, self._grad_bias(dout), dout, self.inp)
+        accumulate = not (self._zero_weight or self._zero_bias) or self._accumulate()
+        k.linear_backward_params(self._grad_weight, self._dbias(dout), dout, self.inp, accumulate)
         if not need_input_grad:
             return None
         if relu is not None:

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .layers import Parameter, empty_like_shape, kernels
+from .layers import Linear, Parameter, empty_like_shape, kernels
 
 
 def _flat(arr):
@@ -56,19 +56,30 @@ class Optimizer:
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
         self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
         self._owners = self._attrs = self._owners_of = None  # (layer, attribute) of each array, for _arrays_now
+        self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
 
-    def _arrays_now(self):
-        """The arrays the layers hold now, data then grad, and a key of their ids. With Parameter
-        handles the lookups are C-level (map/getattr): this runs twice per step, and a Python
-        loop over the handles' properties cost ~5 µs each time."""
-        if self._owners is None or self._owners_of != self.params:  # opt.params may be reassigned
+    def _handles(self):
+        """Per-parameter lookups made once (again when opt.params is reassigned): the (layer,
+        attribute) of each array for _arrays_now, and for zero_grad the (layer, flag) marking each
+        Linear parameter's gradient as zeros and the other handles, whose gradients it fills."""
+        if self._owners is None or self._owners_of != self.params:
             self._owners_of = list(self.params)  # kept alive: the comparison is by identity
             if all(isinstance(p, Parameter) for p in self.params):
                 self._owners = [p.layer for p in self.params] * 2
                 self._attrs = [p.name for p in self.params] + ["grad_" + p.name for p in self.params]
             else:
                 self._owners = False
+            lazy = [isinstance(p, Parameter) and isinstance(p.layer, Linear) and p.name in ("weight", "bias")
+                    for p in self.params]
+            self._marks = [(p.layer, "_zero_" + p.name) for p, ok in zip(self.params, lazy) if ok]
+            self._fills = [p for p, ok in zip(self.params, lazy) if not ok]
+
+    def _arrays_now(self):
+        """The arrays the layers hold now, data then grad, and a key of their ids. With Parameter
+        handles the lookups are C-level (map/getattr): this runs once per step, and a Python
+        loop over the handles' properties cost ~5 µs each time."""
+        self._handles()
         if self._owners:
             arrays = list(map(getattr, self._owners, self._attrs))
         else:
@@ -106,11 +117,20 @@ class Optimizer:
         return flat
 
     def zero_grad(self):
-        flat = self._flat()
-        if flat is not None:
+        """Every parameter's gradient reads as zeros from now on. A Linear's gradients are only
+        marked (nothing is written): its next backward writes them instead of adding, and reading
+        them before that fills them with zeros (see nbnet.layers.Linear). So an array taken from
+        `.grad` before zero_grad() keeps its old values until then. Other gradients are filled."""
+        self._handles()
+        for layer, flag in self._marks:
+            setattr(layer, flag, True)
+        if not self._fills:
+            return
+        flat = None if self._marks else self._flat()
+        if flat is not None:  # no Linear: one pass over the packed buffer
             flat[1].fill(0)
             return
-        for p in self.params:
+        for p in self._fills:
             kernels(p.grad).fill(p.grad, 0)
 
     def _state(self, i, p):

@@ -65,7 +65,7 @@ def kernel_rows(k, n, m, dtype, rounds, min_time):
     wT, gT = w.T, g.T
     pairs = {
         "forward": (lambda: cpu.linear_relu_forward(out, act, x, w, b, wt), lambda: np.dot(x, wT, out=o_fwd)),
-        "dW": (lambda: cpu.linear_backward_params(dw, db, g, x), lambda: np.dot(gT, x, out=o_dw)),
+        "dW": (lambda: cpu.linear_backward_params(dw, db, g, x, True), lambda: np.dot(gT, x, out=o_dw)),
         "dX": (lambda: cpu.linear_backward_input(dx, g, w), lambda: np.dot(g, w, out=o_dx)),
     }
     rows = []

@@ -80,7 +80,7 @@ def mnist_groups(batch=128, dtype=np.float32):
         a = dict(inp=rand(k, n, dtype=d), weight=rand(m, n, dtype=d, seed=1), bias=rand(m, dtype=d),
                  dout=rand(k, m, dtype=d, seed=2), preact=rand(k, n, dtype=d, seed=3),
                  out=np.empty((k, m), d), act=np.empty((k, m), d), dinp=np.empty((k, n), d),
-                 dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), relu=False)
+                 dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), relu=False, accumulate=True)
         a["weight_t"] = a["weight"].T.copy()  # linear_forward_t's Wᵀ
         o_fwd, o_dx = np.empty((k, m), d), np.empty((k, n), d)  # NumPy's outputs
         numpy = {

@@ -87,7 +87,7 @@ def main():
     for name, (xin, g) in cases.items():
         assert name == "normal" or subnormals(xin) == xin.size
         times[name] = [best_of(lambda: cpu.linear_forward(out, xin, w, b)),
-                       best_of(lambda: cpu.linear_backward_params(dw, db, g, xin)),
+                       best_of(lambda: cpu.linear_backward_params(dw, db, g, xin, True)),
                        best_of(lambda: cpu.linear_backward_input(dx, g, w))]
         print(f"   {name:<14} " + " ".join(f"{t * 1e6:9.1f}" for t in times[name]))
     ratios = [s / n for s, n in zip(times["all subnormal"], times["normal"])]

@@ -63,7 +63,11 @@ def test_linear_kernels(k, n, m, dtype):
     np.testing.assert_allclose(out, x @ w.T + b, **TOL[dtype])  # and the formula itself
     # Parameter gradients accumulate into what is there: start from non-zero values.
     dw, db = rand(rng, (m, n), dtype), rand(rng, (m,), dtype)
-    assert_same("linear_backward_params", dw, db, g, x, check=[0, 1])
+    assert_same("linear_backward_params", dw, db, g, x, True, check=[0, 1])
+    # accumulate=False (the backward after zero_grad) writes the sums over what is there.
+    d = assert_same("linear_backward_params", dw, db, g, x, False, check=[0, 1])
+    np.testing.assert_allclose(d[0], g.T @ x, **TOL[dtype])
+    np.testing.assert_allclose(d[1], g.sum(0), **TOL[dtype])
     assert_same("linear_backward_input", np.full((k, n), np.nan, dtype), g, w, check=[0])
 
 
@@ -249,6 +253,34 @@ def test_training_matches_cpu(dtype, opt_cls, rtol):
     for pc, pg in zip(cpu_model.parameters(), gpu_model.parameters()):
         assert not isinstance(pg.data, np.ndarray)
         np.testing.assert_allclose(to_host(pg.data), pc.data, rtol=rtol * 10, atol=rtol)
+
+
+def test_zero_grad_on_device_reads_zeros_and_the_next_backward_writes():
+    """zero_grad marks a Linear's device gradients as zeros (nbnet.layers.Linear); reads fill them,
+    the next backward writes them: as on the host, whose gradients were filled eagerly."""
+    rng = np.random.default_rng(9)
+    x, y = rand(rng, (5, 3), np.float64), rng.integers(0, 4, size=5)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    host, dev = tiny_model(np.float64), tiny_model(np.float64).to("cuda")
+    for model in (host, dev):
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())  # non-zero gradients
+    dev.zero_grad()
+    assert not any(to_host(p.grad).any() for p in dev.parameters())
+    loss_fn.forward(dev.forward(x), y)
+    dev.backward(loss_fn.backward())  # non-zero again, for the next zero_grad to leave alone
+    dev.zero_grad()
+    for p in host.parameters():
+        p.grad[...] = 0
+    for model in (host, dev):
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+    for ph, pd in zip(host.parameters(), dev.parameters()):
+        assert not isinstance(pd.grad, np.ndarray)
+        np.testing.assert_allclose(to_host(pd.grad), ph.grad, rtol=1e-12, atol=1e-14)
+    dev.zero_grad()
+    dev.to("cpu")  # moved while marked: zeros arrive
+    assert all(isinstance(p.grad, np.ndarray) and not p.grad.any() for p in dev.parameters())
 
 
 def test_mse_and_sigmoid_model_on_device():

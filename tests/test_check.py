@@ -20,7 +20,7 @@ def test_check_passes_and_says_what_it_compiled_for():
 
 
 def test_check_fails_on_a_wrong_kernel(monkeypatch):
-    def wrong(dweight, dbias, dout, inp):
+    def wrong(dweight, dbias, dout, inp, accumulate):
         cpu.linear_backward_params_ref(dweight, dbias, dout, inp)
         dweight[-1, -1] += 1e-3  # one element off
 

@@ -55,7 +55,7 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     # parameter gradients accumulate: start from non-zero values
     dw, db = np.ones((m, n), dtype), np.ones(m, dtype)
     dw_ref, db_ref = dw.copy(), db.copy()
-    cpu.linear_backward_params(dw, db, g, x)
+    cpu.linear_backward_params(dw, db, g, x, True)
     cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
     np.testing.assert_allclose(dw, dw_ref, rtol=0, atol=TOL[dtype] * k)
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
@@ -106,8 +106,8 @@ def check_dw_twins(g, x, dtype):
     k, m, n = g.shape[0], g.shape[1], x.shape[1]
     dw, db = [np.ones((m, n), dtype) for _ in range(3)], [np.ones(m, dtype) for _ in range(3)]
     cpu.linear_backward_params_ref(dw[0], db[0], g, x)
-    cpu.linear_backward_params.serial(dw[1], db[1], g, x)
-    cpu.linear_backward_params.parallel(dw[2], db[2], g, x)
+    cpu.linear_backward_params.serial(dw[1], db[1], g, x, True)
+    cpu.linear_backward_params.parallel(dw[2], db[2], g, x, True)
     np.testing.assert_allclose(dw[1], dw[0], rtol=0, atol=TOL[dtype] * k)
     np.testing.assert_allclose(db[1], db[0], rtol=0, atol=TOL[dtype] * k)
     np.testing.assert_array_equal(dw[1], dw[2])
@@ -162,7 +162,7 @@ def test_parallel_and_serial_twins_agree():
     for twin, a, c, d in zip((cpu.linear_backward_input_act.serial, cpu.linear_backward_input_act.parallel), dx, dw, db):
         twin(a, g, w, x, True)
     for twin, a, c, d in zip((cpu.linear_backward_params.serial, cpu.linear_backward_params.parallel), dx, dw, db):
-        twin(c, d, g, x)
+        twin(c, d, g, x, True)
     np.testing.assert_array_equal(dx[0], dx[1])
     np.testing.assert_array_equal(dw[0], dw[1])
     np.testing.assert_array_equal(db[0], db[1])
@@ -264,7 +264,7 @@ def kernel_args(name, dtype):
         "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
         "linear_forward_t": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w.T.copy(), b, True),
         "linear_backward_input_act": (np.empty((k, n), dtype), g, w, x, True),
-        "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x),
+        "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x, True),
     }[name]
 
 
@@ -331,7 +331,7 @@ from nbnet import cpu, simd
 assert simd.ISA == "avx512" and simd.REGISTERS == 32, simd.describe()
 arr = lambda nd: types.Array(types.float32, nd, "C")
 for kernel, sig, want in (
-    (cpu.linear_backward_params, (arr(2), arr(1), arr(2), arr(2)), simd.BCAST_MR * simd.BCAST_NV),
+    (cpu.linear_backward_params, (arr(2), arr(1), arr(2), arr(2), types.boolean), simd.BCAST_MR * simd.BCAST_NV),
     (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
 ):
     f = njit(kernel.serial.py_func)
@@ -363,7 +363,7 @@ for dtype in (np.float64, np.float32):  # float64: the largest stack panels
     x, g = rng.random((512, 784)).astype(dtype), rng.random((512, 256)).astype(dtype)
     w, b = rng.random((256, 784)).astype(dtype), np.zeros(256, dtype)
     dw, db, dx, y = np.zeros_like(w), np.zeros_like(b), np.empty_like(x), np.empty_like(g)
-    cpu.linear_backward_params.parallel(dw, db, g, x)
+    cpu.linear_backward_params.parallel(dw, db, g, x, True)
     cpu.linear_backward_input_act.parallel(dx, g, w, dx, False)
     cpu.linear_forward_act.parallel(y, y, x, w, b, True)
     wt, x2 = np.empty((64, 256), dtype), rng.random((512, 64)).astype(dtype)

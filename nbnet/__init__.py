@@ -4,14 +4,7 @@ from ._startup import quiet_signals_while_starting
 
 quiet_signals_while_starting()  # only in the `nbnet` command; first, before NumPy and Numba load
 
-import os
-
-# Threads that wait for work sleep instead of spinning. libgomp (Numba's default "omp" threading
-# layer) spins ~300,000 iterations before it sleeps; when another process holds a core, the
-# spinning thread steals it from the one doing the work, and 2-thread training ran 3-5x slower
-# than on a quiet machine (profiling/load.py measures it). Read once, when the threading layer
-# starts (the first parallel kernel call), so it is set here, at import; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+from . import threads  # first: it sets how Numba's threads wait, before anything starts them
 
 from . import datasets
 from .api import evaluate, predict, train

@@ -224,7 +224,8 @@ def main(out=print):
     out(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}")
     out(simd.describe())
     out(f"threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
-        f"{threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+        f"{threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '')}")
     t0 = time.perf_counter()
     with saying_compiling():
         failures = _run_checks(out)

@@ -374,9 +374,8 @@ def train_cmd(ctx, **opts):
         _check_plot_available()
     if opts["threads"] is not None:
         _set_threads(opts["threads"])
-        threads.fix()  # the user's number, whatever the load
     elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
-        _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]))
+        _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]), fixed=False)
     if cfg["device"] == "cuda":
         _check_cuda_importable()
     for key in OUTPUT_OPTIONS:
@@ -622,13 +621,18 @@ def _check_plot_available():
         raise CliError("--plot needs matplotlib: pip install 'nbnet[plot]'")
 
 
-def _set_threads(n):
+def _set_threads(n, fixed=True):
+    """n threads: the user's `--threads` (fixed, whatever the load), or with fixed=False a limit
+    nbnet.threads may lower while other processes keep cores busy."""
     import numba  # noqa: PLC0415
 
     top = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= top:
         raise CliError(f"--threads {n}: must be between 1 and {top} (NUMBA_NUM_THREADS)")
-    numba.set_num_threads(n)
+    if fixed:
+        threads.fix(n)
+    else:
+        numba.set_num_threads(n)
 
 
 def _max_threads():

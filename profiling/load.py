@@ -8,7 +8,8 @@ untimed steps (compilation, and nbnet.threads' first looks at the load). Setting
 - 2t fixed: NUMBA_NUM_THREADS=2, NBNET_THREADS=fixed (2 threads whatever the load);
 - 2t auto: NUMBA_NUM_THREADS=2, nbnet's default (fewer threads while other processes use the cores).
 Prints the mean step time of each, quiet and loaded, and the loaded 2-thread time over its quiet
-time and over 1 thread's loaded time. nbnet sets OMP_WAIT_POLICY=passive unless the user set it:
+time and over 1 thread's loaded time. nbnet sets OMP_WAIT_POLICY=passive, and a short spin
+(GOMP_SPINCOUNT) while it adapts the thread count, unless the user set either (nbnet/threads.py):
 `--policies passive,active` shows why.
 Goal (issue #9): loaded 2-thread ≤ 1.5× its quiet time and never slower than 1 thread loaded.
 
@@ -55,8 +56,10 @@ def worker(batch, steps):
 def measure(setting, policy, batch, steps):
     threads, mode = setting
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=os.path.dirname(HERE), NBNET_THREADS=mode)
-    if policy:
+    if policy:  # the user's policy alone (not the spin count this process's nbnet import set)
         env["OMP_WAIT_POLICY"] = policy
+        env.pop("GOMP_SPINCOUNT", None)
+        env.pop("NBNET_WAIT_SET", None)
     done = subprocess.run([sys.executable, __file__, "--worker", "--batch", str(batch), "--steps", str(steps)],
                           env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -105,7 +108,7 @@ def main():
                     if busy is not None:
                         busy.kill()
                         busy.wait()
-            name = policy or f"default ({os.environ.get('OMP_WAIT_POLICY', 'passive')})"
+            name = policy or "nbnet's default"
             cells = "".join(f" {res[n, loaded]['mean'] * 1e6:>9.0f}µ [{res[n, loaded]['threads']}]"
                             for loaded in (False, True) for n in SETTINGS)
             auto_q, auto_l, one_l = (res[k]["mean"] for k in (("2t auto", False), ("2t auto", True), ("1t", True)))

@@ -1,6 +1,7 @@
 """nbnet.threads: fewer threads while other processes keep the cores busy, the user's number
 otherwise, and the Kernels' choice of twin follows it."""
 
+import os
 import subprocess
 import sys
 import time
@@ -186,3 +187,33 @@ def test_a_bad_nbnet_threads_is_one_error_line(monkeypatch, value):
     done = subprocess.run([sys.executable, "-m", "nbnet.cli", "info"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: NBNET_THREADS must be auto or fixed")
+
+
+WAIT_SCRIPT = """
+import os, sys
+import nbnet
+from nbnet import threads
+if sys.argv[1] == "fix":
+    threads.fix(1)
+print(os.environ.get("OMP_WAIT_POLICY", "-"), os.environ.get("GOMP_SPINCOUNT", "-"))
+"""
+
+
+@pytest.mark.parametrize("env,action,expected", [
+    ({}, "", "passive 10000"),  # adapting: a short spin (under load it runs on one thread)
+    ({}, "fix", "passive -"),  # a fixed count, set before Numba started its threads: no spin
+    ({"NBNET_THREADS": "fixed"}, "", "passive -"),
+    ({"OMP_WAIT_POLICY": "active"}, "", "active -"),  # the user's: nbnet sets neither
+    ({"GOMP_SPINCOUNT": "5"}, "", "- 5"),
+    # A parent process's nbnet set them (NBNET_WAIT_SET says so): decided again here.
+    ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "10000", "NBNET_WAIT_SET": "passive,10000",
+      "NBNET_THREADS": "fixed"}, "", "passive -"),
+    ({"OMP_WAIT_POLICY": "passive", "NBNET_WAIT_SET": "passive,"}, "", "passive 10000"),
+    ({"OMP_WAIT_POLICY": "passive", "NBNET_WAIT_SET": "passive,10000"}, "", "passive -"),  # changed: the user's
+])
+def test_how_waiting_threads_wait(env, action, expected):
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_THREADS", "NBNET_WAIT_SET")}
+    done = subprocess.run([sys.executable, "-c", WAIT_SCRIPT, action], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == expected.split()

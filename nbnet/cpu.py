@@ -374,7 +374,10 @@ linear_backward_params = Kernel(
 # square root and a division). Measured on 2 cores (Zen 3, serial /
 # parallel twin time, interleaved, quiet; waking the sleeping thread costs 10-15 µs): sgd_step 0.70
 # at 131K elements, 1.20 at 262K, 2.0 at 524K; relu forward/backward 0.62-0.73 at 131K, 0.97-1.02 at
-# 262K; but sigmoid forward 1.75 at 32K and adam_step 0.75 at 32K, 1.30 at 131K.
+# 262K; but sigmoid forward 1.75 at 32K and adam_step 0.75 at 32K, 1.30 at 131K. sgd_step counts
+# twice its elements: with waiting threads that spin briefly (nbnet.threads), the SGD step of a
+# training loop (784-h-h/2-10 MLPs, SGD momentum, batch 1 and 32, 2 threads) ran parallel / serial
+# at 53K parameters 0.95-1.03, 109K 0.99-1.07, 235K 1.05-1.07, 536K 1.08-1.19.
 STEP_PARALLEL_WORK = 262_144
 EXP_COST = 8
 
@@ -750,7 +753,7 @@ def _sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
         param[p] -= lr * g
 
 
-sgd_step = Kernel(_sgd_step, lambda param, *rest: param.shape[0], STEP_PARALLEL_WORK)
+sgd_step = Kernel(_sgd_step, lambda param, *rest: 2 * param.shape[0], STEP_PARALLEL_WORK)
 
 
 def _adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt):

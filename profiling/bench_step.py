@@ -72,8 +72,9 @@ def worker(threads, batches, steps):
         x, y = rng.random((bs, 784), dtype=np.float32), rng.integers(0, 10, bs)
         fns = {name: make(x, y) for name, make in makers.items()}
         times = {name: [] for name in fns}
-        for fn in fns.values():
-            for _ in range(20):  # warm-up: compilation, caches, allocator
+        for fn in fns.values():  # warm-up, 0.5 s each: compilation, caches, allocator, threads
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.5:
                 fn()
         for _ in range(10):  # interleaved chunks
             for name, fn in fns.items():

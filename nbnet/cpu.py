@@ -136,6 +136,21 @@ class Kernel:
 # 0.93-1.09: four work units for two threads.)
 PARALLEL_WORK = 1_000_000
 
+# ... except a kernel that streams a weight larger than a core's L2 cache (STREAM_BYTES): its time is
+# reading (forward, dX) or writing (dW) that weight from L3, and two cores stream it faster than one,
+# once the waiting thread is quick to wake (nbnet.threads' short spin). Measured in a training loop
+# (2 cores, Zen 3, 784-256-128-10, weight 784x256 float32 = 784 KB), all Linear kernels from 200K
+# multiply-adds / from 1M: batch 1 0.92, batch 2 0.88; but where only small weights cross 200K it
+# lost (256->128 at batch 8: 1.10; 64->64 at 64: 1.09). dX of one row is a single row loop: no split.
+STREAM_BYTES = 512 * 1024
+
+
+def _linear_work(rows, weight, split=True):
+    """Multiply-adds of a Linear kernel over `rows` rows; at least PARALLEL_WORK when it streams a
+    weight larger than STREAM_BYTES (and its work can be split)."""
+    work = rows * weight.size
+    return max(work, PARALLEL_WORK) if split and weight.nbytes >= STREAM_BYTES else work
+
 
 @njit(inline="always")
 def bias_relu_block(out, act, bias, i0, i1, j0, j1, relu):
@@ -173,7 +188,7 @@ def _linear_forward(out, act, inp, weight, bias, relu):
             u = simd.claim(counter)
 
 
-linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: x.size * w.shape[0], PARALLEL_WORK)
+linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: _linear_work(x.shape[0], w), PARALLEL_WORK)
 
 
 def _linear_forward_t(out, act, inp, weight_t, bias, relu):
@@ -193,7 +208,9 @@ def _linear_forward_t(out, act, inp, weight_t, bias, relu):
             u = simd.claim(counter)
 
 
-linear_forward_t = Kernel(_linear_forward_t, lambda out, act, x, wt, b, relu: x.size * wt.shape[1], PARALLEL_WORK)
+linear_forward_t = Kernel(
+    _linear_forward_t, lambda out, act, x, wt, b, relu: _linear_work(x.shape[0], wt), PARALLEL_WORK
+)
 
 
 @pjit
@@ -299,7 +316,7 @@ def _linear_backward_input(dinp, dout, weight, preact, relu):
 
 
 linear_backward_input_act = Kernel(
-    _linear_backward_input, lambda dx, g, w, p, relu: g.shape[0] * w.size, PARALLEL_WORK
+    _linear_backward_input, lambda dx, g, w, p, relu: _linear_work(g.shape[0], w, g.shape[0] > 1), PARALLEL_WORK
 )
 
 
@@ -364,7 +381,7 @@ def _linear_backward_params(dweight, dbias, dout, inp, accumulate):
 
 
 linear_backward_params = Kernel(
-    _linear_backward_params, lambda dw, db, g, x, accumulate: x.size * dw.shape[0], PARALLEL_WORK
+    _linear_backward_params, lambda dw, db, g, x, accumulate: _linear_work(x.shape[0], dw), PARALLEL_WORK
 )
 
 

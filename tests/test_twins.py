@@ -87,3 +87,13 @@ def test_which_twin_runs(threads, expected):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == expected.split()
+
+
+def test_a_kernel_that_streams_a_large_weight_counts_as_parallel_work():
+    big = np.empty((256, 784), np.float32)  # 784 KB: larger than STREAM_BYTES
+    small = np.empty((128, 256), np.float32)  # 128 KB
+    assert big.nbytes >= cpu.STREAM_BYTES > small.nbytes
+    assert cpu._linear_work(1, big) == cpu.PARALLEL_WORK  # 200K multiply-adds, but a weight to stream
+    assert cpu._linear_work(8, big) == 8 * big.size  # already above the threshold
+    assert cpu._linear_work(1, big, split=False) == big.size  # dX of one row: one row loop, no split
+    assert cpu._linear_work(8, small) == 8 * small.size < cpu.PARALLEL_WORK

@@ -748,20 +748,35 @@ def count_correct(logits, targets):
 # ----------------------------------------------------------------------------------------------
 # Optimizers: the update rules of torch.optim, element by element over a flat parameter vector.
 # Scalars arrive already cast to the parameter dtype (torch casts Python scalars the same way).
+#
+# One departure: a state value (momentum, Adam's m and v) smaller in magnitude than the dtype's
+# smallest normal number (`tiny`: 1.2e-38 in float32) is stored as 0. A unit that no longer gets a
+# gradient (a dead ReLU) has its momentum decay by μ each step down into the subnormal range and
+# stay there: 0.9 · k·2⁻¹⁴⁹ rounds back to k·2⁻¹⁴⁹ for k ≤ 4. Such a value changes no weight, but x86
+# cores compute on it slowly: the 784-256-128-10 SGD step took 77.6 µs instead of 45.6 with 12% of
+# the momentum subnormal (Zen 3, one thread), what 2 MNIST epochs at batch 8 left (28K of 235K).
+
+
+@njit(inline="always")
+def _flushed(x, tiny, zero):
+    """x, or zero where |x| < tiny (a subnormal); a select, so the loop still vectorises. NaN passes."""
+    return zero if abs(x) < tiny else x
 
 
 def _sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
     """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD, dampening 0)
 
     With momentum = 0, b is unused and θ -= lr g. On the first step b = 0, so b = g, as in torch.
+    A subnormal b is stored as 0 (see above).
     """
     zero = param.dtype.type(0)
+    tiny = param.dtype.type(np.finfo(param.dtype).tiny)
     for p in prange(param.shape[0]):
         g = grad[p]
         if weight_decay != zero:
             g += weight_decay * param[p]
         if momentum != zero:
-            b = momentum * buf[p] + g
+            b = _flushed(momentum * buf[p] + g, tiny, zero)
             buf[p] = b
             if nesterov:
                 g = g + momentum * b
@@ -780,17 +795,19 @@ def _adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_s
     AdamW: θ *= decay;  g = ∇   (l2 = 0, decay = 1 - lr weight_decay)
     m = β1 m + (1-β1) g   (as torch's lerp: m + (1-β1)(g - m));   v = β2 v + (1-β2) g²
     θ -= step_size m / (√v / bc2_sqrt + ε),   step_size = lr / (1-β1^t),   bc2_sqrt = √(1-β2^t)
+    A subnormal m or v is stored as 0 (see above).
     """
     one = param.dtype.type(1)
     zero = param.dtype.type(0)
+    tiny = param.dtype.type(np.finfo(param.dtype).tiny)
     for p in prange(param.shape[0]):
         g = grad[p]
         if l2 != zero:
             g += l2 * param[p]
         if decay != one:
             param[p] *= decay
-        mp = m[p] + (one - beta1) * (g - m[p])
-        vp = beta2 * v[p] + (one - beta2) * g * g
+        mp = _flushed(m[p] + (one - beta1) * (g - m[p]), tiny, zero)
+        vp = _flushed(beta2 * v[p] + (one - beta2) * g * g, tiny, zero)
         m[p] = mp
         v[p] = vp
         param[p] -= step_size * mp / (np.sqrt(vp) / bc2_sqrt + eps)

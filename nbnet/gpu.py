@@ -681,8 +681,9 @@ def bce_with_logits_backward(dlogits, logits, targets):
 
 
 @_jit
-def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov):
-    """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD)"""
+def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov, tiny):
+    """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD; a
+    subnormal b, |b| < tiny, stored as 0 as in cpu.sgd_step)"""
     p = cuda.grid(1)
     if p < param.shape[0]:
         zero = param.dtype.type(0)
@@ -691,6 +692,8 @@ def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov):
             g += weight_decay * param[p]
         if momentum != zero:
             b = momentum * buf[p] + g
+            if abs(b) < tiny:
+                b = zero
             buf[p] = b
             if nesterov:
                 g = g + momentum * b
@@ -700,13 +703,15 @@ def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov):
 
 
 def sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
-    _launch_1d(_sgd_step_kernel, param.shape[0], param, grad, buf, lr, momentum, weight_decay, nesterov)
+    tiny = param.dtype.type(np.finfo(param.dtype).tiny)
+    _launch_1d(_sgd_step_kernel, param.shape[0], param, grad, buf, lr, momentum, weight_decay, nesterov, tiny)
 
 
 @_jit
-def _adam_step_kernel(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt):
+def _adam_step_kernel(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt, tiny):
     """g = ∇ + l2 θ;  θ *= decay;  m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;
-    θ -= step_size m / (√v / bc2_sqrt + ε)   (torch.optim.Adam / AdamW; see cpu.adam_step)"""
+    θ -= step_size m / (√v / bc2_sqrt + ε)   (torch.optim.Adam / AdamW; see cpu.adam_step: a
+    subnormal m or v, below tiny, is stored as 0)"""
     p = cuda.grid(1)
     if p < param.shape[0]:
         one = param.dtype.type(1)
@@ -718,6 +723,10 @@ def _adam_step_kernel(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size
             param[p] *= decay
         mp = m[p] + (one - beta1) * (g - m[p])
         vp = beta2 * v[p] + (one - beta2) * g * g
+        if abs(mp) < tiny:
+            mp = zero
+        if abs(vp) < tiny:
+            vp = zero
         m[p] = mp
         v[p] = vp
         param[p] -= step_size * mp / (math.sqrt(vp) / bc2_sqrt + eps)
@@ -727,6 +736,7 @@ def adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sq
     _launch_1d(
         _adam_step_kernel, param.shape[0],
         param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt,
+        param.dtype.type(np.finfo(param.dtype).tiny),
     )
 
 

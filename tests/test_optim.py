@@ -189,3 +189,27 @@ def test_one_pass_over_packed_parameters_equals_one_call_per_parameter(make, rng
         np.testing.assert_array_equal(p.data, q.data)
     for key, arr in opt_loose.state_dict()["state"].items():
         np.testing.assert_array_equal(arr, opt_packed.state_dict()["state"][key])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make", [lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9), lambda ps: nb.Adam(ps, lr=0.1)],
+                         ids=["sgd", "adam"])
+def test_subnormal_optimizer_state_is_stored_as_zero(dtype, make):
+    """A dead unit's momentum decays into the subnormal range and sticks there (0.9 · 3·2⁻¹⁴⁹ rounds
+    back to 3·2⁻¹⁴⁹), where x86 cores compute slowly; the kernels store it as 0 instead. A normal
+    value next to it is left alone, and the weights are the same as without the flush."""
+    layer = nb.Linear(4, 1, bias=False, dtype=dtype, seed=0)
+    opt = make(layer.parameters())
+    opt.step()  # creates the state (zero gradient: the state stays 0)
+    smallest = np.nextafter(dtype(0), dtype(1))
+    tiny = np.finfo(dtype).tiny
+    for st in opt.state:
+        for arr in st.values():
+            arr[...] = [3 * smallest, tiny / 2, 4 * tiny, 0]  # two subnormals, a normal, a zero
+    before = layer.weight.copy()
+    opt.step()
+    for st in opt.state:
+        for name, arr in st.items():
+            assert arr[0] == 0 and arr[1] == 0, (name, arr)  # without the flush: still subnormal
+            assert arr[2] != 0 and abs(arr[2]) >= tiny / 2, (name, arr)  # a normal value decays as usual
+    np.testing.assert_array_equal(layer.weight[0, :2], before[0, :2])  # the tiny state moved no weight

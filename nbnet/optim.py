@@ -1,4 +1,6 @@
-"""Optimizers with the update rules of torch.optim's classes of the same name, step for step.
+"""Optimizers with the update rules of torch.optim's classes of the same name, step for step
+(except that a state value below the dtype's smallest normal number is stored as 0: see the
+optimizer kernels in nbnet/cpu.py).
 
 Each `step()` calls one kernel (nbnet.cpu.sgd_step / adam_step, or their nbnet.gpu twins) on flat
 views: once over all parameters when a Sequential packed them into one buffer, else once per

@@ -188,7 +188,9 @@ def _linear_forward(out, act, inp, weight, bias, relu):
             u = simd.claim(counter)
 
 
-linear_forward_act = Kernel(_linear_forward, lambda out, act, x, w, b, relu: _linear_work(x.shape[0], w), PARALLEL_WORK)
+linear_forward_act = Kernel(
+    _linear_forward, lambda out, act, x, w, b, relu: _linear_work(x.shape[0], w), PARALLEL_WORK
+)
 
 
 def _linear_forward_t(out, act, inp, weight_t, bias, relu):
@@ -338,10 +340,10 @@ def _linear_backward_params(dweight, dbias, dout, inp, accumulate):
 
     dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. accumulate=False writes the sums
     over what is there (the first backward after zero_grad, see nbnet.layers.Linear): the values
-    of adding them to zeros (up to the sign of a zero sum), without reading dW. Broadcast-form units (simd.bcast_unit:
-    A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the first column group also
-    sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM rows: the plain row
-    loop, parallel over j.
+    of adding them to zeros (up to the sign of a zero sum), without reading dW. Broadcast-form
+    units (simd.bcast_unit: A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the
+    first column group also sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM
+    rows: the plain row loop, parallel over j.
     """
     m, n = dweight.shape
     k = dout.shape[0]
@@ -573,7 +575,9 @@ def _crossentropy_forward(losses, probs, targets):
     return total / probs.dtype.type(k)
 
 
-crossentropy_forward = Kernel(_crossentropy_forward, lambda losses, probs, t: losses.size * EXP_COST, STEP_PARALLEL_WORK)
+crossentropy_forward = Kernel(
+    _crossentropy_forward, lambda losses, probs, t: losses.size * EXP_COST, STEP_PARALLEL_WORK
+)
 
 
 def _crossentropy_backward(dprobs, probs, targets):

@@ -1,10 +1,10 @@
 """Thread scaling: each nbnet.cpu kernel and one whole training step at 1, 2, ... Numba threads.
 
 Measures microseconds per call at MNIST shapes, batch 128 (the cases of kernels.py), with
-nbnet.threads.fix(t) (t threads whatever the load) for each t in --threads, and the speed-up over 1 thread. Results are the
-same bitwise at every thread count (each output element has one owner); only the time changes. A
-speed-up well below t on a small kernel means waking the threads costs about as much as the work:
-threshold.py finds where parallel starts paying.
+nbnet.threads.fix(t) (t threads whatever the load) for each t in --threads, and the speed-up
+over 1 thread. Results are the same bitwise at every thread count (each output element has one
+owner); only the time changes. A speed-up well below t on a small kernel means waking the threads
+costs about as much as the work: threshold.py finds where parallel starts paying.
 
     python profiling/threads.py                   # 1 and 2 threads, ~30 s
     python profiling/threads.py --threads 1,2,4,8 --batch 512

@@ -212,7 +212,8 @@ print(os.environ.get("OMP_WAIT_POLICY", "-"), os.environ.get("GOMP_SPINCOUNT", "
     ({"OMP_WAIT_POLICY": "passive", "NBNET_WAIT_SET": "passive,10000"}, "", "passive -"),  # changed: the user's
 ])
 def test_how_waiting_threads_wait(env, action, expected):
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_THREADS", "NBNET_WAIT_SET")}
+    ours = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_THREADS", "NBNET_WAIT_SET")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
     done = subprocess.run([sys.executable, "-c", WAIT_SCRIPT, action], env={**clean, **env}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

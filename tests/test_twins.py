@@ -97,3 +97,10 @@ def test_a_kernel_that_streams_a_large_weight_counts_as_parallel_work():
     assert cpu._linear_work(8, big) == 8 * big.size  # already above the threshold
     assert cpu._linear_work(1, big, split=False) == big.size  # dX of one row: one row loop, no split
     assert cpu._linear_work(8, small) == 8 * small.size < cpu.PARALLEL_WORK
+
+
+def test_the_sgd_step_goes_parallel_from_131k_parameters():
+    """Its work counts twice its elements: it moves five arrays per element, an activation two."""
+    f = np.float32(0)
+    args = lambda n: (np.empty(n, F), np.empty(n, F), np.empty(n, F), f, f, f, False)  # noqa: E731
+    assert cpu.sgd_step.work(*args(131_072)) >= cpu.STEP_PARALLEL_WORK > cpu.sgd_step.work(*args(131_071))

@@ -25,6 +25,7 @@ import numpy as np
 from . import cpu, simd, threads
 
 COMPILING = "compiling kernels for this CPU (cached for later runs)"
+COMPILING_GPU = "compiling CUDA kernels for this GPU"
 
 # (k, n, m): a single row, n ≡ 1 mod 64 and mod the vector width, more rows than one MC block,
 # more steps than KC, widths below one vector.
@@ -53,21 +54,26 @@ def saying_compiling():
 
 
 def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128,), eval_rows=(), say=True):
-    """Compile what training and evaluating `model` (a Sequential on the CPU) will run, by running
+    """Compile what training and evaluating `model` (a Sequential, on the CPU or the GPU) will run, by running
     it on a throwaway copy of the same widths: training steps (forward, `loss_fn`, backward,
     `opt`'s step) at each of `train_rows` batch sizes and forwards at `eval_rows`, so exactly the
     kernels those shapes choose (serial or parallel twin, dot or broadcast forward) get compiled,
     or loaded from Numba's cache. The model and optimizer are not touched. Says COMPILING on
     stderr when a kernel is not in Numba's cache. What it cannot copy is left to compile on first use."""
     params = model.parameters()
-    if not params or not isinstance(params[0].data, np.ndarray):
+    if not params:
+        return
+    if not isinstance(params[0].data, np.ndarray):  # on the GPU: numba-cuda compiles each run
+        if say:
+            print(COMPILING_GPU, file=sys.stderr, flush=True)
+        _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device="cuda")
         return
     with saying_compiling() if say else contextlib.nullcontext():
         _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
 
 
-def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows):
-    from .layers import Linear  # noqa: PLC0415
+def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device=None):
+    from .layers import Linear, kernels  # noqa: PLC0415
     from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
     from .model import Sequential  # noqa: PLC0415
 
@@ -75,6 +81,8 @@ def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows):
         layers = [Linear(layer.in_features, layer.out_features, dtype=layer.dtype, seed=0)
                   if isinstance(layer, Linear) else type(layer)() for layer in model.layers]
         copy = Sequential(layers)
+        if device is not None:
+            copy.to(device)
         copy_opt = None
         if opt is not None:
             copy_opt = type(opt)(copy.parameters(), **{k: getattr(opt, k) for k in opt.hyper_names})
@@ -85,10 +93,14 @@ def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows):
         for rows, train in [(r, True) for r in train_rows if r > 0] + [(r, False) for r in eval_rows if r > 0]:
             x = rng.random((rows, width)).astype(copy.dtype)
             y = np.zeros((rows,) + targets.shape[1:], targets.dtype)
+            if device is not None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+                from .gpu import DeviceDataset  # noqa: PLC0415 - the batches' gather kernel
+
+                x, y = next(iter(DeviceDataset(x, y).batches(rows, shuffle=True, seed=0)))
             copy.zero_grad()
             logits = copy.forward(x)
             if y.ndim == 1:
-                cpu.count_correct(logits, y)
+                kernels(logits).count_correct(logits, y)
             loss_fn.forward(logits, y)
             if train:
                 copy.backward(loss_fn.backward())

@@ -25,6 +25,7 @@ import functools
 import importlib.util
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -127,10 +128,59 @@ def to_device_like(arr, like):
 
 
 def copy(arr):
-    """A new device array holding the values of device array `arr`."""
+    """A new device array holding the values of device array `arr` (2-D: a model's output). The
+    copy is a kernel launch: copy_to_device's device-to-device copy cost ~200 µs a step more on an
+    H100 (model.forward copies its output each step)."""
     out = cuda.device_array(arr.shape, arr.dtype)
-    out.copy_to_device(arr)
+    if arr.ndim == 2:
+        _launch_1d(_copy_kernel, arr.size, out, arr)
+    else:
+        out.copy_to_device(arr)
     return out
+
+
+@_jit
+def _copy_kernel(out, inp):
+    """y_ij = x_ij   one thread per element p = i n + j"""
+    p = cuda.grid(1)
+    if p < out.size:
+        n = out.shape[1]
+        i = p // n
+        j = p - i * n
+        out[i, j] = inp[i, j]
+
+
+def pack(arrays):
+    """(flat, views): one new device buffer holding the device `arrays` back to back, and a view of
+    it shaped as each, so an optimizer updates them all in one launch (nbnet.model.pack_parameters)."""
+    flat = cuda.device_array(sum(a.size for a in arrays), arrays[0].dtype)
+    views, start = [], 0
+    for a in arrays:
+        part = flat[start : start + a.size]
+        part.copy_to_device(a.reshape(a.size))
+        views.append(part.reshape(a.shape))
+        start += a.size
+    return flat, views
+
+
+def one_flat(arrays):
+    """A 1-D device view covering all of the device `arrays` when they lie back to back in one
+    allocation, in order (as after `pack`), else None (always None in the simulator, whose arrays
+    carry no device pointers: there each parameter gets its own launch)."""
+    first = arrays[0]
+    data = getattr(first, "gpu_data", None)
+    if data is None:
+        return None
+    owner, itemsize = data.owner, first.dtype.itemsize
+    start = pos = first.device_ctypes_pointer.value
+    for a in arrays:
+        if (getattr(a, "gpu_data", None) is None or a.gpu_data.owner is not owner or a.dtype != first.dtype
+                or not a.is_c_contiguous() or a.device_ctypes_pointer.value != pos):
+            return None
+        pos += a.size * itemsize
+    base = owner.device_pointer_value
+    return type(first)(shape=((pos - start) // itemsize,), strides=(itemsize,), dtype=first.dtype,
+                       gpu_data=owner.view(start - base, pos - base))
 
 
 def empty(shape, dtype):
@@ -166,18 +216,38 @@ def move_model(model, device):
 # Launch helpers: the grid for one thread per element (1-D) or per output of a tiled matmul.
 
 
+_launchers = {}  # (kernel, grid, block) -> kernel[grid, block], built once
+
+
+def _launcher(kernel, grid, block):
+    """kernel[grid, block], kept: numba-cuda builds a launch configuration in ~30 µs, as long as
+    the launch itself, and a training step launches ~20 kernels. Its low-occupancy warning is
+    silenced: nbnet's grids follow the batch, and a small batch gives a small grid by design."""
+    if _SIMULATOR:  # the simulator's kernel[grid, block] sets the grid on the kernel itself
+        return kernel[grid, block]
+    key = (kernel, grid, block)
+    launch = _launchers.get(key)
+    if launch is None:
+        if len(_launchers) > 4096:  # many shapes (e.g. predict on every batch size): start over
+            _launchers.clear()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*under-utilization due to low occupancy")
+            launch = _launchers[key] = kernel[grid, block]
+    return launch
+
+
 def _launch_1d(kernel, size, *args):
     if size == 0:
         return
     threads = min(BLOCK, size)
-    kernel[(size + threads - 1) // threads, threads](*args)
+    _launcher(kernel, (size + threads - 1) // threads, threads)(*args)
 
 
 def _launch_tiles(kernel, out, *args):
     """One TILE x TILE block per tile of the (rows, cols) output `out`; x runs along columns."""
     rows, cols = out.shape
     grid = ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE)
-    kernel[grid, (TILE, TILE)](out, *args)
+    _launcher(kernel, grid, (TILE, TILE))(out, *args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,7 +584,7 @@ def _reduce_to_host(kernel, size, dtype, *args):
     if total is None:
         total = _scalars[np.dtype(dtype)] = cuda.device_array(1, dtype)
     threads = min(REDUCE, 1 << max(0, size - 1).bit_length())  # a power of two ≥ size
-    kernel[1, threads](total, *args)
+    _launcher(kernel, 1, threads)(total, *args)
     return total.copy_to_host()[0]
 
 
@@ -893,8 +963,11 @@ class DeviceDataset:
             xb, yb = self._buffers(batch_size)
             for start in range(0, n, batch_size):
                 rows = min(batch_size, n - start)
-                gather_rows(xb[:rows], yb[:rows], self.x, self.y, d_order, start)
-                yield xb[:rows], yb[:rows]
+                # Whole batches pass the buffers themselves: a new view per step would cost its
+                # typing at every launch (~50 µs each in numba-cuda 0.30).
+                bx, by = (xb, yb) if rows == batch_size else (xb[:rows], yb[:rows])
+                gather_rows(bx, by, self.x, self.y, d_order, start)
+                yield bx, by
             return
         x, y = self.host
         chunk = max(batch_size, self.chunk_rows // batch_size * batch_size)

@@ -202,8 +202,7 @@ class Sequential:
         from .gpu import move_model  # noqa: PLC0415 - optional, needs numba-cuda for "cuda"
 
         move_model(self, device)
-        if device == "cpu":
-            pack_parameters(self.parameters())  # one flat buffer again: the optimizer's one-pass path
+        pack_parameters(self.parameters())  # one flat buffer again: the optimizer's one-launch path
         return self
 
     def state_arrays(self):
@@ -251,15 +250,26 @@ def _checked_layers(layers):
 def pack_parameters(params):
     """Move the parameters (and their gradients) into one flat buffer each, leaving every layer's
     arrays as views of it, so an optimizer updates them all in one pass (see nbnet.optim). Values
-    are kept; `layer.weight[...] = w` still writes through. Host arrays of one dtype only."""
-    if not params or not all(isinstance(p.data, np.ndarray) for p in params):
+    are kept; `layer.weight[...] = w` still writes through. Arrays of one dtype on one device only
+    (on the GPU, nbnet.gpu.pack does the same)."""
+    if not params:
         return
     from .optim import one_flat  # noqa: PLC0415 - optim imports layers, not model: no circle
 
+    on_host = [isinstance(p.data, np.ndarray) for p in params]
+    dtype = params[0].data.dtype
+    if any(p.data.dtype != dtype for p in params) or len(set(on_host)) != 1:
+        return
     if one_flat([p.data for p in params]) is not None and one_flat([p.grad for p in params]) is not None:
         return  # already back to back in one buffer (e.g. a slice of a packed model): keep it
-    dtype = params[0].data.dtype
-    if any(p.data.dtype != dtype for p in params):
+    if not on_host[0]:
+        from .gpu import pack, simulator_enabled  # noqa: PLC0415 - only device arrays get here
+
+        if simulator_enabled():
+            return  # the simulator's arrays cannot be found packed again (gpu.one_flat)
+        for name, arrays in (("", [p.data for p in params]), ("grad_", [p.grad for p in params])):
+            for p, view in zip(params, pack(arrays)[1]):
+                setattr(p.layer, name + p.name, view)
         return
     total = sum(p.data.size for p in params)
     data, grad = np.empty(total, dtype), np.empty(total, dtype)

@@ -29,7 +29,11 @@ def one_flat(arrays):
     """A 1-D view covering all of `arrays` when they lie back to back in one buffer, in order (as
     after nbnet.model.pack_parameters), else None."""
     first = arrays[0]
-    base = first.base if isinstance(first, np.ndarray) else None
+    if not isinstance(first, np.ndarray):
+        from .gpu import one_flat as on_device  # noqa: PLC0415 - only device arrays get here
+
+        return on_device(arrays)
+    base = first.base
     if base is None or base.ndim != 1 or not base.flags.c_contiguous:
         return None
     start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
@@ -104,17 +108,25 @@ class Optimizer:
         """State `name` of every parameter as one flat array whose per-parameter views are what
         state_dict saves; built (keeping any values, e.g. loaded ones) when they are not yet."""
         views = [st[name] for st in self.state]
-        if all(v is not None for v in views):
+        on_host = isinstance(data, np.ndarray)
+        if all(v is not None and isinstance(v, np.ndarray) == on_host for v in views):
             flat = one_flat(views)
             if flat is not None and flat.size == data.size:
                 return flat
         flat = np.zeros(data.size, data.dtype)
         start = 0
         for st, p in zip(self.state, self.params):
-            view = flat[start : start + p.data.size]
-            if st[name] is not None:  # e.g. loaded, or made per parameter on a device before
-                view[...] = st[name] if isinstance(st[name], np.ndarray) else st[name].copy_to_host()
-            st[name] = view
+            if st[name] is not None:  # e.g. loaded, or made per parameter (or on the other device) before
+                flat[start : start + p.data.size] = (st[name] if isinstance(st[name], np.ndarray)
+                                                     else st[name].copy_to_host())
+            start += p.data.size
+        if not on_host:
+            from .gpu import to_device  # noqa: PLC0415 - only device arrays get here
+
+            flat = to_device(flat)
+        start = 0
+        for st, p in zip(self.state, self.params):
+            st[name] = flat[start : start + p.data.size]
             start += p.data.size
         return flat
 
@@ -130,7 +142,7 @@ class Optimizer:
             return
         flat = None if self._marks else self._flat()
         if flat is not None:  # no Linear: one pass over the packed buffer
-            flat[1].fill(0)
+            kernels(flat[1]).fill(flat[1], 0)
             return
         for p in self._fills:
             kernels(p.grad).fill(p.grad, 0)
@@ -153,22 +165,24 @@ class Optimizer:
     def _groups(self):
         """What a step updates, as (data, grad, state) with flat arrays: one group covering every
         parameter when they lie packed in one buffer (see nbnet.model.pack_parameters), so one
-        kernel call updates them all; else one group per parameter."""
+        kernel call updates them all; else one group per parameter. Kept while the parameter and
+        state arrays stay the same ones: a step must not search the buffers again (one_flat costs
+        more than a small model's step), nor make new flat views (on the GPU each new view costs
+        its typing at the launch, ~50 µs)."""
         flat = self._flat()
+        cached = self._groups_for
+        if cached is not None and cached[0] is self._flat_for:
+            views = [st[name] for st in self.state for name in self.state_names]
+            if tuple(map(id, views)) == cached[3]:
+                return cached[2]
         if flat is not None:
-            # The flat state found last step, while the arrays are still the same ones (a step
-            # must not search the buffers again: one_flat costs more than a small model's step).
-            cached = self._groups_for
-            if cached is not None and cached[0] is self._flat_for:
-                views = [st[name] for st in self.state for name in self.state_names]
-                if tuple(map(id, views)) == cached[3]:
-                    return cached[2]
             data, grad = flat
             groups = [(data, grad, {name: self._flat_state(name, data) for name in self.state_names})]
-            views = [st[name] for st in self.state for name in self.state_names]
-            self._groups_for = (self._flat_for, views, groups, tuple(map(id, views)))
-            return groups
-        return [(_flat(p.data), _flat(p.grad), self._state(i, p)) for i, p in enumerate(self.params)]
+        else:
+            groups = [(_flat(p.data), _flat(p.grad), self._state(i, p)) for i, p in enumerate(self.params)]
+        views = [st[name] for st in self.state for name in self.state_names]
+        self._groups_for = (self._flat_for, views, groups, tuple(map(id, views)))
+        return groups
 
     def _scalars(self, dtype, *values):
         """values cast to dtype (as torch casts Python scalars), kept while they stay the same:

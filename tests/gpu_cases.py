@@ -197,6 +197,37 @@ def test_empty_and_fill():
     assert a.dtype == np.float32 and tuple(a.shape) == (3, 2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copy_is_equal_and_its_own(dtype):
+    rng = np.random.default_rng(4)
+    for shape in [(5, 7), (1, 1), (37, 3), (6,)]:
+        h = rand(rng, shape, dtype)
+        d = gpu.to_device(h)
+        c = gpu.copy(d)
+        np.testing.assert_array_equal(to_host(c), h)
+        gpu.fill(d, 0)
+        np.testing.assert_array_equal(to_host(c), h)
+
+
+def test_parameters_are_packed_on_the_device():
+    """On a GPU, model.to("cuda") packs the parameters (and gradients) into one buffer each, so SGD
+    and Adam update them in one launch; the simulator's arrays carry no device pointers, so there
+    nothing is found packed and each parameter gets its launch (what the other tests run there)."""
+    model = tiny_model().to("cuda")
+    params = model.parameters()
+    flat = one_flat([p.data for p in params])
+    if gpu.simulator_enabled():
+        assert flat is None
+        return
+    assert flat is not None and flat.size == sum(p.data.size for p in params)
+    assert one_flat([p.grad for p in params]) is not None
+    np.testing.assert_array_equal(to_host(flat), np.concatenate([to_host(p.data).ravel() for p in params]))
+    gpu.fill(params[1].data, 2.0)  # a write through one layer's array shows in the flat view
+    start = params[0].data.size
+    assert (to_host(one_flat([p.data for p in params]))[start : start + params[1].data.size] == 2).all()
+    assert one_flat([params[1].data, params[0].data]) is None  # out of order: not one run
+
+
 def test_gather_rows_and_count_correct():
     rng = np.random.default_rng(3)
     x, y = rand(rng, (6, 3), np.float32), rng.integers(0, 4, size=6)

@@ -95,6 +95,7 @@ for dt in (np.float32, np.float64):
         "_sgd_step_kernel": (a(4), a(4), a(4), s, s, s, True, s),
         "_adam_step_kernel": (a(4), a(4), a(4), a(4)) + (s,) * 8,
         "_fill_kernel": (a(4), s),
+        "_copy_kernel": m2,
         "_gather_rows_kernel": (a(2, 4), i64[:2], a(3, 4), i64, i64, 0),
         "_count_correct_kernel": (np.zeros(1, np.int64), a(3, 4), i64),
         "_bce_with_logits_sum_kernel": (a(1), *m2),

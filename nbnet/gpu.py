@@ -298,10 +298,13 @@ def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
 
 
 @_jit
-def _linear_backward_weight_kernel(dweight, dout, inp, accumulate):
-    """dw_jl (+)= Σ_i g_ij x_il   dweight (m, n), dout (k, m) = G, inp (k, n); accumulate: +=, else =
+def _linear_backward_params_kernel(dweight, dbias, dout, inp, accumulate):
+    """dw_jl (+)= Σ_i g_ij x_il,  db_j (+)= Σ_i g_ij   dweight (m, n), dbias (m,), dout (k, m) = G,
+    inp (k, n); accumulate: +=, else =
 
     A tiled GᵀX: thread (ty, tx) owns dw_jl, j = by T + ty, l = bx T + tx, and sums over i in order.
+    The first column of blocks (bx = 0) also owns db: its thread tx = 0 sums the G tile column it
+    already has in shared memory, i in order, so the bias costs no launch of its own.
     """
     k, n = inp.shape
     m = dout.shape[1]
@@ -310,8 +313,10 @@ def _linear_backward_weight_kernel(dweight, dout, inp, accumulate):
     ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
     j = cuda.blockIdx.y * TILE + ty
     l = cuda.blockIdx.x * TILE + tx
+    owns_db = cuda.blockIdx.x == 0 and tx == 0
     zero = inp.dtype.type(0)
     acc = dweight[j, l] if accumulate and j < m and l < n else zero
+    db = zero
     for i0 in range(0, k, TILE):
         gcol = cuda.blockIdx.y * TILE + tx  # coalesced: consecutive tx read consecutive g columns
         gs[ty, tx] = dout[i0 + ty, gcol] if i0 + ty < k and gcol < m else zero
@@ -319,26 +324,19 @@ def _linear_backward_weight_kernel(dweight, dout, inp, accumulate):
         cuda.syncthreads()
         for a in range(min(TILE, k - i0)):
             acc += gs[a, ty] * xs[a, tx]
+        if owns_db:
+            for a in range(min(TILE, k - i0)):
+                db += gs[a, ty]
         cuda.syncthreads()
     if j < m and l < n:
         dweight[j, l] = acc
-
-
-@_jit
-def _linear_backward_bias_kernel(dbias, dout, accumulate):
-    """db_j (+)= Σ_i g_ij   one thread per j, summing i in order"""
-    j = cuda.grid(1)
-    if j < dbias.shape[0]:
-        db = dbias.dtype.type(0)
-        for i in range(dout.shape[0]):
-            db += dout[i, j]
+    if owns_db and j < m:
         dbias[j] = dbias[j] + db if accumulate else db
 
 
 def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     """dw_jl (+)= Σ_i g_ij x_il,  db_j (+)= Σ_i g_ij: accumulate=True adds, False writes (as nbnet.cpu)"""
-    _launch_tiles(_linear_backward_weight_kernel, dweight, dout, inp, accumulate)
-    _launch_1d(_linear_backward_bias_kernel, dbias.shape[0], dbias, dout, accumulate)
+    _launch_tiles(_linear_backward_params_kernel, dweight, dbias, dout, inp, accumulate)
 
 
 @_jit

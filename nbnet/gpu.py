@@ -6,8 +6,9 @@ formula. Conventions as in cpu.py (outputs first, gradients d<name>, generic ove
 constants as `x.dtype.type(c)`), plus:
 - Each output element has one owner thread and every sum runs in a fixed order, with no atomics:
   the same inputs give bitwise the same outputs on every run.
-- Linear is a shared-memory tiled matmul over TILE x TILE blocks; its sums run in the same order as
-  the CPU kernel's (l = 0, 1, ... for Y, i for dW, j for dX).
+- Linear is a shared-memory tiled matmul: a block of TILE x TILE threads computes a BT x BT
+  output tile (BT = REG TILE), each thread REG x REG outputs in registers; its sums run in the same
+  order as the CPU kernel's (l = 0, 1, ... for Y, i for dW, j for dX).
 - A loss's mean is reduced by one block in a fixed tree order, and only that scalar is copied back.
 - Scalars a CPU kernel gets from np.finfo (the log clamp) arrive as arguments: device code has no
   np.finfo.
@@ -48,8 +49,10 @@ else:  # keep the module importable: kernels stay plain functions that nothing c
         return fn if fn is not None else (lambda f: f)
 
 
-TILE = int(os.environ.get("NBNET_CUDA_TILE", "16"))  # Linear's tile edge: TILE x TILE threads a block
-TILE_PAD = TILE + 1  # a transposed tile's row length: +1 keeps its column reads off one memory bank
+TILE = int(os.environ.get("NBNET_CUDA_TILE", "16"))  # Linear's blocks: TILE x TILE threads
+REG = 4  # each thread computes REG x REG outputs of a Linear kernel, held in registers
+BT = REG * TILE  # the output tile edge of one block
+BT_PAD = BT + 1  # a staged tile's row length: +1 keeps a column's writes off one memory bank
 BLOCK = 128  # threads per block for element-wise and per-row kernels
 REDUCE = 256  # most threads of the one block that reduces a loss (a power of two)
 
@@ -244,14 +247,56 @@ def _launch_1d(kernel, size, *args):
 
 
 def _launch_tiles(kernel, out, *args):
-    """One TILE x TILE block per tile of the (rows, cols) output `out`; x runs along columns."""
+    """One block of TILE x TILE threads per BT x BT tile of the (rows, cols) output `out`; x runs
+    along columns."""
     rows, cols = out.shape
-    grid = ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE)
+    grid = ((cols + BT - 1) // BT, (rows + BT - 1) // BT)
     _launcher(kernel, grid, (TILE, TILE))(out, *args)
 
 
 # ----------------------------------------------------------------------------------------------
 # Linear
+
+
+@_jit(device=True, inline="always")
+def _stage_rows(tile, src, r0, k0):
+    """tile[c, r] = src[r0 + r, k0 + c] for the block's BT rows r and TILE steps c, zeros past src's
+    edges. Consecutive threads (tx) read consecutive c: along src's rows, coalesced."""
+    ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+    zero = src.dtype.type(0)
+    inside = k0 + tx < src.shape[1]
+    for q in range(REG):
+        r = ty + q * TILE
+        tile[tx, r] = src[r0 + r, k0 + tx] if inside and r0 + r < src.shape[0] else zero
+
+
+@_jit(device=True, inline="always")
+def _stage_cols(tile, src, k0, r0):
+    """tile[c, r] = src[k0 + c, r0 + r] for TILE steps c and the block's BT columns r, zeros past
+    src's edges. Consecutive threads (tx) read consecutive r: along src's rows, coalesced."""
+    ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+    zero = src.dtype.type(0)
+    inside = k0 + ty < src.shape[0]
+    for q in range(REG):
+        r = tx + q * TILE
+        tile[ty, r] = src[k0 + ty, r0 + r] if inside and r0 + r < src.shape[1] else zero
+
+
+@_jit(device=True, inline="always")
+def _tile_products(acc, a, b, steps):
+    """acc[p, q] += Σ_c a[c, ty + p T] b[c, tx + q T] over c = 0 .. steps-1, in that order: the
+    thread's REG x REG outputs, each from REG + REG shared-memory reads per step, not 2 per product."""
+    ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+    av = cuda.local.array(REG, dtype=a.dtype)
+    bv = cuda.local.array(REG, dtype=b.dtype)
+    for c in range(steps):
+        for p in range(REG):
+            av[p] = a[c, ty + p * TILE]
+        for q in range(REG):
+            bv[q] = b[c, tx + q * TILE]
+        for p in range(REG):
+            for q in range(REG):
+                acc[p, q] += av[p] * bv[q]
 
 
 @_jit
@@ -260,31 +305,38 @@ def _linear_forward_kernel(out, act, inp, weight, bias, relu):
 
     out (k, m) = Y, act (k, m) written only with relu, inp (k, n), weight (m, n), bias (m,).
 
-    Block (by, bx) computes out[by T:(by+1) T, bx T:(bx+1) T]. Per step over l it stages an X tile
-    and a W tile in shared memory; thread (ty, tx) owns y_ij, i = by T + ty, j = bx T + tx.
+    Block (by, bx) computes out[by BT:(by+1) BT, bx BT:(bx+1) BT] (BT = REG TILE); thread (ty, tx)
+    owns y_ij for i = by BT + ty + p T, j = bx BT + tx + q T (p, q < REG), starts from b_j and adds
+    the products l = 0, 1, ... in order. Per step over l it stages X and W tiles in shared memory.
     """
     k, n = inp.shape
     m = weight.shape[0]
-    xs = cuda.shared.array((TILE, TILE), dtype=inp.dtype)  # xs[a, c] = x[by T + a, l0 + c]
-    ws = cuda.shared.array((TILE, TILE_PAD), dtype=inp.dtype)  # ws[b, c] = w[bx T + b, l0 + c]
+    xs = cuda.shared.array((TILE, BT_PAD), dtype=inp.dtype)  # xs[c, r] = x[i0 + r, l0 + c]
+    ws = cuda.shared.array((TILE, BT_PAD), dtype=inp.dtype)  # ws[c, r] = w[j0 + r, l0 + c]
+    acc = cuda.local.array((REG, REG), dtype=inp.dtype)
     ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
-    i = cuda.blockIdx.y * TILE + ty
-    j = cuda.blockIdx.x * TILE + tx
+    i0, j0 = cuda.blockIdx.y * BT, cuda.blockIdx.x * BT
     zero = inp.dtype.type(0)
-    acc = bias[j] if i < k and j < m else zero
+    for q in range(REG):
+        j = j0 + tx + q * TILE
+        bj = bias[j] if j < m else zero
+        for p in range(REG):
+            acc[p, q] = bj
     for l0 in range(0, n, TILE):
-        # Every thread loads one element of each tile (zeros past the edges), then all sync.
-        xs[ty, tx] = inp[i, l0 + tx] if i < k and l0 + tx < n else zero
-        wrow = cuda.blockIdx.x * TILE + ty
-        ws[ty, tx] = weight[wrow, l0 + tx] if wrow < m and l0 + tx < n else zero
+        _stage_rows(xs, inp, i0, l0)
+        _stage_rows(ws, weight, j0, l0)
         cuda.syncthreads()
-        for c in range(min(TILE, n - l0)):
-            acc += xs[ty, c] * ws[tx, c]
+        _tile_products(acc, xs, ws, min(TILE, n - l0))
         cuda.syncthreads()
-    if i < k and j < m:
-        out[i, j] = acc
-        if relu:
-            act[i, j] = zero if acc < zero else acc  # NaN passes through, as on the CPU
+    for p in range(REG):
+        i = i0 + ty + p * TILE
+        for q in range(REG):
+            j = j0 + tx + q * TILE
+            if i < k and j < m:
+                y = acc[p, q]
+                out[i, j] = y
+                if relu:
+                    act[i, j] = zero if y < zero else y  # NaN passes through, as on the CPU
 
 
 def linear_forward(out, inp, weight, bias, weight_t=None):
@@ -302,36 +354,45 @@ def _linear_backward_params_kernel(dweight, dbias, dout, inp, accumulate):
     """dw_jl (+)= Σ_i g_ij x_il,  db_j (+)= Σ_i g_ij   dweight (m, n), dbias (m,), dout (k, m) = G,
     inp (k, n); accumulate: +=, else =
 
-    A tiled GᵀX: thread (ty, tx) owns dw_jl, j = by T + ty, l = bx T + tx, and sums over i in order.
-    The first column of blocks (bx = 0) also owns db: its thread tx = 0 sums the G tile column it
-    already has in shared memory, i in order, so the bias costs no launch of its own.
+    A tiled GᵀX: thread (ty, tx) owns dw_jl for j = by BT + ty + p T, l = bx BT + tx + q T and sums
+    over i in order. The first column of blocks (bx = 0) also owns db: its threads tx = 0 sum the
+    G tile they already have in shared memory, i in order, so the bias costs no launch of its own.
     """
     k, n = inp.shape
     m = dout.shape[1]
-    gs = cuda.shared.array((TILE, TILE_PAD), dtype=inp.dtype)  # gs[a, b] = g[i0 + a, by T + b]
-    xs = cuda.shared.array((TILE, TILE), dtype=inp.dtype)  # xs[a, c] = x[i0 + a, bx T + c]
+    gs = cuda.shared.array((TILE, BT_PAD), dtype=inp.dtype)  # gs[c, r] = g[i0 + c, j0 + r]
+    xs = cuda.shared.array((TILE, BT_PAD), dtype=inp.dtype)  # xs[c, r] = x[i0 + c, l0 + r]
+    acc = cuda.local.array((REG, REG), dtype=inp.dtype)
+    db = cuda.local.array(REG, dtype=inp.dtype)
     ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
-    j = cuda.blockIdx.y * TILE + ty
-    l = cuda.blockIdx.x * TILE + tx
+    j0, l0 = cuda.blockIdx.y * BT, cuda.blockIdx.x * BT
     owns_db = cuda.blockIdx.x == 0 and tx == 0
     zero = inp.dtype.type(0)
-    acc = dweight[j, l] if accumulate and j < m and l < n else zero
-    db = zero
+    for p in range(REG):
+        db[p] = zero
+        j = j0 + ty + p * TILE
+        for q in range(REG):
+            l = l0 + tx + q * TILE
+            acc[p, q] = dweight[j, l] if accumulate and j < m and l < n else zero
     for i0 in range(0, k, TILE):
-        gcol = cuda.blockIdx.y * TILE + tx  # coalesced: consecutive tx read consecutive g columns
-        gs[ty, tx] = dout[i0 + ty, gcol] if i0 + ty < k and gcol < m else zero
-        xs[ty, tx] = inp[i0 + ty, l] if i0 + ty < k and l < n else zero
+        _stage_cols(gs, dout, i0, j0)
+        _stage_cols(xs, inp, i0, l0)
         cuda.syncthreads()
-        for a in range(min(TILE, k - i0)):
-            acc += gs[a, ty] * xs[a, tx]
+        steps = min(TILE, k - i0)
+        _tile_products(acc, gs, xs, steps)
         if owns_db:
-            for a in range(min(TILE, k - i0)):
-                db += gs[a, ty]
+            for p in range(REG):
+                for c in range(steps):
+                    db[p] += gs[c, ty + p * TILE]
         cuda.syncthreads()
-    if j < m and l < n:
-        dweight[j, l] = acc
-    if owns_db and j < m:
-        dbias[j] = dbias[j] + db if accumulate else db
+    for p in range(REG):
+        j = j0 + ty + p * TILE
+        for q in range(REG):
+            l = l0 + tx + q * TILE
+            if j < m and l < n:
+                dweight[j, l] = acc[p, q]
+        if owns_db and j < m:
+            dbias[j] = dbias[j] + db[p] if accumulate else db[p]
 
 
 def linear_backward_params(dweight, dbias, dout, inp, accumulate):
@@ -345,28 +406,32 @@ def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
 
     dinp (k, n), dout (k, m), weight (m, n), preact (k, n) = x' read only with relu.
 
-    A tiled G W: thread (ty, tx) owns dx_il, i = by T + ty, l = bx T + tx, summing j in order.
+    A tiled G W: thread (ty, tx) owns dx_il for i = by BT + ty + p T, l = bx BT + tx + q T, summing
+    j in order.
     """
     k, m = dout.shape
     n = weight.shape[1]
-    gs = cuda.shared.array((TILE, TILE), dtype=dout.dtype)  # gs[a, c] = g[by T + a, j0 + c]
-    ws = cuda.shared.array((TILE, TILE), dtype=dout.dtype)  # ws[c, b] = w[j0 + c, bx T + b]
+    gs = cuda.shared.array((TILE, BT_PAD), dtype=dout.dtype)  # gs[c, r] = g[i0 + r, j0 + c]
+    ws = cuda.shared.array((TILE, BT_PAD), dtype=dout.dtype)  # ws[c, r] = w[j0 + c, l0 + r]
+    acc = cuda.local.array((REG, REG), dtype=dout.dtype)
     ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
-    i = cuda.blockIdx.y * TILE + ty
-    l = cuda.blockIdx.x * TILE + tx
+    i0, l0 = cuda.blockIdx.y * BT, cuda.blockIdx.x * BT
     zero = dout.dtype.type(0)
-    acc = zero
+    for p in range(REG):
+        for q in range(REG):
+            acc[p, q] = zero
     for j0 in range(0, m, TILE):
-        gs[ty, tx] = dout[i, j0 + tx] if i < k and j0 + tx < m else zero
-        ws[ty, tx] = weight[j0 + ty, l] if j0 + ty < m and l < n else zero
+        _stage_rows(gs, dout, i0, j0)
+        _stage_cols(ws, weight, j0, l0)
         cuda.syncthreads()
-        for c in range(min(TILE, m - j0)):
-            acc += gs[ty, c] * ws[c, tx]
+        _tile_products(acc, gs, ws, min(TILE, m - j0))
         cuda.syncthreads()
-    if i < k and l < n:
-        if relu and preact[i, l] < zero:
-            acc = zero
-        dinp[i, l] = acc
+    for p in range(REG):
+        i = i0 + ty + p * TILE
+        for q in range(REG):
+            l = l0 + tx + q * TILE
+            if i < k and l < n:
+                dinp[i, l] = zero if relu and preact[i, l] < zero else acc[p, q]
 
 
 def linear_backward_input(dinp, dout, weight):

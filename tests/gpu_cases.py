@@ -19,8 +19,9 @@ DTYPES = [np.float32, np.float64]
 # float32: the simulator evaluates math.exp/log/tanh in double before rounding, the CPU in float,
 # and a loss's mean is summed in tree order on the GPU, in row order on the CPU: a few ulp apart.
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
-# Shapes (k, n, m) with TILE = 4: partial tiles in k, n and m; a single partial tile; several full ones.
-LINEAR_SHAPES = [(5, 7, 6), (3, 2, 1), (8, 4, 9)]
+# Shapes (k, n, m) with TILE = 4 (output tiles of BT = 16): partial tiles in k, n and m; a single
+# partial tile; several full ones; several tiles with partial edges, and steps past one TILE.
+LINEAR_SHAPES = [(5, 7, 6), (3, 2, 1), (8, 4, 9), (32, 16, 48), (37, 21, 35)]
 def rand(rng, shape, dtype, lo=-1.0, hi=1.0):
     return rng.uniform(lo, hi, size=shape).astype(dtype)
 

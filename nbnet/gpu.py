@@ -78,14 +78,19 @@ def _real_gpu():
         raise RuntimeError(_INSTALL_HINT)
     if simulator_enabled():
         raise RuntimeError("no real GPU in use: the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1)")
+    import numba_cuda  # noqa: PLC0415
+
+    try:  # numba-cuda's array typing, which the first kernel compilation loads anyway
+        import numba.cuda.np.arrayobj  # noqa: F401, PLC0415
+    except AttributeError as e:  # numba-cuda 0.30.4 overloads np.row_stack, gone in numpy 2.5
+        raise RuntimeError(f"numba-cuda {numba_cuda.__version__} cannot compile kernels with numpy "
+                           f"{np.__version__} ({e}): pip install 'numpy<2.5'") from None
     try:
         dev = cuda.get_current_device()
     except Exception as e:  # CudaSupportError (no driver), CudaDriverError (no device), ...
         raise RuntimeError(f"no usable CUDA GPU: {_one_line(e)}") from None
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
     cc = ".".join(map(str, dev.compute_capability))
-    import numba_cuda  # noqa: PLC0415
-
     return f"{name} (compute capability {cc}), numba-cuda {numba_cuda.__version__}"
 
 

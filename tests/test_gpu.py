@@ -145,6 +145,19 @@ def test_to_cuda_without_a_gpu_raises_and_says_why():
         model.to("gpu0")
 
 
+@needs_numba_cuda
+def test_numpy_too_new_for_numba_cuda_is_one_clear_reason():
+    """numba-cuda 0.30.4 cannot compile a kernel once numpy lost np.row_stack (numpy 2.5): seen on
+    a real H100, where every launch raised AttributeError deep in numba-cuda. nbnet says why
+    before any launch, as the reason there is no usable GPU."""
+    code = ("import numpy as np; del np.row_stack\n"
+            "from nbnet import gpu\n"
+            "try:\n    gpu.gpu_status()\nexcept RuntimeError as e:\n    print('RuntimeError:', e)")
+    proc = run_python(["-c", code])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RuntimeError: numba-cuda" in proc.stdout and "numpy<2.5" in proc.stdout, proc.stdout
+
+
 def test_gpu_module_imports_without_numba_cuda():
     hide = (
         "import importlib.util, sys\n"

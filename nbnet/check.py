@@ -171,8 +171,9 @@ def check_threads():
             out, dx, dw, db = np.empty((k, m), np.float32), np.empty((k, n), np.float32), np.ones((m, n), np.float32), np.ones(m, np.float32)
             cpu.linear_forward_act.parallel(out, out, x, w, b, False)
             cpu.linear_forward_t.parallel(out.copy(), out.copy(), x, w.T.copy(), b, False)
-            cpu.linear_backward_input_act.parallel(dx, g, w, dx, False)
-            cpu.linear_backward_params.parallel(dw, db, g, x, True)
+            for kernel, args in (cpu.backward_input_route(dx, g, w, dx, False),
+                                 cpu.backward_params_route(dw, db, g, x, True)):
+                kernel.parallel(*args)
             runs.append((out, dx, dw, db))
     finally:
         numba.set_num_threads(before)

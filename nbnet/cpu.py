@@ -273,53 +273,147 @@ def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
 SHORT_SUM = 3
 
 
-def _linear_backward_input(dinp, dout, weight, preact, relu):
+def _linear_backward_input_rows(dinp, dout, weight, preact, relu):
     """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where the previous ReLU's input x'_il < 0
 
-    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu).
-    Broadcast-form units (simd.bcast_unit: A = G, B = W), taken by the threads one at a time;
-    for a single row, the plain row loop.
+    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu). The formula's
+    own loop order, row by row, vectorised over l: for a single row (see SHORT_SUM).
     """
     k, m = dout.shape
     zero = dinp.dtype.type(0)
-    if k == 1:  # one row: a block of BCAST_MR rows would compute rows that are not kept
-        for i in prange(k):
-            dx = dinp[i]  # row views: LLVM vectorises the l loops as contiguous runs
+    for i in prange(k):
+        dx = dinp[i]  # row views: LLVM vectorises the l loops as contiguous runs
+        for l in range(dx.shape[0]):
+            dx[l] = zero
+        for j in range(m):
+            g = dout[i, j]
+            w = weight[j]
             for l in range(dx.shape[0]):
-                dx[l] = zero
-            for j in range(m):
-                g = dout[i, j]
-                w = weight[j]
-                for l in range(dx.shape[0]):
-                    dx[l] += g * w[l]
-            if relu:
-                p = preact[i]
-                for l in range(dx.shape[0]):
-                    dx[l] = zero if p[l] < zero else dx[l]
-        return
-    units = simd.bcast_units(dinp)
+                dx[l] += g * w[l]
+        if relu:
+            p = preact[i]
+            for l in range(dx.shape[0]):
+                dx[l] = zero if p[l] < zero else dx[l]
+
+
+linear_backward_input_rows = Kernel(
+    _linear_backward_input_rows, lambda dx, g, w, p, relu: _linear_work(g.shape[0], w, False), PARALLEL_WORK
+)
+
+
+def _linear_backward_params_rows(dweight, dbias, dout, inp, accumulate):
+    """dw_jl (+)= Σ_i g_ij x_il,   db_j (+)= Σ_i g_ij   (accumulate: +=, else =)
+
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. accumulate=False writes the sums
+    over what is there (the first backward after zero_grad, see nbnet.layers.Linear): the values
+    of adding them to zeros (up to the sign of a zero sum), without reading dW. The plain row
+    loop, parallel over j: for up to SHORT_SUM rows, where each dW row is read and written once
+    and no register block pays for itself.
+    """
+    m, n = dweight.shape
+    k = dout.shape[0]
+    for j in prange(m):
+        dw = dweight[j]  # row views: LLVM vectorises the l loop as one contiguous run
+        db = dbias.dtype.type(0)
+        for i in range(k):
+            g = dout[i, j]
+            db += g
+            x = inp[i]
+            if accumulate or i > 0:
+                for l in range(n):
+                    dw[l] += g * x[l]
+            else:
+                for l in range(n):
+                    dw[l] = g * x[l]
+        dbias[j] = dbias[j] + db if accumulate else db
+
+
+linear_backward_params_rows = Kernel(
+    _linear_backward_params_rows, lambda dw, db, g, x, accumulate: _linear_work(x.shape[0], dw), PARALLEL_WORK
+)
+
+
+def _linear_backward_blocks(c, a, b, params, accumulate, dbias, preact, relu):
+    """c_rl (+)= Σ_s A_rs b_sl, A read from a = G (k, m): dW and dX of a Linear in broadcast-form
+    units (simd.bcast_unit: A_rs = a.flat[r a_rs + s a_ss]), taken by the threads one at a time.
+
+    params (dW, db):  c = dW (m, n), A = Gᵀ (a_rs = 1, a_ss = m), b = X (k, n), s < k:
+                      dw_jl (+)= Σ_i g_ij x_il (accumulate: +=, else =), and the units of the first
+                      column group also sum db_j (+)= Σ_i g_ij for their rows, so each db_j has one
+                      owner too.
+    not params (dX):  c = dX (k, n), A = G (a_rs = m, a_ss = 1), b = W (m, n), s < m:
+                      dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where x'_il = preact_il < 0.
+
+    One kernel for both, not one each: the parallel twin of a kernel around bcast_unit takes ~5 s
+    to compile and the serial ~1 s, which a cold first step paid for dW and for dX (README, start-up).
+    The unused arguments (dbias for dX; preact without relu) are never read.
+    """
+    zero = c.dtype.type(0)
+    k, m = a.shape
+    a_rs, a_ss, steps = (1, m, k) if params else (m, 1, m)
+    units = simd.bcast_units(c)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
-            i0, i1, l0, l1 = simd.bcast_unit(dinp, dout, m, 1, weight, m, u, False)
+            r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate)
+            if params and l0 == 0:
+                _bias_rows(dbias, a, r0, r1, accumulate)
             if relu:
                 # A select, not `if p < 0: dx = 0`: with about half the inputs negative that branch
                 # is mispredicted half the time (measured: 829 vs 378 µs without the ReLU for
                 # 256->128 at batch 512); a select vectorises.
-                for i in range(i0, i1):
+                for i in range(r0, r1):
                     # Slices indexed from 0: LLVM then knows no index is negative (no wraparound)
                     # and vectorises the loop as one contiguous run.
-                    d, p = dinp[i, l0:l1], preact[i, l0:l1]
+                    d, p = c[i, l0:l1], preact[i, l0:l1]
                     for l in range(d.shape[0]):
                         d[l] = zero if p[l] < zero else d[l]
             u = simd.claim(counter)
 
 
-linear_backward_input_act = Kernel(
-    _linear_backward_input, lambda dx, g, w, p, relu: _linear_work(g.shape[0], w, g.shape[0] > 1), PARALLEL_WORK
-)
+@njit(cache=True)
+def _bias_rows(dbias, dout, j0, j1, accumulate):
+    """db_j (+)= Σ_i g_ij for j0 ≤ j < j1, i in order, along G's rows (down its columns, a cache
+    line a step at stride m, measured 5% slower for dW 784->256). A function of its own: written
+    inline, its loop cost the dX calls of the same kernel 0.2 µs (4.2 -> 4.4 µs at 32x10 -> 128),
+    which never run it."""
+    for i in range(dout.shape[0]):
+        g = dout[i]
+        if accumulate or i > 0:
+            for j in range(j0, j1):
+                dbias[j] += g[j]
+        else:
+            for j in range(j0, j1):
+                dbias[j] = g[j]
+
+
+def _blocks_work(c, a, b, params, accumulate, dbias, preact, relu):
+    """Multiply-adds; the weight a call streams is dW itself (params) or W (dX), see _linear_work."""
+    return _linear_work(a.shape[0], c) if params else _linear_work(c.shape[0], b)
+
+
+linear_backward_blocks = Kernel(_linear_backward_blocks, _blocks_work, PARALLEL_WORK)
+
+_UNUSED = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def backward_input_route(dinp, dout, weight, preact, relu):
+    """(kernel, its arguments) that linear_backward_input_act runs: rows for one row, else blocks
+    (for tests and `nbnet check`, which run both twins; linear_backward_input_act inlines it)."""
+    if dout.shape[0] == 1:
+        return linear_backward_input_rows, (dinp, dout, weight, preact, relu)
+    return linear_backward_blocks, (dinp, dout, weight, False, False, _UNUSED[dinp.dtype], preact, relu)
+
+
+def linear_backward_input_act(dinp, dout, weight, preact, relu):
+    """dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where x'_il = preact_il < 0
+    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) (read only with relu)"""
+    if dout.shape[0] == 1:  # one row: a block of BCAST_MR rows would compute rows that are not kept
+        linear_backward_input_rows(dinp, dout, weight, preact, relu)
+    else:
+        linear_backward_blocks(dinp, dout, weight, False, False, _UNUSED[dinp.dtype], preact, relu)
 
 
 def linear_backward_input(dinp, dout, weight):
@@ -333,58 +427,21 @@ def linear_relu_backward_input(dinp, dout, weight, preact):
     linear_backward_input_act(dinp, dout, weight, preact, True)
 
 
+def backward_params_route(dweight, dbias, dout, inp, accumulate):
+    """(kernel, its arguments) that linear_backward_params runs: rows up to SHORT_SUM, else blocks
+    (for tests and `nbnet check`; linear_backward_params inlines it)."""
+    if dout.shape[0] <= SHORT_SUM:
+        return linear_backward_params_rows, (dweight, dbias, dout, inp, accumulate)
+    return linear_backward_blocks, (dweight, dout, inp, True, accumulate, dbias, dweight, False)
 
 
-def _linear_backward_params(dweight, dbias, dout, inp, accumulate):
+def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     """dw_jl (+)= Σ_i g_ij x_il,   db_j (+)= Σ_i g_ij   (accumulate: +=, else =)
-
-    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X. accumulate=False writes the sums
-    over what is there (the first backward after zero_grad, see nbnet.layers.Linear): the values
-    of adding them to zeros (up to the sign of a zero sum), without reading dW. Broadcast-form
-    units (simd.bcast_unit: A = Gᵀ, read as G with a_rs = 1, a_ss = m; B = X); the units of the
-    first column group also sum db for their rows, so each db_j has one owner too. Up to SHORT_SUM
-    rows: the plain row loop, parallel over j.
-    """
-    m, n = dweight.shape
-    k = dout.shape[0]
-    if k <= SHORT_SUM:  # each dW row read and written once; no register block pays for itself
-        for j in prange(m):
-            dw = dweight[j]  # row views: LLVM vectorises the l loop as one contiguous run
-            db = dbias.dtype.type(0)
-            for i in range(k):
-                g = dout[i, j]
-                db += g
-                x = inp[i]
-                if accumulate or i > 0:
-                    for l in range(n):
-                        dw[l] += g * x[l]
-                else:
-                    for l in range(n):
-                        dw[l] = g * x[l]
-            dbias[j] = dbias[j] + db if accumulate else db
-        return
-    units = simd.bcast_units(dweight)
-    counter = np.empty(1, np.int64)
-    counter[0] = 0
-    for _ in prange(units):  # each thread drains the counter in its first iteration
-        u = simd.claim(counter)
-        while u < units:
-            j0, j1, l0, l1 = simd.bcast_unit(dweight, dout, 1, m, inp, k, u, accumulate)
-            if l0 == 0:  # db_j (+)= g_ij for i in order, along G's rows (down its columns: a
-                for i in range(k):  # cache line a step at stride m, measured 5% of dW 784->256)
-                    g = dout[i]
-                    if accumulate or i > 0:
-                        for j in range(j0, j1):
-                            dbias[j] += g[j]
-                    else:
-                        for j in range(j0, j1):
-                            dbias[j] = g[j]
-            u = simd.claim(counter)
-
-
-linear_backward_params = Kernel(
-    _linear_backward_params, lambda dw, db, g, x, accumulate: _linear_work(x.shape[0], dw), PARALLEL_WORK
-)
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X"""
+    if dout.shape[0] <= SHORT_SUM:
+        linear_backward_params_rows(dweight, dbias, dout, inp, accumulate)
+    else:
+        linear_backward_blocks(dweight, dout, inp, True, accumulate, dbias, dweight, False)
 
 
 # Below this much work an optimizer step or an element-wise kernel runs serially (see Kernel). The

@@ -36,10 +36,16 @@ def python_function(kernel):
     return kernel if inspect.isfunction(kernel) else None
 
 
+# Kernels measured through the entry points that route to them: linear_backward_blocks computes dW
+# or dX depending on its arguments (linear_backward_params / linear_backward_input call it).
+THROUGH_ENTRY = {"linear_backward_blocks"}
+
+
 def cpu_kernels():
     """{name: kernel} for every kernel in nbnet.cpu as it is now, in source order."""
     return {name: obj for name, obj in vars(cpu).items()
-            if KERNEL_NAME.match(name) and callable(obj) and python_function(obj) is not None}
+            if KERNEL_NAME.match(name) and name not in THROUGH_ENTRY and callable(obj)
+            and python_function(obj) is not None}
 
 
 def parameter_names(kernel):

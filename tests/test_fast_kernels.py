@@ -93,11 +93,28 @@ def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
 def test_serial_and_parallel_twins_have_their_own_cache_entries():
     """Numba files cached code by function name and line, not by `parallel`: twins of one function
     would load each other's compilation (the serial one then ran on every thread)."""
-    for name in ("linear_forward_act", "linear_forward_t", "linear_backward_input_act", "linear_backward_params"):
+    for name in ("linear_forward_act", "linear_forward_t", "linear_backward_blocks", "linear_backward_input_rows",
+                 "linear_backward_params_rows"):
         kernel = getattr(cpu, name)
         names = {twin._cache._cache_file._index_name for twin in (kernel.serial, kernel.parallel)}
         assert len(names) == 2, name
         assert not kernel.serial.targetoptions.get("parallel") and kernel.parallel.targetoptions["parallel"]
+
+
+def dw_twin(which):
+    """linear_backward_params through the `which` twin ("serial" or "parallel") of the kernel it routes to."""
+    def run(dw, db, g, x, accumulate):
+        kernel, args = cpu.backward_params_route(dw, db, g, x, accumulate)
+        getattr(kernel, which)(*args)
+    return run
+
+
+def dx_twin(which):
+    """linear_backward_input_act through the `which` twin of the kernel it routes to."""
+    def run(dx, g, w, preact, relu):
+        kernel, args = cpu.backward_input_route(dx, g, w, preact, relu)
+        getattr(kernel, which)(*args)
+    return run
 
 
 def check_dw_twins(g, x, dtype):
@@ -106,8 +123,8 @@ def check_dw_twins(g, x, dtype):
     k, m, n = g.shape[0], g.shape[1], x.shape[1]
     dw, db = [np.ones((m, n), dtype) for _ in range(3)], [np.ones(m, dtype) for _ in range(3)]
     cpu.linear_backward_params_ref(dw[0], db[0], g, x)
-    cpu.linear_backward_params.serial(dw[1], db[1], g, x, True)
-    cpu.linear_backward_params.parallel(dw[2], db[2], g, x, True)
+    dw_twin("serial")(dw[1], db[1], g, x, True)
+    dw_twin("parallel")(dw[2], db[2], g, x, True)
     np.testing.assert_allclose(dw[1], dw[0], rtol=0, atol=TOL[dtype] * k)
     np.testing.assert_allclose(db[1], db[0], rtol=0, atol=TOL[dtype] * k)
     np.testing.assert_array_equal(dw[1], dw[2])
@@ -140,8 +157,8 @@ def test_short_sums_walking_c_by_rows_match_reference(dtype):
     g, w = rand(rng, (k, m), dtype), rand(rng, (m, n), dtype)
     dx = [np.empty((k, n), dtype) for _ in range(3)]
     cpu.linear_backward_input_ref(dx[0], g, w)
-    cpu.linear_backward_input_act.serial(dx[1], g, w, dx[1], False)
-    cpu.linear_backward_input_act.parallel(dx[2], g, w, dx[2], False)
+    dx_twin("serial")(dx[1], g, w, dx[1], False)
+    dx_twin("parallel")(dx[2], g, w, dx[2], False)
     np.testing.assert_allclose(dx[1], dx[0], rtol=0, atol=TOL[dtype] * m)
     np.testing.assert_array_equal(dx[1], dx[2])
 
@@ -159,9 +176,9 @@ def test_parallel_and_serial_twins_agree():
     dx = [np.empty((k, n), np.float32) for _ in range(2)]
     dw = [np.ones((m, n), np.float32) for _ in range(2)]
     db = [np.ones(m, np.float32) for _ in range(2)]
-    for twin, a, c, d in zip((cpu.linear_backward_input_act.serial, cpu.linear_backward_input_act.parallel), dx, dw, db):
+    for twin, a, c, d in zip((dx_twin("serial"), dx_twin("parallel")), dx, dw, db):
         twin(a, g, w, x, True)
-    for twin, a, c, d in zip((cpu.linear_backward_params.serial, cpu.linear_backward_params.parallel), dx, dw, db):
+    for twin, a, c, d in zip((dw_twin("serial"), dw_twin("parallel")), dx, dw, db):
         twin(c, d, g, x, True)
     np.testing.assert_array_equal(dx[0], dx[1])
     np.testing.assert_array_equal(dw[0], dw[1])
@@ -253,7 +270,8 @@ def test_batches_reusing_gives_the_same_batches(shuffle):
         assert all(np.shares_memory(xb, reused[0][2]) for _, _, xb in reused)
 
 
-FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_forward_t, cpu.linear_backward_input_act, cpu.linear_backward_params]
+FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_forward_t, cpu.linear_backward_blocks]
+ROW_KERNELS = [cpu.linear_backward_input_rows, cpu.linear_backward_params_rows]  # no micro-kernel
 
 
 def kernel_args(name, dtype):
@@ -263,8 +281,10 @@ def kernel_args(name, dtype):
     return {
         "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
         "linear_forward_t": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w.T.copy(), b, True),
-        "linear_backward_input_act": (np.empty((k, n), dtype), g, w, x, True),
-        "linear_backward_params": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x, True),
+        "linear_backward_blocks": (np.zeros((m, n), dtype), g, x, True, True, np.zeros(m, dtype),
+                                   np.zeros((m, n), dtype), False),
+        "linear_backward_input_rows": (np.empty((k, n), dtype), g, w, x, True),
+        "linear_backward_params_rows": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x, True),
     }[name]
 
 
@@ -284,7 +304,7 @@ def name_of(kernel):
     return next(name for name in dir(cpu) if getattr(cpu, name) is kernel)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS, ids=name_of)
+@pytest.mark.parametrize("kernel", FAST_KERNELS + ROW_KERNELS, ids=name_of)
 def test_no_double_in_float32_kernels(kernel):
     for twin in compiled(kernel, np.float32):
         for sig in twin.signatures:
@@ -331,7 +351,8 @@ from nbnet import cpu, simd
 assert simd.ISA == "avx512" and simd.REGISTERS == 32, simd.describe()
 arr = lambda nd: types.Array(types.float32, nd, "C")
 for kernel, sig, want in (
-    (cpu.linear_backward_params, (arr(2), arr(1), arr(2), arr(2), types.boolean), simd.BCAST_MR * simd.BCAST_NV),
+    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), types.boolean, types.boolean, arr(1), arr(2),
+                                  types.boolean), simd.BCAST_MR * simd.BCAST_NV),
     (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
 ):
     f = njit(kernel.serial.py_func)
@@ -363,8 +384,8 @@ for dtype in (np.float64, np.float32):  # float64: the largest stack panels
     x, g = rng.random((512, 784)).astype(dtype), rng.random((512, 256)).astype(dtype)
     w, b = rng.random((256, 784)).astype(dtype), np.zeros(256, dtype)
     dw, db, dx, y = np.zeros_like(w), np.zeros_like(b), np.empty_like(x), np.empty_like(g)
-    cpu.linear_backward_params.parallel(dw, db, g, x, True)
-    cpu.linear_backward_input_act.parallel(dx, g, w, dx, False)
+    for kernel, args in (cpu.backward_params_route(dw, db, g, x, True), cpu.backward_input_route(dx, g, w, dx, False)):
+        kernel.parallel(*args)
     cpu.linear_forward_act.parallel(y, y, x, w, b, True)
     wt, x2 = np.empty((64, 256), dtype), rng.random((512, 64)).astype(dtype)
     cpu.linear_forward_t.parallel(y, y, x2, wt, b, False)

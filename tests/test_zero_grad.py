@@ -68,6 +68,14 @@ def old_grads(model, k=5):
     assert all(np.count_nonzero(p.grad) > 0.9 * p.grad.size for p in model.parameters())
 
 
+def twin(which):
+    """linear_backward_params through the `which` twin of the kernel it routes to (rows or blocks)."""
+    def run(dw, db, g, x, accumulate):
+        kernel, args = cpu.backward_params_route(dw, db, g, x, accumulate)
+        getattr(kernel, which)(*args)
+    return run
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,n,m", SHAPES)
 def test_kernel_writes_without_reading_what_is_there(k, n, m, dtype):
@@ -76,17 +84,18 @@ def test_kernel_writes_without_reading_what_is_there(k, n, m, dtype):
     g, x = rng.standard_normal((k, m)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     g[:, 0] = 0  # a zero column of G: a zero row of dW and a zero db_0
     want_w, want_b = np.zeros((m, n), dtype), np.zeros(m, dtype)
-    cpu.linear_backward_params.serial(want_w, want_b, g, x, True)
+    serial, parallel = (twin(which) for which in ("serial", "parallel"))
+    serial(want_w, want_b, g, x, True)
     ref_w, ref_b = np.zeros((m, n), dtype), np.zeros(m, dtype)
     cpu.linear_backward_params_ref(ref_w, ref_b, g, x)
     np.testing.assert_allclose(want_w, ref_w, **TOL[dtype])
     twice_w, twice_b = want_w.copy(), want_b.copy()
-    cpu.linear_backward_params.serial(twice_w, twice_b, g, x, True)
-    for twin in (cpu.linear_backward_params.serial, cpu.linear_backward_params.parallel):
+    serial(twice_w, twice_b, g, x, True)
+    for run in (serial, parallel):
         dw, db = np.full((m, n), np.nan, dtype), np.full(m, np.nan, dtype)
-        twin(dw, db, g, x, False)
+        run(dw, db, g, x, False)
         assert np.array_equal(dw, want_w) and np.array_equal(db, want_b)  # -0.0 == +0.0, NaN != NaN
-        twin(dw, db, g, x, True)  # and then it adds
+        run(dw, db, g, x, True)  # and then it adds
         assert np.array_equal(dw, twice_w) and np.array_equal(db, twice_b)
 
 

@@ -434,3 +434,25 @@ def test_float32_tanh_is_within_6_ulp():
         special = np.array([[np.nan, np.inf, -np.inf]], dtype)
         cpu.tanh_forward(y[:, :3], special)
         np.testing.assert_array_equal(y[:, :3], [[np.nan, 1, -1]])
+
+
+@pytest.mark.parametrize("k", [1, 2, cpu.SHORT_SUM, cpu.SHORT_SUM + 1, 40])
+def test_entry_points_run_what_their_routes_name(k, monkeypatch):
+    """linear_backward_params / linear_backward_input_act write their routing out (a call less per
+    step); the tests and `nbnet check` run twins through backward_*_route. Both must agree."""
+    rng = np.random.default_rng(k)
+    n, m = 7, 5
+    g, x, w = rand(rng, (k, m), np.float32), rand(rng, (k, n), np.float32), rand(rng, (m, n), np.float32)
+    dw, db, dx = np.zeros((m, n), np.float32), np.zeros(m, np.float32), np.empty((k, n), np.float32)
+    for entry, route, args in ((cpu.linear_backward_params, cpu.backward_params_route, (dw, db, g, x, True)),
+                               (cpu.linear_backward_input_act, cpu.backward_input_route, (dx, g, w, x, True))):
+        kernel, want = route(*args)
+        calls = []
+        for name in ("linear_backward_blocks", "linear_backward_input_rows", "linear_backward_params_rows"):
+            monkeypatch.setattr(cpu, name, (lambda name: lambda *a: calls.append((name, a)))(name))
+        entry(*args)
+        monkeypatch.undo()
+        assert len(calls) == 1 and getattr(cpu, calls[0][0]) is kernel, (calls, kernel)
+        got = calls[0][1]
+        assert len(got) == len(want) and all(a is b or (a == b if not isinstance(a, np.ndarray) else False)
+                                             for a, b in zip(got, want)), (got, want)

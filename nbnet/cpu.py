@@ -333,22 +333,29 @@ linear_backward_params_rows = Kernel(
 )
 
 
-def _linear_backward_blocks(c, a, b, params, accumulate, dbias, preact, relu):
+# What a call of linear_backward_blocks computes, as bits of its `how` (one integer argument, not
+# three flags: each argument costs the dispatch ~50 ns, 3% of the smallest layer's dX).
+DW, ACCUMULATE, RELU = 1, 2, 4
+
+
+def _linear_backward_blocks(c, a, b, dbias, preact, how):
     """c_rl (+)= Σ_s A_rs b_sl, A read from a = G (k, m): dW and dX of a Linear in broadcast-form
     units (simd.bcast_unit: A_rs = a.flat[r a_rs + s a_ss]), taken by the threads one at a time.
 
-    params (dW, db):  c = dW (m, n), A = Gᵀ (a_rs = 1, a_ss = m), b = X (k, n), s < k:
-                      dw_jl (+)= Σ_i g_ij x_il (accumulate: +=, else =), and the units of the first
-                      column group also sum db_j (+)= Σ_i g_ij for their rows, so each db_j has one
-                      owner too.
-    not params (dX):  c = dX (k, n), A = G (a_rs = m, a_ss = 1), b = W (m, n), s < m:
-                      dx_il = Σ_j g_ij w_jl, and with relu dx_il = 0 where x'_il = preact_il < 0.
+    how & DW (dW, db):  c = dW (m, n), A = Gᵀ (a_rs = 1, a_ss = m), b = X (k, n), s < k:
+                        dw_jl (+)= Σ_i g_ij x_il (how & ACCUMULATE: +=, else =), and the units of
+                        the first column group also sum db_j (+)= Σ_i g_ij for their rows, so each
+                        db_j has one owner too.
+    else (dX):          c = dX (k, n), A = G (a_rs = m, a_ss = 1), b = W (m, n), s < m:
+                        dx_il = Σ_j g_ij w_jl, and with how & RELU dx_il = 0 where x'_il =
+                        preact_il < 0.
 
     One kernel for both, not one each: the parallel twin of a kernel around bcast_unit takes ~5 s
     to compile and the serial ~1 s, which a cold first step paid for dW and for dX (README, start-up).
     The unused arguments (dbias for dX; preact without relu) are never read.
     """
     zero = c.dtype.type(0)
+    params, accumulate, relu = how & DW != 0, how & ACCUMULATE != 0, how & RELU != 0
     k, m = a.shape
     a_rs, a_ss, steps = (1, m, k) if params else (m, 1, m)
     units = simd.bcast_units(c)
@@ -389,9 +396,14 @@ def _bias_rows(dbias, dout, j0, j1, accumulate):
                 dbias[j] = g[j]
 
 
-def _blocks_work(c, a, b, params, accumulate, dbias, preact, relu):
-    """Multiply-adds; the weight a call streams is dW itself (params) or W (dX), see _linear_work."""
-    return _linear_work(a.shape[0], c) if params else _linear_work(c.shape[0], b)
+def _blocks_work(c, a, b, dbias, preact, how):
+    """Multiply-adds, at least PARALLEL_WORK when the call streams a weight larger than STREAM_BYTES
+    (as _linear_work, written out: this runs at every call)."""
+    if how & DW:  # dW (m, n) summed over k rows; it streams dW itself
+        work, streamed = a.shape[0] * c.size, c
+    else:  # dX (k, n) summed over m; it streams W
+        work, streamed = c.shape[0] * b.size, b
+    return max(work, PARALLEL_WORK) if streamed.nbytes >= STREAM_BYTES else work
 
 
 linear_backward_blocks = Kernel(_linear_backward_blocks, _blocks_work, PARALLEL_WORK)
@@ -404,7 +416,7 @@ def backward_input_route(dinp, dout, weight, preact, relu):
     (for tests and `nbnet check`, which run both twins; linear_backward_input_act inlines it)."""
     if dout.shape[0] == 1:
         return linear_backward_input_rows, (dinp, dout, weight, preact, relu)
-    return linear_backward_blocks, (dinp, dout, weight, False, False, _UNUSED[dinp.dtype], preact, relu)
+    return linear_backward_blocks, (dinp, dout, weight, _UNUSED[dinp.dtype], preact, RELU if relu else 0)
 
 
 def linear_backward_input_act(dinp, dout, weight, preact, relu):
@@ -413,7 +425,7 @@ def linear_backward_input_act(dinp, dout, weight, preact, relu):
     if dout.shape[0] == 1:  # one row: a block of BCAST_MR rows would compute rows that are not kept
         linear_backward_input_rows(dinp, dout, weight, preact, relu)
     else:
-        linear_backward_blocks(dinp, dout, weight, False, False, _UNUSED[dinp.dtype], preact, relu)
+        linear_backward_blocks(dinp, dout, weight, _UNUSED[dinp.dtype], preact, RELU if relu else 0)
 
 
 def linear_backward_input(dinp, dout, weight):
@@ -432,7 +444,7 @@ def backward_params_route(dweight, dbias, dout, inp, accumulate):
     (for tests and `nbnet check`; linear_backward_params inlines it)."""
     if dout.shape[0] <= SHORT_SUM:
         return linear_backward_params_rows, (dweight, dbias, dout, inp, accumulate)
-    return linear_backward_blocks, (dweight, dout, inp, True, accumulate, dbias, dweight, False)
+    return linear_backward_blocks, (dweight, dout, inp, dbias, dweight, DW | ACCUMULATE if accumulate else DW)
 
 
 def linear_backward_params(dweight, dbias, dout, inp, accumulate):
@@ -441,7 +453,7 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     if dout.shape[0] <= SHORT_SUM:
         linear_backward_params_rows(dweight, dbias, dout, inp, accumulate)
     else:
-        linear_backward_blocks(dweight, dout, inp, True, accumulate, dbias, dweight, False)
+        linear_backward_blocks(dweight, dout, inp, dbias, dweight, DW | ACCUMULATE if accumulate else DW)
 
 
 # Below this much work an optimizer step or an element-wise kernel runs serially (see Kernel). The

@@ -281,8 +281,8 @@ def kernel_args(name, dtype):
     return {
         "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
         "linear_forward_t": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w.T.copy(), b, True),
-        "linear_backward_blocks": (np.zeros((m, n), dtype), g, x, True, True, np.zeros(m, dtype),
-                                   np.zeros((m, n), dtype), False),
+        "linear_backward_blocks": (np.zeros((m, n), dtype), g, x, np.zeros(m, dtype), np.zeros((m, n), dtype),
+                                   cpu.DW | cpu.ACCUMULATE),
         "linear_backward_input_rows": (np.empty((k, n), dtype), g, w, x, True),
         "linear_backward_params_rows": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x, True),
     }[name]
@@ -351,8 +351,8 @@ from nbnet import cpu, simd
 assert simd.ISA == "avx512" and simd.REGISTERS == 32, simd.describe()
 arr = lambda nd: types.Array(types.float32, nd, "C")
 for kernel, sig, want in (
-    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), types.boolean, types.boolean, arr(1), arr(2),
-                                  types.boolean), simd.BCAST_MR * simd.BCAST_NV),
+    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64),
+     simd.BCAST_MR * simd.BCAST_NV),
     (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
 ):
     f = njit(kernel.serial.py_func)
@@ -456,3 +456,16 @@ def test_entry_points_run_what_their_routes_name(k, monkeypatch):
         got = calls[0][1]
         assert len(got) == len(want) and all(a is b or (a == b if not isinstance(a, np.ndarray) else False)
                                              for a, b in zip(got, want)), (got, want)
+
+
+def test_blocks_work_counts_multiply_adds_and_the_weight_streamed():
+    """linear_backward_blocks' work is its multiply-adds, raised to PARALLEL_WORK when the weight it
+    streams (dW itself for dW, W for dX) is larger than STREAM_BYTES, as _linear_work."""
+    f = np.float32
+    dw, g4, x4 = np.empty((256, 784), f), np.empty((4, 256), f), np.empty((4, 784), f)
+    assert cpu._blocks_work(dw, g4, x4, None, None, cpu.DW) == max(4 * dw.size, cpu.PARALLEL_WORK)
+    dx, g8, w = np.empty((8, 256), f), np.empty((8, 128), f), np.empty((128, 256), f)  # W: 128 KB
+    assert cpu._blocks_work(dx, g8, w, None, None, cpu.RELU) == 8 * 128 * 256
+    assert cpu._blocks_work(dx, g8, w, None, None, 0) == cpu._linear_work(8, w)
+    wide = np.empty((512, 256), f)  # 512 KB: streamed
+    assert cpu._blocks_work(np.empty((2, 256), f), np.empty((2, 512), f), wide, None, None, 0) == cpu.PARALLEL_WORK

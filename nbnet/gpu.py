@@ -176,19 +176,21 @@ def one_flat(arrays):
     allocation, in order (as after `pack`), else None (always None in the simulator, whose arrays
     carry no device pointers: there each parameter gets its own launch)."""
     first = arrays[0]
-    data = getattr(first, "gpu_data", None)
-    if data is None:
+    if getattr(first, "gpu_data", None) is None:
         return None
-    owner, itemsize = data.owner, first.dtype.itemsize
-    start = pos = first.device_ctypes_pointer.value
-    for a in arrays:
-        if (getattr(a, "gpu_data", None) is None or a.gpu_data.owner is not owner or a.dtype != first.dtype
-                or not a.is_c_contiguous() or a.device_ctypes_pointer.value != pos):
-            return None
-        pos += a.size * itemsize
-    base = owner.device_pointer_value
-    return type(first)(shape=((pos - start) // itemsize,), strides=(itemsize,), dtype=first.dtype,
-                       gpu_data=owner.view(start - base, pos - base))
+    try:
+        owner, itemsize = first.gpu_data.owner, first.dtype.itemsize
+        start = pos = first.device_ctypes_pointer.value
+        for a in arrays:
+            if (getattr(a, "gpu_data", None) is None or a.gpu_data.owner is not owner or a.dtype != first.dtype
+                    or not a.is_c_contiguous() or a.device_ctypes_pointer.value != pos):
+                return None
+            pos += a.size * itemsize
+        base = owner.device_pointer_value
+        return type(first)(shape=((pos - start) // itemsize,), strides=(itemsize,), dtype=first.dtype,
+                           gpu_data=owner.view(start - base, pos - base))
+    except (AttributeError, TypeError):  # a numba-cuda whose device arrays lack these internals
+        return None  # one launch per parameter: slower, still right
 
 
 def empty(shape, dtype):

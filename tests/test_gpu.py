@@ -158,6 +158,19 @@ def test_numpy_too_new_for_numba_cuda_is_one_clear_reason():
     assert "RuntimeError: numba-cuda" in proc.stdout and "numpy<2.5" in proc.stdout, proc.stdout
 
 
+def test_packed_lookup_falls_back_when_device_arrays_lack_the_internals_it_reads():
+    """gpu.one_flat reads numba-cuda internals (gpu_data.owner, device pointers) to find packed
+    parameters; with a numba-cuda whose arrays lack them it answers None (one launch per
+    parameter), never an AttributeError in the middle of opt.step()."""
+    import types as pytypes  # noqa: PLC0415
+
+    from nbnet import gpu  # noqa: PLC0415
+
+    odd = pytypes.SimpleNamespace(gpu_data=object(), dtype=np.dtype(np.float32), size=4)
+    assert gpu.one_flat([odd, odd]) is None
+    assert gpu.one_flat([np.zeros(3, np.float32)]) is None  # no device data at all
+
+
 def test_gpu_module_imports_without_numba_cuda():
     hide = (
         "import importlib.util, sys\n"

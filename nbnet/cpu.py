@@ -239,16 +239,20 @@ FORWARD_T_ROWS = 64
 FORWARD_T_MAX_IN = 32
 
 
-def _forward(out, act, inp, weight, bias, weight_t, relu):
-    """The forward for these shapes: broadcast units over Wᵀ for a short sum at a batch that pays
-    for the copy and whole vectors of outputs, dot units otherwise (shapes only)."""
+def forward_route(out, act, inp, weight, bias, weight_t, relu):
+    """The forward's kernel calls for these shapes, as [(kernel, its arguments)]: broadcast units
+    over Wᵀ for a short sum at a batch that pays for the copy and whole vectors of outputs, dot
+    units otherwise (shapes only). For _forward, tests, and Sequential's planned steps."""
     m, w = weight.shape[0], simd.lanes(weight.dtype)
     if (weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and inp.shape[1] < FORWARD_T_MAX_IN
             and m >= simd.BCAST_NV * w and m % w == 0):
-        transpose(weight_t, weight)
-        linear_forward_t(out, act, inp, weight_t, bias, relu)
-    else:
-        linear_forward_act(out, act, inp, weight, bias, relu)
+        return [(transpose, (weight_t, weight)), (linear_forward_t, (out, act, inp, weight_t, bias, relu))]
+    return [(linear_forward_act, (out, act, inp, weight, bias, relu))]
+
+
+def _forward(out, act, inp, weight, bias, weight_t, relu):
+    for kernel, args in forward_route(out, act, inp, weight, bias, weight_t, relu):
+        kernel(*args)
 
 
 def linear_forward(out, inp, weight, bias, weight_t=None):

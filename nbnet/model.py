@@ -9,9 +9,11 @@ Other keys (optimizer state, config, ...) may sit beside these; `load` ignores t
 import json
 import math
 import os
+from operator import is_
 
 import numpy as np
 
+from . import cpu, threads
 from .files import read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
 from .layers import LAYERS, Linear, ReLU
 
@@ -33,6 +35,9 @@ class Sequential:
             layers = layers[0]
         self.layers = _checked_layers(layers)
         pack_parameters(self.parameters())
+        self._plan = None  # the kernel calls of a CPU forward and backward at one batch shape (_Plan)
+        self._last_shape, self._streak = None, 0  # forwards layer by layer in a row at this batch shape
+        self._plan_after = 2  # ... after which one builds a plan; doubled when a plan's arrays were replaced
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
@@ -135,6 +140,25 @@ class Sequential:
     def forward_reusing(self, x):
         """Like `forward`, but returns the last layer's own output buffer, which the next call
         overwrites: the allocation-free path of the training loop, evaluate and predict."""
+        plan = self._plan
+        if plan is not None:
+            if plan.fits(self, x):
+                return plan.forward(x)
+            self._plan = None
+            if plan.takes(x):  # the batch fits but an array was replaced: plan less eagerly
+                self._plan_after = min(2 * self._plan_after, 1024)
+        out = self._forward_layers(x)
+        # The second forward in a row at one batch shape plans the calls: a shape seen once, such
+        # as an epoch's last short batch, is not worth building a plan for.
+        shape = getattr(x, "shape", None)
+        self._streak = self._streak + 1 if shape == self._last_shape else 1
+        self._last_shape = shape
+        if self._streak >= self._plan_after:
+            self._plan, self._streak = _Plan.build(self, x), 0
+        return out
+
+    def _forward_layers(self, x):
+        """The forward layer by layer, through each layer's own checks and buffers."""
         layers, i = self.layers, 0
         while i < len(layers):
             if self._fuses_relu(i, x):
@@ -155,6 +179,9 @@ class Sequential:
         None, and the first Linear's input gradient is not computed at all (a third of that
         layer's backward, which a training loop never reads), as PyTorch skips the gradient of an
         input that does not require one. Layers' own backward always returns their dX."""
+        plan = self._plan
+        if plan is not None and not need_input_grad and plan.backward(self, grad):
+            return None
         # Layers before the first one with parameters need no gradient at all when the caller
         # does not want dL/dX, and that first layer needs only its parameters' gradients.
         stop = 0 if need_input_grad else self._first_with_parameters()
@@ -223,6 +250,152 @@ class Sequential:
         arrays = self.state_arrays()
         check_finite(arrays, f"cannot save {os.fspath(path)}")
         write_npz_atomic(path, arrays)
+
+
+_X, _G = object(), object()  # in a plan's kernel arguments: the batch, and the gradient backward gets
+
+
+class _Plan:
+    """A CPU forward and backward of a Sequential at one batch shape, as the kernel calls that the
+    layers' own methods make, with their checks, buffer look-ups and routing done once. Built right
+    after a forward layer by layer, from the buffers it left; `forward_reusing` and `backward` then
+    run these calls instead while the batch fits and every array they name is still the one the
+    layers hold (checked by identity at each call: an assigned weight, a model moved to the GPU,
+    a layer run alone at another batch size all send the call back through the layers). The same
+    kernels on the same arrays: the same bits. At batch 1 the layers' Python cost as much as their
+    kernels: 784-256-128-10 on one core, ~25 µs a step of ~125 (profiling/bench_step.py).
+
+    A step is (kernel, arguments, bind, layer, arguments to accumulate); `bind` says the arguments
+    hold _X or _G, and a dW step (layer not None) takes the second arguments when that Linear's
+    gradients are not marked as zeros (see nbnet.layers.Linear.zero_grad)."""
+
+    PLANNED = tuple(LAYERS.values())
+
+    @classmethod
+    def build(cls, model, x):
+        """The plan for batches shaped as x, or None when a layer is not one it knows, or the
+        arrays are not host arrays of one dtype."""
+        layers = model.layers
+        if (not layers or layers[0].inp is not x or type(x) is not np.ndarray
+                or any(type(layer) not in cls.PLANNED for layer in layers)
+                or not any(type(layer) is Linear for layer in layers)
+                or any(type(p.data) is not np.ndarray or type(p.grad) is not np.ndarray
+                       for p in model.parameters())):
+            return None
+        return cls(model, x)
+
+    def __init__(self, model, x):
+        self.layers, self.ids, self.shape, self.dtype = list(model.layers), tuple(map(id, model.layers)), x.shape, x.dtype
+        g = np.empty(self.layers[-1].out.shape, x.dtype)  # a stand-in for backward's gradient
+        self.fwd, self.fwd_checks = self._planned(self._forward_calls(model, x), x, g)
+        self.bwd, self.bwd_checks = self._planned(self._backward_calls(model, x, g), x, g)
+
+    def _forward_calls(self, model, x):
+        calls, layers, i, inp = [], self.layers, 0, x
+        while i < len(layers):
+            layer = layers[i]
+            if model._fuses_relu(i, x):
+                relu = layers[i + 1]
+                calls += cpu.forward_route(layer.out, relu.out, inp, layer.weight, layer._bias(x),
+                                           layer._weight_t(inp), True)
+                inp, i = relu.out, i + 2
+            elif type(layer) is Linear:
+                calls += cpu.forward_route(layer.out, layer.out, inp, layer.weight, layer._bias(x),
+                                           layer._weight_t(inp), False)
+                inp, i = layer.out, i + 1
+            else:
+                calls.append((getattr(cpu, layer.kernel + "_forward"), (layer.out, inp)))
+                inp, i = layer.out, i + 1
+        return calls
+
+    def _backward_calls(self, model, x, g):
+        """Sequential.backward's calls without dL/dX: from the last layer down to the first Linear,
+        which computes only dW and db. dW calls come as (kernel, arguments to write, to add, layer)."""
+        calls, layers, grad = [], self.layers, g
+        stop = next(i for i, layer in enumerate(layers) if type(layer) is Linear)
+        i = len(layers) - 1
+        while i >= stop:
+            layer = layers[i]
+            if type(layer) is Linear:
+                dbias = layer._dbias(grad)
+                kernel, write = cpu.backward_params_route(layer._grad_weight, dbias, grad, layer.inp, False)
+                calls.append((kernel, write, cpu.backward_params_route(layer._grad_weight, dbias, grad, layer.inp,
+                                                                       True)[1], layer))
+                if i == stop:
+                    break
+                relu = layers[i - 1] if model._after_relu(i, grad) else None
+                owner = relu if relu is not None else layer
+                dinp = owner._buffer("dinp", grad, layer.inp.shape, grad.dtype)
+                preact = relu.inp if relu is not None else dinp
+                calls.append(cpu.backward_input_route(dinp, grad, layer.weight, preact, relu is not None))
+                grad, i = dinp, i - (2 if relu is not None else 1)
+            else:
+                dinp = layer._buffer("dinp", grad, grad.shape, grad.dtype)
+                saved = layer.inp if layer.backward_uses_input else layer.out
+                calls.append((getattr(cpu, layer.kernel + "_backward"), (dinp, grad, saved)))
+                grad, i = dinp, i - 1
+        return calls
+
+    def _planned(self, calls, x, g):
+        """The steps for the serial and for the parallel case (as cpu.Kernel would pick, from the
+        work of these shapes), and the (layer, attribute, array) each call reads or writes."""
+        steps = {False: [], True: []}
+        for call in calls:
+            kernel, args, acc = call[0], call[1], call[2] if len(call) > 2 else None
+            placed = tuple(_X if a is x else _G if a is g else a for a in args)
+            acc = None if acc is None else tuple(_X if a is x else _G if a is g else a for a in acc)
+            bind = any(a is _X or a is _G for a in placed)
+            layer = call[3] if len(call) > 3 else None
+            if isinstance(kernel, cpu.Kernel):
+                big = kernel.work(*args) >= kernel.threshold
+                pair = (kernel.serial, kernel.parallel if big else kernel.serial)
+            else:
+                pair = (kernel, kernel)
+            for par in (False, True):
+                steps[par].append((pair[par], placed, bind, layer, acc))
+        arrays = {id(a) for step in steps[False] for args in (step[1], step[4] or ()) for a in args
+                  if type(a) is np.ndarray}
+        checks = [(layer, name, value) for layer in self.layers for name, value in vars(layer).items()
+                  if type(value) is np.ndarray and id(value) in arrays]
+        return steps, (tuple(c[0] for c in checks), tuple(c[1] for c in checks), tuple(c[2] for c in checks))
+
+    @staticmethod
+    def _same(checks):
+        owners, names, arrays = checks
+        return all(map(is_, map(getattr, owners, names), arrays))
+
+    def takes(self, x):
+        """x is a batch this plan runs: a C-contiguous host array of the planned shape and dtype."""
+        return type(x) is np.ndarray and x.shape == self.shape and x.dtype == self.dtype and x.flags.c_contiguous
+
+    def fits(self, model, x):
+        """x is a batch this plan runs, and the model's layers and arrays are the planned ones."""
+        return self.takes(x) and tuple(map(id, model.layers)) == self.ids and self._same(self.fwd_checks)
+
+    def forward(self, x):
+        self.layers[0].inp = x
+        _run(self.fwd[threads.parallel()], x, None)
+        return self.layers[-1].out
+
+    def backward(self, model, grad):
+        """Runs the backward and answers True, or answers False (nothing done) when it does not fit."""
+        last, x = self.layers[-1].out, self.layers[0].inp
+        if not (type(grad) is np.ndarray and grad.shape == last.shape and grad.dtype == last.dtype
+                and grad.flags.c_contiguous and type(x) is np.ndarray and x.shape == self.shape
+                and tuple(map(id, model.layers)) == self.ids and self._same(self.bwd_checks)):
+            return False
+        _run(self.bwd[threads.parallel()], x, grad)
+        return True
+
+
+def _run(steps, x, g):
+    for kernel, args, bind, layer, acc in steps:
+        # A Linear's dW adds unless zero_grad marked both its gradients (Linear.backward's rule).
+        if layer is not None and (not (layer._zero_weight or layer._zero_bias) or layer._accumulate()):
+            args = acc
+        if bind:
+            args = tuple([x if a is _X else g if a is _G else a for a in args])
+        kernel(*args)
 
 
 class Summary(str):

@@ -1,0 +1,170 @@
+"""Sequential's planned steps (nbnet.model._Plan): after two forwards at one batch shape, forward_reusing
+and backward replay the layers' kernel calls without the layers' Python. Same bits as layer by layer,
+and back to the layers whenever an array, a layer or the batch is not the planned one."""
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+from nbnet import layers as nb_layers
+
+
+def model(act=nb.ReLU, bias=True, dtype=np.float32, n=20):
+    return nb.Sequential([nb.Linear(n, 33, seed=0, bias=bias, dtype=dtype), act(),
+                          nb.Linear(33, 17, seed=1, dtype=dtype), nb.ReLU(),
+                          nb.Linear(17, 5, seed=2, bias=bias, dtype=dtype), nb.Sigmoid()])
+
+
+def train(m, xs, ys, accumulate_at=(), opt="sgd"):
+    loss_fn = nb.SoftmaxCrossEntropy()
+    opt = nb.SGD(m.parameters(), lr=0.1, momentum=0.9) if opt == "sgd" else nb.Adam(m.parameters(), lr=0.01)
+    losses = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if i not in accumulate_at:
+            opt.zero_grad()
+        losses.append(loss_fn.forward(m.forward(x), y))
+        assert m.backward(loss_fn.backward()) is None
+        opt.step()
+    return losses, [p.data.copy() for p in m.parameters()], [p.grad.copy() for p in m.parameters()]
+
+
+def layer_by_layer(m):
+    m._plan_after = float("inf")  # never plans
+    return m
+
+
+# batch 1, 2, 3 take dW's row kernel (cpu.SHORT_SUM), 4 and 7 its blocks, 64 and 65 with 20 inputs the
+# forward's broadcast form over Wᵀ (cpu.FORWARD_T_ROWS); Tanh/Sigmoid/Softmax are unfused activations.
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 7, 64, 65])
+@pytest.mark.parametrize("act,bias,dtype,opt", [(nb.ReLU, True, np.float32, "sgd"), (nb.Tanh, False, np.float32, "sgd"),
+                                                (nb.Softmax, True, np.float64, "adam")])
+def test_planned_steps_give_the_same_bits_as_layer_by_layer(batch, act, bias, dtype, opt):
+    rng = np.random.default_rng(batch)
+    xs = [rng.standard_normal((batch, 20)).astype(dtype) for _ in range(6)]
+    ys = [rng.integers(0, 5, batch) for _ in range(6)]
+    planned = model(act, bias, dtype)
+    got = train(planned, xs, ys, accumulate_at=(3,), opt=opt)  # step 3 adds to the gradients
+    want = train(layer_by_layer(model(act, bias, dtype)), xs, ys, accumulate_at=(3,), opt=opt)
+    assert planned._plan is not None, "the test must run the planned steps"
+    assert got[0] == want[0]
+    for a, b in zip(got[1] + got[2], want[1] + want[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_planned_steps_run_no_layer_code(monkeypatch):
+    m, x = model(), np.ones((2, 20), np.float32)
+    m.forward(x), m.forward(x)
+    assert m._plan is not None
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a layer's own forward or backward ran")
+
+    for name in ("forward", "forward_relu", "backward"):
+        monkeypatch.setattr(nb.Linear, name, fail)
+    monkeypatch.setattr(nb_layers._Activation, "forward", fail)
+    monkeypatch.setattr(nb_layers._Activation, "backward", fail)
+    m.backward(m.forward(x))
+
+
+def test_a_replaced_weight_is_used_at_once():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 20)).astype(np.float32)
+    m, ref = model(), model()
+    for _ in range(3):
+        m.forward(x)
+    assert m._plan is not None
+    w = rng.standard_normal((33, 20)).astype(np.float32)
+    m.layers[0].weight = w
+    ref.layers[0].weight = w.copy()
+    np.testing.assert_array_equal(m.forward(x), layer_by_layer(ref).forward(x))
+
+
+def test_a_layer_run_alone_at_another_batch_size_does_not_fool_the_plan():
+    rng = np.random.default_rng(1)
+    x, other = rng.standard_normal((3, 20)).astype(np.float32), rng.standard_normal((5, 20)).astype(np.float32)
+    m, ref = model(), layer_by_layer(model())
+    for _ in range(3):
+        m.forward(x)
+    m.layers[0].forward(other)  # reallocates layer 0's output buffer
+    np.testing.assert_array_equal(m.forward(x), ref.forward(x))
+    g, same_shape = np.ones((3, 5), np.float32), other[:3].copy()
+    m.layers[0].forward_relu(same_shape, m.layers[1])  # between forward and backward: the caches now
+    ref.layers[0].forward_relu(same_shape, ref.layers[1])  # hold another batch, and backward reads it
+    m.backward(g), ref.backward(g)
+    for p, q in zip(m.parameters(), ref.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
+
+
+def test_replacing_a_layer_drops_the_plan():
+    x = np.ones((2, 20), np.float32)
+    m = model()
+    m.forward(x), m.forward(x)
+    m.layers[5] = nb.Tanh()
+    np.testing.assert_allclose(m.forward(x), np.tanh(m.layers[4].out), rtol=1e-6)
+
+
+def test_input_gradient_still_comes_layer_by_layer():
+    rng = np.random.default_rng(2)
+    x, g = rng.standard_normal((4, 20)), rng.standard_normal((4, 5))
+    m, ref = model(dtype=np.float64), layer_by_layer(model(dtype=np.float64))
+    for net in (m, ref):
+        net.forward(x), net.forward(x)
+    assert m._plan is not None
+    np.testing.assert_array_equal(m.backward(g, need_input_grad=True), ref.backward(g, need_input_grad=True))
+
+
+def test_bad_inputs_still_get_the_layers_errors():
+    m = model()
+    x = np.ones((2, 20), np.float32)
+    m.forward(x), m.forward(x)
+    with pytest.raises(ValueError, match="expected dtype float32"):
+        m.forward(np.ones((2, 20)))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 20\)"):
+        m.forward(np.ones((2, 21), np.float32))
+    m.forward(x)
+    with pytest.raises(ValueError, match="expected gradient of shape"):
+        m.backward(np.ones((2, 6), np.float32))
+
+
+def test_weights_replaced_every_step_do_not_rebuild_a_plan_every_step(monkeypatch):
+    """A hand-written update `layer.weight = layer.weight - lr * grad` replaces the array each step;
+    planning backs off instead of paying for a plan that is dropped at the next call."""
+    builds = []
+    real = nb.model._Plan.build
+    monkeypatch.setattr(nb.model._Plan, "build", classmethod(lambda cls, m, x: builds.append(1) or real(m, x)))
+    m, x = model(), np.ones((2, 20), np.float32)
+    for _ in range(200):
+        m.forward(x)
+        m.layers[0].weight = m.layers[0].weight - np.float32(0.01)
+    assert 2 <= len(builds) <= 10
+
+
+def test_an_epochs_short_last_batch_keeps_planning():
+    m = model()
+    full, short = np.ones((8, 20), np.float32), np.ones((3, 20), np.float32)
+    for _ in range(3):
+        for _ in range(4):
+            m.forward(full)
+        m.forward(short)
+    m.forward(full), m.forward(full)
+    assert m._plan is not None and m._plan.shape == (8, 20)
+
+
+def test_optimizer_sees_replaced_arrays_and_zero_marks():
+    """The optimizer's cached groups (Optimizer._fast_check): a step right after zero_grad (no
+    backward) uses zero gradients, and a replaced parameter array is the one updated."""
+    m = nb.Sequential([nb.Linear(3, 2, seed=0)])
+    opt = nb.SGD(m.parameters(), lr=0.5)
+    x = np.ones((1, 3), np.float32)
+    for _ in range(2):
+        opt.zero_grad()
+        m.backward(m.forward(x))
+        opt.step()
+    before = m.layers[0].weight.copy()
+    opt.zero_grad()
+    opt.step()  # gradients read as zeros: nothing moves
+    np.testing.assert_array_equal(m.layers[0].weight, before)
+    m.layers[0].weight = np.zeros((2, 3), np.float32)
+    m.layers[0].grad_weight = np.ones((2, 3), np.float32)
+    opt.step()
+    np.testing.assert_array_equal(m.layers[0].weight, np.full((2, 3), -0.5, np.float32))

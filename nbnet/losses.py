@@ -84,7 +84,21 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
     the same as PyTorch's CrossEntropyLoss(). Backward: dz = (softmax(z) − onehot(t)) / N.
     Finite for logits of any size (the row maximum is subtracted before exponentiating)."""
 
+    probs_buf: Any = field(init=False, default=None, repr=False)  # the softmax, kept for backward
+
     def forward(self, logits, targets):
+        probs, dlogits, losses = self.probs_buf, self.dinp, self.losses
+        # The common case in few checks (as Layer._check_input): host logits of the last call's
+        # shape and dtype with C-contiguous integer labels in range. This runs every step, and the
+        # full checks and buffer look-ups cost ~2 µs of a ~100 µs batch-1 step.
+        if (type(logits) is np.ndarray and type(targets) is np.ndarray and probs is not None
+                and type(probs) is np.ndarray and logits.shape == probs.shape and logits.dtype == probs.dtype
+                and logits.flags.c_contiguous and targets.shape == losses.shape and targets.dtype.kind in "iu"
+                and targets.flags.c_contiguous and dlogits is not None and dlogits.shape == probs.shape):
+            lo, hi = cpu.label_bounds(targets)
+            if lo >= 0 and hi < logits.shape[1]:
+                self.probs, self.targets = probs, targets
+                return float(cpu.softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets))
         logits, targets = self._check_pair(logits, targets)
         probs = self._buffer("probs_buf", logits, logits.shape, logits.dtype)
         losses = self._buffer("losses", logits, (logits.shape[0],), logits.dtype)

@@ -25,12 +25,14 @@ sys.path.insert(0, HERE)
 from bench_vs_torch import torch_mlp  # noqa: E402
 
 
-def nbnet_step(x, y):
+def nbnet_step(x, y, planned=True):
     import nbnet as nb  # noqa: PLC0415
 
     model = nb.Sequential([nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 128, seed=1), nb.ReLU(),
                            nb.Linear(128, 10, seed=2)])
     loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if not planned:  # the calls layer by layer, as before Sequential planned them (nbnet.model._Plan)
+        model._plan_after = float("inf")
 
     def step():
         opt.zero_grad()
@@ -58,7 +60,7 @@ def torch_step(x, y):
 def worker(threads, batches, steps):
     import numpy as np  # noqa: PLC0415
 
-    makers = {"nbnet": nbnet_step}
+    makers = {"nbnet": nbnet_step, "layers": lambda x, y: nbnet_step(x, y, planned=False)}
     try:
         import torch  # noqa: PLC0415
 
@@ -108,7 +110,8 @@ def main():
           f"median of {args.steps}")
     if os.getloadavg()[0] > 0.5 * os.cpu_count():
         print(f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings are noisy")
-    print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'torch µs':>9} {'nbnet/torch':>12}")
+    print("(layers: nbnet with its forward and backward run layer by layer, not as planned calls)")
+    print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'torch µs':>9} {'nbnet/torch':>12}")
     for t in args.threads.split(","):
         env = dict(os.environ, NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                    PYTHONPATH=os.path.dirname(HERE))
@@ -119,7 +122,7 @@ def main():
         for bs, res in json.loads(done.stdout.strip().splitlines()[-1]).items():
             torch_us = f"{res['torch'] * 1e6:9.0f}" if "torch" in res else f"{'-':>9}"
             ratio = f"{res['nbnet'] / res['torch']:11.2f}x" if "torch" in res else f"{'-':>12}"
-            print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {torch_us} {ratio}")
+            print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {res['layers'] * 1e6:10.0f} {torch_us} {ratio}")
 
 
 if __name__ == "__main__":

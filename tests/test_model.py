@@ -135,6 +135,22 @@ def test_label_errors():
         nb.CrossEntropy().backward()
 
 
+def test_label_errors_after_a_good_call():
+    """SoftmaxCrossEntropy's fast path (a batch shaped as the last one) still checks every label."""
+    loss = nb.SoftmaxCrossEntropy()
+    logits = np.zeros((3, 4), np.float32)
+    assert loss.forward(logits, np.array([0, 1, 3])) == pytest.approx(np.log(4))
+    for bad, match in (([0, 1, 4], "label 4 is out of range"), ([0, -1, 2], "label -1"),
+                       (np.array([0.0, 1.0, 2.0]), "integer"), (np.array([True, False, True]), "integer")):
+        with pytest.raises(ValueError, match=match):
+            loss.forward(logits, np.asarray(bad))
+    assert loss.forward(np.zeros((3, 4)), np.array([0, 1, 3])) == pytest.approx(np.log(4))  # float64: its own buffers
+    assert loss.backward().dtype == np.float64
+    strided = np.zeros((3, 8), np.float32)[:, ::2]  # not C-contiguous: copied, same answer
+    assert loss.forward(strided, np.array([0, 1, 3])) == pytest.approx(np.log(4))
+    np.testing.assert_allclose(loss.backward(), (np.full((3, 4), 0.25) - np.eye(4)[[0, 1, 3]]) / 3, rtol=1e-6)
+
+
 def test_batches_cover_everything_once_and_are_seeded():
     x = np.arange(10, dtype=np.float32)[:, None]
     y = np.arange(10)

@@ -187,11 +187,10 @@ class Optimizer:
         reads); the same data, gradient and state arrays. None for handles that are not Parameters."""
         if not self._owners:
             return None
-        params = list(self.params)
-        lazy = [isinstance(p.layer, Linear) and p.name in ("weight", "bias") for p in params]
-        marks = ([p.layer for p, ok in zip(params, lazy) if ok], ["_zero_" + p.name for p, ok in zip(params, lazy) if ok])
+        params, fills = list(self.params), set(map(id, self._fills))  # _handles' split: marked or filled
+        marks = ([layer for layer, _ in self._marks], [flag for _, flag in self._marks])
         owners = [p.layer for p in params] * 2
-        names = [p.name for p in params] + [("_grad_" if ok else "grad_") + p.name for p, ok in zip(params, lazy)]
+        names = [p.name for p in params] + [("grad_" if id(p) in fills else "_grad_") + p.name for p in params]
         states = ([st for st in self.state for _ in self.state_names], [n for _ in self.state for n in self.state_names])
         return (params, marks, (owners, names), tuple(map(getattr, owners, names)),
                 states, tuple(map(getitem, *states)), groups)

@@ -73,6 +73,29 @@ def test_linear_kernels(k, n, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,split_rows,part_rows", [(37, 8, 8), (33, 16, 8), (9, 8, 8), (16, 16, 4), (70, 4, 4)])
+def test_linear_backward_params_in_batch_parts(k, split_rows, part_rows, dtype, monkeypatch):
+    # A batch longer than SPLIT_ROWS is summed in parts (at most MAX_PARTS) and the parts added in
+    # order: against the CPU kernel and the formula, accumulating and writing, with a short last
+    # part and, at k=70 with 4 rows a part, more rows a part than PART_ROWS because of MAX_PARTS.
+    monkeypatch.setattr(gpu, "SPLIT_ROWS", split_rows)
+    monkeypatch.setattr(gpu, "PART_ROWS", part_rows)
+    parts, rows = gpu._batch_parts(k)
+    assert parts == (1 if k <= split_rows else -(-k // rows)) and parts <= gpu.MAX_PARTS
+    assert parts == 1 or (rows % gpu.TILE == 0 and (parts - 1) * rows < k <= parts * rows)
+    rng = np.random.default_rng(k)
+    n, m = 21, 6
+    x, g = rand(rng, (k, n), dtype), rand(rng, (k, m), dtype)
+    dw, db = rand(rng, (m, n), dtype), rand(rng, (m,), dtype)
+    d = assert_same("linear_backward_params", dw, db, g, x, True, check=[0, 1])
+    np.testing.assert_allclose(d[0], dw + g.T @ x, **TOL[dtype])
+    np.testing.assert_allclose(d[1], db + g.sum(0), **TOL[dtype])
+    d = assert_same("linear_backward_params", dw, db, g, x, False, check=[0, 1])
+    np.testing.assert_allclose(d[0], g.T @ x, **TOL[dtype])
+    np.testing.assert_allclose(d[1], g.sum(0), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_linear_relu_kernels(dtype):
     """The fused epilogues equal the CPU's unfused kernels run one after the other."""
     k, n, m = LINEAR_SHAPES[0]

@@ -82,6 +82,8 @@ for dt in (np.float32, np.float64):
     examples = {
         "_linear_forward_kernel": (a(3, 4), a(3, 4), a(3, 5), a(4, 5), a(4), True),
         "_linear_backward_params_kernel": (a(4, 5), a(4), a(3, 4), a(3, 5), True),
+        "_linear_backward_params_part_kernel": (a(2, 4, 5), a(2, 4), a(3, 4), a(3, 5), 2),
+        "_linear_backward_params_sum_kernel": (a(4, 5), a(4), a(2, 4, 5), a(2, 4), True),
         "_linear_backward_input_kernel": (a(3, 5), a(3, 4), a(4, 5), a(3, 5), True),
         "_sum_kernel": (a(1), a(3)),
         "_squared_error_sum_kernel": (a(1), *m2),

@@ -271,11 +271,14 @@ class _IR:
 
 def _bcast_block_body(builder, context, dtype, mr, nv, args):
     x = _IR(context, builder, dtype)
-    cdata, c_off_, ldc_, adata, a_off_, a_rs_, a_ss_, bdata, b_off_, ldb_, steps_, nrows_, acc_flag = args
+    cdata, c_off_, ldc_, adata, a_off_, a_rs_, a_ss_, bdata, b_off_, ldb_, steps_, nrows_, acc_flag, tiles_, tile_b_ = args
     last = builder.sub(nrows_, x.int(1))
     arows = [x.at(adata, builder.add(a_off_, builder.mul(x.min(x.int(r), last), a_rs_))) for r in range(mr)]
+    t, _, head_t, done_t = x.loop(tiles_, [])
+    c_off_t = builder.add(c_off_, builder.mul(t, x.int(nv * x.w)))
+    b_off_t = builder.add(b_off_, builder.mul(t, tile_b_))
     s, acc, head, done = x.loop(steps_, [x.zero()] * (mr * nv))
-    brow = x.at(bdata, builder.add(b_off_, builder.mul(s, ldb_)))
+    brow = x.at(bdata, builder.add(b_off_t, builder.mul(s, ldb_)))
     bv = [x.load(x.at(brow, x.int(v * x.w))) for v in range(nv)]
     a_s = builder.mul(s, a_ss_)
     new = []
@@ -285,7 +288,7 @@ def _bcast_block_body(builder, context, dtype, mr, nv, args):
     x.end_loop(s, acc, new, head, done)
     for r in range(mr):
         with builder.if_then(builder.icmp_signed("<", x.int(r), nrows_)):
-            crow = x.at(cdata, builder.add(c_off_, builder.mul(x.int(r), ldc_)))
+            crow = x.at(cdata, builder.add(c_off_t, builder.mul(x.int(r), ldc_)))
             with builder.if_else(acc_flag) as (add, put):
                 with add:
                     for v in range(nv):
@@ -294,20 +297,26 @@ def _bcast_block_body(builder, context, dtype, mr, nv, args):
                 with put:
                     for v in range(nv):
                         x.store(acc[r * nv + v], x.at(crow, x.int(v * x.w)))
+    x.end_loop(t, [], [], head_t, done_t)
     builder.ret_void()
 
 
 @intrinsic
-def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, steps, nrows, accumulate, MR, NV):
-    """C[c_off + r·ldc + j] (+)= Σ_{s < steps} A[a_off + r·a_rs + s·a_ss] · B[b_off + s·ldb + j]
+def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, steps, nrows, accumulate, tiles,
+                tile_b, MR, NV):
+    """C[c_off + t·NV·W + r·ldc + j] (+)= Σ_{s < steps} A[a_off + r·a_rs + s·a_ss] · B[b_off + t·tile_b + s·ldb + j]
 
-    for r < nrows (≤ MR) and j < NV vectors. MR × NV vector accumulators; rows r ≥ nrows read
-    row nrows-1 (same code for edge blocks) and are not stored. accumulate: C += the sum, else C =.
+    for r < nrows (≤ MR), j < NV vectors, and each of `tiles` tiles t side by side in C (their B
+    panels tile_b apart). MR × NV vector accumulators a tile; rows r ≥ nrows read row nrows-1 (same
+    code for edge blocks) and are not stored. accumulate: C += the sum, else C =. Several tiles a
+    call pay the call and the A row pointers once: with a short sum (dW at batch 8: 8 steps) they
+    cost as much as the FMAs.
     """
     mr, nv = _lit(MR), _lit(NV)
     if mr is None or nv is None or not all(map(_float_array, (c, a, b))) or not (c.dtype == a.dtype == b.dtype):
         return None
-    sig = types.void(c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, steps, nrows, accumulate, MR, NV)
+    sig = types.void(c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, steps, nrows, accumulate, tiles, tile_b,
+                     MR, NV)
 
     def codegen(context, builder, sig, args):
         outer = _IR(context, builder, c.dtype)
@@ -322,12 +331,13 @@ def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, s
         if fn is None:
             i64, ptr = outer.i64, outer.elty.as_pointer()
             fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [ptr, i64, i64, ptr, i64, i64, i64, ptr,
-                                                                             i64, i64, i64, i64, flag.type]), name)
+                                                                             i64, i64, i64, i64, flag.type, i64, i64]),
+                             name)
             fn.linkage = "internal"
             fn.attributes.add("noinline")
             _bcast_block_body(ir.IRBuilder(fn.append_basic_block("entry")), context, c.dtype, mr, nv, fn.args)
         builder.call(fn, [data[0], ints[1], ints[2], data[1], ints[4], ints[5], ints[6], data[2], ints[8], ints[9],
-                          ints[10], ints[11], flag])
+                          ints[10], ints[11], flag, ints[13], ints[14]])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -556,14 +566,13 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
             # float32 94 -> 139, float64 89 -> 136; batch 12 104 -> 129, 125 -> 137.
             for t in range(full):
                 pack_rows(panel[t * ks * nc:], b, k0 * ldb + g0 + t * nc, ldb, ks, BCAST_NV)
-            for r in range(r0, r1, BCAST_MR):
-                for t in range(full):
-                    if pack_a:
-                        bcast_block(c, r * cols + g0 + t * nc, cols, apanel, (r - r0) * ks, 1, BCAST_MR, panel,
-                                    t * ks * nc, nc, ks, min(BCAST_MR, r1 - r), add, BCAST_MR, BCAST_NV)
-                    else:
-                        bcast_block(c, r * cols + g0 + t * nc, cols, a, r * a_rs + k0 * a_ss, a_rs, a_ss, panel,
-                                    t * ks * nc, nc, ks, min(BCAST_MR, r1 - r), add, BCAST_MR, BCAST_NV)
+            for r in range(r0, r1, BCAST_MR):  # one call for all the group's whole tiles
+                if pack_a:
+                    bcast_block(c, r * cols + g0, cols, apanel, (r - r0) * ks, 1, BCAST_MR, panel, 0, nc, ks,
+                                min(BCAST_MR, r1 - r), add, full, ks * nc, BCAST_MR, BCAST_NV)
+                else:
+                    bcast_block(c, r * cols + g0, cols, a, r * a_rs + k0 * a_ss, a_rs, a_ss, panel, 0, nc, ks,
+                                min(BCAST_MR, r1 - r), add, full, ks * nc, BCAST_MR, BCAST_NV)
         else:
             full = 0
         for c0 in range(g0 + full * nc, g1, nc):
@@ -573,21 +582,21 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
                 for r in range(r0, r1, BCAST_MR):
                     if pack_a:
                         bcast_block(c, r * cols + c0, cols, apanel, (r - r0) * ks, 1, BCAST_MR, panel, 0, nc, ks,
-                                    min(BCAST_MR, r1 - r), add, BCAST_MR, BCAST_NV)
+                                    min(BCAST_MR, r1 - r), add, 1, 0, BCAST_MR, BCAST_NV)
                     else:
                         bcast_block(c, r * cols + c0, cols, a, r * a_rs + k0 * a_ss, a_rs, a_ss, panel, 0, nc, ks,
-                                    min(BCAST_MR, r1 - r), add, BCAST_MR, BCAST_NV)
+                                    min(BCAST_MR, r1 - r), add, 1, 0, BCAST_MR, BCAST_NV)
                 continue
             for r in range(r0, r1, BCAST_MR):
                 nr = min(BCAST_MR, r1 - r)
                 ao = r * a_rs + k0 * a_ss
                 if c1 - c0 == nc:
-                    bcast_block(c, r * cols + c0, cols, a, ao, a_rs, a_ss, b, k0 * ldb + c0, ldb, ks, nr, add,
+                    bcast_block(c, r * cols + c0, cols, a, ao, a_rs, a_ss, b, k0 * ldb + c0, ldb, ks, nr, add, 1, 0,
                                 BCAST_MR, BCAST_NV)
                     continue
                 j = c0
                 while j + w <= c1:
-                    bcast_block(c, r * cols + j, cols, a, ao, a_rs, a_ss, b, k0 * ldb + j, ldb, ks, nr, add,
+                    bcast_block(c, r * cols + j, cols, a, ao, a_rs, a_ss, b, k0 * ldb + j, ldb, ks, nr, add, 1, 0,
                                 BCAST_MR, 1)
                     j += w
                 for rr in range(r, r + nr):

@@ -270,13 +270,20 @@ class _IR:
 
 
 def _bcast_block_body(builder, context, dtype, mr, nv, args):
+    """The block's function: one tile, or with two more arguments (tiles, tile_b) a loop over tiles
+    around it (a function of its own: with the loop around every call, the one-tile calls of the
+    long sums measured 1-2% slower)."""
     x = _IR(context, builder, dtype)
-    cdata, c_off_, ldc_, adata, a_off_, a_rs_, a_ss_, bdata, b_off_, ldb_, steps_, nrows_, acc_flag, tiles_, tile_b_ = args
+    cdata, c_off_, ldc_, adata, a_off_, a_rs_, a_ss_, bdata, b_off_, ldb_, steps_, nrows_, acc_flag = args[:13]
     last = builder.sub(nrows_, x.int(1))
     arows = [x.at(adata, builder.add(a_off_, builder.mul(x.min(x.int(r), last), a_rs_))) for r in range(mr)]
-    t, _, head_t, done_t = x.loop(tiles_, [])
-    c_off_t = builder.add(c_off_, builder.mul(t, x.int(nv * x.w)))
-    b_off_t = builder.add(b_off_, builder.mul(t, tile_b_))
+    multi = len(args) > 13
+    if multi:
+        t, _, head_t, done_t = x.loop(args[13], [])
+        c_off_t = builder.add(c_off_, builder.mul(t, x.int(nv * x.w)))
+        b_off_t = builder.add(b_off_, builder.mul(t, args[14]))
+    else:
+        c_off_t, b_off_t = c_off_, b_off_
     s, acc, head, done = x.loop(steps_, [x.zero()] * (mr * nv))
     brow = x.at(bdata, builder.add(b_off_t, builder.mul(s, ldb_)))
     bv = [x.load(x.at(brow, x.int(v * x.w))) for v in range(nv)]
@@ -297,7 +304,8 @@ def _bcast_block_body(builder, context, dtype, mr, nv, args):
                 with put:
                     for v in range(nv):
                         x.store(acc[r * nv + v], x.at(crow, x.int(v * x.w)))
-    x.end_loop(t, [], [], head_t, done_t)
+    if multi:
+        x.end_loop(t, [], [], head_t, done_t)
     builder.ret_void()
 
 
@@ -307,10 +315,10 @@ def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, s
     """C[c_off + t·NV·W + r·ldc + j] (+)= Σ_{s < steps} A[a_off + r·a_rs + s·a_ss] · B[b_off + t·tile_b + s·ldb + j]
 
     for r < nrows (≤ MR), j < NV vectors, and each of `tiles` tiles t side by side in C (their B
-    panels tile_b apart). MR × NV vector accumulators a tile; rows r ≥ nrows read row nrows-1 (same
-    code for edge blocks) and are not stored. accumulate: C += the sum, else C =. Several tiles a
-    call pay the call and the A row pointers once: with a short sum (dW at batch 8: 8 steps) they
-    cost as much as the FMAs.
+    panels tile_b apart; a literal 1 compiles the one-tile block). MR × NV vector accumulators a
+    tile; rows r ≥ nrows read row nrows-1 (same code for edge blocks) and are not stored.
+    accumulate: C += the sum, else C =. Several tiles a call pay the call and the A row pointers
+    once: with a short sum (dW at batch 8: 8 steps) they cost as much as the FMAs.
     """
     mr, nv = _lit(MR), _lit(NV)
     if mr is None or nv is None or not all(map(_float_array, (c, a, b))) or not (c.dtype == a.dtype == b.dtype):
@@ -326,18 +334,18 @@ def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, s
         # The block is its own LLVM function, never inlined: its hot loop gets the whole register
         # file whatever the driver around it keeps live (inlined into the driver with A packing,
         # LLVM reloaded two of the A row pointers from the stack at every step).
-        name = f"nbnet.bcast_block.{c.dtype}.{mr}x{nv}"
+        multi = _lit(tiles) != 1
+        name = f"nbnet.bcast_block.{c.dtype}.{mr}x{nv}" + (".tiles" if multi else "")
         fn = builder.module.globals.get(name)
+        i64, ptr = outer.i64, outer.elty.as_pointer()
         if fn is None:
-            i64, ptr = outer.i64, outer.elty.as_pointer()
-            fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [ptr, i64, i64, ptr, i64, i64, i64, ptr,
-                                                                             i64, i64, i64, i64, flag.type, i64, i64]),
-                             name)
+            argtys = [ptr, i64, i64, ptr, i64, i64, i64, ptr, i64, i64, i64, i64, flag.type] + [i64, i64] * multi
+            fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), argtys), name)
             fn.linkage = "internal"
             fn.attributes.add("noinline")
             _bcast_block_body(ir.IRBuilder(fn.append_basic_block("entry")), context, c.dtype, mr, nv, fn.args)
         builder.call(fn, [data[0], ints[1], ints[2], data[1], ints[4], ints[5], ints[6], data[2], ints[8], ints[9],
-                          ints[10], ints[11], flag, ints[13], ints[14]])
+                          ints[10], ints[11], flag] + [ints[13], ints[14]] * multi)
         return context.get_dummy_value()
 
     return sig, codegen

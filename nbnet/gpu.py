@@ -59,7 +59,8 @@ BLOCK = 128  # threads per block for element-wise and per-row kernels
 REDUCE = 256  # most threads of the one block that reduces a loss (a power of two)
 SPLIT_ROWS = 512  # dW sums a batch longer than this in parts (measured on an H100: below, the ...
 PART_ROWS = 256  # ... extra launch costs more than it saves) of at least PART_ROWS rows ...
-MAX_PARTS = 16  # ... and at most MAX_PARTS parts (their scratch is MAX_PARTS x the size of W)
+MAX_PARTS = 16  # ... and at most MAX_PARTS parts, ...
+SPLIT_BLOCKS = 512  # ... and at most this many 64x64 output tiles in all the parts (see _batch_parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,13 +474,18 @@ def _linear_backward_params_sum_kernel(dweight, dbias, dweight_parts, dbias_part
 _parts_scratch = {}  # (parts, m, n, dtype) -> (dweight_parts, dbias_parts), allocated once
 
 
-def _batch_parts(k):
-    """How dW splits a batch of k rows: (parts, rows per part). One part up to SPLIT_ROWS rows;
-    above, parts of ≥ PART_ROWS rows (a multiple of TILE), at most MAX_PARTS of them. Fixed by k
-    alone, never by the GPU, so a batch sums in the same order on every device."""
-    if k <= SPLIT_ROWS:
+def _batch_parts(k, m, n):
+    """How dW (m, n) splits a batch of k rows: (parts, rows per part). One part up to SPLIT_ROWS
+    rows; above, parts of ≥ PART_ROWS rows (a multiple of TILE), at most MAX_PARTS of them, and
+    no more than fit SPLIT_BLOCKS output tiles in all: so a dW of over SPLIT_BLOCKS / 2 tiles (enough
+    blocks to fill a GPU) is not split, and the parts' scratch stays under SPLIT_BLOCKS tiles (16 MB
+    in float64) whatever the layer. Fixed by the shapes alone, never by the GPU, so a batch sums in
+    the same order on every device."""
+    tiles = ((m + BT - 1) // BT) * ((n + BT - 1) // BT)
+    most = min(MAX_PARTS, SPLIT_BLOCKS // tiles)
+    if k <= SPLIT_ROWS or most < 2:
         return 1, k
-    rows = max(PART_ROWS, -(-k // MAX_PARTS))
+    rows = max(PART_ROWS, -(-k // most))
     rows = -(-rows // TILE) * TILE
     return -(-k // rows), rows
 
@@ -490,11 +496,11 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     A long batch is summed in parts, side by side, then the parts are added in order: one block
     per output tile walking all k rows leaves most of the GPU idle (at batch 2048 the 784→256 dW
     has 52 blocks for 132 multiprocessors, each walking 128 tile steps: 455 µs on an H100)."""
-    parts, rows = _batch_parts(inp.shape[0])
+    m, n = dweight.shape
+    parts, rows = _batch_parts(inp.shape[0], m, n)
     if parts == 1:
         _launch_tiles(_linear_backward_params_kernel, dweight, dbias, dout, inp, accumulate)
         return
-    m, n = dweight.shape
     key = (parts, m, n, dweight.dtype)
     scratch = _parts_scratch.get(key)
     if scratch is None:

@@ -72,6 +72,20 @@ def test_linear_kernels(k, n, m, dtype):
     assert_same("linear_backward_input", np.full((k, n), np.nan, dtype), g, w, check=[0])
 
 
+def test_batch_parts_follow_the_shapes_and_bound_the_scratch():
+    # The split is fixed by (k, m, n) alone; a dW with enough output tiles to fill a GPU is not
+    # split, and a split one never has more than SPLIT_BLOCKS tiles in all its parts.
+    bt = gpu.BT
+    assert gpu._batch_parts(gpu.SPLIT_ROWS, 10, 10) == (1, gpu.SPLIT_ROWS)
+    assert gpu._batch_parts(100_000, 64 * bt, 64 * bt) == (1, 100_000)  # 4096 tiles
+    for m, n in [(10, 10), (3 * bt, 12 * bt + 1), (20 * bt, 20 * bt), (22 * bt, 23 * bt)]:
+        tiles = -(-m // bt) * -(-n // bt)
+        for k in (gpu.SPLIT_ROWS + 1, 10_000, 1_000_000):
+            parts, rows = gpu._batch_parts(k, m, n)
+            assert (parts - 1) * rows < k <= parts * rows and parts <= gpu.MAX_PARTS
+            assert parts == 1 or parts * tiles <= gpu.SPLIT_BLOCKS
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,split_rows,part_rows", [(37, 8, 8), (33, 16, 8), (9, 8, 8), (16, 16, 4), (70, 4, 4)])
 def test_linear_backward_params_in_batch_parts(k, split_rows, part_rows, dtype, monkeypatch):
@@ -80,11 +94,11 @@ def test_linear_backward_params_in_batch_parts(k, split_rows, part_rows, dtype, 
     # part and, at k=70 with 4 rows a part, more rows a part than PART_ROWS because of MAX_PARTS.
     monkeypatch.setattr(gpu, "SPLIT_ROWS", split_rows)
     monkeypatch.setattr(gpu, "PART_ROWS", part_rows)
-    parts, rows = gpu._batch_parts(k)
+    n, m = 21, 6
+    parts, rows = gpu._batch_parts(k, m, n)
     assert parts == (1 if k <= split_rows else -(-k // rows)) and parts <= gpu.MAX_PARTS
     assert parts == 1 or (rows % gpu.TILE == 0 and (parts - 1) * rows < k <= parts * rows)
     rng = np.random.default_rng(k)
-    n, m = 21, 6
     x, g = rand(rng, (k, n), dtype), rand(rng, (k, m), dtype)
     dw, db = rand(rng, (m, n), dtype), rand(rng, (m,), dtype)
     d = assert_same("linear_backward_params", dw, db, g, x, True, check=[0, 1])

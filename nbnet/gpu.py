@@ -471,7 +471,7 @@ def _linear_backward_params_sum_kernel(dweight, dbias, dweight_parts, dbias_part
         dbias[j] = s
 
 
-_parts_scratch = {}  # (parts, m, n, dtype) -> (dweight_parts, dbias_parts), allocated once
+_parts_scratch = {}  # (parts, m, n, dtype) -> (dweight_parts, dbias_parts), allocated once per shape
 
 
 def _batch_parts(k, m, n):
@@ -504,7 +504,7 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     key = (parts, m, n, dweight.dtype)
     scratch = _parts_scratch.get(key)
     if scratch is None:
-        if len(_parts_scratch) > 64:
+        if len(_parts_scratch) >= 16:  # each ≤ 16 MB (_batch_parts): ≤ 256 MB held however many shapes
             _parts_scratch.clear()
         scratch = _parts_scratch[key] = (empty((parts, m, n), dweight.dtype), empty((parts, m), dweight.dtype))
     grid = ((n + BT - 1) // BT, (m + BT - 1) // BT, parts)

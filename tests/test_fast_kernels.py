@@ -333,6 +333,20 @@ def test_micro_kernels_stay_in_the_hosts_widest_registers(kernel, dtype):
     assert all(spills == 0 for _, spills in loops), (simd.describe(), loops)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_broadcast_block_has_a_one_tile_and_a_several_tile_function(dtype):
+    """The short-sum dW path calls simd.bcast_block with a run-time tile count, the other paths
+    with a literal 1, which must compile the one-tile function (the loop over tiles cost the long
+    sums 1-2%): so linear_backward_blocks holds two full-block hot loops, neither spilling. Had
+    the literal been typed as a plain integer, every call would take the several-tile one (one loop)."""
+    if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA:
+        pytest.skip(f"no FMA vector ISA to check on {simd.ISA}")
+    (serial,) = compiled(cpu.linear_backward_blocks, dtype, parallel=False)
+    loops = simd.hot_loops(serial.inspect_asm(serial.signatures[0]))
+    full = [spills for n, spills in loops if n == simd.BCAST_MR * simd.BCAST_NV]
+    assert full == [0, 0], (simd.describe(), loops)
+
+
 def test_hot_loops_counts_spill_slots_but_not_a_stack_array_walked_by_index(monkeypatch):
     """The spill check itself can fail: a fixed stack slot in a hot loop counts, the packed panel
     on the stack (stack_array) read through an index register does not."""

@@ -62,11 +62,25 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70), (300, 270, 65), (64, 31, 16)])
+def test_transpose_matches_numpy_on_every_edge(dtype):
+    """cpu.transpose: whole register blocks (simd.transpose_block), the ragged rows and columns of a
+    32-block, and arrays smaller than one block."""
+    rng = np.random.default_rng(5)
+    for rows, cols in [(1, 1), (8, 8), (16, 16), (9, 17), (33, 65), (65, 33), (256, 784), (37, 45), (3, 100)]:
+        w = rand(rng, (rows, cols), dtype)
+        wt = np.full((cols, rows), np.nan, dtype)
+        cpu.transpose(wt, w)
+        np.testing.assert_array_equal(wt, w.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70), (300, 270, 65), (64, 31, 16), (256, 193, 72),
+                                   (300, 256, 16), (255, 100, 64)])
 def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
     """The broadcast-form forward over Wᵀ: the same formula, checked against the reference with ReLU,
-    on odd shapes too (columns past the last full tile). The layer's forward takes it for a short sum
-    (n < cpu.FORWARD_T_MAX_IN) from cpu.FORWARD_T_ROWS rows with whole vectors of outputs."""
+    on odd shapes too (columns past the last full tile). The layer's forward takes it where
+    cpu.forward_over_weight_t says: a short sum from FORWARD_T_ROWS rows, or in float32 a sum up to
+    FORWARD_T_WIDE_IN from FORWARD_T_WIDE_ROWS rows, with whole vectors of outputs."""
     rng = np.random.default_rng(k + n + m)
     x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype)
     ref = np.empty((k, m), dtype)
@@ -80,8 +94,7 @@ def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
     np.testing.assert_allclose(a, ref, rtol=0, atol=TOL[dtype] * n)
     np.testing.assert_array_equal(act, np.maximum(a, 0))
     np.testing.assert_array_equal(a, c)
-    lanes = simd.lanes(np.dtype(dtype))
-    takes_it = n < cpu.FORWARD_T_MAX_IN and m % lanes == 0 and m >= simd.BCAST_NV * lanes
+    takes_it = cpu.forward_over_weight_t(k, n, m, dtype)
     out, act, wt = np.empty((k, m), dtype), np.empty((k, m), dtype), np.full((n, m), np.nan, dtype)
     cpu.linear_relu_forward(out, act, x, w, b, wt)
     assert not np.isnan(wt).any() if takes_it else np.isnan(wt).all()
@@ -132,16 +145,43 @@ def check_dw_twins(g, x, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dw_through_packed_transposed_gradient_matches_reference(dtype):
+@pytest.mark.parametrize("k,tail", [(simd.KC + 44, 17), (2 * simd.KC + 3, 23)])
+def test_dw_through_packed_transposed_gradient_matches_reference(dtype, k, tail):
     """dW = GᵀX with units wide enough that bcast_unit copies Gᵀ's blocks to MR-row panels
-    (simd.pack_cols): two KC chunks, a last row block too short to copy, ragged columns; against
-    the formula kernel, and bitwise the same serial and parallel."""
-    k, n, m = simd.KC + 44, 50 * simd.BCAST_NV * simd.lanes(np.dtype(dtype)) + 13, 2 * simd.MC + 17
+    (simd.pack_cols): two and three KC chunks (of even lengths), a last row block too short for
+    the copy (joined to the one before: simd.row_blocks) or not, ragged columns; against the
+    formula kernel, and bitwise the same serial and parallel."""
+    n, m = 50 * simd.BCAST_NV * simd.lanes(np.dtype(dtype)) + 13, 2 * simd.MC + tail
     rng = np.random.default_rng(3)
     g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
     _, per = simd.bcast_grid(np.empty((m, n), dtype))
     assert per >= simd.PACK_A_TILES and simd.MC >= simd.PACK_MIN_ROWS  # the copy is taken
+    assert simd.row_blocks(m) == (2 if tail < simd.PACK_MIN_ROWS else 3)
     check_dw_twins(g, x, dtype)
+
+
+@njit
+def _unit_blocks(c, a, b, steps):
+    blocks = np.empty((simd.bcast_units(c), 4), np.int64)
+    for u in range(blocks.shape[0]):
+        blocks[u] = simd.bcast_unit(c, a, 1, c.shape[0], b, steps, u, False)
+    return blocks
+
+
+@pytest.mark.parametrize("rows", [1, 17, simd.MC, simd.MC + 1, simd.MC + simd.PACK_MIN_ROWS - 1,
+                                  simd.MC + simd.PACK_MIN_ROWS, 2 * simd.MC + 16, 3 * simd.MC + 40])
+def test_bcast_units_own_each_element_once(rows):
+    """The units of a product (row blocks × tile groups) cover C exactly once: each output has one
+    owner; a joined last row block is at most MC + PACK_MIN_ROWS - 1 rows (the A panel's size)."""
+    cols, steps = 3 * simd.BCAST_NV * simd.lanes(np.dtype(np.float32)) + 5, 3
+    c = np.zeros((rows, cols), np.float32)
+    owners = np.zeros((rows, cols), np.int64)
+    for r0, r1, c0, c1 in _unit_blocks(c, np.ones((steps, rows), np.float32), np.ones((steps, cols), np.float32),
+                                       steps):
+        assert 0 < r1 - r0 < simd.MC + simd.PACK_MIN_ROWS
+        owners[r0:r1, c0:c1] += 1
+    np.testing.assert_array_equal(owners, 1)
+    np.testing.assert_array_equal(c, steps)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -217,35 +217,62 @@ linear_forward_t = Kernel(
 
 @pjit
 def transpose(out, inp):
-    """out_ji = x_ij, in 32×32 blocks so both sides stay in cache. Parallel over row blocks of out."""
+    """out_ji = x_ij, in 32×32 blocks so both sides stay in cache, each by W × W register blocks
+    (simd.transpose_block) and its edges element by element. Parallel over row blocks of out."""
     k, n = inp.shape
+    w = simd.vector_lanes(out)
     for jb in prange((n + 31) // 32):
+        j0, j1 = jb * 32, min(jb * 32 + 32, n)
         for i0 in range(0, k, 32):
-            for j in range(jb * 32, min(jb * 32 + 32, n)):
-                o = out[j]
-                for i in range(i0, min(i0 + 32, k)):
-                    o[i] = inp[i, j]
+            i1 = min(i0 + 32, k)
+            j = j0
+            while j + w <= j1:
+                i = i0
+                while i + w <= i1:
+                    simd.transpose_block(out, j * k + i, k, inp, i * n + j, n)
+                    i += w
+                for jj in range(j, j + w):
+                    for ii in range(i, i1):
+                        out[jj, ii] = inp[ii, jj]
+                j += w
+            for jj in range(j, j1):
+                for ii in range(i0, i1):
+                    out[jj, ii] = inp[ii, jj]
 
 
-# The forward copies W to Wᵀ and runs the broadcast form only for a short sum (inputs narrower than
-# FORWARD_T_MAX_IN), a batch of at least FORWARD_T_ROWS rows to pay for the copy, and whole vectors
-# of outputs (m a multiple of the vector width, at least one full tile: no scalar columns). Else the
-# dot form. Measured on one core (Zen 3, AVX2, interleaved, copy included), dot / broadcast time:
-# 20->100 float32 batch 64 1.64, 512 2.08 (float64 ~1.0): a 20-long sum is mostly the dot form's
-# scalar tail; but from 32 inputs on the dot form wins or ties at batch 64-128 (256->128 0.61-0.82,
-# 128->64 0.73-0.89, 784->100 0.31), and the broadcast form wins by at most 1.1-1.3x at batch 512;
-# with scalar columns (128->10) the broadcast form is 4-6x slower.
-FORWARD_T_ROWS = 64
+# The forward copies W to Wᵀ (transpose) and runs the broadcast form for whole vectors of outputs
+# (m a multiple of the vector width, at least one full tile: no scalar columns) when
+# - the sum is short (inputs narrower than FORWARD_T_MAX_IN) at a batch of at least FORWARD_T_ROWS
+#   rows to pay for the copy: measured on one core (Zen 3, AVX2, interleaved, copy included), dot /
+#   broadcast time 20->100 float32 batch 64 1.64, 512 2.08 (float64 ~1.0): a 20-long sum is mostly
+#   the dot form's scalar tail;
+# - or, in float32, the sum is at most FORWARD_T_WIDE_IN long at a batch of FORWARD_T_WIDE_ROWS:
+#   there the dot form's lane sums (one per output, every few FMAs) cost more than the copy.
+#   Broadcast / dot time, copy included (Zen 3, interleaved; 1 thread | 2 threads): 256->128 at
+#   batch 256 0.89 | 0.97, at 512 0.83 | 0.89; 128->64 0.93 | 1.05, 0.83 | 0.88; 64->64 0.80 |
+#   1.20, 0.73 | 0.93. Not at batch 128 (256->128 0.92 | 1.07), nor for longer sums (784->256 at
+#   512 1.02 | 1.03, 512->512 1.01), nor in float64 (256->128 at 256 1.02, 128->64 1.00).
+# Else the dot form (with scalar columns, as 128->10, the broadcast form was 4-6x slower).
+FORWARD_T_ROWS = 64  # the fewest rows either case takes it at (Linear._weight_t's quick test)
 FORWARD_T_MAX_IN = 32
+FORWARD_T_WIDE_ROWS = 256
+FORWARD_T_WIDE_IN = 256
+
+
+def forward_over_weight_t(k, n, m, dtype):
+    """Whether the forward of k rows, n inputs, m outputs in `dtype` takes the broadcast form over
+    a copy of Wᵀ (see FORWARD_T_ROWS): shapes and dtype only."""
+    w = simd.lanes(np.dtype(dtype))
+    short = k >= FORWARD_T_ROWS and n < FORWARD_T_MAX_IN
+    wide = np.dtype(dtype) == np.float32 and k >= FORWARD_T_WIDE_ROWS and n <= FORWARD_T_WIDE_IN
+    return (short or wide) and m >= simd.BCAST_NV * w and m % w == 0
 
 
 def forward_route(out, act, inp, weight, bias, weight_t, relu):
     """The forward's kernel calls for these shapes, as [(kernel, its arguments)]: broadcast units
-    over Wᵀ for a short sum at a batch that pays for the copy and whole vectors of outputs, dot
-    units otherwise (shapes only). For _forward, tests, and Sequential's planned steps."""
-    m, w = weight.shape[0], simd.lanes(weight.dtype)
-    if (weight_t is not None and inp.shape[0] >= FORWARD_T_ROWS and inp.shape[1] < FORWARD_T_MAX_IN
-            and m >= simd.BCAST_NV * w and m % w == 0):
+    over Wᵀ where forward_over_weight_t (and weight_t is given), dot units otherwise. For _forward,
+    tests, and Sequential's planned steps."""
+    if weight_t is not None and forward_over_weight_t(inp.shape[0], inp.shape[1], weight.shape[0], weight.dtype):
         return [(transpose, (weight_t, weight)), (linear_forward_t, (out, act, inp, weight_t, bias, relu))]
     return [(linear_forward_act, (out, act, inp, weight, bias, relu))]
 

@@ -304,8 +304,9 @@ class Linear(Layer):
         return act
 
     def _weight_t(self, x):
-        """Scratch for Wᵀ, which the CPU forward uses for short sums at large batches (nbnet.cpu._forward)."""
-        if kernels(x) is not cpu or x.shape[0] < cpu.FORWARD_T_ROWS or self.in_features >= cpu.FORWARD_T_MAX_IN:
+        """Scratch for Wᵀ, which the CPU forward uses at some shapes (nbnet.cpu.forward_over_weight_t)."""
+        if x.shape[0] < cpu.FORWARD_T_ROWS or kernels(x) is not cpu or not cpu.forward_over_weight_t(x.shape[0], self.in_features, self.out_features,
+                                                                   x.dtype):
             return None
         return self._buffer("weight_t", x, (self.in_features, self.out_features), x.dtype)
 

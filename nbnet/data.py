@@ -3,6 +3,7 @@
 
 import numpy as np
 
+from . import simd
 from .dist import share
 
 
@@ -47,7 +48,7 @@ def batches_reusing(x, y, batch_size, shuffle=True, seed=None, part=(0, 1)):
             yield xb[lo:hi], yb[lo:hi]
         return
     rows = -(-min(batch_size, len(x)) // size)
-    xbuf = np.empty((rows,) + x.shape[1:], x.dtype)
+    xbuf = simd.empty((rows,) + x.shape[1:], x.dtype)  # aligned: the kernels read it by vectors
     ybuf = np.empty((rows,) + y.shape[1:], y.dtype)
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]

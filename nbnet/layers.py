@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import cpu
+from . import cpu, simd
 
 
 _FLOATS = (np.float32, np.float64)
@@ -36,7 +36,7 @@ def kernels(arr):
 def empty_like_shape(like, shape, dtype):
     """An uninitialised array of `shape` on the same device as `like`."""
     if isinstance(like, np.ndarray):
-        return np.empty(shape, dtype)
+        return simd.empty(shape, dtype)
     from . import gpu  # noqa: PLC0415
 
     return gpu.empty(shape, dtype)

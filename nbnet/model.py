@@ -13,7 +13,7 @@ from operator import is_
 
 import numpy as np
 
-from . import cpu, threads
+from . import cpu, simd, threads
 from .files import read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
 from .layers import LAYERS, Linear, ReLU
 
@@ -445,7 +445,7 @@ def pack_parameters(params):
                 setattr(p.layer, name + p.name, view)
         return
     total = sum(p.data.size for p in params)
-    data, grad = np.empty(total, dtype), np.empty(total, dtype)
+    data, grad = simd.empty(total, dtype), simd.empty(total, dtype)
     start = 0
     for p in params:
         end = start + p.data.size

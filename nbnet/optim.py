@@ -13,6 +13,7 @@ from operator import getitem, is_
 
 import numpy as np
 
+from . import simd
 from .layers import Linear, Parameter, empty_like_shape, kernels
 
 
@@ -115,7 +116,7 @@ class Optimizer:
             flat = one_flat(views)
             if flat is not None and flat.size == data.size:
                 return flat
-        flat = np.zeros(data.size, data.dtype)
+        flat = simd.zeros(data.size, data.dtype)
         start = 0
         for st, p in zip(self.state, self.params):
             if st[name] is not None:  # e.g. loaded, or made per parameter (or on the other device) before

@@ -18,6 +18,7 @@
    Helpers feed them: `pack_rows` copies a strided panel of B to contiguous rows, `pack_cols` a
    transposed block of A to MR-row panels, and `stack_array` gives each thread scratch arrays on
    its own stack to hold them (no allocation); `transpose_block` turns a W × W block in registers.
+   `empty` / `zeros` give host arrays that start on a cache line, as the kernels' vectors want.
 3. `claim`: an atomic counter that threads take work units from, so a thread slowed by another
    process does fewer units (the static split of prange would make everyone wait for it). Which
    thread computes a unit never changes what it computes: results are bitwise the same for any
@@ -31,9 +32,11 @@ Summation order, fixed by the shapes only: bcast_block sums s = 0, 1, ... in ord
 step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halves, then quarters...).
 """
 
+import math
 import re
 
 import llvmlite.binding as llb
+import numpy as np
 from llvmlite import ir
 from numba import config, njit, types
 from numba.core import cgutils
@@ -546,6 +549,35 @@ def stack_array(typingctx, like, SIZE):
         return arr._getvalue()
 
     return arrty(like, SIZE), codegen
+
+
+# ----------------------------------------------------------------------------------------------
+# Host arrays aligned to a cache line
+
+ALIGN = 64
+
+
+def empty(shape, dtype):
+    """np.empty(shape, dtype) whose data starts on an ALIGN-byte boundary (a view of a slightly
+    larger buffer). NumPy's large arrays start 16 bytes into a page, so every other vector of a
+    256-bit load or store straddles two cache lines; the kernels read and write whole vectors.
+    Measured on Zen 3 (one thread, float32, batch 512, 64-byte aligned vs NumPy's 16): forward
+    784->256 2382 vs 2513 µs, dW 2395 vs 2446, dX 2208 vs 2274."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    size = math.prod(shape)
+    # a flat owner of the same dtype, so that views of the result have it as their .base (as
+    # nbnet.optim.one_flat expects of packed parameters); NumPy's data is 16-byte aligned
+    buf = np.empty(size + ALIGN // dtype.itemsize, dtype)
+    start = (-buf.ctypes.data % ALIGN) // dtype.itemsize
+    return buf[start : start + size].reshape(shape)
+
+
+def zeros(shape, dtype):
+    """np.zeros(shape, dtype), aligned as `empty`."""
+    arr = empty(shape, dtype)
+    arr.fill(0)
+    return arr
 
 
 # ----------------------------------------------------------------------------------------------

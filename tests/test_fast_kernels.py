@@ -523,3 +523,30 @@ def test_blocks_work_counts_multiply_adds_and_the_weight_streamed():
     assert cpu._blocks_work(dx, g8, w, None, None, 0) == cpu._linear_work(8, w)
     wide = np.empty((512, 256), f)  # 512 KB: streamed
     assert cpu._blocks_work(np.empty((2, 256), f), np.empty((2, 512), f), wide, None, None, 0) == cpu.PARALLEL_WORK
+
+
+def test_host_buffers_start_on_a_cache_line():
+    """simd.empty: aligned whatever NumPy gives, any shape and dtype, with a flat owner of the same
+    dtype (optim.one_flat finds packed parameters through .base); and the arrays the kernels stream
+    come from it: packed parameters and gradients, layer buffers, optimizer state, shuffled batches."""
+    for shape in [(512, 784), 7, (3, 0), (1, 1)]:
+        for dtype in (np.float32, np.float64):
+            a = simd.empty(shape, dtype)
+            assert (a.ctypes.data % simd.ALIGN == 0 or a.size == 0) and a.dtype == dtype and a.flags.c_contiguous
+            assert a.base.ndim == 1 and a.base.dtype == dtype
+    assert not simd.zeros((5, 3), np.float32).any()
+    model = nb.Sequential([nb.Linear(24, 16, seed=0), nb.ReLU(), nb.Linear(16, 4, seed=1)])
+    opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 24), dtype=np.float32), rng.integers(0, 4, 40)
+    for xb, yb in nb.data.batches_reusing(x, y, 9, seed=0):
+        assert xb.ctypes.data % simd.ALIGN == 0 and xb.base.ndim == 1  # simd.empty's, not by luck
+        loss_fn = nb.SoftmaxCrossEntropy()
+        opt.zero_grad()
+        loss_fn.forward(model.forward(xb), yb)
+        model.backward(loss_fn.backward())
+        opt.step()
+    lin = model.layers[0]
+    state = opt.state_dict()["state"]["momentum_buffer.0"]
+    for arr in (lin.weight, lin.grad_weight, lin.out, model.layers[1].out, opt._flat()[0], state):
+        assert arr.ctypes.data % simd.ALIGN == 0 and arr.base.ndim == 1

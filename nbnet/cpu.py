@@ -262,8 +262,10 @@ FORWARD_T_WIDE_IN = 256
 def forward_over_weight_t(k, n, m, dtype):
     """Whether the forward of k rows, n inputs, m outputs in `dtype` takes the broadcast form over
     a copy of Wᵀ (see FORWARD_T_ROWS): shapes and dtype only."""
+    if k < FORWARD_T_ROWS:  # the common small-batch case, in one test (this runs at every forward)
+        return False
     w = simd.lanes(np.dtype(dtype))
-    short = k >= FORWARD_T_ROWS and n < FORWARD_T_MAX_IN
+    short = n < FORWARD_T_MAX_IN
     wide = np.dtype(dtype) == np.float32 and k >= FORWARD_T_WIDE_ROWS and n <= FORWARD_T_WIDE_IN
     return (short or wide) and m >= simd.BCAST_NV * w and m % w == 0
 

@@ -57,12 +57,20 @@ def best_interleaved(fns, rounds, min_time):
     return best
 
 
+def aligned(a):
+    """a copied to an array that starts on a cache line (simd.empty)."""
+    out = simd.empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def kernel_rows(k, n, m, dtype, rounds, min_time):
     x, w, b, g = rand(k, n, dtype=dtype), rand(m, n, dtype=dtype, seed=1), rand(m, dtype=dtype), rand(k, m, dtype=dtype, seed=2)
-    out, act, wt = np.empty((k, m), dtype), np.empty((k, m), dtype), np.empty((n, m), dtype)
-    dx, dw, db = np.empty((k, n), dtype), np.zeros((m, n), dtype), np.zeros(m, dtype)
+    wT, gT = w.T, g.T  # BLAS reads NumPy's arrays as NumPy gives them; nbnet's start on a cache line,
+    x, w, b, g = (aligned(a) for a in (x, w, b, g))  # as a model's buffers do (simd.empty)
+    out, act, wt = simd.empty((k, m), dtype), simd.empty((k, m), dtype), simd.empty((n, m), dtype)
+    dx, dw, db = simd.empty((k, n), dtype), simd.zeros((m, n), dtype), simd.zeros(m, dtype)
     o_fwd, o_dw, o_dx = np.empty((k, m), dtype), np.empty((m, n), dtype), np.empty((k, n), dtype)
-    wT, gT = w.T, g.T
     pairs = {
         "forward": (lambda: cpu.linear_relu_forward(out, act, x, w, b, wt), lambda: np.dot(x, wT, out=o_fwd)),
         "dW": (lambda: cpu.linear_backward_params(dw, db, g, x, True), lambda: np.dot(gT, x, out=o_dw)),

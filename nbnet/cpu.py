@@ -13,6 +13,7 @@ Conventions (the same in nbnet/gpu.py):
 
 import types as pytypes
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -198,14 +199,14 @@ def _linear_forward_t(out, act, inp, weight_t, bias, relu):
 
     Broadcast-form units (simd.bcast_unit: A = X, B = Wᵀ); as linear_forward_act otherwise.
     """
-    n = inp.shape[1]
-    units = simd.bcast_units(out)
+    n, threads = inp.shape[1], numba.get_num_threads()
+    units = simd.bcast_units(out, threads)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
-            i0, i1, j0, j1 = simd.bcast_unit(out, inp, n, 1, weight_t, n, u, False)
+            i0, i1, j0, j1 = simd.bcast_unit(out, inp, n, 1, weight_t, n, u, False, threads)
             bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
             u = simd.claim(counter)
 
@@ -391,13 +392,14 @@ def _linear_backward_blocks(c, a, b, dbias, preact, how):
     params, accumulate, relu = how & DW != 0, how & ACCUMULATE != 0, how & RELU != 0
     k, m = a.shape
     a_rs, a_ss, steps = (1, m, k) if params else (m, 1, m)
-    units = simd.bcast_units(c)
+    threads = numba.get_num_threads()  # units to share (one thread: the widest, see bcast_grid)
+    units = simd.bcast_units(c, threads)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
-            r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate)
+            r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, threads)
             if params and l0 == 0:
                 _bias_rows(dbias, a, r0, r1, accumulate)
             if relu:

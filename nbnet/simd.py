@@ -126,7 +126,8 @@ PANEL = KC * BCAST_NV * (VECTOR_BYTES // 4)  # panel elements: enough for float3
 # dW = GᵀX reads A = Gᵀ down G's columns: the MR elements of a step share a cache line, but each
 # step is a new line at stride m (1 KB for m = 256 in float32, 2 KB in float64: a few L1 sets,
 # thrashed). bcast_unit then copies the unit's MC × KC block of A once per KC chunk into MR-row
-# panels read contiguously (apanel: MC·KC elements on the stack, 120 KB float32, 240 KB float64),
+# panels read contiguously (apanel: (MC + PACK_MIN_ROWS)·KC elements on the stack, 140 KB float32,
+# 280 KB float64),
 # for units of at least PACK_A_TILES tiles so the copy is spread over their FMAs. Units group
 # tiles (bcast_grid) into as few as give MIN_UNITS units, enough for the threads to share (a
 # trade-off: 784->256's dW has 9 units, which caps its speed-up at about 7 threads; with 16 units,
@@ -616,25 +617,29 @@ def row_blocks(rows):
 
 
 @_jit
-def bcast_grid(c):
-    """(units, tiles per unit) of bcast_unit for C (rows × cols): MC-row blocks × groups of tiles
-    of NV vectors, as few groups as give MIN_UNITS units (a wide group amortises packing A)."""
+def bcast_grid(c, threads):
+    """(units, tiles per unit) of bcast_unit for C (rows × cols) on `threads` threads: MC-row
+    blocks × groups of tiles of NV vectors, as few groups as give MIN_UNITS units for several
+    threads to share, one group (all tiles) on one thread: a wide group packs A once for more
+    tiles and reads its panel from L2 for all of them (Zen 3, float32 batch 512, one thread, one
+    group against MIN_UNITS' four and eight: dW 784->256 2306 vs 2466 µs, 256->128 381 vs 402).
+    The grouping changes no sum."""
     nc = BCAST_NV * vector_lanes(c)
     blocks = row_blocks(c.shape[0])
     tiles = (c.shape[1] + nc - 1) // nc
-    groups = min(tiles, (MIN_UNITS + blocks - 1) // blocks)
+    groups = 1 if threads <= 1 else min(tiles, (MIN_UNITS + blocks - 1) // blocks)
     per = (tiles + groups - 1) // groups
     return blocks * ((tiles + per - 1) // per), per
 
 
 @_jit
-def bcast_units(c):
-    """Work units of bcast_unit for C (see bcast_grid)."""
-    return bcast_grid(c)[0]
+def bcast_units(c, threads):
+    """Work units of bcast_unit for C on `threads` threads (see bcast_grid)."""
+    return bcast_grid(c, threads)[0]
 
 
 @_jit
-def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
+def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, threads):
     """Unit u of  C[r, j] (+)= Σ_{s < steps} A[r, s] B[s, j],  A[r, s] = a.flat[r·a_rs + s·a_ss]
     (so A may be a transposed view: dW = GᵀX reads G with a_rs = 1, a_ss = m).
 
@@ -643,12 +648,13 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
     contiguous panel on this thread's stack (see PACK_MIN_ROWS); a transposed A (a_rs = 1) is
     copied once per KC chunk to MR-row panels for all the unit's tiles (see PACK_A_TILES). When
     the panels of all the unit's whole tiles fit the panel buffer together (a short sum), they are
-    all packed first and C is walked row block by row block. Columns past the last full tile use
+    all packed first and C is walked row block by row block (in runs of tiles that fit it, for a
+    wide group). u < bcast_units(c, threads). Columns past the last full tile use
     one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
     rows, cols = c.shape
     w = vector_lanes(c)
     nc = BCAST_NV * w
-    _, per = bcast_grid(c)
+    _, per = bcast_grid(c, threads)
     groups = ((cols + nc - 1) // nc + per - 1) // per
     r0 = (u // groups) * MC
     r1 = rows if r0 + MC >= rows or u // groups == row_blocks(rows) - 1 else r0 + MC
@@ -669,21 +675,25 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate):
         if pack_a:  # A[r0 + r, k0 + s] -> apanel[(r // MR)·ks·MR + s·MR + r % MR]
             pack_cols(apanel, a, r0 + k0 * a_ss, a_ss, ks, r1 - r0, BCAST_MR)
         full = (g1 - g0) // nc  # whole tiles in the group
-        if ks * full * nc <= PANEL and full > 1 and r1 - r0 >= PACK_MIN_ROWS:
-            # A short sum: the panels of all the group's whole tiles fit the panel buffer at once,
-            # so C is walked along its rows (row block by row block, all tiles) instead of down
+        fit = PANEL // (ks * nc)  # whole tiles whose panels the panel buffer holds at once
+        if fit > 1 and full > 1 and r1 - r0 >= PACK_MIN_ROWS:
+            # A short sum: the panels of several whole tiles fit the panel buffer at once, so C is
+            # walked along its rows (row block by row block, `fit` tiles at a time) instead of down
             # each tile's column: C's traffic dominates when each element gets few FMAs (dW at
             # batch 8-15). Measured on Zen 3, one thread, dW 784->256 batch 8 as % of BLAS:
             # float32 94 -> 139, float64 89 -> 136; batch 12 104 -> 129, 125 -> 137.
-            for t in range(full):
-                pack_rows(panel[t * ks * nc:], b, k0 * ldb + g0 + t * nc, ldb, ks, BCAST_NV)
-            for r in range(r0, r1, BCAST_MR):  # one call for all the group's whole tiles
-                if pack_a:
-                    bcast_block(c, r * cols + g0, cols, apanel, (r - r0) * ks, 1, BCAST_MR, panel, 0, nc, ks,
-                                min(BCAST_MR, r1 - r), add, full, ks * nc, BCAST_MR, BCAST_NV)
-                else:
-                    bcast_block(c, r * cols + g0, cols, a, r * a_rs + k0 * a_ss, a_rs, a_ss, panel, 0, nc, ks,
-                                min(BCAST_MR, r1 - r), add, full, ks * nc, BCAST_MR, BCAST_NV)
+            for t0 in range(0, full, fit):
+                nt = min(fit, full - t0)
+                for t in range(nt):
+                    pack_rows(panel[t * ks * nc:], b, k0 * ldb + g0 + (t0 + t) * nc, ldb, ks, BCAST_NV)
+                c0 = g0 + t0 * nc
+                for r in range(r0, r1, BCAST_MR):  # one call for the run's tiles
+                    if pack_a:
+                        bcast_block(c, r * cols + c0, cols, apanel, (r - r0) * ks, 1, BCAST_MR, panel, 0, nc, ks,
+                                    min(BCAST_MR, r1 - r), add, nt, ks * nc, BCAST_MR, BCAST_NV)
+                    else:
+                        bcast_block(c, r * cols + c0, cols, a, r * a_rs + k0 * a_ss, a_rs, a_ss, panel, 0, nc,
+                                    ks, min(BCAST_MR, r1 - r), add, nt, ks * nc, BCAST_MR, BCAST_NV)
         else:
             full = 0
         for c0 in range(g0 + full * nc, g1, nc):

@@ -154,30 +154,31 @@ def test_dw_through_packed_transposed_gradient_matches_reference(dtype, k, tail)
     n, m = 50 * simd.BCAST_NV * simd.lanes(np.dtype(dtype)) + 13, 2 * simd.MC + tail
     rng = np.random.default_rng(3)
     g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
-    _, per = simd.bcast_grid(np.empty((m, n), dtype))
+    _, per = simd.bcast_grid(np.empty((m, n), dtype), 2)
     assert per >= simd.PACK_A_TILES and simd.MC >= simd.PACK_MIN_ROWS  # the copy is taken
     assert simd.row_blocks(m) == (2 if tail < simd.PACK_MIN_ROWS else 3)
     check_dw_twins(g, x, dtype)
 
 
 @njit
-def _unit_blocks(c, a, b, steps):
-    blocks = np.empty((simd.bcast_units(c), 4), np.int64)
+def _unit_blocks(c, a, b, steps, threads):
+    blocks = np.empty((simd.bcast_units(c, threads), 4), np.int64)
     for u in range(blocks.shape[0]):
-        blocks[u] = simd.bcast_unit(c, a, 1, c.shape[0], b, steps, u, False)
+        blocks[u] = simd.bcast_unit(c, a, 1, c.shape[0], b, steps, u, False, threads)
     return blocks
 
 
 @pytest.mark.parametrize("rows", [1, 17, simd.MC, simd.MC + 1, simd.MC + simd.PACK_MIN_ROWS - 1,
                                   simd.MC + simd.PACK_MIN_ROWS, 2 * simd.MC + 16, 3 * simd.MC + 40])
-def test_bcast_units_own_each_element_once(rows):
+@pytest.mark.parametrize("threads", [1, 2, 7])
+def test_bcast_units_own_each_element_once(rows, threads):
     """The units of a product (row blocks × tile groups) cover C exactly once: each output has one
     owner; a joined last row block is at most MC + PACK_MIN_ROWS - 1 rows (the A panel's size)."""
-    cols, steps = 3 * simd.BCAST_NV * simd.lanes(np.dtype(np.float32)) + 5, 3
+    cols, steps = 13 * simd.BCAST_NV * simd.lanes(np.dtype(np.float32)) + 5, 3
     c = np.zeros((rows, cols), np.float32)
     owners = np.zeros((rows, cols), np.int64)
     for r0, r1, c0, c1 in _unit_blocks(c, np.ones((steps, rows), np.float32), np.ones((steps, cols), np.float32),
-                                       steps):
+                                       steps, threads):
         assert 0 < r1 - r0 < simd.MC + simd.PACK_MIN_ROWS
         owners[r0:r1, c0:c1] += 1
     np.testing.assert_array_equal(owners, 1)
@@ -448,7 +449,7 @@ print("ok", threading_layer())
 
 
 def test_kernels_fit_a_512_kb_thread_stack():
-    """The packed panels live on each thread's stack (nbnet.simd: up to ~290 KB in float64). macOS
+    """The packed panels live on each thread's stack (nbnet.simd: up to ~320 KB in float64). macOS
     gives secondary threads 512 KB by default; OMP_STACKSIZE=512K gives OpenMP's workers the same
     here, so a block or panel size that would overflow there crashes this test instead."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

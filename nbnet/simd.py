@@ -492,6 +492,20 @@ def pack_cols(typingctx, dst, src, s_off, lds, steps, nrows, MR):
     return sig, codegen
 
 
+def transpose_rounds(w):
+    """[(q, lo, hi)] for q = w/2, w/4, ..., 1: rows i and i + q (i & q == 0) of a w × w block
+    become shuffle(row i, row i + q, lo) and (…, hi), where lane p of the pair's new rows takes,
+    within each 2q-lane group, its low q lanes from row i and its high q from row i + q (indices
+    ≥ w name the second row's lanes). Plain lists, so a test can run them for every width."""
+    rounds, q = [], w // 2
+    while q >= 1:
+        lo = [p + (w - q if p % (2 * q) >= q else 0) for p in range(w)]
+        hi = [p + (w if p % (2 * q) >= q else q) for p in range(w)]
+        rounds.append((q, lo, hi))
+        q //= 2
+    return rounds
+
+
 @intrinsic
 def transpose_block(typingctx, dst, d_off, ldd, src, s_off, lds):
     """dst[d_off + j·ldd + i] = src[s_off + i·lds + j]  for i, j < W: one W × W block, its W rows
@@ -508,18 +522,12 @@ def transpose_block(typingctx, dst, d_off, ldd, src, s_off, lds):
         ddata, sdata = x.data(sig.args[0], args[0]), x.data(sig.args[3], args[3])
         w, i32 = x.w, ir.IntType(32)
         rows = [x.load(x.at(sdata, builder.add(s_off_, builder.mul(x.int(i), lds_)))) for i in range(w)]
-        q = w // 2
-        while q >= 1:
-            # lane p of the pair's new rows: within each 2q-lane group, the low q lanes come from
-            # row i, the high q from row i + q (index + w: the shuffle's second operand)
-            lo = [p + (w - q if p % (2 * q) >= q else 0) for p in range(w)]
-            hi = [p + (w if p % (2 * q) >= q else q) for p in range(w)]
+        for q, lo, hi in transpose_rounds(w):
             for i in range(w):
                 if not i & q:
                     a, b = rows[i], rows[i + q]
                     rows[i] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, w), lo))
                     rows[i + q] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, w), hi))
-            q //= 2
         for j in range(w):
             x.store(rows[j], x.at(ddata, builder.add(d_off_, builder.mul(x.int(j), ldd_))))
         return context.get_dummy_value()
@@ -617,29 +625,29 @@ def row_blocks(rows):
 
 
 @_jit
-def bcast_grid(c, threads):
-    """(units, tiles per unit) of bcast_unit for C (rows × cols) on `threads` threads: MC-row
-    blocks × groups of tiles of NV vectors, as few groups as give MIN_UNITS units for several
-    threads to share, one group (all tiles) on one thread: a wide group packs A once for more
+def bcast_grid(c, shared):
+    """(units, tiles per unit) of bcast_unit for C (rows × cols): MC-row blocks × groups of tiles
+    of NV vectors, as few groups as give MIN_UNITS units when several threads share them (shared),
+    else one group (all tiles): a wide group packs A once for more
     tiles and reads its panel from L2 for all of them (Zen 3, float32 batch 512, one thread, one
     group against MIN_UNITS' four and eight: dW 784->256 2306 vs 2466 µs, 256->128 381 vs 402).
     The grouping changes no sum."""
     nc = BCAST_NV * vector_lanes(c)
     blocks = row_blocks(c.shape[0])
     tiles = (c.shape[1] + nc - 1) // nc
-    groups = 1 if threads <= 1 else min(tiles, (MIN_UNITS + blocks - 1) // blocks)
+    groups = min(tiles, (MIN_UNITS + blocks - 1) // blocks) if shared else 1
     per = (tiles + groups - 1) // groups
     return blocks * ((tiles + per - 1) // per), per
 
 
 @_jit
-def bcast_units(c, threads):
-    """Work units of bcast_unit for C on `threads` threads (see bcast_grid)."""
-    return bcast_grid(c, threads)[0]
+def bcast_units(c, shared):
+    """Work units of bcast_unit for C, shared by several threads or not (see bcast_grid)."""
+    return bcast_grid(c, shared)[0]
 
 
 @_jit
-def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, threads):
+def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
     """Unit u of  C[r, j] (+)= Σ_{s < steps} A[r, s] B[s, j],  A[r, s] = a.flat[r·a_rs + s·a_ss]
     (so A may be a transposed view: dW = GᵀX reads G with a_rs = 1, a_ss = m).
 
@@ -649,12 +657,12 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, threads):
     copied once per KC chunk to MR-row panels for all the unit's tiles (see PACK_A_TILES). When
     the panels of all the unit's whole tiles fit the panel buffer together (a short sum), they are
     all packed first and C is walked row block by row block (in runs of tiles that fit it, for a
-    wide group). u < bcast_units(c, threads). Columns past the last full tile use
+    wide group). u < bcast_units(c, shared). Columns past the last full tile use
     one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
     rows, cols = c.shape
     w = vector_lanes(c)
     nc = BCAST_NV * w
-    _, per = bcast_grid(c, threads)
+    _, per = bcast_grid(c, shared)
     groups = ((cols + nc - 1) // nc + per - 1) // per
     r0 = (u // groups) * MC
     r1 = rows if r0 + MC >= rows or u // groups == row_blocks(rows) - 1 else r0 + MC

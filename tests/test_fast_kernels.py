@@ -61,6 +61,19 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
 
 
+@pytest.mark.parametrize("w", [2, 4, 8, 16])
+def test_transpose_rounds_transpose_a_block_of_every_vector_width(w):
+    """simd.transpose_rounds' shuffles, run on lists: NEON float64 (2 lanes) to AVX-512 float32 (16),
+    including the widths this machine cannot run."""
+    rows = [[(i, j) for j in range(w)] for i in range(w)]
+    for q, lo, hi in simd.transpose_rounds(w):
+        for i in range(w):
+            if not i & q:
+                both = rows[i] + rows[i + q]
+                rows[i], rows[i + q] = [both[t] for t in lo], [both[t] for t in hi]
+    assert rows == [[(i, j) for i in range(w)] for j in range(w)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transpose_matches_numpy_on_every_edge(dtype):
     """cpu.transpose: whole register blocks (simd.transpose_block), the ragged rows and columns of a
@@ -101,6 +114,36 @@ def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
     if takes_it:
         np.testing.assert_array_equal(out, a)
     np.testing.assert_allclose(out, ref, rtol=0, atol=TOL[dtype] * n)
+
+
+CACHE_SCRIPT = """
+import warnings
+import numpy as np
+from numba.core.errors import NumbaWarning
+warnings.simplefilter("error", NumbaWarning)  # e.g. "Cannot cache compiled function ..."
+from nbnet import cpu
+x, g, w = np.ones((300, 20), np.float32), np.ones((300, 64), np.float32), np.ones((64, 20), np.float32)
+b, wt, y = np.zeros(64, np.float32), np.empty((20, 64), np.float32), np.empty((300, 64), np.float32)
+for twin in ("serial", "parallel"):
+    getattr(cpu.linear_forward_t, twin)(y, y, x, wt, b, False)
+    getattr(cpu.linear_backward_blocks, twin)(w, g, x, b, w, cpu.DW)
+print("ok")
+"""
+
+
+def test_bcast_kernels_go_to_the_disk_cache(tmp_path):
+    """Both twins of the kernels around simd.bcast_unit compile without a Numba warning and are
+    written to the on-disk cache (a kernel that asks numba.get_num_threads() is not cacheable: every
+    start would compile it again)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+    cached = {p.name.split(".")[1].rsplit("-", 1)[0] for p in tmp_path.rglob("*.nbi")}  # cpu.<name>-<line>...
+    for name in ("_linear_forward_t", "_linear_forward_t_serial", "_linear_backward_blocks",
+                 "_linear_backward_blocks_serial"):
+        assert name in cached, sorted(cached)
 
 
 def test_serial_and_parallel_twins_have_their_own_cache_entries():
@@ -154,31 +197,31 @@ def test_dw_through_packed_transposed_gradient_matches_reference(dtype, k, tail)
     n, m = 50 * simd.BCAST_NV * simd.lanes(np.dtype(dtype)) + 13, 2 * simd.MC + tail
     rng = np.random.default_rng(3)
     g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
-    _, per = simd.bcast_grid(np.empty((m, n), dtype), 2)
+    _, per = simd.bcast_grid(np.empty((m, n), dtype), True)
     assert per >= simd.PACK_A_TILES and simd.MC >= simd.PACK_MIN_ROWS  # the copy is taken
     assert simd.row_blocks(m) == (2 if tail < simd.PACK_MIN_ROWS else 3)
     check_dw_twins(g, x, dtype)
 
 
 @njit
-def _unit_blocks(c, a, b, steps, threads):
-    blocks = np.empty((simd.bcast_units(c, threads), 4), np.int64)
+def _unit_blocks(c, a, b, steps, shared):
+    blocks = np.empty((simd.bcast_units(c, shared), 4), np.int64)
     for u in range(blocks.shape[0]):
-        blocks[u] = simd.bcast_unit(c, a, 1, c.shape[0], b, steps, u, False, threads)
+        blocks[u] = simd.bcast_unit(c, a, 1, c.shape[0], b, steps, u, False, shared)
     return blocks
 
 
 @pytest.mark.parametrize("rows", [1, 17, simd.MC, simd.MC + 1, simd.MC + simd.PACK_MIN_ROWS - 1,
                                   simd.MC + simd.PACK_MIN_ROWS, 2 * simd.MC + 16, 3 * simd.MC + 40])
-@pytest.mark.parametrize("threads", [1, 2, 7])
-def test_bcast_units_own_each_element_once(rows, threads):
+@pytest.mark.parametrize("shared", [False, True])
+def test_bcast_units_own_each_element_once(rows, shared):
     """The units of a product (row blocks × tile groups) cover C exactly once: each output has one
     owner; a joined last row block is at most MC + PACK_MIN_ROWS - 1 rows (the A panel's size)."""
     cols, steps = 13 * simd.BCAST_NV * simd.lanes(np.dtype(np.float32)) + 5, 3
     c = np.zeros((rows, cols), np.float32)
     owners = np.zeros((rows, cols), np.int64)
     for r0, r1, c0, c1 in _unit_blocks(c, np.ones((steps, rows), np.float32), np.ones((steps, cols), np.float32),
-                                       steps, threads):
+                                       steps, shared):
         assert 0 < r1 - r0 < simd.MC + simd.PACK_MIN_ROWS
         owners[r0:r1, c0:c1] += 1
     np.testing.assert_array_equal(owners, 1)
@@ -406,8 +449,8 @@ from nbnet import cpu, simd
 assert simd.ISA == "avx512" and simd.REGISTERS == 32, simd.describe()
 arr = lambda nd: types.Array(types.float32, nd, "C")
 for kernel, sig, want in (
-    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64),
-     simd.BCAST_MR * simd.BCAST_NV),
+    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64, types.Omitted(False)),
+     simd.BCAST_MR * simd.BCAST_NV),  # Omitted: the serial twin's default `shared`
     (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
 ):
     f = njit(kernel.serial.py_func)

@@ -96,12 +96,14 @@ linear_backward_input_ref = pjit(_linear_backward_input_ref)
 # right after it is computed, while it is in cache.
 
 
-def _renamed(func, suffix, defaults=None):
-    """func under another name (and other default arguments, if given). Numba's on-disk cache files
-    a compilation under the function's name and line, not under `parallel`, so serial and parallel
-    twins of one function would load each other's code; a renamed copy gets its own cache entry."""
-    defaults = func.__defaults__ if defaults is None else defaults
-    copy = pytypes.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix, defaults)
+def _renamed(func, suffix, **constants):
+    """func under another name, seeing `constants` as its globals of those names. Numba's on-disk
+    cache files a compilation under the function's name and line, not under `parallel`, so serial
+    and parallel twins of one function would load each other's code; a renamed copy gets its own
+    cache entry. (Numba reads globals as compile-time constants; the copy's are the module's as
+    they stand now, which is when Kernels are made, after what their functions call.)"""
+    glob = dict(func.__globals__, **constants) if constants else func.__globals__
+    copy = pytypes.FunctionType(func.__code__, glob, func.__name__ + suffix, func.__defaults__)
     copy.__qualname__ = func.__qualname__ + suffix
     copy.__doc__ = func.__doc__
     return copy
@@ -115,15 +117,15 @@ class Kernel:
     (nbnet.threads: fewer while other processes keep the cores busy). On one thread the serial twin
     runs, as a parallel region on one thread still costs 2-5 µs a call (784->256 at batch 1, one
     core: forward 18.5 vs 14.0 µs, dW 22.2 vs 19.7).
-    The twins are one function, so results never depend on which runs, or on the thread count. A
-    last parameter `shared=True` is False in the serial twin: whether several threads share the
-    work units (simd.bcast_grid: one thread takes the widest). Asked of Numba inside the kernel
-    instead (numba.get_num_threads), it kept the kernel out of the on-disk cache."""
+    The twins are one function, so results never depend on which runs, or on the thread count. The
+    global SHARED_UNITS (whether several threads share the work units: simd.bcast_grid gives one
+    thread the widest) is False in the serial twin. Asked of Numba inside the kernel instead
+    (numba.get_num_threads), it kept the kernel out of the on-disk cache; as a default argument
+    (shared=True), the parallel twin ran 3x slower when called without it (dW 784->256 batch 8:
+    140 vs 42 µs, Numba 0.68)."""
 
     def __init__(self, func, work, threshold, **options):
-        names = func.__code__.co_varnames[: func.__code__.co_argcount]
-        serial_defaults = (False,) if names[-1] == "shared" and func.__defaults__ == (True,) else None
-        self.serial = njit(cache=True, **options)(_renamed(func, "_serial", serial_defaults))
+        self.serial = njit(cache=True, **options)(_renamed(func, "_serial", SHARED_UNITS=False))
         self.parallel = njit(cache=True, parallel=True, **options)(func)
         self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 
@@ -132,6 +134,9 @@ class Kernel:
             return self.parallel(*args)
         return self.serial(*args)
 
+
+# The kernels' work units are shared by the threads (simd.bcast_grid); False in serial twins (Kernel).
+SHARED_UNITS = True
 
 # Below this many multiply-adds a Linear kernel runs serially (see Kernel). Measured on 2 cores
 # (Zen 3, serial / parallel twin time, forward, dW, dX+ReLU, interleaved, quiet): waking the sleeping
@@ -199,19 +204,19 @@ linear_forward_act = Kernel(
 )
 
 
-def _linear_forward_t(out, act, inp, weight_t, bias, relu, shared=True):
+def _linear_forward_t(out, act, inp, weight_t, bias, relu):
     """y_ij = Σ_l x_il w_jl + b_j (and a_ij = max(0, y_ij) with relu), from weight_t = Wᵀ (n, m)
 
     Broadcast-form units (simd.bcast_unit: A = X, B = Wᵀ); as linear_forward_act otherwise.
     """
     n = inp.shape[1]
-    units = simd.bcast_units(out, shared)
+    units = simd.bcast_units(out, SHARED_UNITS)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
-            i0, i1, j0, j1 = simd.bcast_unit(out, inp, n, 1, weight_t, n, u, False, shared)
+            i0, i1, j0, j1 = simd.bcast_unit(out, inp, n, 1, weight_t, n, u, False, SHARED_UNITS)
             bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
             u = simd.claim(counter)
 
@@ -377,7 +382,7 @@ linear_backward_params_rows = Kernel(
 DW, ACCUMULATE, RELU = 1, 2, 4
 
 
-def _linear_backward_blocks(c, a, b, dbias, preact, how, shared=True):
+def _linear_backward_blocks(c, a, b, dbias, preact, how):
     """c_rl (+)= Σ_s A_rs b_sl, A read from a = G (k, m): dW and dX of a Linear in broadcast-form
     units (simd.bcast_unit: A_rs = a.flat[r a_rs + s a_ss]), taken by the threads one at a time.
 
@@ -397,13 +402,13 @@ def _linear_backward_blocks(c, a, b, dbias, preact, how, shared=True):
     params, accumulate, relu = how & DW != 0, how & ACCUMULATE != 0, how & RELU != 0
     k, m = a.shape
     a_rs, a_ss, steps = (1, m, k) if params else (m, 1, m)
-    units = simd.bcast_units(c, shared)  # shared: False in the serial twin (see Kernel)
+    units = simd.bcast_units(c, SHARED_UNITS)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
-            r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared)
+            r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, SHARED_UNITS)
             if params and l0 == 0:
                 _bias_rows(dbias, a, r0, r1, accumulate)
             if relu:

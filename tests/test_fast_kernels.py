@@ -131,6 +131,13 @@ print("ok")
 """
 
 
+def test_only_the_parallel_twins_share_their_work_units():
+    """Serial twins see SHARED_UNITS False (one thread takes the widest units: simd.bcast_grid)."""
+    for kernel in (cpu.linear_forward_t, cpu.linear_backward_blocks):
+        assert kernel.serial.py_func.__globals__["SHARED_UNITS"] is False
+        assert kernel.parallel.py_func.__globals__["SHARED_UNITS"] is True
+
+
 def test_bcast_kernels_go_to_the_disk_cache(tmp_path):
     """Both twins of the kernels around simd.bcast_unit compile without a Numba warning and are
     written to the on-disk cache (a kernel that asks numba.get_num_threads() is not cacheable: every
@@ -449,8 +456,8 @@ from nbnet import cpu, simd
 assert simd.ISA == "avx512" and simd.REGISTERS == 32, simd.describe()
 arr = lambda nd: types.Array(types.float32, nd, "C")
 for kernel, sig, want in (
-    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64, types.Omitted(False)),
-     simd.BCAST_MR * simd.BCAST_NV),  # Omitted: the serial twin's default `shared`
+    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64),
+     simd.BCAST_MR * simd.BCAST_NV),
     (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
 ):
     f = njit(kernel.serial.py_func)

@@ -262,12 +262,20 @@ def transpose(out, inp):
 #   Broadcast / dot time, copy included (Zen 3, interleaved; 1 thread | 2 threads): 256->128 at
 #   batch 256 0.89 | 0.97, at 512 0.83 | 0.89; 128->64 0.93 | 1.05, 0.83 | 0.88; 64->64 0.80 |
 #   1.20, 0.73 | 0.93. Not at batch 128 (256->128 0.92 | 1.07), nor for longer sums (784->256 at
-#   512 1.02 | 1.03, 512->512 1.01), nor in float64 (256->128 at 256 1.02, 128->64 1.00).
+#   512 1.02 | 1.03, 512->512 1.01), nor in float64 (256->128 at 256 1.02, 128->64 1.00);
+# - or, in float32, the sum has a scalar tail (n not a multiple of the vector width), is at most
+#   FORWARD_T_TAIL_IN long, and the batch has FORWARD_T_ROWS rows: the dot form adds each output's
+#   last n mod W terms in a scalar loop. Broadcast / dot at batch 64, 128, 256 (1 thread | 2):
+#   50->256 0.46 0.40 0.40 | 0.49 0.47 0.53; 100->64 0.56 0.48 0.45 | 0.61 0.50 0.63; 250->64 0.87
+#   0.78 0.75 | 0.62 0.55 0.85; 300->256 0.81 0.73 0.72 | 0.93 0.80 0.77; but 785->256 1.07 0.99
+#   0.96 | 1.25 1.10 0.99. (float64 gains less and not everywhere: 50->256 0.57-0.74, 130->128 at
+#   64 0.89 | 1.01, 250->64 0.76-1.04, 302->256 0.95-1.23.)
 # Else the dot form (with scalar columns, as 128->10, the broadcast form was 4-6x slower).
 FORWARD_T_ROWS = 64  # the fewest rows either case takes it at (Linear._weight_t's quick test)
 FORWARD_T_MAX_IN = 32
 FORWARD_T_WIDE_ROWS = 256
 FORWARD_T_WIDE_IN = 256
+FORWARD_T_TAIL_IN = 320
 
 
 def forward_over_weight_t(k, n, m, dtype):
@@ -277,8 +285,10 @@ def forward_over_weight_t(k, n, m, dtype):
         return False
     w = simd.lanes(np.dtype(dtype))
     short = n < FORWARD_T_MAX_IN
-    wide = np.dtype(dtype) == np.float32 and k >= FORWARD_T_WIDE_ROWS and n <= FORWARD_T_WIDE_IN
-    return (short or wide) and m >= simd.BCAST_NV * w and m % w == 0
+    single = np.dtype(dtype) == np.float32
+    wide = single and k >= FORWARD_T_WIDE_ROWS and n <= FORWARD_T_WIDE_IN
+    tail = single and n % w != 0 and n <= FORWARD_T_TAIL_IN
+    return (short or wide or tail) and m >= simd.BCAST_NV * w and m % w == 0
 
 
 def forward_route(out, act, inp, weight, bias, weight_t, relu):

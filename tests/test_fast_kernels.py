@@ -88,12 +88,13 @@ def test_transpose_matches_numpy_on_every_edge(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k,n,m", [(256, 5, 64), (257, 33, 70), (300, 270, 65), (64, 31, 16), (256, 193, 72),
-                                   (300, 256, 16), (255, 100, 64)])
+                                   (300, 256, 16), (255, 100, 64), (64, 301, 24)])
 def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
     """The broadcast-form forward over Wᵀ: the same formula, checked against the reference with ReLU,
     on odd shapes too (columns past the last full tile). The layer's forward takes it where
     cpu.forward_over_weight_t says: a short sum from FORWARD_T_ROWS rows, or in float32 a sum up to
-    FORWARD_T_WIDE_IN from FORWARD_T_WIDE_ROWS rows, with whole vectors of outputs."""
+    FORWARD_T_WIDE_IN from FORWARD_T_WIDE_ROWS rows or one with a scalar tail up to
+    FORWARD_T_TAIL_IN, with whole vectors of outputs."""
     rng = np.random.default_rng(k + n + m)
     x, w, b = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype)
     ref = np.empty((k, m), dtype)

@@ -460,11 +460,15 @@ for kernel, sig, want in (
     (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64),
      simd.BCAST_MR * simd.BCAST_NV),
     (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
+    (cpu.linear_forward_t, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.BCAST_MR * simd.BCAST_NV),
 ):
     f = njit(kernel.serial.py_func)
     f.compile(sig)  # compile only: this CPU may not run AVX-512
     loops = simd.hot_loops(f.inspect_asm(f.signatures[0]))
     assert any(n == want for n, _ in loops) and all(s == 0 for _, s in loops), loops
+t = njit(cpu.transpose.py_func)
+t.compile((arr(2), arr(2)))  # the 16-lane register transpose: its shuffles compile to zmm code
+assert "zmm" in t.inspect_asm(t.signatures[0])
 print("ok", simd.describe())
 """
 

@@ -97,11 +97,13 @@ linear_backward_input_ref = pjit(_linear_backward_input_ref)
 
 
 def _renamed(func, suffix, **constants):
-    """func under another name, seeing `constants` as its globals of those names. Numba's on-disk
-    cache files a compilation under the function's name and line, not under `parallel`, so serial
-    and parallel twins of one function would load each other's code; a renamed copy gets its own
-    cache entry. (Numba reads globals as compile-time constants; the copy's are the module's as
-    they stand now, which is when Kernels are made, after what their functions call.)"""
+    """func under another name, seeing `constants` as its globals of those names if it reads any.
+    Numba's on-disk cache files a compilation under the function's name and line, not under
+    `parallel`, so serial and parallel twins of one function would load each other's code; a
+    renamed copy gets its own cache entry. (Numba reads globals as compile-time constants; a copy
+    with constants has the module's globals as they stand when the Kernel is made, so what such a
+    kernel calls must be defined above its Kernel; the others share the module's.)"""
+    constants = {name: value for name, value in constants.items() if name in func.__code__.co_names}
     glob = dict(func.__globals__, **constants) if constants else func.__globals__
     copy = pytypes.FunctionType(func.__code__, glob, func.__name__ + suffix, func.__defaults__)
     copy.__qualname__ = func.__qualname__ + suffix

@@ -305,8 +305,9 @@ class Linear(Layer):
 
     def _weight_t(self, x):
         """Scratch for Wᵀ, which the CPU forward uses at some shapes (nbnet.cpu.forward_over_weight_t)."""
-        if x.shape[0] < cpu.FORWARD_T_ROWS or kernels(x) is not cpu or not cpu.forward_over_weight_t(x.shape[0], self.in_features, self.out_features,
-                                                                   x.dtype):
+        k = x.shape[0]
+        if (k < cpu.FORWARD_T_ROWS or kernels(x) is not cpu
+                or not cpu.forward_over_weight_t(k, self.in_features, self.out_features, x.dtype)):
             return None
         return self._buffer("weight_t", x, (self.in_features, self.out_features), x.dtype)
 

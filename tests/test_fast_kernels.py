@@ -133,10 +133,25 @@ print("ok")
 
 
 def test_only_the_parallel_twins_share_their_work_units():
-    """Serial twins see SHARED_UNITS False (one thread takes the widest units: simd.bcast_grid)."""
+    """Serial twins see SHARED_UNITS False (one thread takes the widest units: simd.bcast_grid);
+    a kernel that does not read it keeps the module's own globals."""
     for kernel in (cpu.linear_forward_t, cpu.linear_backward_blocks):
         assert kernel.serial.py_func.__globals__["SHARED_UNITS"] is False
         assert kernel.parallel.py_func.__globals__["SHARED_UNITS"] is True
+    assert cpu.linear_forward_act.serial.py_func.__globals__ is vars(cpu)
+
+
+@pytest.mark.parametrize("k,n,m,dtype,takes", [
+    (64, 20, 64, np.float32, True), (64, 20, 64, np.float64, True), (63, 20, 64, np.float32, False),  # short sum
+    (256, 256, 128, np.float32, True), (255, 256, 128, np.float32, False), (512, 256, 128, np.float64, False),
+    (512, 784, 256, np.float32, False),  # wide: float32, up to 256 long, from batch 256
+    (64, 100, 64, np.float32, True), (64, 100, 64, np.float64, False), (64, 785, 256, np.float32, False),
+    (16, 100, 64, np.float32, False),  # a scalar tail: float32, up to 320 long, from batch 64
+    (512, 256, 10, np.float32, False), (512, 20, 8, np.float32, False),  # no whole tile of outputs
+])
+def test_forward_route_follows_the_measured_table(k, n, m, dtype, takes):
+    """cpu.forward_over_weight_t at the edges of the shapes measured for it (see FORWARD_T_ROWS)."""
+    assert cpu.forward_over_weight_t(k, n, m, dtype) is takes
 
 
 def test_bcast_kernels_go_to_the_disk_cache(tmp_path):

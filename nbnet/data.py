@@ -55,6 +55,8 @@ def batches_reusing(x, y, batch_size, shuffle=True, seed=None, part=(0, 1)):
         lo, hi = share(len(idx), rank, size)
         idx = idx[lo:hi]
         xb, yb = xbuf[: len(idx)], ybuf[: len(idx)]
-        np.take(x, idx, axis=0, out=xb)
-        np.take(y, idx, axis=0, out=yb)
+        # mode="clip": the order's indices are in range, and the default mode="raise" with `out`
+        # gathers into a temporary array first and copies it over (2.2x the time at batch 512).
+        np.take(x, idx, axis=0, out=xb, mode="clip")
+        np.take(y, idx, axis=0, out=yb, mode="clip")
         yield xb, yb

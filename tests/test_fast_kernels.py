@@ -377,6 +377,25 @@ def test_batches_reusing_gives_the_same_batches(shuffle):
         assert all(np.shares_memory(xb, reused[0][2]) for _, _, xb in reused)
 
 
+
+def test_batches_reusing_gathers_without_a_temporary_batch():
+    """Each batch is gathered straight into the reused buffer: np.take's default mode="raise"
+    with `out` gathers into a temporary batch-sized array first (2.2x the gather's time at batch
+    512, and a fresh 1.6 MB mapping a step). NumPy reports its data allocations to tracemalloc."""
+    import tracemalloc
+
+    x, y = np.zeros((4096, 784), np.float32), np.zeros(4096, np.int64)
+    it = nb.data.batches_reusing(x, y, 512, seed=0)
+    next(it)  # the buffers and the order are made here
+    tracemalloc.start()
+    try:
+        for _ in it:
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 512 * 784 * 4 // 4, peak  # a batch is 1.6 MB; the order's slices are a few KB
+
 FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_forward_t, cpu.linear_backward_blocks]
 ROW_KERNELS = [cpu.linear_backward_input_rows, cpu.linear_backward_params_rows]  # no micro-kernel
 

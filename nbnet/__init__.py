@@ -1,8 +1,9 @@
 """nbnet: a small, fast, readable neural-network framework with Numba kernels."""
 
-from ._startup import quiet_signals_while_starting
+from ._startup import quiet_signals_while_starting, refuse_bad_environment
 
 quiet_signals_while_starting()  # only in the `nbnet` command; first, before NumPy and Numba load
+refuse_bad_environment()
 
 from . import threads  # first: it sets how Numba's threads wait, before anything starts them
 

@@ -1,6 +1,7 @@
-"""Signals while the `nbnet` command starts. Imports only the standard library: it runs first,
-before NumPy and Numba load (about half a second), so that a Ctrl-C or SIGTERM then ends the
-command with one line instead of a traceback. nbnet.cli takes over once it runs."""
+"""Signals and settings while the `nbnet` command starts. Imports only the standard library: it runs
+first, before NumPy and Numba load (about half a second), so that a Ctrl-C or SIGTERM then ends
+the command with one line instead of a traceback, and so does an environment variable that
+importing nbnet would refuse. nbnet.cli takes over once it runs."""
 
 import os
 import signal
@@ -26,3 +27,28 @@ def quiet_signals_while_starting():
             signal.signal(sig, _end)
     except ValueError:  # not the main thread: leave signals alone
         pass
+
+
+SIMD_LAYOUTS = ("avx512", "neon", "avx2", "sse2")  # NBNET_SIMD_LAYOUT's values: see nbnet.simd.layout
+
+
+def simd_layout_error():
+    """Why NBNET_SIMD_LAYOUT cannot be used as set, or None (also when it is not set)."""
+    name = os.environ.get("NBNET_SIMD_LAYOUT", "")
+    if not name:
+        return None
+    if name not in SIMD_LAYOUTS:
+        return f"NBNET_SIMD_LAYOUT must be one of {', '.join(SIMD_LAYOUTS)}, got {name[:40]!r}"
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        return "NBNET_SIMD_LAYOUT needs NUMBA_CACHE_DIR set to a directory of its own"
+    return None
+
+
+def refuse_bad_environment():
+    """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses."""
+    if not _is_the_command():
+        return
+    why = simd_layout_error()
+    if why is not None:
+        os.write(2, f"Error: {why}\n".encode())
+        sys.exit(2)

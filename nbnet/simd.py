@@ -33,6 +33,7 @@ step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halve
 """
 
 import math
+import os
 import re
 
 import llvmlite.binding as llb
@@ -41,6 +42,8 @@ from llvmlite import ir
 from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._startup import SIMD_LAYOUTS, simd_layout_error
 
 # ----------------------------------------------------------------------------------------------
 # 1. The ISA and the register blocks
@@ -92,7 +95,29 @@ def isa():
     return "generic", 16, 16, False  # unknown: 128-bit vectors LLVM may split; correct anyway
 
 
-ISA, VECTOR_BYTES, REGISTERS, HAS_FMA = isa()
+# Another ISA's layout, run on this one, for tests: NBNET_SIMD_LAYOUT=avx512 gives the kernels
+# AVX-512's 16-lane float32 vectors and 32-register blocks on an AVX2 machine, where LLVM splits
+# each vector in two and spills the accumulators. Slow, but the same operations in the same order
+# per lane as on the real ISA, so the same bits: tests run the AVX-512 and NEON (ARM) block
+# layouts on any x86 machine (tests/test_fast_kernels.py::test_other_isa_layouts_run_here).
+LAYOUTS = {"avx512": ("avx512", 64, 32, True), "neon": ("neon", 16, 32, True),
+           "avx2": ("avx2", 32, 16, True), "sse2": ("sse2", 16, 16, False)}
+assert tuple(LAYOUTS) == SIMD_LAYOUTS
+
+
+def layout():
+    """isa(), or the layout NBNET_SIMD_LAYOUT names. Its kernels must not enter Numba's cache of
+    this machine's own (the cache files them under the CPU, not the layout), so it asks for
+    NUMBA_CACHE_DIR too (the `nbnet` command says so in one line before it imports this)."""
+    why = simd_layout_error()
+    if why is not None:
+        raise ValueError(why)
+    name = os.environ.get("NBNET_SIMD_LAYOUT", "")
+    return LAYOUTS[name] if name else isa()
+
+
+EMULATED = bool(os.environ.get("NBNET_SIMD_LAYOUT"))
+ISA, VECTOR_BYTES, REGISTERS, HAS_FMA = layout()
 
 # Register blocks, in vectors. Rule (Low et al., "Analytical modeling is enough for
 # high-performance BLIS"): enough accumulators to cover FMA latency × ports (~8-10), and
@@ -154,7 +179,7 @@ def lanes(dtype):
 
 def describe():
     """One line for benchmarks, `nbnet check` and bug reports."""
-    return (f"CPU {cpu_name()}, ISA {ISA} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
+    return (f"CPU {cpu_name()}, ISA {ISA}{' (NBNET_SIMD_LAYOUT, emulated)' if EMULATED else ''} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
             f"{'FMA' if HAS_FMA else 'no FMA'}), blocks: broadcast {BCAST_MR}×{BCAST_NV} vectors, "
             f"dot {DOT_MR}×{DOT_NR}, KC {KC}, MC {MC}")
 

@@ -145,8 +145,8 @@ def test_only_the_parallel_twins_share_their_work_units():
     (64, 20, 64, np.float32, True), (64, 20, 64, np.float64, True), (63, 20, 64, np.float32, False),  # short sum
     (256, 256, 128, np.float32, True), (255, 256, 128, np.float32, False), (512, 256, 128, np.float64, False),
     (512, 784, 256, np.float32, False),  # wide: float32, up to 256 long, from batch 256
-    (64, 100, 64, np.float32, True), (64, 100, 64, np.float64, False), (64, 785, 256, np.float32, False),
-    (16, 100, 64, np.float32, False),  # a scalar tail: float32, up to 320 long, from batch 64
+    (64, 101, 64, np.float32, True), (64, 101, 64, np.float64, False), (64, 785, 256, np.float32, False),
+    (16, 101, 64, np.float32, False),  # a scalar tail (101: one for any lane count), float32, up to 320 long, from batch 64
     (512, 256, 10, np.float32, False), (512, 20, 8, np.float32, False),  # no whole tile of outputs
 ])
 def test_forward_route_follows_the_measured_table(k, n, m, dtype, takes):
@@ -450,8 +450,8 @@ def block_fmas(kernel):
 def test_micro_kernels_stay_in_the_hosts_widest_registers(kernel, dtype):
     """The hot loop of each micro-kernel does one full block of FMAs on this CPU's widest vector
     registers (zmm with AVX-512, ymm with AVX2, NEON q) and touches no stack: nothing spills."""
-    if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA:
-        pytest.skip(f"no FMA vector ISA to check on {simd.ISA}")
+    if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA or simd.EMULATED:
+        pytest.skip(f"no FMA vector ISA of this CPU's own to check ({simd.describe()})")
     (serial,) = compiled(kernel, dtype, parallel=False)
     sig = serial.signatures[0]
     loops = simd.hot_loops(serial.inspect_asm(sig))
@@ -465,8 +465,8 @@ def test_broadcast_block_has_a_one_tile_and_a_several_tile_function(dtype):
     with a literal 1, which must compile the one-tile function (the loop over tiles cost the long
     sums 1-2%): so linear_backward_blocks holds two full-block hot loops, neither spilling. Had
     the literal been typed as a plain integer, every call would take the several-tile one (one loop)."""
-    if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA:
-        pytest.skip(f"no FMA vector ISA to check on {simd.ISA}")
+    if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA or simd.EMULATED:
+        pytest.skip(f"no FMA vector ISA of this CPU's own to check ({simd.describe()})")
     (serial,) = compiled(cpu.linear_backward_blocks, dtype, parallel=False)
     loops = simd.hot_loops(serial.inspect_asm(serial.signatures[0]))
     full = [spills for n, spills in loops if n == simd.BCAST_MR * simd.BCAST_NV]
@@ -510,13 +510,55 @@ print("ok", simd.describe())
 def test_avx512_micro_kernels_compile_without_spills_on_any_machine():
     """NUMBA_CPU_NAME=skylake-avx512 with empty NUMBA_CPU_FEATURES compiles AVX-512 code here too
     (it is inspected, never run): the 32-register blocks fit zmm without spilling."""
-    if simd.ISA not in ("avx512", "avx2", "avx"):
-        pytest.skip("x86 only")
+    if simd.ISA not in ("avx512", "avx2", "avx") or simd.EMULATED:
+        pytest.skip("x86 only, with its own layout")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, NUMBA_CPU_NAME="skylake-avx512", NUMBA_CPU_FEATURES="")
     done = subprocess.run([sys.executable, "-c", AVX512_SCRIPT], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+# The tests of this file that the register layout changes: every fast kernel against its formula
+# kernel, the twins bitwise, units, routes, transposes, the stack. Left out: compile-only, cache and
+# IR checks, and kernels that do not read through nbnet.simd.
+LAYOUT_TESTS = ("not disk_cache and not own_cache_entries and not no_double and not tanh and not other_isa_layouts"
+                " and not layout_nbnet_cannot_use")
+
+
+@pytest.mark.parametrize("layout", ["avx512", "neon"])
+def test_other_isa_layouts_run_here(layout, tmp_path):
+    """AVX-512's layout (16 float32 lanes, 8×3 broadcast and 4×5 dot blocks) and NEON's (ARM: 4
+    lanes, the same blocks) run on this machine with NBNET_SIMD_LAYOUT (LLVM splits or spills
+    the vectors: slow, the same operations per lane), through this file's kernel tests. No test
+    here could run them before: this machine has neither ISA, and each has its own edges (16-lane
+    tails and transposes, 32-row packing, 10-column one-row dot blocks)."""
+    if simd.EMULATED or simd.ISA not in ("avx512", "avx2", "avx"):
+        pytest.skip("on x86, in its own layout")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NBNET_SIMD_LAYOUT=layout, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "tests/test_fast_kernels.py", "-k", LAYOUT_TESTS], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    # the register checks skip, naming the layout they ran in: proof that it took
+    assert f"ISA {layout} (NBNET_SIMD_LAYOUT, emulated)" in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.parametrize("env,says", [({"NBNET_SIMD_LAYOUT": "avx1024"}, "must be one of avx512, neon"),
+                                      ({"NBNET_SIMD_LAYOUT": "neon"}, "needs NUMBA_CACHE_DIR")])
+def test_a_layout_nbnet_cannot_use_is_one_error_line(env, says):
+    """A mistyped layout, or one without a cache of its own (its kernels would enter this machine's
+    cache under the machine's CPU name): import refuses it, the command in one line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in dict(os.environ, **env).items() if k != "NUMBA_CACHE_DIR"}
+    done = subprocess.run([sys.executable, "-c", "import nbnet"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and f"ValueError: NBNET_SIMD_LAYOUT {says}" in done.stderr, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-m", "nbnet.cli", "info"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"Error: NBNET_SIMD_LAYOUT {says}"), done.stderr
 
 
 SMALL_STACK_SCRIPT = """

@@ -100,9 +100,8 @@ def isa():
 # each vector in two and spills the accumulators. Slow, but the same operations in the same order
 # per lane as on the real ISA, so the same bits: tests run the AVX-512 and NEON (ARM) block
 # layouts on any x86 machine (tests/test_fast_kernels.py::test_other_isa_layouts_run_here).
-LAYOUTS = {"avx512": ("avx512", 64, 32, True), "neon": ("neon", 16, 32, True),
-           "avx2": ("avx2", 32, 16, True), "sse2": ("sse2", 16, 16, False)}
-assert tuple(LAYOUTS) == SIMD_LAYOUTS
+LAYOUTS = dict(zip(SIMD_LAYOUTS, [("avx512", 64, 32, True), ("neon", 16, 32, True), ("avx2", 32, 16, True),
+                                  ("sse2", 16, 16, False)]))
 
 
 def layout():
@@ -179,7 +178,8 @@ def lanes(dtype):
 
 def describe():
     """One line for benchmarks, `nbnet check` and bug reports."""
-    return (f"CPU {cpu_name()}, ISA {ISA}{' (NBNET_SIMD_LAYOUT, emulated)' if EMULATED else ''} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
+    emulated = " (NBNET_SIMD_LAYOUT, emulated)" if EMULATED else ""
+    return (f"CPU {cpu_name()}, ISA {ISA}{emulated} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
             f"{'FMA' if HAS_FMA else 'no FMA'}), blocks: broadcast {BCAST_MR}×{BCAST_NV} vectors, "
             f"dot {DOT_MR}×{DOT_NR}, KC {KC}, MC {MC}")
 

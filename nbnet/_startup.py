@@ -40,7 +40,7 @@ def simd_layout_error():
     if name not in SIMD_LAYOUTS:
         return f"NBNET_SIMD_LAYOUT must be one of {', '.join(SIMD_LAYOUTS)}, got {name[:40]!r}"
     if not os.environ.get("NUMBA_CACHE_DIR"):
-        return "NBNET_SIMD_LAYOUT needs NUMBA_CACHE_DIR set to a directory of its own"
+        return "NBNET_SIMD_LAYOUT needs NUMBA_CACHE_DIR set (its kernels go to a subdirectory there)"
     return None
 
 

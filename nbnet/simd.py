@@ -106,13 +106,22 @@ LAYOUTS = dict(zip(SIMD_LAYOUTS, [("avx512", 64, 32, True), ("neon", 16, 32, Tru
 
 def layout():
     """isa(), or the layout NBNET_SIMD_LAYOUT names. Its kernels must not enter Numba's cache of
-    this machine's own (the cache files them under the CPU, not the layout), so it asks for
-    NUMBA_CACHE_DIR too (the `nbnet` command says so in one line before it imports this)."""
+    this machine's own kernels (the cache files them under the CPU, not the layout: a later plain
+    run would load them), so it asks for NUMBA_CACHE_DIR (the `nbnet` command says so in one line
+    before it imports this) and puts them in a subdirectory of it named for the layout."""
     why = simd_layout_error()
     if why is not None:
         raise ValueError(why)
     name = os.environ.get("NBNET_SIMD_LAYOUT", "")
-    return LAYOUTS[name] if name else isa()
+    if not name:
+        return isa()
+    own = "nbnet-layout-" + name
+    if os.path.basename(os.path.normpath(config.CACHE_DIR)) != own:
+        # Numba reads CACHE_DIR when a cached function is defined (nbnet's kernels: below and in
+        # nbnet.cpu, after this), and reloads it from the environment when a NUMBA_ variable
+        # changes: both are set.
+        config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"] = os.path.join(config.CACHE_DIR, own)
+    return LAYOUTS[name]
 
 
 EMULATED = bool(os.environ.get("NBNET_SIMD_LAYOUT"))

@@ -543,6 +543,9 @@ def test_other_isa_layouts_run_here(layout, tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     # the register checks skip, naming the layout they ran in: proof that it took
     assert f"ISA {layout} (NBNET_SIMD_LAYOUT, emulated)" in done.stdout, done.stdout[-2000:]
+    # its kernels went to a cache of their own: the machine's own kernels' cache is filed under the
+    # CPU, not the layout, so a later plain run with the same NUMBA_CACHE_DIR would load them
+    assert os.listdir(tmp_path) == [f"nbnet-layout-{layout}"], os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("env,says", [({"NBNET_SIMD_LAYOUT": "avx1024"}, "must be one of avx512, neon"),

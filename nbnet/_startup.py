@@ -32,23 +32,25 @@ def quiet_signals_while_starting():
 SIMD_LAYOUTS = ("avx512", "neon", "avx2", "sse2")  # NBNET_SIMD_LAYOUT's values: see nbnet.simd.layout
 
 
-def simd_layout_error():
-    """Why NBNET_SIMD_LAYOUT cannot be used as set, or None (also when it is not set)."""
-    name = os.environ.get("NBNET_SIMD_LAYOUT", "")
+def simd_layout():
+    """(the layout NBNET_SIMD_LAYOUT names, or "" when it is unset or blank; why it cannot be used,
+    or None). Read as NBNET_THREADS is: case and surrounding spaces do not matter."""
+    text = os.environ.get("NBNET_SIMD_LAYOUT", "")
+    name = text.strip().lower()
     if not name:
-        return None
+        return "", None
     if name not in SIMD_LAYOUTS:
-        return f"NBNET_SIMD_LAYOUT must be one of {', '.join(SIMD_LAYOUTS)}, got {name[:40]!r}"
+        return name, f"NBNET_SIMD_LAYOUT must be one of {', '.join(SIMD_LAYOUTS)}, got {text[:40]!r}"
     if not os.environ.get("NUMBA_CACHE_DIR"):
-        return "NBNET_SIMD_LAYOUT needs NUMBA_CACHE_DIR set (its kernels go to a subdirectory there)"
-    return None
+        return name, "NBNET_SIMD_LAYOUT needs NUMBA_CACHE_DIR set (its kernels go to a subdirectory there)"
+    return name, None
 
 
 def refuse_bad_environment():
     """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses."""
     if not _is_the_command():
         return
-    why = simd_layout_error()
+    _, why = simd_layout()
     if why is not None:
         os.write(2, f"Error: {why}\n".encode())
         sys.exit(2)

@@ -43,7 +43,7 @@ from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._startup import SIMD_LAYOUTS, simd_layout_error
+from ._startup import SIMD_LAYOUTS, simd_layout
 
 # ----------------------------------------------------------------------------------------------
 # 1. The ISA and the register blocks
@@ -109,10 +109,9 @@ def layout():
     this machine's own kernels (the cache files them under the CPU, not the layout: a later plain
     run would load them), so it asks for NUMBA_CACHE_DIR (the `nbnet` command says so in one line
     before it imports this) and puts them in a subdirectory of it named for the layout."""
-    why = simd_layout_error()
+    name, why = simd_layout()
     if why is not None:
         raise ValueError(why)
-    name = os.environ.get("NBNET_SIMD_LAYOUT", "")
     if not name:
         return isa()
     own = "nbnet-layout-" + name
@@ -124,7 +123,7 @@ def layout():
     return LAYOUTS[name]
 
 
-EMULATED = bool(os.environ.get("NBNET_SIMD_LAYOUT"))
+EMULATED = bool(simd_layout()[0])
 ISA, VECTOR_BYTES, REGISTERS, HAS_FMA = layout()
 
 # Register blocks, in vectors. Rule (Low et al., "Analytical modeling is enough for

@@ -523,7 +523,7 @@ def test_avx512_micro_kernels_compile_without_spills_on_any_machine():
 # kernel, the twins bitwise, units, routes, transposes, the stack. Left out: compile-only, cache and
 # IR checks, and kernels that do not read through nbnet.simd.
 LAYOUT_TESTS = ("not disk_cache and not own_cache_entries and not no_double and not tanh and not other_isa_layouts"
-                " and not layout_nbnet_cannot_use")
+                " and not layout_nbnet_cannot_use and not simd_layout_values")
 
 
 @pytest.mark.parametrize("layout", [name for name in ("avx512", "avx2", "neon") if name != simd.ISA])
@@ -551,8 +551,9 @@ def test_other_isa_layouts_run_here(layout, tmp_path):
 @pytest.mark.parametrize("env,says", [({"NBNET_SIMD_LAYOUT": "avx1024"}, "must be one of avx512, neon"),
                                       ({"NBNET_SIMD_LAYOUT": "neon"}, "needs NUMBA_CACHE_DIR")])
 def test_a_layout_nbnet_cannot_use_is_one_error_line(env, says):
-    """A mistyped layout, or one without a cache of its own (its kernels would enter this machine's
-    cache under the machine's CPU name): import refuses it, the command in one line."""
+    """A mistyped layout, or one with no NUMBA_CACHE_DIR to put its own cache in (Numba's default,
+    beside the sources, holds this machine's kernels under its CPU name): import refuses it, the
+    command in one line."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in dict(os.environ, **env).items() if k != "NUMBA_CACHE_DIR"}
     done = subprocess.run([sys.executable, "-c", "import nbnet"], cwd=root, env=env, capture_output=True, text=True,
@@ -562,6 +563,18 @@ def test_a_layout_nbnet_cannot_use_is_one_error_line(env, says):
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == "", done.stdout
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"Error: NBNET_SIMD_LAYOUT {says}"), done.stderr
+
+
+@pytest.mark.parametrize("text,name,ok", [("", "", True), ("  ", "", True), (" NEON ", "neon", True),
+                                           ("AVX512", "avx512", True), ("neon2", "neon2", False)])
+def test_nbnet_simd_layout_values(monkeypatch, text, name, ok):
+    """Read as NBNET_THREADS is: blank is unset; case and spaces around the name do not matter."""
+    from nbnet import _startup
+
+    monkeypatch.setenv("NBNET_SIMD_LAYOUT", text)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/tmp")
+    got, why = _startup.simd_layout()
+    assert got == name and (why is None) is ok, why
 
 
 SMALL_STACK_SCRIPT = """

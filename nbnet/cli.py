@@ -856,16 +856,17 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
 
 @cli.command(name="info")
 def info_cmd():
-    """Versions, CPU threads, Numba's threading layer, and whether a GPU is usable."""
+    """Versions, the CPU's vector ISA and blocks, CPU threads, Numba's threading layer, and whether a GPU is usable."""
     import platform  # noqa: PLC0415
     from importlib.metadata import version  # noqa: PLC0415
 
     import numba  # noqa: PLC0415
 
-    from . import cpu  # noqa: PLC0415
+    from . import cpu, simd  # noqa: PLC0415
 
     click.echo(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}, "
                f"click {version('click')}, python {platform.python_version()}")
+    click.echo(simd.describe())  # as `nbnet check` and the benchmarks print it
     click.echo(f"CPU threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
     x = np.zeros((4, 4), np.float32)
     cpu.relu_forward.parallel(np.empty_like(x), x)  # the parallel twin: the threading layer is chosen on first use

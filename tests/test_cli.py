@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import nbnet as nb
 from nbnet import cli as cli_module
+from nbnet import simd
 from nbnet.cli import cli
 from nbnet.train import TrainState
 
@@ -194,6 +195,7 @@ def test_info():
     assert r.exit_code == 0, r.output
     for word in ("nbnet", "numba", "numpy", "click", "python", "CPU threads", "threading layer", "GPU:"):
         assert word in r.stdout
+    assert simd.describe() in r.stdout.splitlines()  # CPU, ISA, blocks: what a bug report should carry
     assert nbnet("--version").stdout.strip() == f"nbnet, version {nb.__version__}"
 
 

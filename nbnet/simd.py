@@ -184,10 +184,30 @@ def lanes(dtype):
     return VECTOR_BYTES // dtype.itemsize if hasattr(dtype, "itemsize") else VECTOR_BYTES // dtype
 
 
+def processor():
+    """The processor's own name ('AMD EPYC 7763 64-Core Processor'), as Linux's /proc/cpuinfo gives it
+    (x86: "model name"; ARM: "Model" or "Hardware"), else what Python's platform module knows; ""
+    when nothing says. Descriptive only: the kernels follow cpu_name() and isa()."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    import platform  # noqa: PLC0415 - only here
+
+    return platform.processor() or ""
+
+
 def describe():
-    """One line for benchmarks, `nbnet check` and bug reports."""
+    """One line for benchmarks, `nbnet check` and bug reports: the processor, the CPU LLVM compiles
+    for, the cores, the ISA and register blocks the kernels use."""
     emulated = " (NBNET_SIMD_LAYOUT, emulated)" if EMULATED else ""
-    return (f"CPU {cpu_name()}, ISA {ISA}{emulated} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
+    name = processor()
+    cpu = f"{name} ({cpu_name()}, {os.cpu_count()} cores)" if name else f"{cpu_name()} ({os.cpu_count()} cores)"
+    return (f"CPU {cpu}, ISA {ISA}{emulated} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
             f"{'FMA' if HAS_FMA else 'no FMA'}), blocks: broadcast {BCAST_MR}×{BCAST_NV} vectors, "
             f"dot {DOT_MR}×{DOT_NR}, KC {KC}, MC {MC}")
 

@@ -13,7 +13,6 @@ each keeps its best time, so a loaded machine hurts them alike: read the ratios.
 
 import argparse
 import os
-import platform
 import sys
 import time
 import warnings
@@ -21,28 +20,6 @@ import warnings
 import numpy as np
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
-
-
-def cpu_and_isa():
-    """The CPU's name and the vector ISA the kernels can use (what LLVM compiles Numba code for)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        import llvmlite.binding as llvm  # noqa: PLC0415
-
-        feats = llvm.get_host_cpu_features()
-        isa = [f for f in ("avx512f", "avx2", "fma", "avx", "sse4.2", "neon") if feats.get(f)]
-        host = llvm.get_host_cpu_name()
-    except Exception:  # noqa: BLE001 - a description only
-        isa, host = [], "?"
-    return f"{name} (LLVM target {host}), ISA: {'+'.join(isa) or 'unknown'}, {os.cpu_count()} cores"
 
 
 def synthetic(n, d, seed=0):
@@ -137,7 +114,9 @@ def main(argv=None):
     threads = [int(t) for t in (args.threads or "1,2").split(",")]
     repeats = args.repeats or 2
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    print(f"CPU: {cpu_and_isa()}")
+    from nbnet import simd  # noqa: PLC0415
+
+    print(simd.describe())
     print(f"scikit-learn {sklearn.__version__}, NumPy {np.__version__}; hidden {hidden}, batch 200, "
           f"alpha 1e-4, float32 data, best of {repeats} fits per side, interleaved")
     if load_warning():

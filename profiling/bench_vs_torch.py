@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 import nbnet as nb
+from nbnet import simd
 from nbnet.data import batches_reusing
 
 SIZES = (784, 256, 128, 10)
@@ -212,6 +213,7 @@ def main(argv=None):
     ap.add_argument("--repeats", "--epochs", type=int, default=3, help="timed epochs per contender (best kept)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
+    print(simd.describe())  # the host CPU, also under --device cuda (it runs the Python)
     if args.batch_sizes is None:
         args.batch_sizes = "128,512,2048" if args.device == "cuda" else "32,128,512"
     if args.device == "cuda":

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from common import table
 
+from nbnet import simd
+
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -65,6 +67,7 @@ def main():
     code = CHILD.format(profiling=str(Path(__file__).resolve().parent), batch=args.batch,
                         dtype=args.dtype)
 
+    print(simd.describe())
     with tempfile.TemporaryDirectory(prefix="nbnet-numba-cache-") as cache_dir:
         print(f"fresh NUMBA_CACHE_DIR={cache_dir}; 784-256-128-10 MLP, batch {args.batch}, {args.dtype}")
         cold = run_child(code, cache_dir)

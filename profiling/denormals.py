@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import nbnet as nb
-from nbnet import cpu
+from nbnet import cpu, simd
 
 
 def subnormals(arr):
@@ -62,6 +62,7 @@ def main():
     ap.add_argument("--data-dir", default=default)
     ap.add_argument("--steps", type=int, default=469, help="training steps to scan (469 = one epoch at batch 128)")
     args = ap.parse_args()
+    print(simd.describe())
     try:
         x, y, _, _ = nb.datasets.load("mnist", data_dir=args.data_dir)
         source = f"MNIST from {args.data_dir}"

@@ -19,6 +19,8 @@ import numpy as np
 
 from common import load_warning, mnist_cases, sgemm_peak, table, time_call
 
+from nbnet import simd
+
 
 def main():
     parser = argparse.ArgumentParser(description="per-kernel timings at MNIST shapes")
@@ -34,6 +36,7 @@ def main():
 
     dtype = np.dtype(args.dtype).type
     peak = sgemm_peak(dtype=dtype)
+    print(simd.describe())
     print(f"nbnet.cpu kernels, batch {args.batch}, {args.dtype}, {numba.get_num_threads()} Numba "
           f"thread(s); sgemm peak (np.dot 1024x1024 {args.dtype}): {peak:.1f} GFLOP/s")
     if load_warning():

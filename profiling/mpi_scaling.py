@@ -16,7 +16,6 @@ batches that loads the compiled kernels.
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,22 +27,6 @@ MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__),
 SIZES = (784, 256, 128, 10)
 LINKS_GBIT = (10, 25, 100)
 LATENCY_S = 10e-6  # per message of the ring, assumed for a cluster network (TCP ~10-30 µs, RDMA ~2-5 µs)
-
-
-def cpu_and_isa():
-    name, flags = platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    isa = [f.upper() for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in flags] or ["unknown"]
-    return f"{name}, {os.cpu_count()} logical cores", "+".join(isa)
 
 
 def load_data(rows, data_dir):
@@ -136,9 +119,9 @@ def main():
     mpiexec = shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if mpiexec is None:
         sys.exit("needs mpiexec: pip install 'nbnet[mpi]'")
-    cpu, isa = cpu_and_isa()
-    print(f"CPU: {cpu}")
-    print(f"ISA: {isa}")
+    from nbnet import simd  # noqa: PLC0415
+
+    print(simd.describe())
     load, cores = os.getloadavg()[0], os.cpu_count()
     if load > 0.5 * cores:
         print(f"warning: load average {load:.1f} on {cores} cores: timings are noisy; rerun on a quiet machine")

@@ -16,6 +16,7 @@ import numba
 
 from common import load_warning, mnist_cases, table, time_call, training_step
 
+from nbnet import simd
 from nbnet import threads as nbthreads
 from nbnet.check import threading_layer
 
@@ -30,6 +31,7 @@ def main():
     if max(counts) > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
 
+    print(simd.describe())
     print(f"thread scaling, batch {args.batch}, float32")
     if load_warning():
         print(load_warning())

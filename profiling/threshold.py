@@ -21,6 +21,8 @@ import numba
 
 from common import load_warning, mnist_cases, table, time_call
 
+from nbnet import simd
+
 DEFAULT = ("linear_forward,linear_forward_act,linear_backward_params,linear_backward_input,"
            "linear_backward_input_act,relu_forward,relu_backward,softmax_crossentropy_forward")
 
@@ -45,6 +47,7 @@ def main():
     args = parser.parse_args()
 
     batches = [2**p for p in range(args.max_batch.bit_length()) if 2**p <= args.max_batch]
+    print(simd.describe())
     print(f"parallel ({numba.get_num_threads()} threads) vs serial, float32; "
           f"ratio = serial time / parallel time, > 1: parallel is faster")
     if load_warning():

@@ -1,5 +1,6 @@
 """`nbnet check` and the warm-up compile the training loop runs before timing epoch 1."""
 
+import os
 import subprocess
 import sys
 
@@ -17,6 +18,16 @@ def test_check_passes_and_says_what_it_compiled_for():
     assert r.exit_code == 0, r.output
     assert simd.describe() in r.output and "threading layer" in r.output
     assert "all checks passed" in r.output and "FAIL" not in r.output
+
+
+def test_describe_names_the_processor_the_llvm_cpu_cores_and_isa(monkeypatch):
+    line = simd.describe()
+    assert line.startswith("CPU ") and f"({simd.cpu_name()}, {os.cpu_count()} cores)" in line
+    assert f"ISA {simd.ISA}" in line and f"broadcast {simd.BCAST_MR}×{simd.BCAST_NV}" in line
+    if simd.processor():
+        assert line.startswith(f"CPU {simd.processor()} (")
+    monkeypatch.setattr(simd, "processor", lambda: "")  # nothing names it (no /proc/cpuinfo, no platform name)
+    assert simd.describe().startswith(f"CPU {simd.cpu_name()} ({os.cpu_count()} cores), ISA ")
 
 
 def test_check_fails_on_a_wrong_kernel(monkeypatch):

@@ -15,6 +15,8 @@ PROFILING = Path(__file__).resolve().parents[1] / "profiling"
 sys.path.insert(0, str(PROFILING))
 import common  # noqa: E402
 
+from nbnet import simd  # noqa: E402
+
 
 def test_every_cpu_kernel_has_arguments_at_mnist_shapes():
     cases, unowned = common.mnist_cases(batch=4)
@@ -38,9 +40,12 @@ def test_table_aligns_columns():
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header rule
 
 
+SCRIPTS = sorted(p.name for p in PROFILING.glob("*.py") if p.name != "common.py")
+
+
 def test_scripts_have_help_and_say_what_they_measure():
-    for script in ("kernels.py", "compile.py", "threads.py", "threshold.py", "denormals.py", "bench_vs_torch.py",
-                   "load.py", "bench_gemm.py", "bench_epoch.py", "bench_step.py"):
+    assert {"bench_epoch.py", "bench_gemm.py", "bench_step.py", "load.py"} <= set(SCRIPTS)
+    for script in SCRIPTS:
         source = (PROFILING / script).read_text(encoding="utf-8")
         assert source.startswith('"""') and "python profiling/" in source, script
         done = subprocess.run([sys.executable, str(PROFILING / script), "--help"],
@@ -49,12 +54,20 @@ def test_scripts_have_help_and_say_what_they_measure():
         assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)
 
 
+def test_every_script_prints_the_machine_it_ran_on():
+    """A figure without its CPU and ISA cannot be compared: each script prints simd.describe() (the
+    processor, the CPU LLVM compiles for, cores, ISA, register blocks), as the runs of bench_gemm and
+    bench_sklearn below check in their output."""
+    missing = [s for s in SCRIPTS if "simd.describe()" not in (PROFILING / s).read_text(encoding="utf-8")]
+    assert not missing, f"scripts that do not print simd.describe(): {missing}"
+
+
 def test_bench_gemm_quick_prints_cpu_isa_and_ratios():
     done = subprocess.run([sys.executable, str(PROFILING / "bench_gemm.py"), "--quick"], capture_output=True,
                           text=True, cwd=PROFILING, timeout=300, env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert "ISA" in out and "blocks:" in out and "% BLAS" in out and "% of sgemm" in out
+    assert simd.describe() in out.splitlines() and "% BLAS" in out and "% of sgemm" in out
     assert out.count("float32") >= 9  # forward, dW, dX at each of the three layers
 
 
@@ -67,7 +80,7 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
                           env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.startswith("CPU: ") and "ISA: " in out and "speedup" in out
+    assert out.splitlines()[0] == simd.describe() and "speedup" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("synth")]
     assert [r[2] for r in rows] == ["adam", "sgd"]
     for r in rows:  # seconds, accuracy for each side, then the ratio

@@ -423,7 +423,7 @@ def train_cmd(ctx, **opts):
 
     if comm.size > 1:  # every process got here, with the same options, data and weights (else Error:)
         comm.agree_setup(dist.fingerprint(cfg, data, model.parameters()))
-    metrics_file = open(opts["metrics_out"], "w", encoding="utf-8") if opts["metrics_out"] else None  # noqa: SIM115
+    metrics_file = _open_metrics(opts["metrics_out"]) if opts["metrics_out"] else None
     try:
         if metrics_file and resume is not None:
             for m in resume.state.history:  # the file always holds the whole run
@@ -610,6 +610,16 @@ def _check_writable(path, option):
             check_replaceable(path, name)
         except ValueError as e:
             raise CliError(str(e)) from None
+
+
+def _open_metrics(path):
+    """--metrics-out, opened before the first epoch. _check_writable asked the folder; a file system
+    can still refuse the file itself (/proc, a read-only or full mount, an ACL), and the error names
+    the option, as the others do."""
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed after training
+    except OSError as e:
+        raise CliError(f"--metrics-out {path}: cannot write it ({e.strerror or e})") from None
 
 
 def _check_plot_available():

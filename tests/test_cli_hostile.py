@@ -201,6 +201,15 @@ def test_empty_paths_are_errors(option):
     assert_error(nbnet("train", option, ""), option, "empty path")
 
 
+def test_a_metrics_file_the_file_system_refuses_is_one_error_line_before_training(tmp_path):
+    """The folder is writable (so the early check passes) but the name is not a file one can
+    create: too long here, as /proc or an ACL would refuse it. One line that names the option."""
+    path = tmp_path / ("m" * 300 + ".jsonl")
+    r = nbnet("train", "--metrics-out", path, *FAST)
+    assert_error(r, "--metrics-out", "cannot write it")
+    assert "epoch" not in r.stdout
+
+
 def test_mid_epoch_checkpoint_with_too_few_epochs_is_an_error(run, tmp_path):
     _, ck, _ = run
     st = stored(ck, "train/state")

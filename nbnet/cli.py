@@ -371,7 +371,7 @@ def train_cmd(ctx, **opts):
         which = "--early-stopping" if cfg["early_stopping"] is not None else "--save-best"
         raise CliError(f"{which} chooses on validation data: give --val-split F (e.g. 0.1) too")
     if opts["plot"] is not None:
-        _check_plot_available()
+        _check_plot_available(opts["plot"])
     if opts["threads"] is not None:
         _set_threads(opts["threads"])
     elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
@@ -622,13 +622,18 @@ def _open_metrics(path):
         raise CliError(f"--metrics-out {path}: cannot write it ({e.strerror or e})") from None
 
 
-def _check_plot_available():
+def _check_plot_available(path):
+    """matplotlib is there and can write path's format: checked before training, not after it."""
     try:
-        import nbnet.plot  # noqa: F401, PLC0415
+        from nbnet.plot import file_format  # noqa: PLC0415
     except ImportError:
         raise CliError("--plot needs matplotlib: pip install 'nbnet[plot]'") from None
     if importlib.util.find_spec("matplotlib") is None:
         raise CliError("--plot needs matplotlib: pip install 'nbnet[plot]'")
+    try:
+        file_format(path)
+    except ValueError as e:
+        raise CliError(f"--plot {e}") from None
 
 
 def _set_threads(n, fixed=True):

@@ -1,5 +1,7 @@
 """Training curves as a PNG (`nbnet train --plot curves.png`). Needs the optional extra `nbnet[plot]`."""
 
+import os
+
 
 def _require_pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use so that
@@ -16,6 +18,24 @@ def _require_pyplot():
     return plt
 
 
+def file_format(path):
+    """The format `path` is written in: its extension's (.png, .pdf, .svg, ...), or PNG for a name
+    without one, written under exactly that name (matplotlib would append ".png"). A ValueError
+    for an extension matplotlib cannot write, so that `nbnet train --plot` can say so before
+    training rather than after it."""
+    ext = os.path.splitext(os.fspath(path))[1][1:].lower()
+    if not ext:
+        return "png"
+    _require_pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415
+
+    known = FigureCanvasBase.get_supported_filetypes()
+    if ext not in known:
+        raise ValueError(f"{os.fspath(path)}: matplotlib cannot write .{ext} files "
+                         f"(use {', '.join('.' + t for t in sorted(known))})")
+    return ext
+
+
 def plot_curves(history, path, title=None):
     """Draw loss (left) and accuracy (right) per epoch, train, validation and test, and save a PNG
     to `path`.
@@ -30,6 +50,7 @@ def plot_curves(history, path, title=None):
     if not history:
         raise ValueError("plot_curves: the history is empty (no epoch finished)")
     plt = _require_pyplot()
+    fmt = file_format(path)
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -76,6 +97,6 @@ def plot_curves(history, path, title=None):
             ax.set_xticks(epochs)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format=fmt)
     plt.close(fig)
     return path

@@ -210,6 +210,14 @@ def test_a_metrics_file_the_file_system_refuses_is_one_error_line_before_trainin
     assert "epoch" not in r.stdout
 
 
+def test_a_plot_format_matplotlib_cannot_write_is_an_error_before_training(tmp_path):
+    """It was found only when the curves were saved, after the last epoch."""
+    pytest.importorskip("matplotlib")
+    r = nbnet("train", "--plot", tmp_path / "curves.txt", *FAST)
+    assert_error(r, "--plot", "cannot write .txt files")
+    assert "epoch" not in r.stdout
+
+
 def test_mid_epoch_checkpoint_with_too_few_epochs_is_an_error(run, tmp_path):
     _, ck, _ = run
     st = stored(ck, "train/state")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from nbnet.plot import plot_curves
+from nbnet.plot import file_format, plot_curves
 
 
 def fake_history(epochs):
@@ -40,6 +40,23 @@ def test_plot_curves_writes_png(tmp_path, epochs):
     width, height = png_size(path)
     assert width > 2 * height > 400  # two panels side by side
     assert path.stat().st_size > 10_000  # something was drawn, not an empty canvas
+
+
+def test_a_name_without_extension_is_a_png_under_exactly_that_name(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "curves"
+    plot_curves(fake_history(3), path)
+    assert png_size(path)[0] > 400 and not (tmp_path / "curves.png").exists()  # matplotlib's own default appends .png
+
+
+def test_file_format_follows_the_extension_and_refuses_what_matplotlib_cannot_write(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert file_format("a.PDF") == "pdf" and file_format("a.svg") == "svg" and file_format("curves") == "png"
+    with pytest.raises(ValueError, match=r"cannot write \.txt files \(use .*\.png"):
+        file_format(tmp_path / "curves.txt")
+    path = tmp_path / "curves.pdf"
+    plot_curves(fake_history(2), path)
+    assert path.read_bytes()[:5] == b"%PDF-"
 
 
 def test_plot_curves_missing_test_metrics(tmp_path):

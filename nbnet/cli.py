@@ -822,8 +822,8 @@ def _checkpoint_loss(cfg, given):
               help="The loss the model was trained with [default: the checkpoint's; cross-entropy for a model.save file].")
 @click.argument("input_path", metavar="INPUT", type=FilePath())
 def predict_cmd(checkpoint, output, input_path, loss_name):
-    """Predict each row of INPUT: a .npz with array x (N, D), a .csv of features (no label column),
-    or an IDX image file (e.g. t10k-images-idx3-ubyte.gz, scaled to [0, 1]).
+    """Predict each row of INPUT: a .npz with array x (N, D), a .npy of x (np.save's), a .csv of
+    features (no label column), or an IDX image file (e.g. t10k-images-idx3-ubyte.gz, scaled to [0, 1]).
 
     Prints, per row: the class (cross-entropy); the values, comma-separated (mse); 0 or 1 for one
     binary output, or the set of labels predicted yes, e.g. {0,3} (bce, multi-label). `pred` in

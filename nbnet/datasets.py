@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-from .files import gib, memory_budget, open_input, read_input_bytes, read_npz
+from .files import gib, memory_budget, open_input, read_input_bytes, read_npy, read_npz
 
 # Labels are class indices 0 .. MAX_CLASSES-1: a larger one is a mistake, not a class (it would
 # size the output layer).
@@ -449,11 +449,12 @@ def load_file(path, targets="labels", dtype=np.float32):
 
 
 def load_inputs(path, dtype=np.float32):
-    """Features without labels, for prediction, as `dtype`: .npz (x), .csv (all columns), or IDX
-    images. One row of the result per row (or image) of the file, in order."""
+    """Features without labels, for prediction, as `dtype`: .npz (x), .npy (the array np.save
+    wrote), .csv (all columns), or IDX images. One row of the result per row (or image) of the
+    file, in order."""
     path = os.fspath(path)
-    if path.endswith(".npz"):
-        x, _ = read_npz_xy(path, need_y=False)
+    if path.endswith((".npz", ".npy")):
+        x = read_npy(path) if path.endswith(".npy") else read_npz_xy(path, need_y=False)[0]
         x = np.asarray(x)
         if x.ndim == 3:  # a stack of images
             x = x.reshape(x.shape[0], -1)

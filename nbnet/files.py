@@ -118,6 +118,28 @@ def read_npz(path, what=None):
             raise ValueError(f"{path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from None
 
 
+def read_npy(path, what=None):
+    """The array of an .npy file (np.save's), read without pickle, its header (shape, dtype)
+    checked against the file's size and `memory_budget()` before the array is allocated; a
+    ValueError with a one-line reason otherwise."""
+    path = os.fspath(path)
+    with open_input(path, what) as f:
+        try:
+            shape, dtype = _npy_header(f, "its array")
+            nbytes = math.prod(shape) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size - f.tell()
+            if nbytes > size:
+                raise ValueError(f"declares {shape} {dtype} but holds {size} bytes")
+            if nbytes > memory_budget():
+                raise ValueError(f"its array needs more than {gib(memory_budget())}")
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a readable .npy file ({' '.join(str(e).split())})") from None
+        except Exception as e:  # EOFError, OSError, ...
+            raise ValueError(f"{path}: corrupt or truncated .npy file ({type(e).__name__}: {e})") from None
+
+
 def _npy_header(member, name):
     fmt = np.lib.format
     version = fmt.read_magic(member)

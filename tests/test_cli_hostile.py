@@ -180,6 +180,26 @@ def test_an_output_never_replaces_a_device_or_fifo(run, tmp_path):
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
+def test_predict_reads_an_npy_as_np_save_wrote_it_and_refuses_a_bad_one(run, tmp_path):
+    """.npy in, as --output writes .npy out: the same predictions as from an .npz; no pickle, and the
+    header checked against the file's size before anything is allocated."""
+    _, ck, x = run
+    np.savez(tmp_path / "in.npz", x=x)
+    np.save(tmp_path / "in.npy", x)
+    from_npz, from_npy = (nbnet("predict", "--checkpoint", ck, tmp_path / name) for name in ("in.npz", "in.npy"))
+    assert from_npy.exit_code == 0 and from_npy.stdout == from_npz.stdout and len(from_npy.stdout.split()) == len(x)
+    np.save(tmp_path / "objects.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "objects.npy"), "objects.npy", "no pickle")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "in.npy").read_bytes()[:200])
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "cut.npy"), "cut.npy", "but holds")
+    with open(tmp_path / "huge.npy", "wb") as f:  # a header claiming 16 TB, and 16 bytes of data
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)})
+        f.write(bytes(16))
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "huge.npy"), "huge.npy", "but holds 16 bytes")
+    np.save(tmp_path / "row.npy", x[0])
+    assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "row.npy"), "2-D")
+
+
 def test_predict_output_that_is_its_input_is_an_error(run, tmp_path):
     _, ck, x = run
     np.savez(tmp_path / "in.npz", x=x[:3])

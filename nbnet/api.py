@@ -25,7 +25,7 @@ def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
     (loss and mse are the same number)."""
     _loop.check_loss(loss)
     x, y = _loop.as_features(model, x), _loop.as_targets(model, y, loss)
-    _loop.check_data(model, (x, y), loss)
+    _loop.check_data(model, (x, y), loss, parts=("evaluated",))
     value, metric = _loop.evaluate(model, x, y, batch_size, loss=loss)
     if loss == "mse":
         return {"loss": value, "mse": value, "r2": metric}

@@ -137,6 +137,15 @@ def test_train_refuses_bad_arguments():
         nb.train(model, opt, (np.array([["a", "b"]] * len(ytr)), ytr), epochs=1)
 
 
+def test_evaluate_names_the_data_it_was_given_not_training_data():
+    model = spiral_model()
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"^evaluated data: label 9 is out of range \[0, 3\)"):
+        nb.evaluate(model, x, np.full(4, 9))
+    with pytest.raises(ValueError, match=r"^evaluated data has \(5,\) features"):
+        nb.evaluate(model, np.zeros((4, 5), np.float32), np.zeros(4, int))
+
+
 def test_multi_label_with_bce_reports_the_fraction_of_labels_right():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, 4)).astype(np.float32)

@@ -212,7 +212,7 @@ def _linear_forward_t(out, act, inp, weight_t, bias, relu):
     Broadcast-form units (simd.bcast_unit: A = X, B = Wᵀ); as linear_forward_act otherwise.
     """
     n = inp.shape[1]
-    units = simd.bcast_units(out, SHARED_UNITS)
+    units = simd.bcast_units(out, n, SHARED_UNITS)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration
@@ -414,7 +414,7 @@ def _linear_backward_blocks(c, a, b, dbias, preact, how):
     params, accumulate, relu = how & DW != 0, how & ACCUMULATE != 0, how & RELU != 0
     k, m = a.shape
     a_rs, a_ss, steps = (1, m, k) if params else (m, 1, m)
-    units = simd.bcast_units(c, SHARED_UNITS)
+    units = simd.bcast_units(c, steps, SHARED_UNITS)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration

@@ -175,6 +175,14 @@ PANEL = KC * BCAST_NV * (VECTOR_BYTES // 4)  # panel elements: enough for float3
 # in bcast_block (±4).
 PACK_A_TILES = 8
 MIN_UNITS = 8
+# ... but no smaller than UNIT_WORK multiply-adds, unless a row block is one group already: each
+# unit pays its set-up (its A panel, the drain of its last tiles), ~0.7 µs on Zen 3 (784->256's dW
+# at batch 8, 1.6M multiply-adds: 8 units on one thread 58.8 µs, 2 units 54.4; on two threads
+# 45.0 vs 38.5). At the MLP's shapes this changes only small products (batch 8 to 15: dW 784->256
+# then has 4 units; 256->128's dX at batch 32 has 2): a 2-thread training step at batch 8 took
+# 151 µs instead of 157 (interleaved, three runs), at 32 and 128 0.4-0.6% less. A machine with
+# many threads uses fewer of them for such a product, where waking them costs more than its FMAs.
+UNIT_WORK = 400_000
 APANEL = (MC + PACK_MIN_ROWS) * KC  # a joined last row block (row_blocks)
 DOT_NR1 = 2 * DOT_NR  # columns of the one-row dot block (a constant: block sizes must be literals)
 
@@ -678,25 +686,28 @@ def row_blocks(rows):
 
 
 @_jit
-def bcast_grid(c, shared):
-    """(units, tiles per unit) of bcast_unit for C (rows × cols): MC-row blocks × groups of tiles
-    of NV vectors, as few groups as give MIN_UNITS units when several threads share them (shared),
-    else one group (all tiles): a wide group packs A once for more
+def bcast_grid(c, steps, shared):
+    """(units, tiles per unit) of bcast_unit for C (rows × cols) summed over `steps`: MC-row
+    blocks × groups of tiles of NV vectors, as few groups as give MIN_UNITS units of at least
+    UNIT_WORK multiply-adds when several threads share them (shared), else one group (all tiles):
+    a wide group packs A once for more
     tiles and reads its panel from L2 for all of them (Zen 3, float32 batch 512, one thread, one
     group against MIN_UNITS' four and eight: dW 784->256 2306 vs 2466 µs, 256->128 381 vs 402).
     The grouping changes no sum."""
     nc = BCAST_NV * vector_lanes(c)
     blocks = row_blocks(c.shape[0])
     tiles = (c.shape[1] + nc - 1) // nc
-    groups = min(tiles, (MIN_UNITS + blocks - 1) // blocks) if shared else 1
+    work = c.shape[0] * c.shape[1] * steps
+    groups = min(tiles, (MIN_UNITS + blocks - 1) // blocks, max(1, work // (UNIT_WORK * blocks))) if shared else 1
     per = (tiles + groups - 1) // groups
     return blocks * ((tiles + per - 1) // per), per
 
 
 @_jit
-def bcast_units(c, shared):
-    """Work units of bcast_unit for C, shared by several threads or not (see bcast_grid)."""
-    return bcast_grid(c, shared)[0]
+def bcast_units(c, steps, shared):
+    """Work units of bcast_unit for C summed over `steps`, shared by several threads or not (see
+    bcast_grid)."""
+    return bcast_grid(c, steps, shared)[0]
 
 
 @_jit
@@ -710,12 +721,12 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
     copied once per KC chunk to MR-row panels for all the unit's tiles (see PACK_A_TILES). When
     the panels of all the unit's whole tiles fit the panel buffer together (a short sum), they are
     all packed first and C is walked row block by row block (in runs of tiles that fit it, for a
-    wide group). u < bcast_units(c, shared). Columns past the last full tile use
+    wide group). u < bcast_units(c, steps, shared). Columns past the last full tile use
     one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
     rows, cols = c.shape
     w = vector_lanes(c)
     nc = BCAST_NV * w
-    _, per = bcast_grid(c, shared)
+    _, per = bcast_grid(c, steps, shared)
     groups = ((cols + nc - 1) // nc + per - 1) // per
     r0 = (u // groups) * MC
     r1 = rows if r0 + MC >= rows or u // groups == row_blocks(rows) - 1 else r0 + MC

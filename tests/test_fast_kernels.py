@@ -220,7 +220,7 @@ def test_dw_through_packed_transposed_gradient_matches_reference(dtype, k, tail)
     n, m = 50 * simd.BCAST_NV * simd.lanes(np.dtype(dtype)) + 13, 2 * simd.MC + tail
     rng = np.random.default_rng(3)
     g, x = rand(rng, (k, m), dtype), rand(rng, (k, n), dtype)
-    _, per = simd.bcast_grid(np.empty((m, n), dtype), True)
+    _, per = simd.bcast_grid(np.empty((m, n), dtype), k, True)
     assert per >= simd.PACK_A_TILES and simd.MC >= simd.PACK_MIN_ROWS  # the copy is taken
     assert simd.row_blocks(m) == (2 if tail < simd.PACK_MIN_ROWS else 3)
     check_dw_twins(g, x, dtype)
@@ -228,7 +228,7 @@ def test_dw_through_packed_transposed_gradient_matches_reference(dtype, k, tail)
 
 @njit
 def _unit_blocks(c, a, b, steps, shared):
-    blocks = np.empty((simd.bcast_units(c, shared), 4), np.int64)
+    blocks = np.empty((simd.bcast_units(c, steps, shared), 4), np.int64)
     for u in range(blocks.shape[0]):
         blocks[u] = simd.bcast_unit(c, a, 1, c.shape[0], b, steps, u, False, shared)
     return blocks
@@ -239,8 +239,12 @@ def _unit_blocks(c, a, b, steps, shared):
 @pytest.mark.parametrize("shared", [False, True])
 def test_bcast_units_own_each_element_once(rows, shared):
     """The units of a product (row blocks × tile groups) cover C exactly once: each output has one
-    owner; a joined last row block is at most MC + PACK_MIN_ROWS - 1 rows (the A panel's size)."""
-    cols, steps = 13 * simd.BCAST_NV * simd.lanes(np.dtype(np.float32)) + 5, 3
+    owner; a joined last row block is at most MC + PACK_MIN_ROWS - 1 rows (the A panel's size).
+    (Sums long enough that shared units come in several groups a row block: see the next test.)"""
+    cols, steps = 13 * simd.BCAST_NV * simd.lanes(np.dtype(np.float32)) + 5, 2000
+    if shared and rows > 1:
+        units, per = simd.bcast_grid(np.empty((rows, cols), np.float32), steps, True)
+        assert units > simd.row_blocks(rows) and per < 13  # several groups
     c = np.zeros((rows, cols), np.float32)
     owners = np.zeros((rows, cols), np.int64)
     for r0, r1, c0, c1 in _unit_blocks(c, np.ones((steps, rows), np.float32), np.ones((steps, cols), np.float32),
@@ -249,6 +253,22 @@ def test_bcast_units_own_each_element_once(rows, shared):
         owners[r0:r1, c0:c1] += 1
     np.testing.assert_array_equal(owners, 1)
     np.testing.assert_array_equal(c, steps)
+
+
+@pytest.mark.parametrize("rows,cols,steps", [(256, 784, 8), (256, 784, 16), (256, 784, 512), (32, 256, 128),
+                                             (8, 256, 784), (10, 784, 128), (1000, 1000, 1)])
+def test_shared_units_are_few_and_not_too_small(rows, cols, steps):
+    """Shared units: up to MIN_UNITS of them (more only from more row blocks), each at least UNIT_WORK
+    multiply-adds unless a row block is one group already; not shared: one group a row block."""
+    c = np.empty((rows, cols), np.float32)
+    blocks = simd.row_blocks(rows)
+    assert simd.bcast_units(c, steps, False) == blocks
+    units, per = simd.bcast_grid(c, steps, True)
+    groups = units // blocks
+    assert units % blocks == 0 and groups <= max(1, -(-simd.MIN_UNITS // blocks))
+    assert groups == 1 or rows * cols * steps / units >= simd.UNIT_WORK * 0.9  # ragged last group: a little less
+    if rows * cols * steps >= 2 * simd.MIN_UNITS * simd.UNIT_WORK and blocks < simd.MIN_UNITS:
+        assert units >= simd.MIN_UNITS  # big products still feed MIN_UNITS threads
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

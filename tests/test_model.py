@@ -41,6 +41,20 @@ def test_he_uniform_init_is_seeded_and_bounded():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_he_uniform_drawn_in_blocks_is_one_draw_of_the_whole(dtype):
+    """The init draws a block of rows at a time (no float64 copy of the layer): the same weights as
+    one draw of all of them, here over three blocks."""
+    layer = nb.Linear(3, 700_000, seed=11, dtype=dtype)
+    bound = np.sqrt(6 / 3)
+    np.testing.assert_array_equal(layer.weight, np.random.default_rng(11).uniform(-bound, bound, (700_000, 3)).astype(dtype))
+
+
+def test_a_layer_too_big_for_this_machine_is_an_error_before_allocating():
+    with pytest.raises(ValueError, match=r"Linear\(1000000, 1000000\): its weight and gradient need 7450.6 GiB, more than .* half"):
+        nb.Linear(10**6, 10**6)  # 7.3 TiB: would be a MemoryError, or swapping, after a float64 draw
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_save_load_bit_for_bit(tmp_path, dtype):
     model = mlp(dtype)
     for p in model.parameters():

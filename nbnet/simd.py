@@ -180,7 +180,8 @@ MIN_UNITS = 8
 # at batch 8, 1.6M multiply-adds: 8 units on one thread 58.8 µs, 2 units 54.4; on two threads
 # 45.0 vs 38.5). At the MLP's shapes this changes only small products (batch 8 to 15: dW 784->256
 # then has 4 units; 256->128's dX at batch 32 has 2): a 2-thread training step at batch 8 took
-# 151 µs instead of 157 (interleaved, three runs), at 32 and 128 0.4-0.6% less. A machine with
+# 151 µs instead of 157, and 150 instead of 154 (two interleaved sets of three runs); batch 16 to
+# 512 within noise (-0.6% to +0.5%). A machine with
 # many threads uses fewer of them for such a product, where waking them costs more than its FMAs.
 UNIT_WORK = 400_000
 APANEL = (MC + PACK_MIN_ROWS) * KC  # a joined last row block (row_blocks)

@@ -50,6 +50,25 @@ def _env_int(names, default):
     return default
 
 
+# A fresh MPI job started from inside a process (a script that runs `mpiexec`, a test) must not
+# inherit what its own launcher set: the rank, size and contact variables below would make the new
+# job's processes think they belong to the old one. The user's own MPI settings stay: Open MPI's
+# OMPI_MCA_* parameters and OMPI_ALLOW_RUN_AS_ROOT* (a container run as root needs them: without
+# them mpiexec refuses to start, and a singleton looks for ssh to start its daemon).
+_JOB_PREFIXES = ("PMI_", "PMIX_", "MPI_LOCAL", "OMPI_", "MV2_COMM_WORLD_", "HYDI_")
+_USER_SETTINGS = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
+
+
+def launch_env(environ=None):
+    """A copy of the environment (os.environ by default) for starting a new MPI job from this
+    process: outside a job, unchanged; inside one (launched_size() > 1, or any rank variable),
+    without the launcher's per-job variables but with the user's MPI settings."""
+    env = dict(os.environ if environ is None else environ)
+    if not any(name in env for name in _SIZE_VARS + _RANK_VARS):
+        return env
+    return {k: v for k, v in env.items() if k in _USER_SETTINGS or not k.startswith(_JOB_PREFIXES)}
+
+
 def launched_size():
     """How many processes the MPI launcher started (1 when not launched by one)."""
     return max(1, _env_int(_SIZE_VARS, 1))

@@ -82,11 +82,13 @@ def worker(args):
 
 
 def run_worker(procs, args, mpiexec):
+    from nbnet import dist  # noqa: PLC0415
+
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--rows", str(args.rows), "--batch", str(args.batch),
           "--allreduce-reps", str(args.allreduce_reps)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     cmd = [mpiexec, "-n", str(procs), *me] if procs > 1 else me
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
+    env = dist.launch_env()  # not this process's own job, if it has one
     env.update(NUMBA_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([root, env.get("PYTHONPATH", "")]))
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if done.returncode != 0:

@@ -29,10 +29,25 @@ TRAIN = ["--hidden", "24,16", "--epochs", "3", "--batch-size", "64", "--lr", "0.
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_", "NBNET_MPI"))}
+    env = {k: v for k, v in dist.launch_env().items() if not k.startswith("NBNET_MPI")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["NUMBA_NUM_THREADS"] = "1"  # N processes on a 2-core machine: no oversubscription
     return env
+
+
+def test_a_new_job_keeps_the_users_mpi_settings_and_drops_its_own_jobs():
+    """Found on a root container with Open MPI: dropping every OMPI_* variable took away
+    OMPI_ALLOW_RUN_AS_ROOT and the image's OMPI_MCA_ settings, and mpiexec refused to start."""
+    user = {"PATH": "/bin", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "OMPI_MCA_plm_rsh_agent": "false", "HYDRA_HOST_FILE": "hosts"}
+    assert dist.launch_env(user) == user  # not inside a job: nothing to drop
+    job = {"PMI_RANK": "1", "PMI_SIZE": "2", "PMI_FD": "7", "MPI_LOCALRANKID": "1", "OMPI_COMM_WORLD_RANK": "1",
+           "OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_orte_hnp_uri": "x", "PMIX_RANK": "1", "MV2_COMM_WORLD_RANK": "1"}
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        inside = {**user, **{k: v for k, v in job.items() if k == name}}
+        assert set(dist.launch_env(inside)) == {"PATH", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
+                                                "HYDRA_HOST_FILE"}
+    assert set(dist.launch_env({**user, **job})) == set(dist.launch_env({**user, "PMI_RANK": "0"}))
 
 
 def run(n, *args, env=None, timeout=TIMEOUT):

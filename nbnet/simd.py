@@ -385,7 +385,8 @@ def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, s
 
     for r < nrows (≤ MR), j < NV vectors, and each of `tiles` tiles t side by side in C (their B
     panels tile_b apart; a literal 1 compiles the one-tile block). MR × NV vector accumulators a
-    tile; rows r ≥ nrows read row nrows-1 (same code for edge blocks) and are not stored.
+    tile; rows r ≥ nrows read row nrows-1 (same code for edge blocks) and are not stored. C's last
+    rows (nrows ≤ MR // 2) take a block of half the height instead, so they pay half the FMAs.
     accumulate: C += the sum, else C =. Several tiles a call pay the call and the A row pointers
     once: with a short sum (dW at batch 8: 8 steps) they cost as much as the FMAs.
     """
@@ -404,17 +405,31 @@ def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, s
         # file whatever the driver around it keeps live (inlined into the driver with A packing,
         # LLVM reloaded two of the A row pointers from the stack at every step).
         multi = _lit(tiles) != 1
-        name = f"nbnet.bcast_block.{c.dtype}.{mr}x{nv}" + (".tiles" if multi else "")
-        fn = builder.module.globals.get(name)
         i64, ptr = outer.i64, outer.elty.as_pointer()
-        if fn is None:
-            argtys = [ptr, i64, i64, ptr, i64, i64, i64, ptr, i64, i64, i64, i64, flag.type] + [i64, i64] * multi
-            fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), argtys), name)
-            fn.linkage = "internal"
-            fn.attributes.add("noinline")
-            _bcast_block_body(ir.IRBuilder(fn.append_basic_block("entry")), context, c.dtype, mr, nv, fn.args)
-        builder.call(fn, [data[0], ints[1], ints[2], data[1], ints[4], ints[5], ints[6], data[2], ints[8], ints[9],
-                          ints[10], ints[11], flag] + [ints[13], ints[14]] * multi)
+
+        def block_function(height):
+            name = f"nbnet.bcast_block.{c.dtype}.{height}x{nv}" + (".tiles" if multi else "")
+            fn = builder.module.globals.get(name)
+            if fn is None:
+                argtys = [ptr, i64, i64, ptr, i64, i64, i64, ptr, i64, i64, i64, i64, flag.type] + [i64, i64] * multi
+                fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), argtys), name)
+                fn.linkage = "internal"
+                fn.attributes.add("noinline")
+                _bcast_block_body(ir.IRBuilder(fn.append_basic_block("entry")), context, c.dtype, height, nv, fn.args)
+            return fn
+
+        call = [data[0], ints[1], ints[2], data[1], ints[4], ints[5], ints[6], data[2], ints[8], ints[9], ints[10],
+                ints[11], flag] + [ints[13], ints[14]] * multi
+        if mr < 2:
+            builder.call(block_function(mr), call)
+            return context.get_dummy_value()
+        # C's last rows: 128->10's dW on AVX-512 has 10 rows, 8 + 2, and a full 8-row block for the
+        # last 2 computed 4 rows' FMAs for each one kept.
+        with builder.if_else(builder.icmp_signed("<=", ints[11], outer.int(mr // 2))) as (short, full):
+            with short:
+                builder.call(block_function(mr // 2), call)
+            with full:
+                builder.call(block_function(mr), call)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -789,6 +804,10 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
                                 BCAST_MR, BCAST_NV)
                     continue
                 j = c0
+                if BCAST_NV > 2 and j + 2 * w <= c1:  # two vectors at once where the block is wider
+                    bcast_block(c, r * cols + j, cols, a, ao, a_rs, a_ss, b, k0 * ldb + j, ldb, ks, nr, add, 1, 0,
+                                BCAST_MR, 2)
+                    j += 2 * w
                 while j + w <= c1:
                     bcast_block(c, r * cols + j, cols, a, ao, a_rs, a_ss, b, k0 * ldb + j, ldb, ks, nr, add, 1, 0,
                                 BCAST_MR, 1)

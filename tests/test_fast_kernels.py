@@ -3,6 +3,7 @@ unfused ones, and the invariants: no float64 in float32 kernels, AVX-512 FMAs wh
 them, bitwise the same training whatever NUMBA_NUM_THREADS is."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -483,14 +484,22 @@ def test_micro_kernels_stay_in_the_hosts_widest_registers(kernel, dtype):
 def test_broadcast_block_has_a_one_tile_and_a_several_tile_function(dtype):
     """The short-sum dW path calls simd.bcast_block with a run-time tile count, the other paths
     with a literal 1, which must compile the one-tile function (the loop over tiles cost the long
-    sums 1-2%): so linear_backward_blocks holds two full-block hot loops, neither spilling. Had
-    the literal been typed as a plain integer, every call would take the several-tile one (one loop)."""
+    sums 1-2%): so linear_backward_blocks holds both functions, each with a full-block hot loop and
+    no spills (LLVM may version a loop: count functions, not loops). Had the literal been typed as
+    a plain integer, every call would take the several-tile one."""
     if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA or simd.EMULATED:
         pytest.skip(f"no FMA vector ISA of this CPU's own to check ({simd.describe()})")
     (serial,) = compiled(cpu.linear_backward_blocks, dtype, parallel=False)
-    loops = simd.hot_loops(serial.inspect_asm(serial.signatures[0]))
-    full = [spills for n, spills in loops if n == simd.BCAST_MR * simd.BCAST_NV]
-    assert full == [0, 0], (simd.describe(), loops)
+    asm = serial.inspect_asm(serial.signatures[0])
+    # the assembly function by function (its labels at the start of a line, local ones start with '.')
+    parts = re.split(r"^([A-Za-z_][\w.$]*):", asm, flags=re.M)
+    functions = {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+    name = f"nbnet.bcast_block.{np.dtype(dtype).name}.{simd.BCAST_MR}x{simd.BCAST_NV}"
+    for fn in (name, name + ".tiles"):
+        assert fn in functions, (fn, sorted(f for f in functions if "bcast_block" in f))
+        loops = simd.hot_loops(functions[fn])
+        assert any(n == simd.BCAST_MR * simd.BCAST_NV for n, _ in loops), (simd.describe(), fn, loops)
+        assert all(spills == 0 for _, spills in loops), (simd.describe(), fn, loops)
 
 
 def test_hot_loops_counts_spill_slots_but_not_a_stack_array_walked_by_index(monkeypatch):

@@ -19,10 +19,17 @@ from nbnet.data import batches, batches_reusing
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-needs_mpi = pytest.mark.skipif(
+_have_mpi = pytest.mark.skipif(
     importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
     reason="needs mpi4py and mpiexec: pip install 'nbnet[mpi]'",
 )
+
+
+def needs_mpi(test):
+    """Skipped without mpi4py and mpiexec, or where mpiexec cannot start two plain Python processes
+    at all (Open MPI run as root without OMPI_ALLOW_RUN_AS_ROOT=1, say): the MPI set-up's failure,
+    not nbnet's, which the probe (no nbnet in it) tells apart."""
+    return _have_mpi(pytest.mark.usefixtures("mpiexec_starts")(test))
 TIMEOUT = 60  # a hang fails here, well before CI's limit
 # 3 epochs of a small problem: 4 classes in 12-D; 480 train rows in batches of 64 (the last 32).
 TRAIN = ["--hidden", "24,16", "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--quiet"]
@@ -33,6 +40,15 @@ def _env():
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["NUMBA_NUM_THREADS"] = "1"  # N processes on a 2-core machine: no oversubscription
     return env
+
+
+@pytest.fixture(scope="module")
+def mpiexec_starts():
+    probe = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", "pass"], env=_env(), capture_output=True,
+                           text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    if probe.returncode != 0:
+        said = [line.strip() for line in probe.stderr.splitlines() if line.strip().strip("-")]
+        pytest.skip(f"mpiexec cannot start 2 Python processes here: {said[0] if said else probe.returncode}")
 
 
 def test_a_new_job_keeps_the_users_mpi_settings_and_drops_its_own_jobs():

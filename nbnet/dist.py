@@ -61,7 +61,7 @@ _USER_SETTINGS = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 
 def launch_env(environ=None):
     """A copy of the environment (os.environ by default) for starting a new MPI job from this
-    process: outside a job, unchanged; inside one (launched_size() > 1, or any rank variable),
+    process: outside a job, unchanged; inside one (a launcher's size or rank variable is set),
     without the launcher's per-job variables but with the user's MPI settings."""
     env = dict(os.environ if environ is None else environ)
     if not any(name in env for name in _SIZE_VARS + _RANK_VARS):

@@ -30,6 +30,8 @@ def needs_mpi(test):
     at all (Open MPI run as root without OMPI_ALLOW_RUN_AS_ROOT=1, say): the MPI set-up's failure,
     not nbnet's, which the probe (no nbnet in it) tells apart."""
     return _have_mpi(pytest.mark.usefixtures("mpiexec_starts")(test))
+
+
 TIMEOUT = 60  # a hang fails here, well before CI's limit
 # 3 epochs of a small problem: 4 classes in 12-D; 480 train rows in batches of 64 (the last 32).
 TRAIN = ["--hidden", "24,16", "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--quiet"]

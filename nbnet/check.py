@@ -168,17 +168,18 @@ def check_threads():
     try:
         for t in (1, top):
             numba.set_num_threads(t)
-            out, dx, dw, db = np.empty((k, m), np.float32), np.empty((k, n), np.float32), np.ones((m, n), np.float32), np.ones(m, np.float32)
+            out, out_t = np.empty((k, m), np.float32), np.empty((k, m), np.float32)
+            dx, dw, db = np.empty((k, n), np.float32), np.ones((m, n), np.float32), np.ones(m, np.float32)
             cpu.linear_forward_act.parallel(out, out, x, w, b, False)
-            cpu.linear_forward_t.parallel(out.copy(), out.copy(), x, w.T.copy(), b, False)
+            cpu.linear_blocks.parallel(out_t, x, w.T.copy(), b, out_t, cpu.FORWARD)
             for kernel, args in (cpu.backward_input_route(dx, g, w, dx, False),
                                  cpu.backward_params_route(dw, db, g, x, True)):
                 kernel.parallel(*args)
-            runs.append((out, dx, dw, db))
+            runs.append((out, out_t, dx, dw, db))
     finally:
         numba.set_num_threads(before)
     return [f"{name}: 1 thread and {top} threads differ" for name, a, c in
-            zip(("forward", "dX", "dW", "db"), runs[0], runs[1]) if not np.array_equal(a, c)]
+            zip(("forward", "forward from Wᵀ", "dX", "dW", "db"), runs[0], runs[1]) if not np.array_equal(a, c)]
 
 
 def check_finite_differences():

@@ -206,28 +206,6 @@ linear_forward_act = Kernel(
 )
 
 
-def _linear_forward_t(out, act, inp, weight_t, bias, relu):
-    """y_ij = Σ_l x_il w_jl + b_j (and a_ij = max(0, y_ij) with relu), from weight_t = Wᵀ (n, m)
-
-    Broadcast-form units (simd.bcast_unit: A = X, B = Wᵀ); as linear_forward_act otherwise.
-    """
-    n = inp.shape[1]
-    units = simd.bcast_units(out, n, SHARED_UNITS)
-    counter = np.empty(1, np.int64)
-    counter[0] = 0
-    for _ in prange(units):  # each thread drains the counter in its first iteration
-        u = simd.claim(counter)
-        while u < units:
-            i0, i1, j0, j1 = simd.bcast_unit(out, inp, n, 1, weight_t, n, u, False, SHARED_UNITS)
-            bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
-            u = simd.claim(counter)
-
-
-linear_forward_t = Kernel(
-    _linear_forward_t, lambda out, act, x, wt, b, relu: _linear_work(x.shape[0], wt), PARALLEL_WORK
-)
-
-
 @pjit
 def transpose(out, inp):
     """out_ji = x_ij, in 32×32 blocks so both sides stay in cache, each by W × W register blocks
@@ -298,7 +276,8 @@ def forward_route(out, act, inp, weight, bias, weight_t, relu):
     over Wᵀ where forward_over_weight_t (and weight_t is given), dot units otherwise. For _forward,
     tests, and Sequential's planned steps."""
     if weight_t is not None and forward_over_weight_t(inp.shape[0], inp.shape[1], weight.shape[0], weight.dtype):
-        return [(transpose, (weight_t, weight)), (linear_forward_t, (out, act, inp, weight_t, bias, relu))]
+        return [(transpose, (weight_t, weight)), (linear_blocks, (out, inp, weight_t, bias, act, FORWARD | RELU if relu
+                                                                  else FORWARD))]
     return [(linear_forward_act, (out, act, inp, weight, bias, relu))]
 
 
@@ -389,29 +368,32 @@ linear_backward_params_rows = Kernel(
 )
 
 
-# What a call of linear_backward_blocks computes, as bits of its `how` (one integer argument, not
-# three flags: each argument costs the dispatch ~50 ns, 3% of the smallest layer's dX).
-DW, ACCUMULATE, RELU = 1, 2, 4
+# What a call of linear_blocks computes, as bits of its `how` (one integer argument, not three
+# flags: each argument costs the dispatch ~50 ns, 3% of the smallest layer's dX).
+DW, ACCUMULATE, RELU, FORWARD = 1, 2, 4, 8
 
 
-def _linear_backward_blocks(c, a, b, dbias, preact, how):
-    """c_rl (+)= Σ_s A_rs b_sl, A read from a = G (k, m): dW and dX of a Linear in broadcast-form
-    units (simd.bcast_unit: A_rs = a.flat[r a_rs + s a_ss]), taken by the threads one at a time.
+def _linear_blocks(c, a, b, vec, other, how):
+    """c_rl (+)= Σ_s A_rs b_sl in broadcast-form units (simd.bcast_unit: A_rs = a.flat[r a_rs +
+    s a_ss]), taken by the threads one at a time: a Linear's dW, dX, or forward from Wᵀ.
 
-    how & DW (dW, db):  c = dW (m, n), A = Gᵀ (a_rs = 1, a_ss = m), b = X (k, n), s < k:
+    how & DW (dW, db):  c = dW (m, n), A = Gᵀ (a = G (k, m); a_rs = 1, a_ss = m), b = X (k, n), s < k:
                         dw_jl (+)= Σ_i g_ij x_il (how & ACCUMULATE: +=, else =), and the units of
-                        the first column group also sum db_j (+)= Σ_i g_ij for their rows, so each
-                        db_j has one owner too.
-    else (dX):          c = dX (k, n), A = G (a_rs = m, a_ss = 1), b = W (m, n), s < m:
+                        the first column group also sum db_j (+)= Σ_i g_ij (vec = db) for their
+                        rows, so each db_j has one owner too.
+    how & FORWARD:      c = Y (k, m), A = X (a = X (k, n); a_rs = n, a_ss = 1), b = Wᵀ (n, m), s < n:
+                        y_ij = Σ_l x_il w_jl + b_j (vec = b), and with how & RELU also
+                        a_ij = max(0, y_ij) (other = act, the next layer's input).
+    else (dX):          c = dX (k, n), A = G (a = G (k, m); a_rs = m, a_ss = 1), b = W (m, n), s < m:
                         dx_il = Σ_j g_ij w_jl, and with how & RELU dx_il = 0 where x'_il =
-                        preact_il < 0.
+                        other_il < 0 (other = preact).
 
-    One kernel for both, not one each: the parallel twin of a kernel around bcast_unit takes ~5 s
-    to compile and the serial ~1 s, which a cold first step paid for dW and for dX (README, start-up).
-    The unused arguments (dbias for dX; preact without relu) are never read.
+    One kernel for all three, not one each: the parallel twin of a kernel around bcast_unit takes
+    ~3-5 s to compile and the serial ~1 s, which a cold start paid for each (README, start-up). The
+    unused arguments (vec for dX, other for dW or a forward without relu) are never read.
     """
     zero = c.dtype.type(0)
-    params, accumulate, relu = how & DW != 0, how & ACCUMULATE != 0, how & RELU != 0
+    params, accumulate, relu, forward = how & DW != 0, how & ACCUMULATE != 0, how & RELU != 0, how & FORWARD != 0
     k, m = a.shape
     a_rs, a_ss, steps = (1, m, k) if params else (m, 1, m)
     units = simd.bcast_units(c, steps, SHARED_UNITS)
@@ -422,15 +404,17 @@ def _linear_backward_blocks(c, a, b, dbias, preact, how):
         while u < units:
             r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, SHARED_UNITS)
             if params and l0 == 0:
-                _bias_rows(dbias, a, r0, r1, accumulate)
-            if relu:
+                _bias_rows(vec, a, r0, r1, accumulate)
+            if forward:
+                bias_relu_block(c, other, vec, r0, r1, l0, l1, relu)
+            elif relu:
                 # A select, not `if p < 0: dx = 0`: with about half the inputs negative that branch
                 # is mispredicted half the time (measured: 829 vs 378 µs without the ReLU for
                 # 256->128 at batch 512); a select vectorises.
                 for i in range(r0, r1):
                     # Slices indexed from 0: LLVM then knows no index is negative (no wraparound)
                     # and vectorises the loop as one contiguous run.
-                    d, p = c[i, l0:l1], preact[i, l0:l1]
+                    d, p = c[i, l0:l1], other[i, l0:l1]
                     for l in range(d.shape[0]):
                         d[l] = zero if p[l] < zero else d[l]
             u = simd.claim(counter)
@@ -452,17 +436,17 @@ def _bias_rows(dbias, dout, j0, j1, accumulate):
                 dbias[j] = g[j]
 
 
-def _blocks_work(c, a, b, dbias, preact, how):
+def _blocks_work(c, a, b, vec, other, how):
     """Multiply-adds, at least PARALLEL_WORK when the call streams a weight larger than STREAM_BYTES
     (as _linear_work, written out: this runs at every call)."""
     if how & DW:  # dW (m, n) summed over k rows; it streams dW itself
         work, streamed = a.shape[0] * c.size, c
-    else:  # dX (k, n) summed over m; it streams W
+    else:  # dX (k, n) summed over m, or Y (k, m) over n: k rows of the weight's size; it streams W or Wᵀ
         work, streamed = c.shape[0] * b.size, b
     return max(work, PARALLEL_WORK) if streamed.nbytes >= STREAM_BYTES else work
 
 
-linear_backward_blocks = Kernel(_linear_backward_blocks, _blocks_work, PARALLEL_WORK)
+linear_blocks = Kernel(_linear_blocks, _blocks_work, PARALLEL_WORK)
 
 _UNUSED = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
@@ -472,7 +456,7 @@ def backward_input_route(dinp, dout, weight, preact, relu):
     (for tests and `nbnet check`, which run both twins; linear_backward_input_act inlines it)."""
     if dout.shape[0] == 1:
         return linear_backward_input_rows, (dinp, dout, weight, preact, relu)
-    return linear_backward_blocks, (dinp, dout, weight, _UNUSED[dinp.dtype], preact, RELU if relu else 0)
+    return linear_blocks, (dinp, dout, weight, _UNUSED[dinp.dtype], preact, RELU if relu else 0)
 
 
 def linear_backward_input_act(dinp, dout, weight, preact, relu):
@@ -481,7 +465,7 @@ def linear_backward_input_act(dinp, dout, weight, preact, relu):
     if dout.shape[0] == 1:  # one row: a block of BCAST_MR rows would compute rows that are not kept
         linear_backward_input_rows(dinp, dout, weight, preact, relu)
     else:
-        linear_backward_blocks(dinp, dout, weight, _UNUSED[dinp.dtype], preact, RELU if relu else 0)
+        linear_blocks(dinp, dout, weight, _UNUSED[dinp.dtype], preact, RELU if relu else 0)
 
 
 def linear_backward_input(dinp, dout, weight):
@@ -500,7 +484,7 @@ def backward_params_route(dweight, dbias, dout, inp, accumulate):
     (for tests and `nbnet check`; linear_backward_params inlines it)."""
     if dout.shape[0] <= SHORT_SUM:
         return linear_backward_params_rows, (dweight, dbias, dout, inp, accumulate)
-    return linear_backward_blocks, (dweight, dout, inp, dbias, dweight, DW | ACCUMULATE if accumulate else DW)
+    return linear_blocks, (dweight, dout, inp, dbias, dweight, DW | ACCUMULATE if accumulate else DW)
 
 
 def linear_backward_params(dweight, dbias, dout, inp, accumulate):
@@ -509,7 +493,7 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     if dout.shape[0] <= SHORT_SUM:
         linear_backward_params_rows(dweight, dbias, dout, inp, accumulate)
     else:
-        linear_backward_blocks(dweight, dout, inp, dbias, dweight, DW | ACCUMULATE if accumulate else DW)
+        linear_blocks(dweight, dout, inp, dbias, dweight, DW | ACCUMULATE if accumulate else DW)
 
 
 # Below this much work an optimizer step or an element-wise kernel runs serially (see Kernel). The

@@ -36,9 +36,10 @@ def python_function(kernel):
     return kernel if inspect.isfunction(kernel) else None
 
 
-# Kernels measured through the entry points that route to them: linear_backward_blocks computes dW
-# or dX depending on its arguments (linear_backward_params / linear_backward_input call it).
-THROUGH_ENTRY = {"linear_backward_blocks"}
+# Kernels measured through the entry points that route to them: linear_blocks computes dW, dX or
+# the forward from Wᵀ depending on its arguments (linear_backward_params / linear_backward_input /
+# linear_forward call it).
+THROUGH_ENTRY = {"linear_blocks"}
 
 
 def cpu_kernels():
@@ -89,7 +90,6 @@ def mnist_groups(batch=128, dtype=np.float32):
                  dout=rand(k, m, dtype=d, seed=2), preact=rand(k, n, dtype=d, seed=3),
                  out=np.empty((k, m), d), act=np.empty((k, m), d), dinp=np.empty((k, n), d),
                  dweight=np.zeros((m, n), d), dbias=np.zeros(m, d), relu=False, accumulate=True)
-        a["weight_t"] = a["weight"].T.copy()  # linear_forward_t's Wᵀ
         o_fwd, o_dx = np.empty((k, m), d), np.empty((k, n), d)  # NumPy's outputs
         numpy = {
             "linear_forward": lambda a=a, o=o_fwd: np.add(np.dot(a["inp"], a["weight"].T, out=o),

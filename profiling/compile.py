@@ -53,7 +53,9 @@ def run_child(code, cache_dir):
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir,
                PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # cwd outside any checkout: `python -c` puts the working directory ahead of PYTHONPATH, and
+    # started from a checkout the child would load that checkout's nbnet, not this script's.
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=cache_dir)
     if done.returncode != 0:
         sys.exit(f"the timed child process failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -104,8 +104,8 @@ def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
     cpu.transpose(wt, w)
     np.testing.assert_array_equal(wt, w.T)
     a, c, act = np.empty((k, m), dtype), np.empty((k, m), dtype), np.full((k, m), np.nan, dtype)
-    cpu.linear_forward_t.serial(a, act, x, wt, b, True)
-    cpu.linear_forward_t.parallel(c, c, x, wt, b, False)
+    cpu.linear_blocks.serial(a, x, wt, b, act, cpu.FORWARD | cpu.RELU)
+    cpu.linear_blocks.parallel(c, x, wt, b, c, cpu.FORWARD)
     np.testing.assert_allclose(a, ref, rtol=0, atol=TOL[dtype] * n)
     np.testing.assert_array_equal(act, np.maximum(a, 0))
     np.testing.assert_array_equal(a, c)
@@ -127,8 +127,8 @@ from nbnet import cpu
 x, g, w = np.ones((300, 20), np.float32), np.ones((300, 64), np.float32), np.ones((64, 20), np.float32)
 b, wt, y = np.zeros(64, np.float32), np.empty((20, 64), np.float32), np.empty((300, 64), np.float32)
 for twin in ("serial", "parallel"):
-    getattr(cpu.linear_forward_t, twin)(y, y, x, wt, b, False)
-    getattr(cpu.linear_backward_blocks, twin)(w, g, x, b, w, cpu.DW)
+    getattr(cpu.linear_blocks, twin)(y, x, wt, b, y, cpu.FORWARD)
+    getattr(cpu.linear_blocks, twin)(w, g, x, b, w, cpu.DW)
 print("ok")
 """
 
@@ -136,7 +136,7 @@ print("ok")
 def test_only_the_parallel_twins_share_their_work_units():
     """Serial twins see SHARED_UNITS False (one thread takes the widest units: simd.bcast_grid);
     a kernel that does not read it keeps the module's own globals."""
-    for kernel in (cpu.linear_forward_t, cpu.linear_backward_blocks):
+    for kernel in (cpu.linear_blocks,):
         assert kernel.serial.py_func.__globals__["SHARED_UNITS"] is False
         assert kernel.parallel.py_func.__globals__["SHARED_UNITS"] is True
     assert cpu.linear_forward_act.serial.py_func.__globals__ is vars(cpu)
@@ -165,16 +165,14 @@ def test_bcast_kernels_go_to_the_disk_cache(tmp_path):
                           timeout=600)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
     cached = {p.name.split(".")[1].rsplit("-", 1)[0] for p in tmp_path.rglob("*.nbi")}  # cpu.<name>-<line>...
-    for name in ("_linear_forward_t", "_linear_forward_t_serial", "_linear_backward_blocks",
-                 "_linear_backward_blocks_serial"):
+    for name in ("_linear_blocks", "_linear_blocks_serial"):
         assert name in cached, sorted(cached)
 
 
 def test_serial_and_parallel_twins_have_their_own_cache_entries():
     """Numba files cached code by function name and line, not by `parallel`: twins of one function
     would load each other's compilation (the serial one then ran on every thread)."""
-    for name in ("linear_forward_act", "linear_forward_t", "linear_backward_blocks", "linear_backward_input_rows",
-                 "linear_backward_params_rows"):
+    for name in ("linear_forward_act", "linear_blocks", "linear_backward_input_rows", "linear_backward_params_rows"):
         kernel = getattr(cpu, name)
         names = {twin._cache._cache_file._index_name for twin in (kernel.serial, kernel.parallel)}
         assert len(names) == 2, name
@@ -417,7 +415,7 @@ def test_batches_reusing_gathers_without_a_temporary_batch():
         tracemalloc.stop()
     assert peak < 512 * 784 * 4 // 4, peak  # a batch is 1.6 MB; the order's slices are a few KB
 
-FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_forward_t, cpu.linear_backward_blocks]
+FAST_KERNELS = [cpu.linear_forward_act, cpu.linear_blocks]
 ROW_KERNELS = [cpu.linear_backward_input_rows, cpu.linear_backward_params_rows]  # no micro-kernel
 
 
@@ -427,9 +425,8 @@ def kernel_args(name, dtype):
     x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype), rand(rng, (k, m), dtype)
     return {
         "linear_forward_act": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w, b, True),
-        "linear_forward_t": (np.empty((k, m), dtype), np.empty((k, m), dtype), x, w.T.copy(), b, True),
-        "linear_backward_blocks": (np.zeros((m, n), dtype), g, x, np.zeros(m, dtype), np.zeros((m, n), dtype),
-                                   cpu.DW | cpu.ACCUMULATE),
+        "linear_blocks": (np.zeros((m, n), dtype), g, x, np.zeros(m, dtype), np.zeros((m, n), dtype),
+                          cpu.DW | cpu.ACCUMULATE),
         "linear_backward_input_rows": (np.empty((k, n), dtype), g, w, x, True),
         "linear_backward_params_rows": (np.zeros((m, n), dtype), np.zeros(m, dtype), g, x, True),
     }[name]
@@ -484,12 +481,12 @@ def test_micro_kernels_stay_in_the_hosts_widest_registers(kernel, dtype):
 def test_broadcast_block_has_a_one_tile_and_a_several_tile_function(dtype):
     """The short-sum dW path calls simd.bcast_block with a run-time tile count, the other paths
     with a literal 1, which must compile the one-tile function (the loop over tiles cost the long
-    sums 1-2%): so linear_backward_blocks holds both functions, each with a full-block hot loop and
+    sums 1-2%): so linear_blocks holds both functions, each with a full-block hot loop and
     no spills (LLVM may version a loop: count functions, not loops). Had the literal been typed as
     a plain integer, every call would take the several-tile one."""
     if simd.ISA not in ("avx512", "avx2", "neon") or not simd.HAS_FMA or simd.EMULATED:
         pytest.skip(f"no FMA vector ISA of this CPU's own to check ({simd.describe()})")
-    (serial,) = compiled(cpu.linear_backward_blocks, dtype, parallel=False)
+    (serial,) = compiled(cpu.linear_blocks, dtype, parallel=False)
     asm = serial.inspect_asm(serial.signatures[0])
     # the assembly function by function (its labels at the start of a line, local ones start with '.')
     parts = re.split(r"^([A-Za-z_][\w.$]*):", asm, flags=re.M)
@@ -520,10 +517,8 @@ from nbnet import cpu, simd
 assert simd.ISA == "avx512" and simd.REGISTERS == 32, simd.describe()
 arr = lambda nd: types.Array(types.float32, nd, "C")
 for kernel, sig, want in (
-    (cpu.linear_backward_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64),
-     simd.BCAST_MR * simd.BCAST_NV),
+    (cpu.linear_blocks, (arr(2), arr(2), arr(2), arr(1), arr(2), types.int64), simd.BCAST_MR * simd.BCAST_NV),
     (cpu.linear_forward_act, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.DOT_MR * simd.DOT_NR),
-    (cpu.linear_forward_t, (arr(2), arr(2), arr(2), arr(2), arr(1), types.boolean), simd.BCAST_MR * simd.BCAST_NV),
 ):
     f = njit(kernel.serial.py_func)
     f.compile(sig)  # compile only: this CPU may not run AVX-512
@@ -619,7 +614,7 @@ for dtype in (np.float64, np.float32):  # float64: the largest stack panels
         kernel.parallel(*args)
     cpu.linear_forward_act.parallel(y, y, x, w, b, True)
     wt, x2 = np.empty((64, 256), dtype), rng.random((512, 64)).astype(dtype)
-    cpu.linear_forward_t.parallel(y, y, x2, wt, b, False)
+    cpu.linear_blocks.parallel(y, x2, wt, b, y, cpu.FORWARD)
 print("ok", threading_layer())
 """
 
@@ -679,7 +674,7 @@ def test_entry_points_run_what_their_routes_name(k, monkeypatch):
                                (cpu.linear_backward_input_act, cpu.backward_input_route, (dx, g, w, x, True))):
         kernel, want = route(*args)
         calls = []
-        for name in ("linear_backward_blocks", "linear_backward_input_rows", "linear_backward_params_rows"):
+        for name in ("linear_blocks", "linear_backward_input_rows", "linear_backward_params_rows"):
             monkeypatch.setattr(cpu, name, (lambda name: lambda *a: calls.append((name, a)))(name))
         entry(*args)
         monkeypatch.undo()
@@ -690,8 +685,8 @@ def test_entry_points_run_what_their_routes_name(k, monkeypatch):
 
 
 def test_blocks_work_counts_multiply_adds_and_the_weight_streamed():
-    """linear_backward_blocks' work is its multiply-adds, raised to PARALLEL_WORK when the weight it
-    streams (dW itself for dW, W for dX) is larger than STREAM_BYTES, as _linear_work."""
+    """linear_blocks' work is its multiply-adds, raised to PARALLEL_WORK when the weight it
+    streams (dW itself for dW, W for dX, Wᵀ for the forward) is larger than STREAM_BYTES, as _linear_work."""
     f = np.float32
     dw, g4, x4 = np.empty((256, 784), f), np.empty((4, 256), f), np.empty((4, 784), f)
     assert cpu._blocks_work(dw, g4, x4, None, None, cpu.DW) == max(4 * dw.size, cpu.PARALLEL_WORK)
@@ -700,6 +695,8 @@ def test_blocks_work_counts_multiply_adds_and_the_weight_streamed():
     assert cpu._blocks_work(dx, g8, w, None, None, 0) == cpu._linear_work(8, w)
     wide = np.empty((512, 256), f)  # 512 KB: streamed
     assert cpu._blocks_work(np.empty((2, 256), f), np.empty((2, 512), f), wide, None, None, 0) == cpu.PARALLEL_WORK
+    y, x, wt = np.empty((300, 128), f), np.empty((300, 256), f), np.empty((256, 128), f)  # forward from Wᵀ
+    assert cpu._blocks_work(y, x, wt, None, None, cpu.FORWARD | cpu.RELU) == 300 * 256 * 128
 
 
 def test_host_buffers_start_on_a_cache_line():

@@ -276,8 +276,8 @@ def forward_route(out, act, inp, weight, bias, weight_t, relu):
     over Wᵀ where forward_over_weight_t (and weight_t is given), dot units otherwise. For _forward,
     tests, and Sequential's planned steps."""
     if weight_t is not None and forward_over_weight_t(inp.shape[0], inp.shape[1], weight.shape[0], weight.dtype):
-        return [(transpose, (weight_t, weight)), (linear_blocks, (out, inp, weight_t, bias, act, FORWARD | RELU if relu
-                                                                  else FORWARD))]
+        how = FORWARD | RELU if relu else FORWARD
+        return [(transpose, (weight_t, weight)), (linear_blocks, (out, inp, weight_t, bias, act, how))]
     return [(linear_forward_act, (out, act, inp, weight, bias, relu))]
 
 

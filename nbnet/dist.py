@@ -111,7 +111,8 @@ def mpi_status():
     except Exception as e:  # noqa: BLE001 - any failure means "not usable", and says why
         why = "not installed" if isinstance(e, ModuleNotFoundError) else " ".join(str(e).split())
         return f"not available (mpi4py {why}; pip install 'nbnet[mpi]')"
-    library = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
+    # Open MPI's version string ends in a NUL byte, which str.split() keeps (seen on the H100 image)
+    library = " ".join(MPI.Get_library_version().replace("\0", " ").strip().splitlines()[0].split())
     return f"mpi4py {mpi4py.__version__}, {library}; {launched_size()} process(es) launched"
 
 

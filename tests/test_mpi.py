@@ -53,6 +53,17 @@ def mpiexec_starts():
         pytest.skip(f"mpiexec cannot start 2 Python processes here: {said[0] if said else probe.returncode}")
 
 
+def test_mpi_status_is_one_clean_line(monkeypatch):
+    """nbnet info's MPI line: the library's first line, with no NUL byte (Open MPI 4.1.6 ends its
+    version string in one) and no run of spaces."""
+    import types as pytypes  # noqa: PLC0415
+
+    fake_mpi = pytypes.SimpleNamespace(Get_library_version=lambda: "Open MPI v4.1.6, package: Debian\x00\nmore\n")
+    monkeypatch.setitem(sys.modules, "mpi4py", pytypes.SimpleNamespace(__version__="4.1.2", MPI=fake_mpi))
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", fake_mpi)
+    assert dist.mpi_status() == "mpi4py 4.1.2, Open MPI v4.1.6, package: Debian; 1 process(es) launched"
+
+
 def test_a_new_job_keeps_the_users_mpi_settings_and_drops_its_own_jobs():
     """Found on a root container with Open MPI: dropping every OMPI_* variable took away
     OMPI_ALLOW_RUN_AS_ROOT and the image's OMPI_MCA_ settings, and mpiexec refused to start."""

@@ -492,6 +492,8 @@ def test_broadcast_block_has_a_one_tile_and_a_several_tile_function(dtype):
     parts = re.split(r"^([A-Za-z_][\w.$]*):", asm, flags=re.M)
     functions = {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
     name = f"nbnet.bcast_block.{np.dtype(dtype).name}.{simd.BCAST_MR}x{simd.BCAST_NV}"
+    half = f"nbnet.bcast_block.{np.dtype(dtype).name}.{simd.BCAST_MR // 2}x{simd.BCAST_NV}"
+    assert half in functions, (half, sorted(f for f in functions if "bcast_block" in f))  # C's last rows
     for fn in (name, name + ".tiles"):
         assert fn in functions, (fn, sorted(f for f in functions if "bcast_block" in f))
         loops = simd.hot_loops(functions[fn])
@@ -522,8 +524,11 @@ for kernel, sig, want in (
 ):
     f = njit(kernel.serial.py_func)
     f.compile(sig)  # compile only: this CPU may not run AVX-512
-    loops = simd.hot_loops(f.inspect_asm(f.signatures[0]))
+    asm = f.inspect_asm(f.signatures[0])
+    loops = simd.hot_loops(asm)
     assert any(n == want for n, _ in loops) and all(s == 0 for _, s in loops), loops
+    if kernel is cpu.linear_blocks:  # the edge blocks: half height for C's last rows, 2 vectors wide
+        assert "nbnet.bcast_block.float32.4x3:" in asm and "nbnet.bcast_block.float32.8x2:" in asm
 t = njit(cpu.transpose.py_func)
 t.compile((arr(2), arr(2)))  # the 16-lane register transpose: its shuffles compile to zmm code
 assert "zmm" in t.inspect_asm(t.signatures[0])

@@ -396,13 +396,17 @@ def _linear_blocks(c, a, b, vec, other, how):
     params, accumulate, relu, forward = how & DW != 0, how & ACCUMULATE != 0, how & RELU != 0, how & FORWARD != 0
     k, m = a.shape
     a_rs, a_ss, steps = (1, m, k) if params else (m, 1, m)
-    units = simd.bcast_units(c, steps, SHARED_UNITS)
+    # SHARED_UNITS as a run-time bool (`how` is never negative): passed as the compile-time constant
+    # itself, it made bcast_unit a different function for each twin, compiled twice on a cold start
+    # (cold import + first step at batch 128, Zen 3, three interleaved runs: 14.1-16.1 -> 12.7-14.2 s)
+    shared = how >= 0 and SHARED_UNITS
+    units = simd.bcast_units(c, steps, shared)
     counter = np.empty(1, np.int64)
     counter[0] = 0
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
-            r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, SHARED_UNITS)
+            r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared)
             if params and l0 == 0:
                 _bias_rows(vec, a, r0, r1, accumulate)
             if forward:

@@ -141,6 +141,14 @@ if REGISTERS >= 32:
     BCAST_MR, BCAST_NV, DOT_MR, DOT_NR = 8, 3, 4, 5
 else:
     BCAST_MR, BCAST_NV, DOT_MR, DOT_NR = 5, 2, 3, 4
+# A C of a few rows more than BCAST_MR, up to TALL_MR, takes one block of all its rows, TALL_NV
+# vectors wide: a 10-class output layer's dW (10 × n) on 32 registers is 10 × 2 (20 accumulators
+# + 2 + 1), where 8 + 2 rows in 8×3 and half-height 4×3 blocks computed 12 rows' FMAs for 10 and
+# read X twice. Measured on an Emerald Rapids Xeon (AVX-512), 128->10 dW, float32, one thread, %
+# of BLAS before -> after in three interleaved pairs: batch 32 45-47 -> 48-49, 128 51-59 -> 60-63,
+# 512 54-65 -> 62-70. The same FMAs in the same order for each element: the same bits. With 16
+# registers 5×2 already divides 10 rows (that dW at 150-176% of BLAS on Zen 3): no tall block.
+TALL_MR, TALL_NV = (10, 2) if REGISTERS >= 32 else (BCAST_MR, BCAST_NV)
 # Cache blocks (measured on Zen 3 with the 5×2 block: batch 512 fell from ~80 to 20-26 GFLOP/s
 # without them): KC steps of s per pass, so a KC × (NV vectors) panel of B stays in L1 while MC
 # rows of A (MC × KC, in L2) stream past it; the dot kernel takes DOT_NB rows of W at a time.
@@ -217,7 +225,8 @@ def describe():
     name = processor()
     cpu = f"{name} ({cpu_name()}, {os.cpu_count()} cores)" if name else f"{cpu_name()} ({os.cpu_count()} cores)"
     return (f"CPU {cpu}, ISA {ISA}{emulated} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
-            f"{'FMA' if HAS_FMA else 'no FMA'}), blocks: broadcast {BCAST_MR}×{BCAST_NV} vectors, "
+            f"{'FMA' if HAS_FMA else 'no FMA'}), blocks: broadcast {BCAST_MR}×{BCAST_NV} vectors"
+            f"{f' (tall {TALL_MR}×{TALL_NV})' if TALL_MR > BCAST_MR else ''}, "
             f"dot {DOT_MR}×{DOT_NR}, KC {KC}, MC {MC}")
 
 
@@ -420,7 +429,7 @@ def bcast_block(typingctx, c, c_off, ldc, a, a_off, a_rs, a_ss, b, b_off, ldb, s
 
         call = [data[0], ints[1], ints[2], data[1], ints[4], ints[5], ints[6], data[2], ints[8], ints[9], ints[10],
                 ints[11], flag] + [ints[13], ints[14]] * multi
-        if mr < 2:
+        if mr < 2 or mr != BCAST_MR:  # the tall block gets more than BCAST_MR rows: no half of it
             builder.call(block_function(mr), call)
             return context.get_dummy_value()
         # C's last rows: 128->10's dW on AVX-512 has 10 rows, 8 + 2, and a full 8-row block for the
@@ -739,7 +748,8 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
     copied once per KC chunk to MR-row panels for all the unit's tiles (see PACK_A_TILES). When
     the panels of all the unit's whole tiles fit the panel buffer together (a short sum), they are
     all packed first and C is walked row block by row block (in runs of tiles that fit it, for a
-    wide group). u < bcast_units(c, steps, shared). Columns past the last full tile use
+    wide group). u < bcast_units(c, steps, shared). A C of BCAST_MR + 1 to TALL_MR rows is walked
+    in tall blocks of all its rows (TALL_NV vectors wide). Columns past the last full tile use
     one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
     rows, cols = c.shape
     w = vector_lanes(c)
@@ -786,7 +796,13 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
                                     ks, min(BCAST_MR, r1 - r), add, nt, ks * nc, BCAST_MR, BCAST_NV)
         else:
             full = 0
-        for c0 in range(g0 + full * nc, g1, nc):
+        start = g0 + full * nc
+        if BCAST_MR < r1 - r0 <= TALL_MR:  # all of C's few rows in one block (see TALL_MR)
+            while start + TALL_NV * w <= g1:
+                bcast_block(c, r0 * cols + start, cols, a, r0 * a_rs + k0 * a_ss, a_rs, a_ss, b, k0 * ldb + start,
+                            ldb, ks, r1 - r0, add, 1, 0, TALL_MR, TALL_NV)
+                start += TALL_NV * w
+        for c0 in range(start, g1, nc):
             c1 = min(c0 + nc, cols)
             if c1 - c0 == nc and r1 - r0 >= PACK_MIN_ROWS:
                 pack_rows(panel, b, k0 * ldb + c0, ldb, ks, BCAST_NV)

@@ -18,7 +18,7 @@ from nbnet import cpu, simd
 # BCAST_NV vectors, DOT_NB columns), n and m ≡ 1 mod 64 and mod the vector width (8 or 16 float32,
 # 4 or 8 float64), a single row, sums shorter than one vector, and more than KC (256) steps.
 SHAPES = [(1, 1, 1), (1, 7, 3), (3, 5, 9), (5, 17, 10), (13, 33, 6), (37, 70, 41), (1, 64, 5), (6, 131, 9),
-          (1, 65, 129), (2, 129, 17), (4, 97, 65), (121, 49, 33), (7, 300, 3), (130, 257, 66)]
+          (1, 65, 129), (2, 129, 17), (4, 97, 65), (121, 49, 33), (7, 300, 3), (130, 257, 66), (10, 70, 10)]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
@@ -527,8 +527,11 @@ for kernel, sig, want in (
     asm = f.inspect_asm(f.signatures[0])
     loops = simd.hot_loops(asm)
     assert any(n == want for n, _ in loops) and all(s == 0 for _, s in loops), loops
-    if kernel is cpu.linear_blocks:  # the edge blocks: half height for C's last rows, 2 vectors wide
-        assert "nbnet.bcast_block.float32.4x3:" in asm and "nbnet.bcast_block.float32.8x2:" in asm
+    if kernel is cpu.linear_blocks:  # the edge blocks: half height for C's last rows, 2 vectors wide;
+        # and the tall block of a 10-row C (a 10-class output layer's dW)
+        for block in ("4x3", "8x2", f"{simd.TALL_MR}x{simd.TALL_NV}"):
+            assert f"nbnet.bcast_block.float32.{block}:" in asm, block
+        assert any(n == simd.TALL_MR * simd.TALL_NV for n, _ in loops), loops
 t = njit(cpu.transpose.py_func)
 t.compile((arr(2), arr(2)))  # the 16-lane register transpose: its shuffles compile to zmm code
 assert "zmm" in t.inspect_asm(t.signatures[0])

@@ -7,6 +7,11 @@ in this run (best of rounds each). "% BLAS" = np.dot's time / nbnet's time (abov
 Then one whole training step at batch 512 (forward, loss, backward, SGD momentum) on one thread,
 its GFLOP/s (6 flop per weight per sample) as a % of the sgemm peak (1024² np.dot, one thread).
 Goal (issue #9): every kernel ≥ 70% (float32) / 60% (float64), the step ≥ 60%.
+"as step" times the same kernel called as a Sequential's training step calls it (its planned calls,
+nbnet.model._Plan: the serial twin directly), without the API function's routing and cpu.Kernel's
+work and thread checks, ~0.5-0.8 µs of Python a call; what is left is Numba's dispatch (~0.5 µs for
+six arguments) and the kernel. At a few µs a call (128->10 at batch 32) that Python is a quarter of
+the time.
 
     python profiling/bench_gemm.py             # ~1-2 min
     python profiling/bench_gemm.py --quick     # batch 128 float32 only, a few seconds
@@ -72,17 +77,29 @@ def kernel_rows(k, n, m, dtype, rounds, min_time):
     dx, dw, db = simd.empty((k, n), dtype), simd.zeros((m, n), dtype), simd.zeros(m, dtype)
     o_fwd, o_dw, o_dx = np.empty((k, m), dtype), np.empty((m, n), dtype), np.empty((k, n), dtype)
     pairs = {
-        "forward": (lambda: cpu.linear_relu_forward(out, act, x, w, b, wt), lambda: np.dot(x, wT, out=o_fwd)),
-        "dW": (lambda: cpu.linear_backward_params(dw, db, g, x, True), lambda: np.dot(gT, x, out=o_dw)),
-        "dX": (lambda: cpu.linear_backward_input(dx, g, w), lambda: np.dot(g, w, out=o_dx)),
+        "forward": (lambda: cpu.linear_relu_forward(out, act, x, w, b, wt), lambda: np.dot(x, wT, out=o_fwd),
+                    cpu.forward_route(out, act, x, w, b, wt, True)),
+        "dW": (lambda: cpu.linear_backward_params(dw, db, g, x, True), lambda: np.dot(gT, x, out=o_dw),
+               [cpu.backward_params_route(dw, db, g, x, True)]),
+        "dX": (lambda: cpu.linear_backward_input(dx, g, w), lambda: np.dot(g, w, out=o_dx),
+               [cpu.backward_input_route(dx, g, w, dx, False)]),
     }
     rows = []
-    for name, (ours, blas) in pairs.items():
-        t_ours, t_blas = best_interleaved([ours, blas], rounds, min_time)
+    for name, (ours, blas, route) in pairs.items():
+        t_ours, t_blas, t_step = best_interleaved([ours, blas, as_step(route)], rounds, min_time)
         flops = 2.0 * k * n * m
-        rows.append((f"{n}->{m}", k, name, np.dtype(dtype).name, t_ours * 1e6, t_blas * 1e6,
-                     flops / t_ours / 1e9, 100 * t_blas / t_ours))
+        rows.append((f"{n}->{m}", k, name, np.dtype(dtype).name, t_ours * 1e6, t_step * 1e6, t_blas * 1e6,
+                     flops / t_ours / 1e9, 100 * t_blas / t_ours, 100 * t_blas / t_step))
     return rows
+
+
+def as_step(route):
+    """The route's kernel calls as a planned training step makes them: each serial twin directly."""
+    calls = [(kernel.serial if isinstance(kernel, cpu.Kernel) else kernel, args) for kernel, args in route]
+    if len(calls) == 1:
+        (fn, args), = calls
+        return lambda: fn(*args)
+    return lambda: [fn(*args) for fn, args in calls]
 
 
 def main():
@@ -105,16 +122,19 @@ def main():
           f"{'wall' if args.wall else 'thread CPU'} time")
     if load_warning():
         print(load_warning())
-    print(f"\n{'layer':<9} {'batch':>5} {'kernel':<8} {'dtype':<8} {'nbnet µs':>9} {'BLAS µs':>9} {'GFLOP/s':>8} {'% BLAS':>7}")
+    print(f"\n{'layer':<9} {'batch':>5} {'kernel':<8} {'dtype':<8} {'nbnet µs':>9} {'as step':>8} {'BLAS µs':>8} "
+          f"{'GFLOP/s':>8} {'% BLAS':>7} {'as step':>8}")
     worst = {}
     for dtype in args.dtypes.split(","):
         for k in map(int, args.batches.split(",")):
             for n, m in LAYERS:
                 for row in kernel_rows(k, n, m, np.dtype(dtype).type, args.rounds, args.min_time):
-                    print(f"{row[0]:<9} {row[1]:>5} {row[2]:<8} {row[3]:<8} {row[4]:9.1f} {row[5]:9.1f} {row[6]:8.1f} {row[7]:6.0f}%")
-                    worst[dtype] = min(worst.get(dtype, 1e9), row[7])
-    for dtype, pct in worst.items():
-        print(f"lowest % BLAS, {dtype}: {pct:.0f}%")
+                    print(f"{row[0]:<9} {row[1]:>5} {row[2]:<8} {row[3]:<8} {row[4]:9.1f} {row[5]:8.1f} {row[6]:8.1f} "
+                          f"{row[7]:8.1f} {row[8]:6.0f}% {row[9]:7.0f}%")
+                    low = worst.get(dtype, (1e9, 1e9))
+                    worst[dtype] = (min(low[0], row[8]), min(low[1], row[9]))
+    for dtype, (pct, step_pct) in worst.items():
+        print(f"lowest % BLAS, {dtype}: {pct:.0f}% (as a training step calls them: {step_pct:.0f}%)")
 
     size = 256 if args.quick else 1024
     a, c, o = rand(size, size), rand(size, size, seed=1), np.empty((size, size), np.float32)

@@ -149,6 +149,7 @@ else:
 # 512 54-65 -> 62-70. The same FMAs in the same order for each element: the same bits. With 16
 # registers 5×2 already divides 10 rows (that dW at 150-176% of BLAS on Zen 3): no tall block.
 TALL_MR, TALL_NV = (10, 2) if REGISTERS >= 32 else (BCAST_MR, BCAST_NV)
+TALL = TALL_MR > BCAST_MR  # a constant: where False, Numba prunes the tall path from the kernels
 # Cache blocks (measured on Zen 3 with the 5×2 block: batch 512 fell from ~80 to 20-26 GFLOP/s
 # without them): KC steps of s per pass, so a KC × (NV vectors) panel of B stays in L1 while MC
 # rows of A (MC × KC, in L2) stream past it; the dot kernel takes DOT_NB rows of W at a time.
@@ -226,7 +227,7 @@ def describe():
     cpu = f"{name} ({cpu_name()}, {os.cpu_count()} cores)" if name else f"{cpu_name()} ({os.cpu_count()} cores)"
     return (f"CPU {cpu}, ISA {ISA}{emulated} ({VECTOR_BYTES * 8}-bit vectors × {REGISTERS}, "
             f"{'FMA' if HAS_FMA else 'no FMA'}), blocks: broadcast {BCAST_MR}×{BCAST_NV} vectors"
-            f"{f' (tall {TALL_MR}×{TALL_NV})' if TALL_MR > BCAST_MR else ''}, "
+            f"{f' (tall {TALL_MR}×{TALL_NV})' if TALL else ''}, "
             f"dot {DOT_MR}×{DOT_NR}, KC {KC}, MC {MC}")
 
 
@@ -797,7 +798,7 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
         else:
             full = 0
         start = g0 + full * nc
-        if BCAST_MR < r1 - r0 <= TALL_MR:  # all of C's few rows in one block (see TALL_MR)
+        if TALL and BCAST_MR < r1 - r0 <= TALL_MR:  # all of C's few rows in one block (see TALL_MR)
             while start + TALL_NV * w <= g1:
                 bcast_block(c, r0 * cols + start, cols, a, r0 * a_rs + k0 * a_ss, a_rs, a_ss, b, k0 * ldb + start,
                             ldb, ks, r1 - r0, add, 1, 0, TALL_MR, TALL_NV)

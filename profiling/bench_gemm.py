@@ -9,7 +9,7 @@ its GFLOP/s (6 flop per weight per sample) as a % of the sgemm peak (1024² np.d
 Goal (issue #9): every kernel ≥ 70% (float32) / 60% (float64), the step ≥ 60%.
 "as step" times the same kernel called as a Sequential's training step calls it (its planned calls,
 nbnet.model._Plan: the serial twin directly), without the API function's routing and cpu.Kernel's
-work and thread checks, ~0.5-0.8 µs of Python a call; what is left is Numba's dispatch (~0.5 µs for
+work and thread checks, ~0.5-1 µs of Python a call; what is left is Numba's dispatch (~0.5 µs for
 six arguments) and the kernel. At a few µs a call (128->10 at batch 32) that Python is a quarter of
 the time.
 

@@ -804,7 +804,8 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
                             ldb, ks, r1 - r0, add, 1, 0, TALL_MR, TALL_NV)
                 start += TALL_NV * w
         for c0 in range(start, g1, nc):
-            c1 = min(c0 + nc, cols)
+            c1 = min(c0 + nc, g1)  # g1, not cols: after tall tiles c0 is off the tile grid, and the
+            # next group's columns are another unit's (784->10's dW at batch 128 added them twice)
             if c1 - c0 == nc and r1 - r0 >= PACK_MIN_ROWS:
                 pack_rows(panel, b, k0 * ldb + c0, ldb, ks, BCAST_NV)
                 for r in range(r0, r1, BCAST_MR):

@@ -62,6 +62,35 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n,m", [(128, 784, 10), (10, 784, 128), (9, 500, 200), (300, 700, 9)])
+def test_parallel_twin_units_split_columns_and_match_reference(k, n, m, dtype):
+    """dW and dX from the parallel twin, whose work units split C's columns into groups
+    (simd.bcast_grid with shared units): each group's columns have one owner, even where a C of
+    9-10 rows is walked in tall blocks (AVX-512 and NEON layouts: 784->10's dW at batch 128 once
+    added 32 columns of the next group a second time). Against the formula kernels, and bitwise
+    against the serial twin (one group)."""
+    rng = np.random.default_rng(k + n + m)
+    x, w, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, (k, m), dtype)
+    groups = [simd.bcast_grid(c, steps, True) for c, steps in ((np.empty((m, n), dtype), k),
+                                                               (np.empty((k, n), dtype), m))]
+    assert any(units > simd.row_blocks(rows) for (units, _), rows in zip(groups, (m, k))), groups
+    dw_ref, db_ref, dx_ref = np.ones((m, n), dtype), np.ones(m, dtype), np.empty((k, n), dtype)
+    cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
+    cpu.linear_backward_input_ref(dx_ref, g, w)
+    twins = []
+    for twin in (cpu.linear_blocks.parallel, cpu.linear_blocks.serial):
+        dw, db, dx = np.ones((m, n), dtype), np.ones(m, dtype), np.full((k, n), np.nan, dtype)
+        twin(dw, g, x, db, dw, cpu.DW | cpu.ACCUMULATE)
+        twin(dx, g, w, db, dx, 0)
+        np.testing.assert_allclose(dw, dw_ref, rtol=0, atol=TOL[dtype] * k)
+        np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
+        np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=TOL[dtype] * m)
+        twins.append((dw, db, dx))
+    for a, b in zip(*twins):
+        assert a.tobytes() == b.tobytes()
+
+
 @pytest.mark.parametrize("w", [2, 4, 8, 16])
 def test_transpose_rounds_transpose_a_block_of_every_vector_width(w):
     """simd.transpose_rounds' shuffles, run on lists: NEON float64 (2 lanes) to AVX-512 float32 (16),

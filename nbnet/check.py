@@ -237,7 +237,9 @@ def main(out=print):
     """Run every check, printing as it goes; returns the exit status (0: all passed)."""
     from . import __version__  # noqa: PLC0415
 
-    out(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}")
+    # the sources' hash names the kernels' code exactly, also in a git checkout between versions
+    out(f"nbnet {__version__} (kernel sources {cpu.SOURCES_HASH[:12]}), numba {numba.__version__}, "
+        f"numpy {np.__version__}")
     out(simd.describe())
     out(f"threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
         f"{threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, "

@@ -11,16 +11,37 @@ Conventions (the same in nbnet/gpu.py):
 - Losses take the mean over the batch here, once; Linear's backward never divides by k again.
 """
 
+import functools
+import hashlib
 import types as pytypes
 
 import numpy as np
 from numba import njit, prange
+from numba.core.caching import FunctionCache
 
 from . import simd, threads
 
-# cache=True: a second process loads the compiled kernels from __pycache__ instead of compiling.
-jit = njit(cache=True)
-pjit = njit(parallel=True, cache=True)
+# Numba's on-disk cache keys a function on its own file's time stamp (numba/numba#1833), but the
+# kernels here compile simd.py's micro-kernels into themselves: after a change to simd.py alone
+# (a git pull) they would go on loading the old code. So their key also holds a hash of both files.
+with open(__file__, "rb") as _own, open(simd.__file__, "rb") as _simd:
+    SOURCES_HASH = hashlib.sha256(_own.read() + _simd.read()).hexdigest()
+
+
+class _SourcesKeyedCache(FunctionCache):
+    def _index_key(self, sig, codegen):
+        return super()._index_key(sig, codegen) + (SOURCES_HASH,)
+
+
+def jit(func, **options):
+    """njit(cache=True, **options): a second process loads the compiled kernel from __pycache__
+    instead of compiling it, unless cpu.py or simd.py changed since."""
+    kernel = njit(cache=True, **options)(func)
+    kernel._cache = _SourcesKeyedCache(kernel.py_func)
+    return kernel
+
+
+pjit = functools.partial(jit, parallel=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,8 +148,8 @@ class Kernel:
     140 vs 42 µs, Numba 0.68)."""
 
     def __init__(self, func, work, threshold, **options):
-        self.serial = njit(cache=True, **options)(_renamed(func, "_serial", SHARED_UNITS=False))
-        self.parallel = njit(cache=True, parallel=True, **options)(func)
+        self.serial = jit(_renamed(func, "_serial", SHARED_UNITS=False), **options)
+        self.parallel = jit(func, parallel=True, **options)
         self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 
     def __call__(self, *args):
@@ -427,7 +448,7 @@ def _linear_blocks(c, a, b, vec, other, how):
             u = simd.claim(counter)
 
 
-@njit(cache=True)
+@jit
 def _bias_rows(dbias, dout, j0, j1, accumulate):
     """db_j (+)= Σ_i g_ij for j0 ≤ j < j1, i in order, along G's rows (down its columns, a cache
     line a step at stride m, measured 5% slower for dW 784->256). A function of its own: written

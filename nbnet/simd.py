@@ -24,9 +24,9 @@
    thread computes a unit never changes what it computes: results are bitwise the same for any
    thread count.
 
-Editing this module: Numba's on-disk cache keys nbnet.cpu's kernels on cpu.py alone, so after a
-change here delete nbnet/__pycache__/*.nbi and *.nbc, or the cached kernels keep the old code
-(touching cpu.py was seen not to be enough).
+Editing this module: nbnet.cpu's kernels compile these functions into themselves, and Numba's
+on-disk cache would key them on cpu.py alone; cpu.jit adds a hash of both files to their key, so
+an edit here makes them compile again.
 
 Summation order, fixed by the shapes only: bcast_block sums s = 0, 1, ... in order with one FMA per
 step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halves, then quarters...).

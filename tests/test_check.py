@@ -17,6 +17,7 @@ def test_check_passes_and_says_what_it_compiled_for():
     r = CliRunner().invoke(cli, ["check"])
     assert r.exit_code == 0, r.output
     assert simd.describe() in r.output and "threading layer" in r.output
+    assert f"(kernel sources {cpu.SOURCES_HASH[:12]})" in r.output.splitlines()[0]
     assert "all checks passed" in r.output and "FAIL" not in r.output
 
 

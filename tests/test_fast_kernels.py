@@ -124,15 +124,17 @@ RANDOM_SHAPES = int(os.environ.get("NBNET_RANDOM_SHAPES", "32"))
 
 @pytest.mark.parametrize("seed", range(4))
 def test_random_shapes_every_linear_kernel_both_twins(seed):
-    """Forward (dot form, and broadcast over Wᵀ, with and without ReLU), dW and db (= and +=),
-    dX (with and without the ReLU mask) at random shapes: each against its formula kernel, and the
-    parallel twin bitwise the same as the serial one. CI runs 32 shapes; a sweep, for minutes:
+    """Every Linear kernel at random shapes: the forward in dot form and over Wᵀ (Y alone, and Y
+    with its ReLU), dW and db (= and +=) in blocks and in rows, dX in blocks and in rows (with and
+    without the ReLU mask). Each against its formula kernel, and its parallel twin bitwise the
+    same as its serial one. CI runs 32 shapes; a sweep, for minutes:
 
         NBNET_RANDOM_SHAPES=2000 NUMBA_NUM_THREADS=2 python -m pytest -q tests/test_fast_kernels.py -k random_shapes
 
     (and with NBNET_SIMD_LAYOUT=avx512 or neon and a NUMBA_CACHE_DIR, another ISA's layout). With
     the column bug of the test above put back, the AVX-512 layout failed 2 of 40 seeds of 8 shapes,
-    and 3 of 4 seeds of 200: a sweep finds such bugs, CI's few shapes rarely."""
+    and 1 to 3 of 4 seeds of 200 (its doubled columns show in dW with +=, unless the two adds race):
+    a sweep finds such bugs, CI's few shapes rarely."""
     rng = np.random.default_rng(seed)
     for _ in range((RANDOM_SHAPES + 3) // 4):
         dtype = (np.float32, np.float64)[rng.integers(2)]
@@ -146,42 +148,45 @@ def test_random_shapes_every_linear_kernel_both_twins(seed):
         cpu.linear_backward_params_ref(dw_ref, db_ref, g, x)
         wt = np.empty((n, m), dtype)
         cpu.transpose(wt, w)
-        unused = cpu._UNUSED[np.dtype(dtype)]
-        cases = {  # name: (reference, tolerance, run(twin) -> outputs)
-            "forward dot": (y_ref, n, lambda t: fresh(t, (k, m), dtype, 2, lambda y, a: (
-                cpu.linear_forward_act, (y, a, x, w, b, True)))),
-            "forward over Wt": (y_ref, n, lambda t: fresh(t, (k, m), dtype, 2, lambda y, a: (
-                cpu.linear_blocks, (y, x, wt, b, a, cpu.FORWARD | cpu.RELU)))),
-            "dX": (dx_ref, m, lambda t: fresh(t, (k, n), dtype, 1, lambda dx: (
-                cpu.linear_blocks, (dx, g, w, unused, dx, 0)))),
-            "dX with ReLU mask": (np.where(pre < 0, 0, dx_ref), m, lambda t: fresh(t, (k, n), dtype, 1, lambda dx: (
-                cpu.linear_blocks, (dx, g, w, unused, pre, cpu.RELU)))),
-        }
-        for name, (ref, terms, run) in cases.items():
-            serial, parallel = run("serial"), run("parallel")
-            np.testing.assert_allclose(serial[0], ref, rtol=0, atol=TOL[dtype] * terms, err_msg=f"{name} {k, n, m}")
-            if name.startswith("forward"):
-                np.testing.assert_array_equal(serial[1], np.maximum(serial[0], 0))
-            assert all(a.tobytes() == c.tobytes() for a, c in zip(serial, parallel)), f"{name} {k, n, m}"
-        for how in (cpu.DW, cpu.DW | cpu.ACCUMULATE):
+        unused, masked = cpu._UNUSED[np.dtype(dtype)], np.where(pre < 0, 0, dx_ref)
+        y, dx = ((k, m), y_ref, n), ((k, n), dx_ref, m)  # output shape, reference, terms in each sum
+        cases = [  # (name, output, with a ReLU'd copy, kernel, its arguments from the outputs)
+            ("forward dot", y, False, cpu.linear_forward_act, lambda o, a: (o, o, x, w, b, False)),
+            ("forward dot + ReLU", y, True, cpu.linear_forward_act, lambda o, a: (o, a, x, w, b, True)),
+            ("forward over Wt", y, False, cpu.linear_blocks, lambda o, a: (o, x, wt, b, o, cpu.FORWARD)),
+            ("forward over Wt + ReLU", y, True, cpu.linear_blocks,
+             lambda o, a: (o, x, wt, b, a, cpu.FORWARD | cpu.RELU)),
+            ("dX", dx, False, cpu.linear_blocks, lambda o, a: (o, g, w, unused, o, 0)),
+            ("dX, ReLU mask", ((k, n), masked, m), False, cpu.linear_blocks,
+             lambda o, a: (o, g, w, unused, pre, cpu.RELU)),
+            ("dX rows", dx, False, cpu.linear_backward_input_rows, lambda o, a: (o, g, w, o, False)),
+            ("dX rows, ReLU mask", ((k, n), masked, m), False, cpu.linear_backward_input_rows,
+             lambda o, a: (o, g, w, pre, True)),
+        ]
+        for name, (shape, ref, terms), relu, kernel, args in cases:
             twins = []
-            for twin in ("serial", "parallel"):
-                dw, db = np.ones((m, n), dtype), np.ones(m, dtype)
-                getattr(cpu.linear_blocks, twin)(dw, g, x, db, dw, how)
-                twins.append((dw, db))
-            shift = 0 if how & cpu.ACCUMULATE else 1  # "=" leaves out the ones the reference started from
-            np.testing.assert_allclose(twins[0][0], dw_ref - shift, rtol=0, atol=TOL[dtype] * k, err_msg=f"dW {k, n, m}")
-            np.testing.assert_allclose(twins[0][1], db_ref - shift, rtol=0, atol=TOL[dtype] * k)
-            assert all(a.tobytes() == c.tobytes() for a, c in zip(*twins)), f"dW {k, n, m}"
-
-
-def fresh(twin, shape, dtype, count, call):
-    """Runs the `twin` of the kernel call(*outputs) names on `count` new NaN-filled outputs (an
-    output element never written stays NaN and fails the comparison); returns the outputs."""
-    outs = [np.full(shape, np.nan, dtype) for _ in range(count)]
-    kernel, args = call(*outs)
-    getattr(kernel, twin)(*args)
-    return outs
+            for twin in (kernel.serial, kernel.parallel):
+                out, act = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)  # NaN: never written
+                twin(*args(out, act))
+                twins.append((out, act) if relu else (out,))
+            np.testing.assert_allclose(twins[0][0], ref, rtol=0, atol=TOL[dtype] * terms, err_msg=f"{name} {k, n, m}")
+            if relu:
+                np.testing.assert_array_equal(twins[0][1], np.maximum(twins[0][0], 0))
+            assert all(a.tobytes() == c.tobytes() for a, c in zip(*twins)), f"{name} {k, n, m}"
+        for accumulate in (False, True):
+            how = cpu.DW | cpu.ACCUMULATE if accumulate else cpu.DW
+            for kernel, args in ((cpu.linear_blocks, lambda dw, db: (dw, g, x, db, dw, how)),
+                                 (cpu.linear_backward_params_rows, lambda dw, db: (dw, db, g, x, accumulate))):
+                twins = []
+                for twin in (kernel.serial, kernel.parallel):
+                    dw, db = np.ones((m, n), dtype), np.ones(m, dtype)
+                    twin(*args(dw, db))
+                    twins.append((dw, db))
+                shift = 0 if accumulate else 1  # "=" leaves out the ones the reference started from
+                name = f"dW {kernel.serial.py_func.__name__} accumulate={accumulate} {k, n, m}"
+                np.testing.assert_allclose(twins[0][0], dw_ref - shift, rtol=0, atol=TOL[dtype] * k, err_msg=name)
+                np.testing.assert_allclose(twins[0][1], db_ref - shift, rtol=0, atol=TOL[dtype] * k, err_msg=name)
+                assert all(a.tobytes() == c.tobytes() for a, c in zip(*twins)), name
 
 
 @pytest.mark.parametrize("w", [2, 4, 8, 16])

@@ -17,7 +17,7 @@ import types as pytypes
 
 import numpy as np
 from numba import njit, prange
-from numba.core.caching import FunctionCache
+from numba.core import caching
 
 from . import simd, threads
 
@@ -28,16 +28,22 @@ with open(__file__, "rb") as _own, open(simd.__file__, "rb") as _simd:
     SOURCES_HASH = hashlib.sha256(_own.read() + _simd.read()).hexdigest()
 
 
-class _SourcesKeyedCache(FunctionCache):
+class _SourcesKeyedCache(caching.FunctionCache):
     def _index_key(self, sig, codegen):
         return super()._index_key(sig, codegen) + (SOURCES_HASH,)
+
+
+# _index_key is Numba's internal (as of 0.68): a Numba that renamed it gets its plain cache, not an
+# error at import (tests/test_fast_kernels.py then fails on the stale kernels, where it can be fixed).
+_KEYED = hasattr(caching.FunctionCache, "_index_key")
 
 
 def jit(func, **options):
     """njit(cache=True, **options): a second process loads the compiled kernel from __pycache__
     instead of compiling it, unless cpu.py or simd.py changed since."""
     kernel = njit(cache=True, **options)(func)
-    kernel._cache = _SourcesKeyedCache(kernel.py_func)
+    if _KEYED:
+        kernel._cache = _SourcesKeyedCache(kernel.py_func)
     return kernel
 
 

@@ -5,7 +5,7 @@ One training step as interface.md writes it (zero_grad, forward, loss, backward,
 process with NUMBA_NUM_THREADS / OMP_NUM_THREADS set, and torch.set_num_threads). Prints the median
 µs per step of each, interleaved in chunks, and nbnet's over PyTorch's (goal, issue #9: ≤ 0.2×).
 At these sizes the arithmetic is ~1.4 MFLOP per sample: what is measured is per-step overhead
-(Python, kernel calls, waking threads).
+(Python, kernel calls, waking threads). A second table splits nbnet's step into its phases.
 
     python profiling/bench_step.py            # ~30 s
     python profiling/bench_step.py --quick    # 1 thread, a few seconds
@@ -39,7 +39,27 @@ def nbnet_step(x, y, planned=True):
         loss_fn.forward(model.forward(x), y)
         model.backward(loss_fn.backward())
         opt.step()
+
+    def phased():
+        """The same step, timed phase by phase: seconds of PHASES."""
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        t1 = time.perf_counter()
+        out = model.forward(x)
+        t2 = time.perf_counter()
+        loss_fn.forward(out, y)
+        g = loss_fn.backward()
+        t3 = time.perf_counter()
+        model.backward(g)
+        t4 = time.perf_counter()
+        opt.step()
+        t5 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4
+    step.phased = phased
     return step
+
+
+PHASES = ("zero_grad", "forward", "loss", "backward", "opt.step")
 
 
 def torch_step(x, y):
@@ -85,6 +105,10 @@ def worker(threads, batches, steps):
                     fn()
                     times[name].append(time.perf_counter() - t)
         result[bs] = {name: statistics.median(v) for name, v in times.items()}
+        # nbnet's step phase by phase, after the interleaved timing (so its timer calls, ~0.1 µs
+        # each, stay out of the figures above): where the time goes
+        phases = [fns["nbnet"].phased() for _ in range(steps)]
+        result[bs]["phases"] = [statistics.median(p[i] for p in phases) for i in range(len(PHASES))]
     return result
 
 
@@ -112,6 +136,7 @@ def main():
         print(f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings are noisy")
     print("(layers: nbnet with its forward and backward run layer by layer, not as planned calls)")
     print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'torch µs':>9} {'nbnet/torch':>12}")
+    phases = []
     for t in args.threads.split(","):
         env = dict(os.environ, NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                    PYTHONPATH=os.path.dirname(HERE))
@@ -123,6 +148,11 @@ def main():
             torch_us = f"{res['torch'] * 1e6:9.0f}" if "torch" in res else f"{'-':>9}"
             ratio = f"{res['nbnet'] / res['torch']:11.2f}x" if "torch" in res else f"{'-':>12}"
             print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {res['layers'] * 1e6:10.0f} {torch_us} {ratio}")
+            phases.append((t, bs, res["phases"]))
+    print(f"\nnbnet's step phase by phase, µs (medians, timed after the above)\n{'threads':>7} {'batch':>5} "
+          + " ".join(f"{p:>9}" for p in PHASES) + f" {'sum':>7}")
+    for t, bs, times in phases:
+        print(f"{t:>7} {bs:>5} " + " ".join(f"{v * 1e6:9.1f}" for v in times) + f" {sum(times) * 1e6:7.1f}")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,11 @@ def as_step(route):
     if len(calls) == 1:
         (fn, args), = calls
         return lambda: fn(*args)
-    return lambda: [fn(*args) for fn, args in calls]
+
+    def run():
+        for fn, args in calls:
+            fn(*args)
+    return run
 
 
 def main():

@@ -419,7 +419,7 @@ def _linear_blocks(c, a, b, vec, other, how):
                         other_il < 0 (other = preact).
 
     One kernel for all three, not one each: the parallel twin of a kernel around bcast_unit takes
-    ~3-5 s to compile and the serial ~1 s, which a cold start paid for each (README, start-up). The
+    ~3-5 s to compile and the serial ~1 s, which a cold start paid for each (profiling/FINDINGS.md, Start-up). The
     unused arguments (vec for dX, other for dW or a forward without relu) are never read.
     """
     zero = c.dtype.type(0)

@@ -188,6 +188,7 @@ class Linear(Layer):
     out: Any = field(init=False, default=None, repr=False)
     dinp: Any = field(init=False, default=None, repr=False)
     weight_t: Any = field(init=False, default=None, repr=False)  # forward scratch: Wᵀ
+    _checked: Any = field(init=False, default=None, repr=False)  # the arrays _check_arrays last passed
 
     def __post_init__(self):
         for name in ("in_features", "out_features"):
@@ -296,7 +297,35 @@ class Linear(Layer):
             return self._grad_bias
         return self._buffer("grad_bias_scratch", like, (self.out_features,), self.weight.dtype)
 
+    def _check_arrays(self):
+        """Weight, bias and their gradients must be what the kernels index: arrays may be assigned
+        (`layer.weight = w`), and the kernels do not check bounds, dtypes or strides, so a wrong
+        shape would read or write past an array and a float64 or strided one fail inside Numba.
+        Checked again only when one of them was replaced (by identity: a few attribute reads)."""
+        c = self._checked
+        if (c is not None and c[0] is self.weight and c[1] is self.bias and c[2] is self._grad_weight
+                and c[3] is self._grad_bias):
+            return
+        dtype, w = np.dtype(self.dtype), (self.out_features, self.in_features)
+        on_host = isinstance(self.weight, np.ndarray)
+        for name, shape in (("weight", w), ("bias", w[:1]), ("grad_weight", w), ("grad_bias", w[:1])):
+            arr = getattr(self, "_" + name if name.startswith("grad") else name)
+            if arr is None and name.endswith("bias"):
+                continue
+            host = isinstance(arr, np.ndarray)
+            if not (host or hasattr(arr, "copy_to_host")) or not hasattr(arr, "dtype"):
+                raise ValueError(f"{self.describe()}: {name} must be an array, got {type(arr).__name__}")
+            contiguous = arr.flags.c_contiguous if host else arr.is_c_contiguous()
+            if tuple(arr.shape) != shape or arr.dtype != dtype or host != on_host or not contiguous:
+                where = {True: "host", False: "GPU"}
+                raise ValueError(
+                    f"{self.describe()}: {name} must be a C-contiguous {dtype} {shape} {where[on_host]} array "
+                    f"(np.ascontiguousarray(a, np.{dtype}) makes one), got a "
+                    f"{'C-contiguous' if contiguous else 'strided'} {arr.dtype} {tuple(arr.shape)} {where[host]} array")
+        self._checked = (self.weight, self.bias, self._grad_weight, self._grad_bias)
+
     def forward(self, x):
+        self._check_arrays()
         x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
@@ -306,6 +335,7 @@ class Linear(Layer):
     def forward_relu(self, x, relu):
         """This layer then `relu` (a ReLU) in one kernel: bias and max(0, ·) in the matmul's last
         pass. Leaves both layers' caches as their own forwards would; returns the ReLU's output."""
+        self._check_arrays()
         x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
         out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
@@ -326,6 +356,7 @@ class Linear(Layer):
         """dW += Gᵀ X, db += Σ_i G_i (=, not +=, right after zero_grad), and (if wanted) dX = G W.
         With `relu` (the ReLU layer that fed this one), returns the gradient at that ReLU's input
         instead, in the same pass."""
+        self._check_arrays()
         dout = self._check_grad(dout, self.out)
         k = kernels(dout)
         accumulate = not (self._zero_weight or self._zero_bias) or self._accumulate()

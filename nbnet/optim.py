@@ -27,6 +27,22 @@ def _check_nonneg(cls, **values):
             raise ValueError(f"{cls}: {name} must be a finite number ≥ 0, got {v!r}")
 
 
+def _check_parameter(who, i, data, grad):
+    """A step reads a parameter and its gradient as flat arrays of one length: a parameter
+    assigned since (`layer.weight = w`) with another shape would be read past its end by the
+    kernel, and a strided one updated in a flat copy, leaving the layer's array as it was."""
+    host = isinstance(data, np.ndarray)
+    for name, arr in (("parameter", data), ("gradient", grad)):
+        if not (isinstance(arr, np.ndarray) or hasattr(arr, "copy_to_host")) or not hasattr(arr, "dtype"):
+            raise ValueError(f"{who}: {name} {i} is not an array but {type(arr).__name__}")
+        contiguous = arr.flags.c_contiguous if isinstance(arr, np.ndarray) else arr.is_c_contiguous()
+        if (not contiguous or isinstance(arr, np.ndarray) != host or tuple(arr.shape) != tuple(data.shape)
+                or arr.dtype != data.dtype):
+            raise ValueError(f"{who}: parameter {i} ({data.dtype} {tuple(data.shape)}) and its gradient "
+                             f"({arr.dtype} {tuple(arr.shape)}) must be C-contiguous arrays of one shape, "
+                             "dtype and device")
+
+
 def one_flat(arrays):
     """A 1-D view covering all of `arrays` when they lie back to back in one buffer, in order (as
     after nbnet.model.pack_parameters), else None."""
@@ -203,6 +219,9 @@ class Optimizer:
             views = [st[name] for st in self.state for name in self.state_names]
             if tuple(map(id, views)) == cached[3]:
                 return cached[2]
+        arrays, n = self._flat_for[0], len(self.params)
+        for i in range(n):
+            _check_parameter(type(self).__name__, i, arrays[i], arrays[n + i])
         if flat is not None:
             data, grad = flat
             groups = [(data, grad, {name: self._flat_state(name, data) for name in self.state_names})]

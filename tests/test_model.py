@@ -29,6 +29,33 @@ def test_parameters_are_writable_in_place():
     np.testing.assert_allclose(model.layers[0].forward(x), np.full((1, 8), 4 * 0.5 + 2.0))
 
 
+@pytest.mark.parametrize("name, value, match", [
+    ("weight", np.ones((8, 5), np.float32), r"got a C-contiguous float32 \(8, 5\) host array"),
+    ("weight", np.ones((8, 4)), "got a C-contiguous float64"),
+    ("weight", np.ones((4, 8), np.float32).T, "got a strided float32 \\(8, 4\\)"),
+    ("weight", [[0.0] * 4] * 8, "weight must be an array, got list"),
+    ("bias", np.ones(7, np.float32), r"bias must be a C-contiguous float32 \(8,\) host array"),
+    ("grad_weight", np.ones((8, 3), np.float32), "grad_weight must be"),
+])
+def test_an_assigned_parameter_that_does_not_fit_is_a_value_error(name, value, match):
+    """`layer.weight = w` is supported (the plan notices it), but the kernels check no bounds,
+    dtypes or strides: a wrong shape was read past its end (forward and optimizer step, silently),
+    float64 or strided ones failed inside Numba's typing, a list as "no usable CUDA GPU"."""
+    model, x, y = mlp(), np.ones((5, 4), np.float32), np.zeros(5, np.int64)
+    opt, loss_fn = nb.SGD(model.parameters(), lr=0.1), nb.CrossEntropy()
+    for _ in range(3):  # planned: the plan sees the new array and hands the call to the layer
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    setattr(model.layers[0], name, value)
+    with pytest.raises(ValueError, match=match):
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+    with pytest.raises(ValueError, match=r"SGD: parameter [01] "):
+        opt.step()  # a step right after the assignment, without a forward
+
+
 def test_he_uniform_init_is_seeded_and_bounded():
     a, b, c = nb.Linear(100, 50, seed=3), nb.Linear(100, 50, seed=3), nb.Linear(100, 50, seed=4)
     np.testing.assert_array_equal(a.weight, b.weight)

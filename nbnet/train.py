@@ -382,6 +382,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     if len(data) not in (2, 4):
         raise ValueError("data must be (x_train, y_train) or (x_train, y_train, x_test, y_test)")
     x_train, y_train = as_features(model, data[0], "x_train"), as_targets(model, data[1], loss, "y_train")
+    if len(x_train) != len(y_train):  # before val_split draws rows of x for both
+        raise ValueError(f"x_train has {len(x_train)} rows but y_train has {len(y_train)}")
     x_test = y_test = x_val = y_val = None
     if len(data) == 4 and data[2] is not None:
         x_test, y_test = as_features(model, data[2], "x_test"), as_targets(model, data[3], loss, "y_test")
@@ -391,8 +393,6 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         x_val, y_val = as_features(model, val_data[0], "x_val"), as_targets(model, val_data[1], loss, "y_val")
     elif val_split:
         x_train, y_train, x_val, y_val = split_validation(x_train, y_train, val_split, seed)
-    if len(x_train) != len(y_train):
-        raise ValueError(f"x_train has {len(x_train)} rows but y_train has {len(y_train)}")
     if (early_stopping is not None or on_best is not None or restore_best) and x_val is None:
         raise ValueError("early stopping and keeping the best epoch need validation data (val_data or val_split)")
     check_data(model, (x_train, y_train, x_test, y_test, x_val, y_val), loss)

@@ -137,6 +137,17 @@ def test_train_refuses_bad_arguments():
         nb.train(model, opt, (np.array([["a", "b"]] * len(ytr)), ytr), epochs=1)
 
 
+def test_train_refuses_x_and_y_of_different_lengths_with_val_split():
+    """val_split draws its rows from x's length for both arrays: with more labels than rows it
+    trained silently on the wrong labels, with fewer it was an IndexError."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    for x, y in ((xtr[: len(xtr) // 2], ytr), (xtr, ytr[: len(ytr) // 2])):
+        with pytest.raises(ValueError, match=r"x_train has \d+ rows but y_train has \d+"):
+            nb.train(model, opt, (x, y), epochs=1, val_split=0.2)
+
+
 def test_evaluate_names_the_data_it_was_given_not_training_data():
     model = spiral_model()
     x = np.zeros((4, 2), np.float32)

@@ -23,6 +23,7 @@ import numpy as np
 from . import dist
 from .check import compile_kernels
 from .data import batches, batches_reusing
+from .datasets import check_features
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
@@ -147,7 +148,9 @@ def check_loss(loss):
 def as_features(model, x, who="x"):
     """x as a C-contiguous (N, D) array of the model's dtype: lists, integer, bool and float64 (for
     a float32 model) features are converted here, in nb.train / nb.evaluate / nb.predict, and only
-    here (a layer's forward converts nothing)."""
+    here (a layer's forward converts nothing). NaN, Inf, or a value too large for the dtype is an
+    error naming its place, as in `nbnet train`: else training stopped as "diverged", evaluate
+    reported a NaN loss and predict class 0."""
     if not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host"):
         return x  # already on the GPU: its dtype is checked by the first layer
     x = np.asarray(x)
@@ -155,7 +158,7 @@ def as_features(model, x, who="x"):
         raise ValueError(f"{who}: features must be real numbers, got {x.dtype}")
     if x.ndim == 1:
         raise ValueError(f"{who}: expected a 2-D (N, D) array, got shape {x.shape} (one sample: x[None])")
-    return np.ascontiguousarray(x, dtype=model.dtype)
+    return check_features(x, who, model.dtype)
 
 
 def as_targets(model, y, loss, who="y"):

@@ -148,6 +148,25 @@ def test_train_refuses_x_and_y_of_different_lengths_with_val_split():
             nb.train(model, opt, (x, y), epochs=1, val_split=0.2)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e300])  # 1e300: Inf once made float32
+def test_nan_or_inf_in_features_is_an_error_naming_its_place(bad):
+    """As `nbnet train` refuses them: before, train stopped with "training diverged", evaluate
+    gave a NaN loss, and predict answered class 0 for the row."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    x = xtr.astype(np.float64)
+    x[5, 1] = bad
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"^x_train: x\[5, 1\] is .*NaN/Inf"):
+        nb.train(model, opt, (x, ytr), epochs=1)
+    with pytest.raises(ValueError, match=r"^x_test: x\[5, 1\]"):
+        nb.train(model, opt, (xtr, ytr, x, ytr), epochs=1)
+    with pytest.raises(ValueError, match=r"^x: x\[5, 1\]"):
+        nb.evaluate(model, x, ytr)
+    with pytest.raises(ValueError, match=r"^x: x\[5, 1\]"):
+        nb.predict(model, x)
+
+
 def test_evaluate_names_the_data_it_was_given_not_training_data():
     model = spiral_model()
     x = np.zeros((4, 2), np.float32)

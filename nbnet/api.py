@@ -38,5 +38,7 @@ def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
     (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D)."""
     _loop.check_loss(loss)
     x = _loop.as_features(model, x)
+    if len(x) == 0:  # as evaluate: else NumPy's "need at least one array to concatenate"
+        raise ValueError("x is empty: no rows to predict")
     pred, scores = _loop.predict(model, x, batch_size, loss=loss)
     return scores if proba else pred

@@ -167,6 +167,12 @@ def test_nan_or_inf_in_features_is_an_error_naming_its_place(bad):
         nb.predict(model, x)
 
 
+def test_predict_on_no_rows_says_so():
+    model = spiral_model()
+    with pytest.raises(ValueError, match="x is empty"):
+        nb.predict(model, np.zeros((0, 2), np.float32))
+
+
 def test_evaluate_names_the_data_it_was_given_not_training_data():
     model = spiral_model()
     x = np.zeros((4, 2), np.float32)

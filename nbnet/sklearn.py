@@ -230,6 +230,10 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, incremental, classes=None):
         sizes, dtype = self._check_params()
+        if incremental and self.early_stopping:
+            # scikit-learn's rule and words; after a fit with early stopping, best_loss_ is None
+            # and the training-loss rule that partial_fit follows failed on it with a TypeError.
+            raise ValueError("partial_fit does not support early_stopping=True")
         first = not incremental or not hasattr(self, "_model")
         X, y = validate_data(self, X, y, reset=first, dtype=dtype, order="C", multi_output=True,
                              y_numeric=not self._classifies)

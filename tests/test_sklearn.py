@@ -247,6 +247,23 @@ def test_partial_fit_one_epoch_at_a_time_continues_the_state():
     assert reg.n_iter_ == 2
 
 
+@pytest.mark.parametrize("make", [MLPClassifier, MLPRegressor])
+def test_partial_fit_with_early_stopping_is_refused_as_in_sklearn(make):
+    """scikit-learn raises this ValueError; after a fit with early stopping, partial_fit was a
+    TypeError (best_loss_ is None), and on a new estimator it ignored early_stopping."""
+    x, y = blobs()
+    y = y if make is MLPClassifier else y.astype(float)
+    est = make((8,), random_state=0, early_stopping=True, max_iter=3)
+    extra = {"classes": np.unique(y)} if make is MLPClassifier else {}
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        est.partial_fit(x, y, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(x, y)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        est.partial_fit(x, y)
+
+
 def test_alpha_is_weight_decay_alpha_over_batch_size():
     x, y = blobs()
     clf = MLPClassifier((8,), alpha=0.5, batch_size=25, max_iter=1, random_state=0)

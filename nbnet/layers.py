@@ -196,9 +196,11 @@ class Linear(Layer):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
         self.in_features, self.out_features = int(self.in_features), int(self.out_features)
-        self.dtype = np.dtype(self.dtype).type
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"Linear: dtype must be float32 or float64, got {np.dtype(self.dtype)}")
+        # np.dtype(None) is float64: dtype=None would double a layer's size behind the float32 default.
+        dtype = None if self.dtype is None else np.dtype(self.dtype).type
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"Linear: dtype must be float32 or float64, got {dtype if dtype is None else np.dtype(dtype)}")
+        self.dtype = dtype
         if not isinstance(self.bias, (bool, np.bool_)):
             raise ValueError(f"Linear: bias must be True or False, got {self.bias!r}")
         has_bias = bool(self.bias)

@@ -161,6 +161,13 @@ def test_dtype_errors_are_not_silently_converted():
         nb.Linear(0, 2)
 
 
+def test_linear_dtype_none_is_an_error_not_float64():
+    """np.dtype(None) is float64: Linear(..., dtype=None) made a float64 layer where a PyTorch or
+    Keras user means "the default" (float32 here)."""
+    with pytest.raises(ValueError, match="dtype must be float32 or float64, got None"):
+        nb.Linear(3, 2, dtype=None)
+
+
 def test_label_errors():
     loss = nb.SoftmaxCrossEntropy()
     logits = np.zeros((3, 4), np.float32)

@@ -410,6 +410,8 @@ def _checked_layers(layers):
     if not layers:
         raise ValueError("Sequential: needs at least one layer")
     for layer in layers:
+        if isinstance(layer, type):  # has forward and backward too, and failed later on `self`
+            raise ValueError(f"Sequential: {layer.__name__} is a class, not a layer: write {layer.__name__}()")
         if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
             raise ValueError(f"Sequential: {layer!r} is not a layer")
     dtypes = {np.dtype(layer.dtype).name: layer for layer in layers if getattr(layer, "dtype", None) is not None}

@@ -27,6 +27,13 @@ def test_callable_layers_losses_and_sequential_of_args():
     assert loss_fn(a(x), y.tolist()) == loss_fn(a(x), y)  # a list of labels
 
 
+def test_a_layer_class_instead_of_a_layer_is_named():
+    """nb.ReLU for nb.ReLU(): a class has forward and backward too, and was a TypeError about a
+    missing `self` in Layer.parameters."""
+    with pytest.raises(ValueError, match=r"ReLU is a class, not a layer: write ReLU\(\)"):
+        nb.Sequential(nb.Linear(2, 3), nb.ReLU, nb.Linear(3, 2))
+
+
 def test_len_indexing_slicing_iteration():
     model = mlp()
     assert len(model) == 3 and model[0] is model.layers[0] and model[-1] is model.layers[2]

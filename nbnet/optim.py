@@ -9,6 +9,7 @@ the parameter dtype. `lr` is a plain attribute, so a schedule sets `opt.lr` befo
 """
 
 import math
+import numbers
 from operator import getitem, is_
 
 import numpy as np
@@ -21,9 +22,15 @@ def _flat(arr):
     return arr.reshape(arr.size)
 
 
+def _real(v):
+    """A real number, NumPy scalars included (np.float32(0.01) is a rate too, as in torch and in
+    nbnet.sklearn, which passes its parameters on as it accepted them)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def _check_nonneg(cls, **values):
     for name, v in values.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+        if not _real(v) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{cls}: {name} must be a finite number ≥ 0, got {v!r}")
 
 
@@ -311,7 +318,7 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         name = type(self).__name__
         _check_nonneg(name, lr=lr, eps=eps, weight_decay=weight_decay)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        if not (hasattr(betas, "__len__") and len(betas) == 2 and all(_real(b) and 0 <= b < 1 for b in betas)):
             raise ValueError(f"{name}: betas must be two numbers in [0, 1), got {betas!r}")
         super().__init__(params)
         self.lr, self.eps, self.weight_decay = float(lr), float(eps), float(weight_decay)

@@ -167,6 +167,25 @@ def test_bad_hyperparameters_are_rejected(make, rng):
         make(make_params(rng)[1])
 
 
+def test_numpy_scalars_are_numbers_for_hyperparameters(rng):
+    """np.float32(0.01) was refused as a rate, and nbnet.sklearn, which accepts NumPy scalars as
+    scikit-learn does, passed them on: MLPClassifier(learning_rate_init=np.float32(...)).fit failed."""
+    for make in (lambda ps, f: nb.SGD(ps, lr=f(0.1), momentum=f(0.9), weight_decay=f(0.01), nesterov=True),
+                 lambda ps, f: nb.Adam(ps, lr=f(0.01), betas=(f(0.9), f(0.99)), eps=f(1e-6), weight_decay=f(0.1))):
+        runs = []
+        for f in (lambda v: float(np.float32(v)), np.float32):  # the same numbers, as float and np.float32
+            params = make_params(np.random.default_rng(0))[1]
+            opt = make(params, f)
+            for _ in range(3):
+                for p in params:
+                    p.grad[...] = 0.5
+                opt.step()
+            runs.append([p.data.copy() for p in params])
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+    assert nb.SGD(make_params(rng)[1], lr=np.int64(1)).lr == 1.0
+
+
 @pytest.mark.parametrize(
     "make", [lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
              lambda ps: nb.Adam(ps, lr=0.01, weight_decay=0.1), lambda ps: nb.AdamW(ps, lr=0.01)],

@@ -264,6 +264,15 @@ def test_partial_fit_with_early_stopping_is_refused_as_in_sklearn(make):
         est.partial_fit(x, y)
 
 
+def test_numpy_scalar_parameters_reach_the_optimizer():
+    """Accepted by _check_params (numbers.Real, as scikit-learn), then refused by nbnet's optimizers."""
+    x, y = blobs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier((8,), learning_rate_init=np.float32(0.01), beta_1=np.float32(0.8), max_iter=2).fit(x, y)
+        MLPClassifier((8,), solver="sgd", momentum=np.float32(0.5), max_iter=2).fit(x, y)
+
+
 def test_alpha_is_weight_decay_alpha_over_batch_size():
     x, y = blobs()
     clf = MLPClassifier((8,), alpha=0.5, batch_size=25, max_iter=1, random_state=0)

@@ -82,6 +82,11 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
+        # SGD(model) iterates over the layers: refused here, not as an AttributeError at step().
+        bad = next((p for p in self.params if not (hasattr(p, "data") and hasattr(p, "grad"))), None)
+        if bad is not None:
+            raise ValueError(f"{type(self).__name__}: expected parameters, e.g. model.parameters(), "
+                             f"got {type(bad).__name__}")
         self.step_count = 0
         self.state = [{name: None for name in self.state_names} for _ in self.params]
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check

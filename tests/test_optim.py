@@ -167,6 +167,14 @@ def test_bad_hyperparameters_are_rejected(make, rng):
         make(make_params(rng)[1])
 
 
+@pytest.mark.parametrize("cls", [nb.SGD, nb.Adam, nb.AdamW])
+def test_an_optimizer_given_the_model_instead_of_its_parameters_says_so(cls):
+    """SGD(model, ...) iterated over the layers and failed at step() with an AttributeError."""
+    model = nb.Sequential(nb.Linear(3, 2), nb.ReLU())
+    with pytest.raises(ValueError, match=r"expected parameters, e\.g\. model\.parameters\(\), got Linear"):
+        cls(model, lr=0.1)
+
+
 def test_numpy_scalars_are_numbers_for_hyperparameters(rng):
     """np.float32(0.01) was refused as a rate, and nbnet.sklearn, which accepts NumPy scalars as
     scikit-learn does, passed them on: MLPClassifier(learning_rate_init=np.float32(...)).fit failed."""

@@ -27,7 +27,8 @@ class Sequential:
 
     As torch.nn.Sequential: `Sequential([l1, l2])` or `Sequential(l1, l2)`; `model(x)`,
     `len(model)`, `model[i]` (a layer), `model[i:j]` (a Sequential sharing those layers), iteration
-    over the layers, `state_dict()` / `load_state_dict()`. All layers must share one dtype.
+    over the layers, `state_dict()` / `load_state_dict()`. All layers must share one dtype. A
+    Sequential among the layers contributes its layers (shared, not copied): the stack stays flat.
     """
 
     def __init__(self, *layers):
@@ -406,7 +407,10 @@ class Summary(str):
 
 
 def _checked_layers(layers):
-    layers = list(layers)
+    # A Sequential among the layers gives its layers, the same objects: nbnet's model is one flat
+    # stack (its plan fuses a Linear with the ReLU after it, and checkpoints list layers), and a
+    # nested one trained but could not be saved (torch keeps the block: model[0] would be it).
+    layers = [sub for layer in layers for sub in (layer.layers if isinstance(layer, Sequential) else [layer])]
     if not layers:
         raise ValueError("Sequential: needs at least one layer")
     for layer in layers:

@@ -34,6 +34,26 @@ def test_a_layer_class_instead_of_a_layer_is_named():
         nb.Sequential(nb.Linear(2, 3), nb.ReLU, nb.Linear(3, 2))
 
 
+def test_a_sequential_among_the_layers_gives_its_layers(tmp_path):
+    """torch users nest blocks; nbnet keeps one flat stack. A nested Sequential trained but its
+    save was an AttributeError ('Sequential' object has no attribute 'config')."""
+    block = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU())
+    model = nb.Sequential(block, nb.Linear(8, 3, seed=1))
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear"] and model[0] is block[0]
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), mlp()(x))
+    model.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(nb.load(tmp_path / "m.npz")(x), model(x))
+
+
+def test_batches_of_lists():
+    """Shuffled batches of lists were NumPy's 'only integer scalar arrays can be converted'."""
+    x, y = [[0, 1], [2, 3], [4, 5]], [0, 1, 2]
+    got = list(nb.batches(x, y, 2, shuffle=True, seed=0))
+    assert sorted(int(v) for _, yb in got for v in yb) == [0, 1, 2]
+    assert all(xb[i, 0] == 2 * yb[i] for xb, yb in got for i in range(len(yb)))
+
+
 def test_len_indexing_slicing_iteration():
     model = mlp()
     assert len(model) == 3 and model[0] is model.layers[0] and model[-1] is model.layers[2]

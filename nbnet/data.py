@@ -24,8 +24,10 @@ def batches(x, y, batch_size, shuffle=True, seed=None):
     """Yield (xb, yb) mini-batches of `batch_size` rows (the last one may be smaller).
 
     With shuffle, the order is a permutation from np.random.default_rng(seed): the same seed gives
-    the same batches. `seed` may be an int or a sequence of ints (e.g. (seed, epoch)).
+    the same batches. `seed` may be an int or a sequence of ints (e.g. (seed, epoch)). Lists are
+    made arrays (a list cannot be indexed by the shuffled rows).
     """
+    x, y = (np.asarray(a) if isinstance(a, (list, tuple)) else a for a in (x, y))
     _check_lengths(x, y)
     order = batch_order(len(x), batch_size, shuffle, seed)
     for start in range(0, len(x), batch_size):

@@ -156,8 +156,9 @@ def as_features(model, x, who="x"):
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
         raise ValueError(f"{who}: features must be real numbers, got {x.dtype}")
-    if x.ndim == 1:
-        raise ValueError(f"{who}: expected a 2-D (N, D) array, got shape {x.shape} (one sample: x[None])")
+    if x.ndim != 2:
+        hint = " (one sample: x[None])" if x.ndim == 1 else " (images: x.reshape(len(x), -1))" if x.ndim > 2 else ""
+        raise ValueError(f"{who}: expected a 2-D (N, D) array, got shape {x.shape}{hint}")
     return check_features(x, who, model.dtype)
 
 

@@ -173,6 +173,14 @@ def test_predict_on_no_rows_says_so():
         nb.predict(model, np.zeros((0, 2), np.float32))
 
 
+def test_features_of_more_than_two_dimensions_are_refused_before_any_check_of_their_values():
+    """Images not flattened: with a NaN among them it was 'too many values to unpack'."""
+    model = spiral_model()
+    x = np.full((4, 2, 1), np.nan, np.float32)
+    with pytest.raises(ValueError, match=r"^x: expected a 2-D \(N, D\) array, got shape \(4, 2, 1\) \(images"):
+        nb.predict(model, x)
+
+
 def test_evaluate_names_the_data_it_was_given_not_training_data():
     model = spiral_model()
     x = np.zeros((4, 2), np.float32)

@@ -657,7 +657,7 @@ def softmax_row(out, inp, i):
     """out_ij = e^(x_ij - m_i) / s_i  with  m_i = max_j x_ij,  s_i = Σ_j e^(x_ij - m_i);  returns (m_i, s_i)
 
     Subtracting the row maximum keeps every exponent ≤ 0: finite for inputs of any size. And
-    log Σ_j e^(x_ij) = m_i + log s_i, which is what the cross-entropy needs.
+    log Σ_j e^(x_ij) = m_i + log s_i, which is what the cross-entropy needs (added to m_i - z last).
     """
     n = inp.shape[1]
     mx = inp[i, 0]
@@ -738,15 +738,17 @@ crossentropy_backward = Kernel(_crossentropy_backward, _elements, STEP_PARALLEL_
 
 
 def _softmax_crossentropy_forward(probs, losses, logits, targets):
-    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i), computed as m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i
+    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i), computed as (m_i - z_i,t_i) + log Σ_j e^(z_ij - m_i)
 
     probs (k, c) out: softmax(z), kept for the backward; losses (k,) scratch; logits (k, c) = z;
     targets (k,) int. With m_i = max_j z_ij every exponent is ≤ 0: finite at logits of ±1000.
+    m_i - z_i,t_i first: added to a large m_i, the log (≤ log c) would round away (equal logits of
+    1e8 in float32 gave a loss of 0, not log c), as in torch's log_softmax.
     """
     k = logits.shape[0]
     for i in prange(k):
         mx, s = softmax_row(probs, logits, i)
-        losses[i] = mx + np.log(s) - logits[i, targets[i]]
+        losses[i] = (mx - logits[i, targets[i]]) + np.log(s)
     total = logits.dtype.type(0)
     for i in range(k):
         total += losses[i]
@@ -773,7 +775,7 @@ softmax_crossentropy_backward = Kernel(_softmax_crossentropy_backward, _elements
 
 @jit
 def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):
-    """L = (1/k) Σ_i (m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i),  dz_ij = (p_ij - [j = t_i]) / k
+    """L = (1/k) Σ_i ((m_i - z_i,t_i) + log Σ_j e^(z_ij - m_i)),  dz_ij = (p_ij - [j = t_i]) / k
 
     softmax_crossentropy_forward and _backward in one pass over the logits (k, c): dlogits (k, c)
     out, probs (k, c) out, losses (k,) scratch, targets (k,) int. Serial: k × c is tiny next to
@@ -787,7 +789,7 @@ def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, target
         for j in range(c):
             dlogits[i, j] = probs[i, j] * inv_k
         dlogits[i, targets[i]] -= inv_k
-        losses[i] = mx + np.log(s) - logits[i, targets[i]]
+        losses[i] = (mx - logits[i, targets[i]]) + np.log(s)  # in this order: see _softmax_crossentropy_forward
         total += losses[i]
     return total / logits.dtype.type(k)
 

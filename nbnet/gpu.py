@@ -802,11 +802,12 @@ def crossentropy_backward(dprobs, probs, targets):
 
 @_jit
 def _softmax_crossentropy_rows_kernel(probs, losses, logits, targets):
-    """p_ij = softmax(z_i)_j;  ℓ_i = m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i,  m_i = max_j z_ij"""
+    """p_ij = softmax(z_i)_j;  ℓ_i = (m_i - z_i,t_i) + log Σ_j e^(z_ij - m_i),  m_i = max_j z_ij
+    (in that order, as on the CPU: see cpu._softmax_crossentropy_forward)"""
     i = cuda.grid(1)
     if i < logits.shape[0]:
         mx, s = _softmax_row(probs, logits, i)
-        losses[i] = mx + math.log(s) - logits[i, targets[i]]
+        losses[i] = (mx - logits[i, targets[i]]) + math.log(s)
 
 
 def softmax_crossentropy_forward(probs, losses, logits, targets):
@@ -834,7 +835,7 @@ def softmax_crossentropy_backward(dlogits, probs, targets):
 
 @_jit
 def _softmax_crossentropy_forward_backward_kernel(dlogits, probs, losses, logits, targets):
-    """p_ij = softmax(z_i)_j,  ℓ_i = m_i + log Σ_j e^(z_ij - m_i) - z_i,t_i,  dz_ij = (p_ij - [j = t_i]) / k"""
+    """p_ij = softmax(z_i)_j,  ℓ_i = (m_i - z_i,t_i) + log Σ_j e^(z_ij - m_i),  dz_ij = (p_ij - [j = t_i]) / k"""
     i = cuda.grid(1)
     k, c = logits.shape
     if i < k:
@@ -843,7 +844,7 @@ def _softmax_crossentropy_forward_backward_kernel(dlogits, probs, losses, logits
         for j in range(c):
             dlogits[i, j] = probs[i, j] * inv_k
         dlogits[i, targets[i]] -= inv_k
-        losses[i] = mx + math.log(s) - logits[i, targets[i]]
+        losses[i] = (mx - logits[i, targets[i]]) + math.log(s)
 
 
 def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):

@@ -177,6 +177,18 @@ def test_fused_softmax_crossentropy_kernel(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_crossentropy_keeps_log_sum_at_large_equal_logits(dtype):
+    """Equal logits of 1e8 have loss log c: the row max cancels against the target's logit before
+    the log is added (added to 1e8 first, it rounded away), as on the CPU."""
+    z, t = np.full((2, 3), 1e8, dtype), np.array([0, 2])
+    d = [gpu.empty((2, 3), dtype), gpu.empty((2, 3), dtype), gpu.empty(2, dtype)]
+    got = gpu.softmax_crossentropy_forward_backward(*d, gpu.to_device(z), gpu.to_device(t))
+    np.testing.assert_allclose(got, np.log(3), rtol=1e-6)
+    got = gpu.softmax_crossentropy_forward(d[1], d[2], gpu.to_device(z), gpu.to_device(t))
+    np.testing.assert_allclose(got, np.log(3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])
 def test_activation_kernels(name, dtype):
     rng = np.random.default_rng(1)

@@ -159,3 +159,18 @@ def test_crossentropy_on_a_zero_probability_is_large_but_finite():
     value = loss.forward(np.array([[0.0, 1.0]], np.float32), np.array([0]))
     assert np.isfinite(value) and value > 80
     assert np.all(np.isfinite(loss.backward()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_crossentropy_keeps_log_sum_at_large_equal_logits(dtype):
+    """A row of C equal logits has loss log C whatever their size: the row max must cancel against
+    the target's logit before log Σ e^(z - m) (< 1e-7 of it) is added, or that term rounds away."""
+    t = np.array([0, 2, 1])
+    for big in (1e4, 1e8, 3e38):
+        z = np.full((3, 3), big, dtype)
+        z[1] = -big
+        z[2, 0] = -big  # z_2 = (-big, big, big): loss log 2
+        want = (np.log(3) + np.log(3) + np.log(2)) / 3
+        assert nb.SoftmaxCrossEntropy().forward(z, t) == pytest.approx(want, rel=1e-6), big
+        probs, losses = np.empty_like(z), np.empty(3, dtype)
+        assert cpu.softmax_crossentropy_forward(probs, losses, z, t) == pytest.approx(want, rel=1e-6), big

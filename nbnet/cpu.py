@@ -937,13 +937,16 @@ def _sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
 sgd_step = Kernel(_sgd_step, lambda param, *rest: 2 * param.shape[0], STEP_PARALLEL_WORK)
 
 
-def _adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt):
+def _adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt):
     """torch.optim.Adam and AdamW, one step t; the caller precomputes the scalars:
 
     Adam:  g = ∇ + l2 θ        (l2 = weight_decay, decay = 1)
     AdamW: θ *= decay;  g = ∇   (l2 = 0, decay = 1 - lr weight_decay)
     m = β1 m + (1-β1) g   (as torch's lerp: m + (1-β1)(g - m));   v = β2 v + (1-β2) g²
     θ -= step_size m / (√v / bc2_sqrt + ε),   step_size = lr / (1-β1^t),   bc2_sqrt = √(1-β2^t)
+    one_beta1 = 1-β1 and one_beta2 = 1-β2 come made in double, as torch makes them: computed here
+    from float32 β, 1 - float32(0.999) is 1.3e-5 off 0.001 (1 - float32(0.99999): 1.4e-3 off),
+    a bias in every step that the bias correction, made in double, does not cancel.
     A subnormal m or v is stored as 0 (see above).
     """
     one = param.dtype.type(1)
@@ -955,8 +958,8 @@ def _adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_s
             g += l2 * param[p]
         if decay != one:
             param[p] *= decay
-        mp = _flushed(m[p] + (one - beta1) * (g - m[p]), tiny, zero)
-        vp = _flushed(beta2 * v[p] + (one - beta2) * g * g, tiny, zero)
+        mp = _flushed(m[p] + one_beta1 * (g - m[p]), tiny, zero)
+        vp = _flushed(beta2 * v[p] + one_beta2 * g * g, tiny, zero)
         m[p] = mp
         v[p] = vp
         param[p] -= step_size * mp / (np.sqrt(vp) / bc2_sqrt + eps)

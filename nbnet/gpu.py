@@ -954,10 +954,10 @@ def sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
 
 
 @_jit
-def _adam_step_kernel(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt, tiny):
+def _adam_step_kernel(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt, tiny):
     """g = ∇ + l2 θ;  θ *= decay;  m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;
-    θ -= step_size m / (√v / bc2_sqrt + ε)   (torch.optim.Adam / AdamW; see cpu.adam_step: a
-    subnormal m or v, below tiny, is stored as 0)"""
+    θ -= step_size m / (√v / bc2_sqrt + ε)   (torch.optim.Adam / AdamW; see cpu.adam_step: 1-β
+    made in double by the caller, and a subnormal m or v, below tiny, stored as 0)"""
     p = cuda.grid(1)
     if p < param.shape[0]:
         one = param.dtype.type(1)
@@ -967,8 +967,8 @@ def _adam_step_kernel(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size
             g += l2 * param[p]
         if decay != one:
             param[p] *= decay
-        mp = m[p] + (one - beta1) * (g - m[p])
-        vp = beta2 * v[p] + (one - beta2) * g * g
+        mp = m[p] + one_beta1 * (g - m[p])
+        vp = beta2 * v[p] + one_beta2 * g * g
         if abs(mp) < tiny:
             mp = zero
         if abs(vp) < tiny:
@@ -978,10 +978,10 @@ def _adam_step_kernel(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size
         param[p] -= step_size * mp / (math.sqrt(vp) / bc2_sqrt + eps)
 
 
-def adam_step(param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt):
+def adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt):
     _launch_1d(
         _adam_step_kernel, param.shape[0],
-        param, grad, m, v, beta1, beta2, eps, l2, decay, step_size, bc2_sqrt,
+        param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt,
         param.dtype.type(np.finfo(param.dtype).tiny),
     )
 

@@ -333,7 +333,7 @@ class Adam(Optimizer):
         self.step_count += 1
         t = self.step_count
         beta1, beta2 = self.betas
-        # Scalars in Python doubles, as torch computes them, then cast to the parameter dtype.
+        # Scalars in Python doubles, as torch computes them (1 - β too), then cast to the parameter dtype.
         step_size = self.lr / (1 - beta1**t)
         bc2_sqrt = math.sqrt(1 - beta2**t)
         l2 = 0.0 if self.decoupled else self.weight_decay
@@ -342,7 +342,7 @@ class Adam(Optimizer):
             dt = data.dtype.type
             kernels(data).adam_step(
                 data, grad, st["exp_avg"], st["exp_avg_sq"],
-                dt(beta1), dt(beta2), dt(self.eps), dt(l2), dt(decay), dt(step_size), dt(bc2_sqrt),
+                dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(self.eps), dt(l2), dt(decay), dt(step_size), dt(bc2_sqrt),
             )
 
 

@@ -137,7 +137,7 @@ def mnist_groups(batch=128, dtype=np.float32):
     n = 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
     a = dict(param=rand(n, dtype=d), grad=rand(n, dtype=d, seed=1) * d(1e-3), buf=np.zeros(n, d),
              m=np.zeros(n, d), v=np.zeros(n, d), lr=d(0.01), momentum=d(0.9), weight_decay=d(0),
-             nesterov=False, beta1=d(0.9), beta2=d(0.999), eps=d(1e-8), l2=d(0), decay=d(1),
+             nesterov=False, one_beta1=d(0.1), beta2=d(0.999), one_beta2=d(0.001), eps=d(1e-8), l2=d(0), decay=d(1),
              step_size=d(1e-3), bc2_sqrt=d(0.03))
     numpy = {"sgd_step": lambda: _np_sgd(a), "adam_step": lambda: _np_adam(a)}
     groups.append(Group("Optimizers", f"{n} params", ("sgd_", "adam_"), a, work=n, numpy=numpy))

@@ -237,7 +237,7 @@ def test_optimizer_kernels(dtype):
     for l2, decay in [(0.0, 1.0), (0.01, 1.0), (0.0, 0.999)]:
         p, g, m, v = (rand(rng, size, dtype) for _ in range(4))
         v = np.abs(v)
-        assert_same("adam_step", p, g, m, v, *(dt(s) for s in (0.9, 0.999, 1e-8, l2, decay, 0.01, 0.3)))
+        assert_same("adam_step", p, g, m, v, *(dt(s) for s in (0.1, 0.999, 0.001, 1e-8, l2, decay, 0.01, 0.3)))
 
 
 def test_empty_and_fill():

@@ -94,7 +94,7 @@ for dt in (np.float32, np.float64):
         "_softmax_crossentropy_forward_backward_kernel": (*m2, a(3), a(3, 4), i64),
         "_mse_backward_kernel": (a(3, 4), *m2),
         "_sgd_step_kernel": (a(4), a(4), a(4), s, s, s, True, s),
-        "_adam_step_kernel": (a(4), a(4), a(4), a(4)) + (s,) * 8,
+        "_adam_step_kernel": (a(4), a(4), a(4), a(4)) + (s,) * 9,
         "_fill_kernel": (a(4), s),
         "_copy_kernel": m2,
         "_gather_rows_kernel": (a(2, 4), i64[:2], a(3, 4), i64, i64, 0),

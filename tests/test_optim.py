@@ -99,6 +99,27 @@ def test_adam_first_step_is_lr_times_sign():
     np.testing.assert_allclose(start - layer.weight, 0.1 * np.sign(layer.grad_weight), rtol=1e-12)
 
 
+@pytest.mark.parametrize("cls", [nb.Adam, nb.AdamW])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.99, 0.99999)])
+def test_float32_adam_follows_the_float64_rule_to_float32_rounding(cls, betas, rng):
+    """1 − β is made in double, as torch makes it: 1 − float32(0.999) is 1.3e-5 off 0.001, and
+    1 − float32(0.99999) 1.4e-3 off 1e-5, a bias in v (and in every step) far above float32's
+    rounding, which the bias correction (in double) does not cancel."""
+    layer = nb.Linear(50, 40, seed=0)
+    start = [p.data.astype(np.float64) for p in layer.parameters()]
+    opt = cls(layer.parameters(), lr=0.01, betas=betas, weight_decay=0.0 if cls is nb.Adam else 0.1)
+    grads, v = [], [0.0 for _ in start]
+    for _ in range(STEPS):
+        grads.append([g.astype(np.float32).astype(np.float64) for g in feed_grads(layer.parameters(), rng)])
+        v = [betas[1] * vi + (1 - betas[1]) * g * g for vi, g in zip(v, grads[-1])]
+        opt.step()
+    want = ref_adam(start, grads, 0.01, betas, 1e-8, opt.weight_decay, decoupled=cls is nb.AdamW)
+    for p, w, st, vi in zip(layer.parameters(), want, opt.state, v):
+        np.testing.assert_allclose(st["exp_avg_sq"], vi.ravel(), rtol=1e-6)
+        # each step is lr = 0.01 long, and float32 leaves ~1e-8 of it (and of θ) per step
+        np.testing.assert_allclose(p.data, w, rtol=0, atol=2e-7)
+
+
 def test_adamw_default_weight_decay_is_decoupled_001():
     opt = nb.AdamW(make_params(np.random.default_rng(0))[1])
     assert opt.weight_decay == 0.01 and opt.decoupled and not nb.Adam.decoupled

@@ -34,7 +34,8 @@ def _args(name, rng):
         "crossentropy_forward": (a(k), probs, labels),
         "softmax_crossentropy_forward": (a(k, c), a(k), a(k, c), labels),
         "sgd_step": (a(n), a(n), a(n), F(0.1), F(0.9), F(0.01), True),
-        "adam_step": (a(n), a(n), a(n), np.abs(a(n)), F(0.9), F(0.999), F(1e-8), F(0.01), F(0.99), F(0.1), F(0.3)),
+        "adam_step": (a(n), a(n), a(n), np.abs(a(n)), F(0.1), F(0.999), F(0.001), F(1e-8), F(0.01), F(0.99), F(0.1),
+                      F(0.3)),
     }[name]
 
 

@@ -282,22 +282,26 @@ def _evaluate_sums(model, batch_size, source, loss):
 
 def predict(model, x, batch_size=1000, loss="cross-entropy"):
     """(predictions, scores) for the rows of x: for cross-entropy the classes (N,) and class
-    probabilities (N, C); for bce the 0/1 labels (N, L) int64 (σ(z) ≥ ½) and probabilities σ(z);
+    probabilities (N, C); for bce the 0/1 labels (N, L) int64 (z ≥ 0, i.e. σ(z) ≥ ½) and σ(z);
     for mse the outputs (N, D), twice."""
     from .layers import Sigmoid, Softmax  # noqa: PLC0415
 
     check_loss(loss)
     squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
     forward = getattr(model, "forward_reusing", model.forward)
-    outs = []
+    outs, yes = [], []
     for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
         z = forward(xb)
+        if loss == "bce":
+            # Decided on z ≥ 0, as evaluate's accuracy (count_correct_labels) decides: σ(z) rounds
+            # to ½ for z just below 0 (above -6e-8 in float32), which `σ(z) ≥ ½` read as yes.
+            yes.append(to_host(z) >= 0)
         outs.append(to_host(z if squash is None else squash.forward(z)).copy())
     scores = np.concatenate(outs)
     if loss == "cross-entropy":
         return scores.argmax(axis=1), scores
     if loss == "bce":
-        return (scores >= 0.5).astype(np.int64), scores
+        return np.concatenate(yes).astype(np.int64), scores
     return scores, scores
 
 

@@ -97,3 +97,16 @@ def test_matches_torch(dtype):
     tol = dict(rtol=2e-6, atol=1e-8) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(loss(z, t), expected.item(), **tol)
     np.testing.assert_allclose(loss.backward(), zt.grad.numpy(), **tol)
+
+
+def test_predict_decides_as_evaluate_counts_at_logits_just_below_zero():
+    """nb.predict read σ(z) ≥ ½ as yes, evaluate's accuracy z ≥ 0: in float32 σ(-1e-8) rounds to
+    ½, so the two disagreed on such an output."""
+    model = nb.Sequential(nb.Linear(1, 1, seed=0))
+    model[0].weight[...] = 1
+    model[0].bias[...] = 0
+    x = np.array([[-1e-8], [0], [1e-8], [-1], [1]], np.float32)
+    yes, probs = nb.predict(model, x, loss="bce"), nb.predict(model, x, loss="bce", proba=True)
+    np.testing.assert_array_equal(yes, [[0], [1], [1], [0], [1]])
+    assert probs[0, 0] == np.float32(0.5)  # why the probability cannot decide
+    assert nb.evaluate(model, x, yes.astype(np.float32), loss="bce")["accuracy"] == 1.0

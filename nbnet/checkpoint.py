@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from .files import read_npz, write_npz_atomic
+from .layers import Linear
 from .model import check_finite, json_entry, model_from_arrays
 from .train import TrainState
 
@@ -75,7 +76,8 @@ def _is_plain(v):
     return False
 
 
-def _check_state(st, bad):
+def _check_state(st, bad, labels_per_row=1):
+    """labels_per_row: what one row adds to `correct` at most (bce counts every label it gets right)."""
     if not isinstance(st, dict):
         raise bad("train/state is not a JSON object")
     rules = {"epoch": _is_int, "step": _is_int, "correct": _is_int, "seen": _is_int,
@@ -83,8 +85,8 @@ def _check_state(st, bad):
     for key, ok in rules.items():
         if not ok(st.get(key)):
             raise bad(f"train/state {key} = {str(st.get(key))[:40]} is not valid")
-    if st["correct"] > st["seen"]:
-        raise bad("train/state counts more correct rows than rows seen")
+    if st["correct"] > st["seen"] * labels_per_row:
+        raise bad("train/state counts more correct rows (or labels) than it has seen")
     history = st.get("history")
     if not isinstance(history, list) or len(history) > st["epoch"]:
         raise bad("train/state history is not a list of at most one entry per epoch")
@@ -172,7 +174,10 @@ class Checkpoint:
             if key not in arrays:
                 raise bad(f"no {key}")
         self.config = _check_config(json_entry(arrays, "train/config", path), bad)
-        self.state = _check_state(json_entry(arrays, "train/state", path), bad)
+        # bce's `correct` counts labels: a multi-label run stopped mid-epoch holds more than `seen`
+        outputs = [layer for layer in self.model.layers if isinstance(layer, Linear)][-1].out_features
+        per_row = outputs if self.config.get("loss") == "bce" else 1
+        self.state = _check_state(json_entry(arrays, "train/state", path), bad, per_row)
         sd = _check_optim_meta(json_entry(arrays, "optim/meta", path), bad)
         state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
         check_finite(state, path, "optimizer state")

@@ -446,6 +446,12 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 f"training state (epoch {epoch}, step {state.step}) does not fit "
                 f"{steps_per_epoch} steps per epoch: was the batch size or the data changed?"
             )
+        # The epoch's metrics divide by `seen`: each step done took 1 .. batch_size rows.
+        if not skip <= state.seen <= skip * batch_size:
+            raise ValueError(
+                f"training state (epoch {epoch}, step {state.step}) counts {state.seen} rows seen in the "
+                f"{skip} steps done of its epoch, at most {batch_size} rows a step: was the batch size changed?"
+            )
         t0 = time.perf_counter()
         for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
             if b < skip:

@@ -249,6 +249,16 @@ def test_mid_epoch_checkpoint_with_too_few_epochs_is_an_error(run, tmp_path):
     assert "saved" not in r.stdout
 
 
+@pytest.mark.parametrize("step, seen", [(6, 0), (4, 0), (4, 33), (3, 5)])
+def test_running_sums_that_do_not_fit_the_steps_done_are_an_error(run, tmp_path, step, seen):
+    # epoch 2 of 3 steps (96 rows, batch 32): `step - 3` steps done, each of 1 .. 32 rows
+    _, ck, _ = run
+    st = stored(ck, "train/state")
+    p = rewrite(ck, tmp_path / "bad.npz", train__state={**st, "epoch": 1, "step": step, "seen": seen,
+                                                          "history": st["history"][:1], "correct": 0})
+    assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "rows seen")
+
+
 @pytest.mark.parametrize("toml, fragment", [
     ("epochs = 2.9", "'2.9' is not a valid integer"),
     ("seed = 1.9", "'1.9' is not a valid integer"),

@@ -333,7 +333,7 @@ def check_labels(y, source):
             raise ValueError(f"{source}: labels must be whole numbers (row {int(np.argmax(bad))} has {y[bad][0]})")
     elif not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         raise ValueError(f"{source}: labels must be integers, got {y.dtype}")
-    lo, hi = y.min(), y.max()
+    lo, hi = y.min().item(), y.max().item()  # Python numbers: MAX_CLASSES cast to float16 overflows
     if lo < 0:
         raise ValueError(f"{source}: label {lo} is negative (labels are 0 .. classes-1)")
     if hi >= MAX_CLASSES:

@@ -124,6 +124,14 @@ def test_a_huge_label_is_an_error_not_a_huge_output_layer(tmp_path, label):
             datasets.load(str(tmp_path / "d.npz"))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.int8, np.uint8])
+def test_labels_of_a_narrow_dtype_load_without_a_warning(tmp_path, dtype):
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 2, 1], dtype))
+    with np.errstate(all="raise"):
+        x, y, x_te, y_te = datasets.load(str(tmp_path / "d.npz"), val_split=0.25)
+    assert sorted(np.r_[y, y_te].tolist()) == [0, 1, 1, 2]
+
+
 def test_float64_features_never_pass_through_float32(tmp_path):
     x = np.array([[0.1, 1 + 2**-40], [0.3, 0.7], [1e-50, 2.0], [4.0, 5.0]])
     np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 0, 1]))

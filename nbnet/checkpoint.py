@@ -120,18 +120,24 @@ _HYPER = {
 }
 
 
-def _check_optim_meta(sd, bad):
+def _check_optim_meta(sd, bad, dtype):
     from .optim import OPTIMIZERS  # noqa: PLC0415
 
     types = {cls.__name__ for cls in OPTIMIZERS.values()}
     if not isinstance(sd, dict) or not isinstance(sd.get("type"), str) or sd["type"] not in types:
         raise bad(f"optim/meta names no known optimizer (one of {', '.join(sorted(types))})")
+    top = float(np.finfo(dtype).max)
     for key, value in sd.items():
         if key == "type":
             continue
         ok = _HYPER.get(key, lambda v: isinstance(v, bool) or _is_num(v))
         if not ok(value):
             raise bad(f"optim/meta {key} = {str(value)[:40]} is not valid")
+        # Each step casts the hyper-parameters to the weights' dtype: past its range they would
+        # become Inf (with a RuntimeWarning) and the run would diverge.
+        values = value if isinstance(value, list) else [value]
+        if key != "step_count" and any(_is_num(v) and abs(v) > top for v in values):
+            raise bad(f"optim/meta {key} = {str(value)[:40]} is too large for {np.dtype(dtype).name}")
     return sd
 
 
@@ -178,7 +184,7 @@ class Checkpoint:
         outputs = [layer for layer in self.model.layers if isinstance(layer, Linear)][-1].out_features
         per_row = outputs if self.config.get("loss") == "bce" else 1
         self.state = _check_state(json_entry(arrays, "train/state", path), bad, per_row)
-        sd = _check_optim_meta(json_entry(arrays, "optim/meta", path), bad)
+        sd = _check_optim_meta(json_entry(arrays, "optim/meta", path), bad, self.model.dtype)
         state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
         check_finite(state, path, "optimizer state")
         sd["state"] = state

@@ -318,6 +318,9 @@ def test_hidden_layers_too_big_for_memory_are_an_error_before_allocating():
     ({"optim__meta": {"type": "SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": [1], "nesterov": False,
                       "step_count": 1}}, "weight_decay"),
     ({"optim__meta": {"type": "Pickle"}}, "optim/meta"),
+    # past float32's range: a RuntimeWarning at the cast, then a diverged run
+    ({"optim__meta": {"type": "SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e300, "nesterov": False,
+                      "step_count": 1}}, "weight_decay = 1e+300 is too large for float32"),
     ({"train__config": [1, 2]}, "train/config"),
     ({"train__config": {"epochs": 2.5}}, "stored option epochs"),
     ({"train__config": {"hidden": "16", "lr": "fast"}}, "stored option lr"),

@@ -556,6 +556,19 @@ def _check_resume_fits(resume, cfg):
                 f"{resume.path} does not fit: it was trained with {opt} {_show(resume.config[key])}, "
                 f"this run has {_show(cfg[key])}"
             )
+    from .layers import Linear  # noqa: PLC0415
+
+    # The options must describe the stored model, or the run would report (and save as its
+    # config) one network while it trains another.
+    layers = resume.model.layers
+    linears = [layer for layer in layers if isinstance(layer, Linear)]
+    for key, have in (("hidden", [layer.out_features for layer in linears[:-1]]), ("dtype", resume.model.dtype.name)):
+        if have != cfg[key]:
+            raise CliError(f"{resume.path} does not fit: its model has --{key} {_show(have)}, this run has {_show(cfg[key])}")
+    activation = ACTIVATIONS[cfg["activation"]]
+    if [type(layer) for layer in layers] != [activation if i % 2 else Linear for i in range(2 * len(linears) - 1)]:
+        raise CliError(f"{resume.path} does not fit: its model's layers are "
+                       f"{', '.join(type(layer).__name__ for layer in layers)}, this run has --activation {cfg['activation']}")
     done = resume.state.epoch
     if cfg["epochs"] <= done and resume.state.seen == 0:
         raise CliError(f"{resume.path} already has {done} of --epochs {cfg['epochs']}: raise --epochs to train on")
@@ -567,7 +580,7 @@ def _check_resume_fits(resume, cfg):
 
 
 def _show(v):
-    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    return (",".join(map(str, v)) or '""') if isinstance(v, list) else str(v)
 
 
 def upgrade_config(config):

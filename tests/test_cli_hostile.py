@@ -333,6 +333,19 @@ def test_checkpoint_metadata_is_checked_against_a_schema(run, tmp_path, change, 
     assert_error(r, fragment)
 
 
+@pytest.mark.parametrize("change, fragment", [
+    ({"dtype": "float64"}, "its model has --dtype float32, this run has float64"),
+    ({"hidden": [4]}, "its model has --hidden 16, this run has 4"),
+    ({"hidden": []}, 'this run has ""'),
+    ({"activation": "tanh"}, "layers are Linear, ReLU, Linear, this run has --activation tanh"),
+])
+def test_stored_options_that_contradict_the_stored_model_are_an_error(run, tmp_path, change, fragment):
+    # else the run reports (and saves as its config) one network while it trains another
+    _, ck, _ = run
+    p = rewrite(ck, tmp_path / "bad.npz", train__config={**stored(ck, "train/config"), **change})
+    assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "does not fit", fragment)
+
+
 def test_epoch_1e400_in_a_checkpoint(run, tmp_path):
     _, ck, _ = run
     st = stored(ck, "train/state")

@@ -791,7 +791,7 @@ class Output:
 def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
     """Loss and accuracy of a saved model on a dataset's test set."""
     ck = load_checkpoint(checkpoint)
-    cfg = upgrade_config(ck.config)
+    cfg = _stored_config(ck)
     if dataset is None:
         dataset = cfg.get("dataset")
         if dataset is None:
@@ -816,6 +816,12 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
         click.echo(json_line({"loss": loss, "accuracy": metric, "samples": len(y_test), "dataset": dataset}))
     else:
         click.echo(f"{dataset}: test loss {loss:.4f}  {what} {100 * metric:.2f}%  ({len(y_test)} samples)")
+
+
+def _stored_config(ck):
+    """A checkpoint's options as evaluate and predict use them (dataset, seed, loss, ...): checked as
+    `train --resume` checks them, so a damaged value is one line, not a traceback deep in a loader."""
+    return _checked_config(click.Context(train_cmd), upgrade_config(ck.config), ck.path)
 
 
 def _checkpoint_loss(cfg, given):
@@ -851,7 +857,7 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
     except ValueError as e:
         raise CliError(str(e)) from None
     ck = load_checkpoint(checkpoint)
-    model, loss_name = ck.model, _checkpoint_loss(upgrade_config(ck.config), loss_name)
+    model, loss_name = ck.model, _checkpoint_loss(_stored_config(ck), loss_name)
     x = datasets.load_inputs(input_path, model.dtype)  # in the model's dtype, never through another
     in_features = next(layer.in_features for layer in model.layers if hasattr(layer, "in_features"))
     if x.shape[1] != in_features:

@@ -346,6 +346,23 @@ def test_stored_options_that_contradict_the_stored_model_are_an_error(run, tmp_p
     assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "does not fit", fragment)
 
 
+@pytest.mark.parametrize("change, fragment", [
+    ({"loss": [1]}, "stored option loss"),
+    ({"loss": 5}, "stored option loss"),
+    ({"test_split": "abc"}, "stored option test_split"),
+    ({"seed": 1.5}, "stored option seed"),
+    ({"dataset": 5}, "stored option dataset"),
+    ({"dataset": "mnist", "data_dir": True}, "stored option data_dir"),
+])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_check_the_stored_options(run, tmp_path, change, fragment, command):
+    d, ck, x = run
+    p = rewrite(ck, tmp_path / "bad.npz", train__config={**stored(ck, "train/config"), **change})
+    np.savez(tmp_path / "in.npz", x=x[:3])
+    args = ["--checkpoint", p] + ([tmp_path / "in.npz"] if command == "predict" else [])
+    assert_error(nbnet(command, *args), "damaged checkpoint", fragment)
+
+
 def test_epoch_1e400_in_a_checkpoint(run, tmp_path):
     _, ck, _ = run
     st = stored(ck, "train/state")

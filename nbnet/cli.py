@@ -13,6 +13,7 @@ compared with every input of the run (`_check_paths`). Signals: Ctrl-C (exit 130
 end the command with one line. A closed stdout (`nbnet train | head -1`) ends it quietly.
 """
 
+import errno
 import importlib.util
 import json
 import math
@@ -628,11 +629,16 @@ def _check_writable(path, option):
 def _open_metrics(path):
     """--metrics-out, opened before the first epoch. _check_writable asked the folder; a file system
     can still refuse the file itself (/proc, a read-only or full mount, an ACL), and the error names
-    the option, as the others do."""
+    the option, as the others do. Opened without blocking: a FIFO that no process reads is an error,
+    not a wait for ever (one that is read gets the lines as they come)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed after training
+        fd = os.open(path, flags, 0o666)
     except OSError as e:
-        raise CliError(f"--metrics-out {path}: cannot write it ({e.strerror or e})") from None
+        why = "a FIFO that no process reads" if e.errno == errno.ENXIO else e.strerror or e
+        raise CliError(f"--metrics-out {path}: cannot write it ({why})") from None
+    os.set_blocking(fd, True)
+    return open(fd, "w", encoding="utf-8")  # noqa: SIM115 - closed after training
 
 
 def _check_plot_available(path):

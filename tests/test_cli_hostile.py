@@ -230,6 +230,26 @@ def test_a_metrics_file_the_file_system_refuses_is_one_error_line_before_trainin
     assert "epoch" not in r.stdout
 
 
+def test_a_metrics_fifo_nobody_reads_is_an_error_not_a_hang(tmp_path):
+    # a real process: opening a FIFO for writing waits for a reader, and would hang this test
+    os.mkfifo(tmp_path / "m.fifo")
+    p = subprocess.run([sys.executable, "-m", "nbnet", "train", "--metrics-out", tmp_path / "m.fifo", *FAST],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert p.returncode == 1 and p.stderr.splitlines()[-1] == (
+        f"Error: --metrics-out {tmp_path / 'm.fifo'}: cannot write it (a FIFO that no process reads)"), p.stderr
+    # one that is read streams the lines
+    fd = os.open(tmp_path / "m.fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert nbnet("train", "--metrics-out", tmp_path / "m.fifo", *FAST, "-q").exit_code == 0
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            assert [json.loads(line)["epoch"] for line in f.read().splitlines()] == [1, 2]
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def test_a_plot_format_matplotlib_cannot_write_is_an_error_before_training(tmp_path):
     """It was found only when the curves were saved, after the last epoch."""
     pytest.importorskip("matplotlib")

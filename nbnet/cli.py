@@ -637,7 +637,8 @@ def _open_metrics(path):
     except OSError as e:
         why = "a FIFO that no process reads" if e.errno == errno.ENXIO else e.strerror or e
         raise CliError(f"--metrics-out {path}: cannot write it ({why})") from None
-    os.set_blocking(fd, True)
+    if hasattr(os, "O_NONBLOCK"):  # not on Windows, whose os.set_blocking is from Python 3.12
+        os.set_blocking(fd, True)
     return open(fd, "w", encoding="utf-8")  # noqa: SIM115 - closed after training
 
 

@@ -395,6 +395,11 @@ def _is_number(field):
     return "_" not in field  # float() takes "1_000"; a CSV number does not
 
 
+def csv_lines(text):
+    """The lines of a CSV's text, ended by \\n, \\r\\n or \\r (Python's universal newlines)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def read_csv(path):
     """A numeric CSV as a 2-D float64 array. UTF-8, with or without a byte-order mark. The first
     row is a header when none of its fields is a number; every other field must be a finite
@@ -406,7 +411,10 @@ def read_csv(path):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # Lines end at \n, \r\n or \r, as Python's text files read them: str.splitlines() also ends
+    # one at \x0b, \x0c, \x1c-\x1e, \x85 and U+2028, so such a character inside a row made two
+    # rows of it, silently (now the row's field is not a number: an error naming it).
+    rows = [(n, line) for n, line in enumerate(csv_lines(text), 1) if line.strip()]
     if rows and not any(_is_number(v) for v in rows[0][1].split(",")):
         rows = rows[1:]  # a header
     if not rows:

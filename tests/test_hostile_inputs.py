@@ -112,6 +112,17 @@ def test_csv_header_only_when_no_field_is_a_number(tmp_path):
         datasets.read_csv(tmp_path / "m.csv")
 
 
+def test_csv_rows_end_only_at_newlines(tmp_path):
+    """A form feed or U+2028 inside a row split it into two rows, silently (str.splitlines)."""
+    for sep in ("\x0c", "\x0b", "\x1e", "\x85", "\u2028"):
+        (tmp_path / "ff.csv").write_bytes(f"1,2{sep}3,4\n5,6,7\n".encode())
+        with pytest.raises(ValueError, match=r"row 1, column 2: .* is not a number"):
+            datasets.read_csv(tmp_path / "ff.csv")
+    for end in ("\n", "\r\n", "\r"):  # Unix, Windows and old Mac files read the same
+        (tmp_path / "e.csv").write_bytes(end.join(["1,2", "3,4", ""]).encode())
+        assert datasets.read_csv(tmp_path / "e.csv").tolist() == [[1, 2], [3, 4]]
+
+
 # --------------------------------------------------------------------------------------------- labels, dtype
 
 

@@ -391,6 +391,8 @@ def train_cmd(ctx, **opts):
     for name in ("lr", "momentum", "weight_decay"):
         if cfg[name] is not None and abs(cfg[name]) > float(np.finfo(dtype).max):
             raise CliError(f"--{name.replace('_', '-')} {cfg[name]:g} is too large for {cfg['dtype']}")
+        if cfg[name] and dtype(cfg[name]) == 0:  # else a run that silently changes nothing
+            raise CliError(f"--{name.replace('_', '-')} {cfg[name]:g} is 0 in {cfg['dtype']} (too small)")
     data = _load_data(cfg["dataset"], cfg["data_dir"], cfg["test_split"], cfg["seed"], opts["download"], dtype,
                       cfg["loss"])
     x_tr, y_tr, x_val, y_val = split_validation(data[0], data[1], cfg["val_split"], cfg["seed"])

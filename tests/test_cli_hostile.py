@@ -412,6 +412,7 @@ def test_dev_zero_and_fifos_are_errors_not_hangs(run, tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--lr", "1e39"], "too large for float32"),
+    (["--lr", "1e-50"], "--lr 1e-50 is 0 in float32 (too small)"),  # was a run that learned nothing
     (["--dataset", "LABELS"], "too large"),
 ])
 def test_no_warnings_before_the_error_line(tmp_path, args, fragment):

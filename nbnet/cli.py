@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__, datasets, dist, threads
 from .checkpoint import load_checkpoint, save_checkpoint
-from .files import check_outputs, check_replaceable, write_atomic, write_npz_atomic
+from .files import check_outputs, check_replaceable, names_a_folder, write_atomic, write_npz_atomic
 from .train import (
     ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, check_memory,
     evaluate,
@@ -621,6 +621,8 @@ def _check_writable(path, option):
         raise CliError(f"{name} {path}: folder {folder} is not writable")
     if os.path.isdir(path):
         raise CliError(f"{name} {path}: is a folder")
+    if names_a_folder(path):
+        raise CliError(f"{name} {path}: names a folder (it ends in a separator), not a file")
     if option in ("save", "save_best"):  # replaced atomically: only a regular file
         try:
             check_replaceable(path, name)

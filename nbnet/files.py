@@ -255,6 +255,12 @@ def check_replaceable(path, label=None):
         raise ValueError(f"{name}: is {_kind(st.st_mode)}, not a regular file: nbnet will not replace it")
 
 
+def names_a_folder(path):
+    """Whether `path` ends in a separator ("out/"): a folder's name even while none exists, so a file
+    cannot be written there, and open or rename say so only once the work is done."""
+    return os.fspath(path).endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
+
+
 def write_atomic(path, write, suffix=""):
     """Call write(f) on a temporary binary file in path's folder, fsync it and rename it over
     `path`: a crash leaves either the old file or the new one. The new file's mode follows the
@@ -262,6 +268,8 @@ def write_atomic(path, write, suffix=""):
     path = os.fspath(path)
     if path == "":
         raise ValueError("empty output path")
+    if names_a_folder(path):
+        raise ValueError(f"{path}: names a folder (it ends in a separator), not a file")
     check_replaceable(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

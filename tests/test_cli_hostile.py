@@ -230,6 +230,18 @@ def test_a_metrics_file_the_file_system_refuses_is_one_error_line_before_trainin
     assert "epoch" not in r.stdout
 
 
+@pytest.mark.parametrize("option", ["--save", "--save-best", "--metrics-out", "--plot"])
+def test_an_output_named_as_a_folder_is_an_error_before_training(tmp_path, option):
+    """A name ending in a separator ("out/") names a folder even before one exists: --save and
+    --save-best failed after the first epoch (rename's ENOTDIR, naming nbnet's temp file), --plot
+    after the whole run."""
+    path = f"{tmp_path / 'out'}{os.sep}"
+    r = nbnet("train", option, path, "--val-split", "0.2", *FAST)
+    assert_error(r, option, path, "folder")
+    assert "epoch" not in r.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_metrics_fifo_nobody_reads_is_an_error_not_a_hang(tmp_path):
     # a real process: opening a FIFO for writing waits for a reader, and would hang this test
     os.mkfifo(tmp_path / "m.fifo")

@@ -1,5 +1,7 @@
 """Sequential, parameters, save/load, initialisation, and the errors users get for bad input."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -107,6 +109,15 @@ def test_save_replaces_atomically(tmp_path):
     model.layers[0].weight[...] = 7
     model.save(path)
     assert (nb.load(path).layers[0].weight == 7).all()
+
+
+def test_save_to_a_name_ending_in_a_separator_is_a_one_line_error(tmp_path):
+    """os.replace(temp, "m/") failed with NotADirectoryError naming nbnet's temp file."""
+    path = f"{tmp_path / 'm'}{os.sep}"
+    with pytest.raises(ValueError, match="names a folder") as err:
+        mlp().save(path)
+    assert path in str(err.value) and ".tmp-" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

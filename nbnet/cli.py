@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__, datasets, dist, threads
 from .checkpoint import load_checkpoint, save_checkpoint
-from .files import check_outputs, check_replaceable, names_a_folder, write_atomic, write_npz_atomic
+from .files import check_creatable, check_outputs, check_replaceable, names_a_folder, write_atomic, write_npz_atomic
 from .train import (
     ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, check_memory,
     evaluate,
@@ -628,6 +628,11 @@ def _check_writable(path, option):
             check_replaceable(path, name)
         except ValueError as e:
             raise CliError(str(e)) from None
+    if option != "metrics_out":  # that one is opened before training (_open_metrics)
+        try:
+            check_creatable(path)
+        except OSError as e:
+            raise CliError(f"{name} {path}: cannot write it ({e.strerror or e})") from None
 
 
 def _open_metrics(path):

@@ -261,6 +261,20 @@ def names_a_folder(path):
     return os.fspath(path).endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
 
 
+def check_creatable(path):
+    """OSError unless a file can be made beside `path` (write_atomic's temp file) and under its
+    name: a folder that os.access calls writable can still be refused by its file system (/proc, a
+    name too long, NFS's root squash), and the write would fail only once the work is done. A new
+    name is created and removed; an existing file is left untouched."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+    if not os.path.lexists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+        os.unlink(path)
+
+
 def write_atomic(path, write, suffix=""):
     """Call write(f) on a temporary binary file in path's folder, fsync it and rename it over
     `path`: a crash leaves either the old file or the new one. The new file's mode follows the

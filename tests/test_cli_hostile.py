@@ -242,6 +242,17 @@ def test_an_output_named_as_a_folder_is_an_error_before_training(tmp_path, optio
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, suffix", [("--save", ".npz"), ("--save-best", ".npz"), ("--plot", ".png")])
+def test_a_file_name_the_file_system_refuses_is_one_error_line_before_training(tmp_path, option, suffix):
+    """As for --metrics-out above: --save and --save-best failed after the first epoch (rename's
+    error, naming nbnet's temp file), --plot after the whole run. Nothing is left behind."""
+    path = tmp_path / ("m" * 300 + suffix)
+    r = nbnet("train", option, path, "--val-split", "0.2", *FAST)
+    assert_error(r, option, "cannot write it")
+    assert "epoch" not in r.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_metrics_fifo_nobody_reads_is_an_error_not_a_hang(tmp_path):
     # a real process: opening a FIFO for writing waits for a reader, and would hang this test
     os.mkfifo(tmp_path / "m.fifo")

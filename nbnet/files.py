@@ -271,7 +271,11 @@ def check_creatable(path):
     os.close(fd)
     os.unlink(tmp)
     if not os.path.lexists(path):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:  # made meanwhile by another process: creatable, and not ours to remove
+            return
+        os.close(fd)
         os.unlink(path)
 
 

@@ -284,6 +284,9 @@ class Optimizer:
                 setattr(self, name, tuple(value) if isinstance(value, (list, tuple)) else value)
         self.step_count = int(sd.get("step_count", 0))
         self.state = new_state
+        # New dicts: _groups' cached groups (and its fast check, which reads the old dicts) still
+        # held the state arrays of before, and the next step would go on from those.
+        self._fast = self._groups_for = None
 
 
 class SGD(Optimizer):

@@ -505,3 +505,31 @@ def test_train_loop_with_float_targets_on_the_device_matches_the_cpu(loss):
         for key in hc:
             if key not in ("seconds", "samples_per_second"):
                 np.testing.assert_allclose(hg[key], hc[key], rtol=1e-10, err_msg=key)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_optimizer_state_loaded_after_steps_is_the_state_used(device):
+    """opt.load_state_dict on an optimizer that has already stepped (e.g. on the GPU, restoring a
+    saved run into a live model and optimizer): the next steps continue the loaded run exactly as
+    an optimizer that loaded it before any step (that is, on the CPU: the same bits)."""
+    rng = np.random.default_rng(11)
+    x, y = rand(rng, (8, 3), np.float64), rng.integers(0, 4, size=8)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    for opt_cls in (lambda ps: nb.Adam(ps, lr=0.05), lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9)):
+        ref = tiny_model(np.float64)
+        ref_opt = opt_cls(ref.parameters())
+        train(ref, ref_opt, loss_fn, x, y, 2)
+        weights, state = ref.state_dict(), ref_opt.state_dict()
+        model = tiny_model(np.float64).to(device)
+        opt = opt_cls(model.parameters())
+        train(model, opt, loss_fn, x[::-1].copy(), y[::-1].copy(), 1)  # state of its own first
+        model.load_state_dict(weights)
+        opt.load_state_dict(state)
+        fresh = tiny_model(np.float64)
+        fresh.load_state_dict(weights)
+        fresh_opt = opt_cls(fresh.parameters())
+        fresh_opt.load_state_dict(state)
+        train(fresh, fresh_opt, loss_fn, x[:4], y[:4], 1)
+        train(model, opt, loss_fn, x[:4], y[:4], 1)
+        for p, q in zip(model.parameters(), fresh.parameters()):
+            np.testing.assert_allclose(to_host(p.data), q.data, rtol=1e-12, atol=1e-14)

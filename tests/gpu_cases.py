@@ -507,6 +507,21 @@ def test_train_loop_with_float_targets_on_the_device_matches_the_cpu(loss):
                 np.testing.assert_allclose(hg[key], hc[key], rtol=1e-10, err_msg=key)
 
 
+def test_train_and_evaluate_check_device_labels_as_host_ones():
+    """nb.train / nb.evaluate check labels against the model's classes, device labels too: the
+    loss kernels index each row's logits with its label unchecked, so one out of range read past
+    the row (on a GPU: a garbage loss, or a crashed context; here, negative ones wrapped around)."""
+    rng = np.random.default_rng(10)
+    x, y = rand(rng, (6, 3), np.float32), rng.integers(0, 4, size=6)
+    model = tiny_model().to("cuda")
+    for bad in (y + 4, y - 4):
+        with pytest.raises(ValueError, match="out of range"):
+            nb.evaluate(model, gpu.to_device(x), gpu.to_device(bad))
+        with pytest.raises(ValueError, match="out of range"):
+            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, gpu.to_device(bad)), epochs=1, batch_size=4)
+    assert 0 <= nb.evaluate(model, gpu.to_device(x), gpu.to_device(y))["accuracy"] <= 1
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_optimizer_state_loaded_after_steps_is_the_state_used(device):
     """opt.load_state_dict on an optimizer that has already stepped (e.g. on the GPU, restoring a

@@ -117,9 +117,9 @@ def _targets_like(loss, target, pred):
     host array of another real dtype is converted to pred's; then shape and device as pred's."""
     if isinstance(target, (list, tuple)):
         target = np.asarray(target)
+    if getattr(target, "ndim", None) == 1 and pred.shape[1] == 1:  # device targets too
+        target = target.reshape(-1, 1)
     if isinstance(target, np.ndarray):
-        if target.ndim == 1 and pred.shape[1] == 1:
-            target = target.reshape(-1, 1)
         real = np.issubdtype(target.dtype, np.number) or target.dtype == np.bool_
         if target.dtype != pred.dtype and real and not np.iscomplexobj(target):
             target = target.astype(pred.dtype)

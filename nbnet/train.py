@@ -165,8 +165,8 @@ def as_features(model, x, who="x"):
 def as_targets(model, y, loss, who="y"):
     """Targets as the loss wants them: integer labels (N,) for cross-entropy; for mse (and bce)
     float arrays of the model's dtype, (N,) made (N, 1)."""
-    if not isinstance(y, np.ndarray) and hasattr(y, "copy_to_host"):
-        return y
+    if not isinstance(y, np.ndarray) and hasattr(y, "copy_to_host"):  # on the GPU: as it is, but (N,) as below
+        return y.reshape(-1, 1) if loss != "cross-entropy" and y.ndim == 1 else y
     y = np.asarray(y)
     if loss == "cross-entropy":
         if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):

@@ -548,3 +548,21 @@ def test_optimizer_state_loaded_after_steps_is_the_state_used(device):
         train(model, opt, loss_fn, x[:4], y[:4], 1)
         for p, q in zip(model.parameters(), fresh.parameters()):
             np.testing.assert_allclose(to_host(p.data), q.data, rtol=1e-12, atol=1e-14)
+
+
+def test_device_targets_of_shape_n_are_read_as_n_by_1_as_host_ones():
+    """MSELoss / BCEWithLogits and nb.train / nb.evaluate read (N,) targets of a one-output model
+    as (N, 1): device targets as well as host ones (they were refused as of the wrong shape)."""
+    rng = np.random.default_rng(12)
+    x, t = rand(rng, (6, 3), np.float64), rand(rng, (6,), np.float64)
+    b = (t > 0).astype(np.float64)
+    model = nb.Sequential(nb.Linear(3, 1, seed=0, dtype=np.float64)).to("cuda")
+    for loss_fn, target in ((nb.MSELoss(), t), (nb.BCEWithLogits(), b)):
+        want = loss_fn(model(x), target)
+        assert loss_fn(model(x), gpu.to_device(target)) == pytest.approx(want, rel=1e-12)
+    want = nb.evaluate(model, x, t, loss="mse")
+    got = nb.evaluate(model, gpu.to_device(x), gpu.to_device(t), loss="mse")
+    assert got == pytest.approx(want, rel=1e-12)
+    history = nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, gpu.to_device(t)), epochs=1, batch_size=3,
+                       loss="mse")
+    assert np.isfinite(history[0]["train_loss"])

@@ -138,6 +138,12 @@ class Layer:
             raise ValueError(f"{self.describe()}: expected gradient dtype {out.dtype}, got {dout.dtype}")
         if isinstance(dout, np.ndarray) and not dout.flags.c_contiguous:
             dout = np.ascontiguousarray(dout)
+        if isinstance(dout, np.ndarray) != isinstance(out, np.ndarray):
+            # As _check_input: the kernels are picked by the gradient's device, and the layer's
+            # arrays live on the other one (a host gradient for a model on the GPU, say).
+            from .gpu import to_device_like  # noqa: PLC0415
+
+            dout = to_device_like(dout, out)
         return dout
 
     def describe(self):

@@ -566,3 +566,26 @@ def test_device_targets_of_shape_n_are_read_as_n_by_1_as_host_ones():
     history = nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, gpu.to_device(t)), epochs=1, batch_size=3,
                        loss="mse")
     assert np.isfinite(history[0]["train_loss"])
+
+
+def test_backward_takes_a_host_gradient_on_a_device_model():
+    """backward(grad) with a host gradient on a model on the GPU copies it over, as forward does
+    with a host batch (it went to the CPU kernels with device arrays: a TypeError from Numba)."""
+    rng = np.random.default_rng(13)
+    x, g = rand(rng, (6, 3), np.float64), rand(rng, (6, 4), np.float64)
+    runs = []
+    for device in ("cpu", "cuda"):
+        model = tiny_model(np.float64, nb.Tanh).to(device)
+        model.forward(x)
+        dx = model.backward(g, need_input_grad=True)
+        model.forward(x)
+        dx_f = model.backward(np.asfortranarray(g), need_input_grad=True)  # strided too
+        runs.append((to_host(dx), to_host(dx_f), [to_host(p.grad) for p in model.parameters()]))
+    (dx_c, dxf_c, grads_c), (dx_g, dxf_g, grads_g) = runs
+    np.testing.assert_allclose(dx_g, dx_c, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dxf_g, dxf_c, rtol=1e-12, atol=1e-14)
+    for a, b in zip(grads_g, grads_c):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    host = tiny_model(np.float64, nb.Tanh)  # and a device gradient for a host model comes back
+    host.forward(x)
+    np.testing.assert_allclose(to_host(host.backward(gpu.to_device(g), need_input_grad=True)), dx_c, rtol=1e-15)

@@ -47,6 +47,9 @@ class _ClassificationLoss(Layer):
 
     def _check_pair(self, pred, targets):
         pred = self._check_input(pred)
+        if isinstance(pred, np.ndarray) and hasattr(targets, "copy_to_host"):
+            # Device labels for host logits come over (as MSELoss's targets do), and are checked there.
+            targets = targets.copy_to_host()
         targets = check_labels(self.describe(), targets, pred.shape[0], pred.shape[1])
         if isinstance(targets, np.ndarray) and not isinstance(pred, np.ndarray):
             from .gpu import to_device  # noqa: PLC0415 - host labels, checked above, follow the logits

@@ -589,3 +589,16 @@ def test_backward_takes_a_host_gradient_on_a_device_model():
     host = tiny_model(np.float64, nb.Tanh)  # and a device gradient for a host model comes back
     host.forward(x)
     np.testing.assert_allclose(to_host(host.backward(gpu.to_device(g), need_input_grad=True)), dx_c, rtol=1e-15)
+
+
+@pytest.mark.parametrize("loss_cls", [nb.SoftmaxCrossEntropy, nb.CrossEntropy])
+def test_device_labels_for_host_predictions_come_over_and_are_checked(loss_cls):
+    """A cross-entropy on host predictions with labels on the GPU copies the labels over, as
+    MSELoss does with its targets (the CPU kernel got the device array: a TypeError from Numba)."""
+    rng = np.random.default_rng(14)
+    probs = nb.Softmax()(rand(rng, (4, 3), np.float64))
+    y = np.array([0, 1, 2, 0])
+    want = loss_cls()(probs, y)
+    assert loss_cls()(probs, gpu.to_device(y)) == want
+    with pytest.raises(ValueError, match="out of range"):
+        loss_cls()(probs, gpu.to_device(y + 1))

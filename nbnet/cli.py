@@ -377,8 +377,13 @@ def train_cmd(ctx, **opts):
         _set_threads(opts["threads"])
     elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
         _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]), fixed=False)
+    # where --resume chose the GPU, an error there should say the CPU can go on with the run
+    from click.core import ParameterSource  # noqa: PLC0415
+
+    from_checkpoint = " (the checkpoint's run was on the GPU: --device cpu goes on with it on the CPU)" if (
+        resume is not None and ctx.get_parameter_source("device") in (ParameterSource.DEFAULT, None)) else ""
     if cfg["device"] == "cuda":
-        _check_cuda_importable()
+        _check_cuda_importable(from_checkpoint)
     for key in OUTPUT_OPTIONS:
         if opts.get(key) is not None:
             _check_writable(opts[key], key)
@@ -415,7 +420,7 @@ def train_cmd(ctx, **opts):
                 use_device_of(dist.local_size_rank()[1])  # one GPU per process, where there are enough
             model.to("cuda")
         except Exception as e:  # noqa: BLE001 - whatever the GPU stack raises, the user gets one line
-            raise CliError(f"--device cuda: {_one_line(e) or type(e).__name__}") from None
+            raise CliError(f"--device cuda: {_one_line(e) or type(e).__name__}{from_checkpoint}") from None
     opt = make_optimizer(cfg["optimizer"], model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     if resume is not None:
         opt.load_state_dict(resume.optim_state)
@@ -685,11 +690,11 @@ def _max_threads():
     return numba.config.NUMBA_NUM_THREADS
 
 
-def _check_cuda_importable():
+def _check_cuda_importable(hint=""):
     try:
         import nbnet.gpu  # noqa: F401, PLC0415
     except Exception as e:  # noqa: BLE001
-        raise CliError(f"--device cuda: GPU support is not usable ({_one_line(e) or type(e).__name__})") from None
+        raise CliError(f"--device cuda: GPU support is not usable ({_one_line(e) or type(e).__name__}){hint}") from None
 
 
 class StopOnSignals:

@@ -625,3 +625,15 @@ def test_weights_that_overflow_on_the_last_step_stop_before_on_epoch():
     with pytest.raises(TrainingDiverged, match="weights became NaN or Inf in epoch 1"):
         train(model, opt, (x, y), epochs=1, batch_size=60, on_epoch=lambda st, m: saved.append(m))
     assert saved == []
+
+
+def test_resuming_a_gpu_run_where_there_is_no_gpu_says_the_cpu_can_go_on(run, tmp_path, monkeypatch):
+    """The device comes from the checkpoint when --device is not given: its error names the way on."""
+    monkeypatch.setitem(sys.modules, "nbnet.gpu", None)  # as if numba-cuda were missing
+    _, ck, _ = run
+    config = stored(ck, "train/config")
+    gpu_ck = rewrite(ck, tmp_path / "gpu.npz", train__config=dict(config, device="cuda"))
+    assert_error(nbnet("train", "--resume", gpu_ck, "--epochs", "3"), "--device cpu goes on with it on the CPU")
+    r = nbnet("train", "--resume", gpu_ck, "--epochs", "3", "--device", "cuda")  # asked for: no hint
+    assert_error(r, "--device cuda")
+    assert "--device cpu" not in r.output

@@ -40,9 +40,10 @@ class _SayCompiling(numba.core.event.Listener):
     on a cache miss: a kernel loaded from the on-disk cache says nothing), once per process."""
 
     said = False
+    silenced = 0  # > 0 inside not_saying_compiling()
 
     def on_start(self, event):
-        if not _SayCompiling.said:
+        if not _SayCompiling.said and not _SayCompiling.silenced:
             _SayCompiling.said = True
             print(COMPILING, file=sys.stderr, flush=True)
 
@@ -53,6 +54,16 @@ class _SayCompiling(numba.core.event.Listener):
 def saying_compiling():
     """A context in which the first kernel that really compiles prints COMPILING (once per process)."""
     return numba.core.event.install_listener("numba:compile", _SayCompiling())
+
+
+@contextlib.contextmanager
+def not_saying_compiling():
+    """A context in which nothing says COMPILING (`nbnet train --quiet` prints nothing but errors)."""
+    _SayCompiling.silenced += 1
+    try:
+        yield
+    finally:
+        _SayCompiling.silenced -= 1
 
 
 def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128,), eval_rows=(), say=True):
@@ -66,7 +77,7 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
     if not params:
         return
     if not isinstance(params[0].data, np.ndarray):  # on the GPU: numba-cuda compiles each run
-        if say:
+        if say and not _SayCompiling.silenced:
             print(COMPILING_GPU, file=sys.stderr, flush=True)
         _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device="cuda")
         return

@@ -13,6 +13,7 @@ compared with every input of the run (`_check_paths`). Signals: Ctrl-C (exit 130
 end the command with one line. A closed stdout (`nbnet train | head -1`) ends it quietly.
 """
 
+import contextlib
 import errno
 import importlib.util
 import json
@@ -27,6 +28,7 @@ import click
 import numpy as np
 
 from . import __version__, datasets, dist, threads
+from .check import not_saying_compiling
 from .checkpoint import load_checkpoint, save_checkpoint
 from .files import check_creatable, check_outputs, check_replaceable, names_a_folder, write_atomic, write_npz_atomic
 from .train import (
@@ -451,7 +453,7 @@ def train_cmd(ctx, **opts):
             if opts["save_best"]:
                 save_checkpoint(opts["save_best"], model, opt, st, cfg)
 
-        with StopOnSignals() as stopper:
+        with StopOnSignals() as stopper, not_saying_compiling() if opts["quiet"] else contextlib.nullcontext():
             try:
                 history = train(
                     model, opt, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],

@@ -86,3 +86,25 @@ def test_a_warm_cache_says_nothing_about_compiling():
     second = run()
     assert second.returncode == 0, second.stderr
     assert check.COMPILING not in second.stderr
+
+
+def test_train_quiet_says_nothing_about_compiling(monkeypatch):
+    """`nbnet train --quiet` prints nothing but errors (its --help): not the cold-cache note either,
+    which a plain `nbnet train` prints on stderr."""
+    train_module = sys.modules["nbnet.train"]  # the module: nbnet.train is also the function
+
+    real = train_module.compile_kernels
+
+    def compiles_something_new(*args, **kwargs):
+        monkeypatch.setattr(check._SayCompiling, "said", False)
+        with check.saying_compiling():  # as on a cold cache: a kernel that really compiles
+            numba.njit(lambda a: 3 * a)(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compile_kernels", compiles_something_new)
+    loud = CliRunner().invoke(cli, ["train", "--epochs", "1", "--hidden", "8"])
+    assert loud.exit_code == 0, loud.output
+    assert check.COMPILING in loud.stderr
+    quiet = CliRunner().invoke(cli, ["train", "--epochs", "1", "--hidden", "8", "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout == "" and quiet.stderr == ""

@@ -211,7 +211,9 @@ def move_model(model, device):
     optimizer's next step (nbnet.optim calls to_device_like). This module imports nothing from
     nbnet.model or nbnet.layers, which import it lazily: no import circle."""
     if device not in ("cuda", "cpu"):
-        raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'")
+        # torch's "cuda:1": nbnet runs on the current CUDA device, which the environment picks
+        which = " (nbnet uses the current GPU: pick it with CUDA_VISIBLE_DEVICES)" if str(device).startswith("cuda:") else ""
+        raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'{which}")
     move = to_device if device == "cuda" else _to_host
     if device == "cuda":
         _require_device()  # before touching anything: a failed move leaves the model as it was

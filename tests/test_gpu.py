@@ -152,6 +152,8 @@ def test_to_cuda_without_a_gpu_raises_and_says_why():
         gpu_status()
     with pytest.raises(ValueError, match="unknown device"):
         model.to("gpu0")
+    with pytest.raises(ValueError, match="pick it with CUDA_VISIBLE_DEVICES"):  # torch's spelling
+        model.to("cuda:1")
 
 
 @needs_numba_cuda

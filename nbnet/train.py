@@ -387,7 +387,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if early_stopping is not None and (not isinstance(early_stopping, (int, np.integer)) or early_stopping < 1):
+    # bool is an int, but early_stopping=True (scikit-learn's switch) is not a patience of 1 epoch.
+    if early_stopping is not None and (not isinstance(early_stopping, (int, np.integer))
+                                       or isinstance(early_stopping, bool) or early_stopping < 1):
         raise ValueError(f"early_stopping must be a positive integer (epochs of patience), got {early_stopping!r}")
     if len(data) not in (2, 4):
         raise ValueError("data must be (x_train, y_train) or (x_train, y_train, x_test, y_test)")

@@ -214,3 +214,13 @@ def test_multi_label_with_bce_reports_the_fraction_of_labels_right():
     assert h[-1]["train_accuracy"] > 0.9 and nb.predict(one, x[:3], loss="bce").shape == (3, 1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         nb.train(one, nb.SGD(one.parameters(), lr=0.5), (x, y[:, 0] * 2), epochs=1, loss="bce")
+
+
+def test_early_stopping_true_is_refused_not_a_patience_of_one():
+    """bool is an int subclass: early_stopping=True (as scikit-learn spells "on") stopped after
+    one epoch without improvement, where epochs=True and batch_size=True are refused."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="early_stopping must be a positive integer"):
+        nb.train(model, opt, (xtr, ytr), epochs=2, val_split=0.1, early_stopping=True)

@@ -369,7 +369,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         validation loss (improving by more than min_delta).
     early_stopping=N: stop after N epochs in a row without a better validation loss.
     restore_best: at the end, put back the weights of the best epoch (of this call).
-    lr: the base rate of the schedule (default: the optimizer's rate on entry).
+    lr: the base rate of the schedule (default: the optimizer's rate on entry). The schedule sets
+        opt.lr before each step (history's "lr" is the epoch's last); when train returns or raises,
+        opt.lr is the base rate again.
     on_step(state, batch, n_batches, running_loss) after each step; on_best(state, metrics) after
     an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
     should_stop() is asked after each step: True raises TrainingInterrupted(state).
@@ -440,92 +442,100 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),),
                     say=comm.rank == 0)
 
-    while state.epoch < epochs:
-        if early_stopping is not None and state.bad_epochs >= early_stopping:
-            break  # stopped before (e.g. a resumed run that had already stopped early)
-        epoch = state.epoch
-        skip = state.step - epoch * steps_per_epoch  # steps of this epoch done before a resume
-        if not 0 <= skip <= steps_per_epoch:  # == : stopped after its last step
-            raise ValueError(
-                f"training state (epoch {epoch}, step {state.step}) does not fit "
-                f"{steps_per_epoch} steps per epoch: was the batch size or the data changed?"
-            )
-        # The epoch's metrics divide by `seen`: each step done took 1 .. batch_size rows.
-        if not skip <= state.seen <= skip * batch_size:
-            raise ValueError(
-                f"training state (epoch {epoch}, step {state.step}) counts {state.seen} rows seen in the "
-                f"{skip} steps done of its epoch, at most {batch_size} rows a step: was the batch size changed?"
-            )
-        t0 = time.perf_counter()
-        for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
-            if b < skip:
-                continue
-            opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
-            opt.zero_grad()
-            rows, value, correct = len(yb), 0.0, 0
-            if rows:  # a data-parallel share may be empty
-                logits = forward(xb)
-                value = loss_fn.forward(logits, yb)
-                correct = _batch_correct(loss, logits, yb)
-                if math.isfinite(value):
-                    model.backward(loss_fn.backward(), need_input_grad=False)
-            # Summed over the processes (one process: as they are), so that all decide alike.
-            loss_sum, correct, seen, stop = comm.step_sums(
-                value * rows, correct, rows, should_stop is not None and should_stop()
-            )
-            if not math.isfinite(loss_sum):
-                raise TrainingDiverged(
-                    f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"
+    try:
+        while state.epoch < epochs:
+            if early_stopping is not None and state.bad_epochs >= early_stopping:
+                break  # stopped before (e.g. a resumed run that had already stopped early)
+            epoch = state.epoch
+            skip = state.step - epoch * steps_per_epoch  # steps of this epoch done before a resume
+            if not 0 <= skip <= steps_per_epoch:  # == : stopped after its last step
+                raise ValueError(
+                    f"training state (epoch {epoch}, step {state.step}) does not fit "
+                    f"{steps_per_epoch} steps per epoch: was the batch size or the data changed?"
                 )
-            comm.allreduce_grad(params, rows / seen)  # between backward and the step
-            opt.step()
-            state.step += 1
-            state.loss_sum += loss_sum
-            state.correct += int(correct)
-            state.seen += int(seen)
-            if on_step is not None:
-                on_step(state, b + 1, steps_per_epoch, state.loss_sum / state.seen)
-            if stop:
-                state.seconds += time.perf_counter() - t0
-                raise TrainingInterrupted(state)
-        seconds = state.seconds + time.perf_counter() - t0
-        # The loss of each step is checked before its update; the update of the epoch's last step
-        # is checked here, with the weights, before anyone (on_epoch: --save) sees them.
-        check_finite_parameters(model, f"training diverged: the weights became NaN or Inf in epoch {epoch + 1}")
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": state.loss_sum / state.seen,
-            f"train_{metric}": _metric(loss, state.loss_sum, state.correct, state.seen, y_train),
-        }
-        if score_val is not None:
-            metrics["val_loss"], metrics[f"val_{metric}"] = score_val()
-        if score_test is not None:
-            metrics["test_loss"], metrics[f"test_{metric}"] = score_test()
-        for part in ("val", "test"):
-            if not math.isfinite(metrics.get(f"{part}_loss", 0.0)):
-                raise TrainingDiverged(f"training diverged: {part} loss is {metrics[part + '_loss']} after epoch {epoch + 1}")
-        metrics.update({
-            "lr": opt.lr,
-            "seconds": seconds,
-            "samples_per_second": state.seen / seconds if seconds > 0 else 0.0,
-        })
-        state.epoch += 1
-        state.loss_sum, state.correct, state.seen, state.seconds = 0.0, 0, 0, 0.0
-        state.history.append(metrics)
-        improved = False
-        if x_val is not None:
-            v = metrics["val_loss"]
-            if state.best_val_loss is None or v < state.best_val_loss - min_delta:
-                state.best_val_loss, state.best_epoch, state.bad_epochs = v, epoch + 1, 0
-                improved = True
-                if restore_best:
-                    best_params = [to_host(p.data).copy() for p in model.parameters()]
-            else:
-                state.bad_epochs += 1
-        if improved and on_best is not None:
-            on_best(state, metrics)
-        if on_epoch is not None:
-            on_epoch(state, metrics)
+            # The epoch's metrics divide by `seen`: each step done took 1 .. batch_size rows.
+            if not skip <= state.seen <= skip * batch_size:
+                raise ValueError(
+                    f"training state (epoch {epoch}, step {state.step}) counts {state.seen} rows seen in the "
+                    f"{skip} steps done of its epoch, at most {batch_size} rows a step: was the batch size changed?"
+                )
+            t0 = time.perf_counter()
+            for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
+                if b < skip:
+                    continue
+                opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
+                opt.zero_grad()
+                rows, value, correct = len(yb), 0.0, 0
+                if rows:  # a data-parallel share may be empty
+                    logits = forward(xb)
+                    value = loss_fn.forward(logits, yb)
+                    correct = _batch_correct(loss, logits, yb)
+                    if math.isfinite(value):
+                        model.backward(loss_fn.backward(), need_input_grad=False)
+                # Summed over the processes (one process: as they are), so that all decide alike.
+                loss_sum, correct, seen, stop = comm.step_sums(
+                    value * rows, correct, rows, should_stop is not None and should_stop()
+                )
+                if not math.isfinite(loss_sum):
+                    raise TrainingDiverged(
+                        f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"
+                    )
+                comm.allreduce_grad(params, rows / seen)  # between backward and the step
+                opt.step()
+                state.step += 1
+                state.loss_sum += loss_sum
+                state.correct += int(correct)
+                state.seen += int(seen)
+                if on_step is not None:
+                    on_step(state, b + 1, steps_per_epoch, state.loss_sum / state.seen)
+                if stop:
+                    state.seconds += time.perf_counter() - t0
+                    raise TrainingInterrupted(state)
+            seconds = state.seconds + time.perf_counter() - t0
+            # The loss of each step is checked before its update; the update of the epoch's last step
+            # is checked here, with the weights, before anyone (on_epoch: --save) sees them.
+            check_finite_parameters(model, f"training diverged: the weights became NaN or Inf in epoch {epoch + 1}")
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": state.loss_sum / state.seen,
+                f"train_{metric}": _metric(loss, state.loss_sum, state.correct, state.seen, y_train),
+            }
+            if score_val is not None:
+                metrics["val_loss"], metrics[f"val_{metric}"] = score_val()
+            if score_test is not None:
+                metrics["test_loss"], metrics[f"test_{metric}"] = score_test()
+            for part in ("val", "test"):
+                if not math.isfinite(metrics.get(f"{part}_loss", 0.0)):
+                    raise TrainingDiverged(
+                        f"training diverged: {part} loss is {metrics[part + '_loss']} after epoch {epoch + 1}"
+                    )
+            metrics.update({
+                "lr": opt.lr,
+                "seconds": seconds,
+                "samples_per_second": state.seen / seconds if seconds > 0 else 0.0,
+            })
+            state.epoch += 1
+            state.loss_sum, state.correct, state.seen, state.seconds = 0.0, 0, 0, 0.0
+            state.history.append(metrics)
+            improved = False
+            if x_val is not None:
+                v = metrics["val_loss"]
+                if state.best_val_loss is None or v < state.best_val_loss - min_delta:
+                    state.best_val_loss, state.best_epoch, state.bad_epochs = v, epoch + 1, 0
+                    improved = True
+                    if restore_best:
+                        best_params = [to_host(p.data).copy() for p in model.parameters()]
+                else:
+                    state.bad_epochs += 1
+            if improved and on_best is not None:
+                on_best(state, metrics)
+            if on_epoch is not None:
+                on_epoch(state, metrics)
+    finally:
+        # The schedule set opt.lr step by step; give the optimizer its base rate back, so that a
+        # second call, or a resume from `state` with the optimizer's state_dict() taken now, starts
+        # its schedule from the same base (lr=None reads opt.lr) and not from the last step's rate.
+        opt.lr = base_lr
     if restore_best and best_params is not None:
         for p, value in zip(model.parameters(), best_params):
             if isinstance(p.data, np.ndarray):

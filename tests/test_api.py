@@ -224,3 +224,37 @@ def test_early_stopping_true_is_refused_not_a_patience_of_one():
     opt = nb.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="early_stopping must be a positive integer"):
         nb.train(model, opt, (xtr, ytr), epochs=2, val_split=0.1, early_stopping=True)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_schedule_base_rate_survives_a_second_call_and_a_resume_from_state(schedule):
+    """lr=None takes the optimizer's rate on entry as the schedule's base, and the schedule left
+    opt.lr at its last step's rate: a second nb.train started cosine from ~0, and a run resumed
+    from TrainingInterrupted's state with the optimizer's state_dict() took the interrupted
+    step's rate as its base."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    kwargs = dict(epochs=3, batch_size=100, lr_schedule=schedule)
+
+    def run(opt_of, model, **more):
+        opt, rates = opt_of(model), []
+        nb.train(model, opt, (xtr, ytr), on_step=lambda *a: rates.append(opt.lr), **kwargs, **more)
+        return opt, rates
+
+    model = spiral_model()
+    opt, whole = run(lambda m: nb.SGD(m.parameters(), lr=0.1), model)
+    assert opt.lr == 0.1
+    again = []
+    nb.train(model, opt, (xtr, ytr), on_step=lambda *a: again.append(opt.lr), **kwargs)
+    assert again == whole
+
+    model, steps = spiral_model(), iter(range(1, 10**6))
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    first = []
+    with pytest.raises(nb.api.TrainingInterrupted) as stopped:
+        nb.train(model, opt, (xtr, ytr), on_step=lambda *a: first.append(opt.lr),
+                 should_stop=lambda: next(steps) == 40, **kwargs)
+    saved = opt.state_dict()
+    fresh = nb.SGD(model.parameters(), lr=0.5)
+    fresh.load_state_dict(saved)
+    _, rest = run(lambda m: fresh, model, state=stopped.value.state)
+    assert first + rest == whole

@@ -85,10 +85,17 @@ def main():
     parser.add_argument("--workdir", help="where to write the CSV and model (default: a temp dir)")
     parser.add_argument("--api-only", action="store_true", help="skip the command-line part")
     args = parser.parse_args()
+    if args.rows < 10:  # the 20% held out for testing must not be empty
+        parser.error(f"--rows must be at least 10, got {args.rows}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            sys.exit(f"Error: cannot create --workdir {workdir}: {e.strerror or e}")
         csv = workdir / "rings.csv"
         write_rings_csv(csv, args.rows)
         print(f"wrote {args.rows} rows to {csv}; first line: {csv.read_text().splitlines()[0]}\n")

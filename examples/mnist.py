@@ -61,6 +61,12 @@ def main(dataset="mnist", class_names=DIGITS):
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--save", help="save the trained model to this .npz (load it with nb.load)")
     args = parser.parse_args()
+    for name in ("epochs", "limit", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:  # a negative --limit would slice from the end
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 0 <= args.lr < float("inf"):
+        parser.error(f"--lr must be a finite number >= 0, got {args.lr}")
 
     try:
         x_train, y_train, x_test, y_test = nb.datasets.load(dataset, data_dir=args.data_dir)
@@ -91,7 +97,10 @@ def main(dataset="mnist", class_names=DIGITS):
 
     print_confusion(confusion_matrix(y_test, pred, len(class_names)), class_names)
     if args.save:
-        model.save(args.save)
+        try:
+            model.save(args.save)
+        except (OSError, ValueError) as e:
+            sys.exit(f"Error: cannot save {args.save}: {getattr(e, 'strerror', None) or e}")
         print(f"model saved to {args.save}")
 
 

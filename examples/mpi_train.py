@@ -22,6 +22,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128, help="the global batch, over all processes")
     parser.add_argument("--out", default=None, help="save the model here (process 0 writes it)")
     args = parser.parse_args()
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
     try:
         from mpi4py import MPI
@@ -48,7 +51,10 @@ def main():
     if comm.rank == 0:
         print(f"same weights on all {comm.size} processes: {same}")
         if args.out:
-            model.save(args.out)
+            try:
+                model.save(args.out)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"Error: cannot save {args.out}: {getattr(e, 'strerror', None) or e}") from None
             print(f"saved {args.out}")
     if not same:
         raise SystemExit(1)

@@ -8,6 +8,7 @@ Needs matplotlib for the picture (pip install 'nbnet[plot]'); without it, it tra
 """
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -54,6 +55,9 @@ def main():
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--out", default="spiral.png", help="where to save the picture")
     args = parser.parse_args()
+    for name in ("epochs", "hidden"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
 
     x_train, y_train, x_test, y_test = nb.datasets.load("spiral")  # (2400, 2), 3 classes
     h = args.hidden
@@ -83,6 +87,8 @@ def main():
         print(f"decision regions saved to {args.out}")
     except ImportError:
         print("no picture: matplotlib is not installed (pip install 'nbnet[plot]')")
+    except OSError as e:
+        sys.exit(f"Error: cannot write {args.out}: {e.strerror or e}")
 
 
 if __name__ == "__main__":

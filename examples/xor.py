@@ -34,6 +34,10 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=0.1)
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if not 0 <= args.lr < float("inf"):
+        parser.error(f"--lr must be a finite number >= 0, got {args.lr}")
 
     linear = nb.Sequential([nb.Linear(2, 2, seed=0)])
     hidden = nb.Sequential([nb.Linear(2, 4, seed=0), nb.Tanh(), nb.Linear(4, 2, seed=1)])

@@ -112,3 +112,40 @@ def test_readme_python_example(tmp_path):
     assert done.returncode == 0, done.stderr
     assert percent(r"test accuracy ([\d.]+)%", done.stdout) > 0.8
     assert (tmp_path / "model.npz").exists()
+
+
+@pytest.mark.parametrize("name, args, says", [
+    ("xor.py", ["--steps", 0], "--steps must be at least 1"),
+    ("xor.py", ["--lr", -1], "--lr must be a finite number"),
+    ("spiral.py", ["--epochs", -1], "--epochs must be at least 1"),
+    ("spiral.py", ["--epochs", 1, "--out", "/proc/spiral.png"], "Error: cannot write /proc/spiral.png"),
+    ("custom_csv.py", ["--api-only", "--epochs", 0], "--epochs must be at least 1"),
+    ("custom_csv.py", ["--api-only", "--rows", 0], "--rows must be at least 10"),
+    ("custom_csv.py", ["--api-only", "--workdir", "/proc/nbnet-rings"], "Error: cannot create --workdir"),
+    ("mnist.py", ["--epochs", 0], "--epochs must be at least 1"),
+    ("mnist.py", ["--limit", -5], "--limit must be at least 1"),
+    ("mnist.py", ["--batch-size", 0], "--batch-size must be at least 1"),
+    ("mpi_train.py", ["--epochs", -1], "--epochs must be at least 1"),
+])
+def test_bad_arguments_give_one_error_not_a_traceback(tmp_path, name, args, says):
+    """Zero or negative counts crashed after the work (UnboundLocalError on a loss never computed,
+    ZeroDivisionError) or, for --limit -5, trained on all but 5 images; an unwritable output was a
+    traceback once the training was done."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(REPO / "examples" / name), *map(str, args)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and says in done.stderr, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir())  # nothing left in the current directory
+
+
+def test_mnist_save_to_an_unwritable_path_is_one_error(tmp_path):
+    data_dir = DATA / "mnist"
+    if not (data_dir / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"no mnist data in {data_dir} (set NBNET_DATA_DIR)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "mnist.py"), "--epochs", "1", "--limit", "256",
+                           "--data-dir", str(data_dir), "--save", "/proc/nbnet-model.npz"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Error: cannot save /proc/nbnet-model.npz" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

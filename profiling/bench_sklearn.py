@@ -18,6 +18,7 @@ import time
 import warnings
 
 import numpy as np
+from argtypes import names_from, positive_int, positive_ints
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
@@ -91,13 +92,13 @@ def run(name, data, hidden, solver, epochs, lr, threads, repeats):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2,000 x 100 synthetic, 2 epochs, 1 repeat, no MNIST")
-    ap.add_argument("--threads", default=None, help="comma list (default: 1,2; --quick: 1)")
-    ap.add_argument("--solvers", default="adam,sgd")
-    ap.add_argument("--epochs", type=int, default=None, help="default 10 (synthetic), 5 (MNIST); --quick 2")
-    ap.add_argument("--repeats", type=int, default=None, help="fits per side, best time kept (default 2; --quick 1)")
-    ap.add_argument("--hidden", default="100", help="hidden layer sizes, comma list (scikit-learn's default 100)")
-    ap.add_argument("--samples", type=int, default=20000, help="synthetic rows (80%% train, 20%% test)")
-    ap.add_argument("--features", type=int, default=100)
+    ap.add_argument("--threads", type=positive_ints, default=None, help="comma list (default: 1,2; --quick: 1)")
+    ap.add_argument("--solvers", type=names_from("adam", "sgd"), default="adam,sgd")
+    ap.add_argument("--epochs", type=positive_int, default=None, help="default 10 (synthetic), 5 (MNIST); --quick 2")
+    ap.add_argument("--repeats", type=positive_int, default=None, help="fits per side, best time kept (default 2; --quick 1)")
+    ap.add_argument("--hidden", type=positive_ints, default="100", help="hidden layer sizes, comma list (scikit-learn's default 100)")
+    ap.add_argument("--samples", type=positive_int, default=20000, help="synthetic rows (80%% train, 20%% test)")
+    ap.add_argument("--features", type=positive_int, default=100)
     ap.add_argument("--mnist-dir", default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")
     args = ap.parse_args(argv)
     try:

@@ -22,6 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from argtypes import positive_int, positive_ints  # noqa: E402
 from bench_vs_torch import torch_mlp  # noqa: E402
 
 
@@ -114,9 +115,9 @@ def worker(threads, batches, steps):
 
 def main():
     parser = argparse.ArgumentParser(description="step latency at batch 1 and 8: nbnet vs PyTorch CPU")
-    parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--steps", type=int, default=1000, help="timed steps per contender and batch size")
+    parser.add_argument("--batch-sizes", type=positive_ints, default="1,8")
+    parser.add_argument("--threads", type=positive_ints, default="1,2")
+    parser.add_argument("--steps", type=positive_int, default=1000, help="timed steps per contender and batch size")
     parser.add_argument("--quick", action="store_true", help="1 thread, 100 steps")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

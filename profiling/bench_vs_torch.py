@@ -18,6 +18,7 @@ import numpy as np
 import nbnet as nb
 from nbnet import simd
 from nbnet.data import batches_reusing
+from argtypes import positive_int, positive_ints
 
 SIZES = (784, 256, 128, 10)
 PARAMS = sum(a * b + b for a, b in zip(SIZES, SIZES[1:]))  # 235,146
@@ -207,10 +208,10 @@ def set_threads(n, have_torch):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch-sizes", default=None, help="default 32,128,512 (cpu), 128,512,2048 (cuda)")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--samples", type=int, default=60000, help="samples per epoch (fewer for a quick run)")
-    ap.add_argument("--repeats", "--epochs", type=int, default=3, help="timed epochs per contender (best kept)")
+    ap.add_argument("--batch-sizes", type=positive_ints, default=None, help="default 32,128,512 (cpu), 128,512,2048 (cuda)")
+    ap.add_argument("--threads", type=positive_ints, default="1,2")
+    ap.add_argument("--samples", type=positive_int, default=60000, help="samples per epoch (fewer for a quick run)")
+    ap.add_argument("--repeats", "--epochs", type=positive_int, default=3, help="timed epochs per contender (best kept)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
     print(simd.describe())  # the host CPU, also under --device cuda (it runs the Python)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from argtypes import positive_int
 from common import table
 
 from nbnet import simd
@@ -63,7 +64,7 @@ def run_child(code, cache_dir):
 
 def main():
     parser = argparse.ArgumentParser(description="cold vs cached compile time")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=positive_int, default=128)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args()
     code = CHILD.format(profiling=str(Path(__file__).resolve().parent), batch=args.batch,

@@ -19,6 +19,7 @@ import numpy as np
 
 import nbnet as nb
 from nbnet import cpu, simd
+from argtypes import positive_int
 
 
 def subnormals(arr):
@@ -60,7 +61,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = os.path.join(os.environ.get("NBNET_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "mnist")
     ap.add_argument("--data-dir", default=default)
-    ap.add_argument("--steps", type=int, default=469, help="training steps to scan (469 = one epoch at batch 128)")
+    ap.add_argument("--steps", type=positive_int, default=469, help="training steps to scan (469 = one epoch at batch 128)")
     args = ap.parse_args()
     print(simd.describe())
     try:

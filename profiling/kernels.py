@@ -20,12 +20,13 @@ import numpy as np
 from common import load_warning, mnist_cases, sgemm_peak, table, time_call
 
 from nbnet import simd
+from argtypes import positive_int
 
 
 def main():
     parser = argparse.ArgumentParser(description="per-kernel timings at MNIST shapes")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--threads", type=positive_int, default=None, help="Numba threads (default: all)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds of timing per kernel")
     args = parser.parse_args()

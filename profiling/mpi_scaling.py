@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+from argtypes import positive_int
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 SIZES = (784, 256, 128, 10)
@@ -104,11 +105,11 @@ def ring_allreduce_s(n, nbytes, gbit, latency=LATENCY_S):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=60000, help="training rows (MNIST has 60,000)")
-    parser.add_argument("--batch", type=int, default=512, help="the global batch")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--allreduce-reps", type=int, default=200)
+    parser.add_argument("--procs", type=positive_int, default=2)
+    parser.add_argument("--rows", type=positive_int, default=60000, help="training rows (MNIST has 60,000)")
+    parser.add_argument("--batch", type=positive_int, default=512, help="the global batch")
+    parser.add_argument("--repeat", type=positive_int, default=3)
+    parser.add_argument("--allreduce-reps", type=positive_int, default=200)
     parser.add_argument("--data-dir", default=None, help="MNIST's IDX files [default: /work/shared/data/mnist]")
     parser.add_argument("--quick", action="store_true", help="4,096 rows, one repeat: a check that it runs")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 PROFILING = Path(__file__).resolve().parents[1] / "profiling"
 sys.path.insert(0, str(PROFILING))
@@ -40,7 +41,7 @@ def test_table_aligns_columns():
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header rule
 
 
-SCRIPTS = sorted(p.name for p in PROFILING.glob("*.py") if p.name != "common.py")
+SCRIPTS = sorted(p.name for p in PROFILING.glob("*.py") if p.name not in ("common.py", "argtypes.py"))
 
 
 def test_scripts_have_help_and_say_what_they_measure():
@@ -86,3 +87,23 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     for r in rows:  # seconds, accuracy for each side, then the ratio
         assert float(r[3]) > 0 and 0 <= float(r[4]) <= 1 and float(r[5]) > 0 and 0 <= float(r[6]) <= 1
         assert r[7].endswith("x")
+
+
+@pytest.mark.parametrize("script, args", [
+    ("bench_gemm.py", ["--batches", "abc"]),
+    ("bench_gemm.py", ["--dtypes", "float16"]),
+    ("kernels.py", ["--batch", "0"]),
+    ("kernels.py", ["--threads", "0"]),
+    ("threads.py", ["--threads", "0"]),
+    ("threshold.py", ["--max-batch", "0"]),
+    ("load.py", ["--batch", "0"]),
+    ("bench_sklearn.py", ["--solvers", "lbfgs"]),
+    ("mpi_scaling.py", ["--procs", "0"]),
+])
+def test_bad_arguments_are_usage_errors_before_any_work(script, args):
+    """They were tracebacks (ValueError, KeyError, ZeroDivisionError) after the CPU line, or, for
+    kernels.py --threads 0, a run with all threads."""
+    done = subprocess.run([sys.executable, str(PROFILING / script), *args], capture_output=True, text=True,
+                          cwd=PROFILING, timeout=120, env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
+    assert done.returncode == 2 and f"error: argument {args[0]}" in done.stderr, (script, done.stderr)
+    assert "Traceback" not in done.stderr and done.stdout == "", (script, done.stdout, done.stderr)

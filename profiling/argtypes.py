@@ -1,0 +1,36 @@
+"""argparse types the profiling scripts share: a bad count is a usage error before any work, not a
+traceback (or a ZeroDivisionError) after the CPU line. Standard library only: the scripts that set
+thread counts before importing Numba import this first. Not a script."""
+
+import argparse
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_ints(text):
+    """A comma list of positive integers, returned as the text given: the scripts pass it on to
+    their worker processes as it is."""
+    for item in text.split(","):
+        try:
+            positive_int(item)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"must be positive integers separated by commas, got {text!r}") from None
+    return text
+
+
+def names_from(*allowed):
+    """A comma list of some of `allowed`, returned as the text given."""
+    def names(text):
+        unknown = [n for n in text.split(",") if n not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, unknown))}: choose from {','.join(allowed)}")
+        return text
+    return names

@@ -125,59 +125,35 @@ def test_adamw_default_weight_decay_is_decoupled_001():
     assert opt.weight_decay == 0.01 and opt.decoupled and not nb.Adam.decoupled
 
 
-def test_state_dict_round_trip_continues_identically(rng):
-    def fresh():
-        layer, params = make_params(np.random.default_rng(7))
-        return params, nb.Adam(params, lr=0.01, weight_decay=0.01)
+def apply_grads(params, opt, steps):
+    """One opt.step() per entry of `steps`, each a list of gradients for `params`."""
+    for gs in steps:
+        for p, g in zip(params, gs):
+            p.grad[...] = g
+        opt.step()
 
+
+@pytest.mark.parametrize("make", [lambda ps: nb.Adam(ps, lr=0.01, weight_decay=0.01),
+                                  lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9)])
+@pytest.mark.parametrize("stepped", [False, True])
+def test_state_dict_round_trip_continues_identically(make, stepped, rng):
+    """Two steps, state_dict(), load_state_dict() into a new optimizer, two more steps: the bits of
+    four steps in one go. stepped: the new optimizer has moments of its own first (restoring a
+    saved run into a live optimizer), which its cached step groups once kept using."""
     grads = [[rng.normal(size=s) for s in ((3, 4), (3,))] for _ in range(4)]
-
-    def apply(params, opt, steps):
-        for gs in steps:
-            for p, g in zip(params, gs):
-                p.grad[...] = g
-            opt.step()
-
-    params_a, opt_a = fresh()
-    apply(params_a, opt_a, grads)
-    params_b, opt_b = fresh()
-    apply(params_b, opt_b, grads[:2])
-    sd = opt_b.state_dict()
-    params_c, opt_c = fresh()
-    for pc, pb in zip(params_c, params_b):
-        pc.data[...] = pb.data
-    opt_c.load_state_dict(sd)
-    apply(params_c, opt_c, grads[2:])
-    for a, c in zip(params_a, params_c):
-        np.testing.assert_array_equal(a.data, c.data)
-
-
-@pytest.mark.parametrize("make", [lambda ps: nb.Adam(ps, lr=0.01), lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9)])
-def test_load_state_dict_into_an_optimizer_that_has_stepped(make, rng):
-    """Restoring a saved run into a live optimizer: its cached step groups kept its own moments,
-    and the next steps went on from those with the loaded step count."""
-    grads = [[rng.normal(size=s) for s in ((3, 4), (3,))] for _ in range(4)]
-
-    def apply(params, opt, steps):
-        for gs in steps:
-            for p, g in zip(params, gs):
-                p.grad[...] = g
-            opt.step()
-
     _, params_a = make_params(np.random.default_rng(7))
-    opt_a = make(params_a)
-    apply(params_a, opt_a, grads)
+    apply_grads(params_a, make(params_a), grads)
     _, params_b = make_params(np.random.default_rng(7))
     opt_b = make(params_b)
-    apply(params_b, opt_b, grads[:2])
-    weights, sd = [p.data.copy() for p in params_b], opt_b.state_dict()
+    apply_grads(params_b, opt_b, grads[:2])
     _, params_c = make_params(np.random.default_rng(7))
     opt_c = make(params_c)
-    apply(params_c, opt_c, grads[::-1])  # moments of its own first
-    for pc, w in zip(params_c, weights):
-        pc.data[...] = w
-    opt_c.load_state_dict(sd)
-    apply(params_c, opt_c, grads[2:])
+    if stepped:
+        apply_grads(params_c, opt_c, grads[::-1])
+    for pc, pb in zip(params_c, params_b):
+        pc.data[...] = pb.data
+    opt_c.load_state_dict(opt_b.state_dict())
+    apply_grads(params_c, opt_c, grads[2:])
     for a, c in zip(params_a, params_c):
         np.testing.assert_array_equal(a.data, c.data)
 

@@ -43,6 +43,19 @@ def empty_like_shape(like, shape, dtype):
     return gpu.empty(shape, dtype)
 
 
+def array_fault(arr, shape, dtype, on_host):
+    """None when `arr` is what a kernel indexes without checks: a C-contiguous array of `shape` and
+    `dtype`, on the host (on_host) or the GPU; else what it is instead, for an error message."""
+    host = isinstance(arr, np.ndarray)
+    if not (host or hasattr(arr, "copy_to_host")) or not hasattr(arr, "dtype"):
+        return type(arr).__name__
+    contiguous = arr.flags.c_contiguous if host else arr.is_c_contiguous()
+    if contiguous and tuple(arr.shape) == tuple(shape) and arr.dtype == dtype and host == on_host:
+        return None
+    layout = "C-contiguous" if contiguous else "strided"
+    return f"a {layout} {arr.dtype} {tuple(arr.shape)} {'host' if host else 'GPU'} array"
+
+
 @dataclass(eq=False)
 class Parameter:
     """A handle on one parameter of a layer: `.data` and `.grad` are that layer's arrays, looked up
@@ -315,21 +328,16 @@ class Linear(Layer):
                 and c[3] is self._grad_bias):
             return
         dtype, w = np.dtype(self.dtype), (self.out_features, self.in_features)
-        on_host = isinstance(self.weight, np.ndarray)
+        on_host = not hasattr(self.weight, "copy_to_host")  # a list assigned is a host array gone wrong
         for name, shape in (("weight", w), ("bias", w[:1]), ("grad_weight", w), ("grad_bias", w[:1])):
             arr = getattr(self, "_" + name if name.startswith("grad") else name)
             if arr is None and name.endswith("bias"):
                 continue
-            host = isinstance(arr, np.ndarray)
-            if not (host or hasattr(arr, "copy_to_host")) or not hasattr(arr, "dtype"):
-                raise ValueError(f"{self.describe()}: {name} must be an array, got {type(arr).__name__}")
-            contiguous = arr.flags.c_contiguous if host else arr.is_c_contiguous()
-            if tuple(arr.shape) != shape or arr.dtype != dtype or host != on_host or not contiguous:
-                where = {True: "host", False: "GPU"}
+            fault = array_fault(arr, shape, dtype, on_host)
+            if fault:
                 raise ValueError(
-                    f"{self.describe()}: {name} must be a C-contiguous {dtype} {shape} {where[on_host]} array "
-                    f"(np.ascontiguousarray(a, np.{dtype}) makes one), got a "
-                    f"{'C-contiguous' if contiguous else 'strided'} {arr.dtype} {tuple(arr.shape)} {where[host]} array")
+                    f"{self.describe()}: {name} must be a C-contiguous {dtype} {shape} {'host' if on_host else 'GPU'} "
+                    f"array (np.ascontiguousarray(a, np.{dtype}) makes one), got {fault}")
         self._checked = (self.weight, self.bias, self._grad_weight, self._grad_bias)
 
     def forward(self, x):

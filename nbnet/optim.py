@@ -15,7 +15,7 @@ from operator import getitem, is_
 import numpy as np
 
 from . import simd
-from .layers import Linear, Parameter, empty_like_shape, kernels
+from .layers import Linear, Parameter, array_fault, empty_like_shape, kernels
 
 
 def _flat(arr):
@@ -39,15 +39,14 @@ def _check_parameter(who, i, data, grad):
     assigned since (`layer.weight = w`) with another shape would be read past its end by the
     kernel, and a strided one updated in a flat copy, leaving the layer's array as it was."""
     host = isinstance(data, np.ndarray)
-    for name, arr in (("parameter", data), ("gradient", grad)):
-        if not (isinstance(arr, np.ndarray) or hasattr(arr, "copy_to_host")) or not hasattr(arr, "dtype"):
-            raise ValueError(f"{who}: {name} {i} is not an array but {type(arr).__name__}")
-        contiguous = arr.flags.c_contiguous if isinstance(arr, np.ndarray) else arr.is_c_contiguous()
-        if (not contiguous or isinstance(arr, np.ndarray) != host or tuple(arr.shape) != tuple(data.shape)
-                or arr.dtype != data.dtype):
-            raise ValueError(f"{who}: parameter {i} ({data.dtype} {tuple(data.shape)}) and its gradient "
-                             f"({arr.dtype} {tuple(arr.shape)}) must be C-contiguous arrays of one shape, "
-                             "dtype and device")
+    fault = array_fault(data, getattr(data, "shape", ()), getattr(data, "dtype", None), host)
+    name = "the parameter"
+    if fault is None:
+        fault, name = array_fault(grad, data.shape, data.dtype, host), "its gradient"
+    if fault:
+        what = f" ({data.dtype} {tuple(data.shape)})" if name == "its gradient" else ""
+        raise ValueError(f"{who}: parameter {i}{what} and its gradient must be C-contiguous arrays of one shape, "
+                         f"dtype and device; {name} is {fault}")
 
 
 def one_flat(arrays):

@@ -35,7 +35,7 @@ def test_parameters_are_writable_in_place():
     ("weight", np.ones((8, 5), np.float32), r"got a C-contiguous float32 \(8, 5\) host array"),
     ("weight", np.ones((8, 4)), "got a C-contiguous float64"),
     ("weight", np.ones((4, 8), np.float32).T, "got a strided float32 \\(8, 4\\)"),
-    ("weight", [[0.0] * 4] * 8, "weight must be an array, got list"),
+    ("weight", [[0.0] * 4] * 8, r"weight must be a C-contiguous float32 \(8, 4\) host array .* got list"),
     ("bias", np.ones(7, np.float32), r"bias must be a C-contiguous float32 \(8,\) host array"),
     ("grad_weight", np.ones((8, 3), np.float32), "grad_weight must be"),
 ])

@@ -25,6 +25,7 @@ import threading
 import time
 
 import click
+from click.core import ParameterSource
 import numpy as np
 
 from . import __version__, datasets, dist, threads
@@ -380,10 +381,8 @@ def train_cmd(ctx, **opts):
     elif comm.size > 1:  # the processes on one machine share its cores rather than each take all
         _set_threads(max(1, min(os.cpu_count() or 1, _max_threads()) // dist.local_size_rank()[0]), fixed=False)
     # where --resume chose the GPU, an error there should say the CPU can go on with the run
-    from click.core import ParameterSource  # noqa: PLC0415
-
     from_checkpoint = " (the checkpoint's run was on the GPU: --device cpu goes on with it on the CPU)" if (
-        resume is not None and ctx.get_parameter_source("device") in (ParameterSource.DEFAULT, None)) else ""
+        resume is not None and _not_given(ctx, "device")) else ""
     if cfg["device"] == "cuda":
         _check_cuda_importable(from_checkpoint)
     for key in OUTPUT_OPTIONS:
@@ -492,18 +491,21 @@ def train_cmd(ctx, **opts):
         out.info(f"saved {opts['plot']}")
 
 
+def _not_given(ctx, name):
+    """Whether option `name` was left to its default (neither the command line nor --config gave it)."""
+    return ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None)
+
+
 def _resolve(ctx, opts, resume):
     """The run's config: options from the command line or --config, then (on --resume) the
     checkpoint's, then the defaults."""
-    from click.core import ParameterSource  # noqa: PLC0415
-
     cfg = {k: v for k, v in opts.items() if k not in NOT_CONFIG}
     cfg["dataset"] = _dataset_key(cfg["dataset"])
     if cfg["data_dir"] is not None:
         cfg["data_dir"] = os.path.abspath(cfg["data_dir"])
     if resume is not None:
         for k, v in resume.config.items():
-            if k in cfg and ctx.get_parameter_source(k) in (ParameterSource.DEFAULT, None):
+            if k in cfg and _not_given(ctx, k):
                 cfg[k] = v
     if cfg["lr"] is None:
         cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]

@@ -344,7 +344,10 @@ class _BaseMLP(BaseEstimator):
         super().__setstate__(state)
         if arrays is not None:
             self._model = model_from_arrays(arrays, source="pickled estimator")
-            self._optimizer = self._new_optimizer(self._model)
+            # The optimizer it trained with, from its own state: set_params since the fit (solver,
+            # momentum, ...) is for the next fit, and an optimizer made from those refused this state.
+            cls = {c.__name__: c for c in (SGD, Adam, AdamW)}[opt_state["type"]]
+            self._optimizer = cls(self._model.parameters(), **{k: opt_state[k] for k in cls.hyper_names})
             self._optimizer.load_state_dict(opt_state)
 
 

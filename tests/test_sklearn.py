@@ -333,6 +333,25 @@ def test_pickle_holds_numpy_arrays_and_round_trips():
     assert len(blob) < 4 * (8 * 16 + 16 + 16 * 3 + 3) * 3 + 20_000  # weights, Adam's two moments, small change
 
 
+@pytest.mark.parametrize("fitted, changed", [({"solver": "sgd"}, {"solver": "adam"}),
+                                             ({"solver": "sgd"}, {"momentum": 0.0}),
+                                             ({"solver": "adam"}, {"solver": "adamw", "beta_1": 0.5})])
+def test_pickle_after_set_params_keeps_the_optimizer_it_trained_with(fitted, changed):
+    """set_params on a fitted estimator changes the next fit, not the optimizer partial_fit goes on
+    with (as scikit-learn); the pickle was rebuilt with an optimizer made from the new parameters,
+    which refused the old one's state: the pickle was written but could not be loaded."""
+    x, y = blobs()
+    clf = MLPClassifier((8,), random_state=0, max_iter=3, **fitted)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(x, y)
+    clf.set_params(**changed)
+    again = pickle.loads(pickle.dumps(clf))
+    assert again.get_params() == clf.get_params()
+    assert again._optimizer.state_dict().keys() == clf._optimizer.state_dict().keys()
+    clf.partial_fit(x, y), again.partial_fit(x, y)
+    np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
+
+
 def test_clone_is_unfitted_with_the_same_parameters():
     x, y = blobs()
     clf = MLPClassifier((16,), solver="sgd", alpha=0.01, random_state=0, max_iter=5, dtype=np.float64)

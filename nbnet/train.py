@@ -27,7 +27,7 @@ from .datasets import check_features
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
-from .optim import OPTIMIZERS
+from .optim import OPTIMIZERS, _check_nonneg
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 SCHEDULES = ("constant", "cosine", "step")
@@ -412,6 +412,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     check_data(model, (x_train, y_train, x_test, y_test, x_val, y_val), loss)
     metric = METRIC[loss]
     base_lr = opt.lr if lr is None else lr
+    # The optimizers check their rate when made, but lr= and a rate set on opt.lr since reach the
+    # schedule only here: a negative one trained uphill silently, NaN made every weight NaN.
+    _check_nonneg("nb.train", **{"lr" if lr is not None else "opt.lr": base_lr})
     state = TrainState() if state is None else state
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)

@@ -258,3 +258,22 @@ def test_schedule_base_rate_survives_a_second_call_and_a_resume_from_state(sched
     fresh.load_state_dict(saved)
     _, rest = run(lambda m: fresh, model, state=stopped.value.state)
     assert first + rest == whole
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf"), "0.1", None])
+def test_a_bad_learning_rate_is_refused_before_any_step(lr):
+    """The optimizers refuse a negative or non-finite rate, but nb.train's lr= (and opt.lr set by
+    hand, which lr=None reads) went to the schedule unchecked: lr=-0.1 trained uphill silently,
+    NaN made every weight NaN, a string failed inside the cosine schedule."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    before = params(model)
+    with pytest.raises(ValueError, match=r"lr must be a finite number ≥ 0"):
+        if lr is None:
+            opt.lr = -0.1
+            nb.train(model, opt, (xtr, ytr), epochs=1)
+        else:
+            nb.train(model, opt, (xtr, ytr), epochs=1, lr=lr, lr_schedule="cosine")
+    for a, b in zip(before, params(model), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -389,6 +389,10 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    # Every epoch's shuffle and the validation split draw from (seed, ...): None (NumPy's "random")
+    # or a negative one failed inside NumPy's SeedSequence, after the kernels compiled.
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     # bool is an int, but early_stopping=True (scikit-learn's switch) is not a patience of 1 epoch.
     if early_stopping is not None and (not isinstance(early_stopping, (int, np.integer))
                                        or isinstance(early_stopping, bool) or early_stopping < 1):

@@ -277,3 +277,13 @@ def test_a_bad_learning_rate_is_refused_before_any_step(lr):
             nb.train(model, opt, (xtr, ytr), epochs=1, lr=lr, lr_schedule="cosine")
     for a, b in zip(before, params(model), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5, True, "0"])
+def test_a_seed_that_is_not_a_non_negative_integer_is_refused_up_front(seed):
+    """seed=None (random, as numpy spells it) ended in a traceback from inside NumPy's SeedSequence
+    after the kernels compiled ("object of type 'NoneType' has no len()"), -1 in NumPy's words."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, seed=seed)

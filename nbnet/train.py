@@ -397,6 +397,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     if early_stopping is not None and (not isinstance(early_stopping, (int, np.integer))
                                        or isinstance(early_stopping, bool) or early_stopping < 1):
         raise ValueError(f"early_stopping must be a positive integer (epochs of patience), got {early_stopping!r}")
+    # Read first after epoch 1: a string failed there, NaN or a negative one chose epochs silently.
+    _check_nonneg("nb.train", min_delta=min_delta)
     if len(data) not in (2, 4):
         raise ValueError("data must be (x_train, y_train) or (x_train, y_train, x_test, y_test)")
     x_train, y_train = as_features(model, data[0], "x_train"), as_targets(model, data[1], loss, "y_train")

@@ -287,3 +287,14 @@ def test_a_seed_that_is_not_a_non_negative_integer_is_refused_up_front(seed):
     model = spiral_model()
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, seed=seed)
+
+
+@pytest.mark.parametrize("min_delta", [-0.5, float("nan"), "0.01", None])
+def test_a_bad_min_delta_is_refused_up_front(min_delta):
+    """min_delta was first used after epoch 1: a string failed there with a TypeError, NaN made no
+    epoch an improvement and a negative one made worse epochs improvements, both silently."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    with pytest.raises(ValueError, match="min_delta must be a finite number ≥ 0"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=2, val_split=0.2,
+                 early_stopping=1, min_delta=min_delta)

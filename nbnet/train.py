@@ -15,6 +15,7 @@ back to the host.
 """
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -189,7 +190,8 @@ def as_targets(model, y, loss, who="y"):
 def split_validation(x, y, fraction, seed):
     """(x_train, y_train, x_val, y_val): a fraction of the rows, shuffled with (seed, VAL_SEED_TAG),
     held out for validation. fraction 0 gives no validation rows (x_val, y_val None)."""
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+    # numbers.Real: a fraction computed in NumPy (np.float32) is one too, as the optimizers take them.
+    if not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
         raise ValueError(f"val_split must be in [0, 1), got {fraction!r}")
     if fraction == 0:
         return x, y, None, None

@@ -298,3 +298,14 @@ def test_a_bad_min_delta_is_refused_up_front(min_delta):
     with pytest.raises(ValueError, match="min_delta must be a finite number ≥ 0"):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=2, val_split=0.2,
                  early_stopping=1, min_delta=min_delta)
+
+
+def test_val_split_as_a_numpy_scalar_is_a_fraction_too():
+    """np.float32(0.2) (a fraction computed in NumPy) was refused as 'must be in [0, 1), got
+    np.float32(0.2)', where np.float64 and the optimizers' NumPy scalars are taken."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    runs = []
+    for fraction in (0.25, np.float32(0.25)):
+        model = spiral_model()
+        runs.append(nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, val_split=fraction))
+    assert [(h["train_loss"], h["val_loss"]) for h in runs[0]] == [(h["train_loss"], h["val_loss"]) for h in runs[1]]

@@ -409,6 +409,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     x_test = y_test = x_val = y_val = None
     if len(data) == 4 and data[2] is not None:
         x_test, y_test = as_features(model, data[2], "x_test"), as_targets(model, data[3], loss, "y_test")
+    if val_data is not None and (not isinstance(val_data, (tuple, list)) or len(val_data) != 2):
+        raise ValueError("val_data must be (x_val, y_val)")
     if val_data is not None and val_split:
         raise ValueError("give val_data or val_split, not both")
     if val_data is not None:

@@ -309,3 +309,14 @@ def test_val_split_as_a_numpy_scalar_is_a_fraction_too():
         model = spiral_model()
         runs.append(nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, val_split=fraction))
     assert [(h["train_loss"], h["val_loss"]) for h in runs[0]] == [(h["train_loss"], h["val_loss"]) for h in runs[1]]
+
+
+@pytest.mark.parametrize("val_data", ["x only", "x, y, weights"])
+def test_val_data_that_is_not_a_pair_is_refused(val_data):
+    """(x_val,) was an IndexError from inside nb.train; a third entry (Keras' sample weights) was
+    dropped silently."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    pair = {"x only": (xtr,), "x, y, weights": (xtr, ytr, np.ones(len(ytr)))}[val_data]
+    with pytest.raises(ValueError, match=r"val_data must be \(x_val, y_val\)"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, val_data=pair)

@@ -420,6 +420,12 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     if (early_stopping is not None or on_best is not None or restore_best) and x_val is None:
         raise ValueError("early stopping and keeping the best epoch need validation data (val_data or val_split)")
     check_data(model, (x_train, y_train, x_test, y_test, x_val, y_val), loss)
+    # An optimizer made for another model (one since rebuilt, or the original of an astype copy)
+    # stepped that model's weights with its stale gradients: this one never moved, silently.
+    layers = set(map(id, model.layers))
+    if any(hasattr(p, "layer") and id(p.layer) not in layers for p in opt.params):
+        raise ValueError("the optimizer updates arrays that are not parameters of this model: "
+                         "make it with this model's model.parameters()")
     metric = METRIC[loss]
     base_lr = opt.lr if lr is None else lr
     # The optimizers check their rate when made, but lr= and a rate set on opt.lr since reach the

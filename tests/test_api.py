@@ -320,3 +320,21 @@ def test_val_data_that_is_not_a_pair_is_refused(val_data):
     pair = {"x only": (xtr,), "x, y, weights": (xtr, ytr, np.ones(len(ytr)))}[val_data]
     with pytest.raises(ValueError, match=r"val_data must be \(x_val, y_val\)"):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, val_data=pair)
+
+
+def test_an_optimizer_of_another_models_parameters_is_refused():
+    """Made before the model was rebuilt (or for the model astype() copied): the loop computed this
+    model's gradients and stepped the other's weights, so the model never moved and the history
+    looked like a run that does not learn. An optimizer over some of the model's parameters
+    (the others frozen) is fine."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model, other = spiral_model(), spiral_model()
+    with pytest.raises(ValueError, match="not parameters of this model"):
+        nb.train(model, nb.SGD(other.parameters(), lr=0.1), (xtr, ytr), epochs=1)
+    with pytest.raises(ValueError, match="not parameters of this model"):
+        nb.train(model.astype(np.float64), nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1)
+    frozen = params(model)[:2]
+    nb.train(model, nb.SGD(model.parameters()[2:], lr=0.1), (xtr, ytr), epochs=1)
+    for a, b in zip(frozen, params(model)[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(params(model)[2], params(spiral_model())[2])

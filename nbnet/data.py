@@ -24,10 +24,16 @@ def batches(x, y, batch_size, shuffle=True, seed=None):
     """Yield (xb, yb) mini-batches of `batch_size` rows (the last one may be smaller).
 
     With shuffle, the order is a permutation from np.random.default_rng(seed): the same seed gives
-    the same batches. `seed` may be an int or a sequence of ints (e.g. (seed, epoch)). Lists are
-    made arrays (a list cannot be indexed by the shuffled rows).
+    the same batches. `seed` may be an int or a sequence of ints (e.g. (seed, epoch)). Lists,
+    tuples and ranges are made arrays (they cannot be indexed by the shuffled rows).
     """
-    x, y = (np.asarray(a) if isinstance(a, (list, tuple)) else a for a in (x, y))
+    # Whatever has no shape (a host or GPU array has one) made an array; what is then no sequence
+    # of rows (a generator, None, a number) is refused here, not by len() below.
+    rows = [a if hasattr(a, "shape") else np.asarray(a) for a in (x, y)]
+    if any(a.ndim == 0 for a in rows):
+        raise TypeError(f"batches: x and y must be arrays or sequences of rows, got "
+                        f"{type(x).__name__} and {type(y).__name__}")
+    x, y = rows
     _check_lengths(x, y)
     order = batch_order(len(x), batch_size, shuffle, seed)
     for start in range(0, len(x), batch_size):

@@ -54,6 +54,19 @@ def test_batches_of_lists():
     assert all(xb[i, 0] == 2 * yb[i] for xb, yb in got for i in range(len(yb)))
 
 
+
+def test_batches_of_ranges_and_what_cannot_be_batched():
+    """A range (batches of row indices, as a DataLoader over range(N) gives) was NumPy's 'only
+    integer scalar arrays' TypeError when shuffled; a generator, None or a number was Python's
+    'object of type ... has no len()' from inside batches."""
+    got = list(nb.batches(range(5), range(10, 15), 2, seed=0))
+    assert sorted(int(v) for xb, _ in got for v in xb) == [0, 1, 2, 3, 4]
+    assert all((yb == xb + 10).all() for xb, yb in got)
+    for x, y in (((i for i in range(5)), range(5)), (range(5), None), (5, 5)):
+        with pytest.raises(TypeError, match="batches: x and y must be arrays or sequences of rows"):
+            list(nb.batches(x, y, 2))
+
+
 def test_len_indexing_slicing_iteration():
     model = mlp()
     assert len(model) == 3 and model[0] is model.layers[0] and model[-1] is model.layers[2]

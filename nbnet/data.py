@@ -10,7 +10,8 @@ from .dist import share
 def batch_order(n, batch_size, shuffle, seed):
     """The row order of an epoch: a permutation from np.random.default_rng(seed), or None for
     rows in order. `seed` may be an int or a sequence of ints (e.g. (seed, epoch))."""
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    # bool is an int, but True is no batch size (batches of one row), as nb.train says too.
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
     return np.random.default_rng(seed).permutation(n) if shuffle else None
 

@@ -223,3 +223,6 @@ def test_batches_cover_everything_once_and_are_seeded():
     assert list(plain[0][1]) == [0, 1, 2, 3]
     with pytest.raises(ValueError):
         list(nb.batches(x, y[:5], batch_size=4))
+    # bool is an int: batches(x, y, True) (shuffle's place in some APIs) was batches of one row.
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got True"):
+        list(nb.batches(x, y, True))

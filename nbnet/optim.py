@@ -86,6 +86,15 @@ class Optimizer:
         if bad is not None:
             raise ValueError(f"{type(self).__name__}: expected parameters, e.g. model.parameters(), "
                              f"got {type(bad).__name__}")
+        # One parameter given twice (body.parameters() + model.parameters(), body inside model) was
+        # stepped twice over each step, silently. (By handle: a weight tied by assigning one array
+        # to two layers has two gradients, and is two parameters.)
+        first = {}
+        for i, p in enumerate(self.params):
+            j = first.setdefault((id(p.layer), p.name) if isinstance(p, Parameter) else id(p), i)
+            if j != i:
+                raise ValueError(f"{type(self).__name__}: parameter {i} is parameter {j} again: give each "
+                                 "parameter once (model.parameters() holds every layer's)")
         self.step_count = 0
         self.state = [{name: None for name in self.state_names} for _ in self.params]
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check

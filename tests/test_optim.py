@@ -202,6 +202,16 @@ def test_an_optimizer_given_the_model_instead_of_its_parameters_says_so(cls):
         cls(model, lr=0.1)
 
 
+
+@pytest.mark.parametrize("cls", [nb.SGD, nb.Adam, nb.AdamW])
+def test_a_parameter_given_twice_is_refused(cls):
+    """SGD(body.parameters() + model.parameters()), with body inside model: each step updated the
+    parameters given twice twice over, silently (torch warns, and will refuse)."""
+    body = nb.Sequential(nb.Linear(3, 4), nb.ReLU())
+    model = nb.Sequential(body, nb.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"parameter 2 is parameter 0 again"):
+        cls(body.parameters() + model.parameters(), lr=0.1)
+
 def test_numpy_scalars_are_numbers_for_hyperparameters(rng):
     """np.float32(0.01) was refused as a rate, and nbnet.sklearn, which accepts NumPy scalars as
     scikit-learn does, passed them on: MLPClassifier(learning_rate_init=np.float32(...)).fit failed."""

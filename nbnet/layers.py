@@ -143,6 +143,10 @@ class Layer:
             return dout  # the common case, in few checks (as _check_input)
         if out is None:
             raise ValueError(f"{self.describe()}: backward called before forward")
+        if not hasattr(dout, "shape") or not hasattr(dout, "dtype"):
+            # model.backward(loss) is PyTorch's loss.backward() spelled with the float a loss returns.
+            raise ValueError(f"{self.describe()}: expected the gradient array dL/dY {tuple(out.shape)}, e.g. "
+                             f"loss_fn.backward(), got {type(dout).__name__}")
         if tuple(dout.shape) != tuple(out.shape):
             raise ValueError(
                 f"{self.describe()}: expected gradient of shape {tuple(out.shape)}, got {tuple(dout.shape)}"

@@ -243,3 +243,18 @@ def test_mse_targets_of_shape_n_and_other_dtypes():
     assert expected == pytest.approx((0.25 + 0.25 + 1.0) / 3)
     with pytest.raises(ValueError, match="shape"):
         nb.MSELoss()(np.ones((3, 2), np.float32), np.ones(3))
+
+
+@pytest.mark.parametrize("layers", [[nb.Linear(4, 3, seed=0)], [nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3)],
+                                    [nb.Linear(4, 3, seed=0), nb.Sigmoid()]])
+def test_backward_of_the_loss_value_says_what_it_wants(layers):
+    """model.backward(loss), loss.backward() spelled the nbnet way with the float loss_fn returns,
+    was "AttributeError: 'float' object has no attribute 'shape'" from inside a layer."""
+    model = nb.Sequential(layers)
+    x, y = np.ones((5, 4), np.float32), np.zeros(5, np.int64)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss = loss_fn(model(x), y)
+    for grad in (loss, None, loss_fn.backward().tolist()):
+        with pytest.raises(ValueError, match=r"expected the gradient array .*loss_fn\.backward\(\)"):
+            model.backward(grad)
+    model.backward(loss_fn.backward())

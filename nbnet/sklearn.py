@@ -22,7 +22,9 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
 - Weights start Glorot-uniform as scikit-learn's (nbnet.Linear's He-uniform draws, rescaled: see
   glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
 - No solver="lbfgs", learning_rate schedules other than constant, warm_start or sample weights.
-- Predictions and probabilities are in `dtype`: float32 unless dtype=np.float64.
+- X is converted to `dtype` at fit and predict (scikit-learn's estimators convert to float64): a
+  float64 X is rounded to float32 unless dtype=np.float64, and a value too large for float32 is
+  an error. Predictions and probabilities are in `dtype` too.
 - Early stopping scores the validation rows with the loop's val_accuracy / val_r2; for several
   outputs that R² is variance-weighted (scikit-learn's r2_score averages the outputs' R²), and for
   multi-label targets the accuracy counts labels, not whole rows (scikit-learn: subset accuracy).

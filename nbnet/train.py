@@ -389,8 +389,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     comm = dist.wrap(comm)
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{name} must be a positive integer, got {size!r}")
     # Every epoch's shuffle and the validation split draw from (seed, ...): None (NumPy's "random")
     # or a negative one failed inside NumPy's SeedSequence, after the kernels compiled.
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:

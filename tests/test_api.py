@@ -338,3 +338,14 @@ def test_an_optimizer_of_another_models_parameters_is_refused():
     for a, b in zip(frozen, params(model)[:2], strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(params(model)[2], params(spiral_model())[2])
+
+
+@pytest.mark.parametrize("size", [0, None, 2.5, True])
+def test_a_bad_eval_batch_size_is_refused_by_its_name(size):
+    """eval_batch_size went unchecked to min(eval_batch_size, rows): None was a TypeError from
+    there, 0 or 2.5 an error naming batches' batch_size, not this argument."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    with pytest.raises(ValueError, match="eval_batch_size must be a positive integer"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, val_split=0.2,
+                 eval_batch_size=size)

@@ -258,3 +258,18 @@ def test_backward_of_the_loss_value_says_what_it_wants(layers):
         with pytest.raises(ValueError, match=r"expected the gradient array .*loss_fn\.backward\(\)"):
             model.backward(grad)
     model.backward(loss_fn.backward())
+
+
+def test_one_hot_labels_into_a_cross_entropy_say_how_to_make_class_labels():
+    """Keras' categorical labels: the errors said only 'labels must be an integer array, got
+    float64' or 'expected labels of shape (N,)', not what to pass instead."""
+    model = mlp()
+    x, y = np.ones((6, 4), np.float32), np.arange(6) % 3
+    for onehot in (np.eye(3)[y], np.eye(3, dtype=np.int64)[y]):
+        for loss_fn in (nb.SoftmaxCrossEntropy(), nb.CrossEntropy()):
+            with pytest.raises(ValueError, match=r"one-hot rows\? pass y\.argmax\(axis=1\)"):
+                loss_fn(model(x) if isinstance(loss_fn, nb.SoftmaxCrossEntropy) else nb.Softmax()(model(x)), onehot)
+        with pytest.raises(ValueError, match=r"one-hot rows\? pass y\.argmax\(axis=1\)"):
+            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, onehot), epochs=1)
+        with pytest.raises(ValueError, match=r"one-hot rows\? pass y\.argmax\(axis=1\)"):
+            nb.evaluate(model, x, onehot)

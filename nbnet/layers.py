@@ -231,7 +231,11 @@ class Linear(Layer):
         if need > budget:  # before allocating: a layer that cannot be trained here is an error, not a swap storm
             raise ValueError(f"{self!r}: its weight and gradient need {gib(need)}, more than {gib(budget)}, "
                              "half of this machine's memory")
-        rng = np.random.default_rng(self.seed)
+        try:
+            rng = np.random.default_rng(self.seed)
+        except (TypeError, ValueError):  # NumPy's words named neither this layer nor the argument
+            raise ValueError(f"{self.describe()}: seed must be None, a non-negative integer or a sequence of "
+                             f"them, got {self.seed!r}") from None
         self.weight = _he_uniform(rng, self.out_features, self.in_features, self.dtype)
         self.bias = np.zeros(self.out_features, self.dtype) if has_bias else None
         self.grad_weight = np.zeros_like(self.weight)

@@ -69,6 +69,16 @@ def test_he_uniform_init_is_seeded_and_bounded():
     assert not a.bias.any() and a.weight.dtype == np.float32
 
 
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", (0, -2)])
+def test_a_bad_linear_seed_is_an_error_naming_it(seed):
+    """NumPy's SeedSequence refused these in its own words ('expected non-negative integer',
+    'SeedSequence expects int or sequence of ints for entropy not 1.5'), naming neither the layer
+    nor the argument."""
+    with pytest.raises(ValueError, match=r"Linear\(4, 3\): seed must be None, a non-negative integer"):
+        nb.Linear(4, 3, seed=seed)
+    nb.Linear(4, 3, seed=np.int64(2)), nb.Linear(4, 3, seed=(2, 0)), nb.Linear(4, 3, seed=np.random.default_rng(0))
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_he_uniform_drawn_in_blocks_is_one_draw_of_the_whole(dtype):
     """The init draws a block of rows at a time (no float64 copy of the layer): the same weights as

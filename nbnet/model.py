@@ -248,6 +248,8 @@ class Sequential:
 
     def save(self, path):
         """Write the model to `path` (.npz, atomically); a model holding NaN or Inf is an error."""
+        if not any(isinstance(layer, Linear) for layer in self.layers):  # nb.load refuses such a file
+            raise ValueError(f"cannot save {os.fspath(path)}: the model has no Linear layer")
         arrays = self.state_arrays()
         check_finite(arrays, f"cannot save {os.fspath(path)}")
         write_npz_atomic(path, arrays)

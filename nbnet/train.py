@@ -318,8 +318,10 @@ def check_data(model, data, loss="cross-entropy", parts=("train", "test", "valid
     """The data must fit the model: feature count, dtype, labels within its classes (targets of
     its output width for mse). data: (x_train, y_train[, x_test, y_test]), a part may be None;
     `parts` names the pairs in the errors."""
-    first = next(layer for layer in model.layers if isinstance(layer, Linear))
-    last = [layer for layer in model.layers if isinstance(layer, Linear)][-1]
+    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
+    if not linears:  # nothing gives the feature count or the classes
+        raise ValueError("the model has no Linear layer")
+    first, last = linears[0], linears[-1]
     for i in range(0, len(data), 2):
         part, x, y = parts[i // 2], data[i], data[i + 1]
         if x is None:

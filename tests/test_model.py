@@ -130,6 +130,17 @@ def test_save_to_a_name_ending_in_a_separator_is_a_one_line_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_model_without_linear_layers_is_not_saved_where_load_would_refuse_it(tmp_path):
+    """save wrote the file and nb.load then refused it ("the model has no Linear layer"); nb.evaluate
+    ended in a bare StopIteration."""
+    path = tmp_path / "m.npz"
+    with pytest.raises(ValueError, match="no Linear layer"):
+        nb.Sequential(nb.ReLU()).save(path)
+    assert not path.exists()
+    with pytest.raises(ValueError, match="no Linear layer"):
+        nb.evaluate(nb.Sequential(nb.ReLU()), np.zeros((2, 3), np.float32), np.zeros(2, np.int64))
+
+
 @pytest.mark.parametrize(
     "content, match",
     [(b"", "corrupt|not a readable"), (b"PK\x03\x04garbage", "corrupt|not a readable"), (None, "no such file")],

@@ -306,6 +306,8 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         _check_nonneg("SGD", lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if not isinstance(nesterov, (bool, np.bool_)):  # nesterov="no" is truthy: it meant yes
+            raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov momentum requires momentum > 0")
         self.state_names = ("momentum_buffer",) if momentum > 0 else ()

@@ -185,6 +185,7 @@ def test_float32_parameters_stay_float32(rng):
         lambda ps: nb.SGD(ps, lr=-1),
         lambda ps: nb.SGD(ps, lr=math.nan),
         lambda ps: nb.SGD(ps, lr=0.1, nesterov=True),
+        lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9, nesterov="no"),  # truthy: it was nesterov on, silently
         lambda ps: nb.Adam(ps, betas=(0.9, 1.0)),
         lambda ps: nb.SGD([], lr=0.1),
     ],

@@ -306,6 +306,12 @@ def _download(url, max_bytes, end, timeout, deadline):
 TARGETS = ("labels", "values", "binary")
 
 
+def is_real(dtype):
+    """Booleans, integers or floats. np.issubdtype(timedelta64, np.integer) is True, but its values
+    count a unit (s, ms, ...) that the file chooses: not a number to train on."""
+    return dtype.kind in "biuf"
+
+
 def check_xy(x, y, source, targets="labels", dtype=np.float32):
     """Validate features and targets; returns (x as `dtype`, y). targets: "labels" (class labels,
     (N,) int64 out), "values" (regression: finite reals, (N,) or (N, D), float64 out), "binary"
@@ -331,7 +337,7 @@ def check_labels(y, source):
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             raise ValueError(f"{source}: labels must be whole numbers (row {int(np.argmax(bad))} has {y[bad][0]})")
-    elif not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+    elif y.dtype.kind not in "iu":
         raise ValueError(f"{source}: labels must be integers, got {y.dtype}")
     lo, hi = y.min().item(), y.max().item()  # Python numbers: MAX_CLASSES cast to float16 overflows
     if lo < 0:
@@ -351,7 +357,7 @@ def _check_x_values(x, y, source, targets, dtype):
         raise ValueError(f"{source}: holds no data (x has shape {x.shape})")
     if y.ndim not in (1, 2) or len(y) != len(x) or (y.ndim == 2 and y.shape[1] == 0):
         raise ValueError(f"{source}: y must be (N,) or (N, D) with N = {len(x)} rows, got shape {y.shape}")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
+    if not is_real(y.dtype):
         raise ValueError(f"{source}: targets must be real numbers, got {y.dtype}")
     x = check_features(x, source, dtype)
     y = y.astype(np.float64)
@@ -365,7 +371,7 @@ def _check_x_values(x, y, source, targets, dtype):
 def check_features(x, source, dtype=np.float32):
     """x as a C-contiguous array of `dtype`; NaN, Inf, or a value too large for `dtype`, is an error."""
     dtype = np.dtype(dtype)
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
+    if not is_real(x.dtype):
         raise ValueError(f"{source}: x must be real numbers, got {x.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
         xd = np.ascontiguousarray(x, dtype=dtype)

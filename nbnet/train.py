@@ -24,7 +24,7 @@ import numpy as np
 from . import dist
 from .check import compile_kernels
 from .data import batches, batches_reusing
-from .datasets import check_features
+from .datasets import check_features, is_real
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
@@ -155,7 +155,7 @@ def as_features(model, x, who="x"):
     if not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host"):
         return x  # already on the GPU: its dtype is checked by the first layer
     x = np.asarray(x)
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
+    if not is_real(x.dtype):
         raise ValueError(f"{who}: features must be real numbers, got {x.dtype}")
     if x.ndim != 2:
         hint = " (one sample: x[None])" if x.ndim == 1 else " (images: x.reshape(len(x), -1))" if x.ndim > 2 else ""
@@ -172,10 +172,10 @@ def as_targets(model, y, loss, who="y"):
     if loss == "cross-entropy":
         if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)  # whole numbers stored as floats are labels too
-        if not np.issubdtype(y.dtype, np.integer):
+        if y.dtype.kind not in "iu":
             raise ValueError(f"{who}: cross-entropy needs integer class labels, got {y.dtype}")
         return np.ascontiguousarray(y, dtype=np.int64)
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
+    if not is_real(y.dtype):
         raise ValueError(f"{who}: {loss} needs numeric targets, got {y.dtype}")
     if y.ndim == 1:
         y = y.reshape(-1, 1)

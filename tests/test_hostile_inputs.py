@@ -307,3 +307,20 @@ def test_outputs_never_clobber_inputs(tmp_path):
         files.check_outputs({"--save": tmp_path / "o", "--plot": tmp_path / "o"}, inputs)
     with pytest.raises(ValueError, match="--save: empty path"):
         files.check_outputs({"--save": ""}, inputs)
+
+
+@pytest.mark.parametrize("which,targets", [("y", "labels"), ("y", "values"), ("y", "binary"), ("x", "labels")])
+def test_timedelta_arrays_are_not_numbers(tmp_path, which, targets):
+    # numpy files timedelta64 under np.integer: its values are counts of a unit (s, ms, ...) the
+    # file chooses, and .min().item() is a datetime.timedelta (a TypeError against 0)
+    arrays = {"x": np.zeros((4, 2)), "y": np.array([0, 1, 1, 0])}
+    arrays[which] = arrays[which].astype("m8[s]")
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ValueError, match="timedelta64"):
+        datasets.load(str(tmp_path / "d.npz"), targets=targets)
+    model = nb.Sequential([nb.Linear(2, 2, seed=0)])
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    data = {k: np.asarray(v) for k, v in arrays.items()}
+    loss = {"labels": "cross-entropy", "values": "mse", "binary": "bce"}[targets]
+    with pytest.raises(ValueError, match="timedelta64"):
+        nb.train(model, opt, (data["x"], data["y"], data["x"], data["y"]), epochs=1, batch_size=2, loss=loss)

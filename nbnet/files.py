@@ -99,8 +99,14 @@ def read_npz(path, what=None):
     with open_input(path, what) as f:
         try:
             with zipfile.ZipFile(f) as z:
-                total = 0
+                total, keys = 0, set()
                 for info in z.infolist():
+                    # np.load names the arrays of "y.npy" and of "y" both y, and keeps one of
+                    # them silently (the last "y.npy", or "y" over "y.npy")
+                    key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    if key in keys:
+                        raise ValueError(f"array {key!r} is stored twice ({info.filename})")
+                    keys.add(key)
                     with z.open(info) as member:
                         shape, dtype = _npy_header(member, info.filename)
                     nbytes = math.prod(shape) * dtype.itemsize

@@ -324,3 +324,32 @@ def test_timedelta_arrays_are_not_numbers(tmp_path, which, targets):
     loss = {"labels": "cross-entropy", "values": "mse", "binary": "bce"}[targets]
     with pytest.raises(ValueError, match="timedelta64"):
         nb.train(model, opt, (data["x"], data["y"], data["x"], data["y"]), epochs=1, batch_size=2, loss=loss)
+
+
+def test_npz_with_an_array_stored_twice_is_refused(tmp_path):
+    # np.load keeps the last of two members of one name; another reader may take the first
+    import io  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile: "Duplicate name"
+        with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
+            z.writestr("x.npy", npy(np.zeros((4, 2))))
+            z.writestr("y.npy", npy(np.array([0, 1, 1, 0])))
+            z.writestr("y.npy", npy(np.zeros(4, np.int64)))
+    with pytest.raises(ValueError, match="array 'y' is stored twice"):
+        datasets.load(str(tmp_path / "d.npz"))
+    with pytest.raises(ValueError, match="array 'y' is stored twice"):
+        nb.load(tmp_path / "d.npz")
+    with zipfile.ZipFile(tmp_path / "e.npz", "w") as z:  # "y" and "y.npy" are both np.load's y
+        z.writestr("x.npy", npy(np.zeros((4, 2))))
+        z.writestr("y.npy", npy(np.array([0, 1, 1, 0])))
+        z.writestr("y", npy(np.zeros(4, np.int64)))
+    with pytest.raises(ValueError, match="array 'y' is stored twice"):
+        datasets.load(str(tmp_path / "e.npz"))

@@ -212,11 +212,14 @@ def _read_config(ctx, param, path):
     except RecursionError:
         raise click.BadParameter(f"{path}: not valid TOML (nested too deeply)") from None
     params = {p.name: p for p in ctx.command.params if p.name != "config"}
-    defaults = {}
+    defaults, keys = {}, {}
     for key, value in table.items():
         name = key.replace("-", "_")
         if name not in params:
             raise click.BadParameter(f"{path}: unknown option {key!r}")
+        if name in keys:  # TOML sees two keys; one of the values would be dropped silently
+            raise click.BadParameter(f"{path}: {keys[name]!r} and {key!r} are one option")
+        keys[name] = key
         value = _option_value(ctx, params[name], value, f"{path}: {key}")
         # click passes a default through the option's type again: --hidden's is text
         defaults[name] = ",".join(map(str, value)) if name == "hidden" else value

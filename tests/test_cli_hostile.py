@@ -315,6 +315,7 @@ def test_running_sums_that_do_not_fit_the_steps_done_are_an_error(run, tmp_path,
     ("x = " + "[" * 3000 + "]" * 3000, "nested too deeply"),
     ("epochs = 0", "0"),
     ("save = ''", "empty path"),
+    ("batch-size = 4\nbatch_size = 5", "'batch-size' and 'batch_size' are one option"),  # one was dropped
 ])
 def test_toml_values_go_through_the_command_line_checks(tmp_path, toml, fragment):
     (tmp_path / "c.toml").write_text(toml + "\n")

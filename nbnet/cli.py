@@ -208,6 +208,8 @@ def _read_config(ctx, param, path):
     except ValueError as e:  # not a regular file, too big, not UTF-8
         if isinstance(e, tomllib.TOMLDecodeError):
             raise click.BadParameter(f"{path}: not valid TOML ({e})") from None
+        if isinstance(e, UnicodeDecodeError):  # its message names neither the file nor TOML
+            raise click.BadParameter(f"{path}: not valid TOML (not UTF-8 text: byte {e.start})") from None
         raise click.BadParameter(_one_line(e)) from None
     except RecursionError:
         raise click.BadParameter(f"{path}: not valid TOML (nested too deeply)") from None

@@ -322,6 +322,11 @@ def test_toml_values_go_through_the_command_line_checks(tmp_path, toml, fragment
     assert_error(nbnet("train", "--config", tmp_path / "c.toml"), fragment)
 
 
+def test_a_toml_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "c.toml").write_bytes(b"epochs = 2 # \xff\n")
+    assert_error(nbnet("train", "--config", tmp_path / "c.toml"), "c.toml: not valid TOML (not UTF-8 text: byte 13)")
+
+
 def test_float64_predictions_never_pass_through_float32(tmp_path):
     data = tmp_path / "d.npz"
     blobs(data)

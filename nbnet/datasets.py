@@ -15,6 +15,7 @@ import http.client
 import io
 import math
 import os
+import re
 import struct
 import time
 import urllib.error
@@ -401,47 +402,112 @@ def _is_number(field):
     return "_" not in field  # float() takes "1_000"; a CSV number does not
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_PIECE = 1 << 16  # characters of a row split into fields at a time
+
+
+def _lines(text, block=1 << 14):
+    """(line number from 1, line) of a CSV's text, lines ended by \\n, \\r\\n or \\r (Python's
+    universal newlines), split a block of about `block` characters at a time (a list of every
+    line would take some 50 bytes per line)."""
+    n, start = 0, 0
+    while True:
+        end = _LINE_END.search(text, start + block)
+        part = text[start:] if end is None else text[start:end.end()]
+        lines = part.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if end is not None:
+            lines.pop()  # the "" after the block's last line end: the next block starts there
+        for line in lines:
+            n += 1
+            yield n, line
+        if end is None:
+            return
+        start = end.end()
+
+
 def csv_lines(text):
     """The lines of a CSV's text, ended by \\n, \\r\\n or \\r (Python's universal newlines)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [line for _, line in _lines(text)]
+
+
+def _pieces(line):
+    """`line` cut at commas into pieces of about _PIECE characters: ",".join(pieces) == line, and
+    a piece's split(",") gives the next fields of the row."""
+    return (line,) if len(line) <= _PIECE else _long_pieces(line)
+
+
+def _long_pieces(line):
+    start = 0
+    while len(line) - start > _PIECE:
+        cut = line.rfind(",", start, start + _PIECE)
+        if cut < 0:
+            cut = line.find(",", start + _PIECE)
+            if cut < 0:
+                break
+        yield line[start:cut]
+        start = cut + 1
+    yield line[start:]
 
 
 def read_csv(path):
     """A numeric CSV as a 2-D float64 array. UTF-8, with or without a byte-order mark. The first
     row is a header when none of its fields is a number; every other field must be a finite
     number: anything else is an error naming its row and column (counted from 1, as a
-    spreadsheet shows them)."""
+    spreadsheet shows them).
+
+    The text is parsed a line, and a piece of a line, at a time: a list of all its lines (or of
+    all the fields of a long line) takes some 50 bytes per string, 10 to 50 times the text. What
+    is held is the text and the table (at most 4 times the text: a field takes 2 bytes or more)."""
     path = os.fspath(path)
     raw = read_input_bytes(path, limit=memory_budget() // 4)  # parsing takes a few times the text
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    del raw
+
     # Lines end at \n, \r\n or \r, as Python's text files read them: str.splitlines() also ends
     # one at \x0b, \x0c, \x1c-\x1e, \x85 and U+2028, so such a character inside a row made two
     # rows of it, silently (now the row's field is not a number: an error naming it).
-    rows = [(n, line) for n, line in enumerate(csv_lines(text), 1) if line.strip()]
-    if rows and not any(_is_number(v) for v in rows[0][1].split(",")):
-        rows = rows[1:]  # a header
-    if not rows:
+    def data_rows():
+        rows = ((n, line) for n, line in _lines(text) if line and not line.isspace())
+        first = next(rows, None)
+        if first is not None and any(_is_number(v) for piece in _pieces(first[1]) for v in piece.split(",")):
+            yield first  # else a header
+        yield from rows
+
+    count, width, uneven = 0, None, None
+    for n, line in data_rows():  # the table's size, before it is allocated
+        columns = line.count(",") + 1
+        if width is None:
+            width = columns
+        elif columns != width:
+            uneven = f"{path}: row {n} has {columns} columns, the first row has {width}"
+            break  # said once the rows above it are read: the first problem in the file is the one said
+        count += 1
+    if not count:
         raise ValueError(f"{path}: holds no data rows")
-    width = rows[0][1].count(",") + 1
-    out = np.empty((len(rows), width), np.float64)
-    for i, (n, line) in enumerate(rows):
-        fields = line.split(",")
-        if len(fields) != width:
-            raise ValueError(f"{path}: row {n} has {len(fields)} columns, the first row has {width}")
-        try:
-            if "_" in line:
-                raise ValueError
-            out[i] = [float(v) for v in fields]
-        except ValueError:
-            col = next(c for c, v in enumerate(fields) if not _is_number(v))
-            raise ValueError(f"{path}: row {n}, column {col + 1}: {fields[col].strip()[:40]!r} is not a number") from None
-    bad = ~np.isfinite(out)
-    if bad.any():
-        i, col = np.argwhere(bad)[0]
-        n = rows[i][0]
+    out = np.empty((count, width), np.float64)
+    for i, (n, line) in zip(range(count), data_rows()):
+        col = 0
+        for piece in _pieces(line):
+            fields = piece.split(",")
+            try:
+                if "_" in piece:
+                    raise ValueError
+                out[i, col:col + len(fields)] = [float(v) for v in fields]
+            except ValueError:
+                bad = next(c for c, v in enumerate(fields) if not _is_number(v))
+                raise ValueError(
+                    f"{path}: row {n}, column {col + bad + 1}: {fields[bad].strip()[:40]!r} is not a number"
+                ) from None
+            col += len(fields)
+    if uneven:
+        raise ValueError(uneven)
+    finite = np.isfinite(out)
+    if not finite.all():
+        i, col = divmod(int(np.argmin(finite)), width)
+        n = next(n for j, (n, _) in enumerate(data_rows()) if j == i)
         raise ValueError(f"{path}: row {n}, column {col + 1}: {out[i, col]} (NaN and Inf are not allowed)")
     return out
 

@@ -353,3 +353,25 @@ def test_npz_with_an_array_stored_twice_is_refused(tmp_path):
         z.writestr("y", npy(np.zeros(4, np.int64)))
     with pytest.raises(ValueError, match="array 'y' is stored twice"):
         datasets.load(str(tmp_path / "e.npz"))
+
+
+@pytest.mark.parametrize("line, sep, n", [("0,1", "\n", 5_000), ("1", ",", 40_000)], ids=["rows", "columns"])
+def test_csv_parsing_holds_a_few_times_the_text_not_a_string_per_field(tmp_path, monkeypatch, line, sep, n):
+    # A list of every line (or of every field of a long line) took 30 to 50 times the text:
+    # a file well within the CSV size limit (a quarter of the memory budget) could exhaust memory.
+    def peak(n):
+        text = sep.join([line] * n) + "\n"
+        (tmp_path / "d.csv").write_text(text)
+        monkeypatch.setattr(datasets, "memory_budget", lambda: 8 * len(text))
+        tracemalloc.start()
+        try:
+            table = datasets.read_csv(tmp_path / "d.csv")
+            return len(text), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert np.isin(table, (0, 1)).all() and table.size == n * len(line.split(","))
+
+    peak(10)  # first-use allocations
+    (small, small_peak), (big, big_peak) = peak(n), peak(5 * n)
+    growth = (big_peak - small_peak) / (big - small)  # bytes of memory per byte of text
+    assert growth < 12, growth  # the bytes read, the text and the table (4 times the text of "0,1")

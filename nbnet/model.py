@@ -282,8 +282,10 @@ class _Plan:
         if (not layers or layers[0].inp is not x or type(x) is not np.ndarray
                 or any(type(layer) not in cls.PLANNED for layer in layers)
                 or not any(type(layer) is Linear for layer in layers)
-                or any(type(p.data) is not np.ndarray or type(p.grad) is not np.ndarray
-                       for p in model.parameters())):
+                # The arrays behind .grad, not .grad itself: reading it fills what zero_grad marked
+                # (nbnet.layers.Linear), and this step's backward would add to zeros, not write.
+                or any(type(p.data) is not np.ndarray
+                       or type(getattr(p.layer, "_grad_" + p.name)) is not np.ndarray for p in model.parameters())):
             return None
         return cls(model, x)
 

@@ -168,3 +168,22 @@ def test_optimizer_sees_replaced_arrays_and_zero_marks():
     m.layers[0].grad_weight = np.ones((2, 3), np.float32)
     opt.step()
     np.testing.assert_array_equal(m.layers[0].weight, np.full((2, 3), -0.5, np.float32))
+
+
+def test_building_a_plan_leaves_zero_grads_marks_alone():
+    """The step whose forward builds the plan writes its gradients as the layers do: building it
+    once read every `.grad`, which fills the gradients zero_grad marked (nbnet.layers.Linear), so
+    that step's backward added to zeros, and dW = g · 0 with g < 0 came out +0.0, not -0.0."""
+    rng = np.random.default_rng(3)
+    xs, ys = rng.standard_normal((2, 1, 20)).astype(np.float32), rng.integers(0, 5, (2, 1))
+    grads = []
+    for m in (model(), layer_by_layer(model())):
+        loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(m.parameters(), lr=0.1)
+        for x, y in zip(xs, ys):
+            opt.zero_grad()
+            loss_fn.forward(m.forward(x), y)  # the second forward builds the plan
+            m.backward(loss_fn.backward())
+        grads.append([p.grad.copy().view(np.uint32) for p in m.parameters()])
+    assert any((np.signbit(p.grad) & (p.grad == 0)).any() for p in m.parameters()), "needs a -0.0 gradient"
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)

@@ -422,6 +422,15 @@ def _checked_layers(layers):
             raise ValueError(f"Sequential: {layer.__name__} is a class, not a layer: write {layer.__name__}()")
         if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
             raise ValueError(f"Sequential: {layer!r} is not a layer")
+    # A layer keeps its forward's input and output for its backward: in two places, the second
+    # forward overwrote what the first place's backward reads (wrong gradients, silently), and a
+    # Linear's parameters were listed, packed and stepped twice.
+    first = {}
+    for i, layer in enumerate(layers):
+        j = first.setdefault(id(layer), i)
+        if j != i:
+            raise ValueError(f"Sequential: layers {j} and {i} are the same {layer!r}: give each place a layer "
+                             f"of its own (a layer keeps its forward's input for backward)")
     dtypes = {np.dtype(layer.dtype).name: layer for layer in layers if getattr(layer, "dtype", None) is not None}
     if len(dtypes) > 1:
         kinds = " and ".join(f"{name} ({layer!r})" for name, layer in dtypes.items())

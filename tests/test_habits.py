@@ -34,6 +34,21 @@ def test_a_layer_class_instead_of_a_layer_is_named():
         nb.Sequential(nb.Linear(2, 3), nb.ReLU, nb.Linear(3, 2))
 
 
+def test_one_layer_object_in_two_places_is_refused():
+    """torch's `relu = nn.ReLU(); nn.Sequential(l1, relu, l2, relu, l3)` works there, but an nbnet
+    layer keeps its forward's input and output for backward: the second place overwrote the first's,
+    and l1's gradient came out wrong (0.43 off in float64), silently. A Linear twice was listed twice
+    in parameters() and stepped twice."""
+    relu, lin = nb.ReLU(), nb.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"layers 1 and 3 are the same ReLU\(\)"):
+        nb.Sequential(nb.Linear(2, 3), relu, nb.Linear(3, 3), relu, nb.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"layers 0 and 1 are the same Linear\(3, 3\)"):
+        nb.Sequential(lin, lin)
+    block = nb.Sequential(nb.Linear(3, 3), nb.ReLU())
+    with pytest.raises(ValueError, match="layers 0 and 2 are the same"):
+        nb.Sequential(block, block)
+
+
 def test_a_sequential_among_the_layers_gives_its_layers(tmp_path):
     """torch users nest blocks; nbnet keeps one flat stack. A nested Sequential trained but its
     save was an AttributeError ('Sequential' object has no attribute 'config')."""

@@ -352,7 +352,7 @@ class Linear(Layer):
         self._check_arrays()
         x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
-        out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
+        out = self._out(x)
         kernels(x).linear_forward(out, x, self.weight, self._bias(x), self._weight_t(x))
         return out
 
@@ -362,11 +362,19 @@ class Linear(Layer):
         self._check_arrays()
         x = self._check_input(x, self.in_features, self.dtype, like=self.weight)
         self.inp = x
-        out = self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
+        out = self._out(x)
         act = relu._buffer("out", x, out.shape, x.dtype)
         relu.inp = out
         kernels(x).linear_relu_forward(out, act, x, self.weight, self._bias(x), self._weight_t(x))
         return act
+
+    def _out(self, x):
+        """The output buffer for x; a new one when x is (a view of) the last one, as in lin(lin(x)):
+        the kernel would overwrite its input while reading it."""
+        out = self.out
+        if out is not None and (x is out or (type(x) is np.ndarray and x.base is not None and x.base is out.base)):
+            self.out = None
+        return self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
 
     def _weight_t(self, x):
         """Scratch for Wᵀ, which the CPU forward uses at some shapes (nbnet.cpu.forward_over_weight_t)."""

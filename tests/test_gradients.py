@@ -37,6 +37,22 @@ def test_linear_forward_matches_numpy(rng):
     np.testing.assert_allclose(layer.forward(x), x @ layer.weight.T + layer.bias, rtol=1e-12)
 
 
+# the forward's dot form at 1, 5 and 100 rows; with 24 float32 inputs at 64 rows its form over Wᵀ
+@pytest.mark.parametrize("k,n,dtype", [(1, 64, F64), (5, 64, F64), (100, 64, F64), (64, 24, np.float32)])
+def test_a_square_linear_applied_to_its_own_output(k, n, dtype, rng):
+    """lin(lin(x)): the second forward's input is the first one's output buffer, which the kernel
+    overwrote while reading it (6-14 off in float64, silently)."""
+    layer = nb.Linear(n, n, dtype=dtype, seed=0)
+    layer.bias[...] = rng.normal(size=n)
+    x = rng.normal(size=(k, n)).astype(dtype)
+    once = x @ layer.weight.T + layer.bias
+    twice = once @ layer.weight.T + layer.bias
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer(layer(x)), twice, **tol)
+    np.testing.assert_allclose(layer(layer(x)[k // 2:]), once[k // 2:] @ layer.weight.T + layer.bias, **tol)
+    np.testing.assert_allclose(layer.forward_relu(layer(x), nb.ReLU()), np.maximum(twice, 0), **tol)
+
+
 @pytest.mark.parametrize(
     "layer, ref",
     [

@@ -179,7 +179,8 @@ class Sequential:
         """Fills every layer's gradients. Returns dL/dX only with need_input_grad=True; by default
         None, and the first Linear's input gradient is not computed at all (a third of that
         layer's backward, which a training loop never reads), as PyTorch skips the gradient of an
-        input that does not require one. Layers' own backward always returns their dX."""
+        input that does not require one. dL/dX is a new array that belongs to the caller, as
+        forward's output does; layers' own backward always returns their dX, in their buffer."""
         plan = self._plan
         if plan is not None and not need_input_grad and plan.backward(self, grad):
             return None
@@ -196,7 +197,9 @@ class Sequential:
             else:
                 grad = layer.backward(grad, need_input_grad=need_input_grad or i > stop)
                 i -= 1
-        return grad if need_input_grad else None
+        if not need_input_grad:
+            return None
+        return grad.copy() if isinstance(grad, np.ndarray) else copy_device_array(grad)
 
     def _after_relu(self, i, grad):
         layers = self.layers

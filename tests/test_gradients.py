@@ -245,3 +245,17 @@ def test_relu_passes_nan_through_so_divergence_is_seen():
     model = nb.Sequential([nb.Linear(3, 2, seed=0), nb.ReLU(), nb.Linear(2, 2, seed=1)])  # fused path
     model.layers[0].bias[0] = np.nan
     assert np.isnan(model.forward(np.ones((1, 3), np.float32))).any()
+
+
+def test_the_input_gradient_belongs_to_the_caller(rng):
+    """model.backward(g, need_input_grad=True) returned the first layer's buffer: the next backward
+    overwrote what the caller kept, though model(x)'s output is the caller's."""
+    model = nb.Sequential([nb.Linear(4, 3, dtype=F64, seed=0), nb.ReLU(), nb.Linear(3, 2, dtype=F64, seed=1)])
+    x, g = rng.normal(size=(5, 4)), rng.normal(size=(5, 2))
+    model.forward(x)
+    first = model.backward(g, need_input_grad=True)
+    kept = first.copy()
+    model.forward(2 * x)
+    second = model.backward(3 * g, need_input_grad=True)
+    assert second is not first
+    np.testing.assert_array_equal(first, kept)

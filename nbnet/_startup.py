@@ -46,11 +46,28 @@ def simd_layout():
     return name, None
 
 
+def numba_threads_fault():
+    """Why NUMBA_NUM_THREADS cannot be used, or None (unset or a positive integer). Numba reads it
+    with int() when it is imported: 0 or less ends the import in a traceback, and text int() refuses
+    gives a RuntimeWarning with a traceback, then Numba's default as if it were unset."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is None:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        return f"NUMBA_NUM_THREADS must be a positive number of threads, got {text[:40]!r}"
+    return None
+
+
 def refuse_bad_environment():
-    """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses."""
+    """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses,
+    or that Numba's import would turn into a traceback or a warning."""
     if not _is_the_command():
         return
-    _, why = simd_layout()
-    if why is not None:
-        os.write(2, f"Error: {why}\n".encode())
-        sys.exit(2)
+    for why in (simd_layout()[1], numba_threads_fault()):
+        if why is not None:
+            os.write(2, f"Error: {why}\n".encode())
+            sys.exit(2)

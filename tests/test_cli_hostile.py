@@ -643,3 +643,16 @@ def test_resuming_a_gpu_run_where_there_is_no_gpu_says_the_cpu_can_go_on(run, tm
     r = nbnet("train", "--resume", gpu_ck, "--epochs", "3", "--device", "cuda")  # asked for: no hint
     assert_error(r, "--device cuda")
     assert "--device cpu" not in r.output
+
+
+# --------------------------------------------------------------------------------------------- 7. the environment
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "", "2.5"])
+def test_a_numba_num_threads_numba_cannot_use_is_one_error_line(value):
+    """Numba reads NUMBA_NUM_THREADS when it is imported: 0 or less was a traceback from inside
+    `import numba`, text a RuntimeWarning with a traceback before the command ran on as if unset."""
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60,
+                       env={**_env(), "NUMBA_NUM_THREADS": value})
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
+    assert p.stderr == f"Error: NUMBA_NUM_THREADS must be a positive number of threads, got {value!r}\n"

@@ -741,7 +741,8 @@ class Output:
 
     def __init__(self, quiet):
         self.quiet = quiet
-        self.bar = not quiet and sys.stdout.isatty()
+        # sys.stdout is None where the shell closed it (`>&-`): then nothing is printed
+        self.bar = not quiet and sys.stdout is not None and sys.stdout.isatty()
         self.epochs = "?"
         self._last = 0.0
 

@@ -525,6 +525,21 @@ def test_a_closed_stdout_ends_quietly(tmp_path):
     assert err.replace(b"compiling kernels for this CPU (cached for later runs)\n", b"") == b"" and p.returncode == 141
 
 
+
+def _closed_stdout():
+    os.close(1)  # as the shell's `>&-` does
+
+
+def test_train_with_stdout_closed_trains_and_saves(tmp_path):
+    """Python makes sys.stdout None where fd 1 is closed: the progress output's isatty() was an
+    AttributeError traceback before the first epoch."""
+    p = subprocess.run([sys.executable, "-m", "nbnet", "train", "--epochs", "1", "--hidden", "8", "--save", "c.npz"],
+                       stdout=None, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path, timeout=120,
+                       preexec_fn=_closed_stdout)
+    err = p.stderr.replace("compiling kernels for this CPU (cached for later runs)\n", "")
+    assert (p.returncode, err) == (0, "")
+    assert stored(tmp_path / "c.npz", "train/state")["epoch"] == 1
+
 # --------------------------------------------------------------------------------------------- 6. tests the mutation pass missed
 
 

@@ -821,6 +821,7 @@ class Output:
               help="The loss the model was trained with [default: the checkpoint's; cross-entropy for a model.save file].")
 def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
     """Loss and accuracy of a saved model on a dataset's test set."""
+    _check_stdout("the scores")
     ck = load_checkpoint(checkpoint)
     cfg = _stored_config(ck)
     if dataset is None:
@@ -847,6 +848,14 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
         click.echo(json_line({"loss": loss, "accuracy": metric, "samples": len(y_test), "dataset": dataset}))
     else:
         click.echo(f"{dataset}: test loss {loss:.4f}  {what} {100 * metric:.2f}%  ({len(y_test)} samples)")
+
+
+def _check_stdout(what, hint=""):
+    """A command whose result is its output refuses a closed stdout (`>&-`), where Python makes
+    sys.stdout None and click.echo then drops every line: the work would be done, nothing shown,
+    and the exit status 0."""
+    if sys.stdout is None:
+        raise CliError(f"stdout is closed: nowhere to print {what}{hint}")
 
 
 def _stored_config(ck):
@@ -879,6 +888,8 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
     binary output, or the set of labels predicted yes, e.g. {0,3} (bce, multi-label). `pred` in
     .npy/.npz: classes (N,) int64, values (N, D), or 0/1 labels (N, L) int64; `probs`: class
     probabilities, or σ(z) for bce (absent for mse)."""
+    if output is None:
+        _check_stdout("the predictions", " (or give --output FILE)")
     if output is not None and not output.endswith((".csv", ".npy", ".npz")):
         raise CliError(f"--output {output}: use a .csv, .npy or .npz file name")
     try:

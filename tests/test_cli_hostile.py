@@ -540,6 +540,17 @@ def test_train_with_stdout_closed_trains_and_saves(tmp_path):
     assert (p.returncode, err) == (0, "")
     assert stored(tmp_path / "c.npz", "train/state")["epoch"] == 1
 
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_predict_and_evaluate_refuse_a_closed_stdout(run, tmp_path, command):
+    """Their result is what they print: with stdout closed, click.echo dropped it and they exited 0."""
+    folder, ck, _ = run
+    args = ["predict", "--checkpoint", ck, folder / "blobs.npz"] if command == "predict" else ["evaluate", "--checkpoint", ck]
+    p = subprocess.run([sys.executable, "-m", "nbnet", *map(str, args)], stdout=None, stderr=subprocess.PIPE,
+                       text=True, env=_env(), cwd=tmp_path, timeout=120, preexec_fn=_closed_stdout)
+    assert p.returncode == 1 and p.stderr.startswith("Error: stdout is closed: nowhere to print"), p.stderr
+    assert len(p.stderr.splitlines()) == 1
+
 # --------------------------------------------------------------------------------------------- 6. tests the mutation pass missed
 
 

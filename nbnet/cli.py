@@ -82,8 +82,20 @@ def _one_line(msg):
     return " ".join(str(msg).split())
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated
+_signalled = []  # the Ctrl-C or SIGTERM that _on_signal turned into an exception, if any
+
+
+def _on_signal(signum, frame):
+    _signalled.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _raise_if_signalled():
+    """Raise again a signal's exception that something swallowed: one raised inside a ctypes
+    callback (llvmlite's, while Numba loads a kernel) is printed as 'Exception ignored' and the
+    command went on, a Ctrl-C lost."""
+    if _signalled:
+        raise Terminated if _signalled[0] == signal.SIGTERM else KeyboardInterrupt
 
 
 def _quiet_broken_pipe():
@@ -100,7 +112,9 @@ def _quiet_broken_pipe():
 class Group(click.Group):
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            rv = super().invoke(ctx)
+            _raise_if_signalled()
+            return rv
         except BrokenPipeError:  # here, before click's own handling (a silent exit 1)
             _quiet_broken_pipe()
         except Terminated:
@@ -112,8 +126,9 @@ class Group(click.Group):
         old = {}
         if threading.current_thread() is threading.main_thread():
             # SIGTERM takes Ctrl-C's path; SIGINT's start-up handler (nbnet/_startup.py) is replaced.
-            for sig, handler in ((signal.SIGTERM, _on_sigterm), (signal.SIGINT, signal.default_int_handler)):
-                old[sig] = signal.signal(sig, handler)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, _on_signal)
+        _signalled.clear()
         try:
             self._main(args, prog_name, **extra)
         finally:  # called in process (tests, scripts): leave the caller's handlers as they were
@@ -726,6 +741,7 @@ class StopOnSignals:
         self.signum = signum
 
     def __enter__(self):
+        _raise_if_signalled()  # a signal before training (see there) stops it before its first step
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handler)
@@ -837,6 +853,7 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
     )
     check_data(ck.model, (None, None, x_test, y_test), loss_name)
     loss, metric = evaluate(ck.model, x_test, y_test, loss=loss_name)
+    _raise_if_signalled()  # before the result is shown: an interrupted command prints none
     if loss_name == "mse":
         if as_json:
             click.echo(json_line({"loss": loss, "mse": loss, "r2": metric, "samples": len(y_test), "dataset": dataset}))
@@ -905,6 +922,7 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
     if x.shape[1] != in_features:
         raise CliError(f"{input_path} has {x.shape[1]} features per row, the model in {checkpoint} expects {in_features}")
     pred, probs = predict(model, x, loss=loss_name)
+    _raise_if_signalled()  # before anything is written
     if len(pred) != len(x):  # one output per input row, always
         raise RuntimeError(f"predict: {len(pred)} predictions for {len(x)} rows")
     if loss_name == "mse":

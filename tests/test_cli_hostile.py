@@ -515,6 +515,39 @@ def test_a_signal_while_loading_data_is_one_line(tmp_path):
     assert (p.returncode, p.stderr) == (143, "Error: terminated\n")
 
 
+SWALLOWED_SIGNAL = """
+import os, signal, sys, time
+sys.argv[0] = 'nbnet'
+import nbnet.cli, nbnet.datasets as d
+real = getattr(d, {fn!r})
+def load(*args, **kwargs):
+    try:  # as a ctypes callback (llvmlite's, while Numba loads a kernel) does: printed, then dropped
+        os.kill(os.getpid(), signal.{sig})
+        time.sleep(30)
+    except BaseException as e:
+        print('Exception ignored:', type(e).__name__, file=sys.stderr)
+    return real(*args, **kwargs)
+setattr(d, {fn!r}, load)
+nbnet.cli.main({args!r})
+"""
+
+
+@pytest.mark.parametrize("sig, code, line", [("SIGINT", 130, "Error: interrupted"), ("SIGTERM", 143, "Error: terminated")])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_a_signal_a_library_swallowed_still_ends_the_command(run, tmp_path, command, sig, code, line):
+    """An exception raised in a ctypes callback is printed and dropped by Python: a Ctrl-C that
+    came while Numba loaded a kernel was lost, and the command ran to its end with exit 0."""
+    folder, ck, _ = run
+    args = {"train": ["train", "--epochs", "50", "--save", str(tmp_path / "c.npz")],
+            "evaluate": ["evaluate", "--checkpoint", str(ck)],
+            "predict": ["predict", "--checkpoint", str(ck), str(folder / "blobs.npz"), "-o", str(tmp_path / "c.npz")]}[command]
+    p = subprocess.run([sys.executable, "-c", SWALLOWED_SIGNAL.format(sig=sig, args=args, fn="load_inputs" if command == "predict" else "load")], capture_output=True,
+                       text=True, env=_env(), cwd=tmp_path, timeout=120)
+    err = p.stderr.replace("compiling kernels for this CPU (cached for later runs)\n", "")
+    assert (p.returncode, err) == (code, f"Exception ignored: {'KeyboardInterrupt' if sig == 'SIGINT' else 'Terminated'}\n{line}\n")
+    assert p.stdout == ("" if command != "train" else p.stdout.splitlines()[0] + "\n")  # no epoch, no result
+    assert not (tmp_path / "c.npz").exists()
+
 def test_a_closed_stdout_ends_quietly(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "nbnet", "train", "--epochs", "50", "--hidden", "8"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=tmp_path)

@@ -122,6 +122,12 @@ class Group(click.Group):
         except KeyboardInterrupt:  # outside training (which stops cleanly itself): loading data, ...
             raise Interrupted("interrupted") from None
 
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:  # `nbnet --help`, `--version`: eager options print while parsing
+            _quiet_broken_pipe()
+
     def main(self, args=None, prog_name=None, **extra):
         old = {}
         if threading.current_thread() is threading.main_thread():

@@ -584,6 +584,17 @@ def test_predict_and_evaluate_refuse_a_closed_stdout(run, tmp_path, command):
     assert p.returncode == 1 and p.stderr.startswith("Error: stdout is closed: nowhere to print"), p.stderr
     assert len(p.stderr.splitlines()) == 1
 
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "--help"]])
+def test_help_and_version_into_a_closed_pipe_end_as_train_does(args):
+    """click ends a broken pipe met while parsing (the group's --help and --version print there)
+    with a silent exit 1, an error status for `nbnet --version | true`."""
+    p = subprocess.Popen([sys.executable, "-m", "nbnet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=_env())
+    p.stdout.close()  # the reader is gone before the command writes
+    _, err = p.communicate(timeout=60)
+    assert (p.returncode, err) == (141, b"")
+
 # --------------------------------------------------------------------------------------------- 6. tests the mutation pass missed
 
 

@@ -840,7 +840,7 @@ class Output:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object with loss and accuracy (mse: loss, mse and r2).")
 @click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default=None,
-              help="The loss the model was trained with [default: the checkpoint's; cross-entropy for a model.save file].")
+              help="The loss a model.save file's model was trained with [default: cross-entropy; a checkpoint's own].")
 def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
     """Loss and accuracy of a saved model on a dataset's test set."""
     _check_stdout("the scores")
@@ -853,7 +853,7 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
         if data_dir is None:
             data_dir = cfg.get("data_dir")
     dtype = ck.model.dtype.type
-    loss_name = _checkpoint_loss(cfg, loss_name)
+    loss_name = _checkpoint_loss(cfg, loss_name, checkpoint)
     _, _, x_test, y_test = _load_data(
         _dataset_key(dataset), data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype, loss_name
     )
@@ -887,11 +887,14 @@ def _stored_config(ck):
     return _checked_config(click.Context(train_cmd), upgrade_config(ck.config), ck.path)
 
 
-def _checkpoint_loss(cfg, given):
-    """The loss a checkpoint was trained with (--loss overrides it, e.g. for a model.save file)."""
-    if given is not None:
-        return given
-    return cfg.get("loss", "cross-entropy")
+def _checkpoint_loss(cfg, given, checkpoint):
+    """The loss a checkpoint was trained with; --loss names it for a model.save file, which stores
+    none. One that contradicts the stored loss is an error: scored with another loss, a model's
+    outputs gave numbers that mean nothing (the MSE of bce logits against 0/1 labels)."""
+    stored = cfg.get("loss")
+    if given is not None and stored is not None and given != stored:
+        raise CliError(f"--loss {given}: the model in {checkpoint} was trained with --loss {stored}")
+    return given or stored or "cross-entropy"
 
 
 @cli.command(name="predict")
@@ -901,7 +904,7 @@ def _checkpoint_loss(cfg, given):
               help="Where to write the predictions: .csv (one row per line), .npy (the array `pred`) or "
                    ".npz (arrays `pred` and `probs`) [default: one row per line on stdout].")
 @click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default=None,
-              help="The loss the model was trained with [default: the checkpoint's; cross-entropy for a model.save file].")
+              help="The loss a model.save file's model was trained with [default: cross-entropy; a checkpoint's own].")
 @click.argument("input_path", metavar="INPUT", type=FilePath())
 def predict_cmd(checkpoint, output, input_path, loss_name):
     """Predict each row of INPUT: a .npz with array x (N, D), a .npy of x (np.save's), a .csv of
@@ -922,7 +925,7 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
     except ValueError as e:
         raise CliError(str(e)) from None
     ck = load_checkpoint(checkpoint)
-    model, loss_name = ck.model, _checkpoint_loss(_stored_config(ck), loss_name)
+    model, loss_name = ck.model, _checkpoint_loss(_stored_config(ck), loss_name, checkpoint)
     x = datasets.load_inputs(input_path, model.dtype)  # in the model's dtype, never through another
     in_features = next(layer.in_features for layer in model.layers if hasattr(layer, "in_features"))
     if x.shape[1] != in_features:

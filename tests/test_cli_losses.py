@@ -82,6 +82,12 @@ def test_binary_bce_with_n_targets(tmp_path):
     np.savez(tmp_path / "in.npz", x=x[:10])
     lines = nbnet("predict", "--checkpoint", tmp_path / "m.npz", tmp_path / "in.npz").output.split()
     assert set(lines) <= {"0", "1"} and sum(int(a) == b for a, b in zip(lines, y[:10, 0])) >= 8
+    # A --loss that contradicts the stored one scored bce logits as regression outputs ("R² -5").
+    assert_error(nbnet("evaluate", "--checkpoint", tmp_path / "m.npz", "--loss", "mse"), "--loss mse", "bce")
+    assert_error(nbnet("predict", "--checkpoint", tmp_path / "m.npz", "--loss", "cross-entropy", tmp_path / "in.npz"),
+                 "trained with --loss bce")
+    same = nbnet("predict", "--checkpoint", tmp_path / "m.npz", "--loss", "bce", tmp_path / "in.npz")
+    assert same.output.split() == lines
 
 
 def test_resume_keeps_the_loss_bitwise(tmp_path):

@@ -135,11 +135,19 @@ class Group(click.Group):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 old[sig] = signal.signal(sig, _on_signal)
         _signalled.clear()
+        # Closed by the shell (`2>&-`), sys.stderr is None, and print(..., file=sys.stderr) then
+        # writes to stdout: an Error line went into predict's output. Messages go nowhere instead.
+        stderr = sys.stderr
+        if stderr is None:
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed in finally
         try:
             self._main(args, prog_name, **extra)
         finally:  # called in process (tests, scripts): leave the caller's handlers as they were
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+            if stderr is None:
+                sys.stderr.close()
+                sys.stderr = None
 
     def _main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)

@@ -585,6 +585,15 @@ def test_predict_and_evaluate_refuse_a_closed_stdout(run, tmp_path, command):
     assert len(p.stderr.splitlines()) == 1
 
 
+def test_with_stderr_closed_an_error_line_does_not_go_into_the_output(tmp_path):
+    """print(..., file=sys.stderr) writes to stdout when the shell closed stderr (sys.stderr None):
+    `nbnet predict ... 2>&- | next-tool` fed the Error line to the next tool as a prediction."""
+    p = subprocess.run([sys.executable, "-m", "nbnet", "predict", "--checkpoint", "nope.npz", "in.csv"],
+                       stdout=subprocess.PIPE, stderr=None, text=True, env=_env(), cwd=tmp_path, timeout=120,
+                       preexec_fn=lambda: os.close(2))
+    assert (p.returncode, p.stdout) == (1, "")
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "--help"]])
 def test_help_and_version_into_a_closed_pipe_end_as_train_does(args):
     """click ends a broken pipe met while parsing (the group's --help and --version print there)

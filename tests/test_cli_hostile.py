@@ -17,6 +17,7 @@ import pytest
 
 import nbnet as nb
 from nbnet import cpu
+import nbnet.cli  # noqa: F401 - nb.cli
 from nbnet.checkpoint import load_checkpoint
 
 from test_cli import FAST, REPO, blobs, nbnet, weights
@@ -735,3 +736,16 @@ def test_a_numba_num_threads_numba_cannot_use_is_one_error_line(value):
                        env={**_env(), "NUMBA_NUM_THREADS": value})
     assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
     assert p.stderr == f"Error: NUMBA_NUM_THREADS must be a positive number of threads, got {value!r}\n"
+
+
+@pytest.mark.parametrize("loss, pred, text", [
+    ("cross-entropy", np.array([3, 0, 7, 1, 2], np.int64), "3\n0\n7\n1\n2\n"),
+    ("bce", np.array([[1], [0], [1]], np.int64), "1\n0\n1\n"),
+    ("bce", np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], np.int64), "{0,2}\n{}\n{1}\n"),
+    ("mse", np.array([[0.5, -2.0], [1e-9, 3.25], [7.0, 1.0]], np.float32), "0.5,-2\n9.99999972e-10,3.25\n7,1\n"),
+])
+def test_predict_text_comes_in_blocks_that_join_to_one_line_per_row(loss, pred, text):
+    """predict held a Python string per row for every row (about 60 bytes a row) before writing."""
+    for rows in (1, 2, 1 << 14):
+        blocks = list(nb.cli._prediction_text(pred, loss, rows=rows))
+        assert "".join(blocks) == text and len(blocks) == -(-len(pred) // rows)

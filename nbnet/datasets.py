@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from .files import gib, memory_budget, open_input, read_input_bytes, read_npy, read_npz
+from .files import check_memory, described, load_bytes, memory_budget, open_input, read_input_bytes, read_npy, read_npz
 
 # Labels are class indices 0 .. MAX_CLASSES-1: a larger one is a mistake, not a class (it would
 # size the output layer).
@@ -117,15 +117,17 @@ def split(x, y, test_split, seed):
 # IDX files
 
 
-def read_idx(path, ndim=None):
-    """The array in an IDX file (gzipped or not: told apart by the gzip magic, not the name)."""
+def read_idx(path, ndim=None, into=None):
+    """The array in an IDX file (gzipped or not: told apart by the gzip magic, not the name).
+    into: the dtype the caller converts it to (float32 pixels, int64 labels), counted in the
+    memory the header's shape needs (files.load_bytes) before anything is read."""
     path = os.fspath(path)
     with open_input(path) as f:
         gz = f.read(2) == b"\x1f\x8b"
         f.seek(0)
         stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
         try:
-            return _read_idx_stream(stream, path, ndim)
+            return _read_idx_stream(stream, path, ndim, into)
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             what = "corrupt or truncated gzip data" if gz else "cannot read"
             raise ValueError(f"{path}: {what} ({type(e).__name__}: {' '.join(str(e).split())})") from None
@@ -136,7 +138,7 @@ def parse_idx(raw, source="IDX data", ndim=None):
     return _read_idx_stream(io.BytesIO(raw), source, ndim)
 
 
-def _read_idx_stream(f, source, ndim):
+def _read_idx_stream(f, source, ndim, into=None):
     """Read the header, check it, then read exactly the bytes it declares (plus one, to tell a
     file with trailing data): never more, whatever the stream holds (a gzip bomb stops here)."""
     head = f.read(4)
@@ -153,12 +155,7 @@ def _read_idx_stream(f, source, ndim):
         raise ValueError(f"{source}: truncated IDX header ({4 + len(dims)} bytes)")
     shape = struct.unpack(f">{nd}I", dims)
     expected = math.prod(shape) * dtype.itemsize
-    budget = memory_budget()
-    if expected > budget:
-        raise ValueError(
-            f"{source}: header declares shape {shape} ({expected} bytes of data), "
-            f"more than nbnet reads ({gib(budget)})"
-        )
+    check_memory(load_bytes(shape, dtype, into), f"{source}: header declares {described(shape, dtype, into)}")
     data = f.read(expected + 1)
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
@@ -211,9 +208,9 @@ def load_idx_dataset(name, data_dir, download=False, dtype=np.float32):
             )
         fetch(name, data_dir)
         found = find_idx(name, data_dir)
-    x_train = images_to_features(read_idx(found["train_images"], 3), found["train_images"], dtype)
+    x_train = images_to_features(read_idx(found["train_images"], 3, dtype), found["train_images"], dtype)
     y_train = _idx_labels(found["train_labels"])
-    x_test = images_to_features(read_idx(found["test_images"], 3), found["test_images"], dtype)
+    x_test = images_to_features(read_idx(found["test_images"], 3, dtype), found["test_images"], dtype)
     y_test = _idx_labels(found["test_labels"])
     for x, y, xi, yi in ((x_train, y_train, "train_images", "train_labels"), (x_test, y_test, "test_images", "test_labels")):
         if len(x) != len(y):
@@ -224,7 +221,7 @@ def load_idx_dataset(name, data_dir, download=False, dtype=np.float32):
 
 
 def _idx_labels(path):
-    y = read_idx(path, 1)
+    y = read_idx(path, 1, np.int64)
     if y.dtype != np.uint8:
         raise ValueError(f"{path}: expected unsigned-byte labels, got {y.dtype}")
     if len(y) == 0:
@@ -386,8 +383,9 @@ def check_features(x, source, dtype=np.float32):
     return xd
 
 
-def read_npz_xy(path, need_y=True):
-    arrays = read_npz(path)
+def read_npz_xy(path, need_y=True, dtype=np.float32):
+    # x becomes `dtype`; y int64 labels or float64 targets, 8 bytes a value either way
+    arrays = read_npz(path, into={"x": dtype, "y": np.int64} if need_y else {"x": dtype})
     for key in ("x", "y") if need_y else ("x",):
         if key not in arrays:
             raise ValueError(f"{path}: no array {key!r} (found {sorted(arrays) or 'none'})")
@@ -517,7 +515,7 @@ def load_file(path, targets="labels", dtype=np.float32):
     check_xy's (a .csv holds one target column: multi-output targets need a .npz)."""
     path = os.fspath(path)
     if path.endswith(".npz"):
-        x, y = read_npz_xy(path)
+        x, y = read_npz_xy(path, dtype=dtype)
     elif path.endswith(".csv"):
         table = read_csv(path)
         if table.shape[1] < 2:
@@ -534,14 +532,14 @@ def load_inputs(path, dtype=np.float32):
     file, in order."""
     path = os.fspath(path)
     if path.endswith((".npz", ".npy")):
-        x = read_npy(path) if path.endswith(".npy") else read_npz_xy(path, need_y=False)[0]
+        x = read_npy(path, into=dtype) if path.endswith(".npy") else read_npz_xy(path, False, dtype)[0]
         x = np.asarray(x)
         if x.ndim == 3:  # a stack of images
             x = x.reshape(x.shape[0], -1)
     elif path.endswith(".csv"):
         x = read_csv(path)
     else:
-        images = read_idx(path)
+        images = read_idx(path, into=dtype)
         return images_to_features(images, path, dtype)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{path}: x must be a non-empty 2-D array (N, D), got shape {x.shape}")

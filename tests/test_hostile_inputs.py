@@ -73,8 +73,30 @@ def test_gzip_bomb_is_read_only_as_far_as_the_header_declares(tmp_path):
 def test_idx_header_declaring_more_than_the_budget_is_refused_before_reading(tmp_path):
     raw = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**16, 2**16)
     (tmp_path / "huge.gz").write_bytes(gzip.compress(raw))
-    with pytest.raises(ValueError, match="more than nbnet reads"):
+    with pytest.raises(ValueError, match="more than the .* nbnet allows an input"):
         datasets.read_idx(tmp_path / "huge.gz")
+
+
+def test_budget_counts_the_features_a_file_becomes_not_its_bytes(tmp_path, monkeypatch):
+    # Pixels become 4 (float32) or 8 (float64) bytes each, and the conversion holds a copy more:
+    # checked against the bytes stored, a 10 MB gzip declaring 10 GB of pixels passed the check
+    # and then needed some 50 GB (the kernel's OOM killer, not an error).
+    images = np.zeros((1000, 28, 28), np.uint8)
+    (tmp_path / "img.gz").write_bytes(gzip.compress(idx_bytes(images)))
+    np.savez(tmp_path / "xy.npz", x=images.reshape(1000, -1), y=np.zeros(1000, np.uint8))
+    np.save(tmp_path / "x.npy", images)
+    budget = 10 * images.nbytes  # uint8 as float32 needs 1 + 2*4 bytes a pixel, as float64 1 + 2*8
+    monkeypatch.setattr(files, "memory_budget", lambda: budget)
+    monkeypatch.setattr(datasets, "memory_budget", lambda: budget)
+    assert datasets.load_inputs(tmp_path / "img.gz").shape == (1000, 784)
+    assert datasets.load(str(tmp_path / "xy.npz"))[0].dtype == np.float32
+    assert datasets.load_inputs(tmp_path / "x.npy").shape == (1000, 784)
+    with pytest.raises(ValueError, match=r"img\.gz: header declares \(1000, 28, 28\) uint8 as float64: needs .* of memory"):
+        datasets.load_inputs(tmp_path / "img.gz", np.float64)
+    with pytest.raises(ValueError, match=r"xy\.npz: .*x \(1000, 784\) uint8 as float64: needs .* of memory"):
+        datasets.load(str(tmp_path / "xy.npz"), dtype=np.float64)
+    with pytest.raises(ValueError, match=r"x\.npy: .*\(1000, 28, 28\) uint8 as float64: needs .* of memory"):
+        datasets.load_inputs(tmp_path / "x.npy", np.float64)
 
 
 def test_every_flipped_byte_of_a_gz_is_an_error_or_harmless(tmp_path):

@@ -24,7 +24,9 @@ import zlib
 
 import numpy as np
 
-from .files import check_memory, described, load_bytes, memory_budget, open_input, read_input_bytes, read_npy, read_npz
+from .files import (
+    check_memory, described, load_bytes, memory_budget, open_input, read_bounded, read_input_bytes, read_npy, read_npz,
+)
 
 # Labels are class indices 0 .. MAX_CLASSES-1: a larger one is a mistake, not a class (it would
 # size the output layer).
@@ -156,7 +158,7 @@ def _read_idx_stream(f, source, ndim, into=None):
     shape = struct.unpack(f">{nd}I", dims)
     expected = math.prod(shape) * dtype.itemsize
     check_memory(load_bytes(shape, dtype, into), f"{source}: header declares {described(shape, dtype, into)}")
-    data = f.read(expected + 1)
+    data = read_bounded(f, expected)  # not f.read(expected + 1): that allocates what a header says
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         found = f"{len(data)} bytes" if len(data) < expected else "more"

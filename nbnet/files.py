@@ -100,6 +100,25 @@ def open_input(path, what=None):
     return os.fdopen(fd, "rb")
 
 
+READ_CHUNK = 1 << 20
+
+
+def read_bounded(f, limit, first=READ_CHUNK):
+    """What the stream `f` holds, up to its end or limit + 1 bytes (the caller tells a longer one
+    by the length). f.read(n) allocates n bytes before it reads any, whatever the stream holds, so
+    this asks for `first` bytes (what should be there: a regular file's size) and then READ_CHUNK
+    at a time: memory follows what arrives, not a limit or what a header declares."""
+    chunks, got, ask = [], 0, first
+    while got <= limit:
+        chunk = f.read(min(ask, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+        ask = READ_CHUNK
+    return b"".join(chunks)  # one chunk (a regular file read whole) is returned as it is, not copied
+
+
 def read_input_bytes(path, what=None, limit=None):
     """The whole content of a regular file, refused (before reading) above `limit` bytes."""
     limit = memory_budget() if limit is None else limit
@@ -107,7 +126,7 @@ def read_input_bytes(path, what=None, limit=None):
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise ValueError(f"{path}: {size} bytes is more than nbnet reads ({limit} bytes)")
-        data = f.read(limit + 1)
+        data = read_bounded(f, limit, size + 1)  # + 1: a file that grew since fstat
     if len(data) > limit:
         raise ValueError(f"{path}: more than {limit} bytes")
     return data

@@ -70,6 +70,23 @@ def test_gzip_bomb_is_read_only_as_far_as_the_header_declares(tmp_path):
     assert peak < 8 << 20, peak
 
 
+def test_reads_allocate_what_arrives_not_what_a_limit_or_header_says(tmp_path):
+    # f.read(n) allocates n bytes before reading: a 1 KB CSV read with f.read(limit + 1) asked for
+    # the whole budget, and a gzip whose header declares 100 MB (holding 10 bytes) for 100 MB.
+    (tmp_path / "small.csv").write_text("1,2\n" * 256)
+    raw = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1000, 1000, 100) + bytes(10)
+    (tmp_path / "short.gz").write_bytes(gzip.compress(raw))
+    tracemalloc.start()
+    try:
+        assert len(files.read_input_bytes(tmp_path / "small.csv", limit=1 << 30)) == 1024
+        assert tracemalloc.get_traced_memory()[1] < 4 << 20
+        with pytest.raises(ValueError, match=r"short\.gz: truncated: .* found 10 bytes"):
+            datasets.read_idx(tmp_path / "short.gz")
+        assert tracemalloc.get_traced_memory()[1] < 4 << 20
+    finally:
+        tracemalloc.stop()
+
+
 def test_idx_header_declaring_more_than_the_budget_is_refused_before_reading(tmp_path):
     raw = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**16, 2**16)
     (tmp_path / "huge.gz").write_bytes(gzip.compress(raw))

@@ -174,6 +174,8 @@ def images_to_features(images, source, dtype=np.float32):
         raise ValueError(f"{source}: expected images with at least 2 dimensions, got shape {images.shape}")
     if images.shape[0] == 0:
         raise ValueError(f"{source}: holds no images")
+    if images[0].size == 0:  # else (N, 0) features, refused only by the first layer, naming no file
+        raise ValueError(f"{source}: holds images of no pixels (shape {images.shape})")
     if images.dtype != np.uint8:
         raise ValueError(f"{source}: expected unsigned-byte images, got {images.dtype}")
     dtype = np.dtype(dtype).type

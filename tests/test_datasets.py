@@ -81,6 +81,10 @@ def _corrupt(tmp_path, fname, raw):
         ("train-images-idx3-ubyte", lambda: idx_bytes(np.zeros(20)), "3 dimensions"),
         ("train-labels-idx1-ubyte", lambda: idx_bytes(np.zeros(19)), "20 images but .* 19 labels"),
         ("t10k-labels-idx1-ubyte", lambda: idx_bytes(np.zeros(0)), "no labels"),
+        ("t10k-images-idx3-ubyte", lambda: idx_bytes(np.zeros((0, 4, 4))), "t10k-images-idx3-ubyte: holds no images"),
+        # (N, 0) features: `nbnet train` then failed in Linear, naming no file
+        ("train-images-idx3-ubyte", lambda: idx_bytes(np.zeros((20, 0, 0))), r"idx3-ubyte: holds images of no pixels"),
+        ("t10k-images-idx3-ubyte", lambda: idx_bytes(np.zeros((10, 4, 0))), r"idx3-ubyte: holds images of no pixels"),
         ("train-images-idx3-ubyte", lambda: gzip.compress(idx_bytes(np.zeros((20, 4, 4))))[:-10], "gzip"),
     ],
 )

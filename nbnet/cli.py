@@ -458,7 +458,10 @@ def train_cmd(ctx, **opts):
             raise CliError(f"--device cuda: {_one_line(e) or type(e).__name__}{from_checkpoint}") from None
     opt = make_optimizer(cfg["optimizer"], model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     if resume is not None:
-        opt.load_state_dict(resume.optim_state)
+        try:
+            opt.load_state_dict(resume.optim_state)
+        except ValueError as e:  # the entries the checkpoint holds: its name says which file
+            raise CliError(f"{resume.path}: cannot resume its optimizer state ({e})") from None
         # The command line may change these hyper-parameters on resume; the schedule sets lr.
         for name in ("momentum", "weight_decay"):
             if hasattr(opt, name) and cfg[name] is not None:

@@ -10,6 +10,7 @@ the parameter dtype. `lr` is a plain attribute, so a schedule sets `opt.lr` befo
 
 import math
 import numbers
+import re
 from operator import getitem, is_
 
 import numpy as np
@@ -69,6 +70,9 @@ def one_flat(arrays):
             return None
         pos += arr.size
     return base[start:pos]
+
+
+_INDEX = re.compile(r"0|[1-9][0-9]*")  # a parameter number: ASCII digits, no leading zero
 
 
 class Optimizer:
@@ -275,9 +279,15 @@ class Optimizer:
             raise ValueError(f"{who}: cannot load the state of a {sd['type']} optimizer")
         new_state = [{name: None for name in self.state_names} for _ in self.params]
         for key, arr in sd.get("state", {}).items():
-            name, _, idx = key.rpartition(".")
-            if name not in self.state_names or not idx.isdigit() or int(idx) >= len(self.params):
-                raise ValueError(f"{who}: unexpected optimizer state entry {key!r}")
+            name, _, idx = key.rpartition(".") if isinstance(key, str) else ("", "", "")
+            # "<name>.<i>" as state_dict writes it: str.isdigit() also took "²" (then int() failed,
+            # a message naming neither key nor file), int() reads "٣" and "00" (a second entry for
+            # parameter 0 then replaced the first, silently); the length check keeps int() bounded.
+            n = len(self.params)
+            if not (name in self.state_names and _INDEX.fullmatch(idx) and len(idx) <= len(str(n)) and int(idx) < n):
+                names = "|".join(self.state_names) or "(none)"
+                raise ValueError(f"{who}: unexpected optimizer state entry {str(key)[:80]!r} "
+                                 f"(expected {names}.<parameter number 0 .. {n - 1}>)")
             p = self.params[int(idx)]
             arr = np.asarray(arr)
             if arr.shape != (p.data.size,) or arr.dtype != p.data.dtype:

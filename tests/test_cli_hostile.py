@@ -383,6 +383,18 @@ def test_checkpoint_metadata_is_checked_against_a_schema(run, tmp_path, change, 
     assert_error(r, fragment)
 
 
+@pytest.mark.parametrize("index", ["\u00b2", "00"])
+def test_a_bad_optimizer_state_key_names_the_checkpoint(run, tmp_path, index):
+    # "momentum_buffer.²" was "Error: invalid literal for int() ...", naming neither key nor file;
+    # "momentum_buffer.00" beside "momentum_buffer.0" replaced it silently
+    _, ck, _ = run
+    with np.load(ck, allow_pickle=False) as f:
+        key = next(k for k in f.files if k.startswith("optim/state/") and k.endswith(".0"))
+        p = rewrite(ck, tmp_path / "bad.npz", **{key[:-1] + index: f[key] + 1})
+    assert_error(nbnet("train", "--resume", p, "--epochs", "3"), f"{p}: ", "unexpected optimizer state entry",
+                 key[len("optim/state/"):-1] + index)
+
+
 @pytest.mark.parametrize("change, fragment", [
     ({"dtype": "float64"}, "its model has --dtype float32, this run has float64"),
     ({"hidden": [4]}, "its model has --hidden 16, this run has 4"),

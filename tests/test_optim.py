@@ -168,6 +168,22 @@ def test_load_state_dict_rejects_mismatched_shapes(rng):
         opt.load_state_dict({"type": "Adam"})
 
 
+@pytest.mark.parametrize("index", ["\u00b2", "\u0663", "00", "01", "+1", " 1", "1_0", "-0", "2", "9" * 5000, ""])
+def test_load_state_dict_takes_only_the_keys_state_dict_writes(rng, index):
+    # "momentum_buffer.²" passed str.isdigit() and failed in int() (a message naming no key);
+    # "momentum_buffer.00" (or "٣", that int() reads as 3) was a second entry for a parameter,
+    # the last one replacing the other silently.
+    _, params = make_params(rng)
+    opt = nb.SGD(params, lr=0.1, momentum=0.9)
+    assert len(params) == 2
+    sd = {"type": "SGD", "state": {f"momentum_buffer.{i}": np.zeros(p.data.size, p.data.dtype)
+                                   for i, p in enumerate(params)}}
+    opt.load_state_dict(sd)
+    sd["state"][f"momentum_buffer.{index}"] = np.ones(params[0].data.size, params[0].data.dtype)
+    with pytest.raises(ValueError, match=r"unexpected optimizer state entry 'momentum_buffer\."):
+        opt.load_state_dict(sd)
+
+
 def test_float32_parameters_stay_float32(rng):
     layer = nb.Linear(4, 3, seed=0)
     for cls in (nb.SGD, nb.Adam, nb.AdamW):

@@ -87,20 +87,32 @@ def _check_state(st, bad, labels_per_row=1):
             raise bad(f"train/state {key} = {str(st.get(key))[:40]} is not valid")
     if st["correct"] > st["seen"] * labels_per_row:
         raise bad("train/state counts more correct rows (or labels) than it has seen")
+    # Each epoch done appended its entry: the run reports (--metrics-out, --plot) and picks its
+    # best epoch from them, so one missing is a run that no longer fits its own record.
     history = st.get("history")
-    if not isinstance(history, list) or len(history) > st["epoch"]:
-        raise bad("train/state history is not a list of at most one entry per epoch")
-    for m in history:
+    if not isinstance(history, list) or len(history) != st["epoch"]:
+        raise bad("train/state history is not a list of one entry per epoch done")
+    for i, m in enumerate(history):
         if not isinstance(m, dict) or len(m) > MAX_HISTORY_KEYS or not all(
             isinstance(k, str) and _is_num(v) for k, v in m.items()
         ):
             raise bad("train/state history holds an entry that is not {name: finite number}")
+        if m.get("epoch") != i + 1:
+            raise bad(f"train/state history entry {i + 1} is of epoch {str(m.get('epoch'))[:40]}")
     # model selection (absent from checkpoints written before validation existed)
     best_val_loss, best_epoch, bad_epochs = st.get("best_val_loss"), st.get("best_epoch"), st.get("bad_epochs", 0)
     if not (best_val_loss is None or _is_num(best_val_loss)):
         raise bad(f"train/state best_val_loss = {str(best_val_loss)[:40]} is not valid")
     if not (best_epoch is None or _is_int(best_epoch, 1, st["epoch"])) or not _is_int(bad_epochs, 0, st["epoch"]):
         raise bad("train/state best_epoch or bad_epochs is not valid")
+    # The best epoch is the history's entry of that loss, and the epochs since it are the patience
+    # early stopping counts: else a resumed run stops early at once, or never, or reports the best
+    # epoch from an entry that has no validation loss.
+    if (best_epoch is None) != (best_val_loss is None) or (best_epoch is not None and (
+            history[best_epoch - 1].get("val_loss") != best_val_loss or bad_epochs != st["epoch"] - best_epoch)):
+        raise bad("train/state best_epoch, best_val_loss and bad_epochs do not fit its history")
+    if best_epoch is None and bad_epochs:
+        raise bad("train/state counts epochs since a best epoch it does not have")
     return TrainState(epoch=st["epoch"], step=st["step"], history=history, loss_sum=float(st["loss_sum"]),
                       correct=st["correct"], seen=st["seen"], seconds=float(st["seconds"]),
                       best_val_loss=None if best_val_loss is None else float(best_val_loss),

@@ -303,6 +303,31 @@ def test_running_sums_that_do_not_fit_the_steps_done_are_an_error(run, tmp_path,
     assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "rows seen")
 
 
+def with_val(history, *losses):
+    return [{**m, "val_loss": v} for m, v in zip(history, losses)]
+
+
+@pytest.mark.parametrize("change", [
+    {"history": []},
+    {"history": [], "best_epoch": 2, "best_val_loss": 0.5},  # an IndexError when the run reported it
+    {"history": "first"},
+    {"history": "swapped"},
+    {"best_epoch": 2},  # no best_val_loss
+    {"best_epoch": 2, "best_val_loss": 0.5},  # its entry has no val_loss: a KeyError
+    {"bad_epochs": 1},  # no best epoch to count from
+    {"history": "val", "best_epoch": 1, "best_val_loss": 0.4},  # 1 epoch since: a resume early-stops later
+    {"history": "val", "best_epoch": 2, "best_val_loss": 0.4},
+])
+def test_a_train_state_that_does_not_fit_its_history_is_an_error(run, tmp_path, change):
+    # 2 epochs done: a resumed run reports its history, early-stops and picks its best epoch from it
+    _, ck, _ = run
+    st = stored(ck, "train/state")
+    named = {"first": st["history"][:1], "swapped": st["history"][::-1], "val": with_val(st["history"], 0.4, 0.6)}
+    history = change.get("history", st["history"])
+    p = rewrite(ck, tmp_path / "bad.npz", train__state={**st, **change, "history": named.get(str(history), history)})
+    assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "damaged checkpoint", "train/state")
+
+
 @pytest.mark.parametrize("toml, fragment", [
     ("epochs = 2.9", "'2.9' is not a valid integer"),
     ("seed = 1.9", "'1.9' is not a valid integer"),

@@ -127,7 +127,8 @@ _HYPER = {
     "weight_decay": lambda v: _is_num(v, 0),
     "eps": lambda v: _is_num(v, 0),
     "nesterov": lambda v: isinstance(v, bool),
-    "betas": lambda v: isinstance(v, list) and len(v) == 2 and all(_is_num(b, 0, 1) for b in v),
+    # in [0, 1), as Adam takes them: a step divides by 1 - β1^t and by √(1 - β2^t)
+    "betas": lambda v: isinstance(v, list) and len(v) == 2 and all(_is_num(b, 0, 1) and b < 1 for b in v),
     "step_count": _is_int,
 }
 

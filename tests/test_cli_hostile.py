@@ -420,6 +420,16 @@ def test_a_bad_optimizer_state_key_names_the_checkpoint(run, tmp_path, index):
                  key[len("optim/state/"):-1] + index)
 
 
+@pytest.mark.parametrize("betas", [[1.0, 0.999], [0.9, 1.0]])
+def test_adam_betas_of_1_in_a_checkpoint_are_an_error(run, tmp_path, betas):
+    # β1 = 1 divided by 1 - β1^t = 0 at the first step (a ZeroDivisionError), β2 = 1 by √(1 - β2^t)
+    d, _, _ = run
+    ck = tmp_path / "adam.npz"
+    assert nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--optimizer", "adam", "--save", ck, "-q").exit_code == 0
+    p = rewrite(ck, tmp_path / "bad.npz", optim__meta={**stored(ck, "optim/meta"), "betas": betas})
+    assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "damaged checkpoint", "optim/meta betas")
+
+
 @pytest.mark.parametrize("change, fragment", [
     ({"dtype": "float64"}, "its model has --dtype float32, this run has float64"),
     ({"hidden": [4]}, "its model has --hidden 16, this run has 4"),

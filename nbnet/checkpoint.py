@@ -200,6 +200,17 @@ class Checkpoint:
         sd = _check_optim_meta(json_entry(arrays, "optim/meta", path), bad, self.model.dtype)
         state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
         check_finite(state, path, "optimizer state")
+        # Each step done stepped the optimizer once and made every state array it keeps (momentum
+        # buffers, Adam's moments), one per parameter. A step count that differs (Adam's bias
+        # correction reads it) or a missing array (restarted from zeros) would resume another run.
+        if sd.get("step_count", 0) != self.state.step:
+            raise bad(f"optim/meta step_count {sd.get('step_count', 0)} is not the {self.state.step} steps done")
+        names = () if not self.state.step else ("exp_avg", "exp_avg_sq") if sd["type"] != "SGD" else (
+            ("momentum_buffer",) if sd.get("momentum", 0) > 0 else ())
+        missing = [f"{name}.{i}" for name in names for i in range(len(self.model.parameters()))
+                   if f"{name}.{i}" not in state]
+        if missing:
+            raise bad(f"no optimizer state {missing[0]} after {self.state.step} steps")
         sd["state"] = state
         self.optim_state = sd
 

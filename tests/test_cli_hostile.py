@@ -287,7 +287,8 @@ def test_mid_epoch_checkpoint_with_too_few_epochs_is_an_error(run, tmp_path):
     st = stored(ck, "train/state")
     mid = {**st, "epoch": 1, "step": st["step"] // 2 + 1, "history": st["history"][:1], "seen": 32,
            "loss_sum": 1.0, "correct": 10}
-    p = rewrite(ck, tmp_path / "mid.npz", train__state=mid)
+    p = rewrite(ck, tmp_path / "mid.npz", train__state=mid,
+                optim__meta={**stored(ck, "optim/meta"), "step_count": mid["step"]})
     r = nbnet("train", "--resume", p, "--epochs", "1")
     assert_error(r, "stopped in epoch 2", "--epochs 2 or more")
     assert "saved" not in r.stdout
@@ -299,7 +300,8 @@ def test_running_sums_that_do_not_fit_the_steps_done_are_an_error(run, tmp_path,
     _, ck, _ = run
     st = stored(ck, "train/state")
     p = rewrite(ck, tmp_path / "bad.npz", train__state={**st, "epoch": 1, "step": step, "seen": seen,
-                                                          "history": st["history"][:1], "correct": 0})
+                                                          "history": st["history"][:1], "correct": 0},
+                optim__meta={**stored(ck, "optim/meta"), "step_count": step})
     assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "rows seen")
 
 
@@ -428,6 +430,27 @@ def test_adam_betas_of_1_in_a_checkpoint_are_an_error(run, tmp_path, betas):
     assert nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--optimizer", "adam", "--save", ck, "-q").exit_code == 0
     p = rewrite(ck, tmp_path / "bad.npz", optim__meta={**stored(ck, "optim/meta"), "betas": betas})
     assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "damaged checkpoint", "optim/meta betas")
+
+
+@pytest.mark.parametrize("optimizer, change", [
+    ("sgd", {"step_count": 0}),  # its steps counted again from 0: nothing in SGD reads it, Adam's bias correction does
+    ("adam", {"step_count": 0}),
+    ("adam", {"step_count": 7}),
+    ("sgd", {"drop": "optim/state/momentum_buffer.1"}),  # a buffer restarted from zeros
+    ("adam", {"drop": "optim/state/exp_avg_sq.0"}),
+    ("adamw", {"drop": "optim/state/exp_avg.3"}),
+])
+def test_optimizer_state_that_does_not_fit_the_steps_done_is_an_error(run, tmp_path, optimizer, change):
+    # the resumed run would silently go on from other optimizer state than the saved run had
+    d, _, _ = run
+    ck = tmp_path / "ck.npz"
+    assert nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--optimizer", optimizer, "--save", ck, "-q").exit_code == 0
+    with np.load(ck, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != change.get("drop")}
+    if "step_count" in change:
+        arrays["optim/meta"] = np.array(json.dumps({**stored(ck, "optim/meta"), **change}))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    assert_error(nbnet("train", "--resume", tmp_path / "bad.npz", "--epochs", "3"), "damaged checkpoint", "optim")
 
 
 @pytest.mark.parametrize("change, fragment", [

@@ -275,8 +275,16 @@ class Optimizer:
 
     def load_state_dict(self, sd):
         who = type(self).__name__
+        if not isinstance(sd, dict) or not isinstance(sd.get("state", {}), dict):
+            raise TypeError(f"{who}: expected a state_dict() (a dict whose 'state' is a dict), got {type(sd).__name__}")
         if sd.get("type", who) != who:
             raise ValueError(f"{who}: cannot load the state of a {sd['type']} optimizer")
+        # Checked as the constructor checks them, before anything is loaded: a NaN or negative
+        # rate, a β of 1 or nesterov without momentum failed only at the next step, or never.
+        checked = type(self)(self.params, **{name: sd.get(name, getattr(self, name)) for name in self.hyper_names})
+        step_count = sd.get("step_count", 0)
+        if not isinstance(step_count, numbers.Integral) or isinstance(step_count, bool) or step_count < 0:
+            raise ValueError(f"{who}: step_count must be a whole number ≥ 0, got {step_count!r}")
         new_state = [{name: None for name in self.state_names} for _ in self.params]
         for key, arr in sd.get("state", {}).items():
             name, _, idx = key.rpartition(".") if isinstance(key, str) else ("", "", "")
@@ -297,10 +305,8 @@ class Optimizer:
                 )
             new_state[int(idx)][name] = arr.copy()
         for name in self.hyper_names:
-            if name in sd:
-                value = sd[name]
-                setattr(self, name, tuple(value) if isinstance(value, (list, tuple)) else value)
-        self.step_count = int(sd.get("step_count", 0))
+            setattr(self, name, getattr(checked, name))
+        self.step_count = int(step_count)
         self.state = new_state
         # New dicts: _groups' cached groups (and its fast check, which reads the old dicts) still
         # held the state arrays of before, and the next step would go on from those.

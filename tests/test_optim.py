@@ -294,3 +294,28 @@ def test_subnormal_optimizer_state_is_stored_as_zero(dtype, make):
             assert arr[0] == 0 and arr[1] == 0, (name, arr)  # without the flush: still subnormal
             assert arr[2] != 0 and abs(arr[2]) >= tiny / 2, (name, arr)  # a normal value decays as usual
     np.testing.assert_array_equal(layer.weight[0, :2], before[0, :2])  # the tiny state moved no weight
+
+
+@pytest.mark.parametrize("make, change, match", [
+    (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9), {"lr": float("nan")}, "lr"),  # NaN weights at the next step
+    (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9), {"lr": -1.0}, "lr"),  # a step uphill
+    (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9), {"momentum": 0.0, "nesterov": True}, "nesterov"),
+    (lambda ps: nb.SGD(ps, lr=0.1), {"step_count": -3}, "step_count"),
+    (lambda ps: nb.SGD(ps, lr=0.1), {"step_count": 2.5}, "step_count"),
+    (lambda ps: nb.Adam(ps), {"betas": (1.0, 0.999)}, "betas"),  # a ZeroDivisionError at the next step
+    (lambda ps: nb.Adam(ps), {"betas": (0.9,)}, "betas"),
+    (lambda ps: nb.AdamW(ps), {"eps": -1.0}, "eps"),
+    (lambda ps: nb.Adam(ps), {"state": "exp_avg"}, "state"),
+])
+def test_load_state_dict_checks_hyper_parameters_as_the_constructor_does(make, change, match, rng):
+    _, params = make_params(rng)
+    opt = make(params)
+    feed_grads(params, rng)
+    opt.step()
+    before = opt.state_dict()
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.load_state_dict({**opt.state_dict(), **change})
+    after = opt.state_dict()  # nothing loaded
+    assert {k: v for k, v in after.items() if k != "state"} == {k: v for k, v in before.items() if k != "state"}
+    with pytest.raises(TypeError, match="state_dict"):
+        opt.load_state_dict([("lr", 0.1)])

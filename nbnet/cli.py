@@ -458,11 +458,8 @@ def train_cmd(ctx, **opts):
             raise CliError(f"--device cuda: {_one_line(e) or type(e).__name__}{from_checkpoint}") from None
     opt = make_optimizer(cfg["optimizer"], model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     if resume is not None:
-        optim_state = resume.optim_state
-        if not opt.state_names:  # SGD resumed with --momentum 0: its rule reads no buffer (torch ignores them too)
-            optim_state = {**optim_state, "state": {}}
         try:
-            opt.load_state_dict(optim_state)
+            opt.load_state_dict(resume.optim_state)
         except ValueError as e:  # the entries the checkpoint holds: its name says which file
             raise CliError(f"{resume.path}: cannot resume its optimizer state ({e})") from None
         # The command line may change these hyper-parameters on resume; the schedule sets lr.

@@ -94,19 +94,6 @@ def test_resume_two_then_four_equals_four_straight(tmp_path):
     assert nb.load(b).layers[0].weight.shape == (16, 2)
 
 
-def test_resume_may_turn_sgd_momentum_off_or_on(tmp_path):
-    """--momentum may change on resume; turned off, loading the run's momentum buffers into an SGD
-    that keeps none was an error ('unexpected optimizer state entry momentum_buffer.0')."""
-    common = ["--hidden", "16", "--batch-size", "32", "--optimizer", "sgd", "--quiet"]
-    assert nbnet("train", *common, "--epochs", "1", "--momentum", "0.9", "--save", tmp_path / "m.npz").exit_code == 0
-    assert nbnet("train", *common, "--epochs", "1", "--momentum", "0", "--save", tmp_path / "p.npz").exit_code == 0
-    for start, momentum in (("m.npz", "0"), ("p.npz", "0.9")):
-        r = nbnet("train", "--resume", tmp_path / start, "--epochs", "2", "--momentum", momentum,
-                  "--save", tmp_path / f"r{start}")
-        assert r.exit_code == 0, r.output
-        assert any(k.startswith("optim/state/") for k in weights(tmp_path / f"r{start}")) == (momentum != "0")
-
-
 def test_thread_count_and_dtype(tmp_path):
     import numba  # noqa: PLC0415
 

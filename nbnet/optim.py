@@ -150,7 +150,7 @@ class Optimizer:
     def _flat_state(self, name, data):
         """State `name` of every parameter as one flat array whose per-parameter views are what
         state_dict saves; built (keeping any values, e.g. loaded ones) when they are not yet."""
-        views = [st[name] for st in self.state]
+        views = [st.get(name) for st in self.state]
         on_host = isinstance(data, np.ndarray)
         if all(v is not None and isinstance(v, np.ndarray) == on_host for v in views):
             flat = one_flat(views)
@@ -158,10 +158,9 @@ class Optimizer:
                 return flat
         flat = simd.zeros(data.size, data.dtype)
         start = 0
-        for st, p in zip(self.state, self.params):
-            if st[name] is not None:  # e.g. loaded, or made per parameter (or on the other device) before
-                flat[start : start + p.data.size] = (st[name] if isinstance(st[name], np.ndarray)
-                                                     else st[name].copy_to_host())
+        for view, p in zip(views, self.params):
+            if view is not None:  # e.g. loaded, or made per parameter (or on the other device) before
+                flat[start : start + p.data.size] = view if isinstance(view, np.ndarray) else view.copy_to_host()
             start += p.data.size
         if not on_host:
             from .gpu import to_device  # noqa: PLC0415 - only device arrays get here
@@ -194,7 +193,8 @@ class Optimizer:
         """Parameter i's state arrays, created as zeros (torch's start) on the parameter's device,
         and moved there if the model was moved since."""
         st = self.state[i]
-        for name, arr in st.items():
+        for name in self.state_names:
+            arr = st.get(name)
             if arr is None:
                 arr = empty_like_shape(p.data, (p.data.size,), p.data.dtype)
                 kernels(arr).fill(arr, 0)
@@ -240,7 +240,7 @@ class Optimizer:
         flat = self._flat()
         cached = self._groups_for
         if cached is not None and cached[0] is self._flat_for:
-            views = [st[name] for st in self.state for name in self.state_names]
+            views = [st.get(name) for st in self.state for name in self.state_names]
             if tuple(map(id, views)) == cached[3]:
                 return cached[2]
         arrays, n = self._flat_for[0], len(self.params)
@@ -267,7 +267,8 @@ class Optimizer:
         """{"type", hyper-parameters, "step_count", "state": {"<name>.<i>": host array}}."""
         state = {}
         for i, st in enumerate(self.state):
-            for name, arr in st.items():
+            for name in self.state_names:  # not a buffer kept from before momentum was set to 0
+                arr = st.get(name)
                 if arr is not None:
                     state[f"{name}.{i}"] = arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
         hyper = {name: getattr(self, name) for name in self.hyper_names}
@@ -285,15 +286,15 @@ class Optimizer:
         step_count = sd.get("step_count", 0)
         if not isinstance(step_count, numbers.Integral) or isinstance(step_count, bool) or step_count < 0:
             raise ValueError(f"{who}: step_count must be a whole number ≥ 0, got {step_count!r}")
-        new_state = [{name: None for name in self.state_names} for _ in self.params]
+        new_state = [{name: None for name in checked.state_names} for _ in self.params]
         for key, arr in sd.get("state", {}).items():
             name, _, idx = key.rpartition(".") if isinstance(key, str) else ("", "", "")
             # "<name>.<i>" as state_dict writes it: str.isdigit() also took "²" (then int() failed,
             # a message naming neither key nor file), int() reads "٣" and "00" (a second entry for
             # parameter 0 then replaced the first, silently); the length check keeps int() bounded.
             n = len(self.params)
-            if not (name in self.state_names and _INDEX.fullmatch(idx) and len(idx) <= len(str(n)) and int(idx) < n):
-                names = "|".join(self.state_names) or "(none)"
+            if not (name in checked.state_names and _INDEX.fullmatch(idx) and len(idx) <= len(str(n)) and int(idx) < n):
+                names = "|".join(checked.state_names) or "(none)"
                 raise ValueError(f"{who}: unexpected optimizer state entry {str(key)[:80]!r} "
                                  f"(expected {names}.<parameter number 0 .. {n - 1}>)")
             p = self.params[int(idx)]
@@ -326,15 +327,29 @@ class SGD(Optimizer):
             raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov momentum requires momentum > 0")
-        self.state_names = ("momentum_buffer",) if momentum > 0 else ()
+        self.momentum = float(momentum)  # first: it decides the state names
         super().__init__(params)
-        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.nesterov = bool(nesterov)
+
+    @property
+    def momentum(self):
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value):
+        # A buffer while momentum > 0, also for momentum given after construction (opt.momentum =
+        # 0.9, a loaded state_dict): a step without one read the weights as the buffer.
+        self._momentum = value
+        names = ("momentum_buffer",) if value > 0 else ()
+        if names != self.state_names:
+            self.state_names = names
+            self._fast = self._groups_for = None  # groups made without the buffer
 
     def step(self):
         self.step_count += 1
         for data, grad, st in self._groups():
-            buf = st.get("momentum_buffer", data)  # without momentum the kernel never reads it
+            buf = st["momentum_buffer"] if self.state_names else data  # without momentum the kernel never reads it
             lr, momentum, weight_decay = self._scalars(data.dtype, self.lr, self.momentum, self.weight_decay)
             kernels(data).sgd_step(data, grad, buf, lr, momentum, weight_decay, self.nesterov)
 

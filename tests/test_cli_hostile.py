@@ -217,6 +217,19 @@ def test_resume_without_save_keeps_saving_to_the_checkpoint(tmp_path):
     assert stored(ck, "train/state")["epoch"] == 3
 
 
+def test_resume_may_take_momentum_away_and_give_it_back(run, tmp_path):
+    # --momentum may change on resume: 0 was refused ("unexpected optimizer state entry
+    # 'momentum_buffer.0'"), as the run saved with 0 was by the next resume
+    d, _, _ = run
+    ck = tmp_path / "c.npz"
+    assert nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--save", ck, "-q").exit_code == 0
+    for epochs, momentum in (("3", "0"), ("4", "0"), ("5", "0.5")):
+        r = nbnet("train", "--resume", ck, "--epochs", epochs, "--momentum", momentum, "-q")
+        assert r.exit_code == 0, r.output
+        assert stored(ck, "optim/meta")["momentum"] == float(momentum)
+        assert ("optim/state/momentum_buffer.0" in np.load(ck).files) == (momentum != "0")
+
+
 @pytest.mark.parametrize("option", ["--resume", "--save", "--metrics-out", "--plot", "--config", "--save-best"])
 def test_empty_paths_are_errors(option):
     assert_error(nbnet("train", option, ""), option, "empty path")

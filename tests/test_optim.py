@@ -319,3 +319,44 @@ def test_load_state_dict_checks_hyper_parameters_as_the_constructor_does(make, c
     assert {k: v for k, v in after.items() if k != "state"} == {k: v for k, v in before.items() if k != "state"}
     with pytest.raises(TypeError, match="state_dict"):
         opt.load_state_dict([("lr", 0.1)])
+
+
+def _momentum_later(params, how, grads):
+    """An SGD made without momentum that gets momentum 0.9 afterwards (after a first step: it
+    has no buffer yet), `how`: as an attribute, or from a state_dict, fresh or after 2 steps."""
+    opt = nb.SGD(params, lr=0.1)
+    if how == "attribute":
+        apply_grads(params, opt, grads[:1])  # a plain step, then momentum from here on
+        opt.momentum = 0.9
+        return opt, grads[1:]
+    source_params = make_params(np.random.default_rng(7))[1]
+    source = nb.SGD(source_params, lr=0.1, momentum=0.9)
+    done = 2 if how == "stepped state_dict" else 0
+    apply_grads(source_params, source, grads[:done])
+    for p, q in zip(params, source_params):
+        p.data[...] = q.data
+    opt.load_state_dict(source.state_dict())
+    return opt, grads[done:]
+
+
+@pytest.mark.parametrize("how", ["attribute", "fresh state_dict", "stepped state_dict"])
+def test_sgd_given_momentum_after_construction_keeps_a_buffer(how, rng):
+    # it stepped with the weights as its momentum buffer (b = 0.9 θ + g), or refused the buffers
+    grads = [[rng.normal(size=s) for s in ((3, 4), (3,))] for _ in range(4)]
+    _, params_a = make_params(np.random.default_rng(7))
+    opt_a = nb.SGD(params_a, lr=0.1, momentum=0.9)
+    if how == "attribute":
+        opt_a.momentum = 0.0
+        apply_grads(params_a, opt_a, grads[:1])
+        opt_a.momentum = 0.9
+        apply_grads(params_a, opt_a, grads[1:])
+    else:
+        apply_grads(params_a, opt_a, grads)
+    _, params_b = make_params(np.random.default_rng(7))
+    opt_b, rest = _momentum_later(params_b, how, grads)
+    apply_grads(params_b, opt_b, rest)
+    for a, b in zip(params_a, params_b):
+        np.testing.assert_array_equal(a.data, b.data)
+    # momentum taken away again: its state_dict loads into an SGD without momentum
+    opt_b.momentum = 0.0
+    nb.SGD(make_params(np.random.default_rng(7))[1], lr=0.1).load_state_dict(opt_b.state_dict())

@@ -200,6 +200,11 @@ class Checkpoint:
         sd = _check_optim_meta(json_entry(arrays, "optim/meta", path), bad, self.model.dtype)
         state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
         check_finite(state, path, "optimizer state")
+        # Adam's v is a running mean of squares; a step takes its square root
+        negative = next((k for k, v in state.items() if k.startswith("exp_avg_sq.") and v.dtype.kind == "f"
+                         and (v < 0).any()), None)
+        if negative is not None:
+            raise bad(f"optimizer state {negative} holds a negative value (a mean of squares)")
         # Each step done stepped the optimizer once and made every state array it keeps (momentum
         # buffers, Adam's moments), one per parameter. A step count that differs (Adam's bias
         # correction reads it) or a missing array (restarted from zeros) would resume another run.

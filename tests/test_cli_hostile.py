@@ -445,6 +445,18 @@ def test_adam_betas_of_1_in_a_checkpoint_are_an_error(run, tmp_path, betas):
     assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "damaged checkpoint", "optim/meta betas")
 
 
+def test_a_negative_adam_second_moment_is_a_damaged_checkpoint(run, tmp_path):
+    # v is a running mean of squares: √v of a negative entry made the resumed run "diverge"
+    d, _, _ = run
+    ck = tmp_path / "ck.npz"
+    assert nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--optimizer", "adam", "--save", ck, "-q").exit_code == 0
+    with np.load(ck, allow_pickle=False) as f:
+        v = f["optim/state/exp_avg_sq.2"].copy()
+    v[1] = -1e-3
+    p = rewrite(ck, tmp_path / "bad.npz", **{"optim/state/exp_avg_sq.2": v})
+    assert_error(nbnet("train", "--resume", p, "--epochs", "3"), "damaged checkpoint", "exp_avg_sq.2")
+
+
 @pytest.mark.parametrize("optimizer, change", [
     ("sgd", {"step_count": 0}),  # its steps counted again from 0: nothing in SGD reads it, Adam's bias correction does
     ("adam", {"step_count": 0}),

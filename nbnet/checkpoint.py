@@ -187,6 +187,8 @@ class Checkpoint:
         version = arrays["checkpoint/version"]
         if version.shape != () or version.dtype.kind not in "iu":
             raise bad("checkpoint/version is not an integer")
+        if int(version) < 1:  # versions count from 1: 0 or -1 was read as the current format
+            raise bad(f"checkpoint/version {int(version)}")
         if int(version) > CHECKPOINT_VERSION:
             raise ValueError(f"{path}: written by a newer nbnet (checkpoint version {int(version)})")
         for key in ("train/config", "train/state", "optim/meta"):

@@ -415,6 +415,8 @@ def test_hidden_layers_too_big_for_memory_are_an_error_before_allocating():
     ({"train__config": {"epochs": 2.5}}, "stored option epochs"),
     ({"train__config": {"hidden": "16", "lr": "fast"}}, "stored option lr"),
     ({"checkpoint__version": np.array("1")}, "checkpoint/version"),
+    ({"checkpoint__version": np.array(0, np.int64)}, "checkpoint/version 0"),  # was read as version 1
+    ({"checkpoint__version": np.array(-1, np.int64)}, "checkpoint/version -1"),
 ])
 def test_checkpoint_metadata_is_checked_against_a_schema(run, tmp_path, change, fragment):
     _, ck, _ = run

@@ -331,12 +331,16 @@ def check_creatable(path):
 def write_atomic(path, write, suffix=""):
     """Call write(f) on a temporary binary file in path's folder, fsync it and rename it over
     `path`: a crash leaves either the old file or the new one. The new file's mode follows the
-    umask. Only a regular file is replaced (see check_replaceable)."""
+    umask. Only a regular file is replaced (see check_replaceable). A symbolic link is written
+    through, as `>` and cp do: renamed over, the link itself became the new file and what it
+    pointed to (latest.npz -> run3.npz) kept the old contents."""
     path = os.fspath(path)
     if path == "":
         raise ValueError("empty output path")
     if names_a_folder(path):
         raise ValueError(f"{path}: names a folder (it ends in a separator), not a file")
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     check_replaceable(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -247,3 +247,16 @@ def test_batches_cover_everything_once_and_are_seeded():
     # bool is an int: batches(x, y, True) (shuffle's place in some APIs) was batches of one row.
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got True"):
         list(nb.batches(x, y, True))
+
+
+def test_save_writes_through_a_symbolic_link(tmp_path):
+    """The atomic rename replaced the link itself with the new file; the file it named kept the
+    old model."""
+    mlp().save(tmp_path / "run3.npz")
+    os.symlink("run3.npz", tmp_path / "latest.npz")
+    model = mlp()
+    model.layers[0].weight[...] = 7
+    model.save(tmp_path / "latest.npz")
+    assert os.path.islink(tmp_path / "latest.npz")
+    assert (nb.load(tmp_path / "run3.npz").layers[0].weight == 7).all()
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "run3.npz"]

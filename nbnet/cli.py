@@ -476,10 +476,13 @@ def train_cmd(ctx, **opts):
                 metrics_file.write(json_line(m) + "\n")
         out.start(cfg, model, data, resume, val_data)
 
+        saved = []  # the epochs this run saved to --save
+
         def on_epoch(st, metrics):
             # save first: a closed stdout (`| head -1`) must not lose the epoch
             if opts["save"]:
                 save_checkpoint(opts["save"], model, opt, st, cfg)
+                saved.append(st.epoch)
             if metrics_file:
                 metrics_file.write(json_line(metrics) + "\n")
                 metrics_file.flush()
@@ -498,6 +501,13 @@ def train_cmd(ctx, **opts):
                     on_step=out.step if out.bar else None, on_epoch=on_epoch, should_stop=stopper.requested,
                     comm=comm,
                 )
+            except TrainingDiverged as e:
+                if not opts["save"]:
+                    raise
+                # Say what --save holds: a file from an earlier run looked like this one's last good epoch.
+                held = (f"{opts['save']} holds epoch {saved[-1]} (resume from it with a lower --lr)" if saved
+                        else f"this run saved nothing to {opts['save']}")
+                raise TrainingDiverged(f"{e}; {held}") from None
             except TrainingInterrupted as e:
                 if comm.rank != 0:  # every process stops at the same step; process 0 reports
                     sys.exit(EXIT_INTERRUPTED)

@@ -84,8 +84,26 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     ck = tmp_path / "d.npz"
     assert nbnet("train", *FAST, "--save", ck, "-q").exit_code == 0
     before = ck.read_bytes()
-    assert_error(nbnet("train", "--resume", ck, "--epochs", "3", "--lr", "1e30"), "diverged")
+    assert_error(nbnet("train", "--resume", ck, "--epochs", "3", "--lr", "1e30"), "diverged",
+                 "this run saved nothing to")
     assert ck.read_bytes() == before
+
+
+def test_divergence_says_what_the_save_file_holds(tmp_path, monkeypatch):
+    """An earlier run's file at the --save path read as this run's last good epoch."""
+    ck = tmp_path / "d.npz"
+    assert nbnet("train", *FAST, "--save", ck, "-q").exit_code == 0  # an earlier run
+    assert_error(nbnet("train", *FAST, "--lr", "1e30", "--save", ck), "diverged", f"this run saved nothing to {ck}")
+    epochs = []
+
+    def weights_go_nan_in_epoch_3(model, message):
+        epochs.append(1)
+        if len(epochs) == 3:
+            raise sys.modules["nbnet.train"].TrainingDiverged(message)
+    monkeypatch.setattr(sys.modules["nbnet.train"], "check_finite_parameters", weights_go_nan_in_epoch_3)
+    r = nbnet("train", *FAST, "--epochs", "5", "--save", ck)
+    assert_error(r, "the weights became NaN or Inf in epoch 3", f"{ck} holds epoch 2 (resume from it")
+    assert load_checkpoint(ck).state.epoch == 2
 
 
 def test_a_checkpoint_with_nan_or_inf_weights_does_not_load(run, tmp_path):

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -304,12 +305,15 @@ def _short(value):
 def _parse_hidden(ctx, param, value):
     if value is None or isinstance(value, list):
         return value
-    try:
-        sizes = [int(v) for v in str(value).split(",") if v.strip()]
-        if len(sizes) > 1000:
-            raise click.BadParameter(f"{len(sizes)} hidden layers: at most 1000")
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated layer widths like 256,128") from None
+    # "" is a model without hidden layers; else every field is a width in ASCII digits: int() also
+    # took "５" and "1_0", and empty fields were skipped, so "256,,128" (a typo) trained silently.
+    text = str(value).strip()
+    fields = [v.strip() for v in text.split(",")] if text else []
+    if len(fields) > 1000:
+        raise click.BadParameter(f"{len(fields)} hidden layers: at most 1000")
+    if not all(re.fullmatch(r"[0-9]{1,18}", v) for v in fields):
+        raise click.BadParameter(f"{value!r}: expected comma-separated layer widths like 256,128")
+    sizes = [int(v) for v in fields]
     if any(s < 1 for s in sizes):
         raise click.BadParameter(f"{value!r}: layer widths must be positive")
     return sizes

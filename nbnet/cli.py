@@ -810,7 +810,7 @@ class Output:
             f"{what} {'-'.join(map(str, sizes))} {cfg['activation']} on {os.path.basename(cfg['dataset'])} "
             f"({len(data[0])} train, {'' if val_data is None else f'{len(val_data[0])} validation, '}"
             f"{len(data[2])} test){done}: {cfg['optimizer']} lr {cfg['lr']:g} "
-            f"{cfg['lr_schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['device']}"
+            f"{cfg['lr_schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, {cfg['device']}"
         )
 
     def step(self, state, batch, n_batches, running_loss):

@@ -326,10 +326,10 @@ def check_data(model, data, loss="cross-entropy", parts=("train", "test", "valid
         part, x, y = parts[i // 2], data[i], data[i + 1]
         if x is None:
             continue
-        if x.ndim != 2 or x.shape[1] != first.in_features:
-            raise ValueError(
-                f"{part} data has {x.shape[1:]} features per row, the model expects {first.in_features}"
-            )
+        if x.ndim != 2:
+            raise ValueError(f"{part} data has shape {tuple(x.shape)}, the model expects (N, {first.in_features})")
+        if x.shape[1] != first.in_features:
+            raise ValueError(f"{part} data has {x.shape[1]} features per row, the model expects {first.in_features}")
         if len(x) == 0:
             raise ValueError(f"{part} data is empty")
         if loss == "cross-entropy":

@@ -151,7 +151,7 @@ def test_nan_loss_stops_with_epoch_and_step():
 def test_data_that_does_not_fit_the_model():
     model = build_model(3, [4], 3, seed=0)
     opt = make_optimizer("sgd", model, lr=0.1)
-    with pytest.raises(ValueError, match="features per row, the model expects 3"):
+    with pytest.raises(ValueError, match="train data has 2 features per row, the model expects 3"):
         train(model, opt, tiny_data(), epochs=1)
     x_tr, y_tr, x_te, y_te = tiny_data()
     model = build_model(2, [4], 2, seed=0)

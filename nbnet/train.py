@@ -245,6 +245,11 @@ def batch_source(model, x, y, part=(0, 1)):
     exactly the batches of `nbnet.batches`; part=(rank, size): this data-parallel process's share
     of each (see nbnet.dist)."""
     on_host = isinstance(model.parameters()[0].data, np.ndarray)
+    if on_host:
+        # Data on the GPU comes over once: in-order batches would be views of the device arrays,
+        # which the host kernels (the accuracy's) cannot read, and a shuffled gather of a device
+        # array copies all of it to the host for every batch.
+        x, y = to_host(x), to_host(y)
     if on_host or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         return lambda batch_size, shuffle, seed=None: batches_reusing(x, y, batch_size, shuffle, seed, part)
     from .gpu import DeviceDataset  # noqa: PLC0415

@@ -602,3 +602,21 @@ def test_device_labels_for_host_predictions_come_over_and_are_checked(loss_cls):
     assert loss_cls()(probs, gpu.to_device(y)) == want
     with pytest.raises(ValueError, match="out of range"):
         loss_cls()(probs, gpu.to_device(y + 1))
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "bce"])
+def test_host_model_on_device_data_scores_as_on_host_data(loss):
+    """nb.evaluate / nb.train's test scores of a model on the host, given data on the GPU: the
+    data comes over once, and the results are the host data's (the in-order batches were views of
+    the device arrays, and the accuracy's CPU kernel got them: a TypeError from Numba)."""
+    rng = np.random.default_rng(15)
+    x = rand(rng, (7, 3), np.float64)
+    y = rng.integers(0, 4, size=7) if loss == "cross-entropy" else rng.integers(0, 2, size=(7, 4)).astype(np.float64)
+    model = tiny_model(np.float64)
+    assert nb.evaluate(model, gpu.to_device(x), gpu.to_device(y), loss=loss) == nb.evaluate(model, x, y, loss=loss)
+    runs = []
+    for data in ((x, y, x, y), (gpu.to_device(x), gpu.to_device(y), gpu.to_device(x), gpu.to_device(y))):
+        m = tiny_model(np.float64)
+        history = nb.train(m, nb.SGD(m.parameters(), lr=0.1), data, epochs=1, batch_size=3, loss=loss)
+        runs.append({k: v for k, v in history[0].items() if k not in ("seconds", "samples_per_second")})
+    assert runs[0] == runs[1]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nbnet as nb
 from nbnet import dist
 from nbnet.data import batches, batches_reusing
 
@@ -307,6 +308,42 @@ def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
                                 capture_output=True, text=True, timeout=TIMEOUT)
         assert result.returncode != 0
         assert len(error_lines(result)) == 1 and expected in error_lines(result)[0], result.stderr
+
+
+def test_the_fingerprint_covers_the_features():
+    """Two machines whose copies of a data set differ in one pixel alone (same path, shapes and
+    labels) train two problems: their fingerprints differ (features were left out of it)."""
+    rng = np.random.default_rng(4)
+    x, y = rng.random((6, 3)).astype(np.float32), np.arange(6) % 2
+    params = nb.Sequential(nb.Linear(3, 2, seed=0)).parameters()
+    other = x.copy()
+    other[4, 1] += 0.5
+    for data in ((other, y, x, y), (x, y, other, y)):
+        assert dist.fingerprint({}, data, params) != dist.fingerprint({}, (x, y, x, y), params)
+
+
+@needs_mpi
+def test_processes_with_other_pixels_in_the_same_files_are_stopped(tmp_path):
+    """NBNET_DATA_DIR (an environment-dependent default) gives process 1 MNIST files whose
+    images differ from process 0's in one pixel: one Error: line before training."""
+    rng = np.random.default_rng(5)
+    labels, images = rng.integers(0, 10, 40).astype(np.uint8), rng.integers(0, 256, (40, 2, 2)).astype(np.uint8)
+    for name, change in (("a", 0), ("b", 1)):
+        folder = tmp_path / name / "mnist"
+        folder.mkdir(parents=True)
+        pixels = images.copy()
+        pixels[3, 1, 0] ^= change
+        for prefix, arr in (("train-images-idx3-ubyte", pixels), ("train-labels-idx1-ubyte", labels),
+                            ("t10k-images-idx3-ubyte", pixels[:10]), ("t10k-labels-idx1-ubyte", labels[:10])):
+            head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+            (folder / prefix).write_bytes(head + arr.tobytes())
+    py = [sys.executable, "-m", "nbnet", "train", "--dataset", "mnist", "--hidden", "4", "--epochs", "1", "--quiet"]
+    result = subprocess.run([MPIEXEC, "-n", "1", "env", f"NBNET_DATA_DIR={tmp_path / 'a'}", *py, ":",
+                             "-n", "1", "env", f"NBNET_DATA_DIR={tmp_path / 'b'}", *py],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode != 0
+    assert len(error_lines(result)) == 1 and "does not train what process 0 does" in error_lines(result)[0], \
+        result.stderr
 
 
 @needs_mpi

@@ -135,6 +135,9 @@ class Single:
     def agree_setup(self, fingerprint=""):
         pass
 
+    def agree(self, fingerprint):
+        pass
+
 
 class MPIComm:
     """An mpi4py communicator with the few collectives training needs."""
@@ -241,16 +244,41 @@ class MPIComm:
         one `Error:` line and every process exits non-zero."""
         self._meet(0, fingerprint)
 
+    def agree(self, fingerprint):
+        """nb.train(comm=...)'s meeting: returns when every process has the same fingerprint, else
+        raises ValueError on every process (all see every fingerprint, so none is left waiting)."""
+        _, texts = self._exchange(0, fingerprint)
+        odd = next((r for r in range(self.size) if texts[r] != texts[0]), None)
+        if odd is not None:
+            raise ValueError(f"nb.train: process {odd} does not train what process 0 does ({texts[odd]}; "
+                             f"process 0: {texts[0]}): every process needs the same arguments, data and weights")
+
     def _meet(self, code, text):
         """Exchange (code, text) with every process, bounded by NBNET_MPI_TIMEOUT; exits unless
         every code is 0 and every text equal."""
+        self.setup_done = True  # from here on an error (even a Ctrl-C while waiting) aborts: one meeting only
+        codes, texts = self._exchange(code, text)
+        failed = [r for r in range(self.size) if codes[r]]
+        if failed:
+            first = failed[0]
+            if self.rank == 0:
+                _print_error(texts[first] if first == 0 else f"process {first}: {texts[first]}")
+            sys.exit(codes[first])
+        if any(t != texts[0] for t in texts):
+            if self.rank == 0:
+                odd = next(r for r in range(self.size) if texts[r] != texts[0])
+                _print_error(f"process {odd} does not train what process 0 does ({texts[odd]}; process 0: "
+                             f"{texts[0]}): every process needs the same options, data and checkpoint")
+            sys.exit(1)
+
+    def _exchange(self, code, text):
+        """(codes, texts): every process's (code, text), bounded by NBNET_MPI_TIMEOUT."""
         mine = np.zeros(_MESSAGE_BYTES, np.uint8)
         raw = text.encode("utf-8", "replace")[: _MESSAGE_BYTES - 8]
         mine[:4] = np.frombuffer(np.int32(code).tobytes(), np.uint8)
         mine[4:8] = np.frombuffer(np.int32(len(raw)).tobytes(), np.uint8)
         mine[8 : 8 + len(raw)] = np.frombuffer(raw, np.uint8)
         everyone = np.zeros((self.size, _MESSAGE_BYTES), np.uint8)
-        self.setup_done = True  # from here on an error (even a Ctrl-C while waiting) aborts: one meeting only
         request = self.comm.Iallgather(mine, everyone)
         deadline = time.monotonic() + self._timeout
         while not request.Test():
@@ -265,18 +293,7 @@ class MPIComm:
         codes = [int(np.frombuffer(row[:4].tobytes(), np.int32)[0]) for row in everyone]
         texts = [row[8 : 8 + int(np.frombuffer(row[4:8].tobytes(), np.int32)[0])].tobytes().decode("utf-8", "replace")
                  for row in everyone]
-        failed = [r for r in range(self.size) if codes[r]]
-        if failed:
-            first = failed[0]
-            if self.rank == 0:
-                _print_error(texts[first] if first == 0 else f"process {first}: {texts[first]}")
-            sys.exit(codes[first])
-        if any(t != texts[0] for t in texts):
-            if self.rank == 0:
-                odd = next(r for r in range(self.size) if texts[r] != texts[0])
-                _print_error(f"process {odd} does not train what process 0 does ({texts[odd]}; process 0: "
-                             f"{texts[0]}): every process needs the same options, data and checkpoint")
-            sys.exit(1)
+        return codes, texts
 
     def abort(self, code):
         sys.stdout.flush()
@@ -365,11 +382,13 @@ def fingerprint(options, data, params):
             value = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), value)
         return f"{value:08x}"
 
-    shapes = "/".join("x".join(map(str, a.shape)) for a in data)
     from .model import to_host  # noqa: PLC0415
 
+    data = [None if a is None else to_host(a) for a in data]  # (x, y) pairs; a missing pair is None
+    shapes = "/".join("-" if a is None else "x".join(map(str, a.shape)) for a in data)
+    features, labels = [a for a in data[0::2] if a is not None], [a for a in data[1::2] if a is not None]
     return (f"options {crc([np.frombuffer(repr(sorted(options.items())).encode(), np.uint8)])}, "
-            f"data {shapes} features {crc([data[0], data[2]])} labels {crc([data[1], data[3]])}, weights {crc([to_host(p.data) for p in params])}")
+            f"data {shapes} features {crc(features)} labels {crc(labels)}, weights {crc([to_host(p.data) for p in params])}")
 
 
 def _print_error(message, before=""):

@@ -389,8 +389,10 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     comm: an mpi4py communicator (e.g. MPI.COMM_WORLD) to train data-parallel over its processes
     (see nbnet.dist): each takes its share of every global batch of `batch_size` rows and of the
     validation and test sets; the weights, history and state come out the same on every process,
-    and those of one process within rounding. Start the script with `mpiexec -n N python -m mpi4py
-    script.py`, so that an exception on one process ends them all (examples/mpi_train.py).
+    and those of one process within rounding. The processes first compare their arguments, data
+    and weights: where one differs, every process raises ValueError. Start the script with
+    `mpiexec -n N python -m mpi4py script.py`, so that an exception on one process ends them all
+    (examples/mpi_train.py).
     """
     check_loss(loss)
     comm = dist.wrap(comm)
@@ -440,6 +442,17 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # schedule only here: a negative one trained uphill silently, NaN made every weight NaN.
     _check_nonneg("nb.train", **{"lr" if lr is not None else "opt.lr": base_lr})
     state = TrainState() if state is None else state
+    if comm.size > 1:
+        # Processes given other arguments, data or weights sum gradients of different problems:
+        # another seed or file trained silently; another batch size or epoch count left a process
+        # done (with a wrong model) and the others waiting for NBNET_MPI_TIMEOUT.
+        hyper = {k: v for k, v in opt.state_dict().items() if k not in ("lr", "state")}
+        options = dict(epochs=epochs, batch_size=batch_size, seed=seed, lr_schedule=lr_schedule, lr=base_lr,
+                       loss=loss, shuffle=shuffle, val_split=val_split, early_stopping=early_stopping,
+                       min_delta=min_delta, restore_best=restore_best, optimizer=hyper,
+                       state=(state.epoch, state.step, state.seen, state.bad_epochs, state.best_val_loss))
+        comm.agree(dist.fingerprint(options, (x_train, y_train, x_test, y_test, x_val, y_val),
+                                           model.parameters()))
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     loss_fn = LOSSES[loss]()

@@ -346,6 +346,44 @@ def test_processes_with_other_pixels_in_the_same_files_are_stopped(tmp_path):
         result.stderr
 
 
+DISAGREE = """
+import json, numpy as np, nbnet as nb
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(24, 3)), rng.integers(0, 3, 24)
+refused = []
+for what in ("seed", "x", "batch_size", "epochs"):
+    args, data = dict(epochs=2, batch_size=4, seed=0), (x, y)
+    if comm.rank == 1:
+        if what == "x":
+            data = (x + 1, y)
+        else:
+            args[what] += 1
+    model = nb.Sequential(nb.Linear(3, 3, seed=0))
+    try:
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), data, comm=comm, **args)
+    except ValueError as e:
+        refused.append([what, str(e)])
+everyone = comm.gather(refused)  # printed by one process: the launcher mixes two processes' lines
+if comm.rank == 0:
+    print(json.dumps(everyone))
+"""
+
+
+@needs_mpi
+def test_train_with_comm_refuses_processes_that_disagree():
+    """nb.train(comm=...) on processes given another seed or data (silently another training), or
+    another batch size or epoch count (one process done with a wrong model, the others waiting
+    for NBNET_MPI_TIMEOUT): every process raises ValueError before the first step."""
+    result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", DISAGREE], cwd=REPO,
+                            env={**_env(), "NBNET_MPI_TIMEOUT": "20"}, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    for refused in json.loads(result.stdout):
+        assert [what for what, _ in refused] == ["seed", "x", "batch_size", "epochs"], result.stdout
+        assert all(e.startswith("nb.train: process 1 does not train what process 0 does") for _, e in refused)
+
+
 @needs_mpi
 def test_python_example_trains_with_comm_world(tmp_path):
     """examples/mpi_train.py: nb.train(..., comm=MPI.COMM_WORLD); the processes end with the same weights."""

@@ -336,15 +336,21 @@ class Linear(Layer):
                 and c[3] is self._grad_bias):
             return
         dtype, w = np.dtype(self.dtype), (self.out_features, self.in_features)
-        on_host = not hasattr(self.weight, "copy_to_host")  # a list assigned is a host array gone wrong
-        for name, shape in (("weight", w), ("bias", w[:1]), ("grad_weight", w), ("grad_bias", w[:1])):
-            arr = getattr(self, "_" + name if name.startswith("grad") else name)
+        shapes = {"weight": w, "bias": w[:1], "grad_weight": w, "grad_bias": w[:1]}
+        arrays = {name: getattr(self, "_" + name if name.startswith("grad") else name) for name in shapes}
+        # The device most of the arrays live on (ties: the gradients', which users seldom assign):
+        # one array assigned from the other device is the one named, not its untouched neighbour.
+        # A list assigned counts as a host array gone wrong.
+        hosts = [not hasattr(a, "copy_to_host") for a in arrays.values() if a is not None]
+        on_host = 2 * sum(hosts) > len(hosts) or (2 * sum(hosts) == len(hosts)
+                                                   and not hasattr(self._grad_weight, "copy_to_host"))
+        for name, arr in arrays.items():
             if arr is None and name.endswith("bias"):
                 continue
-            fault = array_fault(arr, shape, dtype, on_host)
+            fault = array_fault(arr, shapes[name], dtype, on_host)
             if fault:
                 raise ValueError(
-                    f"{self.describe()}: {name} must be a C-contiguous {dtype} {shape} {'host' if on_host else 'GPU'} "
+                    f"{self.describe()}: {name} must be a C-contiguous {dtype} {shapes[name]} {'host' if on_host else 'GPU'} "
                     f"array (np.ascontiguousarray(a, np.{dtype}) makes one), got {fault}")
         self._checked = (self.weight, self.bias, self._grad_weight, self._grad_bias)
 

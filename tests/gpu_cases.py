@@ -162,6 +162,18 @@ def test_model_output_on_the_device_belongs_to_the_caller():
     np.testing.assert_array_equal(to_host(p1), want)
 
 
+def test_a_host_array_assigned_to_a_layer_on_the_device_is_the_one_named():
+    """The device was read from the weight alone: a host weight assigned blamed the untouched bias."""
+    model = nb.Sequential([nb.Linear(3, 4, seed=0)]).to("cuda")
+    model[0].weight = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"weight must be a C-contiguous float32 \(4, 3\) GPU array .* host array"):
+        model(np.ones((2, 3), np.float32))
+    model = nb.Sequential([nb.Linear(3, 4, seed=0)])
+    model[0].bias = gpu.to_device(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"bias must be a C-contiguous float32 \(4,\) host array .* GPU array"):
+        model(np.ones((2, 3), np.float32))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_softmax_crossentropy_kernel(dtype):
     rng = np.random.default_rng(12)

@@ -281,8 +281,10 @@ class Optimizer:
         if sd.get("type", who) != who:
             raise ValueError(f"{who}: cannot load the state of a {sd['type']} optimizer")
         # Checked as the constructor checks them, before anything is loaded: a NaN or negative
-        # rate, a β of 1 or nesterov without momentum failed only at the next step, or never.
-        checked = type(self)(self.params, **{name: sd.get(name, getattr(self, name)) for name in self.hyper_names})
+        # rate, a β of 1 or nesterov without momentum failed only at the next step, or never. By
+        # the constructor of the nbnet optimizer this one is: a subclass's may take other arguments.
+        base = next((c for c in type(self).__mro__ if c in OPTIMIZERS.values()), type(self))
+        checked = base(self.params, **{name: sd.get(name, getattr(self, name)) for name in base.hyper_names})
         step_count = sd.get("step_count", 0)
         if not isinstance(step_count, numbers.Integral) or isinstance(step_count, bool) or step_count < 0:
             raise ValueError(f"{who}: step_count must be a whole number ≥ 0, got {step_count!r}")
@@ -306,7 +308,7 @@ class Optimizer:
                 )
             new_state[int(idx)][name] = arr.copy()
         for name in self.hyper_names:
-            setattr(self, name, getattr(checked, name))
+            setattr(self, name, getattr(checked, name) if name in base.hyper_names else sd.get(name, getattr(self, name)))
         self.step_count = int(step_count)
         self.state = new_state
         # New dicts: _groups' cached groups (and its fast check, which reads the old dicts) still

@@ -360,3 +360,26 @@ def test_sgd_given_momentum_after_construction_keeps_a_buffer(how, rng):
     # momentum taken away again: its state_dict loads into an SGD without momentum
     opt_b.momentum = 0.0
     nb.SGD(make_params(np.random.default_rng(7))[1], lr=0.1).load_state_dict(opt_b.state_dict())
+
+
+@pytest.mark.parametrize("base", [nb.SGD, nb.Adam, nb.AdamW])
+def test_load_state_dict_of_a_subclass_with_its_own_constructor(base, rng):
+    """A subclass (a warm-up schedule, ...) whose constructor takes other arguments loads its own
+    state_dict: load_state_dict checked the values by calling type(self)(params, lr=..., ...),
+    a TypeError there."""
+    class Warm(base):
+        hyper_names = (*base.hyper_names, "warmup")
+
+        def __init__(self, params, warmup=5):
+            super().__init__(params, lr=0.01)
+            self.warmup = warmup
+
+    _, params = make_params(rng)
+    opt = Warm(params, warmup=3)
+    feed_grads(params, rng)
+    opt.step()
+    again = Warm(params)
+    again.load_state_dict(opt.state_dict())
+    assert again.warmup == 3 and again.step_count == 1
+    assert {k: v for k, v in again.state_dict().items() if k != "state"} == \
+        {k: v for k, v in opt.state_dict().items() if k != "state"}

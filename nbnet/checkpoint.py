@@ -34,12 +34,29 @@ def _json(obj):
     return np.array(json.dumps(obj, allow_nan=False))
 
 
+def _kept_state(sd):
+    """The state arrays an optimizer keeps after its steps (momentum buffers, Adam's moments), one
+    per parameter, as its state_dict `sd` (without "state") says: what a checkpoint must hold."""
+    if not sd.get("step_count", 0):
+        return ()
+    if sd["type"] != "SGD":
+        return ("exp_avg", "exp_avg_sq")
+    return ("momentum_buffer",) if sd.get("momentum", 0) > 0 else ()
+
+
 def save_checkpoint(path, model, opt, state, config):
     """Write everything a resume needs, atomically (temp file + rename). Weights or optimizer
     state holding NaN or Inf are an error: a diverged run is never saved as a good one."""
     arrays = model.state_arrays()
     sd = opt.state_dict()
-    for key, arr in sd.pop("state").items():
+    optim_state = sd.pop("state")
+    # Momentum given on resume to a run without it (--momentum 0.9) has no buffers before its first
+    # step, and a save can come first (the epoch it stopped in had no step left). Zeros are what
+    # that step starts from (b = μ·0 + g = g, torch's first step); without them, no load.
+    for name in _kept_state(sd):
+        for i, p in enumerate(opt.params):
+            optim_state.setdefault(f"{name}.{i}", np.zeros(p.data.size, p.data.dtype))
+    for key, arr in optim_state.items():
         arrays[STATE_PREFIX + key] = arr
     check_finite(arrays, f"cannot save {os.fspath(path)}", "arrays")
     arrays["optim/meta"] = _json(sd)
@@ -212,9 +229,7 @@ class Checkpoint:
         # correction reads it) or a missing array (restarted from zeros) would resume another run.
         if sd.get("step_count", 0) != self.state.step:
             raise bad(f"optim/meta step_count {sd.get('step_count', 0)} is not the {self.state.step} steps done")
-        names = () if not self.state.step else ("exp_avg", "exp_avg_sq") if sd["type"] != "SGD" else (
-            ("momentum_buffer",) if sd.get("momentum", 0) > 0 else ())
-        missing = [f"{name}.{i}" for name in names for i in range(len(self.model.parameters()))
+        missing = [f"{name}.{i}" for name in _kept_state(sd) for i in range(len(self.model.parameters()))
                    if f"{name}.{i}" not in state]
         if missing:
             raise bad(f"no optimizer state {missing[0]} after {self.state.step} steps")

@@ -157,3 +157,29 @@ def test_data_that_does_not_fit_the_model():
     model = build_model(2, [4], 2, seed=0)
     with pytest.raises(ValueError, match="out of range"):
         train(model, make_optimizer("sgd", model, lr=0.1), (x_tr, y_tr, x_te, y_te), epochs=1)
+
+
+def test_momentum_given_on_resume_saves_a_checkpoint_that_loads(tmp_path):
+    """A run without momentum stopped after the last step of epoch 1, resumed with momentum
+    (--momentum 0.9): that resume's first save (epoch 1 ends with no step of its own) had no
+    momentum buffers after 6 steps, and loading it said 'damaged checkpoint'."""
+    def stopped_with_momentum_on():
+        model = build_model(2, [16], 3, seed=7)
+        opt = make_optimizer("sgd", model, lr=0.05, momentum=0.0)
+        calls = iter(range(10**6))
+        with pytest.raises(TrainingInterrupted) as e:
+            run(epochs=2, model=model, opt=opt, should_stop=lambda: next(calls) == 5)  # 6 steps/epoch
+        assert (e.value.state.epoch, e.value.state.step) == (0, 6)
+        opt.momentum = 0.9
+        return model, opt, e.value.state
+
+    model, opt, state = stopped_with_momentum_on()
+    straight, _, _ = run(epochs=2, model=model, opt=opt, state=state)
+    model, opt, state = stopped_with_momentum_on()
+    run(epochs=1, model=model, opt=opt, state=state)
+    save_checkpoint(tmp_path / "c.npz", model, opt, state, {})
+    ck = load_checkpoint(tmp_path / "c.npz")
+    opt2 = make_optimizer("sgd", ck.model, lr=0.05, momentum=0.9)
+    opt2.load_state_dict(ck.optim_state)
+    resumed, _, _ = run(epochs=2, model=ck.model, opt=opt2, state=ck.state)
+    assert_same(weights(resumed), weights(straight))

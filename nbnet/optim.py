@@ -341,7 +341,9 @@ class SGD(Optimizer):
     @momentum.setter
     def momentum(self, value):
         # A buffer while momentum > 0, also for momentum given after construction (opt.momentum =
-        # 0.9, a loaded state_dict): a step without one read the weights as the buffer.
+        # 0.9, a loaded state_dict): a step without one read the weights as the buffer. Checked as
+        # the constructor checks it: a negative one kept no buffer and the kernel used the weights.
+        _check_nonneg("SGD", momentum=value)
         self._momentum = value
         names = ("momentum_buffer",) if value > 0 else ()
         if names != self.state_names:

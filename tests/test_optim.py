@@ -362,6 +362,15 @@ def test_sgd_given_momentum_after_construction_keeps_a_buffer(how, rng):
     nb.SGD(make_params(np.random.default_rng(7))[1], lr=0.1).load_state_dict(opt_b.state_dict())
 
 
+@pytest.mark.parametrize("momentum", [-0.5, math.nan, "0.9"])
+def test_momentum_set_after_construction_is_checked_as_the_constructors(momentum, rng):
+    """A negative momentum set on opt.momentum kept no buffer, and the kernel then used the weights
+    as one (b = μθ + g written into θ)."""
+    opt = nb.SGD(make_params(rng)[1], lr=0.1)
+    with pytest.raises(ValueError, match="SGD: momentum must be a finite number"):
+        opt.momentum = momentum
+
+
 @pytest.mark.parametrize("base", [nb.SGD, nb.Adam, nb.AdamW])
 def test_load_state_dict_of_a_subclass_with_its_own_constructor(base, rng):
     """A subclass (a warm-up schedule, ...) whose constructor takes other arguments loads its own

@@ -17,18 +17,22 @@ from . import cpu
 from .layers import Layer, kernels
 
 
+def _onehot_hint(targets, n, classes):
+    """Keras' categorical (one-hot) labels are the likely cause of an (n, classes) array: say what to pass."""
+    onehot = tuple(getattr(targets, "shape", ())) == (n, classes) and classes > 1
+    return " (one-hot rows? pass y.argmax(axis=1), each row's class)" if onehot else ""
+
+
 def check_labels(who, targets, n, classes):
     """Labels must be a 1-D integer array (or list) of length n with values in [0, classes)."""
     if isinstance(targets, (list, tuple)):
         targets = np.asarray(targets)
-    # Keras' categorical (one-hot) labels are the likely cause of an (n, classes) array: say what to pass.
-    onehot = tuple(getattr(targets, "shape", ())) == (n, classes) and classes > 1
-    hint = " (one-hot rows? pass y.argmax(axis=1), each row's class)" if onehot else ""
     if not hasattr(targets, "dtype") or getattr(targets.dtype, "kind", None) not in ("i", "u"):
         got = getattr(targets, "dtype", type(targets).__name__)
-        raise ValueError(f"{who}: labels must be an integer array, got {got}{hint}")
+        raise ValueError(f"{who}: labels must be an integer array, got {got}{_onehot_hint(targets, n, classes)}")
     if targets.ndim != 1 or targets.shape[0] != n:
-        raise ValueError(f"{who}: expected labels of shape ({n},), got {tuple(targets.shape)}{hint}")
+        raise ValueError(f"{who}: expected labels of shape ({n},), got {tuple(targets.shape)}"
+                         f"{_onehot_hint(targets, n, classes)}")
     if isinstance(targets, np.ndarray):  # device labels are checked once, when copied over
         lo, hi = map(int, cpu.label_bounds(targets))  # one pass: 5x cheaper than .min(), .max() at batch 1
         if lo < 0 or hi >= classes:

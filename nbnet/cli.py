@@ -86,9 +86,14 @@ def _one_line(msg):
 _signalled = []  # the Ctrl-C or SIGTERM that _on_signal turned into an exception, if any
 
 
+def _raised_for(signum):
+    """The exception a signal ends the command with: SIGTERM takes Ctrl-C's path, as Terminated."""
+    return Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
 def _on_signal(signum, frame):
     _signalled.append(signum)
-    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    raise _raised_for(signum)
 
 
 def _raise_if_signalled():
@@ -96,7 +101,7 @@ def _raise_if_signalled():
     callback (llvmlite's, while Numba loads a kernel) is printed as 'Exception ignored' and the
     command went on, a Ctrl-C lost."""
     if _signalled:
-        raise Terminated if _signalled[0] == signal.SIGTERM else KeyboardInterrupt
+        raise _raised_for(_signalled[0])
 
 
 def _quiet_broken_pipe():
@@ -768,7 +773,7 @@ class StopOnSignals:
 
     def _handler(self, signum, frame):
         if self.signum is not None:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise _raised_for(signum)
         self.signum = signum
 
     def __enter__(self):

@@ -7,11 +7,16 @@ from . import simd
 from .dist import share
 
 
+def whole(value, least):
+    """Whether `value` is an integer (a NumPy one too) of at least `least`. bool is an int to Python,
+    but True is no batch size, epoch count or patience (scikit-learn's early_stopping=True)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+
+
 def batch_order(n, batch_size, shuffle, seed):
     """The row order of an epoch: a permutation from np.random.default_rng(seed), or None for
     rows in order. `seed` may be an int or a sequence of ints (e.g. (seed, epoch))."""
-    # bool is an int, but True is no batch size (batches of one row), as nb.train says too.
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+    if not whole(batch_size, 1):
         raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
     return np.random.default_rng(seed).permutation(n) if shuffle else None
 

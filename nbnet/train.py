@@ -23,7 +23,7 @@ import numpy as np
 
 from . import dist
 from .check import compile_kernels
-from .data import batches, batches_reusing
+from .data import batches, batches_reusing, whole
 from .datasets import check_features, is_real
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
@@ -396,18 +396,16 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     """
     check_loss(loss)
     comm = dist.wrap(comm)
-    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+    if not whole(epochs, 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        if not whole(size, 1):
             raise ValueError(f"{name} must be a positive integer, got {size!r}")
     # Every epoch's shuffle and the validation split draw from (seed, ...): None (NumPy's "random")
     # or a negative one failed inside NumPy's SeedSequence, after the kernels compiled.
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+    if not whole(seed, 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    # bool is an int, but early_stopping=True (scikit-learn's switch) is not a patience of 1 epoch.
-    if early_stopping is not None and (not isinstance(early_stopping, (int, np.integer))
-                                       or isinstance(early_stopping, bool) or early_stopping < 1):
+    if early_stopping is not None and not whole(early_stopping, 1):
         raise ValueError(f"early_stopping must be a positive integer (epochs of patience), got {early_stopping!r}")
     # Read first after epoch 1: a string failed there, NaN or a negative one chose epochs silently.
     _check_nonneg("nb.train", min_delta=min_delta)

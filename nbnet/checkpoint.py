@@ -7,6 +7,9 @@
                                            progress, the history of per-epoch metrics, and the best
                                            validation loss so far, its epoch and the epochs since it
     train/config                           JSON: the resolved `nbnet train` options
+    train/data                             JSON: the data's shapes and CRCs (dist.data_fingerprint), so
+                                           that --resume on a dataset that changed since is refused;
+                                           absent in checkpoints written before it existed
     checkpoint/version                     int64 format version
 
 There is no RNG state to store: shuffling is seeded with (seed, epoch) and initialisation with
@@ -44,9 +47,10 @@ def _kept_state(sd):
     return ("momentum_buffer",) if sd.get("momentum", 0) > 0 else ()
 
 
-def save_checkpoint(path, model, opt, state, config):
+def save_checkpoint(path, model, opt, state, config, data=None):
     """Write everything a resume needs, atomically (temp file + rename). Weights or optimizer
-    state holding NaN or Inf are an error: a diverged run is never saved as a good one."""
+    state holding NaN or Inf are an error: a diverged run is never saved as a good one. `data`:
+    the training data's fingerprint (dist.data_fingerprint), if known."""
     arrays = model.state_arrays()
     sd = opt.state_dict()
     optim_state = sd.pop("state")
@@ -66,6 +70,8 @@ def save_checkpoint(path, model, opt, state, config):
         "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
     })
     arrays["train/config"] = _json(config)
+    if data is not None:
+        arrays["train/data"] = _json(data)
     arrays["checkpoint/version"] = np.array(CHECKPOINT_VERSION, np.int64)
     write_npz_atomic(path, arrays)
 
@@ -182,8 +188,9 @@ def _check_config(config, bad):
 
 class Checkpoint:
     """A loaded checkpoint: .model (Sequential), .config (dict), .state (TrainState),
-    .optim_state (a state_dict for optimizer.load_state_dict). For a file that `Sequential.save`
-    wrote, only .model: .config is {} and .state, .optim_state are None.
+    .optim_state (a state_dict for optimizer.load_state_dict), .data (the data's fingerprint, or
+    None if the file has none). For a file that `Sequential.save` wrote, only .model: .config is
+    {} and .state, .optim_state, .data are None.
 
     Everything is checked against the schema above (types, ranges, sizes) and the arrays against
     the architecture before anything is built; NaN or Inf anywhere is an error. The option values
@@ -194,7 +201,7 @@ class Checkpoint:
         arrays = read_npz(path)
         self.path = path
         self.model = model_from_arrays(arrays, source=path)
-        self.config, self.state, self.optim_state = {}, None, None
+        self.config, self.state, self.optim_state, self.data = {}, None, None, None
         if "checkpoint/version" not in arrays:  # a model.save file: a model, nothing to resume
             return
 
@@ -235,6 +242,10 @@ class Checkpoint:
             raise bad(f"no optimizer state {missing[0]} after {self.state.step} steps")
         sd["state"] = state
         self.optim_state = sd
+        if "train/data" in arrays:
+            self.data = json_entry(arrays, "train/data", path)
+            if not isinstance(self.data, str) or len(self.data) > 1000:
+                raise bad("train/data is not a data fingerprint")
 
 
 def load_checkpoint(path):

@@ -447,6 +447,13 @@ def train_cmd(ctx, **opts):
     x_tr, y_tr, x_val, y_val = split_validation(data[0], data[1], cfg["val_split"], cfg["seed"])
     data = (x_tr, y_tr, data[2], data[3])
     val_data = None if x_val is None else (x_val, y_val)
+    # What the checkpoints say they were trained on: a file changed since would resume another run
+    data_print = None
+    if opts["save"] or opts["save_best"] or resume is not None:  # (under MPI only process 0 saves)
+        data_print = dist.data_fingerprint((*data, x_val, y_val))
+    if resume is not None and resume.data is not None and resume.data != data_print:
+        raise CliError(f"{resume.path} does not fit: it was trained on other data than --dataset {cfg['dataset']} "
+                       f"holds now (then {resume.data}; now {data_print})")
     if resume is not None:
         model, state = resume.model, resume.state
     else:
@@ -490,7 +497,7 @@ def train_cmd(ctx, **opts):
         def on_epoch(st, metrics):
             # save first: a closed stdout (`| head -1`) must not lose the epoch
             if opts["save"]:
-                save_checkpoint(opts["save"], model, opt, st, cfg)
+                save_checkpoint(opts["save"], model, opt, st, cfg, data_print)
                 saved.append(st.epoch)
             if metrics_file:
                 metrics_file.write(json_line(metrics) + "\n")
@@ -499,7 +506,7 @@ def train_cmd(ctx, **opts):
 
         def on_best(st, metrics):
             if opts["save_best"]:
-                save_checkpoint(opts["save_best"], model, opt, st, cfg)
+                save_checkpoint(opts["save_best"], model, opt, st, cfg, data_print)
 
         with StopOnSignals() as stopper, not_saying_compiling() if opts["quiet"] else contextlib.nullcontext():
             try:
@@ -524,7 +531,7 @@ def train_cmd(ctx, **opts):
                 what = "Terminated" if stopper.signum == signal.SIGTERM else "Interrupted"
                 where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
                 if opts["save"]:
-                    save_checkpoint(opts["save"], model, opt, e.state, cfg)
+                    save_checkpoint(opts["save"], model, opt, e.state, cfg, data_print)
                     msg = f"{what} in {where}: checkpoint saved to {opts['save']} (continue with --resume {opts['save']})"
                 else:
                     msg = f"{what} in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"

@@ -371,24 +371,34 @@ def wrap(comm):
     return wrapped
 
 
-def fingerprint(options, data, params):
-    """A short string that two processes share when their options, data (shapes, features and
-    labels) and weights are the same: what agree_setup compares. The features count too: a
-    machine whose copy of a file differs in its pixels alone (same path, same labels) trained
-    another problem silently. (A CRC of MNIST's 188 MB of float32 features takes ~0.1 s.)"""
-    def crc(arrays):
-        value = 0
-        for arr in arrays:
-            value = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), value)
-        return f"{value:08x}"
+def _crc(arrays):
+    value = 0
+    for arr in arrays:
+        value = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), value)
+    return f"{value:08x}"
 
+
+def data_fingerprint(data):
+    """A short string naming the data (x, y, x, y, ...; a missing pair None): shapes and CRCs of
+    the features and of the labels. The features count too: a machine whose copy of a file differs
+    in its pixels alone (same path, same labels) trained another problem silently. (A CRC of
+    MNIST's 188 MB of float32 features takes ~0.1 s.) A checkpoint keeps it, so that --resume on
+    a file that changed since is refused."""
     from .model import to_host  # noqa: PLC0415
 
-    data = [None if a is None else to_host(a) for a in data]  # (x, y) pairs; a missing pair is None
+    data = [None if a is None else to_host(a) for a in data]
     shapes = "/".join("-" if a is None else "x".join(map(str, a.shape)) for a in data)
     features, labels = [a for a in data[0::2] if a is not None], [a for a in data[1::2] if a is not None]
-    return (f"options {crc([np.frombuffer(repr(sorted(options.items())).encode(), np.uint8)])}, "
-            f"data {shapes} features {crc(features)} labels {crc(labels)}, weights {crc([to_host(p.data) for p in params])}")
+    return f"data {shapes} features {_crc(features)} labels {_crc(labels)}"
+
+
+def fingerprint(options, data, params):
+    """A short string that two processes share when their options, data and weights are the
+    same: what agree_setup compares."""
+    from .model import to_host  # noqa: PLC0415
+
+    return (f"options {_crc([np.frombuffer(repr(sorted(options.items())).encode(), np.uint8)])}, "
+            f"{data_fingerprint(data)}, weights {_crc([to_host(p.data) for p in params])}")
 
 
 def _print_error(message, before=""):

@@ -248,6 +248,29 @@ def test_resume_may_take_momentum_away_and_give_it_back(run, tmp_path):
         assert ("optim/state/momentum_buffer.0" in np.load(ck).files) == (momentum != "0")
 
 
+def test_resume_on_a_dataset_file_that_changed_is_refused(tmp_path):
+    """The checkpoint names its dataset by path: a file changed since (one pixel) resumed silently,
+    training another problem from the stored weights. The data's fingerprint is checked now, and
+    an unchanged file (or an older checkpoint without one) resumes as before."""
+    data, ck = tmp_path / "blobs.npz", tmp_path / "c.npz"
+    x, y = blobs(data)
+    assert nbnet("train", "--dataset", data, *FAST, "--val-split", "0.2", "--save", ck, "-q").exit_code == 0
+    assert load_checkpoint(ck).data.startswith("data ")
+    changed = x.copy()
+    changed[7, 1] += 1
+    np.savez(data, x=changed, y=y)
+    assert_error(nbnet("train", "--resume", ck, "--epochs", "3"), str(ck), "trained on other data")
+    np.savez(data, x=x, y=y)
+    assert nbnet("train", "--resume", ck, "--epochs", "3", "-q").exit_code == 0
+    with np.load(ck, allow_pickle=False) as f:
+        older = {k: f[k] for k in f.files if k != "train/data"}
+    np.savez(ck, **older)
+    assert load_checkpoint(ck).data is None
+    assert nbnet("train", "--resume", ck, "--epochs", "4", "-q").exit_code == 0
+    assert_error(nbnet("train", "--resume", rewrite(ck, tmp_path / "bad.npz", train__data=[1]), "--epochs", "5"),
+                 "train/data is not a data fingerprint")
+
+
 @pytest.mark.parametrize("option", ["--resume", "--save", "--metrics-out", "--plot", "--config", "--save-best"])
 def test_empty_paths_are_errors(option):
     assert_error(nbnet("train", option, ""), option, "empty path")

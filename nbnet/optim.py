@@ -415,8 +415,6 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     parameters: Parameters (e.g. model.parameters()) or a single one. The sum runs in float64 (on a
     copy for a model on the GPU); the scale is applied in the gradients' dtype.
     """
-    from .model import to_host  # noqa: PLC0415
-
     params = [parameters] if hasattr(parameters, "grad") else list(parameters)
     if not isinstance(max_norm, (int, float)) or isinstance(max_norm, bool) or not max_norm >= 0:
         raise ValueError(f"clip_grad_norm_: max_norm must be a number ≥ 0, got {max_norm!r}")
@@ -426,7 +424,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if not params:
         return 0.0
     grads = [p.grad for p in params if p.grad is not None]
-    host = [to_host(g).astype(np.float64, copy=False).ravel() for g in grads]
+    # copy_to_host by hand: nbnet.model.to_host would make optim import model, which imports optim
+    host = [(g if isinstance(g, np.ndarray) else g.copy_to_host()) for g in grads]
+    host = [g.astype(np.float64, copy=False).ravel() for g in host]
     if math.isinf(q):
         total = max(float(np.abs(g).max(initial=0.0)) for g in host)
     else:

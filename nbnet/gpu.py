@@ -7,10 +7,12 @@ constants as `x.dtype.type(c)`), plus:
 - Each output element has one owner thread and every sum runs in a fixed order, with no atomics:
   the same inputs give bitwise the same outputs on every run.
 - Linear is a shared-memory tiled matmul: a block of TILE x TILE threads computes a BT x BT
-  output tile (BT = REG TILE), each thread REG x REG outputs in registers; its sums run in the same
-  order as the CPU kernel's (l = 0, 1, ... for Y, i for dW, j for dX). A batch longer than
-  SPLIT_ROWS sums dW in parts of rows side by side, then adds the parts in order: still a fixed
-  order, fixed by the batch size alone.
+  output tile (BT = REG TILE), each thread REG x REG outputs in registers; its sums run in the
+  order of the CPU's formula kernels (`linear_*_ref`: Y from b_j over l = 0, 1, ..., dW onto its
+  old value over i, dX over j), not of its fast ones, which sum in vector lanes and in KC-step
+  chunks: the two devices agree to rounding, not bit for bit. A batch longer than SPLIT_ROWS sums
+  dW in parts of rows side by side, then adds the parts in order: still a fixed order, fixed by the
+  batch size alone.
 - A loss's mean is reduced by one block in a fixed tree order, and only that scalar is copied back.
 - Scalars a CPU kernel gets from np.finfo (the log clamp) arrive as arguments: device code has no
   np.finfo.

@@ -531,9 +531,9 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
 
 
 # Below this much work an optimizer step or an element-wise kernel runs serially (see Kernel). The
-# work is the element count for a pass that memory bounds (SGD, ReLU, the backward passes), times
-# EXP_COST for one with an exp per element (sigmoid, BCE's backward), half that for adam_step (a
-# square root and a division). Measured on 2 cores (Zen 3, serial /
+# work is the element count for a pass that memory bounds (ReLU, the backward passes; sgd_step twice
+# its count, below), times EXP_COST for one with an exp per element (sigmoid, BCE's backward), half
+# that for adam_step (a square root and a division). Measured on 2 cores (Zen 3, serial /
 # parallel twin time, interleaved, quiet; waking the sleeping thread costs 10-15 µs): sgd_step 0.70
 # at 131K elements, 1.20 at 262K, 2.0 at 524K; relu forward/backward 0.62-0.73 at 131K, 0.97-1.02 at
 # 262K; but sigmoid forward 1.75 at 32K and adam_step 0.75 at 32K, 1.30 at 131K. sgd_step counts

@@ -412,8 +412,9 @@ class Linear(Layer):
 
 @dataclass(eq=False)
 class _Activation(Layer):
-    """An element-wise layer: y = f(x), dx = g ⊙ f'(x). Subclasses name their two kernels and
-    whether the backward reads the forward's input (ReLU) or its output (Sigmoid, Tanh, Softmax)."""
+    """An activation: y = f(x), dx = g ⊙ f'(x) element by element (ReLU, Sigmoid, Tanh), or row by
+    row for Softmax (dx_i = J_i g_i, its Jacobian-vector product). Subclasses name their two kernels
+    and whether the backward reads the forward's input (ReLU) or its output (Sigmoid, Tanh, Softmax)."""
 
     inp: Any = field(init=False, default=None, repr=False)
     out: Any = field(init=False, default=None, repr=False)

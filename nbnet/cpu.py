@@ -110,9 +110,10 @@ linear_backward_input_ref = pjit(_linear_backward_input_ref)
 
 # The fast kernels compute the same sums through nbnet.simd's register-blocked micro-kernels, sized
 # for this CPU when nbnet is imported (simd.describe() says which). Two shapes of product:
-# - broadcast (simd.bcast_unit): C[r, :] += a_rs · B[s, :], one element of A times a contiguous row
+# - broadcast (simd.bcast_unit): C[r, :] += A[r, s] · B[s, :], one element of A times a contiguous row
 #   of B. dW = GᵀX (A = Gᵀ, B = X), dX = GW (A = G, B = W), and the forward from a copy of Wᵀ at
-#   large batches (A = X, B = Wᵀ). Each output sums s in plain order, one FMA per step.
+#   large batches (A = X, B = Wᵀ). Each output sums s in plain order, one FMA per step, in chunks
+#   of at most simd.KC steps, each chunk's sum added to C.
 # - dot (simd.dot_unit): y_ij = Σ_l x_il w_jl with both rows read along l: the forward at small
 #   batches, where copying W to Wᵀ would cost as much as the product. Each output keeps W lane
 #   partial sums, added in a fixed tree at the end.

@@ -7,7 +7,7 @@
    follow from it.
 2. Two register-blocked micro-kernels, LLVM IR emitted by `numba.extending.intrinsic`s, whose
    block sizes are compile-time parameters:
-     bcast_block   C[r, :] (+)= Σ_s a_rs B[s, :]   one element of A broadcast, times contiguous
+     bcast_block   C[r, :] (+)= Σ_s A[r, s] B[s, :]   one element of A broadcast, times contiguous
                    rows of B: MR rows × NV vectors of accumulators (dW = GᵀX, dX = GW, Y = X·Wᵀ
                    from a copy of Wᵀ)
      dot_block     C[r, c] = Σ_l A[r, l] B[c, l]   vectors along the shared contiguous index l:

@@ -750,8 +750,8 @@ def bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared):
     the panels of all the unit's whole tiles fit the panel buffer together (a short sum), they are
     all packed first and C is walked row block by row block (in runs of tiles that fit it, for a
     wide group). u < bcast_units(c, steps, shared). A C of BCAST_MR + 1 to TALL_MR rows is walked
-    in tall blocks of all its rows (TALL_NV vectors wide). Columns past the last full tile use
-    one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
+    in tall blocks of all its rows (TALL_NV vectors wide). Columns past the last full tile use a
+    two-vector block (where BCAST_NV > 2) and one-vector blocks, then plain scalar loops. Returns the block (r0, r1, c0, c1)."""
     rows, cols = c.shape
     w = vector_lanes(c)
     nc = BCAST_NV * w

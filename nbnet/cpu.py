@@ -1003,9 +1003,8 @@ adam_step = Kernel(_adam_step, lambda param, *rest: param.shape[0] * EXP_COST //
 
 
 # ----------------------------------------------------------------------------------------------
-# Array helpers that nbnet/gpu.py mirrors for device arrays.
-
-empty = np.empty
+# Array helpers that nbnet/gpu.py mirrors for device arrays (a host buffer comes from simd.empty,
+# aligned to a cache line: see nbnet.layers.empty_like_shape).
 
 
 def fill(arr, value):

@@ -991,7 +991,7 @@ def adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, st
 
 
 # ----------------------------------------------------------------------------------------------
-# Array helpers (the twins of cpu.empty / cpu.fill)
+# Array helpers (the twins of simd.empty, which nbnet.layers.empty_like_shape calls for the host, and cpu.fill)
 
 
 @_jit

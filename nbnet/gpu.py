@@ -1,8 +1,9 @@
 """GPU kernels: the CUDA twin of nbnet/cpu.py, compiled with numba-cuda (`pip install 'nbnet[cuda]'`).
 
-Every function that layers, losses and optimizers call in nbnet.cpu has a launcher here of the same
-name and arguments; it picks the grid and launches `_<name>_kernel`, whose docstring states the same
-formula. Conventions as in cpu.py (outputs first, gradients d<name>, generic over float32/float64,
+Every function that layers, losses and optimizers call through nbnet.layers.kernels has a launcher
+here of the same name and arguments; it picks the grid and launches `_<name>_kernel`, or a kernel it
+shares (the Linear+ReLU forms run the Linear kernels with a flag; a loss's forward runs a per-row or
+a one-block sum kernel and takes the mean on the host), whose docstring states the formula. Conventions as in cpu.py (outputs first, gradients d<name>, generic over float32/float64,
 constants as `x.dtype.type(c)`), plus:
 - Each output element has one owner thread and every sum runs in a fixed order, with no atomics:
   the same inputs give bitwise the same outputs on every run.

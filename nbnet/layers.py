@@ -1,8 +1,8 @@
 """Layers: plain dataclasses holding parameters, gradients and the forward cache.
 
-Each layer's forward/backward checks its input once, then calls one kernel from nbnet.cpu (NumPy
-arrays) or nbnet.gpu (CUDA device arrays) with the same name and arguments: the array's location
-picks the kernel, nothing else changes.
+Each layer's forward/backward checks its input once, then calls its kernels (Linear's backward: two,
+dW and db, then dX) from nbnet.cpu (NumPy arrays) or nbnet.gpu (CUDA device arrays), the same names
+and arguments in both: the array's location picks the module, nothing else changes.
 
 Buffers: a layer owns its output and input-gradient arrays and reuses them while the batch size
 stays the same, so a training step allocates nothing. The array `forward` returns is therefore

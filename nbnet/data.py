@@ -4,13 +4,17 @@
 import numpy as np
 
 from . import simd
-from .dist import share
 
 
 def whole(value, least):
     """Whether `value` is an integer (a NumPy one too) of at least `least`. bool is an int to Python,
     but True is no batch size, epoch count or patience (scikit-learn's early_stopping=True)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+
+
+def share(n, rank, size):
+    """Rows [lo, hi) of n that process `rank` of `size` takes: contiguous, sizes differ by at most 1."""
+    return n * rank // size, n * (rank + 1) // size
 
 
 def batch_order(n, batch_size, shuffle, seed):
@@ -51,7 +55,7 @@ def batches_reusing(x, y, batch_size, shuffle=True, seed=None, part=(0, 1)):
     """Like `batches` (same batches, same order), but gathers each batch into two buffers made once,
     so a training step allocates nothing. Each yielded pair is overwritten by the next one: use it
     in a training loop, not to keep batches. (In order, the batches are views of x and y.)
-    part=(rank, size): only rows nbnet.dist.share(len(batch), rank, size) of every batch (possibly
+    part=(rank, size): only rows share(len(batch), rank, size) of every batch (possibly
     none), the share of one of `size` data-parallel processes."""
     _check_lengths(x, y)
     order = batch_order(len(x), batch_size, shuffle, seed)

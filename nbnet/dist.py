@@ -2,8 +2,8 @@
 `nb.train(..., comm=MPI.COMM_WORLD)` (extra `nbnet[mpi]`: mpi4py and mpich).
 
 Every process holds the whole model and the whole data set, walks the same global order of rows,
-and takes its own contiguous share of every global batch (`share`). Its loss is the mean over its
-k_local rows, so it scales its gradient by k_local / k_global: the sum over processes, one
+and takes its own contiguous share of every global batch (`nbnet.data.share`). Its loss is the mean
+over its k_local rows, so it scales its gradient by k_local / k_global: the sum over processes, one
 Allreduce over the packed gradient buffer per step, is then the gradient of the global-batch mean,
 and every process applies the same optimizer step to the same weights. A second Allreduce of five
 numbers per step (loss·k, correct, k, and the Ctrl-C request) keeps the metrics global and the
@@ -96,11 +96,6 @@ def setup_timeout():
     if not (0 < value < math.inf):
         raise ValueError(f"NBNET_MPI_TIMEOUT must be a number of seconds > 0, got {text!r}")
     return value
-
-
-def share(n, rank, size):
-    """Rows [lo, hi) of n that process `rank` of `size` takes: contiguous, sizes differ by at most 1."""
-    return n * rank // size, n * (rank + 1) // size
 
 
 def mpi_status():

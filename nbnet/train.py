@@ -23,7 +23,7 @@ import numpy as np
 
 from . import dist
 from .check import compile_kernels
-from .data import batches, batches_reusing, whole
+from .data import batches, batches_reusing, share, whole
 from .datasets import check_features, is_real
 from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
@@ -260,7 +260,7 @@ def batch_source(model, x, y, part=(0, 1)):
 
     def mine(batch_size, shuffle, seed=None):
         for xb, yb in every(batch_size, shuffle, seed):
-            lo, hi = dist.share(len(yb), *part)
+            lo, hi = share(len(yb), *part)
             yield xb[lo:hi], yb[lo:hi]
 
     return mine
@@ -463,7 +463,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         share of the rows, and the sums are added up over processes."""
         if x is None:
             return None
-        lo, hi = dist.share(len(y), comm.rank, comm.size)
+        lo, hi = share(len(y), comm.rank, comm.size)
         source = batch_source(model, x[lo:hi], y[lo:hi]) if hi > lo else (lambda *args, **kwargs: iter(()))
 
         def score():
@@ -476,7 +476,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     best_params = None
     # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
     # seconds and samples/s measure training, not compilation.
-    local = [hi - lo for lo, hi in (dist.share(b, comm.rank, comm.size) for b in (batch_size, n % batch_size))]
+    local = [hi - lo for lo, hi in (share(b, comm.rank, comm.size) for b in (batch_size, n % batch_size))]
     compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),),
                     say=comm.rank == 0)
 

@@ -574,12 +574,13 @@ def _relu_backward(dinp, dout, inp):
     """dx_ij = g_ij if x_ij >= 0 else 0
 
     ReLU'(0) = 1 is the design notes' convention; PyTorch takes ReLU'(0) = 0. The two differ only
-    when an input is exactly 0.
+    when an input is exactly 0. Written as "0 where x < 0", as the fused linear_relu_backward_input
+    and torch do, so that at a NaN input the gradient passes in every form (the forward passes NaN).
     """
     zero = inp.dtype.type(0)
     for i in prange(inp.shape[0]):
         for j in range(inp.shape[1]):
-            dinp[i, j] = dout[i, j] if inp[i, j] >= zero else zero
+            dinp[i, j] = zero if inp[i, j] < zero else dout[i, j]
 
 
 relu_backward = Kernel(_relu_backward, _elements, STEP_PARALLEL_WORK)

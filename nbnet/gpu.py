@@ -578,13 +578,13 @@ def _relu_forward_kernel(out, inp):
 
 @_jit
 def _relu_backward_kernel(dinp, dout, inp):
-    """dx_ij = g_ij if x_ij >= 0 else 0   (ReLU'(0) = 1, as on the CPU)"""
+    """dx_ij = g_ij if x_ij >= 0 else 0   (ReLU'(0) = 1; at NaN the gradient passes: as on the CPU)"""
     p = cuda.grid(1)
     if p < inp.size:
         i = p // inp.shape[1]
         j = p - i * inp.shape[1]
         zero = inp.dtype.type(0)
-        dinp[i, j] = dout[i, j] if inp[i, j] >= zero else zero
+        dinp[i, j] = zero if inp[i, j] < zero else dout[i, j]
 
 
 @_jit

@@ -63,6 +63,23 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_fused_and_plain_agree_at_nan(dtype):
+    """At a NaN pre-activation the fused dX kernel (0 where x' < 0) let the gradient through and
+    relu_backward (g where x ≥ 0) gave 0: a planned step and a layer-by-layer one differed. Both
+    are "0 where x < 0" now, torch's choice too (its forward passes the NaN on)."""
+    rng = np.random.default_rng(0)
+    g, w, preact = rand(rng, (5, 4), dtype), rand(rng, (4, 67), dtype), rand(rng, (5, 67), dtype)
+    preact[1, 3], preact[2, 5], preact[3, 7] = np.nan, 0, -0.0
+    fused, plain, dx = np.empty((5, 67), dtype), np.empty((5, 67), dtype), np.empty((5, 67), dtype)
+    cpu.linear_relu_backward_input(fused, g, w, preact)
+    cpu.linear_backward_input(dx, g, w)
+    cpu.relu_backward(plain, dx, preact)
+    np.testing.assert_array_equal(plain, fused)
+    np.testing.assert_array_equal(plain, np.where(preact < 0, 0, dx))
+    assert plain[1, 3] == dx[1, 3] != 0 and plain[2, 5] == dx[2, 5] and plain[3, 7] == dx[3, 7]
+
+
 def split_columns(k, n, m, dtype):
     """Which of dW, dX and Y-over-Wᵀ the parallel twin's units split by columns (simd.bcast_grid):
     the twins then differ in how they walk C, and small shapes (one unit) never get there."""

@@ -365,6 +365,14 @@ def _check_x_values(x, y, source, targets, dtype):
     y = y.astype(np.float64)
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{source}: targets hold NaN or Inf")
+    # The targets are trained on in `dtype` (the command converts them): one too large for it
+    # became Inf there, with NumPy's overflow warning and then an error that named no file.
+    with np.errstate(over="ignore"):
+        too_large = ~np.isfinite(y.astype(dtype))
+    if too_large.any():
+        at = tuple(int(i) for i in np.argwhere(too_large)[0])
+        raise ValueError(f"{source}: target y[{', '.join(map(str, at))}] is {y[at]:g} (counted from 0), "
+                         f"too large for {np.dtype(dtype)}")
     if targets == "binary" and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{source}: binary targets must lie in [0, 1], found {y.min() if y.min() < 0 else y.max()}")
     return x, y

@@ -179,7 +179,8 @@ def as_targets(model, y, loss, who="y"):
         raise ValueError(f"{who}: {loss} needs numeric targets, got {y.dtype}")
     if y.ndim == 1:
         y = y.reshape(-1, 1)
-    y = np.ascontiguousarray(y, dtype=model.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for the dtype: the error below says so
+        y = np.ascontiguousarray(y, dtype=model.dtype)
     if y.size and not np.all(np.isfinite(y)):
         raise ValueError(f"{who}: targets hold NaN or Inf (or values too large for {model.dtype})")
     if loss == "bce" and y.size and (y.min() < 0 or y.max() > 1):

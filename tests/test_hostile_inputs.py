@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 import tracemalloc
+import warnings
 import zlib
 
 import numpy as np
@@ -363,6 +364,26 @@ def test_timedelta_arrays_are_not_numbers(tmp_path, which, targets):
     loss = {"labels": "cross-entropy", "values": "mse", "binary": "bce"}[targets]
     with pytest.raises(ValueError, match="timedelta64"):
         nb.train(model, opt, (data["x"], data["y"], data["x"], data["y"]), epochs=1, batch_size=2, loss=loss)
+
+
+@pytest.mark.parametrize("targets,loss", [("values", "mse"), ("binary", "bce")])
+def test_a_target_too_large_for_float32_is_one_error_naming_it(tmp_path, targets, loss):
+    # finite in float64, Inf in float32: NumPy's overflow warning came first (from the command
+    # with its source line), then an error that named no file
+    y = np.zeros((6, 2))
+    y[4, 1] = 1e39 if targets == "values" else 0.5
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 2)), y=y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if targets == "values":
+            with pytest.raises(ValueError, match=r"d\.npz: target y\[4, 1\] is 1e\+39 .*too large for float32"):
+                datasets.load(str(tmp_path / "d.npz"), targets=targets)
+            datasets.load(str(tmp_path / "d.npz"), targets=targets, dtype=np.float64)
+        model = nb.Sequential([nb.Linear(2, 2, seed=0)])
+        opt = nb.SGD(model.parameters(), lr=0.1)
+        y[4, 1] = 1e39  # bce's range check comes after the conversion
+        with pytest.raises(ValueError, match="y_train: .*too large for float32"):
+            nb.train(model, opt, (np.zeros((6, 2)), y), epochs=1, loss=loss)
 
 
 def test_npz_with_an_array_stored_twice_is_refused(tmp_path):

@@ -987,11 +987,14 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
 
 def _prediction_text(pred, loss_name, rows=1 << 14):
     """predict's text, a line per row, a block of `rows` rows at a time: a Python string per row for
-    all of them took some 60 bytes a row, 7 times a 2-feature float32 input."""
+    all of them took some 60 bytes a row, 7 times a 2-feature float32 input. Values with the digits
+    that give back the model's number: 9 for float32, 17 for float64 (at 9, a float64 model's
+    predictions came out rounded to about float32's precision)."""
+    digits = 17 if pred.dtype == np.float64 else 9
     for start in range(0, len(pred), rows):
         block = pred[start:start + rows]
         if loss_name == "mse":
-            lines = [",".join(f"{v:.9g}" for v in row) for row in block.tolist()]
+            lines = [",".join(f"{v:.{digits}g}" for v in row) for row in block.tolist()]
         elif loss_name == "bce" and block.shape[1] > 1:
             lines = ["{" + ",".join(str(j) for j in np.flatnonzero(row)) + "}" for row in block]
         else:  # classes, or one binary output's 0/1

@@ -881,6 +881,8 @@ def test_a_numba_num_threads_numba_cannot_use_is_one_error_line(value):
     ("bce", np.array([[1], [0], [1]], np.int64), "1\n0\n1\n"),
     ("bce", np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], np.int64), "{0,2}\n{}\n{1}\n"),
     ("mse", np.array([[0.5, -2.0], [1e-9, 3.25], [7.0, 1.0]], np.float32), "0.5,-2\n9.99999972e-10,3.25\n7,1\n"),
+    # a float64 model's outputs read back as the same numbers, not rounded to float32's digits
+    ("mse", np.array([[1 / 3, -2.0], [0.1, 1e300]]), "0.33333333333333331,-2\n0.10000000000000001,1.0000000000000001e+300\n"),
 ])
 def test_predict_text_comes_in_blocks_that_join_to_one_line_per_row(loss, pred, text):
     """predict held a Python string per row for every row (about 60 bytes a row) before writing."""

@@ -34,6 +34,8 @@ def check_labels(who, targets, n, classes):
         raise ValueError(f"{who}: expected labels of shape ({n},), got {tuple(targets.shape)}"
                          f"{_onehot_hint(targets, n, classes)}")
     if isinstance(targets, np.ndarray):  # device labels are checked once, when copied over
+        if not targets.dtype.isnative:  # a file's big-endian labels: the kernels read native order
+            targets = targets.astype(targets.dtype.newbyteorder("="))
         lo, hi = map(int, cpu.label_bounds(targets))  # one pass: 5x cheaper than .min(), .max() at batch 1
         if lo < 0 or hi >= classes:
             bad = lo if lo < 0 else hi
@@ -104,7 +106,8 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
         if (type(logits) is np.ndarray and type(targets) is np.ndarray and probs is not None
                 and type(probs) is np.ndarray and logits.shape == probs.shape and logits.dtype == probs.dtype
                 and logits.flags.c_contiguous and targets.shape == losses.shape and targets.dtype.kind in "iu"
-                and targets.flags.c_contiguous and dlogits is not None and dlogits.shape == probs.shape):
+                and targets.dtype.isnative and targets.flags.c_contiguous
+                and dlogits is not None and dlogits.shape == probs.shape):
             lo, hi = cpu.label_bounds(targets)
             if lo >= 0 and hi < logits.shape[1]:
                 self.probs, self.targets = probs, targets

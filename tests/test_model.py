@@ -231,6 +231,20 @@ def test_label_errors_after_a_good_call():
     np.testing.assert_allclose(loss.backward(), (np.full((3, 4), 0.25) - np.eye(4)[[0, 1, 3]]) / 3, rtol=1e-6)
 
 
+def test_labels_in_big_endian_byte_order_are_labels():
+    """Integer labels from a file in big-endian order ('>i8': np.load keeps a file's order) are
+    read as their values: the label kernels, compiled for native order, failed with Numba's
+    TypingError (non-precise type pyobject), on the fast path too."""
+    probs, labels = np.full((3, 4), 0.25, np.float32), np.array([0, 1, 3])
+    for loss in (nb.SoftmaxCrossEntropy(), nb.CrossEntropy()):
+        for dtype in (">i8", "<i8"):
+            for _ in range(2):  # the first call and the fast path of a second one
+                assert loss.forward(probs, labels.astype(dtype)) == pytest.approx(np.log(4))
+                assert loss.backward().dtype == np.float32
+        with pytest.raises(ValueError, match="label 4 is out of range"):
+            loss.forward(probs, np.array([0, 1, 4], ">i8"))
+
+
 def test_batches_cover_everything_once_and_are_seeded():
     x = np.arange(10, dtype=np.float32)[:, None]
     y = np.arange(10)

@@ -416,7 +416,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     copy for a model on the GPU); the scale is applied in the gradients' dtype.
     """
     params = [parameters] if hasattr(parameters, "grad") else list(parameters)
-    if not isinstance(max_norm, (int, float)) or isinstance(max_norm, bool) or not max_norm >= 0:
+    if not _real(max_norm) or not max_norm >= 0:  # NumPy scalars too, as the optimizers take them
         raise ValueError(f"clip_grad_norm_: max_norm must be a number ≥ 0, got {max_norm!r}")
     q = float(norm_type)
     if not (q > 0):
@@ -433,7 +433,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         total = sum(float(np.sum(np.abs(g) ** q)) for g in host) ** (1.0 / q)
     if error_if_nonfinite and not math.isfinite(total):
         raise ValueError(f"clip_grad_norm_: the total norm of the gradients is {total}")
-    coef = max_norm / (total + 1e-6)
+    coef = float(max_norm) / (total + 1e-6)  # in double, as before: np.float32 / float is float32
     if coef < 1.0:
         for g in grads:
             if isinstance(g, np.ndarray):

@@ -206,6 +206,34 @@ def test_clip_grad_norm_matches_numpy(max_norm, q):
         nb.clip_grad_norm_(model.parameters(), -1.0)
 
 
+def test_clip_grad_norm_takes_numpy_scalars():
+    """A max_norm computed in NumPy (np.float32, np.int64) is a number, as the optimizers' rates are
+    (and torch takes it): it was refused as 'must be a number ≥ 0, got np.float32(0.5)'."""
+    rng = np.random.default_rng(3)
+    model = mlp()
+    for p in model.parameters():
+        p.grad[...] = rng.normal(size=p.grad.shape)
+    grads = [p.grad.copy() for p in model.parameters()]
+    for max_norm in (np.float32(0.5), np.int64(1)):
+        for p, g in zip(model.parameters(), grads):
+            p.grad[...] = g
+        total = nb.clip_grad_norm_(model.parameters(), max_norm)
+        assert total == pytest.approx(numpy_clip(grads, float(max_norm), 2.0)[0], rel=1e-12)
+        clipped = np.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in model.parameters()))
+        assert clipped == pytest.approx(float(max_norm), rel=1e-5)
+    scaled = []  # a float64 model's scale stays in double: np.float32(0.5) clips as 0.5 does, bit for bit
+    for max_norm in (0.5, np.float32(0.5)):
+        wide = mlp(np.float64)
+        for p, g in zip(wide.parameters(), grads):
+            p.grad[...] = g
+        nb.clip_grad_norm_(wide.parameters(), max_norm)
+        scaled.append(b"".join(p.grad.tobytes() for p in wide.parameters()))
+    assert scaled[0] == scaled[1]
+    for bad in (True, np.float32(-1), np.float64("nan"), "1"):
+        with pytest.raises(ValueError, match="max_norm must be a number"):
+            nb.clip_grad_norm_(model.parameters(), bad)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 def test_clip_grad_norm_matches_torch():
     import torch  # noqa: PLC0415

@@ -402,6 +402,12 @@ class Linear(Layer):
         if not need_input_grad:
             return None
         if relu is not None:
+            # the kernel reads relu.inp as this layer's input: another shape reads past its end
+            pre = getattr(relu, "inp", None)
+            if (not isinstance(relu, ReLU) or type(pre) is not type(self.inp) or pre.shape != self.inp.shape
+                    or pre.dtype != self.inp.dtype):
+                raise ValueError(f"{self.describe()}.backward: relu= must be the ReLU layer whose forward made "
+                                 f"this layer's input, of shape {tuple(self.inp.shape)}")
             dinp = relu._buffer("dinp", dout, self.inp.shape, dout.dtype)
             k.linear_relu_backward_input(dinp, dout, self.weight, relu.inp)
             return dinp

@@ -274,3 +274,18 @@ def test_save_writes_through_a_symbolic_link(tmp_path):
     assert os.path.islink(tmp_path / "latest.npz")
     assert (nb.load(tmp_path / "run3.npz").layers[0].weight == 7).all()
     assert sorted(os.listdir(tmp_path)) == ["latest.npz", "run3.npz"]
+
+
+def test_linear_backward_with_another_relu_is_refused():
+    """Linear.backward(relu=r) reads r.inp as this layer's input: the ReLU after the layer (another
+    shape) read past the end of its array, different garbage each run; one that never ran forward
+    was a Numba TypingError. Sequential passes the right one; a hand-written loop may not."""
+    lin, before, after = nb.Linear(40, 5, seed=0), nb.ReLU(), nb.ReLU()
+    h = before.forward(np.ones((2, 40), np.float32))
+    after.forward(lin.forward(h))
+    g = np.ones((2, 5), np.float32)
+    for wrong in (after, nb.ReLU(), nb.Sigmoid()):
+        with pytest.raises(ValueError, match="relu= must be the ReLU layer"):
+            lin.backward(g, relu=wrong)
+    dx = lin.backward(g, relu=before)
+    np.testing.assert_array_equal(dx, before.backward(g @ lin.weight))

@@ -25,7 +25,7 @@ from . import dist
 from .check import compile_kernels
 from .data import batches, batches_reusing, share, whole
 from .datasets import check_features, is_real
-from .layers import Linear, ReLU, Sigmoid, Tanh, kernels
+from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
 from .optim import OPTIMIZERS, _check_nonneg
@@ -292,9 +292,8 @@ def predict(model, x, batch_size=1000, loss="cross-entropy"):
     """(predictions, scores) for the rows of x: for cross-entropy the classes (N,) and class
     probabilities (N, C); for bce the 0/1 labels (N, L) int64 (z ≥ 0, i.e. σ(z) ≥ ½) and σ(z);
     for mse the outputs (N, D), twice."""
-    from .layers import Sigmoid, Softmax  # noqa: PLC0415
-
     check_loss(loss)
+    check_head(model, loss)
     squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
     forward = getattr(model, "forward_reusing", model.forward)
     outs, yes = [], []
@@ -320,6 +319,20 @@ def check_finite_parameters(model, message):
             raise TrainingDiverged(message)
 
 
+def check_head(model, loss):
+    """A model whose last layer is the squashing its loss applies itself (a Softmax before
+    cross-entropy, a Sigmoid before bce, which take logits) is a ValueError: it trained on
+    probabilities read as logits and predict squashed twice, silently (Keras warns of the same)."""
+    last = model.layers[-1] if len(model.layers) else None
+    for name, layer in (("cross-entropy", Softmax), ("bce", Sigmoid)):
+        if loss == name and isinstance(last, layer):
+            squash = "softmax" if layer is Softmax else "sigmoid"
+            raise ValueError(
+                f"the model ends in a {layer.__name__} layer, but loss {name!r} takes logits and applies "
+                f"the {squash} itself: use the model without it, model[:-1] (predict(..., proba=True) gives the probabilities)"
+            )
+
+
 def check_data(model, data, loss="cross-entropy", parts=("train", "test", "validation")):
     """The data must fit the model: feature count, dtype, labels within its classes (targets of
     its output width for mse). data: (x_train, y_train[, x_test, y_test]), a part may be None;
@@ -327,6 +340,7 @@ def check_data(model, data, loss="cross-entropy", parts=("train", "test", "valid
     linears = [layer for layer in model.layers if isinstance(layer, Linear)]
     if not linears:  # nothing gives the feature count or the classes
         raise ValueError("the model has no Linear layer")
+    check_head(model, loss)
     first, last = linears[0], linears[-1]
     for i in range(0, len(data), 2):
         part, x, y = parts[i // 2], data[i], data[i + 1]

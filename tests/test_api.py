@@ -349,3 +349,27 @@ def test_a_bad_eval_batch_size_is_refused_by_its_name(size):
     with pytest.raises(ValueError, match="eval_batch_size must be a positive integer"):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, val_split=0.2,
                  eval_batch_size=size)
+
+
+@pytest.mark.parametrize("loss, head, y", [("cross-entropy", nb.Softmax, [0, 1, 2, 1]),
+                                           ("bce", nb.Sigmoid, [0.0, 1.0, 1.0, 0.0])])
+def test_a_squashing_last_layer_before_a_loss_on_logits_is_refused(loss, head, y):
+    # The loss applies the softmax (sigmoid) itself: a model ending in one trained on probabilities
+    # read as logits, and predict squashed twice, with no word said.
+    x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
+    out = 3 if loss == "cross-entropy" else 1
+    model = nb.Sequential(nb.Linear(2, out, seed=0), head())
+    before = params(model)
+    y = np.asarray(y)
+    for call in (lambda: nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, loss=loss),
+                 lambda: nb.evaluate(model, x, y, loss=loss),
+                 lambda: nb.predict(model, x, loss=loss)):
+        with pytest.raises(ValueError, match=f"ends in a {head.__name__} layer.*takes logits"):
+            call()
+    for a, b in zip(before, params(model)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(nb.predict(model[:-1], x, loss=loss, proba=True), model(x), rtol=1e-6)
+    # Squashed outputs are fine targets for mse, and a hidden Softmax/Sigmoid is no head.
+    nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, np.full((4, out), 0.5)), epochs=1, loss="mse")
+    hidden = nb.Sequential(nb.Linear(2, 4, seed=0), head(), nb.Linear(4, out, seed=1))
+    nb.train(hidden, nb.SGD(hidden.parameters(), lr=0.1), (x, y), epochs=1, loss=loss)

@@ -563,7 +563,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                         f"training diverged: {part} loss is {metrics[part + '_loss']} after epoch {epoch + 1}"
                     )
             metrics.update({
-                "lr": opt.lr,
+                # The rate of the epoch's last step, from the schedule: opt.lr holds it only when this
+                # call took that step (a run resumed after it takes none in this epoch).
+                "lr": learning_rate(lr_schedule, base_lr, state.step - 1, epoch, epochs, steps_per_epoch),
                 "seconds": seconds,
                 "samples_per_second": state.seen / seconds if seconds > 0 else 0.0,
             })

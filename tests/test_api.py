@@ -373,3 +373,20 @@ def test_a_squashing_last_layer_before_a_loss_on_logits_is_refused(loss, head, y
     nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, np.full((4, out), 0.5)), epochs=1, loss="mse")
     hidden = nb.Sequential(nb.Linear(2, 4, seed=0), head(), nb.Linear(4, out, seed=1))
     nb.train(hidden, nb.SGD(hidden.parameters(), lr=0.1), (x, y), epochs=1, loss=loss)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_a_run_resumed_after_an_epochs_last_step_reports_that_epochs_rate(schedule):
+    # Resumed with every step of its epoch done, the loop steps no more in it, and the epoch's "lr"
+    # read opt.lr: the base rate, not the rate of the epoch's last step that a whole run reports.
+    x, y = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32), np.arange(40) % 3
+    kwargs = dict(epochs=3, batch_size=10, lr_schedule=schedule)
+    model = spiral_model()
+    whole = nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), **kwargs)
+    model, steps = spiral_model(), iter(range(1, 100))
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(nb.api.TrainingInterrupted) as stopped:
+        nb.train(model, opt, (x, y), should_stop=lambda: next(steps) == 8, **kwargs)  # epoch 2's last step
+    resumed = nb.train(model, opt, (x, y), state=stopped.value.state, **kwargs)
+    assert [h["lr"] for h in resumed] == [h["lr"] for h in whole]
+    assert resumed[1]["lr"] < 0.1

@@ -144,10 +144,11 @@ class Sequential:
         plan = self._plan
         if plan is not None:
             if plan.fits(self, x):
-                return plan.forward(x)
+                return plan.forward(_unaliased(x, plan.held))
             self._plan = None
             if plan.takes(x):  # the batch fits but an array was replaced: plan less eagerly
                 self._plan_after = min(2 * self._plan_after, 1024)
+        x = _unaliased(x, held_arrays(self.layers))
         out = self._forward_layers(x)
         # The second forward in a row at one batch shape plans the calls: a shape seen once, such
         # as an epoch's last short batch, is not worth building a plan for.
@@ -294,6 +295,7 @@ class _Plan:
 
     def __init__(self, model, x):
         self.layers, self.ids, self.shape, self.dtype = list(model.layers), tuple(map(id, model.layers)), x.shape, x.dtype
+        self.held = held_arrays(self.layers)  # the arrays it runs on: while it fits, the layers hold these
         g = np.empty(self.layers[-1].out.shape, x.dtype)  # a stand-in for backward's gradient
         self.fwd, self.fwd_checks = self._planned(self._forward_calls(model, x), x, g)
         self.bwd, self.bwd_checks = self._planned(self._backward_calls(model, x, g), x, g)
@@ -394,6 +396,29 @@ class _Plan:
             return False
         _run(self.bwd[threads.parallel()], x, grad)
         return True
+
+
+def held_arrays(layers):
+    """The ids of the host arrays the layers hold (buffers, parameters, gradients) and of the
+    arrays that own their memory: what a batch must not be a view of (see _unaliased)."""
+    held = set()
+    for layer in layers:
+        for a in vars(layer).values():
+            if type(a) is np.ndarray:
+                held.add(id(a))
+                if a.base is not None:
+                    held.add(id(a.base))
+    return held
+
+
+def _unaliased(x, held):
+    """x, or a copy of it when it is (a view of) an array a layer holds (`held`, from held_arrays):
+    the forward writes layers' outputs and the backward their gradients while the first layer still
+    reads x, or reads it again for dW = Gᵀ X (model(model[-1].out), a Linear's own output fed to a
+    model that holds it). A copy is the batch the caller passed, at the time of the call."""
+    if type(x) is np.ndarray and (id(x) in held or id(x.base) in held):
+        return x.copy()
+    return x
 
 
 def _run(steps, x, g):

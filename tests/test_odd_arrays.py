@@ -25,3 +25,38 @@ def test_big_endian_labels_give_the_native_labels_bits(loss, dtype):
         np.testing.assert_array_equal(got.backward(), grad)
     with pytest.raises(ValueError, match="label 3 is out of range"):
         got(pred, (LABELS + 1).astype(dtype))
+
+
+def _twins(*sizes):
+    """Two identical float64 models: Linear layers of `sizes` with a ReLU between them."""
+    def one():
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+            layers += [nb.ReLU()] if i else []
+            layers.append(nb.Linear(a, b, seed=i, dtype=np.float64))
+        return nb.Sequential(layers)
+    return one(), one()
+
+
+@pytest.mark.parametrize("planned", [False, True])
+@pytest.mark.parametrize("which", ["last Linear's output", "ReLU's output", "first Linear's output",
+                                   "a gradient"])
+def test_a_batch_that_is_a_models_own_array_gives_the_copys_bits(planned, which):
+    # The forward writes the layers' outputs (and the backward their gradients) while the first
+    # Linear still reads the batch, and reads it again for dW = Gᵀ X.
+    n = 64
+    x = np.random.default_rng(1).standard_normal((n, n))
+    model, twin = _twins(n, n, n) if which != "last Linear's output" else _twins(n, n)
+    for m in (model, twin):
+        for _ in range(3 if planned else 1):  # the second forward at a shape builds a plan
+            m(x)
+        m.backward(np.ones((n, n)))
+    pick = {"last Linear's output": lambda m: m[-1].out, "ReLU's output": lambda m: m[1].out,
+            "first Linear's output": lambda m: m[0].out, "a gradient": lambda m: m[0].grad_weight}[which]
+    batch, copy = pick(model), pick(twin).copy()
+    got, want = model(batch), twin(copy)
+    np.testing.assert_array_equal(got, want)
+    model.backward(np.ones((n, n)))
+    twin.backward(np.ones((n, n)))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)

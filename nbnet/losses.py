@@ -56,6 +56,13 @@ class _ClassificationLoss(Layer):
 
     def _check_pair(self, pred, targets):
         pred = self._check_input(pred)
+        for name in ("dinp", "probs_buf"):
+            buf = getattr(self, name, None)
+            if buf is not None and (pred is buf or (type(pred) is np.ndarray and pred.base is not None
+                                                    and pred.base is buf.base)):
+                # pred is (a view of) this loss's own buffer (loss_fn(loss_fn.backward(), y)): the
+                # kernels would write it while reading pred. A new one, as Linear's forward does.
+                setattr(self, name, None)
         if isinstance(pred, np.ndarray) and hasattr(targets, "copy_to_host"):
             # Device labels for host logits come over (as MSELoss's targets do), and are checked there.
             targets = targets.copy_to_host()
@@ -101,13 +108,15 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
     def forward(self, logits, targets):
         probs, dlogits, losses = self.probs_buf, self.dinp, self.losses
         # The common case in few checks (as Layer._check_input): host logits of the last call's
-        # shape and dtype with C-contiguous integer labels in range. This runs every step, and the
-        # full checks and buffer look-ups cost ~2 µs of a ~100 µs batch-1 step.
+        # shape and dtype (and none of this loss's buffers) with C-contiguous integer labels in
+        # range. This runs every step, and the full checks and buffer look-ups cost ~2 µs of a
+        # ~100 µs batch-1 step.
         if (type(logits) is np.ndarray and type(targets) is np.ndarray and probs is not None
                 and type(probs) is np.ndarray and logits.shape == probs.shape and logits.dtype == probs.dtype
                 and logits.flags.c_contiguous and targets.shape == losses.shape and targets.dtype.kind in "iu"
                 and targets.dtype.isnative and targets.flags.c_contiguous
-                and dlogits is not None and dlogits.shape == probs.shape):
+                and dlogits is not None and dlogits.shape == probs.shape
+                and (logits.base is None or (logits.base is not probs.base and logits.base is not dlogits.base))):
             lo, hi = cpu.label_bounds(targets)
             if lo >= 0 and hi < logits.shape[1]:
                 self.probs, self.targets = probs, targets

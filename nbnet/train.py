@@ -171,9 +171,12 @@ def as_targets(model, y, loss, who="y"):
     y = np.asarray(y)
     if loss == "cross-entropy":
         if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            _check_int64(y, who)
             y = y.astype(np.int64)  # whole numbers stored as floats are labels too
         if y.dtype.kind not in "iu":
             raise ValueError(f"{who}: cross-entropy needs integer class labels, got {y.dtype}")
+        if y.dtype == np.uint64 and y.size:
+            _check_int64(y, who)
         return np.ascontiguousarray(y, dtype=np.int64)
     if not is_real(y.dtype):
         raise ValueError(f"{who}: {loss} needs numeric targets, got {y.dtype}")
@@ -186,6 +189,15 @@ def as_targets(model, y, loss, who="y"):
     if loss == "bce" and y.size and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{who}: bce targets must lie in [0, 1] (0/1 labels or probabilities)")
     return y
+
+
+def _check_int64(y, who):
+    """Labels beyond int64 (1e30 as a float, 2**63 as uint64) are out of range: as int64 they
+    wrapped, and the error named a label the data does not hold (-9223372036854775808)."""
+    lo, hi = y.min(), y.max()
+    for v in (lo, hi):
+        if not -(2.0**63) <= v < 2.0**63:
+            raise ValueError(f"{who}: label {v} is out of range (labels are class numbers 0, 1, ...)")
 
 
 def split_validation(x, y, fraction, seed):

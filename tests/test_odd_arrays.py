@@ -1,6 +1,9 @@
 """The odd arrays NumPy users hand to the Python API: other byte orders, views, arrays that alias a
 layer's own buffers. Each gives the bits a plain C-contiguous array gives, or a clear error."""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 
@@ -76,3 +79,15 @@ def test_a_classification_loss_on_its_own_buffer_gives_the_copys_bits(loss, buff
     mine = getattr(fn, buffer)
     assert fn(mine, LABELS) == twin(getattr(twin, buffer).copy(), LABELS)
     np.testing.assert_array_equal(fn.backward(), twin.backward())
+
+
+@pytest.mark.parametrize("labels, shown", [(np.full(8, 2**63, np.uint64), "9223372036854775808"),
+                                           (np.full(8, 1e30), "1e+30"), (np.full(8, -1e30), "-1e+30")])
+def test_labels_beyond_int64_are_named_as_they_are(labels, shown):
+    # As int64 they wrapped (with a RuntimeWarning for the floats), and the error named another label.
+    model = nb.Sequential(nb.Linear(2, 3, seed=0))
+    x = np.zeros((8, 2), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=re.escape(f"label {shown} is out of range")):
+            nb.evaluate(model, x, labels)

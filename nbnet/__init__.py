@@ -8,7 +8,7 @@ refuse_bad_environment()
 from . import threads  # first: it sets how Numba's threads wait, before anything starts them
 
 from . import datasets
-from .api import evaluate, predict, train
+from .api import History, TrainingDiverged, TrainingInterrupted, evaluate, predict, train
 from .data import batches
 from .layers import Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
 from .losses import BCEWithLogits, CrossEntropy, MSELoss, SoftmaxCrossEntropy
@@ -18,6 +18,7 @@ from .optim import SGD, Adam, AdamW, clip_grad_norm_
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "Linear", "MSELoss", "Parameter", "ReLU", "SGD", "Sequential",
-    "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "batches", "clip_grad_norm_", "datasets", "evaluate", "load", "predict", "train",
+    "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "History", "Linear", "MSELoss", "Parameter", "ReLU", "SGD",
+    "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "TrainingDiverged", "TrainingInterrupted",
+    "batches", "clip_grad_norm_", "datasets", "evaluate", "load", "predict", "train",
 ]

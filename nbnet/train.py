@@ -64,6 +64,10 @@ class TrainState:
     best_val_loss: float = None
     best_epoch: int = None
     bad_epochs: int = 0
+    # With restore_best, a host copy of the best epoch's weights, so that a call resumed from this
+    # state restores them as one that never stopped would. In memory only: checkpoints keep the
+    # best epoch in a file of its own (--save-best).
+    best_params: list = field(default=None, repr=False, compare=False)
 
 
 def build_model(in_features, hidden, classes, activation="relu", dtype=np.float32, seed=0):
@@ -404,7 +408,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         with (seed, VAL_SEED_TAG)) for validation. The best epoch is the one with the lowest
         validation loss (improving by more than min_delta).
     early_stopping=N: stop after N epochs in a row without a better validation loss.
-    restore_best: at the end, put back the weights of the best epoch (of this call).
+    restore_best: at the end, put back the weights of the best epoch (kept in `state`, so that a call
+        resumed from an interrupted one's state restores them too).
     lr: the base rate of the schedule (default: the optimizer's rate on entry). The schedule sets
         opt.lr before each step (history's "lr" is the epoch's last); when train returns or raises,
         opt.lr is the base rate again.
@@ -442,6 +447,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     if len(x_train) != len(y_train):  # before val_split draws rows of x for both
         raise ValueError(f"x_train has {len(x_train)} rows but y_train has {len(y_train)}")
     x_test = y_test = x_val = y_val = None
+    if len(data) == 4 and (data[2] is None) != (data[3] is None):  # else one was ignored, or misnamed
+        raise ValueError("give x_test and y_test together, or neither")
     if len(data) == 4 and data[2] is not None:
         x_test, y_test = as_features(model, data[2], "x_test"), as_targets(model, data[3], loss, "y_test")
     if val_data is not None and (not isinstance(val_data, (tuple, list)) or len(val_data) != 2):
@@ -467,6 +474,11 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # schedule only here: a negative one trained uphill silently, NaN made every weight NaN.
     _check_nonneg("nb.train", **{"lr" if lr is not None else "opt.lr": base_lr})
     state = TrainState() if state is None else state
+    # A state past `epochs` trained nothing and returned its old history, as if this call had run
+    if state.epoch > epochs or (state.epoch == epochs and state.seen):
+        stopped = f" (stopped in epoch {state.epoch + 1})" if state.seen else ""
+        raise ValueError(f"state has {state.epoch} epochs done{stopped}: epochs={epochs} would train none of them; "
+                         f"epochs is a total, give {state.epoch + 1} or more")
     if comm.size > 1:
         # Processes given other arguments, data or weights sum gradients of different problems:
         # another seed or file trained silently; another batch size or epoch count left a process
@@ -500,7 +512,6 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         return score
 
     score_val, score_test = evaluator(x_val, y_val), evaluator(x_test, y_test)
-    best_params = None
     # Compile (or load from Numba's cache) every kernel now, on a throwaway copy, so that epoch 1's
     # seconds and samples/s measure training, not compilation.
     local = [hi - lo for lo, hi in (share(b, comm.rank, comm.size) for b in (batch_size, n % batch_size))]
@@ -591,7 +602,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                     state.best_val_loss, state.best_epoch, state.bad_epochs = v, epoch + 1, 0
                     improved = True
                     if restore_best:
-                        best_params = [to_host(p.data).copy() for p in model.parameters()]
+                        state.best_params = [to_host(p.data).copy() for p in model.parameters()]
                 else:
                     state.bad_epochs += 1
             if improved and on_best is not None:
@@ -603,8 +614,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         # second call, or a resume from `state` with the optimizer's state_dict() taken now, starts
         # its schedule from the same base (lr=None reads opt.lr) and not from the last step's rate.
         opt.lr = base_lr
-    if restore_best and best_params is not None:
-        for p, value in zip(model.parameters(), best_params):
+    if restore_best and state.best_params is not None:
+        for p, value in zip(model.parameters(), state.best_params):
             if isinstance(p.data, np.ndarray):
                 p.data[...] = value
             else:

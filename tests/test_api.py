@@ -250,7 +250,7 @@ def test_schedule_base_rate_survives_a_second_call_and_a_resume_from_state(sched
     model, steps = spiral_model(), iter(range(1, 10**6))
     opt = nb.SGD(model.parameters(), lr=0.1)
     first = []
-    with pytest.raises(nb.api.TrainingInterrupted) as stopped:
+    with pytest.raises(nb.TrainingInterrupted) as stopped:
         nb.train(model, opt, (xtr, ytr), on_step=lambda *a: first.append(opt.lr),
                  should_stop=lambda: next(steps) == 40, **kwargs)
     saved = opt.state_dict()
@@ -385,8 +385,53 @@ def test_a_run_resumed_after_an_epochs_last_step_reports_that_epochs_rate(schedu
     whole = nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), **kwargs)
     model, steps = spiral_model(), iter(range(1, 100))
     opt = nb.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(nb.api.TrainingInterrupted) as stopped:
+    with pytest.raises(nb.TrainingInterrupted) as stopped:
         nb.train(model, opt, (x, y), should_stop=lambda: next(steps) == 8, **kwargs)  # epoch 2's last step
     resumed = nb.train(model, opt, (x, y), state=stopped.value.state, **kwargs)
     assert [h["lr"] for h in resumed] == [h["lr"] for h in whole]
     assert resumed[1]["lr"] < 0.1
+
+
+def test_restore_best_survives_a_resume():
+    """The best epoch's weights were kept in a local of the call: a call resumed from an interrupted
+    one's state, whose best epoch came before the stop, ended on the last epoch's weights while its
+    history named the best (a run that never stopped restores it)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 4)).astype(np.float32), rng.integers(0, 3, 120)
+    kwargs = dict(epochs=8, batch_size=16, val_split=0.3, restore_best=True)
+
+    def run(**more):
+        model = nb.Sequential(nb.Linear(4, 16, seed=0), nb.ReLU(), nb.Linear(16, 3, seed=1))
+        return model, nb.SGD(model.parameters(), lr=6.0), more
+
+    model, opt, _ = run()
+    whole = nb.train(model, opt, (x, y), **kwargs)
+    assert whole.best_epoch == 5 and len(whole) == 8  # the best comes before the stop below
+    want = params(model)
+    model, opt, _ = run()
+    steps = iter(range(1, 10**6))
+    with pytest.raises(nb.TrainingInterrupted) as stopped:
+        nb.train(model, opt, (x, y), should_stop=lambda: next(steps) == 36, **kwargs)  # in epoch 7
+    resumed = nb.train(model, opt, (x, y), state=stopped.value.state, **kwargs)
+    assert resumed.best_epoch == 5
+    for a, b in zip(params(model), want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_state_past_epochs_is_refused():
+    """nb.train(state=..., epochs=fewer than done) trained nothing and returned the old history,
+    as if it had run (the command line refuses the same)."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    steps = iter(range(1, 10**6))
+    with pytest.raises(nb.TrainingInterrupted) as stopped:
+        nb.train(model, opt, (xtr, ytr), epochs=3, should_stop=lambda: next(steps) == 40)
+    state = stopped.value.state
+    for epochs in (state.epoch, state.epoch - 1):
+        with pytest.raises(ValueError, match="epochs is a total"):
+            nb.train(model, opt, (xtr, ytr), epochs=epochs, state=state)
+    with pytest.raises(ValueError, match="x_test and y_test together"):
+        nb.train(model, opt, (xtr, ytr, xtr, None), epochs=3)
+    with pytest.raises(ValueError, match="x_test and y_test together"):
+        nb.train(model, opt, (xtr, ytr, None, ytr), epochs=3)

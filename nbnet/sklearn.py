@@ -184,7 +184,7 @@ class _BaseMLP(BaseEstimator):
         if self.batch_size == "auto":
             return min(200, n)
         if self.batch_size > n:
-            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped", stacklevel=3)
+            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped", stacklevel=4)
         return min(self.batch_size, n)
 
     # -- model and optimizer ----------------------------------------------------------------
@@ -208,7 +208,7 @@ class _BaseMLP(BaseEstimator):
         return cls(params, lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon, weight_decay=0.0)
 
     def __sklearn_is_fitted__(self):
-        """Fitted once a model exists (a fit refused midway leaves n_features_in_ but no model)."""
+        """Fitted once a model exists (a refused fit leaves the estimator as it was: see _fit)."""
         return hasattr(self, "_model")
 
     def _linears(self):
@@ -231,6 +231,23 @@ class _BaseMLP(BaseEstimator):
         return self._fit(X, y, incremental=False)
 
     def _fit(self, X, y, incremental, classes=None):
+        if incremental and hasattr(self, "_model"):  # trains the model in place: nothing to go back to
+            return self._fit_steps(X, y, incremental, classes)
+        # A fit that builds a new model and then raises (y too large for dtype, a diverged loss, a
+        # validation set too small, a bad random_state) left that half-made model behind: an unfitted
+        # estimator became "fitted" and predicted from untrained or blown-up weights without a word,
+        # a refit mixed the old model with the new classes_ and n_features_in_. It now leaves the
+        # estimator as it was. Not on KeyboardInterrupt: an interrupted fit keeps its epochs so far.
+        before = dict(self.__dict__)
+        try:
+            return self._fit_steps(X, y, incremental, classes)
+        except Exception as exc:
+            if not isinstance(exc, Warning):  # ConvergenceWarning as an error: the fit is whole
+                self.__dict__.clear()
+                self.__dict__.update(before)
+            raise
+
+    def _fit_steps(self, X, y, incremental, classes):
         sizes, dtype = self._check_params()
         if incremental and self.early_stopping:
             # scikit-learn's rule and words; after a fit with early stopping, best_loss_ is None
@@ -295,7 +312,7 @@ class _BaseMLP(BaseEstimator):
         try:
             train(self._model, self._optimizer, (X, y), epochs=self.max_iter, **loop)
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
         except _Converged:
             pass
         if self.early_stopping:

@@ -383,3 +383,40 @@ def test_readme_example_runs_as_written():
         warnings.simplefilter("ignore", ConvergenceWarning)
         exec(compile(code + "\nresult = search.best_params_, search.score(x_test, y_test)", "README", "exec"), env)
     assert env["result"][1] > 0.8
+
+
+def test_a_refused_fit_leaves_the_estimator_as_it_was():
+    """The model was built before some refusals: a new estimator became 'fitted' with untrained
+    (or, after a diverged loss, blown-up) weights and predicted silently; a refit kept the old model
+    under the new classes_, and predict indexed past them."""
+    from sklearn.exceptions import NotFittedError
+
+    from nbnet.train import TrainingDiverged
+
+    xr, yr = make_regression(100, 4, random_state=0)
+    reg = MLPRegressor((4,), max_iter=2, random_state=0)
+    with pytest.raises(ValueError, match="too large for float32"):
+        reg.fit(xr, yr * 1e39)
+    assert not hasattr(reg, "n_features_in_")
+    with pytest.raises(NotFittedError):
+        reg.predict(xr)
+    with pytest.raises(TrainingDiverged):
+        reg.set_params(solver="sgd", learning_rate_init=10.0, max_iter=50).fit(xr, yr)
+    with pytest.raises(NotFittedError):
+        reg.predict(xr)
+
+    x, y = blobs()
+    clf = MLPClassifier((4,), max_iter=2, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(x, y)
+    before = clf.predict_proba(x)
+    clf.set_params(random_state="bad")
+    with pytest.raises(ValueError, match="cannot be used to seed"):
+        clf.fit(x[:, :5], np.array(["a", "b"])[y % 2])
+    assert list(clf.classes_) == [0, 1, 2] and clf.n_features_in_ == 8
+    np.testing.assert_array_equal(clf.predict_proba(x), before)
+    with warnings.catch_warnings():  # a ConvergenceWarning made an error ends a whole fit: kept
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning):
+            clf.set_params(random_state=1).fit(x, y % 2)
+    assert list(clf.classes_) == [0, 1]

@@ -25,9 +25,11 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
 - X is converted to `dtype` at fit and predict (scikit-learn's estimators convert to float64): a
   float64 X is rounded to float32 unless dtype=np.float64, and a value too large for float32 is
   an error. Predictions and probabilities are in `dtype` too.
-- Early stopping scores the validation rows with the loop's val_accuracy / val_r2; for several
-  outputs that R² is variance-weighted (scikit-learn's r2_score averages the outputs' R²), and for
-  multi-label targets the accuracy counts labels, not whole rows (scikit-learn: subset accuracy).
+- Early stopping's validation rows are drawn stratified by class where each class can have rows on
+  both sides (scikit-learn stratifies two classes only), else at random. It scores them with the
+  loop's val_accuracy / val_r2; for several outputs that R² is variance-weighted (scikit-learn's
+  r2_score averages the outputs' R²), and for multi-label targets the accuracy counts labels, not
+  whole rows (scikit-learn: subset accuracy).
 """
 
 import numbers
@@ -273,9 +275,16 @@ class _BaseMLP(BaseEstimator):
 
         val_data = None
         if self.early_stopping and not incremental:
+            stratify = None
+            if self._classifies and not self._multilabel:
+                # Stratified where every class can have a row on both sides; else at random, as
+                # scikit-learn splits more than two classes: refusing such data refused what it fits.
+                counts = np.bincount(y.ravel().astype(np.intp))
+                n_val = int(np.ceil(self.validation_fraction * len(y)))
+                if counts.min() >= 2 and min(n_val, len(y) - n_val) >= len(counts):
+                    stratify = y.ravel()
             X, X_val, y, y_val = train_test_split(
-                X, y, test_size=self.validation_fraction, random_state=self._seed_,
-                stratify=y.ravel() if self._classifies and not self._multilabel else None,
+                X, y, test_size=self.validation_fraction, random_state=self._seed_, stratify=stratify,
             )
             if len(X_val) < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "

@@ -420,3 +420,18 @@ def test_a_refused_fit_leaves_the_estimator_as_it_was():
         with pytest.raises(ConvergenceWarning):
             clf.set_params(random_state=1).fit(x, y % 2)
     assert list(clf.classes_) == [0, 1]
+
+
+def test_early_stopping_splits_without_strata_where_a_class_cannot_be_on_both_sides():
+    """The validation rows were always drawn stratified by class: data that scikit-learn's
+    MLPClassifier fits (it stratifies two classes only) was refused with train_test_split's words,
+    'test_size = 10 should be greater or equal to the number of classes = 20' or 'classes with too
+    few members are: [3]' (an index, not the label 5)."""
+    x, y = make_classification(100, 10, n_informative=8, n_classes=20, n_clusters_per_class=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        many = MLPClassifier((8,), max_iter=3, random_state=0, early_stopping=True).fit(x, y)
+        assert len(many.validation_scores_) == 3
+        x3, y3 = blobs(n=100)
+        y3[0] = 5  # one row of class 5
+        assert list(MLPClassifier((8,), max_iter=3, random_state=0, early_stopping=True).fit(x3, y3).classes_) == [0, 1, 2, 5]

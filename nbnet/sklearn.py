@@ -346,11 +346,13 @@ class _BaseMLP(BaseEstimator):
                 self.best_validation_score_ = score
                 self._best_params = [p.data.copy() for p in self._model.parameters()]
         else:
-            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+            # None after a fit with early stopping that partial_fit, early_stopping set off, goes on from
+            best = np.inf if self.best_loss_ is None else self.best_loss_
+            if self.loss_curve_[-1] > best - self.tol:
                 self._no_improvement_count += 1
             else:
                 self._no_improvement_count = 0
-            self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
+            self.best_loss_ = min(best, self.loss_curve_[-1])
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)

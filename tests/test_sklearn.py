@@ -435,3 +435,15 @@ def test_early_stopping_splits_without_strata_where_a_class_cannot_be_on_both_si
         x3, y3 = blobs(n=100)
         y3[0] = 5  # one row of class 5
         assert list(MLPClassifier((8,), max_iter=3, random_state=0, early_stopping=True).fit(x3, y3).classes_) == [0, 1, 2, 5]
+
+
+def test_partial_fit_after_a_fit_with_early_stopping_set_off():
+    """best_loss_ is None after a fit with early stopping; partial_fit with early_stopping set off
+    trained an epoch and then failed on it: TypeError, NoneType - float (scikit-learn's too)."""
+    x, y = blobs(n=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier((8,), max_iter=3, random_state=0, early_stopping=True).fit(x, y)
+    assert clf.best_loss_ is None
+    clf.set_params(early_stopping=False).partial_fit(x, y)
+    assert clf.n_iter_ == len(clf.loss_curve_) == 4 and clf.best_loss_ == clf.loss_

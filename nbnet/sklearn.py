@@ -132,8 +132,9 @@ class _BaseMLP(BaseEstimator):
             ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
             if not ok:
                 what = "an integer" if integer else "a number"
+                close = ")" if hi_open or hi == np.inf else "]"
                 raise ValueError(f"{type(self).__name__}: {name} must be {what} in "
-                                 f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {v!r}")
+                                 f"{'(' if lo_open else '['}{lo}, {hi}{close}, got {v!r}")
 
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, numbers.Integral) else sizes

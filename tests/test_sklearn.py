@@ -447,3 +447,11 @@ def test_partial_fit_after_a_fit_with_early_stopping_set_off():
     assert clf.best_loss_ is None
     clf.set_params(early_stopping=False).partial_fit(x, y)
     assert clf.n_iter_ == len(clf.loss_curve_) == 4 and clf.best_loss_ == clf.loss_
+
+
+def test_an_unbounded_range_is_written_open_in_the_refusal():
+    """tol=inf was refused with 'tol must be a number in [0, inf], got inf': inf in the range."""
+    x, y = blobs(n=50)
+    for name in ("tol", "alpha"):
+        with pytest.raises(ValueError, match=rf"{name} must be a number in \[0, inf\), got inf"):
+            MLPClassifier(**{name: np.inf}).fit(x, y)

@@ -21,7 +21,10 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   error: with solver="sgd" the same learning_rate_init takes steps twice as long.
 - Weights start Glorot-uniform as scikit-learn's (nbnet.Linear's He-uniform draws, rescaled: see
   glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
-- No solver="lbfgs", learning_rate schedules other than constant, warm_start or sample weights.
+- No solver="lbfgs", and none of the parameters learning_rate (the step is constant), power_t,
+  warm_start, max_fun or the regressor's loss (it is squared error): passing one is a TypeError.
+  No sample_weight, and X is dense (scikit-learn's also take scipy.sparse: here a TypeError that
+  says to use .toarray()).
 - X is converted to `dtype` at fit and predict (scikit-learn's estimators convert to float64): a
   float64 X is rounded to float32 unless dtype=np.float64, and a value too large for float32 is
   an error. Predictions and probabilities are in `dtype` too.

@@ -772,12 +772,18 @@ def _reduce_to_host(kernel, size, dtype, *args):
 # Losses: per-row losses on the device, then their mean; the 1/k is applied here, once.
 
 
+# Labels on the device are not checked before a step (that would copy them to the host each time):
+# a kernel that meets one out of range writes NaN where it would have read out of bounds, and the
+# loss, NaN then, has the host check them (nbnet.losses).
+
+
 @_jit
 def _crossentropy_rows_kernel(losses, probs, targets, tiny):
     """ℓ_i = -log max(p[i, t_i], tiny)"""
     i = cuda.grid(1)
     if i < probs.shape[0]:
-        losses[i] = -math.log(max(probs[i, targets[i]], tiny))
+        t = targets[i]
+        losses[i] = -math.log(max(probs[i, t], tiny)) if 0 <= t < probs.shape[1] else probs.dtype.type(math.nan)
 
 
 def crossentropy_forward(losses, probs, targets):
@@ -794,10 +800,11 @@ def _crossentropy_backward_kernel(dprobs, probs, targets, tiny):
     i = cuda.grid(1)
     k, c = probs.shape
     if i < k:
-        for j in range(c):
-            dprobs[i, j] = 0
         t = targets[i]
-        dprobs[i, t] = -probs.dtype.type(1) / (probs.dtype.type(k) * max(probs[i, t], tiny))
+        for j in range(c):
+            dprobs[i, j] = 0 if 0 <= t < c else probs.dtype.type(math.nan)
+        if 0 <= t < c:
+            dprobs[i, t] = -probs.dtype.type(1) / (probs.dtype.type(k) * max(probs[i, t], tiny))
 
 
 def crossentropy_backward(dprobs, probs, targets):
@@ -812,7 +819,8 @@ def _softmax_crossentropy_rows_kernel(probs, losses, logits, targets):
     i = cuda.grid(1)
     if i < logits.shape[0]:
         mx, s = _softmax_row(probs, logits, i)
-        losses[i] = (mx - logits[i, targets[i]]) + math.log(s)
+        t = targets[i]
+        losses[i] = (mx - logits[i, t]) + math.log(s) if 0 <= t < logits.shape[1] else logits.dtype.type(math.nan)
 
 
 def softmax_crossentropy_forward(probs, losses, logits, targets):
@@ -829,9 +837,11 @@ def _softmax_crossentropy_backward_kernel(dlogits, probs, targets):
     k, c = probs.shape
     if i < k:
         inv_k = probs.dtype.type(1) / probs.dtype.type(k)
+        t = targets[i]
         for j in range(c):
-            dlogits[i, j] = probs[i, j] * inv_k
-        dlogits[i, targets[i]] -= inv_k
+            dlogits[i, j] = probs[i, j] * inv_k if 0 <= t < c else probs.dtype.type(math.nan)
+        if 0 <= t < c:
+            dlogits[i, t] -= inv_k
 
 
 def softmax_crossentropy_backward(dlogits, probs, targets):
@@ -846,10 +856,12 @@ def _softmax_crossentropy_forward_backward_kernel(dlogits, probs, losses, logits
     if i < k:
         mx, s = _softmax_row(probs, logits, i)
         inv_k = logits.dtype.type(1) / logits.dtype.type(k)
+        t = targets[i]
         for j in range(c):
-            dlogits[i, j] = probs[i, j] * inv_k
-        dlogits[i, targets[i]] -= inv_k
-        losses[i] = (mx - logits[i, targets[i]]) + math.log(s)
+            dlogits[i, j] = probs[i, j] * inv_k if 0 <= t < c else probs.dtype.type(math.nan)
+        if 0 <= t < c:
+            dlogits[i, t] -= inv_k
+        losses[i] = (mx - logits[i, t]) + math.log(s) if 0 <= t < c else logits.dtype.type(math.nan)
 
 
 def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):

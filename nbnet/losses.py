@@ -73,6 +73,13 @@ class _ClassificationLoss(Layer):
             targets = to_device(targets)
         return pred, targets
 
+    def _loss(self, value):
+        """The loss. Device labels are not checked before a step (that would copy them to the host
+        each time): the kernels write NaN for one out of range, and a NaN loss has them checked here."""
+        if value != value and not isinstance(self.targets, np.ndarray):
+            check_labels(self.describe(), self.targets.copy_to_host(), *self.probs.shape)
+        return value
+
     def _backward_check(self):
         if self.probs is None:
             raise ValueError(f"{self.describe()}: backward called before forward")
@@ -89,7 +96,7 @@ class CrossEntropy(_ClassificationLoss):
         probs, targets = self._check_pair(probs, targets)
         self.probs, self.targets = probs, targets
         losses = self._buffer("losses", probs, (probs.shape[0],), probs.dtype)
-        return float(kernels(probs).crossentropy_forward(losses, probs, targets))
+        return self._loss(float(kernels(probs).crossentropy_forward(losses, probs, targets)))
 
     def backward(self):
         dprobs = self._backward_check()
@@ -128,7 +135,8 @@ class SoftmaxCrossEntropy(_ClassificationLoss):
         # One pass over the logits computes the backward's dz too; backward() only returns it.
         # (softmax_crossentropy_forward / _backward, the two halves, are its tested reference.)
         dlogits = self._buffer("dinp", logits, logits.shape, logits.dtype)
-        return float(kernels(logits).softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets))
+        return self._loss(float(kernels(logits).softmax_crossentropy_forward_backward(dlogits, probs, losses, logits,
+                                                                                      targets)))
 
     def backward(self):
         return self._backward_check()

@@ -426,6 +426,22 @@ def test_device_labels_and_bad_labels():
         model.forward(np.zeros((2, 3), np.float64))
 
 
+@pytest.mark.parametrize("loss_cls", [nb.SoftmaxCrossEntropy, nb.CrossEntropy])
+def test_device_labels_out_of_range_are_an_error_not_an_out_of_bounds_read(loss_cls):
+    """Device labels are not checked before a step (a copy to the host each time): a label out of
+    range was read out of bounds (the simulator's IndexError; on a GPU, silent garbage). The kernels
+    write NaN there, and the NaN loss has the labels checked: the host labels' error."""
+    model = tiny_model().to("cuda")
+    x = np.zeros((3, 3), np.float32)
+    pred = model.forward(x) if loss_cls is nb.SoftmaxCrossEntropy else nb.Softmax()(model.forward(x))
+    for bad in ([0, 4, 1], [0, -1, 1]):
+        with pytest.raises(ValueError, match="out of range"):
+            loss_cls()(pred, gpu.to_device(np.array(bad)))
+    loss_fn = loss_cls()
+    assert np.isfinite(loss_fn(pred, gpu.to_device(np.array([0, 3, 1]))))
+    assert np.isfinite(to_host(loss_fn.backward())).all()
+
+
 @pytest.mark.parametrize("max_bytes", [None, 3 * (3 * 4 + 8)])  # resident; chunks of 3 rows → 2 rows
 def test_device_dataset_gives_the_cpu_batches(max_bytes):
     rng = np.random.default_rng(7)

@@ -22,7 +22,13 @@ def batch_order(n, batch_size, shuffle, seed):
     rows in order. `seed` may be an int or a sequence of ints (e.g. (seed, epoch))."""
     if not whole(batch_size, 1):
         raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
-    return np.random.default_rng(seed).permutation(n) if shuffle else None
+    if not shuffle:
+        return None
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError):  # NumPy's words ("expected non-negative integer") name no argument
+        raise ValueError(f"batches: seed must be None or an integer ≥ 0 (or a sequence of them), got {seed!r}") from None
+    return rng.permutation(n)
 
 
 def _check_lengths(x, y):

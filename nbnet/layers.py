@@ -121,7 +121,9 @@ class Layer:
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise ValueError(f"{self.describe()}: expected an array, got {type(x).__name__}")
         if x.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{self.describe()}: expected dtype float32 or float64, got {x.dtype}")
+            swapped = (f" in the other byte order (x.astype('{x.dtype.newbyteorder('=').name}') makes it native)"
+                       if x.dtype.kind == "f" and not x.dtype.isnative else "")
+            raise ValueError(f"{self.describe()}: expected dtype float32 or float64, got {x.dtype}{swapped}")
         if dtype is not None and x.dtype != dtype:
             raise ValueError(f"{self.describe()}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
         if x.ndim != 2 or (width is not None and x.shape[1] != width):

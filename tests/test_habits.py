@@ -316,3 +316,19 @@ def test_one_hot_labels_into_a_cross_entropy_say_how_to_make_class_labels():
             nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, onehot), epochs=1)
         with pytest.raises(ValueError, match=r"one-hot rows\? pass y\.argmax\(axis=1\)"):
             nb.evaluate(model, x, onehot)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7"])
+def test_batches_names_a_bad_seed(seed):
+    """NumPy's own words ("expected non-negative integer", "SeedSequence expects int") named no
+    argument."""
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="batches: seed must be None or an integer ≥ 0"):
+        list(nb.batches(x, y, 2, seed=seed))
+
+
+def test_a_big_endian_batch_into_a_layer_says_how_to_make_it_native():
+    """Layers convert nothing; a '>f4' batch (np.load of a file from a big-endian machine) was
+    refused as 'got >f4', which reads like another type."""
+    with pytest.raises(ValueError, match=r"got >f4 in the other byte order \(x.astype\('float32'\)"):
+        nb.Linear(3, 2)(np.zeros((2, 3), ">f4"))

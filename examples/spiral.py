@@ -13,13 +13,14 @@ import sys
 import numpy as np
 
 import nbnet as nb
+from nbnet.plot import file_format
 
 
 def accuracy(model, x, y):
     return float((model.forward(x).argmax(axis=1) == y).mean())
 
 
-def draw_regions(model, x, y, path, title):
+def draw_regions(model, x, y, path, fmt, title):
     import matplotlib
 
     matplotlib.use("Agg")  # draw to a file, no window needed
@@ -45,7 +46,7 @@ def draw_regions(model, x, y, path, title):
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format=fmt)
     plt.close(fig)
 
 
@@ -58,6 +59,14 @@ def main():
     for name in ("epochs", "hidden"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    # Before training, not after it: matplotlib refuses an extension it cannot write, and appends
+    # ".png" to a name without one; file_format gives the format to write exactly `--out` in.
+    try:
+        fmt = file_format(args.out)
+    except ValueError as e:
+        parser.error(f"--out {e}")
+    except ImportError:
+        fmt = None  # trains all the same, and says so at the end
 
     x_train, y_train, x_test, y_test = nb.datasets.load("spiral")  # (2400, 2), 3 classes
     h = args.hidden
@@ -81,7 +90,7 @@ def main():
 
     test_acc = accuracy(model, x_test, y_test)
     try:
-        draw_regions(model, x_test, y_test, args.out,
+        draw_regions(model, x_test, y_test, args.out, fmt,
                      f"Decision regions of a 2-{h}-{h}-3 ReLU MLP\n"
                      f"{args.epochs} epochs, test accuracy {test_acc:.1%}")
         print(f"decision regions saved to {args.out}")

@@ -53,6 +53,16 @@ def test_spiral(tmp_path):
         assert "no picture" in out
 
 
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed")
+def test_spiral_writes_the_picture_under_the_name_it_was_given(tmp_path):
+    """matplotlib appends ".png" to a name without an extension: --out regions wrote regions.png
+    and said "saved to regions"."""
+    out = run_example("spiral.py", "--epochs", 1, "--out", "regions", cwd=tmp_path)
+    assert "saved to regions\n" in out, out
+    assert [p.name for p in tmp_path.iterdir()] == ["regions"]
+    assert (tmp_path / "regions").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_custom_csv_api(tmp_path):
     out = run_example("custom_csv.py", "--api-only", "--rows", 600, "--epochs", 10,
                       "--workdir", tmp_path, cwd=tmp_path)
@@ -119,6 +129,7 @@ def test_readme_python_example(tmp_path):
     ("xor.py", ["--lr", -1], "--lr must be a finite number"),
     ("spiral.py", ["--epochs", -1], "--epochs must be at least 1"),
     ("spiral.py", ["--epochs", 1, "--out", "/proc/spiral.png"], "Error: cannot write /proc/spiral.png"),
+    ("spiral.py", ["--epochs", 1, "--out", "regions.foo"], "matplotlib cannot write .foo files"),
     ("custom_csv.py", ["--api-only", "--epochs", 0], "--epochs must be at least 1"),
     ("custom_csv.py", ["--api-only", "--rows", 0], "--rows must be at least 10"),
     ("custom_csv.py", ["--api-only", "--workdir", "/proc/nbnet-rings"], "Error: cannot create --workdir"),

@@ -9,6 +9,7 @@ default where `nbnet train --dataset mnist` looks: $NBNET_DATA_DIR/mnist, else ~
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,10 @@ def main(dataset="mnist", class_names=DIGITS):
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not 0 <= args.lr < float("inf"):
         parser.error(f"--lr must be a finite number >= 0, got {args.lr}")
+    if args.save:  # checked before training: the model must never replace the data it learnt from
+        for path in nb.datasets.find_idx(dataset, args.data_dir).values():
+            if os.path.exists(args.save) and os.path.samefile(args.save, path):
+                parser.error(f"--save {args.save} is {dataset}'s {os.path.basename(path)}: it would be overwritten")
 
     try:
         x_train, y_train, x_test, y_test = nb.datasets.load(dataset, data_dir=args.data_dir)

@@ -7,10 +7,12 @@ that still runs but no longer learns, fails here. MNIST examples skip when the d
 import importlib.util
 import os
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +97,28 @@ def test_mnist_examples(tmp_path, script, folder, min_accuracy):
     assert percent(r"test accuracy ([\d.]+)%", out) > min_accuracy
     assert "confusion matrix" in out and "most confused" in out
     assert (tmp_path / "model.npz").exists()
+
+
+def test_mnist_never_saves_over_its_own_data(tmp_path):
+    """--save naming one of the IDX files it trains on replaced those images with the model."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    idx = {"train-images-idx3-ubyte": np.zeros((20, 28, 28), np.uint8),
+           "train-labels-idx1-ubyte": np.arange(20, dtype=np.uint8) % 10,
+           "t10k-images-idx3-ubyte": np.zeros((10, 28, 28), np.uint8),
+           "t10k-labels-idx1-ubyte": np.arange(10, dtype=np.uint8)}
+    for name, arr in idx.items():
+        (data_dir / name).write_bytes(bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+                                      + arr.tobytes())
+    images = data_dir / "train-images-idx3-ubyte"
+    before = images.read_bytes()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "mnist.py"), "--epochs", "1",
+                           "--data-dir", str(data_dir), "--save", str(images)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "it would be overwritten" in done.stderr, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert images.read_bytes() == before
 
 
 README_PRELUDE = """

@@ -30,6 +30,8 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds of timing per kernel")
     args = parser.parse_args()
+    if args.threads and args.threads > numba.config.NUMBA_NUM_THREADS:  # else numba's ValueError, a traceback
+        parser.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
     if args.threads:
         from nbnet import threads  # noqa: PLC0415
 

@@ -94,6 +94,7 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     ("bench_gemm.py", ["--dtypes", "float16"]),
     ("kernels.py", ["--batch", "0"]),
     ("kernels.py", ["--threads", "0"]),
+    ("kernels.py", ["--threads", "100000"]),  # more than NUMBA_NUM_THREADS
     ("threads.py", ["--threads", "0"]),
     ("threshold.py", ["--max-batch", "0"]),
     ("load.py", ["--batch", "0"]),

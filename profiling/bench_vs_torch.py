@@ -19,6 +19,7 @@ import nbnet as nb
 from nbnet import simd
 from nbnet.data import batches_reusing
 from argtypes import positive_int, positive_ints
+from common import load_warning
 
 SIZES = (784, 256, 128, 10)
 PARAMS = sum(a * b + b for a, b in zip(SIZES, SIZES[1:]))  # 235,146
@@ -215,6 +216,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
     print(simd.describe())  # the host CPU, also under --device cuda (it runs the Python)
+    if load_warning():
+        print(load_warning())
     if args.batch_sizes is None:
         args.batch_sizes = "128,512,2048" if args.device == "cuda" else "32,128,512"
     if args.device == "cuda":

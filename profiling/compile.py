@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from argtypes import positive_int
-from common import table
+from common import load_warning, table
 
 from nbnet import simd
 
@@ -71,6 +71,8 @@ def main():
                         dtype=args.dtype)
 
     print(simd.describe())
+    if load_warning():
+        print(load_warning())
     with tempfile.TemporaryDirectory(prefix="nbnet-numba-cache-") as cache_dir:
         print(f"fresh NUMBA_CACHE_DIR={cache_dir}; 784-256-128-10 MLP, batch {args.batch}, {args.dtype}")
         cold = run_child(code, cache_dir)

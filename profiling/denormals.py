@@ -20,6 +20,7 @@ import numpy as np
 import nbnet as nb
 from nbnet import cpu, simd
 from argtypes import positive_int
+from common import load_warning
 
 
 def subnormals(arr):
@@ -64,6 +65,8 @@ def main():
     ap.add_argument("--steps", type=positive_int, default=469, help="training steps to scan (469 = one epoch at batch 128)")
     args = ap.parse_args()
     print(simd.describe())
+    if load_warning():
+        print(load_warning())
     try:
         x, y, _, _ = nb.datasets.load("mnist", data_dir=args.data_dir)
         source = f"MNIST from {args.data_dir}"

@@ -89,6 +89,10 @@ def main():
     from nbnet import simd  # noqa: PLC0415
 
     print(simd.describe())
+    from common import load_warning  # noqa: PLC0415
+
+    if load_warning():  # the "quiet" columns are only quiet on a quiet machine
+        print(load_warning())
     print(f"training step, MLP 784-256-128-10, float32; mean of {args.steps} steps, {os.cpu_count()} cores; "
           f"threads in use at the end in brackets")
     policies = args.policies.split(",") if args.policies else [""]

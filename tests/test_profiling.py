@@ -63,6 +63,15 @@ def test_every_script_prints_the_machine_it_ran_on():
     assert not missing, f"scripts that do not print simd.describe(): {missing}"
 
 
+def test_every_script_warns_when_the_machine_is_loaded():
+    """The README: timings "warn when other processes load the machine". compile.py,
+    bench_vs_torch.py, denormals.py and load.py (whose "quiet" columns assume a quiet machine) did
+    not."""
+    missing = [s for s in SCRIPTS if not any(check in (PROFILING / s).read_text(encoding="utf-8")
+                                             for check in ("load_warning()", "os.getloadavg()"))]
+    assert not missing, f"scripts that time things without a load warning: {missing}"
+
+
 def test_bench_gemm_quick_prints_cpu_isa_and_ratios():
     done = subprocess.run([sys.executable, str(PROFILING / "bench_gemm.py"), "--quick"], capture_output=True,
                           text=True, cwd=PROFILING, timeout=300, env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})

@@ -5,7 +5,7 @@ Every process holds the whole model and the whole data set, walks the same globa
 and takes its own contiguous share of every global batch (`nbnet.data.share`). Its loss is the mean
 over its k_local rows, so it scales its gradient by k_local / k_global: the sum over processes, one
 Allreduce over the packed gradient buffer per step, is then the gradient of the global-batch mean,
-and every process applies the same optimizer step to the same weights. A second Allreduce of five
+and every process applies the same optimizer step to the same weights. A second Allreduce of four
 numbers per step (loss·k, correct, k, and the Ctrl-C request) keeps the metrics global and the
 stop/diverge decisions the same on every process, so no process is left waiting for another.
 

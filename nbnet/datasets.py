@@ -566,6 +566,15 @@ def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_spl
     set is carved from the training rows by nbnet.train.split_validation. targets: what y holds,
     as check_xy's; "values" and "binary" only for files (the built-in sets are class labels).
     Features come as `dtype` (float32 or float64), converted once from what the file holds."""
+    # As Linear checks its dtype: np.dtype(None) is float64, and an integer dtype truncated every
+    # feature (spiral's all to 0) without a word.
+    try:
+        kind = None if dtype is None else np.dtype(dtype).type
+    except TypeError:
+        kind = None
+    if kind not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    dtype = kind
     if val_split is not None:
         test_split = val_split
     if targets not in TARGETS:

@@ -226,6 +226,17 @@ def test_corrupt_npz_and_unknown_names(tmp_path):
         datasets.load("cifar")
 
 
+@pytest.mark.parametrize("dtype", [None, np.int32, np.uint8, np.float16, "bogus"])
+def test_load_takes_float32_or_float64_only(tmp_path, dtype):
+    """dtype was not checked: np.int32 truncated spiral's features to 0 and an .npz's to 0 or 1,
+    float16 and None (NumPy's float64) came back as such, and "bogus" read as a corrupt file."""
+    make_mnist(tmp_path / "mnist")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((10, 3)), y=np.arange(10) % 2)
+    for name in ("spiral", "mnist", str(tmp_path / "d.npz")):
+        with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+            datasets.load(name, data_dir=tmp_path / "mnist", dtype=dtype)
+
+
 def test_load_inputs_for_prediction(tmp_path):
     np.savez(tmp_path / "x.npz", x=np.ones((3, 2)))
     (tmp_path / "x.csv").write_text("1,2\n3,4\n")

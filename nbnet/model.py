@@ -116,9 +116,13 @@ class Sequential:
     def astype(self, dtype):
         """A copy of this model (on the host) with every layer in `dtype` (np.float32 or
         np.float64), parameters converted; like NumPy's astype, the model itself is unchanged."""
-        name = np.dtype(dtype).name
+        # np.dtype(None) is float64: astype(None) would double the model, as Linear(dtype=None) would.
+        try:
+            name = None if dtype is None else np.dtype(dtype).name
+        except TypeError:
+            name = None
         if name not in ("float32", "float64"):
-            raise ValueError(f"astype: dtype must be float32 or float64, got {name}")
+            raise ValueError(f"astype: dtype must be float32 or float64, got {dtype if name is None else name}")
         arrays = self.state_arrays()
         arch = json.loads(str(arrays[ARCH_KEY]))
         for spec in arch["layers"]:

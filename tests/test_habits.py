@@ -267,6 +267,10 @@ def test_astype_copies_and_mixed_dtypes_are_refused():
         nb.Sequential(nb.Linear(4, 8), nb.ReLU(), nb.Linear(8, 3, dtype=np.float64))
     with pytest.raises(ValueError, match="dtype"):
         model.astype(np.int32)
+    # np.dtype(None) is float64: astype(None) made a float64 copy, where Linear(dtype=None) is refused
+    for bad in (None, "bogus"):
+        with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+            model.astype(bad)
 
 
 def test_a_layer_forward_converts_nothing():

@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from argtypes import positive_int, positive_ints
+from argtypes import names_from, positive_int, positive_ints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,7 +75,9 @@ def main():
     parser = argparse.ArgumentParser(description="1 vs 2 threads (fixed, adaptive), quiet vs one core busy")
     parser.add_argument("--batch", type=positive_ints, default="128", help="batch sizes, comma-separated")
     parser.add_argument("--steps", type=positive_int, default=200, help="timed steps per setting")
-    parser.add_argument("--policies", default="", help="OMP_WAIT_POLICY values to compare (default: nbnet's)")
+    # OpenMP ignores a value it does not know: the row would be labelled with it and be the default's
+    parser.add_argument("--policies", type=names_from("passive", "active"), default=None,
+                        help="OMP_WAIT_POLICY values to compare (default: nbnet's)")
     parser.add_argument("--quick", action="store_true", help="20 steps per setting")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -107,6 +107,7 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     ("threads.py", ["--threads", "0"]),
     ("threshold.py", ["--max-batch", "0"]),
     ("load.py", ["--batch", "0"]),
+    ("load.py", ["--policies", "passive,bogus"]),  # ran with OpenMP's default, in a row labelled bogus
     ("bench_sklearn.py", ["--solvers", "lbfgs"]),
     ("mpi_scaling.py", ["--procs", "0"]),
 ])

@@ -22,6 +22,8 @@ def batch_order(n, batch_size, shuffle, seed):
     rows in order. `seed` may be an int or a sequence of ints (e.g. (seed, epoch))."""
     if not whole(batch_size, 1):
         raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(shuffle, (bool, np.bool_)):  # "no" is truthy: it shuffled
+        raise ValueError(f"batches: shuffle must be True or False, got {shuffle!r}")
     if not shuffle:
         return None
     try:

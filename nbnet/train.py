@@ -437,6 +437,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # or a negative one failed inside NumPy's SeedSequence, after the kernels compiled.
     if not whole(seed, 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    for name, flag in (("shuffle", shuffle), ("restore_best", restore_best)):
+        if not isinstance(flag, (bool, np.bool_)):  # "no" is truthy: it shuffled, or restored
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     if early_stopping is not None and not whole(early_stopping, 1):
         raise ValueError(f"early_stopping must be a positive integer (epochs of patience), got {early_stopping!r}")
     # Read first after epoch 1: a string failed there, NaN or a negative one chose epochs silently.

@@ -336,3 +336,15 @@ def test_a_big_endian_batch_into_a_layer_says_how_to_make_it_native():
     refused as 'got >f4', which reads like another type."""
     with pytest.raises(ValueError, match=r"got >f4 in the other byte order \(x.astype\('float32'\)"):
         nb.Linear(3, 2)(np.zeros((2, 3), ">f4"))
+
+
+def test_flags_must_be_booleans():
+    """shuffle="no" (or restore_best="no") is truthy in Python: it shuffled (restored) silently."""
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="batches: shuffle must be True or False"):
+        list(nb.batches(x, y, 2, shuffle="no"))
+    model = nb.Sequential(nb.Linear(2, 2, seed=0))
+    for kwargs in ({"shuffle": "no"}, {"restore_best": "no", "val_split": 0.5}, {"shuffle": 0}):
+        with pytest.raises(ValueError, match="must be True or False"):
+            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, **kwargs)
+    assert len(list(nb.batches(x, y, 2, shuffle=np.bool_(False)))) == 2

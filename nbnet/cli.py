@@ -541,7 +541,8 @@ def train_cmd(ctx, **opts):
         if metrics_file:
             metrics_file.close()
     if history.best_epoch is not None:
-        why = f"early stopping: no better validation loss for {cfg['early_stopping']} epochs; " if history.stopped_early else ""
+        n = cfg["early_stopping"]
+        why = f"early stopping: no better validation loss for {n} epoch{'s' * (n != 1)}; " if history.stopped_early else ""
         best = history[history.best_epoch - 1]
         out.info(f"{why}best epoch {history.best_epoch} (validation loss {best['val_loss']:.4f})"
                  + (f", saved to {opts['save_best']}" if opts["save_best"] else ""))

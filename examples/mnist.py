@@ -92,7 +92,10 @@ def main(dataset="mnist", class_names=DIGITS):
         start, total = time.perf_counter(), 0.0
         for xb, yb in nb.batches(x_train, y_train, batch_size=args.batch_size, seed=(0, epoch)):
             opt.zero_grad()
-            total += loss_fn.forward(model.forward(xb), yb) * len(xb)
+            loss = loss_fn.forward(model.forward(xb), yb)
+            if not np.isfinite(loss):  # too large a rate: every later step would be NaN too
+                sys.exit(f"Error: training diverged in epoch {epoch} (loss {loss}): try a lower --lr")
+            total += loss * len(xb)
             model.backward(loss_fn.backward())
             opt.step()
         seconds = time.perf_counter() - start

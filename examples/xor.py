@@ -8,6 +8,8 @@ One hidden layer of 4 tanh units bends the boundary and gets all 4.
 """
 
 import argparse
+import math
+import sys
 
 import numpy as np
 
@@ -24,6 +26,8 @@ def train(model, steps, lr):
     for _ in range(steps):
         opt.zero_grad()
         loss = loss_fn.forward(model.forward(X), Y)
+        if not math.isfinite(loss):  # too large a rate: every later step would be NaN too
+            sys.exit(f"Error: training diverged (loss {loss}): try a lower --lr")
         model.backward(loss_fn.backward())
         opt.step()
     return loss

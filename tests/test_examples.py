@@ -151,6 +151,7 @@ def test_readme_python_example(tmp_path):
 @pytest.mark.parametrize("name, args, says", [
     ("xor.py", ["--steps", 0], "--steps must be at least 1"),
     ("xor.py", ["--lr", -1], "--lr must be a finite number"),
+    ("xor.py", ["--lr", "1e38", "--steps", 50], "Error: training diverged"),  # printed 'loss nan, 2/4 correct'
     ("spiral.py", ["--epochs", -1], "--epochs must be at least 1"),
     ("spiral.py", ["--epochs", 1, "--out", "/proc/spiral.png"], "Error: cannot write /proc/spiral.png"),
     ("spiral.py", ["--epochs", 1, "--out", "regions.foo"], "matplotlib cannot write .foo files"),

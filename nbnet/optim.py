@@ -108,6 +108,14 @@ class Optimizer:
         self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
 
+    _CACHES = ("_flat_for", "_groups_for", "_fast", "_owners", "_attrs", "_owners_of", "_marks", "_fills", "_cast")
+
+    def __getstate__(self):
+        # Without the caches: copy.deepcopy and pickle copy a view as an array of its own, so the
+        # cached flat views became copies no layer reads, while every array the fast check compares
+        # (by identity) was copied consistently: the copy's steps updated nothing it trains.
+        return {**self.__dict__, **dict.fromkeys(self._CACHES)}
+
     def _handles(self):
         """Per-parameter lookups made once (again when opt.params is reassigned): the (layer,
         attribute) of each array for _arrays_now, and for zero_grad the (layer, flag) marking each

@@ -392,3 +392,36 @@ def test_load_state_dict_of_a_subclass_with_its_own_constructor(base, rng):
     assert again.warmup == 3 and again.step_count == 1
     assert {k: v for k, v in again.state_dict().items() if k != "state"} == \
         {k: v for k, v in opt.state_dict().items() if k != "state"}
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("make", [lambda p: nb.SGD(p, lr=0.1, momentum=0.9), lambda p: nb.Adam(p, lr=0.01)])
+def test_a_copied_model_and_optimizer_train_on_as_the_originals(how, make):
+    """copy.deepcopy((model, opt)) / pickle (multiprocessing, a snapshot to go back to): the copy's
+    steps ran on the flat views its step cache held, copies of the original's buffers that no
+    layer reads, so the copied model never moved and its optimizer state froze."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    model = nb.Sequential(nb.Linear(4, 5, seed=0), nb.ReLU(), nb.Linear(5, 3, seed=1))
+    opt, loss_fn = make(model.parameters()), nb.SoftmaxCrossEntropy()
+
+    def step(m, o):
+        o.zero_grad()
+        loss_fn(m(x), y)
+        m.backward(loss_fn.backward())
+        o.step()
+
+    for _ in range(3):
+        step(model, opt)
+    model2, opt2 = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    for _ in range(2):
+        step(model, opt)
+        step(model2, opt2)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert not np.shares_memory(a.data, b.data)
+        np.testing.assert_array_equal(a.data, b.data)
+    for key, value in opt.state_dict()["state"].items():
+        np.testing.assert_array_equal(opt2.state_dict()["state"][key], value)

@@ -77,6 +77,17 @@ class Parameter:
     def shape(self):
         return self.data.shape
 
+    # One parameter whatever handle names it: parameters() makes new handles on each call, so by
+    # identity `p not in model[0].parameters()` (PyTorch's way of freezing a layer, where the
+    # handles are the same objects) held for every p, and the "frozen" layer was trained.
+    def __eq__(self, other):
+        if not isinstance(other, Parameter):
+            return NotImplemented
+        return self.layer is other.layer and self.name == other.name
+
+    def __hash__(self):
+        return hash((id(self.layer), self.name))
+
 
 class Layer:
     """What every layer shares: no parameters by default, a reusable buffer, and input checks."""

@@ -23,6 +23,25 @@ def test_parameters_in_layer_order_weight_before_bias():
     assert p.data is model.layers[0].weight and p.grad is model.layers[0].grad_weight
 
 
+def test_a_parameter_is_itself_in_every_list_of_parameters():
+    """PyTorch's way to freeze a layer, `[p for p in model.parameters() if p not in
+    model[0].parameters()]`, kept every parameter: each parameters() call makes new handles, which
+    compared by identity, so the "frozen" layer was trained on."""
+    model = mlp()
+    rest = [p for p in model.parameters() if p not in model[0].parameters()]
+    assert [(model.layers.index(p.layer), p.name) for p in rest] == [(2, "weight"), (2, "bias"), (4, "weight"), (4, "bias")]
+    assert set(model.parameters()) - set(model[0].parameters()) == set(rest)
+    assert model.parameters()[0] == model.parameters()[0] != model.parameters()[1]
+    assert model.parameters()[0] != nb.Linear(4, 8, seed=0).parameters()[0]  # another layer, equal arrays
+    frozen = model[0].weight.copy()
+    x, y = np.ones((2, 4), np.float32), np.array([0, 1])
+    opt, loss_fn = nb.SGD(rest, lr=0.5), nb.CrossEntropy()
+    loss_fn(model(x), y)
+    model.backward(loss_fn.backward())
+    opt.step()
+    np.testing.assert_array_equal(model[0].weight, frozen)
+
+
 def test_parameters_are_writable_in_place():
     model = mlp(np.float64)
     model.layers[0].weight[...] = 0.5

@@ -272,13 +272,15 @@ class Optimizer:
         return self._cast[1]
 
     def state_dict(self):
-        """{"type", hyper-parameters, "step_count", "state": {"<name>.<i>": host array}}."""
+        """{"type", hyper-parameters, "step_count", "state": {"<name>.<i>": host array}}. Copies, as
+        Sequential.state_dict's (and as a model on the GPU always got): training on does not
+        change a state_dict taken before, nor does writing into one change the optimizer."""
         state = {}
         for i, st in enumerate(self.state):
             for name in self.state_names:  # not a buffer kept from before momentum was set to 0
                 arr = st.get(name)
                 if arr is not None:
-                    state[f"{name}.{i}"] = arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
+                    state[f"{name}.{i}"] = arr.copy() if isinstance(arr, np.ndarray) else arr.copy_to_host()
         hyper = {name: getattr(self, name) for name in self.hyper_names}
         return {"type": type(self).__name__, **hyper, "step_count": self.step_count, "state": state}
 

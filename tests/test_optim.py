@@ -425,3 +425,23 @@ def test_a_copied_model_and_optimizer_train_on_as_the_originals(how, make):
         np.testing.assert_array_equal(a.data, b.data)
     for key, value in opt.state_dict()["state"].items():
         np.testing.assert_array_equal(opt2.state_dict()["state"][key], value)
+
+
+@pytest.mark.parametrize("make", [lambda p: nb.SGD(p, lr=0.1, momentum=0.9), lambda p: nb.Adam(p, lr=0.01)])
+def test_state_dict_is_a_snapshot(make, rng):
+    """A state_dict kept to go back to (the best epoch so far, say) held the live state arrays of a
+    model on the host (on the GPU, copies): the steps after it changed it, and loading it gave the
+    moments of now with the step count of then."""
+    grads = [[rng.normal(size=s) for s in ((3, 4), (3,))] for _ in range(4)]
+    _, params_a = make_params(np.random.default_rng(7))
+    opt_a = make(params_a)
+    apply_grads(params_a, opt_a, grads[:2])
+    sd = opt_a.state_dict()
+    kept = {k: v.copy() for k, v in sd["state"].items()}
+    apply_grads(params_a, opt_a, grads[2:])
+    for key, value in kept.items():
+        np.testing.assert_array_equal(sd["state"][key], value)
+    again = opt_a.state_dict()
+    for value in again["state"].values():
+        value[...] = 7.0
+    assert not any((st == 7.0).all() for s in opt_a.state for st in s.values())

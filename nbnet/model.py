@@ -250,6 +250,10 @@ class Sequential:
         }
         arrays = {ARCH_KEY: np.array(json.dumps(arr_safe(arch)))}
         for i, layer in enumerate(self.layers):
+            # An array assigned to a layer (`layer.weight = w`) of another shape or dtype than its
+            # config says was written, and nb.load refused the file: checked as a forward checks it.
+            if hasattr(layer, "_check_arrays"):
+                layer._check_arrays()
             for p in layer.parameters():
                 arrays[f"layer{i}.{p.name}"] = to_host(p.data)
         return arrays

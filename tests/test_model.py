@@ -140,6 +140,24 @@ def test_save_replaces_atomically(tmp_path):
     assert (nb.load(path).layers[0].weight == 7).all()
 
 
+@pytest.mark.parametrize("bad", [np.zeros((8, 3), np.float32), np.zeros((8, 4), np.float64), [[0.0] * 4] * 8])
+def test_an_assigned_parameter_that_does_not_fit_is_not_saved(tmp_path, bad):
+    """`layer.weight = w` of another shape or dtype: save wrote it, and nb.load refused the file
+    (a checkpoint of a run then lost at the end of it; a list was an AttributeError)."""
+    from nbnet.checkpoint import save_checkpoint
+    from nbnet.train import TrainState
+
+    path = tmp_path / "m.npz"
+    model = mlp()
+    model.save(path)
+    model.layers[0].weight = bad
+    with pytest.raises(ValueError, match=r"Linear\(4, 8\): weight must be a C-contiguous float32 \(8, 4\)"):
+        model.save(path)
+    with pytest.raises(ValueError, match="weight must be"):
+        save_checkpoint(tmp_path / "c.npz", model, nb.SGD(mlp().parameters(), lr=0.1), TrainState(), {})
+    assert nb.load(path).layers[0].weight.shape == (8, 4) and not (tmp_path / "c.npz").exists()
+
+
 def test_save_to_a_name_ending_in_a_separator_is_a_one_line_error(tmp_path):
     """os.replace(temp, "m/") failed with NotADirectoryError naming nbnet's temp file."""
     path = f"{tmp_path / 'm'}{os.sep}"

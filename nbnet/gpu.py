@@ -220,14 +220,21 @@ def move_model(model, device):
     move = to_device if device == "cuda" else _to_host
     if device == "cuda":
         _require_device()  # before touching anything: a failed move leaves the model as it was
+    moved = {}  # id -> (array, its copy): an array in two layers (a tied weight) stays one array
+
+    def once(arr):
+        if id(arr) not in moved:
+            moved[id(arr)] = (arr, move(arr))
+        return moved[id(arr)][1]
+
     for layer in model.layers:
         keep = set()
         for p in layer.parameters():
             # "_grad_<name>": the array behind a Linear's grad_<name> property. p.grad reads a
             # gradient that zero_grad marked as zeros (and fills it): the move copies zeros.
             keep.update((p.name, "grad_" + p.name, "_grad_" + p.name))
-            setattr(layer, p.name, move(p.data))
-            setattr(layer, "grad_" + p.name, move(p.grad))
+            setattr(layer, p.name, once(p.data))
+            setattr(layer, "grad_" + p.name, once(p.grad))
         for name, value in list(vars(layer).items()):
             if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
                 setattr(layer, name, None)

@@ -13,6 +13,11 @@ from operator import is_
 
 import numpy as np
 
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # NumPy < 2
+    from numpy import byte_bounds
+
 from . import cpu, simd, threads
 from .files import read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
 from .layers import LAYERS, Linear, ReLU
@@ -490,6 +495,8 @@ def pack_parameters(params):
         return
     if one_flat([p.data for p in params]) is not None and one_flat([p.grad for p in params]) is not None:
         return  # already back to back in one buffer (e.g. a slice of a packed model): keep it
+    if _tied([p.data for p in params]) or _tied([p.grad for p in params]):
+        return  # one array in two layers (a tied weight): packing copied it into two, untying them
     if not on_host[0]:
         from .gpu import pack, simulator_enabled  # noqa: PLC0415 - only device arrays get here
 
@@ -509,6 +516,16 @@ def pack_parameters(params):
         setattr(p.layer, p.name, data[start:end].reshape(p.data.shape))
         setattr(p.layer, "grad_" + p.name, grad[start:end].reshape(p.grad.shape))
         start = end
+
+
+def _tied(arrays):
+    """Two of the arrays are one (`layer2.weight = layer1.weight`), or their memory overlaps on
+    the host: sorted by start, some array starts before the one before it ends (n log n: a model
+    may have thousands of parameters, and a check of every pair took seconds)."""
+    if len(set(map(id, arrays))) < len(arrays):
+        return True
+    spans = sorted(byte_bounds(a) for a in arrays if isinstance(a, np.ndarray) and a.size)
+    return any(start < end for (_, end), (start, _) in zip(spans, spans[1:]))
 
 
 def copy_device_array(arr):

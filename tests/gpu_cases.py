@@ -415,6 +415,15 @@ def test_moves_back_and_forth_with_optimizer_state(tmp_path):
     assert not isinstance(probs, np.ndarray)
 
 
+def test_a_tied_weight_moves_as_one_array():
+    model = nb.Sequential(nb.Linear(4, 4, seed=0), nb.ReLU(), nb.Linear(4, 4, seed=1))
+    model.layers[2].weight = model.layers[0].weight
+    model.to("cuda")
+    assert model.layers[2].weight is model.layers[0].weight
+    model.to("cpu")
+    assert model.layers[2].weight is model.layers[0].weight
+
+
 def test_device_labels_and_bad_labels():
     model = tiny_model().to("cuda")
     logits = model.forward(np.zeros((2, 3), np.float32))

@@ -77,6 +77,30 @@ def test_an_assigned_parameter_that_does_not_fit_is_a_value_error(name, value, m
         opt.step()  # a step right after the assignment, without a forward
 
 
+def test_a_weight_tied_to_two_layers_stays_tied():
+    """`l2.weight = l1.weight` (one array in two layers: two parameters, stepped with a gradient
+    each, see nbnet.optim): Sequential() and model.to() packed the parameters into one buffer,
+    copying that array into two places, and the layers trained on untied, silently."""
+    x, y = np.random.default_rng(0).normal(size=(4, 5)), np.array([0, 1, 2, 3])
+    l1, l2 = nb.Linear(5, 5, dtype=np.float64, seed=0), nb.Linear(5, 5, dtype=np.float64, seed=1)
+    l2.weight = l1.weight
+    model = nb.Sequential(l1, nb.Tanh(), l2)
+    assert model[2].weight is model[0].weight
+    assert model.to("cpu")[2].weight is model[0].weight and model[::2][1].weight is model[0].weight
+    other = nb.Sequential(nb.Linear(5, 5, dtype=np.float64, seed=0), nb.Tanh(), nb.Linear(5, 5, dtype=np.float64))
+    other[2].weight = other[0].weight  # tied after packing, then moved
+    assert other.to("cpu")[2].weight is other[0].weight
+
+    opt, loss_fn = nb.SGD(model.parameters(), lr=0.1), nb.SoftmaxCrossEntropy()
+    w = model[0].weight.copy()
+    loss_fn(model(x), y)
+    model.backward(loss_fn.backward())
+    grads = model[0].grad_weight + model[2].grad_weight
+    opt.step()
+    assert model[2].weight is model[0].weight
+    np.testing.assert_allclose(model[0].weight, w - 0.1 * grads, rtol=1e-12)
+
+
 def test_he_uniform_init_is_seeded_and_bounded():
     a, b, c = nb.Linear(100, 50, seed=3), nb.Linear(100, 50, seed=3), nb.Linear(100, 50, seed=4)
     np.testing.assert_array_equal(a.weight, b.weight)

@@ -145,7 +145,10 @@ class Sequential:
         out = self.forward_reusing(x)
         return out.copy() if isinstance(out, np.ndarray) else copy_device_array(out)
 
-    __call__ = forward
+    def __call__(self, x):
+        # Not `__call__ = forward`: that bound Sequential.forward itself, so in a subclass with a
+        # forward of its own, model(x) ran the base class's and model.forward(x) the subclass's.
+        return self.forward(x)
 
     def forward_reusing(self, x):
         """Like `forward`, but returns the last layer's own output buffer, which the next call

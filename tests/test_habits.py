@@ -27,6 +27,18 @@ def test_callable_layers_losses_and_sequential_of_args():
     assert loss_fn(a(x), y.tolist()) == loss_fn(a(x), y)  # a list of labels
 
 
+def test_model_call_is_the_subclass_forward():
+    """`__call__ = forward` bound Sequential.forward: a subclass's own forward ran for
+    model.forward(x) and not for model(x)."""
+
+    class Doubled(nb.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model, x = Doubled(nb.Linear(4, 3, seed=0)), np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(model(x), 2 * nb.Sequential(nb.Linear(4, 3, seed=0)).forward(x))
+
+
 def test_a_layer_class_instead_of_a_layer_is_named():
     """nb.ReLU for nb.ReLU(): a class has forward and backward too, and was a TypeError about a
     missing `self` in Layer.parameters."""

@@ -251,9 +251,21 @@ class Optimizer:
             views = [st.get(name) for st in self.state for name in self.state_names]
             if tuple(map(id, views)) == cached[3]:
                 return cached[2]
-        arrays, n = self._flat_for[0], len(self.params)
+        arrays, n, who = self._flat_for[0], len(self.params), type(self).__name__
+        # State is kept per parameter number, made for the parameters as they were: for a resized
+        # layer or a reassigned opt.params the kernels read and wrote past the ends of the old
+        # state arrays (a crash, or other memory overwritten), or indexed past the state list.
+        if len(self.state) != n:
+            raise ValueError(f"{who}: {n} parameters but optimizer state for {len(self.state)}: "
+                             "for other parameters make a new optimizer")
         for i in range(n):
-            _check_parameter(type(self).__name__, i, arrays[i], arrays[n + i])
+            _check_parameter(who, i, arrays[i], arrays[n + i])
+            for name in self.state_names:
+                st = self.state[i].get(name)
+                if st is not None and (st.size != arrays[i].size or st.dtype != arrays[i].dtype):
+                    raise ValueError(f"{who}: parameter {i} is {arrays[i].dtype} {tuple(arrays[i].shape)} but its "
+                                     f"state {name} was made for {st.size} {st.dtype} numbers: for other or "
+                                     "resized parameters make a new optimizer")
         if flat is not None:
             data, grad = flat
             groups = [(data, grad, {name: self._flat_state(name, data) for name in self.state_names})]

@@ -445,3 +445,23 @@ def test_state_dict_is_a_snapshot(make, rng):
     for value in again["state"].values():
         value[...] = 7.0
     assert not any((st == 7.0).all() for s in opt_a.state for st in s.values())
+
+
+@pytest.mark.parametrize("change", ["resized", "reversed", "fewer", "more"])
+def test_state_made_for_other_parameters_is_an_error_not_an_overrun(change):
+    """State is per parameter number: a layer resized after a step (weight, gradient and
+    out_features assigned) or opt.params reassigned stepped the kernels past the ends of the old
+    state arrays (a segfault or heap corruption), or indexed past the state list."""
+    layer = nb.Linear(4, 3, seed=0)
+    opt = nb.Adam(layer.parameters(), lr=0.1)
+    layer.grad_weight[...] = 1
+    opt.step()
+    if change == "resized":
+        layer.out_features = 300
+        layer.weight, layer.grad_weight = np.zeros((300, 4), np.float32), np.ones((300, 4), np.float32)
+        layer.bias, layer.grad_bias = np.zeros(300, np.float32), np.ones(300, np.float32)
+    else:
+        params = layer.parameters()
+        opt.params = {"reversed": params[::-1], "fewer": params[:1], "more": params + nb.Linear(2, 2).parameters()}[change]
+    with pytest.raises(ValueError, match="make a new optimizer"):
+        opt.step()

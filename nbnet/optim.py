@@ -373,8 +373,9 @@ class SGD(Optimizer):
             self._fast = self._groups_for = None  # groups made without the buffer
 
     def step(self):
+        groups = self._groups()  # first: a step it refuses leaves step_count as it was
         self.step_count += 1
-        for data, grad, st in self._groups():
+        for data, grad, st in groups:
             buf = st["momentum_buffer"] if self.state_names else data  # without momentum the kernel never reads it
             lr, momentum, weight_decay = self._scalars(data.dtype, self.lr, self.momentum, self.weight_decay)
             kernels(data).sgd_step(data, grad, buf, lr, momentum, weight_decay, self.nesterov)
@@ -400,6 +401,7 @@ class Adam(Optimizer):
         self.betas = (float(betas[0]), float(betas[1]))
 
     def step(self):
+        groups = self._groups()  # first: a step it refuses leaves t, Adam's bias correction, as it was
         self.step_count += 1
         t = self.step_count
         beta1, beta2 = self.betas
@@ -408,7 +410,7 @@ class Adam(Optimizer):
         bc2_sqrt = math.sqrt(1 - beta2**t)
         l2 = 0.0 if self.decoupled else self.weight_decay
         decay = 1 - self.lr * self.weight_decay if self.decoupled else 1.0
-        for data, grad, st in self._groups():
+        for data, grad, st in groups:
             dt = data.dtype.type
             kernels(data).adam_step(
                 data, grad, st["exp_avg"], st["exp_avg_sq"],

@@ -465,3 +465,22 @@ def test_state_made_for_other_parameters_is_an_error_not_an_overrun(change):
         opt.params = {"reversed": params[::-1], "fewer": params[:1], "more": params + nb.Linear(2, 2).parameters()}[change]
     with pytest.raises(ValueError, match="make a new optimizer"):
         opt.step()
+
+
+@pytest.mark.parametrize("make", [lambda p: nb.SGD(p, lr=0.1, momentum=0.9), lambda p: nb.Adam(p, lr=0.1)])
+def test_a_refused_step_leaves_the_step_count(make):
+    """step() counted the step before checking it could take it: after a refused step (a gradient
+    assigned in float64, here) put right, Adam's bias correction ran one step ahead for good, and
+    a checkpoint recorded a step never taken."""
+    layer, twin = nb.Linear(4, 3, seed=0), nb.Linear(4, 3, seed=0)
+    opt, opt_twin = make(layer.parameters()), make(twin.parameters())
+    good = layer.grad_weight
+    layer.grad_weight = np.ones((3, 4))
+    with pytest.raises(ValueError, match="its gradient must be"):
+        opt.step()
+    assert opt.step_count == 0
+    layer.grad_weight = good
+    for lay, o in ((layer, opt), (twin, opt_twin)):
+        lay.grad_weight[...] = 1
+        o.step()
+    np.testing.assert_array_equal(layer.weight, twin.weight)

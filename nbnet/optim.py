@@ -107,6 +107,7 @@ class Optimizer:
         self._owners = self._attrs = self._owners_of = None  # (layer, attribute) of each array, for _arrays_now
         self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
+        self._hyper_ok = None  # the hyper-parameters last checked (see _check_hyper_now)
 
     _CACHES = ("_flat_for", "_groups_for", "_fast", "_owners", "_attrs", "_owners_of", "_marks", "_fills", "_cast")
 
@@ -275,6 +276,15 @@ class Optimizer:
         self._groups_for = (self._flat_for, views, groups, tuple(map(id, views)))
         return groups
 
+    def _check_hyper_now(self):
+        """Checks the hyper-parameters as the constructor does, when they changed since the last
+        step: set after construction (opt.lr = None, -0.1; opt.betas = 0.9) they reached the
+        kernels unchecked, and the weights became NaN or the loss climbed, without a word."""
+        values = tuple(getattr(self, name) for name in self.checked_names)
+        if values != self._hyper_ok:
+            self._check_hyper(*values)
+            self._hyper_ok = values
+
     def _scalars(self, dtype, *values):
         """values cast to dtype (as torch casts Python scalars), kept while they stay the same:
         making NumPy scalars costs ~0.3 µs each, a step."""
@@ -344,17 +354,22 @@ class SGD(Optimizer):
     """
 
     hyper_names = ("lr", "momentum", "weight_decay", "nesterov")
+    checked_names = hyper_names  # _check_hyper's arguments (a subclass may add hyper_names of its own)
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self._check_hyper(lr, momentum, weight_decay, nesterov)
+        self.momentum = float(momentum)  # first: it decides the state names
+        super().__init__(params)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.nesterov = bool(nesterov)
+
+    @staticmethod
+    def _check_hyper(lr, momentum, weight_decay, nesterov):
         _check_nonneg("SGD", lr=lr, momentum=momentum, weight_decay=weight_decay)
         if not isinstance(nesterov, (bool, np.bool_)):  # nesterov="no" is truthy: it meant yes
             raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov momentum requires momentum > 0")
-        self.momentum = float(momentum)  # first: it decides the state names
-        super().__init__(params)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.nesterov = bool(nesterov)
 
     @property
     def momentum(self):
@@ -373,6 +388,7 @@ class SGD(Optimizer):
             self._fast = self._groups_for = None  # groups made without the buffer
 
     def step(self):
+        self._check_hyper_now()
         groups = self._groups()  # first: a step it refuses leaves step_count as it was
         self.step_count += 1
         for data, grad, st in groups:
@@ -389,18 +405,23 @@ class Adam(Optimizer):
 
     state_names = ("exp_avg", "exp_avg_sq")
     hyper_names = ("lr", "betas", "eps", "weight_decay")
+    checked_names = hyper_names  # _check_hyper's arguments (a subclass may add hyper_names of its own)
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        name = type(self).__name__
-        _check_nonneg(name, lr=lr, eps=eps, weight_decay=weight_decay)
-        if not (hasattr(betas, "__len__") and len(betas) == 2 and all(_real(b) and 0 <= b < 1 for b in betas)):
-            raise ValueError(f"{name}: betas must be two numbers in [0, 1), got {betas!r}")
+        self._check_hyper(lr, betas, eps, weight_decay)
         super().__init__(params)
         self.lr, self.eps, self.weight_decay = float(lr), float(eps), float(weight_decay)
         self.betas = (float(betas[0]), float(betas[1]))
 
+    def _check_hyper(self, lr, betas, eps, weight_decay):
+        name = type(self).__name__
+        _check_nonneg(name, lr=lr, eps=eps, weight_decay=weight_decay)
+        if not (hasattr(betas, "__len__") and len(betas) == 2 and all(_real(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"{name}: betas must be two numbers in [0, 1), got {betas!r}")
+
     def step(self):
+        self._check_hyper_now()
         groups = self._groups()  # first: a step it refuses leaves t, Adam's bias correction, as it was
         self.step_count += 1
         t = self.step_count

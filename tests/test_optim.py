@@ -484,3 +484,28 @@ def test_a_refused_step_leaves_the_step_count(make):
         lay.grad_weight[...] = 1
         o.step()
     np.testing.assert_array_equal(layer.weight, twin.weight)
+
+
+@pytest.mark.parametrize("make, name, value", [
+    (lambda p: nb.SGD(p, lr=0.1), "lr", None),
+    (lambda p: nb.SGD(p, lr=0.1), "lr", -0.1),
+    (lambda p: nb.SGD(p, lr=0.1, momentum=0.9), "weight_decay", float("nan")),
+    (lambda p: nb.SGD(p, lr=0.1, momentum=0.9), "nesterov", "no"),
+    (lambda p: nb.Adam(p, lr=0.01), "lr", float("inf")),
+    (lambda p: nb.Adam(p, lr=0.01), "betas", 0.9),
+    (lambda p: nb.Adam(p, lr=0.01), "betas", (0.9, 1.0)),
+    (lambda p: nb.AdamW(p, lr=0.01), "eps", -1e-8),
+])
+def test_hyper_parameters_set_after_construction_are_checked_at_the_step(make, name, value, rng):
+    """The constructors check their hyper-parameters; set afterwards (opt.lr = None, -0.1; opt.betas =
+    0.9) they reached the kernels unchecked: NaN weights or a climbing loss without a word, or
+    a TypeError after step_count had moved. Checked when they change; the step then changes nothing."""
+    _, params = make_params(rng)
+    opt = make(params)
+    feed_grads(params, rng)
+    opt.step()
+    before = [p.data.copy() for p in params], opt.step_count
+    setattr(opt, name, value)
+    with pytest.raises(ValueError, match=name):
+        opt.step()
+    assert all(np.array_equal(a, p.data) for a, p in zip(before[0], params)) and opt.step_count == before[1]

@@ -415,15 +415,19 @@ class _Plan:
 
 
 def held_arrays(layers):
-    """The ids of the host arrays the layers hold (buffers, parameters, gradients) and of the
-    arrays that own their memory: what a batch must not be a view of (see _unaliased)."""
-    held = set()
+    """{id: array} of the host arrays the layers write (buffers, parameters, gradients) and of the
+    arrays that own their memory: what a batch must not be a view of (see _unaliased). Not the
+    layers' inputs: the first's is the last batch, which the model only reads (a training loop's
+    reused batch buffer, or a view of the data set, was copied every step), and the others' are
+    outputs held as such. The arrays themselves are kept, not only their ids: a plan keeps this
+    while it lives, and an id of an array that died is soon another array's (a needless copy)."""
+    held = {}
     for layer in layers:
-        for a in vars(layer).values():
-            if type(a) is np.ndarray:
-                held.add(id(a))
+        for name, a in vars(layer).items():
+            if type(a) is np.ndarray and name != "inp":
+                held[id(a)] = a
                 if a.base is not None:
-                    held.add(id(a.base))
+                    held[id(a.base)] = a.base
     return held
 
 

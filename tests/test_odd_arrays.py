@@ -65,6 +65,18 @@ def test_a_batch_that_is_a_models_own_array_gives_the_copys_bits(planned, which)
         np.testing.assert_array_equal(p.grad, q.grad)
 
 
+def test_a_batch_the_model_only_read_before_is_not_copied():
+    # The first layer keeps the last batch as its input, but never writes it: counting it as held
+    # copied a reused batch buffer, or the next view of the data set, at every such step.
+    x = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
+    for batches in ([x] * 4, [x[:32], x[32:]] * 3):  # the data set, or views of it
+        model = nb.Sequential(nb.Linear(8, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1))
+        for step, batch in enumerate(batches):  # the second forward builds a plan, the later ones run it
+            model.forward_reusing(batch)
+            assert model[0].inp is batch, f"step {step}: a {batch.shape} batch was copied"
+        assert model._plan is not None
+
+
 @pytest.mark.parametrize("loss, buffer", [(nb.SoftmaxCrossEntropy, "dinp"), (nb.SoftmaxCrossEntropy, "probs_buf"),
                                           (nb.CrossEntropy, "dinp")])
 def test_a_classification_loss_on_its_own_buffer_gives_the_copys_bits(loss, buffer):

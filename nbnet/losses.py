@@ -58,8 +58,9 @@ class _ClassificationLoss(Layer):
         pred = self._check_input(pred)
         for name in ("dinp", "probs_buf"):
             buf = getattr(self, name, None)
-            if buf is not None and (pred is buf or (type(pred) is np.ndarray and pred.base is not None
-                                                    and pred.base is buf.base)):
+            # (A device buffer has no .base, and a host view cannot alias it: only host pairs compare bases.)
+            if buf is not None and (pred is buf or (type(pred) is np.ndarray and type(buf) is np.ndarray
+                                                    and pred.base is not None and pred.base is buf.base)):
                 # pred is (a view of) this loss's own buffer (loss_fn(loss_fn.backward(), y)): the
                 # kernels would write it while reading pred. A new one, as Linear's forward does.
                 setattr(self, name, None)

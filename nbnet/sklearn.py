@@ -238,22 +238,30 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, incremental, classes=None):
         if incremental and hasattr(self, "_model"):  # trains the model in place: nothing to go back to
-            return self._fit_steps(X, y, incremental, classes)
+            self._fit_steps(X, y, incremental, classes)
+            return self
         # A fit that builds a new model and then raises (y too large for dtype, a diverged loss, a
-        # validation set too small, a bad random_state) left that half-made model behind: an unfitted
-        # estimator became "fitted" and predicted from untrained or blown-up weights without a word,
-        # a refit mixed the old model with the new classes_ and n_features_in_. It now leaves the
-        # estimator as it was. Not on KeyboardInterrupt: an interrupted fit keeps its epochs so far.
+        # validation set too small, a bad random_state, a warning made an error) left that half-made
+        # model behind: an unfitted estimator became "fitted" and predicted from untrained or
+        # blown-up weights without a word, a refit mixed the old model with the new classes_ and
+        # n_features_in_. It now leaves the estimator as it was. Not on KeyboardInterrupt: an
+        # interrupted fit keeps its epochs so far.
         before = dict(self.__dict__)
         try:
-            return self._fit_steps(X, y, incremental, classes)
-        except Exception as exc:
-            if not isinstance(exc, Warning):  # ConvergenceWarning as an error: the fit is whole
-                self.__dict__.clear()
-                self.__dict__.update(before)
+            converged = self._fit_steps(X, y, incremental, classes)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(before)
             raise
+        # After the fit is whole (early stopping's best weights back), so that this warning made an
+        # error leaves a fitted estimator, and any other warning made one leaves it as it was
+        if not converged:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        return self
 
     def _fit_steps(self, X, y, incremental, classes):
+        """The fit; answers whether it stopped before max_iter (partial_fit's epoch: True)."""
         sizes, dtype = self._check_params()
         if incremental and self.early_stopping:
             # scikit-learn's rule and words; after a fit with early stopping, best_loss_ is None
@@ -321,18 +329,17 @@ class _BaseMLP(BaseEstimator):
             steps = -(-n // batch_size)
             state = TrainState(epoch=self.n_iter_, step=self.n_iter_ * steps)
             train(self._model, self._optimizer, (X, y), epochs=self.n_iter_ + 1, state=state, **loop)
-            return self
+            return True
+        converged = False
         try:
             train(self._model, self._optimizer, (X, y), epochs=self.max_iter, **loop)
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
         except _Converged:
-            pass
+            converged = True
         if self.early_stopping:
             for p, best in zip(self._model.parameters(), self._best_params or ()):  # None: no finite score
                 p.data[...] = best
             del self._best_params
-        return self
+        return converged
 
     def _update_no_improvement_count(self, score):
         """scikit-learn's rule: an epoch that does not beat the best by tol counts; n_iter_no_change

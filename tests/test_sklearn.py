@@ -422,6 +422,36 @@ def test_a_refused_fit_leaves_the_estimator_as_it_was():
     assert list(clf.classes_) == [0, 1]
 
 
+def test_a_warning_made_an_error_ends_a_fit_as_it_was_or_whole():
+    """Any Warning raised was taken for the last ConvergenceWarning: the batch_size warning made an
+    error left a new estimator 'fitted' with an untrained model; and the ConvergenceWarning came
+    before early stopping put its best weights back, so that fit ended on the last epoch's."""
+    from sklearn.exceptions import NotFittedError
+
+    x, y = blobs(n=100)
+    clf = MLPClassifier((4,), max_iter=2, batch_size=500, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="batch_size"):
+            clf.fit(x, y)
+    with pytest.raises(NotFittedError):
+        clf.predict(x)
+    assert not hasattr(clf, "n_features_in_")
+
+    kwargs = dict(hidden_layer_sizes=(8,), max_iter=6, random_state=0, early_stopping=True, learning_rate_init=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        want = MLPClassifier(**kwargs).fit(x, y)
+    assert want.validation_scores_[-1] < want.best_validation_score_  # the best epoch is not the last
+    got = MLPClassifier(**kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning):
+            got.fit(x, y)
+    np.testing.assert_array_equal(got.predict_proba(x), want.predict_proba(x))
+    assert not hasattr(got, "_best_params")
+
+
 def test_early_stopping_splits_without_strata_where_a_class_cannot_be_on_both_sides():
     """The validation rows were always drawn stratified by class: data that scikit-learn's
     MLPClassifier fits (it stratifies two classes only) was refused with train_test_split's words,

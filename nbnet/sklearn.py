@@ -190,7 +190,8 @@ class _BaseMLP(BaseEstimator):
         if self.batch_size == "auto":
             return min(200, n)
         if self.batch_size > n:
-            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped", stacklevel=4)
+            # at the caller's fit or partial_fit line: fit -> _fit -> _fit_steps -> here
+            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped", stacklevel=5)
         return min(self.batch_size, n)
 
     # -- model and optimizer ----------------------------------------------------------------

@@ -452,6 +452,20 @@ def test_a_warning_made_an_error_ends_a_fit_as_it_was_or_whole():
     assert not hasattr(got, "_best_params")
 
 
+def test_warnings_point_at_the_callers_line():
+    """The batch_size warning named a line of nbnet/sklearn.py, where a filter by module or a
+    reader looking for their own call would not find it."""
+    x, y = blobs(n=50)
+    calls = [lambda: MLPClassifier((4,), max_iter=1, batch_size=500, random_state=0).fit(x, y),
+             lambda: MLPClassifier((4,), batch_size=500, random_state=0).partial_fit(x, y, classes=[0, 1, 2]),
+             lambda: MLPRegressor((4,), batch_size=500, random_state=0).partial_fit(x, y)]
+    for call in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        assert caught and {w.filename for w in caught} == {__file__}, [(w.filename, str(w.message)) for w in caught]
+
+
 def test_early_stopping_splits_without_strata_where_a_class_cannot_be_on_both_sides():
     """The validation rows were always drawn stratified by class: data that scikit-learn's
     MLPClassifier fits (it stratifies two classes only) was refused with train_test_split's words,

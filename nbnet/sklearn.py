@@ -500,7 +500,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return y.shape[1]
 
     def _encode_targets(self, y, first, classes, dtype):
-        y = np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
+        with np.errstate(over="ignore"):  # a target too large for dtype: nbnet.train's error says so
+            y = np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
         if first:
             self.n_outputs_ = y.shape[1]
             self.out_activation_ = "identity"

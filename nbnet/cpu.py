@@ -813,8 +813,6 @@ def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, target
     return rows_mean(losses)
 
 
-
-
 @jit
 def mse_forward(pred, target):
     """L = (1/(k d)) Σ_i Σ_j (p_ij - t_ij)²   (PyTorch MSELoss: the mean over every element)

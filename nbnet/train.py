@@ -481,7 +481,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     if state.epoch > epochs or (state.epoch == epochs and state.seen):
         stopped = f" (stopped in epoch {state.epoch + 1})" if state.seen else ""
         raise ValueError(f"state has {state.epoch} epochs done{stopped}: epochs={epochs} would train none of them; "
-                         f"epochs is a total, give {state.epoch + 1} or more")
+                         f"epochs is a total, give {state.epoch + 1} or more to train on")
     if comm.size > 1:
         # Processes given other arguments, data or weights sum gradients of different problems:
         # another seed or file trained silently; another batch size or epoch count left a process

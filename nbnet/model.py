@@ -160,7 +160,8 @@ class Sequential:
             self._plan = None
             if plan.takes(x):  # the batch fits but an array was replaced: plan less eagerly
                 self._plan_after = min(2 * self._plan_after, 1024)
-        x = _unaliased(x, held_arrays(self.layers))
+        if type(x) is np.ndarray and simd.made_here(x):  # only nbnet's own arrays can be a layer's
+            x = _unaliased(x, held_arrays(self.layers))
         out = self._forward_layers(x)
         # The second forward in a row at one batch shape plans the calls: a shape seen once, such
         # as an epoch's last short batch, is not worth building a plan for.

@@ -35,6 +35,7 @@ step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halve
 import math
 import os
 import re
+import weakref
 
 import llvmlite.binding as llb
 import numpy as np
@@ -655,6 +656,18 @@ def stack_array(typingctx, like, SIZE):
 ALIGN = 64
 
 
+# The buffers empty() made, by id (the arrays themselves held weakly): whether a batch is (a view
+# of) one of nbnet's own arrays, before nbnet.model looks through a model's arrays for it (see
+# model._unaliased), is then one look-up, and a user's own array, the common case, costs no more.
+_made = weakref.WeakValueDictionary()
+
+
+def made_here(x):
+    """Whether host array x is (a view of) a buffer that empty() made."""
+    base = x.base
+    return base is not None and _made.get(id(base)) is base
+
+
 def empty(shape, dtype):
     """np.empty(shape, dtype) whose data starts on an ALIGN-byte boundary (a view of a slightly
     larger buffer). NumPy's large arrays start 16 bytes into a page, so every other vector of a
@@ -667,6 +680,7 @@ def empty(shape, dtype):
     # a flat owner of the same dtype, so that views of the result have it as their .base (as
     # nbnet.optim.one_flat expects of packed parameters); NumPy's data is 16-byte aligned
     buf = np.empty(size + ALIGN // dtype.itemsize, dtype)
+    _made[id(buf)] = buf
     start = (-buf.ctypes.data % ALIGN) // dtype.itemsize
     return buf[start : start + size].reshape(shape)
 

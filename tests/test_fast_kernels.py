@@ -916,6 +916,6 @@ def test_host_buffers_start_on_a_cache_line():
         model.backward(loss_fn.backward())
         opt.step()
     lin = model.layers[0]
-    state = opt.state_dict()["state"]["momentum_buffer.0"]
+    state = opt.state[0]["momentum_buffer"]  # the live array the step streams (state_dict() copies)
     for arr in (lin.weight, lin.grad_weight, lin.out, model.layers[1].out, opt._flat()[0], state):
         assert arr.ctypes.data % simd.ALIGN == 0 and arr.base.ndim == 1

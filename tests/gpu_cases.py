@@ -451,6 +451,24 @@ def test_device_labels_out_of_range_are_an_error_not_an_out_of_bounds_read(loss_
     assert np.isfinite(to_host(loss_fn.backward())).all()
 
 
+def test_nan_in_device_features_is_the_host_features_error():
+    """Features on the GPU went unchecked: predict gave class 0 for every row of NaN, evaluate a NaN
+    loss. Checked a block of rows at a time (a small block here, so that the row counts on)."""
+    from nbnet.train import _check_device_features  # noqa: PLC0415 - nb.train is the function
+
+    model = tiny_model().to("cuda")
+    x = np.zeros((6, 3), np.float32)
+    x[4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"x: x\[4, 2\] is nan"):
+        nb.predict(model, gpu.to_device(x))
+    with pytest.raises(ValueError, match=r"x\[4, 2\] is nan"):
+        nb.evaluate(model, gpu.to_device(x), gpu.to_device(np.zeros(6, np.int64)))
+    with pytest.raises(ValueError, match=r"x: x\[4, 2\] is nan"):
+        _check_device_features(gpu.to_device(x), "x", block_bytes=24)  # a row a block
+    x[4, 2] = 0
+    assert nb.predict(model, gpu.to_device(x)).shape == (6,)
+
+
 @pytest.mark.parametrize("max_bytes", [None, 3 * (3 * 4 + 8)])  # resident; chunks of 3 rows → 2 rows
 def test_device_dataset_gives_the_cpu_batches(max_bytes):
     rng = np.random.default_rng(7)

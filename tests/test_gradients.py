@@ -172,6 +172,18 @@ def test_float32_elementwise_losses_of_many_outputs_stay_accurate(loss_cls):
     assert loss_cls().forward(p, y) == pytest.approx(want, rel=1e-6)
 
 
+def test_elementwise_losses_over_more_rows_than_a_block_match_numpy():
+    """MSE and BCE sum their rows in blocks of SUM_ROWS: every block, the last partial one too,
+    is in the mean. (The float32 test above compares with the same kernel in float64, which a
+    block left out of both would pass.)"""
+    rng = np.random.default_rng(0)
+    k = 2 * cpu.SUM_ROWS + 3
+    p, y = rng.normal(size=(k, 3)), (rng.random((k, 3)) < 0.5).astype(F64)
+    assert nb.MSELoss().forward(p, y) == pytest.approx(np.mean((p - y) ** 2), rel=1e-12)
+    bce = np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))
+    assert nb.BCEWithLogits().forward(p, y) == pytest.approx(bce.mean(), rel=1e-12)
+
+
 def test_float32_crossentropy_of_many_rows_is_summed_accurately():
     """Cross-entropy sums a term per row: one running float32 sum was 4.7e-6 off here, at 60,000 rows
     (a whole MNIST split in one batch), and 4e-5 at 600,000; in blocks of rows, 3.2e-7. Checked against the float64 mean of the very

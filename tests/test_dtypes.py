@@ -146,6 +146,21 @@ def test_softmax_crossentropy_is_finite_at_extreme_logits(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_subtracts_the_row_max_wherever_it_is(dtype):
+    """The row max is found over every column, the last one too: a large logit missed by it
+    overflows e^(z - m) to inf, and the loss and the probabilities to NaN."""
+    for c in range(3):
+        z = np.full((1, 3), -1000.0, dtype)
+        z[0, c] = 1000.0
+        onehot = np.eye(3, dtype=dtype)[[c]]
+        assert nb.SoftmaxCrossEntropy().forward(z, np.array([c])) == 0.0
+        np.testing.assert_array_equal(nb.Softmax().forward(z), onehot)
+        probs = np.empty_like(z)
+        assert cpu.softmax_crossentropy_forward(probs, np.empty(1, dtype), z, np.array([c])) == 0.0
+        np.testing.assert_array_equal(probs, onehot)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activations_are_finite_at_extreme_inputs(dtype):
     x = np.array([[1000.0, -1000.0, 0.0, 88.0, -104.0]], dtype)
     for layer in (nb.Sigmoid(), nb.Tanh(), nb.Softmax()):

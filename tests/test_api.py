@@ -289,6 +289,15 @@ def test_a_seed_that_is_not_a_non_negative_integer_is_refused_up_front(seed):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, seed=seed)
 
 
+def test_r2_of_a_constant_target_is_1_when_predicted_exactly_else_0():
+    """R² has no variance to divide by for a constant target: 1 for an exact prediction, else 0."""
+    model = nb.Sequential(nb.Linear(2, 1, seed=0))
+    model[0].weight[...], model[0].bias[...] = 0, 3
+    x = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+    assert nb.evaluate(model, x, np.full(10, 3.0), loss="mse")["r2"] == 1.0
+    assert nb.evaluate(model, x, np.full(10, 4.0), loss="mse")["r2"] == 0.0
+
+
 @pytest.mark.parametrize("min_delta", [-0.5, float("nan"), "0.01", None])
 def test_a_bad_min_delta_is_refused_up_front(min_delta):
     """min_delta was first used after epoch 1: a string failed there with a TypeError, NaN made no

@@ -289,6 +289,13 @@ def test_a_seed_that_is_not_a_non_negative_integer_is_refused_up_front(seed):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, seed=seed)
 
 
+def test_samples_per_second_counts_rows():
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    history = nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, batch_size=7)
+    assert history[0]["samples_per_second"] == pytest.approx(len(xtr) / history[0]["seconds"], rel=1e-12)
+
+
 def test_r2_of_a_constant_target_is_1_when_predicted_exactly_else_0():
     """R² has no variance to divide by for a constant target: 1 for an exact prediction, else 0."""
     model = nb.Sequential(nb.Linear(2, 1, seed=0))

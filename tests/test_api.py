@@ -289,6 +289,16 @@ def test_a_seed_that_is_not_a_non_negative_integer_is_refused_up_front(seed):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, seed=seed)
 
 
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop():
+    """stopped_early says early stopping ended the run before `epochs`: a run whose patience runs
+    out in its last epoch trained every epoch it was asked for."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    history = nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=3, val_split=0.2,
+                       early_stopping=2, min_delta=1e9)
+    assert len(history) == 3 and history.best_epoch == 1 and not history.stopped_early
+
+
 def test_samples_per_second_counts_rows():
     xtr, ytr, _, _ = nb.datasets.load("spiral")
     model = spiral_model()

@@ -289,6 +289,24 @@ def test_a_seed_that_is_not_a_non_negative_integer_is_refused_up_front(seed):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, seed=seed)
 
 
+def test_min_delta_is_the_least_improvement_that_counts():
+    """An epoch is the best only when its validation loss beats the best by more than min_delta:
+    with a min_delta above every later gain, epoch 1 stays the best and early stopping counts
+    from it. (min_delta was never used for anything but being refused when bad.)"""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+
+    def run(**more):
+        model = spiral_model()
+        return nb.train(model, nb.SGD(model.parameters(), lr=0.1, momentum=0.9), (xtr, ytr), epochs=4,
+                        val_split=0.2, **more)
+    plain = run()
+    val = [h["val_loss"] for h in plain]
+    assert plain.best_epoch > 1 and min(val[1:]) < val[0]
+    strict = run(min_delta=2 * (val[0] - min(val[1:])), early_stopping=2)
+    assert strict.best_epoch == 1 and strict.best_val_loss == val[0]
+    assert len(strict) == 3 and strict.stopped_early
+
+
 def test_patience_running_out_at_the_last_epoch_is_no_early_stop():
     """stopped_early says early stopping ended the run before `epochs`: a run whose patience runs
     out in its last epoch trained every epoch it was asked for."""

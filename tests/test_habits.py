@@ -218,6 +218,16 @@ def test_clip_grad_norm_matches_numpy(max_norm, q):
         nb.clip_grad_norm_(model.parameters(), -1.0)
 
 
+def test_clip_grad_norm_adds_torchs_1e6_to_the_norm():
+    """The scale is max_norm / (total + 1e-6), as torch's: at gradients of norm 1e-6 that halves it."""
+    model = mlp(np.float64)
+    for p in model.parameters():
+        p.grad[...] = 0
+    model.parameters()[0].grad.flat[0] = 1e-6
+    assert nb.clip_grad_norm_(model.parameters(), 1e-7) == pytest.approx(1e-6, rel=1e-12)
+    assert model.parameters()[0].grad.flat[0] == pytest.approx(1e-6 * 1e-7 / 2e-6, rel=1e-12)
+
+
 def test_clip_grad_norm_takes_numpy_scalars():
     """A max_norm computed in NumPy (np.float32, np.int64) is a number, as the optimizers' rates are
     (and torch takes it): it was refused as 'must be a number ≥ 0, got np.float32(0.5)'."""

@@ -120,6 +120,14 @@ def test_float32_adam_follows_the_float64_rule_to_float32_rounding(cls, betas, r
         np.testing.assert_allclose(p.data, w, rtol=0, atol=2e-7)
 
 
+def test_sgd_without_momentum_keeps_no_buffer():
+    """As torch (momentum_buffer None): a step with momentum 0 never reads one, so none is made or saved."""
+    layer, params = make_params(np.random.default_rng(0))
+    opt = nb.SGD(params, lr=0.1)
+    opt.step()
+    assert opt.state_dict()["state"] == {}
+
+
 def test_adamw_default_weight_decay_is_decoupled_001():
     opt = nb.AdamW(make_params(np.random.default_rng(0))[1])
     assert opt.weight_decay == 0.01 and opt.decoupled and not nb.Adam.decoupled

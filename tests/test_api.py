@@ -55,6 +55,7 @@ def test_validation_split_comes_from_the_training_rows_and_is_seeded():
     assert np.array_equal(yv, split_validation(x, y, 0.2, seed=3)[3])
     assert not np.array_equal(yv, split_validation(x, y, 0.2, seed=4)[3])
     assert split_validation(x, y, 0, seed=3)[2] is None
+    assert len(split_validation(x[:9], y[:9], 0.3, seed=3)[3]) == 3  # round(2.7) rows, not 2
     with pytest.raises(ValueError, match="val_split"):
         split_validation(x, y, 1.0, seed=0)
 

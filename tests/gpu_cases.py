@@ -238,6 +238,22 @@ def test_loss_kernels(k, dtype):
     assert gpu.count_correct_labels(gpu.to_device(logits), gpu.to_device(labels)) == cpu.count_correct_labels(logits, labels)
 
 
+def test_loss_sums_over_more_values_than_the_reducing_block_has_threads(dtype=np.float32):
+    """Each of the REDUCE threads of a one-block reduction (the losses' sums, the correct counts)
+    first sums values t, t + REDUCE, ... in order: with at most REDUCE values, as everywhere else
+    here, every thread holds one, and a thread that kept only its first passed."""
+    rng = np.random.default_rng(7)
+    k, c = gpu.REDUCE + 45, 3
+    logits, t = rand(rng, (k, c), dtype, -5, 5), rng.integers(0, c, size=k)
+    assert_same("softmax_crossentropy_forward", np.empty_like(logits), np.empty(k, dtype), logits, t)
+    assert_same("mse_forward", logits, rand(rng, (k, c), dtype))
+    labels = (rng.random((k, c)) < 0.5).astype(dtype)
+    assert_same("bce_with_logits_forward", logits, labels)
+    z, y, yes = gpu.to_device(logits), gpu.to_device(t), gpu.to_device(labels)
+    assert gpu.count_correct(z, y) == cpu.count_correct(logits, t)
+    assert gpu.count_correct_labels(z, yes) == cpu.count_correct_labels(logits, labels)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_optimizer_kernels(dtype):
     rng = np.random.default_rng(2)

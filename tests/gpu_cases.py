@@ -200,6 +200,20 @@ def test_softmax_crossentropy_keeps_log_sum_at_large_equal_logits(dtype):
     np.testing.assert_allclose(got, np.log(3), rtol=1e-6)
 
 
+def test_softmax_subtracts_the_row_max_wherever_it_is(dtype=np.float32):
+    """As on the CPU: the row max over every column, the last one too (missed, e^(z - m)
+    overflowed to inf and the loss to NaN)."""
+    z = np.full((3, 3), -1000.0, dtype)
+    z[[0, 1, 2], [0, 1, 2]] = 1000.0  # the large logit first, in the middle, last
+    t = np.arange(3)
+    d = [gpu.empty((3, 3), dtype), gpu.empty((3, 3), dtype), gpu.empty(3, dtype)]
+    assert gpu.softmax_crossentropy_forward_backward(*d, gpu.to_device(z), gpu.to_device(t)) == 0.0
+    np.testing.assert_array_equal(to_host(d[1]), np.eye(3, dtype=dtype))
+    out = gpu.empty((3, 3), dtype)
+    gpu.softmax_forward(out, gpu.to_device(z))
+    np.testing.assert_array_equal(to_host(out), np.eye(3, dtype=dtype))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])
 def test_activation_kernels(name, dtype):

@@ -696,12 +696,11 @@ def _check_writable(path, option):
         raise CliError(f"{name} {path}: is a folder")
     if names_a_folder(path):
         raise CliError(f"{name} {path}: names a folder (it ends in a separator), not a file")
-    if option in ("save", "save_best"):  # replaced atomically: only a regular file
-        try:
+    if option != "metrics_out":  # that one is opened before training (_open_metrics)
+        try:  # replaced atomically: only a regular file
             check_replaceable(path, name)
         except ValueError as e:
             raise CliError(str(e)) from None
-    if option != "metrics_out":  # that one is opened before training (_open_metrics)
         try:
             check_creatable(path)
         except OSError as e:

@@ -2,6 +2,8 @@
 
 import os
 
+from .files import write_atomic
+
 
 def _require_pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use so that
@@ -97,6 +99,10 @@ def plot_curves(history, path, title=None):
             ax.set_xticks(epochs)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=100, format=fmt)
-    plt.close(fig)
+    try:
+        # as a checkpoint is: a full disk or Ctrl-C half-way through must not leave a torn PNG
+        # over the last run's curves
+        write_atomic(path, lambda f: fig.savefig(f, dpi=100, format=fmt))
+    finally:
+        plt.close(fig)
     return path

@@ -2,6 +2,7 @@
 tracebacks, hangs, noise and faults, each class with the test that now covers it. In process with
 CliRunner; subprocesses only for signals, pipes and what needs a real process."""
 
+import importlib.util
 import json
 import math
 import os
@@ -192,6 +193,11 @@ def test_an_output_never_replaces_a_device_or_fifo(run, tmp_path):
     os.mkfifo(fifo)
     assert_error(nbnet("train", *FAST, "--save", fifo), "not a regular file")
     assert_error(nbnet("train", *FAST, "--val-split", "0.2", "--save-best", fifo), "not a regular file")
+    if importlib.util.find_spec("matplotlib") is not None:  # --plot was written in place, after training
+        os.mkfifo(tmp_path / "out.png")
+        r = nbnet("train", *FAST, "--plot", tmp_path / "out.png")
+        assert_error(r, "--plot", "not a regular file")
+        assert "epoch" not in r.stdout
     np.savez(tmp_path / "in.npz", x=x[:3])
     assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", fifo), "not a regular file")
     with pytest.raises(ValueError, match="not a regular file"):

@@ -1,6 +1,9 @@
 """nbnet.plot.plot_curves writes a real PNG of the training curves (skipped without matplotlib)."""
 
+import contextlib
+import errno
 import math
+import os
 import struct
 import sys
 
@@ -113,3 +116,25 @@ def test_plot_curves_of_a_regression_show_r2(tmp_path, monkeypatch):
     history = [{"epoch": e, "train_loss": 1 / e, "train_r2": 1 - 1 / e, "test_loss": 1.1 / e, "test_r2": 0.9 - 1 / e}
                for e in (1, 2, 3)]
     assert drawn_curves(monkeypatch, history, tmp_path) == {"loss": ["train", "test"], "R²": ["train", "test"], "best": []}
+
+
+def test_a_failed_plot_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """The curves were written in place: a full disk (or Ctrl-C) half-way through the PNG left a
+    torn file over the previous run's plot. Now written to a temporary file and renamed."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    path = tmp_path / "curves.png"
+    plot_curves(fake_history(2), path)
+    before = path.read_bytes()
+
+    def full_disk(fig, fname, *args, **kwargs):
+        with open(fname, "wb") if isinstance(fname, (str, os.PathLike)) else contextlib.nullcontext(fname) as f:
+            f.write(b"\x89PNG torn")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        plot_curves(fake_history(5), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left

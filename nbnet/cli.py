@@ -957,10 +957,10 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
         raise CliError(f"--output {output}: use a .csv, .npy or .npz file name")
     try:
         check_outputs({"--output": output}, {"INPUT": input_path, "--checkpoint": checkpoint})
-        if output is not None:
-            check_replaceable(output, "--output")
     except ValueError as e:
         raise CliError(str(e)) from None
+    if output is not None:  # before the work, and naming --output, not nbnet's temporary file
+        _check_writable(output, "output")
     ck = load_checkpoint(checkpoint)
     model, loss_name = ck.model, _checkpoint_loss(_stored_config(ck), loss_name, checkpoint)
     x = datasets.load_inputs(input_path, model.dtype)  # in the model's dtype, never through another

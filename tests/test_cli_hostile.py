@@ -19,6 +19,7 @@ import pytest
 import nbnet as nb
 from nbnet import cpu
 import nbnet.cli  # noqa: F401 - nb.cli
+from nbnet import cli as nbnet_cli
 from nbnet.checkpoint import load_checkpoint
 
 from test_cli import FAST, REPO, blobs, nbnet, weights
@@ -230,6 +231,22 @@ def test_predict_output_that_is_its_input_is_an_error(run, tmp_path):
     np.savez(tmp_path / "in.npz", x=x[:3])
     assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", tmp_path / "in.npz"), "INPUT")
     assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", ck), "--checkpoint")
+
+
+def test_a_predict_output_that_cannot_be_written_is_an_error_naming_it_before_predicting(run, tmp_path, monkeypatch):
+    """As train's outputs are: it was found only when the predictions were written, and the error
+    named nbnet's temporary file ('No such file or directory: /proc/.tmp-nbnet-...'), or the
+    folder ('File exists: .../afile')."""
+    _, ck, x = run
+    np.savez(tmp_path / "in.npz", x=x[:3])
+    (tmp_path / "afile").write_text("")
+    predicted = []
+    monkeypatch.setattr(nbnet_cli, "predict", lambda *a, **k: predicted.append(1))
+    for out, why in ((tmp_path / "afile" / "p.npz", "cannot create folder"),
+                     (tmp_path / ("p" * 300 + ".npz"), "cannot write it")):
+        assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", out), f"--output {out}", why)
+    assert predicted == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.npz"]
 
 
 def test_resume_without_save_keeps_saving_to_the_checkpoint(tmp_path):

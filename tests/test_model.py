@@ -1,5 +1,6 @@
 """Sequential, parameters, save/load, initialisation, and the errors users get for bad input."""
 
+import errno
 import os
 
 import numpy as np
@@ -162,6 +163,38 @@ def test_save_replaces_atomically(tmp_path):
     model.layers[0].weight[...] = 7
     model.save(path)
     assert (nb.load(path).layers[0].weight == 7).all()
+
+
+def test_a_save_that_fails_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    """A full disk's write error names no file ('[Errno 28] No space left on device', all that
+    `nbnet train` printed, whichever of --save, --save-best or --plot it was), and one in making
+    the temporary file named nbnet's temporary file (a read-only folder)."""
+    import tempfile  # noqa: PLC0415
+
+    path = tmp_path / "m.npz"
+    mlp().save(path)
+    before = path.read_bytes()
+    real_savez = np.savez
+
+    def full_disk(f, **arrays):
+        real_savez(f, **arrays)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as err:
+        mlp().save(path)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+    monkeypatch.undo()
+
+    def read_only(prefix, suffix, dir):
+        name = os.path.join(dir, prefix + "abc" + suffix)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as err:
+        mlp().save(path)
+    assert err.value.errno == errno.EROFS and err.value.filename == str(path) and ".tmp-" not in str(err.value)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.npz"]
 
 
 @pytest.mark.parametrize("bad", [np.zeros((8, 3), np.float32), np.zeros((8, 4), np.float64), [[0.0] * 4] * 8])

@@ -26,6 +26,7 @@ import numpy as np
 
 from .files import (
     check_memory, described, load_bytes, memory_budget, open_input, read_bounded, read_input_bytes, read_npy, read_npz,
+    write_atomic,
 )
 
 # Labels are class indices 0 .. MAX_CLASSES-1: a larger one is a mistake, not a class (it would
@@ -241,7 +242,7 @@ def fetch(name, data_dir, mirrors=None, md5=None, sizes=None, timeout=30, deadli
     """Fetch the missing .gz files of `name` into data_dir, trying each mirror in turn and keeping
     a file only if its md5 matches. Each body is cut off past its known size (`SIZES`), and the
     whole fetch must finish within `deadline` seconds (a server sending a byte now and then
-    cannot keep it going). Written to a temporary name, then renamed: no torn files."""
+    cannot keep it going). Written with write_atomic: no torn files, and no temporary one left."""
     mirrors = MIRRORS[name] if mirrors is None else mirrors
     md5 = MD5[name] if md5 is None else md5
     sizes = SIZES.get(name, {}) if sizes is None else sizes
@@ -265,10 +266,7 @@ def fetch(name, data_dir, mirrors=None, md5=None, sizes=None, timeout=30, deadli
             if digest != md5[fname]:
                 problems.append(f"{url}: md5 {digest} does not match {md5[fname]}")
                 continue
-            tmp = dest + ".part"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dest)
+            write_atomic(dest, lambda f, data=data: f.write(data), suffix=".gz")
             break
         else:
             raise ValueError(f"{name}: could not download {fname}: " + "; ".join(problems))

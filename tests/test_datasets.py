@@ -147,6 +147,24 @@ def test_download_rejects_a_bad_checksum_and_keeps_nothing(tmp_path, mirror, mon
     assert not any(p.name.endswith(".part") for p in dest.iterdir())
 
 
+def test_a_download_stopped_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Ctrl-C (or a full disk) between writing a downloaded file and renaming it left
+    train-images-idx3-ubyte.gz.part in the data folder for good: it was written with a plain open,
+    not write_atomic (whose temporary files are removed on failure, or by the next save there)."""
+    body = b"downloaded"
+    monkeypatch.setattr(datasets, "_download", lambda *args: body)
+    md5 = {base + ".gz": hashlib.md5(body).hexdigest() for _, base in datasets.IDX_FILES}
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    dest = tmp_path / "dl"
+    with pytest.raises(KeyboardInterrupt):
+        datasets.fetch("mnist", dest, mirrors=["http://127.0.0.1:9/"], md5=md5)
+    assert list(dest.iterdir()) == []
+
+
 def test_shipped_checksums_match_the_shared_data():
     for name in ("mnist", "fashion-mnist"):
         folder = real_data_dir(name)

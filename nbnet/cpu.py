@@ -28,7 +28,7 @@ with open(__file__, "rb") as _own, open(simd.__file__, "rb") as _simd:
     SOURCES_HASH = hashlib.sha256(_own.read() + _simd.read()).hexdigest()
 
 
-class _SourcesKeyedCache(caching.FunctionCache):
+class _SourcesKeyedCache(simd.DiskCache):
     def _index_key(self, sig, codegen):
         return super()._index_key(sig, codegen) + (SOURCES_HASH,)
 
@@ -42,8 +42,7 @@ def jit(func, **options):
     """njit(cache=True, **options): a second process loads the compiled kernel from __pycache__
     instead of compiling it, unless cpu.py or simd.py changed since."""
     kernel = njit(cache=True, **options)(func)
-    if _KEYED:
-        kernel._cache = _SourcesKeyedCache(kernel.py_func)
+    kernel._cache = (_SourcesKeyedCache if _KEYED else simd.DiskCache)(kernel.py_func)
     return kernel
 
 

@@ -41,7 +41,7 @@ import llvmlite.binding as llb
 import numpy as np
 from llvmlite import ir
 from numba import config, njit, types
-from numba.core import cgutils
+from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
 from ._startup import SIMD_LAYOUTS, simd_layout
@@ -713,8 +713,22 @@ def claim(typingctx, counter):
 # hands units out to its threads with `claim` and applies its own epilogue (bias, ReLU) to the
 # block a unit returns, while it is in cache. Units never overlap: each output has one owner.
 
+class DiskCache(caching.FunctionCache):
+    """Numba's on-disk cache of a kernel, less the failure that stopped a program: a save the disk
+    refuses (full, over quota) raised out of the kernel's first call, though the kernel was
+    compiled and the cache is only a shortcut. Such a kernel is compiled again in the next process."""
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except OSError:
+            pass
+
+
 def _jit(func):
-    return njit(cache=True)(func)
+    kernel = njit(cache=True)(func)
+    kernel._cache = DiskCache(kernel.py_func)
+    return kernel
 
 
 @_jit

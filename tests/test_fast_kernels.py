@@ -2,6 +2,7 @@
 unfused ones, and the invariants: no float64 in float32 kernels, AVX-512 FMAs where the CPU has
 them, bitwise the same training whatever NUMBA_NUM_THREADS is."""
 
+import errno
 import os
 import re
 import shutil
@@ -919,3 +920,24 @@ def test_host_buffers_start_on_a_cache_line():
     state = opt.state[0]["momentum_buffer"]  # the live array the step streams (state_dict() copies)
     for arr in (lin.weight, lin.grad_weight, lin.out, model.layers[1].out, opt._flat()[0], state):
         assert arr.ctypes.data % simd.ALIGN == 0 and arr.base.ndim == 1
+
+
+def _doubled(x):
+    return 2 * x
+
+
+@pytest.mark.parametrize("make", [cpu.jit, simd._jit], ids=["cpu.jit", "simd._jit"])
+def test_a_disk_that_refuses_the_kernel_cache_does_not_stop_the_kernel(tmp_path, monkeypatch, make):
+    """Numba's cache is only a shortcut, but a save the disk refused (full, over quota) raised out of
+    the first call of every kernel not cached yet: `nbnet train` ended in 'Error: [Errno 28] No
+    space left on device' (naming no file) before the first step, whatever its own outputs."""
+    from numba import config  # noqa: PLC0415
+    from numba.core import caching  # noqa: PLC0415
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))  # an empty cache: the call must save
+
+    def full_disk(self, name, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_save_data", full_disk)
+    assert make(_doubled)(21.0) == 42.0

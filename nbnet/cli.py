@@ -599,7 +599,10 @@ def _check_paths(opts, cfg):
         inputs["--dataset"] = cfg["dataset"]
     elif cfg["dataset"] in datasets.IMAGE_DATASETS:
         data_dir = cfg["data_dir"] or datasets.default_data_dir(cfg["dataset"])
-        for role, path in datasets.find_idx(cfg["dataset"], data_dir).items():
+        found = datasets.find_idx(cfg["dataset"], data_dir)
+        for role, base in datasets.IDX_FILES:
+            # one not there yet is where --download will write it, before any output is written
+            path = found.get(role, os.path.join(data_dir, base + ".gz"))
             inputs[f"{cfg['dataset']} {role.replace('_', ' ')} file"] = path
     outputs = {"--" + k.replace("_", "-"): opts.get(k) for k in OUTPUT_OPTIONS}
     try:

@@ -2,6 +2,7 @@
 tracebacks, hangs, noise and faults, each class with the test that now covers it. In process with
 CliRunner; subprocesses only for signals, pipes and what needs a real process."""
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -247,6 +248,26 @@ def test_a_predict_output_that_cannot_be_written_is_an_error_naming_it_before_pr
         assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", out), f"--output {out}", why)
     assert predicted == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.npz"]
+
+
+@pytest.mark.parametrize("option", ["--save", "--metrics-out"])
+def test_an_output_named_as_a_file_download_will_write_is_an_error(tmp_path, monkeypatch, option):
+    """The check of outputs against inputs knew only the IDX files already there: with --download,
+    --save DIR/train-labels-idx1-ubyte.gz passed, the download wrote the labels there, and the
+    first epoch's checkpoint replaced them (--metrics-out truncated them before training)."""
+    from test_datasets import make_mnist  # noqa: PLC0415
+
+    served = tmp_path / "served"
+    make_mnist(served)
+    monkeypatch.setattr(nb.datasets, "_download", lambda url, *args: (served / url.rsplit("/", 1)[1]).read_bytes())
+    monkeypatch.setitem(nb.datasets.MD5, "mnist",
+                        {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()})
+    data = tmp_path / "data"
+    out = data / "train-labels-idx1-ubyte.gz"
+    r = nbnet("train", "--dataset", "mnist", "--data-dir", data, "--download", option, out, "--hidden", "4",
+              "--epochs", "1")
+    assert_error(r, f"{option} {out} is the mnist train labels file of this run")
+    assert not out.exists() or out.read_bytes() == (served / out.name).read_bytes()
 
 
 def test_resume_without_save_keeps_saving_to_the_checkpoint(tmp_path):

@@ -40,9 +40,11 @@ _KEYED = hasattr(caching.FunctionCache, "_index_key")
 
 def jit(func, **options):
     """njit(cache=True, **options): a second process loads the compiled kernel from __pycache__
-    instead of compiling it, unless cpu.py or simd.py changed since."""
-    kernel = njit(cache=True, **options)(func)
-    kernel._cache = (_SourcesKeyedCache if _KEYED else simd.DiskCache)(kernel.py_func)
+    instead of compiling it, unless cpu.py or simd.py changed since (or Numba has no folder for its
+    cache: simd.CACHE)."""
+    kernel = njit(cache=simd.CACHE, **options)(func)
+    if simd.CACHE:
+        kernel._cache = (_SourcesKeyedCache if _KEYED else simd.DiskCache)(kernel.py_func)
     return kernel
 
 

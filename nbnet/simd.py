@@ -725,9 +725,26 @@ class DiskCache(caching.FunctionCache):
             pass
 
 
+def _cache_probe():
+    pass
+
+
+# Numba's on-disk cache needs a folder it can write: NUMBA_CACHE_DIR, the package's __pycache__ or
+# the user's (~/.cache/numba). A wheel installed in a read-only place and run by a user whose home
+# is not writable (a service account, a read-only container) has none, and njit(cache=True) raises
+# "no locator available" while the module loads. Then each process compiles the kernels instead
+# (check.COMPILING says so). Asked once, here: every cached kernel is in this folder (simd, cpu).
+try:
+    caching.FunctionCache(_cache_probe)
+    CACHE = True
+except RuntimeError:
+    CACHE = False
+
+
 def _jit(func):
-    kernel = njit(cache=True)(func)
-    kernel._cache = DiskCache(kernel.py_func)
+    kernel = njit(cache=CACHE)(func)
+    if CACHE:
+        kernel._cache = DiskCache(kernel.py_func)
     return kernel
 
 

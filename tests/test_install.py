@@ -1,0 +1,34 @@
+"""nbnet as a user installs it: from a wheel, into a place that may be read-only, without the
+optional extras."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code, **env):
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+
+
+def test_imports_where_numbas_cache_has_no_folder():
+    """A wheel installed in a read-only place (a system site-packages, a read-only container) and run
+    by a user whose home is not writable (a service account, HOME=/nonexistent): Numba finds no
+    folder for its on-disk cache, and njit(cache=True) raised "cannot cache function ...: no
+    locator available" while nbnet was being imported. The kernels compile in each process instead
+    (compiling one here would double the test's time), and the compiling note does not promise a
+    cache."""
+    code = (
+        "import numba.core.caching as caching\n"
+        "caching.CacheImpl._locator_classes = []  # as Numba finds it: no folder it can write\n"
+        "import nbnet\n"
+        "from nbnet import check\n"
+        "print(check.COMPILING)\n"
+    )
+    p = run_python(code)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    note = p.stdout.strip()
+    assert "NUMBA_CACHE_DIR" in note and "cached for later runs" not in note

@@ -39,6 +39,15 @@ import numbers
 import warnings
 
 import numpy as np
+
+try:
+    import sklearn  # noqa: F401
+except ModuleNotFoundError as e:
+    if e.name != "sklearn":  # scikit-learn is there but broken: its own error says why
+        raise
+    # as --plot, --device cuda and mpiexec say it: Python's "No module named 'sklearn'" names no extra
+    raise ModuleNotFoundError("nbnet.sklearn needs scikit-learn: pip install 'nbnet[sklearn]'",
+                              name="sklearn") from None
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split

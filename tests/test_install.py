@@ -1,10 +1,13 @@
 """nbnet as a user installs it: from a wheel, into a place that may be read-only, without the
 optional extras."""
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,3 +35,14 @@ def test_imports_where_numbas_cache_has_no_folder():
     assert p.returncode == 0 and p.stderr == "", p.stderr
     note = p.stdout.strip()
     assert "NUMBA_CACHE_DIR" in note and "cached for later runs" not in note
+
+
+def test_nbnet_sklearn_without_scikit_learn_names_the_extra(monkeypatch):
+    """`from nbnet.sklearn import MLPClassifier` in an install without scikit-learn ended in
+    Python's "No module named 'sklearn'", which does not say that nbnet has an extra for it, as
+    --plot, --device cuda and mpiexec do."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn: ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "nbnet.sklearn", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'nbnet\[sklearn\]'") as e:
+        importlib.import_module("nbnet.sklearn")
+    assert e.value.name == "sklearn"

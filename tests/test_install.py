@@ -46,3 +46,16 @@ def test_nbnet_sklearn_without_scikit_learn_names_the_extra(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'nbnet\[sklearn\]'") as e:
         importlib.import_module("nbnet.sklearn")
     assert e.value.name == "sklearn"
+
+
+def test_pyproject_license_is_an_spdx_expression():
+    """`license = { text = "MIT" }` made every build print setuptools' deprecation box, three
+    times, saying such projects stop building after 2027-02-18; an SPDX string is the form
+    setuptools >= 77 reads (PEP 639), so the build system asks for that setuptools."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["license"] == "MIT"
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]

@@ -3,8 +3,10 @@ optional extras."""
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,29 @@ def test_pyproject_license_is_an_spdx_expression():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["license"] == "MIT"
     assert "setuptools>=77" in pyproject["build-system"]["requires"]
+
+
+def test_sdist_holds_the_whole_test_suite(tmp_path):
+    """setuptools' default sdist takes tests/test*.py alone: without tests/conftest.py and
+    gpu_cases.py, profiling/ (test_gradients and test_profiling import profiling/common.py) and
+    examples/ (test_examples runs them), the unpacked sdist's suite stopped at collection."""
+    pytest.importorskip("setuptools", minversion="77")
+    src = tmp_path / "src"
+    junk = shutil.ignore_patterns("__pycache__", "*.py[cod]", "*.nbi", "*.nbc", "*.egg-info", ".*")
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, src / name)
+    for folder in ("nbnet", "tests", "examples", "profiling"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=junk)
+    (src / "nbnet" / "__pycache__").mkdir()
+    (src / "nbnet" / "__pycache__" / "cpu.relu_forward-1.py311.nbi").write_bytes(b"")  # a kernel cache
+    build = "from setuptools import build_meta; print(build_meta.build_sdist('dist'))"
+    p = subprocess.run([sys.executable, "-c", build], cwd=src, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with tarfile.open(src / "dist" / p.stdout.split()[-1]) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    for needed in ("tests/conftest.py", "tests/gpu_cases.py", "tests/test_install.py", "profiling/common.py",
+                   "examples/mnist.py", "nbnet/cpu.py", "README.md"):
+        assert needed in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".nbi", ".nbc"))]

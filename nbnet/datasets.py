@@ -11,15 +11,12 @@ never past the size its header declares.
 
 import gzip
 import hashlib
-import http.client
 import io
 import math
 import os
 import re
 import struct
 import time
-import urllib.error
-import urllib.request
 import zlib
 
 import numpy as np
@@ -243,6 +240,10 @@ def fetch(name, data_dir, mirrors=None, md5=None, sizes=None, timeout=30, deadli
     a file only if its md5 matches. Each body is cut off past its known size (`SIZES`), and the
     whole fetch must finish within `deadline` seconds (a server sending a byte now and then
     cannot keep it going). Written with write_atomic: no torn files, and no temporary one left."""
+    # here, not at the top: they load ssl, some 0.1 s of every `import nbnet` that downloads nothing
+    import http.client  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+
     mirrors = MIRRORS[name] if mirrors is None else mirrors
     md5 = MD5[name] if md5 is None else md5
     sizes = SIZES.get(name, {}) if sizes is None else sizes
@@ -277,6 +278,8 @@ DEFAULT_MAX_DOWNLOAD = 64 << 20  # a file of unknown size (not in SIZES)
 
 def _download(url, max_bytes, end, timeout, deadline):
     """The body at `url`: at most `max_bytes` (more is an error), all of it before `end`."""
+    import urllib.request  # noqa: PLC0415
+
     left = end - time.monotonic()
     if left <= 0:
         raise TimeoutError(f"no time left (the download must finish within {deadline:g} s)")

@@ -87,3 +87,14 @@ def test_sdist_holds_the_whole_test_suite(tmp_path):
                    "examples/mnist.py", "nbnet/cpu.py", "README.md"):
         assert needed in names
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".nbi", ".nbc"))]
+
+
+def test_import_loads_no_extra_and_no_network_stack():
+    """`import nbnet` (every `nbnet` command) loads what training needs: no optional extra, and not
+    urllib.request, http.client and ssl, which only --download uses (some 0.1 s of a 1.2 s import)."""
+    code = ("import sys, nbnet\n"
+            "print(sorted(m for m in ('matplotlib', 'sklearn', 'mpi4py', 'numba.cuda', 'torch', 'ssl',\n"
+            "                         'http.client', 'urllib.request') if m in sys.modules))\n")
+    p = run_python(code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

@@ -14,6 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pyproject():
+    try:
+        import tomllib  # noqa: PLC0415
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # noqa: PLC0415
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
 def run_python(code, **env):
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
@@ -54,13 +62,15 @@ def test_pyproject_license_is_an_spdx_expression():
     """`license = { text = "MIT" }` made every build print setuptools' deprecation box, three
     times, saying such projects stop building after 2027-02-18; an SPDX string is the form
     setuptools >= 77 reads (PEP 639), so the build system asks for that setuptools."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert pyproject["project"]["license"] == "MIT"
-    assert "setuptools>=77" in pyproject["build-system"]["requires"]
+    assert pyproject()["project"]["license"] == "MIT"
+    assert "setuptools>=77" in pyproject()["build-system"]["requires"]
+
+
+def test_the_test_extra_asks_for_the_click_the_tests_need():
+    """The tests read CliRunner's result.stderr, which click keeps apart from stdout from 8.2 on
+    (before, `result.stderr` raises "stderr not separately captured"): `pip install -e '.[test]'`
+    into an environment that had click 8.1 kept it, and 9 tests of test_cli.py failed."""
+    assert "click>=8.2" in pyproject()["project"]["optional-dependencies"]["test"]
 
 
 def test_sdist_holds_the_whole_test_suite(tmp_path):

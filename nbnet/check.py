@@ -25,7 +25,7 @@ import numpy as np
 from . import cpu, simd, threads
 
 COMPILING = ("compiling kernels for this CPU (cached for later runs)" if simd.CACHE else
-             "compiling kernels for this CPU (not cached: no folder Numba can write; set NUMBA_CACHE_DIR)")
+             "compiling kernels for this CPU (not cached: no folder Numba can write; set NUMBA_CACHE_DIR to one)")
 COMPILING_GPU = "compiling CUDA kernels for this GPU"
 
 # (k, n, m): a single row, n ≡ 1 mod 64 and mod the vector width, more rows than one MC block,

@@ -735,10 +735,13 @@ def _cache_probe():
 # "no locator available" while the module loads. Then each process compiles the kernels instead
 # (check.COMPILING says so). Asked once, here: every cached kernel is in this folder (simd, cpu).
 try:
-    caching.FunctionCache(_cache_probe)
-    CACHE = True
+    _CACHE_PATH = caching.FunctionCache(_cache_probe).cache_path
 except RuntimeError:
-    CACHE = False
+    _CACHE_PATH = None
+# An emulated layout's kernels go to its folder (see layout) or nowhere: where that folder cannot
+# be written, Numba would file them in __pycache__ under this CPU, and a plain run would load them.
+CACHE = _CACHE_PATH is not None and (not EMULATED
+                                     or _CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, "")))
 
 
 def _jit(func):

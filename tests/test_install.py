@@ -108,3 +108,19 @@ def test_import_loads_no_extra_and_no_network_stack():
     p = run_python(code)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_an_emulated_layout_never_caches_beside_the_machines_own_kernels(tmp_path):
+    """NBNET_SIMD_LAYOUT's kernels go to their own folder in NUMBA_CACHE_DIR, as the plain cache
+    files kernels under the CPU and not the layout. Where NUMBA_CACHE_DIR could not be written,
+    Numba went on to the package's __pycache__ and filed them there: the next plain run loaded the
+    emulated kernels (a 256-128 spiral epoch then gave the NEON layout's weights, not this CPU's,
+    and slowly). They compile in each process instead."""
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    code = ("import nbnet\n"
+            "from nbnet import cpu, simd\n"
+            "print([getattr(k._cache, 'cache_path', None) for k in (simd.row_blocks, cpu.relu_forward.serial)])\n")
+    p = run_python(code, NBNET_SIMD_LAYOUT="neon", NUMBA_CACHE_DIR=str(blocked / "cache"))
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert p.stdout.strip() == "[None, None]"

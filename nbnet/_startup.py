@@ -13,10 +13,32 @@ def _end(signum, frame):
     os._exit(128 + signum)  # nothing to clean up yet: no file is open for writing
 
 
+def module_run(argv):
+    """The module that `python [options] -m MODULE` runs, from sys.orig_argv, or None (a script, -c,
+    stdin). Interpreter options (-u, -X dev, -W error, -OO, grouped as -uW error) come before -m."""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in ("-", "--") or not arg.startswith("-"):
+            return None
+        if arg.startswith("--"):
+            if arg == "--check-hash-based-pycs":
+                next(args, None)
+            continue
+        for i, flag in enumerate(arg[1:], 2):
+            if flag == "m":
+                return arg[i:] or next(args, None)
+            if flag == "c":
+                return None
+            if flag in "XW":  # the option's value: the group's rest, else the next argument
+                if not arg[i:]:
+                    next(args, None)
+                break
+    return None
+
+
 def _is_the_command():
     argv0 = sys.argv[0] if sys.argv else ""
-    orig = getattr(sys, "orig_argv", [])
-    return os.path.basename(argv0) == "nbnet" or orig[1:3] in (["-m", "nbnet"], ["-m", "nbnet.cli"])
+    return os.path.basename(argv0) == "nbnet" or module_run(getattr(sys, "orig_argv", [])) in ("nbnet", "nbnet.cli")
 
 
 def quiet_signals_while_starting():

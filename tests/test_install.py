@@ -124,3 +124,28 @@ def test_an_emulated_layout_never_caches_beside_the_machines_own_kernels(tmp_pat
     p = run_python(code, NBNET_SIMD_LAYOUT="neon", NUMBA_CACHE_DIR=str(blocked / "cache"))
     assert p.returncode == 0 and p.stderr == "", p.stderr
     assert p.stdout.strip() == "[None, None]"
+
+
+def test_python_with_interpreter_options_dash_m_nbnet_is_the_command(tmp_path):
+    """`python -u -m nbnet` (unbuffered, as in containers and CI logs), `python -X dev -m nbnet`:
+    the command's start-up checks looked for "-m nbnet" right after the interpreter only, so with
+    an option before it NUMBA_NUM_THREADS=0 ended in Numba's traceback, not one Error line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_NUM_THREADS": "0"}
+    p = subprocess.run([sys.executable, "-u", "-X", "utf8", "-m", "nbnet", "info"], capture_output=True, text=True,
+                       env=env, timeout=60, cwd=tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == "Error: NUMBA_NUM_THREADS must be a positive number of threads, got '0'\n"
+
+
+@pytest.mark.parametrize("argv,module", [
+    (["python", "-m", "nbnet", "train"], "nbnet"), (["python", "-mnbnet.cli"], "nbnet.cli"),
+    (["python", "-u", "-X", "dev", "-W", "error", "-OO", "-m", "nbnet"], "nbnet"),
+    (["python", "-uWerror", "-m", "x"], "x"),
+    (["python", "-uW", "error", "-m", "x"], "x"), (["python", "script.py", "-m", "nbnet"], None),
+    (["python", "-c", "import nbnet", "-m", "nbnet"], None), (["python", "-uc", "pass", "-m", "nbnet"], None),
+    (["python", "--check-hash-based-pycs", "always", "-m", "nbnet"], "nbnet"), (["python"], None),
+    (["python", "-", "-m", "nbnet"], None)])
+def test_the_module_python_runs(argv, module):
+    from nbnet import _startup
+
+    assert _startup.module_run(argv) == module

@@ -84,12 +84,24 @@ def numba_threads_fault():
     return None
 
 
+NO_JIT = "NUMBA_DISABLE_JIT is set: nbnet's kernels are built from LLVM intrinsics, which run only compiled; unset it"
+
+
+def numba_disable_jit_fault():
+    """NO_JIT where NUMBA_DISABLE_JIT turns Numba's compiler off (a non-zero integer, as Numba reads
+    it): njit then gives back the Python function, and nbnet.simd's intrinsics exist only compiled."""
+    try:
+        return NO_JIT if int(os.environ.get("NUMBA_DISABLE_JIT", "0")) else None
+    except ValueError:  # Numba warns, and reads it as 0
+        return None
+
+
 def refuse_bad_environment():
     """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses,
     or that Numba's import would turn into a traceback or a warning."""
     if not _is_the_command():
         return
-    for why in (simd_layout()[1], numba_threads_fault()):
+    for why in (simd_layout()[1], numba_threads_fault(), numba_disable_jit_fault()):
         if why is not None:
             os.write(2, f"Error: {why}\n".encode())
             sys.exit(2)

@@ -44,7 +44,10 @@ from numba import config, njit, types
 from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
-from ._startup import SIMD_LAYOUTS, simd_layout
+from ._startup import NO_JIT, SIMD_LAYOUTS, simd_layout
+
+if config.DISABLE_JIT:
+    raise ValueError(NO_JIT)
 
 # ----------------------------------------------------------------------------------------------
 # 1. The ISA and the register blocks

@@ -920,6 +920,18 @@ def test_a_numba_num_threads_numba_cannot_use_is_one_error_line(value):
     assert p.stderr == f"Error: NUMBA_NUM_THREADS must be a positive number of threads, got {value!r}\n"
 
 
+def test_numba_disable_jit_is_one_error_line_and_a_clear_import_error():
+    """NUMBA_DISABLE_JIT=1 (set to debug one's own Numba code) makes njit return the plain Python
+    function, and nbnet's kernels are built from LLVM intrinsics that run only compiled: importing
+    nbnet ended in "AttributeError: 'function' object has no attribute 'py_func'"."""
+    env = {**_env(), "NUMBA_DISABLE_JIT": "1"}
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60, env=env)
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
+    assert p.stderr.startswith("Error: NUMBA_DISABLE_JIT") and p.stderr.count("\n") == 1, p.stderr
+    p = subprocess.run([sys.executable, "-c", "import nbnet"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 1 and p.stderr.splitlines()[-1].startswith("ValueError: NUMBA_DISABLE_JIT"), p.stderr
+
+
 @pytest.mark.parametrize("loss, pred, text", [
     ("cross-entropy", np.array([3, 0, 7, 1, 2], np.int64), "3\n0\n7\n1\n2\n"),
     ("bce", np.array([[1], [0], [1]], np.int64), "1\n0\n1\n"),

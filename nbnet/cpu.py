@@ -235,8 +235,7 @@ linear_forward_act = Kernel(
 )
 
 
-@pjit
-def transpose(out, inp):
+def _transpose(out, inp):
     """out_ji = x_ij, in 32×32 blocks so both sides stay in cache, each by W × W register blocks
     (simd.transpose_block) and its edges element by element. Parallel over row blocks of out."""
     k, n = inp.shape
@@ -258,6 +257,11 @@ def transpose(out, inp):
             for jj in range(j, j1):
                 for ii in range(i0, i1):
                     out[jj, ii] = inp[ii, jj]
+
+
+# A Kernel with no threshold (parallel whenever more than one thread is in use, as it always was), so
+# that it too runs serially where nbnet.threads says so: a forked child (see there) or one thread.
+transpose = Kernel(_transpose, lambda out, inp: inp.size, 0)
 
 
 # The forward copies W to Wᵀ (transpose) and runs the broadcast form for whole vectors of outputs

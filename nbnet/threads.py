@@ -30,10 +30,16 @@ spin 10000 over passive: batch 32 0.79x, 128 0.94x, 512 1.00x; 1000 already give
 32. With a fixed count on a loaded machine the same spin cost 2.2-4x (batch 128, 32) against 1.1-1.2x
 passive, so fix() drops it when it comes before Numba started its threads. A value the user set
 for either variable wins, and then nbnet sets neither.
+
+A process forked after Numba started GNU OpenMP (the "omp" layer on Linux: multiprocessing's
+default start there, a Pool made after training) cannot run a parallel kernel: libgomp's threads
+do not come along, and Numba ends such a child with SIGTERM at its first one. There every kernel
+runs its serial twin (the same bits).
 """
 
 import math
 import os
+import sys
 import time
 
 import numba
@@ -49,6 +55,7 @@ _fixed = None  # whether the count is fixed (None: NBNET_THREADS not read yet)
 _next = 0.0  # time.monotonic() of the next look
 _last = None  # (wall, busy seconds of our cores, own CPU seconds) at the last look
 _others = None  # cores others used at the last look, for describe()
+_forked = False  # forked after Numba started GNU OpenMP: serial twins only (see the module docstring)
 _clock = time.monotonic
 
 
@@ -135,7 +142,7 @@ def choose(cores, others, limit):
 
 def _set(n):
     global _n, _applied
-    _n = n
+    _n = 1 if _forked else n
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     _applied = n
@@ -163,6 +170,24 @@ def _poll():
         _set(choose(len(_CORES), _others, _limit))
     _next = now + (FIRST_POLL if _last is None else POLL)
     _last = (now, busy, own)
+
+
+def _gnu_openmp_started():
+    """Whether Numba started its threads on GNU OpenMP (read from Numba's own module state)."""
+    layer = sys.modules.get("numba.np.ufunc.parallel")
+    omp = sys.modules.get("numba.np.ufunc.omppool")
+    return (getattr(layer, "_is_initialized", False) and getattr(layer, "_threading_layer", None) == "omp"
+            and getattr(omp, "openmp_vendor", None) == "GNU")
+
+
+def _after_fork_in_child():
+    global _forked, _n
+    if _gnu_openmp_started():
+        _forked, _n = True, 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def parallel():
@@ -195,7 +220,8 @@ def auto():
 def describe():
     """One line for `nbnet check` / `nbnet info`."""
     parallel()
-    how = ("fixed" if _fixed else "adaptive: fewer while other processes use the cores"
+    how = ("serial: forked after GNU OpenMP started" if _forked else
+           "fixed" if _fixed else "adaptive: fewer while other processes use the cores"
            if _CORES is not None and busy_seconds() is not None else "fixed (no /proc/stat to read the load from)")
     seen = f", others used {_others:.1f} cores at the last look" if _others is not None and not _fixed else ""
     return f"{_n} of at most {_limit} threads ({how}{seen})"

@@ -218,3 +218,57 @@ def test_how_waiting_threads_wait(env, action, expected):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == expected.split()
+
+
+def _forward_and_step(model, x, y):
+    """Bytes of a forward's output and of the weights after one SGD step: one layer takes the
+    forward's Wᵀ route (cpu.transpose), the other's kernels have enough work for their parallel twins."""
+    import nbnet as nb  # noqa: PLC0415
+
+    out = model(x)
+    loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.1)
+    loss_fn(model.forward(x), y)
+    model.backward(loss_fn.backward())
+    opt.step()
+    return b"".join(a.tobytes() for a in [out] + [p.data for p in model.parameters()])
+
+
+@pytest.mark.skipif(not TWO or not hasattr(os, "fork"), reason="needs 2 threads and os.fork")
+def test_a_process_forked_after_the_threads_started_runs_serial_twins(fresh):
+    """multiprocessing's default start on Linux forks: a Pool made after nbnet ran a kernel. Numba
+    ends a child of a process that started GNU OpenMP with SIGTERM at its first parallel kernel
+    (libgomp's threads do not come along), and a Pool then waits for that worker for ever. The
+    child runs the serial twins instead: the same bits."""
+    import copy  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    import nbnet as nb  # noqa: PLC0415
+
+    threads.fix(2)
+    x0 = np.ones((4, 4), np.float32)
+    cpu.relu_forward.parallel(np.empty_like(x0), x0)  # Numba's threads start
+    rng = np.random.default_rng(0)
+    x, y = rng.random((128, 16), dtype=np.float32), rng.integers(0, 512, 128)
+    model = nb.Sequential([nb.Linear(16, 256, seed=0), nb.ReLU(), nb.Linear(256, 512, seed=1)])
+    twin = copy.deepcopy(model)
+    assert threads.parallel()
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: forking a process with threads
+        pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            data = _forward_and_step(model, x, y)
+            with os.fdopen(write, "wb") as f:
+                f.write(data)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        got = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), f"the forked child ended by signal {os.WTERMSIG(status)}"
+    assert got == _forward_and_step(twin, x, y)

@@ -33,6 +33,7 @@ def _args(name, rng):
         "softmax_backward": (a(k, c), a(k, c), probs),
         "crossentropy_forward": (a(k), probs, labels),
         "softmax_crossentropy_forward": (a(k, c), a(k), a(k, c), labels),
+        "transpose": (a(c, k), a(k, c)),
         "sgd_step": (a(n), a(n), a(n), F(0.1), F(0.9), F(0.01), True),
         "adam_step": (a(n), a(n), a(n), np.abs(a(n)), F(0.1), F(0.999), F(0.001), F(1e-8), F(0.01), F(0.99), F(0.1),
                       F(0.3)),
@@ -42,7 +43,7 @@ def _args(name, rng):
 NAMES = ["relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
          "softmax_forward", "softmax_backward", "crossentropy_forward", "crossentropy_backward",
          "softmax_crossentropy_forward", "softmax_crossentropy_backward", "mse_backward", "bce_with_logits_backward",
-         "sgd_step", "adam_step"]
+         "transpose", "sgd_step", "adam_step"]
 
 
 def test_every_kernel_is_in_the_twins_test():

@@ -162,6 +162,8 @@ class Kernel:
 
     def __call__(self, *args):
         if self.work(*args) >= self.threshold and threads.parallel():
+            if threads.exclusive:
+                return threads.alone(lambda: self.parallel(*args), lambda: self.serial(*args))
             return self.parallel(*args)
         return self.serial(*args)
 

@@ -401,7 +401,7 @@ class _Plan:
 
     def forward(self, x):
         self.layers[0].inp = x
-        _run(self.fwd[threads.parallel()], x, None)
+        _run_steps(self.fwd, x, None)
         return self.layers[-1].out
 
     def backward(self, model, grad):
@@ -411,7 +411,7 @@ class _Plan:
                 and grad.flags.c_contiguous and type(x) is np.ndarray and x.shape == self.shape
                 and tuple(map(id, model.layers)) == self.ids and self._same(self.bwd_checks)):
             return False
-        _run(self.bwd[threads.parallel()], x, grad)
+        _run_steps(self.bwd, x, grad)
         return True
 
 
@@ -440,6 +440,16 @@ def _unaliased(x, held):
     if type(x) is np.ndarray and (id(x) in held or id(x.base) in held):
         return x.copy()
     return x
+
+
+def _run_steps(steps, x, g):
+    """The serial or the parallel steps of a plan, as cpu.Kernel chooses (threads.alone included)."""
+    if not threads.parallel():
+        _run(steps[False], x, g)
+    elif threads.exclusive:
+        threads.alone(lambda: _run(steps[True], x, g), lambda: _run(steps[False], x, g))
+    else:
+        _run(steps[True], x, g)
 
 
 def _run(steps, x, g):

@@ -35,11 +35,17 @@ A process forked after Numba started GNU OpenMP (the "omp" layer on Linux: multi
 default start there, a Pool made after training) cannot run a parallel kernel: libgomp's threads
 do not come along, and Numba ends such a child with SIGTERM at its first one. There every kernel
 runs its serial twin (the same bits).
+
+Numba's "workqueue" layer (where neither TBB nor OpenMP loads, or NUMBA_THREADING_LAYER says so)
+is not threadsafe: two Python threads in parallel kernels at once abort the whole process. Under
+it one parallel kernel runs at a time (`alone`), and a thread that finds one running runs the
+serial twin meanwhile (the same bits).
 """
 
 import math
 import os
 import sys
+import threading
 import time
 
 import numba
@@ -56,6 +62,8 @@ _next = 0.0  # time.monotonic() of the next look
 _last = None  # (wall, busy seconds of our cores, own CPU seconds) at the last look
 _others = None  # cores others used at the last look, for describe()
 _forked = False  # forked after Numba started GNU OpenMP: serial twins only (see the module docstring)
+exclusive = None  # whether the threading layer takes one parallel kernel at a time (None: not read yet)
+_launch = threading.Lock()  # held by the thread in a parallel kernel, where `exclusive`
 _clock = time.monotonic
 
 
@@ -150,11 +158,13 @@ def _set(n):
 
 def _poll():
     """Look at the load (see the module docstring) and set the thread count."""
-    global _limit, _next, _last, _others, _fixed
+    global _limit, _next, _last, _others, _fixed, exclusive
     now = _clock()
     if _fixed is None:
         _fixed = env_fixed()
-    current = numba.get_num_threads()
+    current = numba.get_num_threads()  # starts Numba's threads: its layer is known from here
+    if exclusive is None:
+        exclusive = numba.threading_layer() == "workqueue"
     if _limit is None or current != _applied:  # first call, or the user set a number: their limit
         _limit = current
         _set(current)
@@ -181,9 +191,21 @@ def _gnu_openmp_started():
 
 
 def _after_fork_in_child():
-    global _forked, _n
+    global _forked, _n, _launch
     if _gnu_openmp_started():
         _forked, _n = True, 1
+    _launch = threading.Lock()  # another thread may have held it at the fork, and is not here
+
+
+def alone(run_parallel, run_serial):
+    """Where `exclusive`: run_parallel() unless another thread is in a parallel kernel, run_serial()
+    if one is (waiting for it would leave this thread's core idle)."""
+    if not _launch.acquire(blocking=False):
+        return run_serial()
+    try:
+        return run_parallel()
+    finally:
+        _launch.release()
 
 
 if hasattr(os, "register_at_fork"):

@@ -272,3 +272,55 @@ def test_a_process_forked_after_the_threads_started_runs_serial_twins(fresh):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status), f"the forked child ended by signal {os.WTERMSIG(status)}"
     assert got == _forward_and_step(twin, x, y)
+
+
+def test_under_an_exclusive_layer_a_kernel_runs_serially_while_another_thread_is_in_one(monkeypatch):
+    kernel = cpu.Kernel.__new__(cpu.Kernel)
+    kernel.serial, kernel.parallel = (lambda n: "serial"), (lambda n: "parallel")
+    kernel.work, kernel.threshold = (lambda n: n), 100
+    monkeypatch.setattr(threads, "parallel", lambda: True)
+    monkeypatch.setattr(threads, "exclusive", True)
+    assert kernel(100) == "parallel"
+    with threads._launch:  # another thread's parallel kernel
+        assert kernel(100) == "serial"
+    assert kernel(100) == "parallel" and not threads._launch.locked()
+
+
+WORKQUEUE_SCRIPT = """
+import threading
+import numpy as np
+import nbnet as nb
+from nbnet import threads
+threads.fix(2)
+rng = np.random.default_rng(0)
+x, y = rng.random((256, 16), dtype=np.float32), rng.integers(0, 256, 256)
+def run(seed, out):
+    m = nb.Sequential([nb.Linear(16, 256, seed=seed), nb.ReLU(), nb.Linear(256, 256, seed=seed + 1)])
+    opt, loss_fn = nb.SGD(m.parameters(), lr=0.1), nb.SoftmaxCrossEntropy()
+    for _ in range(30):  # layer by layer, then planned steps
+        opt.zero_grad()
+        loss_fn(m.forward_reusing(x), y)
+        m.backward(loss_fn.backward())
+        opt.step()
+    out[seed] = b"".join(p.data.tobytes() for p in m.parameters()) + m(x).tobytes()
+alone, together = {}, {}
+for seed in (0, 2):
+    run(seed, alone)
+pair = [threading.Thread(target=run, args=(seed, together)) for seed in (0, 2)]
+for t in pair:
+    t.start()
+for t in pair:
+    t.join()
+print(threads.exclusive, alone == together)
+"""
+
+
+@pytest.mark.skipif(not TWO, reason="needs 2 threads")
+def test_two_python_threads_train_at_once_under_the_workqueue_layer():
+    """Numba's workqueue layer aborts the process when two threads launch parallel kernels at once
+    ("Concurrent access has been detected"): nbnet runs one at a time there, the same bits."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    done = subprocess.run([sys.executable, "-c", WORKQUEUE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["True", "True"]

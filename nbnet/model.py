@@ -9,6 +9,7 @@ Other keys (optimizer state, config, ...) may sit beside these; `load` ignores t
 import json
 import math
 import os
+import threading
 from operator import is_
 
 import numpy as np
@@ -34,6 +35,13 @@ class Sequential:
     `len(model)`, `model[i]` (a layer), `model[i:j]` (a Sequential sharing those layers), iteration
     over the layers, `state_dict()` / `load_state_dict()`. All layers must share one dtype. A
     Sequential among the layers contributes its layers (shared, not copied): the stack stays flat.
+
+    Threads: the layers keep their outputs and the forward's cache in buffers of their own, so one
+    model runs one call at a time. `lock` (a threading.RLock) makes that so: forward, backward,
+    nb.predict and nb.evaluate (a whole call) and each step of nb.train hold it, so threads may
+    predict with one model, and predict while another trains it (between its steps). A backward
+    reads the cache of the last forward, which must be its own thread's (else RuntimeError); a
+    hand-written loop shared by threads holds `with model.lock:` around forward, backward and step.
     """
 
     def __init__(self, *layers):
@@ -44,6 +52,16 @@ class Sequential:
         self._plan = None  # the kernel calls of a CPU forward and backward at one batch shape (_Plan)
         self._last_shape, self._streak = None, 0  # forwards layer by layer in a row at this batch shape
         self._plan_after = 2  # ... after which one builds a plan; doubled when a plan's arrays were replaced
+        self.lock = threading.RLock()  # see the class docstring
+        self._forward_thread = None  # the thread whose forward the layers' caches hold
+
+    def __getstate__(self):
+        # A lock cannot be copied or pickled, and the copy is a model of its own: it gets its own.
+        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "_forward_thread")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.lock, self._forward_thread = threading.RLock(), None
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
@@ -57,7 +75,9 @@ class Sequential:
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Sequential(self.layers[index])  # the same layers (already packed: left so)
+            part = Sequential(self.layers[index])  # the same layers (already packed: left so)
+            part.lock = self.lock  # ... and so the same buffers
+            return part
         return self.layers[index]
 
     def state_dict(self):
@@ -142,8 +162,9 @@ class Sequential:
     def forward(self, x):
         """The model's output for x, in a new array that belongs to the caller (a later call does
         not touch it, as in PyTorch)."""
-        out = self.forward_reusing(x)
-        return out.copy() if isinstance(out, np.ndarray) else copy_device_array(out)
+        with self.lock:
+            out = self.forward_reusing(x)
+            return out.copy() if isinstance(out, np.ndarray) else copy_device_array(out)
 
     def __call__(self, x):
         # Not `__call__ = forward`: that bound Sequential.forward itself, so in a subclass with a
@@ -152,7 +173,13 @@ class Sequential:
 
     def forward_reusing(self, x):
         """Like `forward`, but returns the last layer's own output buffer, which the next call
-        overwrites: the allocation-free path of the training loop, evaluate and predict."""
+        overwrites: the allocation-free path of the training loop, evaluate and predict (which
+        hold `lock` while they read it)."""
+        with self.lock:
+            self._forward_thread = threading.get_ident()
+            return self._forward(x)
+
+    def _forward(self, x):
         plan = self._plan
         if plan is not None:
             if plan.fits(self, x):
@@ -195,6 +222,15 @@ class Sequential:
         layer's backward, which a training loop never reads), as PyTorch skips the gradient of an
         input that does not require one. dL/dX is a new array that belongs to the caller, as
         forward's output does; layers' own backward always returns their dX, in their buffer."""
+        with self.lock:
+            if self._forward_thread not in (None, threading.get_ident()):
+                raise RuntimeError(
+                    "backward: the model's last forward ran in another thread, so the layers hold its "
+                    "cache, not this thread's: hold `with model.lock:` around forward, backward and "
+                    "the step, or give each thread its own model (copy.deepcopy)")
+            return self._backward(grad, need_input_grad)
+
+    def _backward(self, grad, need_input_grad):
         plan = self._plan
         if plan is not None and not need_input_grad and plan.backward(self, grad):
             return None

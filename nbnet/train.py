@@ -14,6 +14,7 @@ copied over once, for a GPU model), and per step only the loss and the count of 
 back to the host.
 """
 
+import contextlib
 import math
 import numbers
 import time
@@ -312,12 +313,21 @@ def _evaluate_sums(model, batch_size, source, loss):
     loss_fn = LOSSES[loss]()
     loss_sum, correct = 0.0, 0
     forward = getattr(model, "forward_reusing", model.forward)  # read at once: no copy needed
-    for xb, yb in source(batch_size, shuffle=False):
-        if len(yb):  # a data-parallel share may be empty
-            logits = forward(xb)
-            loss_sum += loss_fn.forward(logits, yb) * len(yb)
-            correct += _batch_correct(loss, logits, yb)
+    with lock(model):  # one set of weights for the whole call, and buffers no other thread writes
+        for xb, yb in source(batch_size, shuffle=False):
+            if len(yb):  # a data-parallel share may be empty
+                logits = forward(xb)
+                loss_sum += loss_fn.forward(logits, yb) * len(yb)
+                correct += _batch_correct(loss, logits, yb)
     return loss_sum, correct
+
+
+def lock(model):
+    """The model's lock (Sequential.lock: see there), or none for a model of the user's own."""
+    return getattr(model, "lock", _NO_LOCK)
+
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 def predict(model, x, batch_size=1000, loss="cross-entropy"):
@@ -329,13 +339,14 @@ def predict(model, x, batch_size=1000, loss="cross-entropy"):
     squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
     forward = getattr(model, "forward_reusing", model.forward)
     outs, yes = [], []
-    for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
-        z = forward(xb)
-        if loss == "bce":
-            # Decided on z ≥ 0, as evaluate's accuracy (count_correct_labels) decides: σ(z) rounds
-            # to ½ for z just below 0 (above -6e-8 in float32), which `σ(z) ≥ ½` read as yes.
-            yes.append(to_host(z) >= 0)
-        outs.append(to_host(z if squash is None else squash.forward(z)).copy())
+    with lock(model):
+        for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
+            z = forward(xb)
+            if loss == "bce":
+                # Decided on z ≥ 0, as evaluate's accuracy (count_correct_labels) decides: σ(z) rounds
+                # to ½ for z just below 0 (above -6e-8 in float32), which `σ(z) ≥ ½` read as yes.
+                yes.append(to_host(z) >= 0)
+            outs.append(to_host(z if squash is None else squash.forward(z)).copy())
     scores = np.concatenate(outs)
     if loss == "cross-entropy":
         return scores.argmax(axis=1), scores
@@ -513,6 +524,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     steps_per_epoch = math.ceil(n / batch_size)
     loss_fn = LOSSES[loss]()
     forward = getattr(model, "forward_reusing", model.forward)  # the loop owns the buffers it reads
+    model_lock = lock(model)
     params = model.parameters()
     train_batches = batch_source(model, x_train, y_train, (comm.rank, comm.size))
 
@@ -559,24 +571,25 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 if b < skip:
                     continue
                 opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
-                opt.zero_grad()
-                rows, value, correct = len(yb), 0.0, 0
-                if rows:  # a data-parallel share may be empty
-                    logits = forward(xb)
-                    value = loss_fn.forward(logits, yb)
-                    correct = _batch_correct(loss, logits, yb)
-                    if math.isfinite(value):
-                        model.backward(loss_fn.backward(), need_input_grad=False)
-                # Summed over the processes (one process: as they are), so that all decide alike.
-                loss_sum, correct, seen, stop = comm.step_sums(
-                    value * rows, correct, rows, should_stop is not None and should_stop()
-                )
-                if not math.isfinite(loss_sum):
-                    raise TrainingDiverged(
-                        f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"
+                with model_lock:  # a step at a time: another thread may predict between steps
+                    opt.zero_grad()
+                    rows, value, correct = len(yb), 0.0, 0
+                    if rows:  # a data-parallel share may be empty
+                        logits = forward(xb)
+                        value = loss_fn.forward(logits, yb)
+                        correct = _batch_correct(loss, logits, yb)
+                        if math.isfinite(value):
+                            model.backward(loss_fn.backward(), need_input_grad=False)
+                    # Summed over the processes (one process: as they are), so that all decide alike.
+                    loss_sum, correct, seen, stop = comm.step_sums(
+                        value * rows, correct, rows, should_stop is not None and should_stop()
                     )
-                comm.allreduce_grad(params, rows / seen)  # between backward and the step
-                opt.step()
+                    if not math.isfinite(loss_sum):
+                        raise TrainingDiverged(
+                            f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"
+                        )
+                    comm.allreduce_grad(params, rows / seen)  # between backward and the step
+                    opt.step()
                 state.step += 1
                 state.loss_sum += loss_sum
                 state.correct += int(correct)
@@ -634,11 +647,12 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         # its schedule from the same base (lr=None reads opt.lr) and not from the last step's rate.
         opt.lr = base_lr
     if restore_best and state.best_params is not None:
-        for p, value in zip(model.parameters(), state.best_params):
-            if isinstance(p.data, np.ndarray):
-                p.data[...] = value
-            else:
-                p.data.copy_to_device(value)
+        with model_lock:
+            for p, value in zip(model.parameters(), state.best_params):
+                if isinstance(p.data, np.ndarray):
+                    p.data[...] = value
+                else:
+                    p.data.copy_to_device(value)
     history = History(state.history)
     history.best_epoch, history.best_val_loss = state.best_epoch, state.best_val_loss
     history.stopped_early = early_stopping is not None and state.bad_epochs >= early_stopping and state.epoch < epochs

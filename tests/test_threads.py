@@ -324,3 +324,151 @@ def test_two_python_threads_train_at_once_under_the_workqueue_layer():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["True", "True"]
+
+
+# -- one model, several Python threads: Sequential.lock ------------------------------------------
+
+class Pause:
+    """An identity layer that calls hook() in its forward: a test stops one thread there, half-way
+    through a forward, and lets another run."""
+
+    dtype = None
+
+    def __init__(self, hook):
+        self.hook = hook  # a function: copy.deepcopy keeps it as it is
+
+    def forward(self, x):
+        self.hook()
+        return x
+
+    def backward(self, dout, need_input_grad=True):
+        return dout
+
+    def parameters(self):
+        return []
+
+    def zero_grad(self):
+        pass
+
+
+class Meanwhile:
+    """hook() for Pause: once armed, the first thread to reach it waits (at most `patience` s) while
+    `other` runs in a second thread, which it starts there. Where the model holds its lock, `other`
+    waits for the first thread's call to end instead, and the first thread goes on after `patience`."""
+
+    def __init__(self, other, patience=0.3):
+        import threading
+
+        self.other, self.patience, self.armed, self.thread = other, patience, False, None
+        self.done = threading.Event()
+
+    def __call__(self):
+        import threading
+
+        if self.armed and self.thread is None:
+            self.armed = False
+            self.thread = threading.Thread(target=lambda: (self.other(), self.done.set()))
+            self.thread.start()
+            self.done.wait(self.patience)
+
+    def join(self):
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _nothing():
+    pass
+
+
+def _model(hook=_nothing):
+    import nbnet as nb
+
+    return nb.Sequential(nb.Linear(16, 32, seed=0), nb.ReLU(), Pause(hook), nb.Linear(32, 4, seed=2))
+
+
+@pytest.mark.parametrize("call", ["predict", "forward"])
+def test_a_thread_predicting_with_a_model_another_is_running_gets_its_own_answer(call):
+    """A web server's threads predicting with one model: a forward wrote the layers' buffers while
+    another thread's forward was half-way, whose last layer then read the other's rows. The model's
+    lock runs one call at a time."""
+    import numpy as np
+
+    import nbnet as nb
+
+    rng = np.random.default_rng(0)
+    x, other_x = (rng.standard_normal((8, 16)).astype(np.float32) for _ in range(2))
+    meanwhile = Meanwhile(lambda: answers.append(run(other_x)))
+    model, answers = _model(meanwhile), []
+    run = (lambda v: nb.predict(model, v, proba=True)) if call == "predict" else model
+    expected = [run(v) for v in (x, other_x, x)]  # the second forward at a shape plans it: both ways
+    meanwhile.armed = True
+    mine = run(x)
+    meanwhile.join()
+    np.testing.assert_array_equal(mine, expected[0])
+    np.testing.assert_array_equal(answers[0], expected[1])
+
+
+def test_a_thread_predicts_while_another_trains_the_same_model():
+    """nb.train holds the model's lock a step at a time: a thread that predicts meanwhile runs
+    between two steps, and the training is bit for bit a run nobody watched (before, the predict
+    ran between a step's forward and backward, which read its rows)."""
+    import numpy as np
+
+    import nbnet as nb
+
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((64, 16)).astype(np.float32), rng.integers(0, 4, 64)
+
+    def trained(watch):
+        seen = []
+        meanwhile = Meanwhile(lambda: seen.append(nb.predict(model, x[:8], proba=True)))
+        model = _model(meanwhile)
+        opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def arm(state, *_):
+            meanwhile.armed = watch and state.step == 3
+
+        nb.train(model, opt, (x, y), epochs=2, batch_size=8, seed=0, on_step=arm)
+        meanwhile.join()
+        return [p.data.copy() for p in model.parameters()], seen
+
+    alone, _ = trained(False)
+    watched, seen = trained(True)
+    for a, b in zip(alone, watched):
+        np.testing.assert_array_equal(a, b)
+    assert len(seen) == 1 and np.allclose(seen[0].sum(axis=1), 1)
+
+
+def test_a_backward_after_another_threads_forward_is_refused():
+    """The layers keep the last forward's cache: a backward whose own forward was overwritten by
+    another thread's would fill gradients from the wrong rows, so it is an error."""
+    import threading
+
+    import numpy as np
+
+    import nbnet as nb
+
+    model = _model()
+    x = np.ones((4, 16), np.float32)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn(model(x), np.zeros(4, np.int64))
+    other = threading.Thread(target=lambda: model(2 * x))
+    other.start()
+    other.join()
+    with pytest.raises(RuntimeError, match="another thread"):
+        model.backward(loss_fn.backward())
+    loss_fn(model(x), np.zeros(4, np.int64))  # its own forward again: fine
+    model.backward(loss_fn.backward())
+
+
+def test_the_lock_is_the_models_own_and_its_slices():
+    import copy
+    import pickle
+
+    model = _model()
+    assert model[0:2].lock is model.lock  # a slice shares the layers, so their buffers
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert other.lock is not model.lock
+        with other.lock:  # a working RLock of its own
+            with other.lock:
+                pass

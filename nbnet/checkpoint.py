@@ -4,37 +4,81 @@
     optim/state/<name>.<i>                 optimizer state arrays (momentum buffers, Adam moments)
     optim/meta                             JSON: the rest of optimizer.state_dict() (type, hyper-parameters, step_count)
     train/state                            JSON: epochs and steps done, the running sums of the epoch in
-                                           progress, the history of per-epoch metrics, and the best
-                                           validation loss so far, its epoch and the epochs since it
+                                           progress, the names of the per-epoch metrics (history_keys),
+                                           and the best validation loss so far, its epoch and the
+                                           epochs since it
+    train/history                          float64 (epochs, len(history_keys)): each epoch's metrics, NaN
+                                           where an epoch has no such metric (those of older nbnets)
     train/config                           JSON: the resolved `nbnet train` options
     train/data                             JSON: the data's shapes and CRCs (dist.data_fingerprint), so
                                            that --resume on a dataset that changed since is refused;
                                            absent in checkpoints written before it existed
     checkpoint/version                     int64 format version
 
+Version 1 kept the history in train/state as JSON: a checkpoint is written every epoch, and the
+text of the whole history (float reprs, 4 bytes a character) made each save cost more than the
+last, a long run's saves its square. Version 1 files still load and resume.
+
 There is no RNG state to store: shuffling is seeded with (seed, epoch) and initialisation with
 (seed, layer), so the seed in the config reproduces every random draw.
 """
 
+import itertools
 import json
 import math
 import os
 
 import numpy as np
 
-from .files import read_npz, write_npz_atomic
+from .files import check_memory, described, read_npz, write_npz_atomic
 from .layers import Linear
 from .model import check_finite, json_entry, model_from_arrays
 from .train import TrainState
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 STATE_PREFIX = "optim/state/"
 MAX_COUNT = 2**53  # epochs, steps, rows: whole numbers a float64 holds exactly
 MAX_HISTORY_KEYS = 100
+HISTORY_VALUE_BYTES = 128  # memory of one history value loaded: a float in a dict, its row's list
 
 
 def _json(obj):
     return np.array(json.dumps(obj, allow_nan=False))
+
+
+def _history_table(history):
+    """The per-epoch metrics as train/history stores them: (names, float64 (epochs, names)),
+    NaN where an epoch has no such metric."""
+    keys = list(dict.fromkeys(itertools.chain.from_iterable(history)))
+    table = np.array([[m.get(key, math.nan) for key in keys] for m in history], np.float64)
+    table = table.reshape(len(history), len(keys))
+    # NaN is "absent", so a metric that is NaN or Inf must not pass as one (JSON refused them too)
+    absent = table.size - sum(len(m) for m in history)
+    if np.isinf(table).any() or np.isnan(table).sum() != absent:
+        raise ValueError("the training history holds NaN or Inf")
+    return keys, table
+
+
+def _stored_history(keys, table, bad, source):
+    """train/history (and its names, train/state's history_keys) as the list of {name: number} a
+    version 1 train/state held, checked before anything is built from it."""
+    if not isinstance(keys, list) or len(keys) > MAX_HISTORY_KEYS or not all(isinstance(k, str) for k in keys) \
+            or len(set(keys)) != len(keys):
+        raise bad(f"train/state history_keys is not a list of at most {MAX_HISTORY_KEYS} distinct names")
+    if table is None:
+        raise bad("no train/history")
+    if table.dtype != np.float64 or table.ndim != 2 or table.shape[1] != len(keys):
+        raise bad(f"train/history is {described(table.shape, table.dtype)}, not float64 (epochs, {len(keys)})")
+    check_memory(table.size * HISTORY_VALUE_BYTES, f"{source}: train/history {described(table.shape, table.dtype)}")
+    if np.isinf(table).any():
+        raise bad("train/history holds Inf")
+    history = []
+    for row in table.tolist():
+        m = {key: v for key, v in zip(keys, row) if not math.isnan(v)}  # NaN: not a metric of that epoch
+        if isinstance(m.get("epoch"), float) and m["epoch"].is_integer():
+            m["epoch"] = int(m["epoch"])
+        history.append(m)
+    return history
 
 
 def _kept_state(sd):
@@ -64,9 +108,10 @@ def save_checkpoint(path, model, opt, state, config, data=None):
         arrays[STATE_PREFIX + key] = arr
     check_finite(arrays, f"cannot save {os.fspath(path)}", "arrays")
     arrays["optim/meta"] = _json(sd)
+    history_keys, arrays["train/history"] = _history_table(state.history)
     arrays["train/state"] = _json({
         "epoch": state.epoch, "step": state.step, "loss_sum": state.loss_sum, "correct": state.correct,
-        "seen": state.seen, "seconds": state.seconds, "history": state.history,
+        "seen": state.seen, "seconds": state.seconds, "history_keys": history_keys,
         "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
     })
     arrays["train/config"] = _json(config)
@@ -222,7 +267,10 @@ class Checkpoint:
         # bce's `correct` counts labels: a multi-label run stopped mid-epoch holds more than `seen`
         outputs = [layer for layer in self.model.layers if isinstance(layer, Linear)][-1].out_features
         per_row = outputs if self.config.get("loss") == "bce" else 1
-        self.state = _check_state(json_entry(arrays, "train/state", path), bad, per_row)
+        st = json_entry(arrays, "train/state", path)
+        if int(version) >= 2 and isinstance(st, dict):
+            st["history"] = _stored_history(st.get("history_keys"), arrays.get("train/history"), bad, path)
+        self.state = _check_state(st, bad, per_row)
         sd = _check_optim_meta(json_entry(arrays, "optim/meta", path), bad, self.model.dtype)
         state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
         check_finite(state, path, "optimizer state")

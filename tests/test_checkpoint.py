@@ -1,6 +1,7 @@
 """The Python training loop and checkpoints: history, schedules, divergence, bitwise resume,
 atomic writes, and files that np.load(allow_pickle=False) and nb.load both read."""
 
+import json
 import math
 import os
 
@@ -183,3 +184,100 @@ def test_momentum_given_on_resume_saves_a_checkpoint_that_loads(tmp_path):
     opt2.load_state_dict(ck.optim_state)
     resumed, _, _ = run(epochs=2, model=ck.model, opt=opt2, state=ck.state)
     assert_same(weights(resumed), weights(straight))
+
+
+def checkpoint_arrays(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_a_checkpoint_grows_by_the_numbers_of_an_epoch_not_by_the_text_of_its_history(tmp_path):
+    """--save writes a checkpoint every epoch, and it held the whole history as JSON text in a
+    4-bytes-a-character string (~800 bytes an epoch): each save wrote and encoded more than the
+    last, and 3000 epochs of a tiny run took 101 s with --save, 17 s without."""
+    model, opt, history = run(epochs=1)
+    entry = dict(history[0], train_loss=math.pi, test_loss=math.e, seconds=1 / 3)  # full-length reprs
+    sizes = []
+    for epochs in (1, 2001):
+        state = TrainState(epoch=epochs, step=6, history=[dict(entry, epoch=i + 1) for i in range(epochs)])
+        save_checkpoint(tmp_path / f"{epochs}.npz", model, opt, state, {})
+        sizes.append(os.path.getsize(tmp_path / f"{epochs}.npz"))
+    assert sizes[1] - sizes[0] <= 2000 * 8 * len(entry) + 100  # a float64 per metric
+    ck = load_checkpoint(tmp_path / "2001.npz")
+    assert ck.state.history == state.history
+    assert [list(m) for m in ck.state.history] == [list(m) for m in state.history]  # in their order
+    assert all(type(m["epoch"]) is int for m in ck.state.history)
+
+
+def test_a_version_1_checkpoint_loads_and_resumes_bitwise(tmp_path):
+    """Version 1 (nbnet before train/history) kept the history in train/state's JSON."""
+    straight, _, h4 = run(schedule="constant")
+    model, opt, _ = run(epochs=2, schedule="constant")
+    save_checkpoint(tmp_path / "c.npz", model, opt, run.state, {"seed": 7})
+    arrays = checkpoint_arrays(tmp_path / "c.npz")
+    state = json.loads(str(arrays.pop("train/state")))
+    del state["history_keys"], arrays["train/history"]
+    arrays["train/state"] = np.array(json.dumps({**state, "history": run.state.history}))
+    arrays["checkpoint/version"] = np.array(1, np.int64)
+    np.savez(tmp_path / "v1.npz", **arrays)
+    ck = load_checkpoint(tmp_path / "v1.npz")
+    assert ck.state == run.state
+    opt2 = make_optimizer("sgd", ck.model, lr=1.0, momentum=0.9)
+    opt2.load_state_dict(ck.optim_state)
+    resumed, _, h = run(model=ck.model, opt=opt2, state=ck.state, schedule="constant")
+    assert_same(weights(resumed), weights(straight))
+    assert [m["test_loss"] for m in h] == [m["test_loss"] for m in h4]
+    # saved again, in today's format, and an older nbnet's epochs without a metric stay without it
+    del ck.state.history[0]["lr"]
+    save_checkpoint(tmp_path / "c.npz", resumed, opt2, ck.state, {"seed": 7})
+    assert load_checkpoint(tmp_path / "c.npz").state.history == ck.state.history
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"train/history": None}, "no train/history"),
+    ({"train/history": np.zeros((2, 8), np.float32)}, "train/history is (2, 8) float32, not float64 (epochs, 8)"),
+    ({"train/history": np.zeros((2, 8), "<U3")}, "not float64"),
+    ({"train/history": np.zeros(16)}, "train/history is (16,) float64"),
+    ({"train/history": np.zeros((2, 7))}, "not float64 (epochs, 8)"),
+    ({"train/history": np.zeros((1, 8))}, "not a list of one entry per epoch done"),
+    ({"train/history": "inf"}, "train/history holds Inf"),
+    ({"train/history": "nan epoch"}, "train/state history entry 1 is of epoch None"),
+    ({"train/history": "1.5 epoch"}, "train/state history entry 2 is of epoch 1.5"),
+    ({"history_keys": "epoch"}, "history_keys is not a list"),
+    ({"history_keys": [1] * 8}, "history_keys is not a list"),
+    ({"history_keys": ["epoch"] * 8}, "distinct names"),
+    ({"history_keys": [str(i) for i in range(101)]}, "at most 100"),
+    ({"history_keys": None}, "history_keys is not a list"),
+])
+def test_a_damaged_train_history_is_one_value_error(tmp_path, change, fragment):
+    model, opt, history = run(epochs=2, schedule="constant")
+    save_checkpoint(tmp_path / "c.npz", model, opt, run.state, {})
+    arrays = checkpoint_arrays(tmp_path / "c.npz")
+    state = json.loads(str(arrays["train/state"]))
+    assert len(state["history_keys"]) == 8 and arrays["train/history"].shape == (2, 8)
+    table = arrays["train/history"]
+    named = {"inf": np.where(np.arange(8) == 1, np.inf, table), "nan epoch": np.where(np.arange(8) == 0, np.nan, table),
+             "1.5 epoch": np.where(np.arange(8) == 0, [[1], [1.5]], table)}
+    for key, value in change.items():
+        if key == "history_keys":
+            state[key] = value
+        elif value is None:
+            del arrays[key]
+        else:
+            arrays[key] = named.get(value, value) if isinstance(value, str) else value
+    arrays["train/state"] = np.array(json.dumps(state))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="damaged checkpoint") as e:
+        load_checkpoint(tmp_path / "bad.npz")
+    assert fragment in str(e.value)
+
+
+def test_a_train_history_too_large_for_memory_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """Each stored float becomes a Python float in a dict (some 100 bytes): 16 times its size."""
+    model, opt, _ = run(epochs=1)
+    entry = {"epoch": 1, "train_loss": 1.0}
+    state = TrainState(epoch=50_000, history=[dict(entry, epoch=i + 1) for i in range(50_000)])
+    save_checkpoint(tmp_path / "c.npz", model, opt, state, {})  # 800 kB of history
+    monkeypatch.setattr(nb.files, "memory_budget", lambda: 4 << 20)
+    with pytest.raises(ValueError, match=r"c.npz: train/history \(50000, 2\) float64: needs"):
+        load_checkpoint(tmp_path / "c.npz")

@@ -21,7 +21,7 @@ import nbnet as nb
 from nbnet import cpu
 import nbnet.cli  # noqa: F401 - nb.cli
 from nbnet import cli as nbnet_cli
-from nbnet.checkpoint import load_checkpoint
+from nbnet.checkpoint import _history_table, load_checkpoint
 
 from test_cli import FAST, REPO, blobs, nbnet, weights
 
@@ -63,14 +63,23 @@ def rewrite(src, dst, **changes):
         arrays = {k: f[k] for k in f.files}
     for key, value in changes.items():
         key = key.replace("__", "/")
+        if key == "train/state" and isinstance(value, dict) and "history" in value:  # stored beside it
+            value = dict(value)
+            value["history_keys"], arrays["train/history"] = _history_table(value.pop("history"))
         arrays[key] = np.array(json.dumps(value)) if not isinstance(value, np.ndarray) else value
     np.savez(dst, **arrays)
     return dst
 
 
 def stored(path, key):
+    """A JSON entry; train/state with its history (train/history) put back in, as version 1 held it."""
     with np.load(path, allow_pickle=False) as f:
-        return json.loads(str(f[key]))
+        value = json.loads(str(f[key]))
+        if key == "train/state":
+            names = value["history_keys"]
+            value["history"] = [{k: int(v) if k == "epoch" else v for k, v in zip(names, row) if not math.isnan(v)}
+                                for row in f["train/history"].tolist()]
+        return value
 
 
 # --------------------------------------------------------------------------------------------- 1. silent wrong answers, lost work

@@ -151,7 +151,7 @@ json_values = st.recursive(
 JSON_KEYS = ["nbnet/architecture", "train/state", "optim/meta", "train/config"]
 FIELDS = {
     "nbnet/architecture": ["format", "version", "layers"],
-    "train/state": ["epoch", "step", "loss_sum", "correct", "seen", "seconds", "history", "best_val_loss"],
+    "train/state": ["epoch", "step", "loss_sum", "correct", "seen", "seconds", "history_keys", "best_val_loss"],
     "optim/meta": ["type", "lr", "betas", "eps", "weight_decay", "step_count"],
     "train/config": ["dataset", "hidden", "epochs", "lr", "optimizer", "batch_size", "seed", "dtype", "quiet"],
 }
@@ -160,7 +160,8 @@ FIELDS = {
 @st.composite
 def damaged(draw, arrays):
     arrays = dict(arrays)
-    key = draw(st.sampled_from(JSON_KEYS + ["layer0.weight", "layer0.bias", "checkpoint/version", "optim/state/exp_avg.0"]))
+    key = draw(st.sampled_from(JSON_KEYS + ["layer0.weight", "layer0.bias", "checkpoint/version", "optim/state/exp_avg.0",
+                                             "train/history"]))
     how = draw(st.sampled_from(["field", "whole", "array", "drop"]))
     if how == "drop":
         arrays.pop(key, None)

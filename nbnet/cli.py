@@ -32,7 +32,9 @@ import numpy as np
 from . import __version__, datasets, dist, threads
 from .check import not_saying_compiling
 from .checkpoint import load_checkpoint, save_checkpoint
-from .files import check_creatable, check_outputs, check_replaceable, names_a_folder, write_atomic, write_npz_atomic
+from .files import (
+    append_whole, check_creatable, check_outputs, check_replaceable, names_a_folder, write_atomic, write_npz_atomic,
+)
 from .train import (
     ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, check_memory,
     evaluate,
@@ -485,11 +487,14 @@ def train_cmd(ctx, **opts):
 
     if comm.size > 1:  # every process got here, with the same options, data and weights (else Error:)
         comm.agree_setup(dist.fingerprint(cfg, data, model.parameters()))
-    metrics_file = _open_metrics(opts["metrics_out"]) if opts["metrics_out"] else None
+    metrics_fd = _open_metrics(opts["metrics_out"]) if opts["metrics_out"] else None
+
+    def write_metrics(history):
+        append_whole(metrics_fd, "".join(json_line(m) + "\n" for m in history).encode(), opts["metrics_out"])
+
     try:
-        if metrics_file and resume is not None:
-            for m in resume.state.history:  # the file always holds the whole run
-                metrics_file.write(json_line(m) + "\n")
+        if metrics_fd is not None and resume is not None:
+            write_metrics(resume.state.history)  # the file always holds the whole run
         out.start(cfg, model, data, resume, val_data)
 
         saved = []  # the epochs this run saved to --save
@@ -499,9 +504,8 @@ def train_cmd(ctx, **opts):
             if opts["save"]:
                 save_checkpoint(opts["save"], model, opt, st, cfg, data_print)
                 saved.append(st.epoch)
-            if metrics_file:
-                metrics_file.write(json_line(metrics) + "\n")
-                metrics_file.flush()
+            if metrics_fd is not None:
+                write_metrics([metrics])
             out.epoch(metrics, cfg["epochs"])
 
         def on_best(st, metrics):
@@ -538,8 +542,8 @@ def train_cmd(ctx, **opts):
                 click.echo(msg, err=True)
                 sys.exit(EXIT_TERMINATED if stopper.signum == signal.SIGTERM else EXIT_INTERRUPTED)
     finally:
-        if metrics_file:
-            metrics_file.close()
+        if metrics_fd is not None:
+            os.close(metrics_fd)
     if history.best_epoch is not None:
         n = cfg["early_stopping"]
         why = f"early stopping: no better validation loss for {n} epoch{'s' * (n != 1)}; " if history.stopped_early else ""
@@ -711,10 +715,11 @@ def _check_writable(path, option):
 
 
 def _open_metrics(path):
-    """--metrics-out, opened before the first epoch. _check_writable asked the folder; a file system
-    can still refuse the file itself (/proc, a read-only or full mount, an ACL), and the error names
-    the option, as the others do. Opened without blocking: a FIFO that no process reads is an error,
-    not a wait for ever (one that is read gets the lines as they come)."""
+    """--metrics-out, opened before the first epoch: its file descriptor, which the run appends whole
+    lines to (files.append_whole). _check_writable asked the folder; a file system can still refuse
+    the file itself (/proc, a read-only or full mount, an ACL), and the error names the option, as
+    the others do. Opened without blocking: a FIFO that no process reads is an error, not a wait for
+    ever (one that is read gets the lines as they come)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o666)
@@ -723,7 +728,7 @@ def _open_metrics(path):
         raise CliError(f"--metrics-out {path}: cannot write it ({why})") from None
     if hasattr(os, "O_NONBLOCK"):  # not on Windows, whose os.set_blocking is from Python 3.12
         os.set_blocking(fd, True)
-    return open(fd, "w", encoding="utf-8")  # noqa: SIM115 - closed after training
+    return fd  # closed after training
 
 
 def _check_plot_available(path):

@@ -7,7 +7,8 @@ before reading it. Nothing is read past `memory_budget()`.
 Outputs: `write_atomic` writes a temporary file in the target's folder and renames it over the
 target, so a crash leaves the old file or the new one, never a torn one; the file gets the mode
 the umask gives (as `open` would), and temporary files left by a killed save are removed by the
-next save in that folder. `check_outputs` refuses an output path that is one of the run's inputs.
+next save in that folder. `append_whole` appends to a log (--metrics-out) whole lines or nothing.
+`check_outputs` refuses an output path that is one of the run's inputs.
 """
 
 import errno
@@ -359,6 +360,31 @@ def write_atomic(path, write, suffix=""):
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
+        raise
+
+
+def append_whole(fd, data, path):
+    """Write the bytes `data` where the file open at `fd` ends (a log: --metrics-out's lines), all of
+    them or none: a write that a full disk (or a file size limit) cuts short is taken back by
+    truncating the file to its size before, so that it never ends in a torn line. Errors name
+    `path`, as write_atomic's do. (A FIFO's reader may get part of `data`: a pipe cannot be cut.)"""
+    try:
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:  # a FIFO
+        start = None
+    done = 0
+    try:
+        while done < len(data):  # write(2) may write less than asked, then fail at the next call
+            done += os.write(fd, data[done:])
+    except BaseException as e:  # a second Ctrl-C between two writes tears the line as well
+        if done and start is not None:
+            try:
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            except OSError:
+                pass
         if isinstance(e, OSError):
             raise _naming(e, path) from None
         raise

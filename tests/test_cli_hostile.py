@@ -2,6 +2,7 @@
 tracebacks, hangs, noise and faults, each class with the test that now covers it. In process with
 CliRunner; subprocesses only for signals, pipes and what needs a real process."""
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -845,6 +846,42 @@ def test_a_torn_checkpoint_is_a_one_line_error_and_a_failed_save_keeps_the_old(r
     assert_error(nbnet("train", "--resume", target, "--epochs", "3"), "No space left")
     assert target.read_bytes() == raw
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("limit", ["full disk", "file size limit"])
+def test_a_metrics_line_the_disk_cuts_short_is_taken_back_and_the_error_names_the_file(tmp_path, monkeypatch, limit):
+    """--metrics-out's second line, written in part before the disk was full (write(2) writes what
+    fits, the next call fails), stayed torn at the end of the file, and the error named no file
+    ('[Errno 28] No space left on device'). The file size limit (RLIMIT_FSIZE) cuts a real write
+    short, as a full disk does."""
+    m = tmp_path / "m.jsonl"
+    if limit == "full disk":
+        real_write, full = os.write, []
+
+        def full_disk(fd, data):  # epoch 2's line: what fits (up to "train_loss), then ENOSPC
+            if fd in full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if b'"epoch": 2' not in data:
+                return real_write(fd, data)
+            full.append(fd)
+            return real_write(fd, bytes(data)[:bytes(data).index(b"train_loss")])
+
+        monkeypatch.setattr(os, "write", full_disk)
+        r = nbnet("train", *FAST, "--metrics-out", m, "-q")
+    else:
+        resource = pytest.importorskip("resource")
+        assert nbnet("train", *FAST, "-q").exit_code == 0  # every kernel compiled (and cached) before
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (Python's own setting): write fails
+        resource.setrlimit(resource.RLIMIT_FSIZE, (350, hard))  # one line (< 260 bytes), not two
+        try:
+            r = nbnet("train", *FAST, "--metrics-out", m, "-q")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+    assert_error(r, str(m), "No space left" if limit == "full disk" else "File too large")
+    lines = m.read_text().split("\n")
+    assert lines[-1] == "" and [json.loads(line)["epoch"] for line in lines[:-1]] == [1]
 
 
 def test_the_rate_applied_on_the_first_and_last_step(monkeypatch):

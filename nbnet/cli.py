@@ -33,7 +33,8 @@ from . import __version__, datasets, dist, threads
 from .check import not_saying_compiling
 from .checkpoint import load_checkpoint, save_checkpoint
 from .files import (
-    append_whole, check_creatable, check_outputs, check_replaceable, names_a_folder, write_atomic, write_npz_atomic,
+    append_whole, check_creatable, check_outputs, check_replaceable, file_in_the_way, names_a_folder, write_atomic,
+    write_npz_atomic,
 )
 from .train import (
     ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, check_memory,
@@ -692,6 +693,9 @@ def _load_data(dataset, data_dir, test_split, seed, download, dtype, loss="cross
 def _check_writable(path, option):
     """Fail before training, not after the first epoch, when an output cannot be written."""
     name = "--" + option.replace("_", "-")
+    in_the_way = file_in_the_way(path)
+    if in_the_way is not None:
+        raise CliError(f"{name} {path}: {in_the_way} is a file, not a folder")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

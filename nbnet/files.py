@@ -311,6 +311,15 @@ def names_a_folder(path):
     return os.fspath(path).endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
 
 
+def file_in_the_way(path):
+    """The part of `path`'s folder that exists and is not a folder ("f" of "f/x.npz" where f is a
+    file), or None: os.makedirs says only "File exists" (or "Not a directory") of it."""
+    part = os.path.dirname(os.fspath(path))
+    while part and not os.path.exists(part):
+        part = os.path.dirname(part)
+    return part if part and not os.path.isdir(part) else None
+
+
 def check_creatable(path):
     """OSError unless a file can be made beside `path` (write_atomic's temp file) and under its
     name: a folder that os.access calls writable can still be refused by its file system (/proc, a
@@ -340,6 +349,9 @@ def write_atomic(path, write, suffix=""):
         raise ValueError("empty output path")
     if names_a_folder(path):
         raise ValueError(f"{path}: names a folder (it ends in a separator), not a file")
+    in_the_way = file_in_the_way(path)
+    if in_the_way is not None:
+        raise ValueError(f"{path}: {in_the_way} is a file, not a folder")
     if os.path.islink(path):
         path = os.path.realpath(path)
     check_replaceable(path)

@@ -253,11 +253,32 @@ def test_a_predict_output_that_cannot_be_written_is_an_error_naming_it_before_pr
     (tmp_path / "afile").write_text("")
     predicted = []
     monkeypatch.setattr(nbnet_cli, "predict", lambda *a, **k: predicted.append(1))
-    for out, why in ((tmp_path / "afile" / "p.npz", "cannot create folder"),
+    for out, why in ((tmp_path / "afile" / "p.npz", f"{tmp_path / 'afile'} is a file, not a folder"),
                      (tmp_path / ("p" * 300 + ".npz"), "cannot write it")):
         assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", out), f"--output {out}", why)
     assert predicted == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.npz"]
+
+
+@pytest.mark.parametrize("option", ["--save", "--save-best", "--metrics-out", "--plot", "--output"])
+def test_an_output_inside_a_file_says_that_it_is_a_file_before_any_work(run, tmp_path, monkeypatch, option):
+    """--save f/x.npz where f is a file said 'cannot create folder .../f (File exists)' (f/sub/x.npz:
+    'Not a directory'), as if f could not be made."""
+    _, ck, x = run
+    (tmp_path / "f").write_text("")
+    np.savez(tmp_path / "in.npz", x=x[:3])
+    monkeypatch.chdir(tmp_path)
+    if option == "--plot":
+        pytest.importorskip("matplotlib")
+    monkeypatch.setattr(nbnet_cli, "_load_data", lambda *a, **k: pytest.fail("loaded the data"))
+    monkeypatch.setattr(nbnet_cli, "load_checkpoint", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    for out in (os.path.join("f", "x.png"), os.path.join("f", "sub", "x.png")):
+        if option == "--output":
+            r = nbnet("predict", "--checkpoint", ck, "in.npz", "--output", out.replace(".png", ".npz"))
+        else:
+            r = nbnet("train", option, out.replace(".png", ".npz") if "save" in option else out, "--val-split", "0.1")
+        assert_error(r, f"{option} {os.path.join('f', '')}", ": f is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "in.npz"]
 
 
 @pytest.mark.parametrize("option", ["--save", "--metrics-out"])

@@ -224,6 +224,16 @@ def test_save_to_a_name_ending_in_a_separator_is_a_one_line_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("inside", ["m.npz", os.path.join("sub", "m.npz")])
+def test_save_into_a_file_as_if_it_were_a_folder_names_that_file(tmp_path, inside):
+    """os.makedirs said '[Errno 17] File exists: .../f' (or 'Not a directory: .../f/sub')."""
+    (tmp_path / "f").write_text("")
+    path = tmp_path / "f" / inside
+    with pytest.raises(ValueError, match="is a file, not a folder") as err:
+        mlp().save(path)
+    assert str(err.value) == f"{path}: {tmp_path / 'f'} is a file, not a folder"
+
+
 def test_a_model_without_linear_layers_is_not_saved_where_load_would_refuse_it(tmp_path):
     """save wrote the file and nb.load then refused it ("the model has no Linear layer"); nb.evaluate
     ended in a bare StopIteration."""

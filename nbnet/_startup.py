@@ -1,7 +1,8 @@
-"""Signals and settings while the `nbnet` command starts. Imports only the standard library: it runs
-first, before NumPy and Numba load (about half a second), so that a Ctrl-C or SIGTERM then ends
-the command with one line instead of a traceback, and so does an environment variable that
-importing nbnet would refuse. nbnet.cli takes over once it runs."""
+"""Signals and settings while the `nbnet` command starts. Imports only the standard library (and
+Numba for its last check, numba_disable_jit_fault): it runs first, before NumPy and Numba load
+(about half a second), so that a Ctrl-C or SIGTERM then ends the command with one line instead of
+a traceback, and so does an environment variable that importing nbnet would refuse.
+nbnet.cli takes over once it runs."""
 
 import os
 import signal
@@ -84,16 +85,17 @@ def numba_threads_fault():
     return None
 
 
-NO_JIT = "NUMBA_DISABLE_JIT is set: nbnet's kernels are built from LLVM intrinsics, which run only compiled; unset it"
+NO_JIT = ("NUMBA_DISABLE_JIT is set (in the environment, or as disable_jit in ./.numba_config.yaml): "
+          "nbnet's kernels are built from LLVM intrinsics, which run only compiled; unset it")
 
 
 def numba_disable_jit_fault():
-    """NO_JIT where NUMBA_DISABLE_JIT turns Numba's compiler off (a non-zero integer, as Numba reads
-    it): njit then gives back the Python function, and nbnet.simd's intrinsics exist only compiled."""
-    try:
-        return NO_JIT if int(os.environ.get("NUMBA_DISABLE_JIT", "0")) else None
-    except ValueError:  # Numba warns, and reads it as 0
-        return None
+    """NO_JIT where Numba's compiler is off (njit then gives back the Python function, and
+    nbnet.simd's intrinsics exist only compiled). Numba's own reading is asked, as it also takes
+    NUMBA_DISABLE_JIT from a .numba_config.yaml in the current folder: this imports Numba."""
+    from numba.core import config  # noqa: PLC0415
+
+    return NO_JIT if config.DISABLE_JIT else None
 
 
 def refuse_bad_environment():
@@ -101,7 +103,9 @@ def refuse_bad_environment():
     or that Numba's import would turn into a traceback or a warning."""
     if not _is_the_command():
         return
-    for why in (simd_layout()[1], numba_threads_fault(), numba_disable_jit_fault()):
+    # In this order: Numba is imported only once NUMBA_NUM_THREADS lets it load.
+    for fault in (lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault):
+        why = fault()
         if why is not None:
             os.write(2, f"Error: {why}\n".encode())
             sys.exit(2)

@@ -999,6 +999,20 @@ def test_numba_disable_jit_is_one_error_line_and_a_clear_import_error():
     assert p.returncode == 1 and p.stderr.splitlines()[-1].startswith("ValueError: NUMBA_DISABLE_JIT"), p.stderr
 
 
+def test_numba_disable_jit_from_numba_config_yaml_is_one_error_line(tmp_path):
+    """Numba also reads NUMBA_DISABLE_JIT from a .numba_config.yaml in the current folder (with
+    pyyaml): the command, which looked at the environment only, ended in import nbnet's traceback."""
+    pytest.importorskip("yaml")
+    (tmp_path / ".numba_config.yaml").write_text("disable_jit: 1\n")
+    env = _env()
+    env.pop("NUMBA_DISABLE_JIT", None)
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=tmp_path)
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
+    assert p.stderr.startswith("Error: NUMBA_DISABLE_JIT") and p.stderr.count("\n") == 1, p.stderr
+    assert ".numba_config.yaml" in p.stderr
+
+
 @pytest.mark.parametrize("loss, pred, text", [
     ("cross-entropy", np.array([3, 0, 7, 1, 2], np.int64), "3\n0\n7\n1\n2\n"),
     ("bce", np.array([[1], [0], [1]], np.int64), "1\n0\n1\n"),

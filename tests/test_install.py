@@ -1,6 +1,7 @@
 """nbnet as a user installs it: from a wheel, into a place that may be read-only, without the
 optional extras."""
 
+import ast
 import importlib
 import os
 import shutil
@@ -66,6 +67,25 @@ def test_pyproject_license_is_an_spdx_expression():
     assert "setuptools>=77" in pyproject()["build-system"]["requires"]
 
 
+def source_version():
+    """nbnet.__version__ as written in nbnet/__init__.py (read as setuptools reads it, unimported)."""
+    tree = ast.parse((ROOT / "nbnet" / "__init__.py").read_text(encoding="utf-8"))
+    [value] = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
+               and [getattr(t, "id", None) for t in node.targets] == ["__version__"]]
+    return value
+
+
+def test_the_version_is_written_in_one_place():
+    """The version was written twice, in pyproject.toml and as nbnet.__version__ (which `nbnet
+    --version`, `info` and `check` print): a release that bumped one would install under one
+    number and call itself another. pyproject.toml takes nbnet.__version__ (the sdist test below
+    checks that a build does)."""
+    project = pyproject()["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert pyproject()["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "nbnet.__version__"}
+    assert source_version().count(".") >= 2
+
+
 def test_the_test_extra_asks_for_the_click_the_tests_need():
     """The tests read CliRunner's result.stderr, which click keeps apart from stdout from 8.2 on
     (before, `result.stderr` raises "stderr not separately captured"): `pip install -e '.[test]'`
@@ -93,6 +113,9 @@ def test_sdist_holds_the_whole_test_suite(tmp_path):
     assert p.returncode == 0, p.stderr
     with tarfile.open(src / "dist" / p.stdout.split()[-1]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+        [pkg_info] = [m for m in sdist.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")]
+        metadata = sdist.extractfile(pkg_info).read().decode()
+    assert f"\nVersion: {source_version()}\n" in metadata  # the one version, nbnet.__version__
     for needed in ("tests/conftest.py", "tests/gpu_cases.py", "tests/test_install.py", "profiling/common.py",
                    "examples/mnist.py", "nbnet/cpu.py", "README.md"):
         assert needed in names

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -101,23 +102,26 @@ def test_sdist_holds_the_whole_test_suite(tmp_path):
     src = tmp_path / "src"
     junk = shutil.ignore_patterns("__pycache__", "*.py[cod]", "*.nbi", "*.nbc", "*.egg-info", ".*")
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in", "LICENSE"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, src / name)
     for folder in ("nbnet", "tests", "examples", "profiling"):
         shutil.copytree(ROOT / folder, src / folder, ignore=junk)
     (src / "nbnet" / "__pycache__").mkdir()
     (src / "nbnet" / "__pycache__" / "cpu.relu_forward-1.py311.nbi").write_bytes(b"")  # a kernel cache
-    build = "from setuptools import build_meta; print(build_meta.build_sdist('dist'))"
+    build = "from setuptools import build_meta; build_meta.build_sdist('dist'); build_meta.build_wheel('dist')"
     p = subprocess.run([sys.executable, "-c", build], cwd=src, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    with tarfile.open(src / "dist" / p.stdout.split()[-1]) as sdist:
+    [wheel], [sdist] = (list((src / "dist").glob(pattern)) for pattern in ("*.whl", "*.tar.gz"))
+    with zipfile.ZipFile(wheel) as wheel:  # pyproject says MIT: its text comes along
+        assert [n for n in wheel.namelist() if n.endswith(".dist-info/licenses/LICENSE")], wheel.namelist()
+    with tarfile.open(sdist) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
         [pkg_info] = [m for m in sdist.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")]
         metadata = sdist.extractfile(pkg_info).read().decode()
     assert f"\nVersion: {source_version()}\n" in metadata  # the one version, nbnet.__version__
     for needed in ("tests/conftest.py", "tests/gpu_cases.py", "tests/test_install.py", "profiling/common.py",
-                   "examples/mnist.py", "nbnet/cpu.py", "README.md"):
+                   "examples/mnist.py", "nbnet/cpu.py", "README.md", "LICENSE"):
         assert needed in names
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".nbi", ".nbc"))]
 

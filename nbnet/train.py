@@ -160,7 +160,7 @@ def as_features(model, x, who="x"):
     if not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host"):
         _check_device_features(x, who)  # already on the GPU: its dtype is checked by the first layer
         return x
-    x = np.asarray(x)
+    x = _array(x, who)
     if not is_real(x.dtype):
         raise ValueError(f"{who}: features must be real numbers, got {x.dtype}")
     if x.ndim != 2:
@@ -189,7 +189,7 @@ def as_targets(model, y, loss, who="y"):
     float arrays of the model's dtype, (N,) made (N, 1)."""
     if not isinstance(y, np.ndarray) and hasattr(y, "copy_to_host"):  # on the GPU: as it is, but (N,) as below
         return y.reshape(-1, 1) if loss != "cross-entropy" and y.ndim == 1 else y
-    y = np.asarray(y)
+    y = _array(y, who)
     if loss == "cross-entropy":
         if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             _check_int64(y, who)
@@ -210,6 +210,16 @@ def as_targets(model, y, loss, who="y"):
     if loss == "bce" and y.size and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{who}: bce targets must lie in [0, 1] (0/1 labels or probabilities)")
     return y
+
+
+def _array(a, who):
+    """np.asarray(a), where NumPy can only wrap `a` whole, as one object (a generator or an
+    iterator, a dict, None), a TypeError that says what was given: else a ValueError about dtype
+    object ("features must be real numbers, got object")."""
+    array = np.asarray(a)
+    if array.ndim == 0 and array.dtype == object:
+        raise TypeError(f"{who} must be an array or an array-like (a NumPy array or a list), got {type(a).__name__}")
+    return array
 
 
 def _check_int64(y, who):
@@ -471,6 +481,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         raise ValueError(f"early_stopping must be a positive integer (epochs of patience), got {early_stopping!r}")
     # Read first after epoch 1: a string failed there, NaN or a negative one chose epochs silently.
     _check_nonneg("nb.train", min_delta=min_delta)
+    if not isinstance(data, (tuple, list)):  # a generator of batches: Python's "has no len()"
+        raise TypeError("data must be a tuple (x_train, y_train) or (x_train, y_train, x_test, y_test) of arrays or "
+                        f"array-likes (train batches them itself), got {type(data).__name__}")
     if len(data) not in (2, 4):
         raise ValueError("data must be (x_train, y_train) or (x_train, y_train, x_test, y_test)")
     x_train, y_train = as_features(model, data[0], "x_train"), as_targets(model, data[1], loss, "y_train")

@@ -367,6 +367,28 @@ def test_val_data_that_is_not_a_pair_is_refused(val_data):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (xtr, ytr), epochs=1, val_data=pair)
 
 
+def test_an_iterator_or_generator_of_data_is_one_clear_type_error():
+    """nb.train(model, opt, batches_generator) was Python's "object of type 'generator' has no
+    len()"; nb.evaluate / nb.predict given a generator of rows said "features must be real
+    numbers, got object", about a dtype the user never chose."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    for data in (iter([(xtr, ytr)]), ((x, y) for x, y in [(xtr, ytr)]), {"x": xtr, "y": ytr}):
+        with pytest.raises(TypeError, match=r"data must be a tuple \(x_train, y_train\) .* of arrays or array-likes"
+                           rf".*got {type(data).__name__}$"):
+            nb.train(model, opt, data, epochs=1)
+    with pytest.raises(TypeError, match="x_train must be an array or an array-like .*got generator"):
+        nb.train(model, opt, ((row for row in xtr), ytr), epochs=1)
+    with pytest.raises(TypeError, match="x must be an array or an array-like .*got generator"):
+        nb.evaluate(model, (row for row in xtr), ytr)
+    with pytest.raises(TypeError, match="y must be an array or an array-like .*got list_iterator"):
+        nb.evaluate(model, xtr, iter(list(ytr)))
+    with pytest.raises(TypeError, match="x must be an array or an array-like .*got map"):
+        nb.predict(model, map(np.asarray, xtr))
+    assert nb.predict(model, list(map(list, xtr[:3]))).shape == (3,)  # a list of rows is an array-like
+
+
 def test_an_optimizer_of_another_models_parameters_is_refused():
     """Made before the model was rebuilt (or for the model astype() copied): the loop computed this
     model's gradients and stepped the other's weights, so the model never moved and the history

@@ -14,7 +14,6 @@ when Numba's on-disk cache does not hold them yet (a real compilation, not a cac
 """
 
 import contextlib
-import os
 import sys
 import time
 
@@ -254,8 +253,7 @@ def main(out=print):
         f"numpy {np.__version__}")
     out(simd.describe())
     out(f"threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
-        f"{threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, "
-        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '')}")
+        f"{threading_layer()}, " + ", ".join(f"{k}={v}" for k, v in threads.waiting().items()))
     t0 = time.perf_counter()
     with saying_compiling():
         failures = _run_checks(out)

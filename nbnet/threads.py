@@ -29,7 +29,10 @@ being woken (10-15 µs). Measured on 2 quiet cores (Zen 3, a training step, 3 in
 spin 10000 over passive: batch 32 0.79x, 128 0.94x, 512 1.00x; 1000 already gives 0.82x at batch
 32. With a fixed count on a loaded machine the same spin cost 2.2-4x (batch 128, 32) against 1.1-1.2x
 passive, so fix() drops it when it comes before Numba started its threads. A value the user set
-for either variable wins, and then nbnet sets neither.
+for either variable wins, and then nbnet sets neither. Once Numba's threads have started (libgomp
+has read them), nbnet takes its values out of os.environ again, so that the processes the user
+starts afterwards (a PyTorch or OpenBLAS program, whose OpenMP would wait passively too) inherit
+the environment they had; `waiting()` keeps what the threads started with, for `nbnet check`.
 
 A process forked after Numba started GNU OpenMP (the "omp" layer on Linux: multiprocessing's
 default start there, a Pool made after training) cannot run a parallel kernel: libgomp's threads
@@ -64,6 +67,9 @@ _others = None  # cores others used at the last look, for describe()
 _forked = False  # forked after Numba started GNU OpenMP: serial twins only (see the module docstring)
 exclusive = None  # whether the threading layer takes one parallel kernel at a time (None: not read yet)
 _launch = threading.Lock()  # held by the thread in a parallel kernel, where `exclusive`
+_set_env = {}  # the variables nbnet put in os.environ and their values, until Numba's threads started
+_in_effect = None  # OMP_WAIT_POLICY and GOMP_SPINCOUNT as Numba's threads started with them (None: not yet)
+_env_lock = threading.Lock()  # two Python threads' first kernels: one takes the snapshot, then restores
 _clock = time.monotonic
 
 
@@ -109,6 +115,32 @@ def _wait(policy, spin):
     else:
         os.environ.pop("GOMP_SPINCOUNT", None)
     os.environ["NBNET_WAIT_SET"] = f"{policy},{spin}"
+    _set_env.clear()
+    _set_env.update({name: os.environ[name] for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_WAIT_SET")
+                     if name in os.environ})
+
+
+def _threads_started():
+    """Numba's threads run (libgomp read the variables when it loaded, LLVM's and Intel's OpenMP
+    when Numba set their thread count): note what they started with, and take nbnet's values out
+    of os.environ, leaving any the user set since."""
+    global _in_effect
+    with _env_lock:
+        if _in_effect is not None:
+            return
+        _in_effect = {name: os.environ.get(name, "") for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        for name, value in _set_env.items():
+            if os.environ.get(name) == value:
+                del os.environ[name]
+        _set_env.clear()
+
+
+def waiting():
+    """{"OMP_WAIT_POLICY": ..., "GOMP_SPINCOUNT": ...} ("" where unset) as Numba's threads started
+    with them, or as they are in os.environ while the threads have not started."""
+    if _in_effect is not None:
+        return dict(_in_effect)
+    return {name: os.environ.get(name, "") for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 
 _SPIN_IS_OURS = _set_wait_policy()
@@ -163,6 +195,8 @@ def _poll():
     if _fixed is None:
         _fixed = env_fixed()
     current = numba.get_num_threads()  # starts Numba's threads: its layer is known from here
+    if _in_effect is None:
+        _threads_started()
     if exclusive is None:
         exclusive = numba.threading_layer() == "workqueue"
     if _limit is None or current != _applied:  # first call, or the user set a number: their limit
@@ -191,10 +225,11 @@ def _gnu_openmp_started():
 
 
 def _after_fork_in_child():
-    global _forked, _n, _launch
+    global _forked, _n, _launch, _env_lock
     if _gnu_openmp_started():
         _forked, _n = True, 1
     _launch = threading.Lock()  # another thread may have held it at the fork, and is not here
+    _env_lock = threading.Lock()
 
 
 def alone(run_parallel, run_serial):
@@ -222,8 +257,9 @@ def parallel():
 def fix(n=None):
     """Use n threads (default: the current limit) whatever the load, until auto()."""
     global _fixed, _next, _limit
-    if _SPIN_IS_OURS:
-        _wait("passive", "")  # a fixed count sleeps at once (no effect once Numba started its threads)
+    with _env_lock:  # not while another thread's first kernel takes nbnet's values out
+        if _SPIN_IS_OURS and _in_effect is None:  # once Numba's threads started, it would have no effect
+            _wait("passive", "")  # a fixed count sleeps at once
     if n is not None:
         numba.set_num_threads(n)  # raises ValueError outside 1..NUMBA_NUM_THREADS
     # The number now set is the user's even when it equals what this module last set (after a

@@ -196,28 +196,59 @@ from nbnet import threads
 if sys.argv[1] == "fix":
     threads.fix(1)
 print(os.environ.get("OMP_WAIT_POLICY", "-"), os.environ.get("GOMP_SPINCOUNT", "-"))
+threads.parallel()  # Numba's threads start (fix(1) started them already)
+print(*(v or "-" for v in threads.waiting().values()))
+print(*(os.environ.get(k, "-") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_WAIT_SET")))
+threads.fix(1)  # once the threads started, a new count sets nothing again
+print(*(os.environ.get(k, "-") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_WAIT_SET")))
+print(*(v or "-" for v in threads.waiting().values()))
 """
 
 
-@pytest.mark.parametrize("env,action,expected", [
-    ({}, "", "passive 10000"),  # adapting: a short spin (under load it runs on one thread)
-    ({}, "fix", "passive -"),  # a fixed count, set before Numba started its threads: no spin
-    ({"NBNET_THREADS": "fixed"}, "", "passive -"),
-    ({"OMP_WAIT_POLICY": "active"}, "", "active -"),  # the user's: nbnet sets neither
-    ({"GOMP_SPINCOUNT": "5"}, "", "- 5"),
+@pytest.mark.parametrize("env,action,expected,after", [
+    ({}, "", "passive 10000", "- - -"),  # adapting: a short spin (under load it runs on one thread)
+    ({}, "fix", "passive -", "- - -"),  # a fixed count, set before Numba started its threads: no spin
+    ({"NBNET_THREADS": "fixed"}, "", "passive -", "- - -"),
+    ({"OMP_WAIT_POLICY": "active"}, "", "active -", "active - -"),  # the user's: nbnet sets neither
+    ({"GOMP_SPINCOUNT": "5"}, "", "- 5", "- 5 -"),
     # A parent process's nbnet set them (NBNET_WAIT_SET says so): decided again here.
     ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "10000", "NBNET_WAIT_SET": "passive,10000",
-      "NBNET_THREADS": "fixed"}, "", "passive -"),
-    ({"OMP_WAIT_POLICY": "passive", "NBNET_WAIT_SET": "passive,"}, "", "passive 10000"),
-    ({"OMP_WAIT_POLICY": "passive", "NBNET_WAIT_SET": "passive,10000"}, "", "passive -"),  # changed: the user's
+      "NBNET_THREADS": "fixed"}, "", "passive -", "- - -"),
+    ({"OMP_WAIT_POLICY": "passive", "NBNET_WAIT_SET": "passive,"}, "", "passive 10000", "- - -"),
+    ({"OMP_WAIT_POLICY": "passive", "NBNET_WAIT_SET": "passive,10000"}, "", "passive -",  # changed: the user's
+     "passive - passive,10000"),
 ])
-def test_how_waiting_threads_wait(env, action, expected):
+def test_how_waiting_threads_wait(env, action, expected, after):
+    """Numba's threads start with these values; once they have, os.environ is again what the user
+    had: every process started from it afterwards (a PyTorch or OpenBLAS program) inherited
+    OMP_WAIT_POLICY=passive and GOMP_SPINCOUNT, and its own OpenMP threads waited as nbnet's do."""
     ours = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_THREADS", "NBNET_WAIT_SET")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
     done = subprocess.run([sys.executable, "-c", WAIT_SCRIPT, action], env={**clean, **env}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == expected.split()
+    before_start, started_with, inherited, after_fix, still = done.stdout.splitlines()
+    assert started_with.split() == still.split() == expected.split()
+    if action != "fix":
+        assert before_start.split() == expected.split()
+    assert inherited.split() == after_fix.split() == after.split()
+
+
+def test_gnu_openmp_starts_with_nbnets_waiting_after_os_environ_is_restored():
+    """libgomp reads the variables when it loads, as Numba starts its threads: taking them out of
+    os.environ afterwards leaves the threads waiting as nbnet set them (OMP_DISPLAY_ENV has libgomp
+    print what it read)."""
+    ours = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_THREADS", "NBNET_WAIT_SET")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
+    code = ("import os, numba, nbnet\nfrom nbnet import threads\nthreads.parallel()\n"
+            "print(numba.threading_layer(), 'OMP_WAIT_POLICY' in os.environ)")
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, "OMP_DISPLAY_ENV": "verbose"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if "  GOMP_" not in done.stderr:  # libgomp's own settings: another OpenMP, or another layer
+        pytest.skip(f"not GNU OpenMP: {done.stdout.strip()}")
+    assert done.stdout.split() == ["omp", "False"]
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in done.stderr and "GOMP_SPINCOUNT = '10000'" in done.stderr, done.stderr
 
 
 def _forward_and_step(model, x, y):

@@ -10,7 +10,10 @@ import sys
 
 
 def _end(signum, frame):
-    os.write(2, b"Error: interrupted\n" if signum == signal.SIGINT else b"Error: terminated\n")
+    try:
+        os.write(2, b"Error: interrupted\n" if signum == signal.SIGINT else b"Error: terminated\n")
+    except OSError:  # stderr on a terminal that closed (SIGHUP): EIO
+        pass
     os._exit(128 + signum)  # nothing to clean up yet: no file is open for writing
 
 
@@ -45,8 +48,11 @@ def _is_the_command():
 def quiet_signals_while_starting():
     if not _is_the_command():
         return
+    # SIGHUP (a closed terminal) as SIGTERM, where it exists and nohup does not ignore it.
+    hangup = getattr(signal, "SIGHUP", None)
+    hangup = () if hangup is None or signal.getsignal(hangup) == signal.SIG_IGN else (hangup,)
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, *hangup):
             signal.signal(sig, _end)
     except ValueError:  # not the main thread: leave signals alone
         pass

@@ -8,9 +8,10 @@ and keeps its traceback. Set NBNET_DEBUG=1 to see the traceback of an `Error:` t
 One checked path per input kind: an option value is checked by its click type and range, whether
 it comes from the command line, a --config TOML file or a checkpoint's stored config
 (`_option_value`); files are read through nbnet.files (regular files only); every output path is
-compared with every input of the run (`_check_paths`). Signals: Ctrl-C (exit 130) and SIGTERM
-(exit 143) stop training after the current step and save with --save; at any other moment they
-end the command with one line. A closed stdout (`nbnet train | head -1`) ends it quietly.
+compared with every input of the run (`_check_paths`). Signals: Ctrl-C (exit 130), SIGTERM
+(exit 143) and SIGHUP (a closed terminal, exit 129; left ignored under nohup) stop training after
+the current step and save with --save; at any other moment they end the command with one line. A
+closed stdout (`nbnet train | head -1`) ends it quietly.
 """
 
 import contextlib
@@ -56,7 +57,10 @@ NOT_CONFIG = ("config", "resume", "save", "save_best", "metrics_out", "quiet", "
 # Under MPI only process 0 writes these (the others train the same weights and stay silent).
 WRITTEN_BY_PROCESS_0 = ("save", "save_best", "metrics_out", "plot")
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM killed
+# Signals that take Ctrl-C's path as SIGTERM's does, each ending the command with 128 + its number
+# (143, 129), what a shell reports for a process it killed. SIGHUP (the terminal closed) where it
+# exists (not on Windows).
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: `nbnet train | head -1`, as any Unix tool ends there
 # Outputs of `nbnet train`, checked against its inputs before anything runs.
 OUTPUT_OPTIONS = ("save", "save_best", "metrics_out", "plot")
@@ -79,24 +83,56 @@ class Interrupted(CliError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would raise KeyboardInterrupt, so both take one path."""
+    """SIGTERM or SIGHUP, raised where Ctrl-C would raise KeyboardInterrupt, so all take one path."""
+
+    def __init__(self, signum=signal.SIGTERM):
+        super().__init__()
+        self.exit_code = 128 + signum
+
+
+def _catch_signals(handler):
+    """Handle Ctrl-C and TERMINATING with `handler`; returns the handlers replaced. A SIGHUP that
+    is ignored (`nohup nbnet train ...`) stays ignored: the run is meant to outlive its terminal."""
+    old = {}
+    for sig in (signal.SIGINT, *TERMINATING):
+        if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
+        old[sig] = signal.signal(sig, handler)
+    return old
 
 
 def _one_line(msg):
     return " ".join(str(msg).split())
 
 
-_signalled = []  # the Ctrl-C or SIGTERM that _on_signal turned into an exception, if any
+_signalled = []  # the Ctrl-C, SIGTERM or SIGHUP that _on_signal turned into an exception, if any
 
 
 def _raised_for(signum):
-    """The exception a signal ends the command with: SIGTERM takes Ctrl-C's path, as Terminated."""
-    return Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    """The exception a signal ends the command with: SIGTERM and SIGHUP take Ctrl-C's path, as Terminated."""
+    return Terminated(signum) if signum in TERMINATING else KeyboardInterrupt()
 
 
 def _on_signal(signum, frame):
     _signalled.append(signum)
+    _leave_a_closed_terminal(signum)
     raise _raised_for(signum)
+
+
+def _leave_a_closed_terminal(signum):
+    """After SIGHUP, stdout and stderr on the terminal that closed (every write there fails with
+    EIO, even an empty one) are pointed at /dev/null: else the progress bar's next write ended the
+    run with an OSError before it could stop after its step and save."""
+    if signum != getattr(signal, "SIGHUP", None):
+        return
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError as e:
+            if e.errno == errno.EIO:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
 
 
 def _raise_if_signalled():
@@ -126,8 +162,8 @@ class Group(click.Group):
             return rv
         except BrokenPipeError:  # here, before click's own handling (a silent exit 1)
             _quiet_broken_pipe()
-        except Terminated:
-            raise Interrupted("terminated", EXIT_TERMINATED) from None
+        except Terminated as e:
+            raise Interrupted("terminated", e.exit_code) from None
         except KeyboardInterrupt:  # outside training (which stops cleanly itself): loading data, ...
             raise Interrupted("interrupted") from None
 
@@ -140,9 +176,8 @@ class Group(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         old = {}
         if threading.current_thread() is threading.main_thread():
-            # SIGTERM takes Ctrl-C's path; SIGINT's start-up handler (nbnet/_startup.py) is replaced.
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                old[sig] = signal.signal(sig, _on_signal)
+            # SIGTERM and SIGHUP take Ctrl-C's path; the start-up handlers (nbnet/_startup.py) are replaced.
+            old = _catch_signals(_on_signal)
         _signalled.clear()
         # Closed by the shell (`2>&-`), sys.stderr is None, and print(..., file=sys.stderr) then
         # writes to stdout: an Error line went into predict's output. Messages go nowhere instead.
@@ -176,8 +211,8 @@ class Group(click.Group):
             if debug:
                 raise
             dist.fail(_one_line(e.format_message()), e.exit_code)
-        except Terminated:
-            dist.fail("terminated", EXIT_TERMINATED)
+        except Terminated as e:
+            dist.fail("terminated", e.exit_code)
         except (click.exceptions.Abort, KeyboardInterrupt):
             dist.fail("interrupted", EXIT_INTERRUPTED)
         except (CliError, ValueError, OSError, RecursionError, MemoryError) as e:
@@ -533,7 +568,7 @@ def train_cmd(ctx, **opts):
                 if comm.rank != 0:  # every process stops at the same step; process 0 reports
                     sys.exit(EXIT_INTERRUPTED)
                 out.end_bar()
-                what = "Terminated" if stopper.signum == signal.SIGTERM else "Interrupted"
+                what = "Terminated" if stopper.signum in TERMINATING else "Interrupted"
                 where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
                 if opts["save"]:
                     save_checkpoint(opts["save"], model, opt, e.state, cfg, data_print)
@@ -541,7 +576,7 @@ def train_cmd(ctx, **opts):
                 else:
                     msg = f"{what} in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
                 click.echo(msg, err=True)
-                sys.exit(EXIT_TERMINATED if stopper.signum == signal.SIGTERM else EXIT_INTERRUPTED)
+                sys.exit(128 + stopper.signum if stopper.signum in TERMINATING else EXIT_INTERRUPTED)
     finally:
         if metrics_fd is not None:
             os.close(metrics_fd)
@@ -777,11 +812,9 @@ def _check_cuda_importable(hint=""):
 
 
 class StopOnSignals:
-    """While active, the first Ctrl-C or SIGTERM asks the loop to stop after the current step (so
-    the checkpoint holds a completed step); a second one interrupts at once. `.signum` is the
-    signal that asked."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    """While active, the first Ctrl-C, SIGTERM or SIGHUP asks the loop to stop after the current
+    step (so the checkpoint holds a completed step); a second one interrupts at once. `.signum` is
+    the signal that asked."""
 
     def __init__(self):
         self.signum = None
@@ -791,6 +824,7 @@ class StopOnSignals:
         return self.signum is not None
 
     def _handler(self, signum, frame):
+        _leave_a_closed_terminal(signum)
         if self.signum is not None:
             raise _raised_for(signum)
         self.signum = signum
@@ -798,8 +832,7 @@ class StopOnSignals:
     def __enter__(self):
         _raise_if_signalled()  # a signal before training (see there) stops it before its first step
         if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handler)
+            self._old = _catch_signals(self._handler)
         return self
 
     def __exit__(self, *exc):

@@ -712,8 +712,78 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     assert stored(ck, "train/state")["step"] > 0
 
 
+def _train_on_a_terminal(tmp_path, ignore_hangup=False):
+    """`nbnet train --save c.npz` with a pseudo-terminal as its controlling terminal, stdin, stdout
+    and stderr, as from an interactive shell; returns (process, the terminal's master side, what
+    it printed up to epoch 1's progress bar)."""
+    pty = pytest.importorskip("pty")
+    import fcntl  # noqa: PLC0415
+    import termios  # noqa: PLC0415
+
+    data = tmp_path / "d.npz"
+    blobs(data, n=2000, d=8)
+    master, slave = pty.openpty()
+
+    def as_a_shell_starts_it():  # a session of its own, whose controlling terminal is the pty
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if ignore_hangup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup does
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nbnet", "train", "--dataset", data, "--epochs", "100000", "--hidden", "8",
+         "--batch-size", "16", "--save", tmp_path / "c.npz", "--threads", "1"],
+        stdin=slave, stdout=slave, stderr=slave, env=_env(), cwd=tmp_path, start_new_session=True,
+        preexec_fn=as_a_shell_starts_it)
+    os.close(slave)
+    shown = b""
+    try:
+        while b"epoch 1/" not in shown:
+            chunk = os.read(master, 4096)
+            assert chunk, shown
+            shown += chunk
+    except BaseException:
+        p.kill()
+        os.close(master)
+        raise
+    return p, master, shown
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (Windows)")
+def test_closing_the_terminal_of_a_training_run_saves_a_checkpoint_and_exits_129(tmp_path):
+    """SIGHUP (the terminal closed) killed `nbnet train` with its default action: no checkpoint
+    of the steps since the last epoch, where SIGTERM and Ctrl-C stop after the step and save. It
+    takes SIGTERM's path now, and the terminal's end (every write there fails with EIO) does not
+    turn the save into an OSError."""
+    p, master, _ = _train_on_a_terminal(tmp_path)
+    try:
+        time.sleep(0.2)
+        os.close(master)  # the terminal closes: the kernel sends SIGHUP to its session's leader
+        assert p.wait(timeout=60) == 129
+    finally:
+        p.kill()
+    state = stored(tmp_path / "c.npz", "train/state")
+    assert state["step"] > 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (Windows)")
+def test_a_sighup_ignored_at_start_stays_ignored(tmp_path):
+    """`nohup nbnet train ...` starts it with SIGHUP ignored, to outlive its terminal."""
+    p, master, _ = _train_on_a_terminal(tmp_path, ignore_hangup=True)
+    try:
+        p.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 143
+    finally:
+        p.kill()
+        os.close(master)
+
+
 @pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "Error: interrupted"),
-                                             (signal.SIGTERM, 143, "Error: terminated")])
+                                             (signal.SIGTERM, 143, "Error: terminated"),
+                                             *([(signal.SIGHUP, 129, "Error: terminated")]
+                                               if hasattr(signal, "SIGHUP") else [])])
 def test_a_signal_while_the_command_starts_is_one_line(sig, code, line):
     # `nbnet` as argv[0] is the command; the signal arrives right after the package starts loading
     script = (f"import sys; sys.argv[0] = 'nbnet'; import nbnet, os; os.kill(os.getpid(), {int(sig)}); "
@@ -722,11 +792,12 @@ def test_a_signal_while_the_command_starts_is_one_line(sig, code, line):
     assert (p.returncode, p.stderr) == (code, line + "\n")
 
 
-def test_a_signal_while_loading_data_is_one_line(tmp_path):
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), *([("SIGHUP", 129)] if hasattr(signal, "SIGHUP") else [])])
+def test_a_signal_while_loading_data_is_one_line(tmp_path, sig, code):
     script = ("import sys, time, signal, os; sys.argv[0] = 'nbnet'; import nbnet.cli, nbnet.datasets as d; "
-              "d.load = lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30)); nbnet.cli.main(['train'])")
+              f"d.load = lambda *a, **k: (os.kill(os.getpid(), signal.{sig}), time.sleep(30)); nbnet.cli.main(['train'])")
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60)
-    assert (p.returncode, p.stderr) == (143, "Error: terminated\n")
+    assert (p.returncode, p.stderr) == (code, "Error: terminated\n")
 
 
 SWALLOWED_SIGNAL = """

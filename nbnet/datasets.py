@@ -22,8 +22,8 @@ import zlib
 import numpy as np
 
 from .files import (
-    check_memory, described, load_bytes, memory_budget, open_input, read_bounded, read_input_bytes, read_npy, read_npz,
-    write_atomic,
+    check_creatable, check_memory, described, load_bytes, memory_budget, open_input, read_bounded, read_input_bytes,
+    read_npy, read_npz, write_atomic,
 )
 
 # Labels are class indices 0 .. MAX_CLASSES-1: a larger one is a mistake, not a class (it would
@@ -248,7 +248,7 @@ def fetch(name, data_dir, mirrors=None, md5=None, sizes=None, timeout=30, deadli
     md5 = MD5[name] if md5 is None else md5
     sizes = SIZES.get(name, {}) if sizes is None else sizes
     end = time.monotonic() + deadline
-    os.makedirs(data_dir, exist_ok=True)
+    _check_writable_folder(name, data_dir)
     have = find_idx(name, data_dir)
     for role, base in IDX_FILES:
         if role in have:
@@ -271,6 +271,22 @@ def fetch(name, data_dir, mirrors=None, md5=None, sizes=None, timeout=30, deadli
             break
         else:
             raise ValueError(f"{name}: could not download {fname}: " + "; ".join(problems))
+
+
+def _check_writable_folder(name, data_dir):
+    """Make data_dir, and check that files can be written there, before anything is downloaded:
+    a read-only folder failed only at the first write, and a file where the folder should be in
+    makedirs' words ("[Errno 17] File exists"), naming neither the data folder nor the way out."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        check_creatable(os.path.join(data_dir, IDX_FILES[0][1] + ".gz"))
+    except OSError as e:
+        there = os.path.abspath(data_dir)  # the nearest of the folder and its parents that exists
+        while not os.path.lexists(there) and os.path.dirname(there) != there:
+            there = os.path.dirname(there)
+        why = f"{there} is a file" if os.path.lexists(there) and not os.path.isdir(there) else e.strerror or str(e)
+        raise OSError(f"{name}: cannot download into the data folder {data_dir}: {why} "
+                      "(choose a folder you can write with --data-dir or NBNET_DATA_DIR)") from None
 
 
 DEFAULT_MAX_DOWNLOAD = 64 << 20  # a file of unknown size (not in SIZES)

@@ -301,6 +301,18 @@ def test_an_output_named_as_a_file_download_will_write_is_an_error(tmp_path, mon
     assert not out.exists() or out.read_bytes() == (served / out.name).read_bytes()
 
 
+def test_download_where_home_is_a_file_is_one_line_naming_the_data_folder(tmp_path, monkeypatch):
+    """The default data folder ~/.cache/nbnet/mnist under a HOME that cannot hold it (a service
+    account's) was "Error: [Errno 20] Not a directory: '.../.cache'"."""
+    monkeypatch.setattr(nb.datasets, "_download", lambda *args: pytest.fail("downloaded"))
+    monkeypatch.delenv("NBNET_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").write_text("")
+    r = nbnet("train", "--dataset", "mnist", "--download", "--epochs", "1")
+    assert_error(r, f"cannot download into the data folder {tmp_path / 'home' / '.cache' / 'nbnet' / 'mnist'}: "
+                    f"{tmp_path / 'home'} is a file", "--data-dir")
+
+
 def test_resume_without_save_keeps_saving_to_the_checkpoint(tmp_path):
     ck = tmp_path / "c.npz"
     assert nbnet("train", *FAST, "--save", ck, "-q").exit_code == 0

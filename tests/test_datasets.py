@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import os
 import struct
+import tempfile
 import threading
 from pathlib import Path
 
@@ -163,6 +164,34 @@ def test_a_download_stopped_while_writing_leaves_no_partial_file(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         datasets.fetch("mnist", dest, mirrors=["http://127.0.0.1:9/"], md5=md5)
     assert list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+def test_a_data_folder_that_cannot_be_written_is_named_before_anything_downloads(tmp_path, monkeypatch, where):
+    """--download into a --data-dir (or ~/.cache/nbnet/...) that is a file, is under one, or is
+    read-only: makedirs' "[Errno 17] File exists: '...'" or "[Errno 20] Not a directory", naming
+    neither the data folder nor a way out; a read-only folder failed only after the first file
+    had downloaded."""
+    def no_download(*args):
+        raise AssertionError("downloaded into a folder it cannot write")
+
+    monkeypatch.setattr(datasets, "_download", no_download)
+    (tmp_path / "f").write_text("")
+    dest = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "mnist", "read-only": tmp_path / "ro"}[where]
+    why = f"{tmp_path / 'f'} is a file"
+    if where == "read-only":
+        dest.mkdir()
+        dest.chmod(0o555)
+        why = "Permission denied"
+        if os.geteuid() == 0:  # root writes anyway: as the file system would refuse a user
+            def refused(*args, dir=None, **kwargs):
+                raise PermissionError(13, "Permission denied", str(dir))
+
+            monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError) as e:
+        datasets.load("mnist", data_dir=dest, download=True)
+    assert str(e.value) == (f"mnist: cannot download into the data folder {dest}: {why} "
+                            "(choose a folder you can write with --data-dir or NBNET_DATA_DIR)")
 
 
 def test_shipped_checksums_match_the_shared_data():

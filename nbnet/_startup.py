@@ -91,6 +91,17 @@ def numba_threads_fault():
     return None
 
 
+def cwd_fault():
+    """Why the current folder cannot be used, or None. One deleted while the shell was in it leaves
+    no relative path to resolve, and Numba's compiler resolves its sources' (os.path.relpath) as it
+    compiles a kernel: a first run (or `nbnet check`) ended in "[Errno 2] No such file or directory"."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return "the current folder no longer exists (it was deleted): cd to one that does"
+    return None
+
+
 NO_JIT = ("NUMBA_DISABLE_JIT is set (in the environment, or as disable_jit in ./.numba_config.yaml): "
           "nbnet's kernels are built from LLVM intrinsics, which run only compiled; unset it")
 
@@ -110,7 +121,7 @@ def refuse_bad_environment():
     if not _is_the_command():
         return
     # In this order: Numba is imported only once NUMBA_NUM_THREADS lets it load.
-    for fault in (lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault):
+    for fault in (cwd_fault, lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault):
         why = fault()
         if why is not None:
             os.write(2, f"Error: {why}\n".encode())

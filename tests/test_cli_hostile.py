@@ -1096,6 +1096,25 @@ def test_numba_disable_jit_from_numba_config_yaml_is_one_error_line(tmp_path):
     assert ".numba_config.yaml" in p.stderr
 
 
+@pytest.mark.parametrize("command", ["info", "check"])
+def test_a_deleted_current_folder_is_one_error_line(tmp_path, command):
+    """`mkdir d; cd d; rmdir ../d; nbnet ...`: relative paths cannot be resolved there, Numba's
+    compiler among them (os.path.relpath while it compiles a kernel), so `nbnet check` reported
+    three failed checks and a first `nbnet train` ended in "Error: [Errno 2] No such file or
+    directory", naming nothing."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def in_a_deleted_folder():
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    p = subprocess.run([sys.executable, "-m", "nbnet", command], capture_output=True, text=True, timeout=60,
+                       env=_env(), preexec_fn=in_a_deleted_folder)
+    assert (p.returncode, p.stdout) == (2, ""), p.stdout + p.stderr[-2000:]
+    assert p.stderr == "Error: the current folder no longer exists (it was deleted): cd to one that does\n"
+
+
 @pytest.mark.parametrize("loss, pred, text", [
     ("cross-entropy", np.array([3, 0, 7, 1, 2], np.int64), "3\n0\n7\n1\n2\n"),
     ("bce", np.array([[1], [0], [1]], np.int64), "1\n0\n1\n"),

@@ -45,14 +45,20 @@ def _is_the_command():
     return os.path.basename(argv0) == "nbnet" or module_run(getattr(sys, "orig_argv", [])) in ("nbnet", "nbnet.cli")
 
 
+def caught_signals():
+    """The signals the command handles: Ctrl-C, SIGTERM and SIGHUP (a closed terminal, as SIGTERM;
+    where it exists), less those ignored when it started, which stay ignored as a shell expects:
+    SIGHUP under `nohup`, SIGINT for `nbnet train &` in a script (Python itself leaves that so)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    return [sig for sig in (signal.SIGINT, signal.SIGTERM, *(() if hangup is None else (hangup,)))
+            if signal.getsignal(sig) != signal.SIG_IGN]
+
+
 def quiet_signals_while_starting():
     if not _is_the_command():
         return
-    # SIGHUP (a closed terminal) as SIGTERM, where it exists and nohup does not ignore it.
-    hangup = getattr(signal, "SIGHUP", None)
-    hangup = () if hangup is None or signal.getsignal(hangup) == signal.SIG_IGN else (hangup,)
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM, *hangup):
+        for sig in caught_signals():
             signal.signal(sig, _end)
     except ValueError:  # not the main thread: leave signals alone
         pass

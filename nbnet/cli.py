@@ -9,8 +9,9 @@ One checked path per input kind: an option value is checked by its click type an
 it comes from the command line, a --config TOML file or a checkpoint's stored config
 (`_option_value`); files are read through nbnet.files (regular files only); every output path is
 compared with every input of the run (`_check_paths`). Signals: Ctrl-C (exit 130), SIGTERM
-(exit 143) and SIGHUP (a closed terminal, exit 129; left ignored under nohup) stop training after
-the current step and save with --save; at any other moment they end the command with one line. A
+(exit 143) and SIGHUP (a closed terminal, exit 129) stop training after the current step and save
+with --save; at any other moment they end the command with one line. One ignored at start stays
+ignored (nohup; `nbnet train &` in a script). A
 closed stdout (`nbnet train | head -1`) ends it quietly.
 """
 
@@ -30,7 +31,7 @@ import click
 from click.core import ParameterSource
 import numpy as np
 
-from . import __version__, datasets, dist, threads
+from . import __version__, _startup, datasets, dist, threads
 from .check import not_saying_compiling
 from .checkpoint import load_checkpoint, save_checkpoint
 from .files import (
@@ -91,14 +92,10 @@ class Terminated(KeyboardInterrupt):
 
 
 def _catch_signals(handler):
-    """Handle Ctrl-C and TERMINATING with `handler`; returns the handlers replaced. A SIGHUP that
-    is ignored (`nohup nbnet train ...`) stays ignored: the run is meant to outlive its terminal."""
-    old = {}
-    for sig in (signal.SIGINT, *TERMINATING):
-        if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
-            continue
-        old[sig] = signal.signal(sig, handler)
-    return old
+    """Handle Ctrl-C and TERMINATING with `handler`, less a signal ignored at start, which stays
+    ignored (`nohup nbnet train ...`, `nbnet train &` in a script: _startup.caught_signals);
+    returns the handlers replaced."""
+    return {sig: signal.signal(sig, handler) for sig in _startup.caught_signals()}
 
 
 def _one_line(msg):

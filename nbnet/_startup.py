@@ -115,9 +115,12 @@ NO_JIT = ("NUMBA_DISABLE_JIT is set (in the environment, or as disable_jit in ./
 def numba_disable_jit_fault():
     """NO_JIT where Numba's compiler is off (njit then gives back the Python function, and
     nbnet.simd's intrinsics exist only compiled). Numba's own reading is asked, as it also takes
-    NUMBA_DISABLE_JIT from a .numba_config.yaml in the current folder: this imports Numba."""
-    from numba.core import config  # noqa: PLC0415
-
+    NUMBA_DISABLE_JIT from a .numba_config.yaml in the current folder: this imports Numba, whose
+    own refusals (num_threads: 0 in that file, say) are one line too."""
+    try:
+        from numba.core import config  # noqa: PLC0415
+    except Exception as e:  # noqa: BLE001 - whatever stops Numba loading stops the command: say what
+        return f"Numba cannot start: {type(e).__name__}: {' '.join(str(e).split())}"
     return NO_JIT if config.DISABLE_JIT else None
 
 

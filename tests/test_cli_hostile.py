@@ -1101,6 +1101,20 @@ def test_numba_disable_jit_from_numba_config_yaml_is_one_error_line(tmp_path):
     assert ".numba_config.yaml" in p.stderr
 
 
+def test_numba_refusing_to_load_is_one_error_line(tmp_path):
+    """A setting Numba's import refuses where the start-up checks do not look (num_threads: 0 in a
+    .numba_config.yaml, read with pyyaml) ended in a traceback from inside `import numba`. Here a
+    numba package that raises as Numba does stands in for it."""
+    fake = tmp_path / "fake" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ValueError("Number of threads specified must be > 0")\n')
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(fake.parent), _env().get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=tmp_path)
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
+    assert p.stderr == "Error: Numba cannot start: ValueError: Number of threads specified must be > 0\n"
+
+
 @pytest.mark.parametrize("command", ["info", "check"])
 def test_a_deleted_current_folder_is_one_error_line(tmp_path, command):
     """`mkdir d; cd d; rmdir ../d; nbnet ...`: relative paths cannot be resolved there, Numba's

@@ -58,7 +58,8 @@ FIRST_POLL = 0.1  # the first look comes sooner, so a run that starts on a loade
 MARGIN = 0.25  # a core counts as free while others use less than 0.75 of it
 
 _limit = None  # the most threads the user allows (None: not read yet)
-_applied = None  # what this module last passed to numba.set_num_threads
+_applied = None  # the count this module last passed to numba.set_num_threads
+_here = threading.local()  # .applied: the count it last passed in this Python thread (see _user_count)
 _n = None  # threads in use now
 _fixed = None  # whether the count is fixed (None: NBNET_THREADS not read yet)
 _next = 0.0  # time.monotonic() of the next look
@@ -183,9 +184,22 @@ def choose(cores, others, limit):
 def _set(n):
     global _n, _applied
     _n = 1 if _forked else n
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
     _applied = n
+    _apply_here()
+
+
+def _apply_here():
+    if numba.get_num_threads() != _applied:
+        numba.set_num_threads(_applied)
+    _here.applied = _applied
+
+
+def _user_count():
+    """The count the user set in this Python thread (numba.set_num_threads) since nbnet last set
+    it here, or None. Numba's count is per thread, and a thread nbnet never set starts at
+    NUMBA_NUM_THREADS: one thread's count is not the user's choice for another."""
+    current = numba.get_num_threads()
+    return current if current != getattr(_here, "applied", numba.config.NUMBA_NUM_THREADS) else None
 
 
 def _poll():
@@ -199,7 +213,8 @@ def _poll():
         _threads_started()
     if exclusive is None:
         exclusive = numba.threading_layer() == "workqueue"
-    if _limit is None or current != _applied:  # first call, or the user set a number: their limit
+    user = _user_count()
+    if _limit is None or user is not None:  # first call, or the user set a number: their limit
         _limit = current
         _set(current)
     busy = None if _fixed else busy_seconds()
@@ -251,7 +266,21 @@ def parallel():
     """Whether a kernel with enough work should run its parallel twin now (more than one thread)."""
     if _clock() >= _next:
         _poll()
+    elif getattr(_here, "applied", None) != _applied:
+        _enter()
     return _n > 1
+
+
+def _enter():
+    """This Python thread's first kernel, or its first since another thread changed the count:
+    Numba's count is per thread, so give it the count in use, or take the one its user set here."""
+    global _limit
+    user = _user_count()
+    if user is not None:
+        _limit = user
+        _set(user)
+    else:
+        _apply_here()
 
 
 def fix(n=None):

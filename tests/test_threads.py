@@ -503,3 +503,36 @@ def test_the_lock_is_the_models_own_and_its_slices():
         with other.lock:  # a working RLock of its own
             with other.lock:
                 pass
+
+
+PER_THREAD_SCRIPT = r"""
+import threading
+import numba
+from nbnet import threads
+threads.fix(2)  # of NUMBA_NUM_THREADS=3
+seen = []
+
+def worker():
+    threads._next = 0.0  # its first kernel looks at the load, as a poll falls due
+    seen.append((threads.parallel(), numba.get_num_threads()))
+    numba.set_num_threads(1)  # the user's number, in this thread
+    threads._next = 0.0
+    seen.append((threads.parallel(), numba.get_num_threads()))
+
+t = threading.Thread(target=worker)
+t.start()
+t.join()
+print(seen, threads.describe())
+"""
+
+
+def test_the_thread_count_holds_in_every_python_thread():
+    """Numba's thread count is per Python thread, and a new thread starts at NUMBA_NUM_THREADS:
+    nbnet took a worker's 3 for a number its user set, so `fix(2)` in the main thread became 3
+    (all the cores, whatever the load, in every thread that trains in the background). A thread
+    gets the count in use; a number the user sets in a thread is still theirs."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="3", NBNET_THREADS="auto")
+    done = subprocess.run([sys.executable, "-c", PER_THREAD_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("[(True, 2), (False, 1)] 1 of at most 1 threads (fixed"), done.stdout

@@ -254,12 +254,13 @@ def test_forward_over_transposed_weights_matches_reference(k, n, m, dtype):
     np.testing.assert_array_equal(act, np.maximum(a, 0))
     np.testing.assert_array_equal(a, c)
     takes_it = cpu.forward_over_weight_t(k, n, m, dtype)
-    out, act, wt = np.empty((k, m), dtype), np.empty((k, m), dtype), np.full((n, m), np.nan, dtype)
+    out, act, wt = np.empty((k, m), dtype), np.full((k, m), np.nan, dtype), np.full((n, m), np.nan, dtype)
     cpu.linear_relu_forward(out, act, x, w, b, wt)
     assert not np.isnan(wt).any() if takes_it else np.isnan(wt).all()
     if takes_it:
         np.testing.assert_array_equal(out, a)
     np.testing.assert_allclose(out, ref, rtol=0, atol=TOL[dtype] * n)
+    np.testing.assert_array_equal(act, np.maximum(out, 0))  # the ReLU by the route the layer takes
 
 
 CACHE_SCRIPT = """
@@ -286,6 +287,9 @@ def test_only_the_parallel_twins_share_their_work_units():
     assert cpu.linear_forward_act.serial.py_func.__globals__ is vars(cpu)
 
 
+TILE32 = simd.BCAST_NV * simd.lanes(np.dtype(np.float32))  # the fewest outputs of the broadcast form, float32
+
+
 @pytest.mark.parametrize("k,n,m,dtype,takes", [
     (64, 20, 64, np.float32, True), (64, 20, 64, np.float64, True), (63, 20, 64, np.float32, False),  # short sum
     (256, 256, 128, np.float32, True), (255, 256, 128, np.float32, False), (512, 256, 128, np.float64, False),
@@ -293,6 +297,11 @@ def test_only_the_parallel_twins_share_their_work_units():
     (64, 101, 64, np.float32, True), (64, 101, 64, np.float64, False), (64, 785, 256, np.float32, False),
     (16, 101, 64, np.float32, False),  # a scalar tail (101: one for any lane count), float32, up to 320 long, from batch 64
     (512, 256, 10, np.float32, False), (512, 20, 8, np.float32, False),  # no whole tile of outputs
+    # the edges themselves: a sum of FORWARD_T_MAX_IN is not short (float64: no tail to take it
+    # instead); one tile of outputs is enough, a ragged last vector of outputs is not
+    (64, cpu.FORWARD_T_MAX_IN - 1, 64, np.float64, True), (64, cpu.FORWARD_T_MAX_IN, 64, np.float64, False),
+    (64, 20, TILE32, np.float32, True), (64, 20, TILE32 + 1, np.float32, False),
+    (64, 20, 2 * TILE32 + 1, np.float32, False), (64, 20, 2 * TILE32 + 1, np.float64, False),
 ])
 def test_forward_route_follows_the_measured_table(k, n, m, dtype, takes):
     """cpu.forward_over_weight_t at the edges of the shapes measured for it (see FORWARD_T_ROWS)."""
@@ -440,6 +449,15 @@ def test_bcast_units_own_each_element_once(rows, shared):
         owners[r0:r1, c0:c1] += 1
     np.testing.assert_array_equal(owners, 1)
     np.testing.assert_array_equal(c, steps)
+
+
+@pytest.mark.parametrize("rows,blocks", [
+    (0, 0), (1, 1), (simd.MC, 1), (simd.MC + 1, 1), (simd.MC + simd.PACK_MIN_ROWS - 1, 1),
+    (simd.MC + simd.PACK_MIN_ROWS, 2), (2 * simd.MC + 1, 2), (2 * simd.MC + simd.PACK_MIN_ROWS, 3)])
+def test_a_short_last_row_block_joins_the_one_before(rows, blocks):
+    """simd.row_blocks: MC-row blocks, a last one of fewer than PACK_MIN_ROWS rows joined to the one
+    before, the first one too (MC + 1 rows are one block, not MC rows and a block of one)."""
+    assert simd.row_blocks(rows) == blocks
 
 
 @pytest.mark.parametrize("rows,cols,steps", [(256, 784, 8), (256, 784, 16), (256, 784, 512), (32, 256, 128),

@@ -99,6 +99,21 @@ def test_a_kernel_that_streams_a_large_weight_counts_as_parallel_work():
     assert cpu._linear_work(8, big) == 8 * big.size  # already above the threshold
     assert cpu._linear_work(1, big, split=False) == big.size  # dX of one row: one row loop, no split
     assert cpu._linear_work(8, small) == 8 * small.size < cpu.PARALLEL_WORK
+    edge = np.empty((512, 256), np.float32)  # exactly STREAM_BYTES: streamed too
+    assert edge.nbytes == cpu.STREAM_BYTES and cpu._linear_work(1, edge) == cpu.PARALLEL_WORK
+
+
+def test_work_at_the_threshold_runs_the_parallel_twin(monkeypatch):
+    """Kernel's threshold is the least parallel work (PARALLEL_WORK: "parallel from 1M multiply-adds"):
+    a call of exactly that much runs the parallel twin, one less the serial one."""
+    from nbnet import threads  # noqa: PLC0415
+
+    monkeypatch.setattr(threads, "parallel", lambda: True)
+    monkeypatch.setattr(threads, "exclusive", False)
+    kernel = object.__new__(cpu.Kernel)
+    kernel.serial, kernel.parallel = (lambda work: "serial"), (lambda work: "parallel")
+    kernel.work, kernel.threshold = (lambda work: work), cpu.PARALLEL_WORK
+    assert kernel(cpu.PARALLEL_WORK) == "parallel" and kernel(cpu.PARALLEL_WORK - 1) == "serial"
 
 
 def test_the_sgd_step_goes_parallel_from_131k_parameters():

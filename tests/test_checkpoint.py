@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nbnet as nb
-from nbnet import datasets
+from nbnet import checkpoint, datasets
 from nbnet.checkpoint import load_checkpoint, save_checkpoint
 from nbnet.train import (
     TrainingDiverged, TrainingInterrupted, TrainState, build_model, learning_rate, make_optimizer, train,
@@ -281,3 +281,88 @@ def test_a_train_history_too_large_for_memory_is_refused_before_it_is_built(tmp_
     monkeypatch.setattr(nb.files, "memory_budget", lambda: 4 << 20)
     with pytest.raises(ValueError, match=r"c.npz: train/history \(50000, 2\) float64: needs"):
         load_checkpoint(tmp_path / "c.npz")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The arrays of a checkpoint after 2 epochs (12 steps, momentum buffers), its JSON entries as
+    Python objects, and a function that loads them with some entries replaced. In version 1's
+    layout, the history in train/state, so that a test can set any part of the state as one JSON
+    object: version 2's train/history is read into the same {name: number} entries, which
+    _check_state then checks alike (its own checks: test_a_damaged_train_history_is_one_value_error)."""
+    model, opt, _ = run(epochs=2, schedule="constant")
+    path = tmp_path_factory.mktemp("saved") / "c.npz"
+    save_checkpoint(path, model, opt, run.state, {"seed": 7, "hidden": [16]}, data="data 90x2 features 0 labels 0")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    state = json.loads(str(arrays["train/state"]))
+    del state["history_keys"], arrays["train/history"]
+    arrays["train/state"] = np.array(json.dumps({**state, "history": run.state.history}))
+    arrays["checkpoint/version"] = np.array(1, np.int64)
+    entries = {k: json.loads(str(arrays[k])) for k in ("train/state", "optim/meta", "train/config")}
+
+    def load(**changes):
+        changed = dict(arrays)
+        for key, value in changes.items():
+            changed[key.replace("__", "/")] = np.array(json.dumps(value))
+        out = path.with_name("changed.npz")
+        np.savez(out, **changed)
+        return load_checkpoint(out)
+
+    return entries, load
+
+
+def with_val(history, *losses):
+    return [{**m, "val_loss": v} for m, v in zip(history, losses)]
+
+
+BIG = 2**53 + 1  # past MAX_COUNT: a count a float64 no longer holds exactly
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"seen": BIG, "correct": 0}, "train/state seen"),
+    ({"step": BIG}, "train/state step"),
+    ({"loss_sum": -1.0}, "train/state loss_sum"),  # a mean loss below 0: no loss nbnet has
+    ({"seconds": -1.0}, "train/state seconds"),
+    ({"history": "wide"}, "not {name: finite number}"),  # 101 metrics in an entry: past MAX_HISTORY_KEYS
+    # the best epoch out of 1 .. epochs: 0 read history[-1] as its entry, 3 was an IndexError
+    ({"history": "val", "best_epoch": 0, "best_val_loss": 0.6, "bad_epochs": 2}, "best_epoch or bad_epochs"),
+    ({"history": "val", "best_epoch": 3, "best_val_loss": 0.4, "bad_epochs": 0}, "best_epoch or bad_epochs"),
+])
+def test_train_state_out_of_its_ranges_is_a_damaged_checkpoint(saved, change, fragment):
+    """Each bound of the train/state schema (checkpoint._check_state), alone: the rest of the state fits."""
+    entries, load = saved
+    st = entries["train/state"]
+    named = {"val": with_val(st["history"], 0.4, 0.6),
+             "wide": [st["history"][0], {"epoch": 2, **{f"m{i}": 0.0 for i in range(checkpoint.MAX_HISTORY_KEYS)}}]}
+    history = change.get("history", st["history"])
+    state = {**st, **change, "history": named.get(str(history), history)}
+    meta = {**entries["optim/meta"], "step_count": state["step"]}
+    with pytest.raises(ValueError, match="damaged checkpoint") as e:
+        load(train__state=state, optim__meta=meta)
+    assert fragment in str(e.value)
+
+
+def test_a_mid_epoch_state_with_every_row_right_loads(saved):
+    """`correct` may equal `seen` (a perfect running accuracy): only more is damage."""
+    entries, load = saved
+    ck = load(train__state={**entries["train/state"], "seen": 16, "correct": 16, "loss_sum": 0.5})
+    assert (ck.state.seen, ck.state.correct) == (16, 16)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"optim__meta": "momentum 1.5"}, "optim/meta momentum"),  # each step's buffer grows: a diverged run
+    ({"train__config": "many"}, "train/config is not a JSON object of options"),
+    ({"train__config": "long"}, "train/config hidden"),
+    ({"train__data": "x" * 1001}, "train/data is not a data fingerprint"),
+])
+def test_metadata_past_its_sizes_and_ranges_is_a_damaged_checkpoint(saved, change, fragment):
+    """The bounds of optim/meta, train/config and train/data: momentum in [0, 1], at most 200 options,
+    option strings up to 4096 characters, a fingerprint up to 1000."""
+    entries, load = saved
+    named = {"momentum 1.5": {**entries["optim/meta"], "momentum": 1.5},
+             "many": {**entries["train/config"], **{f"option{i}": 1 for i in range(200)}},
+             "long": {**entries["train/config"], "hidden": "1," * 2049}}
+    with pytest.raises(ValueError, match="damaged checkpoint") as e:
+        load(**{key: named.get(value, value) for key, value in change.items()})
+    assert fragment in str(e.value)

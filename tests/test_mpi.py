@@ -322,6 +322,53 @@ def test_the_fingerprint_covers_the_features():
         assert dist.fingerprint({}, data, params) != dist.fingerprint({}, (x, y, x, y), params)
 
 
+def test_the_fingerprint_covers_every_label_array_and_every_weight():
+    """Test labels that differ (a copy of the test file with one label changed), or weights that
+    differ in a later layer only (another seed for it), are another run too."""
+    rng = np.random.default_rng(4)
+    x, y = rng.random((6, 3)).astype(np.float32), np.arange(6) % 2
+    params = nb.Sequential(nb.Linear(3, 4, seed=0), nb.ReLU(), nb.Linear(4, 2, seed=1)).parameters()
+    base = dist.fingerprint({}, (x, y, x, y), params)
+    flipped = y.copy()
+    flipped[3] ^= 1
+    for data in ((x, flipped, x, y), (x, y, x, flipped), (x, y, x, y, x, flipped)):
+        assert dist.fingerprint({}, data, params) != base
+    params[-1].data[1] += 0.5  # the last layer's bias
+    assert dist.fingerprint({}, (x, y, x, y), params) != base
+
+
+def test_a_one_process_communicator_takes_the_one_process_path():
+    """train(comm=...) with a communicator of one process runs as with none (dist.Single): no mpi4py,
+    no NBNET_MPI_TIMEOUT, no collectives."""
+    class One:
+        def Get_size(self):
+            return 1
+
+        def Get_rank(self):
+            return 0
+
+    assert type(dist.wrap(One())) is dist.Single and type(dist.wrap(None)) is dist.Single
+    single = dist.Single()
+    assert dist.wrap(single) is single
+
+
+def test_launcher_variables_give_the_job_and_the_machine(monkeypatch):
+    """Without per-machine variables all processes are on this machine (cli shares its cores among
+    them); a launcher variable that is no number is passed over for the next launcher's."""
+    for name in dist._SIZE_VARS + dist._RANK_VARS + dist._LOCAL_SIZE_VARS + dist._LOCAL_RANK_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert (dist.launched_size(), dist.launched_rank(), dist.local_size_rank()) == (1, 0, (1, 0))
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("PMI_RANK", "3")
+    assert (dist.launched_size(), dist.local_size_rank()) == (4, (4, 3))
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")
+    assert dist.local_size_rank() == (2, 1)
+    monkeypatch.setenv("PMI_SIZE", "")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "3")
+    assert dist.launched_size() == 3
+
+
 @needs_mpi
 def test_processes_with_other_pixels_in_the_same_files_are_stopped(tmp_path):
     """NBNET_DATA_DIR (an environment-dependent default) gives process 1 MNIST files whose
@@ -427,7 +474,7 @@ def test_gpu_models_in_the_cuda_simulator_train_what_one_cpu_process_does(tmp_pa
 @needs_mpi
 def test_gradient_through_a_host_buffer(tmp_path):
     """Gradients that are not one packed host array (a GPU model's) go through the staging buffer:
-    checked on COMM_SELF with arrays standing in for device arrays."""
+    checked on COMM_SELF with arrays standing in for device arrays, with the other collectives."""
     code = """
 import numpy as np
 from mpi4py import MPI
@@ -445,6 +492,13 @@ g1, g2 = np.arange(6.0).reshape(2, 3), np.arange(4.0)
 comm = dist.MPIComm(MPI.COMM_SELF)
 comm.allreduce_grad([P(Dev(g1)), P(g2)], 0.5)
 assert np.array_equal(g1, np.arange(6.0).reshape(2, 3) * 0.5) and np.array_equal(g2, np.arange(4.0) * 0.5)
+g3 = np.arange(15.0)  # more elements than the buffer made for the last call: a new one
+comm.allreduce_grad([P(Dev(g3))], 2.0)
+assert np.array_equal(g3, np.arange(15.0) * 2)
+# the sums take as many values as given; a fingerprint or error text longer than its message slot is cut
+assert comm.sums(1.0, 2.0) == (1.0, 2.0) and comm.step_sums(3.0, 2, 4, True) == (3.0, 2.0, 4.0, True)
+comm.agree("x" * 5000)
+comm.agree("é" * 1000)
 print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,

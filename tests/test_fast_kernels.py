@@ -64,6 +64,49 @@ def test_linear_kernels_match_reference(k, n, m, dtype):
     np.testing.assert_allclose(db, db_ref, rtol=0, atol=TOL[dtype] * k)
 
 
+GUARD = 12345.0  # what the elements after an output hold, and must still hold after a kernel
+
+
+def guarded(rng, shape, dtype, fill=np.nan):
+    """An output array of `shape` (C order) followed in memory by GUARD rows (or elements): a
+    kernel that stores one element too many (a tail loop's bound, a register block's last row or
+    column) writes there, which the results alone may not show, and the heap's corruption aborted
+    the process only now and then."""
+    whole = np.full((shape[0] + 3, *shape[1:]) if len(shape) == 2 else shape[0] + 64, GUARD, dtype)
+    out = whole[:shape[0]]
+    out[...] = fill if fill is not None else rand(rng, shape, dtype)
+    return whole, out
+
+
+def assert_guard(whole, out):
+    assert (whole[len(out):] == GUARD).all(), "a kernel wrote past the end of its output"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n,m", SHAPES + [(64, 31, 64), (64, 70, 33), (256, 200, 48), (70, 300, 16)])
+def test_linear_kernels_write_nothing_past_their_outputs(k, n, m, dtype):
+    rng = np.random.default_rng(k + n * m)
+    x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, m, dtype), rand(rng, (k, m), dtype)
+    preact = rand(rng, (k, n), dtype)
+    for weight_t in (None, np.empty((n, m), dtype)):  # the dot form, and where it takes it the form over Wᵀ
+        whole, out = guarded(rng, (k, m), dtype)
+        cpu.linear_forward(out, x, w, b, weight_t)
+        assert_guard(whole, out)
+        (whole, out), (whole_act, act) = guarded(rng, (k, m), dtype), guarded(rng, (k, m), dtype)
+        cpu.linear_relu_forward(out, act, x, w, b, weight_t)
+        assert_guard(whole, out)
+        assert_guard(whole_act, act)
+    for kernel, extra in ((cpu.linear_backward_input, ()), (cpu.linear_relu_backward_input, (preact,))):
+        whole, dx = guarded(rng, (k, n), dtype)
+        kernel(dx, g, w, *extra)
+        assert_guard(whole, dx)
+    for accumulate in (False, True):
+        (whole_w, dw), (whole_b, db) = guarded(rng, (m, n), dtype, None), guarded(rng, (m,), dtype, None)
+        cpu.linear_backward_params(dw, db, g, x, accumulate)
+        assert_guard(whole_w, dw)
+        assert_guard(whole_b, db)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_backward_fused_and_plain_agree_at_nan(dtype):
     """At a NaN pre-activation the fused dX kernel (0 where x' < 0) let the gradient through and

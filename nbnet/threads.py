@@ -266,7 +266,7 @@ def parallel():
     """Whether a kernel with enough work should run its parallel twin now (more than one thread)."""
     if _clock() >= _next:
         _poll()
-    elif getattr(_here, "applied", None) != _applied:
+    elif _n > 1 and getattr(_here, "applied", None) != _applied:  # one thread: the serial twin, any count
         _enter()
     return _n > 1
 

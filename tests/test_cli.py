@@ -300,7 +300,7 @@ def test_download_through_the_cli(tmp_path, monkeypatch):
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def test_no_traceback_from_a_real_process(tmp_path):

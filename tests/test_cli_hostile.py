@@ -696,7 +696,7 @@ def test_unknown_dataset_is_named_as_given_and_evaluate_says_test_data(run, tmp_
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
@@ -1108,7 +1108,7 @@ def test_numba_refusing_to_load_is_one_error_line(tmp_path):
     fake = tmp_path / "fake" / "numba"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text('raise ValueError("Number of threads specified must be > 0")\n')
-    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(fake.parent), _env().get("PYTHONPATH", "")])}
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(fake.parent), _env()["PYTHONPATH"]])}
     p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60,
                        env=env, cwd=tmp_path)
     assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]

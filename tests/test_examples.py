@@ -23,7 +23,7 @@ NO_CLI = "nbnet.cli is not there yet (the CLI and the IDX/CSV loaders arrive wit
 
 
 def run_example(name, *args, cwd):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / name), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
@@ -112,7 +112,7 @@ def test_mnist_never_saves_over_its_own_data(tmp_path):
                                       + arr.tobytes())
     images = data_dir / "train-images-idx3-ubyte"
     before = images.read_bytes()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(REPO / "examples" / "mnist.py"), "--epochs", "1",
                            "--data-dir", str(data_dir), "--save", str(images)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -140,7 +140,7 @@ def test_readme_python_example(tmp_path):
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     script = tmp_path / "readme_example.py"
     script.write_text(README_PRELUDE.format(data_dir=str(DATA / "mnist")) + code, encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -167,7 +167,7 @@ def test_bad_arguments_give_one_error_not_a_traceback(tmp_path, name, args, says
     """Zero or negative counts crashed after the work (UnboundLocalError on a loss never computed,
     ZeroDivisionError) or, for --limit -5, trained on all but 5 images; an unwritable output was a
     traceback once the training was done."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(REPO / "examples" / name), *map(str, args)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and says in done.stderr, (done.returncode, done.stderr)
@@ -179,7 +179,7 @@ def test_mnist_save_to_an_unwritable_path_is_one_error(tmp_path):
     data_dir = DATA / "mnist"
     if not (data_dir / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"no mnist data in {data_dir} (set NBNET_DATA_DIR)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(REPO / "examples" / "mnist.py"), "--epochs", "1", "--limit", "256",
                            "--data-dir", str(data_dir), "--save", "/proc/nbnet-model.npz"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -11,8 +11,8 @@ it comes from the command line, a --config TOML file or a checkpoint's stored co
 compared with every input of the run (`_check_paths`). Signals: Ctrl-C (exit 130), SIGTERM
 (exit 143) and SIGHUP (a closed terminal, exit 129) stop training after the current step and save
 with --save; at any other moment they end the command with one line. One ignored at start stays
-ignored (nohup; `nbnet train &` in a script). A
-closed stdout (`nbnet train | head -1`) ends it quietly.
+ignored (nohup; `nbnet train &` in a script). A closed stdout (`nbnet train | head -1`) ends it
+quietly.
 """
 
 import contextlib

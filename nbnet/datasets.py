@@ -22,8 +22,8 @@ import zlib
 import numpy as np
 
 from .files import (
-    check_creatable, check_memory, described, load_bytes, memory_budget, open_input, read_bounded, read_input_bytes,
-    read_npy, read_npz, write_atomic,
+    check_creatable, check_memory, described, file_in_the_way, load_bytes, memory_budget, open_input, read_bounded,
+    read_input_bytes, read_npy, read_npz, write_atomic,
 )
 
 # Labels are class indices 0 .. MAX_CLASSES-1: a larger one is a mistake, not a class (it would
@@ -281,10 +281,8 @@ def _check_writable_folder(name, data_dir):
         os.makedirs(data_dir, exist_ok=True)
         check_creatable(os.path.join(data_dir, IDX_FILES[0][1] + ".gz"))
     except OSError as e:
-        there = os.path.abspath(data_dir)  # the nearest of the folder and its parents that exists
-        while not os.path.lexists(there) and os.path.dirname(there) != there:
-            there = os.path.dirname(there)
-        why = f"{there} is a file" if os.path.lexists(there) and not os.path.isdir(there) else e.strerror or str(e)
+        in_the_way = file_in_the_way(os.path.join(os.path.abspath(data_dir), IDX_FILES[0][1]))
+        why = f"{in_the_way} is a file" if in_the_way is not None else e.strerror or str(e)
         raise OSError(f"{name}: cannot download into the data folder {data_dir}: {why} "
                       "(choose a folder you can write with --data-dir or NBNET_DATA_DIR)") from None
 

@@ -417,20 +417,33 @@ def _model(hook=_nothing):
     return nb.Sequential(nb.Linear(16, 32, seed=0), nb.ReLU(), Pause(hook), nb.Linear(32, 4, seed=2))
 
 
-@pytest.mark.parametrize("call", ["predict", "forward"])
-def test_a_thread_predicting_with_a_model_another_is_running_gets_its_own_answer(call):
+@pytest.mark.parametrize("call", ["forward", "predict", "evaluate"])
+def test_a_thread_predicting_with_a_model_another_is_running_gets_its_own_answer(call, monkeypatch):
     """A web server's threads predicting with one model: a forward wrote the layers' buffers while
-    another thread's forward was half-way, whose last layer then read the other's rows. The model's
-    lock runs one call at a time."""
+    another thread's forward was half-way, whose last layer then read the other's rows; or
+    between a thread's forward and its reading of the output (predict's softmax, evaluate's loss).
+    The model's lock runs one call at a time. The first thread is stopped where the other would
+    get in: in the forward, or after it."""
     import numpy as np
 
     import nbnet as nb
 
     rng = np.random.default_rng(0)
     x, other_x = (rng.standard_normal((8, 16)).astype(np.float32) for _ in range(2))
+    labels = np.arange(8) % 4
     meanwhile = Meanwhile(lambda: answers.append(run(other_x)))
-    model, answers = _model(meanwhile), []
-    run = (lambda v: nb.predict(model, v, proba=True)) if call == "predict" else model
+    model, answers = _model(meanwhile if call == "forward" else _nothing), []
+    run = {"forward": model, "predict": lambda v: nb.predict(model, v, proba=True),
+           "evaluate": lambda v: nb.evaluate(model, v, labels)["loss"]}[call]
+    if call != "forward":  # the step that reads the model's output buffer stops first
+        reader = nb.layers.Softmax if call == "predict" else nb.losses.SoftmaxCrossEntropy
+        read = reader.forward
+
+        def stopping_first(self, *args):
+            meanwhile()
+            return read(self, *args)
+
+        monkeypatch.setattr(reader, "forward", stopping_first)
     expected = [run(v) for v in (x, other_x, x)]  # the second forward at a shape plans it: both ways
     meanwhile.armed = True
     mine = run(x)
@@ -439,21 +452,29 @@ def test_a_thread_predicting_with_a_model_another_is_running_gets_its_own_answer
     np.testing.assert_array_equal(answers[0], expected[1])
 
 
-def test_a_thread_predicts_while_another_trains_the_same_model():
+def test_a_thread_predicts_while_another_trains_the_same_model(monkeypatch):
     """nb.train holds the model's lock a step at a time: a thread that predicts meanwhile runs
-    between two steps, and the training is bit for bit a run nobody watched (before, the predict
-    ran between a step's forward and backward, which read its rows)."""
+    between two steps, and the training is bit for bit a run nobody watched. Here the training
+    thread stops between a step's forward and its backward (in the loss's backward), where a
+    predict would overwrite the forward's cache."""
     import numpy as np
 
     import nbnet as nb
 
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((64, 16)).astype(np.float32), rng.integers(0, 4, 64)
+    loss_backward, hooks = nb.losses.SoftmaxCrossEntropy.backward, [_nothing]
+
+    def stopping_first(self):
+        hooks[0]()
+        return loss_backward(self)
+
+    monkeypatch.setattr(nb.losses.SoftmaxCrossEntropy, "backward", stopping_first)
 
     def trained(watch):
         seen = []
-        meanwhile = Meanwhile(lambda: seen.append(nb.predict(model, x[:8], proba=True)))
-        model = _model(meanwhile)
+        hooks[0] = meanwhile = Meanwhile(lambda: seen.append(nb.predict(model, x[:8], proba=True)))
+        model = _model()
         opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
         def arm(state, *_):
@@ -470,9 +491,11 @@ def test_a_thread_predicts_while_another_trains_the_same_model():
     assert len(seen) == 1 and np.allclose(seen[0].sum(axis=1), 1)
 
 
-def test_a_backward_after_another_threads_forward_is_refused():
+@pytest.mark.parametrize("through", ["model", "slice"])
+def test_a_backward_after_another_threads_forward_is_refused(through):
     """The layers keep the last forward's cache: a backward whose own forward was overwritten by
-    another thread's would fill gradients from the wrong rows, so it is an error."""
+    another thread's would fill gradients from the wrong rows, so it is an error; also where the
+    other forward ran through a slice (model[:2]), which shares the layers."""
     import threading
 
     import numpy as np
@@ -483,7 +506,7 @@ def test_a_backward_after_another_threads_forward_is_refused():
     x = np.ones((4, 16), np.float32)
     loss_fn = nb.SoftmaxCrossEntropy()
     loss_fn(model(x), np.zeros(4, np.int64))
-    other = threading.Thread(target=lambda: model(2 * x))
+    other = threading.Thread(target=lambda: (model if through == "model" else model[:2])(2 * x))
     other.start()
     other.join()
     with pytest.raises(RuntimeError, match="another thread"):

@@ -452,7 +452,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         opt.lr is the base rate again.
     on_step(state, batch, n_batches, running_loss) after each step; on_best(state, metrics) after
     an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
-    should_stop() is asked after each step: True raises TrainingInterrupted(state).
+    should_stop() is asked before each step, outside the model's lock: True raises
+    TrainingInterrupted(state) once that step is done.
     Raises TrainingDiverged (a ValueError) on a NaN/Inf loss, before that step updates anything.
 
     comm: an mpi4py communicator (e.g. MPI.COMM_WORLD) to train data-parallel over its processes
@@ -584,6 +585,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 if b < skip:
                     continue
                 opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
+                # Asked outside the lock: a should_stop that waits for another thread's use of the
+                # model (a GUI's predict) would otherwise wait for ever. Still after on_step(b - 1).
+                stop = should_stop is not None and bool(should_stop())
                 with model_lock:  # a step at a time: another thread may predict between steps
                     opt.zero_grad()
                     rows, value, correct = len(yb), 0.0, 0
@@ -594,9 +598,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                         if math.isfinite(value):
                             model.backward(loss_fn.backward(), need_input_grad=False)
                     # Summed over the processes (one process: as they are), so that all decide alike.
-                    loss_sum, correct, seen, stop = comm.step_sums(
-                        value * rows, correct, rows, should_stop is not None and should_stop()
-                    )
+                    loss_sum, correct, seen, stop = comm.step_sums(value * rows, correct, rows, stop)
                     if not math.isfinite(loss_sum):
                         raise TrainingDiverged(
                             f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"

@@ -491,6 +491,65 @@ def test_a_thread_predicts_while_another_trains_the_same_model(monkeypatch):
     assert len(seen) == 1 and np.allclose(seen[0].sum(axis=1), 1)
 
 
+def test_should_stop_may_wait_for_another_thread_that_predicts():
+    """should_stop is asked outside the model's lock: one that waits for another thread's predict
+    (a GUI asking "stop?" of a thread that also shows predictions) waited for ever inside it."""
+    import threading
+
+    import numpy as np
+
+    import nbnet as nb
+
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((32, 16)).astype(np.float32), rng.integers(0, 4, 32)
+    model = _model()
+    others, waited = [], []
+
+    def should_stop():
+        others.append(threading.Thread(target=lambda: nb.predict(model, x[:4])))
+        others[-1].start()
+        others[-1].join(timeout=2)
+        waited.append(not others[-1].is_alive())
+        return False
+
+    nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=16,
+             should_stop=should_stop)
+    for other in others:
+        other.join()
+    assert waited == [True, True]
+
+
+def test_restore_best_puts_the_weights_back_under_the_lock():
+    """nb.train's last write of the weights, restore_best's copy of the best epoch, waits for a
+    thread that holds the model's lock (reading the weights, or predicting) to let go."""
+    import threading
+
+    import numpy as np
+
+    import nbnet as nb
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((32, 16)).astype(np.float32), rng.integers(0, 4, 32)
+    model = _model()
+    last_epoch, go = threading.Event(), threading.Event()
+
+    def on_epoch(state, metrics):
+        if state.epoch == 2:
+            last_epoch.set()
+            go.wait(5)
+
+    trainer = threading.Thread(target=lambda: nb.train(
+        model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=2, batch_size=16,
+        val_data=(x[:8], y[:8]), restore_best=True, on_epoch=on_epoch))
+    trainer.start()
+    assert last_epoch.wait(30)
+    with model.lock:
+        go.set()
+        trainer.join(timeout=0.3)
+        assert trainer.is_alive()  # at the restore, waiting for the lock
+    trainer.join()
+
+
 @pytest.mark.parametrize("through", ["model", "slice"])
 def test_a_backward_after_another_threads_forward_is_refused(through):
     """The layers keep the last forward's cache: a backward whose own forward was overwritten by

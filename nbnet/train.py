@@ -250,9 +250,15 @@ def split_validation(x, y, fraction, seed):
 
 def _r2(ss_res, ss_tot):
     """R² = 1 − SS_res / SS_tot, summed over every output (sklearn's "variance_weighted", the same
-    as its default for one output); a constant target gives 1 if predicted exactly, else 0."""
+    as its default for one output). R² is undefined where the targets have no variance: SS_tot 0
+    (a constant target, or a variance that underflows) or so small that SS_res / SS_tot overflows
+    (float64 targets of 1e-155: SS_tot is subnormal). There, as sklearn's r2_score with
+    force_finite=True does for a constant target, it is 1 if predicted exactly, else 0: always a
+    finite number, as the history and its checkpoint hold (-inf made --save refuse a trained epoch)."""
     if ss_tot > 0:
-        return 1.0 - ss_res / ss_tot
+        ratio = ss_res / ss_tot
+        if math.isfinite(ratio):
+            return 1.0 - ratio
     return 1.0 if ss_res == 0 else 0.0
 
 

@@ -1,10 +1,13 @@
 """nb.train / nb.evaluate / nb.predict: the CLI's loop from Python, with validation, early stopping,
 the best epoch, and the loss choice."""
 
+import math
+
 import numpy as np
 import pytest
 
 import nbnet as nb
+from nbnet.checkpoint import load_checkpoint, save_checkpoint
 from nbnet.train import split_validation
 
 
@@ -333,6 +336,23 @@ def test_r2_of_a_constant_target_is_1_when_predicted_exactly_else_0():
     assert nb.evaluate(model, x, np.full(10, 3.0), loss="mse")["r2"] == 1.0
     assert nb.evaluate(model, x, np.full(10, 4.0), loss="mse")["r2"] == 0.0
 
+
+def test_r2_of_targets_whose_variance_underflows_is_finite_and_the_run_saves(tmp_path):
+    """float64 targets of 1e-155 have a subnormal SS_tot: SS_res / SS_tot overflowed, R² was -inf,
+    and --save refused the history after the epoch had trained ("holds NaN or Inf"). As for a
+    constant target, R² is then 1 if predicted exactly, else 0."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 2)), 1e-155 * rng.normal(size=32)
+    model = nb.Sequential(nb.Linear(2, 1, seed=0, dtype=np.float64))
+    opt = nb.SGD(model.parameters(), lr=0.01)
+    save = lambda state, metrics: save_checkpoint(tmp_path / "c.npz", model, opt, state, {})  # noqa: E731
+    history = nb.train(model, opt, (x, y, x, y), epochs=1, batch_size=8, loss="mse", on_epoch=save)
+    assert history[0]["train_r2"] == history[0]["test_r2"] == 0.0
+    assert load_checkpoint(tmp_path / "c.npz").state.history == list(history)
+    assert nb.evaluate(model, x, y, loss="mse")["r2"] == 0.0
+    assert nb.evaluate(model, x, 1e-80 * y, loss="mse")["r2"] == 0.0  # SS_tot underflows to 0
+    model[0].weight[...], model[0].bias[...] = 0, 0.05  # SS_res / SS_tot 2.5e307: R² defined, as it is
+    assert -1e300 > nb.evaluate(model, x, y, loss="mse")["r2"] > -math.inf
 
 @pytest.mark.parametrize("min_delta", [-0.5, float("nan"), "0.01", None])
 def test_a_bad_min_delta_is_refused_up_front(min_delta):

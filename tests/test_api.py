@@ -337,6 +337,18 @@ def test_r2_of_a_constant_target_is_1_when_predicted_exactly_else_0():
     assert nb.evaluate(model, x, np.full(10, 4.0), loss="mse")["r2"] == 0.0
 
 
+@pytest.mark.parametrize("value", [0.1, 0.7])
+def test_r2_of_a_constant_target_whose_mean_rounds_is_still_that_of_a_constant(value):
+    """64 rows of 0.1 have a float64 mean an ulp off 0.1: SS_tot was 1e-32, not 0, and R² -4e34."""
+    model = nb.Sequential(nb.Linear(2, 2, seed=0, dtype=np.float64))
+    model[0].weight[...], model[0].bias[...] = 0, 3
+    x, y = np.zeros((64, 2)), np.full((64, 2), value)
+    assert nb.evaluate(model, x, y, loss="mse")["r2"] == 0.0
+    y[:, 1] = np.arange(64)  # a constant output beside one that varies adds nothing to SS_tot
+    ss_tot = ((y[:, 1] - y[:, 1].mean()) ** 2).sum()
+    assert nb.evaluate(model, x, y, loss="mse")["r2"] == pytest.approx(1 - ((y - 3) ** 2).sum() / ss_tot, rel=1e-12)
+
+
 def test_r2_of_targets_whose_variance_underflows_is_finite_and_the_run_saves(tmp_path):
     """float64 targets of 1e-155 have a subnormal SS_tot: SS_res / SS_tot overflowed, R² was -inf,
     and --save refused the history after the epoch had trained ("holds NaN or Inf"). As for a

@@ -20,11 +20,16 @@ except ImportError:  # NumPy < 2
     from numpy import byte_bounds
 
 from . import cpu, simd, threads
-from .files import read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
+from .files import check_memory, read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
 from .layers import LAYERS, Linear, ReLU
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
+# Memory of one character of JSON text parsed (json_entry), the text as a str included: read_npz
+# counts the stored 4 bytes a character, and a list is 56 bytes and more, so nested empty lists
+# ("[[[]]],[[[]]],...", as a version 1 checkpoint's history could hold) peak at 43 bytes a
+# character (tracemalloc), 10 times what was counted.
+JSON_CHAR_BYTES = 48
 
 
 class Sequential:
@@ -601,10 +606,13 @@ MAX_LAYERS = 10_000
 
 
 def json_entry(arrays, key, source):
-    """The JSON value stored as a 0-d string array `arrays[key]`; ValueError if it is not one."""
+    """The JSON value stored as a 0-d string array `arrays[key]`; ValueError if it is not one, or if
+    what it parses into could need more than memory_budget() (JSON_CHAR_BYTES a character)."""
     value = arrays[key]
     if not isinstance(value, np.ndarray) or value.shape != () or value.dtype.kind != "U":
         raise ValueError(f"{source}: {key} is not a JSON string")
+    chars = value.dtype.itemsize // 4
+    check_memory(chars * JSON_CHAR_BYTES, f"{source}: {key}, JSON text of {chars} characters")
     try:
         return json.loads(str(value))
     except (ValueError, RecursionError) as e:

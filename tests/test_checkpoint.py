@@ -4,6 +4,7 @@ atomic writes, and files that np.load(allow_pickle=False) and nb.load both read.
 import json
 import math
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -281,6 +282,29 @@ def test_a_train_history_too_large_for_memory_is_refused_before_it_is_built(tmp_
     monkeypatch.setattr(nb.files, "memory_budget", lambda: 4 << 20)
     with pytest.raises(ValueError, match=r"c.npz: train/history \(50000, 2\) float64: needs"):
         load_checkpoint(tmp_path / "c.npz")
+
+
+def test_a_version_1_history_too_large_for_memory_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    """Version 1 kept the history in train/state's JSON text, which read_npz counts at its stored 4
+    bytes a character; parsed, nested empty lists take some 43 bytes a character. The text is
+    refused, as train/history is, before any of it is built."""
+    model, opt, _ = run(epochs=1)
+    save_checkpoint(tmp_path / "c.npz", model, opt, run.state, {})
+    arrays = checkpoint_arrays(tmp_path / "c.npz")
+    state = json.loads(str(arrays.pop("train/state")))
+    del state["history_keys"], arrays["train/history"]
+    arrays["train/state"] = np.array(json.dumps({**state, "history": "X"}).replace('"X"', "[" + "[[[]]]," * 40_000 + "0]"))
+    arrays["checkpoint/version"] = np.array(1, np.int64)
+    np.savez(tmp_path / "v1.npz", **arrays)  # 280 000 characters: 1.1 MB stored, 12 MB parsed
+    budget = 4 << 20
+    monkeypatch.setattr(nb.files, "memory_budget", lambda: budget)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"v1.npz: train/state, JSON text of 28\d{4} characters: needs"):
+            load_checkpoint(tmp_path / "v1.npz")
+        assert tracemalloc.get_traced_memory()[1] < budget
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -613,6 +613,13 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                         raise TrainingDiverged(
                             f"training diverged: loss is {loss_sum / seen} at epoch {epoch + 1}, step {b + 1}"
                         )
+                    # The epoch's sum too: float64 losses of 1e306, each step's finite, overflowed it
+                    # (train_loss inf, a history no checkpoint holds), as they do the test loss's sum.
+                    if not math.isfinite(state.loss_sum + loss_sum):
+                        raise TrainingDiverged(
+                            f"training diverged: loss is {loss_sum / seen}, the epoch's sum of them overflows, "
+                            f"at epoch {epoch + 1}, step {b + 1}"
+                        )
                     comm.allreduce_grad(params, rows / seen)  # between backward and the step
                     opt.step()
                 state.step += 1

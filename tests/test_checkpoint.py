@@ -150,6 +150,19 @@ def test_nan_loss_stops_with_epoch_and_step():
         train(model, opt, tiny_data(), epochs=1, batch_size=16)
 
 
+def test_a_loss_whose_sum_over_the_epoch_overflows_stops_as_diverged_before_its_step():
+    """float64 losses of 6e305: each step's sum is finite, the epoch's was inf, and train_loss inf made
+    --save refuse the history after the epoch had trained ("holds NaN or Inf"); the test loss of
+    the same rows already stopped the run as diverged."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(256, 3)), 1e153 * rng.normal(size=256)
+    model = nb.Sequential(nb.Linear(3, 1, seed=0, dtype=np.float64))
+    opt, state = nb.SGD(model.parameters(), lr=1e-300), TrainState()
+    with pytest.raises(TrainingDiverged, match=r"loss is \S+e\+305, the epoch's sum of them overflows, at epoch 1, step 7"):
+        train(model, opt, (x, y), epochs=1, batch_size=32, loss="mse", state=state)
+    assert state.step == 6 and math.isfinite(state.loss_sum) and opt.state_dict()["step_count"] == 6
+
+
 def test_data_that_does_not_fit_the_model():
     model = build_model(3, [4], 3, seed=0)
     opt = make_optimizer("sgd", model, lr=0.1)

@@ -1,9 +1,10 @@
 """nbnet: a small, fast, readable neural-network framework with Numba kernels."""
 
-from ._startup import quiet_signals_while_starting, refuse_bad_environment
+from ._startup import quiet_signals_while_starting, refuse_bad_environment, warn_numba_yaml_unread
 
 quiet_signals_while_starting()  # only in the `nbnet` command; first, before NumPy and Numba load
 refuse_bad_environment()
+warn_numba_yaml_unread()  # before Numba loads and warns
 
 from . import threads  # first: it sets how Numba's threads wait, before anything starts them
 

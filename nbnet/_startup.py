@@ -7,6 +7,7 @@ nbnet.cli takes over once it runs."""
 import os
 import signal
 import sys
+import warnings
 
 
 def _end(signum, frame):
@@ -124,14 +125,46 @@ def numba_disable_jit_fault():
     return NO_JIT if config.DISABLE_JIT else None
 
 
+NUMBA_YAML_UNREAD = "./.numba_config.yaml is ignored: Numba reads it with pyyaml, which is not installed"
+
+
+def numba_yaml_unread():
+    """NUMBA_YAML_UNREAD where Numba will find ./.numba_config.yaml and not read it (pyyaml does
+    not import), else None; Numba's own warning is then filtered out. Numba gives it each time it
+    reads its settings: as numba and numba-cuda load, and again for every function it compiles
+    (its compiler re-emits the warnings it caught, with no registry to remember them; a "once"
+    filter does not hold across that), so import nbnet and a first kernel printed it 8 times or
+    more. Appended, so that a filter of the user's own (-W always, say) still comes first."""
+    if not os.path.isfile(".numba_config.yaml"):
+        return None
+    try:
+        import yaml  # noqa: F401, PLC0415 - Numba's own test: an import that works
+    except ImportError:
+        warnings.filterwarnings("ignore", message="A Numba config file is found but YAML parsing",
+                                category=UserWarning, append=True)
+        return NUMBA_YAML_UNREAD
+    return None
+
+
+def warn_numba_yaml_unread():
+    """import nbnet outside the command: Numba's warning about ./.numba_config.yaml, once."""
+    if not _is_the_command():  # the command said it in one line (refuse_bad_environment)
+        why = numba_yaml_unread()
+        if why is not None:
+            warnings.warn(why, UserWarning, stacklevel=2)
+
+
 def refuse_bad_environment():
     """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses,
     or that Numba's import would turn into a traceback or a warning."""
     if not _is_the_command():
         return
+    unread = numba_yaml_unread()  # said after the checks, so that a refusal is still one line
     # In this order: Numba is imported only once NUMBA_NUM_THREADS lets it load.
     for fault in (cwd_fault, lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault):
         why = fault()
         if why is not None:
             os.write(2, f"Error: {why}\n".encode())
             sys.exit(2)
+    if unread is not None:
+        os.write(2, f"Warning: {unread}\n".encode())

@@ -1115,6 +1115,26 @@ def test_numba_refusing_to_load_is_one_error_line(tmp_path):
     assert p.stderr == "Error: Numba cannot start: ValueError: Number of threads specified must be > 0\n"
 
 
+def test_a_numba_config_yaml_numba_cannot_read_is_one_warning(tmp_path):
+    """Without pyyaml Numba warns that it cannot read ./.numba_config.yaml each time it reads its
+    settings: as numba and numba-cuda load, and for every function it compiles, so `nbnet info`
+    printed it twice and import nbnet with a first compile 8 times. Here a yaml that does not
+    import stands in for pyyaml missing."""
+    (tmp_path / ".numba_config.yaml").write_text("num_threads: 1\n")
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "yaml.py").write_text('raise ImportError("no yaml here")\n')
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(stub), _env()["PYTHONPATH"]])}
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=tmp_path)
+    assert (p.returncode, p.stderr) == (0, "Warning: ./.numba_config.yaml is ignored: Numba reads it with pyyaml, "
+                                           "which is not installed\n"), p.stderr[-2000:]
+    code = "import nbnet, numba; numba.njit(lambda x: x + 1)(1); numba.njit(lambda x: x * 2)(1)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert p.returncode == 0 and p.stderr.count("Warning: ") == 1, p.stderr[-2000:]
+    assert "UserWarning: ./.numba_config.yaml is ignored" in p.stderr
+
+
 @pytest.mark.parametrize("command", ["info", "check"])
 def test_a_deleted_current_folder_is_one_error_line(tmp_path, command):
     """`mkdir d; cd d; rmdir ../d; nbnet ...`: relative paths cannot be resolved there, Numba's

@@ -45,7 +45,7 @@ def jit(func, **options):
     kernel = njit(cache=simd.CACHE, **options)(func)
     if simd.CACHE:
         kernel._cache = (_SourcesKeyedCache if _KEYED else simd.DiskCache)(kernel.py_func)
-    return kernel
+    return simd.said_without_cwd(kernel)
 
 
 pjit = functools.partial(jit, parallel=True)

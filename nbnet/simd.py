@@ -747,11 +747,37 @@ CACHE = _CACHE_PATH is not None and (not EMULATED
                                      or _CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, "")))
 
 
+NO_CWD = ("the current folder no longer exists (it was deleted), and Numba needs one to compile nbnet's "
+          "kernels: os.chdir to one that does")
+
+
+def said_without_cwd(kernel):
+    """A kernel whose compiling, where the current folder was deleted, ends in one clear error: Numba's
+    compiler formats source locations with os.path.relpath as it compiles (numba.core.ir.Loc, which
+    catches only the ValueError of another Windows drive), so a first call with no cached kernel ended
+    in "[Errno 2] No such file or directory" from deep inside Numba, naming nothing. Loading a cached
+    kernel needs no current folder and still works. (Only a call that compiles or loads goes here.)"""
+    compile_for_args = kernel._compile_for_args
+
+    def compiling(*args, **kws):
+        try:
+            return compile_for_args(*args, **kws)
+        except Exception:
+            try:
+                os.getcwd()
+            except FileNotFoundError:
+                raise FileNotFoundError(NO_CWD) from None
+            raise
+
+    kernel._compile_for_args = compiling
+    return kernel
+
+
 def _jit(func):
     kernel = njit(cache=CACHE)(func)
     if CACHE:
         kernel._cache = DiskCache(kernel.py_func)
-    return kernel
+    return said_without_cwd(kernel)
 
 
 @_jit

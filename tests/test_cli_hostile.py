@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -1152,6 +1153,21 @@ def test_a_deleted_current_folder_is_one_error_line(tmp_path, command):
                        env=_env(), preexec_fn=in_a_deleted_folder)
     assert (p.returncode, p.stdout) == (2, ""), p.stdout + p.stderr[-2000:]
     assert p.stderr == "Error: the current folder no longer exists (it was deleted): cd to one that does\n"
+
+
+def test_a_deleted_current_folder_under_the_python_api_is_one_clear_error(tmp_path):
+    """Numba's compiler formats source locations with os.path.relpath (the current folder) as it
+    compiles: a first kernel call with nothing cached, in a folder deleted after import nbnet,
+    ended in "FileNotFoundError: [Errno 2] No such file or directory" from deep inside Numba. (A
+    cached kernel needs no current folder, and still loads there.)"""
+    code = ("import os, sys, numpy as np, nbnet as nb; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+            "nb.Sequential([nb.Linear(4, 3, seed=0)]).forward(np.ones((2, 4), np.float32))")
+    env = {**_env(), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}  # nothing cached
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    p = subprocess.run([sys.executable, "-c", code, gone], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 1 and p.stderr.splitlines()[-1] == f"FileNotFoundError: {nb.simd.NO_CWD}", p.stderr
+    assert os.path.dirname(numba.__file__) not in p.stderr, p.stderr  # nothing from inside Numba
 
 
 @pytest.mark.parametrize("loss, pred, text", [

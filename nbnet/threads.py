@@ -29,10 +29,11 @@ being woken (10-15 µs). Measured on 2 quiet cores (Zen 3, a training step, 3 in
 spin 10000 over passive: batch 32 0.79x, 128 0.94x, 512 1.00x; 1000 already gives 0.82x at batch
 32. With a fixed count on a loaded machine the same spin cost 2.2-4x (batch 128, 32) against 1.1-1.2x
 passive, so fix() drops it when it comes before Numba started its threads. A value the user set
-for either variable wins, and then nbnet sets neither. Once Numba's threads have started (libgomp
-has read them), nbnet takes its values out of os.environ again, so that the processes the user
-starts afterwards (a PyTorch or OpenBLAS program, whose OpenMP would wait passively too) inherit
-the environment they had; `waiting()` keeps what the threads started with, for `nbnet check`.
+for either variable wins, and then nbnet sets neither. nbnet's values are in os.environ only while
+Numba starts its threads (nbnet wraps the function of Numba's that does), so that the processes
+the user starts before or after (a PyTorch or OpenBLAS program, whose OpenMP would wait passively
+too) inherit the environment they had; `waiting()` keeps what the threads started with, for
+`nbnet check`.
 
 A process forked after Numba started GNU OpenMP (the "omp" layer on Linux: multiprocessing's
 default start there, a Pool made after training) cannot run a parallel kernel: libgomp's threads
@@ -52,6 +53,7 @@ import threading
 import time
 
 import numba
+import numba.np.ufunc.parallel as _numba_parallel
 
 POLL = 0.5  # seconds between looks: /proc/stat counts in 10 ms ticks, so a look needs ~0.1 s or more
 FIRST_POLL = 0.1  # the first look comes sooner, so a run that starts on a loaded machine adapts in its first steps
@@ -68,9 +70,10 @@ _others = None  # cores others used at the last look, for describe()
 _forked = False  # forked after Numba started GNU OpenMP: serial twins only (see the module docstring)
 exclusive = None  # whether the threading layer takes one parallel kernel at a time (None: not read yet)
 _launch = threading.Lock()  # held by the thread in a parallel kernel, where `exclusive`
-_set_env = {}  # the variables nbnet put in os.environ and their values, until Numba's threads started
+_set_env = {}  # the variables nbnet put in os.environ and their values, while Numba's threads start
 _in_effect = None  # OMP_WAIT_POLICY and GOMP_SPINCOUNT as Numba's threads started with them (None: not yet)
-_env_lock = threading.Lock()  # two Python threads' first kernels: one takes the snapshot, then restores
+_env_lock = threading.RLock()  # held while Numba's threads start with nbnet's values (and _threads_started in that)
+_no_spin = False  # fix() came before Numba's threads started: a fixed count sleeps at once
 _clock = time.monotonic
 
 
@@ -95,18 +98,17 @@ SPIN = "10000"
 
 
 def _set_wait_policy():
-    """Set OMP_WAIT_POLICY (and GOMP_SPINCOUNT when adapting) unless the user set either; returns
-    whether the spin count is nbnet's. NBNET_WAIT_SET records what nbnet set, so that a child
-    process (which inherits the environment) tells nbnet's values from its user's."""
+    """Set OMP_WAIT_POLICY (and GOMP_SPINCOUNT when adapting) unless the user set either.
+    NBNET_WAIT_SET records what nbnet set, so that a child process that inherited them (one
+    started while they were set) tells nbnet's values from its user's."""
     current = f"{os.environ.get('OMP_WAIT_POLICY', '')},{os.environ.get('GOMP_SPINCOUNT', '')}"
     if current != "," and current != os.environ.get("NBNET_WAIT_SET"):
-        return False  # the user's
+        return  # the user's
     try:
-        spin = "" if env_fixed() else SPIN
+        spin = "" if _no_spin or env_fixed() else SPIN
     except ValueError:  # reported when the count is first needed (or by the CLI at start)
         spin = ""
     _wait("passive", spin)
-    return bool(spin)
 
 
 def _wait(policy, spin):
@@ -121,30 +123,53 @@ def _wait(policy, spin):
                      if name in os.environ})
 
 
-def _threads_started():
+def _threads_started(started=True):
     """Numba's threads run (libgomp read the variables when it loaded, LLVM's and Intel's OpenMP
     when Numba set their thread count): note what they started with, and take nbnet's values out
-    of os.environ, leaving any the user set since."""
+    of os.environ, leaving any the user set since. (started=False: they failed to start.)"""
     global _in_effect
     with _env_lock:
         if _in_effect is not None:
             return
-        _in_effect = {name: os.environ.get(name, "") for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        if started:
+            _in_effect = {name: os.environ.get(name, "") for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         for name, value in _set_env.items():
             if os.environ.get(name) == value:
                 del os.environ[name]
         _set_env.clear()
 
 
+def _start_numba_threads():
+    """Numba's numba.np.ufunc.parallel._launch_threads, which Numba calls wherever its threads may
+    start (its thread count asked or set, a parallel function compiled, loaded from its cache or
+    run), whoever asks first: nbnet's values are in os.environ only while it starts them, so that
+    no process started before then (a subprocess right after import nbnet) or after inherits them."""
+    if _in_effect is not None:
+        return _numba_launch()
+    with _env_lock:
+        if _in_effect is not None:
+            return _numba_launch()
+        _set_wait_policy()
+        try:
+            return _numba_launch()
+        finally:
+            _threads_started(getattr(_numba_parallel, "_is_initialized", True))
+
+
 def waiting():
     """{"OMP_WAIT_POLICY": ..., "GOMP_SPINCOUNT": ...} ("" where unset) as Numba's threads started
-    with them, or as they are in os.environ while the threads have not started."""
+    with them, or as they are in os.environ while the threads have not started (nbnet's values
+    go there only as they start)."""
     if _in_effect is not None:
         return dict(_in_effect)
     return {name: os.environ.get(name, "") for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 
-_SPIN_IS_OURS = _set_wait_policy()
+_numba_launch = getattr(_numba_parallel, "_launch_threads", None)
+if _numba_launch is None:  # a Numba without it: nbnet's values from import on, until its first look (_poll)
+    _set_wait_policy()
+else:
+    _numba_parallel._launch_threads = _start_numba_threads
 _CORES = _cores()
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -244,7 +269,7 @@ def _after_fork_in_child():
     if _gnu_openmp_started():
         _forked, _n = True, 1
     _launch = threading.Lock()  # another thread may have held it at the fork, and is not here
-    _env_lock = threading.Lock()
+    _env_lock = threading.RLock()
 
 
 def alone(run_parallel, run_serial):
@@ -285,10 +310,12 @@ def _enter():
 
 def fix(n=None):
     """Use n threads (default: the current limit) whatever the load, until auto()."""
-    global _fixed, _next, _limit
-    with _env_lock:  # not while another thread's first kernel takes nbnet's values out
-        if _SPIN_IS_OURS and _in_effect is None:  # once Numba's threads started, it would have no effect
-            _wait("passive", "")  # a fixed count sleeps at once
+    global _fixed, _next, _limit, _no_spin
+    with _env_lock:  # once Numba's threads started, it would have no effect
+        if _in_effect is None:
+            _no_spin = True  # a fixed count sleeps at once: read as they start (below, or later)
+            if _set_env:  # set from import on (a Numba without _launch_threads)
+                _wait("passive", "")
     if n is not None:
         numba.set_num_threads(n)  # raises ValueError outside 1..NUMBA_NUM_THREADS
     # The number now set is the user's even when it equals what this module last set (after a

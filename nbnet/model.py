@@ -313,6 +313,14 @@ class Sequential:
         """Write the model to `path` (.npz, atomically); a model holding NaN or Inf is an error."""
         if not any(isinstance(layer, Linear) for layer in self.layers):  # nb.load refuses such a file
             raise ValueError(f"cannot save {os.fspath(path)}: the model has no Linear layer")
+        # nb.load rebuilds each layer from its type's name: a layer of the user's own was written and
+        # then refused there ("unknown layer type"), and a subclass named as a built-in one loaded as
+        # the built-in, silently.
+        for i, layer in enumerate(self.layers):
+            if LAYERS.get(type(layer).__name__) is not type(layer):
+                raise ValueError(f"cannot save {os.fspath(path)}: layer {i} is a {type(layer).__name__}, not one of "
+                                 f"nbnet's layers ({', '.join(LAYERS)}), and nb.load could not rebuild it: save "
+                                 "the parameters with np.savez(path, **model.state_dict()) instead")
         arrays = self.state_arrays()
         check_finite(arrays, f"cannot save {os.fspath(path)}")
         write_npz_atomic(path, arrays)

@@ -245,6 +245,54 @@ def test_a_model_without_linear_layers_is_not_saved_where_load_would_refuse_it(t
         nb.evaluate(nb.Sequential(nb.ReLU()), np.zeros((2, 3), np.float32), np.zeros(2, np.int64))
 
 
+class _Double(nb.layers.Layer):
+    """A user's own layer, as Sequential takes them: forward and backward."""
+
+    def forward(self, x):
+        return x * 2
+
+    def backward(self, grad, **kwargs):
+        return grad * 2
+
+
+class _NoConfig:
+    """Not a nbnet.layers.Layer: no config()."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad, **kwargs):
+        return grad
+
+    def parameters(self):
+        return []
+
+    def zero_grad(self):
+        pass
+
+
+class _Scaled(nb.Linear):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+_Scaled.__name__ = "Linear"  # a user's subclass under a built-in layer's name
+
+
+@pytest.mark.parametrize("own", [_Double, _NoConfig, type("ReLU2", (nb.ReLU,), {}), _Scaled])
+def test_a_model_with_a_layer_of_the_users_own_is_not_saved_where_load_would_refuse_it(tmp_path, own):
+    """Sequential takes any object with forward and backward, but save wrote its type's name and
+    nb.load refused the file ("unknown layer type 'ReLU2'"), or, for a subclass named as a built-in
+    layer, loaded the built-in without a word; a layer with no config() was an AttributeError."""
+    path = tmp_path / "m.npz"
+    layer = own(3, 3, seed=0) if own is _Scaled else own()
+    model = nb.Sequential(nb.Linear(4, 3, seed=0), layer, nb.Linear(3, 2, seed=1))
+    with pytest.raises(ValueError, match=f"layer 1 is a {own.__name__}, not one of nbnet's layers") as err:
+        model.save(path)
+    assert "\n" not in str(err.value)
+    assert not path.exists()
+
+
 @pytest.mark.parametrize(
     "content, match",
     [(b"", "corrupt|not a readable"), (b"PK\x03\x04garbage", "corrupt|not a readable"), (None, "no such file")],

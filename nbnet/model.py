@@ -531,6 +531,12 @@ def _checked_layers(layers):
             raise ValueError(f"Sequential: {layer.__name__} is a class, not a layer: write {layer.__name__}()")
         if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
             raise ValueError(f"Sequential: {layer!r} is not a layer")
+        # What a Sequential calls on every layer besides (packing and optimizers list the
+        # parameters, model.zero_grad clears them): without them an AttributeError from inside.
+        missing = next((name for name in ("parameters", "zero_grad") if not hasattr(layer, name)), None)
+        if missing:
+            raise ValueError(f"Sequential: a {type(layer).__name__} object is not a layer: it has no {missing}() "
+                             "(nbnet.layers.Layer has both: parameters() [] and zero_grad() for none)")
     # A layer keeps its forward's input and output for its backward: in two places, the second
     # forward overwrote what the first place's backward reads (wrong gradients, silently), and a
     # Linear's parameters were listed, packed and stepped twice.

@@ -2,6 +2,7 @@
 Linear(bias=False), clip_grad_norm_, astype, one dtype per model, forgiving targets."""
 
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -44,6 +45,24 @@ def test_a_layer_class_instead_of_a_layer_is_named():
     missing `self` in Layer.parameters."""
     with pytest.raises(ValueError, match=r"ReLU is a class, not a layer: write ReLU\(\)"):
         nb.Sequential(nb.Linear(2, 3), nb.ReLU, nb.Linear(3, 2))
+
+
+def test_a_layer_of_the_users_own_without_parameters_or_zero_grad_is_named():
+    """Sequential checked for forward and backward, then called parameters() (an AttributeError
+    from its own __init__) and, at model.zero_grad(), zero_grad()."""
+
+    class Double:
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, grad, **kwargs):
+            return grad * 2
+
+    for missing in ("parameters", "zero_grad"):
+        layer = Double()
+        setattr(layer, "zero_grad" if missing == "parameters" else "parameters", list)
+        with pytest.raises(ValueError, match=re.escape(f"a Double object is not a layer: it has no {missing}()")):
+            nb.Sequential(nb.Linear(2, 3), layer, nb.Linear(3, 2))
 
 
 def test_one_layer_object_in_two_places_is_refused():

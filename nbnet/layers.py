@@ -73,6 +73,17 @@ class Parameter:
     def grad(self):
         return getattr(self.layer, "grad_" + self.name)
 
+    # PyTorch's hand-written step `p.data -= lr * p.grad` (and `p.grad /= n`) works in place, then
+    # Python assigns the result back: without setters that raised AttributeError after the first
+    # parameter's update. An assignment is the layer's, as `layer.weight = w` (checked at its next call).
+    @data.setter
+    def data(self, value):
+        setattr(self.layer, self.name, value)
+
+    @grad.setter
+    def grad(self, value):
+        setattr(self.layer, "grad_" + self.name, value)
+
     @property
     def shape(self):
         return self.data.shape

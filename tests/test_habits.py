@@ -129,6 +129,39 @@ def test_len_indexing_slicing_iteration():
         model[3:]
 
 
+def test_a_hand_written_step_on_parameter_handles_updates_every_parameter():
+    """PyTorch's hand-written step, `p.data -= lr * p.grad`, and gradient accumulation's
+    `p.grad /= n`: Python writes the result back with `p.data = ...`, and the handles had no setter,
+    so the first parameter was updated in place and then an AttributeError ended the loop."""
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    y = np.arange(8) % 3
+
+    def model_with_gradients():
+        model = nb.Sequential(nb.Linear(4, 5, seed=0), nb.ReLU(), nb.Linear(5, 3, seed=1))
+        loss_fn = nb.SoftmaxCrossEntropy()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        return model
+
+    model, reference = model_with_gradients(), model_with_gradients()
+    for p in model.parameters():
+        p.grad /= 2
+        p.data -= 0.1 * p.grad
+    opt = nb.SGD(reference.parameters(), lr=0.05)
+    opt.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-6)
+        assert p.data is p.layer.weight or p.data is p.layer.bias  # still the layer's own array
+    # an assignment is the layer's (`layer.weight = w`), checked at its next call
+    p, zeros = model.parameters()[0], np.zeros((5, 4), np.float32)
+    p.data = zeros
+    assert model[0].weight is zeros
+    np.testing.assert_array_equal(model(x), np.tile(model[2].bias, (8, 1)))  # ReLU(0) W2ᵀ + b2
+    p.data = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="weight must be a C-contiguous float32 \\(5, 4\\)"):
+        model(x)
+
+
 def test_state_dict_round_trip_and_errors():
     model, other = mlp(), nb.Sequential(nb.Linear(4, 8, seed=5), nb.ReLU(), nb.Linear(8, 3, seed=6))
     sd = model.state_dict()

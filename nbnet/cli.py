@@ -493,6 +493,9 @@ def train_cmd(ctx, **opts):
         model, state = resume.model, resume.state
     else:
         outputs = int(max(data[1].max(), data[3].max())) + 1 if cfg["loss"] == "cross-entropy" else data[1].shape[1]
+        if outputs < 2 and cfg["loss"] == "cross-entropy":  # said of the data here, not of the model it built
+            raise CliError(f"--dataset {cfg['dataset']}: every label is 0, one class: cross-entropy needs at least 2 "
+                           "(a yes/no target takes --loss bce, values --loss mse)")
         check_memory([data[0].shape[1], *cfg["hidden"], outputs], dtype, min(cfg["batch_size"], len(data[0])),
                      cfg["optimizer"])
         model = build_model(data[0].shape[1], cfg["hidden"], outputs, cfg["activation"], dtype, cfg["seed"])

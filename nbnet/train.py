@@ -385,7 +385,8 @@ def check_finite_parameters(model, message):
 def check_head(model, loss):
     """A model whose last layer is the squashing its loss applies itself (a Softmax before
     cross-entropy, a Sigmoid before bce, which take logits) is a ValueError: it trained on
-    probabilities read as logits and predict squashed twice, silently (Keras warns of the same)."""
+    probabilities read as logits and predict squashed twice, silently (Keras warns of the same).
+    So is a model of one output under cross-entropy (one class)."""
     last = model.layers[-1] if len(model.layers) else None
     for name, layer in (("cross-entropy", Softmax), ("bce", Sigmoid)):
         if loss == name and isinstance(last, layer):
@@ -394,6 +395,13 @@ def check_head(model, loss):
                 f"the model ends in a {layer.__name__} layer, but loss {name!r} takes logits and applies "
                 f"the {squash} itself: use the model without it, model[:-1] (predict(..., proba=True) gives the probabilities)"
             )
+    # A softmax over one logit is 1 whatever the logit: such a model predicted class 0 for every
+    # row (a bce or mse model given to predict, whose default loss this is) and trained on labels
+    # that are all 0 at loss 0 and accuracy 100%, silently.
+    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
+    if loss == "cross-entropy" and linears and linears[-1].out_features == 1:
+        raise ValueError("the model has 1 output, but cross-entropy needs one per class, at least 2: a model "
+                         "of one yes/no output takes loss bce, one of values loss mse")
 
 
 def check_data(model, data, loss="cross-entropy", parts=("train", "test", "validation")):

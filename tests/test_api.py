@@ -474,6 +474,25 @@ def test_a_squashing_last_layer_before_a_loss_on_logits_is_refused(loss, head, y
     nb.train(hidden, nb.SGD(hidden.parameters(), lr=0.1), (x, y), epochs=1, loss=loss)
 
 
+def test_a_model_of_one_output_is_refused_by_cross_entropy():
+    """A softmax over one logit is 1 whatever it is: nb.predict (whose default loss is
+    cross-entropy) gave class 0 for every row of a bce or mse model loaded with nb.load, and
+    nb.train on labels that are all 0 reported accuracy 100% and loss 0, with no word said."""
+    x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
+    model = nb.Sequential(nb.Linear(2, 4, seed=0), nb.Tanh(), nb.Linear(4, 1, seed=1))
+    before = params(model)
+    for call in (lambda: nb.predict(model, x),
+                 lambda: nb.evaluate(model, x, [0, 0, 0, 0]),
+                 lambda: nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, [0, 0, 0, 0]), epochs=1)):
+        with pytest.raises(ValueError, match="1 output, but cross-entropy needs one per class"):
+            call()
+    for a, b in zip(before, params(model)):
+        np.testing.assert_array_equal(a, b)
+    assert set(nb.predict(model, x, loss="bce").ravel()) <= {0, 1}
+    nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, [0.0, 1.0, 1.0, 0.0]), epochs=1, loss="bce")
+    nb.predict(model, x, loss="mse")
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
 def test_a_run_resumed_after_an_epochs_last_step_reports_that_epochs_rate(schedule):
     # Resumed with every step of its epoch done, the loop steps no more in it, and the epoch's "lr"

@@ -92,6 +92,25 @@ def test_binary_bce_with_n_targets(tmp_path):
     assert same.output.split() == lines
 
 
+def test_a_model_of_one_output_is_no_cross_entropy_classifier(tmp_path):
+    """predict of a model.save file (which stores no loss, so cross-entropy) of a one-output bce
+    model printed 0 for every row, and train on labels that are all 0 reported 100% accuracy."""
+    import nbnet as nb
+
+    x, _ = multilabel_file(tmp_path / "b.npz", labels=1)
+    assert nbnet("train", "--dataset", tmp_path / "b.npz", "--loss", "bce", *FAST, "--epochs", "1",
+                 "--save", tmp_path / "m.npz").exit_code == 0
+    nb.load(tmp_path / "m.npz").save(tmp_path / "plain.npz")
+    np.savez(tmp_path / "in.npz", x=x[:10])
+    assert_error(nbnet("predict", "--checkpoint", tmp_path / "plain.npz", tmp_path / "in.npz"),
+                 "1 output, but cross-entropy needs one per class", "bce")
+    assert_error(nbnet("evaluate", "--checkpoint", tmp_path / "plain.npz", "--dataset", tmp_path / "b.npz"),
+                 "1 output, but cross-entropy")
+    assert nbnet("predict", "--checkpoint", tmp_path / "plain.npz", "--loss", "bce", tmp_path / "in.npz").exit_code == 0
+    np.savez(tmp_path / "one.npz", x=x, y=np.zeros(len(x), np.int64))
+    assert_error(nbnet("train", "--dataset", tmp_path / "one.npz", "--epochs", "1"), "every label is 0, one class")
+
+
 def test_resume_keeps_the_loss_bitwise(tmp_path):
     regression_file(tmp_path / "r.npz")
     common = ["--dataset", tmp_path / "r.npz", "--loss", "mse", *FAST]

@@ -1023,25 +1023,27 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
         for text in _prediction_text(pred, loss_name):
             click.echo(text, nl=False)
     elif output.endswith(".csv"):
-        write_atomic(output, lambda f: f.writelines(text.encode() for text in _prediction_text(pred, loss_name)))
+        write_atomic(output, lambda f: f.writelines(t.encode() for t in _prediction_text(pred, loss_name, csv=True)))
     elif output.endswith(".npy"):
         write_atomic(output, lambda f: np.save(f, arrays["pred"]))
     else:
         write_npz_atomic(output, arrays)
 
 
-def _prediction_text(pred, loss_name, rows=1 << 14):
+def _prediction_text(pred, loss_name, rows=1 << 14, csv=False):
     """predict's text, a line per row, a block of `rows` rows at a time: a Python string per row for
     all of them took some 60 bytes a row, 7 times a 2-feature float32 input. Values with the digits
     that give back the model's number: 9 for float32, 17 for float64 (at 9, a float64 model's
-    predictions came out rounded to about float32's precision)."""
+    predictions came out rounded to about float32's precision). csv: a multi-label row's set in
+    double quotes, one field (a CSV reader split "{0,3}" into "{0" and "3}")."""
     digits = 17 if pred.dtype == np.float64 else 9
     for start in range(0, len(pred), rows):
         block = pred[start:start + rows]
         if loss_name == "mse":
             lines = [",".join(f"{v:.{digits}g}" for v in row) for row in block.tolist()]
         elif loss_name == "bce" and block.shape[1] > 1:
-            lines = ["{" + ",".join(str(j) for j in np.flatnonzero(row)) + "}" for row in block]
+            quote = '"' if csv else ""
+            lines = [quote + "{" + ",".join(str(j) for j in np.flatnonzero(row)) + "}" + quote for row in block]
         else:  # classes, or one binary output's 0/1
             lines = [str(v) for v in block.reshape(len(block)).tolist()]
         yield "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """`nbnet train --loss mse | bce`: regression and binary / multi-label from the command line, and
 evaluate / predict on such checkpoints."""
 
+import csv
 import json
 
 import numpy as np
@@ -75,6 +76,10 @@ def test_multi_label_bce(tmp_path):
     with np.load(tmp_path / "p.npz") as f:
         assert f["pred"].shape == (20, 3) and set(np.unique(f["pred"])) <= {0, 1}
         np.testing.assert_array_equal(f["pred"], (f["probs"] >= 0.5).astype(np.int64))
+    # A .csv holds each row's set as one field: unquoted, "{0,2}" read as the two fields "{0" and "2}"
+    nbnet("predict", "--checkpoint", tmp_path / "m.npz", tmp_path / "in.npz", "-o", tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert list(csv.reader(f)) == [[line] for line in lines]
 
 
 def test_binary_bce_with_n_targets(tmp_path):

@@ -467,7 +467,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         resumed from an interrupted one's state restores them too).
     lr: the base rate of the schedule (default: the optimizer's rate on entry). The schedule sets
         opt.lr before each step (history's "lr" is the epoch's last); when train returns or raises,
-        opt.lr is the base rate again.
+        opt.lr is the base rate again. A rate set on opt.lr meanwhile (in a callback) is a ValueError.
     on_step(state, batch, n_batches, running_loss) after each step; on_best(state, metrics) after
     an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
     should_stop() is asked before each step, outside the model's lock: True raises
@@ -532,6 +532,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                          "make it with this model's model.parameters()")
     metric = METRIC[loss]
     base_lr = opt.lr if lr is None else lr
+    scheduled = None  # the rate this call last gave opt.lr: one that differs at the next step was set by a callback
     # The optimizers check their rate when made, but lr= and a rate set on opt.lr since reach the
     # schedule only here: a negative one trained uphill silently, NaN made every weight NaN.
     _check_nonneg("nb.train", **{"lr" if lr is not None else "opt.lr": base_lr})
@@ -602,7 +603,13 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
                 if b < skip:
                     continue
-                opt.lr = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
+                if scheduled is not None and opt.lr != scheduled:  # a Keras habit: decay in a callback
+                    raise ValueError(
+                        f"nb.train: opt.lr was set to {opt.lr!r} during training (by a callback?), but nb.train "
+                        f"sets it before each step from lr_schedule ({', '.join(SCHEDULES)}) and would undo "
+                        "that: choose a schedule, or write the training loop yourself"
+                    )
+                opt.lr = scheduled = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
                 # Asked outside the lock: a should_stop that waits for another thread's use of the
                 # model (a GUI's predict) would otherwise wait for ever. Still after on_step(b - 1).
                 stop = should_stop is not None and bool(should_stop())

@@ -264,6 +264,27 @@ def test_schedule_base_rate_survives_a_second_call_and_a_resume_from_state(sched
     assert first + rest == whole
 
 
+@pytest.mark.parametrize("callback", ["on_step", "on_epoch"])
+def test_a_rate_set_in_a_callback_is_refused_not_undone(callback):
+    """A Keras habit, decaying the rate in a callback: nb.train set opt.lr from its schedule before
+    the next step, so the decay did nothing, without a word. A rate changed meanwhile is refused
+    at the next step, before it runs; the optimizer gets its base rate back, as on any exit."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    for optimizer in (nb.SGD(model.parameters(), lr=0.1, momentum=0.9), nb.Adam(model.parameters(), lr=0.01)):
+        base, steps = optimizer.lr, []
+
+        def decay(state, *_):
+            steps.append(state.step)
+            optimizer.lr = optimizer.lr / 2
+
+        kwargs = {callback: decay}
+        with pytest.raises(ValueError, match=r"opt.lr was set to .* during training \(by a callback"):
+            nb.train(model, optimizer, (xtr, ytr), epochs=3, batch_size=64, lr_schedule="cosine", **kwargs)
+        assert optimizer.lr == base and len(steps) == 1  # refused at the next step
+        nb.train(model, optimizer, (xtr, ytr), epochs=2, batch_size=64, lr_schedule="cosine")  # a schedule's own rates
+
+
 @pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf"), "0.1", None])
 def test_a_bad_learning_rate_is_refused_before_any_step(lr):
     """The optimizers refuse a negative or non-finite rate, but nb.train's lr= (and opt.lr set by

@@ -143,6 +143,16 @@ class Sequential:
                     f"{sum(to_host(p.data).nbytes for p in self.parameters()):,} bytes)")
         return Summary("\n".join(body))
 
+    def _check_rebuildable(self, what, how):
+        """ValueError unless every layer is one of nbnet's own, which nb.load and astype rebuild from
+        its type's name: a layer of the user's own was saved and then refused by nb.load ("unknown
+        layer type"), and a subclass named as a built-in one (Linear) came back as the built-in,
+        silently, with its own forward gone."""
+        for i, layer in enumerate(self.layers):
+            if LAYERS.get(type(layer).__name__) is not type(layer):
+                raise ValueError(f"{what}: layer {i} is a {type(layer).__name__}, not one of nbnet's layers "
+                                 f"({', '.join(LAYERS)}), and {how}")
+
     def astype(self, dtype):
         """A copy of this model (on the host) with every layer in `dtype` (np.float32 or
         np.float64), parameters converted; like NumPy's astype, the model itself is unchanged."""
@@ -153,6 +163,7 @@ class Sequential:
             name = None
         if name not in ("float32", "float64"):
             raise ValueError(f"astype: dtype must be float32 or float64, got {dtype if name is None else name}")
+        self._check_rebuildable("astype", "astype rebuilds each layer from its type's name: convert that one yourself")
         arrays = self.state_arrays()
         arch = json.loads(str(arrays[ARCH_KEY]))
         for spec in arch["layers"]:
@@ -313,14 +324,8 @@ class Sequential:
         """Write the model to `path` (.npz, atomically); a model holding NaN or Inf is an error."""
         if not any(isinstance(layer, Linear) for layer in self.layers):  # nb.load refuses such a file
             raise ValueError(f"cannot save {os.fspath(path)}: the model has no Linear layer")
-        # nb.load rebuilds each layer from its type's name: a layer of the user's own was written and
-        # then refused there ("unknown layer type"), and a subclass named as a built-in one loaded as
-        # the built-in, silently.
-        for i, layer in enumerate(self.layers):
-            if LAYERS.get(type(layer).__name__) is not type(layer):
-                raise ValueError(f"cannot save {os.fspath(path)}: layer {i} is a {type(layer).__name__}, not one of "
-                                 f"nbnet's layers ({', '.join(LAYERS)}), and nb.load could not rebuild it: save "
-                                 "the parameters with np.savez(path, **model.state_dict()) instead")
+        self._check_rebuildable(f"cannot save {os.fspath(path)}", "nb.load could not rebuild it: save the "
+                                "parameters with np.savez(path, **model.state_dict()) instead")
         arrays = self.state_arrays()
         check_finite(arrays, f"cannot save {os.fspath(path)}")
         write_npz_atomic(path, arrays)

@@ -291,6 +291,9 @@ def test_a_model_with_a_layer_of_the_users_own_is_not_saved_where_load_would_ref
         model.save(path)
     assert "\n" not in str(err.value)
     assert not path.exists()
+    # astype rebuilds the layers the same way: the subclass came back a plain Linear, silently
+    with pytest.raises(ValueError, match=f"astype: layer 1 is a {own.__name__}, not one of nbnet's layers"):
+        model.astype(np.float64)
 
 
 @pytest.mark.parametrize(

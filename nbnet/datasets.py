@@ -206,7 +206,7 @@ def load_idx_dataset(name, data_dir, download=False, dtype=np.float32):
             missing = [base for role, base in IDX_FILES if role not in found]
             raise ValueError(
                 f"{name}: {missing[0]}[.gz] not found in {data_dir} "
-                f"(point --data-dir at the folder with the four IDX files, or pass --download)"
+                f"(point --data-dir, data_dir= in Python, at the folder with the four IDX files, or pass --download, download=True)"
             )
         fetch(name, data_dir)
         found = find_idx(name, data_dir)
@@ -284,7 +284,7 @@ def _check_writable_folder(name, data_dir):
         in_the_way = file_in_the_way(os.path.join(os.path.abspath(data_dir), IDX_FILES[0][1]))
         why = f"{in_the_way} is a file" if in_the_way is not None else e.strerror or str(e)
         raise OSError(f"{name}: cannot download into the data folder {data_dir}: {why} "
-                      "(choose a folder you can write with --data-dir or NBNET_DATA_DIR)") from None
+                      "(choose a folder you can write with --data-dir, data_dir= in Python, or NBNET_DATA_DIR)") from None
 
 
 DEFAULT_MAX_DOWNLOAD = 64 << 20  # a file of unknown size (not in SIZES)

@@ -99,7 +99,7 @@ def test_bad_idx_files_are_named_errors(tmp_path, fname, make, match):
 def test_missing_idx_file_suggests_download(tmp_path):
     make_mnist(tmp_path)
     (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\[.gz\] not found .*--download"):
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\[.gz\] not found .*data_dir= in Python.*--download, download=True"):
         datasets.load("fashion-mnist", data_dir=tmp_path)
 
 
@@ -191,7 +191,7 @@ def test_a_data_folder_that_cannot_be_written_is_named_before_anything_downloads
     with pytest.raises(OSError) as e:
         datasets.load("mnist", data_dir=dest, download=True)
     assert str(e.value) == (f"mnist: cannot download into the data folder {dest}: {why} "
-                            "(choose a folder you can write with --data-dir or NBNET_DATA_DIR)")
+                            "(choose a folder you can write with --data-dir, data_dir= in Python, or NBNET_DATA_DIR)")
 
 
 def test_shipped_checksums_match_the_shared_data():

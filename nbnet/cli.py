@@ -864,7 +864,8 @@ class Output:
         what = "resuming" if resume else "training"
         done = f" from epoch {resume.state.epoch}, step {resume.state.step}" if resume else ""
         self.info(
-            f"{what} {'-'.join(map(str, sizes))} {cfg['activation']} on {os.path.basename(cfg['dataset'])} "
+            f"{what} {'-'.join(map(str, sizes))} {cfg['activation'] if len(sizes) > 2 else 'linear'} on "
+            f"{os.path.basename(cfg['dataset'])} "
             f"({len(data[0])} train, {'' if val_data is None else f'{len(val_data[0])} validation, '}"
             f"{len(data[2])} test){done}: {cfg['optimizer']} lr {cfg['lr']:g} "
             f"{cfg['lr_schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, {cfg['device']}"

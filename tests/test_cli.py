@@ -67,6 +67,14 @@ def test_train_with_no_options_learns_spiral(tmp_path, monkeypatch):
     assert acc >= 95.0, last
 
 
+@pytest.mark.parametrize("hidden, says", [("", "training 2-3 linear on spiral"), ("8", "training 2-8-3 relu on spiral")])
+def test_the_first_line_names_the_model(hidden, says):
+    """--hidden "" trains a linear model, which the first line called "2-3 relu"."""
+    r = nbnet("train", "--hidden", hidden, "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(says), r.output
+
+
 def test_metrics_out_is_jsonl_with_the_interface_keys(tmp_path):
     m = tmp_path / "m.jsonl"
     r = nbnet("train", *FAST, "--metrics-out", m, "--quiet")

@@ -78,6 +78,13 @@ def torch_step(x, y):
     return step
 
 
+def chunks(steps, parts=10):
+    """`steps` split into at most `parts` interleaved chunks, as even as they go: every step asked
+    for is timed (steps // 10 per chunk timed none below 10 steps, and no median came out)."""
+    parts = min(parts, steps)
+    return [steps // parts + (i < steps % parts) for i in range(parts)]
+
+
 def worker(threads, batches, steps):
     import numpy as np  # noqa: PLC0415
 
@@ -99,9 +106,9 @@ def worker(threads, batches, steps):
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 0.5:
                 fn()
-        for _ in range(10):  # interleaved chunks
+        for chunk in chunks(steps):  # interleaved
             for name, fn in fns.items():
-                for _ in range(steps // 10):
+                for _ in range(chunk):
                     t = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t)

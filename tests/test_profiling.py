@@ -118,3 +118,14 @@ def test_bad_arguments_are_usage_errors_before_any_work(script, args):
                           cwd=PROFILING, timeout=120, env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
     assert done.returncode == 2 and f"error: argument {args[0]}" in done.stderr, (script, done.stderr)
     assert "Traceback" not in done.stderr and done.stdout == "", (script, done.stdout, done.stderr)
+
+
+def test_bench_step_times_every_step_asked_for():
+    """--steps below 10 timed no step (steps // 10 per chunk): the worker's median of nothing was a
+    StatisticsError traceback; --steps 15 timed 10."""
+    import bench_step  # noqa: PLC0415
+
+    for steps in (1, 5, 10, 15, 1000, 1009):
+        parts = bench_step.chunks(steps)
+        assert sum(parts) == steps and min(parts) >= 1 and len(parts) <= 10
+        assert max(parts) - min(parts) <= 1

@@ -105,6 +105,7 @@ def main():
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
+    from common import child_env  # noqa: PLC0415
     from nbnet import simd  # noqa: PLC0415
 
     print(simd.describe())
@@ -114,8 +115,7 @@ def main():
     print(f"\n{'threads':>7} {'batch':>5} " + " ".join(f"{n:>9}" for n in ("nbnet", "torch", "numpy", "sklearn"))
           + f" {'nbnet / best':>13}   (seconds per epoch)")
     for t in args.threads.split(","):
-        env = dict(os.environ, NUMBA_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t,
-                   PYTHONPATH=os.path.dirname(HERE))
+        env = child_env(NUMBA_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t)
         cmd = [sys.executable, __file__, "--worker", "--threads", t, "--samples", str(args.samples),
                "--batch-sizes", args.batch_sizes, "--repeats", str(args.repeats)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)

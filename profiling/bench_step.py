@@ -24,6 +24,7 @@ sys.path.insert(0, HERE)
 
 from argtypes import positive_int, positive_ints  # noqa: E402
 from bench_vs_torch import torch_mlp  # noqa: E402
+from common import child_env  # noqa: E402
 
 
 def nbnet_step(x, y, planned=True):
@@ -146,8 +147,7 @@ def main():
     print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'torch µs':>9} {'nbnet/torch':>12}")
     phases = []
     for t in args.threads.split(","):
-        env = dict(os.environ, NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
-                   PYTHONPATH=os.path.dirname(HERE))
+        env = child_env(NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
         done = subprocess.run([sys.executable, __file__, "--worker", "--threads", t, "--batch-sizes", args.batch_sizes,
                                "--steps", str(args.steps)], env=env, capture_output=True, text=True)
         if done.returncode != 0:

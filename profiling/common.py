@@ -241,6 +241,21 @@ def training_step(batch=128, dtype=np.float32):
     return step
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(base=None, **variables):
+    """The environment for a script's child process: `base` (default os.environ) with `variables`,
+    and this checkout first on PYTHONPATH, ahead of the user's entries, which stay: a child given
+    PYTHONPATH=<checkout> alone lost them, and with them a PyTorch or scikit-learn installed there,
+    whose column then went missing from the table though the script's own process had found it.
+    Empty entries are dropped (Python reads one as the working directory)."""
+    env = dict(os.environ if base is None else base, **variables)
+    paths = [CHECKOUT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 def load_warning():
     """A line to print when other processes compete for the cores (timings are then unreliable)."""
     load, cores = os.getloadavg()[0], os.cpu_count()

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from argtypes import positive_int
-from common import load_warning, table
+from common import child_env, load_warning, table
 
 from nbnet import simd
 
@@ -51,9 +51,7 @@ print(json.dumps({{"import numba": t1 - t0, "import nbnet": t2 - t1,
 
 
 def run_child(code, cache_dir):
-    repo = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir,
-               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    env = child_env(NUMBA_CACHE_DIR=cache_dir)
     # cwd outside any checkout: `python -c` puts the working directory ahead of PYTHONPATH, and
     # started from a checkout the child would load that checkout's nbnet, not this script's.
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=cache_dir)

@@ -56,7 +56,9 @@ def worker(batch, steps):
 
 def measure(setting, policy, batch, steps):
     threads, mode = setting
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=os.path.dirname(HERE), NBNET_THREADS=mode)
+    from common import child_env  # noqa: PLC0415
+
+    env = child_env(NUMBA_NUM_THREADS=str(threads), NBNET_THREADS=mode)
     if policy:  # the user's policy alone (not the spin count this process's nbnet import set)
         env["OMP_WAIT_POLICY"] = policy
         env.pop("GOMP_SPINCOUNT", None)

@@ -88,9 +88,9 @@ def run_worker(procs, args, mpiexec):
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--rows", str(args.rows), "--batch", str(args.batch),
           "--allreduce-reps", str(args.allreduce_reps)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     cmd = [mpiexec, "-n", str(procs), *me] if procs > 1 else me
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dist.launch_env()  # not this process's own job, if it has one
-    env.update(NUMBA_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([root, env.get("PYTHONPATH", "")]))
+    from common import child_env  # noqa: PLC0415
+
+    env = child_env(dist.launch_env(), NUMBA_NUM_THREADS="1")  # not this process's own job, if it has one
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")

@@ -129,3 +129,18 @@ def test_bench_step_times_every_step_asked_for():
         parts = bench_step.chunks(steps)
         assert sum(parts) == steps and min(parts) >= 1 and len(parts) <= 10
         assert max(parts) - min(parts) <= 1
+
+
+def test_child_processes_keep_the_users_pythonpath(monkeypatch):
+    """bench_epoch, bench_step and load.py gave their workers PYTHONPATH=<checkout> alone: a PyTorch
+    or scikit-learn on the user's PYTHONPATH vanished there, and its column with it. The checkout
+    comes first; an empty entry (the working directory, to Python) is not added."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/opt/torch-here", "", "/opt/more"]))
+    env = common.child_env(NUMBA_NUM_THREADS="2")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(PROFILING.parent), "/opt/torch-here", "/opt/more"]
+    assert env["NUMBA_NUM_THREADS"] == "2" and "PYTHONPATH" in os.environ
+    monkeypatch.delenv("PYTHONPATH")
+    assert common.child_env({"A": "1"})["PYTHONPATH"] == str(PROFILING.parent)
+    for script in SCRIPTS:  # every script that starts a Python child builds its environment there
+        source = (PROFILING / script).read_text(encoding="utf-8")
+        assert "PYTHONPATH=" not in source and '"PYTHONPATH"' not in source, script

@@ -15,6 +15,19 @@ def positive_int(text):
     return value
 
 
+def at_least(least):
+    """An integer of at least `least`."""
+    def count(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer of at least {least}, got {text!r}")
+        return value
+    return count
+
+
 def positive_ints(text):
     """A comma list of positive integers, returned as the text given: the scripts pass it on to
     their worker processes as it is."""

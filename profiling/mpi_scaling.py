@@ -22,7 +22,7 @@ import sys
 import time
 
 import numpy as np
-from argtypes import positive_int
+from argtypes import at_least, positive_int
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 SIZES = (784, 256, 128, 10)
@@ -105,7 +105,8 @@ def ring_allreduce_s(n, nbytes, gbit, latency=LATENCY_S):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=positive_int, default=2)
+    # 1 process is the reference each run is compared with, and has no Allreduce to time
+    parser.add_argument("--procs", type=at_least(2), default=2, help="processes compared with 1 (at least 2)")
     parser.add_argument("--rows", type=positive_int, default=60000, help="training rows (MNIST has 60,000)")
     parser.add_argument("--batch", type=positive_int, default=512, help="the global batch")
     parser.add_argument("--repeat", type=positive_int, default=3)

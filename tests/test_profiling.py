@@ -110,6 +110,7 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     ("load.py", ["--policies", "passive,bogus"]),  # ran with OpenMP's default, in a row labelled bogus
     ("bench_sklearn.py", ["--solvers", "lbfgs"]),
     ("mpi_scaling.py", ["--procs", "0"]),
+    ("mpi_scaling.py", ["--procs", "1"]),  # 1 against 1, then a KeyError for its Allreduce time
 ])
 def test_bad_arguments_are_usage_errors_before_any_work(script, args):
     """They were tracebacks (ValueError, KeyError, ZeroDivisionError) after the CPU line, or, for

@@ -3,6 +3,7 @@ traceback (or a ZeroDivisionError) after the CPU line. Standard library only: th
 thread counts before importing Numba import this first. Not a script."""
 
 import argparse
+import math
 
 
 def positive_int(text):
@@ -12,6 +13,18 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def seconds(text):
+    """A positive, finite number of seconds: the timers loop until it has passed (inf never ends;
+    0, a negative or nan timed a single call as if it were the figure asked for)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
     return value
 
 

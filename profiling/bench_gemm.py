@@ -29,7 +29,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from argtypes import names_from, positive_int, positive_ints  # noqa: E402
+from argtypes import names_from, positive_int, positive_ints, seconds  # noqa: E402
 from common import load_warning, rand, training_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,7 +112,7 @@ def main():
     parser.add_argument("--batches", type=positive_ints, default="32,128,512")
     parser.add_argument("--dtypes", type=names_from("float32", "float64"), default="float32,float64")
     parser.add_argument("--rounds", type=positive_int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per kernel")
+    parser.add_argument("--min-time", type=seconds, default=0.3, help="seconds of timing per kernel")
     parser.add_argument("--quick", action="store_true", help="batch 128, float32, short timings")
     parser.add_argument("--wall", action="store_true", help="wall-clock time instead of the thread's CPU time")
     args = parser.parse_args()

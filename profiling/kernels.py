@@ -20,7 +20,7 @@ import numpy as np
 from common import load_warning, mnist_cases, sgemm_peak, table, time_call
 
 from nbnet import simd
-from argtypes import positive_int
+from argtypes import positive_int, seconds
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--batch", type=positive_int, default=128)
     parser.add_argument("--threads", type=positive_int, default=None, help="Numba threads (default: all)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--min-time", type=float, default=0.2, help="seconds of timing per kernel")
+    parser.add_argument("--min-time", type=seconds, default=0.2, help="seconds of timing per kernel")
     args = parser.parse_args()
     if args.threads and args.threads > numba.config.NUMBA_NUM_THREADS:  # else numba's ValueError, a traceback
         parser.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")

@@ -19,14 +19,14 @@ from common import load_warning, mnist_cases, table, time_call, training_step
 from nbnet import simd
 from nbnet import threads as nbthreads
 from nbnet.check import threading_layer
-from argtypes import positive_int, positive_ints
+from argtypes import positive_int, positive_ints, seconds
 
 
 def main():
     parser = argparse.ArgumentParser(description="thread scaling of nbnet.cpu kernels")
     parser.add_argument("--threads", type=positive_ints, default="1,2", help="comma-separated thread counts")
     parser.add_argument("--batch", type=positive_int, default=128)
-    parser.add_argument("--min-time", type=float, default=0.1, help="seconds of timing per point")
+    parser.add_argument("--min-time", type=seconds, default=0.1, help="seconds of timing per point")
     args = parser.parse_args()
     counts = [int(t) for t in args.threads.split(",")]
     if max(counts) > numba.config.NUMBA_NUM_THREADS:

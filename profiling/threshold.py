@@ -22,7 +22,7 @@ import numba
 from common import load_warning, mnist_cases, table, time_call
 
 from nbnet import simd
-from argtypes import positive_int
+from argtypes import positive_int, seconds
 
 DEFAULT = ("linear_forward,linear_forward_act,linear_backward_params,linear_backward_input,"
            "linear_backward_input_act,relu_forward,relu_backward,softmax_crossentropy_forward")
@@ -44,7 +44,7 @@ def main():
     parser = argparse.ArgumentParser(description="parallel vs serial crossover per kernel")
     parser.add_argument("--kernels", default=DEFAULT, help="comma-separated nbnet.cpu kernel names")
     parser.add_argument("--max-batch", type=positive_int, default=1024)
-    parser.add_argument("--min-time", type=float, default=0.05, help="seconds of timing per point")
+    parser.add_argument("--min-time", type=seconds, default=0.05, help="seconds of timing per point")
     args = parser.parse_args()
 
     batches = [2**p for p in range(args.max_batch.bit_length()) if 2**p <= args.max_batch]

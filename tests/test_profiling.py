@@ -109,6 +109,10 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     ("load.py", ["--batch", "0"]),
     ("load.py", ["--policies", "passive,bogus"]),  # ran with OpenMP's default, in a row labelled bogus
     ("bench_sklearn.py", ["--solvers", "lbfgs"]),
+    ("kernels.py", ["--min-time", "inf"]),  # timed until then: a hang
+    ("threads.py", ["--min-time", "nan"]),
+    ("threshold.py", ["--min-time", "0"]),
+    ("bench_gemm.py", ["--min-time", "-1"]),
     ("mpi_scaling.py", ["--procs", "0"]),
     ("mpi_scaling.py", ["--procs", "1"]),  # 1 against 1, then a KeyError for its Allreduce time
 ])

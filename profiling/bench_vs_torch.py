@@ -215,6 +215,10 @@ def main(argv=None):
     ap.add_argument("--repeats", "--epochs", type=positive_int, default=3, help="timed epochs per contender (best kept)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
+    import numba  # noqa: PLC0415
+
+    if max(map(int, args.threads.split(","))) > numba.config.NUMBA_NUM_THREADS:  # else numba's ValueError, a traceback
+        ap.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
     print(simd.describe())  # the host CPU, also under --device cuda (it runs the Python)
     if load_warning():
         print(load_warning())

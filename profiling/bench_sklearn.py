@@ -18,7 +18,7 @@ import time
 import warnings
 
 import numpy as np
-from argtypes import names_from, positive_int, positive_ints
+from argtypes import at_least, names_from, positive_int, positive_ints
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
@@ -98,7 +98,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=positive_int, default=None, help="fits per side, best time kept (default 2; --quick 1)")
     ap.add_argument("--hidden", type=positive_ints, default="100", help="hidden layer sizes, comma list (scikit-learn's default 100)")
     ap.add_argument("--samples", type=positive_int, default=20000, help="synthetic rows (80%% train, 20%% test)")
-    ap.add_argument("--features", type=positive_int, default=100)
+    # make_classification's 10 classes of 2 clusters need 2**(features // 2) >= 20 informative corners
+    ap.add_argument("--features", type=at_least(10), default=100, help="synthetic features (at least 10)")
     ap.add_argument("--mnist-dir", default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")
     args = ap.parse_args(argv)
     try:

@@ -110,7 +110,8 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     ("load.py", ["--batch", "0"]),
     ("load.py", ["--policies", "passive,bogus"]),  # ran with OpenMP's default, in a row labelled bogus
     ("bench_sklearn.py", ["--solvers", "lbfgs"]),
-    ("bench_sklearn.py", ["--features", "3"]),  # make_classification's ValueError after the CPU line
+    ("bench_sklearn.py", ["--features", "3"]),
+    ("bench_sklearn.py", ["--threads", "100000", "--quick"]),  # nbnet ran on fewer threads than BLAS  # make_classification's ValueError after the CPU line
     ("kernels.py", ["--min-time", "inf"]),  # timed until then: a hang
     ("threads.py", ["--min-time", "nan"]),
     ("threshold.py", ["--min-time", "0"]),

@@ -236,12 +236,24 @@ def check_finite_differences():
 
 
 def threading_layer():
+    """Numba's threading layer, or "unknown (why)": where none loads (NUMBA_THREADING_LAYER=tbb
+    without tbb) starting Numba's threads raises its ValueError, and `nbnet info` and `nbnet check`
+    say so on their threads line and go on (check's kernels then fail one by one), rather than
+    stopping at it with that error alone."""
     x = np.zeros((4, 4), np.float32)
-    cpu.relu_forward.parallel(np.empty_like(x), x)  # the parallel twin: the layer is chosen on first use
     try:
+        cpu.relu_forward.parallel(np.empty_like(x), x)  # the parallel twin: the layer is chosen on first use
         return numba.threading_layer()
     except ValueError as e:
-        return f"unknown ({e})"
+        return f"unknown ({' '.join(str(e).split())})"
+
+
+def describe_threads():
+    """threads.describe(), or what stops Numba's threads from starting (see threading_layer)."""
+    try:
+        return threads.describe()
+    except ValueError:  # it starts them: numba.get_num_threads() raises where no layer loads
+        return "none: Numba's threads do not start (see the threading layer)"
 
 
 def main(out=print):
@@ -252,7 +264,7 @@ def main(out=print):
     out(f"nbnet {__version__} (kernel sources {cpu.SOURCES_HASH[:12]}), numba {numba.__version__}, "
         f"numpy {np.__version__}")
     out(simd.describe())
-    out(f"threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
+    out(f"threads: {describe_threads()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
         f"{threading_layer()}, " + ", ".join(f"{k}={v}" for k, v in threads.waiting().items()))
     t0 = time.perf_counter()
     with saying_compiling():

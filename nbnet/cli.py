@@ -1058,19 +1058,14 @@ def info_cmd():
 
     import numba  # noqa: PLC0415
 
-    from . import cpu, simd  # noqa: PLC0415
+    from . import simd  # noqa: PLC0415
+    from .check import describe_threads, threading_layer  # noqa: PLC0415
 
     click.echo(f"nbnet {__version__}, numba {numba.__version__}, numpy {np.__version__}, "
                f"click {version('click')}, python {platform.python_version()}")
     click.echo(simd.describe())  # as `nbnet check` and the benchmarks print it
-    click.echo(f"CPU threads: {threads.describe()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
-    x = np.zeros((4, 4), np.float32)
-    cpu.relu_forward.parallel(np.empty_like(x), x)  # the parallel twin: the threading layer is chosen on first use
-    try:
-        layer = numba.threading_layer()
-    except ValueError as e:
-        layer = f"unknown ({e})"
-    click.echo(f"threading layer: {layer}")
+    click.echo(f"CPU threads: {describe_threads()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
+    click.echo(f"threading layer: {threading_layer()}")
     try:
         from .gpu import gpu_status  # noqa: PLC0415
 

@@ -6,6 +6,7 @@ import sys
 
 import numba
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 import nbnet as nb
@@ -108,3 +109,23 @@ def test_train_quiet_says_nothing_about_compiling(monkeypatch):
     quiet = CliRunner().invoke(cli, ["train", "--epochs", "1", "--hidden", "8", "--quiet"])
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stdout == "" and quiet.stderr == ""
+
+
+
+def test_info_and_check_say_no_threading_layer_loads_and_go_on():
+    """NUMBA_THREADING_LAYER=tbb without tbb: Numba's threads cannot start, and both commands
+    stopped at their threads line with 'Error: No threading layer could be loaded' alone: info
+    without its layer, GPU and MPI lines, check before any check ran. They say so and go on."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="tbb")
+    run = lambda command: subprocess.run([sys.executable, "-m", "nbnet", command], capture_output=True,
+                                         text=True, env=env, timeout=300)
+    info = run("info")
+    if "threading layer: tbb" in info.stdout:
+        pytest.skip("TBB is installed here: the layer loads")
+    assert info.returncode == 0, info.stderr
+    assert "threading layer: unknown (No threading layer could be loaded. HINT: " in info.stdout, info.stdout
+    assert "CPU threads: none: " in info.stdout and "GPU:" in info.stdout and "MPI:" in info.stdout
+    done = run("check")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "threading layer unknown (No threading layer could be loaded." in done.stdout
+    assert "FAIL Linear kernels vs formula, float32" in done.stdout and "check(s) failed in" in done.stdout

@@ -12,7 +12,7 @@ and its signature but not on `parallel`, so two cached compilations of one Pytho
 each other's code, and a cached serial copy would be loaded as nbnet's parallel kernel.
 
     python profiling/threshold.py                           # ~40 s
-    python profiling/threshold.py --kernels linear_forward,relu_forward --max-batch 4096
+    python profiling/threshold.py --kernels linear_forward_act,relu_forward --max-batch 4096
 """
 
 import argparse
@@ -24,8 +24,10 @@ from common import load_warning, mnist_cases, table, time_call
 from nbnet import simd
 from argtypes import positive_int, seconds
 
-DEFAULT = ("linear_forward,linear_forward_act,linear_backward_params,linear_backward_input,"
-           "linear_backward_input_act,relu_forward,relu_backward,softmax_crossentropy_forward")
+# The kernels with a parallel twin: linear_forward and linear_backward_* are Python functions that
+# choose among these (and the register-blocked linear_blocks) by shape, so they have none to time.
+DEFAULT = ("linear_forward_act,linear_backward_params_rows,linear_backward_input_rows,relu_forward,relu_backward,"
+           "softmax_crossentropy_forward,sgd_step")
 
 
 def serial_and_parallel(kernel):

@@ -152,3 +152,15 @@ def test_child_processes_keep_the_users_pythonpath(monkeypatch):
     for script in SCRIPTS:  # every script that starts a Python child builds its environment there
         source = (PROFILING / script).read_text(encoding="utf-8")
         assert "PYTHONPATH=" not in source and '"PYTHONPATH"' not in source, script
+
+
+def test_threshold_measures_every_kernel_of_its_default_list():
+    """Four of threshold.py's default kernels were the Python functions that pick among the Linear
+    kernels by shape, with no parallel twin to time: their rows said "-", and of the Linear kernels
+    only the forward was measured. Each default kernel has a serial and a parallel twin here."""
+    import threshold
+
+    cases = {c.name: c for c in common.mnist_cases(batch=1)[0]}
+    for name in threshold.DEFAULT.split(","):
+        assert name in cases and not cases[name].problem, name
+        assert not isinstance(threshold.serial_and_parallel(cases[name].kernel), str), name

@@ -60,3 +60,14 @@ def names_from(*allowed):
             raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, unknown))}: choose from {','.join(allowed)}")
         return text
     return names
+
+
+def parse_args(parser, **quick):
+    """parser.parse_args(), where --quick gives the options in `quick` new defaults: an option given
+    on the command line keeps its value (--quick --steps 5 ran 100 steps, --quick --threads 2 one
+    thread, silently)."""
+    args = parser.parse_args()
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args()
+    return args

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import warnings
-from argtypes import positive_int, positive_ints
+from argtypes import parse_args, positive_int, positive_ints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -94,11 +94,9 @@ def main():
     parser.add_argument("--threads", type=positive_ints, default="1,2")
     parser.add_argument("--samples", type=positive_int, default=60000)
     parser.add_argument("--repeats", type=positive_int, default=2, help="timed epochs per contender (best kept)")
-    parser.add_argument("--quick", action="store_true", help="4,096 samples, batch 128, 1 thread, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="4,096 samples, batch 128, 1 thread, 1 repeat (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        args.samples, args.batch_sizes, args.threads, args.repeats = 4096, "128", "1", 1
+    args = parse_args(parser, samples=4096, batch_sizes="128", threads="1", repeats=1)
     if args.worker:
         args.threads = int(args.threads)
         print(json.dumps(worker(args)))

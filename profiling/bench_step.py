@@ -22,7 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from argtypes import positive_int, positive_ints  # noqa: E402
+from argtypes import parse_args, positive_int, positive_ints  # noqa: E402
 from bench_vs_torch import torch_mlp  # noqa: E402
 from common import child_env  # noqa: E402
 
@@ -126,11 +126,9 @@ def main():
     parser.add_argument("--batch-sizes", type=positive_ints, default="1,8")
     parser.add_argument("--threads", type=positive_ints, default="1,2")
     parser.add_argument("--steps", type=positive_int, default=1000, help="timed steps per contender and batch size")
-    parser.add_argument("--quick", action="store_true", help="1 thread, 100 steps")
+    parser.add_argument("--quick", action="store_true", help="1 thread, 100 steps (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        args.threads, args.steps = "1", 100
+    args = parse_args(parser, threads="1", steps=100)
     if args.worker:
         print(json.dumps(worker(int(args.threads), list(map(int, args.batch_sizes.split(","))), args.steps)))
         return

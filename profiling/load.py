@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from argtypes import names_from, positive_int, positive_ints
+from argtypes import names_from, parse_args, positive_int, positive_ints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -80,11 +80,9 @@ def main():
     # OpenMP ignores a value it does not know: the row would be labelled with it and be the default's
     parser.add_argument("--policies", type=names_from("passive", "active"), default=None,
                         help="OMP_WAIT_POLICY values to compare (default: nbnet's)")
-    parser.add_argument("--quick", action="store_true", help="20 steps per setting")
+    parser.add_argument("--quick", action="store_true", help="20 steps per setting (unless --steps is given)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        args.steps = 20
+    args = parse_args(parser, steps=20)
     if args.worker:
         print(json.dumps(worker(int(args.batch), args.steps)))
         return

@@ -22,7 +22,7 @@ import sys
 import time
 
 import numpy as np
-from argtypes import at_least, positive_int
+from argtypes import at_least, parse_args, positive_int
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 SIZES = (784, 256, 128, 10)
@@ -112,11 +112,9 @@ def main():
     parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--allreduce-reps", type=positive_int, default=200)
     parser.add_argument("--data-dir", default=None, help="MNIST's IDX files [default: /work/shared/data/mnist]")
-    parser.add_argument("--quick", action="store_true", help="4,096 rows, one repeat: a check that it runs")
+    parser.add_argument("--quick", action="store_true", help="4,096 rows, one repeat: a check that it runs (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        args.rows, args.repeat, args.allreduce_reps = 4096, 1, 20
+    args = parse_args(parser, rows=4096, repeat=1, allreduce_reps=20)
     if args.worker:
         return worker(args)
 

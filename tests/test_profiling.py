@@ -164,3 +164,24 @@ def test_threshold_measures_every_kernel_of_its_default_list():
     for name in threshold.DEFAULT.split(","):
         assert name in cases and not cases[name].problem, name
         assert not isinstance(threshold.serial_and_parallel(cases[name].kernel), str), name
+
+
+def test_quick_sets_defaults_not_the_options_given(monkeypatch):
+    """--quick overwrote what the command line gave: bench_step.py --quick --steps 5 ran 100 steps,
+    bench_epoch.py --quick --threads 2 one thread, silently."""
+    import argparse
+
+    import argtypes
+
+    for argv, threads, steps in ((["--quick"], "1", 100), (["--quick", "--steps", "5"], "1", 5),
+                                 (["--threads", "2", "--quick"], "2", 100), ([], "1,2", 1000)):
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--threads", type=argtypes.positive_ints, default="1,2")
+        parser.add_argument("--steps", type=argtypes.positive_int, default=1000)
+        parser.add_argument("--quick", action="store_true")
+        monkeypatch.setattr(sys, "argv", ["script", *argv])
+        args = argtypes.parse_args(parser, threads="1", steps=100)
+        assert (args.threads, args.steps) == (threads, steps), argv
+    for script in ("bench_epoch.py", "bench_step.py", "load.py", "mpi_scaling.py"):
+        text = (PROFILING / script).read_text()
+        assert "parse_args(parser, " in text and "if args.quick:" not in text, script

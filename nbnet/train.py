@@ -184,11 +184,19 @@ def _check_device_features(x, who, block_bytes=64 << 20):
             raise ValueError(f"{who}: x[{lo + row}, {col}] is {block[row, col]} (counted from 0; NaN/Inf are not allowed)")
 
 
-def as_targets(model, y, loss, who="y"):
+def as_targets(model, y, loss, who="y", block_bytes=64 << 20):
     """Targets as the loss wants them: integer labels (N,) for cross-entropy; for mse (and bce)
-    float arrays of the model's dtype, (N,) made (N, 1)."""
+    float arrays of the model's dtype, (N,) made (N, 1). Float targets on the GPU are checked as
+    host ones, on host copies of a block of rows at a time (labels: by check_data)."""
     if not isinstance(y, np.ndarray) and hasattr(y, "copy_to_host"):  # on the GPU: as it is, but (N,) as below
-        return y.reshape(-1, 1) if loss != "cross-entropy" and y.ndim == 1 else y
+        if loss == "cross-entropy":
+            return y
+        if y.ndim in (1, 2) and y.dtype.kind == "f":  # else the loss names the shape or dtype
+            width = y.shape[1] if y.ndim == 2 else 1
+            rows = max(1, block_bytes // (max(1, width) * y.dtype.itemsize))
+            for lo in range(0, len(y), rows):
+                _check_target_values(y[lo:lo + rows].copy_to_host(), loss, who, "")
+        return y.reshape(-1, 1) if y.ndim == 1 else y
     y = _array(y, who)
     if loss == "cross-entropy":
         if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
@@ -205,11 +213,17 @@ def as_targets(model, y, loss, who="y"):
         y = y.reshape(-1, 1)
     with np.errstate(over="ignore", invalid="ignore"):  # too large for the dtype: the error below says so
         y = np.ascontiguousarray(y, dtype=model.dtype)
+    _check_target_values(y, loss, who, f" (or values too large for {model.dtype})")
+    return y
+
+
+def _check_target_values(y, loss, who, too_large):
+    """mse / bce targets are finite, and bce's lie in [0, 1]: NaN made evaluate's loss NaN and
+    nb.train stop as diverged."""
     if y.size and not np.all(np.isfinite(y)):
-        raise ValueError(f"{who}: targets hold NaN or Inf (or values too large for {model.dtype})")
+        raise ValueError(f"{who}: targets hold NaN or Inf{too_large}")
     if loss == "bce" and y.size and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{who}: bce targets must lie in [0, 1] (0/1 labels or probabilities)")
-    return y
 
 
 def _array(a, who):

@@ -705,3 +705,26 @@ def test_host_model_on_device_data_scores_as_on_host_data(loss):
         history = nb.train(m, nb.SGD(m.parameters(), lr=0.1), data, epochs=1, batch_size=3, loss=loss)
         runs.append({k: v for k, v in history[0].items() if k not in ("seconds", "samples_per_second")})
     assert runs[0] == runs[1]
+
+
+def test_device_targets_are_checked_as_host_ones():
+    """mse / bce targets on the GPU went unchecked: NaN gave nb.evaluate a NaN loss (and R² 0),
+    nb.train a 'diverged' run, and bce targets outside [0, 1] scored silently. Host targets'
+    errors, from a host copy (a block of rows at a time)."""
+    from nbnet.train import as_targets  # noqa: PLC0415 - nb.train is the function
+
+    model = nb.Sequential(nb.Linear(3, 2, seed=0)).to("cuda")
+    x = np.zeros((6, 3), np.float32)
+    t = np.zeros((6, 2), np.float32)
+    t[4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"y: targets hold NaN or Inf"):
+        nb.evaluate(model, x, gpu.to_device(t), loss="mse")
+    with pytest.raises(ValueError, match=r"y_train: targets hold NaN or Inf"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, gpu.to_device(t)), epochs=1, batch_size=3, loss="mse")
+    with pytest.raises(ValueError, match=r"y: targets hold NaN or Inf"):
+        as_targets(model, gpu.to_device(t), "mse", "y", block_bytes=8)  # a row a block
+    t[4, 1] = 2
+    with pytest.raises(ValueError, match=r"bce targets must lie in \[0, 1\]"):
+        nb.evaluate(model, x, gpu.to_device(t), loss="bce")
+    t[4, 1] = 1
+    assert nb.evaluate(model, x, gpu.to_device(t), loss="bce")["accuracy"] >= 0

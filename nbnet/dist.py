@@ -199,6 +199,10 @@ class MPIComm:
 
         grads = [p.grad for p in params]
         flat = one_flat(grads)
+        if flat is not None and not isinstance(flat, np.ndarray):
+            # Packed on the GPU (model.to("cuda")): one device view, which MPI and *= cannot take
+            # as host memory; it goes through the host buffer as one array, one copy each way.
+            grads, flat = [flat], None
         if flat is None:
             flat = self._stage_in(grads)
         if scale != 1:

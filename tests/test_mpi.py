@@ -499,6 +499,15 @@ assert np.array_equal(g3, np.arange(15.0) * 2)
 assert comm.sums(1.0, 2.0) == (1.0, 2.0) and comm.step_sums(3.0, 2, 4, True) == (3.0, 2.0, 4.0, True)
 comm.agree("x" * 5000)
 comm.agree("é" * 1000)
+# On a GPU, model.to("cuda") packs the gradients and one_flat finds them as one device view: that
+# view goes through the host buffer too (it was scaled with *=, which device arrays lack, and summed
+# as if it were host memory)
+from nbnet import gpu
+packed = np.arange(10.0)
+g4, g5 = Dev(packed[:6].reshape(2, 3)), Dev(packed[6:])
+gpu.one_flat = lambda arrays: Dev(packed) if arrays[0] is g4 else None
+comm.allreduce_grad([P(g4), P(g5)], 0.5)
+assert np.array_equal(packed, np.arange(10.0) * 0.5)
 print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,

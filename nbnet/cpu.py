@@ -1,4 +1,7 @@
 """CPU kernels: one `<layer>_forward` / `<layer>_backward` pair per layer, compiled with Numba.
+Linear's backward is two kernels, `linear_backward_params` (dW, db) and `linear_backward_input`
+(dX), as a first layer needs no dX; fused forms (Linear+ReLU, softmax+cross-entropy) sit beside the
+plain ones, which are their tested references.
 
 Conventions (the same in nbnet/gpu.py):
 - Batch in rows: inp is (k, n), weight is (m, n), out is (k, m); out = inp @ weight.T + bias.
@@ -113,11 +116,12 @@ linear_backward_input_ref = pjit(_linear_backward_input_ref)
 # for this CPU when nbnet is imported (simd.describe() says which). Two shapes of product:
 # - broadcast (simd.bcast_unit): C[r, :] += A[r, s] · B[s, :], one element of A times a contiguous row
 #   of B. dW = GᵀX (A = Gᵀ, B = X), dX = GW (A = G, B = W), and the forward from a copy of Wᵀ at
-#   large batches (A = X, B = Wᵀ). Each output sums s in plain order, one FMA per step, in chunks
-#   of at most simd.KC steps, each chunk's sum added to C.
-# - dot (simd.dot_unit): y_ij = Σ_l x_il w_jl with both rows read along l: the forward at small
-#   batches, where copying W to Wᵀ would cost as much as the product. Each output keeps W lane
-#   partial sums, added in a fixed tree at the end.
+#   the shapes forward_over_weight_t picks (A = X, B = Wᵀ). Each output sums s in plain order, one
+#   FMA per step, in chunks of at most simd.KC steps, each chunk's sum added to C.
+# - dot (simd.dot_unit): y_ij = Σ_l x_il w_jl with both rows read along l: the forward at the other
+#   shapes (small batches, where copying W to Wᵀ would cost as much as the product, and long
+#   sums). Each output keeps W lane partial sums, added in a fixed tree at the end, plus the sum
+#   of its last n mod W terms (simd.dot_unit).
 # Each kernel splits its output into work units (blocks of rows × columns) that the threads take
 # one at a time (simd.claim), so a thread slowed by another process takes fewer; each unit, and so
 # each output element, has one owner, and its sums do not depend on which thread runs it: results
@@ -707,8 +711,9 @@ softmax_backward = Kernel(_softmax_backward, _elements, STEP_PARALLEL_WORK)
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses. Each forward returns the batch mean (the only place 1/k is applied); each backward
-# returns dL/dpred of that mean. The final sum over rows is serial, in row order.
+# Losses. Each forward returns the mean over the batch, 1/k (MSE and BCE: 1/(k d), over every
+# element), the only place it is divided; each backward writes dL/dpred of that mean into its
+# first argument. The final sum over rows is serial, in row order.
 
 
 # Each loss sums a term per row (cross-entropy: k of them) or per element (MSE, BCE: k·d), in the
@@ -755,7 +760,9 @@ crossentropy_forward = Kernel(
 
 
 def _crossentropy_backward(dprobs, probs, targets):
-    """dp_ij = -1 / (k p_ij) if j = t_i else 0   (same clamp as the forward)"""
+    """dp_ij = -1 / (k max(p_ij, tiny)) if j = t_i else 0   (the forward's clamp)
+
+    dprobs (k, c) out, probs (k, c), targets (k,) int."""
     k, c = probs.shape
     tiny = np.finfo(probs.dtype).tiny
     kk = probs.dtype.type(k)
@@ -789,7 +796,7 @@ softmax_crossentropy_forward = Kernel(
 
 
 def _softmax_crossentropy_backward(dlogits, probs, targets):
-    """dz_ij = (p_ij - [j = t_i]) / k"""
+    """dz_ij = (p_ij - [j = t_i]) / k   dlogits (k, c) out, probs (k, c) = softmax(z), targets (k,) int"""
     k, c = probs.shape
     inv_k = probs.dtype.type(1) / probs.dtype.type(k)
     for i in prange(k):
@@ -823,6 +830,7 @@ def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, target
 @jit
 def mse_forward(pred, target):
     """L = (1/(k d)) Σ_i Σ_j (p_ij - t_ij)²   (PyTorch MSELoss: the mean over every element)
+    pred (k, d), target (k, d).
 
     Plain @njit, not parallel: the sum (by rows, in blocks: see SUM_ROWS) has one owner, and the
     loss is cheap next to the matmuls.
@@ -843,7 +851,7 @@ def mse_forward(pred, target):
 
 
 def _mse_backward(dpred, pred, target):
-    """dp_ij = 2 (p_ij - t_ij) / (k d)"""
+    """dp_ij = 2 (p_ij - t_ij) / (k d)   dpred (k, d) out, pred (k, d), target (k, d)"""
     k, d = pred.shape
     scale = pred.dtype.type(2) / pred.dtype.type(k * d)
     for i in prange(k):
@@ -879,7 +887,9 @@ def bce_with_logits_forward(logits, targets):
 
 
 def _bce_with_logits_backward(dlogits, logits, targets):
-    """dz_ij = (σ(z_ij) − t_ij) / (k c),  σ(z) = 1/(1 + e^(−z)) for z ≥ 0, e^z/(1 + e^z) below"""
+    """dz_ij = (σ(z_ij) − t_ij) / (k c),  σ(z) = 1/(1 + e^(−z)) for z ≥ 0, e^z/(1 + e^z) below
+
+    dlogits (k, c) out, logits (k, c) = z, targets (k, c) = t."""
     k, c = logits.shape
     one = logits.dtype.type(1)
     inv_n = one / logits.dtype.type(k * c)
@@ -1014,4 +1024,5 @@ adam_step = Kernel(_adam_step, lambda param, *rest: param.shape[0] * EXP_COST //
 
 
 def fill(arr, value):
+    """a_p = value for every element of arr (gpu.fill's twin)"""
     arr.fill(value)

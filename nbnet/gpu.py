@@ -13,10 +13,10 @@ constants as `x.dtype.type(c)`), plus:
   old value over i, dX over j), not of its fast ones, which sum in vector lanes and in KC-step
   chunks: the two devices agree to rounding, not bit for bit. A batch longer than SPLIT_ROWS sums
   dW in parts of rows side by side, then adds the parts in order: still a fixed order, fixed by the
-  batch size alone.
+  shapes alone (the batch and the layer's), never by the GPU.
 - A loss's mean is reduced by one block in a fixed tree order, and only that scalar is copied back.
-- Scalars a CPU kernel gets from np.finfo (the log clamp) arrive as arguments: device code has no
-  np.finfo.
+- Scalars a CPU kernel gets from np.finfo (the log clamp, the optimizers' subnormal bound `tiny`)
+  arrive as arguments: device code has no np.finfo.
 
 Without numba-cuda installed this module still imports (nbnet.layers imports it lazily); whatever
 would create a device array raises RuntimeError saying "install 'nbnet[cuda]'".
@@ -803,7 +803,7 @@ def crossentropy_forward(losses, probs, targets):
 
 @_jit
 def _crossentropy_backward_kernel(dprobs, probs, targets, tiny):
-    """dp_ij = -1 / (k p_ij) if j = t_i else 0"""
+    """dp_ij = -1 / (k max(p_ij, tiny)) if j = t_i else 0   (the forward's clamp)"""
     i = cuda.grid(1)
     k, c = probs.shape
     if i < k:
@@ -952,8 +952,8 @@ def bce_with_logits_backward(dlogits, logits, targets):
 
 @_jit
 def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov, tiny):
-    """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD; a
-    subnormal b, |b| < tiny, stored as 0 as in cpu.sgd_step)"""
+    """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD, dampening 0;
+    a subnormal b, |b| < tiny, stored as 0 as in cpu.sgd_step)"""
     p = cuda.grid(1)
     if p < param.shape[0]:
         zero = param.dtype.type(0)
@@ -1016,6 +1016,7 @@ def adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, st
 
 @_jit
 def _fill_kernel(flat, value):
+    """f_p = value   one thread per element of the flat view"""
     p = cuda.grid(1)
     if p < flat.shape[0]:
         flat[p] = value

@@ -303,3 +303,77 @@ def test_real_dataset_shapes_dtypes_ranges(name):
     assert x_tr.dtype == np.float32 and y_tr.dtype == np.int64
     assert x_tr.min() == 0 and x_tr.max() == 1
     assert set(np.unique(y_tr)) == set(range(10)) and set(np.unique(y_te)) == set(range(10))
+
+
+# --------------------------------------------------------------------------------------------- mutation-found gaps
+
+
+def test_split_sizes_at_the_edges():
+    x, y = np.arange(20, dtype=np.float32).reshape(10, 2), np.arange(10)
+    # a fraction that rounds to no test row still holds one out (never a test set of every row)
+    x_tr, y_tr, x_te, y_te = datasets.split(x, y, 0.01, seed=0)
+    assert (len(x_tr), len(x_te)) == (9, 1)
+    np.testing.assert_array_equal(np.sort(np.concatenate([y_tr, y_te])), y)
+    # a fraction that takes every row leaves no training rows: refused, not an empty training set
+    with pytest.raises(ValueError, match="leaves no training rows"):
+        datasets.split(x[:2], y[:2], 0.9, seed=0)
+    for bad in (0, 0.0, 1, -0.1):
+        with pytest.raises(ValueError, match=r"test_split must be in \(0, 1\)"):
+            datasets.load("spiral", test_split=bad)
+
+
+def test_idx_of_other_element_types_is_refused(tmp_path):
+    """Images and labels are unsigned bytes; an IDX file of int16 (type 0x0B) is refused by name,
+    and read_idx gives its values in native byte order (the file's are big-endian)."""
+    make_mnist(tmp_path, gz=False)
+    values = np.array([[[1, 258], [-3, 1000]]] * 20, ">i2")
+    raw = bytes([0, 0, 0x0B, 3]) + struct.pack(">3I", *values.shape) + values.tobytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(raw)
+    got = datasets.read_idx(tmp_path / "train-images-idx3-ubyte")
+    assert got.dtype == np.dtype("=i2")
+    np.testing.assert_array_equal(got, values.astype(np.int16))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte: expected unsigned-byte images, got int16"):
+        datasets.load("mnist", data_dir=tmp_path)
+    make_mnist(tmp_path, gz=False)
+    labels = np.arange(20, dtype=">i2")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 0x0B, 1]) + struct.pack(">I", 20) + labels.tobytes())
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte: expected unsigned-byte labels, got int16"):
+        datasets.load("mnist", data_dir=tmp_path)
+
+
+def test_idx_train_and_test_images_of_other_sizes_are_refused(tmp_path):
+    make_mnist(tmp_path, gz=False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 5, 5)), gz=False)
+    with pytest.raises(ValueError, match="train images have 16 pixels, test images 25"):
+        datasets.load("mnist", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "arrays, targets, match",
+    [
+        ({"x": np.zeros((4, 2)), "y": np.array([True, False, True, False])}, "labels", "labels must be integers, got bool"),
+        ({"x": np.zeros((4, 0)), "y": np.zeros(4, int)}, "labels", r"holds no data \(x has shape \(4, 0\)\)"),
+        ({"x": np.zeros((4, 2)), "y": np.zeros((4, 0))}, "values", r"y must be \(N,\) or \(N, D\)"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 1.2, 0])}, "binary", r"must lie in \[0, 1\], found 1.2"),
+    ],
+)
+def test_bad_npz_targets(tmp_path, arrays, targets, match):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        datasets.load(str(tmp_path / "d.npz"), targets=targets)
+
+
+@pytest.mark.parametrize("name", ["spiral", "mnist"])
+@pytest.mark.parametrize("targets", ["values", "binary"])
+def test_built_in_sets_have_class_labels_only(tmp_path, name, targets):
+    make_mnist(tmp_path)
+    with pytest.raises(ValueError, match=f"{name} has class labels"):
+        datasets.load(name, data_dir=tmp_path, targets=targets)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_load_inputs_refuses_no_rows(tmp_path, suffix):
+    path = tmp_path / ("x" + suffix)
+    (np.savez(path, x=np.zeros((0, 3))) if suffix == ".npz" else np.save(path, np.zeros((0, 3))))
+    with pytest.raises(ValueError, match=r"non-empty 2-D array \(N, D\), got shape \(0, 3\)"):
+        datasets.load_inputs(path)

@@ -4,6 +4,7 @@ stale temporary files, outputs that would overwrite inputs)."""
 
 import contextlib
 import gzip
+import io
 import http.server
 import os
 import signal
@@ -435,3 +436,58 @@ def test_csv_parsing_holds_a_few_times_the_text_not_a_string_per_field(tmp_path,
     (small, small_peak), (big, big_peak) = peak(n), peak(5 * n)
     growth = (big_peak - small_peak) / (big - small)  # bytes of memory per byte of text
     assert growth < 12, growth  # the bytes read, the text and the table (4 times the text of "0,1")
+
+
+# --------------------------------------------------------------------------------------------- mutation-found gaps
+
+
+def test_trailing_bytes_after_more_than_a_read_chunk_are_found():
+    """read_bounded reads READ_CHUNK at a time past its first read, and one byte past the limit:
+    an IDX of exactly 2 chunks of data plus trailing bytes is refused, not cut to its header's size."""
+    raw = idx_bytes(np.zeros((2 * files.READ_CHUNK // 1024, 32, 32)))
+    assert datasets.parse_idx(raw).shape == (2048, 32, 32)
+    with pytest.raises(ValueError, match="has trailing bytes"):
+        datasets.parse_idx(raw + b"x")
+    assert files.read_bounded(io.BytesIO(bytes(10)), 4, first=4) == bytes(5)
+
+
+def test_a_file_of_exactly_the_limit_is_read(tmp_path):
+    (tmp_path / "f").write_bytes(bytes(10))
+    assert files.read_input_bytes(tmp_path / "f", limit=10) == bytes(10)
+    with pytest.raises(ValueError, match="11 bytes is more than nbnet reads"):
+        (tmp_path / "f").write_bytes(bytes(11))
+        files.read_input_bytes(tmp_path / "f", limit=10)
+
+
+def test_npz_budget_counts_all_arrays_together(tmp_path, monkeypatch):
+    np.savez(tmp_path / "xy.npz", x=np.zeros((50, 1)), y=np.zeros(50, np.int64))
+    # x: 50 float64 as float32, 50 * (8 + 2*4) = 800 bytes; y: 50 int64 as int64, 50 * 24 = 1200
+    monkeypatch.setattr(files, "memory_budget", lambda: 2000)
+    assert datasets.load(str(tmp_path / "xy.npz"))[0].shape == (40, 1)
+    monkeypatch.setattr(files, "memory_budget", lambda: 1999)
+    with pytest.raises(ValueError, match="with the arrays before it: needs"):
+        datasets.load(str(tmp_path / "xy.npz"))
+
+
+def test_npy_checked_before_np_load(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros(100))
+    raw = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(raw[:-80])
+    with pytest.raises(ValueError, match=r"x\.npy: not a readable \.npy file \(declares \(100,\) float64 but holds 720 bytes\)"):
+        datasets.load_inputs(tmp_path / "x.npy")
+    np.save(tmp_path / "o.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"o\.npy: not a readable \.npy file \(its array holds Python objects"):
+        datasets.load_inputs(tmp_path / "o.npy")
+
+
+def test_write_atomic_replaces_only_a_regular_file_and_syncs_it(tmp_path, monkeypatch):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"pipe: is a FIFO \(named pipe\), not a regular file: nbnet will not replace it"):
+        files.write_atomic(fifo, lambda f: f.write(b"x"))
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real_fsync(fd)))
+    files.write_atomic(tmp_path / "out", lambda f: f.write(b"abc"))
+    assert synced == [3] and (tmp_path / "out").read_bytes() == b"abc"

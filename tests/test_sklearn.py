@@ -501,3 +501,86 @@ def test_an_unbounded_range_is_written_open_in_the_refusal():
     for name in ("tol", "alpha"):
         with pytest.raises(ValueError, match=rf"{name} must be a number in \[0, inf\), got inf"):
             MLPClassifier(**{name: np.inf}).fit(x, y)
+
+
+# Mutation testing found these rules unchecked.
+
+
+def test_auto_batch_size_is_the_whole_set_below_200_rows():
+    """batch_size="auto" is min(200, n): on 50 rows the same run as batch_size=50 (alpha / 50 its
+    decay), and a batch_size of exactly n is no reason to warn."""
+    x, y = blobs(n=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "Got `batch_size` larger than sample size"
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        auto = MLPClassifier((8,), alpha=0.5, max_iter=3, random_state=0).fit(x, y)
+        fifty = MLPClassifier((8,), alpha=0.5, max_iter=3, random_state=0, batch_size=50).fit(x, y)
+    assert auto._optimizer.weight_decay == fifty._optimizer.weight_decay == 0.5 / 50
+    for a, b in zip(auto.coefs_ + auto.intercepts_, fifty.coefs_ + fifty.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sgd_without_momentum_leaves_nesterov_off():
+    """nesterovs_momentum=True is the default; with momentum=0 there is nothing to look ahead with,
+    and nbnet's SGD refuses nesterov without momentum: the estimator must not ask for it."""
+    x, y = blobs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier((8,), solver="sgd", momentum=0.0, max_iter=2, random_state=0).fit(x, y)
+        assert clf._optimizer.nesterov is False
+        assert clf.set_params(momentum=0.5).fit(x, y)._optimizer.nesterov is True
+
+
+def test_more_bad_parameters_refused():
+    x, y = blobs()
+    for params, match in [({"epsilon": 0.0}, r"epsilon must be a number in \(0, inf\)"),
+                          ({"beta_1": 1.0}, r"beta_1 must be a number in \[0, 1\)"),
+                          ({"n_iter_no_change": 1.5}, "n_iter_no_change must be an integer")]:
+        with pytest.raises(ValueError, match=match):
+            MLPClassifier(**params).fit(x, y)
+
+
+def test_a_validation_set_of_one_row_is_too_small():
+    x, y = blobs(n=20, classes=2)
+    with pytest.raises(ValueError, match="The validation set is too small"):
+        MLPClassifier((4,), early_stopping=True, validation_fraction=0.05, random_state=0).fit(x, y)
+
+
+def test_an_equal_score_or_loss_is_no_improvement_only_below_tol():
+    """scikit-learn's rule with tol=0: an epoch that equals the best validation score (or training
+    loss) resets the count (only a worse one counts), and the best weights are the first epoch's
+    with that score, not a later equal one's."""
+    x, y = blobs(classes=2)
+    x = x + 20 * (2 * y[:, None] - 1)  # far apart: every validation row right from the first epoch
+    kw = dict(hidden_layer_sizes=(8,), early_stopping=True, tol=0.0, n_iter_no_change=1, random_state=0,
+              learning_rate_init=0.01)
+    with pytest.warns(ConvergenceWarning):
+        clf = MLPClassifier(max_iter=6, **kw).fit(x, y)
+    assert clf.validation_scores_ == [1.0] * 6 and clf.n_iter_ == 6
+    with pytest.warns(ConvergenceWarning):
+        first = MLPClassifier(max_iter=1, **kw).fit(x, y)
+    for a, b in zip(clf.coefs_ + clf.intercepts_, first.coefs_ + first.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    # a step too small to change a float32 weight: every epoch's loss (no shuffling) is the first's
+    with pytest.warns(ConvergenceWarning):
+        still = MLPClassifier((8,), tol=0.0, n_iter_no_change=1, max_iter=5, shuffle=False, random_state=0,
+                              learning_rate_init=1e-30).fit(x, y)
+    assert len(set(still.loss_curve_)) == 1 and still.n_iter_ == 5
+
+
+def test_partial_fit_classes_are_all_the_labels_there_will_be():
+    """classes= on the first partial_fit sizes the output layer, whatever labels the first batch has;
+    a multi-label matrix must keep its number of columns."""
+    x, y = blobs()
+    first = y != 2
+    clf = MLPClassifier((8,), random_state=0).partial_fit(x[first], y[first], classes=[0, 1, 2])
+    np.testing.assert_array_equal(clf.classes_, [0, 1, 2])
+    assert clf.out_activation_ == "softmax" and clf.predict_proba(x).shape == (len(x), 3)
+    clf.partial_fit(x, y)  # the third class comes later: no error
+    labels = (np.random.default_rng(0).random((len(x), 4)) < 0.5).astype(int)
+    multi = MLPClassifier((8,), random_state=0).partial_fit(x, labels, classes=np.arange(4))
+    with pytest.raises(ValueError, match="y has 3 label columns; the model was fitted on 4"):
+        multi.partial_fit(x, labels[:, :3])
+    reg = MLPRegressor((8,), random_state=0).partial_fit(x, labels[:, :2].astype(float))
+    with pytest.raises(ValueError, match="y has 3 outputs, the model was fitted with 2"):
+        reg.partial_fit(x, labels[:, :3].astype(float))

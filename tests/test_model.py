@@ -444,3 +444,88 @@ def test_linear_backward_with_another_relu_is_refused():
             lin.backward(g, relu=wrong)
     dx = lin.backward(g, relu=before)
     np.testing.assert_array_equal(dx, before.backward(g @ lin.weight))
+
+
+def _edited(tmp_path, edit):
+    """A saved mlp() whose arrays (the architecture as a dict) `edit` changes, written back."""
+    import json
+
+    path = tmp_path / "m.npz"
+    mlp().save(path)
+    arrays = dict(np.load(path))
+    arch = json.loads(str(arrays["nbnet/architecture"]))
+    edit(arrays, arch)
+    if "nbnet/architecture" in arrays and arrays["nbnet/architecture"].dtype.kind == "U":
+        arrays["nbnet/architecture"] = np.array(json.dumps(arch))
+    np.savez(tmp_path / "e.npz", **arrays)
+    return tmp_path / "e.npz"
+
+
+def _set(key, value, layer=None):
+    def edit(arrays, arch):
+        (arch if layer is None else arch["layers"][layer])[key] = value
+    return edit
+
+
+def _nan_weight(arrays, arch):
+    arrays["layer2.bias"] = np.array([0, np.nan, 0, 0, 0, 0], np.float32)
+
+
+def _arch_bytes(arrays, arch):
+    arrays["nbnet/architecture"] = np.frombuffer(str(arrays["nbnet/architecture"]).encode(), np.uint8)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set("version", 2), r"written by a newer nbnet \(format version 2\)"),
+    (_set("layers", []), r"0 layers \(expected 1 to 10000\)"),
+    (_set("in_features", 7, layer=2), "layer 2 takes 7 inputs but the Linear before it gives 8"),
+    (_set("bias", 1, layer=0), r"layer 0: bias = 1 \(expected true or false\)"),
+    (_set("in_features", 0, layer=0), "layer 0: Linear sizes 0, 8 are not positive integers"),
+    (_set("seed", float("nan"), layer=0), "layer 0: seed = nan is not a plain value"),
+    (_nan_weight, "weights layer2.bias hold NaN or Inf"),
+    (_arch_bytes, "nbnet/architecture is not a JSON string"),
+])
+def test_load_checks_the_architecture_before_building(tmp_path, edit, match):
+    with pytest.raises(ValueError, match=match):
+        nb.load(_edited(tmp_path, edit))
+
+
+def test_a_weight_tied_through_a_view_stays_tied():
+    """A view of another layer's weight (not the same object) is tied too: packing copied it apart."""
+    l1, l2 = nb.Linear(5, 5, dtype=np.float64, seed=0), nb.Linear(5, 5, dtype=np.float64, seed=1)
+    l2.weight = l1.weight[:]
+    model = nb.Sequential(l1, nb.Tanh(), l2)
+    model[0].weight[0, 0] = 42.0
+    assert model[2].weight[0, 0] == 42.0
+
+
+def test_save_refuses_non_finite_weights(tmp_path):
+    model = mlp()
+    model.layers[4].weight[0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"cannot save .*m\.npz: weights layer4\.weight hold NaN or Inf"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_astype_takes_float32_or_float64_only():
+    for bad in (np.float16, None, np.int32):
+        with pytest.raises(ValueError, match="astype: dtype must be float32 or float64"):
+            mlp().astype(bad)
+
+
+def test_a_view_of_a_layers_own_output_as_the_batch_is_copied_first():
+    """model(v) where v is a view of an array the layers write (here the last layer's output, which
+    the forward overwrites while dW = Gᵀ X still needs the batch): the batch is copied first, as it
+    is when it is that array itself."""
+    import copy
+
+    m = nb.Sequential(nb.Linear(4, 4, seed=0), nb.ReLU(), nb.Linear(4, 4, seed=1))
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    out = m.forward_reusing(x)
+    twin = copy.deepcopy(m)
+    batch = out.copy()
+    g = np.ones((3, 4), np.float32)
+    np.testing.assert_array_equal(m(out[:]), twin(batch))
+    m.backward(g)
+    twin.backward(g)
+    np.testing.assert_array_equal(m[0].grad_weight, twin[0].grad_weight)

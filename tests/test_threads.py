@@ -196,6 +196,8 @@ from nbnet import threads
 if sys.argv[1] == "fix":
     threads.fix(1)
 print(*(os.environ.get(k, "-") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_WAIT_SET")))
+if sys.argv[1] == "user":  # set after import nbnet, before Numba's threads start: the user's, and kept
+    os.environ["OMP_WAIT_POLICY"] = "active"
 threads.parallel()  # Numba's threads start (fix(1) started them already)
 print(*(v or "-" for v in threads.waiting().values()))
 print(*(os.environ.get(k, "-") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NBNET_WAIT_SET")))
@@ -211,6 +213,7 @@ print(*(v or "-" for v in threads.waiting().values()))
     ({"NBNET_THREADS": "fixed"}, "", "passive -", "- - -"),
     ({"OMP_WAIT_POLICY": "active"}, "", "active -", "active - -"),  # the user's: nbnet sets neither
     ({"GOMP_SPINCOUNT": "5"}, "", "- 5", "- 5 -"),
+    ({}, "user", "active -", "active - -"),
     # A parent process's nbnet set them (NBNET_WAIT_SET says so): decided again here.
     ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "10000", "NBNET_WAIT_SET": "passive,10000",
       "NBNET_THREADS": "fixed"}, "", "passive -", "- - -"),
@@ -295,6 +298,7 @@ def test_a_process_forked_after_the_threads_started_runs_serial_twins(fresh):
     if pid == 0:
         try:
             os.close(read)
+            threads.fix(2)  # the user's count, set in the child: still the serial twins there
             data = _forward_and_step(model, x, y)
             with os.fdopen(write, "wb") as f:
                 f.write(data)
@@ -621,3 +625,18 @@ def test_the_thread_count_holds_in_every_python_thread():
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("[(True, 2), (False, 1)] 1 of at most 1 threads (fixed"), done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_a_thread_holds_the_launch_lock_leaves_the_child_free():
+    """The thread in a parallel kernel (under an exclusive layer) is not in a forked child: the
+    child's lock is a new one, else every kernel there ran its serial twin for ever (alone())."""
+    import warnings  # noqa: PLC0415
+
+    with threads._launch, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: forking a process with threads
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if threads._launch.acquire(blocking=False) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -102,6 +102,20 @@ def test_resume_two_then_four_equals_four_straight(tmp_path):
     assert nb.load(b).layers[0].weight.shape == (16, 2)
 
 
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--seed", "5", "was trained with --seed 0, this run has 5"),
+    ("--batch-size", "16", "was trained with --batch-size 32, this run has 16"),
+    ("--optimizer", "adam", "was trained with --optimizer sgd, this run has adam"),
+    ("--loss", "mse", "was trained with --loss cross-entropy, this run has mse"),
+])
+def test_resume_refuses_options_that_fix_the_run(tmp_path, option, value, fragment):
+    """Options in MUST_MATCH_ON_RESUME (the model, the data, the order of the batches) given anew on
+    --resume: the run would go on as another run than the one saved."""
+    ck = tmp_path / "ck.npz"
+    assert nbnet("train", *FAST, "--save", ck, "-q").exit_code == 0
+    assert_error(nbnet("train", "--resume", ck, "--epochs", "3", option, value), "does not fit", fragment)
+
+
 def test_thread_count_and_dtype(tmp_path):
     import numba  # noqa: PLC0415
 
@@ -361,3 +375,19 @@ def test_tiny_mnist_subset_trains(tmp_path):
               "--metrics-out", m, "--quiet")
     assert r.exit_code == 0, r.output
     assert json.loads(m.read_text().splitlines()[-1])["test_accuracy"] > 0.8
+
+
+def test_predict_prints_float64_values_that_read_back_exactly(tmp_path):
+    """mse predictions on stdout carry the digits of the model's dtype: 17 for float64 (at 9 they
+    came out rounded to about float32's precision)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    np.savez(tmp_path / "r.npz", x=x, y=x @ np.array([0.3, -1.7, 2.1]) + 0.1)
+    ck = tmp_path / "ck.npz"
+    assert nbnet("train", "--dataset", tmp_path / "r.npz", "--loss", "mse", "--dtype", "float64", *FAST,
+                 "--save", ck, "-q").exit_code == 0
+    np.save(tmp_path / "x.npy", x)
+    r = nbnet("predict", "--checkpoint", ck, tmp_path / "x.npy")
+    assert r.exit_code == 0, r.output
+    expected = nb.predict(nb.load(ck), x, loss="mse").ravel()
+    assert [float(v) for v in r.stdout.split()] == expected.tolist()

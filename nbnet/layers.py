@@ -119,7 +119,10 @@ class Layer:
         return {}
 
     def _buffer(self, name, like, shape, dtype):
-        """self.<name>, reallocated only when the shape, dtype or device changes."""
+        """self.<name>, reallocated only when the shape, dtype or device changes; on the host, a
+        batch of fewer rows (an epoch's last, short one) gets the first rows of the largest one
+        (self._kept_<name>), and the next full batch that one again: reallocating both ways cost
+        two allocations of every buffer an epoch, every other step where an epoch has two."""
         buf = getattr(self, name, None)
         if (
             buf is None
@@ -127,7 +130,15 @@ class Layer:
             or buf.dtype != dtype
             or isinstance(buf, np.ndarray) != isinstance(like, np.ndarray)
         ):
-            buf = empty_like_shape(like, shape, dtype)
+            kept = getattr(self, "_kept_" + name, None)
+            # Only while self.<name> is its view: None there asks for a new array (see _out).
+            if (type(buf) is np.ndarray and type(like) is np.ndarray and type(kept) is np.ndarray
+                    and kept.base is buf.base and kept.dtype == dtype and kept.shape[1:] == shape[1:]
+                    and kept.shape[0] >= shape[0] and len(shape) == kept.ndim):
+                buf = kept if kept.shape[0] == shape[0] else kept[: shape[0]]
+            else:
+                buf = empty_like_shape(like, shape, dtype)
+                setattr(self, "_kept_" + name, buf)
             setattr(self, name, buf)
         return buf
 

@@ -226,8 +226,7 @@ def _linear_forward(out, act, inp, weight, bias, relu):
     Dot-form units (simd.dot_unit), taken by the threads one at a time.
     """
     units = simd.dot_units(out)
-    counter = np.empty(1, np.int64)
-    counter[0] = 0
+    counter = simd.unit_counter()
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:
@@ -443,8 +442,7 @@ def _linear_blocks(c, a, b, vec, other, how):
     # (cold import + first step at batch 128, Zen 3, three interleaved runs: 14.1-16.1 -> 12.7-14.2 s)
     shared = how >= 0 and SHARED_UNITS
     units = simd.bcast_units(c, steps, shared)
-    counter = np.empty(1, np.int64)
-    counter[0] = 0
+    counter = simd.unit_counter()
     for _ in prange(units):  # each thread drains the counter in its first iteration
         u = simd.claim(counter)
         while u < units:

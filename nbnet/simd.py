@@ -711,6 +711,28 @@ def claim(typingctx, counter):
     return types.int64(counter), codegen
 
 
+@intrinsic
+def unit_counter(typingctx):
+    """A counter for `claim`, at 0: one int64 on the calling function's stack frame (an alloca in
+    its entry block, as stack_array), which the threads of that function's prange share while it
+    runs. np.empty(1, np.int64) cost an allocation at every call of a Linear kernel."""
+    arrty = types.Array(types.int64, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        with builder.goto_entry_block():
+            data = builder.alloca(i64)
+        builder.store(ir.Constant(i64, 0), data)
+        arr = context.make_array(arrty)(context, builder)
+        one = context.get_constant(types.intp, 1)
+        itemsize = context.get_constant(types.intp, 8)
+        context.populate_array(arr, data=data, shape=[one], strides=[itemsize], itemsize=itemsize,
+                               meminfo=None)  # no owner to count
+        return arr._getvalue()
+
+    return arrty(), codegen
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. Drivers: one work unit of a product, cache-blocked, built from the micro-kernels. A kernel
 # hands units out to its threads with `claim` and applies its own epilogue (bias, ReLU) to the

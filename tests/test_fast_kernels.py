@@ -1002,3 +1002,30 @@ def test_a_disk_that_refuses_the_kernel_cache_does_not_stop_the_kernel(tmp_path,
 
     monkeypatch.setattr(caching.IndexDataCacheFile, "_save_data", full_disk)
     assert make(_doubled)(21.0) == 42.0
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("kernel", FAST_KERNELS + ROW_KERNELS, ids=name_of)
+def test_linear_kernels_allocate_nothing(kernel, twin):
+    """A call of a Linear kernel allocates nothing in Numba's runtime: the threads' work-unit counter
+    was np.empty(1, np.int64), one allocation at every call of every Linear layer's forward and
+    backward. A call still counts one NRT allocation per array argument (the MemInfo that Numba's
+    dispatcher wraps an unboxed NumPy array in), and nothing else."""
+    from numba.core.runtime import _nrt_python, rtsys
+
+    run = getattr(kernel, twin)
+    args = kernel_args(name_of(kernel), np.float32)
+    run(*args)  # compiled (or loaded) first
+    was_on = _nrt_python.memsys_stats_enabled()
+    _nrt_python.memsys_enable_stats()
+    try:
+        before = rtsys.get_allocation_stats()
+        for _ in range(5):
+            run(*args)
+        after = rtsys.get_allocation_stats()
+    finally:
+        if not was_on:
+            _nrt_python.memsys_disable_stats()
+    arrays = sum(isinstance(a, np.ndarray) for a in args)
+    assert after.alloc - before.alloc == 5 * arrays, (after, before, arrays)
+    assert after.free - before.free == 5 * arrays

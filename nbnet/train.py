@@ -24,7 +24,7 @@ import numpy as np
 
 from . import dist
 from .check import compile_kernels
-from .data import batches, batches_reusing, share, whole
+from .data import batches_reusing, share, whole
 from .datasets import check_features, is_real
 from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
@@ -372,20 +372,25 @@ def predict(model, x, batch_size=1000, loss="cross-entropy"):
     check_head(model, loss)
     squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
     forward = getattr(model, "forward_reusing", model.forward)
-    outs, yes = [], []
+    scores = labels = None
     with lock(model):
-        for xb, _ in batches(x, np.zeros(len(x)), batch_size, shuffle=False):
-            z = forward(xb)
+        for start in range(0, len(x), batch_size):
+            z = forward(x[start : start + batch_size])
+            if scores is None:
+                # The results, made once and filled batch by batch: a copy of each batch, then their
+                # concatenation, held the scores twice.
+                scores = np.empty((len(x), z.shape[1]), z.dtype)
+                labels = np.empty(scores.shape, np.int64) if loss == "bce" else None
+            rows = slice(start, start + len(z))
             if loss == "bce":
                 # Decided on z ≥ 0, as evaluate's accuracy (count_correct_labels) decides: σ(z) rounds
                 # to ½ for z just below 0 (above -6e-8 in float32), which `σ(z) ≥ ½` read as yes.
-                yes.append(to_host(z) >= 0)
-            outs.append(to_host(z if squash is None else squash.forward(z)).copy())
-    scores = np.concatenate(outs)
+                np.greater_equal(to_host(z), 0, out=labels[rows])
+            scores[rows] = to_host(z if squash is None else squash.forward(z))
     if loss == "cross-entropy":
         return scores.argmax(axis=1), scores
     if loss == "bce":
-        return np.concatenate(yes).astype(np.int64), scores
+        return labels, scores
     return scores, scores
 
 

@@ -34,7 +34,12 @@ def memory_budget():
 
 
 def gib(nbytes):
-    return f"{nbytes / (1 << 30):.1f} GiB"
+    """nbytes in GiB: an int of bytes beyond a float64 (a width of 10**400, Linear's or the scikit-learn
+    wrapper's hidden_layer_sizes) made the division an OverflowError, not the memory check's message."""
+    try:
+        return f"{nbytes / (1 << 30):.1f} GiB"
+    except OverflowError:
+        return "over 1e308 GiB"
 
 
 def load_bytes(shape, dtype, into=None):

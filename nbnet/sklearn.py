@@ -35,6 +35,7 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   whole rows (scikit-learn: subset accuracy).
 """
 
+import math
 import numbers
 import warnings
 
@@ -80,6 +81,16 @@ def glorot_like_sklearn(model, activation):
             fan_in, fan_out = layer.in_features, layer.out_features
             layer.weight *= layer.weight.dtype.type(np.sqrt(factor / 6.0 * fan_in / (fan_in + fan_out)))
 
+
+
+def _finite(v):
+    """Whether a number is finite as a float64: an int beyond it (max_iter=10**400) made
+    np.isfinite raise a TypeError naming no parameter, and learning_rate_init=10**400 an
+    OverflowError later."""
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 class _Converged(Exception):
     """Raised from the loop's on_epoch to end training early."""
@@ -140,7 +151,7 @@ class _BaseMLP(BaseEstimator):
         def number(name, lo, hi=np.inf, lo_open=False, hi_open=False, integer=False):
             v = getattr(self, name)
             kind = numbers.Integral if integer else numbers.Real
-            ok = isinstance(v, kind) and not isinstance(v, bool) and np.isfinite(v)
+            ok = isinstance(v, kind) and not isinstance(v, bool) and _finite(v)
             ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
             if not ok:
                 what = "an integer" if integer else "a number"

@@ -294,7 +294,10 @@ def test_bad_parameters_refused_at_fit_with_a_reason():
                           ({"batch_size": 0}, "batch_size"), ({"learning_rate_init": 0}, "learning_rate_init"),
                           ({"max_iter": 0}, "max_iter"), ({"momentum": 1.5}, "momentum"),
                           ({"dtype": np.int32}, "dtype"), ({"dtype": None}, "dtype"),
-                          ({"n_iter_no_change": 0}, "n_iter_no_change"), ({"alpha": -1.0}, "alpha"), ({"validation_fraction": 1.0}, "validation_fraction")]:
+                          ({"n_iter_no_change": 0}, "n_iter_no_change"), ({"alpha": -1.0}, "alpha"), ({"validation_fraction": 1.0}, "validation_fraction"),
+                          # ints beyond a float64: np.isfinite's TypeError, or an OverflowError, naming nothing
+                          ({"max_iter": 10**400}, "max_iter"), ({"learning_rate_init": 10**400}, "learning_rate_init"),
+                          ({"hidden_layer_sizes": (10**400,)}, "needs about over 1e308 GiB")]:
         with pytest.raises(ValueError, match=match):
             MLPClassifier(**params).fit(x, y)
 

@@ -4,7 +4,7 @@ The first thing to run on a new machine, and what a bug report should carry: it 
 the vector ISA and register blocks nbnet chose (nbnet.simd), the threading layer, then checks
 - every fast Linear kernel against its plain formula kernel (the `_ref` in nbnet.cpu) on odd
   shapes that hit every block edge, float32 and float64, fused ReLU included;
-- the same kernels bitwise equal on 1 thread and on all threads;
+- the same kernels bitwise equal on 1 thread and on all threads, float32 and float64;
 - a small model's gradients against central finite differences in float64.
 Exit status 1 when any check fails.
 
@@ -168,31 +168,34 @@ def check_linear(dtype):
     return bad
 
 
-def check_threads():
+def check_threads(dtypes=(np.float32, np.float64)):
     """Failures of 1 thread vs all threads, bitwise, on each fast Linear kernel (parallel twins)."""
     top = numba.config.NUMBA_NUM_THREADS
     if top < 2:
         return []
-    rng = np.random.default_rng(7)
     k, n, m = 130, 257, 66
-    x, w, b, g = (_rand(rng, s, np.float32) for s in ((k, n), (m, n), (m,), (k, m)))
-    runs = []
+    bad = []
     before = numba.get_num_threads()
     try:
-        for t in (1, top):
-            numba.set_num_threads(t)
-            out, out_t = np.empty((k, m), np.float32), np.empty((k, m), np.float32)
-            dx, dw, db = np.empty((k, n), np.float32), np.ones((m, n), np.float32), np.ones(m, np.float32)
-            cpu.linear_forward_act.parallel(out, out, x, w, b, False)
-            cpu.linear_blocks.parallel(out_t, x, w.T.copy(), b, out_t, cpu.FORWARD)
-            for kernel, args in (cpu.backward_input_route(dx, g, w, dx, False),
-                                 cpu.backward_params_route(dw, db, g, x, True)):
-                kernel.parallel(*args)
-            runs.append((out, out_t, dx, dw, db))
+        for dtype in dtypes:
+            rng = np.random.default_rng(7)
+            x, w, b, g = (_rand(rng, s, dtype) for s in ((k, n), (m, n), (m,), (k, m)))
+            runs = []
+            for t in (1, top):
+                numba.set_num_threads(t)
+                out, out_t = np.empty((k, m), dtype), np.empty((k, m), dtype)
+                dx, dw, db = np.empty((k, n), dtype), np.ones((m, n), dtype), np.ones(m, dtype)
+                cpu.linear_forward_act.parallel(out, out, x, w, b, False)
+                cpu.linear_blocks.parallel(out_t, x, w.T.copy(), b, out_t, cpu.FORWARD)
+                for kernel, args in (cpu.backward_input_route(dx, g, w, dx, False),
+                                     cpu.backward_params_route(dw, db, g, x, True)):
+                    kernel.parallel(*args)
+                runs.append((out, out_t, dx, dw, db))
+            bad += [f"{name} {np.dtype(dtype).name}: 1 thread and {top} threads differ" for name, a, c in
+                    zip(("forward", "forward from Wᵀ", "dX", "dW", "db"), *runs) if not np.array_equal(a, c)]
     finally:
         numba.set_num_threads(before)
-    return [f"{name}: 1 thread and {top} threads differ" for name, a, c in
-            zip(("forward", "forward from Wᵀ", "dX", "dW", "db"), runs[0], runs[1]) if not np.array_equal(a, c)]
+    return bad
 
 
 def check_finite_differences():
@@ -277,7 +280,7 @@ def _run_checks(out):
     failures = 0
     for name, run in (("Linear kernels vs formula, float32", lambda: check_linear(np.float32)),
                       ("Linear kernels vs formula, float64", lambda: check_linear(np.float64)),
-                      ("1 thread vs all threads, bitwise", check_threads),
+                      ("1 thread vs all threads, bitwise, float32 and float64", check_threads),
                       ("gradients vs finite differences, float64", check_finite_differences)):
         t = time.perf_counter()
         try:

@@ -129,3 +129,21 @@ def test_info_and_check_say_no_threading_layer_loads_and_go_on():
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "threading layer unknown (No threading layer could be loaded." in done.stdout
     assert "FAIL Linear kernels vs formula, float32" in done.stdout and "check(s) failed in" in done.stdout
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one thread: nothing to compare")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_check_threads_fails_on_a_kernel_whose_result_depends_on_the_thread_count(monkeypatch, dtype):
+    """A forward twin that adds the thread count to one element: check_threads must name it, in
+    the dtype it differs in (float64 was never compared: a float64 kernel could differ unseen)."""
+    real = cpu.linear_forward_act
+
+    class Wrong:
+        def parallel(self, out, act, x, w, b, relu):
+            real.parallel(out, act, x, w, b, relu)
+            if out.dtype == dtype:
+                out[0, 0] += numba.get_num_threads()
+
+    monkeypatch.setattr(cpu, "linear_forward_act", Wrong())
+    top = numba.config.NUMBA_NUM_THREADS
+    assert check.check_threads() == [f"forward {np.dtype(dtype).name}: 1 thread and {top} threads differ"]

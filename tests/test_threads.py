@@ -627,6 +627,42 @@ def test_the_thread_count_holds_in_every_python_thread():
     assert done.stdout.startswith("[(True, 2), (False, 1)] 1 of at most 1 threads (fixed"), done.stdout
 
 
+ENTER_SCRIPT = r"""
+import threading
+import numba
+from nbnet import threads
+threads.fix(2)  # of NUMBA_NUM_THREADS=3; fixed: no poll falls due for POLL seconds
+seen, mine, theirs = [], threading.Event(), threading.Event()
+
+def worker():
+    seen.append((threads.parallel(), numba.get_num_threads()))
+    numba.set_num_threads(1)  # the user's number, in this thread
+    mine.set()
+    theirs.wait()
+    seen.append((threads.parallel(), numba.get_num_threads()))  # no poll: _enter sees the change
+
+t = threading.Thread(target=worker)
+t.start()
+mine.wait()
+threads.fix(3)  # another thread changes the count in use
+theirs.set()
+t.join()
+print(seen, threads._limit)
+"""
+
+
+def test_a_count_set_in_a_thread_survives_another_threads_change():
+    """Between polls, a thread's first kernel after another thread changed the count (_enter) takes
+    the number its user set in this thread, not the other thread's: with that rule gone the worker
+    ran 3 threads where its user asked for 1, and every test passed (mutation testing; it takes
+    three threads to tell the user's 1 from the count of 2 this thread had)."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="3", NBNET_THREADS="auto")
+    done = subprocess.run([sys.executable, "-c", ENTER_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[(True, 2), (False, 1)] 1", done.stdout
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_fork_while_a_thread_holds_the_launch_lock_leaves_the_child_free():
     """The thread in a parallel kernel (under an exclusive layer) is not in a forked child: the

@@ -57,6 +57,7 @@ class Sequential:
         self._plan = None  # the kernel calls of a CPU forward and backward at one batch shape (_Plan)
         self._last_shape, self._streak = None, 0  # forwards layer by layer in a row at this batch shape
         self._plan_after = 2  # ... after which one builds a plan; doubled when a plan's arrays were replaced
+        self._resting = None  # the plan set aside for a shorter batch, taken up again at the next forward (_forward)
         self.lock = threading.RLock()  # see the class docstring
         self._forward_thread = [None]  # the thread whose forward the layers' caches hold (shared by slices)
 
@@ -197,16 +198,25 @@ class Sequential:
             return self._forward(x)
 
     def _forward(self, x):
-        plan = self._plan
+        plan, resting = self._plan, self._resting
+        self._resting = None
         if plan is not None:
             if plan.fits(self, x):
                 return plan.forward(_unaliased(x, plan.held))
             self._plan = None
             if plan.takes(x):  # the batch fits but an array was replaced: plan less eagerly
                 self._plan_after = min(2 * self._plan_after, 1024)
+            elif _shorter(x, plan.shape):
+                # An epoch's last, short batch: the layers run it in the first rows of the planned
+                # buffers, and give those very buffers back at the next full batch (Layer._buffer),
+                # whose forward takes this plan up again: it was rebuilt there, once an epoch.
+                self._resting = plan
         if type(x) is np.ndarray and simd.made_here(x):  # only nbnet's own arrays can be a layer's
             x = _unaliased(x, held_arrays(self.layers))
         out = self._forward_layers(x)
+        if resting is not None and resting.fits(self, x):  # its arrays are the layers' again
+            self._plan, self._streak, self._last_shape = resting, 0, x.shape
+            return out
         # The second forward in a row at one batch shape plans the calls: a shape seen once, such
         # as an epoch's last short batch, is not worth building a plan for.
         shape = getattr(x, "shape", None)
@@ -468,6 +478,11 @@ class _Plan:
             return False
         _run_steps(self.bwd, x, grad)
         return True
+
+
+def _shorter(x, shape):
+    """x is a batch of fewer rows than `shape`, each as wide."""
+    return type(x) is np.ndarray and x.ndim == len(shape) and x.shape[1:] == shape[1:] and x.shape[0] < shape[0]
 
 
 def held_arrays(layers):

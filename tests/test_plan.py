@@ -150,6 +150,25 @@ def test_an_epochs_short_last_batch_keeps_planning():
     assert m._plan is not None and m._plan.shape == (8, 20)
 
 
+def test_an_epochs_short_last_batch_takes_the_same_plan_up_again(monkeypatch):
+    """The short batch runs in the first rows of the planned buffers, and the next full batch gets
+    those buffers back: the plan was dropped there and rebuilt (13 KB) at every epoch. Still the
+    bits of layer by layer, including the full batch's backward right after the short one."""
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((8 if i % 5 < 4 else 3, 20)).astype(np.float32) for i in range(15)]
+    ys = [rng.integers(0, 5, len(x)) for x in xs]
+    m, plans, step = model(), [], nb.SGD.step
+    monkeypatch.setattr(nb.SGD, "step", lambda opt: plans.append(m._plan) or step(opt))
+    got = train(m, xs, ys)
+    monkeypatch.undo()
+    want = train(layer_by_layer(model()), xs, ys)
+    for a, b in zip(got[1] + got[2], want[1] + want[2]):
+        np.testing.assert_array_equal(a, b)
+    first = plans[1]  # built at the second forward of 8 rows
+    assert first is not None
+    assert all(p is (None if i % 5 == 4 else first) for i, p in enumerate(plans[1:], 1)), plans
+
+
 def test_optimizer_sees_replaced_arrays_and_zero_marks():
     """The optimizer's cached groups (Optimizer._fast_check): a step right after zero_grad (no
     backward) uses zero gradients, and a replaced parameter array is the one updated."""

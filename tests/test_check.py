@@ -53,6 +53,22 @@ def test_compile_kernels_leaves_model_and_optimizer_alone(monkeypatch, capsys):
     assert opt.step_count == 0 and all(v is None for st in opt.state for v in st.values())
 
 
+def test_compile_kernels_draws_its_batches_in_the_models_dtype():
+    """The warm-up drew float64 numbers and copied them to float32: three times a batch of rows,
+    at the eval batch size (376 MB beside check_memory's count for --eval-batch-size 60000 on MNIST)."""
+    import tracemalloc
+
+    model = nb.Sequential([nb.Linear(200, 4, seed=0), nb.ReLU(), nb.Linear(4, 3, seed=1)])
+    check.compile_kernels(model, eval_rows=(20_000,), say=False)  # the kernels compiled or loaded
+    tracemalloc.start()
+    try:
+        check.compile_kernels(model, eval_rows=(20_000,), say=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, peak  # the batch is 16 MB; was 48 MB
+
+
 def test_compiling_is_said_on_a_real_compilation_only_and_once(monkeypatch, capsys):
     monkeypatch.setattr(check._SayCompiling, "said", False)
     twice = numba.njit(lambda a: 2 * a)  # not cached: calling it compiles

@@ -202,6 +202,32 @@ def one_flat(arrays):
         return None  # one launch per parameter: slower, still right
 
 
+def byte_span(arr):
+    """(first byte, one past the last byte) of the memory device array `arr`'s elements lie in,
+    from its __cuda_array_interface__ (pointer, shape, strides); (0, 0) for no elements. A device
+    view has no .base to compare, as a host one has: where two arrays lie is what says they share
+    memory. The simulator's arrays have no such interface: their NumPy array's says the same."""
+    face = getattr(arr, "__cuda_array_interface__", None)
+    if face is None:
+        face = arr.__array_interface__  # the simulator: a FakeCUDAArray passes it on from its ndarray
+    shape, itemsize = tuple(face["shape"]), np.dtype(face["typestr"]).itemsize
+    if 0 in shape:
+        return 0, 0
+    strides = face.get("strides")
+    if strides is None:  # C-contiguous
+        strides, step = [], itemsize
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= n
+    lo = hi = face["data"][0]
+    for n, s in zip(shape, strides):
+        if s < 0:
+            lo += (n - 1) * s
+        else:
+            hi += (n - 1) * s
+    return lo, hi + itemsize
+
+
 def empty(shape, dtype):
     _require_device()
     return cuda.device_array(shape, dtype)

@@ -63,7 +63,8 @@ class Sequential:
 
     def __getstate__(self):
         # A lock cannot be copied or pickled, and the copy is a model of its own: it gets its own.
-        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "_forward_thread")}
+        # Not the device spans: a copy's arrays lie elsewhere (its layers' copies would pass as held).
+        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "_forward_thread", "_device_spans")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -213,6 +214,8 @@ class Sequential:
                 self._resting = plan
         if type(x) is np.ndarray and simd.made_here(x):  # only nbnet's own arrays can be a layer's
             x = _unaliased(x, held_arrays(self.layers))
+        elif hasattr(x, "copy_to_host"):
+            x = self._device_unaliased(x)
         out = self._forward_layers(x)
         if resting is not None and resting.fits(self, x):  # its arrays are the layers' again
             self._plan, self._streak, self._last_shape = resting, 0, x.shape
@@ -225,6 +228,27 @@ class Sequential:
         if self._streak >= self._plan_after:
             self._plan, self._streak = _Plan.build(self, x), 0
         return out
+
+    def _device_unaliased(self, x):
+        """_unaliased for a device batch: x, or a copy when its memory overlaps a device array a layer
+        holds (found by where each lies: a device view has no .base). model(model[-1].out) on the GPU
+        overwrote the first layer's input in the forward, and dW = Gᵀ X read the overwritten batch.
+        The arrays' spans are kept while the layers hold the same arrays (checked by identity, as a
+        plan's), so a step computes one span, its batch's."""
+        from .gpu import byte_span, copy  # noqa: PLC0415 - only device arrays get here
+
+        try:
+            lo, hi = byte_span(x)
+        except (AttributeError, KeyError, TypeError):
+            return x  # not a device array after all: the first layer's checks say what it is
+        held = [a for layer in self.layers for name, a in vars(layer).items()
+                if name != "inp" and a is not None and type(a) is not np.ndarray and hasattr(a, "copy_to_host")]
+        kept = getattr(self, "_device_spans", None)
+        if kept is None or len(kept[0]) != len(held) or not all(map(is_, kept[0], held)):
+            kept = self._device_spans = (held, [byte_span(a) for a in held])
+        if lo < hi and any(lo < end and start < hi for start, end in kept[1]):
+            return copy(x)
+        return x
 
     def _forward_layers(self, x):
         """The forward layer by layer, through each layer's own checks and buffers."""
@@ -309,6 +333,7 @@ class Sequential:
         """Move parameters and gradients to "cuda" or "cpu" (see nbnet.gpu)."""
         from .gpu import move_model  # noqa: PLC0415 - optional, needs numba-cuda for "cuda"
 
+        self._device_spans = None  # holds device arrays the move dropped
         move_model(self, device)
         pack_parameters(self.parameters())  # one flat buffer again: the optimizer's one-launch path
         return self

@@ -162,6 +162,30 @@ def test_model_output_on_the_device_belongs_to_the_caller():
     np.testing.assert_array_equal(to_host(p1), want)
 
 
+def test_a_device_batch_in_a_layers_own_memory_is_copied_first():
+    """model(v) on the GPU where v is (a view of) a device array the layers write: the forward
+    overwrote it (model[-1].out is the first layer's input there) and dW = Gᵀ X read the result.
+    Copied first, as on the host (found by where it lies: a device view has no .base); a batch of
+    its own is not copied."""
+    x = rand(np.random.default_rng(4), (3, 4), np.float32)
+    g = gpu.to_device(np.ones((3, 4), np.float32))
+    picks = [lambda m: m[-1].out[1:], lambda m: m[0].grad_weight[:3]]
+    for pick in picks:
+        m, twin = ([nb.Sequential(nb.Linear(4, 4, seed=0), nb.ReLU(), nb.Linear(4, 4, seed=1)).to("cuda")
+                    for _ in range(2)])
+        for model in (m, twin):
+            model.forward_reusing(gpu.to_device(x))
+        batch = pick(m)
+        same = gpu.to_device(to_host(batch))
+        np.testing.assert_array_equal(to_host(m(batch)), to_host(twin(same)))
+        m.backward(g[: batch.shape[0]])
+        twin.backward(g[: batch.shape[0]])
+        for p, q in zip(m.parameters(), twin.parameters()):
+            np.testing.assert_array_equal(to_host(p.grad), to_host(q.grad))
+    own = gpu.to_device(x)
+    assert m._device_unaliased(own) is own
+
+
 def test_a_host_array_assigned_to_a_layer_on_the_device_is_the_one_named():
     """The device was read from the weight alone: a host weight assigned blamed the untouched bias."""
     model = nb.Sequential([nb.Linear(3, 4, seed=0)]).to("cuda")

@@ -253,17 +253,21 @@ def move_model(model, device):
             moved[id(arr)] = (arr, move(arr))
         return moved[id(arr)][1]
 
+    # Every copy is made before any layer changes: a copy that fails (out of GPU memory at the
+    # second layer, say) left the layers before it on the new device and the rest on the old.
+    changes = []  # (layer, attribute, new value)
     for layer in model.layers:
         keep = set()
         for p in layer.parameters():
             # "_grad_<name>": the array behind a Linear's grad_<name> property. p.grad reads a
             # gradient that zero_grad marked as zeros (and fills it): the move copies zeros.
             keep.update((p.name, "grad_" + p.name, "_grad_" + p.name))
-            setattr(layer, p.name, once(p.data))
-            setattr(layer, "grad_" + p.name, once(p.grad))
+            changes += [(layer, p.name, once(p.data)), (layer, "grad_" + p.name, once(p.grad))]
         for name, value in list(vars(layer).items()):
             if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
-                setattr(layer, name, None)
+                changes.append((layer, name, None))
+    for layer, name, value in changes:
+        setattr(layer, name, value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -478,6 +478,29 @@ def test_a_tied_weight_moves_as_one_array():
     assert model.layers[2].weight is model.layers[0].weight
 
 
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_a_move_that_fails_part_way_leaves_every_layer_where_it_was(device, monkeypatch):
+    """A copy failing at the second Linear (out of GPU memory, say) left the first layer moved and
+    the rest not: a model split between the devices. Every copy is made before any layer changes."""
+    model = tiny_model().to("cpu" if device == "cuda" else "cuda")
+    model.forward(np.ones((2, 3), np.float32))
+    before = [(layer, dict(vars(layer))) for layer in model.layers]
+    name = "to_device" if device == "cuda" else "_to_host"
+    real, calls = getattr(gpu, name), []
+
+    def failing(arr):
+        calls.append(arr)
+        if len(calls) == 5:  # the second Linear's weight, after the first's four arrays
+            raise RuntimeError("out of memory")
+        return real(arr)
+
+    monkeypatch.setattr(gpu, name, failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.to(device)
+    for layer, attrs in before:
+        assert all(getattr(layer, k) is v for k, v in attrs.items()), layer
+
+
 def test_device_labels_and_bad_labels():
     model = tiny_model().to("cuda")
     logits = model.forward(np.zeros((2, 3), np.float32))

@@ -928,6 +928,8 @@ def count_correct_labels(logits, targets):
 @jit
 def count_correct(logits, targets):
     """Σ_i [argmax_j z_ij = t_i]: the rows whose largest logit (the first, on ties) is the label.
+    A NaN compares false, so it is the pick only at j = 0: row [0, NaN, 5] picks 2, where np.argmax
+    picks the first NaN (1); nbnet.gpu.count_correct picks the same.
 
     Plain @njit: one counter, cheap next to the forward pass."""
     correct = 0

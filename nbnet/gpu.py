@@ -1081,7 +1081,9 @@ def gather_rows(xb, yb, x, y, order, start):
 
 @_jit
 def _count_correct_kernel(total, logits, targets):
-    """total[0] = Σ_i [argmax_j z_ij = t_i]   (first maximum, as np.argmax); one block"""
+    """total[0] = Σ_i [argmax_j z_ij = t_i]   one block; argmax as cpu.count_correct's: the first
+    maximum on ties, as np.argmax, but a NaN compares false, so it is picked only at j = 0 (row
+    [0, NaN, 5] picks 2, where np.argmax picks the first NaN, 1)"""
     partial = cuda.shared.array(REDUCE, dtype=total.dtype)
     t = cuda.threadIdx.x
     acc = total.dtype.type(0)

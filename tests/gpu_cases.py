@@ -357,6 +357,12 @@ def test_gather_rows_and_count_correct():
     t = np.array([2, 0, 1, 2, 3])
     expected = int((logits.argmax(1) == t).sum())
     assert gpu.count_correct(gpu.to_device(logits), gpu.to_device(t)) == expected
+    # NaN as the docstrings say, the same on both: never the pick after j = 0 (np.argmax: the first NaN)
+    nan = np.nan
+    logits = np.array([[0, nan, 5], [nan, 1, 2], [1, nan, nan], [nan, nan, 0], [0, 5, nan]], np.float32)
+    for t, right in [([2, 0, 0, 0, 1], 5), ([1, 2, 1, 2, 2], 0)]:
+        t = np.array(t)
+        assert gpu.count_correct(gpu.to_device(logits), gpu.to_device(t)) == cpu.count_correct(logits, t) == right
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import functools
 import importlib.util
 import math
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -513,7 +514,18 @@ def _linear_backward_params_sum_kernel(dweight, dbias, dweight_parts, dbias_part
         dbias[j] = s
 
 
-_parts_scratch = {}  # (parts, m, n, dtype) -> (dweight_parts, dbias_parts), allocated once per shape
+# Device scratch is per thread: threads may each train or evaluate a model of their own, and
+# another thread's kernels between a launch and its read-back overwrote one shared scratch.
+_scratch = threading.local()
+
+
+def _thread_scratch(name):
+    """This thread's dict `name` of reused device scratch arrays."""
+    kept = getattr(_scratch, name, None)
+    if kept is None:
+        kept = {}
+        setattr(_scratch, name, kept)
+    return kept
 
 
 def _batch_parts(k, m, n):
@@ -544,11 +556,12 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
         _launch_tiles(_linear_backward_params_kernel, dweight, dbias, dout, inp, accumulate)
         return
     key = (parts, m, n, dweight.dtype)
-    scratch = _parts_scratch.get(key)
+    kept = _thread_scratch("parts")  # (parts, m, n, dtype) -> (dweight_parts, dbias_parts), made once per shape
+    scratch = kept.get(key)
     if scratch is None:
-        if len(_parts_scratch) >= 16:  # each ≤ 16 MB (_batch_parts): ≤ 256 MB held however many shapes
-            _parts_scratch.clear()
-        scratch = _parts_scratch[key] = (empty((parts, m, n), dweight.dtype), empty((parts, m), dweight.dtype))
+        if len(kept) >= 16:  # each ≤ 16 MB (_batch_parts): ≤ 256 MB a thread holds however many shapes
+            kept.clear()
+        scratch = kept[key] = (empty((parts, m, n), dweight.dtype), empty((parts, m), dweight.dtype))
     grid = ((n + BT - 1) // BT, (m + BT - 1) // BT, parts)
     _launcher(_linear_backward_params_part_kernel, grid, (TILE, TILE))(*scratch, dout, inp, rows)
     _launch_1d(_linear_backward_params_sum_kernel, m * n + m, dweight, dbias, *scratch, accumulate)
@@ -792,14 +805,12 @@ def _squared_error_sum_kernel(total, pred, target):
         total[0] = partial[0]
 
 
-_scalars = {}  # dtype -> a reused one-element device array that a reduction writes into
-
-
 def _reduce_to_host(kernel, size, dtype, *args):
     """Run a one-block reduction kernel(total, *args) and return total[0] as a host scalar."""
-    total = _scalars.get(np.dtype(dtype))
+    scalars = _thread_scratch("scalars")  # dtype -> a reused one-element device array
+    total = scalars.get(np.dtype(dtype))
     if total is None:
-        total = _scalars[np.dtype(dtype)] = cuda.device_array(1, dtype)
+        total = scalars[np.dtype(dtype)] = cuda.device_array(1, dtype)
     threads = min(REDUCE, 1 << max(0, size - 1).bit_length())  # a power of two ≥ size
     _launcher(kernel, 1, threads)(total, *args)
     return total.copy_to_host()[0]

@@ -781,3 +781,46 @@ def test_device_targets_are_checked_as_host_ones():
         nb.evaluate(model, x, gpu.to_device(t), loss="bce")
     t[4, 1] = 1
     assert nb.evaluate(model, x, gpu.to_device(t), loss="bce")["accuracy"] >= 0
+
+
+def test_threads_reduce_and_split_into_scratch_of_their_own(monkeypatch):
+    """Each thread may train or evaluate a model of its own, but the device scratch that losses
+    reduce into and that a long batch's dW parts go to was one per process: a thread whose kernels
+    ran between another's launch and its read-back handed that one its own sums (wrong losses,
+    accuracies and gradients). Here the second thread runs whole inside the first's launch."""
+    import threading  # noqa: PLC0415
+
+    monkeypatch.setattr(gpu, "SPLIT_ROWS", 4)
+    monkeypatch.setattr(gpu, "PART_ROWS", 4)
+    rng = np.random.default_rng(9)
+    runs = {who: (gpu.to_device(rand(rng, (9, 2), np.float32)), gpu.to_device(rand(rng, (9, 3), np.float32)))
+            for who in ("first", "second")}
+    got, real = {}, gpu._launcher
+
+    def work(who):
+        g, x = runs[who]
+        dw, db = gpu.empty((2, 3), np.float32), gpu.empty(2, np.float32)
+        gpu.linear_backward_params(dw, db, g, x, False)
+        got[who] = (gpu._reduce_to_host(gpu._sum_kernel, 9, np.float32, g[:, 0]), to_host(dw), to_host(db))
+
+    def launcher(kernel, grid, block):
+        launch = real(kernel, grid, block)
+
+        def run(*args):
+            launch(*args)
+            if kernel in (gpu._sum_kernel, gpu._linear_backward_params_part_kernel) and not got.get("busy"):
+                got["busy"] = True
+                thread = threading.Thread(target=work, args=("second",))
+                thread.start()
+                thread.join()
+                got["busy"] = False
+        return run
+
+    monkeypatch.setattr(gpu, "_launcher", launcher)
+    work("first")  # the second thread runs inside its dW's parts, then inside its sum
+    for who in ("first", "second"):
+        g, x = (to_host(a) for a in runs[who])
+        total, dw, db = got[who]
+        np.testing.assert_allclose(dw, g.T @ x, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(db, g.sum(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(total, g[:, 0].sum(), rtol=1e-5)

@@ -40,6 +40,7 @@ class _SayCompiling(numba.core.event.Listener):
     on a cache miss: a kernel loaded from the on-disk cache says nothing), once per process."""
 
     said = False
+    said_gpu = set()  # the dtypes whose CUDA kernels a warm-up compiled (see compile_kernels)
     silenced = 0  # > 0 inside not_saying_compiling()
 
     def on_start(self, event):
@@ -76,8 +77,11 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
     params = model.parameters()
     if not params:
         return
-    if not isinstance(params[0].data, np.ndarray):  # on the GPU: numba-cuda compiles each run
-        if say and not _SayCompiling.silenced:
+    if not isinstance(params[0].data, np.ndarray):  # on the GPU: numba-cuda compiles once per process
+        # (per dtype: kernels are compiled for their argument types, not shapes). Said before every
+        # warm-up, each nb.train call (one epoch a call, say) printed it again with nothing to compile.
+        if say and not _SayCompiling.silenced and params[0].data.dtype not in _SayCompiling.said_gpu:
+            _SayCompiling.said_gpu.add(params[0].data.dtype)
             print(COMPILING_GPU, file=sys.stderr, flush=True)
         _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device="cuda")
         return

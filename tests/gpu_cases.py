@@ -824,3 +824,15 @@ def test_threads_reduce_and_split_into_scratch_of_their_own(monkeypatch):
         np.testing.assert_allclose(dw, g.T @ x, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(db, g.sum(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(total, g[:, 0].sum(), rtol=1e-5)
+
+
+def test_compiling_is_said_once_a_process_for_each_dtype(monkeypatch, capsys):
+    """nb.train warms the CUDA kernels up and said "compiling CUDA kernels" before each warm-up:
+    every call of a process again (one epoch a call, say), where numba-cuda had compiled them at
+    the first. Said once for each dtype, whose kernels are compiled apart."""
+    from nbnet import check  # noqa: PLC0415
+
+    monkeypatch.setattr(check._SayCompiling, "said_gpu", set(), raising=False)
+    for dtype in (np.float32, np.float32, np.float64, np.float64):
+        check.compile_kernels(tiny_model(dtype).to("cuda"), train_rows=(), eval_rows=())
+    assert capsys.readouterr().err.count(check.COMPILING_GPU) == 2

@@ -128,6 +128,20 @@ def test_train_quiet_says_nothing_about_compiling(monkeypatch):
 
 
 
+def test_the_warm_up_runs_no_batch_larger_than_the_data(monkeypatch):
+    """A batch size above the data's rows trains on the whole data a step, but the warm-up ran a
+    throwaway step at the batch size itself: batch_size=10**6 on 10 rows of 100 features took 1.3 GB
+    and 8 s before epoch 1 (more where that does not fit: a memory blow-up for nothing)."""
+    train_module = sys.modules["nbnet.train"]
+    asked = []
+    monkeypatch.setattr(train_module, "compile_kernels", lambda *a, train_rows, **k: asked.append(train_rows))
+    model = nb.Sequential(nb.Linear(2, 3, seed=0))
+    x, y = np.ones((10, 2), np.float32), np.arange(10) % 3
+    for batch_size in (10, 10**6, 4):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=batch_size)
+    assert [max(rows) for rows in asked] == [10, 10, 4]
+
+
 def test_info_and_check_say_no_threading_layer_loads_and_go_on():
     """NUMBA_THREADING_LAYER=tbb without tbb: Numba's threads cannot start, and both commands
     stopped at their threads line with 'Error: No threading layer could be loaded' alone: info

@@ -1204,17 +1204,18 @@ class DeviceDataset:
                     yield self.x[start : start + batch_size], self.y[start : start + batch_size]
                 return
             d_order = to_device(order)
-            xb, yb = self._buffers(batch_size)
+            # No more rows than the data has: a batch size above them is one batch of them all.
+            xb, yb = self._buffers(min(batch_size, n))
             for start in range(0, n, batch_size):
                 rows = min(batch_size, n - start)
                 # Whole batches pass the buffers themselves: a new view per step would cost its
                 # typing at every launch (~50 µs each in numba-cuda 0.30).
-                bx, by = (xb, yb) if rows == batch_size else (xb[:rows], yb[:rows])
+                bx, by = (xb, yb) if rows == len(xb) else (xb[:rows], yb[:rows])
                 gather_rows(bx, by, self.x, self.y, d_order, start)
                 yield bx, by
             return
         x, y = self.host
-        chunk = max(batch_size, self.chunk_rows // batch_size * batch_size)
+        chunk = min(n, max(batch_size, self.chunk_rows // batch_size * batch_size))  # n: one chunk
         cx, cy = self._buffers(chunk)
         for c0 in range(0, n, chunk):
             rows_c = min(chunk, n - c0)

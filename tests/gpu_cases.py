@@ -567,6 +567,15 @@ def test_device_dataset_gives_the_cpu_batches(max_bytes):
             np.testing.assert_array_equal(gy, wy)
     with pytest.raises(ValueError, match="out of range"):
         gpu.DeviceDataset(x, y, classes=3)
+    # A batch size above the rows: one batch of them all, in buffers of no more rows than that
+    # (they were of the batch size: 10**6 rows of the data's width for 7 rows of data).
+    for shuffle in (True, False):
+        got = [(to_host(xb), to_host(yb)) for xb, yb in ds.batches(10**6, shuffle=shuffle, seed=(1, 2))]
+        want = list(nb.batches(x, y, 10**6, shuffle=shuffle, seed=(1, 2)))
+        assert len(got) == len(want) == 1
+        np.testing.assert_array_equal(got[0][0], want[0][0])
+        np.testing.assert_array_equal(got[0][1], want[0][1])
+    assert all(len(xb) <= 7 and len(yb) <= 7 for xb, yb in ds._bufs.values())
 
 
 def test_training_on_a_device_dataset_matches_host_batches():

@@ -6,6 +6,7 @@ File layout (also the model part of `nbnet train --save` checkpoints):
 Other keys (optimizer state, config, ...) may sit beside these; `load` ignores them.
 """
 
+import copy
 import json
 import math
 import os
@@ -69,6 +70,21 @@ class Sequential:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.lock, self._forward_thread = threading.RLock(), [None]
+
+    def __deepcopy__(self, memo):
+        # A model on the GPU copies its device arrays on the GPU, each once (the memo keeps an
+        # array two layers hold one array): deepcopy itself cannot copy numba-cuda's arrays (the
+        # simulator's came out as host arrays, a copy silently on the CPU; real ones hold
+        # driver handles, not values). The rest as deepcopy does, through __getstate__.
+        for layer in self.layers:
+            for value in vars(layer).values():
+                if value is not None and type(value) is not np.ndarray and hasattr(value, "copy_to_host") \
+                        and id(value) not in memo:
+                    memo[id(value)] = copy_device_array(value)
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)

@@ -507,6 +507,24 @@ def test_a_move_that_fails_part_way_leaves_every_layer_where_it_was(device, monk
         assert all(getattr(layer, k) is v for k, v in attrs.items()), layer
 
 
+def test_a_deep_copy_of_a_model_on_the_device_is_on_the_device_and_its_own():
+    """copy.deepcopy (what Sequential's docstring gives each thread) of a model on the GPU came
+    out with host arrays in the simulator, and cannot copy a real device array's memory: the
+    device arrays are copied on the device, a tied weight as one array."""
+    import copy  # noqa: PLC0415
+
+    model = nb.Sequential(nb.Linear(3, 3, seed=0), nb.ReLU(), nb.Linear(3, 3, seed=1)).to("cuda")
+    model[2].weight = model[0].weight
+    x = np.ones((2, 3), np.float32)
+    want = to_host(model(x))
+    twin = copy.deepcopy(model)
+    assert all(not isinstance(a, np.ndarray) for p in twin.parameters() for a in (p.data, p.grad))
+    assert twin[2].weight is twin[0].weight and twin[0].weight is not model[0].weight
+    np.testing.assert_array_equal(to_host(twin(x)), want)
+    gpu.fill(twin[0].weight, 0)
+    np.testing.assert_array_equal(to_host(model(x)), want)
+
+
 def test_device_labels_and_bad_labels():
     model = tiny_model().to("cuda")
     logits = model.forward(np.zeros((2, 3), np.float32))

@@ -58,9 +58,9 @@ class _ClassificationLoss(Layer):
         pred = self._check_input(pred)
         for name in ("dinp", "probs_buf"):
             buf = getattr(self, name, None)
-            # (A device buffer has no .base, and a host view cannot alias it: only host pairs compare bases.)
             if buf is not None and (pred is buf or (type(pred) is np.ndarray and type(buf) is np.ndarray
-                                                    and pred.base is not None and pred.base is buf.base)):
+                                                    and pred.base is not None and pred.base is buf.base)
+                                    or self._device_overlap(pred, buf, name)):
                 # pred is (a view of) this loss's own buffer (loss_fn(loss_fn.backward(), y)): the
                 # kernels would write it while reading pred. A new one, as Linear's forward does.
                 setattr(self, name, None)
@@ -73,6 +73,25 @@ class _ClassificationLoss(Layer):
 
             targets = to_device(targets)
         return pred, targets
+
+    def _device_overlap(self, pred, buf, name):
+        """Device arrays pred and buf share memory: a device view has no .base to compare (a host
+        view cannot alias a device buffer), so where they lie says it (nbnet.gpu.byte_span). The
+        fused kernel overwrote the logits of loss_fn(loss_fn.backward()[:], y) row by row before
+        reading z_i,t_i (a wrong loss). A pair found apart is kept (by identity): a training step
+        passes the model's same output buffer each time."""
+        if type(pred) is np.ndarray or type(buf) is np.ndarray or not hasattr(pred, "copy_to_host"):
+            return False
+        apart = getattr(self, "_apart_" + name, None)
+        if apart is not None and apart[0] is pred and apart[1] is buf:
+            return False
+        from .gpu import byte_span  # noqa: PLC0415 - only device arrays get here
+
+        (plo, phi), (blo, bhi) = byte_span(pred), byte_span(buf)
+        if plo < bhi and blo < phi:
+            return True
+        setattr(self, "_apart_" + name, (pred, buf))
+        return False
 
     def _loss(self, value):
         """The loss. Device labels are not checked before a step (that would copy them to the host

@@ -525,6 +525,21 @@ def test_a_deep_copy_of_a_model_on_the_device_is_on_the_device_and_its_own():
     np.testing.assert_array_equal(to_host(model(x)), want)
 
 
+def test_a_device_view_of_the_losss_own_buffer_as_its_logits_is_not_overwritten():
+    """loss_fn(v, y) on the GPU where v is a view of the loss's own dz or softmax buffer: the fused
+    kernel wrote dz over the logits row by row before reading z_i,t_i (a wrong loss). Compared by
+    where they lie, as the host compares bases: the loss gets a new buffer."""
+    z = rand(np.random.default_rng(12), (3, 4), np.float32)
+    y = np.array([0, 2, 3])
+    for name in ("dinp", "probs_buf"):
+        loss_fn, twin = nb.SoftmaxCrossEntropy(), nb.SoftmaxCrossEntropy()
+        loss_fn(gpu.to_device(z), y)
+        view = getattr(loss_fn, name)[:]
+        same = gpu.to_device(to_host(view))
+        assert loss_fn(view, y) == twin(same, y), name
+        np.testing.assert_array_equal(to_host(loss_fn.backward()), to_host(twin.backward()))
+
+
 def test_device_labels_and_bad_labels():
     model = tiny_model().to("cuda")
     logits = model.forward(np.zeros((2, 3), np.float32))

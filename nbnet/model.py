@@ -158,7 +158,7 @@ class Sequential:
 
         body = [fmt(rows[0]), line, *map(fmt, rows[1:]), line]
         body.append(f"{self.num_parameters():,} parameters ({np.dtype(self.dtype).name}, "
-                    f"{sum(to_host(p.data).nbytes for p in self.parameters()):,} bytes)")
+                    f"{sum(p.data.nbytes for p in self.parameters()):,} bytes)")  # no host copy of a GPU model's
         return Summary("\n".join(body))
 
     def _check_rebuildable(self, what, how):

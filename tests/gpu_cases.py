@@ -540,6 +540,15 @@ def test_a_device_view_of_the_losss_own_buffer_as_its_logits_is_not_overwritten(
         np.testing.assert_array_equal(to_host(loss_fn.backward()), to_host(twin.backward()))
 
 
+def test_the_summary_of_a_model_on_the_device_copies_nothing_to_the_host(monkeypatch):
+    """summary() counted the parameters' bytes on host copies of them: a model's size in host
+    memory and transfers, for a line of text."""
+    model = tiny_model().to("cuda")
+    want = tiny_model().summary()
+    monkeypatch.setattr(type(model[0].weight), "copy_to_host", lambda *a, **k: pytest.fail("copied to the host"))
+    assert model.summary() == want
+
+
 def test_device_labels_and_bad_labels():
     model = tiny_model().to("cuda")
     logits = model.forward(np.zeros((2, 3), np.float32))

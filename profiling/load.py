@@ -7,14 +7,18 @@ untimed steps (compilation, and nbnet.threads' first looks at the load). Setting
 - 1t: NUMBA_NUM_THREADS=1;
 - 2t fixed: NUMBA_NUM_THREADS=2, NBNET_THREADS=fixed (2 threads whatever the load);
 - 2t auto: NUMBA_NUM_THREADS=2, nbnet's default (fewer threads while other processes use the cores).
-Prints the mean step time of each, quiet and loaded, and the loaded 2-thread time over its quiet
-time and over 1 thread's loaded time. nbnet sets OMP_WAIT_POLICY=passive, and a short spin
-(GOMP_SPINCOUNT) while it adapts the thread count, unless the user set either (nbnet/threads.py):
+The runs (each setting, quiet and loaded, at each policy and batch size) are interleaved over
+--rounds rounds, each timing its share of --steps, so a slow phase of a noisy machine falls on
+every setting alike rather than on one. Prints the median over the rounds of each run's mean step
+time, quiet and loaded, with the thread counts nbnet used during the timed steps in brackets
+([1-2]: it changed them under load), and the loaded 2-thread auto time over its quiet time and
+over 1 thread's loaded time. nbnet sets OMP_WAIT_POLICY=passive, and a short spin (GOMP_SPINCOUNT)
+while it adapts the thread count, unless the user set either (nbnet/threads.py):
 `--policies passive,active` shows why.
 Goal (issue #9): loaded 2-thread ≤ 1.5× its quiet time and never slower than 1 thread loaded.
 
-    python profiling/load.py                       # ~1 min
-    python profiling/load.py --quick               # a few seconds
+    python profiling/load.py                       # 3 rounds, ~1-2 min
+    python profiling/load.py --quick               # one round, 20 steps: a check that it runs
     python profiling/load.py --policies passive,active --batch 32
 """
 
@@ -31,7 +35,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def worker(batch, steps):
-    """Run in the child: mean (and median) seconds per training step, after one untimed warm-up."""
+    """Run in the child: mean (and median) seconds per training step, after one untimed warm-up,
+    and the thread counts nbnet used over the timed steps."""
     sys.path.insert(0, HERE)
     from common import training_step  # noqa: PLC0415
 
@@ -39,19 +44,20 @@ def worker(batch, steps):
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < 0.5:  # untimed: compilation, and nbnet.threads' first looks at the load
         step()
-    times = []
+    from nbnet import threads  # noqa: PLC0415
+
+    times, used = [], set()
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+        used.add(threads._n)  # what nbnet ran this step on (it adapts to the load), after the clock
     from nbnet.check import threading_layer  # noqa: PLC0415 - works before any parallel region ran too
 
     # The mean, not the median: under time-slicing a step is either at full speed or stalled for
     # a slice, and the median hides the stalls that make training slower.
-    from nbnet import threads  # noqa: PLC0415
-
     return {"median": statistics.median(times), "mean": statistics.fmean(times), "layer": threading_layer(),
-            "threads": threads._n}
+            "threads": sorted(used)}
 
 
 def measure(setting, policy, batch, steps):
@@ -73,16 +79,57 @@ def measure(setting, policy, batch, steps):
 SETTINGS = {"1t": (1, "fixed"), "2t fixed": (2, "fixed"), "2t auto": (2, "auto")}
 
 
+def shares(steps, rounds):
+    """`steps` split over `rounds` rounds as evenly as they go (fewer rounds when there are fewer
+    steps): every step asked for is timed, and no round times none."""
+    rounds = min(rounds, steps)
+    return [steps // rounds + (i < steps % rounds) for i in range(rounds)]
+
+
+def run_rounds(measure_one, keys, steps, rounds, busy_process):
+    """{(key, loaded): {"mean": median over the rounds of each round's mean, "threads": every count
+    seen, "layer"}}: each round runs every key (a setting, with its policy and batch) quiet, then
+    every one loaded (one busy process for the whole block), so the rounds interleave them in time."""
+    runs = {}
+    for share in shares(steps, rounds):
+        for loaded in (False, True):
+            busy = busy_process() if loaded else None
+            try:
+                for key in keys:
+                    runs.setdefault((key, loaded), []).append(measure_one(key, share))
+            finally:
+                if busy is not None:
+                    busy.kill()
+                    busy.wait()
+    return {key: {"mean": statistics.median(r["mean"] for r in rs), "layer": rs[0]["layer"],
+                  "threads": sorted({n for r in rs for n in r["threads"]})}
+            for key, rs in runs.items()}
+
+
+def spin():
+    """Another process keeping one core busy."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.3)
+    return busy
+
+
+def counts(used):
+    """The thread counts seen, as "2", or "1-2" where nbnet changed them."""
+    return str(used[0]) if len(used) == 1 else f"{used[0]}-{used[-1]}"
+
+
 def main():
     parser = argparse.ArgumentParser(description="1 vs 2 threads (fixed, adaptive), quiet vs one core busy")
     parser.add_argument("--batch", type=positive_ints, default="128", help="batch sizes, comma-separated")
-    parser.add_argument("--steps", type=positive_int, default=200, help="timed steps per setting")
+    parser.add_argument("--steps", type=positive_int, default=200, help="timed steps per setting (over all rounds)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="rounds that interleave the settings; each times its share of --steps")
     # OpenMP ignores a value it does not know: the row would be labelled with it and be the default's
     parser.add_argument("--policies", type=names_from("passive", "active"), default=None,
                         help="OMP_WAIT_POLICY values to compare (default: nbnet's)")
-    parser.add_argument("--quick", action="store_true", help="20 steps per setting (unless --steps is given)")
+    parser.add_argument("--quick", action="store_true", help="20 steps per setting, 1 round (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parse_args(parser, steps=20)
+    args = parse_args(parser, steps=20, rounds=1)
     if args.worker:
         print(json.dumps(worker(int(args.batch), args.steps)))
         return
@@ -95,33 +142,25 @@ def main():
 
     if load_warning():  # the "quiet" columns are only quiet on a quiet machine
         print(load_warning())
-    print(f"training step, MLP 784-256-128-10, float32; mean of {args.steps} steps, {os.cpu_count()} cores; "
-          f"threads in use at the end in brackets")
+    rounds = len(shares(args.steps, args.rounds))
+    print(f"training step, MLP 784-256-128-10, float32; {args.steps} steps per setting over {rounds} interleaved "
+          f"round(s), the median of the rounds' mean step times; {os.cpu_count()} cores; "
+          f"the threads nbnet used during the timed steps in brackets")
     policies = args.policies.split(",") if args.policies else [""]
-    print(f"\n{'policy':<18} {'batch':>5} {'layer':<5}" + "".join(f" {'quiet ' + n:>14}" for n in SETTINGS)
-          + "".join(f" {'busy ' + n:>14}" for n in SETTINGS) + f" {'auto busy/quiet':>16} {'auto busy/1t':>13}")
+    batches = list(map(int, args.batch.split(",")))
+    print(f"\n{'policy':<18} {'batch':>5} {'layer':<5}" + "".join(f" {'quiet ' + n:>16}" for n in SETTINGS)
+          + "".join(f" {'busy ' + n:>16}" for n in SETTINGS) + f" {'auto busy/quiet':>16} {'auto busy/1t busy':>18}")
+    keys = [(policy, batch, name) for policy in policies for batch in batches for name in SETTINGS]
+    res = run_rounds(lambda key, steps: measure(SETTINGS[key[2]], key[0], key[1], steps), keys,
+                     args.steps, args.rounds, spin)
     for policy in policies:
-        for batch in map(int, args.batch.split(",")):
-            res = {}
-            for loaded in (False, True):
-                busy = None
-                if loaded:
-                    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                    time.sleep(0.3)
-                try:
-                    for name, setting in SETTINGS.items():
-                        res[name, loaded] = measure(setting, policy, batch, args.steps)
-                finally:
-                    if busy is not None:
-                        busy.kill()
-                        busy.wait()
-            name = policy or "nbnet's default"
-            cells = "".join(f" {res[n, loaded]['mean'] * 1e6:>9.0f}µ [{res[n, loaded]['threads']}]"
+        for batch in batches:
+            r = {(name, loaded): res[(policy, batch, name), loaded] for name in SETTINGS for loaded in (False, True)}
+            cells = "".join(f" {r[n, loaded]['mean'] * 1e6:>9.0f}µ {'[' + counts(r[n, loaded]['threads']) + ']':>5}"
                             for loaded in (False, True) for n in SETTINGS)
-            auto_q, auto_l, one_l = (res[k]["mean"] for k in (("2t auto", False), ("2t auto", True), ("1t", True)))
-            print(f"{name:<18} {batch:>5} {res['2t auto', False]['layer']:<5}{cells}"
-                  f" {auto_l / auto_q:>15.2f}x {auto_l / one_l:>12.2f}x")
-
+            auto_q, auto_l, one_l = (r[k]["mean"] for k in (("2t auto", False), ("2t auto", True), ("1t", True)))
+            print(f"{policy or 'nbnet' + chr(39) + 's default':<18} {batch:>5} {r['2t auto', False]['layer']:<5}{cells}"
+                  f" {auto_l / auto_q:>15.2f}x {auto_l / one_l:>17.2f}x")
 
 if __name__ == "__main__":
     main()

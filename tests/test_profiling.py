@@ -185,3 +185,40 @@ def test_quick_sets_defaults_not_the_options_given(monkeypatch):
     for script in ("bench_epoch.py", "bench_step.py", "load.py", "mpi_scaling.py"):
         text = (PROFILING / script).read_text()
         assert "parse_args(parser, " in text and "if args.quick:" not in text, script
+
+
+def test_load_interleaves_the_settings_over_rounds_and_reports_medians_and_threads_used():
+    """load.py timed each setting once, one after the other (a slow phase of a noisy VM fell on one
+    setting), and printed nbnet's thread count at the end of the run only. Each round now runs every
+    setting quiet then loaded, timing its share of the steps; each figure is the median of the
+    rounds' means, with every thread count nbnet used during them."""
+    import load
+
+    calls, busy = [], []
+
+    class Busy:
+        def kill(self):
+            busy.append("kill")
+
+        def wait(self):
+            pass
+
+    def spin():
+        busy.append("start")
+        return Busy()
+
+    def measure(key, steps):
+        loaded = bool(busy) and busy[-1] == "start"
+        calls.append((key, loaded, steps))
+        means = {"1t": [3.0, 1.0, 2.0], "2t auto": [5.0, 9.0, 6.0]}[key]
+        return {"mean": means[sum(1 for c in calls if c[:2] == (key, loaded)) - 1], "layer": "omp",
+                "threads": [1, 2] if (key, loaded, len(calls)) == ("2t auto", True, 12) else [2 if key != "1t" else 1]}
+
+    res = load.run_rounds(measure, ["1t", "2t auto"], 10, 3, spin)
+    assert [c[:2] for c in calls] == [("1t", False), ("2t auto", False), ("1t", True), ("2t auto", True)] * 3
+    assert [c[2] for c in calls[::4]] == [4, 3, 3] == load.shares(10, 3)  # every step timed, in 3 shares
+    assert busy == ["start", "kill"] * 3
+    assert res["1t", False]["mean"] == 2.0 and res["2t auto", True]["mean"] == 6.0  # medians, not the last
+    assert res["2t auto", True]["threads"] == [1, 2] and res["2t auto", False]["threads"] == [2]
+    assert load.counts([1, 2]) == "1-2" and load.counts([2]) == "2"
+    assert load.shares(2, 3) == [1, 1]  # no round with no step

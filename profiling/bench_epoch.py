@@ -84,7 +84,7 @@ def worker(args):
                 t = time.perf_counter()
                 run()
                 best[name] = min(best[name], time.perf_counter() - t)
-        result[bs] = best
+        result[bs] = {"best": best, "nbnet threads": list(runs["nbnet"].used)}
     return result
 
 
@@ -103,7 +103,7 @@ def main():
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from common import child_env  # noqa: PLC0415
+    from common import child_env, thread_counts  # noqa: PLC0415
     from nbnet import simd  # noqa: PLC0415
 
     print(simd.describe())
@@ -111,7 +111,8 @@ def main():
     if os.getloadavg()[0] > 0.5 * os.cpu_count():
         print(f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings are noisy")
     print(f"\n{'threads':>7} {'batch':>5} " + " ".join(f"{n:>9}" for n in ("nbnet", "torch", "numpy", "sklearn"))
-          + f" {'nbnet / best':>13}   (seconds per epoch)")
+          + f" {'nbnet / best':>13} {'nbnet thr':>9}   (seconds per epoch; nbnet thr: the thread counts nbnet ran on,"
+          " fewer than threads while other processes keep the cores busy)")
     for t in args.threads.split(","):
         env = child_env(NUMBA_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t)
         cmd = [sys.executable, __file__, "--worker", "--threads", t, "--samples", str(args.samples),
@@ -120,11 +121,12 @@ def main():
         if done.returncode != 0:
             sys.exit(f"worker failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        for bs, best in result.items():
+        for bs, res in result.items():
+            best = res["best"]
             cells = " ".join(f"{best[n]:9.3f}" if n in best else f"{'-':>9}" for n in ("nbnet", "torch", "numpy", "sklearn"))
             others = [v for n, v in best.items() if n != "nbnet"]
             ratio = f"{best['nbnet'] / min(others):12.2f}x" if others else f"{'-':>13}"
-            print(f"{t:>7} {bs:>5} {cells} {ratio}")
+            print(f"{t:>7} {bs:>5} {cells} {ratio} {thread_counts(res['nbnet threads']):>9}")
 
 
 if __name__ == "__main__":

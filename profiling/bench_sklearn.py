@@ -62,6 +62,8 @@ def set_threads(n):
 def run(name, data, hidden, solver, epochs, lr, threads, repeats):
     from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
 
+    from common import thread_counts, threads_in_use  # noqa: PLC0415
+
     x, y, xt, yt = data
     makers = estimators(hidden, solver, epochs, lr)
     rows = []
@@ -70,7 +72,7 @@ def run(name, data, hidden, solver, epochs, lr, threads, repeats):
             warnings.simplefilter("ignore", ConvergenceWarning)
             for make in makers.values():  # warm-up: compile / load the kernels, touch the data
                 make().set_params(max_iter=1).fit(x[:400], y[:400])
-            best, cpu, acc = {k: np.inf for k in makers}, {k: np.inf for k in makers}, {}
+            best, cpu, acc, used = {k: np.inf for k in makers}, {k: np.inf for k in makers}, {}, set()
             for _ in range(repeats):  # interleaved
                 for who, make in makers.items():
                     est = make()
@@ -79,13 +81,16 @@ def run(name, data, hidden, solver, epochs, lr, threads, repeats):
                     est.fit(x, y)
                     best[who] = min(best[who], time.perf_counter() - t0)
                     cpu[who] = min(cpu[who], time.process_time() - c0)
+                    if who == "nbnet":  # the count nbnet ran on at the end of the fit (it adapts it to the load)
+                        used.add(threads_in_use())
                     acc[who] = est.score(xt, yt)
                     dtype = est.coefs_[0].dtype
         ratio, cpu_ratio = best["sklearn"] / best["nbnet"], cpu["sklearn"] / cpu["nbnet"]
         rows.append((name, t, solver, best["nbnet"], acc["nbnet"], best["sklearn"], acc["sklearn"], ratio))
         print(f"{name:<10} {t:>3} {solver:>5} {best['nbnet']:9.2f} {acc['nbnet']:8.4f} "
               f"{best['sklearn']:9.2f} {acc['sklearn']:8.4f} {ratio:7.2f}x {cpu['nbnet']:7.2f} {cpu['sklearn']:7.2f} "
-              f"{cpu_ratio:7.2f}x  (sklearn trained in {dtype})", flush=True)
+              f"{cpu_ratio:7.2f}x  (nbnet ended its fits on {thread_counts(used)} thread(s); sklearn trained in {dtype})",
+              flush=True)
     return rows
 
 

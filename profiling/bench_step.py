@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 
 from argtypes import parse_args, positive_int, positive_ints  # noqa: E402
 from bench_vs_torch import torch_mlp  # noqa: E402
-from common import child_env  # noqa: E402
+from common import child_env, thread_counts, threads_in_use  # noqa: E402
 
 
 def nbnet_step(x, y, planned=True):
@@ -102,7 +102,7 @@ def worker(threads, batches, steps):
         rng = np.random.default_rng(0)
         x, y = rng.random((bs, 784), dtype=np.float32), rng.integers(0, 10, bs)
         fns = {name: make(x, y) for name, make in makers.items()}
-        times = {name: [] for name in fns}
+        times, used = {name: [] for name in fns}, set()
         for fn in fns.values():  # warm-up, 0.5 s each: compilation, caches, allocator, threads
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 0.5:
@@ -113,7 +113,10 @@ def worker(threads, batches, steps):
                     t = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t)
+                    if name != "torch":  # the count nbnet ran the step on (it adapts it to the load)
+                        used.add(threads_in_use())
         result[bs] = {name: statistics.median(v) for name, v in times.items()}
+        result[bs]["nbnet threads"] = thread_counts(used)
         # nbnet's step phase by phase, after the interleaved timing (so its timer calls, ~0.1 µs
         # each, stay out of the figures above): where the time goes
         phases = [fns["nbnet"].phased() for _ in range(steps)]
@@ -142,7 +145,10 @@ def main():
     if os.getloadavg()[0] > 0.5 * os.cpu_count():
         print(f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings are noisy")
     print("(layers: nbnet with its forward and backward run layer by layer, not as planned calls)")
-    print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'torch µs':>9} {'nbnet/torch':>12}")
+    print("(nbnet thr: the thread counts nbnet ran the timed steps on, fewer than threads while other processes "
+          "keep the cores busy)")
+    print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'torch µs':>9} {'nbnet/torch':>12} "
+          f"{'nbnet thr':>9}")
     phases = []
     for t in args.threads.split(","):
         env = child_env(NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
@@ -153,7 +159,8 @@ def main():
         for bs, res in json.loads(done.stdout.strip().splitlines()[-1]).items():
             torch_us = f"{res['torch'] * 1e6:9.0f}" if "torch" in res else f"{'-':>9}"
             ratio = f"{res['nbnet'] / res['torch']:11.2f}x" if "torch" in res else f"{'-':>12}"
-            print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {res['layers'] * 1e6:10.0f} {torch_us} {ratio}")
+            print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {res['layers'] * 1e6:10.0f} {torch_us} {ratio} "
+                  f"{res['nbnet threads']:>9}")
             phases.append((t, bs, res["phases"]))
     print(f"\nnbnet's step phase by phase, µs (medians, timed after the above)\n{'threads':>7} {'batch':>5} "
           + " ".join(f"{p:>9}" for p in PHASES) + f" {'sum':>7}")

@@ -256,6 +256,25 @@ def child_env(base=None, **variables):
     return env
 
 
+def threads_in_use():
+    """The thread count nbnet's parallel kernels run on now. nbnet adapts it to the load
+    (nbnet/threads.py): a run given 2 threads on a busy machine may run on 1, so a benchmark
+    reports what it saw here beside the count it set. None before nbnet first looked (no kernel
+    with enough work to go parallel has run)."""
+    from nbnet import threads  # noqa: PLC0415
+
+    return threads._n
+
+
+def thread_counts(used):
+    """The counts threads_in_use() gave during a run, as text: "2", "1-2" where nbnet changed them,
+    "-" where it never looked (every kernel ran serially)."""
+    used = sorted(n for n in used if n is not None)
+    if not used:
+        return "-"
+    return str(used[0]) if used[0] == used[-1] else f"{used[0]}-{used[-1]}"
+
+
 def load_warning():
     """A line to print when other processes compete for the cores (timings are then unreliable)."""
     load, cores = os.getloadavg()[0], os.cpu_count()

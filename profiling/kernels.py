@@ -17,7 +17,7 @@ import argparse
 import numba
 import numpy as np
 
-from common import load_warning, mnist_cases, sgemm_peak, table, time_call
+from common import load_warning, mnist_cases, sgemm_peak, table, thread_counts, threads_in_use, time_call
 
 from nbnet import simd
 from argtypes import positive_int, seconds
@@ -55,12 +55,13 @@ def main():
         if fn is not None:
             refs[id(c)] = time_call(fn, min_time=args.min_time)
 
-    rows, problems = [], []
+    rows, problems, used = [], [], set()
     for c in cases:
         if c.problem:
             problems.append(f"{c.name}: {c.problem}")
             continue
         sec = time_call(c.kernel, *c.args, min_time=args.min_time)
+        used.add(threads_in_use())
         gflops = c.group.flops / sec / 1e9 if c.group.flops else None
         ref = refs.get(id(c))
         rows.append([
@@ -71,6 +72,11 @@ def main():
     print(table(["kernel", "shape", "µs/call", "GFLOP/s", "% peak", "NumPy µs", "NumPy/nbnet"], rows))
     for line in problems + [f"{n}: no shapes for it here (add a Group in common.py)" for n in unowned]:
         print("not measured: " + line)
+    from nbnet import threads  # noqa: PLC0415
+
+    # The header's count is Numba's; nbnet runs on fewer while other processes keep the cores busy
+    # (--threads fixes it), and a kernel under its work threshold on one.
+    print(f"nbnet's thread count at the end of each kernel's timing: {thread_counts(used)}; now {threads.describe()}")
 
 
 if __name__ == "__main__":

@@ -222,3 +222,20 @@ def test_load_interleaves_the_settings_over_rounds_and_reports_medians_and_threa
     assert res["2t auto", True]["threads"] == [1, 2] and res["2t auto", False]["threads"] == [2]
     assert load.counts([1, 2]) == "1-2" and load.counts([2]) == "2"
     assert load.shares(2, 3) == [1, 1]  # no round with no step
+
+
+def test_benchmarks_report_the_threads_nbnet_ran_on():
+    """nbnet adapts its thread count to the load (nbnet/threads.py): bench_epoch, bench_step,
+    bench_vs_torch, bench_sklearn and kernels.py labelled rows with the count they set and never
+    said that nbnet ran on 1 of 2 threads while another process held a core. They report the counts
+    seen during the timed run."""
+    import bench_vs_torch
+
+    x = np.random.default_rng(0).random((32, 784), dtype=np.float32)
+    run = bench_vs_torch.nbnet_epoch(x, np.arange(32) % 10, 8)
+    run()
+    assert run.used and run.used <= set(range(1, os.cpu_count() + 2))
+    assert common.thread_counts([2, 1, 2]) == "1-2" and common.thread_counts([2, 2]) == "2"
+    assert common.thread_counts([None]) == "-" == common.thread_counts([])
+    for script in ("bench_epoch.py", "bench_step.py", "bench_vs_torch.py", "bench_sklearn.py", "kernels.py"):
+        assert "thread_counts(" in (PROFILING / script).read_text(encoding="utf-8"), script

@@ -1,9 +1,11 @@
-"""argparse types the profiling scripts share: a bad count is a usage error before any work, not a
-traceback (or a ZeroDivisionError) after the CPU line. Standard library only: the scripts that set
+"""argparse types the profiling scripts share: a bad count, or sizes whose arrays cannot fit in
+memory (check_memory), is a usage error before any work, not a traceback (a ZeroDivisionError, a
+MemoryError) after the CPU line. Standard library only: the scripts that set
 thread counts before importing Numba import this first. Not a script."""
 
 import argparse
 import math
+import os
 
 
 def positive_int(text):
@@ -71,3 +73,47 @@ def parse_args(parser, **quick):
         parser.set_defaults(**quick)
         args = parser.parse_args()
     return args
+
+
+# Bytes a training step of the 784-256-128-10 MLP holds per batch row and contender, float32: the
+# batch, every activation and gradient (nbnet measured 9.4 KB with tracemalloc; PyTorch's autograd
+# keeps about as much), with room. MNIST_ROW: one row of MNIST-shaped data, float32.
+STEP_ROW = 12_000
+MNIST_ROW = 784 * 4 + 16  # features, a label and its place in a shuffle
+# The arrays of common.mnist_groups per batch row (every layer's inputs, outputs and gradients; 38 KB
+# measured), float32, with NumPy's reference calls' temporaries.
+GROUPS_ROW = 48_000
+PROCESS = 100 << 20  # a Python process with nbnet and its compiled kernels loaded
+
+
+def memory_budget():
+    """What one profiling run may allocate: half this machine's physical memory, nbnet's rule for one
+    input or model (nbnet/files.py, not imported here: see the module docstring)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 8 GiB
+        return 8 << 30
+
+
+def check_memory(parser, parts, fixed=0):
+    """A usage error when the sizes given would make a run allocate more than memory_budget(): `parts`
+    maps each size option to the bytes it brings, `fixed` is the rest; the error names the option
+    that brings the most. Checked before any work: it was a MemoryError traceback (or the OOM
+    killer) after the CPU line, or, for a step count, hours into the run."""
+    budget, need = memory_budget(), fixed + sum(parts.values())
+    if need > budget:
+        option = max(parts, key=parts.get)
+        parser.error(f"argument {option}: needs about {_gib(need)} of memory with the sizes given, more than "
+                     f"the {_gib(budget)} (half this machine's) a profiling run may take")
+
+
+def _gib(nbytes):
+    try:
+        return f"{nbytes / (1 << 30):.1f} GiB"
+    except OverflowError:  # an int beyond a float
+        return "over 1e308 GiB"
+
+
+def largest(text):
+    """The largest of a comma list of positive integers (positive_ints's)."""
+    return max(int(item) for item in text.split(","))

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import warnings
-from argtypes import parse_args, positive_int, positive_ints
+from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, largest, parse_args, positive_int, positive_ints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -97,6 +97,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="4,096 samples, batch 128, 1 thread, 1 repeat (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, samples=4096, batch_sizes="128", threads="1", repeats=1)
+    # The data (and scikit-learn's one-hot labels), and four contenders' steps at the largest batch
+    # (a batch larger than the data is the data): before any work.
+    check_memory(parser, {"--samples": (MNIST_ROW + 100) * args.samples,
+                          "--batch-sizes": 4 * STEP_ROW * min(largest(args.batch_sizes), args.samples)}, fixed=PROCESS)
     if args.worker:
         args.threads = int(args.threads)
         print(json.dumps(worker(args)))

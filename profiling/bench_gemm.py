@@ -29,7 +29,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from argtypes import names_from, positive_int, positive_ints, seconds  # noqa: E402
+from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, positive_int, positive_ints, seconds  # noqa: E402
 from common import load_warning, rand, training_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -116,6 +116,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="batch 128, float32, short timings")
     parser.add_argument("--wall", action="store_true", help="wall-clock time instead of the thread's CPU time")
     args = parser.parse_args()
+    # Per row at 784->256: x, dX and NumPy's dX (784 wide), the output, activation, G and NumPy's
+    # outputs (256 wide), in the widest dtype asked for; then a training step at batch 512.
+    size = 8 if "float64" in args.dtypes else 4
+    check_memory(parser, {"--batches": (3 * 784 + 5 * 256) * size * largest(args.batches)},
+                 fixed=PROCESS + 512 * STEP_ROW)
     global clock
     if args.wall:
         clock = time.perf_counter

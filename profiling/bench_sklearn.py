@@ -18,7 +18,7 @@ import time
 import warnings
 
 import numpy as np
-from argtypes import at_least, names_from, positive_int, positive_ints
+from argtypes import PROCESS, at_least, check_memory, names_from, positive_int, positive_ints
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
@@ -94,6 +94,21 @@ def run(name, data, hidden, solver, epochs, lr, threads, repeats):
     return rows
 
 
+def needs(args, mnist_dir):
+    """{option: bytes} a run holds: make_classification's float64 data and the temporaries of its
+    standardising (5 x 8 bytes a value), MNIST as loaded (9 bytes a pixel, nbnet/files.py), each
+    side's weights, gradients and optimizer state (12 x 4 bytes a parameter, both sides), their
+    activations and deltas at batch 200 and at scoring the test rows, and a record per epoch."""
+    widths = [int(h) for h in args.hidden.split(",")]
+    inputs, test_rows = max(args.features, 784 if mnist_dir else 0), max(args.samples // 5, 10000 if mnist_dir else 0)
+    params = sum(a * b + b for a, b in zip([inputs, *widths], [*widths, 10]))
+    data = 40 * args.samples * args.features
+    return {"--samples" if args.samples / 20000 >= args.features / 100 else "--features": data,
+            "--mnist-dir": 70000 * 784 * 9 if mnist_dir else 0,
+            "--hidden": 48 * params + sum(widths) * (200 * 32 + 8 * test_rows),
+            "--epochs": 2000 * (args.epochs or 10)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2,000 x 100 synthetic, 2 epochs, 1 repeat, no MNIST")
@@ -119,6 +134,8 @@ def main(argv=None):
         args.samples, args.threads = min(args.samples, 2000), args.threads or "1"
         args.epochs, args.repeats = args.epochs or 2, args.repeats or 1
     threads = [int(t) for t in (args.threads or "1,2").split(",")]
+    check_memory(ap, needs(args, mnist_dir=None if args.quick else args.mnist_dir or next(
+        (d for d in MNIST_DIRS if os.path.isdir(d)), None)), fixed=PROCESS)
     import numba  # noqa: PLC0415
 
     # Both sides get the count asked for: nbnet's was capped at NUMBA_NUM_THREADS while

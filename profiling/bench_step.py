@@ -22,7 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from argtypes import parse_args, positive_int, positive_ints  # noqa: E402
+from argtypes import PROCESS, STEP_ROW, check_memory, largest, parse_args, positive_int, positive_ints  # noqa: E402
 from bench_vs_torch import torch_mlp  # noqa: E402
 from common import child_env, thread_counts, threads_in_use  # noqa: E402
 
@@ -132,6 +132,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 thread, 100 steps (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, threads="1", steps=100)
+    # Three contenders' steps at the largest batch, and each timed step's figures (three floats in
+    # lists, the phases' tuple): a hostile size is a usage error before any work.
+    check_memory(parser, {"--batch-sizes": 3 * STEP_ROW * largest(args.batch_sizes), "--steps": 320 * args.steps},
+                 fixed=PROCESS)
     if args.worker:
         print(json.dumps(worker(int(args.threads), list(map(int, args.batch_sizes.split(","))), args.steps)))
         return

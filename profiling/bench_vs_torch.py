@@ -19,7 +19,7 @@ import nbnet as nb
 from nbnet import simd
 from nbnet import threads as nbthreads
 from nbnet.data import batches_reusing
-from argtypes import positive_int, positive_ints
+from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, largest, positive_int, positive_ints
 from common import load_warning, thread_counts
 
 SIZES = (784, 256, 128, 10)
@@ -219,6 +219,11 @@ def main(argv=None):
     ap.add_argument("--repeats", "--epochs", type=positive_int, default=3, help="timed epochs per contender (best kept)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
+    # The data, three contenders' steps at the largest batch (at most the data), sgemm's matrices:
+    # the host's memory, also under --device cuda (the data is made there first).
+    batch = largest(args.batch_sizes or "128,512,2048")
+    check_memory(ap, {"--samples": MNIST_ROW * args.samples, "--batch-sizes": 3 * STEP_ROW * min(batch, args.samples)},
+                 fixed=PROCESS + 3 * 2048**2 * 4)
     import numba  # noqa: PLC0415
 
     if max(map(int, args.threads.split(","))) > numba.config.NUMBA_NUM_THREADS:  # else numba's ValueError, a traceback

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from argtypes import positive_int
+from argtypes import PROCESS, STEP_ROW, check_memory, positive_int
 from common import child_env, load_warning, table
 
 from nbnet import simd
@@ -65,6 +65,9 @@ def main():
     parser.add_argument("--batch", type=positive_int, default=128)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args()
+    # The child's training step and nb.train's warm-up each hold a step at --batch (float64: twice).
+    size = 2 if args.dtype == "float64" else 1
+    check_memory(parser, {"--batch": 2 * STEP_ROW * size * args.batch}, fixed=PROCESS + 1000 * STEP_ROW * size)
     code = CHILD.format(profiling=str(Path(__file__).resolve().parent), batch=args.batch,
                         dtype=args.dtype)
 

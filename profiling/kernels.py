@@ -20,7 +20,7 @@ import numpy as np
 from common import load_warning, mnist_cases, sgemm_peak, table, thread_counts, threads_in_use, time_call
 
 from nbnet import simd
-from argtypes import positive_int, seconds
+from argtypes import GROUPS_ROW, PROCESS, check_memory, positive_int, seconds
 
 
 def main():
@@ -30,6 +30,8 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--min-time", type=seconds, default=0.2, help="seconds of timing per kernel")
     args = parser.parse_args()
+    size = np.dtype(args.dtype).itemsize  # the rows are counted in float32
+    check_memory(parser, {"--batch": GROUPS_ROW * size // 4 * args.batch}, fixed=PROCESS + 3 * 1024**2 * size)
     if args.threads and args.threads > numba.config.NUMBA_NUM_THREADS:  # else numba's ValueError, a traceback
         parser.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
     if args.threads:

@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from argtypes import names_from, parse_args, positive_int, positive_ints
+from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, parse_args, positive_int, positive_ints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -130,6 +130,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="20 steps per setting, 1 round (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, steps=20, rounds=1)
+    # A worker's step at the largest batch and its step times, beside this process and the busy one
+    check_memory(parser, {"--batch": STEP_ROW * largest(args.batch), "--steps": 40 * args.steps}, fixed=3 * PROCESS)
     if args.worker:
         print(json.dumps(worker(int(args.batch), args.steps)))
         return

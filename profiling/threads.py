@@ -19,7 +19,7 @@ from common import load_warning, mnist_cases, table, time_call, training_step
 from nbnet import simd
 from nbnet import threads as nbthreads
 from nbnet.check import threading_layer
-from argtypes import positive_int, positive_ints, seconds
+from argtypes import GROUPS_ROW, PROCESS, STEP_ROW, check_memory, positive_int, positive_ints, seconds
 
 
 def main():
@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--batch", type=positive_int, default=128)
     parser.add_argument("--min-time", type=seconds, default=0.1, help="seconds of timing per point")
     args = parser.parse_args()
+    check_memory(parser, {"--batch": (GROUPS_ROW + STEP_ROW) * args.batch}, fixed=PROCESS)  # the kernels' arrays, a step
     counts = [int(t) for t in args.threads.split(",")]
     if max(counts) > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")

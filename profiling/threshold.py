@@ -22,7 +22,7 @@ import numba
 from common import load_warning, mnist_cases, table, time_call
 
 from nbnet import simd
-from argtypes import positive_int, seconds
+from argtypes import GROUPS_ROW, PROCESS, check_memory, positive_int, seconds
 
 # The kernels with a parallel twin: linear_forward and linear_backward_* are Python functions that
 # choose among these (and the register-blocked linear_blocks) by shape, so they have none to time.
@@ -48,6 +48,8 @@ def main():
     parser.add_argument("--max-batch", type=positive_int, default=1024)
     parser.add_argument("--min-time", type=seconds, default=0.05, help="seconds of timing per point")
     args = parser.parse_args()
+    # The kernels' arrays at every power of two up to --max-batch are all made first: 2 x the largest rows.
+    check_memory(parser, {"--max-batch": GROUPS_ROW * 2 * 2 ** (args.max_batch.bit_length() - 1)}, fixed=PROCESS)
 
     batches = [2**p for p in range(args.max_batch.bit_length()) if 2**p <= args.max_batch]
     print(simd.describe())

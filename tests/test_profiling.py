@@ -239,3 +239,64 @@ def test_benchmarks_report_the_threads_nbnet_ran_on():
     assert common.thread_counts([None]) == "-" == common.thread_counts([])
     for script in ("bench_epoch.py", "bench_step.py", "bench_vs_torch.py", "bench_sklearn.py", "kernels.py"):
         assert "thread_counts(" in (PROFILING / script).read_text(encoding="utf-8"), script
+
+
+HUGE = "1000000000"
+
+
+@pytest.mark.parametrize("script, args", [
+    ("bench_step.py", ["--batch-sizes", "1," + HUGE]),
+    ("bench_step.py", ["--steps", HUGE]),  # each timed step's figures are kept
+    ("bench_epoch.py", ["--samples", HUGE]),
+    ("bench_vs_torch.py", ["--samples", HUGE]),
+    ("bench_vs_torch.py", ["--batch-sizes", HUGE, "--samples", "10000000"]),
+    ("bench_sklearn.py", ["--samples", HUGE]),
+    ("bench_sklearn.py", ["--features", HUGE]),
+    ("bench_sklearn.py", ["--hidden", "100000,100000"]),
+    ("kernels.py", ["--batch", HUGE]),
+    ("threads.py", ["--batch", HUGE]),
+    ("threshold.py", ["--max-batch", HUGE]),
+    ("compile.py", ["--batch", HUGE]),
+    ("load.py", ["--batch", "32," + HUGE]),
+    ("load.py", ["--steps", HUGE + "000"]),
+    ("mpi_scaling.py", ["--rows", HUGE, "--data-dir", "/nonexistent-mnist"]),
+    ("mpi_scaling.py", ["--procs", "100000"]),
+    ("mpi_scaling.py", ["--allreduce-reps", HUGE + "000"]),
+])
+def test_sizes_that_cannot_fit_are_usage_errors_before_any_allocation(script, args, monkeypatch, capsys):
+    """A batch, sample count, width or step count of 10**9 ended in a MemoryError traceback after
+    the CPU line (or would have, hours into a run). Each script weighs what its sizes would allocate
+    against half this machine's memory first (argtypes.check_memory). Run in this process: the check
+    comes right after parsing, before anything is made."""
+    import importlib
+
+    module = importlib.import_module(script[:-3])
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as exit_:
+        module.main(args) if script in ("bench_vs_torch.py", "bench_sklearn.py") else module.main()
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == "", (out, err)
+    assert f"error: argument {args[0]}: needs about " in err and "GiB of memory" in err, err
+
+
+def test_bench_gemm_refuses_a_batch_that_cannot_fit():
+    """bench_gemm.py sets its thread variables when imported: it runs in its own process."""
+    done = subprocess.run([sys.executable, str(PROFILING / "bench_gemm.py"), "--batches", "32," + HUGE],
+                          capture_output=True, text=True, cwd=PROFILING, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
+    assert done.returncode == 2 and "error: argument --batches: needs about" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_the_memory_check_passes_the_default_sizes(monkeypatch):
+    """The estimates are not so generous that a machine with 2 GiB to spare refuses the defaults."""
+    import argparse
+
+    import argtypes
+
+    monkeypatch.setattr(argtypes, "memory_budget", lambda: 2 << 30)
+    parser = argparse.ArgumentParser()
+    argtypes.check_memory(parser, {"--batch": argtypes.GROUPS_ROW * 1024 * 2 + argtypes.STEP_ROW * 2048},
+                          fixed=argtypes.PROCESS)  # threshold.py's default, bench_vs_torch's cuda batch
+    with pytest.raises(SystemExit):
+        argtypes.check_memory(parser, {"--batch": 1 << 40, "--steps": 1})

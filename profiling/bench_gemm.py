@@ -29,7 +29,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, positive_int, positive_ints, seconds  # noqa: E402
+from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, parse_args, positive_int, positive_ints, seconds  # noqa: E402
 from common import load_warning, rand, training_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,9 +113,9 @@ def main():
     parser.add_argument("--dtypes", type=names_from("float32", "float64"), default="float32,float64")
     parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--min-time", type=seconds, default=0.3, help="seconds of timing per kernel")
-    parser.add_argument("--quick", action="store_true", help="batch 128, float32, short timings")
+    parser.add_argument("--quick", action="store_true", help="batch 128, float32, short timings (options given win)")
     parser.add_argument("--wall", action="store_true", help="wall-clock time instead of the thread's CPU time")
-    args = parser.parse_args()
+    args = parse_args(parser, batches="128", dtypes="float32", rounds=2, min_time=0.03)
     # Per row at 784->256: x, dX and NumPy's dX (784 wide), the output, activation, G and NumPy's
     # outputs (256 wide), in the widest dtype asked for; then a training step at batch 512.
     size = 8 if "float64" in args.dtypes else 4
@@ -124,8 +124,6 @@ def main():
     global clock
     if args.wall:
         clock = time.perf_counter
-    if args.quick:
-        args.batches, args.dtypes, args.rounds, args.min_time = "128", "float32", 2, 0.03
 
     print(simd.describe())
     print(f"one thread: OPENBLAS_NUM_THREADS=1, NUMBA_NUM_THREADS=1; best of interleaved rounds, "

@@ -117,7 +117,8 @@ def main(argv=None):
     ap.add_argument("--epochs", type=positive_int, default=None, help="default 10 (synthetic), 5 (MNIST); --quick 2")
     ap.add_argument("--repeats", type=positive_int, default=None, help="fits per side, best time kept (default 2; --quick 1)")
     ap.add_argument("--hidden", type=positive_ints, default="100", help="hidden layer sizes, comma list (scikit-learn's default 100)")
-    ap.add_argument("--samples", type=positive_int, default=20000, help="synthetic rows (80%% train, 20%% test)")
+    ap.add_argument("--samples", type=positive_int, default=None,
+                    help="synthetic rows, 80%% train, 20%% test (default 20,000; --quick 2,000)")
     # make_classification's 10 classes of 2 clusters need 2**(features // 2) >= 20 informative corners
     ap.add_argument("--features", type=at_least(10), default=100, help="synthetic features (at least 10)")
     ap.add_argument("--mnist-dir", default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")
@@ -131,8 +132,9 @@ def main(argv=None):
     from common import load_warning  # noqa: PLC0415
 
     if args.quick:
-        args.samples, args.threads = min(args.samples, 2000), args.threads or "1"
+        args.samples, args.threads = args.samples or 2000, args.threads or "1"
         args.epochs, args.repeats = args.epochs or 2, args.repeats or 1
+    args.samples = args.samples or 20000
     threads = [int(t) for t in (args.threads or "1,2").split(",")]
     check_memory(ap, needs(args, mnist_dir=None if args.quick else args.mnist_dir or next(
         (d for d in MNIST_DIRS if os.path.isdir(d)), None)), fixed=PROCESS)

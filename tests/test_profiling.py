@@ -182,9 +182,22 @@ def test_quick_sets_defaults_not_the_options_given(monkeypatch):
         monkeypatch.setattr(sys, "argv", ["script", *argv])
         args = argtypes.parse_args(parser, threads="1", steps=100)
         assert (args.threads, args.steps) == (threads, steps), argv
-    for script in ("bench_epoch.py", "bench_step.py", "load.py", "mpi_scaling.py"):
+    for script in ("bench_epoch.py", "bench_step.py", "load.py", "mpi_scaling.py", "bench_gemm.py"):
         text = (PROFILING / script).read_text()
         assert "parse_args(parser, " in text and "if args.quick:" not in text, script
+
+
+def test_bench_sklearn_quick_keeps_the_samples_given(capsys, monkeypatch):
+    """--quick --samples 3000 ran 2,000 rows (min(--samples, 2000)), in a row labelled synth2k; and
+    bench_gemm.py --quick --batches 32 ran batch 128 (it now takes parse_args's rule, above)."""
+    pytest.importorskip("sklearn")
+    import bench_sklearn
+
+    monkeypatch.setattr(bench_sklearn.time, "sleep", lambda seconds: None)  # the pauses between contenders
+    assert bench_sklearn.main(["--quick", "--samples", "3000", "--features", "10", "--hidden", "4",
+                               "--solvers", "sgd", "--epochs", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("synth")]
+    assert [r[0] for r in rows] == ["synth3k"]
 
 
 def test_load_interleaves_the_settings_over_rounds_and_reports_medians_and_threads_used():

@@ -31,7 +31,7 @@ def main():
     check_memory(parser, {"--batch": (GROUPS_ROW + STEP_ROW) * args.batch}, fixed=PROCESS)  # the kernels' arrays, a step
     counts = [int(t) for t in args.threads.split(",")]
     if max(counts) > numba.config.NUMBA_NUM_THREADS:
-        parser.error(f"at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
+        parser.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
 
     print(simd.describe())
     print(f"thread scaling, batch {args.batch}, float32")

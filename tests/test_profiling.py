@@ -105,6 +105,7 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     ("kernels.py", ["--threads", "0"]),
     ("kernels.py", ["--threads", "100000"]),  # more than NUMBA_NUM_THREADS
     ("threads.py", ["--threads", "0"]),
+    ("threads.py", ["--threads", "1,100000"]),  # said "error: at most N threads", naming no option
     ("bench_vs_torch.py", ["--threads", "1,100000"]),  # numba's ValueError after the CPU line
     ("threshold.py", ["--max-batch", "0"]),
     ("load.py", ["--batch", "0"]),

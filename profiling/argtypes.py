@@ -54,6 +54,13 @@ def positive_ints(text):
     return text
 
 
+def directory(text):
+    """A folder that is there: a --data-dir misspelt fell back to random rows, said only in passing."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
+    return text
+
+
 def names_from(*allowed):
     """A comma list of some of `allowed`, returned as the text given."""
     def names(text):

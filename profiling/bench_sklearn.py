@@ -23,6 +23,11 @@ from argtypes import PROCESS, at_least, check_memory, names_from, positive_int, 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
 
+def synthetic_label(n):
+    """The synthetic work's row label: synth20k for 20,000 rows, synth500 for 500 (n // 1000 said synth0k)."""
+    return f"synth{n // 1000}k" if n % 1000 == 0 else f"synth{n}"
+
+
 def synthetic(n, d, seed=0):
     from sklearn.datasets import make_classification  # noqa: PLC0415
 
@@ -155,7 +160,7 @@ def main(argv=None):
         print(load_warning())
     print(f"{'data':<10} {'thr':>3} {'solver':>5} {'nbnet s':>9} {'nb acc':>8} {'sklearn s':>9} {'sk acc':>8} {'speedup':>8} {'nb cpu':>7} {'sk cpu':>7} {'cpu sp':>8}")
     lr = {"adam": 1e-3, "sgd": 0.01, "adamw": 1e-3}
-    works = [(f"synth{args.samples // 1000}k", synthetic(args.samples, args.features), args.epochs or 10)]
+    works = [(synthetic_label(args.samples), synthetic(args.samples, args.features), args.epochs or 10)]
     mnist_dir = args.mnist_dir or next((d for d in MNIST_DIRS if os.path.isdir(d)), None)
     if not args.quick and mnist_dir:
         works.append(("mnist", mnist(mnist_dir), args.epochs or 5))

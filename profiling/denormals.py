@@ -19,7 +19,7 @@ import numpy as np
 
 import nbnet as nb
 from nbnet import cpu, simd
-from argtypes import positive_int
+from argtypes import directory, positive_int
 from common import load_warning
 
 
@@ -61,16 +61,21 @@ def best_of(fn, repeats=20):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = os.path.join(os.environ.get("NBNET_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "mnist")
-    ap.add_argument("--data-dir", default=default)
+    ap.add_argument("--data-dir", type=directory, default=None, help=f"MNIST's IDX files [default: {default}, "
+                    "random MNIST-shaped rows where it has none]")
     ap.add_argument("--steps", type=positive_int, default=469, help="training steps to scan (469 = one epoch at batch 128)")
     args = ap.parse_args()
+    if args.data_dir and len(nb.datasets.find_idx("mnist", args.data_dir)) < len(nb.datasets.IDX_FILES):
+        ap.error(f"argument --data-dir: {args.data_dir!r} does not hold MNIST's four IDX files")
     print(simd.describe())
     if load_warning():
         print(load_warning())
     try:
-        x, y, _, _ = nb.datasets.load("mnist", data_dir=args.data_dir)
-        source = f"MNIST from {args.data_dir}"
-    except ValueError:
+        x, y, _, _ = nb.datasets.load("mnist", data_dir=args.data_dir or default)
+        source = f"MNIST from {args.data_dir or default}"
+    except ValueError as e:
+        if args.data_dir:  # a folder the user named: its MNIST, not random rows in its stead
+            ap.error(f"argument --data-dir: {e}")
         rng = np.random.default_rng(0)
         x, y = rng.random((60000, 784), dtype=np.float32), rng.integers(0, 10, 60000)
         source = "random MNIST-shaped data (no MNIST files found)"

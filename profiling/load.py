@@ -69,11 +69,18 @@ def measure(setting, policy, batch, steps):
         env["OMP_WAIT_POLICY"] = policy
         env.pop("GOMP_SPINCOUNT", None)
         env.pop("NBNET_WAIT_SET", None)
-    done = subprocess.run([sys.executable, __file__, "--worker", "--batch", str(batch), "--steps", str(steps)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    try:
+        done = subprocess.run([sys.executable, __file__, "--worker", "--batch", str(batch), "--steps", str(steps)],
+                              env=env, capture_output=True, text=True, timeout=WORKER_LIMIT_S)
+    except subprocess.TimeoutExpired:  # was a traceback: say which setting and what to change
+        raise SystemExit(f"error: the {threads}-thread ({mode}) worker timed {steps} steps at batch {batch} for "
+                         f"over {WORKER_LIMIT_S} s: ask for fewer --steps, or a smaller --batch") from None
     if done.returncode != 0:
         raise SystemExit(f"worker failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+WORKER_LIMIT_S = 600  # one setting's share of the steps, in one round
 
 
 SETTINGS = {"1t": (1, "fixed"), "2t fixed": (2, "fixed"), "2t auto": (2, "auto")}

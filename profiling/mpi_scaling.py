@@ -22,7 +22,7 @@ import sys
 import time
 
 import numpy as np
-from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, at_least, parse_args, positive_int
+from argtypes import MNIST_ROW, PROCESS, STEP_ROW, at_least, check_memory, directory, parse_args, positive_int
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 SIZES = (784, 256, 128, 10)
@@ -111,12 +111,17 @@ def main():
     parser.add_argument("--batch", type=positive_int, default=512, help="the global batch")
     parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--allreduce-reps", type=positive_int, default=200)
-    parser.add_argument("--data-dir", default=None, help="MNIST's IDX files [default: /work/shared/data/mnist]")
+    parser.add_argument("--data-dir", type=directory, default=None, help="MNIST's IDX files [default: /work/shared/data/mnist]")
     parser.add_argument("--quick", action="store_true", help="4,096 rows, one repeat: a check that it runs (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, rows=4096, repeat=1, allreduce_reps=20)
     # Every one of --procs processes loads the data (MNIST: all 60,000 rows, of which --rows are
     # used) and steps at its share of the batch, and keeps its Allreduce times.
+    if args.data_dir and not args.worker:
+        from nbnet.datasets import IDX_FILES, find_idx  # noqa: PLC0415
+
+        if len(find_idx("mnist", args.data_dir)) < len(IDX_FILES):  # else each worker's traceback
+            parser.error(f"argument --data-dir: {args.data_dir!r} does not hold MNIST's four IDX files")
     mnist = any(d and os.path.isdir(d) for d in ([args.data_dir] if args.data_dir else MNIST_DIRS))
     data = 70000 * 784 * 9 if mnist else MNIST_ROW * args.rows  # MNIST as loaded (nbnet/files.py), or the rows made
     check_memory(parser, {"--rows": 0 if mnist else args.procs * data,

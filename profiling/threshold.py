@@ -51,6 +51,11 @@ def main():
     # The kernels' arrays at every power of two up to --max-batch are all made first: 2 x the largest rows.
     check_memory(parser, {"--max-batch": GROUPS_ROW * 2 * 2 ** (args.max_batch.bit_length() - 1)}, fixed=PROCESS)
 
+    # A name that is no kernel here was timed as nothing, after every other, and listed at the end.
+    unknown = [n for n in args.kernels.split(",") if n not in {c.name for c in mnist_cases(1)[0]}]
+    if unknown:
+        parser.error(f"argument --kernels: no kernel {', '.join(map(repr, unknown))} in nbnet.cpu to time")
+
     batches = [2**p for p in range(args.max_batch.bit_length()) if 2**p <= args.max_batch]
     print(simd.describe())
     print(f"parallel ({numba.get_num_threads()} threads) vs serial, float32; "

@@ -119,6 +119,9 @@ def test_bench_sklearn_quick_runs_both_sides_and_prints_cpu_and_ratio():
     ("bench_gemm.py", ["--min-time", "-1"]),
     ("mpi_scaling.py", ["--procs", "0"]),
     ("mpi_scaling.py", ["--procs", "1"]),  # 1 against 1, then a KeyError for its Allreduce time
+    ("mpi_scaling.py", ["--data-dir", "/nonexistent-mnist"]),  # random rows instead, said in passing
+    ("denormals.py", ["--data-dir", "/nonexistent-mnist"]),  # the same
+    ("threshold.py", ["--kernels", "bogus,relu_forward"]),  # timed as nothing, listed after every other
 ])
 def test_bad_arguments_are_usage_errors_before_any_work(script, args):
     """They were tracebacks (ValueError, KeyError, ZeroDivisionError) after the CPU line, or, for
@@ -273,7 +276,7 @@ HUGE = "1000000000"
     ("compile.py", ["--batch", HUGE]),
     ("load.py", ["--batch", "32," + HUGE]),
     ("load.py", ["--steps", HUGE + "000"]),
-    ("mpi_scaling.py", ["--rows", HUGE, "--data-dir", "/nonexistent-mnist"]),
+    ("mpi_scaling.py", ["--rows", HUGE]),  # random rows (no MNIST folder: see below)
     ("mpi_scaling.py", ["--procs", "100000"]),
     ("mpi_scaling.py", ["--allreduce-reps", HUGE + "000"]),
 ])
@@ -285,6 +288,8 @@ def test_sizes_that_cannot_fit_are_usage_errors_before_any_allocation(script, ar
     import importlib
 
     module = importlib.import_module(script[:-3])
+    if script == "mpi_scaling.py" and args[0] == "--rows":
+        monkeypatch.setattr(module, "MNIST_DIRS", ())  # no MNIST: --rows random rows are made
     monkeypatch.setattr(sys, "argv", [script, *args])
     with pytest.raises(SystemExit) as exit_:
         module.main(args) if script in ("bench_vs_torch.py", "bench_sklearn.py") else module.main()
@@ -314,3 +319,33 @@ def test_the_memory_check_passes_the_default_sizes(monkeypatch):
                           fixed=argtypes.PROCESS)  # threshold.py's default, bench_vs_torch's cuda batch
     with pytest.raises(SystemExit):
         argtypes.check_memory(parser, {"--batch": 1 << 40, "--steps": 1})
+
+
+@pytest.mark.parametrize("script", ["mpi_scaling.py", "denormals.py"])
+def test_a_data_dir_without_mnist_is_a_usage_error(script, tmp_path):
+    """A folder the user named that holds no MNIST: denormals scanned random rows in its stead, and
+    mpi_scaling's workers each ended in the loader's traceback."""
+    done = subprocess.run([sys.executable, str(PROFILING / script), "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=PROFILING, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
+    assert done.returncode == 2 and "error: argument --data-dir: " in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "CPU " not in done.stdout, (done.stdout, done.stderr)
+
+
+def test_synthetic_rows_are_labelled_with_their_count():
+    from bench_sklearn import synthetic_label
+
+    assert [synthetic_label(n) for n in (500, 2000, 2500, 20000)] == ["synth500", "synth2k", "synth2500", "synth20k"]
+
+
+def test_a_load_worker_past_its_time_limit_is_one_error_line(monkeypatch):
+    """A worker over its 600 s ended in subprocess.TimeoutExpired's traceback (load.py --steps 2000000)."""
+    import load
+
+    def slow(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+
+    monkeypatch.setattr(load.subprocess, "run", slow)
+    with pytest.raises(SystemExit, match=r"^error: the 2-thread \(auto\) worker timed 9 steps at batch 32 for "
+                                         r"over 600 s: ask for fewer --steps"):
+        load.measure((2, "auto"), None, 32, 9)

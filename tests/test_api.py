@@ -8,7 +8,7 @@ import pytest
 
 import nbnet as nb
 from nbnet.checkpoint import load_checkpoint, save_checkpoint
-from nbnet.train import as_features, split_validation
+from nbnet.train import TrainState, as_features, split_validation
 
 
 def spiral_model(seed=0, dtype=np.float32):
@@ -634,3 +634,95 @@ def test_predict_allocates_its_results_once(loss):
     scores = 4000 * 64 * 4  # 1 MB
     results = {"cross-entropy": scores + 4000 * 8, "mse": scores, "bce": scores + 4000 * 64 * 8}[loss]
     assert peak < results + 64_000, (peak, results)
+
+
+# --------------------------------------------------------------------------------------------- mutation-found gaps
+
+
+def blobs(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 2)).astype(np.float32), rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("epoch, step, seen, fragment", [
+    (1, 4 + 5, 50, "does not fit 4 steps per epoch"),  # one step past epoch 2's last (of 4)
+    (0, 2, 21, "counts 21 rows seen"),  # more rows than 2 steps of 10 take
+    (0, 2, 1, "counts 1 rows seen"),  # fewer rows than 2 steps take
+])
+def test_a_state_whose_steps_or_rows_do_not_fit_its_epoch_is_refused(epoch, step, seen, fragment):
+    x, y = blobs()
+    model = spiral_model()
+    state = TrainState(epoch=epoch, step=step, seen=seen)
+    with pytest.raises(ValueError, match=fragment):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=3, batch_size=10, state=state)
+
+
+def test_every_step_takes_the_rate_of_its_own_global_step():
+    """Step t of T runs at lr·½(1 + cos(πt/T)) from t = 0 (the base rate), and the history's "lr"
+    is the rate of each epoch's last step: 40 rows in batches of 16 are 3 steps an epoch."""
+    x, y = blobs()
+    model = spiral_model()
+    opt, rates = nb.SGD(model.parameters(), lr=0.1), []
+    history = nb.train(model, opt, (x, y), epochs=2, batch_size=16, lr_schedule="cosine",
+                       on_step=lambda *args: rates.append(opt.lr))
+    want = [0.1 * 0.5 * (1.0 + math.cos(math.pi * t / 6)) for t in range(6)]
+    assert rates[0] == 0.1 and rates == pytest.approx(want, rel=1e-12, abs=0)
+    assert [h["lr"] for h in history] == [rates[2], rates[5]]
+
+
+def test_epoch_metrics_are_means_over_rows_with_the_short_batch_weighed_by_its_rows():
+    """At rate 0 the weights stay put, so the epoch's train, validation and test metrics are those
+    nb.evaluate gives for the same rows: 50 rows in batches of 16 end in a batch of 2, which counts
+    2/50 of the train loss (not 16/50, nor one batch in 4)."""
+    x, y = blobs(50)
+    xv, yv = blobs(30, seed=1)
+    xt, yt = blobs(20, seed=2)
+    model = spiral_model()
+    history = nb.train(model, nb.SGD(model.parameters(), lr=0.0), (x, y, xt, yt), epochs=1, batch_size=16,
+                       val_data=(xv, yv))
+    for part, (xs, ys) in (("train", (x, y)), ("val", (xv, yv)), ("test", (xt, yt))):
+        want = nb.evaluate(model, xs, ys)
+        assert history[0][f"{part}_loss"] == pytest.approx(want["loss"], rel=1e-6), part
+        assert history[0][f"{part}_accuracy"] == want["accuracy"], part
+
+
+def test_a_validation_loss_that_only_equals_the_best_is_no_improvement():
+    """min_delta=0: the best epoch is one whose validation loss is lower, not as low; at rate 0
+    every epoch's is the same, so epoch 1 stays the best and patience runs out after 2 more."""
+    x, y = blobs(60)
+    model = spiral_model()
+    best = []
+    history = nb.train(model, nb.SGD(model.parameters(), lr=0.0), (x, y), epochs=6, batch_size=16,
+                       val_split=0.25, early_stopping=2, on_best=lambda st, m: best.append(m["epoch"]))
+    assert len({h["val_loss"] for h in history}) == 1
+    assert history.best_epoch == 1 and best == [1] and len(history) == 3 and history.stopped_early
+
+
+def test_an_interrupted_epoch_keeps_the_seconds_it_ran():
+    """The epoch's seconds of a resumed run count the time before the stop too (state.seconds)."""
+    x, y = blobs()
+    model = spiral_model()
+    steps = iter(range(1, 100))
+    with pytest.raises(nb.TrainingInterrupted) as stopped:
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=2, batch_size=10,
+                 should_stop=lambda: next(steps) == 2)
+    assert stopped.value.state.seconds > 0 and stopped.value.state.seen == 20
+
+
+def test_a_test_loss_that_overflows_stops_the_run_as_diverged():
+    """A finite test row whose logits overflow makes the test loss NaN: the run stops (as for a
+    validation loss), not a history with a NaN test loss in it."""
+    x, y = blobs()
+    xt = x[:5].copy()
+    xt[0, 0] = 3e38
+    model = spiral_model()
+    with pytest.raises(nb.TrainingDiverged, match="test loss is nan after epoch 1"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y, xt, y[:5]), epochs=1)
+
+
+def test_on_best_without_validation_data_is_refused():
+    """There is no best epoch without a validation loss: on_best would never be called, silently."""
+    x, y = blobs()
+    model = spiral_model()
+    with pytest.raises(ValueError, match="need validation data"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, on_best=lambda st, m: None)

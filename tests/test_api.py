@@ -726,3 +726,55 @@ def test_on_best_without_validation_data_is_refused():
     model = spiral_model()
     with pytest.raises(ValueError, match="need validation data"):
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, on_best=lambda st, m: None)
+
+
+def test_val_split_edges_name_the_fraction_or_the_rows():
+    """1 is out of [0, 1) by itself; a fraction that rounds to every row leaves no training rows."""
+    x, y = blobs(10)
+    with pytest.raises(ValueError, match=r"val_split must be in \[0, 1\), got 1"):
+        split_validation(x, y, 1, seed=0)
+    with pytest.raises(ValueError, match="val_split 0.96 leaves no training rows out of 10"):
+        split_validation(x, y, 0.96, seed=0)
+
+
+def test_labels_at_two_to_the_63_are_out_of_range_by_their_own_value():
+    """2**63 as a float is past int64: as int64 it wrapped to -2**63, a label the data does not hold."""
+    x, y = blobs(2)
+    model = spiral_model()
+    with pytest.raises(ValueError, match=r"y_train: label 9\.223372036854776e\+18 is out of range"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, [0.0, 2.0**63]), epochs=1)
+
+
+def test_bce_targets_above_1_are_refused_and_a_zero_logit_is_a_yes():
+    x = np.ones((2, 2), np.float32)
+    model = nb.Sequential(nb.Linear(2, 1, seed=0))
+    with pytest.raises(ValueError, match=r"bce targets must lie in \[0, 1\]"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, [0.0, 1.2]), epochs=1, loss="bce")
+    model[0].weight[...] = 0  # z = 0 exactly: σ(z) = ½, read as yes by predict as by evaluate's accuracy
+    assert nb.predict(model, x, loss="bce").tolist() == [[1], [1]]
+    assert nb.evaluate(model, x, [1.0, 1.0], loss="bce")["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("part", ["test", "validation"])
+def test_an_empty_test_or_validation_set_is_named(part):
+    x, y = blobs()
+    model = spiral_model()
+    data, more = ((x, y, x[:0], y[:0]), {}) if part == "test" else ((x, y), {"val_data": (x[:0], y[:0])})
+    with pytest.raises(ValueError, match=f"{part} data is empty"):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), data, epochs=1, **more)
+
+
+def test_model_bytes_counts_an_evaluation_batch_of_at_least_1000_rows():
+    from nbnet.train import model_bytes
+
+    params = 3 * 4 + 4
+    assert model_bytes([3, 4], np.float32, batch_size=10) == 4 * (params * (4 + 1) + 4 * 1000 * 7)
+    assert model_bytes([3, 4], np.float64, batch_size=2000, optimizer="adam") == 8 * (params * 6 + 4 * 2000 * 7)
+
+
+def test_build_model_seeds_linear_layer_i_with_seed_i():
+    from nbnet.train import build_model
+
+    model = build_model(2, [16], 3, seed=7)
+    np.testing.assert_array_equal(model[0].weight, nb.Linear(2, 16, seed=(7, 0)).weight)
+    np.testing.assert_array_equal(model[2].weight, nb.Linear(16, 3, seed=(7, 1)).weight)

@@ -559,3 +559,45 @@ def test_a_short_last_batch_runs_in_the_full_batchs_buffers(loss):
     assert len(full) >= 10  # outputs, activations, dX, the loss's own
     for rows in (40, 64, 40, 64):  # never two in a row: no plan (nbnet.model._Plan) is built
         assert step(rows) == {key: (start, rows) for key, (start, _) in full.items()}, rows
+
+
+# --------------------------------------------------------------------------------------------- mutation-found gaps
+
+
+@pytest.mark.parametrize("layer", [nb.Linear(4, 3, seed=0), nb.ReLU(), nb.Sigmoid()], ids=repr)
+def test_a_layer_refuses_an_empty_batch_and_a_backward_before_its_forward(layer):
+    """Unchecked, an empty batch gave an empty output (the check's fast path let it through, or
+    the full path did not ask), and a backward before any forward failed inside Numba's typing."""
+    with pytest.raises(ValueError, match="backward called before forward"):
+        layer.backward(np.ones((2, 3 if isinstance(layer, nb.Linear) else 4), np.float32))
+    with pytest.raises(ValueError, match=r"got an empty batch of shape \(0, 4\)"):
+        layer(np.zeros((0, 4), np.float32))
+
+
+@pytest.mark.parametrize("layer", [nb.Linear(4, 3, seed=0), nb.ReLU(), nb.Tanh()], ids=repr)
+def test_a_gradient_of_the_other_dtype_is_refused(layer):
+    """A float64 dL/dY into a float32 layer: the fast path let it through to the kernels (Numba's
+    typing error for Linear, a silent float64 kernel for the activations)."""
+    out = layer(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="expected gradient dtype float32, got float64"):
+        layer.backward(np.ones(out.shape, np.float64))
+
+
+def test_strided_inputs_and_gradients_give_what_their_contiguous_copies_give():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 8)).astype(np.float32)[:, ::2]
+    g = rng.normal(size=(6, 6)).astype(np.float32)[:, ::2]
+    lin = nb.Linear(4, 3, seed=0)
+    out = lin(x).copy()
+    dx = lin.backward(g).copy()
+    dw = lin.grad_weight.copy()
+    lin.zero_grad()
+    np.testing.assert_array_equal(out, lin(np.ascontiguousarray(x)))
+    np.testing.assert_array_equal(dx, lin.backward(np.ascontiguousarray(g)))
+    np.testing.assert_array_equal(dw, lin.grad_weight)
+
+
+@pytest.mark.parametrize("args", [(True, 3), (3, True), (3, False)])
+def test_a_boolean_width_is_refused(args):
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        nb.Linear(*args)

@@ -196,6 +196,25 @@ def test_a_host_array_assigned_to_a_layer_on_the_device_is_the_one_named():
     model[0].bias = gpu.to_device(np.zeros(4, np.float32))
     with pytest.raises(ValueError, match=r"bias must be a C-contiguous float32 \(4,\) host array .* GPU array"):
         model(np.ones((2, 3), np.float32))
+    # bias=False: one array on each device is a tie, which the gradient's device breaks
+    model = nb.Sequential([nb.Linear(3, 4, seed=0, bias=False)]).to("cuda")
+    model[0].weight = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"weight must be a C-contiguous float32 \(4, 3\) GPU array .* host array"):
+        model(np.ones((2, 3), np.float32))
+
+
+def test_a_linear_fed_its_own_output_on_the_device_writes_a_new_one():
+    """lin(lin(x)) on the GPU: the kernel wrote its output into the array it read as its input
+    (wrong values once the output spans two blocks of columns, which the simulator takes seconds to
+    show, so here: the output is another array)."""
+    lin = nb.Linear(4, 4, seed=0)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    want = lin(lin(x).copy()).copy()
+    nb.Sequential([lin]).to("cuda")  # moves the layer itself
+    y = lin(gpu.to_device(x))
+    z = lin(y)
+    assert z is not y
+    np.testing.assert_allclose(to_host(z), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -305,3 +305,44 @@ def test_linear_keeps_its_repr_config_and_attributes():
     new = np.ones((4, 5), np.float32)
     layer.grad_weight = new  # assigning clears the mark: the array is used as it is
     assert layer.grad_weight is new and layer.grad_weight.all()
+
+
+def test_a_linear_without_bias_writes_its_gradient_without_filling_it_first(monkeypatch):
+    """bias=False has no bias gradient to be marked: a marked weight gradient alone is the whole
+    mark, and the backward writes dW instead of filling zeros, then adding."""
+    model = mlp(np.float32, bias=False)
+    x, y = batch(4, 65, np.float32, 0)
+    backward(model, x, y)
+    fills = []
+    monkeypatch.setattr(cpu, "fill", lambda arr, value: fills.append(arr.shape))
+    model.zero_grad()
+    backward(model, x, y)
+    assert fills == []
+    monkeypatch.undo()
+    want = model[0].grad_weight.copy()
+    fill_zeros(model)
+    backward(model, x, y)
+    np.testing.assert_array_equal(model[0].grad_weight, want)
+
+
+def test_zero_grad_of_a_layer_of_the_users_own_fills_its_gradients():
+    """nbnet.layers.Layer, the base Sequential's error names for a layer of one's own: its
+    zero_grad() writes zeros into every gradient its parameters() list."""
+    from nbnet.layers import Layer
+
+    class Scale(Layer):
+        def __init__(self):
+            self.weight, self.grad_weight = np.ones(3, np.float32), np.full(3, 5, np.float32)
+
+        def parameters(self):
+            return [Parameter(self, "weight")]
+
+        def forward(self, x):
+            return x * self.weight
+
+        def backward(self, grad, need_input_grad=True):
+            return grad * self.weight
+
+    layer = Scale()
+    nb.Sequential(nb.Linear(2, 3), layer).zero_grad()
+    np.testing.assert_array_equal(layer.grad_weight, np.zeros(3, np.float32))

@@ -601,3 +601,16 @@ def test_strided_inputs_and_gradients_give_what_their_contiguous_copies_give():
 def test_a_boolean_width_is_refused(args):
     with pytest.raises(ValueError, match="must be a positive integer"):
         nb.Linear(*args)
+
+
+def test_a_linear_fed_its_own_output_writes_a_new_one():
+    """lin(lin(x)), and lin of a view of its last output: the kernel would write into its input."""
+    lin = nb.Linear(4, 4, seed=0)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    want = lin(lin(x).copy()).copy()
+    y = lin(x)
+    z = lin(y)
+    assert z is not y and not np.shares_memory(z, y)
+    np.testing.assert_array_equal(z, want)
+    y = lin(x)
+    assert not np.shares_memory(lin(y[:2]), y)

@@ -473,7 +473,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     host = [(g if isinstance(g, np.ndarray) else g.copy_to_host()) for g in grads]
     host = [g.astype(np.float64, copy=False).ravel() for g in host]
     if math.isinf(q):
-        total = max(float(np.abs(g).max(initial=0.0)) for g in host)
+        # np.max, not max(): Python's max() keeps a NaN only when it comes first, and a NaN in a
+        # later gradient gave the others' maximum (which error_if_nonfinite passed)
+        total = float(np.max([np.abs(g).max(initial=0.0) for g in host], initial=0.0))
     else:
         total = sum(float(np.sum(np.abs(g) ** q)) for g in host) ** (1.0 / q)
     if error_if_nonfinite and not math.isfinite(total):

@@ -326,6 +326,21 @@ def test_clip_grad_norm_matches_torch():
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("where", [0, 3])
+def test_clip_grad_norm_inf_norm_of_a_nan_gradient_is_nan(where):
+    """The inf-norm is the largest |g| of all gradients: with a NaN in any of them it is NaN, as in
+    torch (and as the 2-norm's sum makes it). Python's max() of the per-gradient maxima kept a NaN
+    only when it came first: a NaN in a later parameter gave the others' maximum, which
+    error_if_nonfinite passed and training went on with NaN gradients."""
+    model = mlp()
+    for p in model.parameters():
+        p.grad[...] = 1
+    model.parameters()[where].grad.flat[0] = np.nan
+    assert np.isnan(nb.clip_grad_norm_(model.parameters(), 1.0, norm_type=np.inf))
+    with pytest.raises(ValueError, match="total norm of the gradients is nan"):
+        nb.clip_grad_norm_(model.parameters(), 1.0, norm_type=np.inf, error_if_nonfinite=True)
+
+
 def test_astype_copies_and_mixed_dtypes_are_refused():
     model = mlp()
     wide = model.astype(np.float64)

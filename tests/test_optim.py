@@ -2,11 +2,14 @@
 NumPy for several steps, on float64 so the comparison is tight."""
 
 import math
+import types
 
 import numpy as np
 import pytest
 
 import nbnet as nb
+from nbnet.layers import Parameter
+from nbnet.model import pack_parameters
 
 STEPS = 5
 
@@ -517,3 +520,115 @@ def test_hyper_parameters_set_after_construction_are_checked_at_the_step(make, n
     with pytest.raises(ValueError, match=name):
         opt.step()
     assert all(np.array_equal(a, p.data) for a, p in zip(before[0], params)) and opt.step_count == before[1]
+
+
+@pytest.mark.parametrize("pick", [[0, 1], [0, 1, 4, 5], [2, 3]], ids=["first", "first-and-last", "middle"])
+def test_an_optimizer_over_some_of_a_packed_models_layers_steps_only_those(pick):
+    """Parameters that are part of a packed buffer (the rest of the model frozen, as with
+    SGD(model[0].parameters())), with gaps or stopping short of its end: each steps as it would
+    alone, and the others never move (one_flat took them as one run, or ran on to the end)."""
+    packed = nb.Sequential(nb.Linear(4, 5, dtype=np.float64, seed=0), nb.ReLU(),
+                           nb.Linear(5, 6, dtype=np.float64, seed=1), nb.ReLU(), nb.Linear(6, 3, dtype=np.float64, seed=2))
+    rng = np.random.default_rng(0)
+    for p in packed.parameters():
+        p.grad[...] = rng.normal(size=p.shape)
+    chosen = [packed.parameters()[i] for i in pick]
+    alone = [types.SimpleNamespace(data=p.data.copy(), grad=p.grad.copy()) for p in chosen]
+    before = [p.data.copy() for p in packed.parameters()]
+    opt, ref = nb.SGD(chosen, lr=0.1, momentum=0.9), nb.SGD(alone, lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.step()
+        ref.step()
+    for i, (p, b) in enumerate(zip(packed.parameters(), before)):
+        if i in pick:
+            np.testing.assert_array_equal(p.data, alone[pick.index(i)].data)
+        else:
+            np.testing.assert_array_equal(p.data, b)
+
+
+def test_a_step_after_zero_grad_without_backward_moves_nothing():
+    """zero_grad only marks a Linear's gradients: the step after it must read them as zeros, also
+    when the step before cached the arrays it reads (the first step of a fresh optimizer did not)."""
+    model = nb.Sequential(nb.Linear(4, 3, dtype=np.float64, seed=0), nb.ReLU(),
+                          nb.Linear(3, 2, dtype=np.float64, seed=1))
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad[...] = 1
+    opt.step()
+    before = [p.data.copy() for p in model.parameters()]
+    opt.zero_grad()
+    opt.step()
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, b)
+
+
+class Weighted:
+    """A layer-like object with a parameter nbnet did not make (its gradient is filled, not marked)."""
+
+    def __init__(self, n):
+        self.weight, self.grad_weight = np.ones(n), np.ones(n)
+
+
+def test_zero_grad_fills_packed_gradients_of_other_layers():
+    layers = [Weighted(3), Weighted(5)]
+    params = [Parameter(layer, "weight") for layer in layers]
+    pack_parameters(params)
+    opt = nb.SGD(params, lr=0.1)
+    assert opt._flat() is not None  # one buffer: zero_grad fills it in one pass
+    opt.zero_grad()
+    assert not any(layer.grad_weight.any() for layer in layers)
+
+
+@pytest.mark.parametrize("handles", ["parameters", "other"])
+def test_a_state_array_assigned_between_steps_is_the_one_stepped_on(handles):
+    """opt.state[i][name] = array (a momentum reset, say) in a packed model: the next step
+    goes on from that array, not from the flat buffer its cached step groups held."""
+    model = nb.Sequential(nb.Linear(4, 3, dtype=np.float64, seed=0))
+    params = model.parameters()
+    if handles == "other":
+        params = [types.SimpleNamespace(data=p.data, grad=p.grad) for p in params]
+    opt = nb.SGD(params, lr=0.1, momentum=0.9)
+    assert opt._flat() is not None
+    for p in params:
+        p.grad[...] = 1
+    opt.step()
+    opt.step()
+    fresh = [np.zeros(p.data.size) for p in params]
+    for st, buf in zip(opt.state, fresh):
+        st["momentum_buffer"] = buf
+    before = params[0].data.copy()
+    opt.step()  # from zero momentum: b = g, a step of lr·g
+    np.testing.assert_allclose(before - params[0].data, 0.1, rtol=1e-12)
+    np.testing.assert_array_equal(opt.state_dict()["state"]["momentum_buffer.0"], 1)
+
+
+def retype(layer, dtype):
+    for name in ("weight", "grad_weight", "bias", "grad_bias"):
+        setattr(layer, name, getattr(layer, name).astype(dtype))
+
+
+def test_state_made_for_other_dtype_is_an_error():
+    """As for another size: float32 moments for float64 parameters were stepped in mixed precision."""
+    layer = nb.Linear(4, 3, seed=0)
+    opt = nb.Adam(layer.parameters(), lr=0.1)
+    layer.grad_weight[...] = 1
+    opt.step()
+    retype(layer, np.float64)
+    with pytest.raises(ValueError, match="make a new optimizer"):
+        opt.step()
+
+
+def test_a_stateless_step_after_a_change_of_dtype_casts_its_rates_anew():
+    """SGD without momentum keeps no state, so it steps on after the parameters change dtype: in
+    the new dtype's rate (float32(0.1) is 1.5e-9 off 0.1), as a new optimizer would."""
+    layer, twin = nb.Linear(4, 3, seed=0), nb.Linear(4, 3, seed=0)
+    opt = nb.SGD(layer.parameters(), lr=0.1)
+    layer.grad_weight[...] = 1
+    opt.step()
+    retype(layer, np.float64)
+    retype(twin, np.float64)
+    twin.weight[...] = layer.weight
+    for lay, o in ((layer, opt), (twin, nb.SGD(twin.parameters(), lr=0.1))):
+        lay.grad_weight[...] = 1
+        o.step()
+    np.testing.assert_array_equal(layer.weight, twin.weight)

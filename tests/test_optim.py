@@ -1,6 +1,7 @@
 """Each optimizer against its published update rule (torch.optim's documentation), written out in
 NumPy for several steps, on float64 so the comparison is tight."""
 
+import json
 import math
 import types
 
@@ -632,3 +633,44 @@ def test_a_stateless_step_after_a_change_of_dtype_casts_its_rates_anew():
         lay.grad_weight[...] = 1
         o.step()
     np.testing.assert_array_equal(layer.weight, twin.weight)
+
+
+def test_load_state_dict_checks_state_dtype_and_step_count_and_copies(rng):
+    """Refused at the load, not at the next step: state of the other float dtype and a step_count of
+    True (a bool is not a count). Loaded state is copied: steps leave the dict loaded from as it was."""
+    _, params = make_params(rng)
+    opt = nb.SGD(params, lr=0.1, momentum=0.9)
+    sd = {"type": "SGD", "state": {f"momentum_buffer.{i}": np.zeros(p.data.size, np.float32)
+                                   for i, p in enumerate(params)}}
+    with pytest.raises(ValueError, match=r"state 'momentum_buffer.0' has shape \(12,\) float32, expected \(12,\) float64"):
+        opt.load_state_dict(sd)
+    with pytest.raises(ValueError, match="step_count must be a whole number"):
+        opt.load_state_dict({"type": "SGD", "step_count": True})
+    sd = {"type": "SGD", "state": {f"momentum_buffer.{i}": np.zeros(p.data.size) for i, p in enumerate(params)}}
+    opt.load_state_dict(sd)
+    for p in params:
+        p.grad[...] = 1
+    opt.step()  # the optimizer's own copies: the dict loaded from is left as it was
+    assert not any(arr.any() for arr in sd["state"].values())
+    assert opt.state_dict()["state"]["momentum_buffer.0"].all()
+
+
+@pytest.mark.parametrize("cls", [nb.Adam, nb.AdamW])
+def test_defaults_are_torchs(cls):
+    """The defaults of torch.optim.Adam / AdamW (and of the interface): lr 1e-3, betas (0.9, 0.999), eps 1e-8."""
+    opt = cls(make_params(np.random.default_rng(0))[1])
+    assert (opt.lr, opt.betas, opt.eps, opt.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 0.01 if cls is nb.AdamW else 0.0)
+
+
+@pytest.mark.parametrize("make", [lambda ps: nb.Adam(ps, betas=(-0.1, 0.999)), lambda ps: nb.AdamW(ps, betas=(0.9, -0.5))])
+def test_negative_betas_are_rejected(make):
+    with pytest.raises(ValueError, match=r"betas must be two numbers in \[0, 1\)"):
+        make(make_params(np.random.default_rng(0))[1])
+
+
+def test_hyper_parameters_given_as_numpy_scalars_are_saved_as_python_numbers(rng):
+    """The constructor takes np.float32 rates as numbers and keeps them as floats: its state_dict
+    is what a checkpoint writes as JSON, which a NumPy float32 is not."""
+    sd = nb.SGD(make_params(rng)[1], lr=np.float32(0.1), momentum=np.float32(0.5), weight_decay=np.int64(0)).state_dict()
+    assert all(type(sd[k]) is float for k in ("lr", "momentum", "weight_decay"))
+    json.dumps({k: v for k, v in sd.items() if k != "state"})

@@ -1,6 +1,7 @@
 """Each optimizer against its published update rule (torch.optim's documentation), written out in
 NumPy for several steps, on float64 so the comparison is tight."""
 
+import importlib.util
 import json
 import math
 import types
@@ -674,3 +675,40 @@ def test_hyper_parameters_given_as_numpy_scalars_are_saved_as_python_numbers(rng
     sd = nb.SGD(make_params(rng)[1], lr=np.float32(0.1), momentum=np.float32(0.5), weight_decay=np.int64(0)).state_dict()
     assert all(type(sd[k]) is float for k in ("lr", "momentum", "weight_decay"))
     json.dumps({k: v for k, v in sd.items() if k != "state"})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, kwargs", [
+    ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)),
+    ("SGD", dict(lr=0.05, momentum=0.5, weight_decay=0.1)),
+    ("SGD", dict(lr=0.1, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, betas=(0.999, 0.999), eps=1e-6, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)),
+])
+def test_optimizers_follow_torch_optim(name, kwargs, dtype):
+    """Against torch.optim itself, state included: parameters and state of every step within a
+    few roundings of torch's (the NumPy rules above are written from its documentation; this is
+    its code). β1 = 0.999: in float32, 1 − float32(β1) is 1.3e-5 off 1 − β1, far above the
+    tolerance."""
+    import torch  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    layer = nb.Linear(6, 4, dtype=dtype, seed=0)
+    layer.bias[...] = rng.normal(size=4)
+    params = layer.parameters()
+    tparams = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in params]
+    opt, topt = getattr(nb, name)(params, **kwargs), getattr(torch.optim, name)(tparams, **kwargs)
+    tol = 1e-13 if dtype == np.float64 else 1e-6
+    for _ in range(5):
+        for p, t in zip(params, tparams):
+            p.grad[...] = rng.normal(size=p.shape)
+            t.grad = torch.from_numpy(p.grad.copy())
+        opt.step()
+        topt.step()
+        for p, t, st in zip(params, tparams, opt.state):
+            assert p.data.dtype == dtype
+            np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=tol, atol=tol)
+            for key, arr in st.items():
+                want = topt.state[t][key].numpy().ravel()
+                np.testing.assert_allclose(arr, want, rtol=0, atol=tol * np.abs(want).max())

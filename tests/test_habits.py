@@ -341,6 +341,26 @@ def test_clip_grad_norm_inf_norm_of_a_nan_gradient_is_nan(where):
         nb.clip_grad_norm_(model.parameters(), 1.0, norm_type=np.inf, error_if_nonfinite=True)
 
 
+def test_clip_grad_norm_of_one_parameter_and_the_inf_norm_of_negative_gradients():
+    """A single Parameter is clipped as [it] (torch takes a tensor for an iterable of one); the
+    inf-norm is of |g|: a largest gradient of −5 is a norm of 5."""
+    model = mlp(np.float64)
+    for p in model.parameters():
+        p.grad[...] = 0.5
+    model.parameters()[2].grad[1, 2] = -5.0
+    assert nb.clip_grad_norm_(model.parameters(), 10.0, norm_type=np.inf) == 5.0
+    weight = model.parameters()[2]
+    assert nb.clip_grad_norm_(weight, 1.0, norm_type=np.inf) == 5.0
+    assert weight.grad[1, 2] == pytest.approx(-1.0, rel=1e-6) and model.parameters()[0].grad[0, 0] == 0.5
+
+
+@pytest.mark.parametrize("q", [0, 0.0, -1.0, float("nan")])
+def test_clip_grad_norm_refuses_a_norm_type_that_is_not_positive(q):
+    """norm_type 0 was taken and failed dividing by it, a ZeroDivisionError naming nothing."""
+    with pytest.raises(ValueError, match="norm_type must be > 0 or inf"):
+        nb.clip_grad_norm_(mlp().parameters(), 1.0, norm_type=q)
+
+
 def test_astype_copies_and_mixed_dtypes_are_refused():
     model = mlp()
     wide = model.astype(np.float64)

@@ -614,3 +614,29 @@ def test_a_linear_fed_its_own_output_writes_a_new_one():
     np.testing.assert_array_equal(z, want)
     y = lin(x)
     assert not np.shares_memory(lin(y[:2]), y)
+
+
+def test_the_fast_path_checks_the_shapes_of_logits_and_labels():
+    """SoftmaxCrossEntropy's fast path (host arrays as the last call's) takes logits of another width
+    and labels of another length to the full checks, not to the kernel with the last call's buffers."""
+    loss = nb.SoftmaxCrossEntropy()
+    assert loss.forward(np.zeros((3, 4), np.float32), np.array([0, 1, 3])) == pytest.approx(np.log(4))
+    assert loss.forward(np.zeros((3, 6), np.float32), np.array([0, 1, 5])) == pytest.approx(np.log(6))
+    assert loss.backward().shape == (3, 6)
+    with pytest.raises(ValueError, match=r"labels of shape \(3,\)"):
+        loss.forward(np.zeros((3, 6), np.float32), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("loss", [nb.MSELoss, nb.BCEWithLogits])
+def test_float_targets_are_checked_for_rows_complex_values_and_a_forward_first(loss):
+    """Targets of another number of rows (the kernels read the predictions' rows of them: past the
+    end of fewer), complex targets (converted, their imaginary parts dropped with a ComplexWarning),
+    and backward before forward are errors."""
+    pred = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="before forward"):
+        loss().backward()
+    for rows in (2, 4):
+        with pytest.raises(ValueError, match=r"expected targets of shape \(3, 2\)"):
+            loss().forward(pred, np.zeros((rows, 2), np.float32))
+    with pytest.raises(ValueError):
+        loss().forward(pred, np.full((3, 2), 0.5 + 1j))

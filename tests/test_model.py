@@ -640,3 +640,28 @@ def test_float_targets_are_checked_for_rows_complex_values_and_a_forward_first(l
             loss().forward(pred, np.zeros((rows, 2), np.float32))
     with pytest.raises(ValueError):
         loss().forward(pred, np.full((3, 2), 0.5 + 1j))
+
+
+@pytest.mark.parametrize("loss", [nb.SoftmaxCrossEntropy, nb.CrossEntropy])
+def test_a_view_of_the_losss_own_gradient_as_its_input(loss):
+    """loss_fn(g[:], y) with g = loss_fn.backward(): a view of the buffer the kernels write while
+    reading it is taken as a new input (the loss's buffers are made anew), as g itself is."""
+    x = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    y = np.array([0, 2, 1, 0])
+    fn = loss()
+    fn(x / x.sum(1, keepdims=True), y)
+    g = fn.backward()
+    view = g[:]
+    if loss is nb.CrossEntropy:
+        view[...] = 1 / 3  # probabilities
+    want_fn = loss()
+    want = want_fn(view.copy(), y)
+    assert fn(view, y) == want
+    np.testing.assert_array_equal(fn.backward(), want_fn.backward())
+
+
+def test_one_column_labels_for_one_class_get_no_one_hot_hint():
+    """(N, 1) labels for one class are not one-hot rows: the message does not say to take argmax."""
+    with pytest.raises(ValueError) as err:
+        nb.SoftmaxCrossEntropy()(np.zeros((3, 1), np.float32), np.zeros((3, 1), np.int64))
+    assert "one-hot" not in str(err.value) and "expected labels of shape (3,)" in str(err.value)

@@ -303,7 +303,9 @@ class Optimizer:
                 arr = st.get(name)
                 if arr is not None:
                     state[f"{name}.{i}"] = arr.copy() if isinstance(arr, np.ndarray) else arr.copy_to_host()
-        hyper = {name: getattr(self, name) for name in self.hyper_names}
+        # Python numbers: a NumPy scalar set after construction (opt.lr = np.float32(0.05)) made
+        # the checkpoint's JSON writer fail ("float32 is not JSON serializable") after the epoch.
+        hyper = {name: _plain(getattr(self, name)) for name in self.hyper_names}
         return {"type": type(self).__name__, **hyper, "step_count": self.step_count, "state": state}
 
     def load_state_dict(self, sd):
@@ -452,13 +454,23 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
+def _plain(value):
+    """value with NumPy scalars (also inside a tuple, as betas) as the Python numbers they hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return tuple(map(_plain, value)) if isinstance(value, (tuple, list)) else value
+
+
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """torch.nn.utils.clip_grad_norm_: the norm of all gradients together, as one vector,
     total = (Σ_p Σ_i |g_pi|^q)^(1/q) (q = norm_type; inf: max |g|); if total > max_norm, every
     gradient is scaled in place by max_norm / (total + 1e-6), as torch does. Returns total (a float).
 
     parameters: Parameters (e.g. model.parameters()) or a single one. The sum runs in float64 (on a
-    copy for a model on the GPU); the scale is applied in the gradients' dtype.
+    copy for a model on the GPU); the scale is applied in the gradients' dtype. A NaN total leaves
+    the gradients as they are (torch multiplies them by NaN): error_if_nonfinite=True raises there.
+    Where |g|^q overflows float64 (q = 2: gradients past ~1e154), the norm is taken over |g| / max|g|:
+    finite and right, where torch's is inf and zeroes every gradient.
     """
     params = [parameters] if hasattr(parameters, "grad") else list(parameters)
     if not _real(max_norm) or not max_norm >= 0:  # NumPy scalars too, as the optimizers take them
@@ -477,7 +489,13 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         # later gradient gave the others' maximum (which error_if_nonfinite passed)
         total = float(np.max([np.abs(g).max(initial=0.0) for g in host], initial=0.0))
     else:
-        total = sum(float(np.sum(np.abs(g) ** q)) for g in host) ** (1.0 / q)
+        with np.errstate(over="ignore"):
+            total = sum(float(np.sum(np.abs(g) ** q)) for g in host) ** (1.0 / q)
+        if math.isinf(total) and all(np.isfinite(g).all() for g in host):
+            # |g|^q overflowed float64 (q = 2: |g| past 1.3e154), and every gradient was scaled to
+            # 0; torch's norm is finite there. Taken again over |g| / max|g| (each term ≤ 1).
+            top = max(float(np.abs(g).max(initial=0.0)) for g in host)
+            total = top * sum(float(np.sum((np.abs(g) / top) ** q)) for g in host) ** (1.0 / q)
     if error_if_nonfinite and not math.isfinite(total):
         raise ValueError(f"clip_grad_norm_: the total norm of the gradients is {total}")
     coef = float(max_norm) / (total + 1e-6)  # in double, as before: np.float32 / float is float32

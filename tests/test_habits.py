@@ -4,6 +4,8 @@ Linear(bias=False), clip_grad_norm_, astype, one dtype per model, forgiving targ
 import importlib.util
 import re
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -457,3 +459,30 @@ def test_flags_must_be_booleans():
         with pytest.raises(ValueError, match="must be True or False"):
             nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, **kwargs)
     assert len(list(nb.batches(x, y, 2, shuffle=np.bool_(False)))) == 2
+
+
+@pytest.mark.parametrize("q", [2.0, 3.0])
+def test_clip_grad_norm_of_float64_gradients_whose_powers_overflow(q):
+    """Σ|g|^q overflowed float64 for gradients past ~1e154 (q = 2): the norm was inf, every
+    gradient was scaled to 0 and NumPy warned. It is now taken over |g| / max|g|: the true norm."""
+    model = nb.Sequential([nb.Linear(2, 1, dtype=np.float64, seed=0)])
+    weight, bias = model.parameters()
+    weight.grad[...], bias.grad[...] = [[1e200, -3e199]], 2e199
+    want = 1e200 * (1 + 0.3**q + 0.2**q) ** (1 / q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nb.clip_grad_norm_(model.parameters(), 1.0, norm_type=q) == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(weight.grad, [[1e200 / want, -3e199 / want]], rtol=1e-6)
+    assert bias.grad[0] == pytest.approx(2e199 / want, rel=1e-6)
+
+
+def test_optimizer_state_dict_holds_python_numbers():
+    """A NumPy scalar set as a hyper-parameter after construction stayed one in state_dict(), and
+    the checkpoint's JSON writer failed on it ('float32 is not JSON serializable')."""
+    import json  # noqa: PLC0415
+
+    opt = nb.Adam(mlp().parameters())
+    opt.lr, opt.betas, opt.weight_decay = np.float32(0.05), (np.float32(0.9), np.float64(0.99)), np.float64(0.0)
+    sd = opt.state_dict()
+    assert type(sd["lr"]) is float and all(type(b) is float for b in sd["betas"]) and type(sd["weight_decay"]) is float
+    assert json.loads(json.dumps({k: v for k, v in sd.items() if k != "state"}))["lr"] == float(np.float32(0.05))

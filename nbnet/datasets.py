@@ -351,9 +351,9 @@ def check_labels(y, source):
     """Class labels 0 .. MAX_CLASSES-1 (whole numbers, integer or float) as int64: checked before
     the cast, so a huge or fractional label is an error, not a wrapped or truncated class."""
     if np.issubdtype(y.dtype, np.floating):
-        bad = ~np.isfinite(y) | (y != np.round(y))
-        if bad.any():
-            raise ValueError(f"{source}: labels must be whole numbers (row {int(np.argmax(bad))} has {y[bad][0]})")
+        at = first_where(y, not_whole)  # a block at a time: np.round of all of y and its bools held more than y
+        if at is not None:
+            raise ValueError(f"{source}: labels must be whole numbers (row {at[0]} has {y[at]})")
     elif y.dtype.kind not in "iu":
         raise ValueError(f"{source}: labels must be integers, got {y.dtype}")
     lo, hi = y.min().item(), y.max().item()  # Python numbers: MAX_CLASSES cast to float16 overflows
@@ -400,14 +400,37 @@ def first_nonfinite(a, block_bytes=FINITE_BLOCK):
     """The index (a tuple) of the first NaN or Inf of `a` in C order, or None. Looked for a block of
     rows at a time: ~np.isfinite of the whole is a bool array of its size (47 MB for MNIST's
     60000 x 784 features, beside the features themselves)."""
+    return first_where(a, nonfinite, block_bytes)
+
+
+def first_where(a, bad, block_bytes=FINITE_BLOCK):
+    """The index (a tuple) of the first element of `a` in C order where bad(block), a bool array
+    of the block's shape, is True, or None: called on a block of rows at a time, so that its
+    temporaries are a block's, not those of all of `a`."""
+    if a.ndim == 0:
+        return () if bad(a) else None
     row_bytes = a.itemsize * math.prod(a.shape[1:])
     rows = max(1, block_bytes // max(1, row_bytes))
     for lo in range(0, len(a), rows):
-        finite = np.isfinite(a[lo:lo + rows])
-        if not finite.all():
-            at = np.argwhere(~finite)[0]
+        block = a[lo:lo + rows]
+        if bad(block).any():  # not kept: the next block's flags would be made beside them
+            at = np.argwhere(bad(block))[0]
             return (lo + int(at[0]), *map(int, at[1:]))
     return None
+
+
+def nonfinite(y):
+    """Where `y` is NaN or Inf, for first_where: ~np.isfinite(y) in one bool array."""
+    flags = np.isfinite(y)
+    return np.logical_not(flags, out=flags)
+
+
+def not_whole(y):
+    """Where float `y` is not a whole number, for first_where: ~np.isfinite(y) | (y != np.round(y)),
+    with fewer temporaries (NaN != its round already; Inf == its round)."""
+    flags = y != np.round(y)
+    flags |= np.isinf(y)
+    return flags
 
 
 def check_features(x, source, dtype=np.float32):

@@ -25,7 +25,7 @@ import numpy as np
 from . import dist
 from .check import compile_kernels
 from .data import batches_reusing, share, whole
-from .datasets import check_features, is_real
+from .datasets import check_features, first_where, is_real, not_whole
 from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
@@ -199,7 +199,8 @@ def as_targets(model, y, loss, who="y", block_bytes=64 << 20):
         return y.reshape(-1, 1) if y.ndim == 1 else y
     y = _array(y, who)
     if loss == "cross-entropy":
-        if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        # Looked at a block at a time: np.round of all of y and its bools held more than y beside it
+        if y.dtype.kind == "f" and y.size and first_where(y, not_whole) is None:
             _check_int64(y, who)
             y = y.astype(np.int64)  # whole numbers stored as floats are labels too
         if y.dtype.kind not in "iu":

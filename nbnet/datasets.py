@@ -378,14 +378,15 @@ def _check_x_values(x, y, source, targets, dtype):
         raise ValueError(f"{source}: targets must be real numbers, got {y.dtype}")
     x = check_features(x, source, dtype)
     y = y.astype(np.float64)
-    if not np.all(np.isfinite(y)):
+    # Both checks look at a block of rows at a time: a `dtype` copy of all of y and its bools held
+    # 3 MB beside 60000 rows of 10 targets (4.8 MB in float64), 5.4 MB as float64.
+    if first_nonfinite(y) is not None:
         raise ValueError(f"{source}: targets hold NaN or Inf")
     # The targets are trained on in `dtype` (the command converts them): one too large for it
     # became Inf there, with NumPy's overflow warning and then an error that named no file.
     with np.errstate(over="ignore"):
-        too_large = ~np.isfinite(y.astype(dtype))
-    if too_large.any():
-        at = tuple(int(i) for i in np.argwhere(too_large)[0])
+        at = first_where(y, lambda block: nonfinite(block.astype(dtype)))
+    if at is not None:
         raise ValueError(f"{source}: target y[{', '.join(map(str, at))}] is {y[at]:g} (counted from 0), "
                          f"too large for {np.dtype(dtype)}")
     if targets == "binary" and (y.min() < 0 or y.max() > 1):

@@ -25,7 +25,7 @@ import numpy as np
 from . import dist
 from .check import compile_kernels
 from .data import batches_reusing, share, whole
-from .datasets import check_features, first_where, is_real, not_whole
+from .datasets import check_features, first_nonfinite, first_where, is_real, not_whole
 from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, to_host
@@ -221,7 +221,7 @@ def as_targets(model, y, loss, who="y", block_bytes=64 << 20):
 def _check_target_values(y, loss, who, too_large):
     """mse / bce targets are finite, and bce's lie in [0, 1]: NaN made evaluate's loss NaN and
     nb.train stop as diverged."""
-    if y.size and not np.all(np.isfinite(y)):
+    if y.size and first_nonfinite(y) is not None:  # a block at a time: no bools of all of y
         raise ValueError(f"{who}: targets hold NaN or Inf{too_large}")
     if loss == "bce" and y.size and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{who}: bce targets must lie in [0, 1] (0/1 labels or probabilities)")

@@ -222,6 +222,40 @@ def test_float_labels_are_checked_for_whole_numbers_a_block_at_a_time():
     assert as_targets(spiral_model(), np.float32(3), "cross-entropy") == 3  # 0-d, as before (check_data refuses it)
 
 
+def test_float_targets_are_checked_for_nan_and_range_a_block_at_a_time():
+    """mse/bce targets were checked whole: np.isfinite of all of them in nb.train and nb.evaluate
+    (bools of their count), and a file's regression targets as a float32 copy of all of them and
+    its bools beside the float64 targets (3 MB beside 60000 x 10 targets)."""
+    import tracemalloc
+
+    from nbnet.datasets import check_xy
+    from nbnet.train import as_targets
+
+    model = nb.Sequential([nb.Linear(1, 4, seed=0)])
+    y = np.ones((1 << 19, 4), np.float32)  # 8 MB, as the model wants them: not copied
+    x = np.ones((len(y), 1), np.float32)
+    for check in (lambda: as_targets(model, y, "mse"), lambda: check_xy(x, y, "f", "values")):
+        tracemalloc.start()
+        try:
+            out = check()
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        del out
+        assert peak - current < 1.5 * (1 << 20), (peak, current)  # beyond what it returns; was 2 and 10 MB
+    y[500_000, 1], y[300_000, 3] = np.inf, np.nan
+    with pytest.raises(ValueError, match=r"^y: targets hold NaN or Inf"):
+        as_targets(model, y, "mse")
+    with pytest.raises(ValueError, match=r"^f: targets hold NaN or Inf"):
+        check_xy(x, y, "f", "values")
+    y = y.astype(np.float64)
+    y[500_000, 1], y[300_000, 3], y[300_001, 0] = 1e39, 1, -1e300
+    with pytest.raises(ValueError, match=r"^f: target y\[300001, 0\] is -1e\+300 \(counted from 0\), too large"):
+        check_xy(x, y, "f", "values")
+    with pytest.raises(ValueError, match="targets of shape"):  # a 0-d target, checked as before
+        nb.evaluate(model, np.ones((1, 1), np.float32), np.float32(3), loss="mse")
+
+
 def test_predict_on_no_rows_says_so():
     model = spiral_model()
     with pytest.raises(ValueError, match="x is empty"):

@@ -570,9 +570,9 @@ def read_csv(path):
             col += len(fields)
     if uneven:
         raise ValueError(uneven)
-    finite = np.isfinite(out)
-    if not finite.all():
-        i, col = divmod(int(np.argmin(finite)), width)
+    at = first_nonfinite(out)  # a block at a time: bools of the whole table were an eighth of it
+    if at is not None:
+        i, col = at
         n = next(n for j, (n, _) in enumerate(data_rows()) if j == i)
         raise ValueError(f"{path}: row {n}, column {col + 1}: {out[i, col]} (NaN and Inf are not allowed)")
     return out

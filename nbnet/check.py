@@ -107,7 +107,8 @@ def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device=None):
         targets = np.zeros(1, np.int64) if targets is None else np.asarray(targets)
         width = next(layer for layer in model.layers if isinstance(layer, Linear)).in_features
         rng = np.random.default_rng(0)
-        for rows, train in [(r, True) for r in train_rows if r > 0] + [(r, False) for r in eval_rows if r > 0]:
+        # dict.fromkeys: a batch size above the rows asks for the same step twice (n and n % batch)
+        for rows, train in dict.fromkeys([(r, True) for r in train_rows if r > 0] + [(r, False) for r in eval_rows if r > 0]):
             # Drawn in the model's dtype: float64 draws and their copy held 3 batches' worth of a
             # float32 model's rows (28 MB at an eval batch of 3000 MNIST rows), never counted in check_memory.
             x = rng.random((rows, width), dtype=copy.dtype)

@@ -84,6 +84,9 @@ class Sequential:
         new = object.__new__(type(self))
         memo[id(self)] = new
         new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        # deepcopy copies each view of the flat buffer alone: packed again, the copy's optimizer
+        # steps in one pass (one launch on the GPU), as the original's
+        pack_parameters(new.parameters())
         return new
 
     def __repr__(self):

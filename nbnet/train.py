@@ -623,11 +623,11 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             return None
         lo, hi = share(len(y), comm.rank, comm.size)
         source = batch_source(model, x[lo:hi], y[lo:hi]) if hi > lo else (lambda *args, **kwargs: iter(()))
-        metric = _metric_of(loss, y)
+        part_metric = _metric_of(loss, y)  # (not `metric`: the loop's name of the metric, train_{metric})
 
         def score():
             loss_sum, correct = comm.sums(*_evaluate_sums(model, eval_batch_size, source, loss))
-            return loss_sum / len(y), metric(loss_sum, correct, len(y))
+            return loss_sum / len(y), part_metric(loss_sum, correct, len(y))
 
         return score
 

@@ -120,11 +120,6 @@ def spin():
     return busy
 
 
-def counts(used):
-    """The thread counts seen, as "2", or "1-2" where nbnet changed them."""
-    return str(used[0]) if len(used) == 1 else f"{used[0]}-{used[-1]}"
-
-
 def main():
     parser = argparse.ArgumentParser(description="1 vs 2 threads (fixed, adaptive), quiet vs one core busy")
     parser.add_argument("--batch", type=positive_ints, default="128", help="batch sizes, comma-separated")
@@ -147,7 +142,7 @@ def main():
     from nbnet import simd  # noqa: PLC0415
 
     print(simd.describe())
-    from common import load_warning  # noqa: PLC0415
+    from common import load_warning, thread_counts  # noqa: PLC0415
 
     if load_warning():  # the "quiet" columns are only quiet on a quiet machine
         print(load_warning())
@@ -165,7 +160,7 @@ def main():
     for policy in policies:
         for batch in batches:
             r = {(name, loaded): res[(policy, batch, name), loaded] for name in SETTINGS for loaded in (False, True)}
-            cells = "".join(f" {r[n, loaded]['mean'] * 1e6:>9.0f}µ {'[' + counts(r[n, loaded]['threads']) + ']':>5}"
+            cells = "".join(f" {r[n, loaded]['mean'] * 1e6:>9.0f}µ {'[' + thread_counts(r[n, loaded]['threads']) + ']':>5}"
                             for loaded in (False, True) for n in SETTINGS)
             auto_q, auto_l, one_l = (r[k]["mean"] for k in (("2t auto", False), ("2t auto", True), ("1t", True)))
             print(f"{policy or 'nbnet' + chr(39) + 's default':<18} {batch:>5} {r['2t auto', False]['layer']:<5}{cells}"

@@ -177,3 +177,14 @@ def test_check_threads_fails_on_a_kernel_whose_result_depends_on_the_thread_coun
     monkeypatch.setattr(cpu, "linear_forward_act", Wrong())
     top = numba.config.NUMBA_NUM_THREADS
     assert check.check_threads() == [f"forward {np.dtype(dtype).name}: 1 thread and {top} threads differ"]
+
+
+def test_the_warm_up_runs_each_batch_size_once(monkeypatch):
+    """A batch size above the rows asks for train rows (n, n % batch) = (n, n): the same throwaway
+    step ran twice, an epoch's worth of work for full-batch training."""
+    steps = []
+    real = nb.SGD.step
+    monkeypatch.setattr(nb.SGD, "step", lambda opt: steps.append(opt) or real(opt))
+    model = nb.Sequential(nb.Linear(2, 3, seed=0))
+    check.compile_kernels(model, nb.SGD(model.parameters(), lr=0.1), train_rows=(10, 10), eval_rows=(10,), say=False)
+    assert len(steps) == 1

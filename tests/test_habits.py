@@ -3,7 +3,6 @@ Linear(bias=False), clip_grad_norm_, astype, one dtype per model, forgiving targ
 
 import importlib.util
 import re
-
 import warnings
 
 import numpy as np

@@ -564,20 +564,22 @@ def test_a_short_last_batch_runs_in_the_full_batchs_buffers(loss):
 # --------------------------------------------------------------------------------------------- mutation-found gaps
 
 
-@pytest.mark.parametrize("layer", [nb.Linear(4, 3, seed=0), nb.ReLU(), nb.Sigmoid()], ids=repr)
-def test_a_layer_refuses_an_empty_batch_and_a_backward_before_its_forward(layer):
+@pytest.mark.parametrize("make", [lambda: nb.Linear(4, 3, seed=0), nb.ReLU, nb.Sigmoid], ids=["Linear", "ReLU", "Sigmoid"])
+def test_a_layer_refuses_an_empty_batch_and_a_backward_before_its_forward(make):
     """Unchecked, an empty batch gave an empty output (the check's fast path let it through, or
     the full path did not ask), and a backward before any forward failed inside Numba's typing."""
+    layer = make()  # a new one each run: made once at import, a rerun found the last run's forward
     with pytest.raises(ValueError, match="backward called before forward"):
         layer.backward(np.ones((2, 3 if isinstance(layer, nb.Linear) else 4), np.float32))
     with pytest.raises(ValueError, match=r"got an empty batch of shape \(0, 4\)"):
         layer(np.zeros((0, 4), np.float32))
 
 
-@pytest.mark.parametrize("layer", [nb.Linear(4, 3, seed=0), nb.ReLU(), nb.Tanh()], ids=repr)
-def test_a_gradient_of_the_other_dtype_is_refused(layer):
+@pytest.mark.parametrize("make", [lambda: nb.Linear(4, 3, seed=0), nb.ReLU, nb.Tanh], ids=["Linear", "ReLU", "Tanh"])
+def test_a_gradient_of_the_other_dtype_is_refused(make):
     """A float64 dL/dY into a float32 layer: the fast path let it through to the kernels (Numba's
     typing error for Linear, a silent float64 kernel for the activations)."""
+    layer = make()
     out = layer(np.ones((2, 4), np.float32))
     with pytest.raises(ValueError, match="expected gradient dtype float32, got float64"):
         layer.backward(np.ones(out.shape, np.float64))
@@ -665,3 +667,20 @@ def test_one_column_labels_for_one_class_get_no_one_hot_hint():
     with pytest.raises(ValueError) as err:
         nb.SoftmaxCrossEntropy()(np.zeros((3, 1), np.float32), np.zeros((3, 1), np.int64))
     assert "one-hot" not in str(err.value) and "expected labels of shape (3,)" in str(err.value)
+
+
+def test_a_deep_copy_is_packed_as_its_original():
+    """deepcopy copied each view of the flat parameter buffer alone: the copy (one per thread, as
+    Sequential's docstring advises) stepped one parameter at a time, a launch each on the GPU."""
+    import copy  # noqa: PLC0415
+
+    from nbnet.optim import one_flat  # noqa: PLC0415
+
+    model = nb.Sequential([nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1)])
+    assert one_flat([p.data for p in model.parameters()]) is not None
+    twin = copy.deepcopy(model)
+    assert one_flat([p.data for p in twin.parameters()]) is not None
+    assert one_flat([p.grad for p in twin.parameters()]) is not None
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert not np.shares_memory(a.data, b.data)

@@ -142,6 +142,25 @@ class Layer:
             setattr(self, name, buf)
         return buf
 
+    def _device_overlap(self, x, buf, name):
+        """Device arrays x and buf share memory: a device view has no .base to compare (a host
+        view cannot alias a device buffer), so where they lie says it (nbnet.gpu.byte_span). A
+        pair found apart is kept (by identity, as self._apart_<name>): a training step passes the
+        same buffers each time, and computes no span. Two arrays apart stay apart, and deepcopy
+        gives each device array memory of its own (Sequential.__deepcopy__): the copies are apart too."""
+        if type(x) is np.ndarray or type(buf) is np.ndarray or not hasattr(x, "copy_to_host"):
+            return False
+        apart = getattr(self, "_apart_" + name, None)
+        if apart is not None and apart[0] is x and apart[1] is buf:
+            return False
+        from .gpu import byte_span  # noqa: PLC0415 - only device arrays get here
+
+        (xlo, xhi), (blo, bhi) = byte_span(x), byte_span(buf)
+        if xlo < bhi and blo < xhi:
+            return True
+        setattr(self, "_apart_" + name, (x, buf))
+        return False
+
     def _check_input(self, x, width=None, dtype=None, like=None):
         """x checked (an array, float32/64, (N, width), not empty) and C-contiguous; with `like`,
         also on like's device (a host batch is copied to the GPU when the parameters live there)."""
@@ -411,9 +430,10 @@ class Linear(Layer):
 
     def _out(self, x):
         """The output buffer for x; a new one when x is (a view of) the last one, as in lin(lin(x)):
-        the kernel would overwrite its input while reading it."""
+        the kernel would overwrite its input while reading it, and dW = Gᵀ X read the result."""
         out = self.out
-        if out is not None and (x is out or (type(x) is np.ndarray and x.base is not None and x.base is out.base)):
+        if out is not None and (x is out or (type(x) is np.ndarray and x.base is not None and x.base is out.base)
+                                or self._device_overlap(x, out, "out")):
             self.out = None
         return self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
 

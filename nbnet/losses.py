@@ -74,25 +74,6 @@ class _ClassificationLoss(Layer):
             targets = to_device(targets)
         return pred, targets
 
-    def _device_overlap(self, pred, buf, name):
-        """Device arrays pred and buf share memory: a device view has no .base to compare (a host
-        view cannot alias a device buffer), so where they lie says it (nbnet.gpu.byte_span). The
-        fused kernel overwrote the logits of loss_fn(loss_fn.backward()[:], y) row by row before
-        reading z_i,t_i (a wrong loss). A pair found apart is kept (by identity): a training step
-        passes the model's same output buffer each time."""
-        if type(pred) is np.ndarray or type(buf) is np.ndarray or not hasattr(pred, "copy_to_host"):
-            return False
-        apart = getattr(self, "_apart_" + name, None)
-        if apart is not None and apart[0] is pred and apart[1] is buf:
-            return False
-        from .gpu import byte_span  # noqa: PLC0415 - only device arrays get here
-
-        (plo, phi), (blo, bhi) = byte_span(pred), byte_span(buf)
-        if plo < bhi and blo < phi:
-            return True
-        setattr(self, "_apart_" + name, (pred, buf))
-        return False
-
     def _loss(self, value):
         """The loss. Device labels are not checked before a step (that would copy them to the host
         each time): the kernels write NaN for one out of range, and a NaN loss has them checked here."""

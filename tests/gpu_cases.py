@@ -186,6 +186,28 @@ def test_a_device_batch_in_a_layers_own_memory_is_copied_first():
     assert m._device_unaliased(own) is own
 
 
+def test_a_linear_fed_a_device_view_of_its_own_output_writes_a_new_one():
+    """lin(lin.out[:]) on the GPU: Linear's forward found its own output only by identity or .base
+    (host views), so the kernel wrote the new output over its input, and dW = Gᵀ X read that. The
+    host run makes a new output; so does the device run, found by where the view lies."""
+    x = rand(np.random.default_rng(7), (3, 4), np.float32)
+    g = np.ones((3, 4), np.float32)
+    grads = []
+    for device in ("cpu", "cuda"):
+        lin = nb.Sequential(nb.Linear(4, 4, seed=0)).to(device)[0]
+        move = gpu.to_device if device == "cuda" else np.asarray
+        lin.forward(move(x))
+        first = lin.out
+        lin.forward(first[:])
+        assert lin.out is not first
+        lin.backward(move(g))
+        grads.append(to_host(lin.grad_weight))
+    np.testing.assert_allclose(grads[1], grads[0], **TOL[np.float32])
+    out = lin.out
+    lin.forward(gpu.to_device(x))  # a batch of its own keeps the buffer
+    assert lin.out is out
+
+
 def test_a_host_array_assigned_to_a_layer_on_the_device_is_the_one_named():
     """The device was read from the weight alone: a host weight assigned blamed the untouched bias."""
     model = nb.Sequential([nb.Linear(3, 4, seed=0)]).to("cuda")

@@ -236,10 +236,12 @@ def empty(shape, dtype):
 
 def move_model(model, device):
     """Move every layer's parameters and gradients to "cuda" or "cpu", and drop the arrays layers
-    cached from earlier steps (forward cache, buffers): they are remade on the new device. (Back
-    on the host, Sequential.to packs the parameters again.) Optimizer state follows on the
-    optimizer's next step (nbnet.optim calls to_device_like). This module imports nothing from
-    nbnet.model or nbnet.layers, which import it lazily: no import circle."""
+    cached from earlier steps (the forward's input `inp` and the buffers Layer._buffer made): they
+    are remade on the new device. Any other array a layer holds (a fixed mask in a layer of the
+    user's own, say) moves as the parameters do: dropped, it read None after the move, even after
+    to("cpu") of a model on the host. (Back on the host, Sequential.to packs the parameters again.)
+    Optimizer state follows on the optimizer's next step (nbnet.optim calls to_device_like). This
+    module imports nothing from nbnet.model or nbnet.layers, which import it lazily: no circle."""
     if device not in ("cuda", "cpu"):
         # torch's "cuda:1": nbnet runs on the current CUDA device, which the environment picks
         which = " (nbnet uses the current GPU: pick it with CUDA_VISIBLE_DEVICES)" if str(device).startswith("cuda:") else ""
@@ -264,9 +266,14 @@ def move_model(model, device):
             # gradient that zero_grad marked as zeros (and fills it): the move copies zeros.
             keep.update((p.name, "grad_" + p.name, "_grad_" + p.name))
             changes += [(layer, p.name, once(p.data)), (layer, "grad_" + p.name, once(p.grad))]
-        for name, value in list(vars(layer).items()):
-            if name not in keep and (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
-                changes.append((layer, name, None))
+        attrs = vars(layer)
+        for name, value in list(attrs.items()):
+            if name in keep or not (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
+                continue
+            if name == "inp" or name.startswith("_kept_") or "_kept_" + name in attrs:
+                changes.append((layer, name, None))  # the forward's cache, or a buffer
+            else:
+                changes.append((layer, name, once(value)))
     for layer, name, value in changes:
         setattr(layer, name, value)
 

@@ -525,6 +525,32 @@ def test_a_tied_weight_moves_as_one_array():
     assert model.layers[2].weight is model.layers[0].weight
 
 
+def test_the_constant_arrays_of_a_users_own_layer_move_with_the_model():
+    """to("cuda") and to("cpu") set every array of a layer that was not a parameter to None: a
+    user's layer's constant (a fixed mask) was dropped. It moves, a tied one as one array; nbnet's
+    buffers are dropped, to be remade on the new device."""
+
+    class Masked(nb.layers.Layer):
+        def __init__(self, mask):
+            self.mask, self.same = mask, mask
+
+        def forward(self, x):  # (its device kernel is the user's business, not run here)
+            return x
+
+        backward = forward
+
+    mask = np.array([1, 0, 1], np.float32)
+    model = nb.Sequential(nb.Linear(3, 3, seed=0), Masked(mask))
+    model[0].forward(np.ones((2, 3), np.float32))
+    model.to("cuda")
+    assert not isinstance(model[1].mask, np.ndarray) and model[1].same is model[1].mask
+    np.testing.assert_array_equal(to_host(model[1].mask), mask)
+    assert model[0].out is None and model[0].inp is None
+    model.to("cpu")
+    assert isinstance(model[1].mask, np.ndarray) and model[1].same is model[1].mask
+    np.testing.assert_array_equal(model[1].mask, mask)
+
+
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
 def test_a_move_that_fails_part_way_leaves_every_layer_where_it_was(device, monkeypatch):
     """A copy failing at the second Linear (out of GPU memory, say) left the first layer moved and

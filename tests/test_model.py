@@ -255,6 +255,34 @@ class _Double(nb.layers.Layer):
         return grad * 2
 
 
+class _Masked(nb.layers.Layer):
+    """A user's own layer with a constant array: a fixed mask over its input's columns."""
+
+    def __init__(self, mask):
+        self.mask = mask
+
+    def forward(self, x):
+        self.out = x * self.mask
+        return self.out
+
+    def backward(self, grad, **kwargs):
+        return grad * self.mask
+
+
+def test_to_keeps_the_constant_arrays_of_a_users_own_layer():
+    """model.to() set every array of a layer that was not a parameter to None, to be remade: a
+    user's layer's constant (a fixed mask) was dropped too, even by to("cpu") on the host, and the
+    next forward failed (or a layer that skips a missing mask ran unmasked). It stays; nbnet's own
+    buffers are still dropped."""
+    mask = np.array([1, 0], np.float32)
+    model = nb.Sequential(nb.Linear(3, 2, seed=0), _Masked(mask))
+    x = np.ones((4, 3), np.float32)
+    want = model(x)
+    assert model.to("cpu")[1].mask is mask
+    assert model[0].out is None and model[0].inp is None  # nbnet's buffers and caches: remade
+    np.testing.assert_array_equal(model(x), want)
+
+
 class _NoConfig:
     """Not a nbnet.layers.Layer: no config()."""
 

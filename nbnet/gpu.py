@@ -234,14 +234,15 @@ def empty(shape, dtype):
     return cuda.device_array(shape, dtype)
 
 
-def move_model(model, device):
+def move_model(model, device, state=()):
     """Move every layer's parameters and gradients to "cuda" or "cpu", and drop the arrays layers
     cached from earlier steps (the forward's input `inp` and the buffers Layer._buffer made): they
     are remade on the new device. Any other array a layer holds (a fixed mask in a layer of the
     user's own, say) moves as the parameters do: dropped, it read None after the move, even after
     to("cpu") of a model on the host. (Back on the host, Sequential.to packs the parameters again.)
-    Optimizer state follows on the optimizer's next step (nbnet.optim calls to_device_like). This
-    module imports nothing from nbnet.model or nbnet.layers, which import it lazily: no circle."""
+    `state`: (dict, key) of optimizer state arrays to move with them, in the same all-or-nothing
+    move (state it misses follows at the optimizer's next step: nbnet.optim calls to_device_like).
+    This module imports nothing from nbnet.model or nbnet.layers, which import it lazily: no circle."""
     if device not in ("cuda", "cpu"):
         # torch's "cuda:1": nbnet runs on the current CUDA device, which the environment picks
         which = " (nbnet uses the current GPU: pick it with CUDA_VISIBLE_DEVICES)" if str(device).startswith("cuda:") else ""
@@ -268,14 +269,22 @@ def move_model(model, device):
             changes += [(layer, p.name, once(p.data)), (layer, "grad_" + p.name, once(p.grad))]
         attrs = vars(layer)
         for name, value in list(attrs.items()):
-            if name in keep or not (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
-                continue
-            if name == "inp" or name.startswith("_kept_") or "_kept_" + name in attrs:
+            if name == "_checked" or name.startswith("_apart_"):
+                # what Linear's array check and Layer._device_overlap keep: the old arrays, whose
+                # device memory they held after to("cpu") until the next forward
+                changes.append((layer, name, None))
+            elif name in keep or not (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
+                pass
+            elif name == "inp" or name.startswith("_kept_") or "_kept_" + name in attrs:
                 changes.append((layer, name, None))  # the forward's cache, or a buffer
             else:
                 changes.append((layer, name, once(value)))
-    for layer, name, value in changes:
-        setattr(layer, name, value)
+    changes += [(st, name, once(st[name])) for st, name in state]
+    for owner, name, value in changes:
+        if type(owner) is dict:
+            owner[name] = value
+        else:
+            setattr(owner, name, value)
 
 
 # ----------------------------------------------------------------------------------------------

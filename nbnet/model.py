@@ -349,11 +349,19 @@ class Sequential:
         return np.dtype(np.float32)
 
     def to(self, device):
-        """Move parameters and gradients to "cuda" or "cpu" (see nbnet.gpu)."""
+        """Move parameters, gradients and the state of the optimizers over them to "cuda" or "cpu"
+        (see nbnet.gpu.move_model)."""
         from .gpu import move_model  # noqa: PLC0415 - optional, needs numba-cuda for "cuda"
+        from .optim import optimizers_over  # noqa: PLC0415 - optim imports layers, not model: no circle
 
         self._device_spans = None  # holds device arrays the move dropped
-        move_model(self, device)
+        # The state moves with the model, at once: left for the next step to move, it held its
+        # device memory (Adam's: twice the parameters) after to("cpu") until then, or for good.
+        opts = optimizers_over(self.layers)
+        move_model(self, device, [(st, name) for _, states in opts for st in states for name in st
+                                  if st[name] is not None])
+        for opt, _ in opts:
+            opt.forget_arrays()
         pack_parameters(self.parameters())  # one flat buffer again: the optimizer's one-launch path
         return self
 

@@ -11,6 +11,7 @@ the parameter dtype. `lr` is a plain attribute, so a schedule sets `opt.lr` befo
 import math
 import numbers
 import re
+import weakref
 from operator import getitem, is_
 
 import numpy as np
@@ -73,6 +74,19 @@ def one_flat(arrays):
 
 
 _INDEX = re.compile(r"0|[1-9][0-9]*")  # a parameter number: ASCII digits, no leading zero
+_LIVE = weakref.WeakSet()  # every optimizer: model.to() moves the state of those over its parameters
+
+
+def optimizers_over(layers):
+    """[(optimizer, [its state dicts of parameters of `layers`])] for the optimizers alive that
+    hold a Parameter of one of `layers` (Sequential.to moves their state; other handles' state
+    moves at the next step, as _state does)."""
+    ids, found = set(map(id, layers)), []
+    for opt in list(_LIVE):
+        states = [st for p, st in zip(opt.params, opt.state) if isinstance(p, Parameter) and id(p.layer) in ids]
+        if states:
+            found.append((opt, states))
+    return found
 
 
 class Optimizer:
@@ -108,6 +122,7 @@ class Optimizer:
         self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
         self._hyper_ok = None  # the hyper-parameters last checked (see _check_hyper_now)
+        _LIVE.add(self)
 
     _CACHES = ("_flat_for", "_groups_for", "_fast", "_owners", "_attrs", "_owners_of", "_marks", "_fills", "_cast")
 
@@ -116,6 +131,15 @@ class Optimizer:
         # cached flat views became copies no layer reads, while every array the fast check compares
         # (by identity) was copied consistently: the copy's steps updated nothing it trains.
         return {**self.__dict__, **dict.fromkeys(self._CACHES)}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        _LIVE.add(self)  # a copy's state moves with its model too
+
+    def forget_arrays(self):
+        """Drop the caches that hold the parameters' arrays (the model moved: they are the old
+        device's, whose memory they kept until the next step rebuilt them)."""
+        self._flat_for = self._groups_for = self._fast = None
 
     def _handles(self):
         """Per-parameter lookups made once (again when opt.params is reassigned): the (layer,

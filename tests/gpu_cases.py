@@ -516,6 +516,47 @@ def test_moves_back_and_forth_with_optimizer_state(tmp_path):
     assert not isinstance(probs, np.ndarray)
 
 
+def _device_arrays_in(obj, seen=None):
+    """How many device arrays obj reaches through nbnet objects' attributes, dicts, lists, tuples."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if hasattr(obj, "copy_to_host") and not isinstance(obj, np.ndarray):
+        return 1
+    if isinstance(obj, dict):
+        return sum(_device_arrays_in(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_device_arrays_in(v, seen) for v in obj)
+    if type(obj).__module__.startswith("nbnet") and hasattr(obj, "__dict__"):
+        return sum(_device_arrays_in(v, seen) for v in vars(obj).values())
+    return 0
+
+
+@pytest.mark.parametrize("opt_cls", [nb.Adam, lambda p: nb.SGD(p, lr=0.1, momentum=0.9)])
+def test_a_move_takes_the_optimizer_state_along_and_lets_go_of_the_old_arrays(opt_cls):
+    """After to("cpu") the optimizer's state (Adam's two arrays a parameter) stayed on the GPU until
+    its next step, and its caches, Linear's array check and its overlap check held the old
+    parameters and gradients there too: GPU memory a user moving the model off it still held. The
+    state moves with the model; nothing keeps a device array; the steps go on as on the host."""
+    rng = np.random.default_rng(8)
+    x, y = rand(rng, (6, 3), np.float32), rng.integers(0, 4, size=6)
+    host, moved = tiny_model(), tiny_model()
+    opts, loss_fn = (opt_cls(host.parameters()), opt_cls(moved.parameters())), nb.SoftmaxCrossEntropy()
+    for model, opt in zip((host, moved), opts):
+        train(model, opt, loss_fn, x, y, 1)  # state made on the host
+    for device in ("cuda", "cpu", "cuda"):
+        moved.to(device)
+        states = [a for st in opts[1].state for a in st.values() if a is not None]
+        assert states and all(isinstance(a, np.ndarray) == (device == "cpu") for a in states), device
+        for model, opt in zip((host, moved), opts):
+            train(model, opt, loss_fn, x, y, 1)
+        for p, q in zip(host.parameters(), moved.parameters()):
+            np.testing.assert_allclose(to_host(q.data), p.data, **TOL[np.float32])
+    moved.to("cpu")
+    assert _device_arrays_in(moved) == 0 and _device_arrays_in(opts[1]) == 0
+
+
 def test_a_tied_weight_moves_as_one_array():
     model = nb.Sequential(nb.Linear(4, 4, seed=0), nb.ReLU(), nb.Linear(4, 4, seed=1))
     model.layers[2].weight = model.layers[0].weight

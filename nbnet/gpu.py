@@ -1174,29 +1174,35 @@ class DeviceDataset:
 
     def __init__(self, x, y, *, classes=None, max_bytes=None):
         _require_device()
-        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+        # Arrays already on the GPU are read where they lie (nothing here writes them):
+        # np.ascontiguousarray copied them to the host and to_device back, each call of nb.train
+        # or nb.evaluate, with the data set's memory twice on the GPU and once on the host.
+        on_device = [not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host") and a.is_c_contiguous()
+                     for a in (x, y)]
+        x, y = (a if dev else np.ascontiguousarray(a) for a, dev in zip((x, y), on_device))
         if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
             raise ValueError(f"DeviceDataset: x must be a float32/float64 (N, D) array, got {x.dtype} {x.shape}")
         if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"DeviceDataset: y must be {len(x)} integer labels, got {y.dtype} {y.shape}")
         if len(x) == 0:
             raise ValueError("DeviceDataset: the data set is empty")
-        if classes is not None and (y.min() < 0 or y.max() >= classes):
-            bad = y.min() if y.min() < 0 else y.max()
+        labels = _to_host(y) if classes is not None else None
+        if classes is not None and (labels.min() < 0 or labels.max() >= classes):
+            bad = labels.min() if labels.min() < 0 else labels.max()
             raise ValueError(f"DeviceDataset: label {bad} is out of range [0, {classes})")
         if max_bytes is None:
             free = cuda.current_context().get_memory_info()[0]
             max_bytes = min(free, 2**62) // 2  # the simulator reports infinite memory
         self.n = len(x)
-        self.row_bytes = x.itemsize * x.shape[1] + y.itemsize
-        self.resident = self.n * self.row_bytes <= max_bytes
+        self.row_bytes = x.dtype.itemsize * x.shape[1] + y.dtype.itemsize
+        self.resident = on_device[0] or self.n * self.row_bytes <= max_bytes  # there already: takes nothing
         self.chunk_rows = max(1, int(max_bytes // self.row_bytes))
         if self.resident:
             self.x, self.y = to_device(x), to_device(y)
             self.host = None
         else:
             self.x = self.y = None
-            self.host = (x, y)
+            self.host = (x, _to_host(y))  # labels on the GPU for host features: gathered on the host
         self.dtype, self.width, self.label_dtype = x.dtype, x.shape[1], y.dtype
         self._bufs = {}
 

@@ -728,6 +728,30 @@ def test_device_dataset_gives_the_cpu_batches(max_bytes):
     assert all(len(xb) <= 7 and len(yb) <= 7 for xb, yb in ds._bufs.values())
 
 
+def test_a_device_dataset_reads_device_data_where_it_lies(monkeypatch):
+    """Data already on the GPU went to the host and back (np.ascontiguousarray, then to_device) at
+    each nb.train and nb.evaluate: the data set twice on the GPU, once more on the host. It is read
+    where it lies, with the host batches; host labels for it, or device labels for host data in
+    chunks, still work."""
+    from nbnet.train import batch_source  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    x, y = rand(rng, (7, 3), np.float32), rng.integers(0, 4, size=7)
+    dx, dy = gpu.to_device(x), gpu.to_device(y)
+    monkeypatch.setattr(type(dx), "copy_to_host", lambda *a, **k: pytest.fail("copied to the host"))
+    ds = gpu.DeviceDataset(dx, dy)
+    assert ds.x is dx and ds.y is dy and ds.resident
+    assert batch_source(tiny_model().to("cuda"), dx, dy).__self__.x is dx  # what nb.train and nb.evaluate use
+    monkeypatch.undo()
+    for ds in (gpu.DeviceDataset(dx, y, classes=4), gpu.DeviceDataset(x, dy, classes=4, max_bytes=32)):
+        got = [(to_host(xb), to_host(yb)) for xb, yb in ds.batches(2, shuffle=True, seed=(1, 2))]
+        for (gx, gy), (wx, wy) in zip(got, nb.batches(x, y, 2, shuffle=True, seed=(1, 2)), strict=True):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+    with pytest.raises(ValueError, match="out of range"):
+        gpu.DeviceDataset(dx, dy, classes=3)
+
+
 def test_training_on_a_device_dataset_matches_host_batches():
     rng = np.random.default_rng(8)
     x, y = rand(rng, (9, 3), np.float64), rng.integers(0, 4, size=9)

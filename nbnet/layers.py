@@ -56,6 +56,21 @@ def array_fault(arr, shape, dtype, on_host):
     return f"a {layout} {arr.dtype} {tuple(arr.shape)} {'host' if host else 'GPU'} array"
 
 
+def _view_of(buf, kept, like):
+    """buf is kept or a view of it, and both are on like's device. A device view has no .base:
+    where it lies says it (nbnet.gpu.byte_span; asked only when a buffer changes shape)."""
+    if type(like) is np.ndarray:
+        return type(buf) is np.ndarray and type(kept) is np.ndarray and kept.base is buf.base
+    if type(buf) is np.ndarray or type(kept) is np.ndarray or not hasattr(buf, "copy_to_host"):
+        return False
+    if buf is kept:
+        return True
+    from .gpu import byte_span  # noqa: PLC0415 - only device arrays get here
+
+    (blo, bhi), (klo, khi) = byte_span(buf), byte_span(kept)
+    return klo <= blo and bhi <= khi
+
+
 @dataclass(eq=False)
 class Parameter:
     """A handle on one parameter of a layer: `.data` and `.grad` are that layer's arrays, looked up
@@ -119,10 +134,11 @@ class Layer:
         return {}
 
     def _buffer(self, name, like, shape, dtype):
-        """self.<name>, reallocated only when the shape, dtype or device changes; on the host, a
-        batch of fewer rows (an epoch's last, short one) gets the first rows of the largest one
+        """self.<name>, reallocated only when the shape, dtype or device changes; a batch of fewer
+        rows (an epoch's last, short one) gets the first rows of the largest one
         (self._kept_<name>), and the next full batch that one again: reallocating both ways cost
-        two allocations of every buffer an epoch, every other step where an epoch has two."""
+        two allocations of every buffer an epoch, every other step where an epoch has two (on the
+        GPU too, where each is a cudaMalloc and a free)."""
         buf = getattr(self, name, None)
         if (
             buf is None
@@ -132,15 +148,27 @@ class Layer:
         ):
             kept = getattr(self, "_kept_" + name, None)
             # Only while self.<name> is its view: None there asks for a new array (see _out).
-            if (type(buf) is np.ndarray and type(like) is np.ndarray and type(kept) is np.ndarray
-                    and kept.base is buf.base and kept.dtype == dtype and kept.shape[1:] == shape[1:]
-                    and kept.shape[0] >= shape[0] and len(shape) == kept.ndim):
+            if (kept is not None and buf is not None and kept.dtype == dtype and kept.shape[1:] == shape[1:]
+                    and kept.shape[0] >= shape[0] and len(shape) == kept.ndim and _view_of(buf, kept, like)):
                 buf = kept if kept.shape[0] == shape[0] else kept[: shape[0]]
             else:
                 buf = empty_like_shape(like, shape, dtype)
                 setattr(self, "_kept_" + name, buf)
             setattr(self, name, buf)
         return buf
+
+    def _aliases(self, x, name):
+        """x is (a view of) self.<name>, or of the array that is the first rows of (self._kept_<name>,
+        see _buffer): a kernel writing that buffer would overwrite x while reading it. On the host
+        the views of one array share its .base; on the GPU where they lie says it."""
+        buf = getattr(self, name, None)
+        if buf is None:
+            return False
+        if x is buf or type(x) is np.ndarray:
+            return x is buf or (type(buf) is np.ndarray and x.base is not None and x.base is buf.base)
+        kept = getattr(self, "_kept_" + name, None)
+        return self._device_overlap(x, buf, name) or (
+            kept is not None and kept is not buf and self._device_overlap(x, kept, "_kept_" + name))
 
     def _device_overlap(self, x, buf, name):
         """Device arrays x and buf share memory: a device view has no .base to compare (a host
@@ -433,7 +461,7 @@ class Linear(Layer):
         the kernel would overwrite its input while reading it, and dW = Gᵀ X read the result."""
         out = self.out
         if out is not None and (x is out or (type(x) is np.ndarray and x.base is not None and x.base is out.base)
-                                or self._device_overlap(x, out, "out")):
+                                or (type(x) is not np.ndarray and self._aliases(x, "out"))):
             self.out = None
         return self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
 

@@ -57,10 +57,7 @@ class _ClassificationLoss(Layer):
     def _check_pair(self, pred, targets):
         pred = self._check_input(pred)
         for name in ("dinp", "probs_buf"):
-            buf = getattr(self, name, None)
-            if buf is not None and (pred is buf or (type(pred) is np.ndarray and type(buf) is np.ndarray
-                                                    and pred.base is not None and pred.base is buf.base)
-                                    or self._device_overlap(pred, buf, name)):
+            if self._aliases(pred, name):
                 # pred is (a view of) this loss's own buffer (loss_fn(loss_fn.backward(), y)): the
                 # kernels would write it while reading pred. A new one, as Linear's forward does.
                 setattr(self, name, None)

@@ -208,6 +208,37 @@ def test_a_linear_fed_a_device_view_of_its_own_output_writes_a_new_one():
     assert lin.out is out
 
 
+def test_an_epochs_short_batch_on_the_device_reuses_the_buffers(monkeypatch):
+    """Layer._buffer gave a short batch the first rows of the full batch's buffers on the host
+    only: on the GPU an epoch's last batch reallocated every buffer of the model and the loss, and
+    the next full batch all of them again (a cudaMalloc and a free each, twice an epoch). Now no
+    allocation after the first epoch, with the host's results; a view of the kept buffer fed to
+    the layer still gets a new output, as on the host."""
+    rng = np.random.default_rng(9)
+    x, y = rand(rng, (10, 3), np.float32), rng.integers(0, 4, size=10)
+    real, made = gpu.empty, []
+    monkeypatch.setattr(gpu, "empty", lambda *a: made.append(a) or real(*a))
+    losses = []
+    for device in ("cpu", "cuda"):
+        model, loss_fn = tiny_model().to(device), nb.SoftmaxCrossEntropy()
+        opt = nb.SGD(model.parameters(), lr=0.1)
+        for epoch in range(2):
+            made.clear()
+            losses.append(train(model, opt, loss_fn, x, y, 3))  # batches of 4, 4, 2
+    assert not made  # the GPU's second epoch
+    np.testing.assert_allclose(losses[3], losses[1], **TOL[np.float32])
+    grads, a, b = [], rand(rng, (10, 4), np.float32), rand(rng, (2, 4), np.float32)
+    for device in ("cpu", "cuda"):  # x a view of the kept output, apart from its short view
+        lin = nb.Sequential(nb.Linear(4, 4, seed=0)).to(device)[0]
+        move = gpu.to_device if device == "cuda" else np.asarray
+        lin.forward(move(a))
+        lin.forward(move(b))
+        lin.forward(lin._kept_out[3:7])
+        lin.backward(move(np.ones((4, 4), np.float32)))
+        grads.append(to_host(lin.grad_weight))
+    np.testing.assert_allclose(grads[1], grads[0], **TOL[np.float32])
+
+
 def test_a_host_array_assigned_to_a_layer_on_the_device_is_the_one_named():
     """The device was read from the weight alone: a host weight assigned blamed the untouched bias."""
     model = nb.Sequential([nb.Linear(3, 4, seed=0)]).to("cuda")

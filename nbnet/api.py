@@ -34,7 +34,8 @@ def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
 
 def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
     """Predictions for the rows of x, a new array: for cross-entropy the class of each row (N,)
-    int64, or with proba=True the class probabilities (N, C); for bce the 0/1 labels (N, L) int64
+    int64, np.argmax of its logits (the first largest, a NaN counting as the largest), the class
+    evaluate's accuracy counts, or with proba=True the class probabilities (N, C); for bce the 0/1 labels (N, L) int64
     (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D)."""
     _loop.check_loss(loss)
     x = _loop.as_features(model, x)

@@ -927,17 +927,23 @@ def count_correct_labels(logits, targets):
 
 @jit
 def count_correct(logits, targets):
-    """Σ_i [argmax_j z_ij = t_i]: the rows whose largest logit (the first, on ties) is the label.
-    A NaN compares false, so it is the pick only at j = 0: row [0, NaN, 5] picks 2, where np.argmax
-    picks the first NaN (1); nbnet.gpu.count_correct picks the same.
+    """Σ_i [argmax_j z_ij = t_i]: the rows whose class, np.argmax of the logits, is the label: the
+    first largest logit, a NaN counting as the largest (row [0, NaN, 5] picks 1, the first NaN), as
+    nb.predict's classes (np.argmax) and nbnet.gpu.count_correct pick.
 
     Plain @njit: one counter, cheap next to the forward pass."""
     correct = 0
     for i in range(logits.shape[0]):
         best = 0
-        for j in range(1, logits.shape[1]):
-            if logits[i, j] > logits[i, best]:
-                best = j
+        top = logits[i, 0]
+        if top == top:  # else the first NaN is at 0
+            for j in range(1, logits.shape[1]):
+                v = logits[i, j]
+                if v > top:
+                    best, top = j, v
+                elif v != v:
+                    best = j
+                    break
         correct += best == targets[i]
     return correct
 

@@ -1108,17 +1108,23 @@ def gather_rows(xb, yb, x, y, order, start):
 
 @_jit
 def _count_correct_kernel(total, logits, targets):
-    """total[0] = Σ_i [argmax_j z_ij = t_i]   one block; argmax as cpu.count_correct's: the first
-    maximum on ties, as np.argmax, but a NaN compares false, so it is picked only at j = 0 (row
-    [0, NaN, 5] picks 2, where np.argmax picks the first NaN, 1)"""
+    """total[0] = Σ_i [argmax_j z_ij = t_i]   one block; argmax as cpu.count_correct's and
+    np.argmax's: the first maximum, a NaN counting as the largest (row [0, NaN, 5] picks 1)"""
     partial = cuda.shared.array(REDUCE, dtype=total.dtype)
     t = cuda.threadIdx.x
     acc = total.dtype.type(0)
     for i in range(t, logits.shape[0], cuda.blockDim.x):
         best = 0
-        for j in range(1, logits.shape[1]):
-            if logits[i, j] > logits[i, best]:
-                best = j
+        top = logits[i, 0]
+        if top == top:  # else the first NaN is at 0
+            for j in range(1, logits.shape[1]):
+                v = logits[i, j]
+                if v > top:
+                    best = j
+                    top = v
+                elif v != v:
+                    best = j
+                    break
         if best == targets[i]:
             acc += 1
     partial[t] = acc

@@ -429,12 +429,26 @@ def test_gather_rows_and_count_correct():
     t = np.array([2, 0, 1, 2, 3])
     expected = int((logits.argmax(1) == t).sum())
     assert gpu.count_correct(gpu.to_device(logits), gpu.to_device(t)) == expected
-    # NaN as the docstrings say, the same on both: never the pick after j = 0 (np.argmax: the first NaN)
+    # NaN as np.argmax (nb.predict's classes) reads it, the same on both: the first NaN is the pick
     nan = np.nan
-    logits = np.array([[0, nan, 5], [nan, 1, 2], [1, nan, nan], [nan, nan, 0], [0, 5, nan]], np.float32)
-    for t, right in [([2, 0, 0, 0, 1], 5), ([1, 2, 1, 2, 2], 0)]:
+    logits = np.array([[0, nan, 5], [nan, 1, 2], [1, nan, nan], [nan, nan, 0], [0, 5, nan], [0, 5, 6]], np.float32)
+    for t, right in [([1, 0, 1, 0, 2, 2], 6), ([2, 2, 0, 1, 1, 1], 0)]:
         t = np.array(t)
+        assert np.count_nonzero(logits.argmax(1) == t) == right
         assert gpu.count_correct(gpu.to_device(logits), gpu.to_device(t)) == cpu.count_correct(logits, t) == right
+
+
+def test_predict_and_evaluate_on_the_device_pick_a_rows_class_alike():
+    """As on the host (tests/test_api.py): np.argmax of the logits, NaN and inf logits included."""
+    model = nb.Sequential(nb.Linear(2, 3, seed=0))
+    model[0].weight[...] = [[0, 0], [2, 2], [1, 0]]
+    model[0].bias[...] = [0, 1e-8, 0]
+    model.to("cuda")
+    x = np.array([[0, 0], [3e38, 3e38], [3e38, -3e38], [1, -1]], np.float32)
+    classes = nb.predict(model, x)
+    np.testing.assert_array_equal(classes, [1, 1, 1, 2])
+    for y in ([1, 1, 1, 2], [0, 0, 2, 2]):
+        assert nb.evaluate(model, x, y)["accuracy"] == np.mean(classes == y)
 
 
 # ----------------------------------------------------------------------------------------------

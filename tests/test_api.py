@@ -50,6 +50,24 @@ def test_evaluate_and_predict_match_numpy():
     np.testing.assert_allclose(nb.predict(model, xte, proba=True), np.exp(logp), rtol=1e-5, atol=1e-7)
 
 
+def test_predict_and_evaluate_pick_a_rows_class_alike():
+    """nb.predict took the argmax of the softmax, evaluate's accuracy of the logits: softmax rounds
+    near-ties into ties and overflows to NaN, so predict said class 0 for rows the accuracy counted
+    as class 1 (logits [0, 1e-8, 0], [0, inf, 0]), and the accuracy skipped a NaN after the first
+    logit. One rule now, np.argmax of the logits (a NaN counts as the largest)."""
+    model = nb.Sequential(nb.Linear(2, 3, seed=0))
+    model[0].weight[...] = [[0, 0], [2, 2], [1, 0]]
+    model[0].bias[...] = [0, 1e-8, 0]
+    x = np.array([[0, 0], [3e38, 3e38], [3e38, -3e38], [1, -1]], np.float32)
+    logits = model(x)  # [0, 1e-8, 0], [0, inf, 3e38], [0, NaN, 3e38], [0, 1e-8, 1]
+    assert np.isinf(logits[1, 1]) and np.isnan(logits[2, 1])
+    classes = nb.predict(model, x)
+    np.testing.assert_array_equal(classes, logits.argmax(1))
+    np.testing.assert_array_equal(classes, [1, 1, 1, 2])
+    for y in ([1, 1, 1, 2], [0, 0, 2, 2], [0, 2, 0, 0]):
+        assert nb.evaluate(model, x, y)["accuracy"] == np.mean(classes == y)
+
+
 def test_validation_split_comes_from_the_training_rows_and_is_seeded():
     x = np.arange(100, dtype=np.float32).reshape(50, 2)
     y = np.arange(50)

@@ -13,6 +13,7 @@ exactly its dtype and converts nothing (a float64 batch into a float32 Linear is
 silent downcast); nb.train / nb.evaluate / nb.predict are where features get converted.
 """
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,15 +179,15 @@ class Layer:
         gives each device array memory of its own (Sequential.__deepcopy__): the copies are apart too."""
         if type(x) is np.ndarray or type(buf) is np.ndarray or not hasattr(x, "copy_to_host"):
             return False
-        apart = getattr(self, "_apart_" + name, None)
-        if apart is not None and apart[0] is x and apart[1] is buf:
+        apart = getattr(self, "_apart_" + name, None)  # weak: a pair held kept replaced buffers on the GPU
+        if apart is not None and apart[0]() is x and apart[1]() is buf:
             return False
         from .gpu import byte_span  # noqa: PLC0415 - only device arrays get here
 
         (xlo, xhi), (blo, bhi) = byte_span(x), byte_span(buf)
         if xlo < bhi and blo < xhi:
             return True
-        setattr(self, "_apart_" + name, (x, buf))
+        setattr(self, "_apart_" + name, (weakref.ref(x), weakref.ref(buf)))
         return False
 
     def _check_input(self, x, width=None, dtype=None, like=None):

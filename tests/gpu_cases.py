@@ -186,6 +186,23 @@ def test_a_device_batch_in_a_layers_own_memory_is_copied_first():
     assert m._device_unaliased(own) is own
 
 
+def test_the_device_batch_check_keeps_no_buffer_the_layers_dropped():
+    """The spans the device batch check keeps (Sequential._device_spans) held the arrays they were
+    taken of: a forward at another batch size replaced the layers' buffers, and the old ones stayed
+    on the GPU (after nb.evaluate's batch, for good). Weak references now: the old ones go."""
+    import gc  # noqa: PLC0415
+    import weakref  # noqa: PLC0415
+
+    m = nb.Sequential(nb.Linear(4, 3, seed=0), nb.ReLU(), nb.Linear(3, 2, seed=1)).to("cuda")
+    rng = np.random.default_rng(5)
+    m(gpu.to_device(rand(rng, (4, 4), np.float32)))
+    m(gpu.to_device(rand(rng, (4, 4), np.float32)))  # spans taken of the 4-row buffers
+    old = weakref.ref(m[-1].out)
+    m(gpu.to_device(rand(rng, (9, 4), np.float32)))  # more rows: new buffers
+    gc.collect()
+    assert old() is None
+
+
 def test_a_linear_fed_a_device_view_of_its_own_output_writes_a_new_one():
     """lin(lin.out[:]) on the GPU: Linear's forward found its own output only by identity or .base
     (host views), so the kernel wrote the new output over its input, and dW = Gᵀ X read that. The

@@ -495,6 +495,8 @@ class Linear(Layer):
             dinp = relu._buffer("dinp", dout, self.inp.shape, dout.dtype)
             k.linear_relu_backward_input(dinp, dout, self.weight, relu.inp)
             return dinp
+        if self._aliases(dout, "dinp"):  # lin.backward(lin.backward(g)): dX = G W wrote over G while reading it
+            self.dinp = None
         dinp = self._buffer("dinp", dout, self.inp.shape, dout.dtype)
         k.linear_backward_input(dinp, dout, self.weight)
         return dinp

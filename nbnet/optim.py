@@ -11,6 +11,7 @@ the parameter dtype. `lr` is a plain attribute, so a schedule sets `opt.lr` befo
 import math
 import numbers
 import re
+import threading
 import weakref
 from operator import getitem, is_
 
@@ -75,6 +76,9 @@ def one_flat(arrays):
 
 _INDEX = re.compile(r"0|[1-9][0-9]*")  # a parameter number: ASCII digits, no leading zero
 _LIVE = weakref.WeakSet()  # every optimizer: model.to() moves the state of those over its parameters
+# A WeakSet survives entries the collector removes while it is walked, not those another thread
+# adds: model.to() while a thread made an optimizer raised 'Set changed size during iteration'.
+_LIVE_LOCK = threading.Lock()
 
 
 def optimizers_over(layers):
@@ -82,7 +86,9 @@ def optimizers_over(layers):
     hold a Parameter of one of `layers` (Sequential.to moves their state; other handles' state
     moves at the next step, as _state does)."""
     ids, found = set(map(id, layers)), []
-    for opt in list(_LIVE):
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for opt in live:
         states = [st for p, st in zip(opt.params, opt.state) if isinstance(p, Parameter) and id(p.layer) in ids]
         if states:
             found.append((opt, states))
@@ -122,7 +128,8 @@ class Optimizer:
         self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
         self._hyper_ok = None  # the hyper-parameters last checked (see _check_hyper_now)
-        _LIVE.add(self)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     _CACHES = ("_flat_for", "_groups_for", "_fast", "_owners", "_attrs", "_owners_of", "_marks", "_fills", "_cast")
 
@@ -134,7 +141,8 @@ class Optimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        _LIVE.add(self)  # a copy's state moves with its model too
+        with _LIVE_LOCK:
+            _LIVE.add(self)  # a copy's state moves with its model too
 
     def forget_arrays(self):
         """Drop the caches that hold the parameters' arrays (the model moved: they are the old

@@ -712,3 +712,19 @@ def test_a_deep_copy_is_packed_as_its_original():
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         np.testing.assert_array_equal(a.data, b.data)
         assert not np.shares_memory(a.data, b.data)
+
+
+def test_a_linear_backward_through_its_own_input_gradient_writes_a_new_one():
+    """lin.backward(lin.backward(g)) with in = out features: dX = G W was written into the buffer G
+    was read from (the mirror of lin(lin(x)), which _out guards): a silently wrong dX. Also for a
+    view of it, at a shorter batch (whose buffer would be the first rows of the same one)."""
+    rng = np.random.default_rng(0)
+    for rows in (5, 4):
+        lin = nb.Linear(6, 6, seed=0)
+        lin(rng.normal(size=(5, 6)).astype(np.float32))
+        first = lin.backward(rng.normal(size=(5, 6)).astype(np.float32))
+        if rows != 5:
+            lin(rng.normal(size=(rows, 6)).astype(np.float32))
+        g = first[5 - rows:]
+        want = g.copy() @ lin.weight
+        np.testing.assert_allclose(lin.backward(g), want, rtol=1e-5, atol=1e-5)

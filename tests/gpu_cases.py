@@ -365,6 +365,15 @@ def test_loss_kernels(k, dtype):
     assert gpu.count_correct_labels(gpu.to_device(logits), gpu.to_device(labels)) == cpu.count_correct_labels(logits, labels)
 
 
+@pytest.mark.parametrize("dtype, big", [(np.float32, 20.0), (np.float64, 40.0)])
+def test_bce_keeps_the_small_loss_of_a_sure_right_answer(dtype, big):
+    """As on the CPU: log1p(e^(−|z|)); log(1 + e^(−|z|)) rounds to 0 at |z| = 20 in float32 (40 in
+    float64: the simulator evaluates math.log in double), the loss of a right answer that sure."""
+    z, t = np.array([[big, -big]], dtype), np.array([[1.0, 0.0]], dtype)
+    got = gpu.bce_with_logits_forward(gpu.to_device(z), gpu.to_device(t))
+    np.testing.assert_allclose(got, np.log1p(np.exp(-big)), rtol=1e-6)
+
+
 def test_loss_sums_over_more_values_than_the_reducing_block_has_threads(dtype=np.float32):
     """Each of the REDUCE threads of a one-block reduction (the losses' sums, the correct counts)
     first sums values t, t + REDUCE, ... in order: with at most REDUCE values, as everywhere else
@@ -393,6 +402,27 @@ def test_optimizer_kernels(dtype):
         p, g, m, v = (rand(rng, size, dtype) for _ in range(4))
         v = np.abs(v)
         assert_same("adam_step", p, g, m, v, *(dt(s) for s in (0.1, 0.999, 0.001, 1e-8, l2, decay, 0.01, 0.3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_kernels_store_a_subnormal_state_as_zero(dtype):
+    """As cpu.sgd_step and adam_step: a momentum, m or v below the smallest normal number is stored
+    as 0, the smallest normal itself (of either sign) kept. Checked exactly: assert_same's atol
+    cannot tell a subnormal from 0. (Each step here writes its input state back unchanged but for
+    the flush: b = 0.5·0 + g, m = 0 + 1·(g - 0), v = 1·v + 0·g².)"""
+    dt = dtype
+    tiny, sub = np.finfo(dtype).tiny, np.nextafter(dtype(0), dtype(1))
+    state = np.array([3 * sub, -3 * sub, tiny / 2, tiny, -tiny, 4 * tiny, 0], dtype)
+    want = np.where(np.abs(state) < tiny, 0, state)
+    zeros = lambda: np.zeros_like(state)  # noqa: E731
+    _, _, h, d = on_both("sgd_step", zeros(), state, zeros(), dt(0), dt(0.5), dt(0), False)
+    for buf in (h[2], d[2]):
+        np.testing.assert_array_equal(buf, want)
+    _, _, h, d = on_both("adam_step", zeros(), state, zeros(), np.abs(state),
+                         *(dt(s) for s in (1, 1, 0, 1e-8, 0, 1, 0, 1)))
+    for m, v in ((h[2], h[3]), (d[2], d[3])):
+        np.testing.assert_array_equal(m, want)
+        np.testing.assert_array_equal(v, np.abs(want))
 
 
 def test_empty_and_fill():

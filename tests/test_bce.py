@@ -68,6 +68,14 @@ def test_finite_at_extreme_logits(dtype):
     np.testing.assert_allclose(grad, [[0.2, -0.2, -0.1, 0.0, 0.0]], atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype, big", [(np.float32, 20.0), (np.float64, 40.0)])
+def test_a_sure_right_answer_keeps_its_small_loss(dtype, big):
+    """log(1 + e^(−|z|)) is taken as log1p(e^(−|z|)): at |z| = 20 in float32 (40 in float64) 1 + e^(−|z|)
+    rounds to 1, and a right answer that sure had a loss of exactly 0 instead of e^(−|z|)."""
+    z, t = np.array([[big, -big]], dtype), np.array([[1.0, 0.0]], dtype)
+    assert nb.BCEWithLogits()(z, t) == pytest.approx(np.log1p(np.exp(-big)), rel=1e-6)
+
+
 def test_targets_of_shape_n_lists_and_other_dtypes():
     z = np.array([[2.0], [-1.0], [0.5]], np.float32)
     expected = nb.BCEWithLogits()(z, np.array([[1.0], [0.0], [0.0]], np.float32))
@@ -80,6 +88,7 @@ def test_targets_of_shape_n_lists_and_other_dtypes():
 def test_count_correct_labels_matches_numpy():
     z, t = sample(np.float32, k=20, c=4, seed=2)
     z[0, 0], t[0, 0] = 0.0, 1.0  # z = 0 is σ = ½: read as yes
+    t[0, 1] = 0.5  # so is a target of ½ (the GPU's count_correct_labels counts it so too)
     assert cpu.count_correct_labels(z, t) == np.count_nonzero((z >= 0) == (t >= 0.5))
 
 

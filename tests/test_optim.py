@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import nbnet as nb
+from nbnet import cpu
 from nbnet.layers import Parameter
 from nbnet.model import pack_parameters
 
@@ -307,6 +308,25 @@ def test_subnormal_optimizer_state_is_stored_as_zero(dtype, make):
             assert arr[0] == 0 and arr[1] == 0, (name, arr)  # without the flush: still subnormal
             assert arr[2] != 0 and abs(arr[2]) >= tiny / 2, (name, arr)  # a normal value decays as usual
     np.testing.assert_array_equal(layer.weight[0, :2], before[0, :2])  # the tiny state moved no weight
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+def test_the_flush_keeps_the_smallest_normal_state_of_either_sign(dtype, twin):
+    """Only |x| < tiny (a subnormal) is stored as 0: tiny itself, -tiny and the rest are kept. Each
+    kernel call here writes its state back unchanged but for the flush: b = 0.5·0 + g;
+    m = 0 + 1·(g - 0), v = 1·v + 0·g²."""
+    dt = dtype
+    tiny, sub = np.finfo(dtype).tiny, np.nextafter(dtype(0), dtype(1))
+    state = np.array([3 * sub, -3 * sub, tiny / 2, tiny, -tiny, 4 * tiny, 0], dtype)
+    want = np.array([0, 0, 0, tiny, -tiny, 4 * tiny, 0], dtype)
+    buf = np.zeros_like(state)
+    getattr(cpu.sgd_step, twin)(np.zeros_like(state), state, buf, dt(0), dt(0.5), dt(0), False)
+    np.testing.assert_array_equal(buf, want)
+    m, v = np.zeros_like(state), np.abs(state)
+    getattr(cpu.adam_step, twin)(np.zeros_like(state), state, m, v, *(dt(s) for s in (1, 1, 0, 1e-8, 0, 1, 0, 1)))
+    np.testing.assert_array_equal(m, want)
+    np.testing.assert_array_equal(v, np.abs(want))
 
 
 @pytest.mark.parametrize("make, change, match", [

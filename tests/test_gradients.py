@@ -184,6 +184,33 @@ def test_elementwise_losses_over_more_rows_than_a_block_match_numpy():
     assert nb.BCEWithLogits().forward(p, y) == pytest.approx(bce.mean(), rel=1e-12)
 
 
+def test_a_losss_sum_runs_in_row_order_then_by_blocks_of_rows():
+    """As cpu.SUM_ROWS says: up to SUM_ROWS rows a loss's row terms are one running sum in row order
+    (the same bits as before the blocks), beyond it each block's running sum is added to the total in
+    order. Pinned bit for bit in float32 (np.cumsum is such a running sum): the accuracy tests pass
+    blocks cut anywhere."""
+    rng = np.random.default_rng(0)
+
+    def running(terms):
+        return np.cumsum(np.asarray(terms, np.float32), dtype=np.float32)[-1]
+
+    def blocked(rows):
+        return running([running(rows[b:b + cpu.SUM_ROWS]) for b in range(0, len(rows), cpu.SUM_ROWS)])
+
+    for k in (cpu.SUM_ROWS, 2 * cpu.SUM_ROWS + 3):  # one block: a running sum; three
+        terms = rng.uniform(0, 3, k).astype(np.float32)
+        terms[::cpu.SUM_ROWS] = 4096  # the small terms after each round differently added to it one by one
+        assert cpu.rows_mean(terms) == blocked(terms) / np.float32(k)
+        p, y = rng.normal(size=(2, k, 3)).astype(np.float32)
+        p[::cpu.SUM_ROWS, 0] = 64
+        rows = [running((p[i] - y[i]) ** 2) for i in range(k)]
+        assert cpu.mse_forward(p, y) == blocked(rows) / np.float32(k * 3)
+    # quarter-ulps of 4096, the last row of the first block 4096: any other cut rounds them otherwise
+    terms = np.full(2 * cpu.SUM_ROWS + 3, 2.0**-13, np.float32)
+    terms[cpu.SUM_ROWS - 1] = 4096
+    assert cpu.rows_mean(terms) == blocked(terms) / np.float32(terms.size)
+
+
 def test_float32_crossentropy_of_many_rows_is_summed_accurately():
     """Cross-entropy sums a term per row: one running float32 sum was 4.7e-6 off here, at 60,000 rows
     (a whole MNIST split in one batch), and 4e-5 at 600,000; in blocks of rows, 3.2e-7. Checked against the float64 mean of the very

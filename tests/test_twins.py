@@ -123,6 +123,33 @@ def test_the_sgd_step_goes_parallel_from_131k_parameters():
     assert cpu.sgd_step.work(*args(131_072)) >= cpu.STEP_PARALLEL_WORK > cpu.sgd_step.work(*args(131_071))
 
 
+# The fewest rows of 4 columns (parameters for the steps) at which each kernel runs its parallel
+# twin: STEP_PARALLEL_WORK elements for a pass that memory bounds, an eighth of that (EXP_COST) for
+# one with an exp or a log per element, or per row for crossentropy_forward; half for sgd_step, a
+# quarter for adam_step (the measurements beside STEP_PARALLEL_WORK).
+FIRST_PARALLEL = {
+    "relu_forward": 65_536, "relu_backward": 65_536, "sigmoid_forward": 8_192, "sigmoid_backward": 65_536,
+    "tanh_forward": 8_192, "tanh_backward": 65_536, "softmax_forward": 8_192, "softmax_backward": 65_536,
+    "crossentropy_forward": 32_768, "crossentropy_backward": 65_536, "softmax_crossentropy_forward": 8_192,
+    "softmax_crossentropy_backward": 65_536, "mse_backward": 65_536, "bce_with_logits_backward": 8_192,
+    "sgd_step": 131_072, "adam_step": 65_536,
+}
+
+
+def _sized(like, rows):
+    """Arrays shaped as `like`'s, of `rows` rows (of 4 columns where 2-D); scalars as they are."""
+    return [np.empty((rows, 4) if a.ndim == 2 else rows, F) if isinstance(a, np.ndarray) else a for a in like]
+
+
+def test_each_kernel_goes_parallel_at_the_size_measured_for_its_cost():
+    """Which twin runs changes no result (above), so only this sees a kernel's work miscounted."""
+    assert sorted(FIRST_PARALLEL) == sorted(set(NAMES) - {"transpose"})
+    rng = np.random.default_rng(0)
+    for name, first in FIRST_PARALLEL.items():
+        kernel, like = getattr(cpu, name), _args(name, rng)
+        assert kernel.work(*_sized(like, first)) >= cpu.STEP_PARALLEL_WORK > kernel.work(*_sized(like, first - 1)), name
+
+
 ONE_DRIVER_SCRIPT = """
 import numpy as np
 from numba.core import types

@@ -516,12 +516,18 @@ class _Activation(Layer):
     def forward(self, x):
         x = self._check_input(x)
         self.inp = x
+        # act(act(x)), or a view of the output: written in place, the caller's first output changed
+        # under it, and a view shifted by rows raced between threads (one wrote rows another read)
+        if self._aliases(x, "out"):
+            self.out = None
         out = self._buffer("out", x, x.shape, x.dtype)
         getattr(kernels(x), self.kernel + "_forward")(out, x)
         return out
 
     def backward(self, dout, need_input_grad=True):
         dout = self._check_grad(dout, self.out)
+        if self._aliases(dout, "dinp"):  # as forward's: act.backward(act.backward(g)[1:])
+            self.dinp = None
         dinp = self._buffer("dinp", dout, dout.shape, dout.dtype)
         saved = self.inp if self.backward_uses_input else self.out
         getattr(kernels(dout), self.kernel + "_backward")(dinp, dout, saved)

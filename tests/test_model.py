@@ -728,3 +728,24 @@ def test_a_linear_backward_through_its_own_input_gradient_writes_a_new_one():
         g = first[5 - rows:]
         want = g.copy() @ lin.weight
         np.testing.assert_allclose(lin.backward(g), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [nb.ReLU, nb.Tanh, nb.Sigmoid, nb.Softmax])
+def test_an_activation_fed_its_own_output_or_input_gradient_writes_new_ones(make):
+    """act(act.out[1:]) wrote the new output over its own input (rows shifted: threads raced, one
+    writing rows another still read), and act(h) changed the caller's h = act(x) under it; the
+    backward alike for its dX. Each gets a new buffer, as Linear's output does (lin(lin(x)))."""
+    rng = np.random.default_rng(1)
+    act = make()
+    h = act(rng.normal(size=(6, 5)).astype(np.float32))
+    kept = h.copy()
+    for x in (h, h[1:]):
+        want = make()(x.copy())
+        got = act(x)
+        np.testing.assert_array_equal(got, want)
+        assert not np.shares_memory(got, x)
+    np.testing.assert_array_equal(h, kept)
+    d = act.backward(rng.normal(size=act.out.shape).astype(np.float32))
+    g = d[1:]
+    act(rng.normal(size=g.shape).astype(np.float32))
+    assert not np.shares_memory(act.backward(g), g)

@@ -646,6 +646,20 @@ def test_batches_reusing_gives_the_same_batches(shuffle):
 
 
 
+def test_batches_reusing_checks_lengths_and_sizes_its_buffers_by_the_data():
+    """Its own length check: gathering with mode="clip" reads y's last row for any row past it.
+    A batch size above the rows makes buffers of the rows (not of the batch size), and labels
+    keep their dtype (int32 labels, float32 targets)."""
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    with pytest.raises(ValueError, match="x has 5 rows but y has 4"):
+        next(nb.data.batches_reusing(x, np.arange(4), 2, seed=0))
+    for y in (np.arange(5, dtype=np.int32), np.arange(5, dtype=np.float32)):
+        (xb, yb), = nb.data.batches_reusing(x, y, 10**6, seed=0)
+        assert sorted(yb.tolist()) == [0, 1, 2, 3, 4] and yb.dtype == y.dtype
+        assert xb.base.nbytes <= x.nbytes + simd.ALIGN and yb.base.nbytes == y.nbytes
+
+
+
 def test_batches_reusing_gathers_without_a_temporary_batch():
     """Each batch is gathered straight into the reused buffer: np.take's default mode="raise"
     with `out` gathers into a temporary batch-sized array first (2.2x the gather's time at batch

@@ -444,6 +444,11 @@ def test_batches_cover_everything_once_and_are_seeded():
     # bool is an int: batches(x, y, True) (shuffle's place in some APIs) was batches of one row.
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got True"):
         list(nb.batches(x, y, True))
+    # 0 was range()'s "arg 3 must not be zero"; shuffle=1 (an int, not a flag) shuffled silently.
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        list(nb.batches(x, y, 0))
+    with pytest.raises(ValueError, match="shuffle must be True or False, got 1"):
+        list(nb.batches(x, y, 4, shuffle=1))
 
 
 def test_save_writes_through_a_symbolic_link(tmp_path):

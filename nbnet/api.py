@@ -14,9 +14,17 @@ multi-label 0/1 targets; accuracy = the fraction of labels predicted right).
 """
 
 from . import train as _loop
+from .data import whole
 from .train import History, TrainingDiverged, TrainingInterrupted  # noqa: F401 - re-exported
 
 train = _loop.train
+
+
+def _check_batch_size(batch_size):
+    # Before the features are converted (a copy of them all), as nb.train checks its own: predict's
+    # loop, range(0, N, batch_size), ran no batch for a negative one and returned None.
+    if not whole(batch_size, 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
@@ -24,6 +32,7 @@ def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
     cross-entropy and bce (for bce the fraction of labels right); {"loss", "mse", "r2"} for mse
     (loss and mse are the same number)."""
     _loop.check_loss(loss)
+    _check_batch_size(batch_size)
     x, y = _loop.as_features(model, x), _loop.as_targets(model, y, loss)
     _loop.check_data(model, (x, y), loss, parts=("evaluated",))
     value, metric = _loop.evaluate(model, x, y, batch_size, loss=loss)
@@ -38,6 +47,7 @@ def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
     evaluate's accuracy counts, or with proba=True the class probabilities (N, C); for bce the 0/1 labels (N, L) int64
     (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D)."""
     _loop.check_loss(loss)
+    _check_batch_size(batch_size)
     x = _loop.as_features(model, x)
     if len(x) == 0:  # as evaluate: else NumPy's "need at least one array to concatenate"
         raise ValueError("x is empty: no rows to predict")

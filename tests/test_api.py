@@ -2,6 +2,7 @@
 the best epoch, and the loss choice."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -296,6 +297,18 @@ def test_predict_on_no_rows_says_so():
     model = spiral_model()
     with pytest.raises(ValueError, match="x is empty"):
         nb.predict(model, np.zeros((0, 2), np.float32))
+
+
+@pytest.mark.parametrize("size", [-1, 0, True, 2.5, "10", None])
+def test_a_bad_batch_size_for_predict_or_evaluate_is_refused_by_its_name(size):
+    """nb.predict did not check it: -1 returned None (its loop ran no batch), True predicted a row
+    at a time, 0 and 2.5 were range()'s errors; nb.evaluate's refusal came from inside, as
+    "batches: ...", once the features were converted."""
+    model = spiral_model()
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    for call in (lambda: nb.predict(model, x, batch_size=size), lambda: nb.evaluate(model, x, y, batch_size=size)):
+        with pytest.raises(ValueError, match=rf"^batch_size must be a positive integer, got {re.escape(repr(size))}$"):
+            call()
 
 
 def test_features_of_more_than_two_dimensions_are_refused_before_any_check_of_their_values():

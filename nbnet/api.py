@@ -13,6 +13,8 @@ inside a layer's forward, which takes exactly its dtype). `loss` picks the task:
 multi-label 0/1 targets; accuracy = the fraction of labels predicted right).
 """
 
+import numpy as np
+
 from . import train as _loop
 from .data import whole
 from .train import History, TrainingDiverged, TrainingInterrupted  # noqa: F401 - re-exported
@@ -48,6 +50,8 @@ def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
     (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D)."""
     _loop.check_loss(loss)
     _check_batch_size(batch_size)
+    if not isinstance(proba, (bool, np.bool_)):  # "no" is truthy: it returned the probabilities
+        raise ValueError(f"proba must be True or False, got {proba!r}")
     x = _loop.as_features(model, x)
     if len(x) == 0:  # as evaluate: else NumPy's "need at least one array to concatenate"
         raise ValueError("x is empty: no rows to predict")

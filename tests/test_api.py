@@ -311,6 +311,15 @@ def test_a_bad_batch_size_for_predict_or_evaluate_is_refused_by_its_name(size):
             call()
 
 
+@pytest.mark.parametrize("proba", ["no", 0, 1, None])
+def test_predict_proba_must_be_true_or_false(proba):
+    """proba="no" is truthy: it returned the probabilities where the classes were asked for."""
+    model = spiral_model()
+    with pytest.raises(ValueError, match=rf"^proba must be True or False, got {re.escape(repr(proba))}$"):
+        nb.predict(model, np.zeros((4, 2), np.float32), proba=proba)
+    assert nb.predict(model, np.zeros((4, 2), np.float32), proba=np.bool_(True)).shape == (4, 3)
+
+
 def test_features_of_more_than_two_dimensions_are_refused_before_any_check_of_their_values():
     """Images not flattened: with a NaN among them it was 'too many values to unpack'."""
     model = spiral_model()

@@ -311,6 +311,15 @@ def test_a_bad_batch_size_for_predict_or_evaluate_is_refused_by_its_name(size):
             call()
 
 
+def test_evaluate_and_predict_run_batches_of_the_size_asked():
+    """The batch size reaches the loops: no batch is larger (the layer keeps its largest output)."""
+    x, y = np.zeros((10, 2), np.float32), np.zeros(10, np.int64)
+    for size, call in ((4, lambda m: nb.evaluate(m, x, y, batch_size=4)), (3, lambda m: nb.predict(m, x, batch_size=3))):
+        model = spiral_model()
+        call(model)
+        assert model.layers[0]._kept_out.shape[0] == size
+
+
 @pytest.mark.parametrize("proba", ["no", 0, 1, None])
 def test_predict_proba_must_be_true_or_false(proba):
     """proba="no" is truthy: it returned the probabilities where the classes were asked for."""

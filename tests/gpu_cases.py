@@ -1108,6 +1108,10 @@ def test_compiling_is_said_once_a_process_for_each_dtype(monkeypatch, capsys):
     from nbnet import check  # noqa: PLC0415
 
     monkeypatch.setattr(check._SayCompiling, "said_gpu", set(), raising=False)
+    with check.not_saying_compiling():  # `nbnet train --quiet`; say=False: MPI ranks other than 0
+        check.compile_kernels(tiny_model().to("cuda"), train_rows=(), eval_rows=())
+    check.compile_kernels(tiny_model().to("cuda"), train_rows=(), eval_rows=(), say=False)
+    assert capsys.readouterr().err == ""
     for dtype in (np.float32, np.float32, np.float64, np.float64):
         check.compile_kernels(tiny_model(dtype).to("cuda"), train_rows=(), eval_rows=())
     assert capsys.readouterr().err.count(check.COMPILING_GPU) == 2

@@ -188,3 +188,35 @@ def test_the_warm_up_runs_each_batch_size_once(monkeypatch):
     model = nb.Sequential(nb.Linear(2, 3, seed=0))
     check.compile_kernels(model, nb.SGD(model.parameters(), lr=0.1), train_rows=(10, 10), eval_rows=(10,), say=False)
     assert len(steps) == 1
+
+
+def test_the_warm_up_skips_empty_batches_and_runs_on_copies_of_every_layer_and_the_loss(monkeypatch):
+    """Rows 0 (n % batch_size for batches that divide n) are no step: one would end the warm-up
+    (its errors are swallowed) before the sizes after it. The copy has its own activations and loss,
+    whose buffers the model's and the caller's keep; a model without parameters has nothing to compile."""
+    sizes, steps = [], []
+    real_forward, real_step = nb.Sequential.forward, nb.SGD.step
+    monkeypatch.setattr(nb.Sequential, "forward", lambda m, x: sizes.append(len(x)) or real_forward(m, x))
+    monkeypatch.setattr(nb.SGD, "step", lambda opt: steps.append(opt) or real_step(opt))
+    model = nb.Sequential([nb.Linear(2, 3, seed=0), nb.ReLU(), nb.Linear(3, 3, seed=1)])
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn.forward(model.forward(np.ones((5, 2), np.float32)), np.zeros(5, np.int64))
+    kept = [dict(vars(model.layers[1])), dict(vars(loss_fn))]
+    sizes.clear()
+    check.compile_kernels(model, nb.SGD(model.parameters(), lr=0.1), loss_fn, train_rows=(0, 4),
+                          eval_rows=(0, 6), say=False)
+    assert sizes == [4, 6] and len(steps) == 1
+    for before, now in zip(kept, (vars(model.layers[1]), vars(loss_fn))):
+        assert before.keys() == now.keys() and all(now[k] is v for k, v in before.items())
+    check.compile_kernels(nb.Sequential([nb.ReLU()]))
+
+
+def test_compile_kernels_says_nothing_when_told_not_to(monkeypatch, capsys):
+    """say=False (MPI ranks other than 0: one note, not one a process) prints nothing, even where a
+    kernel really compiles; say=True prints COMPILING."""
+    monkeypatch.setattr(check, "_warm_up", lambda *args, **kwargs: numba.njit(lambda a: 4 * a)(1))
+    model = nb.Sequential(nb.Linear(2, 3, seed=0))
+    for say in (False, True):
+        monkeypatch.setattr(check._SayCompiling, "said", False)
+        check.compile_kernels(model, say=say)
+        assert capsys.readouterr().err == ("" if not say else check.COMPILING + "\n")

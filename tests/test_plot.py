@@ -138,3 +138,32 @@ def test_a_failed_plot_leaves_the_previous_one_whole(tmp_path, monkeypatch):
         plot_curves(fake_history(5), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left
+
+
+def test_plot_curves_draws_the_values_as_given_and_closes_its_figure(tmp_path, monkeypatch):
+    """R² is drawn as is (accuracy in %), a 0 is a point like any other (only None is left out),
+    up to 20 epochs are whole ticks, the title is the figure's, and the figure is closed (pyplot
+    keeps open figures: a process plotting in a loop grew, and warned after 20)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    seen = {}
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        seen["title"] = fig.get_suptitle()
+        for ax in fig.axes:
+            seen[ax.get_title().split()[0]] = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
+            seen.setdefault("ticks", []).append(list(ax.get_xticks()))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    open_before = plt.get_fignums()
+    epochs = range(1, 13)
+    plot_curves([{"epoch": e, "train_loss": 0.0, "train_r2": 0.5} for e in epochs], tmp_path / "r.png", title="run 7")
+    assert seen["R²"] == {"train": [0.5] * 12} and seen["loss"] == {"train": [0.0] * 12}
+    assert seen["ticks"] == [list(epochs)] * 2 and seen["title"] == "run 7"
+    plot_curves([{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.0}, {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.25}],
+                tmp_path / "a.png")
+    assert seen["accuracy"] == {"train": [0.0, 25.0]}
+    assert plt.get_fignums() == open_before

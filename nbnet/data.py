@@ -45,9 +45,10 @@ def batches(x, y, batch_size, shuffle=True, seed=None):
     the same batches. `seed` may be an int or a sequence of ints (e.g. (seed, epoch)). Lists,
     tuples and ranges are made arrays (they cannot be indexed by the shuffled rows).
     """
-    # Whatever has no shape (a host or GPU array has one) made an array; what is then no sequence
-    # of rows (a generator, None, a number) is refused here, not by len() below.
-    rows = [a if hasattr(a, "shape") else np.asarray(a) for a in (x, y)]
+    # Whatever is not a host or GPU array made an array: a pandas DataFrame has a shape too, but
+    # df[rows] picks columns (a KeyError, or silently other batches). What is then no sequence of
+    # rows (a generator, None, a number) is refused here, not by len() below.
+    rows = [a if isinstance(a, np.ndarray) or hasattr(a, "copy_to_host") else np.asarray(a) for a in (x, y)]
     if any(a.ndim == 0 for a in rows):
         raise TypeError(f"batches: x and y must be arrays or sequences of rows, got "
                         f"{type(x).__name__} and {type(y).__name__}")

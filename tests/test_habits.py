@@ -102,6 +102,36 @@ def test_batches_of_lists():
 
 
 
+class _Frame:
+    """What nb.batches sees of a pandas DataFrame (pandas is not a dependency): a shape, len, an
+    array of its values, and [] that picks columns, not rows."""
+
+    def __init__(self, values):
+        self.values, self.shape = values, values.shape
+
+    def __len__(self):
+        return len(self.values)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def __getitem__(self, columns):
+        raise KeyError(f"None of {columns!r} are in the columns")
+
+
+def test_batches_of_a_data_frame_are_rows():
+    """A DataFrame has a shape, so nb.batches kept it and indexed it with the shuffled rows, which
+    a DataFrame reads as column labels: a KeyError, or other batches where the labels exist. Only
+    host and GPU arrays are kept as they are; the rest is made an array."""
+    x, y = np.arange(12.0).reshape(6, 2), np.arange(6)
+    for shuffle in (True, False):
+        got = list(nb.batches(_Frame(x), _Frame(y), 4, shuffle=shuffle, seed=0))
+        want = list(nb.batches(x, y, 4, shuffle=shuffle, seed=0))
+        for (a, b), (c, d) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, c)
+            np.testing.assert_array_equal(b, d)
+
+
 def test_batches_of_ranges_and_what_cannot_be_batched():
     """A range (batches of row indices, as a DataLoader over range(N) gives) was NumPy's 'only
     integer scalar arrays' TypeError when shuffled; a generator, None or a number was Python's

@@ -32,6 +32,45 @@ def test_describe_names_the_processor_the_llvm_cpu_cores_and_isa(monkeypatch):
     assert simd.describe().startswith(f"CPU {simd.cpu_name()} ({os.cpu_count()} cores), ISA ")
 
 
+@pytest.mark.parametrize("cpuinfo,want", [
+    ("processor\t: 0\nmodel name\t: AMD EPYC 7763 64-Core Processor\nflags\t\t: fpu\n", "AMD EPYC 7763 64-Core Processor"),
+    ("processor\t: 0\nBogoMIPS\t: 108.00\n\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4\n", "BCM2835"),
+    ("model name\t:  \nModel\t: Raspberry Pi 4 Model B Rev 1.4\n", "Raspberry Pi 4 Model B Rev 1.4"),  # blank: next
+    ("processor\t: 0\n", "from platform"),
+    (None, "from platform"),  # no /proc/cpuinfo (macOS, Windows)
+])
+def test_processor_reads_proc_cpuinfo_then_platform(monkeypatch, cpuinfo, want):
+    import io  # noqa: PLC0415
+    import platform  # noqa: PLC0415
+
+    def fake_open(path, *args, **kws):
+        assert path == "/proc/cpuinfo"
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return io.StringIO(cpuinfo)
+
+    monkeypatch.setattr(simd, "open", fake_open, raising=False)
+    monkeypatch.setattr(platform, "processor", lambda: "from platform")
+    assert simd.processor() == want
+
+
+def test_describe_says_an_emulated_layout_no_fma_and_a_tall_block(monkeypatch):
+    """What `nbnet check` prints of a layout that is not the host's own (NBNET_SIMD_LAYOUT), of an
+    ISA without FMA, and of the tall block of 32-register layouts."""
+    monkeypatch.setattr(simd, "processor", lambda: "")
+    for attr, value in dict(EMULATED=True, ISA="neon", VECTOR_BYTES=16, REGISTERS=32, HAS_FMA=False, TALL=True,
+                            TALL_MR=10, TALL_NV=2, BCAST_MR=8, BCAST_NV=3, DOT_MR=4, DOT_NR=5).items():
+        monkeypatch.setattr(simd, attr, value)
+    assert simd.describe() == (f"CPU {simd.cpu_name()} ({os.cpu_count()} cores), ISA neon (NBNET_SIMD_LAYOUT, "
+                               "emulated) (128-bit vectors × 32, no FMA), blocks: broadcast 8×3 vectors (tall 10×2), "
+                               f"dot 4×5, KC {simd.KC}, MC {simd.MC}")
+    monkeypatch.setattr(simd, "processor", lambda: "Cortex-X1")
+    for attr, value in dict(EMULATED=False, HAS_FMA=True, TALL=False).items():
+        monkeypatch.setattr(simd, attr, value)
+    assert simd.describe().startswith(f"CPU Cortex-X1 ({simd.cpu_name()}, {os.cpu_count()} cores), ISA neon "
+                                      "(128-bit vectors × 32, FMA), blocks: broadcast 8×3 vectors, dot 4×5")
+
+
 def test_check_fails_on_a_wrong_kernel(monkeypatch):
     def wrong(dweight, dbias, dout, inp, accumulate):
         cpu.linear_backward_params_ref(dweight, dbias, dout, inp)

@@ -503,8 +503,35 @@ def test_a_short_last_row_block_joins_the_one_before(rows, blocks):
     assert simd.row_blocks(rows) == blocks
 
 
+@pytest.mark.parametrize("rows,cols", [(1, 1), (simd.MC, simd.DOT_NB), (simd.MC + 1, simd.DOT_NB + 1),
+                                       (2 * simd.MC, 3 * simd.DOT_NB - 1)])
+def test_dot_units_own_each_element_once(rows, cols):
+    """The dot form's units (MC-row blocks × DOT_NB-column blocks): as many as the blocks, none
+    empty, each output computed by one of them."""
+    n = 2 * simd.lanes(np.dtype(np.float32)) + 3
+    c, owners = np.zeros((rows, cols), np.float32), np.zeros((rows, cols), np.int64)
+    units = simd.dot_units(c)
+    assert units == -(-rows // simd.MC) * -(-cols // simd.DOT_NB)
+    for u in range(units):
+        r0, r1, c0, c1 = simd.dot_unit(c, np.ones((rows, n), np.float32), np.ones((cols, n), np.float32), u)
+        assert r0 < r1 and c0 < c1
+        owners[r0:r1, c0:c1] += 1
+    np.testing.assert_array_equal(owners, 1)
+    np.testing.assert_array_equal(c, n)
+
+
+def test_a_kernel_that_cannot_compile_still_says_why():
+    """said_without_cwd turns a compile failure into NO_CWD only where the current folder is gone:
+    any other failure is raised as it was, never swallowed."""
+    from numba.core.errors import TypingError  # noqa: PLC0415
+
+    with pytest.raises(TypingError):
+        simd.row_blocks("rows")
+
+
 @pytest.mark.parametrize("rows,cols,steps", [(256, 784, 8), (256, 784, 16), (256, 784, 512), (32, 256, 128),
-                                             (8, 256, 784), (10, 784, 128), (1000, 1000, 1)])
+                                             (8, 256, 784), (10, 784, 128), (1000, 1000, 1),
+                                             (16, 784, 8)])
 def test_shared_units_are_few_and_not_too_small(rows, cols, steps):
     """Shared units: up to MIN_UNITS of them (more only from more row blocks), each at least UNIT_WORK
     multiply-adds unless a row block is one group already; not shared: one group a row block."""
@@ -775,6 +802,32 @@ def test_hot_loops_counts_spill_slots_but_not_a_stack_array_walked_by_index(monk
     assert simd.hot_loops(panel) == [(4, 0)]
 
 
+@pytest.mark.parametrize("isa,reg", [("avx512", "zmm"), ("avx", "ymm"), ("sse2", "xmm")])
+def test_hot_loops_counts_the_fmas_of_the_isas_widest_registers(monkeypatch, isa, reg):
+    """On AVX-512 only zmm FMAs are the micro-kernels' (a ymm loop is LLVM's narrower code), on AVX
+    ymm, on SSE2 xmm; a loop with a label inside is not a simple loop body and is left out."""
+    monkeypatch.setattr(simd, "ISA", isa)
+    narrower = {"zmm": "ymm", "ymm": "xmm", "xmm": None}[reg]
+    loop = ".LBB0_1:\n" + f"\tvfmadd231ps %{reg}1, %{reg}2, %{reg}3\n" * 4 + "\tvmovups 64(%rsp), %xmm4\n\tjne .LBB0_1\n"
+    assert simd.hot_loops(loop) == [(4, 1)]
+    if narrower:
+        assert simd.hot_loops(loop.replace(reg, narrower)) == []
+    inner = ".LBB0_5:\n" + loop.replace(".LBB0_1", ".LBB0_6").replace("jne .LBB0_6", "jne .LBB0_5")
+    assert simd.hot_loops(inner) == []
+
+
+def test_hot_loops_reads_aarch64_assembly(monkeypatch):
+    """NEON: fmla on .4s (float32) and .2d (float64) vectors; spills as [sp] and [sp, #n]; loops
+    closed by b.ne, cbnz and the other compare-and-branch forms. A panel read by index is not a spill."""
+    monkeypatch.setattr(simd, "ISA", "neon")
+    for lanes, branch, spill, n in [("4s", "b.ne", "ldr\tq3, [sp, #32]", 1), ("2d", "cbnz\tx9,", "str\tq1, [sp]", 1),
+                                    ("4s", "tbz\tw9, #0,", "ldr\tq3, [x10, x11]", 0),
+                                    ("2d", "cbz\tx9,", "ldr\tq3, [sp, #-16]", 1)]:
+        body = f"\tfmla\tv0.{lanes}, v1.{lanes}, v2.{lanes}\n" * 5 + f"\t{spill}\n\tsub\tx9, x9, #1\n"
+        assert simd.hot_loops(f".LBB0_3:\n{body}\t{branch} .LBB0_3\n") == [(5, n)], (lanes, branch)
+    assert simd.hot_loops(".LBB0_3:\n" + "\tfmla\tv0.4s, v1.4s, v2.4s\n" * 3 + "\tb.ne .LBB0_3\n") == []
+
+
 AVX512_SCRIPT = """
 import numpy as np
 from numba import njit, types
@@ -870,6 +923,65 @@ def test_nbnet_simd_layout_values(monkeypatch, text, name, ok):
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/tmp")
     got, why = _startup.simd_layout()
     assert got == name and (why is None) is ok, why
+
+
+@pytest.mark.parametrize("triple,name,features,want", [
+    ("x86_64-unknown-linux-gnu", "skylake-avx512", "", ("avx512", 64, 32, True)),  # not "skylake"'s AVX2
+    ("x86_64-unknown-linux-gnu", "icelake-server", "", ("avx512", 64, 32, True)),
+    ("x86_64-unknown-linux-gnu", "haswell", "", ("avx2", 32, 16, True)),
+    ("x86_64-unknown-linux-gnu", "nehalem", "", ("sse2", 16, 16, False)),
+    ("x86_64-unknown-linux-gnu", "skylake-avx512", "+avx2,+fma,-avx512f", ("avx2", 32, 16, True)),
+    ("x86_64-unknown-linux-gnu", "haswell", "+avx512f,+avx2,+fma", ("avx512", 64, 32, True)),
+    ("x86_64-unknown-linux-gnu", "haswell", "+avx,-avx2,-fma", ("avx", 32, 16, False)),
+    ("x86_64-unknown-linux-gnu", "haswell", "+sse2,-avx,-avx2,-fma", ("sse2", 16, 16, False)),
+    ("aarch64-unknown-linux-gnu", "neoverse-n1", "", ("neon", 16, 32, True)),
+    ("arm64-apple-darwin22.0.0", "apple-m1", "+neon", ("neon", 16, 32, True)),
+    ("riscv64-unknown-linux-gnu", "generic-rv64", "+v", ("generic", 16, 16, False)),
+])
+def test_isa_follows_numba_cpu_name_and_features(monkeypatch, triple, name, features, want):
+    """simd.isa() reads what Numba compiles for: NUMBA_CPU_FEATURES' enabled (+) features, the
+    named CPU's own where it is set empty, and the machine of the triple. A disabled feature
+    (-avx512f) is not one, a CPU named after another's prefix (skylake-avx512, skylake) is its own."""
+    from numba import config  # noqa: PLC0415
+
+    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: triple)
+    monkeypatch.setattr(config, "CPU_NAME", name)
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    assert simd.cpu_name() == name
+    assert simd.isa() == want
+
+
+def test_isa_reads_the_hosts_features_where_numba_cpu_features_is_unset(monkeypatch):
+    from numba import config  # noqa: PLC0415
+
+    class Features:
+        def flatten(self):
+            return "+64bit,-avx512f,+avx2,+fma,-sse4a"
+
+    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-pc-linux-gnu")
+    monkeypatch.setattr(simd.llb, "get_host_cpu_features", Features)
+    monkeypatch.setattr(simd.llb, "get_host_cpu_name", lambda: "znver9")
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    assert simd.cpu_name() == "znver9" and simd.cpu_features() == {"64bit", "avx2", "fma"}
+    assert simd.isa() == ("avx2", 32, 16, True)
+
+
+@pytest.mark.parametrize("name", ["neon", "avx512", "sse2"])
+def test_a_layout_files_its_kernels_in_a_folder_of_its_own_once(monkeypatch, tmp_path, name):
+    """simd.layout(): NBNET_SIMD_LAYOUT's register layout, and Numba's cache moved to a subfolder of
+    NUMBA_CACHE_DIR named for it, once (asked again, or by a process started with it, no deeper)."""
+    from numba import config  # noqa: PLC0415
+
+    monkeypatch.setenv("NBNET_SIMD_LAYOUT", name)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    own = str(tmp_path / f"nbnet-layout-{name}")
+    for _ in range(2):
+        assert simd.layout() == simd.LAYOUTS[name]
+        assert config.CACHE_DIR == os.environ["NUMBA_CACHE_DIR"] == own
+    monkeypatch.setattr(config, "CACHE_DIR", own + os.sep)
+    assert simd.layout() == simd.LAYOUTS[name] and config.CACHE_DIR == own + os.sep
 
 
 SMALL_STACK_SCRIPT = """
@@ -995,6 +1107,19 @@ def test_host_buffers_start_on_a_cache_line():
     state = opt.state[0]["momentum_buffer"]  # the live array the step streams (state_dict() copies)
     for arr in (lin.weight, lin.grad_weight, lin.out, model.layers[1].out, opt._flat()[0], state):
         assert arr.ctypes.data % simd.ALIGN == 0 and arr.base.ndim == 1
+
+
+def test_made_here_knows_nbnet_buffers_and_their_views_only():
+    """simd.made_here, the model's first look for a batch that may alias its buffers: nbnet's own
+    arrays (simd.empty's) and views of them, never an array that owns its data or a view of a
+    user's; and simd.empty takes a NumPy integer for a length, simd.lanes an item size."""
+    a = simd.empty((4, 3), np.float32)
+    assert simd.made_here(a) and simd.made_here(a[1:, ::2]) and simd.made_here(simd.zeros(5, np.float64)[2:])
+    user = np.ones(12, np.float32)
+    assert not simd.made_here(user) and not simd.made_here(user.reshape(4, 3)) and not simd.made_here(a.copy())
+    assert simd.empty(np.int64(5), np.float32).shape == (5,) and simd.empty((np.int64(2), 3), "f8").shape == (2, 3)
+    assert simd.lanes(8) == simd.lanes(np.dtype(np.float64)) == simd.lanes(np.dtype(np.float32)) // 2
+    assert simd.lanes(np.dtype(np.float32)) * 4 == simd.VECTOR_BYTES
 
 
 def _doubled(x):

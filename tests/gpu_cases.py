@@ -84,6 +84,7 @@ def test_batch_parts_follow_the_shapes_and_bound_the_scratch():
             parts, rows = gpu._batch_parts(k, m, n)
             assert (parts - 1) * rows < k <= parts * rows and parts <= gpu.MAX_PARTS
             assert parts == 1 or parts * tiles <= gpu.SPLIT_BLOCKS
+            assert parts == 1 or rows >= gpu.PART_ROWS  # no parts shorter than that
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1115,3 +1116,77 @@ def test_compiling_is_said_once_a_process_for_each_dtype(monkeypatch, capsys):
     for dtype in (np.float32, np.float32, np.float64, np.float64):
         check.compile_kernels(tiny_model(dtype).to("cuda"), train_rows=(), eval_rows=())
     assert capsys.readouterr().err.count(check.COMPILING_GPU) == 2
+
+
+def test_launches_over_no_elements_do_nothing():
+    """A launch over no elements is skipped: a grid of one thread per element has no block size
+    (min(BLOCK, 0) threads) for none."""
+    for shape in [(0, 3), (0,)]:
+        a = gpu.empty(shape, np.float32)
+        gpu.fill(a, 1.5)
+        c = gpu.copy(a)
+        assert tuple(c.shape) == shape and c.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_of_a_row_far_below_zero_subtracts_its_own_max(dtype):
+    """The row max starts at the row's first logit, not at 0: a row of logits all far below 0 gave
+    e^(z - 0) = 0 for every class, a sum of 0, and NaN probabilities and loss."""
+    z = np.array([[-1000.0, -1000.0, -1001.0], [-2000.0, -1000.0, -1000.0]], dtype)
+    t = np.array([0, 1])
+    want = np.empty_like(z)
+    cpu.softmax_forward(want, z)
+    out = gpu.empty(z.shape, dtype)
+    gpu.softmax_forward(out, gpu.to_device(z))
+    np.testing.assert_allclose(to_host(out), want, **TOL[dtype])
+    d = [gpu.empty(z.shape, dtype), gpu.empty(z.shape, dtype), gpu.empty(2, dtype)]
+    got = gpu.softmax_crossentropy_forward_backward(*d, gpu.to_device(z), gpu.to_device(t))
+    np.testing.assert_allclose(got, cpu.softmax_crossentropy_forward(np.empty_like(z), np.empty(2, dtype), z, t),
+                               **TOL[dtype])
+
+
+def test_byte_span_covers_the_elements_of_any_view():
+    """byte_span, what says that two device arrays share memory (Layer._device_overlap,
+    Sequential's batch check): a view's first and one-past-last bytes whatever its strides
+    (negative ones start below the view's pointer), and (0, 0) for a view of no elements."""
+    a = gpu.to_device(np.arange(12, dtype=np.float32).reshape(3, 4))
+    lo, hi = gpu.byte_span(a)
+    assert hi - lo == 48
+    assert gpu.byte_span(a[1:2]) == (lo + 16, lo + 32)  # C-contiguous rows
+    assert gpu.byte_span(a[:, 1]) == (lo + 4, lo + 40)  # a strided column: through its last element
+    assert gpu.byte_span(a[:, 3]) == (lo + 12, hi)
+    assert gpu.byte_span(a[1:, ::-1]) == (lo + 16, hi)  # negative strides
+    assert gpu.byte_span(a[::-1, 2]) == (lo + 8, lo + 44)
+    assert gpu.byte_span(a[:0]) == gpu.byte_span(a[2:2, 1:]) == (0, 0)
+
+
+def test_pack_copies_each_array_into_its_own_part_of_one_buffer():
+    """gpu.pack (model.to("cuda") on a real GPU; the simulator skips the packing): each array's
+    values in its own run of the flat buffer, in order, the last one too, and the views are of it."""
+    rng = np.random.default_rng(5)
+    hosts = [rand(rng, (3, 2), np.float32), rand(rng, (4,), np.float32), rand(rng, (2, 3), np.float32)]
+    flat, views = gpu.pack([gpu.to_device(h) for h in hosts])
+    np.testing.assert_array_equal(to_host(flat), np.concatenate([h.ravel() for h in hosts]))
+    for v, h in zip(views, hosts):
+        assert tuple(v.shape) == h.shape
+        np.testing.assert_array_equal(to_host(v), h)
+    gpu.fill(views[1], 2.0)
+    np.testing.assert_array_equal(to_host(flat)[6:10], 2.0)
+
+
+def test_gather_rows_of_one_column_gathers_the_labels_too():
+    """The labels are gathered by the threads of column 0: data of a single feature has no other."""
+    x, y, order = np.arange(5, dtype=np.float32)[:, None], np.array([3, 1, 4, 1, 5]), np.array([4, 2, 0, 3, 1])
+    xb, yb = gpu.empty((3, 1), np.float32), gpu.empty(3, y.dtype)
+    gpu.gather_rows(xb, yb, gpu.to_device(x), gpu.to_device(y), gpu.to_device(order), 1)
+    np.testing.assert_array_equal(to_host(xb), x[order[1:4]])
+    np.testing.assert_array_equal(to_host(yb), y[order[1:4]])
+
+
+def test_a_logit_of_zero_is_a_yes_and_an_empty_device_dataset_is_refused():
+    """count_correct_labels reads z ≥ 0 as yes, as on the CPU (z = 0 exactly too); DeviceDataset
+    refuses an empty data set by name."""
+    z, t = np.array([[0.0, -1.0, 0.0]], np.float32), np.array([[1.0, 0.0, 1.0]], np.float32)
+    assert gpu.count_correct_labels(gpu.to_device(z), gpu.to_device(t)) == cpu.count_correct_labels(z, t) == 3
+    with pytest.raises(ValueError, match="empty"):
+        gpu.DeviceDataset(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))

@@ -460,9 +460,7 @@ class Linear(Layer):
     def _out(self, x):
         """The output buffer for x; a new one when x is (a view of) the last one, as in lin(lin(x)):
         the kernel would overwrite its input while reading it, and dW = Gᵀ X read the result."""
-        out = self.out
-        if out is not None and (x is out or (type(x) is np.ndarray and x.base is not None and x.base is out.base)
-                                or (type(x) is not np.ndarray and self._aliases(x, "out"))):
+        if self._aliases(x, "out"):
             self.out = None
         return self._buffer("out", x, (x.shape[0], self.out_features), x.dtype)
 

@@ -79,8 +79,7 @@ class Sequential:
         # driver handles, not values). The rest as deepcopy does, through __getstate__.
         for layer in self.layers:
             for value in vars(layer).values():
-                if value is not None and type(value) is not np.ndarray and hasattr(value, "copy_to_host") \
-                        and id(value) not in memo:
+                if _on_device(value) and id(value) not in memo:
                     memo[id(value)] = copy_device_array(value)
         new = object.__new__(type(self))
         memo[id(self)] = new
@@ -234,7 +233,7 @@ class Sequential:
                 self._resting = plan
         if type(x) is np.ndarray and simd.made_here(x):  # only nbnet's own arrays can be a layer's
             x = _unaliased(x, held_arrays(self.layers))
-        elif hasattr(x, "copy_to_host"):
+        elif _on_device(x):  # (a type looked up once: a failing hasattr on each host batch costs more)
             x = self._device_unaliased(x)
         out = self._forward_layers(x)
         if resting is not None and resting.fits(self, x):  # its arrays are the layers' again

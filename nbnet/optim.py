@@ -524,8 +524,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         with np.errstate(over="ignore"):
             total = sum(float(np.sum(np.abs(g) ** q)) for g in host) ** (1.0 / q)
         if math.isinf(total) and all(np.isfinite(g).all() for g in host):
-            # |g|^q overflowed float64 (q = 2: |g| past 1.3e154), and every gradient was scaled to
-            # 0; torch's norm is finite there. Taken again over |g| / max|g| (each term ≤ 1).
+            # |g|^q overflowed float64 (q = 2: |g| past 1.3e154): the norm was inf and every
+            # gradient was scaled to 0 (torch's too). Taken again over |g| / max|g| (each term ≤ 1).
             top = max(float(np.abs(g).max(initial=0.0)) for g in host)
             total = top * sum(float(np.sum((np.abs(g) / top) ** q)) for g in host) ** (1.0 / q)
     if error_if_nonfinite and not math.isfinite(total):

@@ -1119,12 +1119,11 @@ def _count_correct_kernel(total, logits, targets):
         if top == top:  # else the first NaN is at 0
             for j in range(1, logits.shape[1]):
                 v = logits[i, j]
-                if v > top:
+                if not v <= top:  # larger, or NaN (as cpu.count_correct)
                     best = j
                     top = v
-                elif v != v:
-                    best = j
-                    break
+                    if v != v:
+                        break
         if best == targets[i]:
             acc += 1
     partial[t] = acc

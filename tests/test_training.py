@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import nbnet as nb
 
@@ -81,3 +82,21 @@ def test_count_correct_matches_numpy_argmax():
     t = rng.integers(0, 7, 50)
     t[0] = 0
     assert nb.cpu.count_correct(z, t) == np.count_nonzero(z.argmax(1) == t) > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_count_correct_is_np_argmax_with_nan_inf_and_ties(dtype):
+    """Row by row, each label in turn: count_correct counts exactly the rows whose np.argmax is the
+    label, with NaN (the first one wins), ±inf, -0.0 and ties among small integers."""
+    rng = np.random.default_rng(1)
+    z = rng.integers(-2, 3, size=(400, 6)).astype(dtype)
+    spots = rng.random(z.shape)
+    z[spots < 0.05] = np.nan
+    z[(spots > 0.05) & (spots < 0.1)] = np.inf
+    z[(spots > 0.1) & (spots < 0.15)] = -np.inf
+    z[(spots > 0.15) & (spots < 0.2)] = -0.0
+    want = z.argmax(axis=1)
+    for label in range(6):
+        t = np.full(len(z), label)
+        got = [nb.cpu.count_correct(z[i:i + 1], t[i:i + 1]) for i in range(len(z))]
+        np.testing.assert_array_equal(got, want == label)

@@ -199,8 +199,10 @@ class Layer:
                 and (x.dtype == dtype if dtype is not None else x.dtype in _FLOATS) and x.flags.c_contiguous
                 and (like is None or type(like) is np.ndarray)):
             return x
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise ValueError(f"{self.describe()}: expected an array, got {type(x).__name__}")
+        if not isinstance(x, np.ndarray) and not hasattr(x, "copy_to_host"):
+            # A torch tensor has a shape and a dtype, but torch's: reading it as NumPy's raised
+            # AttributeError ('torch.dtype' object has no attribute 'kind').
+            raise ValueError(f"{self.describe()}: expected a NumPy array, got {type(x).__name__}")
         if x.dtype not in (np.float32, np.float64):
             swapped = (f" in the other byte order (x.astype('{x.dtype.newbyteorder('=').name}') makes it native)"
                        if x.dtype.kind == "f" and not x.dtype.isnative else "")
@@ -226,8 +228,9 @@ class Layer:
             return dout  # the common case, in few checks (as _check_input)
         if out is None:
             raise ValueError(f"{self.describe()}: backward called before forward")
-        if not hasattr(dout, "shape") or not hasattr(dout, "dtype"):
-            # model.backward(loss) is PyTorch's loss.backward() spelled with the float a loss returns.
+        if not isinstance(dout, np.ndarray) and not hasattr(dout, "copy_to_host"):
+            # model.backward(loss) is PyTorch's loss.backward() spelled with the float a loss returns;
+            # a torch tensor was 'expected gradient dtype float32, got torch.float32'.
             raise ValueError(f"{self.describe()}: expected the gradient array dL/dY {tuple(out.shape)}, e.g. "
                              f"loss_fn.backward(), got {type(dout).__name__}")
         if tuple(dout.shape) != tuple(out.shape):

@@ -27,7 +27,10 @@ def check_labels(who, targets, n, classes):
     """Labels must be a 1-D integer array (or list) of length n with values in [0, classes)."""
     if isinstance(targets, (list, tuple)):
         targets = np.asarray(targets)
-    if not hasattr(targets, "dtype") or getattr(targets.dtype, "kind", None) not in ("i", "u"):
+    if not isinstance(targets, np.ndarray) and not hasattr(targets, "copy_to_host"):
+        # A torch tensor of int64 labels was refused as 'must be an integer array, got torch.int64'.
+        raise ValueError(f"{who}: labels must be a NumPy integer array or a list, got {type(targets).__name__}")
+    if getattr(targets.dtype, "kind", None) not in ("i", "u"):
         got = getattr(targets, "dtype", type(targets).__name__)
         raise ValueError(f"{who}: labels must be an integer array, got {got}{_onehot_hint(targets, n, classes)}")
     if targets.ndim != 1 or targets.shape[0] != n:

@@ -447,6 +447,35 @@ def test_backward_of_the_loss_value_says_what_it_wants(layers):
     model.backward(loss_fn.backward())
 
 
+class _TorchLike:
+    """What a torch tensor shows nbnet: a shape, ndim and a dtype that is torch's, not NumPy's."""
+
+    class dtype:  # noqa: N801 - torch.float32 has no .kind, .isnative or .newbyteorder
+        pass
+
+    def __init__(self, shape):
+        self.shape, self.ndim = shape, len(shape)
+
+
+def test_a_torch_tensor_into_a_layer_loss_or_backward_says_numpy_array():
+    """model(torch.tensor(x)) raised AttributeError: 'torch.dtype' object has no attribute 'kind',
+    and a tensor of int64 labels or of a gradient was refused as 'labels must be an integer array,
+    got torch.int64' / 'expected gradient dtype float32, got torch.float32'."""
+    model = mlp()
+    x, y = np.ones((5, 4), np.float32), np.zeros(5, np.int64)
+    for call, shape in ((model, (5, 4)), (nb.ReLU(), (5, 4)), (lambda t: nb.MSELoss()(model(x), t), (5, 3)),
+                        (lambda t: nb.BCEWithLogits()(model(x), t), (5, 3))):
+        with pytest.raises(ValueError, match="expected a NumPy array, got _TorchLike"):
+            call(_TorchLike(shape))
+    for loss_fn in (nb.SoftmaxCrossEntropy(), nb.CrossEntropy()):
+        with pytest.raises(ValueError, match="labels must be a NumPy integer array or a list, got _TorchLike"):
+            loss_fn(nb.Softmax()(model(x)), _TorchLike((5,)))
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn(model(x), y)
+    with pytest.raises(ValueError, match=r"expected the gradient array .*got _TorchLike"):
+        model.backward(_TorchLike((5, 3)))
+
+
 def test_one_hot_labels_into_a_cross_entropy_say_how_to_make_class_labels():
     """Keras' categorical labels: the errors said only 'labels must be an integer array, got
     float64' or 'expected labels of shape (N,)', not what to pass instead."""

@@ -743,12 +743,15 @@ def _crossentropy_forward(losses, probs, targets):
     """L = -(1/k) Σ_i log p[i, t_i]
 
     losses (k,) scratch, probs (k, c), targets (k,) int. Probabilities are clamped below at the
-    dtype's smallest normal number, so p = 0 gives a large finite loss instead of inf.
+    dtype's smallest normal number, so p = 0 gives a large finite loss instead of inf. A p[i, t_i]
+    outside [0, 1] is no probability (logits, most likely): ℓ_i is NaN, which CrossEntropy names.
     """
     k = probs.shape[0]
     tiny = np.finfo(probs.dtype).tiny
+    zero, one, nan = probs.dtype.type(0), probs.dtype.type(1), probs.dtype.type(np.nan)
     for i in prange(k):
-        losses[i] = -np.log(max(probs[i, targets[i]], tiny))
+        p = probs[i, targets[i]]
+        losses[i] = -np.log(max(p, tiny)) if zero <= p <= one else nan
     return rows_mean(losses)
 
 

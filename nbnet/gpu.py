@@ -843,11 +843,13 @@ def _reduce_to_host(kernel, size, dtype, *args):
 
 @_jit
 def _crossentropy_rows_kernel(losses, probs, targets, tiny):
-    """ℓ_i = -log max(p[i, t_i], tiny)"""
+    """ℓ_i = -log max(p[i, t_i], tiny); NaN for a p[i, t_i] outside [0, 1], as on the CPU"""
     i = cuda.grid(1)
     if i < probs.shape[0]:
         t = targets[i]
-        losses[i] = -math.log(max(probs[i, t], tiny)) if 0 <= t < probs.shape[1] else probs.dtype.type(math.nan)
+        p = probs[i, t] if 0 <= t < probs.shape[1] else probs.dtype.type(math.nan)
+        ok = probs.dtype.type(0) <= p <= probs.dtype.type(1)
+        losses[i] = -math.log(max(p, tiny)) if ok else probs.dtype.type(math.nan)
 
 
 def crossentropy_forward(losses, probs, targets):

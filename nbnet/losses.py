@@ -91,13 +91,30 @@ class _ClassificationLoss(Layer):
 class CrossEntropy(_ClassificationLoss):
     """On probabilities p (N, C) and labels t (N,):  L = −(1/N) Σ_i log p[i, t_i].
     Backward: dp_ij = −1/(N p_ij) at j = t_i, else 0. Pair it with a Softmax layer, or better use
-    SoftmaxCrossEntropy on the logits (stable, and its gradient is simply (p − onehot)/N)."""
+    SoftmaxCrossEntropy on the logits (stable, and its gradient is simply (p − onehot)/N). A p[i, t_i]
+    outside [0, 1] is a ValueError (logits: PyTorch's CrossEntropyLoss is SoftmaxCrossEntropy)."""
 
     def forward(self, probs, targets):
         probs, targets = self._check_pair(probs, targets)
         self.probs, self.targets = probs, targets
         losses = self._buffer("losses", probs, (probs.shape[0],), probs.dtype)
-        return self._loss(float(kernels(probs).crossentropy_forward(losses, probs, targets)))
+        value = self._loss(float(kernels(probs).crossentropy_forward(losses, probs, targets)))
+        if value != value:
+            self._check_probabilities(probs, targets)
+        return value
+
+    def _check_probabilities(self, probs, targets):
+        """The kernels give NaN for a p[i, t_i] outside [0, 1]: logits, most likely, from a PyTorch
+        habit (torch's CrossEntropyLoss takes logits), which gave a finite loss, wrong, silently
+        (-log of a clamped negative, a negative loss above 1). A NaN p stays a NaN loss."""
+        p, t = (a if isinstance(a, np.ndarray) else a.copy_to_host() for a in (probs, targets))
+        picked = p[np.arange(len(t)), t]
+        bad = np.flatnonzero((picked < 0) | (picked > 1))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{self.describe()}: p[{i}, {int(t[i])}] = {picked[i]!s} is not a probability in [0, 1]; "
+                             "CrossEntropy takes probabilities (a Softmax layer's output): for logits use "
+                             "SoftmaxCrossEntropy, PyTorch's CrossEntropyLoss")
 
     def backward(self):
         dprobs = self._backward_check()

@@ -355,6 +355,9 @@ def test_loss_kernels(k, dtype):
     assert_same("softmax_crossentropy_forward", np.empty_like(logits), np.empty(k, dtype), logits, t)
     assert_same("softmax_crossentropy_backward", np.empty_like(logits), probs, t)
     assert_same("crossentropy_forward", np.empty(k, dtype), probs, t)
+    # a p[i, t_i] outside [0, 1] (logits) is a NaN loss on both, which CrossEntropy names
+    losses = assert_same("crossentropy_forward", np.empty(k, dtype), logits, t)[0]
+    np.testing.assert_array_equal(np.isnan(losses), (logits[np.arange(k), t] < 0) | (logits[np.arange(k), t] > 1))
     assert_same("crossentropy_backward", np.empty_like(probs), probs, t)
     target = rand(rng, (k, c), dtype)
     assert_same("mse_forward", logits / 100, target)
@@ -934,6 +937,15 @@ def test_train_and_evaluate_check_device_labels_as_host_ones():
         with pytest.raises(ValueError, match="out of range"):
             nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, gpu.to_device(bad)), epochs=1, batch_size=4)
     assert 0 <= nb.evaluate(model, gpu.to_device(x), gpu.to_device(y))["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_logits_into_the_cross_entropy_on_probabilities_are_named(device):
+    logits = np.array([[0.5, 2.0, 0.1], [0.3, -0.2, 0.4]], np.float32)
+    move = gpu.to_device if device == "cuda" else np.asarray
+    with pytest.raises(ValueError, match=r"p\[0, 1\] = 2\.0 is not a probability"):
+        nb.CrossEntropy()(move(logits), move(np.array([1, 1])))
+    assert nb.CrossEntropy()(move(logits), move(np.array([0, 2]))) == pytest.approx(-np.log([0.5, 0.4]).mean())
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -491,6 +491,21 @@ def test_one_hot_labels_into_a_cross_entropy_say_how_to_make_class_labels():
             nb.evaluate(model, x, onehot)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logits_into_the_cross_entropy_on_probabilities_say_which_loss_takes_logits(dtype):
+    """torch's CrossEntropyLoss takes logits; nbnet's CrossEntropy probabilities. Logits gave a
+    finite loss, silently wrong: a negative one clamped (-log tiny = 87 in float32), one above 1 a
+    negative term. Probabilities of 0 and 1, and NaN ones, are what they were."""
+    logits = np.array([[-0.5, 2.0, 0.1], [0.3, 0.2, 0.4], [1.7, 0.3, 0.3]], dtype)
+    for y, where in (([0, 1, 2], r"p\[0, 0\] = -0\.5"), ([1, 1, 1], r"p\[0, 1\] = 2\.0"), ([2, 2, 0], r"p\[2, 0\] = 1\.7")):
+        with pytest.raises(ValueError, match=where + r" is not a probability in \[0, 1\].*SoftmaxCrossEntropy"):
+            nb.CrossEntropy()(logits, y)
+    ce = nb.CrossEntropy()
+    assert ce(np.array([[0, 1, 0], [1, 0, 0]], dtype), [1, 0]) == 0.0
+    assert ce(np.array([[0, 1, 0]], dtype), [0]) == pytest.approx(-np.log(np.finfo(dtype).tiny))
+    assert np.isnan(ce(np.full((2, 3), np.nan, dtype), [0, 1]))
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, "7"])
 def test_batches_names_a_bad_seed(seed):
     """NumPy's own words ("expected non-negative integer", "SeedSequence expects int") named no

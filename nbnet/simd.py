@@ -52,13 +52,24 @@ if config.DISABLE_JIT:
 # ----------------------------------------------------------------------------------------------
 # 1. The ISA and the register blocks
 
-# CPUs whose own features include AVX-512 (for NUMBA_CPU_NAME with NUMBA_CPU_FEATURES empty).
-_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake", "tigerlake",
-                "rocketlake", "sapphirerapids", "graniterapids", "emeraldrapids", "znver4", "znver5",
-                "x86-64-v4", "knl", "knm")
-_AVX2_CPUS = ("haswell", "broadwell", "skylake", "kabylake", "coffeelake", "alderlake", "raptorlake",
-              "meteorlake", "arrowlake", "lunarlake", "gracemont", "znver1", "znver2", "znver3",
-              "x86-64-v3", "bdver4")
+# Each x86 CPU name this LLVM (22) knows with 256-bit vectors or wider, by its own features (for
+# NUMBA_CPU_NAME with NUMBA_CPU_FEATURES empty); exact names, not prefixes: skylake_avx512 is
+# skylake-avx512, not skylake. Any other name has SSE2's. tests/test_fast_kernels.py asks this
+# LLVM for each of its CPUs' vectors and FMA, and fails on a name missing here.
+_AVX512_CPUS = frozenset((
+    "skylake-avx512", "skylake_avx512", "skx", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+    "icelake_client", "icelake-server", "icelake_server", "tigerlake", "rocketlake", "sapphirerapids",
+    "emeraldrapids", "graniterapids", "graniterapids-d", "graniterapids_d", "diamondrapids", "novalake", "knl",
+    "knm", "mic_avx512", "znver4", "znver5", "x86-64-v4"))
+_AVX2_CPUS = frozenset((
+    "haswell", "core-avx2", "core_4th_gen_avx", "core_4th_gen_avx_tsx", "broadwell", "core_5th_gen_avx",
+    "core_5th_gen_avx_tsx", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake", "arrowlake-s",
+    "arrowlake_s", "lunarlake", "pantherlake", "wildcatlake", "gracemont", "sierraforest", "grandridge",
+    "clearwaterforest", "znver1", "znver2", "znver3", "bdver4", "x86-64-v3"))
+_AVX_FMA_CPUS = frozenset(("bdver2", "bdver3"))  # AVX and FMA3, no AVX2
+_AVX_CPUS = frozenset((  # AVX alone (bdver1's FMA4 is not the fma feature isa() reads)
+    "sandybridge", "corei7-avx", "core_2nd_gen_avx", "ivybridge", "core-avx-i", "core_3rd_gen_avx", "bdver1",
+    "btver2"))
 
 
 def cpu_name():
@@ -84,10 +95,14 @@ def isa():
     feats = cpu_features()
     if feats is None:  # the named CPU's own features
         name = cpu_name().lower()
-        if name.startswith(_AVX512_CPUS):
-            feats = {"avx512f", "avx2", "fma"}
-        elif name.startswith(_AVX2_CPUS):
-            feats = {"avx2", "fma"}
+        if name in _AVX512_CPUS:
+            feats = {"avx512f", "avx2", "avx", "fma"}
+        elif name in _AVX2_CPUS:
+            feats = {"avx2", "avx", "fma"}
+        elif name in _AVX_FMA_CPUS:
+            feats = {"avx", "fma"}
+        elif name in _AVX_CPUS:
+            feats = {"avx"}
         else:
             feats = set()
     if machine in ("x86_64", "amd64", "i686", "i386"):

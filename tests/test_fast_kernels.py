@@ -967,6 +967,65 @@ def test_isa_reads_the_hosts_features_where_numba_cpu_features_is_unset(monkeypa
     assert simd.isa() == ("avx2", 32, 16, True)
 
 
+# What LLVM makes of a CPU's vectors: 512-bit float adds in zmm (AVX-512F), 256-bit integer adds
+# in ymm (AVX2), 256-bit float adds in ymm (AVX), llvm.fma as one FMA3 instruction (FMA; FMA4, which
+# isa() does not read, is turned off).
+_CPU_PROBE = """
+declare <4 x float> @llvm.fma.v4f32(<4 x float>, <4 x float>, <4 x float>)
+define <16 x float> @avx512f(<16 x float> %a, <16 x float> %b) {
+  %c = fadd <16 x float> %a, %b
+  ret <16 x float> %c
+}
+define <8 x i32> @avx2(<8 x i32> %a, <8 x i32> %b) {
+  %c = add <8 x i32> %a, %b
+  ret <8 x i32> %c
+}
+define <8 x float> @avx(<8 x float> %a, <8 x float> %b) {
+  %c = fadd <8 x float> %a, %b
+  ret <8 x float> %c
+}
+define <4 x float> @fma(<4 x float> %a, <4 x float> %b, <4 x float> %c) {
+  %d = call <4 x float> @llvm.fma.v4f32(<4 x float> %a, <4 x float> %b, <4 x float> %c)
+  ret <4 x float> %d
+}
+"""
+_CPU_SIGNS = {"avx512f": r"%zmm", "avx2": r"vpaddd\s+%ymm", "avx": r"%ymm", "fma": r"vfmadd\d{3}"}
+
+
+def test_isa_of_every_x86_cpu_llvm_knows_by_name(monkeypatch, capfd):
+    """NUMBA_CPU_NAME with NUMBA_CPU_FEATURES empty: isa() gives each x86 CPU this LLVM knows the
+    vectors and FMA LLVM compiles for it (sandybridge's AVX without FMA, bdver2's AVX with FMA,
+    sierraforest's AVX2 were SSE2, skylake_avx512 was skylake's AVX2), and each name in its tables
+    is one of them. (32-bit mode: LLVM aborts on a 64-bit triple for an i386 CPU.)"""
+    from numba import config  # noqa: PLC0415
+
+    try:
+        target = simd.llb.Target.from_triple("i686-unknown-linux-gnu")
+    except RuntimeError:
+        pytest.skip("this llvmlite has no x86 target")
+    capfd.readouterr()
+    target.create_target_machine(cpu="help").emit_assembly(simd.llb.parse_assembly("define void @f() { ret void }"))
+    text = "".join(capfd.readouterr())
+    names = re.findall(r"^\s+(\S+)\s+- Select the \S+ processor", text, re.M)
+    assert "sandybridge" in names and "haswell" in names, text[:2000]
+    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-unknown-linux-gnu")
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
+    for name in names:
+        machine = target.create_target_machine(cpu=name, features="-fma4", codemodel="small")
+        asm = {f.split()[0]: f for f in machine.emit_assembly(simd.llb.parse_assembly(_CPU_PROBE)).split(".globl")[1:]}
+        has = {feat for feat, sign in _CPU_SIGNS.items() if re.search(sign, asm[feat])}
+        if "avx512f" in has:
+            want = ("avx512", 64, 32, True)
+        elif "avx" in has:
+            want = ("avx2" if "avx2" in has else "avx", 32, 16, "fma" in has)
+        else:
+            want = ("sse2", 16, 16, False)
+        monkeypatch.setattr(config, "CPU_NAME", name)
+        assert (name, simd.isa()) == (name, want), sorted(has)
+    tables = simd._AVX512_CPUS | simd._AVX2_CPUS | simd._AVX_FMA_CPUS | simd._AVX_CPUS
+    assert tables <= set(names), tables - set(names)
+
+
 @pytest.mark.parametrize("name", ["neon", "avx512", "sse2"])
 def test_a_layout_files_its_kernels_in_a_folder_of_its_own_once(monkeypatch, tmp_path, name):
     """simd.layout(): NBNET_SIMD_LAYOUT's register layout, and Numba's cache moved to a subfolder of

@@ -284,6 +284,17 @@ def test_csv_values_are_checked_for_nan_a_block_of_rows_at_a_time(tmp_path):
         datasets.read_csv(tmp_path / "d.csv")
 
 
+def test_labels_already_native_int64_are_not_copied():
+    """check_labels copies only labels it converts (another integer or float type, the other byte
+    order, a strided view): int64 labels were copied whole on every load."""
+    y = np.array([0, 2, 1, 2], np.int64)
+    assert datasets.check_labels(y, "f") is y
+    for other in (y.astype(np.int32), y.astype(np.float64), y.astype(">i8"), np.repeat(y, 2)[::2]):
+        got = datasets.check_labels(other, "f")
+        assert got.dtype == np.int64 and got.dtype.isnative and got.flags.c_contiguous
+        assert not np.shares_memory(got, other) and got.tolist() == [0, 2, 1, 2]
+
+
 def test_corrupt_npz_and_unknown_names(tmp_path):
     (tmp_path / "d.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(ValueError, match="corrupt or truncated"):

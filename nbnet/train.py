@@ -69,6 +69,9 @@ class TrainState:
     # state restores them as one that never stopped would. In memory only: checkpoints keep the
     # best epoch in a file of its own (--save-best).
     best_params: list = field(default=None, repr=False, compare=False)
+    # What nbnet.checkpoint saved of `history` (its train/history table), so that the next save adds
+    # only the epochs since: see checkpoint._history_table.
+    history_table: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def build_model(in_features, hidden, classes, activation="relu", dtype=np.float32, seed=0):

@@ -55,5 +55,5 @@ def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
     x = _loop.as_features(model, x)
     if len(x) == 0:  # as evaluate: else NumPy's "need at least one array to concatenate"
         raise ValueError("x is empty: no rows to predict")
-    pred, scores = _loop.predict(model, x, batch_size, loss=loss)
+    pred, scores = _loop.predict(model, x, batch_size, loss=loss, proba=bool(proba))
     return scores if proba else pred

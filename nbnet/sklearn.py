@@ -488,7 +488,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Class probabilities (n, n_classes), columns in the order of classes_ (multi-label: each
         label's probability)."""
         X = self._validate_for_predict(X)
-        probs = predict(self._model, X, loss=self._loss)[1]
+        probs = predict(self._model, X, loss=self._loss, proba=True)[1]
         if not self._multilabel and len(self.classes_) == 2:  # σ(z) is the probability of classes_[1]
             probs = np.hstack([1 - probs, probs])
         return probs

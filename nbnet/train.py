@@ -403,34 +403,39 @@ def lock(model):
 _NO_LOCK = contextlib.nullcontext()
 
 
-def predict(model, x, batch_size=1000, loss="cross-entropy"):
+def predict(model, x, batch_size=1000, loss="cross-entropy", proba=None):
     """(predictions, scores) for the rows of x: for cross-entropy the classes (N,), np.argmax of
     the logits, and class probabilities (N, C); for bce the 0/1 labels (N, L) int64 (z ≥ 0, i.e.
     σ(z) ≥ ½) and σ(z); for mse the outputs (N, D), twice. Predictions are decided on the logits,
     as evaluate's accuracy decides (count_correct, count_correct_labels): the squashed scores
     round near-ties into ties (softmax of [0, 1e-8] is [½, ½] in float32) and overflow into NaN
-    (logits [0, inf]), so their argmax was class 0 where the accuracy counted class 1."""
+    (logits [0, inf]), so their argmax was class 0 where the accuracy counted class 1.
+    proba: False for the predictions alone, True for the scores alone (the other is None), None for
+    both: nb.predict wants one, and the other cost a squash and, from the GPU, a copy of each batch."""
     check_loss(loss)
     check_head(model, loss)
     squash = {"cross-entropy": Softmax(), "bce": Sigmoid()}.get(loss)
+    want_labels = squash is not None and proba is not True
+    want_scores = squash is None or proba is not False
     forward = getattr(model, "forward_reusing", model.forward)
     scores = labels = None
     with lock(model):
         for start in range(0, len(x), batch_size):
             z = forward(x[start : start + batch_size])
-            if scores is None:
+            if start == 0:
                 # The results, made once and filled batch by batch: a copy of each batch, then their
                 # concatenation, held the scores twice.
-                scores = np.empty((len(x), z.shape[1]), z.dtype)
-                labels = np.empty(scores.shape if loss == "bce" else len(x), np.int64) if squash is not None else None
+                scores = np.empty((len(x), z.shape[1]), z.dtype) if want_scores else None
+                labels = np.empty((len(x), z.shape[1]) if loss == "bce" else len(x), np.int64) if want_labels else None
             rows = slice(start, start + len(z))
-            if loss == "bce":
+            if want_labels and loss == "bce":
                 # Decided on z ≥ 0, as evaluate's accuracy (count_correct_labels) decides: σ(z) rounds
                 # to ½ for z just below 0 (above -6e-8 in float32), which `σ(z) ≥ ½` read as yes.
                 np.greater_equal(to_host(z), 0, out=labels[rows])
-            elif loss == "cross-entropy":
+            elif want_labels:
                 np.argmax(to_host(z), axis=1, out=labels[rows])
-            scores[rows] = to_host(z if squash is None else squash.forward(z))
+            if want_scores:
+                scores[rows] = to_host(z if squash is None else squash.forward(z))
     if loss == "cross-entropy":
         return labels, scores
     if loss == "bce":

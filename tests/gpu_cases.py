@@ -502,6 +502,27 @@ def test_predict_and_evaluate_on_the_device_pick_a_rows_class_alike():
         assert nb.evaluate(model, x, y)["accuracy"] == np.mean(classes == y)
 
 
+@pytest.mark.parametrize("loss", ["cross-entropy", "bce"])
+def test_predict_copies_one_batch_result_over_for_what_it_returns(monkeypatch, loss):
+    """nb.predict returns the classes or the probabilities: it computed both for each batch and
+    copied the logits and the probabilities over, keeping one. One copy a batch now, the same
+    results as predict's both (nbnet.train.predict, for `nbnet predict`)."""
+    from nbnet.train import predict  # noqa: PLC0415
+
+    model = nb.Sequential(nb.Linear(3, 4, seed=0)).to("cuda")
+    x = np.random.default_rng(0).random((7, 3), np.float32)
+    labels, scores = predict(model, x, 3, loss=loss)
+    copies = []
+    kind = type(gpu.to_device(x))
+    own = kind.copy_to_host
+    monkeypatch.setattr(kind, "copy_to_host", lambda a, *r, **k: copies.append(a.shape) or own(a, *r, **k))
+    np.testing.assert_array_equal(nb.predict(model, x, loss=loss, batch_size=3), labels)
+    assert copies == [(3, 4), (3, 4), (1, 4)]
+    copies.clear()
+    np.testing.assert_array_equal(nb.predict(model, x, loss=loss, proba=True, batch_size=3), scores)
+    assert copies == [(3, 4), (3, 4), (1, 4)]
+
+
 # ----------------------------------------------------------------------------------------------
 # The model on the device
 

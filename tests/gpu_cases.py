@@ -869,6 +869,43 @@ def test_a_device_dataset_reads_device_data_where_it_lies(monkeypatch):
         gpu.DeviceDataset(dx, dy, classes=3)
 
 
+@pytest.mark.parametrize("max_bytes", [None, 3 * (3 * 4 + 8)])  # resident; chunks of 3 rows → 2 rows
+def test_a_device_dataset_of_strided_device_arrays_gives_the_cpu_batches(max_bytes):
+    """Device x or y that are views with steps (every other column or row) have no contiguous
+    rows for the gather kernel or the in-order views: they are taken as their values (a contiguous
+    copy, under max_bytes as host data is), resident or in chunks, and give nbnet.batches' batches
+    of those values, in order and shuffled."""
+    rng = np.random.default_rng(9)
+    x, y = rand(rng, (14, 6), np.float32), rng.integers(0, 4, size=14)
+    cases = [(gpu.to_device(x[:7])[:, ::2], gpu.to_device(y[:7])),  # x's columns with a step
+             (gpu.to_device(x)[::2, :3], gpu.to_device(y)[::2]),  # rows with a step, and labels
+             (gpu.to_device(x)[1::2, 3:], y[1::2])]
+    for dx, dy in cases:
+        assert not dx.is_c_contiguous()
+        hx, hy = to_host(dx), to_host(dy)
+        ds = gpu.DeviceDataset(dx, dy, max_bytes=max_bytes)
+        assert ds.resident == (max_bytes is None)
+        for shuffle in (False, True):
+            got = [(to_host(xb), to_host(yb)) for xb, yb in ds.batches(2, shuffle=shuffle, seed=(3, 4))]
+            for (gx, gy), (wx, wy) in zip(got, nb.batches(hx, hy, 2, shuffle=shuffle, seed=(3, 4)), strict=True):
+                np.testing.assert_array_equal(gx, wx)
+                np.testing.assert_array_equal(gy, wy)
+
+
+def test_a_device_datasets_memory_budget_counts_the_labels():
+    """max_bytes holds the features and the labels: data whose features alone fit stays on the
+    host, and a chunk is of as many rows as both fit in (3 of 3 × 4 + 8 bytes: batches of 2)."""
+    rng = np.random.default_rng(7)
+    x, y = rand(rng, (7, 3), np.float32), rng.integers(0, 4, size=7)
+    assert gpu.DeviceDataset(x, y, max_bytes=7 * (3 * 4 + 8)).resident
+    ds = gpu.DeviceDataset(x, y, max_bytes=7 * (3 * 4 + 8) - 1)
+    assert not ds.resident and ds.chunk_rows == 6
+    ds = gpu.DeviceDataset(x, y, max_bytes=3 * (3 * 4 + 8))
+    assert not ds.resident and ds.chunk_rows == 3
+    assert len(list(ds.batches(2, shuffle=True, seed=0))) == 4
+    assert [len(xb) for xb, _ in ds._bufs.values()] == [2]  # a chunk of 4 rows held 32 bytes of labels more
+
+
 def test_training_on_a_device_dataset_matches_host_batches():
     rng = np.random.default_rng(8)
     x, y = rand(rng, (9, 3), np.float64), rng.integers(0, 4, size=9)

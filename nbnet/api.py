@@ -47,11 +47,13 @@ def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
     """Predictions for the rows of x, a new array: for cross-entropy the class of each row (N,)
     int64, np.argmax of its logits (the first largest, a NaN counting as the largest), the class
     evaluate's accuracy counts, or with proba=True the class probabilities (N, C); for bce the 0/1 labels (N, L) int64
-    (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D)."""
+    (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D) (proba=True is an error)."""
     _loop.check_loss(loss)
     _check_batch_size(batch_size)
     if not isinstance(proba, (bool, np.bool_)):  # "no" is truthy: it returned the probabilities
         raise ValueError(f"proba must be True or False, got {proba!r}")
+    if proba and loss == "mse":  # it returned the outputs: a regression has no probabilities to ask for
+        raise ValueError("proba=True is for cross-entropy and bce; with mse nb.predict returns the outputs")
     x = _loop.as_features(model, x)
     if len(x) == 0:  # as evaluate: else NumPy's "need at least one array to concatenate"
         raise ValueError("x is empty: no rows to predict")

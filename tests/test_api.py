@@ -911,3 +911,12 @@ def test_build_model_seeds_linear_layer_i_with_seed_i():
     model = build_model(2, [16], 3, seed=7)
     np.testing.assert_array_equal(model[0].weight, nb.Linear(2, 16, seed=(7, 0)).weight)
     np.testing.assert_array_equal(model[2].weight, nb.Linear(16, 3, seed=(7, 1)).weight)
+
+
+def test_predict_proba_with_mse_is_refused():
+    """A regression has no probabilities: proba=True returned the outputs as if it had been honoured."""
+    model = nb.Sequential(nb.Linear(2, 3, seed=0))
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"^proba=True is for cross-entropy and bce; with mse"):
+        nb.predict(model, x, loss="mse", proba=True)
+    assert nb.predict(model, x, loss="mse").shape == (4, 3)

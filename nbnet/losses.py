@@ -18,9 +18,14 @@ from .layers import Layer, kernels
 
 
 def _onehot_hint(targets, n, classes):
-    """Keras' categorical (one-hot) labels are the likely cause of an (n, classes) array: say what to pass."""
-    onehot = tuple(getattr(targets, "shape", ())) == (n, classes) and classes > 1
-    return " (one-hot rows? pass y.argmax(axis=1), each row's class)" if onehot else ""
+    """Keras' categorical (one-hot) labels are the likely cause of an (n, classes) array, a column of
+    labels of an (n, 1) one: say what to pass."""
+    shape = tuple(getattr(targets, "shape", ()))
+    if shape == (n, classes) and classes > 1:
+        return " (one-hot rows? pass y.argmax(axis=1), each row's class)"
+    if shape == (n, 1):  # Keras' sparse labels, or a column cut from a table
+        return " (one column? pass y.ravel())"
+    return ""
 
 
 def check_labels(who, targets, n, classes):

@@ -559,3 +559,17 @@ def test_optimizer_state_dict_holds_python_numbers():
     sd = opt.state_dict()
     assert type(sd["lr"]) is float and all(type(b) is float for b in sd["betas"]) and type(sd["weight_decay"]) is float
     assert json.loads(json.dumps({k: v for k, v in sd.items() if k != "state"}))["lr"] == float(np.float32(0.05))
+
+
+def test_a_column_of_labels_says_to_ravel_it():
+    """(N, 1) labels (Keras' sparse labels, a column cut from a table) were refused as 'expected
+    labels of shape (N,), got (N, 1)', without what to pass."""
+    model = mlp()
+    x, y = np.ones((6, 4), np.float32), (np.arange(6) % 3)[:, None]
+    hint = r"expected labels of shape \(6,\), got \(6, 1\) \(one column\? pass y\.ravel\(\)\)"
+    with pytest.raises(ValueError, match=hint):
+        nb.SoftmaxCrossEntropy()(model(x), y)
+    with pytest.raises(ValueError, match=hint):
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1)
+    with pytest.raises(ValueError, match=hint):
+        nb.evaluate(model, x, y)

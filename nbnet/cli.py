@@ -918,17 +918,21 @@ class Output:
               help="A checkpoint from `nbnet train --save` (or a model.save file).")
 @click.option("--dataset", default=None,
               help="spiral, mnist, fashion-mnist, FILE.npz or FILE.csv [default: the checkpoint's]. "
-                   "Scores the test set (for files: the --test-split part held out in training).")
+                   "Scores the test set (for files: the --test-split part held out in training; "
+                   "--all-rows: every row).")
+@click.option("--all-rows", is_flag=True,
+              help="Score every row of a .npz or .csv file (a test file of its own), not the --test-split part.")
 @click.option("--data-dir", default=None, help="Folder with the IDX files [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object with loss and accuracy (mse: loss, mse and r2).")
 @click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default=None,
               help="The loss a model.save file's model was trained with [default: cross-entropy; a checkpoint's own].")
-def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
+def evaluate_cmd(checkpoint, dataset, all_rows, data_dir, as_json, loss_name):
     """Loss and accuracy of a saved model on a dataset's test set."""
     _check_stdout("the scores")
     ck = load_checkpoint(checkpoint)
     cfg = _stored_config(ck)
+    named = dataset
     if dataset is None:
         dataset = cfg.get("dataset")
         if dataset is None:
@@ -937,12 +941,25 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
             data_dir = cfg.get("data_dir")
     dtype = ck.model.dtype.type
     loss_name = _checkpoint_loss(cfg, loss_name, checkpoint)
-    _, _, x_test, y_test = _load_data(
-        _dataset_key(dataset), data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype, loss_name
-    )
+    key = _dataset_key(dataset)
+    is_file = os.fspath(key).endswith((".npz", ".csv"))
+    if all_rows and not is_file:
+        raise CliError(f"--all-rows is for a .npz or .csv file; {dataset}'s test set is already a set of its own")
+    if all_rows:
+        x_test, y_test = datasets.load_file(key, TARGETS[loss_name], dtype)
+        if loss_name != "cross-entropy":
+            y_test = np.ascontiguousarray(y_test.reshape(len(y_test), -1), dtype=dtype)
+    else:
+        _, _, x_test, y_test = _load_data(key, data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype,
+                                          loss_name)
+    # A test file of its own, scored as if it were the training file: a fifth of its rows.
+    other_file = is_file and not all_rows and named is not None and not _same_path(named, cfg.get("dataset"))
     check_data(ck.model, (None, None, x_test, y_test), loss_name)
     loss, metric = evaluate(ck.model, x_test, y_test, loss=loss_name)
     _raise_if_signalled()  # before the result is shown: an interrupted command prints none
+    if other_file:
+        click.echo(f"note: scored the --test-split part of {dataset} ({len(y_test)} rows), as held out in "
+                   "training; --all-rows scores every row", err=True)
     if loss_name == "mse":
         if as_json:
             click.echo(json_line({"loss": loss, "mse": loss, "r2": metric, "samples": len(y_test), "dataset": dataset}))
@@ -954,6 +971,16 @@ def evaluate_cmd(checkpoint, dataset, data_dir, as_json, loss_name):
         click.echo(json_line({"loss": loss, "accuracy": metric, "samples": len(y_test), "dataset": dataset}))
     else:
         click.echo(f"{dataset}: test loss {loss:.4f}  {what} {100 * metric:.2f}%  ({len(y_test)} samples)")
+
+
+def _same_path(a, b):
+    """Whether two dataset names are one file (b None: a checkpoint that names none)."""
+    if b is None:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError, TypeError):
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _check_stdout(what, hint=""):

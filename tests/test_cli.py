@@ -391,3 +391,28 @@ def test_predict_prints_float64_values_that_read_back_exactly(tmp_path):
     assert r.exit_code == 0, r.output
     expected = nb.predict(nb.load(ck), x, loss="mse").ravel()
     assert [float(v) for v in r.stdout.split()] == expected.tolist()
+
+
+def test_evaluate_all_rows_scores_a_test_file_of_its_own(tmp_path):
+    """evaluate --dataset OTHER.npz scored the --test-split part of it (a fifth), as if it were the
+    training file, silently: it now says so on stderr, and --all-rows scores every row."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    train_file, test_file, ck = tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "c.npz"
+    np.savez(train_file, x=x, y=y)
+    np.savez(test_file, x=x[:50], y=y[:50])
+    assert nbnet("train", "--dataset", train_file, *FAST, "--save", ck, "--quiet").exit_code == 0
+    own = nbnet("evaluate", "--checkpoint", ck, "--dataset", train_file, "--json")
+    assert own.exit_code == 0 and own.stderr == "" and json.loads(own.stdout)["samples"] == 40
+    part = nbnet("evaluate", "--checkpoint", ck, "--dataset", test_file, "--json")
+    assert part.exit_code == 0 and json.loads(part.stdout)["samples"] == 10
+    assert part.stderr.startswith("note: scored the --test-split part of") and "--all-rows" in part.stderr
+    whole = nbnet("evaluate", "--checkpoint", ck, "--dataset", test_file, "--all-rows", "--json")
+    assert whole.exit_code == 0 and whole.stderr == ""
+    got = json.loads(whole.stdout)
+    want = nb.evaluate(nb.load(ck), x[:50], y[:50])
+    assert got["samples"] == 50
+    assert got["accuracy"] == want["accuracy"] and got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    assert_error(nbnet("evaluate", "--checkpoint", ck, "--dataset", "spiral", "--all-rows"),
+                 "--all-rows is for a .npz or .csv file")

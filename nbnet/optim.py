@@ -317,11 +317,18 @@ class Optimizer:
             self._check_hyper(*values)
             self._hyper_ok = values
 
-    def _scalars(self, dtype, *values):
+    def _scalars(self, dtype, names, *values):
         """values cast to dtype (as torch casts Python scalars), kept while they stay the same:
-        making NumPy scalars costs ~0.3 µs each, a step."""
+        making NumPy scalars costs ~0.3 µs each, a step. A value past the dtype's range (named by
+        `names`) is a ValueError: cast, it became Inf with NumPy's RuntimeWarning, and the weights
+        Inf or NaN, or (Adam's eps) the step none at all, silently. (nbnet train and a checkpoint's
+        optim/meta refuse such values too.) Called for every group before any is updated."""
         key = (dtype, values)
         if self._cast is None or self._cast[0] != key:
+            top = float(np.finfo(dtype).max)
+            if max(map(abs, map(float, values))) > top:  # as floats: np.float32(0.1) > 1.8e308 warns (overflow)
+                name, v = next((n, v) for n, v in zip(names, values) if abs(v) > top)
+                raise ValueError(f"{type(self).__name__}: {name} = {v:g} is too large for {dtype} parameters")
             self._cast = (key, tuple(dtype.type(v) for v in values))
         return self._cast[1]
 
@@ -424,10 +431,11 @@ class SGD(Optimizer):
     def step(self):
         self._check_hyper_now()
         groups = self._groups()  # first: a step it refuses leaves step_count as it was
+        scalars = [self._scalars(data.dtype, self.hyper_names, self.lr, self.momentum, self.weight_decay)
+                   for data, _, _ in groups]
         self.step_count += 1
-        for data, grad, st in groups:
+        for (data, grad, st), (lr, momentum, weight_decay) in zip(groups, scalars):
             buf = st["momentum_buffer"] if self.state_names else data  # without momentum the kernel never reads it
-            lr, momentum, weight_decay = self._scalars(data.dtype, self.lr, self.momentum, self.weight_decay)
             kernels(data).sgd_step(data, grad, buf, lr, momentum, weight_decay, self.nesterov)
 
 
@@ -441,6 +449,8 @@ class Adam(Optimizer):
     hyper_names = ("lr", "betas", "eps", "weight_decay")
     checked_names = hyper_names  # _check_hyper's arguments (a subclass may add hyper_names of its own)
     decoupled = False
+    _SCALAR_NAMES = ("1 - betas[0]", "betas[1]", "1 - betas[1]", "eps", "weight_decay", "1 - lr * weight_decay",
+                     "lr / (1 - betas[0]**t)", "sqrt(1 - betas[1]**t)")  # adam_step's, as _scalars names them
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         self._check_hyper(lr, betas, eps, weight_decay)
@@ -457,20 +467,18 @@ class Adam(Optimizer):
     def step(self):
         self._check_hyper_now()
         groups = self._groups()  # first: a step it refuses leaves t, Adam's bias correction, as it was
-        self.step_count += 1
-        t = self.step_count
+        t = self.step_count + 1
         beta1, beta2 = self.betas
         # Scalars in Python doubles, as torch computes them (1 - β too), then cast to the parameter dtype.
         step_size = self.lr / (1 - beta1**t)
         bc2_sqrt = math.sqrt(1 - beta2**t)
         l2 = 0.0 if self.decoupled else self.weight_decay
         decay = 1 - self.lr * self.weight_decay if self.decoupled else 1.0
-        for data, grad, st in groups:
-            dt = data.dtype.type
-            kernels(data).adam_step(
-                data, grad, st["exp_avg"], st["exp_avg_sq"],
-                dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(self.eps), dt(l2), dt(decay), dt(step_size), dt(bc2_sqrt),
-            )
+        scalars = [self._scalars(data.dtype, self._SCALAR_NAMES, 1 - beta1, beta2, 1 - beta2, self.eps, l2, decay,
+                                 step_size, bc2_sqrt) for data, _, _ in groups]
+        self.step_count = t
+        for (data, grad, st), values in zip(groups, scalars):
+            kernels(data).adam_step(data, grad, st["exp_avg"], st["exp_avg_sq"], *values)
 
 
 class AdamW(Adam):

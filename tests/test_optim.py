@@ -4,7 +4,9 @@ NumPy for several steps, on float64 so the comparison is tight."""
 import importlib.util
 import json
 import math
+import re
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -732,3 +734,33 @@ def test_optimizers_follow_torch_optim(name, kwargs, dtype):
             for key, arr in st.items():
                 want = topt.state[t][key].numpy().ravel()
                 np.testing.assert_allclose(arr, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda ps: nb.SGD(ps, lr=1e39), "lr"),
+    (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e39), "weight_decay"),
+    (lambda ps: nb.Adam(ps, eps=1e39), "eps"),
+    (lambda ps: nb.AdamW(ps, lr=1e20, weight_decay=1e20), "1 - lr * weight_decay"),
+])
+def test_a_hyper_parameter_beyond_the_parameters_dtype_is_refused_before_the_step(make, name):
+    """Each step casts its scalars to the parameters' dtype: past float32's range they became Inf,
+    with NumPy's RuntimeWarning, and the weights Inf or NaN ('training diverged', about a rate the
+    dtype cannot hold), or, for Adam's eps, no step at all, silently. `nbnet train` and a
+    checkpoint's optim/meta refuse such values already; a float64 model takes them."""
+    layer = nb.Linear(3, 2, seed=0)
+    layer.grad_weight[...], layer.grad_bias[...] = 1, 1
+    before = [p.data.copy() for p in layer.parameters()]
+    opt = make(layer.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=re.escape(name) + r" = \S+ is too large for float32"):
+            opt.step()
+        assert opt.step_count == 0
+        for p, b in zip(layer.parameters(), before):
+            np.testing.assert_array_equal(p.data, b)
+        wide = nb.Linear(3, 2, seed=0, dtype=np.float64)
+        wide.grad_weight[...], wide.grad_bias[...] = 1, 1
+        make(wide.parameters()).step()
+        opt = nb.SGD(wide.parameters(), lr=0.1)
+        opt.lr = np.float32(0.1)  # within float64's range, and compared without a cast to float32
+        opt.step()

@@ -193,7 +193,14 @@ class Sequential:
         arrays[ARCH_KEY] = np.array(json.dumps(arch))
         for key in arrays:
             if key != ARCH_KEY:
-                arrays[key] = arrays[key].astype(name)
+                # A float64 value past float32's range: Inf, with NumPy's RuntimeWarning, and
+                # model_from_arrays then said the weights "hold NaN or Inf", which this model's do not.
+                with np.errstate(over="ignore"):
+                    value = arrays[key].astype(name)
+                if not np.isfinite(value).all() and np.isfinite(arrays[key]).all():
+                    big = arrays[key].flat[np.abs(arrays[key]).argmax()]
+                    raise ValueError(f"astype: {key} holds {big:g}, too large for {name}")
+                arrays[key] = value
         return model_from_arrays(arrays, source="astype")
 
     def forward(self, x):

@@ -546,6 +546,23 @@ def test_astype_takes_float32_or_float64_only():
             mlp().astype(bad)
 
 
+def test_astype_to_float32_names_a_weight_too_large_for_it():
+    """A float64 weight past float32's range became Inf in the cast, with NumPy's 'overflow
+    encountered in cast' RuntimeWarning, and the error then said the weights 'hold NaN or Inf',
+    which the model's do not."""
+    import warnings
+
+    f64 = np.float64
+    model = nb.Sequential(nb.Linear(3, 4, seed=0, dtype=f64), nb.ReLU(), nb.Linear(4, 2, seed=1, dtype=f64))
+    model[2].bias[1] = -1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"astype: layer2\.bias holds -1e\+300, too large for float32"):
+            model.astype(np.float32)
+        model[2].bias[1] = 1e-300  # underflows to 0, as any float64 -> float32 rounding: no error
+        assert model.astype(np.float32)[2].bias[1] == 0
+
+
 def test_a_view_of_a_layers_own_output_as_the_batch_is_copied_first():
     """model(v) where v is a view of an array the layers write (here the last layer's output, which
     the forward overwrites while dW = Gᵀ X still needs the batch): the batch is copied first, as it

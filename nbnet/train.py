@@ -568,6 +568,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         raise ValueError(f"early_stopping must be a positive integer (epochs of patience), got {early_stopping!r}")
     # Read first after epoch 1: a string failed there, NaN or a negative one chose epochs silently.
     _check_nonneg("nb.train", min_delta=min_delta)
+    # Python floats, as the optimizers keep their rates: arithmetic with an np.float32 runs in
+    # float32, so best - min_delta rounded a float64 model's validation loss (and lr its schedule).
+    min_delta = float(min_delta)
     if not isinstance(data, (tuple, list)):  # a generator of batches: Python's "has no len()"
         raise TypeError("data must be a tuple (x_train, y_train) or (x_train, y_train, x_test, y_test) of arrays or "
                         f"array-likes (train batches them itself), got {type(data).__name__}")
@@ -604,6 +607,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # The optimizers check their rate when made, but lr= and a rate set on opt.lr since reach the
     # schedule only here: a negative one trained uphill silently, NaN made every weight NaN.
     _check_nonneg("nb.train", **{"lr" if lr is not None else "opt.lr": base_lr})
+    base_lr = float(base_lr)  # (see min_delta)
     state = TrainState() if state is None else state
     # A state past `epochs` trained nothing and returned its old history, as if this call had run
     if state.epoch > epochs or (state.epoch == epochs and state.seen):

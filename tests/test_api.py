@@ -581,6 +581,25 @@ def test_val_split_as_a_numpy_scalar_is_a_fraction_too():
     assert [(h["train_loss"], h["val_loss"]) for h in runs[0]] == [(h["train_loss"], h["val_loss"]) for h in runs[1]]
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_a_numpy_float32_rate_or_min_delta_is_the_number_it_holds(schedule):
+    """nb.train computed with an np.float32 lr and min_delta as NumPy does, in float32: a float64
+    model's scheduled rates were rounded to float32 (other weights than the same number as a Python
+    float gives, and a float32 'lr' in the history), and best - min_delta rounded the best validation
+    loss to float32, so epochs each better by ~3e-10 were no improvement: best epoch 1 of 6."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 3)), rng.integers(0, 3, 32)
+    runs = []
+    for f in (lambda v: float(np.float32(v)), np.float32):  # the same numbers, as float and np.float32
+        model = nb.Sequential(nb.Linear(3, 3, dtype=np.float64, seed=0))
+        history = nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=6, batch_size=16,
+                           lr=f(1e-9), lr_schedule=schedule, val_data=(x[:8], y[:8]), min_delta=f(0))
+        assert all(type(h["lr"]) is float for h in history)
+        losses = [(h["train_loss"], h["val_loss"], h["lr"]) for h in history]
+        runs.append((history.best_epoch, losses, [p.data.tobytes() for p in model.parameters()]))
+    assert runs[0][0] == 6 and runs[1] == runs[0]
+
+
 @pytest.mark.parametrize("val_data", ["x only", "x, y, weights"])
 def test_val_data_that_is_not_a_pair_is_refused(val_data):
     """(x_val,) was an IndexError from inside nb.train; a third entry (Keras' sample weights) was

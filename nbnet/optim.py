@@ -468,12 +468,15 @@ class Adam(Optimizer):
         self._check_hyper_now()
         groups = self._groups()  # first: a step it refuses leaves t, Adam's bias correction, as it was
         t = self.step_count + 1
-        beta1, beta2 = self.betas
-        # Scalars in Python doubles, as torch computes them (1 - β too), then cast to the parameter dtype.
-        step_size = self.lr / (1 - beta1**t)
+        # Scalars in Python doubles, as torch computes them (1 - β too), then cast to the parameter
+        # dtype: float() first, as the constructor keeps them (an np.float32 set since, opt.lr =
+        # np.float32(0.01), made lr / (1 - β1^t), 1 - β and 1 - lr λ in float32 arithmetic).
+        lr, weight_decay = float(self.lr), float(self.weight_decay)
+        beta1, beta2 = map(float, self.betas)
+        step_size = lr / (1 - beta1**t)
         bc2_sqrt = math.sqrt(1 - beta2**t)
-        l2 = 0.0 if self.decoupled else self.weight_decay
-        decay = 1 - self.lr * self.weight_decay if self.decoupled else 1.0
+        l2 = 0.0 if self.decoupled else weight_decay
+        decay = 1 - lr * weight_decay if self.decoupled else 1.0
         scalars = [self._scalars(data.dtype, self._SCALAR_NAMES, 1 - beta1, beta2, 1 - beta2, self.eps, l2, decay,
                                  step_size, bc2_sqrt) for data, _, _ in groups]
         self.step_count = t

@@ -764,3 +764,25 @@ def test_a_hyper_parameter_beyond_the_parameters_dtype_is_refused_before_the_ste
         opt = nb.SGD(wide.parameters(), lr=0.1)
         opt.lr = np.float32(0.1)  # within float64's range, and compared without a cast to float32
         opt.step()
+
+
+@pytest.mark.parametrize("cls", [nb.Adam, nb.AdamW])
+@pytest.mark.parametrize("name", ["lr", "betas", "weight_decay"])
+def test_adams_scalars_are_made_in_double_from_numpy_scalars_set_after_construction(cls, name):
+    """The constructor keeps Python floats, but opt.lr = np.float32(0.01) (or betas, weight_decay)
+    set afterwards made lr / (1 - β1^t), 1 - β and 1 - lr λ in float32 arithmetic: a float64 model
+    stepped otherwise than with the same numbers as floats (1 - β in float32 is the bias the
+    docstring of cpu.adam_step warns of)."""
+    value = {"lr": 0.01, "betas": (0.9, 0.999), "weight_decay": 0.1}[name]
+    runs = []
+    for f in (lambda v: float(np.float32(v)), np.float32):  # the same numbers, as float and np.float32
+        layer = nb.Linear(5, 4, dtype=np.float64, seed=0)
+        opt = cls(layer.parameters())
+        setattr(opt, name, tuple(map(f, value)) if name == "betas" else f(value))
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            layer.grad_weight[...], layer.grad_bias[...] = rng.normal(size=(4, 5)), 1
+            opt.step()
+        runs.append([p.data.copy() for p in layer.parameters()] + [a.copy() for st in opt.state for a in st.values()])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

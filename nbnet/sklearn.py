@@ -292,6 +292,8 @@ class _BaseMLP(BaseEstimator):
             # and the training-loss rule that partial_fit follows failed on it with a TypeError.
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not incremental or not hasattr(self, "_model")
+        if not first:  # set_params(dtype=...) since is for the next fit: this one goes on with the model
+            dtype = self._model.dtype.type
         X, y = validate_data(self, X, y, reset=first, dtype=dtype, order="C", multi_output=True,
                              y_numeric=not self._classifies)
         if self._classifies and y.ndim == 2 and y.shape[1] == 1:  # a column of labels: as scikit-learn

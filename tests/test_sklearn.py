@@ -355,6 +355,28 @@ def test_pickle_after_set_params_keeps_the_optimizer_it_trained_with(fitted, cha
     np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
 
 
+@pytest.mark.parametrize("make", [MLPClassifier, MLPRegressor])
+def test_partial_fit_after_set_params_dtype_reads_x_in_the_models_own_dtype(make):
+    """As the optimizer (above), the model partial_fit goes on with keeps its dtype; X was read in
+    the new dtype: a float64 model got its rows rounded to float32 first (features 1 + 1e-12 apart
+    became one), and a value past float32's range refused, though the model takes it."""
+    rng = np.random.default_rng(0)
+    x = 1 + rng.normal(size=(40, 3)) * 1e-9
+    y = (x[:, 0] > 1).astype(int) if make is MLPClassifier else rng.normal(size=40)
+    kept, changed = (make((4,), random_state=0, max_iter=2, dtype=np.float64) for _ in range(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        kept.fit(x, y), changed.fit(x, y)
+    changed.set_params(dtype=np.float32)
+    kept.partial_fit(x, y), changed.partial_fit(x, y)
+    for a, b in zip(kept.coefs_ + kept.intercepts_, changed.coefs_ + changed.intercepts_):
+        assert a.dtype == b.dtype == np.float64
+        np.testing.assert_array_equal(a, b)
+    big = x.copy()
+    big[0, 0] = 1e39
+    changed.partial_fit(big, y)
+
+
 def test_clone_is_unfitted_with_the_same_parameters():
     x, y = blobs()
     clf = MLPClassifier((16,), solver="sgd", alpha=0.01, random_state=0, max_iter=5, dtype=np.float64)

@@ -450,6 +450,18 @@ def check_finite_parameters(model, message):
             raise TrainingDiverged(message)
 
 
+def check_finite_state(opt, message):
+    """Raise TrainingDiverged(message + what) when an optimizer's state holds NaN or Inf. Adam's
+    exp_avg_sq overflows first (float32 gradients past ~1e19 square to Inf): the weights stay
+    finite and stop moving (m / sqrt(Inf) is 0), and the run went on, silently, to the end (only
+    --save refused such a state)."""
+    for i, st in enumerate(getattr(opt, "state", ())):
+        for name, arr in st.items() if isinstance(st, dict) else ():
+            if arr is not None and not np.isfinite(to_host(arr)).all():
+                raise TrainingDiverged(f"{message}: the optimizer's {name} of parameter {i} holds NaN or Inf "
+                                       "(gradients too large for the dtype: scale the features?)")
+
+
 def check_head(model, loss):
     """A model whose last layer is the squashing its loss applies itself (a Softmax before
     cross-entropy, a Sigmoid before bce, which take logits) is a ValueError: it trained on
@@ -726,6 +738,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             # The loss of each step is checked before its update; the update of the epoch's last step
             # is checked here, with the weights, before anyone (on_epoch: --save) sees them.
             check_finite_parameters(model, f"training diverged: the weights became NaN or Inf in epoch {epoch + 1}")
+            check_finite_state(opt, f"training diverged in epoch {epoch + 1}")
             metrics = {
                 "epoch": epoch + 1,
                 "train_loss": state.loss_sum / state.seen,

@@ -100,3 +100,19 @@ def test_count_correct_is_np_argmax_with_nan_inf_and_ties(dtype):
         t = np.full(len(z), label)
         got = [nb.cpu.count_correct(z[i:i + 1], t[i:i + 1]) for i in range(len(z))]
         np.testing.assert_array_equal(got, want == label)
+
+
+def test_an_optimizer_state_gone_infinite_stops_training():
+    """Features of ~1e25 in float32: Adam's exp_avg_sq overflowed to Inf, m / sqrt(Inf) froze the
+    weights, finite, and nb.train went on to the last epoch with a loss of 1e25, silently (only
+    --save refused the state)."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(256, 4)) * 1e25).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 2, seed=1))
+    with pytest.raises(nb.TrainingDiverged,
+                       match=r"^training diverged in epoch 1: the optimizer's exp_avg_sq of parameter 0 holds NaN or Inf"):
+        nb.train(model, nb.Adam(model.parameters(), lr=1e-3), (x, y), epochs=3, batch_size=64)
+    small = x / 1e25  # the same run on scaled features trains
+    model = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 2, seed=1))
+    assert len(nb.train(model, nb.Adam(model.parameters(), lr=1e-3), (small, y), epochs=3, batch_size=64)) == 3

@@ -17,6 +17,8 @@ back to the host.
 import contextlib
 import math
 import numbers
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -72,6 +74,44 @@ class TrainState:
     # What nbnet.checkpoint saved of `history` (its train/history table), so that the next save adds
     # only the epochs since: see checkpoint._history_table.
     history_table: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+class _HeldCtrlC:
+    """Ctrl-C held while a step or an epoch's end changes the weights, the optimizer and the
+    TrainState together, and raised as the KeyboardInterrupt it is once they agree (release()).
+    Raised where it fell, it came after opt.step() had moved the weights (and counted Adam's step)
+    and before `state` counted the step, and a call resumed from that state took the step twice.
+    Elsewhere (forward, validation, callbacks) it is raised at once, as before. Only under Python's
+    own SIGINT handler, which only the main thread can replace: a handler of the caller's (the
+    command line's: stop after the step, then save) is left alone."""
+
+    def __init__(self):
+        self.held = self.pending = False
+        self._old = None
+
+    def catch(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        if not self.held:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def hold(self):
+        self.held = True
+
+    def release(self):
+        self.held = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def restore(self):
+        """Python's handler back (a Ctrl-C still held is dropped: only an error leaves one held, and it wins)."""
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def build_model(in_features, hidden, classes, activation="relu", dtype=np.float32, seed=0):
@@ -552,6 +592,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
     should_stop() is asked before each step, outside the model's lock: True raises
     TrainingInterrupted(state) once that step is done.
+    Ctrl-C (in the main thread, under Python's own SIGINT handler) raises KeyboardInterrupt where it
+    falls, but never between a step's update and `state` counting it: a call resumed from `state`
+    goes on as if never stopped.
     Raises TrainingDiverged (a ValueError) on a NaN/Inf loss, before that step updates anything.
 
     comm: an mpi4py communicator (e.g. MPI.COMM_WORLD) to train data-parallel over its processes
@@ -670,7 +713,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),),
                     say=comm.rank == 0)
 
+    ctrl_c = _HeldCtrlC()
     try:
+        ctrl_c.catch()
         while state.epoch < epochs:
             if early_stopping is not None and state.bad_epochs >= early_stopping:
                 break  # stopped before (e.g. a resumed run that had already stopped early)
@@ -724,11 +769,13 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                             f"at epoch {epoch + 1}, step {b + 1}"
                         )
                     comm.allreduce_grad(params, rows / seen)  # between backward and the step
+                    ctrl_c.hold()  # from the step until `state` has counted it
                     opt.step()
                 state.step += 1
                 state.loss_sum += loss_sum
                 state.correct += int(correct)
                 state.seen += int(seen)
+                ctrl_c.release()
                 if on_step is not None:
                     on_step(state, b + 1, steps_per_epoch, state.loss_sum / state.seen)
                 if stop:
@@ -760,6 +807,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 "seconds": seconds,
                 "samples_per_second": state.seen / seconds if seconds > 0 else 0.0,
             })
+            ctrl_c.hold()  # the epoch counted, its history entry and its best-epoch bookkeeping: all or none
             state.epoch += 1
             state.loss_sum, state.correct, state.seen, state.seconds = 0.0, 0, 0, 0.0
             state.history.append(metrics)
@@ -773,11 +821,13 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                         state.best_params = [to_host(p.data).copy() for p in model.parameters()]
                 else:
                     state.bad_epochs += 1
+            ctrl_c.release()
             if improved and on_best is not None:
                 on_best(state, metrics)
             if on_epoch is not None:
                 on_epoch(state, metrics)
     finally:
+        ctrl_c.restore()
         # The schedule set opt.lr step by step; give the optimizer its base rate back, so that a
         # second call, or a resume from `state` with the optimizer's state_dict() taken now, starts
         # its schedule from the same base (lr=None reads opt.lr) and not from the last step's rate.

@@ -533,7 +533,7 @@ def train_cmd(ctx, **opts):
             write_metrics(resume.state.history)  # the file always holds the whole run
         out.start(cfg, model, data, resume, val_data)
 
-        saved = []  # the epochs this run saved to --save
+        saved, saved_best = [], []  # the epochs this run saved to --save, and to --save-best
 
         def on_epoch(st, metrics):
             # save first: a closed stdout (`| head -1`) must not lose the epoch
@@ -547,6 +547,7 @@ def train_cmd(ctx, **opts):
         def on_best(st, metrics):
             if opts["save_best"]:
                 save_checkpoint(opts["save_best"], model, opt, st, cfg, data_print)
+                saved_best.append(st.epoch)
 
         with StopOnSignals() as stopper, not_saying_compiling() if opts["quiet"] else contextlib.nullcontext():
             try:
@@ -584,8 +585,12 @@ def train_cmd(ctx, **opts):
         n = cfg["early_stopping"]
         why = f"early stopping: no better validation loss for {n} epoch{'s' * (n != 1)}; " if history.stopped_early else ""
         best = history[history.best_epoch - 1]
-        out.info(f"{why}best epoch {history.best_epoch} (validation loss {best['val_loss']:.4f})"
-                 + (f", saved to {opts['save_best']}" if opts["save_best"] else ""))
+        # A best epoch from before --resume is in no file this run wrote: the checkpoint resumed
+        # holds a later epoch's weights, and --save-best may be new, or another run's file.
+        where = "" if not opts["save_best"] else (
+            f", saved to {opts['save_best']}" if saved_best[-1:] == [history.best_epoch]
+            else f", before --resume: this run saved nothing to {opts['save_best']}")
+        out.info(f"{why}best epoch {history.best_epoch} (validation loss {best['val_loss']:.4f}){where}")
     if opts["save"]:
         out.info(f"saved {opts['save']}")
     if opts["plot"] is not None:

@@ -323,6 +323,23 @@ def test_resume_without_save_keeps_saving_to_the_checkpoint(tmp_path):
     assert stored(ck, "train/state")["epoch"] == 3
 
 
+def test_save_best_given_on_resume_does_not_claim_a_best_epoch_from_before_the_resume(run, tmp_path):
+    """--save-best first given on --resume, the best epoch before it and none better after: the run
+    ended 'best epoch 1 (...), saved to b.npz' and no b.npz existed (or one of another run did).
+    Only the resume checkpoint's weights are at hand, not the best epoch's: the line says so."""
+    d, _, _ = run
+    ck, best = tmp_path / "c.npz", tmp_path / "b.npz"
+    assert nbnet("train", "--dataset", d / "blobs.npz", *FAST, "--val-split", "0.25", "--save", ck, "-q").exit_code == 0
+    st = stored(ck, "train/state")
+    st["history"][0]["val_loss"] = 0.0  # epoch 1 the best, and no later one better
+    rewrite(ck, ck, train__state={**st, "best_epoch": 1, "best_val_loss": 0.0, "bad_epochs": 1})
+    r = nbnet("train", "--resume", ck, "--epochs", "3", "--save-best", best)
+    assert r.exit_code == 0, r.output
+    assert not best.exists()
+    assert "best epoch 1 (validation loss 0.0000), before --resume: this run saved nothing to" in r.stdout
+    assert f"saved to {best}" not in r.stdout
+
+
 def test_resume_may_take_momentum_away_and_give_it_back(run, tmp_path):
     # --momentum may change on resume: 0 was refused ("unexpected optimizer state entry
     # 'momentum_buffer.0'"), as the run saved with 0 was by the next resume

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import stat
+import struct
 import tempfile
 import time
 import zipfile
@@ -147,7 +148,15 @@ def read_npz(path, what=None, into=None):
     into = into or {}
     with open_input(path, what) as f:
         try:
+            declared = _members_declared(f)
             with zipfile.ZipFile(f) as z:
+                # zipfile lists what the central directory holds up to the size the end record
+                # gives: a flipped bit in one member's comment length read the members after it as
+                # its comment, silently (a checkpoint lost its training entries and loaded as a
+                # plain model). The end record also counts the members.
+                if declared is not None and declared != len(z.infolist()):
+                    raise ValueError(f"its end record declares {declared} arrays, its directory lists "
+                                     f"{len(z.infolist())}")
                 total, keys = 0, set()
                 for info in z.infolist():
                     # np.load names the arrays of "y.npy" and of "y" both y, and keeps one of
@@ -171,6 +180,26 @@ def read_npz(path, what=None, into=None):
             raise ValueError(f"{path}: not a readable .npz file ({' '.join(str(e).split())})") from None
         except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, zlib.error, ...
             raise ValueError(f"{path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from None
+
+
+_END_RECORD = struct.Struct("<4s4H2LH")  # a zip's end of central directory record
+
+
+def _members_declared(f):
+    """How many members the end record of the zip file `f` counts, or None where it gives no count
+    (zip64's 0xFFFF) or none is found (zipfile then says why); `f` is left at its start."""
+    size = f.seek(0, os.SEEK_END)
+    tail_start = max(0, size - _END_RECORD.size - 0xFFFF)  # the record, and a comment of at most 64 KiB
+    f.seek(tail_start)
+    tail = f.read()
+    f.seek(0)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _END_RECORD.size:
+        return None
+    *_, count, _, _, comment = _END_RECORD.unpack_from(tail, at)
+    if tail_start + at + _END_RECORD.size + comment != size or count == 0xFFFF:  # a match inside a comment; zip64
+        return None
+    return count
 
 
 def read_npy(path, what=None, into=None):

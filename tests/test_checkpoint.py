@@ -492,3 +492,38 @@ def test_ctrl_c_during_a_step_of_nb_train_resumes_from_state_bitwise(optimizer):
     assert stops == 3
     assert_same(weights(model), weights(straight))
     assert opt.state_dict()["step_count"] == opt_s.state_dict()["step_count"]
+
+
+def test_a_flipped_bit_that_hides_members_of_a_checkpoint_is_an_error(tmp_path):
+    """zipfile lists the members its central directory holds, up to the size the end record gives
+    it: a bit flipped in the length of one member's comment read the members after it as that
+    comment, silently, and a checkpoint without its train/*, optim/* and checkpoint/version
+    entries loaded as a plain model (`nbnet predict` on an mse checkpoint printed classes, exit 0).
+    The end record's count of members is checked against the list."""
+    import struct  # noqa: PLC0415
+
+    model, opt, _ = run(epochs=1)
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, opt, run.state, {})
+    raw = path.read_bytes()
+    end = raw.rfind(b"PK\x05\x06")
+    count, size, start = struct.unpack("<HII", raw[end + 10:end + 20])
+    entries, pos = [], start
+    while pos < start + size:  # each central directory entry: 46 bytes, then name, extra, comment
+        name, extra, comment = struct.unpack("<HHH", raw[pos + 28:pos + 34])
+        entries.append(pos)
+        pos += 46 + name + extra + comment
+    assert len(entries) == count
+    for pos in entries:
+        for bit in (0x01, 0x80):  # the comment length's high byte: 256 or 32768 more bytes
+            flipped = bytearray(raw)
+            flipped[pos + 33] ^= bit
+            (tmp_path / "f.npz").write_bytes(bytes(flipped))
+            try:
+                ck = load_checkpoint(tmp_path / "f.npz")
+            except ValueError as e:
+                assert "f.npz: " in str(e)
+                continue
+            # the last member's comment runs into the end record: it hides no member
+            assert pos == entries[-1] and ck.state == run.state and ck.optim_state["step_count"] == 6
+            assert_same(weights(ck.model), weights(model))

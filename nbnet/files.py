@@ -7,13 +7,17 @@ before reading it. Nothing is read past `memory_budget()`.
 Outputs: `write_atomic` writes a temporary file in the target's folder and renames it over the
 target, so a crash leaves the old file or the new one, never a torn one; the file gets the mode
 the umask gives (as `open` would), and temporary files left by a killed save are removed by the
-next save in that folder. `append_whole` appends to a log (--metrics-out) whole lines or nothing.
+next save in that folder from the same machine and PID namespace (another's process ids say nothing
+here). `append_whole` appends to a log (--metrics-out) whole lines or nothing.
 `check_outputs` refuses an output path that is one of the run's inputs.
 """
 
 import errno
+import functools
+import hashlib
 import math
 import os
+import platform
 import re
 import stat
 import struct
@@ -23,7 +27,7 @@ import zipfile
 
 import numpy as np
 
-TMP_PREFIX = ".tmp-nbnet-"  # + "<pid>-<random>" + suffix
+TMP_PREFIX = ".tmp-nbnet-"  # + "<pid>.<pid space>-<random>" + suffix (before the pid space: "<pid>-<random>")
 
 
 def memory_budget():
@@ -287,6 +291,23 @@ def _umask():
     return mask
 
 
+@functools.lru_cache(maxsize=1)
+def _pid_space():
+    """Where this process's id means something: this machine and its PID namespace (a container's
+    own), as 8 hex digits. A temporary file's process id is looked up only by a process of the
+    same space: from another (a container, or another machine sharing the folder), it names a
+    process there, which may be no process here while it is still writing."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError):  # not Linux: the machine alone
+        namespace = ""
+    return hashlib.blake2s(f"{platform.node()}\0{namespace}".encode(), digest_size=4).hexdigest()
+
+
+def _temp_prefix():
+    return f"{TMP_PREFIX}{os.getpid()}.{_pid_space()}-"
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -311,8 +332,10 @@ def remove_stale_temps(folder):
     for name in names:
         path = os.path.join(folder, name)
         if name.startswith(TMP_PREFIX):
-            pid = name[len(TMP_PREFIX):].split("-", 1)[0]
-            stale = pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+            pid, _, space = name[len(TMP_PREFIX):].split("-", 1)[0].partition(".")
+            # no space: an nbnet from before it, judged as it judged them
+            stale = pid.isdigit() and space in ("", _pid_space()) and int(pid) != os.getpid() \
+                and not _pid_alive(int(pid))
         elif _LEGACY_TMP.match(name):
             try:
                 stale = time.time() - os.stat(path).st_mtime > LEGACY_TMP_AGE
@@ -360,7 +383,7 @@ def check_creatable(path):
     name too long, NFS's root squash), and the write would fail only once the work is done. A new
     name is created and removed; an existing file is left untouched."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=folder)
     os.close(fd)
     os.unlink(tmp)
     if not os.path.lexists(path):
@@ -393,7 +416,7 @@ def write_atomic(path, write, suffix=""):
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(folder)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), suffix=suffix, dir=folder)
     except OSError as e:
         raise _naming(e, path) from None
     try:

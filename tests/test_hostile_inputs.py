@@ -333,6 +333,36 @@ def test_the_next_save_removes_temporary_files_of_a_killed_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name, recent.name])
 
 
+def test_a_save_leaves_the_temporary_files_of_processes_of_another_pid_namespace(tmp_path, monkeypatch):
+    """A save removed every temporary file whose process id is no process here: one written from a
+    container (its own PID namespace) or another machine sharing the folder names a process there,
+    alive, whose save then failed at its rename ('No such file or directory: big.npz', seen with a
+    run under `unshare --pid` beside one outside it). Temporary names carry where their process id
+    means something; only those of this machine and namespace are judged by it."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)  # no process here
+    real_getpid, real_space = os.getpid, getattr(files, "_pid_space", None)
+
+    def meanwhile_a_save_here(f):
+        monkeypatch.setattr(os, "getpid", real_getpid)
+        monkeypatch.setattr(files, "_pid_space", real_space, raising=False)
+        nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "here.npz")  # removes dead processes' temporary files
+        f.write(b"a checkpoint written in another PID namespace")
+
+    monkeypatch.setattr(os, "getpid", lambda: dead)  # the other process, as its namespace numbers it
+    monkeypatch.setattr(files, "_pid_space", lambda: "0badf00d", raising=False)
+    files.write_atomic(tmp_path / "there.npz", meanwhile_a_save_here, suffix=".npz")
+    assert (tmp_path / "there.npz").read_bytes() == b"a checkpoint written in another PID namespace"
+    # one of this namespace whose process has ended is still removed
+    ours = tmp_path / f"{files.TMP_PREFIX}{dead}.{files._pid_space()}-abc123.npz"
+    ours.write_bytes(b"half a checkpoint")
+    nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "here.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.npz", "there.npz"]
+
+
 def test_outputs_never_clobber_inputs(tmp_path):
     (tmp_path / "data.csv").write_text("0,1\n")
     os.symlink(tmp_path / "data.csv", tmp_path / "link.csv")

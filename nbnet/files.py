@@ -391,8 +391,12 @@ def check_creatable(path):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:  # made meanwhile by another process: creatable, and not ours to remove
             return
+        ours = os.fstat(fd)
         os.close(fd)
-        os.unlink(path)
+        now = os.lstat(path)
+        # Another run's rename over the name since (its first save) is its file, not ours to remove.
+        if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+            os.unlink(path)
 
 
 def write_atomic(path, write, suffix=""):

@@ -521,3 +521,24 @@ def test_write_atomic_replaces_only_a_regular_file_and_syncs_it(tmp_path, monkey
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real_fsync(fd)))
     files.write_atomic(tmp_path / "out", lambda f: f.write(b"abc"))
     assert synced == [3] and (tmp_path / "out").read_bytes() == b"abc"
+
+
+def test_check_creatable_leaves_a_file_another_run_renamed_over_the_name(tmp_path, monkeypatch):
+    """check_creatable makes the output's name and removes it: another run whose first save renamed
+    its checkpoint over that name in between lost it to the removal."""
+    target, theirs = tmp_path / "c.npz", tmp_path / "theirs"
+    real_close, done = os.close, []
+
+    def close_then_rename(fd):
+        real_close(fd)
+        if not done and target.exists() and target.stat().st_size == 0:  # our empty probe
+            done.append(True)
+            theirs.write_bytes(b"their checkpoint")
+            os.replace(theirs, target)  # the other run's atomic save
+
+    monkeypatch.setattr(os, "close", close_then_rename)
+    files.check_creatable(target)
+    monkeypatch.undo()
+    assert done and target.read_bytes() == b"their checkpoint"
+    files.check_creatable(tmp_path / "new.npz")  # our own probe is still removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]

@@ -562,8 +562,12 @@ def train_cmd(ctx, **opts):
                 if not opts["save"]:
                     raise
                 # Say what --save holds: a file from an earlier run looked like this one's last good epoch.
-                held = (f"{opts['save']} holds epoch {saved[-1]} (resume from it with a lower --lr)" if saved
-                        else f"this run saved nothing to {opts['save']}")
+                if saved:
+                    held = f"{opts['save']} holds epoch {saved[-1]} (resume from it with a lower --lr)"
+                elif resume is not None and _same_path(opts["save"], opts["resume"]):
+                    held = f"{opts['save']} holds the checkpoint this run resumed from (resume with a lower --lr)"
+                else:
+                    held = f"this run saved nothing to {opts['save']}"
                 raise TrainingDiverged(f"{e}; {held}") from None
             except TrainingInterrupted as e:
                 if comm.rank != 0:  # every process stops at the same step; process 0 reports

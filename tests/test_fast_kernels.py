@@ -1104,6 +1104,27 @@ def test_float32_tanh_is_within_6_ulp():
         np.testing.assert_array_equal(y[:, :3], [[np.nan, 1, -1]])
 
 
+def test_float32_tanh_edges_are_as_its_docstring_says():
+    """From the clamp at 7.9053 the float32 output is ±1 while tanh itself is up to 5 ulp below
+    1 (it rounds to 1 only from about 9.01); below 4e-4 the output is x, within an ulp of tanh x
+    and its rounding below 3.5e-4."""
+    x = np.array([[7.9054, 8.5, 9.0, -8.0]], np.float32)
+    y = np.empty_like(x)
+    cpu.tanh_forward(y, x)
+    np.testing.assert_array_equal(y, [[1, 1, 1, -1]])
+    exact = np.tanh(x.astype(np.float64))
+    assert (exact.astype(np.float32)[0, :3] < 1).all() and np.float32(np.tanh(9.02)) == 1
+    assert np.max((1 - exact[0, :3]) / 2.0**-24) < 5
+    small = np.linspace(1e-6, 4e-4, 20001).astype(np.float32)[None, :-1]
+    y = np.empty_like(small)
+    cpu.tanh_forward(y, small)
+    want = np.tanh(small.astype(np.float64))
+    np.testing.assert_array_equal(y, small)
+    assert (np.abs(y - want) <= np.spacing(small)).all()
+    below = small < 3.5e-4
+    np.testing.assert_array_equal(y[below], want[below].astype(np.float32))
+
+
 @pytest.mark.parametrize("k", [1, 2, cpu.SHORT_SUM, cpu.SHORT_SUM + 1, 40])
 def test_entry_points_run_what_their_routes_name(k, monkeypatch):
     """linear_backward_params / linear_backward_input_act write their routing out (a call less per

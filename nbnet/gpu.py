@@ -296,7 +296,7 @@ _launchers = {}  # (kernel, grid, block) -> kernel[grid, block], built once
 
 def _launcher(kernel, grid, block):
     """kernel[grid, block], kept: numba-cuda builds a launch configuration in ~30 µs, as long as
-    the launch itself, and a training step launches 12 kernels. Its low-occupancy warning is
+    the launch itself, and a training step launches 13 kernels. Its low-occupancy warning is
     silenced: nbnet's grids follow the batch, and a small batch gives a small grid by design."""
     if _SIMULATOR:  # the simulator's kernel[grid, block] sets the grid on the kernel itself
         return kernel[grid, block]

@@ -1260,3 +1260,36 @@ def test_a_logit_of_zero_is_a_yes_and_an_empty_device_dataset_is_refused():
     assert gpu.count_correct_labels(gpu.to_device(z), gpu.to_device(t)) == cpu.count_correct_labels(z, t) == 3
     with pytest.raises(ValueError, match="empty"):
         gpu.DeviceDataset(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
+
+
+def test_a_training_step_launches_the_kernels_the_docs_count(monkeypatch):
+    """gpu._launcher, the README and FINDINGS.md count a step of the MLP loop (bench_vs_torch's: a
+    DeviceDataset batch, model.forward, the fused loss, backward without dX of the first layer, SGD)
+    as 13 launches: the gather, 3 forwards, model.forward's copy of its output, the fused
+    softmax-cross-entropy and its one-block mean, 3 dW with db, 2 dX, one SGD over the packed
+    parameters (one per parameter in the simulator, whose arrays have no pointers to pack by)."""
+    rng = np.random.default_rng(4)
+    x, y = rand(rng, (12, 5), np.float32), rng.integers(0, 3, size=12)
+    model = nb.Sequential([nb.Linear(5, 6, seed=0), nb.ReLU(), nb.Linear(6, 4, seed=1), nb.ReLU(),
+                           nb.Linear(4, 3, seed=2)]).to("cuda")
+    loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = gpu.DeviceDataset(x, y).batches(4, shuffle=True, seed=0)
+    launched, real = [], gpu._launcher
+
+    def step():
+        xb, yb = next(batches)
+        opt.zero_grad()
+        loss_fn.forward(model.forward(xb), yb)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+
+    step()  # the first step makes the buffers and the optimizer state
+    monkeypatch.setattr(gpu, "_launcher", lambda kernel, *grid: launched.append(kernel) or real(kernel, *grid))
+    step()
+    packed = one_flat([p.data for p in model.parameters()]) is not None
+    sgd = 1 if packed else len(model.parameters())
+    assert sorted(k.__name__ for k in launched) == sorted(
+        ["_gather_rows_kernel"] + ["_linear_forward_kernel"] * 3 + ["_copy_kernel",
+         "_softmax_crossentropy_forward_backward_kernel", "_sum_kernel"]
+        + ["_linear_backward_params_kernel"] * 3 + ["_linear_backward_input_kernel"] * 2 + ["_sgd_step_kernel"] * sgd)
+    assert len(launched) - sgd + 1 == 13

@@ -1003,8 +1003,9 @@ def _adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, s
     m = β1 m + (1-β1) g   (as torch's lerp: m + (1-β1)(g - m));   v = β2 v + (1-β2) g²
     θ -= step_size m / (√v / bc2_sqrt + ε),   step_size = lr / (1-β1^t),   bc2_sqrt = √(1-β2^t)
     one_beta1 = 1-β1 and one_beta2 = 1-β2 come made in double, as torch makes them: computed here
-    from float32 β, 1 - float32(0.999) is 1.3e-5 off 0.001 (1 - float32(0.99999): 1.4e-3 off),
-    a bias in every step that the bias correction, made in double, does not cancel.
+    from float32 β, 1 - float32(0.999) is 0.001 (1 - 1.3e-5) (1 - float32(0.99999): 1e-5 (1 + 1.4e-3),
+    relative errors of 1.3e-5 and 1.4e-3), a bias in every step that the bias correction, made in
+    double, does not cancel.
     A subnormal m or v is stored as 0 (see above).
     """
     one = param.dtype.type(1)

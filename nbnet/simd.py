@@ -207,7 +207,7 @@ MIN_UNITS = 8
 # unit pays its set-up (its A panel, the drain of its last tiles), ~0.7 µs on Zen 3 (784->256's dW
 # at batch 8, 1.6M multiply-adds: 8 units on one thread 58.8 µs, 2 units 54.4; on two threads
 # 45.0 vs 38.5). At the MLP's shapes this changes only small products (batch 8 to 15: dW 784->256
-# then has 4 units; 256->128's dX at batch 32 has 2): a 2-thread training step at batch 8 took
+# then has 4 units up to batch 11 and 6 from 12, not 8; 256->128's dX at batch 32 has 2, on AVX2): a 2-thread training step at batch 8 took
 # 151 µs instead of 157, and 150 instead of 154 (two interleaved sets of three runs); batch 16 to
 # 512 within noise (-0.6% to +0.5%). A machine with
 # many threads uses fewer of them for such a product, where waking them costs more than its FMAs.

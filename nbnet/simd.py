@@ -190,14 +190,15 @@ PANEL = KC * BCAST_NV * (VECTOR_BYTES // 4)  # panel elements: enough for float3
 # 280 KB float64),
 # for units of at least PACK_A_TILES tiles so the copy is spread over their FMAs. Units group
 # tiles (bcast_grid) into as few as give MIN_UNITS units, enough for the threads to share (a
-# trade-off: 784->256's dW has 9 units, which caps its speed-up at about 7 threads; with 16 units,
-# 9 tiles each, its float32 batch 512 reached 81% of BLAS instead of 88%).
+# trade-off: 784->256's dW has 8 units, 2 row blocks × 4 groups of 13 tiles (9 when measured here,
+# before row_blocks joined a short last row block), which caps its speed-up at 8 threads; with 16
+# units, 9 tiles each, its float32 batch 512 reached 81% of BLAS instead of 88%).
 # Measured on Zen 3 (dW alone, one thread, % of BLAS, MC-row blocks × 1 tile -> × all tiles):
 # float32 784->256 batch 512 81 -> 96, batch 128 90 -> 102; float64 784->256 batch 512 70 -> 94,
 # 256->128 batch 512 76 -> 95; at 8 tiles a unit 784->256 float32 batch 512 gave 86. As landed
 # (cpu.linear_backward_params, one thread, interleaved against the kernels before): float32
 # 784->256 batch 512 78 -> 88, 128 86 -> 91, 32 98 -> 114; float64 784->256 batch 512 72 -> 90,
-# 128 76 -> 93; 256->128 (16 tiles: 4 a unit, no A copy) unchanged. Tried, no better: the A copy
+# 128 76 -> 93; 256->128 (16 tiles: 4 a unit then, 2 now; no A copy) unchanged. Tried, no better: the A copy
 # from 4 tiles a unit (256->128 float32 batch 128 83 -> 72%), by whole vectors instead of element
 # by element (±3), row blocks evened out (128 rows as 65 + 63: ±3), prefetching A 8 steps ahead
 # in bcast_block (±4).

@@ -506,8 +506,9 @@ def _plain(value):
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """torch.nn.utils.clip_grad_norm_: the norm of all gradients together, as one vector,
-    total = (Σ_p Σ_i |g_pi|^q)^(1/q) (q = norm_type; inf: max |g|); if total > max_norm, every
-    gradient is scaled in place by max_norm / (total + 1e-6), as torch does. Returns total (a float).
+    total = (Σ_p Σ_i |g_pi|^q)^(1/q) (q = norm_type; inf: max |g|); where c = max_norm / (total + 1e-6)
+    is below 1, every gradient is scaled in place by c, as torch does (so a total just under max_norm,
+    within 1e-6, is scaled by a hair too). Returns total (a float).
 
     parameters: Parameters (e.g. model.parameters()) or a single one. The sum runs in float64 (on a
     copy for a model on the GPU); the scale is applied in the gradients' dtype. A NaN total leaves

@@ -61,7 +61,9 @@ def one_flat(arrays):
 
         return on_device(arrays)
     base = first.base
-    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+    # An unpickled array of 1 KiB or more has the pickle's bytes as its base (NumPy takes them as
+    # they are when aligned): no buffer of nbnet's, and no ndarray (a model sent to a process).
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
         return None
     start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
     pos = start

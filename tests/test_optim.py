@@ -786,3 +786,20 @@ def test_adams_scalars_are_made_in_double_from_numpy_scalars_set_after_construct
         runs.append([p.data.copy() for p in layer.parameters()] + [a.copy() for st in opt.state for a in st.values()])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_pickled_model_of_a_realistic_size_trains_as_the_original():
+    """A model sent to another process (multiprocessing's spawn or forkserver, a Pool's argument,
+    joblib) is pickled: NumPy gives an unpickled array of 1 KiB or more the pickle's bytes object as
+    its .base, and nb.train of the copy failed with "'bytes' object has no attribute 'ndim'" where
+    it looked for the parameters' flat buffer (the 4-feature models of the test above are too small)."""
+    import pickle
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(32, 64)).astype(np.float32), rng.integers(0, 3, 32)
+    model = nb.Sequential(nb.Linear(64, 16, seed=0), nb.ReLU(), nb.Linear(16, 3, seed=1))
+    copy = pickle.loads(pickle.dumps(model))
+    for m in (model, copy):
+        nb.train(m, nb.SGD(m.parameters(), lr=0.1, momentum=0.9), (x, y), epochs=2, batch_size=8, seed=0)
+    for a, b in zip(model.parameters(), copy.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)

@@ -46,7 +46,9 @@ class Sequential:
     Threads: the layers keep their outputs and the forward's cache in buffers of their own, so one
     model runs one call at a time. `lock` (a threading.RLock) makes that so: forward, backward,
     nb.predict and nb.evaluate (a whole call) and each step of nb.train hold it, so threads may
-    predict with one model, and predict while another trains it (between its steps). A backward
+    predict with one model, and predict while another trains it (between its steps); so do save,
+    state_dict, load_state_dict, astype and copy.deepcopy, which take or put the weights of one
+    step. A backward
     reads the cache of the last forward, which must be its own thread's (else RuntimeError); a
     hand-written loop shared by threads holds `with model.lock:` around forward, backward and step.
     """
@@ -83,7 +85,8 @@ class Sequential:
                     memo[id(value)] = copy_device_array(value)
         new = object.__new__(type(self))
         memo[id(self)] = new
-        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        with self.lock:  # the weights of one step, not some of the next one's (see state_dict)
+            new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         # deepcopy copies each view of the flat buffer alone: packed again, the copy's optimizer
         # steps in one pass (one launch on the GPU), as the original's
         pack_parameters(new.parameters())
@@ -109,8 +112,11 @@ class Sequential:
     def state_dict(self):
         """{"<layer index>.<name>": host array}, e.g. "0.weight", "0.bias", "2.weight" (PyTorch's keys),
         in parameter order. Copies: training on does not change a state_dict taken before."""
-        return {f"{i}.{p.name}": to_host(p.data).copy() for i, layer in enumerate(self.layers)
-                for p in layer.parameters()}
+        # Under the lock, as a step of nb.train: taken while another thread trains, it held some
+        # layers of one step and some of a later one, weights the model never had.
+        with self.lock:
+            return {f"{i}.{p.name}": to_host(p.data).copy() for i, layer in enumerate(self.layers)
+                    for p in layer.parameters()}
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters from `state_dict` (as `state_dict()` returns) into this model, in place
@@ -134,11 +140,12 @@ class Sequential:
                     f"load_state_dict: {key} is {value.shape} {value.dtype}, the model has {p.data.shape} {p.data.dtype}"
                 )
             todo.append((p, value))
-        for p, value in todo:
-            if isinstance(p.data, np.ndarray):
-                p.data[...] = value
-            else:
-                p.data.copy_to_device(np.ascontiguousarray(value))
+        with self.lock:  # between two steps of another thread's training, as a whole (see state_dict)
+            for p, value in todo:
+                if isinstance(p.data, np.ndarray):
+                    p.data[...] = value
+                else:
+                    p.data.copy_to_device(np.ascontiguousarray(value))
 
     def num_parameters(self):
         return sum(int(np.prod(p.data.shape)) for p in self.parameters())
@@ -185,22 +192,23 @@ class Sequential:
         if name not in ("float32", "float64"):
             raise ValueError(f"astype: dtype must be float32 or float64, got {dtype if name is None else name}")
         self._check_rebuildable("astype", "astype rebuilds each layer from its type's name: convert that one yourself")
-        arrays = self.state_arrays()
-        arch = json.loads(str(arrays[ARCH_KEY]))
-        for spec in arch["layers"]:
-            if "dtype" in spec:
-                spec["dtype"] = name
-        arrays[ARCH_KEY] = np.array(json.dumps(arch))
-        for key in arrays:
-            if key != ARCH_KEY:
-                # A float64 value past float32's range: Inf, with NumPy's RuntimeWarning, and
-                # model_from_arrays then said the weights "hold NaN or Inf", which this model's do not.
-                with np.errstate(over="ignore"):
-                    value = arrays[key].astype(name)
-                if not np.isfinite(value).all() and np.isfinite(arrays[key]).all():
-                    big = arrays[key].flat[np.abs(arrays[key]).argmax()]
-                    raise ValueError(f"astype: {key} holds {big:g}, too large for {name}")
-                arrays[key] = value
+        with self.lock:  # state_arrays holds the live arrays: copies of one step's weights (see state_dict)
+            arrays = self.state_arrays()
+            arch = json.loads(str(arrays[ARCH_KEY]))
+            for spec in arch["layers"]:
+                if "dtype" in spec:
+                    spec["dtype"] = name
+            arrays[ARCH_KEY] = np.array(json.dumps(arch))
+            for key in arrays:
+                if key != ARCH_KEY:
+                    # A float64 value past float32's range: Inf, with NumPy's RuntimeWarning, and
+                    # model_from_arrays then said the weights "hold NaN or Inf", which this model's do not.
+                    with np.errstate(over="ignore"):
+                        value = arrays[key].astype(name)
+                    if not np.isfinite(value).all() and np.isfinite(arrays[key]).all():
+                        big = arrays[key].flat[np.abs(arrays[key]).argmax()]
+                        raise ValueError(f"astype: {key} holds {big:g}, too large for {name}")
+                    arrays[key] = value
         return model_from_arrays(arrays, source="astype")
 
     def forward(self, x):
@@ -397,9 +405,12 @@ class Sequential:
             raise ValueError(f"cannot save {os.fspath(path)}: the model has no Linear layer")
         self._check_rebuildable(f"cannot save {os.fspath(path)}", "nb.load could not rebuild it: save the "
                                 "parameters with np.savez(path, **model.state_dict()) instead")
-        arrays = self.state_arrays()
-        check_finite(arrays, f"cannot save {os.fspath(path)}")
-        write_npz_atomic(path, arrays)
+        # state_arrays holds the live host arrays: the lock is held until they are written, so
+        # that a thread training meanwhile waits, and the file is the weights of one step (see state_dict).
+        with self.lock:
+            arrays = self.state_arrays()
+            check_finite(arrays, f"cannot save {os.fspath(path)}")
+            write_npz_atomic(path, arrays)
 
 
 _X, _G = object(), object()  # in a plan's kernel arguments: the batch, and the gradient backward gets

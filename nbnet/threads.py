@@ -311,6 +311,13 @@ def _enter():
 def fix(n=None):
     """Use n threads (default: the current limit) whatever the load, until auto()."""
     global _fixed, _next, _limit, _no_spin
+    # Checked before anything changes. Numba takes True for 1 thread (fix(True) read as "yes, fix
+    # it" ran one thread, silently) and says 'The number of threads must be an integer' of a string.
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__")):
+        raise TypeError(f"threads.fix: n must be a whole number of threads, got {n!r}")
+    if n is not None and not 1 <= int(n) <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads.fix: n must be in 1..{numba.config.NUMBA_NUM_THREADS} "
+                         f"(NUMBA_NUM_THREADS), got {n!r}")
     with _env_lock:  # once Numba's threads started, it would have no effect
         if _in_effect is None:
             _no_spin = True  # a fixed count sleeps at once: read as they start (below, or later)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numba
+import numpy as np
 import pytest
 
 from nbnet import cpu, threads
@@ -729,3 +730,15 @@ def test_a_fork_while_a_thread_holds_the_launch_lock_leaves_the_child_free():
             os._exit(0 if threads._launch.acquire(blocking=False) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("n, error", [(True, TypeError), (np.True_, TypeError), ("2", TypeError), (2.5, TypeError),
+                                      (0, ValueError), (-1, ValueError), (10**6, ValueError)])
+def test_fix_refuses_what_is_not_a_thread_count_before_changing_anything(fresh, n, error):
+    """Numba takes True for 1 thread: threads.fix(True), read as "yes, fix it", ran one thread."""
+    before = numba.get_num_threads()
+    with pytest.raises(error, match=r"^threads\.fix: n must be"):
+        fresh.fix(n)
+    assert fresh._fixed is False and numba.get_num_threads() == before
+    fresh.fix(np.int64(1))  # a NumPy integer is a number of threads
+    assert fresh._fixed is True and numba.get_num_threads() == 1

@@ -183,6 +183,15 @@ class _BaseMLP(BaseEstimator):
                 and self.batch_size >= 1):
             raise ValueError(f"{type(self).__name__}: batch_size must be 'auto' or a positive integer, "
                              f"got {self.batch_size!r}")
+        # scikit-learn's "boolean": a truthy string (early_stopping="False") or 0/1 took a meaning
+        # here without a word, where scikit-learn refuses it
+        for name in ("shuffle", "nesterovs_momentum", "early_stopping"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{type(self).__name__}: {name} must be True or False, got {getattr(self, name)!r}")
+        if not (isinstance(self.verbose, (bool, np.bool_))
+                or isinstance(self.verbose, numbers.Integral) and self.verbose >= 0):
+            raise ValueError(f"{type(self).__name__}: verbose must be True, False or an integer >= 0, "
+                             f"got {self.verbose!r}")
         number("alpha", 0)
         number("learning_rate_init", 0, lo_open=True)
         number("max_iter", 1, integer=True)

@@ -609,3 +609,22 @@ def test_partial_fit_classes_are_all_the_labels_there_will_be():
     reg = MLPRegressor((8,), random_state=0).partial_fit(x, labels[:, :2].astype(float))
     with pytest.raises(ValueError, match="y has 3 outputs, the model was fitted with 2"):
         reg.partial_fit(x, labels[:, :3].astype(float))
+
+
+def test_flags_must_be_booleans_as_in_sklearn():
+    """shuffle, nesterovs_momentum and early_stopping were read by truth value: early_stopping="False"
+    (a config file's string) turned early stopping on, shuffle=0 or "no" was read as given without
+    a check; scikit-learn refuses all of them."""
+    x, y = blobs(n=50)
+    for params in ({"early_stopping": "False"}, {"shuffle": "no"}, {"shuffle": 0},
+                   {"nesterovs_momentum": "False"}, {"early_stopping": None}):
+        name = next(iter(params))
+        est = MLPClassifier((4,), max_iter=1, **params)
+        with pytest.raises(ValueError, match=rf"{name} must be True or False, got "):
+            est.fit(x, y)
+        assert not hasattr(est, "n_iter_")
+    with pytest.raises(ValueError, match="verbose must be True, False or an integer >= 0, got 'yes'"):
+        MLPRegressor((4,), max_iter=1, verbose="yes").fit(x, y.astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier((4,), max_iter=1, early_stopping=np.bool_(False), shuffle=np.True_, verbose=0).fit(x, y)

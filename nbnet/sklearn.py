@@ -172,10 +172,10 @@ class _BaseMLP(BaseEstimator):
                                     for s in sizes):
             raise ValueError(f"{type(self).__name__}: hidden_layer_sizes must be positive integers, "
                              f"got {self.hidden_layer_sizes!r}")
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:  # a list: unhashable
             raise ValueError(f"{type(self).__name__}: activation must be one of {', '.join(ACTIVATIONS)}, "
                              f"got {self.activation!r}")
-        if self.solver not in SOLVERS:
+        if not isinstance(self.solver, str) or self.solver not in SOLVERS:  # an array: "ambiguous"
             raise ValueError(f"{type(self).__name__}: solver must be one of {', '.join(SOLVERS)} "
                              f"(nbnet has no lbfgs), got {self.solver!r}")
         if not (self.batch_size == "auto" if isinstance(self.batch_size, str) else

@@ -560,7 +560,10 @@ def test_more_bad_parameters_refused():
     x, y = blobs()
     for params, match in [({"epsilon": 0.0}, r"epsilon must be a number in \(0, inf\)"),
                           ({"beta_1": 1.0}, r"beta_1 must be a number in \[0, 1\)"),
-                          ({"n_iter_no_change": 1.5}, "n_iter_no_change must be an integer")]:
+                          ({"n_iter_no_change": 1.5}, "n_iter_no_change must be an integer"),
+                          # a dict-membership test: TypeError, unhashable type: 'list', naming nothing
+                          ({"activation": ["relu"]}, r"activation must be one of .*, got \['relu'\]"),
+                          ({"solver": np.array(["sgd", "adam"])}, "solver must be one of")]:
         with pytest.raises(ValueError, match=match):
             MLPClassifier(**params).fit(x, y)
 

@@ -24,7 +24,7 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
 - No solver="lbfgs", and none of the parameters learning_rate (the step is constant), power_t,
   warm_start, max_fun or the regressor's loss (it is squared error): passing one is a TypeError.
   No sample_weight, and X is dense (scikit-learn's also take scipy.sparse: here a TypeError that
-  says to use .toarray()).
+  says to use .toarray()); a sparse y is taken, as a dense copy.
 - X is converted to `dtype` at fit and predict (scikit-learn's estimators convert to float64): a
   float64 X is rounded to float32 unless dtype=np.float64, and a value too large for float32 is
   an error. Predictions and probabilities are in `dtype` too.
@@ -52,6 +52,7 @@ except ModuleNotFoundError as e:
     # as --plot, --device cuda and mpiexec say it: Python's "No module named 'sklearn'" names no extra
     raise ModuleNotFoundError("nbnet.sklearn needs scikit-learn: pip install 'nbnet[sklearn]'",
                               name="sklearn") from None
+from scipy.sparse import issparse  # scikit-learn's own dependency
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -305,6 +306,8 @@ class _BaseMLP(BaseEstimator):
             dtype = self._model.dtype.type
         X, y = validate_data(self, X, y, reset=first, dtype=dtype, order="C", multi_output=True,
                              y_numeric=not self._classifies)
+        if issparse(y):  # validate_data passes a sparse y (a multi-label indicator matrix) as it is
+            y = y.toarray()
         if self._classifies and y.ndim == 2 and y.shape[1] == 1:  # a column of labels: as scikit-learn
             y = column_or_1d(y, warn=True)
         y = self._encode_targets(y, first, classes, dtype)

@@ -631,3 +631,21 @@ def test_flags_must_be_booleans_as_in_sklearn():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         MLPClassifier((4,), max_iter=1, early_stopping=np.bool_(False), shuffle=np.True_, verbose=0).fit(x, y)
+
+
+def test_sparse_targets_as_sklearn_takes_them():
+    """A multi-label indicator matrix as scipy.sparse (what MultiLabelBinarizer(sparse_output=True)
+    gives, and scikit-learn's MLPClassifier fits) failed deep in NumPy: 'setting an array element
+    with a sequence'; the regressor's sparse y with 'sparse array length is ambiguous'."""
+    from scipy.sparse import csr_matrix
+
+    x, y = blobs(n=50)
+    Y = np.stack([y == 0, y != 1, x[:, 0] > 0], axis=1).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sparse = MLPClassifier((4,), max_iter=2, random_state=0).fit(x, csr_matrix(Y))
+        dense = MLPClassifier((4,), max_iter=2, random_state=0).fit(x, Y)
+        np.testing.assert_array_equal(sparse.predict_proba(x), dense.predict_proba(x))
+        sparse.partial_fit(x, csr_matrix(Y))
+        reg = MLPRegressor((4,), max_iter=2, random_state=0).fit(x, csr_matrix(Y.astype(float)))
+    assert reg.n_outputs_ == 3 and reg.predict(x).shape == (50, 3)

@@ -57,7 +57,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 try:
@@ -489,11 +489,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y), continuing from the state so far. `classes` (all the labels there
         will be) is required on the first call. Returns self."""
+        if classes is not None:
+            # scikit-learn's check of classes: np.unique took a NaN as a class (an output no row can
+            # have), a 2-D list, or [0, 1, "c"] as the strings '0', '1', 'c'
+            with np.errstate(invalid="ignore"):  # its cast of a NaN, before its own error says so
+                classes = unique_labels(classes)
         if not hasattr(self, "_model"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             return self._fit(X, y, incremental=True, classes=classes)
-        if classes is not None and not self._multilabel and not np.array_equal(np.unique(classes), self.classes_):
+        if classes is not None and not self._multilabel and not np.array_equal(classes, self.classes_):
             raise ValueError(f"`classes={classes!r}` is not the same as on the first call to partial_fit, "
                              f"was: {self.classes_!r}")
         return self._fit(X, y, incremental=True)

@@ -649,3 +649,21 @@ def test_sparse_targets_as_sklearn_takes_them():
         sparse.partial_fit(x, csr_matrix(Y))
         reg = MLPRegressor((4,), max_iter=2, random_state=0).fit(x, csr_matrix(Y.astype(float)))
     assert reg.n_outputs_ == 3 and reg.predict(x).shape == (50, 3)
+
+
+def test_partial_fit_classes_checked_as_sklearn_checks_them():
+    """classes= went through np.unique unchecked: [0, 1, 2, nan] made a fourth output for a class no
+    row can have, [[0, 1, 2]] passed, and [0, 1, "c"] became the strings '0', '1', 'c', so that the
+    refusal blamed y's labels 0, 1, 2. scikit-learn's unique_labels now says what is wrong."""
+    x, y = blobs(n=50)
+    for classes, match in [([0, 1, 2, np.nan], "Input contains NaN"), ([[0, 1, 2]], "Unknown label type"),
+                           ([0, 1, "c"], "Mix of label input types"), (3, "Expected array-like")]:
+        clf = MLPClassifier((4,), random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # one error, no RuntimeWarning before it
+            with pytest.raises(ValueError, match=match):
+                clf.partial_fit(x, y, classes=classes)
+        assert not hasattr(clf, "classes_")
+    clf.partial_fit(x, y, classes=(2, 0, 1))
+    with pytest.raises(ValueError, match="Input contains NaN"):
+        clf.partial_fit(x, y, classes=[0, 1, 2, np.nan])

@@ -18,7 +18,12 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   only coefs_). With solver="adamw" the same weight_decay is applied decoupled (AdamW's rule).
 - loss_curve_ / loss_ / best_loss_ are the data loss the loop reports, without the L2 term. The
   regressor's loss is the mean squared error (PyTorch's MSELoss), twice scikit-learn's half squared
-  error: with solver="sgd" the same learning_rate_init takes steps twice as long.
+  error: with solver="sgd" the same learning_rate_init takes steps twice as long. A multi-label
+  classifier's loss is the binary cross-entropy averaged over the L labels too (PyTorch's
+  BCEWithLogitsLoss), where scikit-learn sums the labels: loss_ is 1/L of scikit-learn's, the
+  data's gradient too (solver="sgd": steps L times shorter), and the same alpha weighs L times
+  more against it (the regressor's alpha: half as much). tol, compared with that loss when there
+  is no early stopping, is in its units: L times coarser for L labels, twice as fine for regression.
 - Weights start Glorot-uniform as scikit-learn's (nbnet.Linear's He-uniform draws, rescaled: see
   glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
 - No solver="lbfgs", and none of the parameters learning_rate (the step is constant), power_t,

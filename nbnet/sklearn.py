@@ -457,7 +457,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _encode_targets(self, y, first, classes, dtype):
         check_classification_targets(y)
         if y.ndim == 2:
-            return self._encode_multilabel(y, first, dtype)
+            return self._encode_multilabel(y, first, classes, dtype)
         if not first and self._multilabel:
             raise ValueError("fitted on multi-label targets (n, L): y must be an indicator matrix again")
         if first:
@@ -478,10 +478,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return idx.astype(dtype).reshape(-1, 1)
         return idx.astype(np.int64)
 
-    def _encode_multilabel(self, y, first, dtype):
+    def _encode_multilabel(self, y, first, classes, dtype):
         if type_of_target(y) != "multilabel-indicator":
             raise ValueError(f"2-D y must be a multi-label indicator matrix of 0 and 1, got {type_of_target(y)}")
         if first:
+            # classes_ are the column indices: partial_fit's classes= were ignored, whatever they said
+            if classes is not None and not np.array_equal(classes, np.arange(y.shape[1])):
+                raise ValueError(f"classes={classes!r}: a multi-label y's classes are its {y.shape[1]} column "
+                                 f"indices, np.arange({y.shape[1]})")
             self.classes_ = np.arange(y.shape[1])
             self.n_outputs_ = y.shape[1]
             self.out_activation_ = "logistic"
@@ -503,7 +507,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             return self._fit(X, y, incremental=True, classes=classes)
-        if classes is not None and not self._multilabel and not np.array_equal(classes, self.classes_):
+        if classes is not None and not np.array_equal(classes, self.classes_):
             raise ValueError(f"`classes={classes!r}` is not the same as on the first call to partial_fit, "
                              f"was: {self.classes_!r}")
         return self._fit(X, y, incremental=True)

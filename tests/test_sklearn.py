@@ -667,3 +667,19 @@ def test_partial_fit_classes_checked_as_sklearn_checks_them():
     clf.partial_fit(x, y, classes=(2, 0, 1))
     with pytest.raises(ValueError, match="Input contains NaN"):
         clf.partial_fit(x, y, classes=[0, 1, 2, np.nan])
+
+
+def test_multilabel_partial_fit_classes_are_the_column_indices():
+    """For a multi-label y, partial_fit's classes= was never read: classes=["a", "b"] or [0, 1] for 4
+    columns passed and classes_ became 0..3 without a word (scikit-learn refuses both)."""
+    x, _ = blobs(n=50)
+    labels = (np.random.default_rng(0).random((50, 4)) < 0.5).astype(int)
+    for classes in (["a", "b", "c", "d"], [0, 1], np.arange(5)):
+        clf = MLPClassifier((4,), random_state=0)
+        with pytest.raises(ValueError, match=r"a multi-label y's classes are its 4 column indices, np.arange\(4\)"):
+            clf.partial_fit(x, labels, classes=classes)
+        assert not hasattr(clf, "classes_")
+    clf.partial_fit(x, labels, classes=np.arange(4))
+    with pytest.raises(ValueError, match="not the same as on the first call"):
+        clf.partial_fit(x, labels, classes=[0, 1])
+    clf.partial_fit(x, labels, classes=[3, 2, 1, 0])

@@ -683,3 +683,12 @@ def test_multilabel_partial_fit_classes_are_the_column_indices():
     with pytest.raises(ValueError, match="not the same as on the first call"):
         clf.partial_fit(x, labels, classes=[0, 1])
     clf.partial_fit(x, labels, classes=[3, 2, 1, 0])
+
+
+def test_validation_fraction_zero_is_fine_without_early_stopping():
+    """scikit-learn takes validation_fraction in [0, 1): 0 with early stopping off was refused,
+    stopping unchanged scikit-learn code; with early stopping it leaves no validation set."""
+    x, y = blobs()
+    MLPClassifier((4,), validation_fraction=0.0, max_iter=2, random_state=0).fit(x, y)
+    with pytest.raises(ValueError, match=r"validation_fraction must be a number in \(0, 1\), got 0\.0"):
+        MLPClassifier((4,), validation_fraction=0.0, early_stopping=True, max_iter=2).fit(x, y)

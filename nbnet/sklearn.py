@@ -28,7 +28,8 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
 - No solver="lbfgs", and none of the parameters learning_rate (the step is constant), power_t,
   warm_start, max_fun or the regressor's loss (it is squared error): passing one is a TypeError.
-  No sample_weight, and X is dense (scikit-learn's also take scipy.sparse: here a TypeError that
+  No sample_weight (partial_fit has the argument where scikit-learn 1.9 has it, third, and it must
+  be None; classes go by keyword), and X is dense (scikit-learn's also take scipy.sparse: here a TypeError that
   says to use .toarray()); a sparse y is taken, as a dense copy.
 - X is converted to `dtype` at fit and predict (scikit-learn's estimators convert to float64): a
   float64 X is rounded to float32 unless dtype=np.float64, and a value too large for float32 is
@@ -100,6 +101,14 @@ def _finite(v):
         return math.isfinite(float(v))
     except (TypeError, ValueError, OverflowError):
         return False
+
+def _no_sample_weight(sample_weight):
+    """partial_fit's third argument is sample_weight in scikit-learn 1.9 (classes before 1.7):
+    weights read as classes (or the reverse) were refused as labels, naming neither."""
+    if sample_weight is not None:
+        raise ValueError("nbnet.sklearn has no sample_weight (it must be None); classes go by keyword: "
+                         "partial_fit(X, y, classes=...)")
+
 
 class _Converged(Exception):
     """Raised from the loop's on_epoch to end training early."""
@@ -496,9 +505,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              f"{self.n_outputs_ if self._multilabel else 'single labels'}")
         return np.ascontiguousarray(y, dtype=dtype)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), continuing from the state so far. `classes` (all the labels there
-        will be) is required on the first call. Returns self."""
+        will be) is required on the first call. Returns self. sample_weight is where scikit-learn
+        1.9 has it (third; before 1.7 the third was classes), and must be None."""
+        _no_sample_weight(sample_weight)
         if classes is not None:
             # scikit-learn's check of classes: np.unique took a NaN as a class (an output no row can
             # have), a 2-D list, or [0, 1, "c"] as the strings '0', '1', 'c'
@@ -561,8 +572,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"y has {y.shape[1]} outputs, the model was fitted with {self.n_outputs_}")
         return y
 
-    def partial_fit(self, X, y):
-        """One epoch over (X, y), continuing from the state so far. Returns self."""
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), continuing from the state so far. Returns self. sample_weight must
+        be None (scikit-learn 1.9's place for it)."""
+        _no_sample_weight(sample_weight)
         return self._fit(X, y, incremental=True)
 
     def predict(self, X):

@@ -692,3 +692,18 @@ def test_validation_fraction_zero_is_fine_without_early_stopping():
     MLPClassifier((4,), validation_fraction=0.0, max_iter=2, random_state=0).fit(x, y)
     with pytest.raises(ValueError, match=r"validation_fraction must be a number in \(0, 1\), got 0\.0"):
         MLPClassifier((4,), validation_fraction=0.0, early_stopping=True, max_iter=2).fit(x, y)
+
+
+def test_partial_fit_takes_sample_weight_where_sklearn_19_has_it():
+    """scikit-learn 1.9's partial_fit is (X, y, sample_weight=None, classes=None): weights passed
+    third were read as classes and refused as labels, naming neither."""
+    x, y = blobs()
+    w = np.ones(len(y))
+    clf, reg = MLPClassifier((4,), random_state=0), MLPRegressor((4,), random_state=0)
+    for call in (lambda: clf.partial_fit(x, y, w, classes=np.unique(y)), lambda: clf.partial_fit(x, y, np.unique(y)),
+                 lambda: reg.partial_fit(x, y.astype(float), w)):
+        with pytest.raises(ValueError, match=r"^nbnet.sklearn has no sample_weight \(it must be None\)"):
+            call()
+    clf.partial_fit(x, y, None, np.unique(y))  # positional as in scikit-learn 1.9
+    reg.partial_fit(x, y.astype(float), sample_weight=None)
+    assert clf.n_iter_ == 1 and reg.n_iter_ == 1

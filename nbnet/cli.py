@@ -1124,6 +1124,15 @@ def main(args=None):
     if dist.launched_size() == 1:
         cli.main(args=args, prog_name="nbnet")
         return
+    if (sys.argv[1:] if args is None else list(args))[:1] == ["train"]:
+        # MPICH leaves every process of a job waiting in MPI_Init for ever once one has exited
+        # without it: an option given wrong to process 1 alone (a click error, before train_cmd
+        # starts MPI) ended that process in silence and hung the others. Each process of a
+        # training job joins MPI first, so that whatever stops it meets the others (dist.fail).
+        try:
+            dist.world()
+        except (RuntimeError, ValueError):
+            pass  # no mpi4py, or a bad NBNET_MPI_TIMEOUT: train_cmd meets it again, as one Error: line
     try:
         cli.main(args=args, prog_name="nbnet")
     except SystemExit:  # after dist.fail, or agreed by every process (help, Ctrl-C)

@@ -137,7 +137,7 @@ class Single:
 class MPIComm:
     """An mpi4py communicator with the few collectives training needs."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, timeout=None):
         from mpi4py import MPI  # noqa: PLC0415
 
         self.MPI = MPI
@@ -149,7 +149,7 @@ class MPIComm:
         self._staging = None  # host buffer for gradients that are not one packed host array
         self._fault = _fault_plan(self.rank)
         self._calls = 0
-        self._timeout = setup_timeout()  # checked once, when the job starts
+        self._timeout = setup_timeout() if timeout is None else timeout  # checked once, when the job starts
 
     def step_sums(self, loss_sum, correct, rows, stop):
         """A training step's (Σ loss·rows, Σ correct, Σ rows, any process asked to stop)."""
@@ -351,9 +351,19 @@ def world():
                     f"started by an MPI launcher as {launched_size()} processes, but mpi4py is not installed: "
                     "pip install 'nbnet[mpi]'"
                 ) from None
-            _world = MPIComm(MPI.COMM_WORLD)
+            try:
+                timeout, bad = setup_timeout(), None
+            except ValueError as e:
+                # A communicator all the same, bounded by the default: its start-of-training meeting
+                # is where this process says so. Without one it ended alone (in silence on a process
+                # other than 0), and the others waited out their own timeout, 600 s by default.
+                timeout, bad = 600.0, str(e)
+            _world = MPIComm(MPI.COMM_WORLD, timeout)
+            _world.bad_setting = bad
         else:
             _world = Single()
+    if getattr(_world, "bad_setting", None) is not None:
+        raise ValueError(_world.bad_setting)
     return _world
 
 

@@ -674,7 +674,10 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         # another seed or file trained silently; another batch size or epoch count left a process
         # done (with a wrong model) and the others waiting for NBNET_MPI_TIMEOUT.
         hyper = {k: v for k, v in opt.state_dict().items() if k not in ("lr", "state")}
-        options = dict(epochs=epochs, batch_size=batch_size, seed=seed, lr_schedule=lr_schedule, lr=base_lr,
+        # The layers too: models whose activations differ have the same weights (a Tanh where
+        # process 0 has a ReLU summed the gradients of two networks, silently).
+        layers = [{"type": type(layer).__name__, **layer.config()} for layer in model.layers]
+        options = dict(model=layers, epochs=epochs, batch_size=batch_size, seed=seed, lr_schedule=lr_schedule, lr=base_lr,
                        loss=loss, shuffle=shuffle, val_split=val_split, early_stopping=early_stopping,
                        min_delta=min_delta, restore_best=restore_best, optimizer=hyper,
                        state=(state.epoch, state.step, state.seen, state.bad_epochs, state.best_val_loss))

@@ -405,14 +405,15 @@ comm = MPI.COMM_WORLD
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(24, 3)), rng.integers(0, 3, 24)
 refused = []
-for what in ("seed", "x", "batch_size", "epochs"):
+for what in ("seed", "x", "batch_size", "epochs", "layers"):
     args, data = dict(epochs=2, batch_size=4, seed=0), (x, y)
     if comm.rank == 1:
         if what == "x":
             data = (x + 1, y)
-        else:
+        elif what != "layers":
             args[what] += 1
-    model = nb.Sequential(nb.Linear(3, 3, seed=0))
+    more = [nb.Tanh()] if comm.rank == 1 and what == "layers" else []
+    model = nb.Sequential(nb.Linear(3, 3, seed=0), *more)
     try:
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), data, comm=comm, **args)
     except ValueError as e:
@@ -427,12 +428,13 @@ if comm.rank == 0:
 def test_train_with_comm_refuses_processes_that_disagree():
     """nb.train(comm=...) on processes given another seed or data (silently another training), or
     another batch size or epoch count (one process done with a wrong model, the others waiting
-    for NBNET_MPI_TIMEOUT): every process raises ValueError before the first step."""
+    for NBNET_MPI_TIMEOUT), or a layer more with the same weights (the gradients of two networks
+    summed): every process raises ValueError before the first step."""
     result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", DISAGREE], cwd=REPO,
                             env={**_env(), "NBNET_MPI_TIMEOUT": "20"}, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     for refused in json.loads(result.stdout):
-        assert [what for what, _ in refused] == ["seed", "x", "batch_size", "epochs"], result.stdout
+        assert [what for what, _ in refused] == ["seed", "x", "batch_size", "epochs", "layers"], result.stdout
         assert all(e.startswith("nb.train: process 1 does not train what process 0 does") for _, e in refused)
 
 

@@ -302,12 +302,14 @@ def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
     """MPMD launch: process 1 has another seed (other weights), or a file process 0 lacks, or an
     option click refuses (that process ended before MPI started, and MPICH left process 0 waiting
     in MPI_Init for ever), or an NBNET_MPI_TIMEOUT it refuses (that process ended without a word
-    and process 0 waited out its own 600 s)."""
+    and process 0 waited out its own 600 s), or a setting the command refuses before nbnet loads
+    (the same hang as click's)."""
     py = [sys.executable, "-m", "nbnet", "train", "--dataset", str(problem), *TRAIN]
     cases = [([*py, "--seed", "1"], "does not train what process 0 does"),
              ([*py, "--resume", str(tmp_path / "missing.npz")], "process 1:"),
              ([*py, "--epochs", "x"], "process 1: Invalid value for '--epochs'"),
-             (["env", "NBNET_MPI_TIMEOUT=x", *py], "process 1: NBNET_MPI_TIMEOUT must be")]
+             (["env", "NBNET_MPI_TIMEOUT=x", *py], "process 1: NBNET_MPI_TIMEOUT must be"),
+             (["env", "NUMBA_NUM_THREADS=abc", *py], "process 1: NUMBA_NUM_THREADS must be")]
     for other, expected in cases:
         result = subprocess.run([MPIEXEC, "-n", "1", *py, ":", "-n", "1", *other], cwd=REPO, env=_env(),
                                 capture_output=True, text=True, timeout=TIMEOUT)

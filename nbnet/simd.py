@@ -32,6 +32,7 @@ Summation order, fixed by the shapes only: bcast_block sums s = 0, 1, ... in ord
 step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halves, then quarters...).
 """
 
+import contextlib
 import math
 import os
 import re
@@ -755,9 +756,23 @@ def unit_counter(typingctx):
 # block a unit returns, while it is in cache. Units never overlap: each output has one owner.
 
 class DiskCache(caching.FunctionCache):
-    """Numba's on-disk cache of a kernel, less the failure that stopped a program: a save the disk
-    refuses (full, over quota) raised out of the kernel's first call, though the kernel was
-    compiled and the cache is only a shortcut. Such a kernel is compiled again in the next process."""
+    """Numba's on-disk cache of a kernel, less the failures that stopped a program, though the
+    cache is only a shortcut: a save the disk refuses (full, over quota) raised out of the kernel's
+    first call (such a kernel is compiled again in the next process), and so did a cache file that
+    cannot be read back (cut short by a crash of the machine before it reached the disk: Numba
+    unpickles it unguarded, and an EOFError, UnpicklingError or LLVM's RuntimeError came out of
+    every later run). Such a kernel is compiled, and its files written over."""
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception:  # noqa: BLE001 - whatever a damaged file raises: the kernel compiles instead
+            try:  # the save after the compile reads the index first: a damaged one is emptied
+                self._cache_file._load_index()
+            except Exception:  # noqa: BLE001
+                with contextlib.suppress(OSError):
+                    self._cache_file.flush()
+            return None
 
     def save_overload(self, sig, data):
         try:

@@ -1223,6 +1223,26 @@ def test_a_disk_that_refuses_the_kernel_cache_does_not_stop_the_kernel(tmp_path,
     assert make(_doubled)(21.0) == 42.0
 
 
+@pytest.mark.parametrize("make", [cpu.jit, simd._jit], ids=["cpu.jit", "simd._jit"])
+@pytest.mark.parametrize("damage", ["index emptied", "index halved", "data emptied", "data halved"])
+def test_a_cache_file_that_cannot_be_read_back_is_compiled_again(tmp_path, monkeypatch, make, damage):
+    """A kernel's index (.nbi) or data (.nbc) cut short, as a crash of the machine before the file
+    reached the disk leaves it: Numba unpickles it unguarded, so every later run stopped at that
+    kernel's first call, `nbnet train` with 'Error: interrupted' (click reads the EOFError of an
+    empty file as Ctrl-D) and exit 130, or a traceback of pickle's. The kernel is compiled again, and
+    its files written over, so the run after that loads it."""
+    from numba import config  # noqa: PLC0415
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    assert make(_doubled)(21.0) == 42.0
+    [path] = tmp_path.rglob("*_doubled*." + ("nbi" if damage.startswith("index") else "nbc"))
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2 if damage.endswith("halved") else 0])
+    again = make(_doubled)
+    assert again(21.0) == 42.0 and not again.stats.cache_hits
+    loaded = make(_doubled)
+    assert loaded(21.0) == 42.0 and sum(loaded.stats.cache_hits.values()) == 1
+
+
 @pytest.mark.parametrize("twin", ["serial", "parallel"])
 @pytest.mark.parametrize("kernel", FAST_KERNELS + ROW_KERNELS, ids=name_of)
 def test_linear_kernels_allocate_nothing(kernel, twin):

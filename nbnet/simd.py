@@ -33,8 +33,10 @@ step; dot_block keeps W lane partial sums, then adds them in a fixed tree (halve
 """
 
 import contextlib
+import hashlib
 import math
 import os
+import pickle
 import re
 import weakref
 
@@ -755,6 +757,30 @@ def unit_counter(typingctx):
 # hands units out to its threads with `claim` and applies its own epilogue (bias, ReLU) to the
 # block a unit returns, while it is in cache. Units never overlap: each output has one owner.
 
+class _CheckedCacheFile(caching.IndexDataCacheFile):
+    """Numba's index and data files of a kernel, each data file holding a SHA-256 of its key and its
+    contents. Numba checks neither: a byte changed on the disk (a flipped bit) in a kernel's
+    machine code unpickles as well as ever, and it ran: a segmentation fault, an illegal
+    instruction or LLVM's abort in every later run, or a wrong answer with nothing said (a
+    constant 2.5 read as 3.5). A file that does not match is a load that fails (see DiskCache)."""
+
+    @staticmethod
+    def _digest(key, data):
+        return hashlib.sha256(repr(key).encode() + data).digest()
+
+    def save(self, key, data):
+        data = self._dump(data)
+        super().save(key, (self._digest(key, data), data))
+
+    def load(self, key):
+        got = super().load(key)
+        if got is None:
+            return None
+        if not (isinstance(got, tuple) and len(got) == 2 and got[0] == self._digest(key, got[1])):
+            raise ValueError("a kernel cache file does not match its checksum")
+        return pickle.loads(got[1])
+
+
 class DiskCache(caching.FunctionCache):
     """Numba's on-disk cache of a kernel, less the failures that stopped a program, though the
     cache is only a shortcut: a save the disk refuses (full, over quota) raised out of the kernel's
@@ -762,6 +788,11 @@ class DiskCache(caching.FunctionCache):
     cannot be read back (cut short by a crash of the machine before it reached the disk: Numba
     unpickles it unguarded, and an EOFError, UnpicklingError or LLVM's RuntimeError came out of
     every later run). Such a kernel is compiled, and its files written over."""
+
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        self._cache_file = _CheckedCacheFile(self._cache_path, self._impl.filename_base,
+                                             self._impl.locator.get_source_stamp())
 
     def load_overload(self, sig, target_context):
         try:

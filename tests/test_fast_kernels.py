@@ -1243,6 +1243,32 @@ def test_a_cache_file_that_cannot_be_read_back_is_compiled_again(tmp_path, monke
     assert loaded(21.0) == 42.0 and sum(loaded.stats.cache_hits.values()) == 1
 
 
+def _scaled(x):
+    return x * 2.5
+
+
+@pytest.mark.parametrize("make", [cpu.jit, simd._jit], ids=["cpu.jit", "simd._jit"])
+def test_a_kernel_cache_file_changed_on_the_disk_is_not_run(tmp_path, monkeypatch, make):
+    """Numba checks nothing of what it loads: a kernel's machine code changed on the disk (a flipped
+    bit) unpickles as well as ever and ran, a segmentation fault or an illegal instruction in every
+    later run, or a wrong answer with nothing said, as here, where the constant 2.5 of the cached
+    code reads 3.5. The data file carries a checksum: the kernel compiles, and the next loads."""
+    import struct  # noqa: PLC0415
+
+    from numba import config  # noqa: PLC0415
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    assert make(_scaled)(21.0) == 52.5
+    [path] = tmp_path.rglob("*_scaled*.nbc")
+    data = path.read_bytes()
+    assert data.count(struct.pack("<d", 2.5)) == 1
+    path.write_bytes(data.replace(struct.pack("<d", 2.5), struct.pack("<d", 3.5)))
+    again = make(_scaled)
+    assert again(21.0) == 52.5 and not again.stats.cache_hits  # 73.5 on the old code
+    loaded = make(_scaled)
+    assert loaded(21.0) == 52.5 and sum(loaded.stats.cache_hits.values()) == 1
+
+
 @pytest.mark.parametrize("twin", ["serial", "parallel"])
 @pytest.mark.parametrize("kernel", FAST_KERNELS + ROW_KERNELS, ids=name_of)
 def test_linear_kernels_allocate_nothing(kernel, twin):

@@ -270,6 +270,8 @@ def main(out=print):
     """Run every check, printing as it goes; returns the exit status (0: all passed)."""
     from . import __version__  # noqa: PLC0415
 
+    if simd.FOREIGN_CODE is not None:  # every check would fail with it: said once
+        raise ValueError(simd.FOREIGN_CODE)
     # the sources' hash names the kernels' code exactly, also in a git checkout between versions
     out(f"nbnet {__version__} (kernel sources {cpu.SOURCES_HASH[:12]}), numba {numba.__version__}, "
         f"numpy {np.__version__}")

@@ -831,6 +831,32 @@ CACHE = _CACHE_PATH is not None and (not EMULATED
                                      or _CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, "")))
 
 
+def foreign_code():
+    """Why the code Numba compiles here cannot run here, or None: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
+    name a vector ISA (or FMA) this CPU lacks. Numba compiles it without a word (inspecting it is a
+    use: test_avx512_micro_kernels_compile_without_spills_on_any_machine), and the first kernel a
+    program called stopped it at an illegal instruction, SIGILL with nothing said. Only the
+    features isa() reads are compared: they are what the kernels' own code is built from."""
+    if config.CPU_NAME is None and config.CPU_FEATURES is None:
+        return None  # the host's own
+    name, _, _, fma = isa()
+    need = {"avx512": {"avx512f", "avx2", "avx"}, "avx2": {"avx2", "avx"}, "avx": {"avx"}}.get(name)
+    if need is None:  # SSE2 is x86-64's baseline; NEON is ARMv8-A's
+        return None
+    host = {f[1:] for f in llb.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+    lacks = sorted((need | ({"fma"} if fma else set())) - host)
+    if not lacks:
+        return None
+    told = ", ".join(f"{var}={value!r}" for var, value in (("NUMBA_CPU_NAME", config.CPU_NAME),
+                                                            ("NUMBA_CPU_FEATURES", config.CPU_FEATURES))
+                     if value is not None)
+    return (f"{told} has Numba compile {name} code, and this CPU ({llb.get_host_cpu_name()}) lacks "
+            f"{', '.join(lacks)}: nbnet's kernels would stop at an illegal instruction; unset them, or "
+            "name a CPU this one can run")
+
+
+FOREIGN_CODE = foreign_code()
+
 NO_CWD = ("the current folder no longer exists (it was deleted), and Numba needs one to compile nbnet's "
           "kernels: os.chdir to one that does")
 
@@ -844,6 +870,8 @@ def said_without_cwd(kernel):
     compile_for_args = kernel._compile_for_args
 
     def compiling(*args, **kws):
+        if FOREIGN_CODE is not None:
+            raise ValueError(FOREIGN_CODE)
         try:
             return compile_for_args(*args, **kws)
         except Exception:

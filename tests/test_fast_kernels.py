@@ -867,6 +867,30 @@ def test_avx512_micro_kernels_compile_without_spills_on_any_machine():
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
 
 
+def test_code_for_a_cpu_this_one_cannot_run_is_refused_not_run(tmp_path):
+    """NUMBA_CPU_NAME=skylake-avx512 NUMBA_CPU_FEATURES= (a cluster's shared setting, or one left
+    from inspecting AVX-512 code) on a CPU without AVX-512: Numba compiles AVX-512 code without a
+    word, and nbnet's first kernel stopped the program at an illegal instruction (SIGILL, exit 132,
+    nothing said). A kernel's call is a ValueError that names the variables and what this CPU
+    lacks; `nbnet check`, whose every check would fail with it, is one Error line."""
+    import llvmlite.binding as llb  # noqa: PLC0415
+
+    if simd.ISA not in ("avx2", "avx", "sse2") or simd.EMULATED or "+avx512f" in llb.get_host_cpu_features().flatten():
+        pytest.skip("an x86 CPU without AVX-512")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CPU_NAME="skylake-avx512", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path))
+    code = ("import numpy as np, nbnet as nb\n"
+            "try:\n    nb.Linear(3, 2)(np.ones((1, 3), np.float32))\n"
+            "except ValueError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "NUMBA_CPU_NAME='skylake-avx512'" in done.stdout, (done.returncode, done.stderr)
+    assert "lacks avx512f" in done.stdout and "illegal instruction" in done.stdout, done.stdout
+    done = subprocess.run([sys.executable, "-m", "nbnet", "check"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == "", (done.returncode, done.stdout)
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: NUMBA_CPU_NAME="), done.stderr
+
 # The tests of this file that the register layout changes: every fast kernel against its formula
 # kernel, the twins bitwise, units, routes, transposes, the stack. Left out: compile-only, cache and
 # IR checks, and kernels that do not read through nbnet.simd.

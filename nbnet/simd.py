@@ -794,6 +794,15 @@ class DiskCache(caching.FunctionCache):
         self._cache_file = _CheckedCacheFile(self._cache_path, self._impl.filename_base,
                                              self._impl.locator.get_source_stamp())
 
+    def _index_key(self, sig, codegen):
+        # Numba keys a kernel on the CPU and its features, not on the settings that change its code
+        # for that CPU: one run under NUMBA_OPT=0 filed unoptimised kernels that every later run
+        # loaded (a spiral epoch 4x slower, for good), and NUMBA_BOUNDSCHECK=1 over a warm cache
+        # loaded unchecked kernels, finding no out-of-bounds index where one was sought.
+        return super()._index_key(sig, codegen) + ((repr(config.OPT), bool(config.BOUNDSCHECK),
+                                                    bool(config.DEBUGINFO_DEFAULT), bool(config.LOOP_VECTORIZE),
+                                                    bool(config.SLP_VECTORIZE)),)
+
     def load_overload(self, sig, target_context):
         try:
             return super().load_overload(sig, target_context)

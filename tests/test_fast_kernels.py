@@ -1293,6 +1293,27 @@ def test_a_kernel_cache_file_changed_on_the_disk_is_not_run(tmp_path, monkeypatc
     assert loaded(21.0) == 52.5 and sum(loaded.stats.cache_hits.values()) == 1
 
 
+@pytest.mark.parametrize("make", [cpu.jit, simd._jit], ids=["cpu.jit", "simd._jit"])
+@pytest.mark.parametrize("setting", ["OPT", "BOUNDSCHECK", "DEBUGINFO_DEFAULT", "LOOP_VECTORIZE", "SLP_VECTORIZE"])
+def test_a_kernel_cached_under_other_numba_settings_is_not_loaded(tmp_path, monkeypatch, make, setting):
+    """Numba keys a cached kernel on the CPU, not on the settings that change its code there: after
+    one run under NUMBA_OPT=0 every later run loaded its unoptimised kernels (a spiral epoch 4x
+    slower, for good), and NUMBA_BOUNDSCHECK=1 over a warm cache ran unchecked kernels. Here the
+    setting is changed where the key is computed, as another process's would be."""
+    from numba import config  # noqa: PLC0415
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    assert make(_doubled)(21.0) == 42.0
+    now = getattr(config, setting)  # another than this process's (the suite may run under NUMBA_BOUNDSCHECK=1)
+    monkeypatch.setattr(config, setting, config._OptLevel(3 if now == 0 else 0) if setting == "OPT" else int(not now))
+    other = make(_doubled)
+    assert other(21.0) == 42.0 and not other.stats.cache_hits
+    monkeypatch.undo()
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    same = make(_doubled)
+    assert same(21.0) == 42.0 and sum(same.stats.cache_hits.values()) == 1
+
+
 @pytest.mark.parametrize("twin", ["serial", "parallel"])
 @pytest.mark.parametrize("kernel", FAST_KERNELS + ROW_KERNELS, ids=name_of)
 def test_linear_kernels_allocate_nothing(kernel, twin):

@@ -5,6 +5,7 @@ or SIGTERM then ends the command with one line instead of a traceback, and so do
 variable that importing nbnet would refuse. nbnet.cli takes over once it runs."""
 
 import os
+import re
 import signal
 import sys
 import warnings
@@ -117,9 +118,20 @@ def numba_disable_jit_fault():
     """NO_JIT where Numba's compiler is off (njit then gives back the Python function, and
     nbnet.simd's intrinsics exist only compiled). Numba's own reading is asked, as it also takes
     NUMBA_DISABLE_JIT from a .numba_config.yaml in the current folder: this imports Numba, whose
-    own refusals (num_threads: 0 in that file, say) are one line too."""
+    own refusals (num_threads: 0 in that file, say) are one line too, and so is a NUMBA_ variable
+    it cannot parse (NUMBA_OPT=9), which it reads as unset after a RuntimeWarning that holds a
+    traceback."""
     try:
-        from numba.core import config  # noqa: PLC0415
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Environment variable '", category=RuntimeWarning)
+            from numba.core import config  # noqa: PLC0415
+    except RuntimeWarning as e:
+        lines = str(e).split("\n")
+        said = re.match(r"Environment variable '(\w+)' is defined but its associated value '(.*)' could not", lines[0])
+        if said is None:
+            return f"Numba cannot start: {' '.join(lines[0].split())}"
+        why = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return f"{said[1]}={said[2][:40]!r} is not a value Numba can read ({why}); fix or unset it"
     except Exception as e:  # noqa: BLE001 - whatever stops Numba loading stops the command: say what
         return f"Numba cannot start: {type(e).__name__}: {' '.join(str(e).split())}"
     return NO_JIT if config.DISABLE_JIT else None

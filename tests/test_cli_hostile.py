@@ -1094,6 +1094,19 @@ def test_a_numba_num_threads_numba_cannot_use_is_one_error_line(value):
     assert p.stderr == f"Error: NUMBA_NUM_THREADS must be a positive number of threads, got {value!r}\n"
 
 
+@pytest.mark.parametrize("name,value,says", [("NUMBA_OPT", "9", "supported values are 0, 1, 2, 3, and 'max'"),
+                                             ("NUMBA_BOUNDSCHECK", "yes", "invalid literal for int()"),
+                                             ("NUMBA_DEBUGINFO", "x", "invalid literal for int()")])
+def test_a_numba_setting_numba_cannot_read_is_one_error_line(name, value, says):
+    """Numba reads each NUMBA_ variable as it loads, and one it cannot parse (NUMBA_OPT=9, a
+    NUMBA_BOUNDSCHECK=yes) was a RuntimeWarning holding a traceback, a dozen lines before the
+    command ran on with Numba's default, as NUMBA_NUM_THREADS=abc was."""
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60,
+                       env={**_env(), name: value})
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
+    assert p.stderr.startswith(f"Error: {name}={value!r} is not a value Numba can read (") and says in p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr
+
 def test_numba_disable_jit_is_one_error_line_and_a_clear_import_error():
     """NUMBA_DISABLE_JIT=1 (set to debug one's own Numba code) makes njit return the plain Python
     function, and nbnet's kernels are built from LLVM intrinsics that run only compiled: importing

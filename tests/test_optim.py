@@ -740,6 +740,7 @@ def test_optimizers_follow_torch_optim(name, kwargs, dtype):
     (lambda ps: nb.SGD(ps, lr=1e39), "lr"),
     (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e39), "weight_decay"),
     (lambda ps: nb.Adam(ps, eps=1e39), "eps"),
+    (lambda ps: nb.Adam(ps, lr=1e38), "lr / (1 - betas[0]**t)"),
     (lambda ps: nb.AdamW(ps, lr=1e20, weight_decay=1e20), "1 - lr * weight_decay"),
 ])
 def test_a_hyper_parameter_beyond_the_parameters_dtype_is_refused_before_the_step(make, name):

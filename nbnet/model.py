@@ -48,7 +48,8 @@ class Sequential:
     nb.predict and nb.evaluate (a whole call) and each step of nb.train hold it, so threads may
     predict with one model, and predict while another trains it (between its steps); so do save,
     state_dict, load_state_dict, astype and copy.deepcopy, which take or put the weights of one
-    step. A backward
+    step (pickle.dumps reads the arrays __getstate__ gives after it returns: hold `with model.lock:`
+    around it while another thread trains). A backward
     reads the cache of the last forward, which must be its own thread's (else RuntimeError); a
     hand-written loop shared by threads holds `with model.lock:` around forward, backward and step.
     """
@@ -79,13 +80,13 @@ class Sequential:
         # array two layers hold one array): deepcopy itself cannot copy numba-cuda's arrays (the
         # simulator's came out as host arrays, a copy silently on the CPU; real ones hold
         # driver handles, not values). The rest as deepcopy does, through __getstate__.
-        for layer in self.layers:
-            for value in vars(layer).values():
-                if _on_device(value) and id(value) not in memo:
-                    memo[id(value)] = copy_device_array(value)
         new = object.__new__(type(self))
         memo[id(self)] = new
         with self.lock:  # the weights of one step, not some of the next one's (see state_dict)
+            for layer in self.layers:
+                for value in vars(layer).values():
+                    if _on_device(value) and id(value) not in memo:
+                        memo[id(value)] = copy_device_array(value)
             new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         # deepcopy copies each view of the flat buffer alone: packed again, the copy's optimizer
         # steps in one pass (one launch on the GPU), as the original's

@@ -750,6 +750,20 @@ def test_a_deep_copy_of_a_model_on_the_device_is_on_the_device_and_its_own():
     np.testing.assert_array_equal(to_host(model(x)), want)
 
 
+def test_a_deep_copy_of_a_model_on_the_device_copies_its_arrays_under_the_lock(monkeypatch):
+    """deepcopy holds model.lock so that a thread training meanwhile waits (the weights of one step):
+    the device arrays were copied before the lock was taken, where a step's kernels could land."""
+    import copy  # noqa: PLC0415
+
+    from nbnet import model as model_module  # noqa: PLC0415
+
+    model = nb.Sequential(nb.Linear(3, 3, seed=0), nb.ReLU(), nb.Linear(3, 2, seed=1)).to("cuda")
+    held, copy_array = [], model_module.copy_device_array
+    monkeypatch.setattr(model_module, "copy_device_array", lambda a: held.append(model.lock._is_owned()) or copy_array(a))
+    copy.deepcopy(model)
+    assert held and all(held)
+
+
 def test_a_device_view_of_the_losss_own_buffer_as_its_logits_is_not_overwritten():
     """loss_fn(v, y) on the GPU where v is a view of the loss's own dz or softmax buffer: the fused
     kernel wrote dz over the logits row by row before reading z_i,t_i (a wrong loss). Compared by

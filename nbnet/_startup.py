@@ -1,6 +1,5 @@
 """Signals and settings while the `nbnet` command starts. Imports only the standard library (and
-Numba for its last check, numba_disable_jit_fault; nbnet.dist where it refuses a process of an MPI
-training job): it runs first, before NumPy and Numba load (about half a second), so that a Ctrl-C
+Numba for its last check, numba_disable_jit_fault): it runs first, before NumPy and Numba load (about half a second), so that a Ctrl-C
 or SIGTERM then ends the command with one line instead of a traceback, and so does an environment
 variable that importing nbnet would refuse. nbnet.cli takes over once it runs."""
 
@@ -166,28 +165,11 @@ def warn_numba_yaml_unread():
             warnings.warn(why, UserWarning, stacklevel=2)
 
 
-def _meet_the_training_job(why):
-    """In one process of `mpiexec -n N nbnet train` (N > 1), end with `why` as every error before
-    training ends: MPICH leaves the job's other processes waiting in MPI_Init for ever once one has
-    exited without it, and a setting refused here may be this process's alone (another machine's,
-    or `mpiexec ... : -n 1 env NUMBA_NUM_THREADS=...`). nbnet.dist needs NumPy and mpi4py, not
-    Numba, and meets the others at their start-of-training meeting; process 0 prints the line."""
-    if sys.argv[1:2] != ["train"]:
-        return
-    from . import dist  # noqa: PLC0415
-
-    if dist.launched_size() == 1:
-        return
-    try:
-        dist.world()
-    except (RuntimeError, ValueError):  # no mpi4py, a bad NBNET_MPI_TIMEOUT: no meeting to be had
-        return
-    dist.fail(why, 2)
-
-
-def refuse_bad_environment():
+def refuse_bad_environment(meet=None):
     """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses,
-    or that Numba's import would turn into a traceback or a warning."""
+    or that Numba's import would turn into a traceback or a warning. meet(why) first: in a process of
+    an MPI training job, nbnet.dist.refuse_in_training_job (given by nbnet/__init__.py: this module
+    is below the ones dist imports)."""
     if not _is_the_command():
         return
     unread = numba_yaml_unread()  # said after the checks, so that a refusal is still one line
@@ -195,7 +177,8 @@ def refuse_bad_environment():
     for fault in (cwd_fault, lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault):
         why = fault()
         if why is not None:
-            _meet_the_training_job(why)
+            if meet is not None:
+                meet(why)
             os.write(2, f"Error: {why}\n".encode())
             sys.exit(2)
     if unread is not None:

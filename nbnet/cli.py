@@ -1124,7 +1124,7 @@ def main(args=None):
     if dist.launched_size() == 1:
         cli.main(args=args, prog_name="nbnet")
         return
-    if (sys.argv[1:] if args is None else list(args))[:1] == ["train"]:
+    if dist.training_job(sys.argv[1:] if args is None else args):
         # MPICH leaves every process of a job waiting in MPI_Init for ever once one has exited
         # without it: an option given wrong to process 1 alone (a click error, before train_cmd
         # starts MPI) ended that process in silence and hung the others. Each process of a

@@ -367,6 +367,28 @@ def world():
     return _world
 
 
+def training_job(args):
+    """Whether the command's arguments (sys.argv[1:]) start a training job of more than one process."""
+    return launched_size() > 1 and list(args)[:1] == ["train"]
+
+
+def refuse_in_training_job(why):
+    """In one process of `mpiexec -n N nbnet train` (N > 1), end with `why` as every error before
+    training ends: MPICH leaves the job's other processes waiting in MPI_Init for ever once one has
+    exited without it, and a setting refused before nbnet loads may be this process's alone
+    (another machine's, or `mpiexec ... : -n 1 env NUMBA_NUM_THREADS=...`). Meets the others at
+    their start-of-training meeting, where process 0 prints the line; returns where none can be had."""
+    if not training_job(sys.argv[1:]):
+        return
+    try:
+        world()
+    except RuntimeError:  # no mpi4py: no meeting to be had
+        return
+    except ValueError:  # a bad NBNET_MPI_TIMEOUT as well: the communicator is made all the same
+        pass
+    fail(why, 2)
+
+
 def wrap(comm):
     """What `train(comm=...)` accepts: None (one process), an mpi4py communicator, or one of ours."""
     if comm is None:

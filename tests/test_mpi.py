@@ -309,7 +309,9 @@ def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
              ([*py, "--resume", str(tmp_path / "missing.npz")], "process 1:"),
              ([*py, "--epochs", "x"], "process 1: Invalid value for '--epochs'"),
              (["env", "NBNET_MPI_TIMEOUT=x", *py], "process 1: NBNET_MPI_TIMEOUT must be"),
-             (["env", "NUMBA_NUM_THREADS=abc", *py], "process 1: NUMBA_NUM_THREADS must be")]
+             (["env", "NUMBA_NUM_THREADS=abc", *py], "process 1: NUMBA_NUM_THREADS must be"),
+             # both: the timeout's refusal came after MPI_Init, and the process ended without meeting
+             (["env", "NBNET_MPI_TIMEOUT=x", "NUMBA_NUM_THREADS=abc", *py], "process 1: NUMBA_NUM_THREADS must be")]
     for other, expected in cases:
         result = subprocess.run([MPIEXEC, "-n", "1", *py, ":", "-n", "1", *other], cwd=REPO, env=_env(),
                                 capture_output=True, text=True, timeout=TIMEOUT)

@@ -26,7 +26,6 @@ There is no RNG state to store: shuffling is seeded with (seed, epoch) and initi
 import itertools
 import json
 import math
-import operator
 import os
 
 import numpy as np
@@ -47,31 +46,17 @@ def _json(obj):
     return np.array(json.dumps(obj, allow_nan=False))
 
 
-def _history_table(history, done=None):
+def _history_table(history):
     """The per-epoch metrics as train/history stores them: (names, float64 (epochs, names)),
-    NaN where an epoch has no such metric. done: the TrainState's history_table, {} at first: the
-    table of the entries tabled before, kept there, so that a save (one per epoch) tables only the
-    new ones, where rebuilding all of a 10,000-epoch history took 12 of a save's 17 ms. The entries
-    tabled before count where they are the same dicts, in the same places (train() appends a
-    new dict per epoch and never changes one), else the table is built anew: the same bits."""
-    done = {} if done is None else done
-    old = done.get("rows", [])
-    if len(old) > len(history) or not all(map(operator.is_, old, history)):
-        old = []
-    keys, before = (done["keys"], done["table"]) if old else ([], np.zeros((0, 0)))
-    new = history[len(old):]
-    # New names come after the old ones, in the order of first use: dict.fromkeys of all entries'
-    keys = list(dict.fromkeys(itertools.chain(keys, itertools.chain.from_iterable(new))))
-    added = np.array([[m.get(key, math.nan) for key in keys] for m in new], np.float64).reshape(len(new), len(keys))
+    NaN where an epoch has no such metric."""
+    keys = list(dict.fromkeys(itertools.chain.from_iterable(history)))
+    table = np.array([[m.get(key, math.nan) for key in keys] for m in history], np.float64)
+    table = table.reshape(len(history), len(keys))
     # NaN is "absent", so a metric that is NaN or Inf must not pass as one (JSON refused them too)
-    absent = added.size - sum(len(m) for m in new)
-    if np.isinf(added).any() or np.isnan(added).sum() != absent:
+    absent = table.size - sum(len(m) for m in history)
+    if np.isinf(table).any() or np.isnan(table).sum() != absent:
         raise ValueError("the training history holds NaN or Inf")
-    table = np.full((len(history), len(keys)), math.nan)
-    table[:len(old), :before.shape[1]] = before
-    table[len(old):] = added
-    done.update(rows=list(history), keys=keys, table=table)
-    return list(keys), table
+    return keys, table
 
 
 def _stored_history(keys, table, bad, source):
@@ -123,7 +108,7 @@ def save_checkpoint(path, model, opt, state, config, data=None):
         arrays[STATE_PREFIX + key] = arr
     check_finite(arrays, f"cannot save {os.fspath(path)}", "arrays")
     arrays["optim/meta"] = _json(sd)
-    history_keys, arrays["train/history"] = _history_table(state.history, state.history_table)
+    history_keys, arrays["train/history"] = _history_table(state.history)
     arrays["train/state"] = _json({
         "epoch": state.epoch, "step": state.step, "loss_sum": state.loss_sum, "correct": state.correct,
         "seen": state.seen, "seconds": state.seconds, "history_keys": history_keys,

@@ -71,9 +71,6 @@ class TrainState:
     # state restores them as one that never stopped would. In memory only: checkpoints keep the
     # best epoch in a file of its own (--save-best).
     best_params: list = field(default=None, repr=False, compare=False)
-    # What nbnet.checkpoint saved of `history` (its train/history table), so that the next save adds
-    # only the epochs since: see checkpoint._history_table.
-    history_table: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class _HeldCtrlC:

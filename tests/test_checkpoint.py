@@ -1,7 +1,6 @@
 """The Python training loop and checkpoints: history, schedules, divergence, bitwise resume,
 atomic writes, and files that np.load(allow_pickle=False) and nb.load both read."""
 
-import itertools
 import json
 import math
 import os
@@ -222,58 +221,6 @@ def test_a_checkpoint_grows_by_the_numbers_of_an_epoch_not_by_the_text_of_its_hi
     assert ck.state.history == state.history
     assert [list(m) for m in ck.state.history] == [list(m) for m in state.history]  # in their order
     assert all(type(m["epoch"]) is int for m in ck.state.history)
-
-
-def table_anew(history):
-    """train/history as every save built it before the table was kept between saves."""
-    keys = list(dict.fromkeys(itertools.chain.from_iterable(history)))
-    table = np.array([[m.get(key, math.nan) for key in keys] for m in history], np.float64)
-    return keys, table.reshape(len(history), len(keys))
-
-
-class Read(dict):
-    """A history entry that counts the reads of its metrics."""
-
-    reads = 0
-
-    def get(self, *args):
-        self.reads += 1
-        return super().get(*args)
-
-
-def test_each_save_tables_only_the_new_epochs_to_the_same_bits(tmp_path):
-    """A checkpoint is saved every epoch, and each save built the whole history's table anew (12
-    of a save's 17 ms at 10,000 epochs). The state keeps the table: a save reads only the entries
-    since the last, and stores the bits of a table built anew, with names that appear later (a
-    version 1 run resumed), an entry replaced, a history cut or new, and a NaN refused."""
-    model, opt, _ = run(epochs=1)
-    entry = lambda i, **more: Read(epoch=i + 1, train_loss=1 / (i + 1), seconds=-0.0, **more)  # noqa: E731
-    state = TrainState(history=[entry(0), entry(1)])
-
-    def saved(reads):
-        before = [m.reads for m in state.history]
-        save_checkpoint(tmp_path / "c.npz", model, opt, state, {})
-        assert [m.reads - b for m, b in zip(state.history, before)] == reads
-        keys, table = table_anew(state.history)
-        with np.load(tmp_path / "c.npz", allow_pickle=False) as f:
-            assert json.loads(str(f["train/state"]))["history_keys"] == keys
-            assert f["train/history"].shape == table.shape and f["train/history"].tobytes() == table.tobytes()
-
-    saved([3, 3])
-    state.history += [entry(2, val_loss=0.5), entry(3)]  # a name the first epochs have not
-    saved([0, 0, 4, 4])
-    saved([0, 0, 0, 0])
-    state.history[1] = entry(1)  # equal, but another entry: read again
-    saved([4] * 4)
-    del state.history[3]
-    saved([4] * 3)
-    state.history.append(entry(3, test_loss=math.nan))
-    with pytest.raises(ValueError, match="history holds NaN or Inf"):
-        save_checkpoint(tmp_path / "c.npz", model, opt, state, {})
-    state.history[3] = entry(3, test_loss=2.0)
-    saved([0, 0, 0, 5])
-    state.history = [entry(0, val_loss=1.0)]  # another run's
-    saved([4])
 
 
 def test_a_version_1_checkpoint_loads_and_resumes_bitwise(tmp_path):

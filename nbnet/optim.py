@@ -335,7 +335,7 @@ class Optimizer:
         key = (dtype, values)
         if self._cast is None or self._cast[0] != key:
             top = _largest(dtype)
-            if max(map(abs, map(float, values))) > top:  # as floats: np.float32(0.1) > 1.8e308 warns (overflow)
+            if any(abs(float(v)) > top for v in values):  # as floats: np.float32(0.1) > 1.8e308 warns (overflow)
                 name, v = next((n, v) for n, v in zip(names, values) if abs(v) > top)
                 raise ValueError(f"{type(self).__name__}: {name} = {v:g} is too large for {dtype} parameters")
             self._cast = (key, tuple(dtype.type(v) for v in values))
@@ -405,6 +405,7 @@ class SGD(Optimizer):
 
     hyper_names = ("lr", "momentum", "weight_decay", "nesterov")
     checked_names = hyper_names  # _check_hyper's arguments (a subclass may add hyper_names of its own)
+    _SCALAR_NAMES = ("lr", "momentum", "weight_decay")  # sgd_step's, as _scalars names them
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         self._check_hyper(lr, momentum, weight_decay, nesterov)
@@ -440,12 +441,15 @@ class SGD(Optimizer):
     def step(self):
         self._check_hyper_now()
         groups = self._groups()  # first: a step it refuses leaves step_count as it was
-        scalars = [self._scalars(data.dtype, self.hyper_names, self.lr, self.momentum, self.weight_decay)
-                   for data, _, _ in groups]
-        self.step_count += 1
-        for (data, grad, st), (lr, momentum, weight_decay) in zip(groups, scalars):
+        names = self._SCALAR_NAMES
+        if len(groups) > 1:  # a step _scalars refuses changes nothing: every group's dtype first
+            for data, _, _ in groups:
+                self._scalars(data.dtype, names, self.lr, self.momentum, self.weight_decay)
+        for data, grad, st in groups:
+            lr, momentum, weight_decay = self._scalars(data.dtype, names, self.lr, self.momentum, self.weight_decay)
             buf = st["momentum_buffer"] if self.state_names else data  # without momentum the kernel never reads it
             kernels(data).sgd_step(data, grad, buf, lr, momentum, weight_decay, self.nesterov)
+        self.step_count += 1
 
 
 class Adam(Optimizer):

@@ -757,7 +757,14 @@ def unit_counter(typingctx):
 # hands units out to its threads with `claim` and applies its own epilogue (bias, ReLU) to the
 # block a unit returns, while it is in cache. Units never overlap: each output has one owner.
 
-class _CheckedCacheFile(caching.IndexDataCacheFile):
+# Numba's internals as of 0.68 (IndexDataCacheFile, its _dump and _load_index; a cache's _impl and
+# _cache_file): a Numba that renamed them gets its own files, unchecked, not an error at import
+# (as cpu._KEYED does for _index_key).
+_CHECKABLE = hasattr(caching, "IndexDataCacheFile") and all(
+    hasattr(caching.IndexDataCacheFile, name) for name in ("_dump", "_load_index", "save", "load", "flush"))
+
+
+class _CheckedCacheFile(caching.IndexDataCacheFile if _CHECKABLE else object):
     """Numba's index and data files of a kernel, each data file holding a SHA-256 of its key and its
     contents. Numba checks neither: a byte changed on the disk (a flipped bit) in a kernel's
     machine code unpickles as well as ever, and it ran: a segmentation fault, an illegal
@@ -791,8 +798,10 @@ class DiskCache(caching.FunctionCache):
 
     def __init__(self, py_func):
         super().__init__(py_func)
-        self._cache_file = _CheckedCacheFile(self._cache_path, self._impl.filename_base,
-                                             self._impl.locator.get_source_stamp())
+        with contextlib.suppress(AttributeError):  # see _CHECKABLE
+            if _CHECKABLE:
+                self._cache_file = _CheckedCacheFile(self._cache_path, self._impl.filename_base,
+                                                     self._impl.locator.get_source_stamp())
 
     def _index_key(self, sig, codegen):
         # Numba keys a kernel on the CPU and its features, not on the settings that change its code
@@ -810,7 +819,7 @@ class DiskCache(caching.FunctionCache):
             try:  # the save after the compile reads the index first: a damaged one is emptied
                 self._cache_file._load_index()
             except Exception:  # noqa: BLE001
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(Exception):
                     self._cache_file.flush()
             return None
 
@@ -842,25 +851,30 @@ CACHE = _CACHE_PATH is not None and (not EMULATED
 
 def foreign_code():
     """Why the code Numba compiles here cannot run here, or None: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
-    name a vector ISA (or FMA) this CPU lacks. Numba compiles it without a word (inspecting it is a
+    name features this CPU lacks. Numba compiles for them without a word (inspecting such code is a
     use: test_avx512_micro_kernels_compile_without_spills_on_any_machine), and the first kernel a
-    program called stopped it at an illegal instruction, SIGILL with nothing said. Only the
-    features isa() reads are compared: they are what the kernels' own code is built from."""
+    program called stopped it at an illegal instruction, SIGILL with nothing said. Features
+    NUMBA_CPU_FEATURES lists are compared one by one (those this LLVM knows); for a CPU named
+    alone, the vector ISA and FMA that isa() reads, what the kernels' own code is built from (a
+    partial guard: llvmlite gives no named CPU's other features)."""
     if config.CPU_NAME is None and config.CPU_FEATURES is None:
         return None  # the host's own
+    flags = llb.get_host_cpu_features().flatten().split(",")
+    host = {f[1:] for f in flags if f.startswith("+")}
+    known = {f[1:] for f in flags if f[:1] in "+-"}
     name, _, _, fma = isa()
-    need = {"avx512": {"avx512f", "avx2", "avx"}, "avx2": {"avx2", "avx"}, "avx": {"avx"}}.get(name)
-    if need is None:  # SSE2 is x86-64's baseline; NEON is ARMv8-A's
-        return None
-    host = {f[1:] for f in llb.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
-    lacks = sorted((need | ({"fma"} if fma else set())) - host)
+    need = {"avx512": {"avx512f", "avx2", "avx"}, "avx2": {"avx2", "avx"}, "avx": {"avx"}}.get(name, set())
+    need |= {"fma"} if fma and need else set()
+    if config.CPU_FEATURES:  # features named one by one: each must be the host's
+        need |= {f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+") and f[1:] in known}
+    lacks = sorted(need - host)
     if not lacks:
         return None
     told = ", ".join(f"{var}={value!r}" for var, value in (("NUMBA_CPU_NAME", config.CPU_NAME),
                                                             ("NUMBA_CPU_FEATURES", config.CPU_FEATURES))
                      if value is not None)
-    return (f"{told} has Numba compile {name} code, and this CPU ({llb.get_host_cpu_name()}) lacks "
-            f"{', '.join(lacks)}: nbnet's kernels would stop at an illegal instruction; unset them, or "
+    return (f"{told} makes Numba compile code for features this CPU ({llb.get_host_cpu_name()}) lacks: "
+            f"{', '.join(lacks)}; nbnet's kernels would stop at an illegal instruction: unset them, or "
             "name a CPU this one can run")
 
 

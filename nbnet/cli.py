@@ -961,12 +961,16 @@ def evaluate_cmd(checkpoint, dataset, all_rows, data_dir, as_json, loss_name):
     else:
         _, _, x_test, y_test = _load_data(key, data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype,
                                           loss_name)
-    # A test file of its own, scored as if it were the training file: a fifth of its rows.
-    other_file = is_file and not all_rows and named is not None and not _same_path(named, cfg.get("dataset"))
+    # A test file of its own scored as if it were the training file (a fifth of its rows), or the
+    # training file scored whole (the rows it trained on among them): both said, after the scores.
+    trained_on = is_file and _same_path(key, cfg.get("dataset"))
     check_data(ck.model, (None, None, x_test, y_test), loss_name)
     loss, metric = evaluate(ck.model, x_test, y_test, loss=loss_name)
     _raise_if_signalled()  # before the result is shown: an interrupted command prints none
-    if other_file:
+    if all_rows and trained_on:
+        click.echo(f"note: scored every row of {dataset}, the file it was trained on: its training rows among "
+                   "them", err=True)
+    elif is_file and not all_rows and named is not None and not trained_on:
         click.echo(f"note: scored the --test-split part of {dataset} ({len(y_test)} rows), as held out in "
                    "training; --all-rows scores every row", err=True)
     if loss_name == "mse":

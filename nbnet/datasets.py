@@ -332,7 +332,8 @@ def is_real(dtype):
 def check_xy(x, y, source, targets="labels", dtype=np.float32):
     """Validate features and targets; returns (x as `dtype`, y). targets: "labels" (class labels,
     (N,) int64 out), "values" (regression: finite reals, (N,) or (N, D), float64 out), "binary"
-    (yes/no labels or probabilities in [0, 1], (N,) or (N, L), float64 out)."""
+    (yes/no labels or probabilities in [0, 1], (N,) or (N, L), float64 out). Arrays already in
+    their dtype and C order come back as they are, not copied."""
     if targets != "labels":
         return _check_x_values(x, y, source, targets, dtype)
     if x.ndim != 2:

@@ -159,7 +159,7 @@ def read_npz(path, what=None, into=None):
                 # its comment, silently (a checkpoint lost its training entries and loaded as a
                 # plain model). The end record also counts the members.
                 if declared is not None and declared != len(z.infolist()):
-                    raise ValueError(f"its end record declares {declared} arrays, its directory lists "
+                    raise ValueError(f"its end record declares {declared} members, its directory lists "
                                      f"{len(z.infolist())}")
                 total, keys = 0, set()
                 for info in z.infolist():

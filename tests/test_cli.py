@@ -414,5 +414,8 @@ def test_evaluate_all_rows_scores_a_test_file_of_its_own(tmp_path):
     want = nb.evaluate(nb.load(ck), x[:50], y[:50])
     assert got["samples"] == 50
     assert got["accuracy"] == want["accuracy"] and got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    whole_own = nbnet("evaluate", "--checkpoint", ck, "--all-rows", "--json")  # the training file, whole
+    assert whole_own.exit_code == 0 and json.loads(whole_own.stdout)["samples"] == 200
+    assert whole_own.stderr.startswith("note: scored every row of") and "training rows among them" in whole_own.stderr
     assert_error(nbnet("evaluate", "--checkpoint", ck, "--dataset", "spiral", "--all-rows"),
                  "--all-rows is for a .npz or .csv file")

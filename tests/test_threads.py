@@ -568,8 +568,6 @@ def test_the_weights_read_or_written_whole_are_those_of_one_step(call, tmp_path)
     import copy
     import threading
 
-    import numpy as np
-
     import nbnet as nb
 
     model = nb.Sequential(nb.Linear(16, 32, seed=0), nb.ReLU(), nb.Linear(32, 4, seed=2))

@@ -338,7 +338,13 @@ class Optimizer:
             if any(abs(float(v)) > top for v in values):  # as floats: np.float32(0.1) > 1.8e308 warns (overflow)
                 name, v = next((n, v) for n, v in zip(names, values) if abs(v) > top)
                 raise ValueError(f"{type(self).__name__}: {name} = {v:g} is too large for {dtype} parameters")
-            self._cast = (key, tuple(dtype.type(v) for v in values))
+            cast = tuple(dtype.type(v) for v in values)
+            # One that rounds to 0 (lr=1e-50 on float32): steps that change nothing, or Adam's
+            # eps 0 a 0/0 where a gradient stays 0; `nbnet train` refuses them the same way.
+            tiny = next(((n, v) for n, v, c in zip(names, values, cast) if v and not c), None) if 0 in cast else None
+            if tiny is not None:
+                raise ValueError(f"{type(self).__name__}: {tiny[0]} = {tiny[1]:g} is 0 in {dtype} (too small)")
+            self._cast = (key, cast)
         return self._cast[1]
 
     def state_dict(self):
@@ -499,8 +505,11 @@ class Adam(Optimizer):
             if abs(step_size) > _largest(dt):
                 raise ValueError(f"{type(self).__name__}: lr / (1 - betas[0]**t) = {step_size:g} is too large for "
                                  f"{dt} parameters")
+            size = dt.type(step_size)
+            if step_size and not size:
+                raise ValueError(f"{type(self).__name__}: lr / (1 - betas[0]**t) = {step_size:g} is 0 in {dt} (too small)")
             scalars.append(self._scalars(dt, self._SCALAR_NAMES, 1 - beta1, beta2, 1 - beta2, self.eps, l2, decay)
-                           + (dt.type(step_size), dt.type(bc2_sqrt)))
+                           + (size, dt.type(bc2_sqrt)))
         self.step_count = t
         for (data, grad, st), values in zip(groups, scalars):
             kernels(data).adam_step(data, grad, st["exp_avg"], st["exp_avg_sq"], *values)

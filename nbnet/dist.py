@@ -415,7 +415,7 @@ def data_fingerprint(data):
     in its pixels alone (same path, same labels) trained another problem silently. (A CRC of
     MNIST's 188 MB of float32 features takes ~0.1 s.) A checkpoint keeps it, so that --resume on
     a file that changed since is refused."""
-    from .model import to_host  # noqa: PLC0415
+    from .layers import to_host  # noqa: PLC0415
 
     data = [None if a is None else to_host(a) for a in data]
     shapes = "/".join("-" if a is None else "x".join(map(str, a.shape)) for a in data)
@@ -426,7 +426,7 @@ def data_fingerprint(data):
 def fingerprint(options, data, params):
     """A short string that two processes share when their options, data and weights are the
     same: what agree_setup compares."""
-    from .model import to_host  # noqa: PLC0415
+    from .layers import to_host  # noqa: PLC0415
 
     return (f"options {_crc([np.frombuffer(repr(sorted(options.items())).encode(), np.uint8)])}, "
             f"{data_fingerprint(data)}, weights {_crc([to_host(p.data) for p in params])}")

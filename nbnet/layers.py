@@ -35,6 +35,11 @@ def kernels(arr):
     return gpu
 
 
+def to_host(arr):
+    """arr itself on the host, a host copy of a device array."""
+    return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
+
+
 def empty_like_shape(like, shape, dtype):
     """An uninitialised array of `shape` on the same device as `like`."""
     if isinstance(like, np.ndarray):

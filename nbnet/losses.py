@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import cpu
-from .layers import Layer, kernels
+from .layers import Layer, kernels, to_host
 
 
 def _onehot_hint(targets, n, classes):
@@ -112,7 +112,7 @@ class CrossEntropy(_ClassificationLoss):
         """The kernels give NaN for a p[i, t_i] outside [0, 1]: logits, most likely, from a PyTorch
         habit (torch's CrossEntropyLoss takes logits), which gave a finite loss, wrong, silently
         (-log of a clamped negative, a negative loss above 1). A NaN p stays a NaN loss."""
-        p, t = (a if isinstance(a, np.ndarray) else a.copy_to_host() for a in (probs, targets))
+        p, t = to_host(probs), to_host(targets)
         picked = p[np.arange(len(t)), t]
         bad = np.flatnonzero((picked < 0) | (picked > 1))
         if bad.size:

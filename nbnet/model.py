@@ -23,7 +23,7 @@ except ImportError:  # NumPy < 2
 
 from . import cpu, simd, threads
 from .files import check_memory, read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
-from .layers import LAYERS, Linear, ReLU
+from .layers import LAYERS, Linear, ReLU, to_host
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
@@ -711,10 +711,6 @@ def copy_device_array(arr):
     from .gpu import copy  # noqa: PLC0415 - only device arrays get here
 
     return copy(arr)
-
-
-def to_host(arr):
-    return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
 
 
 def arr_safe(obj):

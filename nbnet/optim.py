@@ -19,7 +19,7 @@ from operator import getitem, is_
 import numpy as np
 
 from . import simd
-from .layers import Linear, Parameter, array_fault, empty_like_shape, kernels
+from .layers import Linear, Parameter, array_fault, empty_like_shape, kernels, to_host
 
 
 def _flat(arr):
@@ -210,7 +210,7 @@ class Optimizer:
         start = 0
         for view, p in zip(views, self.params):
             if view is not None:  # e.g. loaded, or made per parameter (or on the other device) before
-                flat[start : start + p.data.size] = view if isinstance(view, np.ndarray) else view.copy_to_host()
+                flat[start : start + p.data.size] = to_host(view)
             start += p.data.size
         if not on_host:
             from .gpu import to_device  # noqa: PLC0415 - only device arrays get here
@@ -556,8 +556,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if not params:
         return 0.0
     grads = [p.grad for p in params if p.grad is not None]
-    # copy_to_host by hand: nbnet.model.to_host would make optim import model, which imports optim
-    host = [(g if isinstance(g, np.ndarray) else g.copy_to_host()) for g in grads]
+    host = [to_host(g) for g in grads]
     host = [g.astype(np.float64, copy=False).ravel() for g in host]
     if math.isinf(q):
         # np.max, not max(): Python's max() keeps a NaN only when it comes first, and a NaN in a

@@ -483,7 +483,7 @@ def predict(model, x, batch_size=1000, loss="cross-entropy", proba=None):
 def check_finite_parameters(model, message):
     """Raise TrainingDiverged(message) when a parameter holds NaN or Inf."""
     for p in model.parameters():
-        if not np.isfinite(to_host(p.data)).all():
+        if first_nonfinite(to_host(p.data)) is not None:  # a block at a time: no bools of the whole
             raise TrainingDiverged(message)
 
 
@@ -494,7 +494,7 @@ def check_finite_state(opt, message):
     --save refused such a state)."""
     for i, st in enumerate(getattr(opt, "state", ())):
         for name, arr in st.items() if isinstance(st, dict) else ():
-            if arr is not None and not np.isfinite(to_host(arr)).all():
+            if arr is not None and first_nonfinite(to_host(arr)) is not None:
                 raise TrainingDiverged(f"{message}: the optimizer's {name} of parameter {i} holds NaN or Inf "
                                        "(gradients too large for the dtype: scale the features?)")
 

@@ -729,9 +729,13 @@ def _load_data(dataset, data_dir, test_split, seed, download, dtype, loss="cross
     from what the file holds; integer labels for cross-entropy, else float targets of `dtype` made (N, D)."""
     x_tr, y_tr, x_te, y_te = datasets.load(dataset, data_dir=data_dir, test_split=test_split, seed=seed,
                                            download=download, targets=TARGETS[loss], dtype=dtype)
-    if loss != "cross-entropy":
-        y_tr, y_te = (np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype) for y in (y_tr, y_te))
-    return x_tr, y_tr, x_te, y_te
+    return x_tr, _targets(y_tr, loss, dtype), x_te, _targets(y_te, loss, dtype)
+
+
+def _targets(y, loss, dtype):
+    """A file's y as the loss wants it: integer labels for cross-entropy, else float targets of
+    `dtype` made (N, D)."""
+    return y if loss == "cross-entropy" else np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
 
 
 def _check_writable(path, option):
@@ -956,8 +960,7 @@ def evaluate_cmd(checkpoint, dataset, all_rows, data_dir, as_json, loss_name):
         raise CliError(f"--all-rows is for a .npz or .csv file; {dataset}'s test set is already a set of its own")
     if all_rows:
         x_test, y_test = datasets.load_file(key, TARGETS[loss_name], dtype)
-        if loss_name != "cross-entropy":
-            y_test = np.ascontiguousarray(y_test.reshape(len(y_test), -1), dtype=dtype)
+        y_test = _targets(y_test, loss_name, dtype)
     else:
         _, _, x_test, y_test = _load_data(key, data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype,
                                           loss_name)

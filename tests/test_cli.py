@@ -419,3 +419,16 @@ def test_evaluate_all_rows_scores_a_test_file_of_its_own(tmp_path):
     assert whole_own.stderr.startswith("note: scored every row of") and "training rows among them" in whole_own.stderr
     assert_error(nbnet("evaluate", "--checkpoint", ck, "--dataset", "spiral", "--all-rows"),
                  "--all-rows is for a .npz or .csv file")
+
+
+def test_evaluate_all_rows_reads_regression_targets_as_training_did(tmp_path):
+    """--all-rows loads the file itself: its (N,) targets must become the (N, 1) the model's loss reads."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 2)).astype(np.float32)
+    f, ck = tmp_path / "r.npz", tmp_path / "c.npz"
+    np.savez(f, x=x, y=x[:, 0] - x[:, 1])
+    assert nbnet("train", "--dataset", f, "--loss", "mse", *FAST, "--save", ck, "--quiet").exit_code == 0
+    got = nbnet("evaluate", "--checkpoint", ck, "--all-rows", "--json")
+    assert got.exit_code == 0, got.output
+    want = nb.evaluate(nb.load(ck), x, (x[:, 0] - x[:, 1])[:, None], loss="mse")
+    assert json.loads(got.stdout)["samples"] == 60 and json.loads(got.stdout)["mse"] == pytest.approx(want["mse"], rel=1e-6)

@@ -107,10 +107,12 @@ def main():
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from common import child_env, thread_counts  # noqa: PLC0415
+    from common import child_env, match_blas, thread_counts  # noqa: PLC0415
     from nbnet import simd  # noqa: PLC0415
 
+    blas = match_blas()  # the workers inherit its OPENBLAS_CORETYPE
     print(simd.describe())
+    print(blas)
     print(f"MLP 784-256-128-10 ReLU, SGD momentum, float32, {args.samples} samples/epoch, best of {args.repeats}")
     if os.getloadavg()[0] > 0.5 * os.cpu_count():
         print(f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings are noisy")

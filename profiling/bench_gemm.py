@@ -30,7 +30,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, parse_args, positive_int, positive_ints, seconds  # noqa: E402
-from common import load_warning, rand, training_step  # noqa: E402
+from common import load_warning, match_blas, rand, training_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nbnet import cpu, simd  # noqa: E402
@@ -125,7 +125,9 @@ def main():
     if args.wall:
         clock = time.perf_counter
 
+    blas = match_blas()
     print(simd.describe())
+    print(blas)
     print(f"one thread: OPENBLAS_NUM_THREADS=1, NUMBA_NUM_THREADS=1; best of interleaved rounds, "
           f"{'wall' if args.wall else 'thread CPU'} time")
     if load_warning():

@@ -134,7 +134,7 @@ def main(argv=None):
         print("scikit-learn is not installed: pip install 'nbnet[sklearn]'")
         return 1
     sys.path.insert(0, os.path.dirname(__file__))
-    from common import load_warning  # noqa: PLC0415
+    from common import load_warning, match_blas  # noqa: PLC0415
 
     if args.quick:
         args.samples, args.threads = args.samples or 2000, args.threads or "1"
@@ -153,7 +153,9 @@ def main(argv=None):
     hidden = tuple(int(h) for h in args.hidden.split(","))
     from nbnet import simd  # noqa: PLC0415
 
+    blas = match_blas()
     print(simd.describe())
+    print(blas)
     print(f"scikit-learn {sklearn.__version__}, NumPy {np.__version__}; hidden {hidden}, batch 200, "
           f"alpha 1e-4, float32 data, best of {repeats} fits per side, interleaved")
     if load_warning():

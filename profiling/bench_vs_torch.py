@@ -20,7 +20,7 @@ from nbnet import simd
 from nbnet import threads as nbthreads
 from nbnet.data import batches_reusing
 from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, largest, positive_int, positive_ints
-from common import load_warning, thread_counts
+from common import load_warning, match_blas, thread_counts
 
 SIZES = (784, 256, 128, 10)
 PARAMS = sum(a * b + b for a, b in zip(SIZES, SIZES[1:]))  # 235,146
@@ -228,7 +228,9 @@ def main(argv=None):
 
     if max(map(int, args.threads.split(","))) > numba.config.NUMBA_NUM_THREADS:  # else numba's ValueError, a traceback
         ap.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
+    blas = match_blas()
     print(simd.describe())  # the host CPU, also under --device cuda (it runs the Python)
+    print(blas)
     if load_warning():
         print(load_warning())
     if args.batch_sizes is None:

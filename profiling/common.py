@@ -11,6 +11,7 @@ name something unknown is listed as not measured, with the name.
 import inspect
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -210,6 +211,57 @@ def time_call(fn, *args, min_time=0.2, repeat=5):
             fn(*args)
         best = min(best, (time.perf_counter() - t0) / per_round)
     return best
+
+
+# OpenBLAS picks its kernels from the CPU when it loads, unless OPENBLAS_CORETYPE names them. On the
+# AVX-512 Zen 5 machine of 2026-11-24 the environment held OPENBLAS_CORETYPE=Haswell: AVX2 kernels at
+# about half the AVX-512 speed (sgemm 1024², one thread: 123 vs 229 GFLOP/s); and a release that
+# does not know a new CPU falls back the same way (0.3.31 misses Zen 5 in its table: OpenBLAS#6029).
+# A comparison with such a BLAS flatters nbnet, so the peers get OpenBLAS's kernels for the ISA
+# nbnet's kernels are compiled for: AVX-512 or AVX2 (also under NUMBA_CPU_NAME=haswell on an AVX-512
+# machine: an AVX2 row against AVX2 BLAS). A core OpenBLAS has for every AVX-512 or AVX2 CPU.
+BLAS_CORES = {"avx512": ("SkylakeX", {"skylakex", "cooperlake", "sapphirerapids"}),
+              "avx2": ("Haswell", {"haswell", "zen"})}
+
+
+def openblas_core():
+    """(version, core name) of the OpenBLAS NumPy uses, or None: another BLAS, or no threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info  # noqa: PLC0415
+    except ImportError:
+        return None
+    for lib in threadpool_info():
+        if lib.get("internal_api") == "openblas":
+            return lib.get("version"), lib.get("architecture") or "?"
+    return None
+
+
+def match_blas():
+    """Make NumPy's OpenBLAS run kernels of the ISA nbnet's run (BLAS_CORES), whatever
+    OPENBLAS_CORETYPE said: where they differ, run this script again with it set (OpenBLAS reads it
+    when it loads; the script's own child processes inherit it). Returns the line a benchmark
+    prints: which BLAS, which kernels, and what was changed."""
+    from nbnet import simd  # noqa: PLC0415
+
+    found = openblas_core()
+    if found is None:
+        return "BLAS: not OpenBLAS, or threadpoolctl not installed (its kernels not checked)"
+    version, core = found
+    line = f"BLAS: OpenBLAS {version}, {core} kernels"
+    if os.environ.get("NBNET_BLAS_MATCHED"):  # this is the run again
+        return (f"{line} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')} set by this script to "
+                f"match nbnet's {simd.ISA}; it ran {os.environ['NBNET_BLAS_MATCHED']})")
+    want, fits = BLAS_CORES.get(simd.ISA, (None, ()))
+    if want is None or simd.EMULATED or core.lower() in fits:
+        return line
+    script = os.path.abspath(getattr(sys.modules["__main__"], "__file__", "") or "")
+    if os.path.dirname(script) != os.path.dirname(os.path.abspath(__file__)):  # a test calling main()
+        return f"{line}: not {simd.ISA} as nbnet's (run the script itself to match them)"
+    user = os.environ.get("OPENBLAS_CORETYPE")
+    was = f"{core} kernels" + (f", OPENBLAS_CORETYPE={user}" if user else "")
+    os.environ["OPENBLAS_CORETYPE"], os.environ["NBNET_BLAS_MATCHED"] = want, was
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def sgemm_peak(n=1024, dtype=np.float32):

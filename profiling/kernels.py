@@ -17,7 +17,7 @@ import argparse
 import numba
 import numpy as np
 
-from common import load_warning, mnist_cases, sgemm_peak, table, thread_counts, threads_in_use, time_call
+from common import load_warning, match_blas, mnist_cases, sgemm_peak, table, thread_counts, threads_in_use, time_call
 
 from nbnet import simd
 from argtypes import GROUPS_ROW, PROCESS, check_memory, positive_int, seconds
@@ -40,8 +40,10 @@ def main():
         threads.fix(args.threads)  # that many, whatever the load
 
     dtype = np.dtype(args.dtype).type
+    blas = match_blas()
     peak = sgemm_peak(dtype=dtype)
     print(simd.describe())
+    print(blas)
     print(f"nbnet.cpu kernels, batch {args.batch}, {args.dtype}, {numba.get_num_threads()} Numba "
           f"thread(s); sgemm peak (np.dot 1024x1024 {args.dtype}): {peak:.1f} GFLOP/s")
     if load_warning():

@@ -349,3 +349,33 @@ def test_a_load_worker_past_its_time_limit_is_one_error_line(monkeypatch):
     with pytest.raises(SystemExit, match=r"^error: the 2-thread \(auto\) worker timed 9 steps at batch 32 for "
                                          r"over 600 s: ask for fewer --steps"):
         load.measure((2, "auto"), None, 32, 9)
+
+
+def test_peers_get_blas_kernels_of_nbnets_isa(monkeypatch):
+    """On the AVX-512 Zen 5 machine the environment held OPENBLAS_CORETYPE=Haswell: NumPy's and
+    scikit-learn's columns ran AVX2 kernels at about half this CPU's sgemm speed, against nbnet's
+    AVX-512 kernels. A script now runs itself again with OpenBLAS's kernels for nbnet's ISA, and
+    says so; a BLAS already on that ISA is left alone, and a test calling main() is never replaced."""
+    calls = []
+    monkeypatch.setattr(common.os, "execv", lambda exe, argv: calls.append((exe, argv)))
+    monkeypatch.setattr(simd, "ISA", "avx512")
+    monkeypatch.setattr(simd, "EMULATED", False)
+    monkeypatch.delenv("NBNET_BLAS_MATCHED", raising=False)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setattr(common, "openblas_core", lambda: ("0.3.31", "Haswell"))
+    # called from pytest (not a profiling script): the line says so, nothing is run again
+    assert "not avx512 as nbnet's" in common.match_blas() and not calls
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(PROFILING / "bench_gemm.py"), raising=False)
+    common.match_blas()
+    assert calls and calls[0][0] == sys.executable
+    assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+    assert os.environ["NBNET_BLAS_MATCHED"] == "Haswell kernels, OPENBLAS_CORETYPE=Haswell"
+    monkeypatch.setattr(common, "openblas_core", lambda: ("0.3.31", "SkylakeX"))
+    line = common.match_blas()  # the run again reports what it changed
+    assert "SkylakeX kernels (OPENBLAS_CORETYPE=SkylakeX set by this script" in line and "ran Haswell" in line
+    monkeypatch.delenv("NBNET_BLAS_MATCHED")
+    calls.clear()
+    assert common.match_blas() == "BLAS: OpenBLAS 0.3.31, SkylakeX kernels" and not calls  # already matched
+    monkeypatch.setattr(simd, "ISA", "avx2")  # NUMBA_CPU_NAME=haswell on an AVX-512 machine
+    common.match_blas()
+    assert calls and os.environ["OPENBLAS_CORETYPE"] == "Haswell"

@@ -23,8 +23,7 @@ import numpy as np
 
 from . import cpu, simd, threads
 
-COMPILING = ("compiling kernels for this CPU (cached for later runs)" if simd.CACHE else
-             "compiling kernels for this CPU (not cached: no folder Numba can write; set NUMBA_CACHE_DIR to one)")
+COMPILING = "compiling kernels for this CPU (cached for later runs)"
 COMPILING_GPU = "compiling CUDA kernels for this GPU"
 
 # (k, n, m): a single row, n ≡ 1 mod 64 and mod the vector width, more rows than one MC block,
@@ -35,26 +34,44 @@ SHAPES = [(1, 65, 129), (3, 5, 9), (37, 70, 41), (130, 257, 66), (257, 33, 70), 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
+def compiling_note():
+    """COMPILING, or the note that says why the kernels about to compile will not be cached."""
+    why = simd.cache_refusal()
+    return COMPILING if why is None else f"compiling kernels for this CPU (not cached: {why})"
+
+
 class _SayCompiling(numba.core.event.Listener):
-    """Prints COMPILING on stderr when Numba starts a real compilation ("numba:compile" fires only
-    on a cache miss: a kernel loaded from the on-disk cache says nothing), once per process."""
+    """Prints compiling_note() on stderr when Numba starts a real compilation ("numba:compile" fires
+    only on a cache miss: a kernel loaded from the on-disk cache says nothing), once per process."""
 
     said = False
+    promised = False  # the note said COMPILING, and no save has been refused since
     said_gpu = set()  # the dtypes whose CUDA kernels a warm-up compiled (see compile_kernels)
     silenced = 0  # > 0 inside not_saying_compiling()
 
     def on_start(self, event):
         if not _SayCompiling.said and not _SayCompiling.silenced:
             _SayCompiling.said = True
-            print(COMPILING, file=sys.stderr, flush=True)
+            note = compiling_note()
+            _SayCompiling.promised = note == COMPILING
+            print(note, file=sys.stderr, flush=True)
 
     def on_end(self, event):
         pass
 
 
+@contextlib.contextmanager
 def saying_compiling():
-    """A context in which the first kernel that really compiles prints COMPILING (once per process)."""
-    return numba.core.event.install_listener("numba:compile", _SayCompiling())
+    """A context in which the first kernel that really compiles prints compiling_note() (once per
+    process). A save refused after the note promised a cache (a disk that filled as the kernels
+    were written: Numba saves each after compiling it) is said when the context ends, once."""
+    with numba.core.event.install_listener("numba:compile", _SayCompiling()):
+        yield
+    if _SayCompiling.promised and not _SayCompiling.silenced:
+        why = simd.cache_refusal(probe=False)
+        if why is not None:
+            _SayCompiling.promised = False
+            print(f"some kernels were not cached after all ({why})", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

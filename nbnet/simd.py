@@ -38,6 +38,7 @@ import math
 import os
 import pickle
 import re
+import tempfile
 import weakref
 
 import llvmlite.binding as llb
@@ -826,8 +827,8 @@ class DiskCache(caching.FunctionCache):
     def save_overload(self, sig, data):
         try:
             super().save_overload(sig, data)
-        except OSError:
-            pass
+        except OSError as e:
+            _REFUSED.append(e)  # the compiling note must not promise a cache: see cache_refusal
 
 
 def _cache_probe():
@@ -838,15 +839,42 @@ def _cache_probe():
 # the user's (~/.cache/numba). A wheel installed in a read-only place and run by a user whose home
 # is not writable (a service account, a read-only container) has none, and njit(cache=True) raises
 # "no locator available" while the module loads. Then each process compiles the kernels instead
-# (check.COMPILING says so). Asked once, here: every cached kernel is in this folder (simd, cpu).
+# (check's compiling note says so). Asked once, here: every cached kernel is in this folder (simd, cpu).
 try:
     _CACHE_PATH = caching.FunctionCache(_cache_probe).cache_path
 except RuntimeError:
     _CACHE_PATH = None
-# An emulated layout's kernels go to its folder (see layout) or nowhere: where that folder cannot
-# be written, Numba would file them in __pycache__ under this CPU, and a plain run would load them.
-CACHE = _CACHE_PATH is not None and (not EMULATED
-                                     or _CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, "")))
+# Why nbnet's kernels are not cached at all, or None. An emulated layout's kernels go to its folder
+# (see layout) or nowhere: where that folder cannot be written, Numba would file them in
+# __pycache__ under this CPU, and a plain run would load them.
+if _CACHE_PATH is None or (EMULATED and not _CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, ""))):
+    CACHE_OFF = "no folder Numba can write; set NUMBA_CACHE_DIR to one"
+else:
+    CACHE_OFF = None
+CACHE = CACHE_OFF is None
+_REFUSED = []  # the OSErrors of saves the disk refused (DiskCache.save_overload), in this process
+
+
+def cache_refusal(probe=True):
+    """Why kernels compiled from now on will not be in Numba's on-disk cache for later runs, or
+    None. Numba checks its folder with an empty file when a kernel is defined; a folder that takes
+    that and no data (a full disk, a quota, a file size limit) passed, and the saves then failed
+    in silence (DiskCache): each run compiled again while saying the kernels were cached. So a
+    page is written to it here (unless not `probe`), as a kernel's file would be, and a save that
+    was refused is kept."""
+    if CACHE_OFF is not None:
+        return CACHE_OFF
+    if probe and not _REFUSED:
+        try:
+            with tempfile.TemporaryFile(dir=_CACHE_PATH) as f:
+                f.write(bytes(4096))
+                f.flush()
+        except OSError as e:
+            _REFUSED.append(e)
+    if not _REFUSED:
+        return None
+    e = _REFUSED[0]
+    return f"cannot write to {_CACHE_PATH}: " + (f"[Errno {e.errno}] {e.strerror}" if e.strerror else str(e))
 
 
 def foreign_code():

@@ -1,5 +1,6 @@
 """`nbnet check` and the warm-up compile the training loop runs before timing epoch 1."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -142,6 +143,58 @@ def test_a_warm_cache_says_nothing_about_compiling():
     second = run()
     assert second.returncode == 0, second.stderr
     assert check.COMPILING not in second.stderr
+
+
+REFUSED_SCRIPT = """
+import resource
+import numpy as np
+from nbnet import check, cpu
+resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+x = np.ones((3, 5), np.float32)
+with check.saying_compiling():
+    cpu.relu_forward.serial(np.empty_like(x), x)
+"""
+
+
+def test_a_cache_folder_that_refuses_the_kernels_is_not_promised_as_a_cache(tmp_path):
+    """A NUMBA_CACHE_DIR that takes Numba's check (an empty file) but no kernel (a full disk, a
+    quota; here a file size limit, which stops root too, where chmod does not): every save failed
+    in silence, and the note said "cached for later runs" in each run, which compiled again."""
+    pytest.importorskip("resource")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    p = subprocess.run([sys.executable, "-c", REFUSED_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert not list(tmp_path.rglob("*.nbc"))  # the save was refused: nothing was cached
+    assert p.stderr.startswith(f"compiling kernels for this CPU (not cached: cannot write to {tmp_path}"), p.stderr
+    assert p.stderr.endswith(": [Errno 27] File too large)\n") and p.stderr.count("\n") == 1, p.stderr
+
+
+def _plus_one(a):
+    return a + 1
+
+
+def test_a_save_refused_after_the_note_promised_a_cache_is_said_once(monkeypatch, capsys):
+    """A disk that fills while the kernels are written (Numba saves each after compiling it) took the
+    note's probe: the saves refused after it are said when the compiling ends."""
+    if not simd.CACHE:
+        pytest.skip(f"kernels are not cached here: {simd.CACHE_OFF}")
+    monkeypatch.setattr(check._SayCompiling, "said", False)
+    monkeypatch.setattr(simd, "_REFUSED", [])
+
+    def full(self, sig, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(numba.core.caching.Cache, "save_overload", full)
+    kernel = numba.njit(cache=True)(_plus_one)
+    kernel._cache = simd.DiskCache(kernel.py_func)
+    with check.saying_compiling():
+        assert kernel(1) == 2
+    with check.saying_compiling():
+        assert kernel(1.5) == 2.5
+    assert capsys.readouterr().err == (f"{check.COMPILING}\nsome kernels were not cached after all "
+                                       f"(cannot write to {simd._CACHE_PATH}: [Errno 28] No space left on device)\n")
 
 
 def test_train_quiet_says_nothing_about_compiling(monkeypatch):

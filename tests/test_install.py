@@ -41,7 +41,7 @@ def test_imports_where_numbas_cache_has_no_folder():
         "caching.CacheImpl._locator_classes = []  # as Numba finds it: no folder it can write\n"
         "import nbnet\n"
         "from nbnet import check\n"
-        "print(check.COMPILING)\n"
+        "print(check.compiling_note())\n"
     )
     p = run_python(code)
     assert p.returncode == 0 and p.stderr == "", p.stderr

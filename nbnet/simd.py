@@ -807,7 +807,8 @@ class DiskCache(caching.FunctionCache):
     def _index_key(self, sig, codegen):
         # Numba keys a kernel on the CPU and its features, not on the settings that change its code
         # for that CPU: one run under NUMBA_OPT=0 filed unoptimised kernels that every later run
-        # loaded (a spiral epoch 4x slower, for good), and NUMBA_BOUNDSCHECK=1 over a warm cache
+        # loaded (a spiral epoch 4x slower, for good; 1 and 2 still would, 0 is no longer cached:
+        # CACHE_OFF), and NUMBA_BOUNDSCHECK=1 over a warm cache
         # loaded unchecked kernels, finding no out-of-bounds index where one was sought.
         return super()._index_key(sig, codegen) + ((repr(config.OPT), bool(config.BOUNDSCHECK),
                                                     bool(config.DEBUGINFO_DEFAULT), bool(config.LOOP_VECTORIZE),
@@ -846,9 +847,14 @@ except RuntimeError:
     _CACHE_PATH = None
 # Why nbnet's kernels are not cached at all, or None. An emulated layout's kernels go to its folder
 # (see layout) or nowhere: where that folder cannot be written, Numba would file them in
-# __pycache__ under this CPU, and a plain run would load them.
+# __pycache__ under this CPU, and a plain run would load them. Under NUMBA_OPT=0 Numba refuses to
+# cache any kernel that calls another (a NumbaWarning each, 11 in `nbnet check`): it lowers the callee
+# as a load of its Python object's address, a "dynamic global" that only LLVM's optimiser removes.
+# The few it could take save little: at 0 a one-epoch `nbnet train` compiles in about 3 s.
 if _CACHE_PATH is None or (EMULATED and not _CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, ""))):
     CACHE_OFF = "no folder Numba can write; set NUMBA_CACHE_DIR to one"
+elif config.OPT == 0:
+    CACHE_OFF = "NUMBA_OPT=0, whose kernels Numba cannot cache"
 else:
     CACHE_OFF = None
 CACHE = CACHE_OFF is None

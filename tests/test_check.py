@@ -197,6 +197,17 @@ def test_a_save_refused_after_the_note_promised_a_cache_is_said_once(monkeypatch
                                        f"(cannot write to {simd._CACHE_PATH}: [Errno 28] No space left on device)\n")
 
 
+def test_numba_opt_0_says_once_that_nothing_is_cached(tmp_path):
+    """NUMBA_OPT=0 (for a debugger) made Numba refuse to cache every kernel that calls another, each
+    with a NumbaWarning and its source line: 7 in a one-epoch `nbnet train`, 11 in `nbnet check`."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_OPT="0", NUMBA_CACHE_DIR=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "nbnet", "train", "--epochs", "1", "--hidden", "8"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stderr == "compiling kernels for this CPU (not cached: NUMBA_OPT=0, whose kernels Numba cannot cache)\n"
+
+
 def test_train_quiet_says_nothing_about_compiling(monkeypatch):
     """`nbnet train --quiet` prints nothing but errors (its --help): not the cold-cache note either,
     which a plain `nbnet train` prints on stderr."""

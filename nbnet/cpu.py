@@ -24,16 +24,15 @@ from numba.core import caching
 
 from . import simd, threads
 
-# Numba's on-disk cache keys a function on its own file's time stamp (numba/numba#1833), but the
+# Numba's on-disk cache keys a function on its own file's stamp (numba/numba#1833), but the
 # kernels here compile simd.py's micro-kernels into themselves: after a change to simd.py alone
-# (a git pull) they would go on loading the old code. So their key also holds a hash of both files.
+# (a git pull) they would go on loading the old code. So their key holds a hash of both files.
 with open(__file__, "rb") as _own, open(simd.__file__, "rb") as _simd:
     SOURCES_HASH = hashlib.sha256(_own.read() + _simd.read()).hexdigest()
 
 
 class _SourcesKeyedCache(simd.DiskCache):
-    def _index_key(self, sig, codegen):
-        return super()._index_key(sig, codegen) + (SOURCES_HASH,)
+    sources = SOURCES_HASH
 
 
 # _index_key is Numba's internal (as of 0.68): a Numba that renamed it gets its plain cache, not an

@@ -789,6 +789,15 @@ class _CheckedCacheFile(caching.IndexDataCacheFile if _CHECKABLE else object):
         return pickle.loads(got[1])
 
 
+# Numba keys a cached kernel on its own bytecode and on its file's stamp, which is the file's time
+# and size before Numba 0.68: an edit that keeps both (a constant such as MC 120 -> 100, copied in
+# with its time kept: cp -p, rsync -a, a wheel built with SOURCE_DATE_EPOCH) left the old code in
+# use, the constant's and the callees' (bcast_grid runs row_blocks' code as it was compiled). So
+# every kernel's key also holds a hash of the sources it is compiled from (cpu's: cpu.jit).
+with open(__file__, "rb") as _own:
+    SOURCE_HASH = hashlib.sha256(_own.read()).hexdigest()
+
+
 class DiskCache(caching.FunctionCache):
     """Numba's on-disk cache of a kernel, less the failures that stopped a program, though the
     cache is only a shortcut: a save the disk refuses (full, over quota) raised out of the kernel's
@@ -796,6 +805,8 @@ class DiskCache(caching.FunctionCache):
     cannot be read back (cut short by a crash of the machine before it reached the disk: Numba
     unpickles it unguarded, and an EOFError, UnpicklingError or LLVM's RuntimeError came out of
     every later run). Such a kernel is compiled, and its files written over."""
+
+    sources = SOURCE_HASH  # see SOURCE_HASH
 
     def __init__(self, py_func):
         super().__init__(py_func)
@@ -812,7 +823,7 @@ class DiskCache(caching.FunctionCache):
         # loaded unchecked kernels, finding no out-of-bounds index where one was sought.
         return super()._index_key(sig, codegen) + ((repr(config.OPT), bool(config.BOUNDSCHECK),
                                                     bool(config.DEBUGINFO_DEFAULT), bool(config.LOOP_VECTORIZE),
-                                                    bool(config.SLP_VECTORIZE)),)
+                                                    bool(config.SLP_VECTORIZE)), self.sources)
 
     def load_overload(self, sig, target_context):
         try:

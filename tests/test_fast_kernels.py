@@ -396,6 +396,45 @@ def test_a_change_to_simd_py_alone_compiles_cpu_kernels_again(tmp_path):
     assert hits_and_misses() == (0, 1)
 
 
+STAMPED_SCRIPT = """
+import os
+from numba.core import caching
+
+def stamp(self):  # as Numba before 0.68 (numba/numba#10659): the file's time and size, not its contents
+    st = os.stat(self._py_file)
+    return st.st_mtime, st.st_size
+
+caching._SourceFileBackedLocatorMixin.get_source_stamp = stamp
+from nbnet import simd
+print(simd.row_blocks(1000), simd.row_blocks.py_func(1000))
+"""
+
+
+def test_an_edit_of_simd_py_that_keeps_its_time_and_size_compiles_its_kernels_again(tmp_path):
+    """Numba (before 0.68, which nbnet allows) stamps a kernel's cache with its file's time and size,
+    and keys it on the kernel's own bytecode: a constant of simd.py edited to one of the same length,
+    the file's time kept (cp -p, rsync -a), left simd.row_blocks running its old MC, and so every
+    kernel that calls it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(root, "nbnet"), tmp_path / "nbnet", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+
+    def blocks():
+        done = subprocess.run([sys.executable, "-c", STAMPED_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+
+    assert blocks() == ["9", "9"]  # 1000 rows in blocks of MC = 120 (the last one joined)
+    path = tmp_path / "nbnet" / "simd.py"
+    st = path.stat()
+    text = path.read_text()
+    assert text.count("KC, MC, DOT_NB = 256, 120, 64") == 1
+    path.write_text(text.replace("KC, MC, DOT_NB = 256, 120, 64", "KC, MC, DOT_NB = 256, 100, 64"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert blocks() == ["10", "10"]
+
+
 def test_every_cached_cpu_kernel_is_keyed_on_the_sources():
     """...so that the test above, run on one kernel, holds for all of them."""
     dispatchers = []

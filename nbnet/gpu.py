@@ -269,9 +269,9 @@ def move_model(model, device, state=()):
             changes += [(layer, p.name, once(p.data)), (layer, "grad_" + p.name, once(p.grad))]
         attrs = vars(layer)
         for name, value in list(attrs.items()):
-            if name == "_checked" or name.startswith("_apart_"):
-                # what Linear's array check and Layer._device_overlap keep: the old arrays, whose
-                # device memory they held after to("cpu") until the next forward
+            if name == "_checked" or name.startswith(("_apart_", "_views_")):
+                # what Linear's array check, Layer._device_overlap and Layer._first_rows keep: the
+                # old arrays, whose memory they held after the move until the next forward
                 changes.append((layer, name, None))
             elif name in keep or not (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
                 pass

@@ -62,6 +62,9 @@ def array_fault(arr, shape, dtype, on_host):
     return f"a {layout} {arr.dtype} {tuple(arr.shape)} {'host' if host else 'GPU'} array"
 
 
+KEPT_VIEWS = 4  # row counts Layer._first_rows keeps a view for, per buffer
+
+
 def _view_of(buf, kept, like):
     """buf is kept or a view of it, and both are on like's device. A device view has no .base:
     where it lies says it (nbnet.gpu.byte_span; asked only when a buffer changes shape)."""
@@ -156,12 +159,36 @@ class Layer:
             # Only while self.<name> is its view: None there asks for a new array (see _out).
             if (kept is not None and buf is not None and kept.dtype == dtype and kept.shape[1:] == shape[1:]
                     and kept.shape[0] >= shape[0] and len(shape) == kept.ndim and _view_of(buf, kept, like)):
-                buf = kept if kept.shape[0] == shape[0] else kept[: shape[0]]
+                buf = kept if kept.shape[0] == shape[0] else self._first_rows(name, kept, shape[0], like)
             else:
                 buf = empty_like_shape(like, shape, dtype)
                 setattr(self, "_kept_" + name, buf)
+                setattr(self, "_views_" + name, None)  # views of the array replaced: not to be kept alive
             setattr(self, name, buf)
         return buf
+
+    def _first_rows(self, name, kept, rows, like):
+        """kept[:rows], the same view object each time for a given row count: a Sequential's plan
+        (nbnet.model._Plan) runs on the arrays it was built with, checked by identity, and a new
+        view at every change of batch size (training's batch after a larger evaluation batch,
+        every epoch) left each plan stale, rebuilt every epoch. A few row counts are kept (an
+        epoch's batch and short last batch, the evaluation's short last batches)."""
+        kept_views = getattr(self, "_views_" + name, None)
+        if kept_views is None or kept_views[0] is not kept:
+            kept_views = (kept, {})
+            setattr(self, "_views_" + name, kept_views)
+        views = kept_views[1]
+        view = views.get(rows)
+        if view is None or not _view_of(view, kept, like):  # (a copied layer's are copies, not views)
+            if len(views) >= KEPT_VIEWS:
+                views.pop(next(iter(views)))
+            view = views[rows] = kept[:rows]
+        return view
+
+    def __getstate__(self):
+        # The views of _first_rows are found again from the buffers: a pickle or a copy held each
+        # one's rows again, as an array of its own.
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_views_")}
 
     def _aliases(self, x, name):
         """x is (a view of) self.<name>, or of the array that is the first rows of (self._kept_<name>,

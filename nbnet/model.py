@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 # ("[[[]]],[[[]]],...", as a version 1 checkpoint's history could hold) peak at 43 bytes a
 # character (tracemalloc), 10 times what was counted.
 JSON_CHAR_BYTES = 48
+KEPT_PLANS = 4  # batch shapes a Sequential keeps a plan for: training's, its short last batch, evaluation's
 
 
 class Sequential:
@@ -62,7 +63,7 @@ class Sequential:
         self._plan = None  # the kernel calls of a CPU forward and backward at one batch shape (_Plan)
         self._last_shape, self._streak = None, 0  # forwards layer by layer in a row at this batch shape
         self._plan_after = 2  # ... after which one builds a plan; doubled when a plan's arrays were replaced
-        self._resting = None  # the plan set aside for a shorter batch, taken up again at the next forward (_forward)
+        self._plans = {}  # batch shape -> its plan, for the last few shapes planned (_forward)
         self.lock = threading.RLock()  # see the class docstring
         self._forward_thread = [None]  # the thread whose forward the layers' caches hold (shared by slices)
 
@@ -234,35 +235,52 @@ class Sequential:
             return self._forward(x)
 
     def _forward(self, x):
-        plan, resting = self._plan, self._resting
-        self._resting = None
+        plan = self._plan
         if plan is not None:
             if plan.fits(self, x):
                 return plan.forward(_unaliased(x, plan.held))
             self._plan = None
             if plan.takes(x):  # the batch fits but an array was replaced: plan less eagerly
                 self._plan_after = min(2 * self._plan_after, 1024)
-            elif _shorter(x, plan.shape):
-                # An epoch's last, short batch: the layers run it in the first rows of the planned
-                # buffers, and give those very buffers back at the next full batch (Layer._buffer),
-                # whose forward takes this plan up again: it was rebuilt there, once an epoch.
-                self._resting = plan
+                self._plans.pop(plan.shape, None)
         if type(x) is np.ndarray and simd.made_here(x):  # only nbnet's own arrays can be a layer's
             x = _unaliased(x, held_arrays(self.layers))
         elif _on_device(x):  # (a type looked up once: a failing hasattr on each host batch costs more)
             x = self._device_unaliased(x)
         out = self._forward_layers(x)
-        if resting is not None and resting.fits(self, x):  # its arrays are the layers' again
-            self._plan, self._streak, self._last_shape = resting, 0, x.shape
-            return out
+        shape = getattr(x, "shape", None)
+        if self._plans:
+            # Another batch shape (an epoch's last, short batch; an evaluation batch) ran in the
+            # first rows of the layers' buffers, or in larger ones; back at a planned shape, the
+            # layers give that plan's very arrays back (Layer._buffer), and it is taken up again:
+            # it was rebuilt there, once an epoch, or at each switch between training and a larger
+            # evaluation batch.
+            kept = self._plans.get(shape)
+            if kept is not None and kept.fits(self, x):
+                self._plans[shape] = self._plans.pop(shape)  # the most recently used last
+                self._plan, self._streak, self._last_shape = kept, 0, shape
+                return out
+            self._drop_stale_plans()
         # The second forward in a row at one batch shape plans the calls: a shape seen once, such
         # as an epoch's last short batch, is not worth building a plan for.
-        shape = getattr(x, "shape", None)
         self._streak = self._streak + 1 if shape == self._last_shape else 1
         self._last_shape = shape
         if self._streak >= self._plan_after:
             self._plan, self._streak = _Plan.build(self, x), 0
+            if self._plan is not None:
+                self._plans.pop(shape, None)
+                if len(self._plans) >= KEPT_PLANS:
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[shape] = self._plan
         return out
+
+    def _drop_stale_plans(self):
+        """Forget the plans that can never fit again, so they keep no arrays alive: those of other
+        layers, or that run on an array the layers no longer hold (nor a view of one they do)."""
+        ids, held = tuple(map(id, self.layers)), held_arrays(self.layers)
+        for shape, plan in list(self._plans.items()):
+            if plan.ids != ids or not all(id(a) in held or id(a.base) in held for a in plan.arrays()):
+                del self._plans[shape]
 
     def _device_unaliased(self, x):
         """_unaliased for a device batch: x, or a copy when its memory overlaps a device array a layer
@@ -524,6 +542,10 @@ class _Plan:
                   if type(value) is np.ndarray and id(value) in arrays]
         return steps, (tuple(c[0] for c in checks), tuple(c[1] for c in checks), tuple(c[2] for c in checks))
 
+    def arrays(self):
+        """The layers' arrays it runs on (as layers' attributes)."""
+        return self.fwd_checks[2] + self.bwd_checks[2]
+
     @staticmethod
     def _same(checks):
         owners, names, arrays = checks
@@ -551,11 +573,6 @@ class _Plan:
             return False
         _run_steps(self.bwd, x, grad)
         return True
-
-
-def _shorter(x, shape):
-    """x is a batch of fewer rows than `shape`, each as wide."""
-    return type(x) is np.ndarray and x.ndim == len(shape) and x.shape[1:] == shape[1:] and x.shape[0] < shape[0]
 
 
 def held_arrays(layers):

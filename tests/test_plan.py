@@ -206,3 +206,33 @@ def test_building_a_plan_leaves_zero_grads_marks_alone():
     assert any((np.signbit(p.grad) & (p.grad == 0)).any() for p in m.parameters()), "needs a -0.0 gradient"
     for a, b in zip(*grads):
         np.testing.assert_array_equal(a, b)
+
+
+def test_training_and_a_larger_evaluation_batch_do_not_rebuild_plans_every_epoch(monkeypatch):
+    """nb.train scores validation and test data in batches of eval_batch_size, here larger than the
+    training batch: the layers' buffers grow to the evaluation batch, and training's batch then
+    ran in a new view of their first rows at each epoch, so the plans of both shapes were dropped
+    and rebuilt every epoch. Now each shape keeps its plan: the builds do not grow with the
+    epochs, and the weights are those of layer by layer."""
+    builds = []
+    real = nb.model._Plan.build.__func__
+    monkeypatch.setattr(nb.model._Plan, "build",
+                        classmethod(lambda cls, m, x: builds.append(x.shape) or real(cls, m, x)))
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((300, 20)).astype(np.float32), rng.integers(0, 5, 300)
+    kwargs = dict(batch_size=16, val_split=0.4, eval_batch_size=40)  # 180 train rows: a short last batch
+
+    def run(epochs, m):
+        nb.train(m, nb.SGD(m.parameters(), lr=0.1, momentum=0.9), (x, y, x, y), epochs=epochs, **kwargs)
+        return m
+
+    counts = []
+    for epochs in (2, 6):
+        builds.clear()
+        run(epochs, model(act=nb.ReLU)[:5])  # logits out: cross-entropy refuses a Sigmoid head
+        counts.append(len(builds))
+    assert counts[0] == counts[1], (counts, builds)
+    monkeypatch.undo()
+    got, want = run(6, model(act=nb.ReLU)[:5]), run(6, layer_by_layer(model(act=nb.ReLU)[:5]))
+    for p, q in zip(got.parameters(), want.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)

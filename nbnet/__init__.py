@@ -16,7 +16,7 @@ warn_numba_yaml_unread()  # before Numba loads and warns
 from . import threads  # first: it sets how Numba's threads wait, before anything starts them
 
 from . import datasets
-from .api import History, TrainingDiverged, TrainingInterrupted, evaluate, predict, train
+from .api import History, NothingToTrain, TrainingDiverged, TrainingInterrupted, evaluate, predict, train
 from .data import batches
 from .layers import Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
 from .losses import BCEWithLogits, CrossEntropy, MSELoss, SoftmaxCrossEntropy
@@ -26,7 +26,8 @@ from .optim import SGD, Adam, AdamW, clip_grad_norm_
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "History", "Linear", "MSELoss", "Parameter", "ReLU", "SGD",
-    "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "TrainingDiverged", "TrainingInterrupted",
+    "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "History", "Linear", "MSELoss", "NothingToTrain", "Parameter",
+    "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "TrainingDiverged",
+    "TrainingInterrupted",
     "batches", "clip_grad_norm_", "datasets", "evaluate", "load", "predict", "train",
 ]

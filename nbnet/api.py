@@ -17,7 +17,7 @@ import numpy as np
 
 from . import train as _loop
 from .data import whole
-from .train import History, TrainingDiverged, TrainingInterrupted  # noqa: F401 - re-exported
+from .train import History, NothingToTrain, TrainingDiverged, TrainingInterrupted  # noqa: F401 - re-exported
 
 train = _loop.train
 

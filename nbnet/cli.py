@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import click
 from click.core import ParameterSource
@@ -39,8 +40,8 @@ from .files import (
     write_npz_atomic,
 )
 from .train import (
-    ACTIVATIONS, SCHEDULES, TrainingDiverged, TrainingInterrupted, build_model, check_data, check_memory,
-    evaluate,
+    ACTIVATIONS, SCHEDULES, NothingToTrain, TrainingDiverged, TrainingInterrupted, build_model, check_data,
+    check_memory, evaluate,
     make_optimizer, predict, split_validation, train,
 )
 from .train import LOSSES
@@ -528,10 +529,18 @@ def train_cmd(ctx, **opts):
     def write_metrics(history):
         append_whole(metrics_fd, "".join(json_line(m) + "\n" for m in history).encode(), opts["metrics_out"])
 
+    # A finished run resumed with its --epochs trains nothing, and says so: refused, it could not
+    # write the --metrics-out, --plot or --save that a finished run's checkpoint holds all of.
+    finished = resume is not None and resume.state.epoch == cfg["epochs"]  # (stopped inside it: refused above)
+    # --save gets the run as it is (as it would after training), unless it is the very file resumed
+    saves = opts["save"] and not (finished and _same_path(opts["save"], opts["resume"]))
     try:
         if metrics_fd is not None and resume is not None:
             write_metrics(resume.state.history)  # the file always holds the whole run
         out.start(cfg, model, data, resume, val_data)
+        if finished:
+            out.info(f"{resume.path} already has all {cfg['epochs']} epochs of --epochs {cfg['epochs']}: "
+                     "nothing to train (raise --epochs to train on)")
 
         saved, saved_best = [], []  # the epochs this run saved to --save, and to --save-best
 
@@ -549,7 +558,9 @@ def train_cmd(ctx, **opts):
                 save_checkpoint(opts["save_best"], model, opt, st, cfg, data_print)
                 saved_best.append(st.epoch)
 
-        with StopOnSignals() as stopper, not_saying_compiling() if opts["quiet"] else contextlib.nullcontext():
+        with StopOnSignals() as stopper, not_saying_compiling() if opts["quiet"] else contextlib.nullcontext(), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", NothingToTrain)  # said above, as a line of the run's
             try:
                 history = train(
                     model, opt, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
@@ -582,6 +593,8 @@ def train_cmd(ctx, **opts):
                     msg = f"{what} in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
                 click.echo(msg, err=True)
                 sys.exit(128 + stopper.signum if stopper.signum in TERMINATING else EXIT_INTERRUPTED)
+        if finished and saves:
+            save_checkpoint(opts["save"], model, opt, state, cfg, data_print)
     finally:
         if metrics_fd is not None:
             os.close(metrics_fd)
@@ -595,7 +608,7 @@ def train_cmd(ctx, **opts):
             f", saved to {opts['save_best']}" if saved_best[-1:] == [history.best_epoch]
             else f", before --resume: this run saved nothing to {opts['save_best']}")
         out.info(f"{why}best epoch {history.best_epoch} (validation loss {best['val_loss']:.4f}){where}")
-    if opts["save"]:
+    if saves:
         out.info(f"saved {opts['save']}")
     if opts["plot"] is not None:
         from .plot import plot_curves  # noqa: PLC0415 - optional (matplotlib)
@@ -698,9 +711,10 @@ def _check_resume_fits(resume, cfg):
         raise CliError(f"{resume.path} does not fit: its model's layers are "
                        f"{', '.join(type(layer).__name__ for layer in layers)}, this run has --activation {cfg['activation']}")
     done = resume.state.epoch
-    if cfg["epochs"] <= done and resume.state.seen == 0:
-        raise CliError(f"{resume.path} already has {done} of --epochs {cfg['epochs']}: raise --epochs to train on")
-    if cfg["epochs"] <= done:  # stopped inside epoch done + 1: --epochs is a total, so finish that one
+    if cfg["epochs"] < done and resume.state.seen == 0:  # (== done: a finished run, see train_cmd)
+        raise CliError(f"{resume.path} already has {done} epochs, more than --epochs {cfg['epochs']}: "
+                       f"--epochs is a total, give {done + 1} or more to train on")
+    if cfg["epochs"] <= done and resume.state.seen:  # stopped inside epoch done + 1: --epochs is a total, so finish it
         raise CliError(
             f"{resume.path} stopped in epoch {done + 1} (step {resume.state.step}): "
             f"--epochs {cfg['epochs']} would train nothing; give --epochs {done + 1} or more to finish it"

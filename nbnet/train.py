@@ -20,6 +20,7 @@ import numbers
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,10 @@ STEP_DECAY = 0.1  # the `step` schedule multiplies the rate by this every max(1,
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or Inf."""
+
+
+class NothingToTrain(UserWarning):
+    """nb.train was given a state that already has its `epochs` done: it returned that history."""
 
 
 class TrainingInterrupted(Exception):
@@ -587,6 +592,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         opt.lr is the base rate again. A rate set on opt.lr meanwhile (in a callback) is a ValueError.
     on_step(state, batch, n_batches, running_loss) after each step; on_best(state, metrics) after
     an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
+    A `state` with all `epochs` done trains nothing: train returns its history (restore_best puts
+    its best epoch back) with a NothingToTrain warning; one past `epochs` is a ValueError.
     should_stop() is asked before each step, outside the model's lock: True raises
     TrainingInterrupted(state) once that step is done.
     Ctrl-C (in the main thread, under Python's own SIGINT handler) raises KeyboardInterrupt where it
@@ -661,7 +668,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     _check_nonneg("nb.train", **{"lr" if lr is not None else "opt.lr": base_lr})
     base_lr = float(base_lr)  # (see min_delta)
     state = TrainState() if state is None else state
-    # A state past `epochs` trained nothing and returned its old history, as if this call had run
+    # A state past `epochs` trained nothing and returned its old history, as if this call had run.
+    # One at `epochs` is a finished run (below): it returns its history, and says so.
     if state.epoch > epochs or (state.epoch == epochs and state.seen):
         stopped = f" (stopped in epoch {state.epoch + 1})" if state.seen else ""
         raise ValueError(f"state has {state.epoch} epochs done{stopped}: epochs={epochs} would train none of them; "
@@ -710,8 +718,16 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # (A batch size above the rows is a step of them all: a warm-up at the batch size itself held
     # batch_size rows, 1.3 GB for batch_size=10**6 of 100 features on a data set of 10 rows.)
     local = [hi - lo for lo, hi in (share(b, comm.rank, comm.size) for b in (min(batch_size, n), n % batch_size))]
-    compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),),
-                    say=comm.rank == 0)
+    if state.epoch < epochs:
+        compile_kernels(model, opt, loss_fn, y_train, train_rows=local, eval_rows=(min(eval_batch_size, n),),
+                        say=comm.rank == 0)
+    elif comm.rank == 0:
+        # Returned, not refused: resuming a finished run loses nothing that way (restore_best puts
+        # its best epoch back, and `nbnet train --resume` writes its metrics and plot from the
+        # history), but it is never a silent no-op that looks like training.
+        warnings.warn(f"state has {state.epoch} epochs done, all of epochs={epochs}: nothing to train, its history is "
+                      f"returned (epochs is a total: give {epochs + 1} or more to train on)", NothingToTrain,
+                      stacklevel=2)
 
     ctrl_c = _HeldCtrlC()
     try:

@@ -767,6 +767,46 @@ def test_a_state_past_epochs_is_refused():
         nb.train(model, opt, (xtr, ytr, None, ytr), epochs=3)
 
 
+def test_a_finished_state_returns_its_history_and_says_so():
+    """nb.train(state=a finished run's, epochs=its epochs) returned quietly, where `nbnet train
+    --resume` refused: both now train nothing and say so (here a NothingToTrain warning), and lose
+    nothing: the history, and with restore_best the best epoch's weights, as the call that never
+    stopped ended with (this one was stopped in its last on_epoch, before restoring them)."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    kwargs = dict(epochs=4, batch_size=32, val_split=0.3, restore_best=True)
+
+    def run(on_epoch=None):
+        model = spiral_model()
+        opt = nb.SGD(model.parameters(), lr=0.5, momentum=0.9)  # epoch 3 the best
+        state = TrainState()
+        try:
+            history = nb.train(model, opt, (xtr, ytr), state=state, on_epoch=on_epoch, **kwargs)
+        except KeyboardInterrupt:
+            history = None
+        return model, opt, state, history
+
+    model, _, _, whole = run()
+    want = params(model)
+    assert whole.best_epoch < 4, "the test needs a best epoch before the last"
+
+    def stop_after_the_last(st, metrics):
+        if st.epoch == 4:
+            raise KeyboardInterrupt
+
+    model, opt, state, _ = run(stop_after_the_last)
+    assert state.epoch == 4
+    with pytest.warns(nb.NothingToTrain, match="nothing to train"):
+        again = nb.train(model, opt, (xtr, ytr), state=state, **kwargs)
+    timing = ("seconds", "samples_per_second")
+    assert [{k: v for k, v in h.items() if k not in timing} for h in again] == \
+        [{k: v for k, v in h.items() if k not in timing} for h in whole]
+    assert again.best_epoch == whole.best_epoch and not again.stopped_early
+    for a, b in zip(params(model), want):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="epochs is a total"):  # past it: still refused
+        nb.train(model, opt, (xtr, ytr), state=state, **dict(kwargs, epochs=3))
+
+
 @pytest.mark.parametrize("loss", ["cross-entropy", "mse", "bce"])
 def test_predict_allocates_its_results_once(loss):
     """nb.predict fills its results batch by batch: it copied each batch's scores, then concatenated

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import nbnet as nb
 from nbnet import cli as cli_module
 from nbnet import simd
+from nbnet.checkpoint import load_checkpoint
 from nbnet.cli import cli
 from nbnet.train import TrainState
 
@@ -271,9 +272,33 @@ def test_error_data_or_checkpoint_that_does_not_fit(tmp_path, trained):
     assert_error(nbnet("evaluate", "--checkpoint", ck, "--dataset", tmp_path / "many.npz"), "out of range")
     assert_error(nbnet("train", "--resume", ck, "--hidden", "32", "--epochs", "5"), "--hidden 16", "32")
     assert_error(nbnet("train", "--resume", ck, "--dataset", "spiral", "--epochs", "5"), "--dataset")
-    assert_error(nbnet("train", "--resume", ck), "already has 2")
+    assert_error(nbnet("train", "--resume", ck, "--epochs", "1"), "already has 2 epochs, more than --epochs 1")
     nb.load(ck).save(tmp_path / "plain.npz")
     assert_error(nbnet("train", "--resume", tmp_path / "plain.npz"), "not a training checkpoint")
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, trained):
+    """--resume of a run that has all its --epochs was an error ("raise --epochs to train on") while
+    nb.train returned the history: both train nothing now and say so, and lose nothing: the
+    run's --metrics-out and --save come from the checkpoint, which is left as it was."""
+    d, ck, _, _ = trained
+    before = ck.read_bytes()
+    metrics, copy = tmp_path / "m.jsonl", tmp_path / "copy.npz"
+    r = nbnet("train", "--resume", ck, "--metrics-out", metrics, "--save", copy)
+    assert r.exit_code == 0, r.output
+    assert f"{ck} already has all 2 epochs of --epochs 2: nothing to train" in r.stdout, r.stdout
+    assert "epoch 1/" not in r.stdout and f"saved {copy}" in r.stdout and not r.stderr
+    timing = ("seconds", "samples_per_second")
+    runs = [[{k: v for k, v in json.loads(line).items() if k not in timing} for line in f.read_text().splitlines()]
+            for f in (d / "m.jsonl", metrics)]
+    assert len(runs[0]) == 2 and runs[0] == runs[1]
+    held, same = load_checkpoint(ck), load_checkpoint(copy)
+    assert (same.state.epoch, same.state.step) == (held.state.epoch, held.state.step)
+    for p, q in zip(held.model.parameters(), same.model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    r = nbnet("train", "--resume", ck)  # keeps saving to ck: nothing to write, nor to say was saved
+    assert r.exit_code == 0 and "nothing to train" in r.stdout and "saved" not in r.stdout, r.output
+    assert ck.read_bytes() == before
 
 
 def test_error_divergence_names_epoch_and_step():

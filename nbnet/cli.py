@@ -581,10 +581,12 @@ def train_cmd(ctx, **opts):
                     held = f"this run saved nothing to {opts['save']}"
                 raise TrainingDiverged(f"{e}; {held}") from None
             except TrainingInterrupted as e:
+                signum = _agreed_signal(comm, stopper.signum)
+                code = 128 + signum if signum in TERMINATING else EXIT_INTERRUPTED
                 if comm.rank != 0:  # every process stops at the same step; process 0 reports
-                    sys.exit(EXIT_INTERRUPTED)
+                    sys.exit(code)
                 out.end_bar()
-                what = "Terminated" if stopper.signum in TERMINATING else "Interrupted"
+                what = "Terminated" if signum in TERMINATING else "Interrupted"
                 where = f"epoch {e.state.epoch + 1} after step {e.state.step}"
                 if opts["save"]:
                     save_checkpoint(opts["save"], model, opt, e.state, cfg, data_print)
@@ -592,7 +594,7 @@ def train_cmd(ctx, **opts):
                 else:
                     msg = f"{what} in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
                 click.echo(msg, err=True)
-                sys.exit(128 + stopper.signum if stopper.signum in TERMINATING else EXIT_INTERRUPTED)
+                sys.exit(code)
         if finished and saves:
             save_checkpoint(opts["save"], model, opt, state, cfg, data_print)
     finally:
@@ -615,6 +617,15 @@ def train_cmd(ctx, **opts):
 
         plot_curves(history, opts["plot"])
         out.info(f"saved {opts['plot']}")
+
+
+def _agreed_signal(comm, signum):
+    """The signal the job stops for, the same on every process (all stop at one step, whichever
+    was signalled): SIGTERM or SIGHUP where any process got one, else Ctrl-C. A SIGTERM to a
+    process other than 0 (a scheduler's, a `kill` of one) was reported by process 0, which saw only
+    the agreed stop, as "Interrupted", exit 130."""
+    counts = comm.sums(*(float(signum == sig) for sig in TERMINATING))
+    return next((sig for sig, n in zip(TERMINATING, counts) if n), signal.SIGINT)
 
 
 def _not_given(ctx, name):

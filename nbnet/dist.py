@@ -308,7 +308,8 @@ class MPIComm:
 def _fault_plan(rank):
     """For the tests: NBNET_MPI_FAULT=RANK:STEP:KIND makes process RANK, in training step STEP
     (1-based, counted from the start of this run), raise a ValueError (raise), die at once without
-    a word (die), stop responding (hang), see a NaN loss (nan), or get a Ctrl-C (sigint) on its own."""
+    a word (die), stop responding (hang), see a NaN loss (nan), or get a Ctrl-C (sigint) or a SIGTERM
+    (sigterm) on its own."""
     spec = os.environ.get("NBNET_MPI_FAULT")
     if not spec:
         return None
@@ -327,10 +328,10 @@ def _inject(kind, values):
             time.sleep(1)
     if kind == "nan":
         return (float("nan"), *values[1:])
-    if kind == "sigint":
+    if kind in ("sigint", "sigterm"):
         import signal  # noqa: PLC0415
 
-        os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next Python line
+        os.kill(os.getpid(), getattr(signal, kind.upper()))  # the handler runs before the next Python line
         return values
     raise ValueError("injected fault (NBNET_MPI_FAULT)")
 

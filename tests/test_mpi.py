@@ -289,6 +289,21 @@ def test_ctrl_c_on_one_process_stops_all_at_one_step_and_resumes_with_another_co
 
 
 @needs_mpi
+def test_sigterm_on_a_process_other_than_0_ends_the_job_as_terminated(problem, tmp_path):
+    """Process 1 alone gets SIGTERM in step 5: all stop after step 6, as for Ctrl-C, and the job
+    ends as one terminated (exit 143, "Terminated", as a SIGTERM to process 0 or to one process
+    gives), not as "Interrupted", exit 130: process 0 saw only the agreed stop."""
+    result = run(2, "train", "--dataset", problem, *TRAIN, "--save", tmp_path / "ck.npz",
+                 env={"NBNET_MPI_FAULT": "1:5:sigterm"})
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.count("Terminated in epoch 1 after step 6") == 1, result.stderr
+    assert "Interrupted" not in result.stderr, result.stderr
+    from nbnet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(tmp_path / "ck.npz")).state.step == 6
+
+
+@needs_mpi
 def test_bad_input_is_reported_once(problem, tmp_path):
     for args in (["--dataset", tmp_path / "missing.npz"], ["--epochs", "0"], ["--dataset", problem, "--hidden", "x"]):
         result = run(2, "train", *args)

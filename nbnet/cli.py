@@ -523,7 +523,8 @@ def train_cmd(ctx, **opts):
                 setattr(opt, name, float(cfg[name]))
 
     if comm.size > 1:  # every process got here, with the same options, data and weights (else Error:)
-        comm.agree_setup(dist.fingerprint(cfg, data, model.parameters()))
+        comm.agree_setup(dist.fingerprint(cfg, data, model.parameters(),
+                                          label=lambda key: "--" + key.replace("_", "-")))  # as errors name options
     metrics_fd = _open_metrics(opts["metrics_out"]) if opts["metrics_out"] else None
 
     def write_metrics(history):

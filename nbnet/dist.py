@@ -249,8 +249,9 @@ class MPIComm:
         _, texts = self._exchange(0, fingerprint)
         odd = next((r for r in range(self.size) if texts[r] != texts[0]), None)
         if odd is not None:
-            raise ValueError(f"nb.train: process {odd} does not train what process 0 does ({texts[odd]}; "
-                             f"process 0: {texts[0]}): every process needs the same arguments, data and weights")
+            differs = self._what_differs(fingerprint, texts, odd)
+            raise ValueError(f"nb.train: process {odd} does not train what process 0 does ({differs}): "
+                             "every process needs the same arguments, data and weights")
 
     def _meet(self, code, text):
         """Exchange (code, text) with every process, bounded by NBNET_MPI_TIMEOUT; exits unless
@@ -264,11 +265,24 @@ class MPIComm:
                 _print_error(texts[first] if first == 0 else f"process {first}: {texts[first]}")
             sys.exit(codes[first])
         if any(t != texts[0] for t in texts):
+            odd = next(r for r in range(self.size) if texts[r] != texts[0])
+            differs = self._what_differs(text, texts, odd)  # every process: it is a collective
             if self.rank == 0:
-                odd = next(r for r in range(self.size) if texts[r] != texts[0])
-                _print_error(f"process {odd} does not train what process 0 does ({texts[odd]}; process 0: "
-                             f"{texts[0]}): every process needs the same options, data and checkpoint")
+                _print_error(f"process {odd} does not train what process 0 does ({differs}): every process "
+                             "needs the same options, data and checkpoint")
             sys.exit(1)
+
+    def _what_differs(self, mine, texts, odd):
+        """What process `odd` trains otherwise than process 0, named: "--seed 1 (process 0: 0); ...".
+        The texts hold only CRCs of the parts: every process, having seen all the texts, sends its
+        own values of the parts that differ (a second exchange, bounded as the first)."""
+        theirs, ours = _parts(texts[odd]), _parts(texts[0])
+        names = [n for n in dict.fromkeys([*ours, *theirs]) if n != "all" and ours.get(n) != theirs.get(n)]
+        shown = getattr(mine, "shown", {})
+        _, values = self._exchange(0, "\n".join(shown.get(n, (n, "none"))[1][:_SHOWN_CHARS] for n in names))
+        pairs = zip(names, values[odd].split("\n"), values[0].split("\n"))
+        named = "; ".join(f"{shown.get(n, (n,))[0]} {a} (process 0: {b})" for n, a, b in pairs)
+        return named or f"{texts[odd]}; process 0: {texts[0]}"
 
     def _exchange(self, code, text):
         """(codes, texts): every process's (code, text), bounded by NBNET_MPI_TIMEOUT."""
@@ -424,13 +438,37 @@ def data_fingerprint(data):
     return f"data {shapes} features {_crc(features)} labels {_crc(labels)}"
 
 
-def fingerprint(options, data, params):
-    """A short string that two processes share when their options, data and weights are the
-    same: what agree_setup compares."""
+class Fingerprint(str):
+    """What fingerprint() gives: the text processes compare, `all=CRC` of everything then
+    `name=CRC` of each part (each option, the data, the weights); `shown` holds each part as an
+    error names it, {name: (label, value)}, so that processes that disagree can say in what."""
+
+    shown = {}
+
+
+_SHOWN_CHARS = 200  # of a part's value, in the error that names it
+
+
+def fingerprint(options, data, params, label=str):
+    """A short text (a Fingerprint) that two processes share when their options, data and weights
+    are the same: what agree_setup and agree compare. label(option name): how errors name an
+    option (the command line's --batch-size, nb.train's batch_size)."""
     from .layers import to_host  # noqa: PLC0415
 
-    return (f"options {_crc([np.frombuffer(repr(sorted(options.items())).encode(), np.uint8)])}, "
-            f"{data_fingerprint(data)}, weights {_crc([to_host(p.data) for p in params])}")
+    shown = {name: (label(name), repr(value)) for name, value in sorted(options.items())}
+    shown["data"] = ("data", data_fingerprint(data).removeprefix("data "))
+    shown["weights"] = ("weights", _crc([to_host(p.data) for p in params]))
+    crcs = {name: _crc([np.frombuffer(value.encode(), np.uint8)]) for name, (_, value) in shown.items()}
+    # `all` first: a text cut short by the exchange (_MESSAGE_BYTES) still differs where any part does
+    text = Fingerprint(" ".join([f"all={_crc([np.frombuffer(''.join(crcs.values()).encode(), np.uint8)])}",
+                                 *(f"{name}={crc}" for name, crc in crcs.items())]))
+    text.shown = shown
+    return text
+
+
+def _parts(text):
+    """{name: CRC} of a Fingerprint's text."""
+    return dict(word.split("=", 1) for word in text.split(" ") if "=" in word)
 
 
 def _print_error(message, before=""):

@@ -320,7 +320,8 @@ def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
     and process 0 waited out its own 600 s), or a setting the command refuses before nbnet loads
     (the same hang as click's)."""
     py = [sys.executable, "-m", "nbnet", "train", "--dataset", str(problem), *TRAIN]
-    cases = [([*py, "--seed", "1"], "does not train what process 0 does"),
+    cases = [([*py, "--seed", "1"], "does not train what process 0 does (--seed 1 (process 0: 0); data "),
+             ([*py, "--batch-size", "32"], "does not train what process 0 does (--batch-size 32 (process 0: 64)): "),
              ([*py, "--resume", str(tmp_path / "missing.npz")], "process 1:"),
              ([*py, "--epochs", "x"], "process 1: Invalid value for '--epochs'"),
              (["env", "NBNET_MPI_TIMEOUT=x", *py], "process 1: NBNET_MPI_TIMEOUT must be"),
@@ -455,6 +456,12 @@ def test_train_with_comm_refuses_processes_that_disagree():
     for refused in json.loads(result.stdout):
         assert [what for what, _ in refused] == ["seed", "x", "batch_size", "epochs", "layers"], result.stdout
         assert all(e.startswith("nb.train: process 1 does not train what process 0 does") for _, e in refused)
+        named = {what: e.split(" does (", 1)[1] for what, e in refused}  # what differs, named: it said CRCs only
+        assert named["seed"].startswith("seed 1 (process 0: 0)): "), named
+        assert named["x"].startswith("data 24x3/24/-/-/-/- features "), named
+        assert named["batch_size"].startswith("batch_size 5 (process 0: 4)): "), named
+        assert named["epochs"].startswith("epochs 3 (process 0: 2)): "), named
+        assert named["layers"].startswith("model [{'type': 'Linear', "), named
 
 
 @needs_mpi

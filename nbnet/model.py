@@ -70,11 +70,15 @@ class Sequential:
     def __getstate__(self):
         # A lock cannot be copied or pickled, and the copy is a model of its own: it gets its own.
         # Not the device spans: a copy's arrays lie elsewhere (its layers' copies would pass as held).
-        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "_forward_thread", "_device_spans")}
+        # Nor the plans: they name the original layers (by id), so a copy never runs one; each held
+        # the layers' arrays again and the kernels, up to KEPT_PLANS of them in every pickle.
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("lock", "_forward_thread", "_device_spans", "_plan", "_plans")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.lock, self._forward_thread = threading.RLock(), [None]
+        self._plan, self._plans = None, {}
 
     def __deepcopy__(self, memo):
         # A model on the GPU copies its device arrays on the GPU, each once (the memo keeps an

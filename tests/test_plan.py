@@ -236,3 +236,26 @@ def test_training_and_a_larger_evaluation_batch_do_not_rebuild_plans_every_epoch
     got, want = run(6, model(act=nb.ReLU)[:5]), run(6, layer_by_layer(model(act=nb.ReLU)[:5]))
     for p, q in zip(got.parameters(), want.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_pickles_and_copies_carry_no_plans():
+    """A pickle of a trained model carried its plans (up to nb.model.KEPT_PLANS: the layers'
+    arrays again and the kernels), though they name the original layers by id and a copy never
+    runs one. The copy plans afresh and trains to the same bits as the original."""
+    import copy
+    import pickle
+
+    m = model()
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((8, 20)).astype(np.float32) for _ in range(4)]
+    ys = [rng.integers(0, 5, 8) for _ in range(4)]
+    train(m, xs, ys)
+    assert m._plan is not None and m._plans
+    data = pickle.dumps(m)
+    assert b"_Plan" not in data
+    for twin in (pickle.loads(data), copy.deepcopy(m)):
+        assert twin._plan is None and twin._plans == {}
+        got, want = train(twin, xs, ys)[1], train(copy.deepcopy(m), xs, ys)[1]
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        assert twin._plan is not None  # it planned its own steps

@@ -953,7 +953,7 @@ def test_features_named_one_by_one_are_each_compared_with_the_hosts(monkeypatch)
 # kernel, the twins bitwise, units, routes, transposes, the stack. Left out: compile-only, cache and
 # IR checks, and kernels that do not read through nbnet.simd.
 LAYOUT_TESTS = ("not disk_cache and not own_cache_entries and not no_double and not tanh and not other_isa_layouts"
-                " and not layout_nbnet_cannot_use and not simd_layout_values and not simd_py_alone")
+                " and not layout_nbnet_cannot_use and not simd_layout_values and not simd_py_alone and not time_and_size")
 
 
 @pytest.mark.parametrize("layout", [name for name in ("avx512", "avx2", "neon") if name != simd.ISA])

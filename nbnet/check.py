@@ -35,9 +35,17 @@ TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
 def compiling_note():
-    """COMPILING, or the note that says why the kernels about to compile will not be cached."""
-    why = simd.cache_refusal()
-    return COMPILING if why is None else f"compiling kernels for this CPU (not cached: {why})"
+    """COMPILING, or the note that says why the kernels about to compile will not be cached, or
+    where they will be instead of the NUMBA_CACHE_DIR that Numba passed over."""
+    return _note(simd.cache_refusal())
+
+
+def _note(refusal):
+    if refusal is not None:
+        return f"compiling kernels for this CPU (not cached: {refusal})"
+    if simd.CACHE_DIR_REFUSAL is not None:
+        return f"compiling kernels for this CPU (cached for later runs in {simd.CACHE_PATH}, as {simd.CACHE_DIR_REFUSAL})"
+    return COMPILING
 
 
 class _SayCompiling(numba.core.event.Listener):
@@ -45,16 +53,16 @@ class _SayCompiling(numba.core.event.Listener):
     only on a cache miss: a kernel loaded from the on-disk cache says nothing), once per process."""
 
     said = False
-    promised = False  # the note said COMPILING, and no save has been refused since
+    promised = False  # the note promised a cache, and no save has been refused since
     said_gpu = set()  # the dtypes whose CUDA kernels a warm-up compiled (see compile_kernels)
     silenced = 0  # > 0 inside not_saying_compiling()
 
     def on_start(self, event):
         if not _SayCompiling.said and not _SayCompiling.silenced:
             _SayCompiling.said = True
-            note = compiling_note()
-            _SayCompiling.promised = note == COMPILING
-            print(note, file=sys.stderr, flush=True)
+            why = simd.cache_refusal()
+            _SayCompiling.promised = why is None
+            print(_note(why), file=sys.stderr, flush=True)
 
     def on_end(self, event):
         pass

@@ -853,17 +853,42 @@ def _cache_probe():
 # "no locator available" while the module loads. Then each process compiles the kernels instead
 # (check's compiling note says so). Asked once, here: every cached kernel is in this folder (simd, cpu).
 try:
-    _CACHE_PATH = caching.FunctionCache(_cache_probe).cache_path
+    CACHE_PATH = caching.FunctionCache(_cache_probe).cache_path
 except RuntimeError:
-    _CACHE_PATH = None
+    CACHE_PATH = None
+
+
+def _why(e):
+    return f"[Errno {e.errno}] {e.strerror}" if e.strerror else str(e)
+
+
+# Why Numba passed over NUMBA_CACHE_DIR, or None. It takes that folder only where it can write there
+# (even to load kernels already in it: a read-only mount of a warmed cache) and otherwise goes on, in
+# silence, to the package's __pycache__ or ~/.cache/numba: the compiling note must say where the
+# kernels went instead, and why, as the user named another folder. Asked as Numba asks (its folder
+# for nbnet's files, made, then a file made in it), and only when it was passed over.
+CACHE_DIR_REFUSAL = None
+if config.CACHE_DIR and (CACHE_PATH is None or not CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, ""))):
+    CACHE_DIR_REFUSAL = f"NUMBA_CACHE_DIR {config.CACHE_DIR} cannot be written"
+    try:
+        _asked = os.path.join(config.CACHE_DIR, caching._CacheLocator.get_suitable_cache_subpath(__file__))
+        os.makedirs(_asked, exist_ok=True)
+        tempfile.TemporaryFile(dir=_asked).close()
+    except AttributeError:  # a Numba without that internal (as of 0.68): the reason goes unsaid
+        pass
+    except OSError as e:
+        CACHE_DIR_REFUSAL += f": {_why(e)}"
 # Why nbnet's kernels are not cached at all, or None. An emulated layout's kernels go to its folder
 # (see layout) or nowhere: where that folder cannot be written, Numba would file them in
 # __pycache__ under this CPU, and a plain run would load them. Under NUMBA_OPT=0 Numba refuses to
 # cache any kernel that calls another (a NumbaWarning each, 11 in `nbnet check`): it lowers the callee
 # as a load of its Python object's address, a "dynamic global" that only LLVM's optimiser removes.
 # The few it could take save little: at 0 a one-epoch `nbnet train` compiles in about 3 s.
-if _CACHE_PATH is None or (EMULATED and not _CACHE_PATH.startswith(os.path.join(config.CACHE_DIR, ""))):
-    CACHE_OFF = "no folder Numba can write; set NUMBA_CACHE_DIR to one"
+if EMULATED and CACHE_DIR_REFUSAL is not None:
+    CACHE_OFF = f"{CACHE_DIR_REFUSAL}, and an emulated layout's kernels go nowhere else"
+elif CACHE_PATH is None:
+    CACHE_OFF = (f"{CACHE_DIR_REFUSAL}, nor any folder Numba falls back to" if CACHE_DIR_REFUSAL is not None
+                 else "no folder Numba can write; set NUMBA_CACHE_DIR to one")
 elif config.OPT == 0:
     CACHE_OFF = "NUMBA_OPT=0, whose kernels Numba cannot cache"
 else:
@@ -883,15 +908,14 @@ def cache_refusal(probe=True):
         return CACHE_OFF
     if probe and not _REFUSED:
         try:
-            with tempfile.TemporaryFile(dir=_CACHE_PATH) as f:
+            with tempfile.TemporaryFile(dir=CACHE_PATH) as f:
                 f.write(bytes(4096))
                 f.flush()
         except OSError as e:
             _REFUSED.append(e)
     if not _REFUSED:
         return None
-    e = _REFUSED[0]
-    return f"cannot write to {_CACHE_PATH}: " + (f"[Errno {e.errno}] {e.strerror}" if e.strerror else str(e))
+    return f"cannot write to {CACHE_PATH}: {_why(_REFUSED[0])}"
 
 
 def foreign_code():

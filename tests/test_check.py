@@ -194,7 +194,7 @@ def test_a_save_refused_after_the_note_promised_a_cache_is_said_once(monkeypatch
     with check.saying_compiling():
         assert kernel(1.5) == 2.5
     assert capsys.readouterr().err == (f"{check.COMPILING}\nsome kernels were not cached after all "
-                                       f"(cannot write to {simd._CACHE_PATH}: [Errno 28] No space left on device)\n")
+                                       f"(cannot write to {simd.CACHE_PATH}: [Errno 28] No space left on device)\n")
 
 
 def test_numba_opt_0_says_once_that_nothing_is_cached(tmp_path):

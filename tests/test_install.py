@@ -49,6 +49,38 @@ def test_imports_where_numbas_cache_has_no_folder():
     assert "NUMBA_CACHE_DIR" in note and "cached for later runs" not in note
 
 
+PASSED_OVER = (
+    "import numba.core.caching as caching\n"
+    "caching.CacheImpl._locator_classes = [c for c in caching.CacheImpl._locator_classes\n"
+    "                                      if 'UserProvided' in c.__name__ or {fallback} and 'UserWide' in c.__name__]\n"
+    "from nbnet import check, simd\n"
+    "print(check.compiling_note())\n"
+    "print(simd.CACHE_PATH)\n"
+)
+
+
+def test_a_numba_cache_dir_numba_passes_over_is_named_with_where_the_kernels_go(tmp_path):
+    """A NUMBA_CACHE_DIR that cannot be written (read-only to its user, a read-only mount even of a
+    warmed cache: Numba loads only from a folder it can write; here a path under a file, which stops
+    root too): Numba went on in silence to the package's __pycache__ or ~/.cache/numba, and the note
+    said "cached for later runs" as if in the folder the user named. It now says where, and why;
+    where Numba has no other folder, the note no longer asks for a NUMBA_CACHE_DIR that is set."""
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    asked = blocked / "cache"
+    env = {"NUMBA_CACHE_DIR": str(asked), "XDG_CACHE_HOME": str(tmp_path / "home cache")}
+    p = run_python(PASSED_OVER.format(fallback=True), **env)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    note, path = p.stdout.splitlines()
+    assert path.startswith(str(tmp_path / "home cache" / "numba"))
+    assert note == (f"compiling kernels for this CPU (cached for later runs in {path}, as NUMBA_CACHE_DIR {asked} "
+                    "cannot be written: [Errno 20] Not a directory)")
+    p = run_python(PASSED_OVER.format(fallback=False), **env)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert p.stdout.splitlines() == [f"compiling kernels for this CPU (not cached: NUMBA_CACHE_DIR {asked} cannot be "
+                                     "written: [Errno 20] Not a directory, nor any folder Numba falls back to)", "None"]
+
+
 def test_nbnet_sklearn_without_scikit_learn_names_the_extra(monkeypatch):
     """`from nbnet.sklearn import MLPClassifier` in an install without scikit-learn ended in
     Python's "No module named 'sklearn'", which does not say that nbnet has an extra for it, as

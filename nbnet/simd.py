@@ -908,6 +908,9 @@ def cache_refusal(probe=True):
         return CACHE_OFF
     if probe and not _REFUSED:
         try:
+            # Numba makes the folder again before each save: one removed since import (the user
+            # cleared the cache with a notebook's kernel running) is no refusal
+            os.makedirs(CACHE_PATH, exist_ok=True)
             with tempfile.TemporaryFile(dir=CACHE_PATH) as f:
                 f.write(bytes(4096))
                 f.flush()

@@ -197,6 +197,17 @@ def test_a_save_refused_after_the_note_promised_a_cache_is_said_once(monkeypatch
                                        f"(cannot write to {simd.CACHE_PATH}: [Errno 28] No space left on device)\n")
 
 
+def test_a_cache_folder_removed_since_import_is_no_refusal(monkeypatch, tmp_path):
+    """The cache folder cleared while a process runs (`rm -rf ~/.cache/numba` beside a notebook's
+    kernel): Numba makes it again before each save and caches, but the note's probe found no folder
+    and said "not cached: ... No such file or directory"."""
+    monkeypatch.setattr(simd, "CACHE_OFF", None)
+    monkeypatch.setattr(simd, "_REFUSED", [])
+    monkeypatch.setattr(simd, "CACHE_PATH", str(tmp_path / "gone" / "nbnet_0123"))
+    assert simd.cache_refusal() is None
+    assert os.listdir(tmp_path / "gone" / "nbnet_0123") == []  # and the probe left nothing
+
+
 def test_numba_opt_0_says_once_that_nothing_is_cached(tmp_path):
     """NUMBA_OPT=0 (for a debugger) made Numba refuse to cache every kernel that calls another, each
     with a NumbaWarning and its source line: 7 in a one-epoch `nbnet train`, 11 in `nbnet check`."""

@@ -259,3 +259,31 @@ def test_pickles_and_copies_carry_no_plans():
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
         assert twin._plan is not None  # it planned its own steps
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "layers copied"])
+def test_a_copied_model_fed_its_own_buffer_copies_that_batch(how):
+    """A forward copies a batch that is (a view of) one of the layers' arrays before writing them,
+    but looked for it only among the arrays nbnet's empty() made: a pickle or deepcopy gives every
+    array memory of its own, and a copied model fed its own layer's output wrote over that batch
+    in the forward, so dW = Gᵀ X read another layer's output (silently wrong gradients)."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(5)
+    x, g = rng.standard_normal((4, 20)).astype(np.float32), rng.standard_normal((4, 5)).astype(np.float32)
+
+    def grads(feed_copy):
+        m = layer_by_layer(nb.Sequential([nb.Linear(20, 20, seed=0), nb.ReLU(), nb.Linear(20, 20, seed=1),
+                                          nb.Linear(20, 5, seed=2)]))
+        m.forward(x)
+        m = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+             "layers copied": lambda m: layer_by_layer(nb.Sequential(copy.deepcopy(m.layers)))}[how](m)
+        own = m.layers[2].out  # width 20: a batch the model takes
+        m.forward(own.copy() if feed_copy else own)
+        m.zero_grad()
+        m.backward(g)
+        return [p.grad.copy() for p in m.parameters()]
+
+    for a, b in zip(grads(False), grads(True)):
+        np.testing.assert_array_equal(a, b)

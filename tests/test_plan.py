@@ -287,3 +287,95 @@ def test_a_copied_model_fed_its_own_buffer_copies_that_batch(how):
 
     for a, b in zip(grads(False), grads(True)):
         np.testing.assert_array_equal(a, b)
+
+
+def _twin_ops(rng, n=30):
+    """A random sequence of what a user does to a model between steps (see test_random_use_...)."""
+    sizes, ops = [1, 2, 3, 5, 8, 16, 64, 70, 100], []
+    for _ in range(n):
+        k = str(rng.choice(["train"] * 6 + ["eval", "bwd_in", "bwd_noin", "slice", "predict", "evaluate", "replace",
+                                             "own", "own", "copy", "astype", "alone"]))
+        ops.append((k, int(rng.choice(sizes)), int(rng.integers(1, 7)), str(rng.choice(["", "", "acc", "reusing", "strided"])),
+                    str(rng.choice(["pickle", "deepcopy"])), str(rng.choice(["weight", "grad", "param", "inplace"])),
+                    str(rng.choice(["out0", "out1", "out2", "out3", "w0", "w2", "dinp0", "dinp1", "dinp3"])),
+                    int(rng.choice([1, 7, 50, 130])), int(rng.choice([1, 3, 8, 16, 40, 1000]))))
+    return ops
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_use_gives_the_bits_of_layer_by_layer(seed):
+    """Random sequences of batch sizes (1, short, larger than any before, repeated) through training
+    steps (with and without zero_grad), forwards alone, slices, nb.predict / nb.evaluate, backward
+    with and without dL/dX, replaced and updated-in-place weights, a layer run alone, the model's
+    own arrays as its batch, pickles, deep copies and astype: every output, gradient and weight is
+    bit for bit that of a twin that never plans. The twin is fed a copy where the model gets its
+    own array (a batch is what the caller passed, at the time of the call)."""
+    import copy
+    import pickle
+
+    def make(dtype=np.float32):
+        return nb.Sequential([nb.Linear(20, 20, seed=0, dtype=dtype), nb.ReLU(), nb.Linear(20, 20, seed=1, dtype=dtype),
+                              nb.Tanh(), nb.Linear(20, 17, seed=2, dtype=dtype), nb.ReLU(),
+                              nb.Linear(17, 5, seed=3, bias=False, dtype=dtype)])
+
+    rng = np.random.default_rng(seed)
+    nets = [make(), layer_by_layer(make())]
+    opts = [nb.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in nets]
+    loss_fns, dtype = [nb.SoftmaxCrossEntropy(), nb.SoftmaxCrossEntropy()], np.float32
+    for step, (kind, n, depth, how, copier, replace, own, rows, eval_batch) in enumerate(_twin_ops(rng)):
+        x = rng.standard_normal((n, 20)).astype(dtype)
+        xs = [np.repeat(x, 2, axis=0)[::2], x.copy()[::1]] if how == "strided" else [x, x.copy()]
+        if kind == "own":
+            L0, L1 = nets[0].layers, nets[1].layers
+            index, name = int(own[-1]), {"out": "out", "w": "weight", "dinp": "dinp"}[own[:-1]]
+            xs = [getattr(L0[index], name), getattr(L1[index], name)]
+            if xs[0] is None or xs[0].shape != xs[1].shape or xs[0].shape[1] != 20:
+                continue
+            np.testing.assert_array_equal(xs[0], xs[1])
+            xs[1], n, kind = xs[1].copy(), len(xs[0]), "train"
+        results = []
+        for i, m in enumerate(nets):
+            r = []
+            if kind == "train":
+                if how != "acc":
+                    opts[i].zero_grad()
+                r.append(loss_fns[i].forward((m.forward_reusing if how == "reusing" else m.forward)(xs[i]), np.arange(n) % 5))
+                m.backward(loss_fns[i].backward())
+                opts[i].step()
+            elif kind == "eval":
+                r.append(m.forward(xs[i]))
+            elif kind == "slice":
+                r.append(m[:depth].forward(xs[i]))
+            elif kind in ("bwd_in", "bwd_noin"):
+                r.append(m.forward(xs[i]))
+                r.append(m.backward(np.cos(3 * r[0]).astype(dtype), need_input_grad=kind == "bwd_in"))
+            elif kind in ("predict", "evaluate"):
+                data = np.random.default_rng(rows).standard_normal((rows, 20))
+                r.append(nb.predict(m, data, batch_size=eval_batch, proba=True) if kind == "predict" else
+                         nb.evaluate(m, data, np.arange(rows) % 5, batch_size=eval_batch)["loss"])
+            elif kind == "replace":
+                layer = m.layers[2 * (depth % 4)]
+                if replace == "weight":
+                    layer.weight = layer.weight * np.asarray(0.5, dtype)
+                elif replace == "grad":
+                    layer.grad_weight = np.ones_like(layer.weight)
+                elif replace == "param":
+                    m.parameters()[0].data = m.layers[0].weight + np.asarray(1, dtype)
+                else:
+                    layer.weight *= np.asarray(0.5, dtype)
+            elif kind == "copy":
+                nets[i], opts[i] = (copy.deepcopy if copier == "deepcopy" else lambda o: pickle.loads(pickle.dumps(o)))((m, opts[i]))
+            elif kind == "astype":
+                nets[i] = m.astype(np.float64 if depth % 2 else np.float32)
+                nets[i]._plan_after = m._plan_after
+                opts[i] = nb.SGD(nets[i].parameters(), lr=0.05, momentum=0.9)
+            else:  # a layer alone at another batch size: its buffer and cache change under the plan
+                m.layers[0].forward(np.ones((rows, 20), dtype))
+            results.append(r)
+        dtype = nets[0].dtype.type
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b, err_msg=f"step {step} {kind}")
+        for p, q in zip(*[[v for layer in m.layers for k, v in sorted(vars(layer).items())
+                           if k in ("weight", "bias", "_grad_weight", "_grad_bias", "_zero_weight", "_zero_bias")]
+                          for m in nets]):
+            np.testing.assert_array_equal(p, q, err_msg=f"step {step} {kind}")

@@ -74,21 +74,57 @@ _AVX_FMA_CPUS = frozenset(("bdver2", "bdver3"))  # AVX and FMA3, no AVX2
 _AVX_CPUS = frozenset((  # AVX alone (bdver1's FMA4 is not the fma feature isa() reads)
     "sandybridge", "corei7-avx", "core_2nd_gen_avx", "ivybridge", "core-avx-i", "core_3rd_gen_avx", "bdver1",
     "btver2"))
+# CPUs with APX (Intel's 16 more general registers, egpr, and new integer instructions): LLVM uses
+# them in any code it compiles for such a CPU, the kernels' loop counters and pointers included, so
+# that code stops at an illegal instruction on every CPU without APX (diamondrapids' `nbnet check`
+# did, with SIGILL, on a Zen 5). tests/test_fast_kernels.py asks this LLVM which of its CPUs use them.
+_APX_CPUS = frozenset(("diamondrapids", "novalake"))
+_APX = frozenset(("egpr", "push2pop2", "ppx", "ndd", "ccmp", "nf", "cf", "zu"))
+# LLVM's implications among the features nbnet reads (X86.td): one turned on turns on those it
+# implies, one turned off turns off those that imply it (-avx2 leaves no AVX-512).
+_IMPLIES = {"avx512f": {"avx2", "fma", "avx"}, "avx2": {"avx"}, "fma": {"avx"}}
 
 
 def cpu_name():
     return config.CPU_NAME or llb.get_host_cpu_name()
 
 
+def own_features(name):
+    """The features nbnet reads (vector ISA, FMA, APX) that CPU `name` has of its own, by the tables
+    above: what LLVM compiles for when NUMBA_CPU_FEATURES is set empty, and the base that the
+    features it lists change."""
+    name = name.lower()
+    if name in _AVX512_CPUS:
+        feats = {"avx512f", "avx2", "avx", "fma"}
+    elif name in _AVX2_CPUS:
+        feats = {"avx2", "avx", "fma"}
+    elif name in _AVX_FMA_CPUS:
+        feats = {"avx", "fma"}
+    elif name in _AVX_CPUS:
+        feats = {"avx"}
+    else:
+        feats = set()
+    return feats | (_APX if name in _APX_CPUS else set())
+
+
 def cpu_features():
-    """The set of enabled features Numba compiles for ('avx2', 'fma', ...); None when
-    NUMBA_CPU_FEATURES is set empty (the named CPU's own features apply: see isa())."""
-    feats = config.CPU_FEATURES
-    if feats is None:
-        feats = llb.get_host_cpu_features().flatten()
-    elif feats == "":
-        return None
-    return {f[1:] for f in feats.split(",") if f.startswith("+")}
+    """The set of enabled features Numba compiles for ('avx2', 'fma', ...). Unset, NUMBA_CPU_FEATURES
+    is the host's full list (Numba passes it to LLVM). Set, LLVM applies its features in order, each
+    + or - with what it implies, to the CPU's own (own_features): NUMBA_CPU_FEATURES=-avx512f on a
+    Zen 5 is AVX2 code with FMA, and NUMBA_CPU_NAME=skylake-avx512 NUMBA_CPU_FEATURES=+avx2 is
+    AVX-512 code; read as the whole list, these were SSE2 without FMA and AVX2 (128-bit blocks for
+    AVX2 code, and AVX-512 code run on an AVX2 CPU that foreign_code let through, to SIGILL)."""
+    text = config.CPU_FEATURES
+    if text is None:
+        return {f[1:] for f in llb.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+    feats = own_features(cpu_name())
+    for f in text.split(","):
+        f = f.strip()
+        if f.startswith("+"):
+            feats |= {f[1:]} | _IMPLIES.get(f[1:], set())
+        elif f.startswith("-"):
+            feats -= {f[1:]} | {g for g, implied in _IMPLIES.items() if f[1:] in implied}
+    return feats
 
 
 def isa():
@@ -97,18 +133,6 @@ def isa():
     if machine in ("aarch64", "arm64"):
         return "neon", 16, 32, True  # Advanced SIMD is part of ARMv8-A
     feats = cpu_features()
-    if feats is None:  # the named CPU's own features
-        name = cpu_name().lower()
-        if name in _AVX512_CPUS:
-            feats = {"avx512f", "avx2", "avx", "fma"}
-        elif name in _AVX2_CPUS:
-            feats = {"avx2", "avx", "fma"}
-        elif name in _AVX_FMA_CPUS:
-            feats = {"avx", "fma"}
-        elif name in _AVX_CPUS:
-            feats = {"avx"}
-        else:
-            feats = set()
     if machine in ("x86_64", "amd64", "i686", "i386"):
         if "avx512f" in feats:
             return "avx512", 64, 32, True
@@ -925,21 +949,16 @@ def foreign_code():
     """Why the code Numba compiles here cannot run here, or None: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
     name features this CPU lacks. Numba compiles for them without a word (inspecting such code is a
     use: test_avx512_micro_kernels_compile_without_spills_on_any_machine), and the first kernel a
-    program called stopped it at an illegal instruction, SIGILL with nothing said. Features
-    NUMBA_CPU_FEATURES lists are compared one by one (those this LLVM knows); for a CPU named
-    alone, the vector ISA and FMA that isa() reads, what the kernels' own code is built from (a
-    partial guard: llvmlite gives no named CPU's other features)."""
+    program called stopped it at an illegal instruction, SIGILL with nothing said. The features
+    Numba compiles for (cpu_features: those NUMBA_CPU_FEATURES lists, and the named CPU's vector
+    ISA, FMA and APX) that this LLVM knows are compared with the host's (a partial guard: llvmlite
+    gives no named CPU's other features)."""
     if config.CPU_NAME is None and config.CPU_FEATURES is None:
         return None  # the host's own
     flags = llb.get_host_cpu_features().flatten().split(",")
     host = {f[1:] for f in flags if f.startswith("+")}
     known = {f[1:] for f in flags if f[:1] in "+-"}
-    name, _, _, fma = isa()
-    need = {"avx512": {"avx512f", "avx2", "avx"}, "avx2": {"avx2", "avx"}, "avx": {"avx"}}.get(name, set())
-    need |= {"fma"} if fma and need else set()
-    if config.CPU_FEATURES:  # features named one by one: each must be the host's
-        need |= {f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+") and f[1:] in known}
-    lacks = sorted(need - host)
+    lacks = sorted((cpu_features() & known) - host)
     if not lacks:
         return None
     told = ", ".join(f"{var}={value!r}" for var, value in (("NUMBA_CPU_NAME", config.CPU_NAME),

@@ -906,29 +906,60 @@ def test_avx512_micro_kernels_compile_without_spills_on_any_machine():
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
 
 
-def test_code_for_a_cpu_this_one_cannot_run_is_refused_not_run(tmp_path):
+@pytest.mark.parametrize("name,lacks", [("skylake-avx512", "avx512f"), ("diamondrapids", "egpr")])
+def test_code_for_a_cpu_this_one_cannot_run_is_refused_not_run(tmp_path, name, lacks):
     """NUMBA_CPU_NAME=skylake-avx512 NUMBA_CPU_FEATURES= (a cluster's shared setting, or one left
     from inspecting AVX-512 code) on a CPU without AVX-512: Numba compiles AVX-512 code without a
     word, and nbnet's first kernel stopped the program at an illegal instruction (SIGILL, exit 132,
     nothing said). A kernel's call is a ValueError that names the variables and what this CPU
-    lacks; `nbnet check`, whose every check would fail with it, is one Error line."""
+    lacks; `nbnet check`, whose every check would fail with it, is one Error line. diamondrapids'
+    code uses APX's registers (r16-r31), which no CPU of today has: it stopped `nbnet check` on a
+    Zen 5, AVX-512 and all."""
     import llvmlite.binding as llb  # noqa: PLC0415
 
-    if simd.ISA not in ("avx2", "avx", "sse2") or simd.EMULATED or "+avx512f" in llb.get_host_cpu_features().flatten():
-        pytest.skip("an x86 CPU without AVX-512")
+    flags = llb.get_host_cpu_features().flatten().split(",")
+    if simd.EMULATED or f"-{lacks}" not in flags or simd.ISA not in ("avx512", "avx2", "avx", "sse2"):
+        pytest.skip(f"an x86 CPU without {lacks}, which this LLVM knows")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, NUMBA_CPU_NAME="skylake-avx512", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, NUMBA_CPU_NAME=name, NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path))
     code = ("import numpy as np, nbnet as nb\n"
             "try:\n    nb.Linear(3, 2)(np.ones((1, 3), np.float32))\n"
             "except ValueError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 0 and "NUMBA_CPU_NAME='skylake-avx512'" in done.stdout, (done.returncode, done.stderr)
-    assert "lacks: avx512f" in done.stdout and "illegal instruction" in done.stdout, done.stdout
+    assert done.returncode == 0 and f"NUMBA_CPU_NAME={name!r}" in done.stdout, (done.returncode, done.stderr)
+    assert re.search(f"lacks: [^;]*\\b{lacks}\\b", done.stdout) and "illegal instruction" in done.stdout, done.stdout
     done = subprocess.run([sys.executable, "-m", "nbnet", "check"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1 and done.stdout == "", (done.returncode, done.stdout)
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: NUMBA_CPU_NAME="), done.stderr
+
+
+@pytest.mark.parametrize("name,features,lacks", [
+    ("skylake-avx512", "+avx2", "avx512f"),  # the CPU's AVX-512 stays: read as the whole list, it was AVX2
+    ("skylake-avx512", "-avx512f", None),  # AVX2 code: a Zen 3 runs it
+    ("diamondrapids", "", "avx512f, ccmp, cf, egpr, ndd, nf, ppx, push2pop2, zu"),
+    ("diamondrapids", "-avx512f", "ccmp, cf, egpr, ndd, nf, ppx, push2pop2, zu"),
+    ("znver3", "+avx512f", "avx512f"),
+    ("znver3", "-fma", None),
+])
+def test_foreign_code_reads_numba_cpu_features_as_changes_to_the_named_cpus_own(monkeypatch, name, features, lacks):
+    """On an AVX2 CPU without APX (a Zen 3, faked): LLVM applies NUMBA_CPU_FEATURES to the named
+    CPU's own features, so skylake-avx512 with +avx2 is AVX-512 code, which foreign_code let run
+    (to SIGILL on a real Zen 3) as it read +avx2 as all there was."""
+    from numba import config  # noqa: PLC0415
+
+    class Zen3:
+        def flatten(self):
+            return "+64bit,+sse2,+avx,+avx2,+fma,-avx512f,-avx512vl,-egpr,-push2pop2,-ppx,-ndd,-ccmp,-nf,-cf,-zu"
+
+    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-unknown-linux-gnu")
+    monkeypatch.setattr(simd.llb, "get_host_cpu_features", Zen3)
+    monkeypatch.setattr(simd.llb, "get_host_cpu_name", lambda: "znver3")
+    monkeypatch.setattr(config, "CPU_NAME", name)
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    why = simd.foreign_code()
+    assert (why is None) if lacks is None else (f"lacks: {lacks};" in why), why
 
 
 def test_features_named_one_by_one_are_each_compared_with_the_hosts(monkeypatch):
@@ -1016,14 +1047,21 @@ def test_nbnet_simd_layout_values(monkeypatch, text, name, ok):
     ("x86_64-unknown-linux-gnu", "haswell", "+avx512f,+avx2,+fma", ("avx512", 64, 32, True)),
     ("x86_64-unknown-linux-gnu", "haswell", "+avx,-avx2,-fma", ("avx", 32, 16, False)),
     ("x86_64-unknown-linux-gnu", "haswell", "+sse2,-avx,-avx2,-fma", ("sse2", 16, 16, False)),
+    ("x86_64-unknown-linux-gnu", "znver5", "-avx512f", ("avx2", 32, 16, True)),  # was SSE2 without FMA
+    ("x86_64-unknown-linux-gnu", "znver5", "+sse4.2", ("avx512", 64, 32, True)),  # was SSE2
+    ("x86_64-unknown-linux-gnu", "skylake-avx512", "+avx2", ("avx512", 64, 32, True)),  # was AVX2
+    ("x86_64-unknown-linux-gnu", "znver4", "-avx2", ("avx", 32, 16, True)),  # no AVX-512 without AVX2
+    ("x86_64-unknown-linux-gnu", "znver5", "-avx", ("sse2", 16, 16, False)),
+    ("x86_64-unknown-linux-gnu", "generic", "+avx512f", ("avx512", 64, 32, True)),
     ("aarch64-unknown-linux-gnu", "neoverse-n1", "", ("neon", 16, 32, True)),
     ("arm64-apple-darwin22.0.0", "apple-m1", "+neon", ("neon", 16, 32, True)),
     ("riscv64-unknown-linux-gnu", "generic-rv64", "+v", ("generic", 16, 16, False)),
 ])
 def test_isa_follows_numba_cpu_name_and_features(monkeypatch, triple, name, features, want):
-    """simd.isa() reads what Numba compiles for: NUMBA_CPU_FEATURES' enabled (+) features, the
-    named CPU's own where it is set empty, and the machine of the triple. A disabled feature
-    (-avx512f) is not one, a CPU named after another's prefix (skylake-avx512, skylake) is its own."""
+    """simd.isa() reads what Numba compiles for: the named CPU's own features, changed in order by
+    NUMBA_CPU_FEATURES' (as LLVM does: -avx512f on a Zen 5 is AVX2 code with FMA, not SSE2), and the
+    machine of the triple. A CPU named after another's prefix (skylake-avx512, skylake) is its own.
+    test_isa_follows_what_llvm_compiles_for_a_named_cpu_with_features asks this LLVM."""
     from numba import config  # noqa: PLC0415
 
     monkeypatch.setattr(simd.llb, "get_process_triple", lambda: triple)
@@ -1072,6 +1110,43 @@ define <4 x float> @fma(<4 x float> %a, <4 x float> %b, <4 x float> %c) {
 }
 """
 _CPU_SIGNS = {"avx512f": r"%zmm", "avx2": r"vpaddd\s+%ymm", "avx": r"%ymm", "fma": r"vfmadd\d{3}"}
+# APX: 30 values live at once (volatile loads, then stores in reverse order) take r16-r31 where
+# LLVM may use them.
+_APX_PROBE = "".join(
+    ["define void @apx(ptr %p, ptr %q) {\n"]
+    + [f"  %p{i} = getelementptr i64, ptr %p, i64 {i}\n  %v{i} = load volatile i64, ptr %p{i}\n" for i in range(30)]
+    + [f"  %q{i} = getelementptr i64, ptr %q, i64 {i}\n  store volatile i64 %v{29 - i}, ptr %q{i}\n" for i in range(30)]
+    + ["  ret void\n}\n"])
+
+
+def _llvm_isa(target, name, features):
+    """isa() of the code this LLVM compiles for CPU `name` with `features`, read from its assembly."""
+    machine = target.create_target_machine(cpu=name, features=features, codemodel="small")
+    asm = {f.split()[0]: f for f in machine.emit_assembly(simd.llb.parse_assembly(_CPU_PROBE)).split(".globl")[1:]}
+    has = {feat for feat, sign in _CPU_SIGNS.items() if re.search(sign, asm[feat])}
+    if "avx512f" in has:
+        return "avx512", 64, 32, True
+    if "avx" in has:
+        return ("avx2" if "avx2" in has else "avx"), 32, 16, "fma" in has
+    return "sse2", 16, 16, False
+
+
+_X86_CPUS = []  # LLVM lists them once a process (the first cpu="help"): kept
+
+
+def _llvm_x86_cpus(capfd):
+    """(x86 target, the CPU names this LLVM knows), or a skip where llvmlite has no x86 target."""
+    try:
+        target = simd.llb.Target.from_triple("i686-unknown-linux-gnu")
+    except RuntimeError:
+        pytest.skip("this llvmlite has no x86 target")
+    if not _X86_CPUS:
+        capfd.readouterr()
+        target.create_target_machine(cpu="help").emit_assembly(simd.llb.parse_assembly("define void @f() { ret void }"))
+        text = "".join(capfd.readouterr())
+        _X86_CPUS.extend(re.findall(r"^\s+(\S+)\s+- Select the \S+ processor", text, re.M))
+        assert "sandybridge" in _X86_CPUS and "haswell" in _X86_CPUS, text[:2000]
+    return target, _X86_CPUS
 
 
 def test_isa_of_every_x86_cpu_llvm_knows_by_name(monkeypatch, capfd):
@@ -1081,32 +1156,45 @@ def test_isa_of_every_x86_cpu_llvm_knows_by_name(monkeypatch, capfd):
     is one of them. (32-bit mode: LLVM aborts on a 64-bit triple for an i386 CPU.)"""
     from numba import config  # noqa: PLC0415
 
-    try:
-        target = simd.llb.Target.from_triple("i686-unknown-linux-gnu")
-    except RuntimeError:
-        pytest.skip("this llvmlite has no x86 target")
-    capfd.readouterr()
-    target.create_target_machine(cpu="help").emit_assembly(simd.llb.parse_assembly("define void @f() { ret void }"))
-    text = "".join(capfd.readouterr())
-    names = re.findall(r"^\s+(\S+)\s+- Select the \S+ processor", text, re.M)
-    assert "sandybridge" in names and "haswell" in names, text[:2000]
+    target, names = _llvm_x86_cpus(capfd)
+    x86_64 = simd.llb.Target.from_triple("x86_64-unknown-linux-gnu")
     monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-unknown-linux-gnu")
     monkeypatch.setattr(config, "CPU_FEATURES", "")
     for name in names:
-        machine = target.create_target_machine(cpu=name, features="-fma4", codemodel="small")
-        asm = {f.split()[0]: f for f in machine.emit_assembly(simd.llb.parse_assembly(_CPU_PROBE)).split(".globl")[1:]}
-        has = {feat for feat, sign in _CPU_SIGNS.items() if re.search(sign, asm[feat])}
-        if "avx512f" in has:
-            want = ("avx512", 64, 32, True)
-        elif "avx" in has:
-            want = ("avx2" if "avx2" in has else "avx", 32, 16, "fma" in has)
-        else:
-            want = ("sse2", 16, 16, False)
         monkeypatch.setattr(config, "CPU_NAME", name)
-        assert (name, simd.isa()) == (name, want), sorted(has)
+        assert (name, simd.isa()) == (name, _llvm_isa(target, name, "-fma4"))
     tables = simd._AVX512_CPUS | simd._AVX2_CPUS | simd._AVX_FMA_CPUS | simd._AVX_CPUS
+    # The CPUs whose code uses APX's registers, and so stops at an illegal instruction on any CPU
+    # without APX (64-bit code only; every such CPU has AVX2 and more, so is in the tables: a 64-bit
+    # triple with an i386 CPU would abort LLVM). An LLVM that knows none is older, and may not parse
+    # the probe's opaque pointers.
+    for name in sorted(tables & set(names)) if simd._APX_CPUS & set(names) else ():
+        machine = x86_64.create_target_machine(cpu=name, features="", codemodel="small")
+        apx = re.search(r"%r(1[6-9]|2\d|3[01])\b", machine.emit_assembly(simd.llb.parse_assembly(_APX_PROBE)))
+        assert (name, bool(apx)) == (name, name in simd._APX_CPUS)
     if simd.llb.llvm_version_info >= (22,):  # the tables' LLVM; an older one (numba >= 0.59) lacks newer CPUs
         assert tables <= set(names), tables - set(names)
+
+
+@pytest.mark.parametrize("name,features", [
+    ("znver4", "-avx512f"), ("skylake-avx512", "-avx512f"), ("skylake-avx512", "+avx2"), ("znver4", "+sse4.2"),
+    ("znver4", "-avx2"), ("haswell", "-fma"), ("znver4", "-avx"), ("haswell", "+avx512f"), ("generic", "+avx2"),
+    ("generic", "+fma"), ("znver3", "+avx512f,-avx2"), ("haswell", "-avx2,+avx512f"),
+])
+def test_isa_follows_what_llvm_compiles_for_a_named_cpu_with_features(monkeypatch, capfd, name, features):
+    """NUMBA_CPU_FEATURES changes the named CPU's own features, each + or - with what it implies, as
+    LLVM applies it: -avx512f on an AVX-512 CPU is AVX2 code with FMA, which isa() read as SSE2
+    without FMA (on a Zen 5 `NUMBA_CPU_FEATURES=-avx512f nbnet check` ran 128-bit blocks without FMA
+    in AVX2 code), and +avx2 beside skylake-avx512's own is AVX-512 code, not AVX2."""
+    from numba import config  # noqa: PLC0415
+
+    target, names = _llvm_x86_cpus(capfd)
+    if name not in names:
+        pytest.skip(f"this LLVM does not know {name}")
+    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-unknown-linux-gnu")
+    monkeypatch.setattr(config, "CPU_NAME", name)
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    assert simd.isa() == _llvm_isa(target, name, features)
 
 
 @pytest.mark.parametrize("name", ["neon", "avx512", "sse2"])

@@ -1386,6 +1386,8 @@ def test_a_disk_that_refuses_the_kernel_cache_does_not_stop_the_kernel(tmp_path,
     from numba.core import caching  # noqa: PLC0415
 
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))  # an empty cache: the call must save
+    # the refusal it records would make every later compiling note in this process say "not cached"
+    monkeypatch.setattr(simd, "_REFUSED", [])
 
     def full_disk(self, name, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -187,8 +187,11 @@ class Layer:
 
     def __getstate__(self):
         # The views of _first_rows are found again from the buffers: a pickle or a copy held each
-        # one's rows again, as an array of its own.
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_views_")}
+        # one's rows again, as an array of its own. _copied: its buffers are no longer nbnet's own
+        # arrays, which a Sequential made of it puts right (nbnet.model._own_arrays).
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_views_")}
+        state["_copied"] = True
+        return state
 
     def _aliases(self, x, name):
         """x is (a view of) self.<name>, or of the array that is the first rows of (self._kept_<name>,

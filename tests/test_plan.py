@@ -379,3 +379,24 @@ def test_random_use_gives_the_bits_of_layer_by_layer(seed):
                            if k in ("weight", "bias", "_grad_weight", "_grad_bias", "_zero_weight", "_zero_bias")]
                           for m in nets]):
             np.testing.assert_array_equal(p, q, err_msg=f"step {step} {kind}")
+
+
+def test_only_copied_layers_are_looked_through_when_a_model_is_built(monkeypatch):
+    """Sequential.__init__ looked through every layer's attributes (vars(layer)) for buffers to put
+    back into nbnet's own arrays, which only copied layers need; on CPython 3.11 vars() leaves a
+    layer's attributes in a dict of their own, and a layer-by-layer step at batch 1 took 2.6 µs
+    longer for good. Fresh layers are not looked through; copied ones are, once."""
+    import copy
+
+    from nbnet import model as nb_model
+
+    seen = []
+    real = nb_model._own_arrays
+    monkeypatch.setattr(nb_model, "_own_arrays", lambda layers: (seen.append(len(layers)), real(layers)))
+    m = model()
+    assert seen == []
+    m.forward(np.ones((4, 20), np.float32))
+    layers = copy.deepcopy(m.layers)
+    assert all(layer._copied for layer in layers)
+    nb.Sequential(layers)
+    assert seen == [len(layers)] and not any(hasattr(layer, "_copied") for layer in layers)

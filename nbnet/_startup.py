@@ -136,6 +136,42 @@ def numba_disable_jit_fault():
     return NO_JIT if config.DISABLE_JIT else None
 
 
+def numba_cpu_name_fault():
+    """Why NUMBA_CPU_NAME cannot be used, or None (unset, or a CPU this LLVM knows). LLVM's CPU names
+    are exact, lower-case: for another (Haswell, a typo) it prints "'Haswell' is not a recognized
+    processor for this target (ignoring processor)" each time Numba makes a target machine (a wall
+    of them in `nbnet check`) and compiles for the host, and with NUMBA_CPU_FEATURES set it aborts
+    the process ("LLVM ERROR: 64-bit code requested on a subtarget that doesn't support it!").
+    LLVM is asked about the name, its warning caught from stderr (llvmlite gives no list of CPUs).
+    Imports Numba's settings: call after numba_disable_jit_fault."""
+    from numba.core import config  # noqa: PLC0415
+
+    name = config.CPU_NAME
+    if name is None:
+        return None
+    import tempfile  # noqa: PLC0415
+
+    import llvmlite.binding as llb  # noqa: PLC0415
+
+    llb.initialize_native_target()
+    target = llb.Target.from_default_triple()
+    with tempfile.TemporaryFile() as said:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(said.fileno(), 2)
+        try:
+            target.create_target_machine(cpu=name, features="")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        said.seek(0)
+        if b"not a recognized processor" not in said.read():
+            return None
+    hint = f": {name.lower()!r}?" if name != name.lower() else ""
+    return (f"NUMBA_CPU_NAME={name[:40]!r} is not a CPU name LLVM knows (names are exact, lower-case{hint}); "
+            "fix or unset it")
+
+
 NUMBA_YAML_UNREAD = "./.numba_config.yaml is ignored: Numba reads it with pyyaml, which is not installed"
 
 
@@ -174,7 +210,8 @@ def refuse_bad_environment(meet=None):
         return
     unread = numba_yaml_unread()  # said after the checks, so that a refusal is still one line
     # In this order: Numba is imported only once NUMBA_NUM_THREADS lets it load.
-    for fault in (cwd_fault, lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault):
+    for fault in (cwd_fault, lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault,
+                  numba_cpu_name_fault):
         why = fault()
         if why is not None:
             if meet is not None:

@@ -48,7 +48,7 @@ from numba import config, njit, types
 from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
-from ._startup import NO_JIT, SIMD_LAYOUTS, simd_layout
+from ._startup import NO_JIT, SIMD_LAYOUTS, numba_cpu_name_fault, simd_layout
 
 if config.DISABLE_JIT:
     raise ValueError(NO_JIT)
@@ -92,8 +92,8 @@ def cpu_name():
 def own_features(name):
     """The features nbnet reads (vector ISA, FMA, APX) that CPU `name` has of its own, by the tables
     above: what LLVM compiles for when NUMBA_CPU_FEATURES is set empty, and the base that the
-    features it lists change."""
-    name = name.lower()
+    features it lists change. Exact names, as LLVM reads them (one it does not know is refused:
+    foreign_code)."""
     if name in _AVX512_CPUS:
         feats = {"avx512f", "avx2", "avx", "fma"}
     elif name in _AVX2_CPUS:
@@ -952,7 +952,11 @@ def foreign_code():
     program called stopped it at an illegal instruction, SIGILL with nothing said. The features
     Numba compiles for (cpu_features: those NUMBA_CPU_FEATURES lists, and the named CPU's vector
     ISA, FMA and APX) that this LLVM knows are compared with the host's (a partial guard: llvmlite
-    gives no named CPU's other features)."""
+    gives no named CPU's other features). A NUMBA_CPU_NAME that LLVM does not know is refused too:
+    LLVM ignores it with a warning at every compile, or aborts with NUMBA_CPU_FEATURES set."""
+    unknown = numba_cpu_name_fault()
+    if unknown is not None:
+        return unknown
     if config.CPU_NAME is None and config.CPU_FEATURES is None:
         return None  # the host's own
     flags = llb.get_host_cpu_features().flatten().split(",")

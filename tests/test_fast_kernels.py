@@ -935,6 +935,36 @@ def test_code_for_a_cpu_this_one_cannot_run_is_refused_not_run(tmp_path, name, l
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: NUMBA_CPU_NAME="), done.stderr
 
 
+@pytest.mark.parametrize("features", [None, ""])
+def test_a_cpu_name_llvm_does_not_know_is_refused(tmp_path, features):
+    """LLVM's CPU names are exact: NUMBA_CPU_NAME=Haswell is none of them, and LLVM compiled for the
+    host with "'Haswell' is not a recognized processor" at every compile (a wall of them in `nbnet
+    check`, which read the name as haswell's); with NUMBA_CPU_FEATURES set, LLVM aborted the process.
+    `nbnet check` is now one Error line naming the variable (a kernel's call: a ValueError, below)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CPU_NAME="Haswell", NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_CPU_FEATURES", None)
+    if features is not None:
+        env["NUMBA_CPU_FEATURES"] = features
+    done = subprocess.run([sys.executable, "-m", "nbnet", "check"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stderr == ("Error: NUMBA_CPU_NAME='Haswell' is not a CPU name LLVM knows (names are exact, "
+                           "lower-case: 'haswell'?); fix or unset it\n"), done.stderr
+
+
+def test_cpu_names_llvm_knows_are_not_refused(monkeypatch):
+    from numba import config  # noqa: PLC0415
+
+    from nbnet import _startup  # noqa: PLC0415
+
+    for name in ("haswell", "x86-64-v3", "skylake-avx512", simd.llb.get_host_cpu_name()):
+        monkeypatch.setattr(config, "CPU_NAME", name)
+        assert _startup.numba_cpu_name_fault() is None, name
+    monkeypatch.setattr(config, "CPU_NAME", "haswel")
+    assert "NUMBA_CPU_NAME='haswel' is not a CPU name LLVM knows" in simd.foreign_code()
+
+
 @pytest.mark.parametrize("name,features,lacks", [
     ("skylake-avx512", "+avx2", "avx512f"),  # the CPU's AVX-512 stays: read as the whole list, it was AVX2
     ("skylake-avx512", "-avx512f", None),  # AVX2 code: a Zen 3 runs it

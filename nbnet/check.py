@@ -291,6 +291,25 @@ def describe_threads():
         return "none: Numba's threads do not start (see the threading layer)"
 
 
+_WIDTH = ("sse2", "avx", "avx2", "avx512")  # x86 vector ISAs, narrowest first
+
+
+def own_isa_hint():
+    """A hint, or None: NUMBA_CPU_NAME without NUMBA_CPU_FEATURES compiles for the named CPU with this
+    machine's features added (Numba passes the host's list), so NUMBA_CPU_NAME=haswell on an AVX-512
+    machine is AVX-512 code, as describe() says; one who wanted haswell's portable AVX2 code is told
+    how to get it."""
+    name = numba.config.CPU_NAME
+    if name is None or numba.config.CPU_FEATURES is not None or simd.EMULATED or simd.ISA not in _WIDTH:
+        return None
+    feats = simd.own_features(name)
+    own = "avx512" if "avx512f" in feats else "avx2" if "avx2" in feats else "avx" if "avx" in feats else "sse2"
+    if _WIDTH.index(own) >= _WIDTH.index(simd.ISA):
+        return None
+    return (f"(NUMBA_CPU_NAME={name} compiles with this machine's features: add NUMBA_CPU_FEATURES= for "
+            f"{name}'s own, {own})")
+
+
 def main(out=print):
     """Run every check, printing as it goes; returns the exit status (0: all passed)."""
     from . import __version__  # noqa: PLC0415
@@ -301,6 +320,9 @@ def main(out=print):
     out(f"nbnet {__version__} (kernel sources {cpu.SOURCES_HASH[:12]}), numba {numba.__version__}, "
         f"numpy {np.__version__}")
     out(simd.describe())
+    hint = own_isa_hint()
+    if hint is not None:
+        out(hint)
     out(f"threads: {describe_threads()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
         f"{threading_layer()}, " + ", ".join(f"{k}={v}" for k, v in threads.waiting().items()))
     t0 = time.perf_counter()

@@ -23,6 +23,27 @@ def test_check_passes_and_says_what_it_compiled_for():
     assert "all checks passed" in r.output and "FAIL" not in r.output
 
 
+@pytest.mark.parametrize("name,features,isa,hint", [
+    ("haswell", None, "avx512", "(NUMBA_CPU_NAME=haswell compiles with this machine's features: add "
+                                "NUMBA_CPU_FEATURES= for haswell's own, avx2)"),
+    ("x86-64-v3", None, "avx512", "for x86-64-v3's own, avx2)"),
+    ("haswell", "", "avx2", None),  # haswell's own: what was asked for
+    ("haswell", None, "avx2", None),  # an AVX2 host: nothing wider was added
+    ("znver5", None, "avx512", None),
+    (None, None, "avx512", None),
+])
+def test_check_says_how_to_get_the_named_cpus_own_isa(monkeypatch, name, features, isa, hint):
+    """NUMBA_CPU_NAME=haswell without NUMBA_CPU_FEATURES compiles AVX-512 code on an AVX-512 machine
+    (Numba adds the host's features to the named CPU): `nbnet check` says so truthfully in its ISA,
+    and now also how to get haswell's own AVX2 code, which is what such a setting usually wants."""
+    monkeypatch.setattr(numba.config, "CPU_NAME", name)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+    monkeypatch.setattr(simd, "ISA", isa)
+    monkeypatch.setattr(simd, "EMULATED", False)
+    said = check.own_isa_hint()
+    assert (said is None) if hint is None else (said is not None and said.endswith(hint)), said
+
+
 def test_describe_names_the_processor_the_llvm_cpu_cores_and_isa(monkeypatch):
     line = simd.describe()
     assert line.startswith("CPU ") and f"({simd.cpu_name()}, {os.cpu_count()} cores)" in line

@@ -475,10 +475,21 @@ class _Plan:
 
     def __init__(self, model, x):
         self.layers, self.ids, self.shape, self.dtype = list(model.layers), tuple(map(id, model.layers)), x.shape, x.dtype
-        self.held = held_arrays(self.layers)  # the arrays it runs on: while it fits, the layers hold these
         g = np.empty(self.layers[-1].out.shape, x.dtype)  # a stand-in for backward's gradient
         self.fwd, self.fwd_checks = self._planned(self._forward_calls(model, x), x, g)
         self.bwd, self.bwd_checks = self._planned(self._backward_calls(model, x, g), x, g)
+        # What a batch must not be a view of (_unaliased): the arrays its steps write and read, which
+        # it holds anyway. Not all the layers' arrays then (held_arrays): a plan built at an
+        # evaluation batch, before a backward(need_input_grad=True) there replaced the first layers'
+        # dinp, kept the older, larger dinp arrays alive while it was kept.
+        self.held = {}
+        for steps in (self.fwd, self.bwd):
+            for step in steps[False] + steps[True]:
+                for a in step[1] + (step[4] or ()):
+                    if type(a) is np.ndarray:
+                        self.held[id(a)] = a
+                        if a.base is not None:
+                            self.held[id(a.base)] = a.base
 
     def _forward_calls(self, model, x):
         calls, layers, i, inp = [], self.layers, 0, x
@@ -587,8 +598,9 @@ def held_arrays(layers):
     arrays that own their memory: what a batch must not be a view of (see _unaliased). Not the
     layers' inputs: the first's is the last batch, which the model only reads (a training loop's
     reused batch buffer, or a view of the data set, was copied every step), and the others' are
-    outputs held as such. The arrays themselves are kept, not only their ids: a plan keeps this
-    while it lives, and an id of an array that died is soon another array's (a needless copy)."""
+    outputs held as such. The arrays themselves are kept, not only their ids: an id of an array
+    that died is soon another array's (a needless copy). A plan keeps its own such map, of the
+    arrays it runs on (_Plan.__init__)."""
     held = {}
     for layer in layers:
         for name, a in vars(layer).items():

@@ -400,3 +400,27 @@ def test_only_copied_layers_are_looked_through_when_a_model_is_built(monkeypatch
     assert all(layer._copied for layer in layers)
     nb.Sequential(layers)
     assert seen == [len(layers)] and not any(hasattr(layer, "_copied") for layer in layers)
+
+
+def test_a_kept_plan_keeps_no_array_the_layers_replaced():
+    """A plan built at an evaluation batch held every array the layers had then: a
+    backward(need_input_grad=True) at that batch, which replaced the first layers' older (larger)
+    dinp arrays, left them alive in the plan for as long as it was kept."""
+    import gc  # noqa: PLC0415
+    import weakref  # noqa: PLC0415
+
+    m = nb.Sequential(nb.Linear(20, 8), nb.ReLU(), nb.Linear(8, 3))
+    x, g = np.ones((4, 20), np.float32), np.ones((4, 3), np.float32)
+    for rows in (5000, 6000):
+        if rows == 6000:
+            refs = [weakref.ref(a) for layer in m.layers for a in vars(layer).values()
+                    if type(a) is np.ndarray and a.shape[0] == 5000]
+        for _ in range(3):
+            m(np.ones((rows, 20), np.float32))
+        m.backward(np.ones((rows, 3), np.float32), need_input_grad=True)
+        for _ in range(3):
+            m(x)
+            m.backward(g)
+    assert (6000, 20) in m._plans and refs
+    gc.collect()
+    assert [r().shape for r in refs if r() is not None] == []

@@ -156,8 +156,12 @@ def numba_cpu_name_fault():
     llb.initialize_native_target()
     target = llb.Target.from_default_triple()
     with tempfile.TemporaryFile() as said:
-        sys.stderr.flush()
-        saved = os.dup(2)
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr (2>&-): LLVM's warning goes nowhere, and the name is let be
+            return None
         os.dup2(said.fileno(), 2)
         try:
             target.create_target_machine(cpu=name, features="")

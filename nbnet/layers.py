@@ -178,11 +178,12 @@ class Layer:
             kept_views = (kept, {})
             setattr(self, "_views_" + name, kept_views)
         views = kept_views[1]
-        view = views.get(rows)
+        view = views.pop(rows, None)  # put back last: the least recently used goes first
         if view is None or not _view_of(view, kept, like):  # (a copied layer's are copies, not views)
             if len(views) >= KEPT_VIEWS:
                 views.pop(next(iter(views)))
-            view = views[rows] = kept[:rows]
+            view = kept[:rows]
+        views[rows] = view
         return view
 
     def __getstate__(self):

@@ -398,6 +398,7 @@ class Sequential:
         from .optim import optimizers_over  # noqa: PLC0415 - optim imports layers, not model: no circle
 
         self._device_spans = None  # holds device arrays the move dropped
+        self._plan, self._plans = None, {}  # host plans: they held the host arrays the move replaced
         # The state moves with the model, at once: left for the next step to move, it held its
         # device memory (Adam's: twice the parameters) after to("cpu") until then, or for good.
         opts = optimizers_over(self.layers)
@@ -479,10 +480,13 @@ class _Plan:
         self.fwd, self.fwd_checks = self._planned(self._forward_calls(model, x), x, g)
         self.bwd, self.bwd_checks = self._planned(self._backward_calls(model, x, g), x, g)
         # What a batch must not be a view of (_unaliased): the arrays its steps write and read, which
-        # it holds anyway. Not all the layers' arrays then (held_arrays): a plan built at an
-        # evaluation batch, before a backward(need_input_grad=True) there replaced the first layers'
-        # dinp, kept the older, larger dinp arrays alive while it was kept.
-        self.held = {}
+        # it holds anyway, and every other array the layers hold (held_arrays), weakly: those the
+        # plan does not run on are written outside it (the first layer's dinp, by a backward with
+        # need_input_grad=True, after dW read the batch: a second backward of that forward read dX
+        # as its batch), and held strongly, a plan built at an evaluation batch kept arrays the
+        # layers had since replaced alive while it was kept (four 5000-row dinp arrays). The id of
+        # one that died may be another array's: at worst a needless copy.
+        self.held = {i: _weakly(a) for i, a in held_arrays(self.layers).items()}
         for steps in (self.fwd, self.bwd):
             for step in steps[False] + steps[True]:
                 for a in step[1] + (step[4] or ()):
@@ -620,20 +624,32 @@ def _own_arrays(layers):
     over that batch in the forward, and dW = Gᵀ X read the overwritten one: silently wrong.
     Only for copied layers (Layer.__getstate__ marks them): vars(layer) makes CPython 3.11 keep the
     layer's attributes in a dict of their own from then on, and every later attribute read is slower
-    (a layer-by-layer step at batch 1 took 2.6 µs longer, forward and backward alike)."""
+    (a layer-by-layer step at batch 1 took 2.6 µs longer, forward and backward alike, in a model
+    that never plans: building a plan looks through the layers too)."""
     copies = {}
     for layer in layers:
-        layer.__dict__.pop("_copied", None)
-        attrs = vars(layer)
+        attrs = getattr(layer, "__dict__", None)
+        if attrs is None:  # a layer of the user's with __slots__ only: nothing of _buffer's
+            continue
+        attrs.pop("_copied", None)
         for name, a in attrs.items():
             if (type(a) is np.ndarray and (name.startswith("_kept_") or "_kept_" + name in attrs)
                     and id(a) not in copies and not simd.made_here(a)):
                 copies[id(a)] = (a, simd.empty(a.shape, a.dtype))  # (a kept: its id stays its own)
                 copies[id(a)][1][...] = a
     for layer in layers if copies else ():
-        for name, a in list(vars(layer).items()):
+        for name, a in list(getattr(layer, "__dict__", {}).items()):
             if id(a) in copies and copies[id(a)][0] is a:
                 setattr(layer, name, copies[id(a)][1])
+
+
+def _weakly(a):
+    """A weak reference to a, or None where there can be none (an unpickled array's base is bytes):
+    only the id is looked up (_unaliased), and such a base lives as long as its array."""
+    try:
+        return weakref.ref(a)
+    except TypeError:
+        return None
 
 
 def _unaliased(x, held):

@@ -279,9 +279,14 @@ class MPIComm:
         theirs, ours = _parts(texts[odd]), _parts(texts[0])
         names = [n for n in dict.fromkeys([*ours, *theirs]) if n != "all" and ours.get(n) != theirs.get(n)]
         shown = getattr(mine, "shown", {})
-        _, values = self._exchange(0, "\n".join(shown.get(n, (n, "none"))[1][:_SHOWN_CHARS] for n in names))
-        pairs = zip(names, values[odd].split("\n"), values[0].split("\n"))
+        # At most _SHOWN_PARTS values each way, so that they fit the exchange's message (the rest
+        # were cut off it without a word): the others by name.
+        sent, more = names[:_SHOWN_PARTS], names[_SHOWN_PARTS:]
+        _, values = self._exchange(0, "\n".join(shown.get(n, (n, "none"))[1][:_SHOWN_CHARS] for n in sent))
+        pairs = zip(sent, values[odd].split("\n"), values[0].split("\n"))
         named = "; ".join(f"{shown.get(n, (n,))[0]} {a} (process 0: {b})" for n, a, b in pairs)
+        if more:
+            named += f"; and {len(more)} more: " + ", ".join(shown.get(n, (n,))[0] for n in more)
         return named or f"{texts[odd]}; process 0: {texts[0]}"
 
     def _exchange(self, code, text):
@@ -447,6 +452,7 @@ class Fingerprint(str):
 
 
 _SHOWN_CHARS = 200  # of a part's value, in the error that names it
+_SHOWN_PARTS = 4  # parts whose values it shows: 4 x (200 + 1) bytes fit the exchange's message
 
 
 def fingerprint(options, data, params, label=str):

@@ -160,7 +160,8 @@ def numba_cpu_name_fault():
             sys.stderr.flush()
         try:
             saved = os.dup(2)
-        except OSError:  # no stderr (2>&-): LLVM's warning goes nowhere, and the name is let be
+        except OSError:  # no fd 2 to catch LLVM's warning on (2>&-, where the file above did not take
+            # that number): the name is let be
             return None
         os.dup2(said.fileno(), 2)
         try:

@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numba
 import numpy as np

@@ -965,6 +965,24 @@ def test_cpu_names_llvm_knows_are_not_refused(monkeypatch):
     assert "NUMBA_CPU_NAME='haswel' is not a CPU name LLVM knows" in simd.foreign_code()
 
 
+def fake_cpu(monkeypatch, name, features, host=None, host_name=None, triple="x86_64-unknown-linux-gnu"):
+    """NUMBA_CPU_NAME and NUMBA_CPU_FEATURES as Numba read them, the process's triple, and where given
+    the host's feature flags and CPU name as llvmlite reports them: what simd's readings see."""
+    from numba import config  # noqa: PLC0415
+
+    class Host:
+        def flatten(self):
+            return host
+
+    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: triple)
+    if host is not None:
+        monkeypatch.setattr(simd.llb, "get_host_cpu_features", Host)
+    if host_name is not None:
+        monkeypatch.setattr(simd.llb, "get_host_cpu_name", lambda: host_name)
+    monkeypatch.setattr(config, "CPU_NAME", name)
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+
+
 @pytest.mark.parametrize("name,features,lacks", [
     ("skylake-avx512", "+avx2", "avx512f"),  # the CPU's AVX-512 stays: read as the whole list, it was AVX2
     ("skylake-avx512", "-avx512f", None),  # AVX2 code: a Zen 3 runs it
@@ -977,17 +995,8 @@ def test_foreign_code_reads_numba_cpu_features_as_changes_to_the_named_cpus_own(
     """On an AVX2 CPU without APX (a Zen 3, faked): LLVM applies NUMBA_CPU_FEATURES to the named
     CPU's own features, so skylake-avx512 with +avx2 is AVX-512 code, which foreign_code let run
     (to SIGILL on a real Zen 3) as it read +avx2 as all there was."""
-    from numba import config  # noqa: PLC0415
-
-    class Zen3:
-        def flatten(self):
-            return "+64bit,+sse2,+avx,+avx2,+fma,-avx512f,-avx512vl,-egpr,-push2pop2,-ppx,-ndd,-ccmp,-nf,-cf,-zu"
-
-    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-unknown-linux-gnu")
-    monkeypatch.setattr(simd.llb, "get_host_cpu_features", Zen3)
-    monkeypatch.setattr(simd.llb, "get_host_cpu_name", lambda: "znver3")
-    monkeypatch.setattr(config, "CPU_NAME", name)
-    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    zen3 = "+64bit,+sse2,+avx,+avx2,+fma,-avx512f,-avx512vl,-egpr,-push2pop2,-ppx,-ndd,-ccmp,-nf,-cf,-zu"
+    fake_cpu(monkeypatch, name, features, host=zen3, host_name="znver3")
     why = simd.foreign_code()
     assert (why is None) if lacks is None else (f"lacks: {lacks};" in why), why
 
@@ -1092,27 +1101,13 @@ def test_isa_follows_numba_cpu_name_and_features(monkeypatch, triple, name, feat
     NUMBA_CPU_FEATURES' (as LLVM does: -avx512f on a Zen 5 is AVX2 code with FMA, not SSE2), and the
     machine of the triple. A CPU named after another's prefix (skylake-avx512, skylake) is its own.
     test_isa_follows_what_llvm_compiles_for_a_named_cpu_with_features asks this LLVM."""
-    from numba import config  # noqa: PLC0415
-
-    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: triple)
-    monkeypatch.setattr(config, "CPU_NAME", name)
-    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    fake_cpu(monkeypatch, name, features, triple=triple)
     assert simd.cpu_name() == name
     assert simd.isa() == want
 
 
 def test_isa_reads_the_hosts_features_where_numba_cpu_features_is_unset(monkeypatch):
-    from numba import config  # noqa: PLC0415
-
-    class Features:
-        def flatten(self):
-            return "+64bit,-avx512f,+avx2,+fma,-sse4a"
-
-    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-pc-linux-gnu")
-    monkeypatch.setattr(simd.llb, "get_host_cpu_features", Features)
-    monkeypatch.setattr(simd.llb, "get_host_cpu_name", lambda: "znver9")
-    monkeypatch.setattr(config, "CPU_NAME", None)
-    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    fake_cpu(monkeypatch, None, None, host="+64bit,-avx512f,+avx2,+fma,-sse4a", host_name="znver9")
     assert simd.cpu_name() == "znver9" and simd.cpu_features() == {"64bit", "avx2", "fma"}
     assert simd.isa() == ("avx2", 32, 16, True)
 
@@ -1216,14 +1211,10 @@ def test_isa_follows_what_llvm_compiles_for_a_named_cpu_with_features(monkeypatc
     LLVM applies it: -avx512f on an AVX-512 CPU is AVX2 code with FMA, which isa() read as SSE2
     without FMA (on a Zen 5 `NUMBA_CPU_FEATURES=-avx512f nbnet check` ran 128-bit blocks without FMA
     in AVX2 code), and +avx2 beside skylake-avx512's own is AVX-512 code, not AVX2."""
-    from numba import config  # noqa: PLC0415
-
     target, names = _llvm_x86_cpus(capfd)
     if name not in names:
         pytest.skip(f"this LLVM does not know {name}")
-    monkeypatch.setattr(simd.llb, "get_process_triple", lambda: "x86_64-unknown-linux-gnu")
-    monkeypatch.setattr(config, "CPU_NAME", name)
-    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    fake_cpu(monkeypatch, name, features)
     assert simd.isa() == _llvm_isa(target, name, features)
 
 

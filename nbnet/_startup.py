@@ -3,6 +3,7 @@ Numba for its last check, numba_disable_jit_fault): it runs first, before NumPy 
 or SIGTERM then ends the command with one line instead of a traceback, and so does an environment
 variable that importing nbnet would refuse. nbnet.cli takes over once it runs."""
 
+import functools
 import os
 import re
 import signal
@@ -142,13 +143,22 @@ def numba_cpu_name_fault():
     processor for this target (ignoring processor)" each time Numba makes a target machine (a wall
     of them in `nbnet check`) and compiles for the host, and with NUMBA_CPU_FEATURES set it aborts
     the process ("LLVM ERROR: 64-bit code requested on a subtarget that doesn't support it!").
-    LLVM is asked about the name, its warning caught from stderr (llvmlite gives no list of CPUs).
     Imports Numba's settings: call after numba_disable_jit_fault."""
     from numba.core import config  # noqa: PLC0415
 
     name = config.CPU_NAME
-    if name is None:
+    if name is None or _llvm_knows_cpu(name):
         return None
+    hint = f": {name.lower()!r}?" if name != name.lower() else ""
+    return (f"NUMBA_CPU_NAME={name[:40]!r} is not a CPU name LLVM knows (names are exact, lower-case{hint}); "
+            "fix or unset it")
+
+
+@functools.lru_cache(maxsize=None)
+def _llvm_knows_cpu(name):
+    """Whether LLVM takes `name` as a CPU: it is asked, and its warning caught from stderr (llvmlite
+    gives no list of CPUs). Once a name: the command asks before nbnet loads, and simd again when
+    it does (foreign_code)."""
     import tempfile  # noqa: PLC0415
 
     import llvmlite.binding as llb  # noqa: PLC0415
@@ -162,7 +172,7 @@ def numba_cpu_name_fault():
             saved = os.dup(2)
         except OSError:  # no fd 2 to catch LLVM's warning on (2>&-, where the file above did not take
             # that number): the name is let be
-            return None
+            return True
         os.dup2(said.fileno(), 2)
         try:
             target.create_target_machine(cpu=name, features="")
@@ -170,11 +180,7 @@ def numba_cpu_name_fault():
             os.dup2(saved, 2)
             os.close(saved)
         said.seek(0)
-        if b"not a recognized processor" not in said.read():
-            return None
-    hint = f": {name.lower()!r}?" if name != name.lower() else ""
-    return (f"NUMBA_CPU_NAME={name[:40]!r} is not a CPU name LLVM knows (names are exact, lower-case{hint}); "
-            "fix or unset it")
+        return b"not a recognized processor" not in said.read()
 
 
 NUMBA_YAML_UNREAD = "./.numba_config.yaml is ignored: Numba reads it with pyyaml, which is not installed"

@@ -560,8 +560,9 @@ def train_cmd(ctx, **opts):
                 saved_best.append(st.epoch)
 
         with StopOnSignals() as stopper, not_saying_compiling() if opts["quiet"] else contextlib.nullcontext(), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore", NothingToTrain)  # said above, as a line of the run's
+                warnings.catch_warnings() if finished else contextlib.nullcontext():
+            if finished:  # said above, as a line of the run's (the filter only then: the warnings
+                warnings.simplefilter("ignore", NothingToTrain)  # module's state is process-wide)
             try:
                 history = train(
                     model, opt, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],

@@ -126,7 +126,7 @@ import nbnet as nb
 _load = nb.datasets.load
 def _tiny_load(name, data_dir=None, **kw):  # the README's code on fewer images, from our data dir
     x, y, xt, yt = _load(name, data_dir={data_dir!r}, **kw)
-    return x[:2000], y[:2000], xt[:2000], yt[:2000]
+    return x[:{rows}], y[:{rows}], xt[:{rows}], yt[:{rows}]
 nb.datasets.load = _tiny_load
 """
 
@@ -139,13 +139,37 @@ def test_readme_python_example(tmp_path):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     script = tmp_path / "readme_example.py"
-    script.write_text(README_PRELUDE.format(data_dir=str(DATA / "mnist")) + code, encoding="utf-8")
+    script.write_text(README_PRELUDE.format(data_dir=str(DATA / "mnist"), rows=2000) + code, encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert percent(r"test accuracy ([\d.]+)%", done.stdout) > 0.8
     assert (tmp_path / "model.npz").exists()
+
+
+@pytest.mark.skipif(not HAVE_CLI, reason=NO_CLI)
+def test_readme_python_blocks_run_one_after_another(tmp_path):
+    """Every ```python block of the README, in order, as one script (each continues the one
+    before): a block using a name no block defines (the PyTorch block's `np`) fails here. Only the
+    README's placeholders for the user's own arrays, x_new and x, come from outside; the
+    scikit-learn block runs where scikit-learn is installed."""
+    if not (DATA / "mnist").is_dir():
+        pytest.skip(f"no mnist data in {DATA / 'mnist'} (set NBNET_DATA_DIR)")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 4, "the README's Python blocks were not found"
+    if importlib.util.find_spec("sklearn") is None:
+        blocks = [b for b in blocks if "sklearn" not in b]
+    # The user's arrays: bound without binding `np`, which the README must import itself.
+    placeholders = "import numpy as _numpy\nx_new = x = _numpy.zeros((3, 784), _numpy.float32)\n"
+    script = tmp_path / "readme_blocks.py"
+    script.write_text(README_PRELUDE.format(data_dir=str(DATA / "mnist"), rows=1000) + placeholders
+                      + "\n".join(blocks), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("name, args, says", [

@@ -1122,7 +1122,8 @@ def _prediction_text(pred, loss_name, rows=1 << 14, csv=False):
 
 @cli.command(name="info")
 def info_cmd():
-    """Versions, the CPU's vector ISA and blocks, CPU threads, Numba's threading layer, and whether a GPU is usable."""
+    """Versions, the CPU's vector ISA and blocks, CPU threads, Numba's threading layer, whether a GPU is usable,
+    and whether MPI is usable (mpi4py and the MPI library's versions)."""
     import platform  # noqa: PLC0415
     from importlib.metadata import version  # noqa: PLC0415
 

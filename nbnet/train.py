@@ -572,7 +572,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     """Train up to `epochs` epochs in total (continuing from `state`), and return the History:
     one dict per epoch with epoch, train_loss, train_<metric>, [val_loss, val_<metric>,]
     [test_loss, test_<metric>,] lr, seconds, samples_per_second; <metric> is accuracy for
-    cross-entropy, r2 for mse (whose loss is the MSE).
+    cross-entropy and bce, r2 for mse (whose loss is the MSE).
 
     data: (x_train, y_train) or (x_train, y_train, x_test, y_test): NumPy arrays or lists;
         features are converted to the model's dtype (float64 or integers for a float32 model),
@@ -591,7 +591,11 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         opt.lr before each step (history's "lr" is the epoch's last); when train returns or raises,
         opt.lr is the base rate again. A rate set on opt.lr meanwhile (in a callback) is a ValueError.
     on_step(state, batch, n_batches, running_loss) after each step; on_best(state, metrics) after
-    an epoch that is the best so far, then on_epoch(state, metrics) after each epoch;
+    an epoch that is the best so far, then on_epoch(state, metrics) after each epoch.
+    state: a TrainState to continue from (None: a new run). train updates the one it is given in
+    place, and the callbacks and TrainingInterrupted get that object: pass a TrainState() (from
+    nbnet.train import TrainState) and keep it, or keep the callbacks', to resume with the same
+    model and optimizer.
     A `state` with all `epochs` done trains nothing: train returns its history (restore_best puts
     its best epoch back) with a NothingToTrain warning; one past `epochs` is a ValueError.
     should_stop() is asked before each step, outside the model's lock: True raises
@@ -667,6 +671,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # schedule only here: a negative one trained uphill silently, NaN made every weight NaN.
     _check_nonneg("nb.train", **{"lr" if lr is not None else "opt.lr": base_lr})
     base_lr = float(base_lr)  # (see min_delta)
+    if state is not None and not isinstance(state, TrainState):  # a dict failed at state.epoch (AttributeError)
+        raise TypeError("state must be None or a TrainState (from nbnet.train; the one on_step, on_epoch and "
+                        f"on_best get, or TrainingInterrupted's .state), got {type(state).__name__}")
     state = TrainState() if state is None else state
     # A state past `epochs` trained nothing and returned its old history, as if this call had run.
     # One at `epochs` is a finished run (below): it returns its history, and says so.

@@ -807,6 +807,23 @@ def test_a_finished_state_returns_its_history_and_says_so():
         nb.train(model, opt, (xtr, ytr), state=state, **dict(kwargs, epochs=3))
 
 
+def test_state_must_be_a_train_state_and_a_kept_one_resumes():
+    """nb.train(state={}) (a dict, as a user guessing at "state (resume)" might pass) failed with
+    AttributeError: 'dict' object has no attribute 'epoch'; now a TypeError naming TrainState. A
+    TrainState() passed in is the one train updates: passed again, the run goes on from it."""
+    xtr, ytr, _, _ = nb.datasets.load("spiral")
+    model = spiral_model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    for bad in ({}, {"epoch": 1}, 3):
+        with pytest.raises(TypeError, match="TrainState"):
+            nb.train(model, opt, (xtr, ytr), epochs=2, state=bad)
+    state = TrainState()
+    nb.train(model, opt, (xtr, ytr), epochs=1, state=state)
+    assert state.epoch == 1
+    history = nb.train(model, opt, (xtr, ytr), epochs=2, state=state)
+    assert [h["epoch"] for h in history] == [1, 2] and state.epoch == 2
+
+
 @pytest.mark.parametrize("loss", ["cross-entropy", "mse", "bce"])
 def test_predict_allocates_its_results_once(loss):
     """nb.predict fills its results batch by batch: it copied each batch's scores, then concatenated

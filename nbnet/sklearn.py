@@ -28,6 +28,9 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
 - No solver="lbfgs", and none of the parameters learning_rate (the step is constant), power_t,
   warm_start, max_fun or the regressor's loss (it is squared error): passing one is a TypeError.
+  So both estimators take hidden_layer_sizes, activation positionally, as MLPClassifier and
+  scikit-learn < 1.7's MLPRegressor do (scikit-learn >= 1.7's MLPRegressor puts loss first: there
+  MLPRegressor((64,)) is an error, here MLPRegressor("squared_error", ...) is one that says so).
   No sample_weight (partial_fit has the argument where scikit-learn 1.9 has it, third, and it must
   be None; classes go by keyword), and X is dense (scikit-learn's also take scipy.sparse: here a TypeError that
   says to use .toarray()); a sparse y is taken, as a dense copy.
@@ -185,8 +188,14 @@ class _BaseMLP(BaseEstimator):
             sizes = None
         if sizes is None or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
                                     for s in sizes):
+            hint = ""
+            if isinstance(self.hidden_layer_sizes, str) and self.hidden_layer_sizes in ("squared_error", "poisson"):
+                # MLPRegressor("squared_error", (64,)), scikit-learn >= 1.7's order, named no loss
+                hint = (": a loss? Here the positional arguments are hidden_layer_sizes, activation (as in "
+                        "MLPClassifier, and MLPRegressor before scikit-learn 1.7, which put loss first); "
+                        "nbnet has no loss parameter (the regressor's loss is squared error)")
             raise ValueError(f"{type(self).__name__}: hidden_layer_sizes must be positive integers, "
-                             f"got {self.hidden_layer_sizes!r}")
+                             f"got {self.hidden_layer_sizes!r}{hint}")
         if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:  # a list: unhashable
             raise ValueError(f"{type(self).__name__}: activation must be one of {', '.join(ACTIVATIONS)}, "
                              f"got {self.activation!r}")

@@ -707,3 +707,16 @@ def test_partial_fit_takes_sample_weight_where_sklearn_19_has_it():
     clf.partial_fit(x, y, None, np.unique(y))  # positional as in scikit-learn 1.9
     reg.partial_fit(x, y.astype(float), sample_weight=None)
     assert clf.n_iter_ == 1 and reg.n_iter_ == 1
+
+
+def test_regressor_positional_loss_of_sklearn_17_is_refused_naming_the_order():
+    """scikit-learn >= 1.7's MLPRegressor takes loss first: MLPRegressor("squared_error", (64,))
+    landed the loss in hidden_layer_sizes, and the error said only that it was no integers."""
+    x, y = blobs()
+    for loss in ("squared_error", "poisson"):
+        with pytest.raises(ValueError, match=r"got '\w+': a loss\? Here the positional arguments are "
+                                             r"hidden_layer_sizes, activation"):
+            MLPRegressor(loss, (8,)).fit(x, y.astype(float))
+    # the order nbnet shares with MLPClassifier (and scikit-learn < 1.7's MLPRegressor)
+    reg = MLPRegressor((8,), "tanh", max_iter=1)
+    assert reg.get_params()["hidden_layer_sizes"] == (8,) and reg.get_params()["activation"] == "tanh"

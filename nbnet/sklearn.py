@@ -113,6 +113,13 @@ def _no_sample_weight(sample_weight):
                          "partial_fit(X, y, classes=...)")
 
 
+def _quiet_cast():
+    """X converted to float32: a value beyond it is inf, which validate_data's ValueError names
+    (too large for dtype('float32')), after NumPy's RuntimeWarnings (overflow in the cast, invalid
+    value summing +inf and -inf) had said the same from inside scikit-learn."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 class _Converged(Exception):
     """Raised from the loop's on_epoch to end training early."""
 
@@ -328,8 +335,9 @@ class _BaseMLP(BaseEstimator):
         first = not incremental or not hasattr(self, "_model")
         if not first:  # set_params(dtype=...) since is for the next fit: this one goes on with the model
             dtype = self._model.dtype.type
-        X, y = validate_data(self, X, y, reset=first, dtype=dtype, order="C", multi_output=True,
-                             y_numeric=not self._classifies)
+        with _quiet_cast():
+            X, y = validate_data(self, X, y, reset=first, dtype=dtype, order="C", multi_output=True,
+                                 y_numeric=not self._classifies)
         if issparse(y):  # validate_data passes a sparse y (a multi-label indicator matrix) as it is
             y = y.toarray()
         if self._classifies and y.ndim == 2 and y.shape[1] == 1:  # a column of labels: as scikit-learn
@@ -429,7 +437,8 @@ class _BaseMLP(BaseEstimator):
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=self._model.dtype.type, order="C")
+        with _quiet_cast():
+            return validate_data(self, X, reset=False, dtype=self._model.dtype.type, order="C")
 
     # -- pickling: the model as NumPy arrays (the .npz layout), not its kernels' scratch ---------
 

@@ -720,3 +720,20 @@ def test_regressor_positional_loss_of_sklearn_17_is_refused_naming_the_order():
     # the order nbnet shares with MLPClassifier (and scikit-learn < 1.7's MLPRegressor)
     reg = MLPRegressor((8,), "tanh", max_iter=1)
     assert reg.get_params()["hidden_layer_sizes"] == (8,) and reg.get_params()["activation"] == "tanh"
+
+
+def test_x_too_large_for_float32_is_the_error_alone():
+    """As for y: an X value beyond float32 gave NumPy's RuntimeWarnings from inside scikit-learn
+    (overflow in the cast; invalid value, +inf and -inf summed) before validate_data's ValueError."""
+    x, y = blobs()
+    big = x * 1e40  # +inf and -inf in float32
+    clf = MLPClassifier((4,), max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in (lambda: clf.fit(big, y), lambda: clf.partial_fit(big, y, classes=np.unique(y))):
+            with pytest.raises(ValueError, match=r"too large for dtype\('float32'\)"):
+                call()
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+        with pytest.raises(ValueError, match=r"too large for dtype\('float32'\)"):
+            clf.predict(big)

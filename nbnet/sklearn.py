@@ -566,7 +566,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return {"multilabel": True}
 
     def predict_log_proba(self, X):
-        return np.log(self.predict_proba(X))
+        """The log of predict_proba, from the logits z: a probability that rounds to 0 in float32
+        (1 - σ(z) for z above about 17, where float64's holds to about 37; softmax's about 100
+        below the top logit) gave log(0) = -inf, with NumPy's divide-by-zero warning, where the log
+        is finite (about -z)."""
+        X = self._validate_for_predict(X)
+        z = predict(self._model, X, loss="mse")[0]  # mse: the outputs as they are, the logits here
+        if self._loss == "cross-entropy":
+            z = z - z.max(axis=1, keepdims=True)
+            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        log_p = -np.logaddexp(0, -z)  # log σ(z) = -log(1 + e^-z)
+        if self._multilabel:
+            return log_p
+        return np.hstack([-np.logaddexp(0, z), log_p])  # log(1 - σ(z)) = log σ(-z)
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):

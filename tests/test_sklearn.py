@@ -737,3 +737,34 @@ def test_x_too_large_for_float32_is_the_error_alone():
         clf.fit(x, y)
         with pytest.raises(ValueError, match=r"too large for dtype\('float32'\)"):
             clf.predict(big)
+
+
+def test_predict_log_proba_is_finite_where_a_float32_probability_rounds_to_0():
+    """np.log(predict_proba) was -inf, with NumPy's divide-by-zero warning, wherever a probability
+    rounds to 0 in float32 (binary: 1 - σ(z) for z above about 17): the log is finite, from the logits."""
+    from scipy.special import log_expit, log_softmax
+
+    from nbnet.train import predict
+
+    x, y = blobs()
+    x2, y2 = x[y < 2], y[y < 2]
+    multilabel = np.c_[y == 0, y == 1].astype(int)
+    for xs, ys in ((x2, y2), (x, y), (x, multilabel)):
+        clf = MLPClassifier((8,), max_iter=5, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(xs, ys)
+        clf.coefs_[-1][...] *= 1000  # confident: logits in the thousands
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            log_p, p = clf.predict_log_proba(xs), clf.predict_proba(xs)
+        z = predict(clf._model, xs.astype(np.float32), loss="mse")[0].astype(np.float64)
+        if clf.out_activation_ == "softmax":
+            want = log_softmax(z, axis=1)
+        elif clf._multilabel:
+            want = log_expit(z)
+        else:
+            want = np.hstack([log_expit(-z), log_expit(z)])
+        assert (p == 0).any() and np.isfinite(log_p).all() and log_p.dtype == np.float32
+        np.testing.assert_allclose(log_p, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.exp(log_p), p, atol=1e-6)

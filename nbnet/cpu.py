@@ -872,15 +872,20 @@ def bce_with_logits_forward(logits, targets):
     BCEWithLogitsLoss() (the mean over every element). It equals −t log σ(z) − (1−t) log(1−σ(z)),
     rewritten so that no exponent is positive: finite for logits of any size. Serial, summed by
     rows in blocks, like mse_forward.
+
+    max(z, 0) − z t is taken as z w, w = 1 − t for z ≥ 0 (torch's (1 − t) z) and −t below, and
+    as 0 where w = 0: its limit at z = ±inf, where max(inf, 0) − inf t was NaN (inf − inf), so
+    L(+inf, t) is +inf for t < 1 and 0 for t = 1, L(−inf, t) +inf for t > 0 and 0 for t = 0.
     """
     k, c = logits.shape
-    zero = logits.dtype.type(0)
+    zero, one = logits.dtype.type(0), logits.dtype.type(1)
     total = block = zero
     for i in range(k):
         row = zero
         for j in range(c):
             z = logits[i, j]
-            row += max(z, zero) - z * targets[i, j] + np.log1p(np.exp(-abs(z)))
+            w = one - targets[i, j] if z >= zero else -targets[i, j]
+            row += (zero if w == zero else z * w) + np.log1p(np.exp(-abs(z)))
         block += row
         if i % SUM_ROWS == SUM_ROWS - 1:
             total += block

@@ -962,17 +962,19 @@ def mse_backward(dpred, pred, target):
 
 @_jit
 def _bce_with_logits_sum_kernel(total, logits, targets):
-    """total[0] = Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|))   one block, flat index p = i c + j"""
+    """total[0] = Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|))   one block, flat index p = i c + j
+    (max(z, 0) − z t as z w, w = 1 − t for z ≥ 0, −t below, and 0 where w = 0: see cpu.bce_with_logits_forward)"""
     partial = cuda.shared.array(REDUCE, dtype=logits.dtype)
     t = cuda.threadIdx.x
     c = logits.shape[1]
-    zero = logits.dtype.type(0)
+    zero, one = logits.dtype.type(0), logits.dtype.type(1)
     acc = zero
     for p in range(t, logits.size, cuda.blockDim.x):
         i = p // c
         j = p - i * c
         z = logits[i, j]
-        acc += max(z, zero) - z * targets[i, j] + math.log1p(math.exp(-abs(z)))
+        w = one - targets[i, j] if z >= zero else -targets[i, j]
+        acc += (zero if w == zero else z * w) + math.log1p(math.exp(-abs(z)))
     partial[t] = acc
     _block_sum(partial)
     if t == 0:

@@ -378,6 +378,17 @@ def test_bce_keeps_the_small_loss_of_a_sure_right_answer(dtype, big):
     np.testing.assert_allclose(got, np.log1p(np.exp(-big)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_at_infinite_logits_is_the_losss_limit(dtype):
+    """As on the CPU: max(z, 0) − z t was inf − inf = NaN at z = +inf; now 0 for a sure right answer
+    (z = +inf, t = 1; z = −inf, t = 0), inf for a sure wrong one."""
+    z = np.array([[np.inf, np.inf, -np.inf, -np.inf]], dtype)
+    t = np.array([[1.0, 0.0, 0.0, 1.0]], dtype)
+    for cols, want in (([0, 2], 0.0), ([1], np.inf), ([3], np.inf)):
+        zz, tt = np.ascontiguousarray(z[:, cols]), np.ascontiguousarray(t[:, cols])
+        assert gpu.bce_with_logits_forward(gpu.to_device(zz), gpu.to_device(tt)) == want
+
+
 def test_loss_sums_over_more_values_than_the_reducing_block_has_threads(dtype=np.float32):
     """Each of the REDUCE threads of a one-block reduction (the losses' sums, the correct counts)
     first sums values t, t + REDUCE, ... in order: with at most REDUCE values, as everywhere else

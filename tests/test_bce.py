@@ -68,6 +68,30 @@ def test_finite_at_extreme_logits(dtype):
     np.testing.assert_allclose(grad, [[0.2, -0.2, -0.1, 0.0, 0.0]], atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_infinite_logits_give_the_losss_limit(dtype):
+    """max(z, 0) − z t was inf − inf = NaN at z = +inf (torch: inf, the limit, for t < 1), and at
+    z = −inf with t = 0 (0 × inf); z = −inf with t > 0 gave the limit, inf (torch: NaN). Now
+    the limit everywhere: a sure right answer costs 0, a sure wrong one inf; the gradient was finite."""
+    z = np.array([[np.inf, np.inf, np.inf, -np.inf, -np.inf, -np.inf]], dtype)
+    t = np.array([[0.0, 0.5, 1.0, 0.0, 0.5, 1.0]], dtype)
+    expected = [np.inf, np.inf, 0.0, 0.0, np.inf, np.inf]
+    with np.errstate(all="ignore"):
+        for j in range(z.shape[1]):
+            assert nb.BCEWithLogits()(z[:, j:j + 1], t[:, j:j + 1]) == expected[j]
+        loss = nb.BCEWithLogits()
+        assert loss(z[:, [2, 3]], t[:, [2, 3]]) == 0.0
+        np.testing.assert_array_equal(loss.backward(), [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_soft_target_near_1_keeps_its_precision(dtype):
+    """z − z t cancelled for t near 1; z (1 − t) is exact there."""
+    bits = 20 if dtype == np.float32 else 40
+    z, t = np.array([[1000.1]], dtype), np.array([[1 - 2.0 ** -bits]], dtype)
+    assert nb.BCEWithLogits()(z, t) == pytest.approx(float(z[0, 0]) * 2.0 ** -bits, rel=1e-6, abs=0)
+
+
 @pytest.mark.parametrize("dtype, big", [(np.float32, 20.0), (np.float64, 40.0)])
 def test_a_sure_right_answer_keeps_its_small_loss(dtype, big):
     """log(1 + e^(−|z|)) is taken as log1p(e^(−|z|)): at |z| = 20 in float32 (40 in float64) 1 + e^(−|z|)

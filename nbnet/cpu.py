@@ -1004,24 +1004,29 @@ def _adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, s
 
     Adam:  g = ∇ + l2 θ        (l2 = weight_decay, decay = 1)
     AdamW: θ *= decay;  g = ∇   (l2 = 0, decay = 1 - lr weight_decay)
-    m = β1 m + (1-β1) g   (as torch's lerp: m + (1-β1)(g - m));   v = β2 v + (1-β2) g²
+    m = β1 m + (1-β1) g   (torch's lerp: m + (1-β1)(g - m) for 1-β1 < ½, else g - β1 (g - m))
+    v = β2 v + (1-β2) g²
     θ -= step_size m / (√v / bc2_sqrt + ε),   step_size = lr / (1-β1^t),   bc2_sqrt = √(1-β2^t)
     one_beta1 = 1-β1 and one_beta2 = 1-β2 come made in double, as torch makes them: computed here
     from float32 β, 1 - float32(0.999) is 0.001 (1 - 1.3e-5) (1 - float32(0.99999): 1e-5 (1 + 1.4e-3),
     relative errors of 1.3e-5 and 1.4e-3), a bias in every step that the bias correction, made in
     double, does not cancel.
     A subnormal m or v is stored as 0 (see above).
+    torch's lerp takes its form by the weight so that m stays exact where it is all g: with β1 = 0,
+    m + 1 (g - m) after a gradient of 1e30 gave m = 0 for the next step's g = 1, cancelled.
     """
     one = param.dtype.type(1)
     zero = param.dtype.type(0)
     tiny = param.dtype.type(np.finfo(param.dtype).tiny)
+    from_m = one_beta1 < param.dtype.type(0.5)
+    coeff = one_beta1 if from_m else one_beta1 - one  # g + (w - 1)(g - m) = g - (1 - w)(g - m), torch's bits
     for p in prange(param.shape[0]):
         g = grad[p]
         if l2 != zero:
             g += l2 * param[p]
         if decay != one:
             param[p] *= decay
-        mp = _flushed(m[p] + one_beta1 * (g - m[p]), tiny, zero)
+        mp = _flushed((m[p] if from_m else g) + coeff * (g - m[p]), tiny, zero)
         vp = _flushed(beta2 * v[p] + one_beta2 * g * g, tiny, zero)
         m[p] = mp
         v[p] = vp

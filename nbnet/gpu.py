@@ -1040,7 +1040,8 @@ def sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
 
 @_jit
 def _adam_step_kernel(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt, tiny):
-    """g = ∇ + l2 θ;  θ *= decay;  m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;
+    """g = ∇ + l2 θ;  θ *= decay;  m = m + (1-β1)(g - m) (1-β1 < ½; else g - β1 (g - m));
+    v = β2 v + (1-β2) g²;
     θ -= step_size m / (√v / bc2_sqrt + ε)   (torch.optim.Adam / AdamW; see cpu.adam_step: 1-β
     made in double by the caller, and a subnormal m or v, below tiny, stored as 0)"""
     p = cuda.grid(1)
@@ -1052,7 +1053,10 @@ def _adam_step_kernel(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, d
             g += l2 * param[p]
         if decay != one:
             param[p] *= decay
-        mp = m[p] + one_beta1 * (g - m[p])
+        if one_beta1 < param.dtype.type(0.5):  # torch's lerp, as cpu.adam_step
+            mp = m[p] + one_beta1 * (g - m[p])
+        else:
+            mp = g + (one_beta1 - one) * (g - m[p])
         vp = beta2 * v[p] + one_beta2 * g * g
         if abs(mp) < tiny:
             mp = zero

@@ -417,6 +417,13 @@ def test_optimizer_kernels(dtype):
         p, g, m, v = (rand(rng, size, dtype) for _ in range(4))
         v = np.abs(v)
         assert_same("adam_step", p, g, m, v, *(dt(s) for s in (0.1, 0.999, 0.001, 1e-8, l2, decay, 0.01, 0.3)))
+    # 1 - β1 ≥ ½ takes torch's other form of the lerp, g - β1 (g - m): m = g exactly for β1 = 0
+    for one_beta1 in (0.5, 1.0):
+        p, g, v = rand(rng, size, dtype), rand(rng, size, dtype), np.abs(rand(rng, size, dtype))
+        m = np.full(size, 1e30, dtype)
+        h = assert_same("adam_step", p, g, m, v, *(dt(s) for s in (one_beta1, 0.999, 0.001, 1e-8, 0, 1, 0.01, 0.3)))
+        if one_beta1 == 1.0:
+            np.testing.assert_array_equal(h[2], g)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -424,7 +431,7 @@ def test_optimizer_kernels_store_a_subnormal_state_as_zero(dtype):
     """As cpu.sgd_step and adam_step: a momentum, m or v below the smallest normal number is stored
     as 0, the smallest normal itself (of either sign) kept. Checked exactly: assert_same's atol
     cannot tell a subnormal from 0. (Each step here writes its input state back unchanged but for
-    the flush: b = 0.5·0 + g, m = 0 + 1·(g - 0), v = 1·v + 0·g².)"""
+    the flush: b = 0.5·0 + g, m = g - 0·(g - 0), v = 1·v + 0·g².)"""
     dt = dtype
     tiny, sub = np.finfo(dtype).tiny, np.nextafter(dtype(0), dtype(1))
     state = np.array([3 * sub, -3 * sub, tiny / 2, tiny, -tiny, 4 * tiny, 0], dtype)

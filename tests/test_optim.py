@@ -736,6 +736,45 @@ def test_optimizers_follow_torch_optim(name, kwargs, dtype):
                 np.testing.assert_allclose(arr, want, rtol=0, atol=tol * np.abs(want).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", [nb.Adam, nb.AdamW])
+def test_adam_with_beta1_0_keeps_the_gradient_as_its_first_moment(cls, dtype):
+    """torch's lerp writes m = g − β1 (g − m) where 1 − β1 ≥ ½: with β1 = 0, m is the gradient,
+    exactly. m + 1·(g − m) cancelled: after a gradient of 1e30 the next one, 1, gave m = 0."""
+    layer = nb.Linear(2, 1, dtype=dtype, seed=0, bias=False)
+    opt = cls(layer.parameters(), lr=0.01, betas=(0.0, 0.999))
+    for g in (1e30, 1.0, -3.0, 1e-30):
+        layer.grad_weight[...] = g
+        opt.step()
+        np.testing.assert_array_equal(opt.state[0]["exp_avg"], dtype(g))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, kwargs", [
+    ("Adam", dict(lr=0.01, betas=(0.0, 0.999))),
+    ("Adam", dict(lr=0.01, betas=(0.25, 0.5), eps=1e-3, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1)),
+])
+def test_adam_with_beta1_at_most_half_follows_torch_after_a_huge_gradient(name, kwargs, dtype):
+    import torch  # noqa: PLC0415
+
+    w0 = np.array([[0.5, -0.25, 0.0, 2.0]], dtype)
+    layer = nb.Linear(4, 1, dtype=dtype, seed=0, bias=False)
+    layer.weight[...] = w0
+    tparam = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    opt, topt = getattr(nb, name)(layer.parameters(), **kwargs), getattr(torch.optim, name)([tparam], **kwargs)
+    tol = 1e-13 if dtype == np.float64 else 1e-6
+    for s in (1e30, 1.0, -3.0):
+        layer.grad_weight[...] = np.array([[s, -s, 0.5, 0.5 * s]], dtype)
+        tparam.grad = torch.from_numpy(layer.grad_weight.copy())
+        opt.step()
+        topt.step()
+        np.testing.assert_allclose(layer.weight, tparam.detach().numpy(), rtol=tol, atol=tol)
+        for key in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_allclose(opt.state[0][key], topt.state[tparam][key].numpy().ravel(), rtol=tol)
+
+
 @pytest.mark.parametrize("make, name, why", [
     (lambda ps: nb.SGD(ps, lr=1e39), "lr", "is too large for float32"),
     (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e39), "weight_decay", "is too large for float32"),

@@ -143,6 +143,16 @@ def test_crossentropy_on_probabilities(rng):
     assert rel_err(analytic, numerical_grad(lambda: loss.forward(p, t), p)) < TOL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_crossentropy_counts_a_probability_below_the_smallest_normal_as_it(dtype):
+    """The README's difference from torch (whose nll_loss(p.log(), t) is inf at p = 0): finite."""
+    tiny = np.finfo(dtype).tiny
+    p = np.array([[0.0, 1.0], [tiny / 8, 1.0]], dtype)
+    loss = nb.CrossEntropy()
+    assert loss(p, np.array([0, 0])) == pytest.approx(-np.log(tiny), rel=1e-6)
+    np.testing.assert_array_equal(loss.backward(), np.array([[-1 / (2 * tiny), 0]] * 2, dtype))
+
+
 def test_softmax_then_crossentropy_equals_fused(rng):
     z = rng.normal(size=(5, 4))
     t = np.array([1, 0, 3, 2, 2])

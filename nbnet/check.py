@@ -4,7 +4,8 @@ The first thing to run on a new machine, and what a bug report should carry: it 
 the vector ISA and register blocks nbnet chose (nbnet.simd), the threading layer, then checks
 - every fast Linear kernel against its plain formula kernel (the `_ref` in nbnet.cpu) on odd
   shapes that hit every block edge, float32 and float64, fused ReLU included;
-- the same kernels bitwise equal on 1 thread and on all threads, float32 and float64;
+- the same kernels bitwise equal on 1 thread and on all threads, float32 and float64 (skipped,
+  saying why, where Numba has one thread);
 - a small model's gradients against central finite differences in float64.
 Exit status 1 when any check fails.
 
@@ -14,6 +15,7 @@ when Numba's on-disk cache does not hold them yet (a real compilation, not a cac
 """
 
 import contextlib
+import os
 import sys
 import time
 
@@ -200,11 +202,19 @@ def check_linear(dtype):
     return bad
 
 
+class Skipped(Exception):  # noqa: N818 - not an error: a check with nothing to compare says why
+    """Raised by a check that cannot run here; `nbnet check` prints "skip" and the reason."""
+
+
 def check_threads(dtypes=(np.float32, np.float64)):
-    """Failures of 1 thread vs all threads, bitwise, on each fast Linear kernel (parallel twins)."""
+    """Failures of 1 thread vs all threads, bitwise, on each fast Linear kernel (parallel twins).
+    Skipped where Numba has one thread: there is nothing to compare (it returned no failures, and
+    `nbnet check` printed "ok" for a comparison it never made: under NUMBA_NUM_THREADS=1, or where
+    the process may use one CPU (taskset, a container's cpuset), Numba's default)."""
     top = numba.config.NUMBA_NUM_THREADS
     if top < 2:
-        return []
+        why = "NUMBA_NUM_THREADS=1" if os.environ.get("NUMBA_NUM_THREADS") else "this process may use 1 CPU"
+        raise Skipped(f"Numba has 1 thread ({why}): nothing to compare; NUMBA_NUM_THREADS=2 runs it, also on one CPU")
     k, n, m = 130, 257, 66
     bad = []
     before = numba.get_num_threads()
@@ -327,13 +337,15 @@ def main(out=print):
         f"{threading_layer()}, " + ", ".join(f"{k}={v}" for k, v in threads.waiting().items()))
     t0 = time.perf_counter()
     with saying_compiling():
-        failures = _run_checks(out)
-    out(f"{'all checks passed' if not failures else f'{failures} check(s) failed'} in {time.perf_counter() - t0:.1f} s")
+        failures, skipped = _run_checks(out)
+    out(f"{'all checks passed' if not failures else f'{failures} check(s) failed'} in {time.perf_counter() - t0:.1f} s"
+        f"{f' ({skipped} skipped)' if skipped else ''}")
     return 1 if failures else 0
 
 
 def _run_checks(out):
-    failures = 0
+    """Runs and prints each check; returns (failures, checks skipped)."""
+    failures = skipped = 0
     for name, run in (("Linear kernels vs formula, float32", lambda: check_linear(np.float32)),
                       ("Linear kernels vs formula, float64", lambda: check_linear(np.float64)),
                       ("1 thread vs all threads, bitwise, float32 and float64", check_threads),
@@ -341,10 +353,14 @@ def _run_checks(out):
         t = time.perf_counter()
         try:
             bad = run()
+        except Skipped as e:
+            skipped += 1
+            out(f"skip {name}: {e}")
+            continue
         except Exception as e:  # noqa: BLE001 - a kernel that fails to compile or run is a failure
             bad = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
         failures += len(bad)
         out(f"{'ok  ' if not bad else 'FAIL'} {name} ({time.perf_counter() - t:.1f} s)")
         for line in bad:
             out(f"     {line}")
-    return failures
+    return failures, skipped

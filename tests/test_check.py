@@ -355,3 +355,21 @@ def test_compile_kernels_says_nothing_when_told_not_to(monkeypatch, capsys):
         monkeypatch.setattr(check._SayCompiling, "said", False)
         check.compile_kernels(model, say=say)
         assert capsys.readouterr().err == ("" if not say else check.COMPILING + "\n")
+
+
+@pytest.mark.parametrize("env,why", [("1", "NUMBA_NUM_THREADS=1"), (None, "this process may use 1 CPU")])
+def test_check_says_it_skipped_the_thread_comparison_on_one_thread(monkeypatch, env, why):
+    """With one Numba thread (NUMBA_NUM_THREADS=1, or Numba's default where the process may use one
+    CPU: taskset, a container's cpuset) check_threads compared nothing, and `nbnet check` printed
+    "ok   1 thread vs all threads, bitwise" all the same: a check it never did."""
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    if env is None:
+        monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("NUMBA_NUM_THREADS", env)
+    said = []
+    assert check.main(out=said.append) == 0
+    assert not any(line.startswith("ok   1 thread vs all threads") for line in said), said
+    assert (f"skip 1 thread vs all threads, bitwise, float32 and float64: Numba has 1 thread ({why}): nothing to "
+            "compare; NUMBA_NUM_THREADS=2 runs it, also on one CPU") in said, said
+    assert said[-1].startswith("all checks passed in ") and said[-1].endswith(" s (1 skipped)"), said

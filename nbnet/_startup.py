@@ -111,7 +111,8 @@ def cwd_fault():
 
 
 NO_JIT = ("NUMBA_DISABLE_JIT is set (in the environment, or as disable_jit in ./.numba_config.yaml): "
-          "nbnet's kernels are built from LLVM intrinsics, which run only compiled; unset it")
+          "nbnet's kernels are built from LLVM intrinsics, which run only compiled; unset it (to step through a "
+          "kernel in Python, call its py_func: nbnet.cpu.relu_forward.py_func(out, x))")
 
 
 def numba_disable_jit_fault():

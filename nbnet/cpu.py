@@ -163,6 +163,13 @@ class Kernel:
         self.parallel = jit(func, parallel=True, **options)
         self.work, self.threshold, self.__doc__ = work, threshold, func.__doc__
 
+    @property
+    def py_func(self):
+        """The function as written here, run as plain Python (slowly), as a Numba dispatcher's
+        py_func is: to step through a kernel with pdb or print, since nbnet refuses
+        NUMBA_DISABLE_JIT. The Linear kernels' micro-kernels (nbnet.simd) run only compiled."""
+        return self.parallel.py_func
+
     def __call__(self, *args):
         if self.work(*args) >= self.threshold and threads.parallel():
             if threads.exclusive:

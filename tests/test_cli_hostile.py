@@ -1113,6 +1113,9 @@ def test_numba_disable_jit_is_one_error_line_and_a_clear_import_error():
     p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60, env=env)
     assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
     assert p.stderr.startswith("Error: NUMBA_DISABLE_JIT") and p.stderr.count("\n") == 1, p.stderr
+    # one who set it to step through a kernel is told what works instead (README: "Stepping through")
+    assert p.stderr.endswith("(to step through a kernel in Python, call its py_func: "
+                             "nbnet.cpu.relu_forward.py_func(out, x))\n"), p.stderr
     p = subprocess.run([sys.executable, "-c", "import nbnet"], capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 1 and p.stderr.splitlines()[-1].startswith("ValueError: NUMBA_DISABLE_JIT"), p.stderr
 

@@ -327,3 +327,44 @@ def test_the_input_gradient_belongs_to_the_caller(rng):
     second = model.backward(3 * g, need_input_grad=True)
     assert second is not first
     np.testing.assert_array_equal(first, kept)
+
+
+def _python_cases():
+    """(name, args) for every kernel of README's table but the fast Linear ones, at odd small shapes
+    (a batch of 1 among them), float64."""
+    rng = np.random.default_rng(5)
+    r = lambda *shape: rng.standard_normal(shape)
+    k, n, m = 3, 1, 4
+    x, w, b, g = r(k, n), r(m, n), r(m), r(k, m)
+    z, t = r(k, m), rng.integers(0, m, k)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    e = lambda *shape: np.empty(shape)
+    cases = [("linear_forward_ref", (e(k, m), x, w, b)), ("linear_forward_ref", (e(1, 1), r(1, 1), r(1, 1), r(1))),
+             ("linear_backward_params_ref", (r(m, n), r(m), g, x)), ("linear_backward_input_ref", (e(k, n), g, w))]
+    for act in ("relu", "sigmoid", "tanh", "softmax"):
+        cases += [(f"{act}_forward", (e(k, m), z)), (f"{act}_backward", (e(k, m), g, p))]
+    bits = (rng.random((k, m)) < 0.5).astype(np.float64)
+    cases += [("crossentropy_forward", (e(k), p, t)), ("crossentropy_backward", (e(k, m), p, t)),
+              ("softmax_crossentropy_forward", (e(k, m), e(k), z, t)), ("softmax_crossentropy_backward", (e(k, m), p, t)),
+              ("softmax_crossentropy_forward_backward", (e(k, m), e(k, m), e(k), z, t)),
+              ("mse_forward", (z, g)), ("mse_backward", (e(k, m), z, g)),
+              ("bce_with_logits_forward", (z, bits)), ("bce_with_logits_backward", (e(k, m), z, bits)),
+              ("sgd_step", (r(7), r(7), r(7), 0.1, 0.9, 0.01, True)),
+              ("adam_step", (r(7), r(7), r(7), np.abs(r(7)), 0.1, 0.999, 0.001, 1e-8, 0.01, 1.0, 0.01, 0.5))]
+    return cases
+
+
+@pytest.mark.parametrize("name,args", _python_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_each_kernel_but_the_fast_linear_ones_runs_as_python_through_py_func(name, args):
+    """nbnet refuses NUMBA_DISABLE_JIT (the fast Linear kernels exist only compiled), so a learner
+    steps through a kernel with pdb or print by calling its py_func, as README says: the serial/parallel
+    pairs (cpu.Kernel: relu_forward, sgd_step...) had none, only .serial.py_func, a renamed copy."""
+    kernel = getattr(cpu, name)
+    compiled = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    python = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    want, got = kernel(*compiled), kernel.py_func(*python)
+    assert kernel.py_func.__name__.lstrip("_") == name  # the function as written in cpu.py
+    np.testing.assert_allclose(np.asarray(got, float), np.asarray(want, float), rtol=1e-12, atol=1e-15)
+    for c, py in zip(compiled, python):
+        if isinstance(c, np.ndarray) and c.dtype.kind == "f":
+            np.testing.assert_allclose(py, c, rtol=1e-12, atol=1e-15, err_msg=name)

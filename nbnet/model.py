@@ -6,7 +6,9 @@ File layout (also the model part of `nbnet train --save` checkpoints):
 Other keys (optimizer state, config, ...) may sit beside these; `load` ignores them.
 """
 
+import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -53,6 +55,8 @@ class Sequential:
     around it while another thread trains). A backward
     reads the cache of the last forward, which must be its own thread's (else RuntimeError); a
     hand-written loop shared by threads holds `with model.lock:` around forward, backward and step.
+    Every Sequential that holds one of the same layers (a slice, `Sequential(body, head)`,
+    `Sequential(model.layers)`) has the same lock, since they write the same buffers.
     """
 
     def __init__(self, *layers):
@@ -66,8 +70,7 @@ class Sequential:
         self._last_shape, self._streak = None, 0  # forwards layer by layer in a row at this batch shape
         self._plan_after = 2  # ... after which one builds a plan; doubled when a plan's arrays were replaced
         self._plans = {}  # batch shape -> its plan, for the last few shapes planned (_forward)
-        self.lock = threading.RLock()  # see the class docstring
-        self._forward_thread = [None]  # the thread whose forward the layers' caches hold (shared by slices)
+        _join_group(self)  # .lock and ._forward_thread: see the class docstring and _join_group
 
     def __getstate__(self):
         # A lock cannot be copied or pickled, and the copy is a model of its own: it gets its own.
@@ -79,7 +82,7 @@ class Sequential:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.lock, self._forward_thread = threading.RLock(), [None]
+        _join_group(self)  # the copy's layers are its own: a lock of its own (with any model pickled beside it)
         self._plan, self._plans = None, {}
         _own_arrays(self.layers)  # (a Sequential's copy copies its layers)
 
@@ -113,8 +116,8 @@ class Sequential:
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            part = Sequential(self.layers[index])  # the same layers (already packed: left so)
-            part.lock, part._forward_thread = self.lock, self._forward_thread  # ... and so the same buffers
+            part = Sequential(self.layers[index])  # the same layers (already packed: left so), and lock ...
+            part.lock, part._forward_thread = self.lock, self._forward_thread  # ... also where _GROUPS cannot hold one
             return part
         return self.layers[index]
 
@@ -680,6 +683,82 @@ def _run(steps, x, g):
         if bind:
             args = tuple([x if a is _X else g if a is _G else a for a in args])
         kernel(*args)
+
+
+# Sequentials that share a layer share its buffers, so they must share one lock (and the record of
+# whose forward the caches hold). With a lock of each model's own, `body(x)` in one thread and
+# `Sequential(body, head)(x)` in another wrote the same layers' outputs at once: each got numbers
+# computed partly from the other's input, silently. id(layer) -> (weak reference to it, its group);
+# a layer that takes no weak reference (a user's with __slots__) links no models.
+_GROUPS = {}
+_GROUPS_LOCK = threading.RLock()  # (re-entrant: a layer collected while it is held runs _forget_layer)
+
+
+class _Group:
+    """What every Sequential holding some of the same layers shares: `lock`, `forward_thread`
+    (see Sequential) and the models themselves (weakly), to give them the lock of a group merged
+    into another."""
+
+    def __init__(self):
+        self.lock, self.forward_thread, self.models = threading.RLock(), [None], weakref.WeakSet()
+
+
+def _join_group(model):
+    """Give `model` the lock of the models that hold any of its layers. A model made of two
+    models' layers (Sequential(encoder, decoder)) merges their groups: every model of the others
+    takes the first's lock from then on. Their old locks are held while that changes (taken in
+    one order, outside _GROUPS_LOCK, so that neither a merge in another thread nor a call that
+    holds one and makes a model meanwhile waits on this one for ever), so no call that holds an
+    old lock runs on beside the new lock's holders."""
+    while True:
+        with _GROUPS_LOCK:
+            groups = _groups_of(model.layers)
+            if len(groups) <= 1:
+                return _enter(model, groups[0] if groups else _Group())
+        with contextlib.ExitStack() as held:
+            for other in sorted(groups[1:], key=id):
+                held.enter_context(other.lock)
+            with _GROUPS_LOCK:
+                if _groups_of(model.layers) != groups:
+                    continue  # merged meanwhile: look again
+                group = groups[0]
+                for other in groups[1:]:
+                    for m in list(other.models):
+                        m.lock, m._forward_thread = group.lock, group.forward_thread
+                        group.models.add(m)
+                    for key, (ref, owner) in list(_GROUPS.items()):
+                        if owner is other:
+                            _GROUPS[key] = (ref, group)
+                return _enter(model, group)
+
+
+def _groups_of(layers):
+    groups = []
+    for layer in layers:
+        entry = _GROUPS.get(id(layer))
+        if entry is not None and entry[0]() is layer and entry[1] not in groups:
+            groups.append(entry[1])
+    return groups
+
+
+def _enter(model, group):
+    for layer in model.layers:
+        try:
+            ref = weakref.ref(layer, functools.partial(_forget_layer, id(layer)))
+        except TypeError:
+            continue
+        _GROUPS[id(layer)] = (ref, group)
+    model.lock, model._forward_thread = group.lock, group.forward_thread
+    try:
+        group.models.add(model)
+    except TypeError:  # a subclass that is not hashable keeps the lock, but no later merge reaches it
+        pass
+
+
+def _forget_layer(key, ref):
+    with _GROUPS_LOCK:
+        if _GROUPS.get(key, (None,))[0] is ref:  # not a newer layer's entry under the same id
+            del _GROUPS[key]
 
 
 class Summary(str):

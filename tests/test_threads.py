@@ -646,6 +646,47 @@ def test_the_lock_is_the_models_own_and_its_slices():
                 pass
 
 
+@pytest.mark.parametrize("paused", ["body", "whole"])
+def test_models_that_share_layers_share_the_lock(paused):
+    """A feature extractor `body` and a classifier Sequential(body, head) share body's layers, so
+    their buffers: with a lock of each model's own, a thread running one while another ran the
+    other read the other's rows half-way (silently wrong numbers). One thread is stopped half-way
+    through a forward of one model while another runs the other."""
+    import numpy as np
+
+    import nbnet as nb
+
+    rng = np.random.default_rng(0)
+    x, other_x = (rng.standard_normal((8, 16)).astype(np.float32) for _ in range(2))
+    meanwhile = Meanwhile(lambda: answers.append(others(other_x)))
+    body, answers = nb.Sequential(nb.Linear(16, 32, seed=0), nb.ReLU(), Pause(meanwhile)), []
+    whole = nb.Sequential(body, nb.Linear(32, 4, seed=2))
+    assert whole.lock is body.lock and whole[:2].lock is body.lock
+    first, others = (body, whole) if paused == "body" else (whole, body)
+    expected = [first(x), others(other_x)]
+    meanwhile.armed = True
+    mine = first(x)
+    meanwhile.join()
+    np.testing.assert_array_equal(mine, expected[0])
+    np.testing.assert_array_equal(answers[0], expected[1])
+
+
+def test_a_model_of_two_models_merges_their_locks():
+    """Sequential(encoder, decoder): all three write the encoder's and the decoder's buffers, so
+    they run under one lock from then on (the encoder and decoder too); copies keep locks of their own."""
+    import copy
+
+    import nbnet as nb
+
+    encoder = nb.Sequential(nb.Linear(16, 8, seed=0), nb.ReLU())
+    decoder = nb.Sequential(nb.Linear(8, 16, seed=1))
+    tail = decoder[0:1]
+    both = nb.Sequential(encoder, decoder)
+    assert encoder.lock is both.lock and decoder.lock is both.lock and tail.lock is both.lock
+    assert copy.deepcopy(both).lock is not both.lock
+    assert nb.Sequential(nb.Linear(16, 8, seed=0)).lock is not both.lock
+
+
 PER_THREAD_SCRIPT = r"""
 import threading
 import numba

@@ -565,6 +565,35 @@ class History(list):
     stopped_early = False
 
 
+_TRAINING = {}  # id of a layer or optimizer -> the thread of the nb.train call training it
+_TRAINING_LOCK = threading.Lock()
+
+
+def _start_training(model, opt):
+    """Refuse a model or optimizer another nb.train call is training: two calls (two threads, or a
+    callback's) took turns at the model's lock step by step, each with its own state and epoch
+    count, silently, or failed with "opt.lr was set ... (by a callback?)" where one's schedule met
+    the other's rate. By its layers: Sequential(model.layers) is the same model. Returns what
+    _stop_training takes."""
+    keys = (id(opt), *map(id, model.layers))
+    with _TRAINING_LOCK:
+        busy = next((_TRAINING[k] for k in keys if k in _TRAINING), None)
+        if busy is not None:
+            where = "this thread (in a callback?)" if busy == threading.get_ident() else "another thread"
+            raise RuntimeError(f"nb.train: this model or its optimizer is being trained by another nb.train call, in "
+                               f"{where}: train a model in one call at a time (copy.deepcopy the model, and make an "
+                               "optimizer for the copy, to train both)")
+        for k in keys:
+            _TRAINING[k] = threading.get_ident()
+    return keys
+
+
+def _stop_training(keys):
+    with _TRAINING_LOCK:
+        for k in keys:
+            _TRAINING.pop(k, None)
+
+
 def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
           loss="cross-entropy", val_data=None, val_split=0.0, early_stopping=None, min_delta=0.0,
           restore_best=False, shuffle=True, state=None, on_step=None, on_epoch=None, on_best=None,
@@ -604,6 +633,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     falls, but never between a step's update and `state` counting it: a call resumed from `state`
     goes on as if never stopped.
     Raises TrainingDiverged (a ValueError) on a NaN/Inf loss, before that step updates anything.
+    A model (any of its layers) or optimizer that another nb.train call is training, in another
+    thread or in a callback, is a RuntimeError: other threads may predict with it meanwhile.
 
     comm: an mpi4py communicator (e.g. MPI.COMM_WORLD) to train data-parallel over its processes
     (see nbnet.dist): each takes its share of every global batch of `batch_size` rows and of the
@@ -737,6 +768,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                       stacklevel=2)
 
     ctrl_c = _HeldCtrlC()
+    training = _start_training(model, opt)
     try:
         ctrl_c.catch()
         while state.epoch < epochs:
@@ -850,6 +882,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             if on_epoch is not None:
                 on_epoch(state, metrics)
     finally:
+        _stop_training(training)
         ctrl_c.restore()
         # The schedule set opt.lr step by step; give the optimizer its base rate back, so that a
         # second call, or a resume from `state` with the optimizer's state_dict() taken now, starts

@@ -687,6 +687,52 @@ def test_a_model_of_two_models_merges_their_locks():
     assert nb.Sequential(nb.Linear(16, 8, seed=0)).lock is not both.lock
 
 
+def test_a_model_another_nb_train_is_training_is_refused():
+    """Two nb.train calls on one model (or one optimizer) took turns at its lock step by step,
+    silently (a constant rate), or one failed saying its opt.lr was set "by a callback?" (a
+    schedule). The second call, in another thread or in a callback, is refused; the first trains
+    on as if alone."""
+    import threading
+
+    import numpy as np
+
+    import nbnet as nb
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    y = np.arange(64) % 4
+
+    def fresh():
+        model = _model()
+        return model, nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    model, opt = fresh()
+    nb.train(model, opt, (x, y), epochs=2, batch_size=16, lr_schedule="cosine")
+    expected = model.state_dict()
+    model, opt = fresh()
+    refused = []
+
+    def second(m, o):
+        try:
+            nb.train(m, o, (x, y), epochs=1, batch_size=16)
+        except RuntimeError as e:
+            refused.append(str(e))
+
+    def on_step(state, batch, n_batches, loss):
+        if state.step == 1:  # in the middle of the run, another thread tries the model, then the optimizer
+            for args in ((model, nb.SGD(model.parameters(), lr=0.1)), (nb.Sequential(model.layers), opt)):
+                thread = threading.Thread(target=second, args=args)
+                thread.start()
+                thread.join(30)
+            second(model, opt)  # and a callback of this call
+
+    nb.train(model, opt, (x, y), epochs=2, batch_size=16, lr_schedule="cosine", on_step=on_step)
+    assert len(refused) == 3 and "another thread" in refused[0] and "in this thread" in refused[2]
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, expected[key])
+    nb.train(model, opt, (x, y), epochs=1, batch_size=16)  # done: free to train again
+
+
 PER_THREAD_SCRIPT = r"""
 import threading
 import numba

@@ -240,8 +240,10 @@ def _poll():
         exclusive = numba.threading_layer() == "workqueue"
     user = _user_count()
     if _limit is None or user is not None:  # first call, or the user set a number: their limit
-        _limit = current
+        # _n before _limit: a second thread's first call, between the two, took _limit as a sign
+        # that _n was set, and returned None > 1 (TypeError) when its look only took a reading.
         _set(current)
+        _limit = current
     busy = None if _fixed else busy_seconds()
     if busy is None:
         _next = now + POLL  # still looks at what the user set

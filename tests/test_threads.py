@@ -827,3 +827,32 @@ def test_fix_refuses_what_is_not_a_thread_count_before_changing_anything(fresh, 
     assert fresh._fixed is False and numba.get_num_threads() == before
     fresh.fix(np.int64(1))  # a NumPy integer is a number of threads
     assert fresh._fixed is True and numba.get_num_threads() == 1
+
+
+def test_a_first_call_meeting_another_threads_first_call_sees_a_thread_count(fresh, monkeypatch):
+    """Two Python threads' first kernels at once: one that ran its whole first look while the other
+    was between setting the limit and the count got None > 1, a TypeError from a kernel call (the
+    first look takes a reading only, and returns the count another look set)."""
+    import threading
+
+    _fake_machine(monkeypatch, 2)
+    set_count, seen = threads._set, []
+
+    def set_with_another_thread_meanwhile(n):
+        if not seen:  # the first thread's first look, half-way: the second thread's turn
+            seen.append(None)
+            other = threading.Thread(target=lambda: seen.append(_answer(threads.parallel)))
+            other.start()
+            other.join(30)
+        set_count(n)
+
+    monkeypatch.setattr(threads, "_set", set_with_another_thread_meanwhile)
+    assert _answer(threads.parallel) in (True, False)
+    assert seen[1] in (True, False), seen[1]
+
+
+def _answer(fn):
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the test says what was raised
+        return repr(e)

@@ -152,8 +152,21 @@ def _start_numba_threads():
         _set_wait_policy()
         try:
             return _numba_launch()
+        except ValueError as e:  # no layer loads: say which setting asked for the one missing
+            raise ValueError(_no_layer(e)) from e
         finally:
             _threads_started(getattr(_numba_parallel, "_is_initialized", True))
+
+
+def _no_layer(e):
+    """Numba's "No threading layer could be loaded ... Intel TBB is required", saying what asked for
+    that layer: NUMBA_THREADING_LAYER (or threading_layer in .numba_config.yaml), which a user may
+    have set long ago, or copied from a guide, and need only unset."""
+    said, layer = " ".join(str(e).split()), numba.config.THREADING_LAYER
+    if layer == "default":
+        return said
+    return (f"{said} (NUMBA_THREADING_LAYER={layer}, or threading_layer in ./.numba_config.yaml, asks for it; "
+            "unset it for the layer Numba finds)")
 
 
 def waiting():

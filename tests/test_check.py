@@ -289,6 +289,8 @@ def test_info_and_check_say_no_threading_layer_loads_and_go_on():
         pytest.skip("TBB is installed here: the layer loads")
     assert info.returncode == 0, info.stderr
     assert "threading layer: unknown (No threading layer could be loaded. HINT: " in info.stdout, info.stdout
+    assert "(NUMBA_THREADING_LAYER=tbb, or threading_layer in ./.numba_config.yaml, asks for it; unset it" \
+        in info.stdout, info.stdout  # (Numba's message named only TBB, not the setting that asked for it)
     assert "CPU threads: none: " in info.stdout and "GPU:" in info.stdout and "MPI:" in info.stdout
     done = run("check")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr

@@ -42,6 +42,10 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   loop's val_accuracy / val_r2; for several outputs that R² is variance-weighted (scikit-learn's
   r2_score averages the outputs' R²), and for multi-label targets the accuracy counts labels, not
   whole rows (scikit-learn: subset accuracy).
+- y with a single class is a ValueError (scikit-learn 1.9's MLPClassifier fits it and predicts that
+  class): a classifier's softmax or logistic output has nothing to learn from one class.
+- X of numeric strings (x.astype(str)) is parsed as numbers, as NumPy's astype(float32) does
+  (scikit-learn refuses strings in X); a string that is not a number is a ValueError.
 - n_iter_ counts every epoch run, partial_fit's included, as t_ counts their rows: it is how
   partial_fit knows which epoch comes next. scikit-learn's partial_fit sets n_iter_ to 1 each time
   (it counts only the last call's epochs).

@@ -24,12 +24,15 @@ from argtypes import GROUPS_ROW, PROCESS, STEP_ROW, check_memory, positive_int, 
 
 def main():
     parser = argparse.ArgumentParser(description="thread scaling of nbnet.cpu kernels")
-    parser.add_argument("--threads", type=positive_ints, default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--threads", type=positive_ints, default=None,
+                        help="comma-separated thread counts (default 1,2, or 1 where Numba has one thread)")
     parser.add_argument("--batch", type=positive_int, default=128)
     parser.add_argument("--min-time", type=seconds, default=0.1, help="seconds of timing per point")
     args = parser.parse_args()
     check_memory(parser, {"--batch": (GROUPS_ROW + STEP_ROW) * args.batch}, fixed=PROCESS)  # the kernels' arrays, a step
-    counts = [int(t) for t in args.threads.split(",")]
+    # The default is not the user's to get wrong: with NUMBA_NUM_THREADS=1 (or a one-CPU cpuset,
+    # Numba's default there) "1,2" was a usage error on an option nobody typed.
+    counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
     if max(counts) > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} threads here (NUMBA_NUM_THREADS)")
 

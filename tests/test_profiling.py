@@ -132,6 +132,16 @@ def test_bad_arguments_are_usage_errors_before_any_work(script, args):
     assert "Traceback" not in done.stderr and done.stdout == "", (script, done.stdout, done.stderr)
 
 
+def test_threads_py_defaults_to_the_threads_numba_has():
+    """With NUMBA_NUM_THREADS=1 (or a one-CPU cpuset) threads.py with no options was a usage error
+    on the default --threads 1,2, an option the user never typed: it times 1 thread."""
+    done = subprocess.run([sys.executable, str(PROFILING / "threads.py"), "--batch", "2", "--min-time", "0.001"],
+                          capture_output=True, text=True, cwd=PROFILING, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(PROFILING.parent), "NUMBA_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "µs @ 1" in done.stdout and "µs @ 2" not in done.stdout, done.stdout
+
+
 def test_bench_step_times_every_step_asked_for():
     """--steps below 10 timed no step (steps // 10 per chunk): the worker's median of nothing was a
     StatisticsError traceback; --steps 15 timed 10."""

@@ -3,14 +3,14 @@
 from ._startup import quiet_signals_while_starting, refuse_bad_environment, warn_numba_yaml_unread
 
 
-def _refused_in_training_job(why):
-    from .dist import refuse_in_training_job  # noqa: PLC0415 - NumPy loads on this error path only
+def _refused_in_job(why):
+    from .dist import refuse_in_job  # noqa: PLC0415 - NumPy loads on this error path only
 
-    refuse_in_training_job(why)
+    refuse_in_job(why)
 
 
 quiet_signals_while_starting()  # only in the `nbnet` command; first, before NumPy and Numba load
-refuse_bad_environment(_refused_in_training_job)
+refuse_bad_environment(_refused_in_job)
 warn_numba_yaml_unread()  # before Numba loads and warns
 
 from . import threads  # first: it sets how Numba's threads wait, before anything starts them

@@ -216,7 +216,7 @@ def warn_numba_yaml_unread():
 def refuse_bad_environment(meet=None):
     """In the `nbnet` command: one Error line and exit 2 for a setting that importing nbnet refuses,
     or that Numba's import would turn into a traceback or a warning. meet(why) first: in a process of
-    an MPI training job, nbnet.dist.refuse_in_training_job (given by nbnet/__init__.py: this module
+    an MPI job, nbnet.dist.refuse_in_job (given by nbnet/__init__.py: this module
     is below the ones dist imports)."""
     if not _is_the_command():
         return

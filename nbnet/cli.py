@@ -1159,7 +1159,8 @@ def main(args=None):
     if dist.launched_size() == 1:
         cli.main(args=args, prog_name="nbnet")
         return
-    if dist.training_job(sys.argv[1:] if args is None else args):
+    argv = sys.argv[1:] if args is None else list(args)
+    if dist.training_job(argv):
         # MPICH leaves every process of a job waiting in MPI_Init for ever once one has exited
         # without it: an option given wrong to process 1 alone (a click error, before train_cmd
         # starts MPI) ended that process in silence and hung the others. Each process of a
@@ -1168,6 +1169,8 @@ def main(args=None):
             dist.world()
         except (RuntimeError, ValueError):
             pass  # no mpi4py, or a bad NBNET_MPI_TIMEOUT: train_cmd meets it again, as one Error: line
+    elif not dist.run_here(argv):  # any other command runs once, on process 0
+        sys.exit(0)
     try:
         cli.main(args=args, prog_name="nbnet")
     except SystemExit:  # after dist.fail, or agreed by every process (help, Ctrl-C)

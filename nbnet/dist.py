@@ -37,6 +37,7 @@ _LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_W
 GRACE_SECONDS = 1.5
 ABORT_PAUSE_SECONDS = 0.5  # < GRACE_SECONDS, with a margin: process 0 still aborts first
 _MESSAGE_BYTES = 1024  # one error message per process in the start-of-training agreement
+OTHER_COMMAND = -1  # the meeting's code of a process that runs a command other than train (see run_here)
 
 
 def _env_int(names, default):
@@ -258,12 +259,16 @@ class MPIComm:
         every code is 0 and every text equal."""
         self.setup_done = True  # from here on an error (even a Ctrl-C while waiting) aborts: one meeting only
         codes, texts = self._exchange(code, text)
-        failed = [r for r in range(self.size) if codes[r]]
+        failed = [r for r in range(self.size) if codes[r] > 0]
         if failed:
             first = failed[0]
             if self.rank == 0:
                 _print_error(texts[first] if first == 0 else f"process {first}: {texts[first]}")
             sys.exit(codes[first])
+        other = [r for r in range(self.size) if codes[r] == OTHER_COMMAND]
+        if other:
+            self._other_commands(codes, texts, other)
+            return
         if any(t != texts[0] for t in texts):
             odd = next(r for r in range(self.size) if texts[r] != texts[0])
             differs = self._what_differs(text, texts, odd)  # every process: it is a collective
@@ -271,6 +276,24 @@ class MPIComm:
                 _print_error(f"process {odd} does not train what process 0 does ({differs}): every process "
                              "needs the same options, data and checkpoint")
             sys.exit(1)
+
+    def _other_commands(self, codes, texts, other):
+        """The meeting's end where processes run a command other than `train` (their text: the
+        command line): returns where none trains and all run the same command; otherwise process
+        0 says which process runs what, and every process exits 2."""
+        if len(other) == self.size:
+            odd = next((r for r in range(self.size) if texts[r] != texts[0]), None)
+            if odd is None:
+                return
+            why = (f"process {odd} runs `nbnet {texts[odd]}`, process 0 `nbnet {texts[0]}`: under mpiexec, "
+                   "every process runs the same command (one other than train runs once, on process 0)")
+        else:
+            trains = next(r for r in range(self.size) if codes[r] == 0)
+            why = (f"process {other[0]} runs `nbnet {texts[other[0]]}` beside process {trains}'s `nbnet train`: "
+                   "every process of an MPI training job runs nbnet train")
+        if self.rank == 0:
+            _print_error(why)
+        sys.exit(2)
 
     def _what_differs(self, mine, texts, odd):
         """What process `odd` trains otherwise than process 0, named: "--seed 1 (process 0: 0); ...".
@@ -290,7 +313,8 @@ class MPIComm:
         return named or f"{texts[odd]}; process 0: {texts[0]}"
 
     def _exchange(self, code, text):
-        """(codes, texts): every process's (code, text), bounded by NBNET_MPI_TIMEOUT."""
+        """(codes, texts): every process's (code, text), bounded by NBNET_MPI_TIMEOUT. A code: 0
+        (training, the text a fingerprint), an exit code > 0 (the text an error), or OTHER_COMMAND."""
         mine = np.zeros(_MESSAGE_BYTES, np.uint8)
         raw = text.encode("utf-8", "replace")[: _MESSAGE_BYTES - 8]
         mine[:4] = np.frombuffer(np.int32(code).tobytes(), np.uint8)
@@ -388,17 +412,46 @@ def world():
 
 
 def training_job(args):
-    """Whether the command's arguments (sys.argv[1:]) start a training job of more than one process."""
-    return launched_size() > 1 and list(args)[:1] == ["train"]
+    """Whether the command's arguments (sys.argv[1:]) start a training job of more than one process
+    (`train --help` prints, as any other command: see run_here)."""
+    args = list(args)
+    return launched_size() > 1 and args[:1] == ["train"] and not {"-h", "--help"} & set(args)
 
 
-def refuse_in_training_job(why):
-    """In one process of `mpiexec -n N nbnet train` (N > 1), end with `why` as every error before
-    training ends: MPICH leaves the job's other processes waiting in MPI_Init for ever once one has
-    exited without it, and a setting refused before nbnet loads may be this process's alone
-    (another machine's, or `mpiexec ... : -n 1 env NUMBA_NUM_THREADS=...`). Meets the others at
-    their start-of-training meeting, where process 0 prints the line; returns where none can be had."""
-    if not training_job(sys.argv[1:]):
+def run_here(args):
+    """In a process of an MPI launch of more than one (size > 1) whose command is not a training
+    job: whether this process runs it. Any command but `train` runs once, on process 0, and the
+    others exit quietly: every process printed `nbnet info` (and interleaved predict's output on
+    one stdout), and each wrote evaluate's and predict's --output. Every process meets the others
+    first (with mpi4py), at the meeting where training processes start (MPIComm._meet): beside a
+    training job, a process that ended without MPI left the trainers waiting in MPI_Init for ever;
+    now process 0 says which process runs what, once, and the job ends with exit code 2, as it
+    does where processes run different commands (`mpiexec -n 1 nbnet predict a.npz : -n 1 nbnet
+    predict b.npz` would have done a's alone)."""
+    global _world
+    try:
+        world()
+    except RuntimeError:  # no mpi4py: nothing to meet; training cannot run here either
+        return launched_rank() == 0
+    except ValueError:  # a bad NBNET_MPI_TIMEOUT is a training process's error, not this command's
+        pass
+    import shlex  # noqa: PLC0415
+
+    _world._meet(OTHER_COMMAND, " ".join(map(shlex.quote, args))[:200])
+    # Process 0 goes on as a one-process command: its errors end it alone, with no MPI_Abort of
+    # the others (which have exited), as they would without mpiexec.
+    _world = Single()
+    return launched_rank() == 0
+
+
+def refuse_in_job(why):
+    """In one process of an MPI launch of more than one (`mpiexec -n N nbnet ...`), end with `why`
+    as every error before training ends: MPICH leaves the job's other processes waiting in MPI_Init
+    for ever once one has exited without it, and a setting refused before nbnet loads may be this
+    process's alone (another machine's, or `mpiexec ... : -n 1 env NUMBA_NUM_THREADS=...`). Meets
+    the others at the start-of-training meeting (where processes that run another command meet
+    too, run_here), where process 0 prints the line; returns where none can be had."""
+    if launched_size() == 1:
         return
     try:
         world()

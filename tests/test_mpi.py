@@ -311,6 +311,52 @@ def test_bad_input_is_reported_once(problem, tmp_path):
         assert "Traceback" not in result.stderr
 
 
+def mpmd(*commands, env=None, timeout=TIMEOUT):
+    """`mpiexec -n 1 nbnet A : -n 1 nbnet B ...`, each command a list of nbnet's arguments."""
+    cmd = [MPIEXEC]
+    for args in commands:
+        cmd += [*([":"] if len(cmd) > 1 else []), "-n", "1", sys.executable, "-m", "nbnet", *map(str, args)]
+    try:
+        return subprocess.run(cmd, cwd=REPO, env={**_env(), **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s: a hang\n{e.stderr}")
+
+
+@needs_mpi
+def test_commands_other_than_train_run_once_on_process_0(problem, tmp_path):
+    """Every process ran them: info printed twice, predict's rows came twice on one
+    stdout (interleaved where they are long), and both wrote --output."""
+    ok(run(1, "train", "--dataset", problem, *TRAIN, "--epochs", "1", "--save", tmp_path / "ck.npz"))
+    info = ok(run(2, "info"))
+    assert info.stdout.count("MPI: ") == 1 and "2 process(es) launched" in info.stdout
+    rows = ok(run(2, "predict", "--checkpoint", tmp_path / "ck.npz", problem)).stdout.splitlines()
+    assert len(rows) == 600
+    evaluated = ok(run(3, "evaluate", "--checkpoint", tmp_path / "ck.npz", "--json"))
+    assert len(evaluated.stdout.splitlines()) == 1 and other_stderr(evaluated) == []
+    bad = run(2, "evaluate", "--checkpoint", tmp_path / "missing.npz")  # process 0's error alone: no abort
+    assert bad.returncode == run(1, "evaluate", "--checkpoint", tmp_path / "missing.npz").returncode != 0
+    assert len(error_lines(bad)) == 1 and other_stderr(bad) == error_lines(bad), bad.stderr
+
+
+@needs_mpi
+def test_another_command_beside_training_is_one_error_line(problem, tmp_path):
+    """MPMD: a process that ran `nbnet info` or `nbnet evaluate` beside `nbnet train` left the
+    trainer waiting for ever (in MPI_Init, or at its start-of-training meeting): now one Error
+    line names who runs what, and the job ends with exit code 2. Processes that run different
+    commands (not train) are refused alike: process 1's would not have run."""
+    train = ["train", "--dataset", problem, *TRAIN]
+    for commands, who in ((["info"], train), (train, ["evaluate", "--checkpoint", tmp_path / "x.npz"])):
+        result = mpmd(commands, who)
+        assert result.returncode == 2, result.stderr
+        assert len(error_lines(result)) == 1 and other_stderr(result) == error_lines(result), result.stderr
+        assert "beside process" in result.stderr and "nbnet train" in result.stderr
+    result = mpmd(["--version"], ["info"])
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert error_lines(result) == ["Error: process 1 runs `nbnet info`, process 0 `nbnet --version`: under mpiexec, "
+                                   "every process runs the same command (one other than train runs once, on process 0)"]
+
+
 @needs_mpi
 def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
     """MPMD launch: process 1 has another seed (other weights), or a file process 0 lacks, or an

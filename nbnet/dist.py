@@ -389,7 +389,8 @@ def world():
     if _world is None:
         if launched_size() > 1:
             try:
-                from mpi4py import MPI  # noqa: PLC0415
+                with _signals_end_the_process():
+                    from mpi4py import MPI  # noqa: PLC0415
             except ImportError:
                 raise RuntimeError(
                     f"started by an MPI launcher as {launched_size()} processes, but mpi4py is not installed: "
@@ -409,6 +410,33 @@ def world():
     if getattr(_world, "bad_setting", None) is not None:
         raise ValueError(_world.bad_setting)
     return _world
+
+
+class _signals_end_the_process:
+    """While MPI_Init runs: Ctrl-C, SIGTERM and SIGHUP end the process (their default), the
+    command's handlers put back after. MPI_Init waits in C, holding the GIL, until every process of
+    the job has called it, so a Python handler never ran: a job of which one process exited without
+    MPI (a program that is not nbnet, in `mpiexec ... : -n 1 prog`) ignored mpiexec's Ctrl-C and
+    `timeout`'s SIGTERM alike, only SIGKILL ended it. Nothing is open for writing yet."""
+
+    def __enter__(self):
+        import signal  # noqa: PLC0415
+
+        self.old = {}
+        try:
+            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+                sig = getattr(signal, name, None)
+                if sig is not None and signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                    self.old[sig] = signal.signal(sig, signal.SIG_DFL)
+        except ValueError:  # not the main thread: signals are not ours to change
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        import signal  # noqa: PLC0415
+
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 def training_job(args):

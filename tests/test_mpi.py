@@ -358,6 +358,30 @@ def test_another_command_beside_training_is_one_error_line(problem, tmp_path):
 
 
 @needs_mpi
+def test_sigterm_ends_a_job_whose_other_process_never_starts_mpi(problem):
+    """A process that exits without MPI (here a Python that is not nbnet) leaves the trainer in
+    MPI_Init, which waits in C: the command's Python handlers never ran, so mpiexec's SIGTERM (or a
+    Ctrl-C) left it running until SIGKILL. During MPI_Init those signals end the process."""
+    cmd = [MPIEXEC, "-n", "1", sys.executable, "-m", "nbnet", "train", "--dataset", str(problem), *TRAIN,
+           ":", "-n", "1", sys.executable, "-c", "pass"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc.communicate(timeout=4)  # by then the trainer waits in MPI_Init
+        pytest.fail("the job ended without a peer")
+    except subprocess.TimeoutExpired:
+        pass
+    proc.terminate()
+    try:
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        pytest.fail("SIGTERM did not end a job waiting in MPI_Init")
+    assert proc.returncode != 0
+
+
+@needs_mpi
 def test_processes_that_disagree_are_stopped_before_training(problem, tmp_path):
     """MPMD launch: process 1 has another seed (other weights), or a file process 0 lacks, or an
     option click refuses (that process ended before MPI started, and MPICH left process 0 waiting

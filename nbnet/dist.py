@@ -20,6 +20,7 @@ raises prints its `Error:` line and aborts the whole job (MPI_Abort): never a ha
 
 import math
 import os
+import stat
 import sys
 import time
 import zlib
@@ -70,13 +71,27 @@ def launch_env(environ=None):
     return {k: v for k, v in env.items() if k in _USER_SETTINGS or not k.startswith(_JOB_PREFIXES)}
 
 
+def _inherited():
+    """Whether MPICH's variables came to this process from an MPI process that started it as a
+    program of its own (a script under mpiexec that runs subprocess.run(["nbnet", ...])): the
+    launcher hands each of its processes a socket, PMI_FD, which subprocess does not pass on. Such
+    a process is no member of the job: its MPI_Init failed in a wall of MPICH's errors."""
+    fd = os.environ.get("PMI_FD")
+    if fd is None:
+        return False
+    try:
+        return not stat.S_ISSOCK(os.fstat(int(fd)).st_mode)
+    except (ValueError, OSError):
+        return True
+
+
 def launched_size():
     """How many processes the MPI launcher started (1 when not launched by one)."""
-    return max(1, _env_int(_SIZE_VARS, 1))
+    return 1 if _inherited() else max(1, _env_int(_SIZE_VARS, 1))
 
 
 def launched_rank():
-    return _env_int(_RANK_VARS, 0)
+    return 0 if _inherited() else _env_int(_RANK_VARS, 0)
 
 
 def local_size_rank():

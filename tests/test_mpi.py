@@ -340,6 +340,22 @@ def test_commands_other_than_train_run_once_on_process_0(problem, tmp_path):
 
 
 @needs_mpi
+def test_nbnet_run_by_a_process_of_a_job_is_a_command_of_its_own(problem, tmp_path):
+    """A script under mpiexec that runs `nbnet evaluate` in a subprocess: the child inherits the
+    launcher's variables but not its socket (PMI_FD), so it is no member of the job and runs as
+    plain nbnet does, on every process (it tried MPI_Init: a wall of MPICH errors, exit 15)."""
+    ok(run(1, "train", "--dataset", problem, *TRAIN, "--epochs", "1", "--save", tmp_path / "ck.npz"))
+    script = ("import subprocess, sys\n"
+              f"r = subprocess.run([sys.executable, '-m', 'nbnet', 'evaluate', '--checkpoint', {str(tmp_path / 'ck.npz')!r},"
+              " '--json'], capture_output=True, text=True, timeout=30)\n"
+              "print(r.returncode, r.stdout.strip(), r.stderr.strip()[-300:], flush=True)\n")
+    result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", script], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    lines = ok(result).stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith('0 {"loss"') for line in lines), result.stdout
+
+
+@needs_mpi
 def test_another_command_beside_training_is_one_error_line(problem, tmp_path):
     """MPMD: a process that ran `nbnet info` or `nbnet evaluate` beside `nbnet train` left the
     trainer waiting for ever (in MPI_Init, or at its start-of-training meeting): now one Error

@@ -38,6 +38,7 @@ _LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_W
 GRACE_SECONDS = 1.5
 ABORT_PAUSE_SECONDS = 0.5  # < GRACE_SECONDS, with a margin: process 0 still aborts first
 _MESSAGE_BYTES = 1024  # one error message per process in the start-of-training agreement
+MIN_TIMEOUT = 1.0  # NBNET_MPI_TIMEOUT's least: a step's Allreduce waits milliseconds for a busy process
 OTHER_COMMAND = -1  # the meeting's code of a process that runs a command other than train (see run_here)
 
 
@@ -102,15 +103,16 @@ def local_size_rank():
 def setup_timeout():
     """Seconds a process waits for the slowest one, at the start of training and in each step,
     before it decides that one is stuck and aborts the job (NBNET_MPI_TIMEOUT, default 600).
-    A value that is not a number of seconds > 0 is a ValueError (one Error: line), not a silent
-    default: a typo must not turn a 10 s limit into 10 minutes."""
+    A value that is not a number of seconds >= MIN_TIMEOUT is a ValueError (one Error: line), not a
+    silent default: a typo must not turn a 10 s limit into 10 minutes; and 1e-300 (any tiny value)
+    aborted a healthy job at the first step whose slowest process was not there at once."""
     text = os.environ.get("NBNET_MPI_TIMEOUT", "600")
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (0 < value < math.inf):
-        raise ValueError(f"NBNET_MPI_TIMEOUT must be a number of seconds > 0, got {text!r}")
+    if not (MIN_TIMEOUT <= value < math.inf):
+        raise ValueError(f"NBNET_MPI_TIMEOUT must be a number of seconds >= {MIN_TIMEOUT:g}, got {text!r}")
     return value
 
 

@@ -254,7 +254,9 @@ def test_the_mpi_timeout_is_read_strictly(monkeypatch):
     assert dist.setup_timeout() == 2.5
     monkeypatch.delenv("NBNET_MPI_TIMEOUT")
     assert dist.setup_timeout() == 600
-    for bad in ("ten", "0", "-1", "nan", "1e999"):
+    monkeypatch.setenv("NBNET_MPI_TIMEOUT", "1")
+    assert dist.setup_timeout() == 1
+    for bad in ("ten", "0", "-1", "nan", "1e999", "1e-300", "0.5"):  # tiny: aborted a healthy job
         monkeypatch.setenv("NBNET_MPI_TIMEOUT", bad)
         with pytest.raises(ValueError, match="NBNET_MPI_TIMEOUT"):
             dist.setup_timeout()

@@ -555,6 +555,16 @@ def check_data(model, data, loss="cross-entropy", parts=("train", "test", "valid
             )
 
 
+def _check_callbacks(**callbacks):
+    """Each callback is None or a function: an object that is not (a Keras callback, a list of
+    them) failed with "'X' object is not callable" only when called, after a whole epoch trained."""
+    for name, f in callbacks.items():
+        if f is not None and not callable(f):
+            keras = " (Keras-style callback objects are not called: pass a function, e.g. " \
+                    "on_epoch=lambda state, metrics: ...)" if name != "should_stop" else ""
+            raise TypeError(f"{name} must be a function or None, got {type(f).__name__}{keras}")
+
+
 class History(list):
     """What `train` returns: the per-epoch metrics dicts (a list), plus `best_epoch` and
     `best_val_loss` (the epoch with the lowest validation loss, None without validation data) and
@@ -665,6 +675,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     # Python floats, as the optimizers keep their rates: arithmetic with an np.float32 runs in
     # float32, so best - min_delta rounded a float64 model's validation loss (and lr its schedule).
     min_delta = float(min_delta)
+    _check_callbacks(on_step=on_step, on_epoch=on_epoch, on_best=on_best, should_stop=should_stop)
     if not isinstance(data, (tuple, list)):  # a generator of batches: Python's "has no len()"
         raise TypeError("data must be a tuple (x_train, y_train) or (x_train, y_train, x_test, y_test) of arrays or "
                         f"array-likes (train batches them itself), got {type(data).__name__}")

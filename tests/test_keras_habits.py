@@ -1,0 +1,32 @@
+"""Keras habits with nb.train / nb.evaluate / nb.predict: each either works, or is refused with
+the nbnet way named, before any training (never after an epoch, never a silent wrong answer)."""
+
+import numpy as np
+import pytest
+
+import nbnet as nb
+
+
+def setup():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    model = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1))
+    return model, nb.SGD(model.parameters(), lr=0.1), x, y
+
+
+class _KerasCallback:
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+
+@pytest.mark.parametrize("name", ["on_step", "on_epoch", "on_best", "should_stop"])
+@pytest.mark.parametrize("callback", [_KerasCallback(), [_KerasCallback()]])
+def test_a_callback_that_is_not_a_function_is_refused_before_any_step(name, callback):
+    """A Keras callback object (or a list of them) failed with "'X' object is not callable" only
+    when first called: after a whole epoch had trained, for on_epoch and on_best."""
+    model, opt, x, y = setup()
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(TypeError, match=f"{name} must be a function or None, got {type(callback).__name__}"):
+        nb.train(model, opt, (x, y), epochs=2, val_split=0.25, **{name: callback})
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))

@@ -681,6 +681,13 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                         f"array-likes (train batches them itself), got {type(data).__name__}")
     if len(data) not in (2, 4):
         raise ValueError("data must be (x_train, y_train) or (x_train, y_train, x_test, y_test)")
+    if len(data) == 2 and all(isinstance(part, tuple) and len(part) == 2 and getattr(part[0], "ndim", 0) >= 2
+                              for part in data):
+        # Keras' datasets give ((x_train, y_train), (x_test, y_test)): NumPy's "inhomogeneous shape"
+        # error came out of as_features, about x_train. (An x_train whose first row is 2-D is an
+        # error anyway: this changes only what it says.)
+        raise ValueError("data is one flat tuple, (x_train, y_train) or (x_train, y_train, x_test, y_test), got "
+                         "two pairs ((x_train, y_train), (x_test, y_test)): pass (x_train, y_train, x_test, y_test)")
     x_train, y_train = as_features(model, data[0], "x_train"), as_targets(model, data[1], loss, "y_train")
     if len(x_train) != len(y_train):  # before val_split draws rows of x for both
         raise ValueError(f"x_train has {len(x_train)} rows but y_train has {len(y_train)}")

@@ -30,3 +30,14 @@ def test_a_callback_that_is_not_a_function_is_refused_before_any_step(name, call
     with pytest.raises(TypeError, match=f"{name} must be a function or None, got {type(callback).__name__}"):
         nb.train(model, opt, (x, y), epochs=2, val_split=0.25, **{name: callback})
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
+
+
+def test_keras_dataset_pairs_are_refused_naming_the_flat_tuple():
+    """keras.datasets' ((x_train, y_train), (x_test, y_test)) failed in NumPy: "setting an array
+    element with a sequence ... inhomogeneous shape"."""
+    model, opt, x, y = setup()
+    with pytest.raises(ValueError, match=r"pass \(x_train, y_train, x_test, y_test\)"):
+        nb.train(model, opt, ((x, y), (x, y)), epochs=1)
+    nb.train(model, opt, (x, y, x, y), epochs=1)  # the flat tuple trains
+    # Two rows of a list x and their labels are data, not pairs: still trained.
+    nb.train(model, opt, (((0.0, 1.0, 2.0, 3.0), (1.0, 0.0, 1.0, 0.0)), (0, 2)), epochs=1)

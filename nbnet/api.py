@@ -29,10 +29,11 @@ def _check_batch_size(batch_size):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
+def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000, **unknown):
     """The model's mean loss on (x, y) and its metric, as a dict: {"loss", "accuracy"} for
     cross-entropy and bce (for bce the fraction of labels right); {"loss", "mse", "r2"} for mse
     (loss and mse are the same number)."""
+    _loop.refuse_unknown_keywords("evaluate", unknown)
     _loop.check_loss(loss)
     _check_batch_size(batch_size)
     x, y = _loop.as_features(model, x), _loop.as_targets(model, y, loss)
@@ -43,11 +44,12 @@ def evaluate(model, x, y, *, loss="cross-entropy", batch_size=1000):
     return {"loss": value, _loop.METRIC[loss]: metric}
 
 
-def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000):
+def predict(model, x, *, loss="cross-entropy", proba=False, batch_size=1000, **unknown):
     """Predictions for the rows of x, a new array: for cross-entropy the class of each row (N,)
     int64, np.argmax of its logits (the first largest, a NaN counting as the largest), the class
     evaluate's accuracy counts, or with proba=True the class probabilities (N, C); for bce the 0/1 labels (N, L) int64
     (σ(z) ≥ ½), or with proba=True σ(z); for mse the outputs (N, D) (proba=True is an error)."""
+    _loop.refuse_unknown_keywords("predict", unknown)
     _loop.check_loss(loss)
     _check_batch_size(batch_size)
     if not isinstance(proba, (bool, np.bool_)):  # "no" is truthy: it returned the probabilities

@@ -565,6 +565,28 @@ def _check_callbacks(**callbacks):
             raise TypeError(f"{name} must be a function or None, got {type(f).__name__}{keras}")
 
 
+# Keras' names for what nbnet calls otherwise, or does not do: Python's "unexpected keyword
+# argument 'validation_split'" left the nbnet way to be found in the README.
+KERAS_KEYWORDS = {
+    "validation_split": "nbnet's is val_split=",
+    "validation_data": "nbnet's is val_data=(x_val, y_val)",
+    "callbacks": "nbnet takes functions: on_epoch(state, metrics), on_step, on_best, should_stop",
+    "initial_epoch": "to resume, pass state= (a TrainState); epochs is the total, as in Keras",
+    "verbose": "nbnet prints no progress: print from on_epoch or on_step",
+    "class_weight": "nbnet has no class or sample weights",
+    "sample_weight": "nbnet has no class or sample weights",
+    "return_dict": "nb.evaluate returns a dict",
+}
+
+
+def refuse_unknown_keywords(function, keywords):
+    """A TypeError for keywords `function` does not take, as Python's, with nbnet's way for Keras' names."""
+    if keywords:
+        name = next(iter(keywords))
+        hint = f" ({KERAS_KEYWORDS[name]})" if name in KERAS_KEYWORDS else ""
+        raise TypeError(f"{function}() got an unexpected keyword argument {name!r}{hint}")
+
+
 class History(list):
     """What `train` returns: the per-epoch metrics dicts (a list), plus `best_epoch` and
     `best_val_loss` (the epoch with the lowest validation loss, None without validation data) and
@@ -607,7 +629,7 @@ def _stop_training(keys):
 def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
           loss="cross-entropy", val_data=None, val_split=0.0, early_stopping=None, min_delta=0.0,
           restore_best=False, shuffle=True, state=None, on_step=None, on_epoch=None, on_best=None,
-          should_stop=None, eval_batch_size=1000, comm=None):
+          should_stop=None, eval_batch_size=1000, comm=None, **unknown):
     """Train up to `epochs` epochs in total (continuing from `state`), and return the History:
     one dict per epoch with epoch, train_loss, train_<metric>, [val_loss, val_<metric>,]
     [test_loss, test_<metric>,] lr, seconds, samples_per_second; <metric> is accuracy for
@@ -654,6 +676,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     `mpiexec -n N python -m mpi4py script.py`, so that an exception on one process ends them all
     (examples/mpi_train.py).
     """
+    refuse_unknown_keywords("train", unknown)
     check_loss(loss)
     comm = dist.wrap(comm)
     if not whole(epochs, 1):

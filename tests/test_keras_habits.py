@@ -41,3 +41,25 @@ def test_keras_dataset_pairs_are_refused_naming_the_flat_tuple():
     nb.train(model, opt, (x, y, x, y), epochs=1)  # the flat tuple trains
     # Two rows of a list x and their labels are data, not pairs: still trained.
     nb.train(model, opt, (((0.0, 1.0, 2.0, 3.0), (1.0, 0.0, 1.0, 0.0)), (0, 2)), epochs=1)
+
+
+@pytest.mark.parametrize("function, keyword, hint", [
+    ("train", "validation_split", "nbnet's is val_split="),
+    ("train", "validation_data", r"nbnet's is val_data=\(x_val, y_val\)"),
+    ("train", "callbacks", "on_epoch"),
+    ("train", "initial_epoch", "state="),
+    ("train", "verbose", "print from on_epoch"),
+    ("train", "class_weight", "no class or sample weights"),
+    ("evaluate", "verbose", "nbnet prints no progress"),
+    ("evaluate", "return_dict", "returns a dict"),
+    ("predict", "verbose", "nbnet prints no progress"),
+])
+def test_a_keras_keyword_names_the_nbnet_way(function, keyword, hint):
+    model, opt, x, y = setup()
+    call = {"train": lambda **kw: nb.train(model, opt, (x, y), epochs=1, **kw),
+            "evaluate": lambda **kw: nb.evaluate(model, x, y, **kw),
+            "predict": lambda **kw: nb.predict(model, x, **kw)}[function]
+    with pytest.raises(TypeError, match=rf"{function}\(\) got an unexpected keyword argument '{keyword}' \(.*{hint}"):
+        call(**{keyword: 0})
+    with pytest.raises(TypeError, match=rf"{function}\(\) got an unexpected keyword argument 'colour'$"):
+        call(colour=0)

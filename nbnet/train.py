@@ -596,6 +596,21 @@ class History(list):
     best_val_loss = None
     stopped_early = False
 
+    @property
+    def history(self):
+        """The metrics by name, each a list over the epochs, as Keras' History.history has them (for
+        plotting), under nbnet's names: history.history["train_loss"], ["val_loss"], ..."""
+        keys = dict.fromkeys(key for metrics in self for key in metrics)
+        return _Metrics({key: [metrics.get(key) for metrics in self] for key in keys})
+
+
+class _Metrics(dict):
+    """History.history: a missing name says which there are (Keras' "loss" is nbnet's "train_loss")."""
+
+    def __missing__(self, key):
+        hint = f"; nbnet's name for it is 'train_{key}'" if f"train_{key}" in self else ""
+        raise KeyError(f"no metric {key!r} in this history: it has {', '.join(self) or 'none'}{hint}")
+
 
 _TRAINING = {}  # id of a layer or optimizer -> the thread of the nb.train call training it
 _TRAINING_LOCK = threading.Lock()

@@ -15,6 +15,20 @@ def setup():
     return model, nb.SGD(model.parameters(), lr=0.1), x, y
 
 
+def test_history_history_is_the_metrics_by_name_and_a_keras_name_says_nbnets():
+    model, opt, x, y = setup()
+    history = nb.train(model, opt, (x, y), epochs=3, batch_size=16, val_split=0.25)
+    columns = history.history
+    assert columns["train_loss"] == [h["train_loss"] for h in history]
+    assert columns["val_accuracy"] == [h["val_accuracy"] for h in history]
+    assert columns["epoch"] == [1, 2, 3]
+    with pytest.raises(KeyError, match="nbnet's name for it is 'train_loss'"):
+        columns["loss"]
+    with pytest.raises(KeyError, match="no metric 'val_r2' in this history: it has epoch, train_loss"):
+        columns["val_r2"]
+    assert nb.History().history == {}
+
+
 class _KerasCallback:
     def on_epoch_end(self, epoch, logs=None):
         pass

@@ -550,8 +550,13 @@ def check_data(model, data, loss="cross-entropy", parts=("train", "test", "valid
             # loss kernels index each row's logits with its label unchecked.
             check_labels(f"{part} data", y if isinstance(y, np.ndarray) else to_host(y), len(x), last.out_features)
         elif y.shape != (len(x), last.out_features):
+            # One 0/1 label a row for a model of several outputs: a binary classifier built for a
+            # softmax (Keras' 2-unit head), whose (N,) labels the error called (N, 1) targets.
+            hint = (" (one 0/1 label a row, (N,) or (N, 1): a yes/no model has 1 output; class labels 0, 1, ... "
+                    "take loss cross-entropy)" if loss == "bce" and y.shape[1:] == (1,) else "")
             raise ValueError(
                 f"{part} data has targets of shape {tuple(y.shape)}, the model outputs ({len(x)}, {last.out_features})"
+                f"{hint}"
             )
 
 

@@ -77,3 +77,19 @@ def test_a_keras_keyword_names_the_nbnet_way(function, keyword, hint):
         call(**{keyword: 0})
     with pytest.raises(TypeError, match=rf"{function}\(\) got an unexpected keyword argument 'colour'$"):
         call(colour=0)
+
+
+def test_one_bce_label_a_row_for_a_model_of_two_outputs_says_what_fits():
+    """Keras' binary classifier with a 2-unit head, given (N,) 0/1 labels and loss bce: refused as
+    'targets of shape (N, 1)' (not what was passed), without what to change."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    model = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 2, seed=1))
+    hint = r"\(one 0/1 label a row, \(N,\) or \(N, 1\): a yes/no model has 1 output; .* take loss cross-entropy\)"
+    for labels in (y, y[:, None]):
+        with pytest.raises(ValueError, match=hint):
+            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, labels), epochs=1, loss="bce")
+        with pytest.raises(ValueError, match=hint):
+            nb.evaluate(model, x, labels, loss="bce")
+    nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1)  # as class labels: trains

@@ -340,6 +340,8 @@ def check_xy(x, y, source, targets="labels", dtype=np.float32):
         raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{source}: holds no data (x has shape {x.shape})")
+    if y.ndim == 2 and y.shape[1] == 1:  # a column of labels (Keras' and sklearn's habit): the labels of (N,)
+        y = y[:, 0]
     if y.ndim != 1:
         raise ValueError(f"{source}: y must be 1-D (N,), got shape {y.shape}")
     if len(x) != len(y):
@@ -518,11 +520,44 @@ def _long_pieces(line):
     yield line[start:]
 
 
-def read_csv(path):
+# Header names that say "the label" (case and quotes aside): in a column other than the first, the
+# file's label is not where nbnet takes it from, and the first column (a feature) would be trained
+# on as the label, silently where its values are whole numbers.
+LABEL_NAMES = frozenset({"label", "labels", "target", "targets", "class", "y"})
+
+
+def _header_name(field):
+    return field.strip().strip('"').strip()
+
+
+def _check_header(path, line, label_first):
+    """A header's first column with no name is an index column (pandas' to_csv writes one unless
+    index=False; R's write.csv writes its row names so): it was read as the label, or a feature.
+    With label_first, a column named like the label, past the first, is an error too."""
+    fields = (f for piece in _pieces(line) for f in piece.split(","))  # not a list: a header may be wide
+    first = _header_name(next(fields))
+    if first in ("", "Unnamed: 0"):
+        raise ValueError(
+            f"{path}: the header's first column has no name: an index column (pandas' to_csv(index=False) "
+            f"and R's write.csv(row.names=FALSE) write none)? Remove it: the first column of a .csv is "
+            + ("its label" if label_first else "a feature")
+        )
+    if label_first and first.lower() not in LABEL_NAMES:
+        for col, field in enumerate(fields, 2):
+            name = _header_name(field)
+            if name.lower() in LABEL_NAMES:
+                raise ValueError(
+                    f"{path}: column {col} of the header is {name[:40]!r}, but the label (the target) of a .csv "
+                    f"is its first column, here {first[:40]!r}: move that column first"
+                )
+
+
+def read_csv(path, label_first=False):
     """A numeric CSV as a 2-D float64 array. UTF-8, with or without a byte-order mark. The first
     row is a header when none of its fields is a number; every other field must be a finite
     number: anything else is an error naming its row and column (counted from 1, as a
-    spreadsheet shows them).
+    spreadsheet shows them). label_first: the file's first column is its label (the header is
+    checked for a label column elsewhere; _check_header).
 
     The text is parsed a line, and a piece of a line, at a time: a list of all its lines (or of
     all the fields of a long line) takes some 50 bytes per string, 10 to 50 times the text. What
@@ -538,11 +573,18 @@ def read_csv(path):
     # Lines end at \n, \r\n or \r, as Python's text files read them: str.splitlines() also ends
     # one at \x0b, \x0c, \x1c-\x1e, \x85 and U+2028, so such a character inside a row made two
     # rows of it, silently (now the row's field is not a number: an error naming it).
+    def nonblank():
+        return ((n, line) for n, line in _lines(text) if line and not line.isspace())
+
+    first = next(nonblank(), None)
+    header = first is not None and not any(_is_number(v) for piece in _pieces(first[1]) for v in piece.split(","))
+    if header:
+        _check_header(path, first[1], label_first)
+
     def data_rows():
-        rows = ((n, line) for n, line in _lines(text) if line and not line.isspace())
-        first = next(rows, None)
-        if first is not None and any(_is_number(v) for piece in _pieces(first[1]) for v in piece.split(",")):
-            yield first  # else a header
+        rows = nonblank()
+        if header:
+            next(rows)
         yield from rows
 
     count, width, uneven = 0, None, None
@@ -581,14 +623,21 @@ def read_csv(path):
     return out
 
 
+def flat_samples(x):
+    """A stack of images (N, H, W) or (N, H, W, C) as (N, features), as IDX images are read: for
+    training and prediction alike (prediction flattened (N, H, W) while training refused it)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.ndim >= 3 else x  # not -1: N may be 0
+
+
 def load_file(path, targets="labels", dtype=np.float32):
     """(x, y) from a user's .npz (arrays x, y) or .csv (label in the first column); targets as
     check_xy's (a .csv holds one target column: multi-output targets need a .npz)."""
     path = os.fspath(path)
     if path.endswith(".npz"):
         x, y = read_npz_xy(path, dtype=dtype)
+        x = flat_samples(x)
     elif path.endswith(".csv"):
-        table = read_csv(path)
+        table = read_csv(path, label_first=True)
         if table.shape[1] < 2:
             raise ValueError(f"{path}: needs a label column and at least one feature column")
         x, y = table[:, 1:], table[:, 0]
@@ -604,9 +653,7 @@ def load_inputs(path, dtype=np.float32):
     path = os.fspath(path)
     if path.endswith((".npz", ".npy")):
         x = read_npy(path, into=dtype) if path.endswith(".npy") else read_npz_xy(path, False, dtype)[0]
-        x = np.asarray(x)
-        if x.ndim == 3:  # a stack of images
-            x = x.reshape(x.shape[0], -1)
+        x = flat_samples(np.asarray(x))
     elif path.endswith(".csv"):
         x = read_csv(path)
     else:

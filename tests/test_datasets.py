@@ -3,6 +3,7 @@
 import functools
 import gzip
 import hashlib
+import math
 import http.server
 import os
 import struct
@@ -409,3 +410,65 @@ def test_load_inputs_refuses_no_rows(tmp_path, suffix):
     (np.savez(path, x=np.zeros((0, 3))) if suffix == ".npz" else np.save(path, np.zeros((0, 3))))
     with pytest.raises(ValueError, match=r"non-empty 2-D array \(N, D\), got shape \(0, 3\)"):
         datasets.load_inputs(path)
+
+
+# --------------------------------------------------------------------------------------------- files users export
+
+
+def xy_rows(n=6):
+    return [(i % 3, 0.5 * i, 1.0 - i) for i in range(n)]
+
+
+def test_an_index_column_of_pandas_or_r_is_an_error_not_the_label(tmp_path):
+    """pandas' to_csv writes its index first under an empty name (R's write.csv its row names under
+    ""): that index 0 .. N-1 was trained on as the label, N classes, the real label a feature."""
+    body = "".join(f"{i},{y},{a},{b}\n" for i, (y, a, b) in enumerate(xy_rows()))
+    for header in (",label,a,b\n", '"","label","a","b"\n', "Unnamed: 0,label,a,b\n"):
+        (tmp_path / "d.csv").write_text(header + body)
+        with pytest.raises(ValueError, match=r"d\.csv: the header's first column has no name: an index column"):
+            datasets.load(str(tmp_path / "d.csv"))
+        with pytest.raises(ValueError, match="first column of a .csv is a feature"):
+            datasets.load_inputs(tmp_path / "d.csv")
+
+
+@pytest.mark.parametrize("header", ["a,b,label", "a,b,Class", 'x,"y"', "a,Target,b"])
+def test_a_header_naming_the_label_past_the_first_column_is_an_error(tmp_path, header):
+    """The label is a .csv's first column: a file with it last trained on its first feature as the
+    label, silently where that feature holds whole numbers (counts, pixels, years)."""
+    width = header.count(",") + 1
+    (tmp_path / "d.csv").write_text(header + "\n" + "".join(",".join([str(i % 3)] * width) + "\n" for i in range(6)))
+    with pytest.raises(ValueError, match=r"d\.csv: column \d of the header is .*, but the label .* is its first column"):
+        datasets.load(str(tmp_path / "d.csv"))
+    datasets.load_inputs(tmp_path / "d.csv")  # prediction inputs have no label column to misplace
+
+
+@pytest.mark.parametrize("header", ["label,a,b", "Y,a,b", "price,a,b", "a,b,c"])
+def test_a_header_with_the_label_first_or_named_otherwise_loads(tmp_path, header):
+    (tmp_path / "d.csv").write_text(header + "\n" + "".join(f"{y},{a},{b}\n" for y, a, b in xy_rows()))
+    x, y, x_te, y_te = datasets.load(str(tmp_path / "d.csv"), val_split=0.5)
+    assert sorted(np.r_[y, y_te].tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_excel_csv_with_bom_crlf_and_a_blank_last_line_loads(tmp_path):
+    rows = "\r\n".join(f"{y},{a},{b}" for y, a, b in xy_rows())
+    (tmp_path / "d.csv").write_bytes(("\ufefflabel,a,b\r\n" + rows + "\r\n\r\n").encode())
+    x, y, x_te, y_te = datasets.load(str(tmp_path / "d.csv"), val_split=0.5)
+    assert x.shape == (3, 2) and sorted(np.r_[y, y_te].tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_npz_image_stacks_train_as_they_predict(tmp_path):
+    """load_inputs flattened an (N, H, W) x for predict, while load refused it for training."""
+    x = np.random.default_rng(0).random((6, 4, 4, 3)).astype(np.float32)
+    for shape in ((6, 4, 4), (6, 4, 4, 3)):
+        np.savez(tmp_path / "d.npz", x=x[..., 0] if len(shape) == 3 else x, y=np.arange(6) % 2)
+        x_tr, _, x_te, _ = datasets.load(str(tmp_path / "d.npz"), val_split=0.5)
+        assert x_tr.shape == (3, math.prod(shape[1:])) == x_te.shape
+        assert datasets.load_inputs(tmp_path / "d.npz").shape == (6, math.prod(shape[1:]))
+
+
+def test_npz_labels_as_a_column_load(tmp_path):
+    """y of shape (N, 1) (Keras', sklearn's habit) was refused: "y must be 1-D"."""
+    y = np.arange(6) % 3
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 2)), y=y[:, None])
+    _, y_tr, _, y_te = datasets.load(str(tmp_path / "d.npz"), val_split=0.5)
+    assert y_tr.shape == (3,) and sorted(np.r_[y_tr, y_te].tolist()) == sorted(y.tolist())

@@ -1082,7 +1082,11 @@ def predict_cmd(checkpoint, output, input_path, loss_name):
     x = datasets.load_inputs(input_path, model.dtype)  # in the model's dtype, never through another
     in_features = next(layer.in_features for layer in model.layers if hasattr(layer, "in_features"))
     if x.shape[1] != in_features:
-        raise CliError(f"{input_path} has {x.shape[1]} features per row, the model in {checkpoint} expects {in_features}")
+        # the training file itself is the usual case of one too many: its label column is read as a feature
+        label = (" (predict reads features only: drop the label column)"
+                 if x.shape[1] == in_features + 1 and str(input_path).endswith(".csv") else "")
+        raise CliError(f"{input_path} has {x.shape[1]} features per row, the model in {checkpoint} expects {in_features}"
+                       + label)
     pred, probs = predict(model, x, loss=loss_name)
     _raise_if_signalled()  # before anything is written
     if len(pred) != len(x):  # one output per input row, always

@@ -101,14 +101,16 @@ def spiral(points_per_class=1000, classes=3, noise=0.2, seed=0, dtype=np.float32
     return x, y
 
 
-def split(x, y, test_split, seed):
-    """Shuffle with `seed` and cut off the last `test_split` fraction as the test set."""
+def split(x, y, test_split, seed, source=None):
+    """Shuffle with `seed` and cut off the last `test_split` fraction as the test set. source: the
+    file the rows came from, named in the error where they are too few."""
     if not 0 < test_split < 1:
         raise ValueError(f"test_split must be in (0, 1), got {test_split}")
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, int(round(len(x) * test_split)))
     if n_test >= len(x):
-        raise ValueError(f"test_split {test_split} leaves no training rows out of {len(x)}")
+        raise ValueError(f"{source + ': ' if source else ''}test_split {test_split} leaves no training rows out of "
+                         f"{len(x)}" + (" (a file needs at least 2 rows: one to train on, one to test)" if source else ""))
     tr, te = order[:-n_test], order[-n_test:]
     return x[tr], y[tr], x[te], y[te]
 
@@ -337,13 +339,17 @@ def check_xy(x, y, source, targets="labels", dtype=np.float32):
     if targets != "labels":
         return _check_x_values(x, y, source, targets, dtype)
     if x.ndim != 2:
-        raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}")
+        raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}{ONE_FEATURE if x.ndim == 1 else ''}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{source}: holds no data (x has shape {x.shape})")
     if y.ndim == 2 and y.shape[1] == 1:  # a column of labels (Keras' and sklearn's habit): the labels of (N,)
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"{source}: y must be 1-D (N,), got shape {y.shape}")
+        raise ValueError(
+            f"{source}: class labels y must be 1-D (N,), got shape {y.shape}"
+            + (" (one-hot rows? save y.argmax(axis=1); several 0/1 labels a row train with --loss bce, "
+               "real-valued targets with --loss mse)" if y.ndim == 2 else "")
+        )
     if len(x) != len(y):
         raise ValueError(f"{source}: x has {len(x)} rows but y has {len(y)} labels")
     x = check_features(x, source, dtype)
@@ -356,9 +362,11 @@ def check_labels(y, source):
     if np.issubdtype(y.dtype, np.floating):
         at = first_where(y, not_whole)  # a block at a time: np.round of all of y and its bools held more than y
         if at is not None:
-            raise ValueError(f"{source}: labels must be whole numbers (row {at[0]} has {y[at]})")
+            raise ValueError(f"{source}: labels must be whole numbers (row {at[0]} has {y[at]}); "
+                             "real-valued targets train with --loss mse (targets='values' in Python)")
     elif y.dtype.kind not in "iu":
-        raise ValueError(f"{source}: labels must be integers, got {y.dtype}")
+        names = " (class names must be numbered 0 .. classes-1 first)" if y.dtype.kind in "USO" else ""
+        raise ValueError(f"{source}: labels must be integers, got {y.dtype}{names}")
     lo, hi = y.min().item(), y.max().item()  # Python numbers: MAX_CLASSES cast to float16 overflows
     if lo < 0:
         raise ValueError(f"{source}: label {lo} is negative (labels are 0 .. classes-1)")
@@ -374,7 +382,7 @@ def check_labels(y, source):
 
 def _check_x_values(x, y, source, targets, dtype):
     if x.ndim != 2:
-        raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}")
+        raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}{ONE_FEATURE if x.ndim == 1 else ''}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{source}: holds no data (x has shape {x.shape})")
     if y.ndim not in (1, 2) or len(y) != len(x) or (y.ndim == 2 and y.shape[1] == 0):
@@ -398,6 +406,8 @@ def _check_x_values(x, y, source, targets, dtype):
         raise ValueError(f"{source}: binary targets must lie in [0, 1], found {y.min() if y.min() < 0 else y.max()}")
     return x, y
 
+
+ONE_FEATURE = " (one feature a row: save x.reshape(-1, 1))"
 
 FINITE_BLOCK = 1 << 20  # bytes of an array np.isfinite looks at at a time
 
@@ -461,7 +471,8 @@ def read_npz_xy(path, need_y=True, dtype=np.float32):
     arrays = read_npz(path, into={"x": dtype, "y": np.int64} if need_y else {"x": dtype})
     for key in ("x", "y") if need_y else ("x",):
         if key not in arrays:
-            raise ValueError(f"{path}: no array {key!r} (found {sorted(arrays) or 'none'})")
+            raise ValueError(f"{path}: no array {key!r} (found {sorted(arrays) or 'none'}; "
+                             f"save them as np.savez(path, {'x=features, y=labels' if need_y else 'x=features'}))")
     return arrays["x"], arrays.get("y")
 
 
@@ -524,6 +535,7 @@ def _long_pieces(line):
 # file's label is not where nbnet takes it from, and the first column (a feature) would be trained
 # on as the label, silently where its values are whole numbers.
 LABEL_NAMES = frozenset({"label", "labels", "target", "targets", "class", "y"})
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 
 
 def _header_name(field):
@@ -552,6 +564,28 @@ def _check_header(path, line, label_first):
                 )
 
 
+def _not_a_number(path, n, col, field, first_row, label_first):
+    """The error for a field of row n (column col, both from 1) that is not a number, saying why
+    where a common export habit explains it."""
+    shown = field.strip()
+    why = []
+    if shown.lower() in MISSING:
+        why.append("empty, or a missing value: nbnet fills in none; drop or fill such rows, or the empty column")
+    elif ";" in shown or "\t" in shown:
+        sep = "';'" if ";" in shown else "a tab"
+        why.append(f"the columns seem separated by {sep}: nbnet reads comma-separated values with '.' as the "
+                   "decimal point")
+    elif shown.startswith('"'):
+        why.append("quoted fields are not read: save the numbers without quotes")
+    else:
+        if n == first_row:
+            why.append("a first row is a header only when none of its fields is a number")
+        if label_first and col == 1:
+            why.append("the first column, the label, must be a number: number class names 0 .. classes-1 first")
+    why = f" ({'; '.join(why)})" if why else ""
+    return ValueError(f"{path}: row {n}, column {col}: {shown[:40]!r} is not a number{why}")
+
+
 def read_csv(path, label_first=False):
     """A numeric CSV as a 2-D float64 array. UTF-8, with or without a byte-order mark. The first
     row is a header when none of its fields is a number; every other field must be a finite
@@ -567,7 +601,7 @@ def read_csv(path, label_first=False):
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 (Excel: CSV UTF-8)") from None
     del raw
 
     # Lines end at \n, \r\n or \r, as Python's text files read them: str.splitlines() also ends
@@ -594,6 +628,8 @@ def read_csv(path, label_first=False):
             width = columns
         elif columns != width:
             uneven = f"{path}: row {n} has {columns} columns, the first row has {width}"
+            if '"' in line:
+                uneven += " (quoted fields are not read: save the numbers without quotes)"
             break  # said once the rows above it are read: the first problem in the file is the one said
         count += 1
     if not count:
@@ -609,9 +645,7 @@ def read_csv(path, label_first=False):
                 out[i, col:col + len(fields)] = [float(v) for v in fields]
             except ValueError:
                 bad = next(c for c, v in enumerate(fields) if not _is_number(v))
-                raise ValueError(
-                    f"{path}: row {n}, column {col + bad + 1}: {fields[bad].strip()[:40]!r} is not a number"
-                ) from None
+                raise _not_a_number(path, n, col + bad + 1, fields[bad], first[0], label_first) from None
             col += len(fields)
     if uneven:
         raise ValueError(uneven)
@@ -695,7 +729,20 @@ def load(name, data_dir=None, test_split=0.2, seed=0, download=False, *, val_spl
         return load_idx_dataset(name, data_dir or default_data_dir(name), download=download, dtype=dtype)
     if name.endswith((".npz", ".csv")):
         x, y = load_file(name, targets, dtype)
-        return split(x, y, test_split, seed)
-    raise ValueError(
-        f"unknown dataset {name!r} (use spiral, mnist, fashion-mnist, or a .npz/.csv file)"
-    )
+        return split(x, y, test_split, seed, source=name)
+    raise ValueError(f"unknown dataset {name!r} (use spiral, mnist, fashion-mnist, or a .npz/.csv file"
+                     f"{_other_file_hint(name)})")
+
+
+def _other_file_hint(name):
+    """What to do with a file of a kind `load` does not read, by its name's ending."""
+    lower = name.lower()
+    if lower.endswith((".npz", ".csv")):
+        return f"; the ending is case-sensitive: rename it to end in {lower[-4:]}"
+    if lower.endswith((".gz", ".zip", ".bz2", ".xz")):
+        return "; decompress it first"
+    if lower.endswith(".npy"):
+        return "; a .npy holds one array: save features and labels together, np.savez(path, x=features, y=labels)"
+    if lower.endswith((".tsv", ".txt", ".xls", ".xlsx", ".ods")):
+        return "; save it as comma-separated values in a .csv, label first"
+    return ""

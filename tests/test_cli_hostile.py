@@ -1215,3 +1215,15 @@ def test_predict_text_comes_in_blocks_that_join_to_one_line_per_row(loss, pred, 
     for rows in (1, 2, 1 << 14):
         blocks = list(nb.cli._prediction_text(pred, loss, rows=rows))
         assert "".join(blocks) == text and len(blocks) == -(-len(pred) // rows)
+
+
+def test_user_csv_exports_are_one_error_line_saying_what_to_do(tmp_path):
+    """A pandas to_csv with its index trained on the index as the label (N classes); predicting on
+    the training file itself said only that it has one feature too many."""
+    rows = "".join(f"{i},{i % 3},{0.1 * i},{1 - 0.1 * i}\n" for i in range(30))
+    (tmp_path / "idx.csv").write_text(",label,a,b\n" + rows)
+    assert_error(nbnet("train", "--dataset", tmp_path / "idx.csv", *FAST), "first column has no name", "index")
+    (tmp_path / "d.csv").write_text("label,a,b\n" + "".join(r.split(",", 1)[1] for r in rows.splitlines(True)))
+    assert nbnet("train", "--dataset", tmp_path / "d.csv", *FAST, "--save", tmp_path / "m.npz").exit_code == 0
+    assert_error(nbnet("predict", "--checkpoint", tmp_path / "m.npz", tmp_path / "d.csv"),
+                 "has 3 features per row", "expects 2", "drop the label column")

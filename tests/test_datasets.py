@@ -449,6 +449,25 @@ def test_a_header_with_the_label_first_or_named_otherwise_loads(tmp_path, header
     assert sorted(np.r_[y, y_te].tolist()) == [0, 0, 1, 1, 2, 2]
 
 
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("label;a;b\n0;0,5;1\n1;1,5;2\n", r"row 2, column 1: '0;0' is not a number \(the columns seem separated by ';'"),
+        ("0\t0.5\t1\n1\t1.5\t2\n", r"row 2, column 1: .* \(the columns seem separated by a tab"),
+        ("0,0.5,NA\n1,1.5,2\n", r"row 1, column 3: 'NA' is not a number \(empty, or a missing value"),
+        ("0,0.5,1\n1,,2\n", r"row 2, column 2: '' is not a number \(empty, or a missing value"),
+        ('"label","a"\n"0","0.5"\n', r"row 2, column 1: '\"0\"' is not a number \(quoted fields are not read"),
+        ('0,0.5\n1,"1,5"\n', r"row 2 has 3 columns, the first row has 2 \(quoted fields are not read"),
+        ("cat,0.5\ndog,1.5\n", r"row 1, column 1: 'cat' .*header only when none .*; the first column, the label, must be a number"),
+        ("label,a\ncat,0.5\n", r"row 2, column 1: 'cat' is not a number \(the first column, the label, must be a number"),
+    ],
+)
+def test_csv_export_habits_are_named_in_the_error(tmp_path, text, match):
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        datasets.load(str(tmp_path / "d.csv"))
+
+
 def test_excel_csv_with_bom_crlf_and_a_blank_last_line_loads(tmp_path):
     rows = "\r\n".join(f"{y},{a},{b}" for y, a, b in xy_rows())
     (tmp_path / "d.csv").write_bytes(("\ufefflabel,a,b\r\n" + rows + "\r\n\r\n").encode())
@@ -472,3 +491,33 @@ def test_npz_labels_as_a_column_load(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((6, 2)), y=y[:, None])
     _, y_tr, _, y_te = datasets.load(str(tmp_path / "d.npz"), val_split=0.5)
     assert y_tr.shape == (3,) and sorted(np.r_[y_tr, y_te].tolist()) == sorted(y.tolist())
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({"X": np.zeros((4, 2)), "y": np.zeros(4, int)}, r"no array 'x' \(found \['X', 'y'\]; save them as np.savez"),
+        ({"x": np.zeros(4), "y": np.zeros(4, int)}, r"got shape \(4,\) \(one feature a row: save x.reshape"),
+        ({"x": np.zeros((4, 2)), "y": np.array(list("abab"))}, r"got <U1 \(class names must be numbered"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0.5, 1, 2, 3])}, r"whole numbers .*train with --loss mse"),
+        ({"x": np.zeros((3, 2)), "y": np.eye(3)}, r"got shape \(3, 3\) \(one-hot rows\? save y.argmax\(axis=1\)"),
+    ],
+)
+def test_npz_mistakes_say_what_to_do(tmp_path, arrays, match):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        datasets.load(str(tmp_path / "d.npz"))
+
+
+@pytest.mark.parametrize("name, match", [("d.CSV", "case-sensitive"), ("d.csv.gz", "decompress it first"),
+                                         ("d.tsv", "comma-separated values"), ("d.npy", r"np.savez\(path, x=")])
+def test_files_of_other_kinds_say_what_is_accepted(tmp_path, name, match):
+    (tmp_path / name).write_text("0,1\n1,2\n")
+    with pytest.raises(ValueError, match=match):
+        datasets.load(str(tmp_path / name))
+
+
+def test_a_file_of_one_row_is_named(tmp_path):
+    (tmp_path / "d.csv").write_text("0,1,2\n")
+    with pytest.raises(ValueError, match=r"d\.csv: test_split 0.2 leaves no training rows out of 1 \(a file needs"):
+        datasets.load(str(tmp_path / "d.csv"))

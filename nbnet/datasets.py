@@ -601,7 +601,11 @@ def read_csv(path, label_first=False):
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 (Excel: CSV UTF-8)") from None
+        # what a file named .csv that is no text at all most often is, by its magic bytes
+        kind = ("gzip-compressed: decompress it first" if raw[:2] == b"\x1f\x8b" else
+                "a zip file (an Excel workbook?): save it as CSV UTF-8" if raw[:4] == b"PK\x03\x04" else
+                f"not UTF-8 text (byte {e.start}); save it as UTF-8 (Excel: CSV UTF-8)")
+        raise ValueError(f"{path}: {kind}") from None
     del raw
 
     # Lines end at \n, \r\n or \r, as Python's text files read them: str.splitlines() also ends

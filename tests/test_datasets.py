@@ -521,3 +521,19 @@ def test_a_file_of_one_row_is_named(tmp_path):
     (tmp_path / "d.csv").write_text("0,1,2\n")
     with pytest.raises(ValueError, match=r"d\.csv: test_split 0.2 leaves no training rows out of 1 \(a file needs"):
         datasets.load(str(tmp_path / "d.csv"))
+
+
+def test_a_csv_that_is_compressed_or_a_workbook_says_so(tmp_path):
+    """A gzip or an .xlsx named .csv said only "not UTF-8 text (byte 1)"."""
+    import zipfile
+
+    (tmp_path / "g.csv").write_bytes(gzip.compress(b"0,1\n1,2\n" * 50))
+    with pytest.raises(ValueError, match=r"g\.csv: gzip-compressed: decompress it first"):
+        datasets.load(str(tmp_path / "g.csv"))
+    with zipfile.ZipFile(tmp_path / "w.csv", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("xl/workbook.xml", "<workbook>" * 100)
+    with pytest.raises(ValueError, match=r"w\.csv: a zip file \(an Excel workbook\?\)"):
+        datasets.load(str(tmp_path / "w.csv"))
+    (tmp_path / "l.csv").write_bytes("caf\xe9,1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"l\.csv: not UTF-8 text \(byte 3\); save it as UTF-8"):
+        datasets.load(str(tmp_path / "l.csv"))

@@ -560,7 +560,8 @@ def _check_header(path, line, label_first):
             if name.lower() in LABEL_NAMES:
                 raise ValueError(
                     f"{path}: column {col} of the header is {name[:40]!r}, but the label (the target) of a .csv "
-                    f"is its first column, here {first[:40]!r}: move that column first"
+                    f"is its first column, here {first[:40]!r}: move that column first (a feature of that name: rename it, "
+                    "e.g. a y coordinate)"
                 )
 
 

@@ -360,8 +360,13 @@ class Sequential:
                 # Linear after a ReLU: its dX and the ReLU's backward in one pass.
                 grad = layer.backward(grad, relu=self.layers[i - 1])
                 i -= 2
-            else:
+            elif type(layer) in _OWN_BACKWARD:
                 grad = layer.backward(grad, need_input_grad=need_input_grad or i > stop)
+                i -= 1
+            else:
+                # A layer of the user's own gets backward(grad_y), the documented signature: with
+                # need_input_grad= every one written as `def backward(self, grad)` was a TypeError.
+                grad = layer.backward(grad)
                 i -= 1
         if not need_input_grad:
             return None
@@ -441,6 +446,9 @@ class Sequential:
             arrays = self.state_arrays()
             check_finite(arrays, f"cannot save {os.fspath(path)}")
             write_npz_atomic(path, arrays)
+
+
+_OWN_BACKWARD = frozenset(LAYERS.values())  # the layers whose backward takes need_input_grad= (not subclasses: theirs may not)
 
 
 _X, _G = object(), object()  # in a plan's kernel arguments: the batch, and the gradient backward gets

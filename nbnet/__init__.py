@@ -18,7 +18,7 @@ from . import threads  # first: it sets how Numba's threads wait, before anythin
 from . import datasets
 from .api import History, NothingToTrain, TrainingDiverged, TrainingInterrupted, evaluate, predict, train
 from .data import batches
-from .layers import Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
+from .layers import Layer, Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
 from .losses import BCEWithLogits, CrossEntropy, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential, load
 from .optim import SGD, Adam, AdamW, clip_grad_norm_
@@ -26,7 +26,7 @@ from .optim import SGD, Adam, AdamW, clip_grad_norm_
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "History", "Linear", "MSELoss", "NothingToTrain", "Parameter",
+    "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "History", "Layer", "Linear", "MSELoss", "NothingToTrain", "Parameter",
     "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "TrainingDiverged",
     "TrainingInterrupted",
     "batches", "clip_grad_norm_", "datasets", "evaluate", "load", "predict", "train",

@@ -125,7 +125,15 @@ class Parameter:
 
 
 class Layer:
-    """What every layer shares: no parameters by default, a reusable buffer, and input checks."""
+    """What every layer shares: no parameters by default, a reusable buffer, and input checks.
+
+    Subclass it to write a layer of your own (README: "Writing your own layer"): forward(x) -> y,
+    backward(grad_y) -> grad_x (adding into the gradients of its parameters), and parameters()
+    [Parameter(self, "weight"), ...] for each array `weight` with its gradient in `grad_weight`.
+    `training` is False while the layer is scored (model.eval(), nb.evaluate, nb.predict, nb.train's
+    validation and test scores): a layer that behaves differently in training (dropout) reads it."""
+
+    training = True  # (a class attribute, not a dataclass field: subclasses' constructors take no such argument)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -334,6 +342,7 @@ class Linear(Layer):
     dinp: Any = field(init=False, default=None, repr=False)
     weight_t: Any = field(init=False, default=None, repr=False)  # forward scratch: Wᵀ
     _checked: Any = field(init=False, default=None, repr=False)  # the arrays _check_arrays last passed
+    training: bool = field(init=False, default=True, repr=False)  # (Layer.training; set in __init__, as every attribute)
 
     def __post_init__(self):
         for name in ("in_features", "out_features"):
@@ -548,6 +557,7 @@ class _Activation(Layer):
     inp: Any = field(init=False, default=None, repr=False)
     out: Any = field(init=False, default=None, repr=False)
     dinp: Any = field(init=False, default=None, repr=False)
+    training: bool = field(init=False, default=True, repr=False)  # (as Linear's)
     backward_uses_input = False
 
     def forward(self, x):

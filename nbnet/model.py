@@ -159,6 +159,27 @@ class Sequential:
                 else:
                     p.data.copy_to_device(np.ascontiguousarray(value))
 
+    def train(self, mode=True):
+        """Put every layer in training mode (`layer.training = mode`; eval() is train(False)), as
+        torch's Module.train: only layers that read the flag (a dropout of your own) change. nb.train
+        trains in training mode and scores in eval mode; nb.evaluate and nb.predict run in eval
+        mode; each puts the layers' modes back as they were. Returns the model."""
+        if not isinstance(mode, (bool, np.bool_)):  # model.train(data) is nb.train's call, not this one
+            raise TypeError(f"Sequential.train(mode) sets training mode (True or False), got {type(mode).__name__}: "
+                            "to train the model call nb.train(model, opt, data, epochs=...)")
+        with self.lock:  # not in the middle of another thread's forward
+            set_modes(self, bool(mode))
+        return self
+
+    def eval(self):
+        """train(False): every layer in eval mode (see train). Returns the model."""
+        return self.train(False)
+
+    @property
+    def training(self):
+        """True unless some layer is in eval mode (see train)."""
+        return all(getattr(layer, "training", True) for layer in self.layers)
+
     def num_parameters(self):
         return sum(int(np.prod(p.data.shape)) for p in self.parameters())
 
@@ -446,6 +467,21 @@ class Sequential:
             arrays = self.state_arrays()
             check_finite(arrays, f"cannot save {os.fspath(path)}")
             write_npz_atomic(path, arrays)
+
+
+def modes(model):
+    """Each layer's `training` flag (see Sequential.train): what set_modes puts back."""
+    return [getattr(layer, "training", True) for layer in getattr(model, "layers", ())]
+
+
+def set_modes(model, flags):
+    """Set the layers' `training` flags to `flags` (a list, as modes gives, or one bool for all),
+    writing only those that differ (nb.train does it each step)."""
+    layers = getattr(model, "layers", ())
+    for layer, flag in zip(layers, [flags] * len(layers) if isinstance(flags, bool) else flags):
+        if getattr(layer, "training", True) is not flag:
+            with contextlib.suppress(AttributeError):  # a layer of the user's with __slots__ and no such slot
+                layer.training = flag
 
 
 _OWN_BACKWARD = frozenset(LAYERS.values())  # the layers whose backward takes need_input_grad= (not subclasses: theirs may not)

@@ -31,7 +31,7 @@ from .data import batches_reusing, share, whole
 from .datasets import check_features, first_nonfinite, first_where, is_real, not_whole
 from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
-from .model import Sequential, to_host
+from .model import Sequential, modes, set_modes, to_host
 from .optim import OPTIMIZERS, _check_nonneg
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -428,7 +428,7 @@ def _evaluate_sums(model, batch_size, source, loss):
     loss_fn = LOSSES[loss]()
     loss_sum, correct = 0.0, 0
     forward = getattr(model, "forward_reusing", model.forward)  # read at once: no copy needed
-    with lock(model):  # one set of weights for the whole call, and buffers no other thread writes
+    with scoring(model):  # its lock: one set of weights for the whole call, and buffers no other thread writes
         for xb, yb in source(batch_size, shuffle=False):
             if len(yb):  # a data-parallel share may be empty
                 logits = forward(xb)
@@ -443,6 +443,20 @@ def lock(model):
 
 
 _NO_LOCK = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def scoring(model):
+    """The model's layers in eval mode for the block, their modes put back after: a dropout of the
+    user's dropped units while nb.evaluate, nb.predict and nb.train's validation scored (noisy
+    scores, and early stopping and restore_best chose on them). Within the model's lock."""
+    with lock(model):
+        before = modes(model)
+        set_modes(model, False)
+        try:
+            yield
+        finally:
+            set_modes(model, before)
 
 
 def predict(model, x, batch_size=1000, loss="cross-entropy", proba=None):
@@ -461,7 +475,7 @@ def predict(model, x, batch_size=1000, loss="cross-entropy", proba=None):
     want_scores = squash is None or proba is not False
     forward = getattr(model, "forward_reusing", model.forward)
     scores = labels = None
-    with lock(model):
+    with scoring(model):
         for start in range(0, len(x), batch_size):
             z = forward(x[start : start + batch_size])
             if start == 0:
@@ -830,6 +844,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
 
     ctrl_c = _HeldCtrlC()
     training = _start_training(model, opt)
+    with model_lock:
+        user_modes = modes(model)  # put back at the end: the steps run in training mode
     try:
         ctrl_c.catch()
         while state.epoch < epochs:
@@ -863,6 +879,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 # model (a GUI's predict) would otherwise wait for ever. Still after on_step(b - 1).
                 stop = should_stop is not None and bool(should_stop())
                 with model_lock:  # a step at a time: another thread may predict between steps
+                    set_modes(model, True)  # each step: a callback may have called model.eval()
                     opt.zero_grad()
                     rows, value, correct = len(yb), 0.0, 0
                     if rows:  # a data-parallel share may be empty
@@ -943,6 +960,8 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             if on_epoch is not None:
                 on_epoch(state, metrics)
     finally:
+        with model_lock:
+            set_modes(model, user_modes)
         _stop_training(training)
         ctrl_c.restore()
         # The schedule set opt.lr step by step; give the optimizer its base rate back, so that a

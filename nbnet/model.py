@@ -484,7 +484,8 @@ def set_modes(model, flags):
                 layer.training = flag
 
 
-_OWN_BACKWARD = frozenset(LAYERS.values())  # the layers whose backward takes need_input_grad= (not subclasses: theirs may not)
+# The layers whose backward takes need_input_grad= (not their subclasses: an override may not).
+_OWN_BACKWARD = frozenset(LAYERS.values())
 
 
 _X, _G = object(), object()  # in a plan's kernel arguments: the batch, and the gradient backward gets

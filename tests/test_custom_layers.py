@@ -1,12 +1,16 @@
-"""Layers of the user's own: nb.Layer subclasses with forward(x) and backward(grad_y), in a
-Sequential, through nb.train, nb.evaluate and nb.predict."""
+"""Layers of the user's own, as the README's "Writing your own layer" has them: nb.Layer subclasses
+with forward(x) and backward(grad_y), in a Sequential, through nb.train, nb.evaluate and nb.predict."""
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nbnet as nb
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class _Leaky(nb.Layer):
@@ -113,3 +117,13 @@ def test_train_of_a_model_is_not_nb_train():
     model = _dropout_model()
     with pytest.raises(TypeError, match=r"nb.train\(model, opt, data"):
         model.train((np.zeros((2, 4)), np.zeros(2)))
+
+
+def test_the_readme_example_of_a_layer_of_ones_own_runs(tmp_path, monkeypatch):
+    """The README's "Writing your own layer" block runs as written (its asserts included)."""
+    monkeypatch.chdir(tmp_path)  # it saves weights.npz
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Writing your own layer", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md: Writing your own layer", "exec"), {"__name__": "readme_layer"})
+    assert (tmp_path / "weights.npz").exists()

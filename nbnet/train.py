@@ -843,9 +843,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                       stacklevel=2)
 
     ctrl_c = _HeldCtrlC()
-    training = _start_training(model, opt)
-    with model_lock:
+    with model_lock:  # before _start_training: a Ctrl-C while another thread holds the lock leaves nothing marked
         user_modes = modes(model)  # put back at the end: the steps run in training mode
+    training = _start_training(model, opt)
     try:
         ctrl_c.catch()
         while state.epoch < epochs:

@@ -733,6 +733,38 @@ def test_a_model_another_nb_train_is_training_is_refused():
     nb.train(model, opt, (x, y), epochs=1, batch_size=16)  # done: free to train again
 
 
+def test_a_ctrl_c_while_nb_train_waits_for_the_lock_leaves_the_model_trainable():
+    """nb.train marked the model as in training, then waited for its lock (another thread's
+    predict) outside its try: a Ctrl-C there left the mark, and every later nb.train of the model
+    was refused as "being trained by another nb.train call, in this thread"."""
+    import numpy as np
+
+    import nbnet as nb
+
+    class InterruptedLock:  # a Ctrl-C in the first wait for the lock
+        def __init__(self, lock):
+            self.lock, self.armed = lock, True
+
+        def __enter__(self):
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 16)).astype(np.float32), np.arange(32) % 4
+    model = _model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    model.lock = InterruptedLock(model.lock)
+    with pytest.raises(KeyboardInterrupt):
+        nb.train(model, opt, (x, y), epochs=1, batch_size=16)
+    model.lock = model.lock.lock
+    assert len(nb.train(model, opt, (x, y), epochs=1, batch_size=16)) == 1
+
+
 PER_THREAD_SCRIPT = r"""
 import threading
 import numba

@@ -960,14 +960,16 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             if on_epoch is not None:
                 on_epoch(state, metrics)
     finally:
-        with model_lock:
-            set_modes(model, user_modes)
         _stop_training(training)
         ctrl_c.restore()
         # The schedule set opt.lr step by step; give the optimizer its base rate back, so that a
         # second call, or a resume from `state` with the optimizer's state_dict() taken now, starts
         # its schedule from the same base (lr=None reads opt.lr) and not from the last step's rate.
         opt.lr = base_lr
+        # Last: it may wait for the lock (another thread's predict), where a Ctrl-C skipped the
+        # lines above, leaving the model marked as in training and SIGINT nbnet's for good.
+        with model_lock:
+            set_modes(model, user_modes)
     if restore_best and state.best_params is not None:
         with model_lock:
             for p, value in zip(model.parameters(), state.best_params):

@@ -741,28 +741,52 @@ def test_a_ctrl_c_while_nb_train_waits_for_the_lock_leaves_the_model_trainable()
 
     import nbnet as nb
 
-    class InterruptedLock:  # a Ctrl-C in the first wait for the lock
-        def __init__(self, lock):
-            self.lock, self.armed = lock, True
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 16)).astype(np.float32), np.arange(32) % 4
+    model = _model()
+    opt = nb.SGD(model.parameters(), lr=0.1)
+    model.lock = _InterruptedLock(model.lock)  # a Ctrl-C in its first wait for the lock
+    with pytest.raises(KeyboardInterrupt):
+        nb.train(model, opt, (x, y), epochs=1, batch_size=16)
+    model.lock = model.lock.lock
+    assert len(nb.train(model, opt, (x, y), epochs=1, batch_size=16)) == 1
 
-        def __enter__(self):
-            if self.armed:
-                self.armed = False
-                raise KeyboardInterrupt
-            return self.lock.__enter__()
 
-        def __exit__(self, *exc):
-            return self.lock.__exit__(*exc)
+def test_a_ctrl_c_while_nb_train_waits_for_the_lock_at_its_end_leaves_the_model_trainable():
+    """The same at the end: putting the modes back waits for the lock, and a Ctrl-C there skipped
+    unmarking the model (and putting Python's SIGINT handler back)."""
+    import signal
+
+    import numpy as np
+
+    import nbnet as nb
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((32, 16)).astype(np.float32), np.arange(32) % 4
     model = _model()
     opt = nb.SGD(model.parameters(), lr=0.1)
-    model.lock = InterruptedLock(model.lock)
-    with pytest.raises(KeyboardInterrupt):
-        nb.train(model, opt, (x, y), epochs=1, batch_size=16)
+    model.lock = _InterruptedLock(model.lock, armed=False)
+    with pytest.raises(KeyboardInterrupt):  # armed after the last epoch: the next wait is the one at the end
+        nb.train(model, opt, (x, y), epochs=1, batch_size=16, on_epoch=lambda *_: setattr(model.lock, "armed", True))
     model.lock = model.lock.lock
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert len(nb.train(model, opt, (x, y), epochs=1, batch_size=16)) == 1
+
+
+class _InterruptedLock:
+    """A lock whose next wait, once armed, is interrupted by a Ctrl-C (KeyboardInterrupt)."""
+
+    def __init__(self, lock, armed=True):
+        self.lock, self.armed = lock, armed
+
+    def __enter__(self):
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
 
 
 PER_THREAD_SCRIPT = r"""

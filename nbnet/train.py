@@ -846,6 +846,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     with model_lock:  # before _start_training: a Ctrl-C while another thread holds the lock leaves nothing marked
         user_modes = modes(model)  # put back at the end: the steps run in training mode
     training = _start_training(model, opt)
+    # The steps run in training mode: set before the first, and again only after user code (a
+    # callback) may have called model.eval(); set at every step it cost ~0.3 µs of a 16 µs step.
+    stale_modes = True
     try:
         ctrl_c.catch()
         while state.epoch < epochs:
@@ -877,9 +880,13 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 opt.lr = scheduled = learning_rate(lr_schedule, base_lr, state.step, epoch, epochs, steps_per_epoch)
                 # Asked outside the lock: a should_stop that waits for another thread's use of the
                 # model (a GUI's predict) would otherwise wait for ever. Still after on_step(b - 1).
-                stop = should_stop is not None and bool(should_stop())
+                stop = False
+                if should_stop is not None:
+                    stop, stale_modes = bool(should_stop()), True
                 with model_lock:  # a step at a time: another thread may predict between steps
-                    set_modes(model, True)  # each step: a callback may have called model.eval()
+                    if stale_modes:
+                        set_modes(model, True)
+                        stale_modes = False
                     opt.zero_grad()
                     rows, value, correct = len(yb), 0.0, 0
                     if rows:  # a data-parallel share may be empty
@@ -911,6 +918,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
                 ctrl_c.release()
                 if on_step is not None:
                     on_step(state, b + 1, steps_per_epoch, state.loss_sum / state.seen)
+                    stale_modes = True
                 if stop:
                     state.seconds += time.perf_counter() - t0
                     raise TrainingInterrupted(state)
@@ -957,8 +965,10 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
             ctrl_c.release()
             if improved and on_best is not None:
                 on_best(state, metrics)
+                stale_modes = True
             if on_epoch is not None:
                 on_epoch(state, metrics)
+                stale_modes = True
     finally:
         _stop_training(training)
         ctrl_c.restore()

@@ -112,6 +112,28 @@ def test_train_trains_a_dropout_in_training_mode_and_scores_in_eval_mode():
     assert history[-1]["test_loss"] == pytest.approx(nb.evaluate(model, x, y)["loss"], rel=1e-6)
 
 
+def test_train_steps_in_training_mode_after_a_callback_called_eval():
+    """A callback that calls model.eval() (to look at the model) does not leave the next steps in
+    eval mode: nb.train puts training mode back after user code, not at every step."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((90, 4)).astype(np.float32), rng.integers(0, 3, 90)
+    model = _dropout_model()
+    drop, seen = model[2], []
+    real_forward = drop.forward
+
+    def forward(x):
+        seen.append(drop.training)
+        return real_forward(x)
+
+    drop.forward = forward
+    for hook in ("on_step", "should_stop", "on_epoch"):
+        seen.clear()
+        callback = (lambda *args: bool(model.eval()) and False)
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=2, batch_size=30, **{hook: callback})
+        assert seen == [True] * 6, (hook, seen)
+        assert model.training  # put back as the call found it
+
+
 def test_train_of_a_model_is_not_nb_train():
     """model.train(mode) is torch's mode switch; model.train(data) meant nb.train."""
     model = _dropout_model()

@@ -534,7 +534,8 @@ def _long_pieces(line):
 # Header names that say "the label" (case and quotes aside): in a column other than the first, the
 # file's label is not where nbnet takes it from, and the first column (a feature) would be trained
 # on as the label, silently where its values are whole numbers.
-LABEL_NAMES = frozenset({"label", "labels", "target", "targets", "class", "y"})
+# Not "y": files of points name their coordinates x, y (cluster,x,y trains, the label first).
+LABEL_NAMES = frozenset({"label", "labels", "target", "targets", "class"})
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 
 
@@ -560,8 +561,7 @@ def _check_header(path, line, label_first):
             if name.lower() in LABEL_NAMES:
                 raise ValueError(
                     f"{path}: column {col} of the header is {name[:40]!r}, but the label (the target) of a .csv "
-                    f"is its first column, here {first[:40]!r}: move that column first (a feature of that name: rename it, "
-                    "e.g. a y coordinate)"
+                    f"is its first column, here {first[:40]!r}: move that column first (a feature of that name: rename it)"
                 )
 
 

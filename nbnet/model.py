@@ -754,7 +754,10 @@ def _join_group(model):
     takes the first's lock from then on. Their old locks are held while that changes (taken in
     one order, outside _GROUPS_LOCK, so that neither a merge in another thread nor a call that
     holds one and makes a model meanwhile waits on this one for ever), so no call that holds an
-    old lock runs on beside the new lock's holders."""
+    old lock runs on beside the new lock's holders. Not covered: merging models that other threads
+    are using at that moment. A thread already waiting on an old lock gets it after the merge and
+    runs beside the new lock's holders; nb.train holds the lock it read when it started; and two
+    threads that each hold one model's lock while making a model of both wait on each other."""
     while True:
         with _GROUPS_LOCK:
             groups = _groups_of(model.layers)

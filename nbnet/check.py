@@ -213,7 +213,8 @@ def check_threads(dtypes=(np.float32, np.float64)):
     the process may use one CPU (taskset, a container's cpuset), Numba's default)."""
     top = numba.config.NUMBA_NUM_THREADS
     if top < 2:
-        why = "NUMBA_NUM_THREADS=1" if os.environ.get("NUMBA_NUM_THREADS") else "this process may use 1 CPU"
+        why = ("NUMBA_NUM_THREADS=1" if os.environ.get("NUMBA_NUM_THREADS")
+               else "this process may use 1 CPU, or num_threads: 1 in ./.numba_config.yaml")
         raise Skipped(f"Numba has 1 thread ({why}): nothing to compare; NUMBA_NUM_THREADS=2 runs it, also on one CPU")
     k, n, m = 130, 257, 66
     bad = []

@@ -359,7 +359,8 @@ def test_compile_kernels_says_nothing_when_told_not_to(monkeypatch, capsys):
         assert capsys.readouterr().err == ("" if not say else check.COMPILING + "\n")
 
 
-@pytest.mark.parametrize("env,why", [("1", "NUMBA_NUM_THREADS=1"), (None, "this process may use 1 CPU")])
+@pytest.mark.parametrize("env,why", [("1", "NUMBA_NUM_THREADS=1"),
+                                     (None, "this process may use 1 CPU, or num_threads: 1 in ./.numba_config.yaml")])
 def test_check_says_it_skipped_the_thread_comparison_on_one_thread(monkeypatch, env, why):
     """With one Numba thread (NUMBA_NUM_THREADS=1, or Numba's default where the process may use one
     CPU: taskset, a container's cpuset) check_threads compared nothing, and `nbnet check` printed

@@ -559,6 +559,13 @@ def train_cmd(ctx, **opts):
                 save_checkpoint(opts["save_best"], model, opt, st, cfg, data_print)
                 saved_best.append(st.epoch)
 
+        # numba-cuda's own errors (out of GPU memory at a large batch, a lost device) are no
+        # ValueError or MemoryError: they came out of training as a traceback
+        gpu_errors = ()
+        if cfg["device"] == "cuda":
+            from .gpu import device_errors  # noqa: PLC0415 - imported above for --device cuda already
+
+            gpu_errors = device_errors()
         with StopOnSignals() as stopper, not_saying_compiling() if opts["quiet"] else contextlib.nullcontext(), \
                 warnings.catch_warnings() if finished else contextlib.nullcontext():
             if finished:  # said above, as a line of the run's (the filter only then: the warnings
@@ -597,6 +604,10 @@ def train_cmd(ctx, **opts):
                     msg = f"{what} in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
                 click.echo(msg, err=True)
                 sys.exit(code)
+            except gpu_errors as e:
+                full = " (its memory is full: a smaller --batch-size or --hidden needs less)" if (
+                    "OUT_OF_MEMORY" in str(e)) else ""
+                raise CliError(f"--device cuda: the GPU failed in training: {_one_line(e) or type(e).__name__}{full}") from None
         if finished and saves:
             save_checkpoint(opts["save"], model, opt, state, cfg, data_print)
     finally:

@@ -110,6 +110,20 @@ def gpu_status():
     return _real_gpu()
 
 
+def device_errors():
+    """The exception classes numba-cuda raises when the GPU itself fails (out of memory, a launch
+    or the device lost, a compiler library missing), real or simulated; () without numba-cuda.
+    What `nbnet train --device cuda` reports as one line: few derive from the ValueError,
+    OSError or MemoryError its host twins raise (CudaAPIError from Exception)."""
+    if cuda is None:
+        return ()
+    from numba.cuda.cudadrv import driver, error  # noqa: PLC0415 - the simulator's where it is on
+
+    names = ("CudaAPIError", "CudaDriverError", "CudaRuntimeError", "CudaSupportError", "LinkerError",
+             "NvvmError", "NvrtcError")
+    return tuple({getattr(m, n) for m in (driver, error) for n in names if hasattr(m, n)})
+
+
 def use_device_of(local_rank):
     """Data-parallel (nbnet.dist): make GPU `local_rank` mod (GPUs on this machine) this process's
     device, before anything else touches a GPU: one GPU per process where there are enough."""

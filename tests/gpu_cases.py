@@ -1325,3 +1325,30 @@ def test_a_training_step_launches_the_kernels_the_docs_count(monkeypatch):
          "_softmax_crossentropy_forward_backward_kernel", "_sum_kernel"]
         + ["_linear_backward_params_kernel"] * 3 + ["_linear_backward_input_kernel"] * 2 + ["_sgd_step_kernel"] * sgd)
     assert len(launched) - sgd + 1 == 13
+
+
+def test_the_gpu_failing_in_training_is_one_error_line(tmp_path, monkeypatch):
+    """`nbnet train --device cuda` whose batch outgrew the GPU's memory: numba-cuda's CudaAPIError
+    (no ValueError nor MemoryError, which the CLI reports) came out as a traceback. One Error:
+    line, which names the cause, and exit code 1. (Simulated: the simulator's memory never fills.)"""
+    from click.testing import CliRunner  # noqa: PLC0415
+    from numba.cuda.cudadrv.driver import CudaAPIError  # noqa: PLC0415 - the simulator's, here
+
+    from nbnet.cli import cli  # noqa: PLC0415
+
+    x, y = nb.datasets.spiral(10, classes=2, seed=0)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    real = gpu.cuda.device_array
+
+    def full(shape, *args, **kwargs):  # room for the model, not for a batch's buffers
+        if np.prod(shape) >= 30:
+            raise CudaAPIError(2, "Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
+        return real(shape, *args, **kwargs)
+
+    monkeypatch.setattr(gpu.cuda, "device_array", full)
+    result = CliRunner().invoke(cli, ["train", "--dataset", str(tmp_path / "d.npz"), "--device", "cuda",
+                                      "--hidden", "3", "--batch-size", "16", "--epochs", "1"], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "OUT_OF_MEMORY" in errors[0] and "smaller --batch-size" in errors[0], result.stderr
+    assert "Traceback" not in result.output + result.stderr

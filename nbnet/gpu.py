@@ -65,6 +65,7 @@ SPLIT_ROWS = 512  # dW sums a batch longer than this in parts (measured on an H1
 PART_ROWS = 256  # ... extra launch costs more than it saves) of at least PART_ROWS rows ...
 MAX_PARTS = 16  # ... and at most MAX_PARTS parts, ...
 SPLIT_BLOCKS = 512  # ... and at most this many 64x64 output tiles in all the parts (see _batch_parts)
+MAX_GRID_Y = 65535  # CUDA's largest grid y: the most row tiles one Linear launch covers (_launch_tiles)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def device_errors():
 
     names = ("CudaAPIError", "CudaDriverError", "CudaRuntimeError", "CudaSupportError", "LinkerError",
              "NvvmError", "NvrtcError")
-    return tuple({getattr(m, n) for m in (driver, error) for n in names if hasattr(m, n)})
+    return tuple(dict.fromkeys(getattr(m, n) for m in (driver, error) for n in names if hasattr(m, n)))
 
 
 def use_device_of(local_rank):
@@ -332,10 +333,19 @@ def _launch_1d(kernel, size, *args):
     _launcher(kernel, (size + threads - 1) // threads, threads)(*args)
 
 
-def _launch_tiles(kernel, out, *args):
+def _launch_tiles(kernel, out, *args, batch=()):
     """One block of TILE x TILE threads per BT x BT tile of the (rows, cols) output `out`; x runs
-    along columns."""
+    along columns. `batch`: the positions in (out, *args) of the arrays whose rows are out's; more
+    rows than MAX_GRID_Y tiles are launched in pieces of rows, each a grid CUDA takes (y, the rows'
+    tiles, is at most 65535 blocks: a forward of over 4,194,240 rows failed as an invalid launch,
+    where the simulator, which checks no grid, ran it). Rows are independent: the same bits."""
     rows, cols = out.shape
+    step = MAX_GRID_Y * BT
+    if rows > step and batch:
+        for r0 in range(0, rows, step):
+            piece = [a[r0 : r0 + step] if i in batch else a for i, a in enumerate((out, *args))]
+            _launch_tiles(kernel, *piece)
+        return
     grid = ((cols + BT - 1) // BT, (rows + BT - 1) // BT)
     _launcher(kernel, grid, (TILE, TILE))(out, *args)
 
@@ -427,12 +437,12 @@ def _linear_forward_kernel(out, act, inp, weight, bias, relu):
 
 def linear_forward(out, inp, weight, bias, weight_t=None):
     # weight_t: the CPU forward's Wᵀ scratch (nbnet.cpu); the GPU tiles read W as it is.
-    _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False)
+    _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False, batch=(0, 1, 2))
 
 
 def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     """Linear then ReLU in one kernel (the CPU's fused epilogue): Y kept for the ReLU's backward."""
-    _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True)
+    _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True, batch=(0, 1, 2))
 
 
 @_jit(device=True, inline="always")
@@ -632,12 +642,12 @@ def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
 
 
 def linear_backward_input(dinp, dout, weight):
-    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False)
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False, batch=(0, 1, 3))
 
 
 def linear_relu_backward_input(dinp, dout, weight, preact):
     """dx = [x' ≥ 0] (G W): this Linear's input gradient through the ReLU before it, in one kernel."""
-    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True)
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True, batch=(0, 1, 3))
 
 
 # ----------------------------------------------------------------------------------------------

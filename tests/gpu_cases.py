@@ -1352,3 +1352,27 @@ def test_the_gpu_failing_in_training_is_one_error_line(tmp_path, monkeypatch):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "OUT_OF_MEMORY" in errors[0] and "smaller --batch-size" in errors[0], result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_batch_of_more_row_tiles_than_a_grid_takes_is_launched_in_pieces(dtype, monkeypatch):
+    """CUDA takes at most 65535 blocks in a grid's y, along which the Linear kernels lay the batch's
+    row tiles: a forward (or dX) of over 65535 x BT rows (4,194,240 at the default tile) was an
+    invalid launch on a GPU, and the simulator, which checks no grid, ran it. With the limit
+    lowered to 1 tile, 37 rows go in pieces of BT rows, every grid within it, the same values."""
+    monkeypatch.setattr(gpu, "MAX_GRID_Y", 1)
+    grids, launcher = [], gpu._launcher
+
+    def recording(kernel, grid, block):
+        grids.append(grid)
+        return launcher(kernel, grid, block)
+
+    monkeypatch.setattr(gpu, "_launcher", recording)
+    rng = np.random.default_rng(5)
+    k, n, m = 37, 5, 6
+    x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, (m,), dtype), rand(rng, (k, m), dtype)
+    assert_same("linear_forward", np.full((k, m), np.nan, dtype), x, w, b)
+    assert_same("linear_relu_forward", np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype), x, w, b)
+    assert_same("linear_backward_input", np.full((k, n), np.nan, dtype), g, w, check=[0])
+    assert_same("linear_relu_backward_input", np.full((k, n), np.nan, dtype), g, w, rand(rng, (k, n), dtype), check=[0])
+    assert len(grids) == 4 * 3 and all(grid[1] <= 1 for grid in grids), grids

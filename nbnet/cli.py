@@ -891,6 +891,14 @@ class StopOnSignals:
             signal.signal(sig, old)
 
 
+def _resumed_at(state):
+    """Where a resumed run goes on, in the words of the line its interruption printed ("in epoch 4
+    after step 5626"): "from epoch 3, step 5626" read as a restart of epoch 3, whose steps were done."""
+    if state.seen:  # stopped inside the epoch after those done
+        return f" in epoch {state.epoch + 1} after step {state.step}"
+    return f" after epoch {state.epoch} (step {state.step})"
+
+
 class Output:
     """A progress bar with the running loss on a terminal; one line per epoch otherwise."""
 
@@ -913,7 +921,7 @@ class Output:
         sizes.append([layer for layer in model.layers if isinstance(layer, Linear)][-1].out_features)
         self.epochs = cfg["epochs"]
         what = "resuming" if resume else "training"
-        done = f" from epoch {resume.state.epoch}, step {resume.state.step}" if resume else ""
+        done = "" if not resume else _resumed_at(resume.state)
         self.info(
             f"{what} {'-'.join(map(str, sizes))} {cfg['activation'] if len(sizes) > 2 else 'linear'} on "
             f"{os.path.basename(cfg['dataset'])} "

@@ -103,6 +103,36 @@ def test_resume_two_then_four_equals_four_straight(tmp_path):
     assert nb.load(b).layers[0].weight.shape == (16, 2)
 
 
+def stop_after_step(monkeypatch, n, signum=signal.SIGINT):
+    """Make `nbnet train` stop as a Ctrl-C (or `signum`) after its n-th step would, in process."""
+    asked = []
+
+    def requested(self):  # train asks before each step, and stops once that step is done
+        asked.append(1)
+        if len(asked) == n:
+            self.signum = signum
+        return self.signum is not None
+
+    monkeypatch.setattr(cli_module.StopOnSignals, "requested", requested)
+
+
+def test_resume_says_where_it_goes_on_as_the_interruption_did(tmp_path, monkeypatch):
+    """The interruption says "in epoch 2 after step 80"; --resume said "from epoch 1, step 80",
+    read as epoch 1 trained again. And the run resumed mid-epoch ends bit for bit as one that never stopped."""
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"  # 75 steps an epoch
+    assert nbnet("train", *FAST, "--epochs", "3", "--save", a, "-q").exit_code == 0
+    with monkeypatch.context() as m:
+        stop_after_step(m, 80)
+        r = nbnet("train", *FAST, "--epochs", "3", "--save", b)
+    assert r.exit_code == 130 and "Interrupted in epoch 2 after step 80: checkpoint saved" in r.stderr, r.output
+    r = nbnet("train", "--resume", b, "--epochs", "2")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].split(": ")[0].endswith(" in epoch 2 after step 80"), r.output
+    r = nbnet("train", "--resume", b, "--epochs", "3")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].split(": ")[0].endswith(" after epoch 2 (step 150)"), r.output
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.mark.parametrize("option, value, fragment", [
     ("--seed", "5", "was trained with --seed 0, this run has 5"),
     ("--batch-size", "16", "was trained with --batch-size 32, this run has 16"),

@@ -114,6 +114,10 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
         return
     with saying_compiling() if say else contextlib.nullcontext():
         _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
+    # Numba's threads start at the first parallel kernel, which the warm-up's copy may never reach
+    # (too little work a layer; the training loop's planned steps ask at step 2): that start, ~20 ms,
+    # fell in epoch 1, which reported a quarter of the samples/s of epoch 2 on the spiral data.
+    numba.get_num_threads()
 
 
 def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device=None):

@@ -608,6 +608,8 @@ def train_cmd(ctx, **opts):
                 full = " (its memory is full: a smaller --batch-size or --hidden needs less)" if (
                     "OUT_OF_MEMORY" in str(e)) else ""
                 raise CliError(f"--device cuda: the GPU failed in training: {_one_line(e) or type(e).__name__}{full}") from None
+            finally:  # whatever ended it (an Error: line comes next)
+                out.end_bar()
         if finished and saves:
             save_checkpoint(opts["save"], model, opt, state, cfg, data_print)
     finally:
@@ -908,6 +910,7 @@ class Output:
         self.bar = not quiet and sys.stdout is not None and sys.stdout.isatty()
         self.epochs = "?"
         self._last = 0.0
+        self._drawn = 0  # characters of a bar drawn on the current line (0: the cursor is at a line's start)
 
     def info(self, msg):
         if not self.quiet:
@@ -937,16 +940,21 @@ class Output:
         self._last = now
         width = 30
         filled = width * batch // n_batches
-        sys.stdout.write(
-            f"\repoch {state.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] {batch}/{n_batches} "
-            f"loss {running_loss:.4f}"
-        )
+        text = (f"epoch {state.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] {batch}/{n_batches} "
+                f"loss {running_loss:.4f}")
+        sys.stdout.write("\r" + text + " " * (self._drawn - len(text)))
         sys.stdout.flush()
+        self._drawn = max(self._drawn, len(text))
 
     def end_bar(self):
-        if self.bar:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+        """End a bar left half-drawn (training stopped inside an epoch), so that what comes next
+        (the Interrupted line, an Error: line on stderr, the shell's prompt) starts a line of its own.
+        Idempotent; a terminal gone meanwhile is not an error of its own."""
+        if self._drawn:
+            self._drawn = 0
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.write("\n")
+                sys.stdout.flush()
 
     def epoch(self, m, epochs):
         if self.quiet:
@@ -963,8 +971,9 @@ class Output:
             f"epoch {m['epoch']}/{epochs}  " + "  ".join(parts) +
             f"  {m['seconds']:.2f}s  {m['samples_per_second']:,.0f} samples/s"
         )
-        if self.bar:
-            line = "\r" + line + " " * 20
+        if self._drawn:  # over the bar, all of it
+            line = "\r" + line + " " * (self._drawn - len(line))
+            self._drawn = 0
         click.echo(line)
 
 

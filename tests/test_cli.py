@@ -190,6 +190,39 @@ def test_progress_bar_on_a_terminal(monkeypatch, capsys):
     assert not cli_module.Output(quiet=True).bar
 
 
+def test_the_bar_leaves_no_line_half_drawn_nor_an_empty_one(monkeypatch, capsys):
+    """A run stopped after a finished epoch's line (the next bar not drawn yet: it draws every 0.1 s)
+    printed an empty line before "Interrupted"; the bar's own line ends once."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    out = cli_module.Output(quiet=False)
+    out.epochs = 2
+    out.step(TrainState(), 3, 3, 0.5)
+    out.epoch({"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "seconds": 1.0, "samples_per_second": 1.0}, 2)
+    out.end_bar()
+    shown = capsys.readouterr().out
+    assert shown.startswith("\repoch 1/2 [") and shown.endswith("samples/s\n") and shown.count("\n") == 1, repr(shown)
+    out = cli_module.Output(quiet=False)  # (a new one draws at once: no bar for 0.1 s yet)
+    out.step(TrainState(epoch=1), 1, 3, 0.5)
+    out.end_bar()
+    out.end_bar()
+    assert capsys.readouterr().out.endswith("loss 0.5000\n")
+
+
+def test_an_error_in_training_starts_a_line_of_its_own_after_the_bar(monkeypatch):
+    """Divergence (any error) ended the run with the bar half-drawn: on a terminal "Error: ..." came
+    on the bar's line, after "loss 1.2184"."""
+    real_init = cli_module.Output.__init__
+
+    def on_a_terminal(self, quiet):
+        real_init(self, quiet)
+        self.bar = True
+
+    monkeypatch.setattr(cli_module.Output, "__init__", on_a_terminal)
+    r = nbnet("train", *FAST, "--lr", "1e30", "--momentum", "0")
+    assert_error(r, "training diverged")
+    assert "\repoch 1/2 [" in r.stdout and r.stdout.endswith("\n"), repr(r.stdout)
+
+
 # --------------------------------------------------------------------------------------------- evaluate, predict
 
 

@@ -893,6 +893,12 @@ class StopOnSignals:
             signal.signal(sig, old)
 
 
+def _duration(seconds):
+    """An epoch's time as the epoch line shows it: a fast one (the spiral data's take ~1 ms) in
+    milliseconds, where "0.00s" said nothing."""
+    return f"{seconds:.2f}s" if seconds >= 0.1 else f"{1e3 * seconds:.3g}ms"
+
+
 def _resumed_at(state):
     """Where a resumed run goes on, in the words of the line its interruption printed ("in epoch 4
     after step 5626"): "from epoch 3, step 5626" read as a restart of epoch 3, whose steps were done."""
@@ -969,7 +975,7 @@ class Output:
             parts.append(f"{split} loss {m[f'{split}_loss']:.4f} {score}")
         line = (
             f"epoch {m['epoch']}/{epochs}  " + "  ".join(parts) +
-            f"  {m['seconds']:.2f}s  {m['samples_per_second']:,.0f} samples/s"
+            f"  {_duration(m['seconds'])}  {m['samples_per_second']:,.0f} samples/s"
         )
         if self._drawn:  # over the bar, all of it
             line = "\r" + line + " " * (self._drawn - len(line))

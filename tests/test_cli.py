@@ -208,6 +208,15 @@ def test_the_bar_leaves_no_line_half_drawn_nor_an_empty_one(monkeypatch, capsys)
     assert capsys.readouterr().out.endswith("loss 0.5000\n")
 
 
+@pytest.mark.parametrize("seconds, shown", [(0.0021, "  2.1ms  "), (0.0999, "  99.9ms  "), (0.48, "  0.48s  "),
+                                            (1234.5, "  1234.50s  ")])
+def test_the_epoch_line_shows_a_fast_epochs_time(capsys, seconds, shown):
+    """A spiral epoch (~2 ms) was shown as "0.00s"."""
+    cli_module.Output(quiet=False).epoch(
+        {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "seconds": seconds, "samples_per_second": 1.0}, 2)
+    assert shown in capsys.readouterr().out
+
+
 def test_an_error_in_training_starts_a_line_of_its_own_after_the_bar(monkeypatch):
     """Divergence (any error) ended the run with the bar half-drawn: on a terminal "Error: ..." came
     on the bar's line, after "loss 1.2184"."""

@@ -924,6 +924,7 @@ class Output:
 
     def start(self, cfg, model, data, resume, val_data=None):
         self.label_accuracy = cfg.get("loss") == "bce"
+        self.scheduled = cfg.get("lr_schedule", "constant") != "constant"
         from .layers import Linear  # noqa: PLC0415
 
         sizes = [layer.in_features for layer in model.layers if isinstance(layer, Linear)]
@@ -973,6 +974,10 @@ class Output:
             score = (f"{acc} {100 * m[f'{split}_accuracy']:.2f}%" if f"{split}_accuracy" in m
                      else f"R² {m[f'{split}_r2']:.4f}")
             parts.append(f"{split} loss {m[f'{split}_loss']:.4f} {score}")
+        # The rate the schedule gave the epoch's last step, as --metrics-out has it: a constant one
+        # is the first line's.
+        if getattr(self, "scheduled", False) and "lr" in m:
+            parts.append(f"lr {m['lr']:.3g}")
         line = (
             f"epoch {m['epoch']}/{epochs}  " + "  ".join(parts) +
             f"  {_duration(m['seconds'])}  {m['samples_per_second']:,.0f} samples/s"

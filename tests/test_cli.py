@@ -217,6 +217,20 @@ def test_the_epoch_line_shows_a_fast_epochs_time(capsys, seconds, shown):
     assert shown in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("schedule, rates", [("step", ["0.1", "0.01", "0.001"]), ("constant", [None] * 3)])
+def test_the_epoch_line_shows_the_scheduled_rate_as_metrics_out_has_it(tmp_path, schedule, rates):
+    """Under --lr-schedule step or cosine the epoch line never said the rate, which --metrics-out
+    had: a drop at epoch 2 was nowhere on the screen."""
+    m = tmp_path / "m.jsonl"
+    r = nbnet("train", *FAST, "--epochs", "3", "--lr-schedule", schedule, "--metrics-out", m)
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stdout.splitlines() if line.startswith("epoch ")]
+    shown = [line.split("  lr ")[1].split()[0] if "  lr " in line else None for line in lines]
+    assert shown == rates, lines
+    if schedule != "constant":
+        assert [float(v) for v in shown] == pytest.approx([json.loads(row)["lr"] for row in m.read_text().splitlines()])
+
+
 def test_an_error_in_training_starts_a_line_of_its_own_after_the_bar(monkeypatch):
     """Divergence (any error) ended the run with the bar half-drawn: on a terminal "Error: ..." came
     on the bar's line, after "loss 1.2184"."""

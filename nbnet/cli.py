@@ -44,7 +44,7 @@ from .train import (
     check_memory, evaluate,
     make_optimizer, predict, split_validation, train,
 )
-from .train import LOSSES
+from .train import LOSSES, METRIC
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 # Options that fix the model, the data or the order of the batches: a resumed run must keep them.
@@ -424,7 +424,8 @@ def _dataset_key(name):
                    "never stopped; options not given are taken from it. (cosine/step schedules are "
                    "functions of --epochs: raising --epochs after a finished run changes the rates from there on.)")
 @click.option("--metrics-out", type=FilePath(), default=None,
-              help="JSON Lines file: one object per epoch (epoch, train/test loss and accuracy, seconds, samples_per_second, lr).")
+              help="JSON Lines file: one object per epoch (epoch, train/test loss and accuracy, seconds, samples_per_second, "
+                   "lr); a .csv name gets CSV, one row per epoch under a header of those names.")
 @click.option("--plot", type=FilePath(), default=None,
               help="Save loss/accuracy curves to this .png (needs matplotlib: pip install 'nbnet[plot]').")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
@@ -526,9 +527,15 @@ def train_cmd(ctx, **opts):
         comm.agree_setup(dist.fingerprint(cfg, data, model.parameters(),
                                           label=lambda key: "--" + key.replace("_", "-")))  # as errors name options
     metrics_fd = _open_metrics(opts["metrics_out"]) if opts["metrics_out"] else None
+    # A .csv name gets CSV (as predict's --output does), its columns fixed before the first row
+    columns = None
+    if metrics_fd is not None and opts["metrics_out"].lower().endswith(".csv"):
+        columns = metrics_columns(cfg["loss"], val_data is not None)
+        append_whole(metrics_fd, (",".join(columns) + "\n").encode(), opts["metrics_out"])
 
     def write_metrics(history):
-        append_whole(metrics_fd, "".join(json_line(m) + "\n" for m in history).encode(), opts["metrics_out"])
+        text = "".join((json_line(m) if columns is None else csv_line(m, columns)) + "\n" for m in history)
+        append_whole(metrics_fd, text.encode(), opts["metrics_out"])
 
     # A finished run resumed with its --epochs trains nothing, and says so: refused, it could not
     # write the --metrics-out, --plot or --save that a finished run's checkpoint holds all of.
@@ -711,6 +718,23 @@ def json_line(obj):
         return v
 
     return json.dumps(clean(obj), allow_nan=False)
+
+
+def metrics_columns(loss, validation):
+    """The names of an epoch's metrics, in nb.train's order: --metrics-out's CSV columns."""
+    metric = METRIC[loss]
+    splits = ("train", "val", "test") if validation else ("train", "test")
+    return ["epoch", *(f"{split}_{name}" for split in splits for name in ("loss", metric)),
+            "lr", "seconds", "samples_per_second"]
+
+
+def csv_line(metrics, columns):
+    """One epoch's metrics as a CSV row of `columns`: numbers with all their digits, an empty field
+    for one the epoch has not (a history from an older nbnet) or that is not finite."""
+    def field(v):
+        return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else repr(v)
+
+    return ",".join(field(metrics.get(key)) for key in columns)
 
 
 def _check_resume_fits(resume, cfg):

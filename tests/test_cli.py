@@ -88,6 +88,27 @@ def test_metrics_out_is_jsonl_with_the_interface_keys(tmp_path):
         assert 0 <= row["train_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
 
 
+@pytest.mark.parametrize("extra", [[], ["--val-split", "0.2"], ["--loss", "mse"]])
+def test_metrics_out_csv_has_a_header_and_the_jsonl_numbers(tmp_path, extra):
+    """A .csv name got JSON Lines, which a spreadsheet or pandas.read_csv cannot read."""
+    data = []
+    if "mse" in extra:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(200, 3)).astype(np.float32)
+        np.savez(tmp_path / "reg.npz", x=x, y=x.sum(1))
+        data = ["--dataset", tmp_path / "reg.npz"]
+    for name in ("m.jsonl", "m.csv"):
+        r = nbnet("train", *FAST, *data, *extra, "--metrics-out", tmp_path / name, "--quiet")
+        assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    header, *lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert header.split(",") == list(rows[0]) and len(lines) == len(rows) == 2
+    for line, row in zip(lines, rows):
+        values = [float(v) for v in line.split(",")]
+        skip = {"seconds", "samples_per_second"}  # timings differ from run to run
+        assert [v for k, v in zip(row, values) if k not in skip] == [v for k, v in row.items() if k not in skip]
+
+
 def test_resume_two_then_four_equals_four_straight(tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     common = ["--hidden", "16", "--batch-size", "32", "--optimizer", "adam", "--quiet"]

@@ -4,9 +4,12 @@ Layers are checked through the scalar L = Σ_ij u_ij y_ij with a fixed random u,
 respect to y is u: so backward(u) must equal the numerical dL/dx (and dL/dW, dL/db).
 """
 
+import ast
+import re
+
 import numpy as np
 import pytest
-from conftest import numerical_grad, rel_err
+from conftest import ROOT, numerical_grad, rel_err
 
 import nbnet as nb
 from nbnet import cpu
@@ -368,3 +371,41 @@ def test_each_kernel_but_the_fast_linear_ones_runs_as_python_through_py_func(nam
     for c, py in zip(compiled, python):
         if isinstance(c, np.ndarray) and c.dtype.kind == "f":
             np.testing.assert_allclose(py, c, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+def _readme_kernel_table():
+    """The rows of README's kernel table, each as its five cells. A `|` inside a cell must be
+    written `\\|`: a bare one (BCE's `e^(−|z|)`) split its row into seven cells, the formula cut in two."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| layer | formula |"):]
+    rows = table[:table.index("\n\n")].splitlines()[2:]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", row.strip()[1:-1])] for row in rows]
+
+
+def _defined(path):
+    """Names of the functions and assignments at the top level of the Python file `path`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    return names | {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+
+
+def test_readme_kernel_table_names_kernels_and_tests_that_exist():
+    """README's table (layer | formula | CPU kernel | GPU kernel | test) is what a learner follows
+    from the math to the code and its check: every row has its five cells, every kernel it names
+    is in nbnet/cpu.py and nbnet/gpu.py, and every test it names is in the file it says."""
+    cpu_names, gpu_names = _defined(ROOT / "nbnet" / "cpu.py"), _defined(ROOT / "nbnet" / "gpu.py")
+    rows = _readme_kernel_table()
+    assert len(rows) >= 15
+    for cells in rows:
+        assert len(cells) == 5, f"README kernel table row {cells[0]!r} has {len(cells)} cells, not 5"
+        layer, _, on_cpu, on_gpu, tests = cells
+        names = []
+        for name in re.findall(r"`(\w+)`", on_cpu):  # `_backward` after `softmax_crossentropy_forward`
+            names.append(names[-1].rsplit("_", 1)[0] + name if name.startswith("_") else name)
+        assert names and set(names) <= cpu_names, (layer, set(names) - cpu_names)
+        wanted = [n for n in names if not n.endswith("_ref")] if on_gpu == "same names" else re.findall(r"`(\w+)`", on_gpu)
+        assert wanted and set(wanted) <= gpu_names, (layer, set(wanted) - gpu_names)
+        path = None
+        for file, test in re.findall(r"`(\w+\.py)?::(\w+)`", tests):
+            path = ROOT / "tests" / file if file else path
+            assert test in _defined(path), f"README's {layer} row names {path.name}::{test}, which does not exist"

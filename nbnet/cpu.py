@@ -208,7 +208,8 @@ def _linear_work(rows, weight, split=True):
 
 @njit(inline="always")
 def bias_relu_block(out, act, bias, i0, i1, j0, j1, relu):
-    """The forward's epilogue on one block: y_ij += b_j, and with relu a_ij = max(0, y_ij).
+    """The forward's epilogue on one block: y_ij += b_j, and with relu a_ij = max(0, y_ij)
+    out (k, m) = Y, act (k, m) (written only with relu), bias (m,); rows i0 ≤ i < i1, columns j0 ≤ j < j1.
 
     Row slices indexed from 0, and a select for the ReLU: LLVM vectorises both loops (with
     range(j0, j1) over 2-D indices it kept scalar code, and a branch on the sign is mispredicted
@@ -247,7 +248,9 @@ linear_forward_act = Kernel(
 
 
 def _transpose(out, inp):
-    """out_ji = x_ij, in 32×32 blocks so both sides stay in cache, each by W × W register blocks
+    """out_ji = x_ij   out (n, k) = Xᵀ, inp (k, n) = X
+
+    In 32×32 blocks so both sides stay in cache, each by W × W register blocks
     (simd.transpose_block) and its edges element by element. Parallel over row blocks of out."""
     k, n = inp.shape
     w = simd.vector_lanes(out)
@@ -472,10 +475,11 @@ def _linear_blocks(c, a, b, vec, other, how):
 
 @jit
 def _bias_rows(dbias, dout, j0, j1, accumulate):
-    """db_j (+)= Σ_i g_ij for j0 ≤ j < j1, i in order, along G's rows (down its columns, a cache
-    line a step at stride m, measured 5% slower for dW 784->256). A function of its own: written
-    inline, its loop cost the dX calls of the same kernel 0.2 µs (4.2 -> 4.4 µs at 32x10 -> 128),
-    which never run it."""
+    """db_j (+)= Σ_i g_ij for j0 ≤ j < j1   dbias (m,), dout (k, m) = G
+
+    i in order, along G's rows (down its columns, a cache line a step at stride m, measured 5%
+    slower for dW 784->256). A function of its own: written inline, its loop cost the dX calls
+    of the same kernel 0.2 µs (4.2 -> 4.4 µs at 32x10 -> 128), which never run it."""
     for i in range(dout.shape[0]):
         g = dout[i]
         if accumulate or i > 0:
@@ -574,7 +578,7 @@ def _elements(out, *rest):
 
 
 def _relu_forward(out, inp):
-    """y_ij = max(0, x_ij)"""
+    """y_ij = max(0, x_ij)   out (k, n) = Y, inp (k, n) = X"""
     zero = inp.dtype.type(0)
     for i in prange(inp.shape[0]):
         for j in range(inp.shape[1]):
@@ -586,7 +590,7 @@ relu_forward = Kernel(_relu_forward, _elements, STEP_PARALLEL_WORK)
 
 
 def _relu_backward(dinp, dout, inp):
-    """dx_ij = g_ij if x_ij >= 0 else 0
+    """dx_ij = g_ij if x_ij >= 0 else 0   dinp (k, n), dout (k, n) = G, inp (k, n) = X (the forward's input)
 
     ReLU'(0) = 1 is the design notes' convention; PyTorch takes ReLU'(0) = 0. The two differ only
     when an input is exactly 0. Written as "0 where x < 0", as the fused linear_relu_backward_input
@@ -602,7 +606,9 @@ relu_backward = Kernel(_relu_backward, _elements, STEP_PARALLEL_WORK)
 
 
 def _sigmoid_forward(out, inp):
-    """y_ij = 1 / (1 + e^(-x_ij))   (e^(-x) = inf for very negative x gives exactly 0, no NaN)"""
+    """y_ij = 1 / (1 + e^(-x_ij))   out (k, n) = Y, inp (k, n) = X
+
+    e^(-x) = inf for very negative x gives exactly 0, no NaN."""
     one = inp.dtype.type(1)
     for i in prange(inp.shape[0]):
         for j in range(inp.shape[1]):
@@ -613,7 +619,7 @@ sigmoid_forward = Kernel(_sigmoid_forward, _costly_elements, STEP_PARALLEL_WORK)
 
 
 def _sigmoid_backward(dinp, dout, out):
-    """dx_ij = g_ij y_ij (1 - y_ij), from the forward's output y"""
+    """dx_ij = g_ij y_ij (1 - y_ij)   dinp (k, n), dout (k, n) = G, out (k, n) = Y (the forward's output)"""
     one = out.dtype.type(1)
     for i in prange(out.shape[0]):
         for j in range(out.shape[1]):
@@ -625,7 +631,7 @@ sigmoid_backward = Kernel(_sigmoid_backward, _elements, STEP_PARALLEL_WORK)
 
 
 def _tanh_forward(out, inp):
-    """y_ij = tanh(x_ij)
+    """y_ij = tanh(x_ij)   out (k, n) = Y, inp (k, n) = X
 
     float64: libm's tanh. float32: tanh(x) ≈ x p(x²) / q(x²) on |x| ≤ 7.9053, where the
     approximation reaches ±1, so x is clamped there (tanh itself is then within 5 ulp of ±1, and
@@ -660,7 +666,7 @@ tanh_forward = Kernel(_tanh_forward, _costly_elements, STEP_PARALLEL_WORK, error
 
 
 def _tanh_backward(dinp, dout, out):
-    """dx_ij = g_ij (1 - y_ij²), from the forward's output y"""
+    """dx_ij = g_ij (1 - y_ij²)   dinp (k, n), dout (k, n) = G, out (k, n) = Y (the forward's output)"""
     one = out.dtype.type(1)
     for i in prange(out.shape[0]):
         for j in range(out.shape[1]):
@@ -694,7 +700,9 @@ def softmax_row(out, inp, i):
 
 
 def _softmax_forward(out, inp):
-    """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)   (row by row: softmax_row)"""
+    """y_ij = e^(x_ij - m_i) / Σ_l e^(x_il - m_i),  m_i = max_l x_il   out (k, n) = Y, inp (k, n) = X
+
+    Row by row: softmax_row."""
     for i in prange(inp.shape[0]):
         softmax_row(out, inp, i)
 
@@ -703,7 +711,8 @@ softmax_forward = Kernel(_softmax_forward, _costly_elements, STEP_PARALLEL_WORK)
 
 
 def _softmax_backward(dinp, dout, out):
-    """dx_ij = y_ij (g_ij - Σ_k g_ik y_ik), the Jacobian-vector product of softmax"""
+    """dx_ij = y_ij (g_ij - Σ_l g_il y_il), the Jacobian-vector product of softmax
+    dinp (k, n), dout (k, n) = G, out (k, n) = Y (the forward's output)"""
     k, n = out.shape
     for i in prange(k):
         gy = out.dtype.type(0)
@@ -930,8 +939,10 @@ def label_bounds(targets):
 
 @jit
 def count_correct_labels(logits, targets):
-    """Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)]: the labels (every output one yes/no label) predicted right,
-    σ(z) ≥ ½ read as yes. Plain @njit, as count_correct."""
+    """Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)]   logits (k, c) = z, targets (k, c) = t
+
+    The labels (every output one yes/no label) predicted right, σ(z) ≥ ½ read as yes. Plain
+    @njit, as count_correct."""
     correct = 0
     zero = logits.dtype.type(0)
     half = targets.dtype.type(0.5)
@@ -943,9 +954,11 @@ def count_correct_labels(logits, targets):
 
 @jit
 def count_correct(logits, targets):
-    """Σ_i [argmax_j z_ij = t_i]: the rows whose class, np.argmax of the logits, is the label: the
-    first largest logit, a NaN counting as the largest (row [0, NaN, 5] picks 1, the first NaN), as
-    nb.predict's classes (np.argmax) and nbnet.gpu.count_correct pick.
+    """Σ_i [argmax_j z_ij = t_i]   logits (k, c) = z, targets (k,) int = t
+
+    The rows whose class, np.argmax of the logits, is the label: the first largest logit, a NaN
+    counting as the largest (row [0, NaN, 5] picks 1, the first NaN), as nb.predict's classes
+    (np.argmax) and nbnet.gpu.count_correct pick.
 
     Plain @njit: one counter, cheap next to the forward pass."""
     correct = 0
@@ -984,6 +997,8 @@ def _flushed(x, tiny, zero):
 def _sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
     """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD, dampening 0)
 
+    param (P,) = θ, grad (P,) = ∇, buf (P,) = b (read only with momentum), flat; μ = momentum,
+    λ = weight_decay.
     With momentum = 0, b is unused and θ -= lr g. On the first step b = 0, so b = g, as in torch.
     A subnormal b is stored as 0 (see above).
     """
@@ -1007,8 +1022,9 @@ sgd_step = Kernel(_sgd_step, lambda param, *rest: 2 * param.shape[0], STEP_PARAL
 
 
 def _adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt):
-    """torch.optim.Adam and AdamW, one step t; the caller precomputes the scalars:
+    """torch.optim.Adam and AdamW, one step t   param (P,) = θ, grad (P,) = ∇, m (P,), v (P,), flat
 
+    The caller precomputes the scalars:
     Adam:  g = ∇ + l2 θ        (l2 = weight_decay, decay = 1)
     AdamW: θ *= decay;  g = ∇   (l2 = 0, decay = 1 - lr weight_decay)
     m = β1 m + (1-β1) g   (torch's lerp: m + (1-β1)(g - m) for 1-β1 < ½, else g - β1 (g - m))

@@ -744,7 +744,7 @@ def _softmax_row(out, inp, i):
 
 @_jit
 def _softmax_forward_kernel(out, inp):
-    """y_ij = e^(x_ij - max_k x_ik) / Σ_k e^(x_ik - max_k x_ik)"""
+    """y_ij = e^(x_ij - m_i) / Σ_l e^(x_il - m_i),  m_i = max_l x_il   one thread per row i"""
     i = cuda.grid(1)
     if i < inp.shape[0]:
         _softmax_row(out, inp, i)
@@ -752,7 +752,7 @@ def _softmax_forward_kernel(out, inp):
 
 @_jit
 def _softmax_backward_kernel(dinp, dout, out):
-    """dx_ij = y_ij (g_ij - Σ_k g_ik y_ik)"""
+    """dx_ij = y_ij (g_ij - Σ_l g_il y_il)   one thread per row i"""
     i = cuda.grid(1)
     if i < out.shape[0]:
         n = out.shape[1]
@@ -1038,7 +1038,7 @@ def bce_with_logits_backward(dlogits, logits, targets):
 @_jit
 def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov, tiny):
     """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   (torch.optim.SGD, dampening 0;
-    a subnormal b, |b| < tiny, stored as 0 as in cpu.sgd_step)"""
+    μ = momentum, λ = weight_decay; a subnormal b, |b| < tiny, stored as 0 as in cpu.sgd_step)"""
     p = cuda.grid(1)
     if p < param.shape[0]:
         zero = param.dtype.type(0)

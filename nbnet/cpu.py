@@ -344,7 +344,8 @@ def linear_forward(out, inp, weight, bias, weight_t=None):
 
 def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     """y_ij = Σ_l x_il w_jl + b_j,  a_ij = max(0, y_ij)   (Linear then ReLU in one pass; Y is kept
-    as the ReLU's input for its backward)"""
+    as the ReLU's input for its backward)
+    out (k, m) = Y, act (k, m) = A, inp (k, n), weight (m, n), bias (m,), weight_t as linear_forward's"""
     _forward(out, act, inp, weight, bias, weight_t, True)
 
 
@@ -529,7 +530,8 @@ def linear_backward_input(dinp, dout, weight):
 
 def linear_relu_backward_input(dinp, dout, weight, preact):
     """dx_il = [x'_il ≥ 0] Σ_j g_ij w_jl: this Linear's input gradient, passed back through the
-    ReLU before it (whose input was x' = preact), in one pass. ReLU'(0) = 1 as in relu_backward."""
+    ReLU before it (whose input was x' = preact), in one pass. ReLU'(0) = 1 as in relu_backward.
+    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) = x'"""
     linear_backward_input_act(dinp, dout, weight, preact, True)
 
 

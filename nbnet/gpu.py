@@ -257,7 +257,9 @@ def move_model(model, device, state=()):
     to("cpu") of a model on the host. (Back on the host, Sequential.to packs the parameters again.)
     `state`: (dict, key) of optimizer state arrays to move with them, in the same all-or-nothing
     move (state it misses follows at the optimizer's next step: nbnet.optim calls to_device_like).
-    This module imports nothing from nbnet.model or nbnet.layers, which import it lazily: no circle."""
+    This module imports nothing from nbnet.model or nbnet.layers at its top, as they import it lazily: no circle."""
+    from .layers import forward_state  # noqa: PLC0415 - see above
+
     if device not in ("cuda", "cpu"):
         # torch's "cuda:1": nbnet runs on the current CUDA device, which the environment picks
         which = " (nbnet uses the current GPU: pick it with CUDA_VISIBLE_DEVICES)" if str(device).startswith("cuda:") else ""
@@ -284,14 +286,15 @@ def move_model(model, device, state=()):
             changes += [(layer, p.name, once(p.data)), (layer, "grad_" + p.name, once(p.grad))]
         attrs = vars(layer)
         for name, value in list(attrs.items()):
-            if name == "_checked" or name.startswith(("_apart_", "_views_")):
-                # what Linear's array check, Layer._device_overlap and Layer._first_rows keep: the
-                # old arrays, whose memory they held after the move until the next forward
-                changes.append((layer, name, None))
-            elif name in keep or not (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
+            if name in keep:
                 pass
-            elif name == "inp" or name.startswith("_kept_") or "_kept_" + name in attrs:
-                changes.append((layer, name, None))  # the forward's cache, or a buffer
+            elif forward_state(name, attrs):
+                # the forward's cache, buffers, and what the checks keep (Linear's array check,
+                # Layer._device_overlap and Layer._first_rows): the old arrays, whose memory they
+                # held after the move until the next forward
+                changes.append((layer, name, None))
+            elif not (isinstance(value, np.ndarray) or hasattr(value, "copy_to_host")):
+                pass
             else:
                 changes.append((layer, name, once(value)))
     changes += [(st, name, once(st[name])) for st, name in state]

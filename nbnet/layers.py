@@ -63,6 +63,15 @@ def array_fault(arr, shape, dtype, on_host):
 
 
 KEPT_VIEWS = 4  # row counts Layer._first_rows keeps a view for, per buffer
+_MADE_AGAIN = ("_kept_", "_views_", "_apart_")  # attribute prefixes of Layer._buffer, _first_rows, _device_overlap
+
+
+def forward_state(name, attrs):
+    """Whether attribute `name` of a layer (whose __dict__ is `attrs`) is what its next forward makes
+    again: the forward's cache (`inp`, the last batch), a buffer of Layer._buffer (and the largest
+    one kept behind it, and its views), or what the checks keep by identity. A copy of the layer
+    (Layer.__getstate__) and a move to another device (nbnet.gpu.move_model) leave them behind."""
+    return name in ("inp", "_checked") or name.startswith(_MADE_AGAIN) or "_kept_" + name in attrs
 
 
 def _view_of(buf, kept, like):
@@ -195,10 +204,13 @@ class Layer:
         return view
 
     def __getstate__(self):
-        # The views of _first_rows are found again from the buffers: a pickle or a copy held each
-        # one's rows again, as an array of its own. _copied: its buffers are no longer nbnet's own
-        # arrays, which a Sequential made of it puts right (nbnet.model._own_arrays).
-        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_views_")}
+        # A copy (pickle, copy.deepcopy) is the layer: its parameters, gradients and settings, not
+        # what a forward makes again (forward_state). Carried, the pickle of a 64-128-10 model (38 KB
+        # of weights) was 183 MB after one training step at 100,000 rows (the largest batch's outputs
+        # and input gradients), every deepcopy as large, and the copy held the last batch, a view
+        # that keeps the caller's whole data set alive. _copied: see nbnet.model._own_arrays.
+        state = {k: None if forward_state(k, self.__dict__) else v for k, v in self.__dict__.items()
+                 if not k.startswith(_MADE_AGAIN)}
         state["_copied"] = True
         return state
 

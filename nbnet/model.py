@@ -25,7 +25,7 @@ except ImportError:  # NumPy < 2
 
 from . import cpu, simd, threads
 from .files import check_memory, read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
-from .layers import LAYERS, Linear, ReLU, to_host
+from .layers import LAYERS, Layer, Linear, ReLU, to_host
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
@@ -95,7 +95,10 @@ class Sequential:
         memo[id(self)] = new
         with self.lock:  # the weights of one step, not some of the next one's (see state_dict)
             for layer in self.layers:
-                for value in vars(layer).values():
+                # what the copy keeps (not the buffers Layer.__getstate__ leaves behind: copied, they
+                # took twice the GPU memory of a model trained at a large batch for nothing)
+                state = layer.__getstate__() if isinstance(layer, Layer) else vars(layer)
+                for value in state.values():
                     if _on_device(value) and id(value) not in memo:
                         memo[id(value)] = copy_device_array(value)
             new.__setstate__(copy.deepcopy(self.__getstate__(), memo))

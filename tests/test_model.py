@@ -771,3 +771,38 @@ def test_an_activation_fed_its_own_output_or_input_gradient_writes_new_ones(make
     g = d[1:]
     act(rng.normal(size=g.shape).astype(np.float32))
     assert not np.shares_memory(act.backward(g), g)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "a layer deepcopied"])
+def test_a_copy_carries_the_weights_and_gradients_not_the_buffers_of_the_largest_batch(how):
+    """A copy (copy.deepcopy, pickle: a snapshot kept per epoch, multiprocessing, joblib) carried
+    every layer's outputs and input gradients at the largest batch it ever ran, and the last batch:
+    a 38 KB model pickled to 183 MB after one step at 100,000 rows. The copy makes its own buffers
+    at its first forward, and computes what the original does."""
+    import copy
+    import pickle
+
+    m = nb.Sequential(nb.Linear(8, 64, seed=0), nb.ReLU(), nb.Linear(64, 3, seed=1))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20_000, 8)).astype(np.float32), rng.integers(0, 3, 20_000)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn(m(x), y)
+    m.backward(loss_fn.backward())
+    m(x[:3])  # the buffers stay the first rows of the largest (Layer._buffer)
+    twin = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+            "a layer deepcopied": lambda m: nb.Sequential([copy.deepcopy(layer) for layer in m])}[how](m)
+    weights = sum(p.data.nbytes + p.grad.nbytes for p in m.parameters())
+    held = sum(a.nbytes for layer in twin for a in vars(layer).values() if isinstance(a, np.ndarray))
+    assert held == weights
+    for p, q in zip(m.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
+    with pytest.raises(ValueError, match="backward called before forward"):
+        twin.backward(np.ones((3, 3), np.float32))  # no forward of its own yet: nothing to backpropagate
+    np.testing.assert_array_equal(twin(x[:5]), m(x[:5]))
+    loss_fn(m(x[:5]), y[:5])
+    m.backward(loss_fn.backward())
+    twin_loss = nb.SoftmaxCrossEntropy()
+    twin_loss(twin(x[:5]), y[:5])
+    twin.backward(twin_loss.backward())
+    for p, q in zip(m.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)

@@ -279,6 +279,7 @@ def test_a_copied_model_fed_its_own_buffer_copies_that_batch(how):
         m.forward(x)
         m = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
              "layers copied": lambda m: layer_by_layer(nb.Sequential(copy.deepcopy(m.layers)))}[how](m)
+        m.forward(x)  # a copy carries no buffers (Layer.__getstate__): its forward makes them
         own = m.layers[2].out  # width 20: a batch the model takes
         m.forward(own.copy() if feed_copy else own)
         m.zero_grad()

@@ -49,6 +49,16 @@ def empty_like_shape(like, shape, dtype):
     return gpu.empty(shape, dtype)
 
 
+def let_go_of_batch(model):
+    """Drop the batch the first layer keeps for a backward (`inp`), once nothing will backpropagate
+    it: it is the caller's array or a view of it, which keeps all of it alive (the whole data set
+    nb.predict and nb.evaluate ran in batches, or the copy they converted it into, or on the GPU
+    the data set they copied over), for as long as the model lives."""
+    layers = getattr(model, "layers", None)
+    if layers and getattr(layers[0], "inp", None) is not None:
+        layers[0].inp = None
+
+
 def array_fault(arr, shape, dtype, on_host):
     """None when `arr` is what a kernel indexes without checks: a C-contiguous array of `shape` and
     `dtype`, on the host (on_host) or the GPU; else what it is instead, for an error message."""
@@ -283,7 +293,8 @@ class Layer:
                 and dout.dtype == out.dtype and dout.flags.c_contiguous):
             return dout  # the common case, in few checks (as _check_input)
         if out is None:
-            raise ValueError(f"{self.describe()}: backward called before forward")
+            raise ValueError(f"{self.describe()}: backward called before forward (or after nb.predict or "
+                             "nb.evaluate, which keep no batch to backpropagate)")
         if not isinstance(dout, np.ndarray) and not hasattr(dout, "copy_to_host"):
             # model.backward(loss) is PyTorch's loss.backward() spelled with the float a loss returns;
             # a torch tensor was 'expected gradient dtype float32, got torch.float32'.
@@ -537,7 +548,7 @@ class Linear(Layer):
         With `relu` (the ReLU layer that fed this one), returns the gradient at that ReLU's input
         instead, in the same pass."""
         self._check_arrays()
-        dout = self._check_grad(dout, self.out)
+        dout = self._check_grad(dout, self.out if self.inp is not None else None)  # (inp: see let_go_of_batch)
         k = kernels(dout)
         accumulate = not (self._zero_weight or self._zero_bias) or self._accumulate()
         k.linear_backward_params(self._grad_weight, self._dbias(dout), dout, self.inp, accumulate)
@@ -584,7 +595,7 @@ class _Activation(Layer):
         return out
 
     def backward(self, dout, need_input_grad=True):
-        dout = self._check_grad(dout, self.out)
+        dout = self._check_grad(dout, self.out if self.inp is not None else None)  # (inp: see let_go_of_batch)
         if self._aliases(dout, "dinp"):  # as forward's: act.backward(act.backward(g)[1:])
             self.dinp = None
         dinp = self._buffer("dinp", dout, dout.shape, dout.dtype)

@@ -29,7 +29,7 @@ from . import dist
 from .check import compile_kernels
 from .data import batches_reusing, share, whole
 from .datasets import check_features, first_nonfinite, first_where, is_real, not_whole
-from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels
+from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels, let_go_of_batch
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
 from .model import Sequential, modes, set_modes, to_host
 from .optim import OPTIMIZERS, _check_nonneg
@@ -457,6 +457,7 @@ def scoring(model):
             yield
         finally:
             set_modes(model, before)
+            let_go_of_batch(model)  # the last scored batch: a view of all the rows scored
 
 
 def predict(model, x, batch_size=1000, loss="cross-entropy", proba=None):
@@ -980,6 +981,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
         # lines above, leaving the model marked as in training and SIGINT nbnet's for good.
         with model_lock:
             set_modes(model, user_modes)
+            let_go_of_batch(model)  # the last training batch: in order, a view of all the training rows
     if restore_best and state.best_params is not None:
         with model_lock:
             for p, value in zip(model.parameters(), state.best_params):

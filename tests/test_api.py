@@ -996,3 +996,37 @@ def test_predict_proba_with_mse_is_refused():
     with pytest.raises(ValueError, match=r"^proba=True is for cross-entropy and bce; with mse"):
         nb.predict(model, x, loss="mse", proba=True)
     assert nb.predict(model, x, loss="mse").shape == (4, 3)
+
+
+@pytest.mark.parametrize("call", ["predict", "predict float64", "evaluate", "train", "train in order"])
+def test_the_model_lets_go_of_the_data_it_scored_or_trained_on(call):
+    """The first layer keeps its last batch for a backward, and nb.predict / nb.evaluate's last
+    batch is a view of all the rows they were given (or of the float32 copy they converted them
+    into): a service's model held the last request's whole array, a notebook's the whole data set
+    (100 MB after nb.predict on 400,000 rows), until its next forward. A backward after them has
+    no batch to backpropagate: a ValueError that says so."""
+    import gc
+    import weakref
+
+    model = nb.Sequential(nb.Linear(8, 16, seed=0), nb.ReLU(), nb.Linear(16, 3, seed=1))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2500, 8)).astype(np.float64 if "float64" in call else np.float32)
+    y = rng.integers(0, 3, len(x))
+    seen = []
+    forward = model.forward_reusing  # what nb.predict and nb.evaluate run: look at what the model kept
+    model.forward_reusing = lambda xb: (seen.append(weakref.ref(xb.base if xb.base is not None else xb)),
+                                        forward(xb))[1]
+    if call.startswith("predict"):
+        nb.predict(model, x)
+    elif call == "evaluate":
+        nb.evaluate(model, x, y)
+    else:
+        nb.train(model, nb.SGD(model.parameters(), lr=0.01), (x, y), epochs=1, batch_size=1000,
+                 shuffle=call == "train")
+    del model.forward_reusing
+    kept = weakref.ref(x)
+    del x
+    gc.collect()
+    assert kept() is None and not any(ref() is not None and ref().nbytes > 1000 * 8 * 4 for ref in seen)
+    with pytest.raises(ValueError, match="backward called before forward .or after nb.predict"):
+        model.backward(np.ones(model[-1].out.shape, np.float32))  # the last batch's shape: the first layer says it

@@ -131,6 +131,25 @@ class Parameter:
     def shape(self):
         return self.data.shape
 
+    # torch freezes a parameter with `p.requires_grad = False`: on this dataclass that set an
+    # attribute nothing reads, and the "frozen" layer went on training, silently. Every backward
+    # computes every gradient; what trains is what the optimizer was given.
+    @property
+    def requires_grad(self):
+        return True
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if not value:
+            layer = self.layer.describe() if isinstance(self.layer, Layer) else type(self.layer).__name__
+            raise ValueError(f"{self.name} of {layer}: nbnet has no requires_grad, so this would not "
+                             "freeze it; to freeze a layer, give the optimizer the other parameters only: "
+                             "nb.SGD([p for p in model.parameters() if p not in model[0].parameters()], lr=...)")
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = requires_grad
+        return self
+
     # One parameter whatever handle names it: parameters() makes new handles on each call, so by
     # identity `p not in model[0].parameters()` (PyTorch's way of freezing a layer, where the
     # handles are the same objects) held for every p, and the "frozen" layer was trained.

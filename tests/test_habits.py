@@ -573,3 +573,26 @@ def test_a_column_of_labels_says_to_ravel_it():
         nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1)
     with pytest.raises(ValueError, match=hint):
         nb.evaluate(model, x, y)
+
+
+def test_requires_grad_false_is_refused_not_ignored():
+    """torch's way to freeze a layer, `for p in model[0].parameters(): p.requires_grad = False`, set an
+    attribute nothing read: the layer went on training, silently. The error names nbnet's way."""
+    model = mlp()
+    for p in model.parameters():
+        p.requires_grad = True  # every gradient is computed: True is what it is
+        assert p.requires_grad and p.requires_grad_() is p
+    with pytest.raises(ValueError, match=r"weight of Linear\(4, 8\): nbnet has no requires_grad.*p not in model\[0\]"):
+        model.parameters()[0].requires_grad = False
+    with pytest.raises(ValueError, match="bias of Linear"):
+        model.parameters()[1].requires_grad_(False)
+    # the way the error names freezes layer 0
+    frozen = model[0].weight.copy()
+    opt = nb.SGD([p for p in model.parameters() if p not in model[0].parameters()], lr=0.5)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn(model(np.ones((3, 4), np.float32)), [0, 1, 2])
+    model.backward(loss_fn.backward())
+    last = model[2].weight.copy()
+    opt.step()
+    np.testing.assert_array_equal(model[0].weight, frozen)
+    assert not np.array_equal(model[2].weight, last)

@@ -6,6 +6,7 @@ File layout (also the model part of `nbnet train --save` checkpoints):
 Other keys (optimizer state, config, ...) may sit beside these; `load` ignores them.
 """
 
+import collections
 import contextlib
 import copy
 import functools
@@ -35,6 +36,10 @@ FORMAT_VERSION = 1
 # character (tracemalloc), 10 times what was counted.
 JSON_CHAR_BYTES = 48
 KEPT_PLANS = 4  # batch shapes a Sequential keeps a plan for: training's, its short last batch, evaluation's
+
+
+# What load_state_dict returns, as torch's `_IncompatibleKeys`: strict=False's caller can check it.
+IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Sequential:
@@ -136,14 +141,19 @@ class Sequential:
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters from `state_dict` (as `state_dict()` returns) into this model, in place
         (on whatever device it lives). Shapes and dtypes must match (no silent conversion: use
-        `astype` first); strict=False ignores missing and unexpected keys. Nothing is written
-        unless every entry fits."""
+        `astype` first); strict=False loads the keys that match and ignores the others, but one
+        that matches none is a ValueError. Nothing is written unless every entry fits. Returns
+        (missing_keys, unexpected_keys), as torch's does."""
         own = {f"{i}.{p.name}": p for i, layer in enumerate(self.layers) for p in layer.parameters()}
-        if strict:
-            missing = [k for k in own if k not in state_dict]
-            unexpected = [k for k in state_dict if k not in own]
-            if missing or unexpected:
-                raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        # strict=False with keys that all differ ("net.0.weight", a torch model whose activations
+        # are functions: "1.weight" for this model's "2.weight") loaded nothing and said nothing:
+        # the model stayed as initialised, and trained or predicted as if it were the loaded one.
+        if (missing or unexpected) and (strict or (own and len(missing) == len(own) and unexpected)):
+            how = "" if strict else "strict=False, but none of its keys is one of this model's: "
+            raise ValueError(f"load_state_dict: {how}missing keys {missing}, unexpected keys {unexpected} (keys are "
+                             "'<layer index>.<name>', activations counted, as model.state_dict() shows)")
         todo = []
         for key, p in own.items():
             if key not in state_dict:
@@ -161,6 +171,7 @@ class Sequential:
                     p.data[...] = value
                 else:
                     p.data.copy_to_device(np.ascontiguousarray(value))
+        return IncompatibleKeys(missing, unexpected)
 
     def train(self, mode=True):
         """Put every layer in training mode (`layer.training = mode`; eval() is train(False)), as

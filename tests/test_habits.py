@@ -596,3 +596,24 @@ def test_requires_grad_false_is_refused_not_ignored():
     opt.step()
     np.testing.assert_array_equal(model[0].weight, frozen)
     assert not np.array_equal(model[2].weight, last)
+
+
+def test_load_state_dict_strict_false_returns_the_keys_and_refuses_a_dict_that_matches_none():
+    """strict=False with keys that all differ (torch's "net.0.weight" of a wrapped model, "1.weight" of
+    a torch model whose ReLU is a function) loaded nothing and said nothing: the model stayed as
+    initialised. It returned None, where torch returns the missing and unexpected keys."""
+    model, sd = mlp(), mlp().state_dict()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"missing keys \['2.weight', '2.bias'\], unexpected keys \['1.weight', "
+                       r"'1.bias'\] \(keys are '<layer index>.<name>', activations counted"):
+        model.load_state_dict({k.replace("2.", "1."): v for k, v in sd.items()})
+    for strict in (True, False):
+        with pytest.raises(ValueError, match=r"missing keys \['0.weight', .*unexpected keys \['net.0.weight'"):
+            model.load_state_dict({"net." + k: v for k, v in sd.items()}, strict=strict)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])  # nothing written
+    assert model.load_state_dict(sd) == ([], [])
+    result = model.load_state_dict({"0.weight": sd["0.weight"], "head.weight": sd["2.weight"]}, strict=False)
+    assert result.missing_keys == ["0.bias", "2.weight", "2.bias"] and result.unexpected_keys == ["head.weight"]
+    np.testing.assert_array_equal(model[0].weight, sd["0.weight"])
+    assert model.load_state_dict({}, strict=False).missing_keys == list(sd)  # nothing given, nothing refused

@@ -26,6 +26,15 @@ def _flat(arr):
     return arr.reshape(arr.size)
 
 
+def _an_array(arr):
+    """A NumPy array, or a device array (numba-cuda's, which copy_to_host): what nbnet's kernels take."""
+    return isinstance(arr, np.ndarray) or hasattr(arr, "copy_to_host")
+
+
+def _type_name(obj):
+    return f"{type(obj).__module__}.{type(obj).__qualname__}".removeprefix("builtins.")
+
+
 def _real(v):
     """A real number, NumPy scalars included (np.float32(0.01) is a rate too, as in torch and in
     nbnet.sklearn, which passes its parameters on as it accepted them)."""
@@ -119,6 +128,12 @@ class Optimizer:
         if bad is not None:
             raise ValueError(f"{type(self).__name__}: expected parameters, e.g. model.parameters(), "
                              f"got {type(bad).__name__}")
+        # A torch model's parameters have .data and .grad too: taken, they failed only at step()
+        # ("the parameter is Tensor"), and zero_grad() with a TypeError from inside torch.
+        i = next((i for i, p in enumerate(self.params) if not _an_array(p.data)), None)
+        if i is not None:
+            raise TypeError(f"{type(self).__name__}: parameter {i} holds a {_type_name(self.params[i].data)}, not a "
+                            "NumPy array: nbnet's optimizers step an nbnet model's parameters (model.parameters())")
         # One parameter given twice (body.parameters() + model.parameters(), body inside model) was
         # stepped twice over each step, silently. (By handle: a weight tied by assigning one array
         # to two layers has two gradients, and is two parameters.)
@@ -556,6 +571,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if not params:
         return 0.0
     grads = [p.grad for p in params if p.grad is not None]
+    bad = next((g for g in grads if not _an_array(g)), None)
+    if bad is not None:  # a torch model's parameters: an AttributeError ('copy_to_host') from inside
+        raise TypeError(f"clip_grad_norm_: a gradient is a {_type_name(bad)}, not a NumPy array: it clips an nbnet "
+                        "model's parameters (model.parameters()); for torch's use torch.nn.utils.clip_grad_norm_")
     host = [to_host(g) for g in grads]
     host = [g.astype(np.float64, copy=False).ravel() for g in host]
     if math.isinf(q):

@@ -617,3 +617,39 @@ def test_load_state_dict_strict_false_returns_the_keys_and_refuses_a_dict_that_m
     assert result.missing_keys == ["0.bias", "2.weight", "2.bias"] and result.unexpected_keys == ["head.weight"]
     np.testing.assert_array_equal(model[0].weight, sd["0.weight"])
     assert model.load_state_dict({}, strict=False).missing_keys == list(sd)  # nothing given, nothing refused
+
+
+def test_a_torch_models_parameters_into_an_optimizer_or_clip_grad_norm_are_refused_at_once():
+    """nb.SGD(torch_model.parameters()) was taken (a torch Parameter has .data and .grad): step() then
+    said 'the parameter is Tensor', zero_grad() raised a TypeError from inside torch, and
+    nb.clip_grad_norm_ "'Tensor' object has no attribute 'copy_to_host'"."""
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    net(torch.ones(2, 4)).sum().backward()
+    for make in (nb.SGD, nb.Adam):
+        with pytest.raises(TypeError, match=r"parameter 0 holds a torch.Tensor, not a NumPy array.*model.parameters"):
+            make(net.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"clip_grad_norm_: a gradient is a torch.Tensor.*torch.nn.utils.clip_grad_norm_"):
+        nb.clip_grad_norm_(net.parameters(), 1.0)
+
+
+def test_weights_move_between_torch_and_nbnet_through_state_dict():
+    """README's recipe, both ways: the outputs agree to float32 rounding (float64 in float64)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    x = np.random.default_rng(0).standard_normal((7, 20)).astype(np.float32)
+    model = nb.Sequential(nb.Linear(20, 16), nb.ReLU(), nb.Linear(16, 5))
+    model.load_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x), net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+    model.load_state_dict(nb.Sequential(nb.Linear(20, 16, seed=3), nb.ReLU(), nb.Linear(16, 5, seed=4)).state_dict())
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="float64, the model has .* float32"):  # no silent conversion
+        model.load_state_dict({k: v.double().numpy() for k, v in net.state_dict().items()})
+    wide = model.astype(np.float64)
+    net.double().load_state_dict({k: torch.from_numpy(v) for k, v in wide.state_dict().items()})
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(x).double()).numpy(), wide(x.astype(np.float64)), rtol=1e-12)

@@ -381,6 +381,10 @@ class Optimizer:
         who = type(self).__name__
         if not isinstance(sd, dict) or not isinstance(sd.get("state", {}), dict):
             raise TypeError(f"{who}: expected a state_dict() (a dict whose 'state' is a dict), got {type(sd).__name__}")
+        if "param_groups" in sd:  # was "unexpected optimizer state entry '0'", torch's first parameter
+            raise ValueError(f"{who}: this is a torch.optim state_dict (it has 'param_groups'); nbnet's is "
+                             "{'type', hyper-parameters, 'step_count', 'state': {'exp_avg.0': flat array, ...}}: "
+                             "README's 'Coming from PyTorch' shows the conversion")
         if sd.get("type", who) != who:
             raise ValueError(f"{who}: cannot load the state of a {sd['type']} optimizer")
         # Checked as the constructor checks them, before anything is loaded: a NaN or negative

@@ -653,3 +653,56 @@ def test_weights_move_between_torch_and_nbnet_through_state_dict():
     net.double().load_state_dict({k: torch.from_numpy(v) for k, v in wide.state_dict().items()})
     with torch.no_grad():
         np.testing.assert_allclose(net(torch.from_numpy(x).double()).numpy(), wide(x.astype(np.float64)), rtol=1e-12)
+
+
+def test_adam_state_moves_between_torch_and_nbnet_as_readme_shows():
+    """torch's optimizer state_dict was refused as "unexpected optimizer state entry '0'"; now it is
+    named as torch's, and README's conversion (run here as written) goes on step for step, both ways."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).double()
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.arange(8) % 3
+    torch_opt = torch.optim.Adam(net.parameters(), lr=0.01, weight_decay=0.1)
+
+    def torch_steps(n):
+        for _ in range(n):
+            torch_opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            torch_opt.step()
+
+    def nbnet_steps(n):
+        loss_fn = nb.SoftmaxCrossEntropy()
+        for _ in range(n):
+            opt.zero_grad()
+            loss_fn(model(x.numpy()), y.numpy())
+            model.backward(loss_fn.backward())
+            opt.step()
+
+    torch_steps(3)
+    model = nb.Sequential(nb.Linear(6, 5, dtype=np.float64), nb.ReLU(), nb.Linear(5, 3, dtype=np.float64))
+    model.load_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
+    opt = nb.Adam(model.parameters())
+    t = torch_opt.state_dict()
+    with pytest.raises(ValueError, match="Adam: this is a torch.optim state_dict .*README"):
+        opt.load_state_dict(t)
+    opt.load_state_dict({"type": "Adam", **{k: t["param_groups"][0][k] for k in ("lr", "betas", "eps", "weight_decay")},
+                         "step_count": int(t["state"][0].get("step", 0)),
+                         "state": {f"{name}.{i}": v.numpy().ravel() for i, st in t["state"].items()
+                                   for name, v in st.items() if name != "step"}})
+    torch_steps(2)
+    nbnet_steps(2)
+    for k, v in net.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-14)
+    # and back: nbnet's steps go on in torch
+    nbnet_steps(2)
+    sd = opt.state_dict()
+    torch_opt.load_state_dict({"state": {i: {"step": torch.tensor(float(sd["step_count"])),
+                                             **{name: torch.from_numpy(sd["state"][f"{name}.{i}"].reshape(p.shape))
+                                                for name in ("exp_avg", "exp_avg_sq")}}
+                                         for i, p in enumerate(net.parameters())},
+                               "param_groups": torch_opt.state_dict()["param_groups"]})
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    torch_steps(1)
+    nbnet_steps(1)
+    for k, v in net.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-14)

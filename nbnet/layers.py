@@ -40,6 +40,15 @@ def to_host(arr):
     return arr if isinstance(arr, np.ndarray) else arr.copy_to_host()
 
 
+def check_set_to_none(who, set_to_none):
+    """torch's zero_grad(set_to_none=...): False is what nbnet's zero_grad does; True (torch's
+    default) is refused, not ignored, since a step() with no backward since would still apply
+    momentum, Adam's moments and weight decay where torch's skips the parameter."""
+    if set_to_none is not False and set_to_none is not np.False_:
+        raise ValueError(f"{who}.zero_grad: set_to_none={set_to_none!r}: nbnet's zero_grad() sets the gradients to 0, "
+                         "as torch's set_to_none=False (the same values after the next backward); call zero_grad()")
+
+
 def empty_like_shape(like, shape, dtype):
     """An uninitialised array of `shape` on the same device as `like`."""
     if isinstance(like, np.ndarray):

@@ -26,7 +26,7 @@ except ImportError:  # NumPy < 2
 
 from . import cpu, simd, threads
 from .files import check_memory, read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
-from .layers import LAYERS, Layer, Linear, ReLU, to_host
+from .layers import LAYERS, Layer, Linear, ReLU, check_set_to_none, to_host
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
@@ -423,7 +423,10 @@ class Sequential:
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=False):
+        """Every layer's zero_grad(); set_to_none: False only (see nbnet.layers.check_set_to_none)."""
+        if set_to_none is not False:
+            check_set_to_none("Sequential", set_to_none)
         for layer in self.layers:
             layer.zero_grad()
 

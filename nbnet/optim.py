@@ -19,7 +19,7 @@ from operator import getitem, is_
 import numpy as np
 
 from . import simd
-from .layers import Linear, Parameter, array_fault, empty_like_shape, kernels, to_host
+from .layers import Linear, Parameter, array_fault, check_set_to_none, empty_like_shape, kernels, to_host
 
 
 def _flat(arr):
@@ -237,11 +237,14 @@ class Optimizer:
             start += p.data.size
         return flat
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=False):
         """Every parameter's gradient reads as zeros from now on. A Linear's gradients are only
         marked (nothing is written): its next backward writes them instead of adding, and reading
         them before that fills them with zeros (see nbnet.layers.Linear). So an array taken from
-        `.grad` before zero_grad() keeps its old values until then. Other gradients are filled."""
+        `.grad` before zero_grad() keeps its old values until then. Other gradients are filled.
+        set_to_none: False only (see nbnet.layers.check_set_to_none)."""
+        if set_to_none is not False:
+            check_set_to_none(type(self).__name__, set_to_none)
         self._handles()
         for layer, flag in self._marks:
             setattr(layer, flag, True)

@@ -706,3 +706,21 @@ def test_adam_state_moves_between_torch_and_nbnet_as_readme_shows():
     nbnet_steps(1)
     for k, v in net.state_dict().items():
         np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_zero_grad_takes_set_to_none_false_and_refuses_true():
+    """`opt.zero_grad(set_to_none=True)`, torch's habit, was "unexpected keyword argument" (the
+    model's too); False is what nbnet does, True (a step skipping untouched parameters) is named."""
+    model = mlp()
+    opt = nb.Adam(model.parameters())
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn(model(np.ones((3, 4), np.float32)), [0, 1, 2])
+    model.backward(loss_fn.backward())
+    for who, zero_grad in (("Adam", opt.zero_grad), ("Sequential", model.zero_grad)):
+        for bad in (True, None, 1):
+            with pytest.raises(ValueError, match=rf"{who}.zero_grad: set_to_none={bad!r}: .*set_to_none=False"):
+                zero_grad(set_to_none=bad)
+        assert model[0].grad_weight.any()  # refused: nothing done
+        zero_grad(set_to_none=False)
+        assert not any(p.grad.any() for p in model.parameters())
+        model.backward(loss_fn.backward())

@@ -155,6 +155,13 @@ class Optimizer:
         with _LIVE_LOCK:
             _LIVE.add(self)
 
+    @property
+    def param_groups(self):
+        # torch's way to change the rate mid-training, `for g in opt.param_groups: g["lr"] = ...`,
+        # was a bare AttributeError; nbnet keeps one group, its hyper-parameters plain attributes.
+        raise AttributeError(f"{type(self).__name__} has no param_groups: its hyper-parameters are attributes, "
+                             f"checked at the next step: opt.lr = 0.01 (also {', '.join(self.hyper_names[1:])})")
+
     _CACHES = ("_flat_for", "_groups_for", "_fast", "_owners", "_attrs", "_owners_of", "_marks", "_fills", "_cast")
 
     def __getstate__(self):

@@ -724,3 +724,20 @@ def test_zero_grad_takes_set_to_none_false_and_refuses_true():
         zero_grad(set_to_none=False)
         assert not any(p.grad.any() for p in model.parameters())
         model.backward(loss_fn.backward())
+
+
+def test_param_groups_names_the_lr_attribute_and_setting_it_changes_the_step():
+    """`for g in opt.param_groups: g["lr"] = ...` was "'SGD' object has no attribute 'param_groups'"."""
+    model = mlp()
+    opt = nb.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(AttributeError, match=r"SGD has no param_groups: .*opt.lr = 0.01 \(also momentum, weight_decay, "
+                                             r"nesterov\)"):
+        opt.param_groups
+    assert not hasattr(nb.Adam(model.parameters()), "param_groups")
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn(model(np.ones((3, 4), np.float32)), [0, 1, 2])
+    model.backward(loss_fn.backward())
+    before, grad = model[2].bias.copy(), model[2].grad_bias.copy()
+    opt.lr = 0.5
+    opt.step()
+    np.testing.assert_allclose(model[2].bias, before - 0.5 * grad, rtol=1e-6)

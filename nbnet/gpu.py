@@ -263,6 +263,9 @@ def move_model(model, device, state=()):
     if device not in ("cuda", "cpu"):
         # torch's "cuda:1": nbnet runs on the current CUDA device, which the environment picks
         which = " (nbnet uses the current GPU: pick it with CUDA_VISIBLE_DEVICES)" if str(device).startswith("cuda:") else ""
+        # torch's model.to(torch.float64): a dtype, which nbnet changes in a copy
+        if str(getattr(device, "__name__", device)).removeprefix("torch.") in ("float32", "float64", "float", "double"):
+            which = " (for a dtype: model.astype(np.float32 or np.float64), a copy)"
         raise ValueError(f"unknown device {device!r}: expected 'cuda' or 'cpu'{which}")
     move = to_device if device == "cuda" else _to_host
     if device == "cuda":

@@ -741,3 +741,10 @@ def test_param_groups_names_the_lr_attribute_and_setting_it_changes_the_step():
     opt.lr = 0.5
     opt.step()
     np.testing.assert_allclose(model[2].bias, before - 0.5 * grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.dtype(np.float32), "float64", "double"])
+def test_to_a_dtype_names_astype(dtype):
+    """torch's model.to(torch.float64) / model.to("double") said only 'unknown device'."""
+    with pytest.raises(ValueError, match=r"unknown device .*expected 'cuda' or 'cpu' \(for a dtype: model.astype"):
+        mlp().to(dtype)

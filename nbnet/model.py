@@ -135,8 +135,7 @@ class Sequential:
         # Under the lock, as a step of nb.train: taken while another thread trains, it held some
         # layers of one step and some of a later one, weights the model never had.
         with self.lock:
-            return {f"{i}.{p.name}": to_host(p.data).copy() for i, layer in enumerate(self.layers)
-                    for p in layer.parameters()}
+            return {key: to_host(p.data).copy() for key, p in self.named_parameters()}
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters from `state_dict` (as `state_dict()` returns) into this model, in place
@@ -144,7 +143,7 @@ class Sequential:
         `astype` first); strict=False loads the keys that match and ignores the others, but one
         that matches none is a ValueError. Nothing is written unless every entry fits. Returns
         (missing_keys, unexpected_keys), as torch's does."""
-        own = {f"{i}.{p.name}": p for i, layer in enumerate(self.layers) for p in layer.parameters()}
+        own = dict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         # strict=False with keys that all differ ("net.0.weight", a torch model whose activations
@@ -422,6 +421,10 @@ class Sequential:
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self):
+        """[(key, Parameter)] in parameters() order, keyed as state_dict() ("0.weight", "0.bias", ...)."""
+        return [(f"{i}.{p.name}", p) for i, layer in enumerate(self.layers) for p in layer.parameters()]
 
     def zero_grad(self, set_to_none=False):
         """Every layer's zero_grad(); set_to_none: False only (see nbnet.layers.check_set_to_none)."""

@@ -748,3 +748,12 @@ def test_to_a_dtype_names_astype(dtype):
     """torch's model.to(torch.float64) / model.to("double") said only 'unknown device'."""
     with pytest.raises(ValueError, match=r"unknown device .*expected 'cuda' or 'cpu' \(for a dtype: model.astype"):
         mlp().to(dtype)
+
+
+def test_named_parameters_are_state_dicts_keys_in_parameter_order():
+    """torch's `for name, p in model.named_parameters()` was an AttributeError."""
+    model = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1, bias=False))
+    named = model.named_parameters()
+    assert [k for k, _ in named] == list(model.state_dict()) == ["0.weight", "0.bias", "2.weight"]
+    assert [p for _, p in named] == model.parameters()
+    assert dict(named)["2.weight"].data is model[2].weight

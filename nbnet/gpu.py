@@ -249,7 +249,7 @@ def empty(shape, dtype):
     return cuda.device_array(shape, dtype)
 
 
-def move_model(model, device, state=()):
+def move_model(model, device, state, forward_state):
     """Move every layer's parameters and gradients to "cuda" or "cpu", and drop the arrays layers
     cached from earlier steps (the forward's input `inp` and the buffers Layer._buffer made): they
     are remade on the new device. Any other array a layer holds (a fixed mask in a layer of the
@@ -257,9 +257,8 @@ def move_model(model, device, state=()):
     to("cpu") of a model on the host. (Back on the host, Sequential.to packs the parameters again.)
     `state`: (dict, key) of optimizer state arrays to move with them, in the same all-or-nothing
     move (state it misses follows at the optimizer's next step: nbnet.optim calls to_device_like).
-    This module imports nothing from nbnet.model or nbnet.layers at its top, as they import it lazily: no circle."""
-    from .layers import forward_state  # noqa: PLC0415 - see above
-
+    `forward_state(name, attrs)`: whether a layer's attribute is what its next forward makes again
+    (nbnet.layers.forward_state, passed in: this module is below the layers, which import it)."""
     if device not in ("cuda", "cpu"):
         # torch's "cuda:1": nbnet runs on the current CUDA device, which the environment picks
         which = " (nbnet uses the current GPU: pick it with CUDA_VISIBLE_DEVICES)" if str(device).startswith("cuda:") else ""

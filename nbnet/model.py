@@ -26,7 +26,7 @@ except ImportError:  # NumPy < 2
 
 from . import cpu, simd, threads
 from .files import check_memory, read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
-from .layers import LAYERS, Layer, Linear, ReLU, check_set_to_none, to_host
+from .layers import LAYERS, Layer, Linear, ReLU, check_set_to_none, forward_state, to_host
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
@@ -452,7 +452,7 @@ class Sequential:
         # device memory (Adam's: twice the parameters) after to("cpu") until then, or for good.
         opts = optimizers_over(self.layers)
         move_model(self, device, [(st, name) for _, states in opts for st in states for name in st
-                                  if st[name] is not None])
+                                  if st[name] is not None], forward_state)
         for opt, _ in opts:
             opt.forget_arrays()
         pack_parameters(self.parameters())  # one flat buffer again: the optimizer's one-launch path

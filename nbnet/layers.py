@@ -321,8 +321,8 @@ class Layer:
                 and dout.dtype == out.dtype and dout.flags.c_contiguous):
             return dout  # the common case, in few checks (as _check_input)
         if out is None:
-            raise ValueError(f"{self.describe()}: backward called before forward (or after nb.predict or "
-                             "nb.evaluate, which keep no batch to backpropagate)")
+            raise ValueError(f"{self.describe()}: backward called before forward (or after nb.predict, "
+                             "nb.evaluate or nb.train, which keep no batch to backpropagate)")
         if not isinstance(dout, np.ndarray) and not hasattr(dout, "copy_to_host"):
             # model.backward(loss) is PyTorch's loss.backward() spelled with the float a loss returns;
             # a torch tensor was 'expected gradient dtype float32, got torch.float32'.

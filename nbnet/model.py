@@ -384,6 +384,11 @@ class Sequential:
         plan = self._plan
         if plan is not None and not need_input_grad and plan.backward(self, grad):
             return None
+        first = self.layers[0]
+        if type(first) in _OWN_BACKWARD and first.inp is None:
+            # Let go of by nb.predict, evaluate or train (let_go_of_batch), while the later layers
+            # still hold their caches: refused here, before those layers wrote their gradients.
+            first._check_grad(grad, None)
         # Layers before the first one with parameters need no gradient at all when the caller
         # does not want dL/dX, and that first layer needs only its parameters' gradients.
         stop = 0 if need_input_grad else self._first_with_parameters()

@@ -1030,3 +1030,24 @@ def test_the_model_lets_go_of_the_data_it_scored_or_trained_on(call):
     assert kept() is None and not any(ref() is not None and ref().nbytes > 1000 * 8 * 4 for ref in seen)
     with pytest.raises(ValueError, match="backward called before forward .or after nb.predict"):
         model.backward(np.ones(model[-1].out.shape, np.float32))  # the last batch's shape: the first layer says it
+
+
+@pytest.mark.parametrize("first", ["Linear", "ReLU"])
+def test_a_backward_after_predict_is_refused_before_any_gradient_is_written(first):
+    """nb.predict lets go of the first layer's batch only: the later layers kept theirs, and a
+    backward after it wrote their gradients (the last Linear's, of the predicted rows) before the
+    first layer refused. A model starting with an activation never reached it, and backpropagated
+    the predicted rows silently."""
+    layers = [nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1)]
+    model = nb.Sequential(layers if first == "Linear" else [nb.ReLU(), *layers])
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    for _ in range(3):  # a planned step too
+        loss_fn(model(x), [0, 1, 2, 0, 1, 2])
+        model.backward(loss_fn.backward())
+    grads = [p.grad.copy() for p in model.parameters()]
+    nb.predict(model, x)
+    with pytest.raises(ValueError, match=rf"^{first}.*backward called before forward .or after nb.predict"):
+        model.backward(loss_fn.backward())
+    for p, g in zip(model.parameters(), grads):
+        np.testing.assert_array_equal(p.grad, g)

@@ -246,11 +246,10 @@ class Layer:
         # what a forward makes again (forward_state). Carried, the pickle of a 64-128-10 model (38 KB
         # of weights) was 183 MB after one training step at 100,000 rows (the largest batch's outputs
         # and input gradients), every deepcopy as large, and the copy held the last batch, a view
-        # that keeps the caller's whole data set alive. _copied: see nbnet.model._own_arrays.
-        state = {k: None if forward_state(k, self.__dict__) else v for k, v in self.__dict__.items()
-                 if not k.startswith(_MADE_AGAIN)}
-        state["_copied"] = True
-        return state
+        # that keeps the caller's whole data set alive. (So a copy's buffers are made by its next
+        # forward, as nbnet's own arrays, which the forward's alias check looks among: simd.made_here.)
+        return {k: None if forward_state(k, self.__dict__) else v for k, v in self.__dict__.items()
+                if not k.startswith(_MADE_AGAIN)}
 
     def _aliases(self, x, name):
         """x is (a view of) self.<name>, or of the array that is the first rows of (self._kept_<name>,

@@ -69,8 +69,6 @@ class Sequential:
             layers = layers[0]
         self.layers = _checked_layers(layers)
         pack_parameters(self.parameters())
-        if any(getattr(layer, "_copied", False) for layer in self.layers):  # copied alone, then put together
-            _own_arrays(self.layers)
         self._plan = None  # the kernel calls of a CPU forward and backward at one batch shape (_Plan)
         self._last_shape, self._streak = None, 0  # forwards layer by layer in a row at this batch shape
         self._plan_after = 2  # ... after which one builds a plan; doubled when a plan's arrays were replaced
@@ -89,7 +87,6 @@ class Sequential:
         self.__dict__.update(state)
         _join_group(self)  # the copy's layers are its own: a lock of its own (with any model pickled beside it)
         self._plan, self._plans = None, {}
-        _own_arrays(self.layers)  # (a Sequential's copy copies its layers)
 
     def __deepcopy__(self, memo):
         # A model on the GPU copies its device arrays on the GPU, each once (the memo keeps an
@@ -686,34 +683,6 @@ def held_arrays(layers):
                 if a.base is not None:
                     held[id(a.base)] = a.base
     return held
-
-
-def _own_arrays(layers):
-    """Put each buffer of the layers (an array Layer._buffer made, which kernels write) that nbnet's
-    empty() did not make into one that it did, the same array wherever a layer holds it (a ReLU's
-    input is a Linear's output): a forward looks for a batch among the layers' arrays only when
-    the batch is (a view of) one of those (simd.made_here), and a pickle or copy.deepcopy gives
-    every array memory of its own. A copied model fed one of its buffers (a layer's output) wrote
-    over that batch in the forward, and dW = Gᵀ X read the overwritten one: silently wrong.
-    Only for copied layers (Layer.__getstate__ marks them): vars(layer) makes CPython 3.11 keep the
-    layer's attributes in a dict of their own from then on, and every later attribute read is slower
-    (a layer-by-layer step at batch 1 took 2.6 µs longer, forward and backward alike, in a model
-    that never plans: building a plan looks through the layers too)."""
-    copies = {}
-    for layer in layers:
-        attrs = getattr(layer, "__dict__", None)
-        if attrs is None:  # a layer of the user's with __slots__ only: nothing of _buffer's
-            continue
-        attrs.pop("_copied", None)
-        for name, a in attrs.items():
-            if (type(a) is np.ndarray and (name.startswith("_kept_") or "_kept_" + name in attrs)
-                    and id(a) not in copies and not simd.made_here(a)):
-                copies[id(a)] = (a, simd.empty(a.shape, a.dtype))  # (a kept: its id stays its own)
-                copies[id(a)][1][...] = a
-    for layer in layers if copies else ():
-        for name, a in list(getattr(layer, "__dict__", {}).items()):
-            if id(a) in copies and copies[id(a)][0] is a:
-                setattr(layer, name, copies[id(a)][1])
 
 
 def _weakly(a):

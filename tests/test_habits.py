@@ -685,10 +685,7 @@ def test_adam_state_moves_between_torch_and_nbnet_as_readme_shows():
     t = torch_opt.state_dict()
     with pytest.raises(ValueError, match="Adam: this is a torch.optim state_dict .*README"):
         opt.load_state_dict(t)
-    opt.load_state_dict({"type": "Adam", **{k: t["param_groups"][0][k] for k in ("lr", "betas", "eps", "weight_decay")},
-                         "step_count": int(t["state"][0].get("step", 0)),
-                         "state": {f"{name}.{i}": v.numpy().ravel() for i, st in t["state"].items()
-                                   for name, v in st.items() if name != "step"}})
+    exec(_readme_optimizer_recipe(), {"torch_opt": torch_opt, "opt": opt})  # as README writes it
     torch_steps(2)
     nbnet_steps(2)
     for k, v in net.state_dict().items():
@@ -706,6 +703,17 @@ def test_adam_state_moves_between_torch_and_nbnet_as_readme_shows():
     nbnet_steps(1)
     for k, v in net.state_dict().items():
         np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def _readme_optimizer_recipe():
+    """README's torch -> nbnet optimizer-state conversion, the python block in its list item."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    text = readme.split("Converting an `Adam`'s", 1)[1]
+    return textwrap.dedent(re.search(r"```python\n(.*?)\n\s*```", text, re.S).group(1))
 
 
 def test_zero_grad_takes_set_to_none_false_and_refuses_true():

@@ -13,6 +13,7 @@ exactly its dtype and converts nothing (a float64 batch into a float32 Linear is
 silent downcast); nb.train / nb.evaluate / nb.predict are where features get converted.
 """
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,10 +63,14 @@ def let_go_of_batch(model):
     """Drop the batch the first layer keeps for a backward (`inp`), once nothing will backpropagate
     it: it is the caller's array or a view of it, which keeps all of it alive (the whole data set
     nb.predict and nb.evaluate ran in batches, or the copy they converted it into, or on the GPU
-    the data set they copied over), for as long as the model lives."""
+    the data set they copied over), for as long as the model lives. The model is marked
+    (`_let_go`, until its next forward), so that its backward refuses, whatever its first layer:
+    one of the user's that keeps `inp` met None inside its own code (a TypeError)."""
     layers = getattr(model, "layers", None)
     if layers and getattr(layers[0], "inp", None) is not None:
         layers[0].inp = None
+        with contextlib.suppress(AttributeError):  # (a model object of the user's with __slots__)
+            model._let_go = True
 
 
 def array_fault(arr, shape, dtype, on_host):

@@ -275,7 +275,11 @@ class Sequential:
             self._forward_thread[0] = threading.get_ident()
             return self._forward(x)
 
+    _let_go = False  # let_go_of_batch dropped the first layer's batch: backward refuses until a forward
+
     def _forward(self, x):
+        if self._let_go:
+            self._let_go = False
         plan = self._plan
         if plan is not None:
             if plan.fits(self, x):
@@ -382,10 +386,13 @@ class Sequential:
         if plan is not None and not need_input_grad and plan.backward(self, grad):
             return None
         first = self.layers[0]
-        if type(first) in _OWN_BACKWARD and first.inp is None:
+        if self._let_go or (type(first) in _OWN_BACKWARD and first.inp is None):
             # Let go of by nb.predict, evaluate or train (let_go_of_batch), while the later layers
             # still hold their caches: refused here, before those layers wrote their gradients.
-            first._check_grad(grad, None)
+            if type(first) in _OWN_BACKWARD:
+                first._check_grad(grad, None)
+            raise ValueError(f"{type(first).__name__}: backward called after nb.predict, nb.evaluate or nb.train, "
+                             "which keep no batch to backpropagate: run a forward first")
         # Layers before the first one with parameters need no gradient at all when the caller
         # does not want dL/dX, and that first layer needs only its parameters' gradients.
         stop = 0 if need_input_grad else self._first_with_parameters()

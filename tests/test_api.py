@@ -1051,3 +1051,38 @@ def test_a_backward_after_predict_is_refused_before_any_gradient_is_written(firs
         model.backward(loss_fn.backward())
     for p, g in zip(model.parameters(), grads):
         np.testing.assert_array_equal(p.grad, g)
+
+
+def test_a_backward_after_predict_is_refused_with_a_first_layer_of_the_users():
+    """A first layer of the user's own that keeps `inp` (README's Scale) had it set to None by
+    nb.predict, and the model's backward failed inside the user's code (a TypeError on None);
+    it is refused as for nbnet's layers, and a forward makes backward work again."""
+    from dataclasses import dataclass, field
+    from typing import Any
+
+    @dataclass(eq=False)
+    class Scale(nb.Layer):
+        weight: Any = field(default_factory=lambda: np.ones(4, np.float32))
+        grad_weight: Any = field(default_factory=lambda: np.zeros(4, np.float32))
+        inp: Any = None
+
+        def forward(self, x):
+            self.inp = x
+            return x * self.weight
+
+        def backward(self, grad):
+            self.grad_weight += (grad * self.inp).sum(axis=0)
+            return grad * self.weight
+
+        def parameters(self):
+            return [nb.Parameter(self, "weight")]
+
+    model = nb.Sequential(Scale(), nb.Linear(4, 3, seed=0))
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    loss_fn = nb.SoftmaxCrossEntropy()
+    loss_fn(model(x), [0, 1, 2, 0, 1, 2])
+    nb.predict(model, x)
+    with pytest.raises(ValueError, match=r"^Scale: backward called after nb.predict"):
+        model.backward(loss_fn.backward())
+    loss_fn(model(x), [0, 1, 2, 0, 1, 2])
+    model.backward(loss_fn.backward())  # a forward since: backward works

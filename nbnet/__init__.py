@@ -13,7 +13,7 @@ quiet_signals_while_starting()  # only in the `nbnet` command; first, before Num
 refuse_bad_environment(_refused_in_job)
 warn_numba_yaml_unread()  # before Numba loads and warns
 
-from . import threads  # first: it sets how Numba's threads wait, before anything starts them
+from . import threads  # noqa: F401 - first: it sets how Numba's threads wait, before anything starts them
 
 from . import datasets
 from .api import History, NothingToTrain, TrainingDiverged, TrainingInterrupted, evaluate, predict, train

@@ -609,6 +609,11 @@ def train_cmd(ctx, **opts):
                     msg = f"{what} in {where}: checkpoint saved to {opts['save']} (continue with --resume {opts['save']})"
                 else:
                     msg = f"{what} in {where}: nothing saved (use --save PATH to keep a resumable checkpoint)"
+                if opts["plot"] is not None and e.state.history:  # the epochs done, as --metrics-out has them
+                    from .plot import plot_curves  # noqa: PLC0415 - optional (matplotlib), checked before training
+
+                    plot_curves(e.state.history, opts["plot"])
+                    msg += f"; curves of the {len(e.state.history)} epoch(s) done saved to {opts['plot']}"
                 click.echo(msg, err=True)
                 sys.exit(code)
             except gpu_errors as e:

@@ -3,6 +3,7 @@ for what needs a real process (Ctrl-C, and that no traceback reaches the user)."
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -464,13 +465,17 @@ def test_no_traceback_from_a_real_process(tmp_path):
     assert p.stderr.splitlines() == [f"Error: {tmp_path / 'missing.csv'}: no such file"]
 
 
+PLOT = importlib.util.find_spec("matplotlib") is not None
+
+
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     data = tmp_path / "d.npz"
     blobs(data, n=2000, d=8)
     ck = tmp_path / "c.npz"
     p = subprocess.Popen(
         [sys.executable, "-m", "nbnet.cli", "train", "--dataset", data, "--epochs", "100000", "--hidden", "8",
-         "--batch-size", "16", "--save", ck, "--threads", "1"],
+         "--batch-size", "16", "--save", ck, "--threads", "1",
+         *(["--plot", tmp_path / "p.png"] if PLOT else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
     )
     try:
@@ -484,6 +489,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
         p.kill()
     assert p.returncode == 130
     assert "Interrupted" in err and "checkpoint saved" in err and "Traceback" not in err
+    if PLOT:  # the curves of the epochs done (it was written only by a run that finished)
+        assert "epoch(s) done saved to" in err and (tmp_path / "p.png").stat().st_size > 1000, err
     state = json.loads(str(np.load(ck, allow_pickle=False)["train/state"]))
     assert state["step"] > 0
     # resumable: continue to the end of the epoch it was in

@@ -385,10 +385,10 @@ class Sequential:
         plan = self._plan
         if plan is not None and not need_input_grad and plan.backward(self, grad):
             return None
-        first = self.layers[0]
-        if self._let_go or (type(first) in _OWN_BACKWARD and first.inp is None):
-            # Let go of by nb.predict, evaluate or train (let_go_of_batch), while the later layers
-            # still hold their caches: refused here, before those layers wrote their gradients.
+        if self._let_go:
+            # The first layer's batch was let go of (let_go_of_batch) while the later layers still
+            # hold their caches: refused here, before those layers write their gradients.
+            first = self.layers[0]
             if type(first) in _OWN_BACKWARD:
                 first._check_grad(grad, None)
             raise ValueError(f"{type(first).__name__}: backward called after nb.predict, nb.evaluate or nb.train, "

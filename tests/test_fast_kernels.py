@@ -374,20 +374,30 @@ print(len(cpu.relu_forward.serial.stats.cache_hits), len(cpu.relu_forward.serial
 """
 
 
+def _package_copy(tmp_path):
+    """A copy of the nbnet package in tmp_path, and a function that runs a script beside it in a
+    fresh process (Numba's default cache, next to the copy's sources) and returns its words."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(root, "nbnet"), tmp_path / "nbnet", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+
+    def run(script):
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+    return run
+
+
 def test_a_change_to_simd_py_alone_compiles_cpu_kernels_again(tmp_path):
     """cpu.py's kernels carry compiled copies of simd.py's micro-kernels, but Numba's cache looks at
     the kernel's own file only (numba/numba#1833): after an edit of simd.py alone (a git pull), a
     warm cache kept running the old micro-kernels. Here: a copy of the package, run, run again (the
     cache is used), then simd.py edited: the kernel must be compiled again, not loaded."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shutil.copytree(os.path.join(root, "nbnet"), tmp_path / "nbnet", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+    run = _package_copy(tmp_path)
 
     def hits_and_misses():
-        done = subprocess.run([sys.executable, "-c", EDITED_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return tuple(int(v) for v in done.stdout.split())
+        return tuple(int(v) for v in run(EDITED_SCRIPT))
 
     assert hits_and_misses() == (0, 1)
     assert hits_and_misses() == (1, 0)
@@ -415,15 +425,10 @@ def test_an_edit_of_simd_py_that_keeps_its_time_and_size_compiles_its_kernels_ag
     and keys it on the kernel's own bytecode: a constant of simd.py edited to one of the same length,
     the file's time kept (cp -p, rsync -a), left simd.row_blocks running its old MC, and so every
     kernel that calls it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shutil.copytree(os.path.join(root, "nbnet"), tmp_path / "nbnet", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+    run = _package_copy(tmp_path)
 
     def blocks():
-        done = subprocess.run([sys.executable, "-c", STAMPED_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout.split()
+        return run(STAMPED_SCRIPT)
 
     assert blocks() == ["9", "9"]  # 1000 rows in blocks of MC = 120 (the last one joined)
     path = tmp_path / "nbnet" / "simd.py"

@@ -121,8 +121,10 @@ linear_backward_input_ref = pjit(_linear_backward_input_ref)
 #   shapes (small batches, where copying W to Wᵀ would cost as much as the product, and long
 #   sums). Each output keeps W lane partial sums, added in a fixed tree at the end, plus the sum
 #   of its last n mod W terms (simd.dot_unit).
-# Each kernel splits its output into work units (blocks of rows × columns) that the threads take
-# one at a time (simd.claim), so a thread slowed by another process takes fewer; each unit, and so
+# Each kernel splits its output into work units (blocks of rows × columns); each thread takes its
+# own share first, then what is left of the others' (simd.claim_near): at every step a thread
+# writes and reads the same rows of each weight as the optimizer's step that updates them
+# (param_lanes), and a thread slowed by another process does fewer units. Each unit, and so
 # each output element, has one owner, and its sums do not depend on which thread runs it: results
 # are bitwise the same whatever the thread count. The epilogue (bias, ReLU) runs on a unit's block
 # right after it is computed, while it is in cache.
@@ -230,16 +232,16 @@ def _linear_forward(out, act, inp, weight, bias, relu):
     """y_ij = Σ_l x_il w_jl + b_j, and with relu also a_ij = max(0, y_ij) (the next layer's input)
 
     out (k, m) = Y, act (k, m) (written only with relu), inp (k, n), weight (m, n), bias (m,).
-    Dot-form units (simd.dot_unit), taken by the threads one at a time.
+    Dot-form units (simd.dot_unit), each thread its own share first (simd.claim_near).
     """
     units = simd.dot_units(out)
-    counter = simd.unit_counter()
-    for _ in prange(units):  # each thread drains the counter in its first iteration
-        u = simd.claim(counter)
+    counter, flags = simd.unit_counter(), simd.unit_flags()
+    for first in prange(units):  # each thread takes all it can in its first iteration
+        u = simd.claim_near(flags, counter, first, units, 1)
         while u < units:
             i0, i1, j0, j1 = simd.dot_unit(out, inp, weight, u)
             bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
-            u = simd.claim(counter)
+            u = simd.claim_near(flags, counter, u + 1, units, 1)
 
 
 linear_forward_act = Kernel(
@@ -426,7 +428,8 @@ DW, ACCUMULATE, RELU, FORWARD = 1, 2, 4, 8
 
 def _linear_blocks(c, a, b, vec, other, how):
     """c_rl (+)= Σ_s A_rs b_sl in broadcast-form units (simd.bcast_unit: A_rs = a.flat[r a_rs +
-    s a_ss]), taken by the threads one at a time: a Linear's dW, dX, or forward from Wᵀ.
+    s a_ss]), each thread its own share first (simd.claim_near): a Linear's dW, dX, or forward
+    from Wᵀ.
 
     how & DW (dW, db):  c = dW (m, n), A = Gᵀ (a = G (k, m); a_rs = 1, a_ss = m), b = X (k, n), s < k:
                         dw_jl (+)= Σ_i g_ij x_il (how & ACCUMULATE: +=, else =), and the units of
@@ -452,9 +455,10 @@ def _linear_blocks(c, a, b, vec, other, how):
     # (cold import + first step at batch 128, Zen 3, three interleaved runs: 14.1-16.1 -> 12.7-14.2 s)
     shared = how >= 0 and SHARED_UNITS
     units = simd.bcast_units(c, steps, shared)
-    counter = simd.unit_counter()
-    for _ in prange(units):  # each thread drains the counter in its first iteration
-        u = simd.claim(counter)
+    group = units // simd.row_blocks(c.shape[0])  # units per row block
+    counter, flags = simd.unit_counter(), simd.unit_flags()
+    for first in prange(units):  # each thread takes all it can in its first iteration
+        u = simd.claim_near(flags, counter, first, units, group)
         while u < units:
             r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared)
             if params and l0 == 0:
@@ -471,7 +475,7 @@ def _linear_blocks(c, a, b, vec, other, how):
                     d, p = c[i, l0:l1], other[i, l0:l1]
                     for l in range(d.shape[0]):
                         d[l] = zero if p[l] < zero else d[l]
-            u = simd.claim(counter)
+            u = simd.claim_near(flags, counter, u + 1, units, group)
 
 
 @jit
@@ -1061,6 +1065,73 @@ def _adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, s
 # error_model="numpy": IEEE division (as torch) instead of a ZeroDivisionError check per element,
 # which kept LLVM from vectorizing the loop: 7x faster, the same bits (the divisor is ≥ ε > 0).
 adam_step = Kernel(_adam_step, lambda param, *rest: param.shape[0] * EXP_COST // 2, STEP_PARALLEL_WORK, error_model="numpy")
+
+
+# Optimizer steps in lanes: the same updates (the serial twins above, on slices), each thread on
+# the parameter elements it wrote and read in the backward and forward. A weight row that one core
+# updated and the other core reads or writes next costs a cache-line transfer between cores; on a
+# 2-core VM (Zen 5, the cores far apart) the flat step's even split over the packed parameters made
+# the batch-1 step of 784-256-128-10 131 µs on 2 threads against 67 on one (dW 256->128, run
+# serially on the calling thread, 18 µs against 2.3), and the step in lanes 53 µs.
+
+
+def static_shares(units, lanes):
+    """Where each of `lanes` threads' share of prange(units) starts, and the end: Numba's static
+    split (0.68: as even as it goes, the first units % lanes shares one longer; thread 0 is the
+    calling thread), which simd.claim_near keeps while no thread is slowed."""
+    base, extra = divmod(units, lanes)
+    starts = [0]
+    for t in range(lanes):
+        starts.append(starts[-1] + base + (1 if t < extra else 0))
+    return starts
+
+
+def dw_shares(dweight, k, lanes):
+    """[(lane, r0, r1, c0, c1)]: the blocks of dW (m, n) that each thread writes in a backward of
+    batch k on `lanes` threads (linear_backward_params; db_j goes with the block of dw_j0), or
+    None where that runs serially (on the calling thread, lane 0)."""
+    m, n = dweight.shape
+    if k <= SHORT_SUM:
+        if _linear_work(k, dweight) < PARALLEL_WORK:
+            return None
+        starts = static_shares(m, lanes)
+        return [(t, starts[t], starts[t + 1], 0, n) for t in range(lanes) if starts[t] < starts[t + 1]]
+    work = k * dweight.size
+    if (max(work, PARALLEL_WORK) if dweight.nbytes >= STREAM_BYTES else work) < PARALLEL_WORK:
+        return None
+    units, per = simd.bcast_grid(dweight, k, True)
+    nc = simd.BCAST_NV * simd.lanes(dweight.dtype)
+    starts = static_shares(units, lanes)
+    return [(t, *simd.bcast_unit_block(m, n, nc, per, u)) for t in range(lanes) for u in range(starts[t], starts[t + 1])]
+
+
+_sgd_elements, _adam_elements = sgd_step.serial, adam_step.serial
+
+
+def _sgd_lanes(param, grad, buf, lr, momentum, weight_decay, nesterov, spans, first):
+    """sgd_step's update, thread t on param[spans[q, 0]:spans[q, 1]] for first[t] ≤ q < first[t+1]
+    (spans covering every element once: nbnet.optim's lanes). Elementwise: the same bits as
+    sgd_step, whichever thread does which span."""
+    for t in prange(first.shape[0] - 1):
+        for q in range(first[t], first[t + 1]):
+            a, b = spans[q, 0], spans[q, 1]
+            _sgd_elements(param[a:b], grad[a:b], buf[a:b], lr, momentum, weight_decay, nesterov)
+
+
+sgd_lanes = Kernel(_sgd_lanes, lambda param, *rest: 2 * param.shape[0], STEP_PARALLEL_WORK)
+
+
+def _adam_lanes(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt, spans, first):
+    """adam_step's update in lanes, as _sgd_lanes."""
+    for t in prange(first.shape[0] - 1):
+        for q in range(first[t], first[t + 1]):
+            a, b = spans[q, 0], spans[q, 1]
+            _adam_elements(param[a:b], grad[a:b], m[a:b], v[a:b], one_beta1, beta2, one_beta2, eps, l2, decay,
+                           step_size, bc2_sqrt)
+
+
+adam_lanes = Kernel(_adam_lanes, lambda param, *rest: param.shape[0] * EXP_COST // 2, STEP_PARALLEL_WORK,
+                    error_model="numpy")
 
 
 # ----------------------------------------------------------------------------------------------

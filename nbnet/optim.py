@@ -18,7 +18,7 @@ from operator import getitem, is_
 
 import numpy as np
 
-from . import simd
+from . import cpu, simd, threads
 from .layers import Linear, Parameter, array_fault, check_set_to_none, empty_like_shape, kernels, to_host
 
 
@@ -148,6 +148,7 @@ class Optimizer:
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
         self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
         self._fast = None  # what _groups checks before answering its last groups again (see _fast_check)
+        self._spans = None  # (key, params, (spans, first)) of the last _lanes
         self._owners = self._attrs = self._owners_of = None  # (layer, attribute) of each array, for _arrays_now
         self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
@@ -162,7 +163,8 @@ class Optimizer:
         raise AttributeError(f"{type(self).__name__} has no param_groups: its hyper-parameters are attributes, "
                              f"checked at the next step: opt.lr = 0.01 (also {', '.join(self.hyper_names[1:])})")
 
-    _CACHES = ("_flat_for", "_groups_for", "_fast", "_owners", "_attrs", "_owners_of", "_marks", "_fills", "_cast")
+    _CACHES = ("_flat_for", "_groups_for", "_fast", "_owners", "_attrs", "_owners_of", "_marks", "_fills", "_cast",
+               "_spans")
 
     def __getstate__(self):
         # Without the caches: copy.deepcopy and pickle copy a view as an array of its own, so the
@@ -174,6 +176,51 @@ class Optimizer:
         self.__dict__.update(state)
         with _LIVE_LOCK:
             _LIVE.add(self)  # a copy's state moves with its model too
+
+    def _lanes(self, groups):
+        """(spans, first) for cpu.sgd_lanes / adam_lanes, or None (one thread, or not one packed host
+        group): each thread's spans of the packed parameters, where it wrote dW and db in the last
+        backward (cpu.dw_shares at that batch; a layer's that ran serially all on thread 0), other
+        parameters split evenly. Made again only when the thread count or a batch size changes."""
+        if len(groups) != 1 or type(groups[0][0]) is not np.ndarray or not threads.parallel():
+            return None
+        lanes = threads.in_use()
+        batches = tuple(getattr(getattr(p, "layer", None), "inp", None) for p in self.params)
+        key = (lanes, tuple(getattr(x, "shape", None) for x in batches))
+        made = getattr(self, "_spans", None)  # (an optimizer pickled before it had one)
+        if made is not None and made[0] == key and made[1] is self.params:
+            return made[2]
+        owned = []  # (lane, start, end) in the packed buffer
+        start = 0
+        for p, x in zip(self.params, batches):
+            size = p.data.size
+            layer = getattr(p, "layer", None)
+            shares = None
+            if isinstance(layer, Linear) and isinstance(x, np.ndarray) and x.ndim == 2 and p.name in ("weight", "bias"):
+                shares = cpu.dw_shares(layer.weight, x.shape[0], lanes) or [(0, 0, layer.weight.shape[0], 0, 0)]
+                n = layer.weight.shape[1] if p.name == "weight" else 1
+                for t, r0, r1, c0, c1 in shares:
+                    if p.name == "bias" and c0 == 0:
+                        owned.append((t, start + r0, start + r1))
+                    elif p.name == "weight" and (c0, c1) in ((0, n), (0, 0)):
+                        owned.append((t, start + r0 * n, start + r1 * n))
+                    elif p.name == "weight":
+                        owned.extend((t, start + r * n + c0, start + r * n + c1) for r in range(r0, r1))
+            else:
+                ends = cpu.static_shares(size, lanes)
+                owned.extend((t, start + ends[t], start + ends[t + 1]) for t in range(lanes) if ends[t] < ends[t + 1])
+            start += size
+        owned.sort()
+        merged = []
+        for t, a, b in owned:
+            if merged and merged[-1][0] == t and merged[-1][2] == a:
+                merged[-1][2] = b
+            else:
+                merged.append([t, a, b])
+        spans = np.array([[a, b] for _, a, b in merged], np.int64).reshape(-1, 2)
+        first = np.searchsorted([t for t, _, _ in merged], np.arange(lanes + 1)).astype(np.int64)
+        self._spans = (key, self.params, (spans, first))
+        return spans, first
 
     def forget_arrays(self):
         """Drop the caches that hold the parameters' arrays (the model moved: they are the old
@@ -483,7 +530,11 @@ class SGD(Optimizer):
         for data, grad, st in groups:
             lr, momentum, weight_decay = self._scalars(data.dtype, names, self.lr, self.momentum, self.weight_decay)
             buf = st["momentum_buffer"] if self.state_names else data  # without momentum the kernel never reads it
-            kernels(data).sgd_step(data, grad, buf, lr, momentum, weight_decay, self.nesterov)
+            lanes = self._lanes(groups)
+            if lanes is not None:
+                cpu.sgd_lanes(data, grad, buf, lr, momentum, weight_decay, self.nesterov, *lanes)
+            else:
+                kernels(data).sgd_step(data, grad, buf, lr, momentum, weight_decay, self.nesterov)
         self.step_count += 1
 
 
@@ -540,8 +591,12 @@ class Adam(Optimizer):
             scalars.append(self._scalars(dt, self._SCALAR_NAMES, 1 - beta1, beta2, 1 - beta2, self.eps, l2, decay)
                            + (size, dt.type(bc2_sqrt)))
         self.step_count = t
+        lanes = self._lanes(groups)
         for (data, grad, st), values in zip(groups, scalars):
-            kernels(data).adam_step(data, grad, st["exp_avg"], st["exp_avg_sq"], *values)
+            if lanes is not None:
+                cpu.adam_lanes(data, grad, st["exp_avg"], st["exp_avg_sq"], *values, *lanes)
+            else:
+                kernels(data).adam_step(data, grad, st["exp_avg"], st["exp_avg_sq"], *values)
 
 
 class AdamW(Adam):

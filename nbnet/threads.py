@@ -353,6 +353,11 @@ def auto():
     _fixed, _next, _last = False, 0.0, None
 
 
+def in_use():
+    """The number of threads nbnet's parallel kernels run on now (after parallel())."""
+    return _n
+
+
 def describe():
     """One line for `nbnet check` / `nbnet info`."""
     parallel()

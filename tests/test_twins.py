@@ -37,13 +37,20 @@ def _args(name, rng):
         "sgd_step": (a(n), a(n), a(n), F(0.1), F(0.9), F(0.01), True),
         "adam_step": (a(n), a(n), a(n), np.abs(a(n)), F(0.1), F(0.999), F(0.001), F(1e-8), F(0.01), F(0.99), F(0.1),
                       F(0.3)),
+        "sgd_lanes": (a(n), a(n), a(n), F(0.1), F(0.9), F(0.01), True, *_SPANS),
+        "adam_lanes": (a(n), a(n), a(n), np.abs(a(n)), F(0.1), F(0.999), F(0.001), F(1e-8), F(0.01), F(0.99), F(0.1),
+                       F(0.3), *_SPANS),
     }[name]
+
+
+# Lanes of 1000 elements (cpu.sgd_lanes): lane 0 two spans, lane 1 one, out of order.
+_SPANS = (np.array([[0, 300], [700, 1000], [300, 700]], np.int64), np.array([0, 2, 3], np.int64))
 
 
 NAMES = ["relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
          "softmax_forward", "softmax_backward", "crossentropy_forward", "crossentropy_backward",
          "softmax_crossentropy_forward", "softmax_crossentropy_backward", "mse_backward", "bce_with_logits_backward",
-         "transpose", "sgd_step", "adam_step"]
+         "transpose", "sgd_step", "adam_step", "sgd_lanes", "adam_lanes"]
 
 
 def test_every_kernel_is_in_the_twins_test():
@@ -132,7 +139,7 @@ FIRST_PARALLEL = {
     "tanh_forward": 8_192, "tanh_backward": 65_536, "softmax_forward": 8_192, "softmax_backward": 65_536,
     "crossentropy_forward": 32_768, "crossentropy_backward": 65_536, "softmax_crossentropy_forward": 8_192,
     "softmax_crossentropy_backward": 65_536, "mse_backward": 65_536, "bce_with_logits_backward": 8_192,
-    "sgd_step": 131_072, "adam_step": 65_536,
+    "sgd_step": 131_072, "adam_step": 65_536, "sgd_lanes": 131_072, "adam_lanes": 65_536,
 }
 
 

@@ -180,6 +180,12 @@ class Kernel:
         return self.serial(*args)
 
 
+# Up to this batch the Linear kernels' threads each take their own share of the units first
+# (simd.claim_near), above it the next unit in order: on 2 threads (Zen 5 VM, 784-256-128-10,
+# training step) shares first ran batch 1 132 -> 61 µs, 8 176 -> 87, 32 229 -> 194, but 128 508
+# -> 562 (in order again: 513).
+NEAR_ROWS = 32
+
 # The kernels' work units are shared by the threads (simd.bcast_grid); False in serial twins (Kernel).
 SHARED_UNITS = True
 
@@ -235,13 +241,14 @@ def _linear_forward(out, act, inp, weight, bias, relu):
     Dot-form units (simd.dot_unit), each thread its own share first (simd.claim_near).
     """
     units = simd.dot_units(out)
+    group = 1 if inp.shape[0] <= NEAR_ROWS else 0  # (see NEAR_ROWS)
     counter, flags = simd.unit_counter(), simd.unit_flags()
     for first in prange(units):  # each thread takes all it can in its first iteration
-        u = simd.claim_near(flags, counter, first, units, 1)
+        u = simd.claim_near(flags, counter, first, units, group)
         while u < units:
             i0, i1, j0, j1 = simd.dot_unit(out, inp, weight, u)
             bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
-            u = simd.claim_near(flags, counter, u + 1, units, 1)
+            u = simd.claim_near(flags, counter, u + 1, units, group)
 
 
 linear_forward_act = Kernel(
@@ -455,7 +462,8 @@ def _linear_blocks(c, a, b, vec, other, how):
     # (cold import + first step at batch 128, Zen 3, three interleaved runs: 14.1-16.1 -> 12.7-14.2 s)
     shared = how >= 0 and SHARED_UNITS
     units = simd.bcast_units(c, steps, shared)
-    group = units // simd.row_blocks(c.shape[0])  # units per row block
+    # units per row block; 0 (in order) for a batch over NEAR_ROWS (k for dW, else C's rows)
+    group = units // simd.row_blocks(c.shape[0]) if (k if params else c.shape[0]) <= NEAR_ROWS else 0
     counter, flags = simd.unit_counter(), simd.unit_flags()
     for first in prange(units):  # each thread takes all it can in its first iteration
         u = simd.claim_near(flags, counter, first, units, group)

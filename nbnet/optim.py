@@ -177,11 +177,20 @@ class Optimizer:
         with _LIVE_LOCK:
             _LIVE.add(self)  # a copy's state moves with its model too
 
+    SERIAL_SHARE = 1 / 16  # see _lanes
+
     def _lanes(self, groups):
-        """(spans, first) for cpu.sgd_lanes / adam_lanes, or None (one thread, or not one packed host
-        group): each thread's spans of the packed parameters, where it wrote dW and db in the last
-        backward (cpu.dw_shares at that batch; a layer's that ran serially all on thread 0), other
-        parameters split evenly. Made again only when the thread count or a batch size changes."""
+        """(spans, first) for cpu.sgd_lanes / adam_lanes: each thread's spans of the packed
+        parameters, the rows where it wrote dW and db in the last backward (cpu.dw_shares at that
+        batch; a layer's that ran serially all on thread 0), other parameters split evenly. Made
+        again only when the thread count or a batch size changes.
+
+        None (the flat step, an even split) with one thread, without one packed host group, and
+        where less than SERIAL_SHARE of the parameters had their gradient written serially: the
+        lanes pay where small layers run on the calling thread, whose rows an even split hands to
+        another core (784-256-128-10 on 2 threads, SGD pass lanes / flat, Zen 5 VM: batch 1 27 /
+        70 µs, 8 32 / 42), but not once every sizable layer runs parallel (32: 48 / 39, 128: 110
+        / 93, 512: 125 / 98), where the forward's units and the threads' stealing share rows anyway."""
         if len(groups) != 1 or type(groups[0][0]) is not np.ndarray or not threads.parallel():
             return None
         lanes = threads.in_use()
@@ -191,25 +200,26 @@ class Optimizer:
         if made is not None and made[0] == key and made[1] is self.params:
             return made[2]
         owned = []  # (lane, start, end) in the packed buffer
-        start = 0
+        start = serial = 0
         for p, x in zip(self.params, batches):
             size = p.data.size
             layer = getattr(p, "layer", None)
             shares = None
             if isinstance(layer, Linear) and isinstance(x, np.ndarray) and x.ndim == 2 and p.name in ("weight", "bias"):
-                shares = cpu.dw_shares(layer.weight, x.shape[0], lanes) or [(0, 0, layer.weight.shape[0], 0, 0)]
+                shares = cpu.dw_shares(layer.weight, x.shape[0], lanes)
+                if shares is None:
+                    shares, serial = [(0, 0, layer.weight.shape[0], 0, 0)], serial + size
+                # Whole rows, each to the thread of its first columns (and db_j's): a span per part
+                # of a row cost more to start than its cache lines saved (256 -> 128 at batch 128).
                 n = layer.weight.shape[1] if p.name == "weight" else 1
-                for t, r0, r1, c0, c1 in shares:
-                    if p.name == "bias" and c0 == 0:
-                        owned.append((t, start + r0, start + r1))
-                    elif p.name == "weight" and (c0, c1) in ((0, n), (0, 0)):
-                        owned.append((t, start + r0 * n, start + r1 * n))
-                    elif p.name == "weight":
-                        owned.extend((t, start + r * n + c0, start + r * n + c1) for r in range(r0, r1))
+                owned.extend((t, start + r0 * n, start + r1 * n) for t, r0, r1, c0, _ in shares if c0 == 0)
             else:
                 ends = cpu.static_shares(size, lanes)
                 owned.extend((t, start + ends[t], start + ends[t + 1]) for t in range(lanes) if ends[t] < ends[t + 1])
             start += size
+        if serial < self.SERIAL_SHARE * start:
+            self._spans = (key, self.params, None)
+            return None
         owned.sort()
         merged = []
         for t, a, b in owned:

@@ -1082,7 +1082,8 @@ def _jit(func):
 def claim_near(flags, counter, u, units, group):
     """The next work unit of a kernel's prange for the thread asking, claimed for it; `units` when
     none is left. u: the thread's first iteration of the prange (where its static share starts),
-    then the unit after the one it last did. group: units per row block of the output (1: any).
+    then the unit after the one it last did. group: units per row block of the output (1: any;
+    0: every unit in order from the counter, as `claim`).
 
     A thread takes its own share in order (u, while free), then, from the end, the first unit of
     a row block no thread has started (and goes on through it): each thread keeps the units
@@ -1093,7 +1094,7 @@ def claim_near(flags, counter, u, units, group):
     other cost a dW of 256->128 18 µs against 2-3 µs (the step on 2 threads 131 µs, on one 67);
     at batch 8, the two threads in one row block of dW 784->256 (other columns) took 15-17 µs a
     unit against 3-4. With more than MAX_FLAGGED units, the next in order from the counter."""
-    if units > MAX_FLAGGED:
+    if units > MAX_FLAGGED or group == 0:
         return claim(counter)
     u = np.int64(u)  # a prange index may come as uint64, which with int64 would unify to float64
     if claimed(counter) >= units:

@@ -25,7 +25,7 @@ def _claim_all(done, group):
 
 
 @pytest.mark.parametrize("units", [1, 2, 3, 7, 64, simd.MAX_FLAGGED, simd.MAX_FLAGGED + 1, 1000])
-@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("group", [0, 1, 3])
 def test_claim_near_hands_out_every_unit_once(units, group):
     for _ in range(20):
         done = np.zeros(units, np.int64)
@@ -76,13 +76,20 @@ def _mlp():
                           nb.Linear(128, 10, seed=2)])
 
 
-@pytest.mark.parametrize("batch", [1, 8, 64])
-@pytest.mark.parametrize("lanes", [2, 3])
-def test_the_lanes_cover_every_parameter_once_and_follow_dw(batch, lanes, monkeypatch):
+def _trained_once(batch):
     model = _mlp()
     opt = nb.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = nb.SoftmaxCrossEntropy()
     x = np.random.default_rng(0).standard_normal((batch, 784)).astype(F)
-    model.backward(nb.SoftmaxCrossEntropy().forward(model.forward(x), np.zeros(batch, np.int64)) * 0 + model.layers[-1].out)
+    loss.forward(model.forward(x), np.zeros(batch, np.int64))
+    model.backward(loss.backward())
+    return model, opt
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_the_lanes_cover_every_parameter_once_and_follow_dw(batch, lanes, monkeypatch):
+    model, opt = _trained_once(batch)
     monkeypatch.setattr(threads, "parallel", lambda: True)
     monkeypatch.setattr(threads, "in_use", lambda: lanes)
     spans, first = opt._lanes(opt._groups())
@@ -95,13 +102,38 @@ def test_the_lanes_cover_every_parameter_once_and_follow_dw(batch, lanes, monkey
             lane[a:b] = t
     assert (cover == 1).all()
     w1 = model.layers[0].weight
-    shares = cpu.dw_shares(w1, batch, lanes)
-    for t, r0, r1, c0, c1 in shares:  # the first layer's dW runs parallel at every batch (it streams)
-        assert (lane[:w1.size].reshape(w1.shape)[r0:r1, c0:c1] == t).all()
-    w2_at = w1.size + 256
-    w2 = model.layers[2].weight
-    if cpu.dw_shares(w2, batch, lanes) is None:  # run serially: updated by the calling thread too
-        assert (lane[w2_at:w2_at + w2.size] == 0).all()
+    for t, r0, r1, c0, c1 in cpu.dw_shares(w1, batch, lanes):  # parallel at every batch: it streams
+        if c0 == 0:  # whole rows go with their first columns
+            assert (lane[:w1.size].reshape(w1.shape)[r0:r1] == t).all()
+            assert (lane[w1.size + r0:w1.size + r1] == t).all()  # db_j with dw_j0
+    w2_at, w2 = w1.size + 256, model.layers[2].weight
+    assert cpu.dw_shares(w2, batch, lanes) is None  # run serially: updated on the calling thread too
+    assert (lane[w2_at:w2_at + w2.size] == 0).all()
+
+
+def test_once_every_sizable_layer_runs_parallel_the_step_is_flat(monkeypatch):
+    model, opt = _trained_once(64)  # 256->128 at 64 rows: 2M multiply-adds, parallel
+    monkeypatch.setattr(threads, "parallel", lambda: True)
+    monkeypatch.setattr(threads, "in_use", lambda: 2)
+    assert cpu.dw_shares(model.layers[2].weight, 64, 2) is not None
+    assert opt._lanes(opt._groups()) is None
+
+
+def test_a_step_in_lanes_trains_as_the_flat_step(monkeypatch):
+    """The same bits whichever path updates: 2 lanes at batch 8 against the flat step."""
+    monkeypatch.setattr(threads, "parallel", lambda: True)
+    monkeypatch.setattr(threads, "in_use", lambda: 2)
+    runs = []
+    for lanes in (False, True):
+        model, opt = _trained_once(8)
+        if not lanes:
+            opt._lanes = lambda groups: None
+        else:
+            assert opt._lanes(opt._groups()) is not None
+        for _ in range(3):
+            opt.step()
+        runs.append([p.data.copy() for p in model.parameters()])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
 
 
 def test_one_thread_or_unpacked_parameters_take_the_flat_step(monkeypatch):

@@ -121,10 +121,11 @@ linear_backward_input_ref = pjit(_linear_backward_input_ref)
 #   shapes (small batches, where copying W to Wᵀ would cost as much as the product, and long
 #   sums). Each output keeps W lane partial sums, added in a fixed tree at the end, plus the sum
 #   of its last n mod W terms (simd.dot_unit).
-# Each kernel splits its output into work units (blocks of rows × columns); each thread takes its
-# own share first, then what is left of the others' (simd.claim_near): at every step a thread
-# writes and reads the same rows of each weight as the optimizer's step that updates them
-# (param_lanes), and a thread slowed by another process does fewer units. Each unit, and so
+# Each kernel splits its output into work units (blocks of rows × columns) that the threads take
+# with simd.claim_near: up to NEAR_ROWS rows a batch, each thread its own share first, so that at
+# every step it writes and reads the same rows of each weight as the optimizer's step that updates
+# them (dw_shares, sgd_lanes); above that in order, one at a time. Either way a thread slowed by
+# another process does fewer units. Each unit, and so
 # each output element, has one owner, and its sums do not depend on which thread runs it: results
 # are bitwise the same whatever the thread count. The epilogue (bias, ReLU) runs on a unit's block
 # right after it is computed, while it is in cache.

@@ -20,9 +20,10 @@
    its own stack to hold them (no allocation); `transpose_block` turns a W × W block in registers.
    `empty` / `zeros` give host arrays that start on a cache line, as the kernels' vectors want.
 3. `claim`: an atomic counter that threads take work units from, so a thread slowed by another
-   process does fewer units (the static split of prange would make everyone wait for it). Which
-   thread computes a unit never changes what it computes: results are bitwise the same for any
-   thread count.
+   process does fewer units (the static split of prange would make everyone wait for it);
+   `claim_near`: each thread its static share first, then row blocks nobody started, so a thread
+   keeps the same rows from step to step. Which thread computes a unit never changes what it
+   computes: results are bitwise the same for any thread count.
 
 Editing this module: nbnet.cpu's kernels compile these functions into themselves, and Numba's
 on-disk cache would key them on cpu.py alone; cpu.jit adds a hash of both files to their key, so
@@ -847,7 +848,7 @@ def claimed(typingctx, counter):
 
 # ----------------------------------------------------------------------------------------------
 # 4. Drivers: one work unit of a product, cache-blocked, built from the micro-kernels. A kernel
-# hands units out to its threads with `claim` and applies its own epilogue (bias, ReLU) to the
+# hands units out to its threads with `claim_near` and applies its own epilogue (bias, ReLU) to the
 # block a unit returns, while it is in cache. Units never overlap: each output has one owner.
 
 # Numba's internals as of 0.68 (IndexDataCacheFile, its _dump and _load_index; a cache's _impl and

@@ -148,7 +148,7 @@ class Optimizer:
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
         self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
         self._fast = None  # what _groups checks before answering its last groups again (see _fast_check)
-        self._spans = None  # (key, params, (spans, first)) of the last _lanes
+        self._spans = None  # (key, the flat data, (spans, first)) of the last _lanes
         self._owners = self._attrs = self._owners_of = None  # (layer, attribute) of each array, for _arrays_now
         self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
@@ -197,7 +197,12 @@ class Optimizer:
         batches = tuple(getattr(getattr(p, "layer", None), "inp", None) for p in self.params)
         key = (lanes, tuple(getattr(x, "shape", None) for x in batches))
         made = getattr(self, "_spans", None)  # (an optimizer pickled before it had one)
-        if made is not None and made[0] == key and made[1] is self.params:
+        # Checked against the flat data view, not the list of handles: opt.params changed in place
+        # or a layer's arrays replaced and packed again (the same batch shapes) kept the old sizes'
+        # spans, and the step left the parameters past them as they were, silently. The view is
+        # made again whenever an array behind a handle changes (_flat), and kept while none does.
+        data = groups[0][0]
+        if made is not None and made[0] == key and made[1] is data:
             return made[2]
         owned = []  # (lane, start, end) in the packed buffer
         start = serial = 0
@@ -218,7 +223,7 @@ class Optimizer:
                 owned.extend((t, start + ends[t], start + ends[t + 1]) for t in range(lanes) if ends[t] < ends[t + 1])
             start += size
         if serial < self.SERIAL_SHARE * start:
-            self._spans = (key, self.params, None)
+            self._spans = (key, data, None)
             return None
         owned.sort()
         merged = []
@@ -229,13 +234,13 @@ class Optimizer:
                 merged.append([t, a, b])
         spans = np.array([[a, b] for _, a, b in merged], np.int64).reshape(-1, 2)
         first = np.searchsorted([t for t, _, _ in merged], np.arange(lanes + 1)).astype(np.int64)
-        self._spans = (key, self.params, (spans, first))
+        self._spans = (key, data, (spans, first))
         return spans, first
 
     def forget_arrays(self):
         """Drop the caches that hold the parameters' arrays (the model moved: they are the old
         device's, whose memory they kept until the next step rebuilt them)."""
-        self._flat_for = self._groups_for = self._fast = None
+        self._flat_for = self._groups_for = self._fast = self._spans = None
 
     def _handles(self):
         """Per-parameter lookups made once (again when opt.params is reassigned): the (layer,

@@ -145,3 +145,25 @@ def test_one_thread_or_unpacked_parameters_take_the_flat_step(monkeypatch):
     w = [nb.Linear(4, 3, seed=0), nb.Linear(3, 2, seed=1)]
     loose = nb.SGD(w[0].parameters() + w[1].parameters(), lr=0.1)
     assert loose._lanes(loose._groups()) is None or len(loose._groups()) == 1
+
+
+def test_parameters_changed_in_place_get_lanes_of_their_own(monkeypatch):
+    """opt.params replaced in place by a packed model's of other sizes (the same batch shapes):
+    the lanes made for the old sizes left the new last layer's bias as it was, silently."""
+    monkeypatch.setattr(threads, "parallel", lambda: True)
+    monkeypatch.setattr(threads, "in_use", lambda: 2)
+    model, opt = _trained_once(1)
+    opt.step()
+    assert opt._lanes(opt._groups()) is not None
+    other = nb.Sequential([nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 128, seed=1), nb.ReLU(),
+                           nb.Linear(128, 20, seed=2)])
+    loss = nb.SoftmaxCrossEntropy()
+    loss.forward(other.forward(np.ones((1, 784), F)), np.zeros(1, np.int64))
+    other.backward(loss.backward())
+    opt = nb.SGD(model.parameters(), lr=0.5)  # no state: nothing checks the sizes against it
+    opt.step()
+    opt.params[:] = other.parameters()
+    last = other.layers[4]
+    want = last.bias - F(0.5) * last.grad_bias
+    opt.step()
+    assert np.array_equal(last.bias, want)

@@ -167,3 +167,45 @@ def test_parameters_changed_in_place_get_lanes_of_their_own(monkeypatch):
     want = last.bias - F(0.5) * last.grad_bias
     opt.step()
     assert np.array_equal(last.bias, want)
+
+
+CLAIM_SCRIPT = """
+import numpy as np
+from numba import njit, prange
+from nbnet import simd
+
+@njit(parallel=True)
+def claim_all(done, group, spin):
+    units = done.shape[0]
+    counter, flags = simd.unit_counter(), simd.unit_flags()
+    for first in prange(units):
+        u = simd.claim_near(flags, counter, first, units, group)
+        while u < units:
+            done[u] += 1
+            s = 0.0
+            for i in range(spin * (1 + (u * 7919) % 13)):  # units of uneven cost: threads steal
+                s += i * 1e-9
+            done[u] += s < 0
+            u = simd.claim_near(flags, counter, u + 1, units, group)
+
+for units in (1, 5, 17, 100, 256, 257):
+    for group in (0, 1, 3, 7, 300):
+        for spin in (0, 2000):
+            for _ in range(5):
+                done = np.zeros(units, np.int64)
+                claim_all(done, group, spin)
+                assert (done == 1).all(), (units, group, spin, done)
+print("ok")
+"""
+
+
+def test_claim_near_hands_out_every_unit_once_on_more_threads_than_cores():
+    """The in-process test runs on as many threads as the process may use cores (one under
+    taskset -c 1): here 5 threads share them, so they are preempted mid-claim and steal."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_NUM_THREADS="5")
+    done = subprocess.run([sys.executable, "-c", CLAIM_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

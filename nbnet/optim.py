@@ -183,7 +183,7 @@ class Optimizer:
         """(spans, first) for cpu.sgd_lanes / adam_lanes: each thread's spans of the packed
         parameters, the rows where it wrote dW and db in the last backward (cpu.dw_shares at that
         batch; a layer's that ran serially all on thread 0), other parameters split evenly. Made
-        again only when the thread count or a batch size changes.
+        again only when the thread count, a batch size or the parameters' arrays change.
 
         None (the flat step, an even split) with one thread, without one packed host group, and
         where less than SERIAL_SHARE of the parameters had their gradient written serially: the

@@ -65,7 +65,7 @@ SPLIT_ROWS = 512  # dW sums a batch longer than this in parts (measured on an H1
 PART_ROWS = 256  # ... extra launch costs more than it saves) of at least PART_ROWS rows ...
 MAX_PARTS = 16  # ... and at most MAX_PARTS parts, ...
 SPLIT_BLOCKS = 512  # ... and at most this many 64x64 output tiles in all the parts (see _batch_parts)
-MAX_GRID_Y = 65535  # CUDA's largest grid y: the most row tiles one Linear launch covers (_launch_tiles)
+MAX_GRID_Y = 65535  # CUDA's largest grid y (and z: dW's ≤ MAX_PARTS parts): the most row tiles a launch covers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,27 +332,39 @@ def _launcher(kernel, grid, block):
 
 
 def _launch_1d(kernel, size, *args):
+    # No pieces: grid x takes 2^31 - 1 blocks, 2.7e11 elements, more than any GPU's memory holds.
     if size == 0:
         return
     threads = min(BLOCK, size)
     _launcher(kernel, (size + threads - 1) // threads, threads)(*args)
 
 
-def _launch_tiles(kernel, out, *args, batch=()):
-    """One block of TILE x TILE threads per BT x BT tile of the (rows, cols) output `out`; x runs
-    along columns. `batch`: the positions in (out, *args) of the arrays whose rows are out's; more
-    rows than MAX_GRID_Y tiles are launched in pieces of rows, each a grid CUDA takes (y, the rows'
-    tiles, is at most 65535 blocks: a forward of over 4,194,240 rows failed as an invalid launch,
-    where the simulator, which checks no grid, ran it). Rows are independent: the same bits."""
-    rows, cols = out.shape
+def _launch_tiles(kernel, out, *args, rows):
+    """One block of TILE x TILE threads per BT x BT tile of out's last two axes (rows, cols), x
+    along columns, and z over a leading axis if out has one (dW's batch parts). `rows`: (position in
+    (out, *args), axis) of every array laid along out's rows, out included. CUDA takes at most
+    MAX_GRID_Y (65535) blocks in y, out's row tiles: a forward of over 4,194,240 rows, or a dW of
+    that many outputs, failed as an invalid launch (the simulator, which checks no grid, ran it).
+    More rows are launched in pieces, views of those arrays: each output keeps its owner and its
+    sum's order, so the pieces give the same bits."""
+    *depth, height, cols = out.shape
     step = MAX_GRID_Y * BT
-    if rows > step and batch:
-        for r0 in range(0, rows, step):
-            piece = [a[r0 : r0 + step] if i in batch else a for i, a in enumerate((out, *args))]
-            _launch_tiles(kernel, *piece)
+    if height > step:
+        for r0 in range(0, height, step):
+            piece = [out, *args]
+            for i, axis in rows:
+                piece[i] = piece[i][(slice(None),) * axis + (slice(r0, r0 + step),)]
+            _launch_tiles(kernel, *piece, rows=rows)
         return
-    grid = ((cols + BT - 1) // BT, (rows + BT - 1) // BT)
+    grid = ((cols + BT - 1) // BT, (height + BT - 1) // BT, *depth)
     _launcher(kernel, grid, (TILE, TILE))(out, *args)
+
+
+# rows= of the Linear launches: (position, axis) of the arrays along the output's rows
+_FORWARD_ROWS = ((0, 0), (1, 0), (2, 0))  # Y, A, X: the batch
+_INPUT_ROWS = ((0, 0), (1, 0), (3, 0))  # dX, G, X': the batch
+_PARAMS_ROWS = ((0, 0), (1, 0), (2, 1))  # dW, db, G's columns: the outputs
+_PARTS_ROWS = ((0, 1), (1, 1), (2, 1))  # the parts' dW and db, G's columns: the outputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,12 +454,12 @@ def _linear_forward_kernel(out, act, inp, weight, bias, relu):
 
 def linear_forward(out, inp, weight, bias, weight_t=None):
     # weight_t: the CPU forward's Wᵀ scratch (nbnet.cpu); the GPU tiles read W as it is.
-    _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False, batch=(0, 1, 2))
+    _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False, rows=_FORWARD_ROWS)
 
 
 def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     """Linear then ReLU in one kernel (the CPU's fused epilogue): Y kept for the ReLU's backward."""
-    _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True, batch=(0, 1, 2))
+    _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True, rows=_FORWARD_ROWS)
 
 
 @_jit(device=True, inline="always")
@@ -596,9 +608,9 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     per output tile walking all k rows leaves most of the GPU idle (at batch 2048 the 784→256 dW
     has 52 blocks for 132 multiprocessors, each walking 128 tile steps: 455 µs on an H100)."""
     m, n = dweight.shape
-    parts, rows = _batch_parts(inp.shape[0], m, n)
+    parts, per_part = _batch_parts(inp.shape[0], m, n)
     if parts == 1:
-        _launch_tiles(_linear_backward_params_kernel, dweight, dbias, dout, inp, accumulate)
+        _launch_tiles(_linear_backward_params_kernel, dweight, dbias, dout, inp, accumulate, rows=_PARAMS_ROWS)
         return
     key = (parts, m, n, dweight.dtype)
     kept = _thread_scratch("parts")  # (parts, m, n, dtype) -> (dweight_parts, dbias_parts), made once per shape
@@ -607,8 +619,7 @@ def linear_backward_params(dweight, dbias, dout, inp, accumulate):
         if len(kept) >= 16:  # each ≤ 16 MB (_batch_parts): ≤ 256 MB a thread holds however many shapes
             kept.clear()
         scratch = kept[key] = (empty((parts, m, n), dweight.dtype), empty((parts, m), dweight.dtype))
-    grid = ((n + BT - 1) // BT, (m + BT - 1) // BT, parts)
-    _launcher(_linear_backward_params_part_kernel, grid, (TILE, TILE))(*scratch, dout, inp, rows)
+    _launch_tiles(_linear_backward_params_part_kernel, *scratch, dout, inp, per_part, rows=_PARTS_ROWS)
     _launch_1d(_linear_backward_params_sum_kernel, m * n + m, dweight, dbias, *scratch, accumulate)
 
 
@@ -647,12 +658,12 @@ def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
 
 
 def linear_backward_input(dinp, dout, weight):
-    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False, batch=(0, 1, 3))
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False, rows=_INPUT_ROWS)
 
 
 def linear_relu_backward_input(dinp, dout, weight, preact):
     """dx = [x' ≥ 0] (G W): this Linear's input gradient through the ReLU before it, in one kernel."""
-    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True, batch=(0, 1, 3))
+    _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True, rows=_INPUT_ROWS)
 
 
 # ----------------------------------------------------------------------------------------------

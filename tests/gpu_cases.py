@@ -1354,25 +1354,59 @@ def test_the_gpu_failing_in_training_is_one_error_line(tmp_path, monkeypatch):
     assert "Traceback" not in result.output + result.stderr
 
 
+def in_pieces(monkeypatch, fn, *host_args, check=None):
+    """gpu.<fn> with MAX_GRID_Y lowered to 1 row tile: every tile launch's grid within it, every
+    array bitwise as one launch of the real limit leaves it, and as the CPU's (assert_same).
+    Returns how many tile launches it made."""
+    whole = on_both(fn, *host_args)[3]
+    grids, launcher = [], gpu._launcher
+
+    def recording(kernel, grid, block):
+        if isinstance(grid, tuple):  # the tiled Linear kernels; 1-D launches give an int
+            grids.append(grid)
+        return launcher(kernel, grid, block)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gpu, "MAX_GRID_Y", 1)
+        patch.setattr(gpu, "_launcher", recording)
+        pieces = assert_same(fn, *host_args, check=check)
+    assert grids and all(grid[1] <= 1 for grid in grids), grids
+    for idx in check if check is not None else range(len(pieces)):
+        if isinstance(pieces[idx], np.ndarray):
+            assert pieces[idx].tobytes() == whole[idx].tobytes(), f"{fn} argument {idx}: not the same bits"
+    return len(grids)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_batch_of_more_row_tiles_than_a_grid_takes_is_launched_in_pieces(dtype, monkeypatch):
     """CUDA takes at most 65535 blocks in a grid's y, along which the Linear kernels lay the batch's
     row tiles: a forward (or dX) of over 65535 x BT rows (4,194,240 at the default tile) was an
     invalid launch on a GPU, and the simulator, which checks no grid, ran it. With the limit
-    lowered to 1 tile, 37 rows go in pieces of BT rows, every grid within it, the same values."""
-    monkeypatch.setattr(gpu, "MAX_GRID_Y", 1)
-    grids, launcher = [], gpu._launcher
-
-    def recording(kernel, grid, block):
-        grids.append(grid)
-        return launcher(kernel, grid, block)
-
-    monkeypatch.setattr(gpu, "_launcher", recording)
+    lowered to 1 tile, 37 rows go in 3 pieces of BT rows, every grid within it, the same bits."""
     rng = np.random.default_rng(5)
     k, n, m = 37, 5, 6
     x, w, b, g = rand(rng, (k, n), dtype), rand(rng, (m, n), dtype), rand(rng, (m,), dtype), rand(rng, (k, m), dtype)
-    assert_same("linear_forward", np.full((k, m), np.nan, dtype), x, w, b)
-    assert_same("linear_relu_forward", np.full((k, m), np.nan, dtype), np.full((k, m), np.nan, dtype), x, w, b)
-    assert_same("linear_backward_input", np.full((k, n), np.nan, dtype), g, w, check=[0])
-    assert_same("linear_relu_backward_input", np.full((k, n), np.nan, dtype), g, w, rand(rng, (k, n), dtype), check=[0])
-    assert len(grids) == 4 * 3 and all(grid[1] <= 1 for grid in grids), grids
+    assert in_pieces(monkeypatch, "linear_forward", np.full((k, m), np.nan, dtype), x, w, b) == 3
+    nans = np.full((k, m), np.nan, dtype)
+    assert in_pieces(monkeypatch, "linear_relu_forward", nans, nans.copy(), x, w, b) == 3
+    assert in_pieces(monkeypatch, "linear_backward_input", np.full((k, n), np.nan, dtype), g, w, check=[0]) == 3
+    assert in_pieces(monkeypatch, "linear_relu_backward_input", np.full((k, n), np.nan, dtype), g, w,
+                     rand(rng, (k, n), dtype), check=[0]) == 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,split_rows", [(21, 512), (21, 8)])
+def test_a_dw_of_more_output_tiles_than_a_grid_takes_is_launched_in_pieces(k, split_rows, dtype, monkeypatch):
+    """dW lays its outputs' row tiles along grid y: a layer of over 65535 x BT outputs (4,194,240,
+    e.g. Linear(1, 5_000_000)) was an invalid launch, one sum or the batch in parts alike. With the
+    limit lowered to 1 tile, 37 outputs go in 3 pieces of BT outputs (G's columns, db, and the
+    parts' scratch with them), accumulating and writing: every grid within it, the same bits."""
+    monkeypatch.setattr(gpu, "SPLIT_ROWS", split_rows)
+    monkeypatch.setattr(gpu, "PART_ROWS", 8)
+    n, m = 5, 37
+    assert gpu._batch_parts(k, m, n)[0] == (1 if k <= split_rows else 3)
+    rng = np.random.default_rng(k + split_rows)
+    x, g = rand(rng, (k, n), dtype), rand(rng, (k, m), dtype)
+    dw, db = rand(rng, (m, n), dtype), rand(rng, (m,), dtype)
+    for accumulate in (True, False):
+        assert in_pieces(monkeypatch, "linear_backward_params", dw, db, g, x, accumulate, check=[0, 1]) == 3

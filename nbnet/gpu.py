@@ -3,8 +3,10 @@
 Every function that layers, losses and optimizers call through nbnet.layers.kernels has a launcher
 here of the same name and arguments; it picks the grid and launches `_<name>_kernel`, or a kernel it
 shares (the Linear+ReLU forms run the Linear kernels with a flag; a loss's forward runs a per-row or
-a one-block sum kernel and takes the mean on the host), whose docstring states the formula. Conventions as in cpu.py (outputs first, gradients d<name>, generic over float32/float64,
-constants as `x.dtype.type(c)`), plus:
+a one-block sum kernel and takes the mean on the host). A launcher's docstring gives the formula and
+shapes in a line and names its kernel, whose docstring says how it is computed. Conventions as in
+cpu.py (outputs first, gradients d<name>, generic over float32/float64, constants as
+`x.dtype.type(c)`), plus:
 - Each output element has one owner thread and every sum runs in a fixed order, with no atomics:
   the same inputs give bitwise the same outputs on every run.
 - Linear is a shared-memory tiled matmul: a block of TILE x TILE threads computes a BT x BT
@@ -161,7 +163,7 @@ def to_device_like(arr, like):
 
 
 def copy(arr):
-    """A new device array holding the values of device array `arr` (2-D: a model's output). The
+    """y_ij = x_ij into a new device array (2-D, a model's output: _copy_kernel; else a plain copy). The
     copy is a kernel launch: copy_to_device's device-to-device copy cost ~200 µs a step more on an
     H100 (model.forward copies its output each step)."""
     out = cuda.device_array(arr.shape, arr.dtype)
@@ -453,12 +455,14 @@ def _linear_forward_kernel(out, act, inp, weight, bias, relu):
 
 
 def linear_forward(out, inp, weight, bias, weight_t=None):
+    """y_ij = Σ_l x_il w_jl + b_j   out (k, m), inp (k, n), weight (m, n), bias (m,)   (_linear_forward_kernel)"""
     # weight_t: the CPU forward's Wᵀ scratch (nbnet.cpu); the GPU tiles read W as it is.
     _launch_tiles(_linear_forward_kernel, out, out, inp, weight, bias, False, rows=_FORWARD_ROWS)
 
 
 def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
-    """Linear then ReLU in one kernel (the CPU's fused epilogue): Y kept for the ReLU's backward."""
+    """y_ij = Σ_l x_il w_jl + b_j, a_ij = max(0, y_ij)   out (k, m) = Y (kept for the ReLU's backward),
+    act (k, m), inp (k, n), weight (m, n), bias (m,)   (_linear_forward_kernel with relu)"""
     _launch_tiles(_linear_forward_kernel, out, act, inp, weight, bias, True, rows=_FORWARD_ROWS)
 
 
@@ -602,7 +606,8 @@ def _batch_parts(k, m, n):
 
 
 def linear_backward_params(dweight, dbias, dout, inp, accumulate):
-    """dw_jl (+)= Σ_i g_ij x_il,  db_j (+)= Σ_i g_ij: accumulate=True adds, False writes (as nbnet.cpu)
+    """dw_jl (+)= Σ_i g_ij x_il,  db_j (+)= Σ_i g_ij   dweight (m, n), dbias (m,), dout (k, m), inp (k, n);
+    accumulate: +=, else =   (_linear_backward_params_kernel; a long batch: its part and sum kernels)
 
     A long batch is summed in parts, side by side, then the parts are added in order: one block
     per output tile walking all k rows leaves most of the GPU idle (at batch 2048 the 784→256 dW
@@ -658,11 +663,13 @@ def _linear_backward_input_kernel(dinp, dout, weight, preact, relu):
 
 
 def linear_backward_input(dinp, dout, weight):
+    """dx_il = Σ_j g_ij w_jl   dinp (k, n), dout (k, m), weight (m, n)   (_linear_backward_input_kernel)"""
     _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, dinp, False, rows=_INPUT_ROWS)
 
 
 def linear_relu_backward_input(dinp, dout, weight, preact):
-    """dx = [x' ≥ 0] (G W): this Linear's input gradient through the ReLU before it, in one kernel."""
+    """dx_il = [x'_il ≥ 0] Σ_j g_ij w_jl, through the ReLU before this Linear   dinp (k, n), dout (k, m),
+    weight (m, n), preact (k, n) = x'   (_linear_backward_input_kernel with relu)"""
     _launch_tiles(_linear_backward_input_kernel, dinp, dout, weight, preact, True, rows=_INPUT_ROWS)
 
 
@@ -780,34 +787,43 @@ def _softmax_backward_kernel(dinp, dout, out):
 
 
 def relu_forward(out, inp):
+    """y_ij = max(0, x_ij)   out (k, n), inp (k, n)   (_relu_forward_kernel)"""
     _launch_1d(_relu_forward_kernel, inp.size, out, inp)
 
 
 def relu_backward(dinp, dout, inp):
+    """dx_ij = g_ij if x_ij ≥ 0 else 0   dinp (k, n), dout (k, n), inp (k, n) = X   (_relu_backward_kernel)"""
     _launch_1d(_relu_backward_kernel, inp.size, dinp, dout, inp)
 
 
 def sigmoid_forward(out, inp):
+    """y_ij = 1 / (1 + e^(-x_ij))   out (k, n), inp (k, n)   (_sigmoid_forward_kernel)"""
     _launch_1d(_sigmoid_forward_kernel, inp.size, out, inp)
 
 
 def sigmoid_backward(dinp, dout, out):
+    """dx_ij = g_ij y_ij (1 - y_ij)   dinp (k, n), dout (k, n), out (k, n) = Y   (_sigmoid_backward_kernel)"""
     _launch_1d(_sigmoid_backward_kernel, out.size, dinp, dout, out)
 
 
 def tanh_forward(out, inp):
+    """y_ij = tanh(x_ij)   out (k, n), inp (k, n)   (_tanh_forward_kernel)"""
     _launch_1d(_tanh_forward_kernel, inp.size, out, inp)
 
 
 def tanh_backward(dinp, dout, out):
+    """dx_ij = g_ij (1 - y_ij²)   dinp (k, n), dout (k, n), out (k, n) = Y   (_tanh_backward_kernel)"""
     _launch_1d(_tanh_backward_kernel, out.size, dinp, dout, out)
 
 
 def softmax_forward(out, inp):
+    """y_ij = e^(x_ij - m_i) / Σ_l e^(x_il - m_i), m_i = max_l x_il   out (k, n), inp (k, n)
+    (_softmax_forward_kernel)"""
     _launch_1d(_softmax_forward_kernel, inp.shape[0], out, inp)
 
 
 def softmax_backward(dinp, dout, out):
+    """dx_ij = y_ij (g_ij - Σ_l g_il y_il)   dinp (k, n), dout (k, n), out (k, n) = Y   (_softmax_backward_kernel)"""
     _launch_1d(_softmax_backward_kernel, out.shape[0], dinp, dout, out)
 
 
@@ -893,7 +909,8 @@ def _crossentropy_rows_kernel(losses, probs, targets, tiny):
 
 
 def crossentropy_forward(losses, probs, targets):
-    """L = -(1/k) Σ_i log p[i, t_i], returned as a host scalar"""
+    """L = -(1/k) Σ_i log p[i, t_i], a host scalar   losses (k,) scratch, probs (k, c), targets (k,) int
+    (_crossentropy_rows_kernel, then _sum_kernel)"""
     k = probs.shape[0]
     dt = probs.dtype.type
     _launch_1d(_crossentropy_rows_kernel, k, losses, probs, targets, dt(np.finfo(probs.dtype).tiny))
@@ -914,6 +931,8 @@ def _crossentropy_backward_kernel(dprobs, probs, targets, tiny):
 
 
 def crossentropy_backward(dprobs, probs, targets):
+    """dp_ij = -1 / (k max(p_ij, tiny)) if j = t_i else 0   dprobs (k, c), probs (k, c), targets (k,) int
+    (_crossentropy_backward_kernel)"""
     tiny = probs.dtype.type(np.finfo(probs.dtype).tiny)
     _launch_1d(_crossentropy_backward_kernel, probs.shape[0], dprobs, probs, targets, tiny)
 
@@ -930,7 +949,8 @@ def _softmax_crossentropy_rows_kernel(probs, losses, logits, targets):
 
 
 def softmax_crossentropy_forward(probs, losses, logits, targets):
-    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i) as a host scalar; probs kept for the backward"""
+    """L = (1/k) Σ_i (log Σ_j e^(z_ij) - z_i,t_i), a host scalar   probs (k, c) (kept for the backward),
+    losses (k,) scratch, logits (k, c), targets (k,) int   (_softmax_crossentropy_rows_kernel, _sum_kernel)"""
     k = logits.shape[0]
     _launch_1d(_softmax_crossentropy_rows_kernel, k, probs, losses, logits, targets)
     return _reduce_to_host(_sum_kernel, k, logits.dtype, losses) / logits.dtype.type(k)
@@ -951,6 +971,8 @@ def _softmax_crossentropy_backward_kernel(dlogits, probs, targets):
 
 
 def softmax_crossentropy_backward(dlogits, probs, targets):
+    """dz_ij = (p_ij - [j = t_i]) / k   dlogits (k, c), probs (k, c), targets (k,) int
+    (_softmax_crossentropy_backward_kernel)"""
     _launch_1d(_softmax_crossentropy_backward_kernel, probs.shape[0], dlogits, probs, targets)
 
 
@@ -971,14 +993,16 @@ def _softmax_crossentropy_forward_backward_kernel(dlogits, probs, losses, logits
 
 
 def softmax_crossentropy_forward_backward(dlogits, probs, losses, logits, targets):
-    """The forward's mean loss (a host scalar) and the backward's dz in one pass over the logits."""
+    """L as softmax_crossentropy_forward's, and dz_ij = (p_ij - [j = t_i]) / k   dlogits (k, c), probs (k, c),
+    losses (k,) scratch, logits (k, c), targets (k,) int   (_softmax_crossentropy_forward_backward_kernel)"""
     k = logits.shape[0]
     _launch_1d(_softmax_crossentropy_forward_backward_kernel, k, dlogits, probs, losses, logits, targets)
     return _reduce_to_host(_sum_kernel, k, logits.dtype, losses) / logits.dtype.type(k)
 
 
 def mse_forward(pred, target):
-    """L = (1/(k d)) Σ_ij (p_ij - t_ij)², returned as a host scalar"""
+    """L = (1/(k d)) Σ_ij (p_ij - t_ij)², a host scalar   pred (k, d), target (k, d)
+    (_squared_error_sum_kernel)"""
     k, d = pred.shape
     total = _reduce_to_host(_squared_error_sum_kernel, pred.size, pred.dtype, pred, target)
     return total / pred.dtype.type(k * d)
@@ -997,6 +1021,7 @@ def _mse_backward_kernel(dpred, pred, target):
 
 
 def mse_backward(dpred, pred, target):
+    """dp_ij = 2 (p_ij - t_ij) / (k d)   dpred (k, d), pred (k, d), target (k, d)   (_mse_backward_kernel)"""
     _launch_1d(_mse_backward_kernel, pred.size, dpred, pred, target)
 
 
@@ -1022,7 +1047,8 @@ def _bce_with_logits_sum_kernel(total, logits, targets):
 
 
 def bce_with_logits_forward(logits, targets):
-    """L = (1/(k c)) Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|)), returned as a host scalar"""
+    """L = (1/(k c)) Σ_ij max(z_ij, 0) − z_ij t_ij + log(1 + e^(−|z_ij|)), a host scalar   logits (k, c),
+    targets (k, c)   (_bce_with_logits_sum_kernel)"""
     k, c = logits.shape
     total = _reduce_to_host(_bce_with_logits_sum_kernel, logits.size, logits.dtype, logits, targets)
     return total / logits.dtype.type(k * c)
@@ -1044,6 +1070,8 @@ def _bce_with_logits_backward_kernel(dlogits, logits, targets):
 
 
 def bce_with_logits_backward(dlogits, logits, targets):
+    """dz_ij = (σ(z_ij) − t_ij) / (k c)   dlogits (k, c), logits (k, c), targets (k, c)
+    (_bce_with_logits_backward_kernel)"""
     _launch_1d(_bce_with_logits_backward_kernel, logits.size, dlogits, logits, targets)
 
 
@@ -1074,6 +1102,8 @@ def _sgd_step_kernel(param, grad, buf, lr, momentum, weight_decay, nesterov, tin
 
 
 def sgd_step(param, grad, buf, lr, momentum, weight_decay, nesterov):
+    """g = ∇ + λθ;  b = μb + g;  θ -= lr (g + μb if nesterov else b)   param, grad, buf (P,) flat
+    (_sgd_step_kernel)"""
     tiny = param.dtype.type(np.finfo(param.dtype).tiny)
     _launch_1d(_sgd_step_kernel, param.shape[0], param, grad, buf, lr, momentum, weight_decay, nesterov, tiny)
 
@@ -1108,6 +1138,8 @@ def _adam_step_kernel(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, d
 
 
 def adam_step(param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt):
+    """θ -= step_size m / (√v / bc2_sqrt + ε) after m, v as cpu.adam_step's   param, grad, m, v (P,) flat
+    (_adam_step_kernel)"""
     _launch_1d(
         _adam_step_kernel, param.shape[0],
         param, grad, m, v, one_beta1, beta2, one_beta2, eps, l2, decay, step_size, bc2_sqrt,
@@ -1128,6 +1160,7 @@ def _fill_kernel(flat, value):
 
 
 def fill(arr, value):
+    """a_p = value for every element of arr, any shape   (_fill_kernel)"""
     _launch_1d(_fill_kernel, arr.size, arr.reshape(arr.size), arr.dtype.type(value))
 
 
@@ -1150,7 +1183,8 @@ def _gather_rows_kernel(xb, yb, x, y, order, start):
 
 
 def gather_rows(xb, yb, x, y, order, start):
-    """Rows order[start : start + len(xb)] of (x, y) into (xb, yb), all on the device."""
+    """xb_rc = x[o_(start+r), c],  yb_r = y[o_(start+r)]   xb (b, d), yb (b,), x (N, d), y (N,), order (N,) = o,
+    all on the device   (_gather_rows_kernel)"""
     _launch_1d(_gather_rows_kernel, xb.size, xb, yb, x, y, order, start)
 
 
@@ -1181,7 +1215,8 @@ def _count_correct_kernel(total, logits, targets):
 
 
 def count_correct(logits, targets):
-    """How many rows' largest logit is at the label: a host int (what accuracy needs, nothing more)."""
+    """Σ_i [argmax_j z_ij = t_i], a host int (what accuracy needs, nothing more)   logits (k, c), targets (k,) int
+    (_count_correct_kernel)"""
     return int(_reduce_to_host(_count_correct_kernel, logits.shape[0], np.int64, logits, targets))
 
 
@@ -1204,7 +1239,8 @@ def _count_correct_labels_kernel(total, logits, targets):
 
 
 def count_correct_labels(logits, targets):
-    """How many labels (outputs) are predicted right, z ≥ 0 read as yes: a host int."""
+    """Σ_ij [(z_ij ≥ 0) = (t_ij ≥ ½)], the labels predicted right, a host int   logits (k, c), targets (k, c)
+    (_count_correct_labels_kernel)"""
     return int(_reduce_to_host(_count_correct_labels_kernel, logits.size, np.int64, logits, targets))
 
 

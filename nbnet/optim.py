@@ -190,7 +190,7 @@ class Optimizer:
         lanes pay where small layers run on the calling thread, whose rows an even split hands to
         another core (784-256-128-10 on 2 threads, SGD pass lanes / flat, Zen 5 VM: batch 1 27 /
         70 µs, 8 32 / 42), but not once every sizable layer runs parallel (32: 48 / 39, 128: 110
-        / 93, 512: 125 / 98), where the forward's units and the threads' stealing share rows anyway."""
+        / 93, 512: 125 / 98; there the kernels take their units in order, cpu.NEAR_ROWS)."""
         if len(groups) != 1 or type(groups[0][0]) is not np.ndarray or not threads.parallel():
             return None
         lanes = threads.in_use()

@@ -62,6 +62,11 @@ def _check_parameter(who, i, data, grad):
                          f"dtype and device; {name} is {fault}")
 
 
+def _batch_shape(layer):
+    """The shape of the batch a layer last ran (None when it holds none)."""
+    return getattr(layer.inp, "shape", None)
+
+
 def one_flat(arrays):
     """A 1-D view covering all of `arrays` when they lie back to back in one buffer, in order (as
     after nbnet.model.pack_parameters), else None."""
@@ -148,7 +153,7 @@ class Optimizer:
         self._flat_for = None  # (the arrays, flat data, flat grad) of the last one_flat check
         self._groups_for = None  # (the arrays, the state arrays, groups) of the last packed _groups
         self._fast = None  # what _groups checks before answering its last groups again (see _fast_check)
-        self._spans = None  # (key, the flat data, (spans, first)) of the last _lanes
+        self._spans = None  # (key, the flat data, (spans, first), the Linears) of the last _lanes
         self._owners = self._attrs = self._owners_of = None  # (layer, attribute) of each array, for _arrays_now
         self._marks = self._fills = None  # what zero_grad marks (layer, flag) and what it fills (handles)
         self._cast = None  # ((dtype, hyper-parameters), the same cast to dtype), for _scalars
@@ -193,17 +198,18 @@ class Optimizer:
         / 93, 512: 125 / 98; there the kernels take their units in order, cpu.NEAR_ROWS)."""
         if len(groups) != 1 or type(groups[0][0]) is not np.ndarray or not threads.parallel():
             return None
-        lanes = threads.in_use()
-        batches = tuple(getattr(getattr(p, "layer", None), "inp", None) for p in self.params)
-        key = (lanes, tuple(getattr(x, "shape", None) for x in batches))
+        lanes, data = threads.in_use(), groups[0][0]
         made = getattr(self, "_spans", None)  # (an optimizer pickled before it had one)
         # Checked against the flat data view, not the list of handles: opt.params changed in place
         # or a layer's arrays replaced and packed again (the same batch shapes) kept the old sizes'
         # spans, and the step left the parameters past them as they were, silently. The view is
         # made again whenever an array behind a handle changes (_flat), and kept while none does.
-        data = groups[0][0]
-        if made is not None and made[0] == key and made[1] is data:
+        # The batch shapes are read from each Linear once (made[3]), not per parameter: 1.4 -> ~0.6 µs a step.
+        if made is not None and made[1] is data and made[0][0] == lanes and made[0][1] == tuple(map(_batch_shape, made[3])):
             return made[2]
+        batches = tuple(getattr(getattr(p, "layer", None), "inp", None) for p in self.params)
+        linears = tuple({id(p.layer): p.layer for p in self.params if isinstance(getattr(p, "layer", None), Linear)}.values())
+        key = (lanes, tuple(map(_batch_shape, linears)))
         owned = []  # (lane, start, end) in the packed buffer
         start = serial = 0
         for p, x in zip(self.params, batches):
@@ -223,7 +229,7 @@ class Optimizer:
                 owned.extend((t, start + ends[t], start + ends[t + 1]) for t in range(lanes) if ends[t] < ends[t + 1])
             start += size
         if serial < self.SERIAL_SHARE * start:
-            self._spans = (key, data, None)
+            self._spans = (key, data, None, linears)
             return None
         owned.sort()
         merged = []
@@ -234,7 +240,7 @@ class Optimizer:
                 merged.append([t, a, b])
         spans = np.array([[a, b] for _, a, b in merged], np.int64).reshape(-1, 2)
         first = np.searchsorted([t for t, _, _ in merged], np.arange(lanes + 1)).astype(np.int64)
-        self._spans = (key, data, (spans, first))
+        self._spans = (key, data, (spans, first), linears)
         return spans, first
 
     def forget_arrays(self):

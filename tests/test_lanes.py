@@ -210,3 +210,21 @@ def test_claim_near_hands_out_every_unit_once_on_more_threads_than_cores():
     env = dict(os.environ, NUMBA_NUM_THREADS="5")
     done = subprocess.run([sys.executable, "-c", CLAIM_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_lanes_follow_the_batch_the_layers_last_ran(monkeypatch):
+    """Made once per batch shape and thread count: a batch of another size makes them again."""
+    monkeypatch.setattr(threads, "parallel", lambda: True)
+    monkeypatch.setattr(threads, "in_use", lambda: 2)
+    model, opt = _trained_once(1)
+    loss = nb.SoftmaxCrossEntropy()
+    lanes = []
+    for batch in (1, 64, 1):
+        x = np.ones((batch, 784), F)
+        loss.forward(model.forward(x), np.zeros(batch, np.int64))
+        model.backward(loss.backward())
+        lanes.append(opt._lanes(opt._groups()))
+    assert lanes[0] is not None and lanes[1] is None and lanes[2] is not None
+    monkeypatch.setattr(threads, "in_use", lambda: 3)
+    spans, first = opt._lanes(opt._groups())
+    assert len(first) == 4

@@ -803,16 +803,25 @@ def unit_flags(typingctx):
     return arrty(), codegen
 
 
+def _flag_of(flags, u):
+    """Whether (flags, u) are a unit_flags array and an integer index (take / is_free)."""
+    return isinstance(flags, types.Array) and flags.dtype == types.uint8 and isinstance(u, types.Integer)
+
+
+def _flag_ptr(context, builder, sig, args):
+    """A pointer to flags[u] in the codegen of take / is_free."""
+    base = context.make_array(sig.args[0])(context, builder, args[0]).data
+    return builder.gep(base, [builder.sext(args[1], ir.IntType(64)) if args[1].type.width < 64 else args[1]])
+
+
 @intrinsic
 def take(typingctx, flags, u):
     """flags[u] = 1 atomically; whether it was 0 before (this thread now owns unit u)."""
-    if not (isinstance(flags, types.Array) and flags.dtype == types.uint8 and isinstance(u, types.Integer)):
+    if not _flag_of(flags, u):
         return None
 
     def codegen(context, builder, sig, args):
-        base = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(base, [builder.sext(args[1], ir.IntType(64)) if args[1].type.width < 64 else args[1]])
-        old = builder.atomic_rmw("xchg", ptr, ir.Constant(ir.IntType(8), 1), "monotonic")
+        old = builder.atomic_rmw("xchg", _flag_ptr(context, builder, sig, args), ir.Constant(ir.IntType(8), 1), "monotonic")
         return builder.icmp_unsigned("==", old, ir.Constant(ir.IntType(8), 0))
 
     return types.boolean(flags, u), codegen
@@ -821,13 +830,11 @@ def take(typingctx, flags, u):
 @intrinsic
 def is_free(typingctx, flags, u):
     """Whether flags[u] reads 0 now (an atomic load: no thread has claimed unit u yet)."""
-    if not (isinstance(flags, types.Array) and flags.dtype == types.uint8 and isinstance(u, types.Integer)):
+    if not _flag_of(flags, u):
         return None
 
     def codegen(context, builder, sig, args):
-        base = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(base, [builder.sext(args[1], ir.IntType(64)) if args[1].type.width < 64 else args[1]])
-        val = builder.load_atomic(ptr, "monotonic", 1)
+        val = builder.load_atomic(_flag_ptr(context, builder, sig, args), "monotonic", 1)
         return builder.icmp_unsigned("==", val, ir.Constant(ir.IntType(8), 0))
 
     return types.boolean(flags, u), codegen

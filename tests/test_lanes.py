@@ -8,29 +8,9 @@ import pytest
 from numba import njit, prange
 
 import nbnet as nb
-from nbnet import cpu, simd, threads
+from nbnet import cpu, threads
 
 F = np.float32
-
-
-@njit(parallel=True)
-def _claim_all(done, group):
-    units = done.shape[0]
-    counter, flags = simd.unit_counter(), simd.unit_flags()
-    for first in prange(units):
-        u = simd.claim_near(flags, counter, first, units, group)
-        while u < units:
-            done[u] += 1
-            u = simd.claim_near(flags, counter, u + 1, units, group)
-
-
-@pytest.mark.parametrize("units", [1, 2, 3, 7, 64, simd.MAX_FLAGGED, simd.MAX_FLAGGED + 1, 1000])
-@pytest.mark.parametrize("group", [0, 1, 3])
-def test_claim_near_hands_out_every_unit_once(units, group):
-    for _ in range(20):
-        done = np.zeros(units, np.int64)
-        _claim_all(done, group)
-        assert (done == 1).all()
 
 
 def test_static_shares_are_numbas_static_split():
@@ -189,7 +169,7 @@ def claim_all(done, group, spin):
             done[u] += s < 0
             u = simd.claim_near(flags, counter, u + 1, units, group)
 
-for units in (1, 5, 17, 100, 256, 257):
+for units in (1, 2, 3, 5, 7, 17, 64, 100, 256, 257, 1000):
     for group in (0, 1, 3, 7, 300):
         for spin in (0, 2000):
             for _ in range(5):
@@ -200,9 +180,10 @@ print("ok")
 """
 
 
-def test_claim_near_hands_out_every_unit_once_on_more_threads_than_cores():
-    """The in-process test runs on as many threads as the process may use cores (one under
-    taskset -c 1): here 5 threads share them, so they are preempted mid-claim and steal."""
+def test_claim_near_hands_out_every_unit_once():
+    """Every unit exactly once, in order (group 0) or shares first, more units than flags too. In a
+    process of its own on 5 threads: this one may have a single core (taskset -c 1), so one
+    thread; 5 threads share the cores, are preempted mid-claim and steal."""
     import os
     import subprocess
     import sys
@@ -228,3 +209,20 @@ def test_the_lanes_follow_the_batch_the_layers_last_ran(monkeypatch):
     monkeypatch.setattr(threads, "in_use", lambda: 3)
     spans, first = opt._lanes(opt._groups())
     assert len(first) == 4
+
+
+@pytest.mark.parametrize("m, n", [(256, 784), (128, 256), (10, 128), (700, 700)])
+@pytest.mark.parametrize("k", [1, 3, 4, 8, 32, 128])
+def test_dw_shares_says_serial_exactly_where_the_backward_runs_serially(m, n, k):
+    """dw_shares repeats cpu.Kernel's choice of twin for the dW call; a threshold changed on one
+    side only would hand the optimizer's lanes rows their threads never wrote."""
+    dw, db = np.zeros((m, n), F), np.zeros(m, F)
+    kernel, args = cpu.backward_params_route(dw, db, np.zeros((k, m), F), np.zeros((k, n), F), True)
+    serial = kernel.work(*args) < kernel.threshold
+    shares = cpu.dw_shares(dw, k, 2)
+    assert (shares is None) == serial
+    if shares is not None:  # whole dW, each element once
+        cover = np.zeros((m, n), np.int64)
+        for _, r0, r1, c0, c1 in shares:
+            cover[r0:r1, c0:c1] += 1
+        assert (cover == 1).all()

@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 
 from argtypes import PROCESS, STEP_ROW, check_memory, largest, parse_args, positive_int, positive_ints  # noqa: E402
 from bench_vs_torch import torch_mlp  # noqa: E402
-from common import child_env, thread_counts, threads_in_use  # noqa: E402
+from common import child_env, sgemm_peak, thread_counts, threads_in_use  # noqa: E402
 
 
 def nbnet_step(x, y, planned=True):
@@ -61,6 +61,64 @@ def nbnet_step(x, y, planned=True):
     return step
 
 
+SIZES = ((784, 256), (256, 128), (128, 10))  # the MLP's Linear layers, (in, out)
+
+
+def _streams():
+    """The step's memory traffic alone, over flat float32 arrays of the MLP's parameter count, each
+    pass split into prange chunks that one thread streams, as the kernels' row blocks are. Each
+    loop runs over a slice from 0: an index Numba cannot prove non-negative gets a wrap-around check
+    that kept LLVM from vectorizing (5× slower)."""
+    import numba  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    count = sum(i * o + o for i, o in SIZES)
+    w, g, v = (np.full(count, 0.5, np.float32) for _ in range(3))
+    parts = 64
+
+    @numba.njit(parallel=True, fastmath=True)
+    def read(w):
+        sums = np.zeros(parts, np.float32)
+        for p in numba.prange(parts):
+            s = np.float32(0.0)
+            part = w[p * w.size // parts:(p + 1) * w.size // parts]
+            for i in range(part.size):
+                s += part[i]
+            sums[p] = s
+        return sums.sum()
+
+    @numba.njit(parallel=True)
+    def write(g, value):
+        for p in numba.prange(parts):
+            part = g[p * g.size // parts:(p + 1) * g.size // parts]
+            for i in range(part.size):
+                part[i] = value
+
+    @numba.njit(parallel=True, fastmath=True)
+    def momentum(w, g, v, lr, mu):
+        for p in numba.prange(parts):
+            lo, hi = p * w.size // parts, (p + 1) * w.size // parts
+            wp, gp, vp = w[lo:hi], g[lo:hi], v[lo:hi]
+            for i in range(wp.size):
+                vi = mu * vp[i] + gp[i]
+                vp[i] = vi
+                wp[i] -= lr * vi
+
+    lr, mu = np.float32(1e-9), np.float32(0.9)
+
+    def traffic():  # the forward reads every parameter, the backward writes every gradient
+        write(g, read(w) * np.float32(1e-12))
+
+    def sweep():  # the optimizer's pass: read weight, gradient and velocity, write weight and velocity
+        momentum(w, g, v, lr, mu)
+    return traffic, sweep
+
+
+def step_flops(batch):
+    """The step's arithmetic: forward and dW of every layer, dX of all but the first."""
+    return sum(2 * batch * i * o * (3 if n else 2) for n, (i, o) in enumerate(SIZES))
+
+
 PHASES = ("zero_grad", "forward", "loss", "backward", "opt.step")
 
 
@@ -89,7 +147,9 @@ def chunks(steps, parts=10):
 def worker(threads, batches, steps):
     import numpy as np  # noqa: PLC0415
 
-    makers = {"nbnet": nbnet_step, "layers": lambda x, y: nbnet_step(x, y, planned=False)}
+    traffic, sweep = _streams()
+    makers = {"nbnet": nbnet_step, "layers": lambda x, y: nbnet_step(x, y, planned=False),
+              "traffic": lambda x, y: traffic, "sweep": lambda x, y: sweep}
     try:
         import torch  # noqa: PLC0415
 
@@ -97,7 +157,7 @@ def worker(threads, batches, steps):
         makers["torch"] = torch_step
     except ImportError:
         pass
-    result = {}
+    result, peak = {}, sgemm_peak()
     for bs in batches:
         rng = np.random.default_rng(0)
         x, y = rng.random((bs, 784), dtype=np.float32), rng.integers(0, 10, bs)
@@ -113,10 +173,11 @@ def worker(threads, batches, steps):
                     t = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t)
-                    if name != "torch":  # the count nbnet ran the step on (it adapts it to the load)
+                    if name in ("nbnet", "layers"):  # the count nbnet ran the step on (it adapts it to the load)
                         used.add(threads_in_use())
         result[bs] = {name: statistics.median(v) for name, v in times.items()}
         result[bs]["nbnet threads"] = thread_counts(used)
+        result[bs]["arith"] = step_flops(bs) / (peak * 1e9)
         # nbnet's step phase by phase, after the interleaved timing (so its timer calls, ~0.1 µs
         # each, stay out of the figures above): where the time goes
         phases = [fns["nbnet"].phased() for _ in range(steps)]
@@ -141,9 +202,12 @@ def main():
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
+    from common import match_blas  # noqa: PLC0415
     from nbnet import simd  # noqa: PLC0415
 
+    blas = match_blas()  # the workers inherit its OPENBLAS_CORETYPE (the bound's sgemm rate)
     print(simd.describe())
+    print(blas)
     print(f"training step (zero_grad, forward, loss, backward, step), MLP 784-256-128-10, SGD momentum, float32; "
           f"median of {args.steps}")
     if os.getloadavg()[0] > 0.5 * os.cpu_count():
@@ -151,8 +215,14 @@ def main():
     print("(layers: nbnet with its forward and backward run layer by layer, not as planned calls)")
     print("(nbnet thr: the thread counts nbnet ran the timed steps on, fewer than threads while other processes "
           "keep the cores busy)")
-    print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'torch µs':>9} {'nbnet/torch':>12} "
-          f"{'nbnet thr':>9}")
+    print("(bound: max(memory, arithmetic) of forward and backward, then the optimizer's pass. Memory: every "
+          "parameter read and every gradient written once, timed as plain loops over arrays of the MLP's size; "
+          "arithmetic: the step's FLOPs at the sgemm rate of np.dot on 1024² matrices with as many threads; the "
+          "pass: weight, gradient and velocity read, weight and velocity written. A step that keeps them as "
+          "float32 arrays between calls, as the interface's loop does (a user may read .grad before step), "
+          "takes at least this: bound/torch is the best ratio to PyTorch any code could reach here)")
+    print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'bound µs':>9} {'torch µs':>9} "
+          f"{'nbnet/torch':>12} {'bound/torch':>12} {'nbnet thr':>9}")
     phases = []
     for t in args.threads.split(","):
         env = child_env(NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
@@ -163,8 +233,10 @@ def main():
         for bs, res in json.loads(done.stdout.strip().splitlines()[-1]).items():
             torch_us = f"{res['torch'] * 1e6:9.0f}" if "torch" in res else f"{'-':>9}"
             ratio = f"{res['nbnet'] / res['torch']:11.2f}x" if "torch" in res else f"{'-':>12}"
-            print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {res['layers'] * 1e6:10.0f} {torch_us} {ratio} "
-                  f"{res['nbnet threads']:>9}")
+            bound = max(res["traffic"], res["arith"]) + res["sweep"]
+            best = f"{bound / res['torch']:11.2f}x" if "torch" in res else f"{'-':>12}"
+            print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {res['layers'] * 1e6:10.0f} {bound * 1e6:9.0f} "
+                  f"{torch_us} {ratio} {best} {res['nbnet threads']:>9}")
             phases.append((t, bs, res["phases"]))
     print(f"\nnbnet's step phase by phase, µs (medians, timed after the above)\n{'threads':>7} {'batch':>5} "
           + " ".join(f"{p:>9}" for p in PHASES) + f" {'sum':>7}")

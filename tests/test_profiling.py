@@ -153,6 +153,16 @@ def test_bench_step_times_every_step_asked_for():
         assert max(parts) - min(parts) <= 1
 
 
+def test_bench_step_bound_counts_the_steps_arithmetic():
+    """The bound's FLOPs: forward and dW of the three layers, dX of the last two (the first
+    layer's input gradient is not computed), 2 FLOPs per multiply-add."""
+    import bench_step  # noqa: PLC0415
+
+    weights = 784 * 256 + 256 * 128 + 128 * 10
+    for batch in (1, 8):
+        assert bench_step.step_flops(batch) == 2 * batch * (2 * weights + 256 * 128 + 128 * 10)
+
+
 def test_child_processes_keep_the_users_pythonpath(monkeypatch):
     """bench_epoch, bench_step and load.py gave their workers PYTHONPATH=<checkout> alone: a PyTorch
     or scikit-learn on the user's PYTHONPATH vanished there, and its column with it. The checkout

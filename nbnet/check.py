@@ -290,9 +290,11 @@ def threading_layer():
     without tbb) starting Numba's threads raises its ValueError, and `nbnet info` and `nbnet check`
     say so on their threads line and go on (check's kernels then fail one by one), rather than
     stopping at it with that error alone."""
-    x = np.zeros((4, 4), np.float32)
     try:
-        cpu.relu_forward.parallel(np.empty_like(x), x)  # the parallel twin: the layer is chosen on first use
+        # Starts Numba's threads, choosing the layer, outside any compilation: a parallel kernel's
+        # first call (how this started them) raised its ValueError from inside Numba's compiler,
+        # which Numba 0.59 (old-style captured errors) wrapped in a LoweringError: a traceback.
+        numba.get_num_threads()
         return numba.threading_layer()
     except ValueError as e:
         return f"unknown ({' '.join(str(e).split())})"

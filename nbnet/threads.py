@@ -54,6 +54,7 @@ import time
 
 import numba
 import numba.np.ufunc.parallel as _numba_parallel
+import numpy as np
 
 POLL = 0.5  # seconds between looks: /proc/stat counts in 10 ms ticks, so a look needs ~0.1 s or more
 FIRST_POLL = 0.1  # the first look comes sooner, so a run that starts on a loaded machine adapts in its first steps
@@ -328,7 +329,9 @@ def fix(n=None):
     global _fixed, _next, _limit, _no_spin
     # Checked before anything changes. Numba takes True for 1 thread (fix(True) read as "yes, fix
     # it" ran one thread, silently) and says 'The number of threads must be an integer' of a string.
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__")):
+    # NumPy < 2's np.bool_ has an __index__ (deprecated), which Numba refuses as not an integer.
+    if n is not None and (isinstance(n, (bool, np.bool_)) or not isinstance(n, int)
+                          and not hasattr(n, "__index__")):
         raise TypeError(f"threads.fix: n must be a whole number of threads, got {n!r}")
     if n is not None and not 1 <= int(n) <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"threads.fix: n must be in 1..{numba.config.NUMBA_NUM_THREADS} "

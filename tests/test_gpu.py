@@ -11,8 +11,10 @@
 """
 
 import functools
+import importlib.metadata
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +26,25 @@ import nbnet as nb
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = Path(__file__).with_name("gpu_cases.py")
-HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
-needs_numba_cuda = pytest.mark.skipif(
-    not HAVE_NUMBA_CUDA, reason="numba-cuda not installed (pip install -e '.[test]' brings it)"
-)
+# The oldest numba-cuda that nbnet[cuda] takes (pyproject.toml). The test extra cannot ask for it,
+# or it would not install beside Numba 0.59 (nbnet's floor), whose newest numba-cuda (0.17) does not
+# import: the GPU tests skip there, saying why.
+CUDA_FLOOR = re.search(r'"numba-cuda>=([\d.]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))[1]
+
+
+def _numba_cuda_too_old():
+    """Why the installed numba-cuda is no use to nbnet, or None."""
+    have = importlib.metadata.version("numba-cuda")
+    number = lambda v: tuple(int(p) for p in re.findall(r"\d+", v)[:3])  # noqa: E731
+    if number(have) < number(CUDA_FLOOR):
+        return f"numba-cuda {have} is older than {CUDA_FLOOR}, the oldest nbnet[cuda] takes (it needs Numba >= 0.60)"
+    return None
+
+
+NO_NUMBA_CUDA = ("numba-cuda not installed (pip install -e '.[test]' brings it)"
+                 if importlib.util.find_spec("numba_cuda") is None else _numba_cuda_too_old())
+HAVE_NUMBA_CUDA = NO_NUMBA_CUDA is None
+needs_numba_cuda = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason=str(NO_NUMBA_CUDA))
 
 
 def run_python(args, **env):
@@ -161,6 +178,8 @@ def test_numpy_too_new_for_numba_cuda_is_one_clear_reason():
     """numba-cuda 0.30.4 cannot compile a kernel once numpy lost np.row_stack (numpy 2.5): seen on
     a real H100, where every launch raised AttributeError deep in numba-cuda. nbnet says why
     before any launch, as the reason there is no usable GPU."""
+    if np.lib.NumpyVersion(np.__version__) < "2.0.0":
+        pytest.skip("numba-cuda overloads np.row_stack only beside numpy >= 2")
     code = ("import numpy as np\nif hasattr(np, 'row_stack'):\n    del np.row_stack  # as numpy 2.5\n"
             "from nbnet import gpu\n"
             "try:\n    gpu.gpu_status()\nexcept RuntimeError as e:\n    print('RuntimeError:', e)")
@@ -204,7 +223,7 @@ def test_gpu_module_imports_without_numba_cuda():
 
 def test_gpu_status_names_the_simulator():
     if not HAVE_NUMBA_CUDA:
-        pytest.skip("numba-cuda not installed")
+        pytest.skip(NO_NUMBA_CUDA)
     proc = run_python(["-c", "from nbnet.gpu import gpu_status; gpu_status()"], NUMBA_ENABLE_CUDASIM="1")
     assert proc.returncode != 0 and "simulator" in proc.stderr.strip().splitlines()[-1]
 

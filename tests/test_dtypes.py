@@ -70,6 +70,17 @@ def exercise_every_kernel_in_float32():
     bce.forward(g, np.ones_like(g))
     bce.backward()
     cpu.count_correct_labels(g, np.ones_like(g))
+    # The optimizers' two forms: which one a small step takes depends on the thread count (the
+    # lanes need two; on two the flat step is not taken at these batches), so on one CPU the check
+    # below found no float32 twin of the lanes (StopIteration), and run alone on two, none of the
+    # flat step (other tests had compiled it). Both here, with the argument types the optimizers
+    # pass (float32 scalars, int64 spans).
+    p, spans, first = np.ones(4, np.float32), np.array([[0, 4]], np.int64), np.array([0, 1], np.int64)
+    one = np.float32(0.5)
+    cpu.sgd_step(p, p.copy(), p.copy(), one, one, one, False)
+    cpu.sgd_lanes(p, p.copy(), p.copy(), one, one, one, False, spans, first)
+    cpu.adam_step(p, p.copy(), p.copy(), p.copy(), *[one] * 8)
+    cpu.adam_lanes(p, p.copy(), p.copy(), p.copy(), *[one] * 8, spans, first)
 
 
 def float32_signatures(dispatcher):

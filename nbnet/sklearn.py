@@ -109,6 +109,17 @@ def _finite(v):
     except (TypeError, ValueError, OverflowError):
         return False
 
+def _comparable(a, b):
+    """Label arrays NumPy compares element by element: not strings against numbers, which NumPy
+    1.x answered with a FutureWarning ("elementwise comparison failed") and a single False, so
+    partial_fit's refusal of mismatched labels came after a warning."""
+    return (np.asarray(a).dtype.kind in "US") == (np.asarray(b).dtype.kind in "US")
+
+
+def _same_labels(a, b):
+    return _comparable(a, b) and np.array_equal(a, b)
+
+
 def _no_sample_weight(sample_weight):
     """partial_fit's third argument is sample_weight in scikit-learn 1.9 (classes before 1.7):
     weights read as classes (or the reverse) were refused as labels, naming neither."""
@@ -503,8 +514,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._multilabel = False
         idx = np.searchsorted(self.classes_, y)
         idx = np.minimum(idx, len(self.classes_) - 1)
-        if not np.array_equal(self.classes_[idx], y):
-            unknown = np.setdiff1d(y, self.classes_)
+        if not _same_labels(self.classes_[idx], y):
+            unknown = np.setdiff1d(y, self.classes_) if _comparable(y, self.classes_) else np.unique(y)
             raise ValueError(f"`y` has classes not in `self.classes_` {self.classes_!r}: {unknown!r}")
         if len(self.classes_) == 2:  # bce's targets: 1.0 for classes_[1], as (N, 1)
             return idx.astype(dtype).reshape(-1, 1)
@@ -515,7 +526,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             raise ValueError(f"2-D y must be a multi-label indicator matrix of 0 and 1, got {type_of_target(y)}")
         if first:
             # classes_ are the column indices: partial_fit's classes= were ignored, whatever they said
-            if classes is not None and not np.array_equal(classes, np.arange(y.shape[1])):
+            if classes is not None and not _same_labels(classes, np.arange(y.shape[1])):
                 raise ValueError(f"classes={classes!r}: a multi-label y's classes are its {y.shape[1]} column "
                                  f"indices, np.arange({y.shape[1]})")
             self.classes_ = np.arange(y.shape[1])
@@ -541,7 +552,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             return self._fit(X, y, incremental=True, classes=classes)
-        if classes is not None and not np.array_equal(classes, self.classes_):
+        if classes is not None and not _same_labels(classes, self.classes_):
             raise ValueError(f"`classes={classes!r}` is not the same as on the first call to partial_fit, "
                              f"was: {self.classes_!r}")
         return self._fit(X, y, incremental=True)

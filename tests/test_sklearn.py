@@ -685,6 +685,24 @@ def test_multilabel_partial_fit_classes_are_the_column_indices():
     clf.partial_fit(x, labels, classes=[3, 2, 1, 0])
 
 
+def test_string_labels_against_numbers_are_refused_without_a_warning():
+    """NumPy 1.x compares a string array with a numeric one by a FutureWarning ("elementwise
+    comparison failed") and one False: partial_fit refused mismatched labels or classes only after
+    that warning (seen with numpy 1.24, nbnet's floor; NumPy 2 gives no warning)."""
+    x, y = blobs(n=40)
+    names = np.array(["a", "b", "c"])[y]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for first, then, kw in ((y, names, {}), (names, y, {}), (y, y, {"classes": ["a", "b", "c"]}),
+                                (names, names, {"classes": [0, 1, 2]})):
+            clf = MLPClassifier((4,), random_state=0).partial_fit(x, first, classes=np.unique(first))
+            with pytest.raises(ValueError, match="not in `self.classes_`|not the same as on the first call"):
+                clf.partial_fit(x, then, **kw)
+        labels = (np.random.default_rng(0).random((40, 3)) < 0.5).astype(int)
+        with pytest.raises(ValueError, match="column indices"):
+            MLPClassifier((4,), random_state=0).partial_fit(x, labels, classes=["a", "b", "c"])
+
+
 def test_validation_fraction_zero_is_fine_without_early_stopping():
     """scikit-learn takes validation_fraction in [0, 1): 0 with early stopping off was refused,
     stopping unchanged scikit-learn code; with early stopping it leaves no validation set."""

@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def rel_err(a, b):
     """max |a - b| relative to the largest magnitude of either: 0 when equal, ~1 when unrelated."""
     scale = max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300)
     return float(np.max(np.abs(a - b)) / scale)
+
+
+def default_signals():
+    """preexec_fn for a child process a test sends SIGINT or SIGHUP (or that sends them itself). A
+    runner started under `nohup` ignores SIGHUP, one started as a script's `pytest &` SIGINT; a
+    child inherits an ignored signal across exec, and Python (and nbnet, on purpose) keep it
+    ignored, so those tests failed there (a Ctrl-C that never came, a 60 s timeout)."""
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import default_signals
 
 import nbnet as nb
 from nbnet import cli as cli_module
@@ -477,6 +478,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
          "--batch-size", "16", "--save", ck, "--threads", "1",
          *(["--plot", tmp_path / "p.png"] if PLOT else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
+        preexec_fn=default_signals,
     )
     try:
         for _ in range(2):  # wait until training runs (an epoch line is printed)

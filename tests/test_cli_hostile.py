@@ -17,6 +17,7 @@ import time
 import numba
 import numpy as np
 import pytest
+from conftest import default_signals
 
 import nbnet as nb
 from nbnet import cpu
@@ -755,6 +756,7 @@ def _train_on_a_terminal(tmp_path, ignore=()):
 
     def as_a_shell_starts_it():  # a session of its own, whose controlling terminal is the pty
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        default_signals()  # not the runner's (nohup: SIGHUP ignored)
         for sig in ignore:  # as nohup does SIGHUP, and a script's `cmd &` SIGINT
             signal.signal(sig, signal.SIG_IGN)
 
@@ -822,7 +824,8 @@ def test_a_signal_while_the_command_starts_is_one_line(sig, code, line):
     # `nbnet` as argv[0] is the command; the signal arrives right after the package starts loading
     script = (f"import sys; sys.argv[0] = 'nbnet'; import nbnet, os; os.kill(os.getpid(), {int(sig)}); "
               "import time; time.sleep(30)")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60,
+                       preexec_fn=default_signals)
     assert (p.returncode, p.stderr) == (code, line + "\n")
 
 
@@ -830,7 +833,8 @@ def test_a_signal_while_the_command_starts_is_one_line(sig, code, line):
 def test_a_signal_while_loading_data_is_one_line(tmp_path, sig, code):
     script = ("import sys, time, signal, os; sys.argv[0] = 'nbnet'; import nbnet.cli, nbnet.datasets as d; "
               f"d.load = lambda *a, **k: (os.kill(os.getpid(), signal.{sig}), time.sleep(30)); nbnet.cli.main(['train'])")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60,
+                       preexec_fn=default_signals)
     assert (p.returncode, p.stderr) == (code, "Error: terminated\n")
 
 
@@ -861,7 +865,7 @@ def test_a_signal_a_library_swallowed_still_ends_the_command(run, tmp_path, comm
             "evaluate": ["evaluate", "--checkpoint", str(ck)],
             "predict": ["predict", "--checkpoint", str(ck), str(folder / "blobs.npz"), "-o", str(tmp_path / "c.npz")]}[command]
     p = subprocess.run([sys.executable, "-c", SWALLOWED_SIGNAL.format(sig=sig, args=args, fn="load_inputs" if command == "predict" else "load")], capture_output=True,
-                       text=True, env=_env(), cwd=tmp_path, timeout=120)
+                       text=True, env=_env(), cwd=tmp_path, timeout=120, preexec_fn=default_signals)
     err = p.stderr.replace("compiling kernels for this CPU (cached for later runs)\n", "")
     assert (p.returncode, err) == (code, f"Exception ignored: {'KeyboardInterrupt' if sig == 'SIGINT' else 'Terminated'}\n{line}\n")
     assert p.stdout == ("" if command != "train" else p.stdout.splitlines()[0] + "\n")  # no epoch, no result

@@ -766,10 +766,17 @@ def test_a_ctrl_c_while_nb_train_waits_for_the_lock_at_its_end_leaves_the_model_
     model = _model()
     opt = nb.SGD(model.parameters(), lr=0.1)
     model.lock = _InterruptedLock(model.lock, armed=False)
-    with pytest.raises(KeyboardInterrupt):  # armed after the last epoch: the next wait is the one at the end
-        nb.train(model, opt, (x, y), epochs=1, batch_size=16, on_epoch=lambda *_: setattr(model.lock, "armed", True))
+    # Python's handler, which nb.train replaces, whatever the runner's (`pytest &` ignores SIGINT:
+    # nb.train then leaves it alone, and this failed)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # armed after the last epoch: the next wait is the one at the end
+            nb.train(model, opt, (x, y), epochs=1, batch_size=16,
+                     on_epoch=lambda *_: setattr(model.lock, "armed", True))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, old)
     model.lock = model.lock.lock
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert len(nb.train(model, opt, (x, y), epochs=1, batch_size=16)) == 1
 
 

@@ -4,8 +4,9 @@ One training step as interface.md writes it (zero_grad, forward, loss, backward,
 784-256-128-10 MLP, SGD momentum, float32, at batch 1 and 8, with 1 and 2 threads (each in a fresh
 process with NUMBA_NUM_THREADS / OMP_NUM_THREADS set, and torch.set_num_threads). Prints the median
 µs per step of each, interleaved in chunks, and nbnet's over PyTorch's (goal, issue #9: ≤ 0.2×).
-At these sizes the arithmetic is ~1.4 MFLOP per sample: what is measured is per-step overhead
-(Python, kernel calls, waking threads). Beside them, a lower bound for any such step on this
+At these sizes the arithmetic is ~1 MFLOP per sample (step_flops): what is measured is per-step
+overhead (Python, kernel calls, waking threads) and moving the parameters, their gradients and
+the velocity (4.7 MB in the optimizer's pass alone). Beside them, a lower bound for any such step on this
 machine ("bound": the step's memory traffic or its FLOPs at the sgemm rate, then the optimizer's
 pass; see _streams and main), and bound/torch: the ratio to PyTorch no code keeping the
 interface's loop could beat here. A second table splits nbnet's step into its phases.

@@ -548,10 +548,10 @@ class SGD(Optimizer):
         if len(groups) > 1:  # a step _scalars refuses changes nothing: every group's dtype first
             for data, _, _ in groups:
                 self._scalars(data.dtype, names, self.lr, self.momentum, self.weight_decay)
+        lanes = self._lanes(groups)  # (None unless one group: then it is that group's)
         for data, grad, st in groups:
             lr, momentum, weight_decay = self._scalars(data.dtype, names, self.lr, self.momentum, self.weight_decay)
             buf = st["momentum_buffer"] if self.state_names else data  # without momentum the kernel never reads it
-            lanes = self._lanes(groups)
             if lanes is not None:
                 cpu.sgd_lanes(data, grad, buf, lr, momentum, weight_decay, self.nesterov, *lanes)
             else:

@@ -743,15 +743,25 @@ def zeros(shape, dtype):
 # ----------------------------------------------------------------------------------------------
 # 3. Work units for the threads
 
+def _is_counter(counter):
+    """Whether `counter` is a unit_counter array (claim / claimed)."""
+    return isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
+
+
+def _counter_ptr(context, builder, sig, args):
+    """A pointer to counter[0] in the codegen of claim / claimed."""
+    return context.make_array(sig.args[0])(context, builder, args[0]).data
+
+
 @intrinsic
 def claim(typingctx, counter):
     """counter[0] += 1 atomically; returns the value before: the next work unit to do."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+    if not _is_counter(counter):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
-        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+        return builder.atomic_rmw("add", _counter_ptr(context, builder, sig, args), ir.Constant(ir.IntType(64), 1),
+                                  "monotonic")
 
     return types.int64(counter), codegen
 
@@ -843,12 +853,11 @@ def is_free(typingctx, flags, u):
 @intrinsic
 def claimed(typingctx, counter):
     """counter[0], read atomically (how many units the threads have claimed so far)."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+    if not _is_counter(counter):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
-        return builder.load_atomic(ptr, "monotonic", 8)
+        return builder.load_atomic(_counter_ptr(context, builder, sig, args), "monotonic", 8)
 
     return types.int64(counter), codegen
 

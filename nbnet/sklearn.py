@@ -109,6 +109,7 @@ def _finite(v):
     except (TypeError, ValueError, OverflowError):
         return False
 
+
 def _comparable(a, b):
     """Label arrays NumPy compares element by element: not strings against numbers, which NumPy
     1.x answered with a FutureWarning ("elementwise comparison failed") and a single False, so

@@ -3,8 +3,9 @@
     python examples/custom_csv.py [--rows 1500] [--epochs 20] [--workdir DIR] [--api-only]
 
 The CSV format nbnet reads: one sample per line, the integer class label in the first column, the
-features after it, no header. Here the data are 2-D points in three concentric rings (label =
-ring), which no linear model can separate. The same file goes through
+features after it; a first row of names is read as a header (this example writes none). Here the
+data are 2-D points in three concentric rings (label = ring), which no linear model can separate.
+The same file goes through
     nbnet train --dataset rings.csv ...   and   nbnet evaluate --checkpoint ...
 and then through a few lines of Python; the checkpoint the CLI saved loads with nb.load.
 """

@@ -553,9 +553,11 @@ class _Plan:
 
     def __init__(self, model, x):
         self.layers, self.ids, self.shape, self.dtype = list(model.layers), tuple(map(id, model.layers)), x.shape, x.dtype
-        g = np.empty(self.layers[-1].out.shape, x.dtype)  # a stand-in for backward's gradient
-        self.fwd, self.fwd_checks = self._planned(self._forward_calls(model, x), x, g)
-        self.bwd, self.bwd_checks = self._planned(self._backward_calls(model, x, g), x, g)
+        self.fwd, self.fwd_checks = self._planned(self._forward_calls(model, x), x, _G)  # (no gradient in a forward)
+        # The backward is planned at its first call (_plan_backward): planned here, with the
+        # buffers it writes (the layers' dinp), a model that only ever predicts (model(x) twice at
+        # 400,000 rows, 784-64-64-10) held ~200 MB more from its second call on.
+        self.bwd, self.bwd_checks = None, ((), (), ())
         # What a batch must not be a view of (_unaliased): the arrays its steps write and read, which
         # it holds anyway, and every other array the layers hold (held_arrays), weakly: those the
         # plan does not run on are written outside it (the first layer's dinp, by a backward with
@@ -564,13 +566,23 @@ class _Plan:
         # layers had since replaced alive while it was kept (four 5000-row dinp arrays). The id of
         # one that died may be another array's: at worst a needless copy.
         self.held = {i: _weakly(a) for i, a in held_arrays(self.layers).items()}
-        for steps in (self.fwd, self.bwd):
-            for step in steps[False] + steps[True]:
-                for a in step[1] + (step[4] or ()):
-                    if type(a) is np.ndarray:
-                        self.held[id(a)] = a
-                        if a.base is not None:
-                            self.held[id(a.base)] = a.base
+        self._hold(self.fwd)
+
+    def _hold(self, steps):
+        """The arrays the steps run on (and their bases) into the alias map, held."""
+        for step in steps[False] + steps[True]:
+            for a in step[1] + (step[4] or ()):
+                if type(a) is np.ndarray:
+                    self.held[id(a)] = a
+                    if a.base is not None:
+                        self.held[id(a.base)] = a.base
+
+    def _plan_backward(self, model):
+        """Plans the backward, from the layers as the planned forward left them (fits checked)."""
+        g = np.empty(self.layers[-1].out.shape, self.dtype)  # a stand-in for backward's gradient
+        x = self.layers[0].inp
+        self.bwd, self.bwd_checks = self._planned(self._backward_calls(model, x, g), x, g)
+        self._hold(self.bwd)
 
     def _forward_calls(self, model, x):
         calls, layers, i, inp = [], self.layers, 0, x
@@ -668,7 +680,13 @@ class _Plan:
         last, x = self.layers[-1].out, self.layers[0].inp
         if not (type(grad) is np.ndarray and grad.shape == last.shape and grad.dtype == last.dtype
                 and grad.flags.c_contiguous and type(x) is np.ndarray and x.shape == self.shape
-                and tuple(map(id, model.layers)) == self.ids and self._same(self.bwd_checks)):
+                and tuple(map(id, model.layers)) == self.ids):
+            return False
+        if self.bwd is None:
+            if not self._same(self.fwd_checks):  # the layers' cache is not the planned forward's
+                return False
+            self._plan_backward(model)
+        elif not self._same(self.bwd_checks):
             return False
         _run_steps(self.bwd, x, grad)
         return True

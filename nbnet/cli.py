@@ -394,8 +394,9 @@ def _dataset_key(name):
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
 @click.option("--loss", type=click.Choice(list(LOSSES)), default="cross-entropy", show_default=True,
               help="cross-entropy: classes (integer labels; softmax on the logits). mse: regression on float "
-                   "targets y (N,) or (N, D) of a .npz/.csv file; reports MSE and R². bce: binary or "
-                   "multi-label, y of 0/1 (N,) or (N, L) in a .npz; accuracy = fraction of labels right.")
+                   "targets, y (N,) or (N, D) of a .npz or a .csv's first column; reports MSE and R². bce: binary or "
+                   "multi-label, 0/1 targets, y (N,) or (N, L) of a .npz or a .csv's first column; accuracy = "
+                   "fraction of labels right.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
               help="Total epochs; with --resume, the run continues up to this many.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)

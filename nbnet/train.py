@@ -314,7 +314,11 @@ def _r2(ss_res, ss_tot):
     (a constant target, or a variance that underflows) or so small that SS_res / SS_tot overflows
     (float64 targets of 1e-155: SS_tot is subnormal). There, as sklearn's r2_score with
     force_finite=True does for a constant target, it is 1 if predicted exactly, else 0: always a
-    finite number, as the history and its checkpoint hold (-inf made --save refuse a trained epoch)."""
+    finite number, as the history and its checkpoint hold (-inf made --save refuse a trained epoch).
+    Where the loss itself is not finite (inf or NaN predictions), neither is R²: NaN, not the 0 of
+    "as good as the mean" (training stops on such a loss before R² is taken; evaluate reports it)."""
+    if not math.isfinite(ss_res):
+        return math.nan
     if ss_tot > 0:
         ratio = ss_res / ss_tot
         if math.isfinite(ratio):

@@ -1086,3 +1086,14 @@ def test_a_backward_after_predict_is_refused_with_a_first_layer_of_the_users():
         model.backward(loss_fn.backward())
     loss_fn(model(x), [0, 1, 2, 0, 1, 2])
     model.backward(loss_fn.backward())  # a forward since: backward works
+
+
+@pytest.mark.parametrize("weight", [1e19, np.nan])
+def test_r2_of_a_loss_that_is_not_finite_is_nan_not_0(weight):
+    """SS_res inf (weights of 1e19 in float32: the squares overflow) or NaN made R² 0.0, "as good as
+    the mean", beside a loss of inf or NaN; `nbnet evaluate --json` printed "r2": 0.0 by "loss": null."""
+    model = nb.Sequential(nb.Linear(2, 1, seed=0))
+    model[0].weight[...] = weight
+    x = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+    result = nb.evaluate(model, x, np.arange(10.0), loss="mse")
+    assert not math.isfinite(result["loss"]) and math.isnan(result["r2"])

@@ -925,18 +925,23 @@ def bce_with_logits_forward(logits, targets):
 
 
 def _bce_with_logits_backward(dlogits, logits, targets):
-    """dz_ij = (σ(z_ij) − t_ij) / (k c),  σ(z) = 1/(1 + e^(−z)) for z ≥ 0, e^z/(1 + e^z) below
+    """dz_ij = (σ(z_ij) − t_ij) / (k c),  σ(z) − t = (1 − t) − e^(−z)/(1 + e^(−z)) for z ≥ 0,
+    e^z/(1 + e^z) − t below
 
-    dlogits (k, c) out, logits (k, c) = z, targets (k, c) = t."""
+    dlogits (k, c) out, logits (k, c) = z, targets (k, c) = t. e = e^(−|z|) ≤ 1: no overflow on
+    either side. For z ≥ 0, σ(z) = 1/(1 + e) rounds to 1 once e is below the ulp (z = 17 in
+    float32), and a sure right answer (t = 1) lost its gradient there, −e/(1 + e): the derivative of
+    the loss the forward reports, log1p(e), and what z < 0 keeps for t = 0. (torch: σ(z) − t, 0.)"""
     k, c = logits.shape
     one = logits.dtype.type(1)
     inv_n = one / logits.dtype.type(k * c)
     for i in prange(k):
         for j in range(c):
             z = logits[i, j]
-            e = np.exp(-abs(z))  # ≤ 1: no overflow on either side
-            s = one / (one + e) if z >= 0 else e / (one + e)
-            dlogits[i, j] = (s - targets[i, j]) * inv_n
+            e = np.exp(-abs(z))
+            t = targets[i, j]
+            d = (one - t) - e / (one + e) if z >= 0 else e / (one + e) - t
+            dlogits[i, j] = d * inv_n
 
 
 bce_with_logits_backward = Kernel(_bce_with_logits_backward, _costly_elements, STEP_PARALLEL_WORK)

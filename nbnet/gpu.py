@@ -1056,7 +1056,7 @@ def bce_with_logits_forward(logits, targets):
 
 @_jit
 def _bce_with_logits_backward_kernel(dlogits, logits, targets):
-    """dz_ij = (σ(z_ij) − t_ij) / (k c), σ from e^(−|z|) on both sides"""
+    """dz_ij = (σ(z_ij) − t_ij) / (k c), from e = e^(−|z|) on both sides as cpu.bce_with_logits_backward"""
     p = cuda.grid(1)
     if p < logits.size:
         k, c = logits.shape
@@ -1065,8 +1065,9 @@ def _bce_with_logits_backward_kernel(dlogits, logits, targets):
         one = logits.dtype.type(1)
         z = logits[i, j]
         e = math.exp(-abs(z))
-        s = one / (one + e) if z >= logits.dtype.type(0) else e / (one + e)
-        dlogits[i, j] = (s - targets[i, j]) * (one / logits.dtype.type(k * c))
+        t = targets[i, j]
+        d = (one - t) - e / (one + e) if z >= logits.dtype.type(0) else e / (one + e) - t
+        dlogits[i, j] = d * (one / logits.dtype.type(k * c))
 
 
 def bce_with_logits_backward(dlogits, logits, targets):

@@ -100,6 +100,19 @@ def test_a_sure_right_answer_keeps_its_small_loss(dtype, big):
     assert nb.BCEWithLogits()(z, t) == pytest.approx(np.log1p(np.exp(-big)), rel=1e-6)
 
 
+
+@pytest.mark.parametrize("dtype, big", [(np.float32, 20.0), (np.float64, 40.0)])
+def test_the_gradient_of_a_sure_right_answer_keeps_its_precision(dtype, big):
+    """A sure right answer has the gradient of the loss the forward reports, log1p(e^(−|z|)):
+    ∓e^(−|z|) / (1 + e^(−|z|)) / n on both sides. At z ≥ 0 σ(z) = 1 / (1 + e^(−z)) rounded to 1 (z = 20 in
+    float32, 40 in float64): σ(z) − 1 was 0, while z < 0 (e^z / (1 + e^z) − 0) kept it."""
+    z, t = np.array([[-big, big]], dtype), np.array([[0.0, 1.0]], dtype)
+    loss = nb.BCEWithLogits()
+    loss(z, t)
+    e = np.exp(-big)
+    np.testing.assert_allclose(loss.backward(), [[e / (1 + e) / 2, -e / (1 + e) / 2]], rtol=1e-6)
+
+
 def test_targets_of_shape_n_lists_and_other_dtypes():
     z = np.array([[2.0], [-1.0], [0.5]], np.float32)
     expected = nb.BCEWithLogits()(z, np.array([[1.0], [0.0], [0.0]], np.float32))

@@ -307,6 +307,23 @@ def test_backward_without_input_grad_gives_same_parameter_gradients(rng):
         np.testing.assert_array_equal(p.grad, g)
 
 
+
+@pytest.mark.parametrize("first", [nb.Tanh, nb.Sigmoid, nb.Softmax])
+def test_input_gradient_of_a_model_that_starts_with_an_activation(first, rng):
+    """need_input_grad=True backpropagates through the layers before the first Linear too: with
+    them skipped (as the default may, having no parameters there), dL/dX would be the gradient at
+    the Linear's input, a wrong answer of the right shape. Finite differences, float64."""
+    model = nb.Sequential([first(), nb.Linear(4, 3, dtype=F64, seed=0), nb.Tanh(), nb.Linear(3, 2, dtype=F64, seed=1)])
+    x, y = rng.normal(size=(5, 4)), rng.normal(size=(5, 2))
+    loss_fn = nb.MSELoss()
+
+    def loss():
+        return loss_fn.forward(model.forward(x), y)
+
+    loss()
+    dx = model.backward(loss_fn.backward(), need_input_grad=True)
+    assert rel_err(dx, numerical_grad(loss, x)) < TOL
+
 def test_relu_passes_nan_through_so_divergence_is_seen():
     """max(0, NaN) must stay NaN (as in PyTorch): a ReLU that turned it into 0 would hide a
     diverged layer from the loss."""

@@ -133,6 +133,36 @@ def test_a_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
+
+@pytest.mark.parametrize("where", ["weights", "optimizer state"])
+def test_a_checkpoint_is_never_written_with_nan_or_inf(tmp_path, where):
+    """save_checkpoint's own check, behind nb.train's (which stops a diverged run first): a weight
+    or a momentum buffer holding Inf is refused, and no file is left."""
+    model, opt, _ = run(epochs=1, schedule="constant")
+    if where == "weights":
+        model.layers[0].weight[0, 0] = np.inf
+    else:
+        opt.state[0]["momentum_buffer"][3] = np.inf
+    name = "layer0.weight" if where == "weights" else "optim/state/momentum_buffer.0"
+    with pytest.raises(ValueError, match=rf"cannot save .*c\.npz: arrays {name} hold NaN or Inf"):
+        save_checkpoint(tmp_path / "c.npz", model, opt, run.state, {})
+    assert os.listdir(tmp_path) == []
+
+
+def test_optimizer_state_holding_nan_is_refused_on_load(tmp_path):
+    """A file whose momentum buffer holds NaN (damaged, or written by another tool) would resume
+    into NaN weights at the first step: refused when read, naming the entry."""
+    model, opt, _ = run(epochs=1, schedule="constant")
+    save_checkpoint(tmp_path / "c.npz", model, opt, run.state, {})
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    key = next(k for k in arrays if k.startswith(checkpoint.STATE_PREFIX))
+    arrays[key] = arrays[key].copy()
+    arrays[key][0] = np.nan
+    np.savez(tmp_path / "nan.npz", **arrays)
+    with pytest.raises(ValueError, match=r"nan\.npz: optimizer state .* hold NaN or Inf"):
+        load_checkpoint(tmp_path / "nan.npz")
+
 def test_truncated_checkpoint_is_a_value_error(tmp_path):
     model, opt, _ = run(epochs=1)
     path = tmp_path / "c.npz"

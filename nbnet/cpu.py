@@ -243,13 +243,14 @@ def _linear_forward(out, act, inp, weight, bias, relu):
     """
     units = simd.dot_units(out)
     group = 1 if inp.shape[0] <= NEAR_ROWS else 0  # (see NEAR_ROWS)
+    shared = units >= 0 and SHARED_UNITS  # a run-time bool, as in _linear_blocks (one compile of claim_near)
     counter, flags = simd.unit_counter(), simd.unit_flags()
     for first in prange(units):  # each thread takes all it can in its first iteration
-        u = simd.claim_near(flags, counter, first, units, group)
+        u = simd.claim_near(flags, counter, first, units, group, shared)
         while u < units:
             i0, i1, j0, j1 = simd.dot_unit(out, inp, weight, u)
             bias_relu_block(out, act, bias, i0, i1, j0, j1, relu)
-            u = simd.claim_near(flags, counter, u + 1, units, group)
+            u = simd.claim_near(flags, counter, u + 1, units, group, shared)
 
 
 linear_forward_act = Kernel(
@@ -467,7 +468,7 @@ def _linear_blocks(c, a, b, vec, other, how):
     group = units // simd.row_blocks(c.shape[0]) if (k if params else c.shape[0]) <= NEAR_ROWS else 0
     counter, flags = simd.unit_counter(), simd.unit_flags()
     for first in prange(units):  # each thread takes all it can in its first iteration
-        u = simd.claim_near(flags, counter, first, units, group)
+        u = simd.claim_near(flags, counter, first, units, group, shared)
         while u < units:
             r0, r1, l0, l1 = simd.bcast_unit(c, a, a_rs, a_ss, b, steps, u, accumulate, shared)
             if params and l0 == 0:
@@ -484,7 +485,7 @@ def _linear_blocks(c, a, b, vec, other, how):
                     d, p = c[i, l0:l1], other[i, l0:l1]
                     for l in range(d.shape[0]):
                         d[l] = zero if p[l] < zero else d[l]
-            u = simd.claim_near(flags, counter, u + 1, units, group)
+            u = simd.claim_near(flags, counter, u + 1, units, group, shared)
 
 
 @jit

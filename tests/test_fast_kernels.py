@@ -322,12 +322,13 @@ print("ok")
 
 
 def test_only_the_parallel_twins_share_their_work_units():
-    """Serial twins see SHARED_UNITS False (one thread takes the widest units: simd.bcast_grid);
-    a kernel that does not read it keeps the module's own globals."""
-    for kernel in (cpu.linear_blocks,):
+    """Serial twins see SHARED_UNITS False (one thread takes the widest units: simd.bcast_grid,
+    and the units in order without atomics: simd.claim_near); a kernel that does not read it
+    keeps the module's own globals."""
+    for kernel in (cpu.linear_blocks, cpu.linear_forward_act):
         assert kernel.serial.py_func.__globals__["SHARED_UNITS"] is False
         assert kernel.parallel.py_func.__globals__["SHARED_UNITS"] is True
-    assert cpu.linear_forward_act.serial.py_func.__globals__ is vars(cpu)
+    assert cpu.relu_forward.serial.py_func.__globals__ is vars(cpu)
 
 
 TILE32 = simd.BCAST_NV * simd.lanes(np.dtype(np.float32))  # the fewest outputs of the broadcast form, float32

@@ -155,33 +155,35 @@ import numpy as np
 from numba import njit, prange
 from nbnet import simd
 
-@njit(parallel=True)
-def claim_all(done, group, spin):
+def claim_all(done, group, spin, shared):
     units = done.shape[0]
     counter, flags = simd.unit_counter(), simd.unit_flags()
     for first in prange(units):
-        u = simd.claim_near(flags, counter, first, units, group)
+        u = simd.claim_near(flags, counter, first, units, group, shared)
         while u < units:
             done[u] += 1
             s = 0.0
             for i in range(spin * (1 + (u * 7919) % 13)):  # units of uneven cost: threads steal
                 s += i * 1e-9
             done[u] += s < 0
-            u = simd.claim_near(flags, counter, u + 1, units, group)
+            u = simd.claim_near(flags, counter, u + 1, units, group, shared)
 
-for units in (1, 2, 3, 5, 7, 17, 64, 100, 256, 257, 1000):
-    for group in (0, 1, 3, 7, 300):
-        for spin in (0, 2000):
-            for _ in range(5):
-                done = np.zeros(units, np.int64)
-                claim_all(done, group, spin)
-                assert (done == 1).all(), (units, group, spin, done)
+# shared=False: a serial twin's one thread (prange runs as range)
+for kernel, shared in ((njit(parallel=True)(claim_all), True), (njit(claim_all), False)):
+    for units in (1, 2, 3, 5, 7, 17, 64, 100, 256, 257, 1000):
+        for group in (0, 1, 3, 7, 300):
+            for spin in (0, 2000):
+                for _ in range(5):
+                    done = np.zeros(units, np.int64)
+                    kernel(done, group, spin, shared)
+                    assert (done == 1).all(), (units, group, spin, shared, done)
 print("ok")
 """
 
 
 def test_claim_near_hands_out_every_unit_once():
-    """Every unit exactly once, in order (group 0) or shares first, more units than flags too. In a
+    """Every unit exactly once, in order (group 0) or shares first, more units than flags too, and
+    in order in a serial kernel (shared=False). In a
     process of its own on 5 threads: this one may have a single core (taskset -c 1), so one
     thread; 5 threads share the cores, are preempted mid-claim and steal."""
     import os

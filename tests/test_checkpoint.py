@@ -388,6 +388,7 @@ BIG = 2**53 + 1  # past MAX_COUNT: a count a float64 no longer holds exactly
 
 @pytest.mark.parametrize("change, fragment", [
     ({"seen": BIG, "correct": 0}, "train/state seen"),
+    ({"seen": 16, "correct": 17, "loss_sum": 0.5}, "more correct rows"),  # one past: 16 of 16 loads (below)
     ({"step": BIG}, "train/state step"),
     ({"loss_sum": -1.0}, "train/state loss_sum"),  # a mean loss below 0: no loss nbnet has
     ({"seconds": -1.0}, "train/state seconds"),

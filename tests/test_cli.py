@@ -339,6 +339,8 @@ def test_error_bad_option_values(tmp_path):
     assert_error(nbnet("train", "--hidden", "64,x"), "--hidden")
     for typo in ("64,,32", "64,", ",,,", "\uff15", "1_0", "+8"):  # were read as 64,32 / 64 / none / 5 / 10 / 8
         assert_error(nbnet("train", "--hidden", typo), "--hidden", "comma-separated layer widths")
+    assert_error(nbnet("train", "--hidden", "8,0"), "--hidden", "layer widths must be positive")
+    assert_error(nbnet("train", "--hidden", ",".join(["1"] * 1001)), "--hidden", "1001 hidden layers: at most 1000")
     assert_error(nbnet("train", "--activation", "gelu"), "--activation")
     assert_error(nbnet("train", "--val-split", "1.5"), "--val-split")
     assert_error(nbnet("train", "--threads", "9999"), "--threads 9999")

@@ -402,6 +402,19 @@ def test_an_output_named_as_a_folder_is_an_error_before_training(tmp_path, optio
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option", ["--save", "--save-best", "--metrics-out", "--plot"])
+def test_an_output_that_is_an_existing_folder_is_an_error_before_training(tmp_path, option):
+    """--save runs (a folder there, no separator at the end): refused before the first epoch (by
+    click's path type, before nbnet's own _check_writable), the folder and what it holds left as
+    they were."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("kept")
+    r = nbnet("train", option, tmp_path / "runs", "--val-split", "0.2", *FAST)
+    assert_error(r, option, f"{tmp_path / 'runs'}' is a directory")
+    assert "epoch" not in r.stdout
+    assert os.listdir(tmp_path / "runs") == ["keep.txt"]
+
+
 @pytest.mark.parametrize("option, suffix", [("--save", ".npz"), ("--save-best", ".npz"), ("--plot", ".png")])
 def test_a_file_name_the_file_system_refuses_is_one_error_line_before_training(tmp_path, option, suffix):
     """As for --metrics-out above: --save and --save-best failed after the first epoch (rename's

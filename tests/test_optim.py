@@ -336,6 +336,7 @@ def test_the_flush_keeps_the_smallest_normal_state_of_either_sign(dtype, twin):
     (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9), {"lr": -1.0}, "lr"),  # a step uphill
     (lambda ps: nb.SGD(ps, lr=0.1, momentum=0.9), {"momentum": 0.0, "nesterov": True}, "nesterov"),
     (lambda ps: nb.SGD(ps, lr=0.1), {"step_count": -3}, "step_count"),
+    (lambda ps: nb.SGD(ps, lr=0.1), {"step_count": -1}, "step_count"),  # the edge: 0 loads
     (lambda ps: nb.SGD(ps, lr=0.1), {"step_count": 2.5}, "step_count"),
     (lambda ps: nb.Adam(ps), {"betas": (1.0, 0.999)}, "betas"),  # a ZeroDivisionError at the next step
     (lambda ps: nb.Adam(ps), {"betas": (0.9,)}, "betas"),

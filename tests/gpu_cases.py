@@ -378,6 +378,17 @@ def test_bce_keeps_the_small_loss_of_a_sure_right_answer(dtype, big):
     np.testing.assert_allclose(got, np.log1p(np.exp(-big)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, big", [(np.float32, 20.0), (np.float64, 40.0)])
+def test_bce_gradient_of_a_sure_right_answer_keeps_its_precision(dtype, big):
+    """As on the CPU (test_bce): ∓e^(−|z|) / (1 + e^(−|z|)) / n on both sides, the gradient of the
+    loss above; σ(z) − t at z ≥ 0 was 0 there, σ(z) having rounded to 1."""
+    z, t = np.array([[-big, big]], dtype), np.array([[0.0, 1.0]], dtype)
+    dz = gpu.to_device(np.zeros_like(z))
+    gpu.bce_with_logits_backward(dz, gpu.to_device(z), gpu.to_device(t))
+    e = np.exp(-big)
+    np.testing.assert_allclose(to_host(dz), [[e / (1 + e) / 2, -e / (1 + e) / 2]], rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bce_at_infinite_logits_is_the_losss_limit(dtype):
     """As on the CPU: max(z, 0) − z t was inf − inf = NaN at z = +inf; now 0 for a sure right answer

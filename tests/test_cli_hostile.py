@@ -1244,3 +1244,8 @@ def test_user_csv_exports_are_one_error_line_saying_what_to_do(tmp_path):
     assert nbnet("train", "--dataset", tmp_path / "d.csv", *FAST, "--save", tmp_path / "m.npz").exit_code == 0
     assert_error(nbnet("predict", "--checkpoint", tmp_path / "m.npz", tmp_path / "d.csv"),
                  "has 3 features per row", "expects 2", "drop the label column")
+    # one too few: named as such, before the model sees it (no label-column hint)
+    (tmp_path / "a.csv").write_text("a\n" + "".join(f"{0.1 * i}\n" for i in range(5)))
+    r = nbnet("predict", "--checkpoint", tmp_path / "m.npz", tmp_path / "a.csv")
+    assert_error(r, f"a.csv has 1 features per row, the model in {tmp_path / 'm.npz'} expects 2")
+    assert "label column" not in r.output

@@ -615,6 +615,12 @@ assert np.array_equal(g1, np.arange(6.0).reshape(2, 3) * 0.5) and np.array_equal
 g3 = np.arange(15.0)  # more elements than the buffer made for the last call: a new one
 comm.allreduce_grad([P(Dev(g3))], 2.0)
 assert np.array_equal(g3, np.arange(15.0) * 2)
+# as many elements in the other dtype (a float64 model trained after a float32 one): a buffer of
+# that dtype, not the float32 one, which would round 1 + 2**-40 to 1
+g6, g7 = np.arange(16, dtype=np.float32), np.full(16, 1 + 2.0**-40)
+comm.allreduce_grad([P(Dev(g6))], 2.0)
+comm.allreduce_grad([P(Dev(g7))], 2.0)
+assert np.array_equal(g7, np.full(16, 2 + 2.0**-39))
 # the sums take as many values as given; a fingerprint or error text longer than its message slot is cut
 assert comm.sums(1.0, 2.0) == (1.0, 2.0) and comm.step_sums(3.0, 2, 4, True) == (3.0, 2.0, 4.0, True)
 comm.agree("x" * 5000)

@@ -521,3 +521,41 @@ def test_a_model_that_only_predicts_holds_no_backward_buffers():
     assert m._plan.bwd is not None  # planned, and run (the second time)
     for p, q in zip(m.parameters(), ref.parameters()):
         np.testing.assert_array_equal(p.grad, q.grad)
+
+
+def test_a_layer_swapped_in_between_forward_and_backward_is_not_run_over_by_the_plan():
+    """model.layers[2] replaced after the forward: the plan ran the old layers, so the backward is
+    the layers' own, and the new layer refuses (no forward yet). The plan's backward wrote the old
+    layer's gradients and left the new one's untouched, silently."""
+    model = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1))
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    g = np.ones((5, 3), np.float32)
+    model(x)
+    model.backward(g)  # forward and backward both planned
+    model(x)
+    old = model.layers[2]
+    before = old.grad_weight.copy()
+    model.layers[2] = nb.Linear(8, 3, seed=2)
+    with pytest.raises(ValueError, match="before forward"):
+        model.backward(g)
+    np.testing.assert_array_equal(old.grad_weight, before)
+
+
+def test_a_gradient_that_is_not_c_contiguous_gives_the_same_bits():
+    """A Fortran-order or strided dL/dY (a slice of a wider array): the plan's compiled steps take
+    C-contiguous arrays only, so such a gradient goes the layers' way (fed to the plan it was a
+    Numba typing error)."""
+    model = nb.Sequential(nb.Linear(4, 8, seed=0), nb.ReLU(), nb.Linear(8, 3, seed=1))
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    g = np.random.default_rng(1).random((5, 3), dtype=np.float32)
+    model(x)
+    model.zero_grad()
+    model.backward(g)
+    want = [p.grad.copy() for p in model.parameters()]
+    for odd in (np.asfortranarray(g), np.repeat(g, 2, axis=1)[:, ::2]):
+        assert not odd.flags.c_contiguous
+        model(x)
+        model.zero_grad()
+        model.backward(odd)
+        for p, w in zip(model.parameters(), want):
+            np.testing.assert_array_equal(p.grad, w)

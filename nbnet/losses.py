@@ -44,12 +44,12 @@ def check_labels(who, targets, n, classes):
     if isinstance(targets, np.ndarray):  # device labels are checked once, when copied over
         if not targets.dtype.isnative:  # a file's big-endian labels: the kernels read native order
             targets = targets.astype(targets.dtype.newbyteorder("="))
+        if not targets.flags.c_contiguous:  # y[::2]: a copy, not a kernel compiled for strided arrays
+            targets = np.ascontiguousarray(targets)
         lo, hi = map(int, cpu.label_bounds(targets))  # one pass: 5x cheaper than .min(), .max() at batch 1
         if lo < 0 or hi >= classes:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{who}: label {bad} is out of range [0, {classes})")
-        if not targets.flags.c_contiguous:
-            targets = np.ascontiguousarray(targets)
     return targets
 
 

@@ -411,6 +411,33 @@ def test_train_state_out_of_its_ranges_is_a_damaged_checkpoint(saved, change, fr
     assert fragment in str(e.value)
 
 
+def test_a_checkpoint_of_a_newer_format_is_refused_as_such(tmp_path):
+    """A format this nbnet does not know is not read as its own (as a damaged file it would be
+    reported wrongly, as the current format it would be misread)."""
+    model, opt, _ = run(epochs=1, schedule="constant")
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, opt, run.state, {"seed": 7})
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    assert int(arrays["checkpoint/version"]) == checkpoint.CHECKPOINT_VERSION
+    for version in (checkpoint.CHECKPOINT_VERSION + 1, 2**40):
+        arrays["checkpoint/version"] = np.array(version, np.int64)
+        np.savez(path, **arrays)
+        with pytest.raises(ValueError, match=rf"written by a newer nbnet \(checkpoint version {version}\)$"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_history_metric_of_nan_or_inf_is_not_saved(tmp_path, value):
+    """train/history stores an epoch's missing metric as NaN: a NaN metric saved would load as no
+    metric at all, silently, so neither it nor Inf is saved."""
+    model, opt, _ = run(epochs=1, schedule="constant")
+    run.state.history[0]["test_loss"] = value
+    with pytest.raises(ValueError, match="the training history holds NaN or Inf"):
+        save_checkpoint(tmp_path / "c.npz", model, opt, run.state, {"seed": 7})
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_a_mid_epoch_state_with_every_row_right_loads(saved):
     """`correct` may equal `seen` (a perfect running accuracy): only more is damage."""
     entries, load = saved
@@ -422,6 +449,7 @@ def test_a_mid_epoch_state_with_every_row_right_loads(saved):
     ({"optim__meta": "momentum 1.5"}, "optim/meta momentum"),  # each step's buffer grows: a diverged run
     ({"train__config": "many"}, "train/config is not a JSON object of options"),
     ({"train__config": "long"}, "train/config hidden"),
+    ({"train__config": "nested"}, "train/config hidden"),  # an option value is a scalar or a list of them
     ({"train__data": "x" * 1001}, "train/data is not a data fingerprint"),
 ])
 def test_metadata_past_its_sizes_and_ranges_is_a_damaged_checkpoint(saved, change, fragment):
@@ -430,7 +458,8 @@ def test_metadata_past_its_sizes_and_ranges_is_a_damaged_checkpoint(saved, chang
     entries, load = saved
     named = {"momentum 1.5": {**entries["optim/meta"], "momentum": 1.5},
              "many": {**entries["train/config"], **{f"option{i}": 1 for i in range(200)}},
-             "long": {**entries["train/config"], "hidden": "1," * 2049}}
+             "long": {**entries["train/config"], "hidden": "1," * 2049},
+             "nested": {**entries["train/config"], "hidden": [[16]]}}
     with pytest.raises(ValueError, match="damaged checkpoint") as e:
         load(**{key: named.get(value, value) for key, value in change.items()})
     assert fragment in str(e.value)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import nbnet as nb
+from nbnet import cpu
 
 
 LOGITS = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
@@ -28,6 +29,34 @@ def test_big_endian_labels_give_the_native_labels_bits(loss, dtype):
         np.testing.assert_array_equal(got.backward(), grad)
     with pytest.raises(ValueError, match="label 3 is out of range"):
         got(pred, (LABELS + 1).astype(dtype))
+
+
+@pytest.mark.parametrize("loss", [nb.SoftmaxCrossEntropy, nb.CrossEntropy])
+def test_strided_labels_give_the_contiguous_labels_bits(loss):
+    # Every other row's label (y[::2], or a column of a table): the checked path copies it, the
+    # fast path hands it on; either way the kernels read the labels the rows have.
+    pred = LOGITS if loss is nb.SoftmaxCrossEntropy else nb.Softmax()(LOGITS).copy()
+    table = np.stack([LABELS[::-1], LABELS], axis=1)  # (6, 2): column 1 is LABELS, strided
+    want = loss()
+    value = want(pred, LABELS)
+    grad = want.backward().copy()
+    # They are copied, not handed to kernels compiled again for strided arrays (a second or more
+    # of compiling on a cold cache, for each kernel).
+    compiled = [cpu.label_bounds, cpu.softmax_crossentropy_forward_backward, cpu.crossentropy_forward,
+                cpu.crossentropy_backward, cpu.softmax_forward]
+    def signatures():  # a Kernel is a serial and a parallel dispatcher
+        return [sum(len(d.signatures) for d in ((k.serial, k.parallel) if isinstance(k, cpu.Kernel) else (k,)))
+                for k in compiled]
+
+    before = signatures()
+    got = loss()
+    for _ in range(3):
+        assert got(pred, table[:, 1]) == value
+        np.testing.assert_array_equal(got.backward(), grad)
+        assert got(pred, np.repeat(LABELS, 2)[::2]) == value
+        assert got(np.repeat(pred, 2, axis=1)[:, ::2], LABELS) == value  # strided predictions
+        np.testing.assert_array_equal(got.backward(), grad)
+    assert signatures() == before
 
 
 def _twins(*sizes):

@@ -786,3 +786,54 @@ def test_predict_log_proba_is_finite_where_a_float32_probability_rounds_to_0():
         assert (p == 0).any() and np.isfinite(log_p).all() and log_p.dtype == np.float32
         np.testing.assert_allclose(log_p, want, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.exp(log_p), p, atol=1e-6)
+
+
+def test_auto_batch_size_is_200_on_more_rows():
+    """Above 200 rows "auto" is 200 batches: 450 rows are 3 steps an epoch (200, 200, 50)."""
+    x, y = blobs(n=450)
+    clf = MLPClassifier((8,), alpha=0.5, random_state=0).partial_fit(x, y, classes=np.unique(y))
+    assert clf._optimizer.step_count == 3
+    assert clf._optimizer.weight_decay == 0.5 / 200
+
+
+def test_best_loss_is_the_lowest_loss_so_far():
+    """best_loss_ is the lowest training loss of any epoch (scikit-learn's), not the last one: a
+    partial_fit on harder data does not lower the bar the next epochs are measured against."""
+    x, y = blobs(n=200)
+    noise = np.random.default_rng(5).permutation(y)  # the same rows, labels shuffled: a higher loss
+    clf = MLPClassifier((16,), random_state=0)
+    for _ in range(3):
+        clf.partial_fit(x, y, classes=np.unique(y))
+    clf.partial_fit(x, noise)
+    assert clf.loss_curve_[-1] > min(clf.loss_curve_)
+    assert clf.best_loss_ == min(clf.loss_curve_)
+
+
+def test_partial_fit_goes_on_however_long_the_loss_has_not_improved():
+    """The no-improvement count stops fit, never partial_fit (scikit-learn's rule): here every epoch
+    after the first counts as no improvement, and each call still trains its epoch."""
+    x, y = blobs(n=60)
+    clf = MLPClassifier((8,), tol=1e9, n_iter_no_change=1, random_state=0)
+    for _ in range(4):
+        clf.partial_fit(x, y, classes=np.unique(y))
+    assert clf.n_iter_ == 4 and clf._no_improvement_count == 3  # past n_iter_no_change + 1
+
+
+@pytest.mark.parametrize("targets", ["binary", "multiclass", "multilabel"])
+def test_a_tie_predicts_as_sklearn_does(targets):
+    """With every weight zero each output ties: a probability of exactly ½ is not above the
+    threshold (a multi-label 0, the binary classes_[0]), and equal softmax outputs pick classes_[0],
+    as scikit-learn's MLPClassifier predicts from the same weights."""
+    from sklearn.neural_network import MLPClassifier as SkMLP  # noqa: PLC0415
+
+    x, y = blobs(n=60)
+    y = {"binary": y % 2, "multiclass": y, "multilabel": np.stack([y % 2, y == 0, y > 0], axis=1).astype(int)}[targets]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPClassifier((4,), max_iter=2, random_state=0).fit(x, y)
+        theirs = SkMLP((4,), max_iter=2, random_state=0).fit(x, y)
+    for est in (ours, theirs):
+        for a in est.coefs_ + est.intercepts_:
+            a[...] = 0
+    np.testing.assert_array_equal(ours.predict(x), theirs.predict(x))
+    np.testing.assert_array_equal(ours.predict_proba(x), theirs.predict_proba(x).astype(np.float32))

@@ -138,6 +138,30 @@ def test_download_falls_back_to_the_next_mirror_and_checks_md5(tmp_path, mirror,
     assert sorted(p.name for p in dest.iterdir()) == sorted(md5)  # no temporary files left
 
 
+def test_download_fetches_only_the_missing_files(tmp_path, mirror, monkeypatch):
+    """A file already there (here the test labels, uncompressed, as a user unpacked them) is
+    neither fetched again nor replaced."""
+    url, md5, arrays = mirror
+    monkeypatch.setitem(datasets.MIRRORS, "mnist", [url])
+    monkeypatch.setitem(datasets.MD5, "mnist", md5)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    raw = gzip.decompress((tmp_path / "served" / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (dest / "t10k-labels-idx1-ubyte").write_bytes(raw)
+    *_, y_te = datasets.load("mnist", data_dir=dest, download=True)
+    np.testing.assert_array_equal(y_te, arrays["t10k-labels-idx1-ubyte"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        [name for name in md5 if name != "t10k-labels-idx1-ubyte.gz"] + ["t10k-labels-idx1-ubyte"])
+
+
+def test_a_download_with_no_time_left_says_so(tmp_path, mirror):
+    """The deadline is the whole fetch's: a file whose turn comes after it is not tried (a timeout
+    of 0 or less is no socket timeout)."""
+    url, md5, _ = mirror
+    with pytest.raises(ValueError, match=r"no time left \(the download must finish within 0 s\)"):
+        datasets.fetch("mnist", tmp_path / "dl", mirrors=[url], md5=md5, deadline=0)
+
+
 def test_download_rejects_a_bad_checksum_and_keeps_nothing(tmp_path, mirror, monkeypatch):
     url, md5, _ = mirror
     monkeypatch.setitem(datasets.MIRRORS, "mnist", [url])
@@ -388,6 +412,7 @@ def test_idx_train_and_test_images_of_other_sizes_are_refused(tmp_path):
         ({"x": np.zeros((4, 0)), "y": np.zeros(4, int)}, "labels", r"holds no data \(x has shape \(4, 0\)\)"),
         ({"x": np.zeros((4, 2)), "y": np.zeros((4, 0))}, "values", r"y must be \(N,\) or \(N, D\)"),
         ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 1.2, 0])}, "binary", r"must lie in \[0, 1\], found 1.2"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, -0.5, 0])}, "binary", r"must lie in \[0, 1\], found -0.5"),
     ],
 )
 def test_bad_npz_targets(tmp_path, arrays, targets, match):

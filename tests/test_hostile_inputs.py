@@ -244,13 +244,14 @@ def server(handler):
 
 
 class Drip(http.server.BaseHTTPRequestHandler):
-    """Sends a byte every 0.2 s, forever (each read is quick; the file never ends)."""
+    """Sends a byte every 0.2 s for 30 s (each read is quick; the file takes longer than any
+    deadline a test sets, and ends, so that a deadline not kept fails the test, not hangs it)."""
 
     def do_GET(self):  # noqa: N802
         self.send_response(200)
         self.end_headers()
         try:
-            while True:
+            for _ in range(150):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.2)
@@ -287,6 +288,26 @@ def test_a_download_is_cut_off_past_its_expected_size(tmp_path):
     with server(Flood) as url:
         sizes = {f + ".gz": 1000 for _, f in datasets.IDX_FILES}
         with pytest.raises(ValueError, match="more than the expected 1000 bytes"):
+            datasets.fetch("mnist", tmp_path / "dl", mirrors=[url], sizes=sizes, deadline=30)
+
+
+class Announced(Drip):
+    """Announces a terabyte (Content-Length), then sends more than any expected size."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**12))
+        self.end_headers()
+        try:
+            self.wfile.write(bytes(1 << 16))
+        except OSError:
+            pass
+
+
+def test_a_download_announcing_more_than_its_expected_size_is_refused_before_reading(tmp_path):
+    with server(Announced) as url:
+        sizes = {f + ".gz": 1000 for _, f in datasets.IDX_FILES}
+        with pytest.raises(ValueError, match=f"{10**12} bytes announced, expected at most 1000"):
             datasets.fetch("mnist", tmp_path / "dl", mirrors=[url], sizes=sizes, deadline=30)
 
 
@@ -489,6 +510,30 @@ def test_a_file_of_exactly_the_limit_is_read(tmp_path):
     with pytest.raises(ValueError, match="11 bytes is more than nbnet reads"):
         (tmp_path / "f").write_bytes(bytes(11))
         files.read_input_bytes(tmp_path / "f", limit=10)
+
+
+def test_a_file_that_grows_past_the_limit_as_it_is_read_is_refused(tmp_path, monkeypatch):
+    """The size checked is fstat's; a file appended to since (a log, another process's write) is
+    read only to limit + 1 bytes, and refused."""
+    (tmp_path / "f").write_bytes(bytes(50))
+    real = os.fstat
+
+    def fstat_of_before(fd):  # the file as it was when opened: 10 bytes
+        st = real(fd)
+        return os.stat_result((*st[:6], 10, *st[7:]))
+
+    monkeypatch.setattr(files.os, "fstat", fstat_of_before)
+    with pytest.raises(ValueError, match="more than 10 bytes"):
+        files.read_input_bytes(tmp_path / "f", limit=10)
+
+
+def test_an_empty_input_path_says_so(tmp_path, monkeypatch):
+    """"" names no file (open said "no such file" of a blank name); the message says which input."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^input: empty path$"):
+        nb.load("")
+    with pytest.raises(ValueError, match="^model: empty path$"):
+        files.open_input("", "model")
 
 
 def test_npz_budget_counts_all_arrays_together(tmp_path, monkeypatch):

@@ -224,6 +224,16 @@ def test_save_to_a_name_ending_in_a_separator_is_a_one_line_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_save_to_an_empty_path_is_a_one_line_error(tmp_path, monkeypatch):
+    """"" is a mistake, not a name: written through, the temporary file went to the folder above
+    the working one and the rename failed with FileNotFoundError."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(ValueError, match="^empty output path$"):
+        mlp().save("")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cwd"]
+
+
 @pytest.mark.parametrize("inside", ["m.npz", os.path.join("sub", "m.npz")])
 def test_save_into_a_file_as_if_it_were_a_folder_names_that_file(tmp_path, inside):
     """os.makedirs said '[Errno 17] File exists: .../f' (or 'Not a directory: .../f/sub')."""

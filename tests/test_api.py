@@ -169,9 +169,14 @@ def test_train_refuses_bad_arguments():
         ({"loss": "hinge"}, "unknown loss"),
         ({"val_split": 0.2, "val_data": (xtr, ytr)}, "not both"),
         ({"early_stopping": 0, "val_split": 0.1}, "early_stopping"),
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),  # else a finished run: nothing, silently
+        ({"val_split": "0.1"}, r"val_split must be in \[0, 1\), got '0.1'"),  # a TOML or argv string
     ):
         with pytest.raises(ValueError, match=msg):
-            nb.train(model, opt, (xtr, ytr), epochs=1, **kwargs)
+            nb.train(model, opt, (xtr, ytr), **{"epochs": 1, **kwargs})
+    # a third array: x_test without its labels, or (x, y, y), was ignored silently
+    with pytest.raises(ValueError, match=r"data must be \(x_train, y_train\) or \(x_train, y_train, x_test, y_test\)"):
+        nb.train(model, opt, (xtr, ytr, xtr), epochs=1)
     with pytest.raises(ValueError, match="integer class labels"):
         nb.train(model, opt, (xtr, ytr + 0.5), epochs=1)
     with pytest.raises(ValueError, match="real numbers"):

@@ -148,6 +148,15 @@ def test_json_outputs_are_always_valid_json(run, tmp_path):
     assert strict_json(r.stdout)["loss"] is None
 
 
+def test_a_metrics_csv_row_leaves_a_metric_that_is_not_finite_empty():
+    """As JSON says null: "nan" or "inf" in a CSV column of numbers is text to most readers
+    (a spreadsheet, csv.DictReader with float()), and "" is a missing value to all of them."""
+    columns = ["epoch", "val_loss", "val_r2", "lr"]
+    row = {"epoch": 3, "val_loss": math.inf, "val_r2": math.nan, "lr": 0.1}
+    assert nbnet_cli.csv_line(row, columns) == "3,,,0.1"
+    assert nbnet_cli.csv_line({"epoch": 3}, columns) == "3,,,"
+
+
 def test_csv_with_bom_or_typo_gives_one_prediction_per_row_or_an_error(run, tmp_path):
     _, ck, x = run
     rows = "".join(",".join(map(repr, row)) + "\n" for row in x[:5].tolist())
@@ -402,6 +411,19 @@ def test_an_output_named_as_a_folder_is_an_error_before_training(tmp_path, optio
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option", ["--save", "--metrics-out"])
+def test_an_output_in_a_folder_that_is_not_writable_is_an_error_before_training(tmp_path, option, monkeypatch):
+    """Said of the folder, before any epoch. (As root every folder is writable to os.access: the
+    permission is what the test fakes.)"""
+    real = os.access
+    monkeypatch.setattr(nbnet_cli.os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(tmp_path / "ro")
+                        and mode == os.W_OK else real(p, mode, **kw))
+    (tmp_path / "ro").mkdir()
+    r = nbnet("train", option, tmp_path / "ro" / "out", *FAST)
+    assert_error(r, option, f"folder {tmp_path / 'ro'} is not writable")
+    assert "epoch" not in r.stdout and list((tmp_path / "ro").iterdir()) == []
+
+
 @pytest.mark.parametrize("option", ["--save", "--save-best", "--metrics-out", "--plot"])
 def test_an_output_that_is_an_existing_folder_is_an_error_before_training(tmp_path, option):
     """--save runs (a folder there, no separator at the end): refused before the first epoch (by
@@ -516,6 +538,11 @@ def test_a_train_state_that_does_not_fit_its_history_is_an_error(run, tmp_path, 
     ("epochs = 0", "0"),
     ("save = ''", "empty path"),
     ("batch-size = 4\nbatch_size = 5", "'batch-size' and 'batch_size' are one option"),  # one was dropped
+    ("epochs = true", "expected integer range, not true/false"),  # else "'True' is not a valid integer"
+    ("hidden = [8, \"16\"]", "expected a list of layer widths (integers)"),
+    ("hidden = \"" + "1" * 5000 + "\"", "expected comma-separated layer widths"),  # int() stops at 4300 digits
+    ("save = '  '", "empty path"),
+    ("# " + "x" * (1 << 20), "more than nbnet reads (1048576 bytes)"),
 ])
 def test_toml_values_go_through_the_command_line_checks(tmp_path, toml, fragment):
     (tmp_path / "c.toml").write_text(toml + "\n")
@@ -573,6 +600,7 @@ def test_hidden_layers_too_big_for_memory_are_an_error_before_allocating():
     ({"train__config": [1, 2]}, "train/config"),
     ({"train__config": {"epochs": 2.5}}, "stored option epochs"),
     ({"train__config": {"hidden": "16", "lr": "fast"}}, "stored option lr"),
+    ({"train__config": {"hidden": "16", "batch_size": None}}, "stored option batch_size = null: expected a value"),
     ({"checkpoint__version": np.array("1")}, "checkpoint/version"),
     ({"checkpoint__version": np.array(0, np.int64)}, "checkpoint/version 0"),  # was read as version 1
     ({"checkpoint__version": np.array(-1, np.int64)}, "checkpoint/version -1"),

@@ -123,10 +123,11 @@ def test_checkpoints_from_before_test_split_evaluate_and_resume(tmp_path):
     arrays = read_npz(tmp_path / "new.npz")
     config = json.loads(str(arrays["train/config"]))
     config["val_split"] = config.pop("test_split")
-    for key in ("early_stopping",):
+    for key in ("early_stopping", "loss"):  # nor --loss nor --early-stopping then
         config.pop(key)
     arrays["train/config"] = np.array(json.dumps(config))
     write_npz_atomic(tmp_path / "old.npz", arrays)
+    write_npz_atomic(tmp_path / "old-copy.npz", arrays)  # old.npz is resumed (and saved over) below
     new = json.loads(nbnet("evaluate", "--checkpoint", tmp_path / "new.npz", "--json").output)
     old = json.loads(nbnet("evaluate", "--checkpoint", tmp_path / "old.npz", "--json").output)
     assert old == new and old["samples"] == 60
@@ -136,3 +137,6 @@ def test_checkpoints_from_before_test_split_evaluate_and_resume(tmp_path):
     wn, wo = weights(tmp_path / "new.npz"), weights(tmp_path / "old.npz")
     for key in wn:
         np.testing.assert_array_equal(wn[key], wo[key])
+    # a run from before --loss was a classifier's: it resumes as one, and as no other
+    out = nbnet("train", "--resume", tmp_path / "old-copy.npz", "--epochs", "3", "--loss", "mse")
+    assert out.exit_code != 0 and "was trained with --loss cross-entropy, this run has mse" in out.output, out.output

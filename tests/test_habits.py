@@ -48,6 +48,24 @@ def test_a_layer_class_instead_of_a_layer_is_named():
         nb.Sequential(nb.Linear(2, 3), nb.ReLU, nb.Linear(3, 2))
 
 
+def test_a_module_with_no_backward_is_not_a_layer():
+    """A torch.nn.Module has forward, parameters and zero_grad, but no backward: refused as not a
+    layer when the model is made, not at the first backward."""
+
+    class Module:
+        def forward(self, x):
+            return x
+
+        def parameters(self):
+            return []
+
+        def zero_grad(self):
+            pass
+
+    with pytest.raises(ValueError, match=r"^Sequential: <.*Module object at .*> is not a layer$"):
+        nb.Sequential(nb.Linear(2, 3), Module())
+
+
 def test_a_layer_of_the_users_own_without_parameters_or_zero_grad_is_named():
     """Sequential checked for forward and backward, then called parameters() (an AttributeError
     from its own __init__) and, at model.zero_grad(), zero_grad()."""
@@ -158,6 +176,9 @@ def test_len_indexing_slicing_iteration():
     assert one_flat([p.data for p in model.parameters()]) is not None
     with pytest.raises(ValueError, match="at least one layer"):
         model[3:]
+    # a slice writes the model's buffers: it has the model's lock, and knows which thread ran the
+    # last forward (a backward from another thread is refused through either)
+    assert head.lock is model.lock and head._forward_thread is model._forward_thread
 
 
 def test_a_hand_written_step_on_parameter_handles_updates_every_parameter():

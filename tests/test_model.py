@@ -524,6 +524,8 @@ def _arch_bytes(arrays, arch):
     (_set("in_features", 7, layer=2), "layer 2 takes 7 inputs but the Linear before it gives 8"),
     (_set("bias", 1, layer=0), r"layer 0: bias = 1 \(expected true or false\)"),
     (_set("in_features", 0, layer=0), "layer 0: Linear sizes 0, 8 are not positive integers"),
+    (_set("in_features", 2**31, layer=0), "layer 0: Linear sizes 2147483648, 8 are not positive integers"),  # past int32
+    (_set("layers", [{"type": "ReLU"}] * 10_001), r"10001 layers \(expected 1 to 10000\)"),
     (_set("seed", float("nan"), layer=0), "layer 0: seed = nan is not a plain value"),
     (_nan_weight, "weights layer2.bias hold NaN or Inf"),
     (_arch_bytes, "nbnet/architecture is not a JSON string"),

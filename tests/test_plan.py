@@ -501,6 +501,15 @@ def test_a_model_with_a_slots_layer_of_the_users_pickles():
     np.testing.assert_array_equal(back.forward(np.ones((4, 3), np.float32)), y)
 
 
+def test_a_slice_of_a_model_of_slots_layers_shares_its_lock():
+    """Models that share layers share a lock through a table of weak references to the layers; a
+    layer with __slots__ has none, so a slice is given its model's lock (and forward-thread record)
+    itself: else a slice's forward in one thread and the model's in another wrote the same buffers."""
+    m = nb.Sequential([Double(), Double()])
+    part = m[:1]
+    assert part.lock is m.lock and part._forward_thread is m._forward_thread
+
+
 def test_a_model_that_only_predicts_holds_no_backward_buffers():
     """A plan planned the backward along with the forward, with the buffers it writes: model(x)
     twice at 400,000 rows (784-64-64-10) held ~200 MB more from the second call on, for a backward

@@ -38,7 +38,7 @@ def test_choose_takes_the_free_cores(cores, others, limit, expected):
     assert threads.choose(cores, others, limit) == expected
 
 
-def test_busy_seconds_reads_the_given_cores(tmp_path):
+def test_busy_seconds_reads_the_given_cores(tmp_path, monkeypatch):
     stat = tmp_path / "stat"
     stat.write_text(
         "cpu  900 0 900 9000 0 0 0 0 0 0\n"
@@ -55,6 +55,9 @@ def test_busy_seconds_reads_the_given_cores(tmp_path):
     stat.write_text("cpu0 x y z\n")
     assert threads.busy_seconds([0], str(stat)) is None
     assert threads.busy_seconds(None, str(stat)) is None
+    stat.write_text("cpu1 400 0 0 1000 0 0 0 0 0 0\n")
+    monkeypatch.setattr(threads, "_TICK", 50)  # ticks are the kernel's USER_HZ, not always 100
+    assert threads.busy_seconds([1], str(stat)) == 8.0
 
 
 def _fake_machine(monkeypatch, cores):
@@ -92,6 +95,11 @@ def test_drops_to_one_thread_while_a_core_is_busy_and_comes_back(fresh, monkeypa
     advance(threads.POLL)
     assert threads.parallel()
     assert numba.get_num_threads() == 2
+    # this process's own time (os.times) can run ahead of its cores' busy ticks (/proc/stat): the
+    # others' load is then 0, never below
+    load["others_rate"] = -0.5
+    advance(threads.POLL)
+    assert threads.parallel() and threads._others == 0.0
 
 
 @pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
@@ -180,7 +188,7 @@ def test_nbnet_threads_values(monkeypatch, value, fixed):
     assert threads.env_fixed() is fixed
 
 
-@pytest.mark.parametrize("value", ["2", "yes", "fixed2"])
+@pytest.mark.parametrize("value", ["2", "yes", "fixed2", "fix"])
 def test_a_bad_nbnet_threads_is_one_error_line(monkeypatch, value):
     monkeypatch.setenv("NBNET_THREADS", value)
     with pytest.raises(ValueError, match="NBNET_THREADS"):

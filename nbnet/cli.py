@@ -316,19 +316,19 @@ def _option_value(ctx, param, value, where):
             raise bad("expected a value")
         return None
     if isinstance(value, bool):
-        raise bad(f"expected {param.type.name}, not true/false")
+        raise bad(f"expected {_expected(param)}, not true/false")
     if isinstance(value, list) and param.name == "hidden":
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise bad("expected a list of layer widths (integers)")
         text = ",".join(map(str, value))
     elif isinstance(value, (int, float)):
         if not isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
-            raise bad(f"expected {param.type.name}, not a number")
+            raise bad(f"expected {_expected(param)}, not a number")
         text = repr(value)
     elif isinstance(value, str):
         text = value
     else:
-        raise bad(f"expected {param.type.name}, not a {type(value).__name__}")
+        raise bad(f"expected {_expected(param)}, not a {type(value).__name__}")
     try:
         converted = param.type_cast_value(ctx, text)
         if param.callback is not None and param.name == "hidden":
@@ -336,6 +336,21 @@ def _option_value(ctx, param, value, where):
     except click.BadParameter as e:
         raise bad(_one_line(e.message)) from None
     return converted
+
+
+def _expected(param):
+    """What a TOML value for `param` must be, in words: click's type names ("integer range",
+    "choice", "file") said nothing of the quotes a string needs in TOML."""
+    kind = param.type
+    if isinstance(kind, click.types.IntParamType):
+        return "a whole number"
+    if isinstance(kind, click.types.FloatParamType):
+        return "a number"
+    if isinstance(kind, click.Choice):
+        return f"one of {', '.join(map(str, kind.choices))} (a quoted string)"
+    if isinstance(kind, click.Path):
+        return "a path (a quoted string)"
+    return "a quoted string"
 
 
 def _short(value):

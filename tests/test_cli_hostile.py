@@ -538,7 +538,11 @@ def test_a_train_state_that_does_not_fit_its_history_is_an_error(run, tmp_path, 
     ("epochs = 0", "0"),
     ("save = ''", "empty path"),
     ("batch-size = 4\nbatch_size = 5", "'batch-size' and 'batch_size' are one option"),  # one was dropped
-    ("epochs = true", "expected integer range, not true/false"),  # else "'True' is not a valid integer"
+    ("epochs = true", "epochs = true: expected a whole number, not true/false"),  # not "'True' is not a valid integer"
+    ("lr = true", "lr = true: expected a number, not true/false"),
+    ("optimizer = 5", "optimizer = 5: expected one of sgd, adam, adamw (a quoted string), not a number"),
+    ("save = 5", "save = 5: expected a path (a quoted string), not a number"),
+    ("dataset = 3", "dataset = 3: expected a quoted string, not a number"),
     ("hidden = [8, \"16\"]", "expected a list of layer widths (integers)"),
     ("hidden = \"" + "1" * 5000 + "\"", "expected comma-separated layer widths"),  # int() stops at 4300 digits
     ("save = '  '", "empty path"),

@@ -367,11 +367,14 @@ def _parse_hidden(ctx, param, value):
     fields = [v.strip() for v in text.split(",")] if text else []
     if len(fields) > 1000:
         raise click.BadParameter(f"{len(fields)} hidden layers: at most 1000")
-    if not all(re.fullmatch(r"[0-9]{1,18}", v) for v in fields):
-        raise click.BadParameter(f"{value!r}: expected comma-separated layer widths like 256,128")
+    if not all(re.fullmatch(r"[0-9]+", v) for v in fields):
+        raise click.BadParameter(f"{_short(value)}: expected comma-separated layer widths like 256,128")
+    # bounded before int(): Python refuses to parse more than 4300 digits (a ValueError of its own)
+    if any(len(v.lstrip("0")) > 18 for v in fields):
+        raise click.BadParameter(f"{_short(value)}: a layer width of more than 18 digits is past any machine's memory")
     sizes = [int(v) for v in fields]
     if any(s < 1 for s in sizes):
-        raise click.BadParameter(f"{value!r}: layer widths must be positive")
+        raise click.BadParameter(f"{_short(value)}: layer widths must be positive")
     return sizes
 
 

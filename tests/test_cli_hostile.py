@@ -544,13 +544,19 @@ def test_a_train_state_that_does_not_fit_its_history_is_an_error(run, tmp_path, 
     ("save = 5", "save = 5: expected a path (a quoted string), not a number"),
     ("dataset = 3", "dataset = 3: expected a quoted string, not a number"),
     ("hidden = [8, \"16\"]", "expected a list of layer widths (integers)"),
-    ("hidden = \"" + "1" * 5000 + "\"", "expected comma-separated layer widths"),  # int() stops at 4300 digits
+    ("hidden = \"" + "1" * 5000 + "\"", "more than 18 digits is past any machine's memory"),  # int() stops at 4300
+    ("hidden = \"8,1234567890123456789\"", "more than 18 digits is past any machine's memory"),
     ("save = '  '", "empty path"),
     ("# " + "x" * (1 << 20), "more than nbnet reads (1048576 bytes)"),
 ])
 def test_toml_values_go_through_the_command_line_checks(tmp_path, toml, fragment):
     (tmp_path / "c.toml").write_text(toml + "\n")
     assert_error(nbnet("train", "--config", tmp_path / "c.toml"), fragment)
+
+
+def test_hidden_widths_are_counted_without_leading_zeros():
+    assert nbnet_cli._parse_hidden(None, None, " 8, 0000000000000000000016 ") == [8, 16]
+    assert nbnet_cli._parse_hidden(None, None, "") == []
 
 
 def test_a_toml_file_that_is_not_utf8_is_named(tmp_path):

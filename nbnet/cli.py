@@ -955,6 +955,20 @@ def _resumed_at(state):
     return f" after epoch {state.epoch} (step {state.step})"
 
 
+def _scores(m, label_accuracy):
+    """An epoch's metrics as the epoch line shows them: "train loss 0.1234 acc 96.50%", then val and test."""
+    parts = []
+    for split in ("train", "val", "test"):
+        if f"{split}_loss" not in m:
+            continue
+        acc = "label acc" if label_accuracy else "acc"
+        score = (f" {acc} {100 * m[f'{split}_accuracy']:.2f}%" if f"{split}_accuracy" in m
+                 else f" R² {m[f'{split}_r2']:.4f}" if f"{split}_r2" in m
+                 else "")  # a checkpoint's history may hold a loss alone (nbnet info reads it)
+        parts.append(f"{split} loss {m[f'{split}_loss']:.4f}{score}")
+    return parts
+
+
 class Output:
     """A progress bar with the running loss on a terminal; one line per epoch otherwise."""
 
@@ -1014,14 +1028,7 @@ class Output:
     def epoch(self, m, epochs):
         if self.quiet:
             return
-        parts = []
-        for split in ("train", "val", "test"):
-            if f"{split}_loss" not in m:
-                continue
-            acc = "label acc" if getattr(self, "label_accuracy", False) else "acc"
-            score = (f"{acc} {100 * m[f'{split}_accuracy']:.2f}%" if f"{split}_accuracy" in m
-                     else f"R² {m[f'{split}_r2']:.4f}")
-            parts.append(f"{split} loss {m[f'{split}_loss']:.4f} {score}")
+        parts = _scores(m, getattr(self, "label_accuracy", False))
         # The rate the schedule gave the epoch's last step, as --metrics-out has it: a constant one
         # is the first line's.
         if getattr(self, "scheduled", False) and "lr" in m:
@@ -1212,9 +1219,17 @@ def _prediction_text(pred, loss_name, rows=1 << 14, csv=False):
 
 
 @cli.command(name="info")
-def info_cmd():
+@click.argument("checkpoint", type=FilePath(), required=False)
+def info_cmd(checkpoint):
     """Versions, the CPU's vector ISA and blocks, CPU threads, Numba's threading layer, whether a GPU is usable,
-    and whether MPI is usable (mpi4py and the MPI library's versions)."""
+    and whether MPI is usable (mpi4py and the MPI library's versions).
+
+    With CHECKPOINT (a `nbnet train --save` checkpoint or a model.save file): what it holds instead,
+    the epochs done, the last epoch's scores, the options it was trained with and the model's layers."""
+    if checkpoint is not None:
+        _check_stdout("what it holds")
+        _describe_checkpoint(checkpoint)
+        return
     import platform  # noqa: PLC0415
     from importlib.metadata import version  # noqa: PLC0415
 
@@ -1236,6 +1251,64 @@ def info_cmd():
         gpu = f"not usable: {_one_line(e) or type(e).__name__}"
     click.echo(f"GPU: {gpu}")
     click.echo(f"MPI: {dist.mpi_status()}")
+
+
+def _describe_checkpoint(path):
+    """`nbnet info CHECKPOINT`: Keras' model.summary() and the run's state, checked as --resume
+    checks them, so a damaged file is one Error: line here too."""
+    ck = load_checkpoint(path)
+    model = ck.model
+    cfg = _stored_config(ck)
+    state = ck.state
+    if state is None:
+        click.echo(f"{path}: a model (model.save), {model.num_parameters():,} parameters: nothing to resume; "
+                   "`nbnet evaluate` and `nbnet predict` take it")
+        click.echo(model.summary())
+        return
+    epochs, steps = cfg["epochs"], f"{state.step:,} step{'s' * (state.step != 1)}"
+    click.echo(f"{path}: a checkpoint of `nbnet train`, {model.num_parameters():,} parameters")
+    n = cfg.get("early_stopping")
+    if state.seen:  # stopped inside the epoch after those done: as the Interrupted line said
+        where = (f"{state.epoch} of {epochs} epochs done, then stopped in epoch {state.epoch + 1} after step "
+                 f"{state.step}: `nbnet train --resume {_quoted(path)}` finishes the run")
+    elif n is not None and state.bad_epochs >= n and state.epoch < epochs:
+        where = (f"{state.epoch} of {epochs} epochs done ({steps}): stopped early, no better validation loss "
+                 f"for {n} epoch{'s' * (n != 1)}")
+    elif state.epoch >= epochs:
+        where = (f"all {epochs} epoch{'s' * (epochs != 1)} done ({steps}), a finished run: `nbnet train --resume "
+                 f"{_quoted(path)} --epochs {epochs + 1}` or more trains on")
+    else:
+        where = (f"{state.epoch} of {epochs} epochs done ({steps}): `nbnet train --resume {_quoted(path)}` "
+                 "finishes the run")
+    click.echo(where)
+    if state.history:
+        last = state.history[-1]
+        click.echo(f"epoch {state.epoch}: "
+                   + "  ".join(_scores(last, cfg.get("loss") == "bce")))
+    if state.best_epoch is not None and state.best_val_loss is not None:
+        click.echo(f"best epoch {state.best_epoch} (validation loss {state.best_val_loss:.4f})")
+    click.echo("trained with: nbnet train " + " ".join(_as_options(cfg)))
+    click.echo(model.summary())
+
+
+def _quoted(text):
+    import shlex  # noqa: PLC0415
+
+    return shlex.quote(os.fspath(text))
+
+
+def _as_options(cfg):
+    """A checkpoint's stored options as the command line that gives them (a list given as 64,64;
+    one left unset, such as --weight-decay, left out)."""
+    order = [p.name for p in train_cmd.params if p.name not in NOT_CONFIG]  # as `nbnet train --help` has them
+    out = []
+    for key, value in sorted(cfg.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        if key not in order or value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        out += ["--" + key.replace("_", "-"), _quoted(str(value))]
+    return out
 
 
 @cli.command(name="check")

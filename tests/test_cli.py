@@ -331,6 +331,94 @@ def test_info():
     assert nbnet("--version").stdout.strip() == f"nbnet, version {nb.__version__}"
 
 
+def test_info_on_a_checkpoint_says_where_the_run_stands_and_how_it_was_trained(tmp_path, monkeypatch):
+    """`nbnet info CHECKPOINT`: a .npz is opaque, and what a user asks of one (how far did it get,
+    with which options, which layers) was answered only by loading it in Python. Its "trained with"
+    line is the whole command: run again, it gives the checkpoint's weights bit for bit."""
+    import shlex
+
+    data, a, b = tmp_path / "blobs.npz", tmp_path / "a.npz", tmp_path / "b.npz"
+    blobs(data)
+    options = ["--dataset", data, *FAST, "--val-split", "0.25", "--optimizer", "adam", "--lr", "0.003",
+               "--lr-schedule", "cosine", "--weight-decay", "0.001", "--seed", "3"]
+    r = nbnet("train", *options, "--save", a, "--metrics-out", tmp_path / "m.jsonl", "-q")
+    assert r.exit_code == 0, r.output
+    last = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
+    r = nbnet("info", a)
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    lines = r.stdout.splitlines()
+    model = nb.load(a)
+    assert lines[0] == f"{a}: a checkpoint of `nbnet train`, {model.num_parameters():,} parameters"
+    assert lines[1] == f"all 2 epochs done (6 steps), a finished run: `nbnet train --resume {a} --epochs 3` or more trains on"
+    assert lines[2] == (f"epoch 2: train loss {last['train_loss']:.4f} acc {100 * last['train_accuracy']:.2f}%  "
+                        f"val loss {last['val_loss']:.4f} acc {100 * last['val_accuracy']:.2f}%  "
+                        f"test loss {last['test_loss']:.4f} acc {100 * last['test_accuracy']:.2f}%")
+    best = load_checkpoint(a).state
+    assert lines[3] == f"best epoch {best.best_epoch} (validation loss {best.best_val_loss:.4f})"
+    assert lines[4].startswith("trained with: nbnet train --dataset ")
+    assert "\n".join(lines[5:]) == model.summary()
+    args = shlex.split(lines[4].removeprefix("trained with: nbnet train "))
+    assert "--weight-decay" in args and "--lr-schedule" in args and "--save" not in args
+    r = nbnet("train", *args, "--save", b, "-q")
+    assert r.exit_code == 0, r.output
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+    with monkeypatch.context() as m:  # 3 steps an epoch: stopped inside epoch 2, after its first
+        stop_after_step(m, 4)
+        assert nbnet("train", *options, "--save", b, "-q").exit_code == 130
+    r = nbnet("info", b)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[1] == (f"1 of 2 epochs done, then stopped in epoch 2 after step 4: "
+                                        f"`nbnet train --resume {b}` finishes the run")
+    assert r.stdout.splitlines()[2].startswith("epoch 1: train loss ")
+
+    nb.load(a).save(tmp_path / "plain.npz")
+    r = nbnet("info", tmp_path / "plain.npz")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].endswith("plain.npz: a model (model.save), "
+                                             f"{model.num_parameters():,} parameters: nothing to resume; "
+                                             "`nbnet evaluate` and `nbnet predict` take it")
+    assert r.stdout.split("\n", 1)[1] == model.summary() + "\n"
+
+    assert_error(nbnet("info", tmp_path / "none.npz"), "none.npz: no such file")
+    (tmp_path / "t.npz").write_bytes(a.read_bytes()[:300])
+    assert_error(nbnet("info", tmp_path / "t.npz"), "corrupt or truncated")
+    with np.load(a) as f:
+        arrays = dict(f)
+    arrays["train/config"] = np.array(json.dumps({**json.loads(str(arrays["train/config"])), "batch_size": 0}))
+    np.savez(tmp_path / "d.npz", **arrays)
+    assert_error(nbnet("info", tmp_path / "d.npz"), "d.npz: damaged checkpoint", "batch_size")
+    # A history may hold a loss with no accuracy (NaN is "absent"): shown alone, not a KeyError
+    with np.load(a) as f:
+        arrays = dict(f)
+    keys = json.loads(str(arrays["train/state"]))["history_keys"]
+    arrays["train/history"] = arrays["train/history"].copy()
+    arrays["train/history"][-1, [i for i, k in enumerate(keys) if k.endswith("_accuracy")]] = np.nan
+    np.savez(tmp_path / "h.npz", **arrays)
+    r = nbnet("info", tmp_path / "h.npz")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[2] == (f"epoch 2: train loss {last['train_loss']:.4f}  val loss "
+                                        f"{last['val_loss']:.4f}  test loss {last['test_loss']:.4f}")
+
+
+def test_info_on_a_checkpoint_that_stopped_early(tmp_path):
+    """Early stopping ends a run before --epochs with no step left undone: read by its epochs
+    alone, it was a run waiting for a --resume that would train nothing."""
+    data, ck = tmp_path / "blobs.npz", tmp_path / "e.npz"
+    blobs(data)
+    r = nbnet("train", "--dataset", data, *FAST, "--epochs", "40", "--val-split", "0.25", "--early-stopping", "1",
+              "--lr", "0.5", "--save", ck, "-q")
+    assert r.exit_code == 0, r.output
+    state = load_checkpoint(ck).state
+    assert state.epoch < 40 and state.seen == 0 and state.bad_epochs == 1  # stopped early, as the run said
+    lines = nbnet("info", ck).stdout.splitlines()
+    assert lines[1] == (f"{state.epoch} of 40 epochs done ({state.step} steps): stopped early, no better "
+                        "validation loss for 1 epoch")
+    assert lines[3] == f"best epoch {state.best_epoch} (validation loss {state.best_val_loss:.4f})"
+    assert "--early-stopping 1 " in lines[4]
+
+
 # --------------------------------------------------------------------------------------------- errors
 
 

@@ -1,3 +1,4 @@
+import faulthandler
 import os
 import signal
 import sys
@@ -39,6 +40,31 @@ def default_signals():
     for name in ("SIGINT", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+# A test that hangs (a child process waited on for ever, a lock never released) ends the run after
+# this many seconds with every thread's traceback, instead of running into CI's limit with nothing
+# said. faulthandler's watchdog is a C thread: it fires even while a Numba kernel holds the GIL.
+# The slowest test takes about a minute on a cold cache; 0 turns the guard off (a debugger).
+TEST_TIMEOUT = float(os.environ.get("NBNET_TEST_TIMEOUT", "300"))
+_stderr_fd = None
+
+
+def pytest_configure(config):
+    global _stderr_fd
+    # pytest captures fd 2 inside each test; the traceback must reach the real stderr
+    _stderr_fd = os.dup(2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if TEST_TIMEOUT > 0:
+        faulthandler.dump_traceback_later(TEST_TIMEOUT, exit=True, file=_stderr_fd)
+    try:
+        yield
+    finally:
+        if TEST_TIMEOUT > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

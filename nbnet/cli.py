@@ -605,15 +605,19 @@ def train_cmd(ctx, **opts):
                     comm=comm,
                 )
             except TrainingDiverged as e:
+                # What to change: the rate first; regression targets are taken as they are, and
+                # targets in the thousands make gradients a step of --lr 0.1 cannot take.
+                scale = " or scale the targets to about unit size" if cfg["loss"] == "mse" else ""
+                hint = f"try a lower --lr than {cfg['lr']:g}{scale}"
                 if not opts["save"]:
-                    raise
+                    raise TrainingDiverged(f"{e}; {hint}") from None
                 # Say what --save holds: a file from an earlier run looked like this one's last good epoch.
                 if saved:
                     held = f"{opts['save']} holds epoch {saved[-1]} (resume from it with a lower --lr)"
                 elif resume is not None and _same_path(opts["save"], opts["resume"]):
                     held = f"{opts['save']} holds the checkpoint this run resumed from (resume with a lower --lr)"
                 else:
-                    held = f"this run saved nothing to {opts['save']}"
+                    held = f"this run saved nothing to {opts['save']}; {hint}"
                 raise TrainingDiverged(f"{e}; {held}") from None
             except TrainingInterrupted as e:
                 signum = _agreed_signal(comm, stopper.signum)

@@ -501,7 +501,23 @@ def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, trained):
 
 
 def test_error_divergence_names_epoch_and_step():
-    assert_error(nbnet("train", *FAST, "--lr", "1e30", "--momentum", "0"), "training diverged: loss is", "at epoch 1, step")
+    assert_error(nbnet("train", *FAST, "--lr", "1e30", "--momentum", "0"), "training diverged: loss is", "at epoch 1, step",
+                 "; try a lower --lr than 1e+30")
+
+
+def test_divergence_in_regression_says_to_lower_the_rate_or_scale_the_targets(tmp_path):
+    """Targets of a few units (y = x·[1, 2, 3]) diverged at the default --lr 0.1 with momentum, and
+    the error said only "training diverged: test loss is inf": what to change was a guess."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 3)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x=x, y=x @ np.array([1, 2, 3], np.float32) + 0.1)
+    r = nbnet("train", "--dataset", tmp_path / "reg.npz", "--loss", "mse", "--epochs", "3", "-q")
+    assert_error(r, "training diverged", "; try a lower --lr than 0.1 or scale the targets to about unit size")
+    r = nbnet("train", "--dataset", tmp_path / "reg.npz", "--loss", "mse", "--epochs", "3", "--lr", "0.01", "-q")
+    assert r.exit_code == 0, r.output  # the hint is right: a tenth of the rate trains
+    r = nbnet("train", *FAST, "--lr", "1e30", "--momentum", "0", "--save", tmp_path / "c.npz")
+    assert_error(r, "training diverged", f"; this run saved nothing to {tmp_path / 'c.npz'}; try a lower --lr than 1e+30")
+    assert "targets" not in r.stderr  # a classifier's labels are not scaled
 
 
 def test_error_device_cuda_without_gpu_and_plot_without_matplotlib(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ File layout (also the model part of `nbnet train --save` checkpoints):
 Other keys (optimizer state, config, ...) may sit beside these; `load` ignores them.
 """
 
-import collections
+import collections.abc
 import contextlib
 import copy
 import functools
@@ -140,6 +140,15 @@ class Sequential:
         `astype` first); strict=False loads the keys that match and ignores the others, but one
         that matches none is a ValueError. Nothing is written unless every entry fits. Returns
         (missing_keys, unexpected_keys), as torch's does."""
+        if not isinstance(state_dict, collections.abc.Mapping):
+            # A path, a model or a list got "unexpected keys ['w', '.', 'n', 'p', 'z']" or
+            # "[Linear(2, 4), ReLU(), ...]": its items, iterated as if they were the keys.
+            how = ("nb.load(path) reads a model.save file, a checkpoint's model too: "
+                   "model.load_state_dict(nb.load(path).state_dict())" if isinstance(state_dict, (str, os.PathLike))
+                   else "model.load_state_dict(other.state_dict())" if isinstance(state_dict, Sequential)
+                   else "as model.state_dict() returns")
+            raise TypeError(f"load_state_dict takes a dict of arrays by '<layer index>.<name>', not a "
+                            f"{type(state_dict).__name__}: {how}")
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -148,8 +157,10 @@ class Sequential:
         # the model stayed as initialised, and trained or predicted as if it were the loaded one.
         if (missing or unexpected) and (strict or (own and len(missing) == len(own) and unexpected)):
             how = "" if strict else "strict=False, but none of its keys is one of this model's: "
+            saved = "nbnet/architecture" in state_dict  # np.load of a model.save file: its own names
             raise ValueError(f"load_state_dict: {how}missing keys {missing}, unexpected keys {unexpected} (keys are "
-                             "'<layer index>.<name>', activations counted, as model.state_dict() shows)")
+                             "'<layer index>.<name>', activations counted, as model.state_dict() shows"
+                             + ("; these are a model.save file's arrays: nb.load(path) reads them)" if saved else ")"))
         todo = []
         for key, p in own.items():
             if key not in state_dict:

@@ -640,6 +640,25 @@ def test_load_state_dict_strict_false_returns_the_keys_and_refuses_a_dict_that_m
     assert model.load_state_dict({}, strict=False).missing_keys == list(sd)  # nothing given, nothing refused
 
 
+def test_load_state_dict_given_a_path_a_model_or_a_saved_files_arrays_says_what_it_takes(tmp_path):
+    """A path or a model was iterated as if it were the keys: "unexpected keys ['w', '.', 'n', 'p',
+    'z']", "[Linear(2, 4), ReLU(), ...]". np.load of a model.save file (its keys are "layer0.weight")
+    said only that every key was missing."""
+    model = mlp()
+    model.save(tmp_path / "m.npz")
+    for given, how in [(str(tmp_path / "m.npz"), r"not a str: nb.load\(path\) reads a model.save file"),
+                       (tmp_path / "m.npz", rf"not a {type(tmp_path).__name__}: nb.load\(path\)"),
+                       (nb.load(tmp_path / "m.npz"), r"not a Sequential: model.load_state_dict\(other.state_dict\(\)\)"),
+                       (list(model.state_dict().values()), r"not a list: as model.state_dict\(\) returns")]:
+        with pytest.raises(TypeError, match=r"^load_state_dict takes a dict of arrays by '<layer index>.<name>', " + how):
+            model.load_state_dict(given)
+    with np.load(tmp_path / "m.npz") as f, pytest.raises(
+            ValueError, match=r"these are a model.save file's arrays: nb.load\(path\) reads them\)$"):
+        model.load_state_dict(f)
+    with pytest.raises(ValueError, match=r"activations counted, as model.state_dict\(\) shows\)$"):
+        model.load_state_dict({"x": 1})  # no such hint for other keys
+
+
 def test_a_torch_models_parameters_into_an_optimizer_or_clip_grad_norm_are_refused_at_once():
     """nb.SGD(torch_model.parameters()) was taken (a torch Parameter has .data and .grad): step() then
     said 'the parameter is Tensor', zero_grad() raised a TypeError from inside torch, and

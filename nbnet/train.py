@@ -191,9 +191,29 @@ VAL_SEED_TAG = 0x56414C  # "VAL": the validation split's own seed stream, (seed,
 
 
 def check_loss(loss):
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r} (use {', '.join(LOSSES)})")
+    if not isinstance(loss, str) or loss not in LOSSES:
+        # PyTorch's habit, a loss object: said as unknown, with no word of which name is that loss
+        name = {SoftmaxCrossEntropy: "cross-entropy", MSELoss: "mse", BCEWithLogits: "bce"}.get(type(loss))
+        hint = f"; loss= takes a name: {type(loss).__name__}() is loss={name!r}" if name else ""
+        raise ValueError(f"unknown loss {loss!r} (use {', '.join(LOSSES)}){hint}")
     return loss
+
+
+def check_optimizer(opt):
+    """Keras' compile(optimizer="adam"), or the class for an instance: "'str' object has no attribute
+    'params'", from deep inside train."""
+    made = "nb.SGD(model.parameters(), lr=0.1)"
+    if isinstance(opt, str):
+        cls = OPTIMIZERS.get(opt.strip().lower())
+        made = made if cls is None else f"nb.{cls.__name__}(model.parameters(), lr=...)"
+        raise TypeError(f"opt must be an optimizer made for the model's parameters, such as {made}, not the "
+                        f"string {opt[:40]!r}")
+    if isinstance(opt, type):
+        raise TypeError(f"opt must be an optimizer made for the model's parameters, "
+                        f"{opt.__name__}(model.parameters(), ...), not the class {opt.__name__}")
+    if not all(hasattr(opt, name) for name in ("params", "step", "zero_grad")):
+        raise TypeError(f"opt must be an optimizer made for the model's parameters, such as {made}, "
+                        f"got {type(opt).__name__}")
 
 
 def as_features(model, x, who="x"):
@@ -596,7 +616,7 @@ KERAS_KEYWORDS = {
     "validation_data": "nbnet's is val_data=(x_val, y_val)",
     "callbacks": "nbnet takes functions: on_epoch(state, metrics), on_step, on_best, should_stop",
     "initial_epoch": "to resume, pass state= (a TrainState); epochs is the total, as in Keras",
-    "verbose": "nbnet prints no progress: print from on_epoch or on_step",
+    "verbose": "nbnet prints no progress",
     "class_weight": "nbnet has no class or sample weights",
     "sample_weight": "nbnet has no class or sample weights",
     "return_dict": "nb.evaluate returns a dict",
@@ -608,6 +628,8 @@ def refuse_unknown_keywords(function, keywords):
     if keywords:
         name = next(iter(keywords))
         hint = f" ({KERAS_KEYWORDS[name]})" if name in KERAS_KEYWORDS else ""
+        if name == "verbose" and function == "train":
+            hint = hint[:-1] + ": print from on_epoch or on_step)"
         raise TypeError(f"{function}() got an unexpected keyword argument {name!r}{hint}")
 
 
@@ -716,6 +738,7 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     (examples/mpi_train.py).
     """
     refuse_unknown_keywords("train", unknown)
+    check_optimizer(opt)
     check_loss(loss)
     comm = dist.wrap(comm)
     if not whole(epochs, 1):

@@ -77,6 +77,37 @@ def test_a_keras_keyword_names_the_nbnet_way(function, keyword, hint):
         call(**{keyword: 0})
     with pytest.raises(TypeError, match=rf"{function}\(\) got an unexpected keyword argument 'colour'$"):
         call(colour=0)
+    if function != "train":  # evaluate and predict take no on_epoch: their hint sent users to one
+        with pytest.raises(TypeError) as e:
+            call(verbose=0)
+        assert "on_epoch" not in str(e.value)
+
+
+@pytest.mark.parametrize("opt, says", [
+    ("adam", r"such as nb.Adam\(model.parameters\(\), lr=...\), not the string 'adam'$"),
+    ("SGD", r"such as nb.SGD\(model.parameters\(\), lr=...\), not the string 'SGD'$"),
+    ("rmsprop", r"such as nb.SGD\(model.parameters\(\), lr=0.1\), not the string 'rmsprop'$"),
+    (nb.Adam, r"Adam\(model.parameters\(\), ...\), not the class Adam$"),
+    (None, r"such as nb.SGD\(model.parameters\(\), lr=0.1\), got NoneType$"),
+])
+def test_an_optimizer_named_or_given_as_its_class_says_how_to_make_one(opt, says):
+    """Keras' compile(optimizer="adam"), or nb.Adam for nb.Adam(...): "'str' object has no attribute
+    'params'" (an AttributeError from inside train)."""
+    model, _, x, y = setup()
+    with pytest.raises(TypeError, match=r"^opt must be an optimizer made for the model's parameters, " + says):
+        nb.train(model, opt, (x, y), epochs=1)
+
+
+def test_a_loss_object_for_loss_says_its_name():
+    """PyTorch's habit, loss=nb.SoftmaxCrossEntropy(): "unknown loss SoftmaxCrossEntropy()", with
+    no word of the name that is that loss."""
+    model, opt, x, y = setup()
+    for obj, name in ((nb.SoftmaxCrossEntropy(), "cross-entropy"), (nb.MSELoss(), "mse"), (nb.BCEWithLogits(), "bce")):
+        for call in (lambda: nb.train(model, opt, (x, y), epochs=1, loss=obj), lambda: nb.evaluate(model, x, y, loss=obj)):
+            with pytest.raises(ValueError, match=rf"; loss= takes a name: {type(obj).__name__}\(\) is loss='{name}'$"):
+                call()
+    with pytest.raises(ValueError, match=r"^unknown loss \['mse'\] \(use cross-entropy, mse, bce\)$"):
+        nb.evaluate(model, x, y, loss=["mse"])  # unhashable: was "TypeError: unhashable type: 'list'"
 
 
 def test_one_bce_label_a_row_for_a_model_of_two_outputs_says_what_fits():

@@ -139,6 +139,10 @@ class Parameter:
 
     @grad.setter
     def grad(self, value):
+        if value is None:  # torch's way of clearing: taken, it failed at the next backward, far from here
+            layer = self.layer.describe() if isinstance(self.layer, Layer) else type(self.layer).__name__
+            raise ValueError(f"grad of {self.name} of {layer}: nbnet keeps every gradient array, so it cannot be "
+                             "None; clear gradients with model.zero_grad() or opt.zero_grad()")
         setattr(self.layer, "grad_" + self.name, value)
 
     @property

@@ -596,6 +596,20 @@ def test_a_column_of_labels_says_to_ravel_it():
         nb.evaluate(model, x, y)
 
 
+def test_a_grad_set_to_none_is_refused_where_it_is_set():
+    """torch clears a gradient with `p.grad = None`: taken, the next backward failed with "grad_weight
+    must be a C-contiguous float32 (16, 2) host array ..., got NoneType", far from the cause."""
+    model = mlp()
+    p = model.parameters()[0]
+    before = p.grad
+    with pytest.raises(ValueError, match=r"^grad of weight of Linear\(4, 8\): nbnet keeps every gradient array, so "
+                                         r"it cannot be None; clear gradients with model.zero_grad\(\)"):
+        p.grad = None
+    assert p.grad is before  # nothing set
+    p.grad = np.zeros_like(before)  # an array is an assignment, as before (checked at the next call)
+    assert p.grad is not before and not p.grad.any()
+
+
 def test_requires_grad_false_is_refused_not_ignored():
     """torch's way to freeze a layer, `for p in model[0].parameters(): p.requires_grad = False`, set an
     attribute nothing read: the layer went on training, silently. The error names nbnet's way."""

@@ -212,8 +212,10 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Linear):
                 width = layer.out_features
+            elif type(layer) not in LAYERS.values():  # a layer of the user's own may change the width
+                width = getattr(layer, "out_features", None)
             n = sum(int(np.prod(p.data.shape)) for p in layer.parameters())
-            rows.append((str(i), repr(layer), f"(N, {'?' if width is None else width})", f"{n:,}"))
+            rows.append((str(i), _named(layer), f"(N, {'?' if width is None else width})", f"{n:,}"))
         sizes = [max(len(r[c]) for r in rows) for c in range(4)]
         line = "-" * (sum(sizes) + 6)
 
@@ -846,6 +848,12 @@ class Summary(str):
         return str(self)
 
 
+def _named(layer):
+    """A layer as a message or summary() shows it: its repr, or its class's name where the repr is
+    object's own ("<__main__.Square object at 0x7f...>": a layer written as a plain class)."""
+    return type(layer).__name__ + "()" if type(layer).__repr__ is object.__repr__ else repr(layer)
+
+
 def _checked_layers(layers):
     # A Sequential among the layers gives its layers, the same objects: nbnet's model is one flat
     # stack (its plan fuses a Linear with the ReLU after it, and checkpoints list layers), and a
@@ -856,13 +864,17 @@ def _checked_layers(layers):
     for layer in layers:
         if isinstance(layer, type):  # has forward and backward too, and failed later on `self`
             raise ValueError(f"Sequential: {layer.__name__} is a class, not a layer: write {layer.__name__}()")
-        if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
-            raise ValueError(f"Sequential: {layer!r} is not a layer")
+        lacks = next((name for name in ("forward", "backward") if not hasattr(layer, name)), None)
+        if lacks and isinstance(layer, Layer):  # a layer of the user's own, half written
+            raise ValueError(f"Sequential: {_named(layer)} has no {lacks}(): a layer needs forward(x) -> y and "
+                             "backward(grad_y) -> grad_x (README: \"Writing your own layer\")")
+        if lacks:
+            raise ValueError(f"Sequential: {_named(layer)} is not a layer: it has no {lacks}()")
         # What a Sequential calls on every layer besides (packing and optimizers list the
         # parameters, model.zero_grad clears them): without them an AttributeError from inside.
         missing = next((name for name in ("parameters", "zero_grad") if not hasattr(layer, name)), None)
         if missing:
-            raise ValueError(f"Sequential: a {type(layer).__name__} object is not a layer: it has no {missing}() "
+            raise ValueError(f"Sequential: {_named(layer)} is not a layer: it has no {missing}() "
                              "(nbnet.layers.Layer has both: parameters() [] and zero_grad() for none)")
     # A layer keeps its forward's input and output for its backward: in two places, the second
     # forward overwrote what the first place's backward reads (wrong gradients, silently), and a

@@ -62,8 +62,16 @@ def test_a_module_with_no_backward_is_not_a_layer():
         def zero_grad(self):
             pass
 
-    with pytest.raises(ValueError, match=r"^Sequential: <.*Module object at .*> is not a layer$"):
+    with pytest.raises(ValueError, match=r"^Sequential: Module\(\) is not a layer: it has no backward\(\)$"):
         nb.Sequential(nb.Linear(2, 3), Module())
+
+    class NoBack(nb.Layer):  # an nb.Layer was "<__main__.NoBack object at 0x..> is not a layer"
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match=r"^Sequential: NoBack\(\) has no backward\(\): a layer needs forward\(x\) "
+                                         r"-> y and backward\(grad_y\) -> grad_x \(README"):
+        nb.Sequential(nb.Linear(2, 3), NoBack())
 
 
 def test_a_layer_of_the_users_own_without_parameters_or_zero_grad_is_named():
@@ -80,7 +88,7 @@ def test_a_layer_of_the_users_own_without_parameters_or_zero_grad_is_named():
     for missing in ("parameters", "zero_grad"):
         layer = Double()
         setattr(layer, "zero_grad" if missing == "parameters" else "parameters", list)
-        with pytest.raises(ValueError, match=re.escape(f"a Double object is not a layer: it has no {missing}()")):
+        with pytest.raises(ValueError, match=re.escape(f"Sequential: Double() is not a layer: it has no {missing}()")):
             nb.Sequential(nb.Linear(2, 3), layer, nb.Linear(3, 2))
 
 
@@ -252,6 +260,43 @@ def test_summary_lists_layers_shapes_and_parameters(capsys):
     assert lines[-1].startswith("203,520 parameters (float32")
     assert 784 * 256 + 256 + 256 * 10 == model.num_parameters() == 203_520
     assert repr(text) == text  # a REPL shows the table itself
+
+
+def test_summary_of_layers_of_the_users_own():
+    """A layer of the user's own that narrows (N, 8) to (N, 7) was shown as (N, 8), the last Linear's
+    width; one written as a plain class as "<__main__.Square object at 0x7f...>"."""
+
+    class Square:  # a plain class: forward, backward, parameters, zero_grad
+        def forward(self, x):
+            self.x = x
+            return x * x
+
+        def backward(self, grad):
+            return 2 * self.x * grad
+
+        def parameters(self):
+            return []
+
+        def zero_grad(self):
+            pass
+
+    class Narrow(nb.Layer):
+        def forward(self, x):
+            return x[:, :-1]
+
+        def backward(self, grad):
+            return np.pad(grad, ((0, 0), (0, 1)))
+
+    class Halve(Narrow):  # one that says its width, as Linear does
+        out_features = 4
+
+    model = nb.Sequential(nb.Linear(3, 8, seed=0), Square(), nb.ReLU(), Narrow(), nb.Tanh(), Halve(),
+                          nb.Sigmoid(), nb.Linear(4, 2, seed=1))
+    rows = [line.split("  ") for line in model.summary().splitlines()[2:10]]
+    shapes = [[f for f in row if f.strip()][2].strip() for row in rows]
+    names = [[f for f in row if f.strip()][1].strip() for row in rows]
+    assert names[1] == "Square()" and names[3] == "Narrow()"
+    assert shapes == ["(N, 8)", "(N, ?)", "(N, ?)", "(N, ?)", "(N, ?)", "(N, 4)", "(N, 4)", "(N, 2)"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1099,8 +1099,11 @@ def evaluate_cmd(checkpoint, dataset, all_rows, data_dir, as_json, loss_name):
         click.echo(f"note: scored every row of {dataset}, the file it was trained on: its training rows among "
                    "them", err=True)
     elif is_file and not all_rows and named is not None and not trained_on:
-        click.echo(f"note: scored the --test-split part of {dataset} ({len(y_test)} rows), as held out in "
-                   "training; --all-rows scores every row", err=True)
+        # "as held out in training" read as if this file had been: it is another file than the model's
+        other = f"the model was trained on {cfg['dataset']}, not on it" if cfg.get("dataset") else \
+            "as a run trained on it would hold out"
+        click.echo(f"note: scored only the --test-split part of {dataset} ({len(y_test)} rows; {other}); "
+                   "--all-rows scores every row", err=True)
     if loss_name == "mse":
         if as_json:
             click.echo(json_line({"loss": loss, "mse": loss, "r2": metric, "samples": len(y_test), "dataset": dataset}))

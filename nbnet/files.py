@@ -97,8 +97,9 @@ def open_input(path, what=None):
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise ValueError(f"{name}: no such file") from None
+        if e.errno == errno.ENOENT:  # "-" is many tools' standard input; nbnet reads files only
+            stdin = " ('-' is not standard input here: give a file)" if path == "-" else ""
+            raise ValueError(f"{name}: no such file{stdin}") from None
         raise ValueError(f"{name}: cannot read ({e.strerror or e})") from None
     try:
         st = os.fstat(fd)

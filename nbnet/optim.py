@@ -464,7 +464,7 @@ class Optimizer:
                              "{'type', hyper-parameters, 'step_count', 'state': {'exp_avg.0': flat array, ...}}: "
                              "README's 'Coming from PyTorch' shows the conversion")
         if sd.get("type", who) != who:
-            raise ValueError(f"{who}: cannot load the state of a {sd['type']} optimizer")
+            raise ValueError(f"{who}: cannot load the state_dict of {str(sd['type'])[:40]}, another optimizer")
         # Checked as the constructor checks them, before anything is loaded: a NaN or negative
         # rate, a β of 1 or nesterov without momentum failed only at the next step, or never. By
         # the constructor of the nbnet optimizer this one is: a subclass's may take other arguments.

@@ -446,6 +446,8 @@ def test_error_missing_corrupt_and_truncated_files(tmp_path, trained):
     assert_error(nbnet("evaluate", "--checkpoint", tmp_path / "t.npz"), "corrupt or truncated")
     assert_error(nbnet("train", "--resume", tmp_path / "t.npz"), "corrupt or truncated")
     assert_error(nbnet("predict", "--checkpoint", tmp_path / "none.npz", tmp_path / "x.npz"), "no such file")
+    # many tools' standard input: said, not "-: no such file" alone
+    assert_error(nbnet("predict", "--checkpoint", ck, "-"), "-: no such file ('-' is not standard input here: give a file)")
     assert_error(nbnet("train", "--dataset", "mnist", "--data-dir", tmp_path / "empty"), "not found", "--download")
     (tmp_path / "file").write_text("")
     assert_error(nbnet("train", "--save", tmp_path / "file" / "c.npz"), "--save")  # a file as folder
@@ -654,7 +656,12 @@ def test_evaluate_all_rows_scores_a_test_file_of_its_own(tmp_path):
     assert own.exit_code == 0 and own.stderr == "" and json.loads(own.stdout)["samples"] == 40
     part = nbnet("evaluate", "--checkpoint", ck, "--dataset", test_file, "--json")
     assert part.exit_code == 0 and json.loads(part.stdout)["samples"] == 10
-    assert part.stderr.startswith("note: scored the --test-split part of") and "--all-rows" in part.stderr
+    assert part.stderr == (f"note: scored only the --test-split part of {test_file} (10 rows; the model was trained "
+                           f"on {train_file}, not on it); --all-rows scores every row\n")  # it said "as held out in training"
+    nb.load(ck).save(tmp_path / "plain.npz")  # a model.save file names no training file
+    part = nbnet("evaluate", "--checkpoint", tmp_path / "plain.npz", "--dataset", test_file, "--json")
+    assert part.stderr == (f"note: scored only the --test-split part of {test_file} (10 rows; as a run trained on it "
+                           "would hold out); --all-rows scores every row\n")
     whole = nbnet("evaluate", "--checkpoint", ck, "--dataset", test_file, "--all-rows", "--json")
     assert whole.exit_code == 0 and whole.stderr == ""
     got = json.loads(whole.stdout)

@@ -180,8 +180,10 @@ def test_load_state_dict_rejects_mismatched_shapes(rng):
     bad = {"type": "SGD", "state": {"momentum_buffer.0": np.zeros(5)}}
     with pytest.raises(ValueError, match="momentum_buffer.0"):
         opt.load_state_dict(bad)
-    with pytest.raises(ValueError, match="Adam"):
+    with pytest.raises(ValueError, match="^SGD: cannot load the state_dict of Adam, another optimizer$"):  # "a Adam"
         opt.load_state_dict({"type": "Adam"})
+    with pytest.raises(ValueError, match="^Adam: cannot load the state_dict of SGD, another optimizer$"):
+        nb.Adam(params).load_state_dict({"type": "SGD"})
 
 
 @pytest.mark.parametrize("index", ["\u00b2", "\u0663", "00", "01", "+1", " 1", "1_0", "-0", "2", "9" * 5000, ""])

@@ -275,7 +275,7 @@ def _read_config(ctx, param, path):
 
     try:
         raw = read_input_bytes(path, "--config", limit=MAX_CONFIG_BYTES)
-        table = tomllib.loads(raw.decode("utf-8"))
+        table = tomllib.loads(raw.decode("utf-8-sig"))  # a byte-order mark first, as Notepad writes, is no error
     except ValueError as e:  # not a regular file, too big, not UTF-8
         if isinstance(e, tomllib.TOMLDecodeError):
             raise click.BadParameter(f"{path}: not valid TOML ({e})") from None
@@ -321,9 +321,13 @@ def _option_value(ctx, param, value, where):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise bad("expected a list of layer widths (integers)")
         text = ",".join(map(str, value))
+    elif isinstance(value, int) and param.name == "hidden":  # hidden = 16: one hidden layer
+        text = str(value)
     elif isinstance(value, (int, float)):
         if not isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
             raise bad(f"expected {_expected(param)}, not a number")
+        if isinstance(value, float) and isinstance(param.type, click.types.IntParamType):
+            raise bad(f"expected {_expected(param)}, not a number with a decimal point")  # click: "not a valid integer range"
         text = repr(value)
     elif isinstance(value, str):
         text = value
@@ -342,6 +346,8 @@ def _expected(param):
     """What a TOML value for `param` must be, in words: click's type names ("integer range",
     "choice", "file") said nothing of the quotes a string needs in TOML."""
     kind = param.type
+    if param.name == "hidden":
+        return 'layer widths, "256,128", [256, 128] or 256'
     if isinstance(kind, click.types.IntParamType):
         return "a whole number"
     if isinstance(kind, click.types.FloatParamType):

@@ -525,8 +525,12 @@ def test_a_train_state_that_does_not_fit_its_history_is_an_error(run, tmp_path, 
 
 
 @pytest.mark.parametrize("toml, fragment", [
-    ("epochs = 2.9", "'2.9' is not a valid integer"),
-    ("seed = 1.9", "'1.9' is not a valid integer"),
+    # click's "'2.9' is not a valid integer range" said nothing of the decimal point
+    ("epochs = 2.9", "epochs = 2.9: expected a whole number, not a number with a decimal point"),
+    ("seed = 1.0", "seed = 1.0: expected a whole number, not a number with a decimal point"),
+    ("hidden = true", "hidden = true: expected layer widths, \"256,128\", [256, 128] or 256, not true/false"),
+    ("hidden = 8.5", "hidden = 8.5: expected layer widths, \"256,128\", [256, 128] or 256, not a number"),
+    ("hidden = 0", "layer widths must be positive"),
     ("quiet = 5", "expected true or false"),
     ("epochs = inf", "epochs = inf"),
     ("lr = nan", "not a finite number"),
@@ -557,6 +561,16 @@ def test_toml_values_go_through_the_command_line_checks(tmp_path, toml, fragment
 def test_hidden_widths_are_counted_without_leading_zeros():
     assert nbnet_cli._parse_hidden(None, None, " 8, 0000000000000000000016 ") == [8, 16]
     assert nbnet_cli._parse_hidden(None, None, "") == []
+
+
+def test_toml_hidden_as_one_width_and_a_byte_order_mark_train(tmp_path):
+    """`hidden = 16` (a TOML integer, where "16" and [16] were taken) was "expected a quoted string";
+    a file that starts with a UTF-8 byte-order mark (Notepad's) was "not valid TOML (Invalid
+    statement (at line 1, column 1))", though the .csv reader takes one."""
+    (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbfepochs = 1\nhidden = 16\n")
+    r = nbnet("train", "--config", tmp_path / "c.toml")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("training 2-16-3 relu on spiral") and ", 1 epoch," in r.stdout.splitlines()[0]
 
 
 def test_a_toml_file_that_is_not_utf8_is_named(tmp_path):

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -1017,11 +1018,18 @@ class Output:
         if batch < n_batches and now - self._last < 0.1:
             return
         self._last = now
-        width = 30
-        filled = width * batch // n_batches
-        text = (f"epoch {state.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] {batch}/{n_batches} "
-                f"loss {running_loss:.4f}")
-        sys.stdout.write("\r" + text + " " * (self._drawn - len(text)))
+        # Within the terminal's width: a line longer than it wraps, and each \r then redraws only
+        # the last row of it, leaving a new line per update (a 30-column terminal, a split pane).
+        columns = max(20, shutil.get_terminal_size().columns) - 1  # (asked again: a window can be resized)
+        head, tail = f"epoch {state.epoch + 1}/{self.epochs} ", f" {batch}/{n_batches} loss {running_loss:.4f}"
+        # the same bar all epoch long: room for the widest count and a loss of two digits
+        width = min(30, columns - len(head) - len(f" {n_batches}/{n_batches} loss 00.0000") - 2)
+        if width >= 5:
+            filled = width * batch // n_batches
+            text = f"{head}[{'#' * filled}{'.' * (width - filled)}]{tail}"[:columns]
+        else:  # no room for a bar
+            text = (head + tail[1:])[:columns]
+        sys.stdout.write("\r" + text + " " * (min(self._drawn, columns) - len(text)))
         sys.stdout.flush()
         self._drawn = max(self._drawn, len(text))
 

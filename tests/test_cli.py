@@ -269,6 +269,26 @@ def test_an_error_in_training_starts_a_line_of_its_own_after_the_bar(monkeypatch
     assert "\repoch 1/2 [" in r.stdout and r.stdout.endswith("\n"), repr(r.stdout)
 
 
+@pytest.mark.parametrize("columns, bar", [(200, 30), (50, 18), (30, None)])
+def test_the_bar_fits_the_terminal(monkeypatch, columns, bar):
+    """The bar was 30 characters whatever the terminal: its ~60-character line wrapped on a narrower
+    one, and each redraw (\r) then began a new row."""
+    real_init = cli_module.Output.__init__
+
+    def on_a_terminal(self, quiet):
+        real_init(self, quiet)
+        self.bar = True
+
+    monkeypatch.setattr(cli_module.Output, "__init__", on_a_terminal)
+    monkeypatch.setenv("COLUMNS", str(columns))  # shutil.get_terminal_size reads it first
+    r = nbnet("train", *FAST, "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    draws = [d for line in r.stdout.splitlines() for d in line.split("\r") if d.startswith("epoch 1/1 ") and "train loss" not in d]
+    assert draws and all(len(d) <= columns - 1 for d in draws), draws
+    if bar is None:
+        assert all("[" not in d for d in draws) and draws[-1].startswith("epoch 1/1 75/75 loss "), draws
+    else:
+        assert all(len(d.split("[")[1].split("]")[0]) == bar for d in draws), draws
 # --------------------------------------------------------------------------------------------- evaluate, predict
 
 

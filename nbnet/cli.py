@@ -1100,6 +1100,9 @@ def evaluate_cmd(checkpoint, dataset, all_rows, data_dir, as_json, loss_name):
     if all_rows:
         x_test, y_test = datasets.load_file(key, TARGETS[loss_name], dtype)
         y_test = _targets(y_test, loss_name, dtype)
+    elif key in datasets.IMAGE_DATASETS and loss_name == "cross-entropy":  # the test files alone
+        _, _, x_test, y_test = datasets.load_idx_dataset(key, data_dir or datasets.default_data_dir(key), dtype=dtype,
+                                                         test_only=True)
     else:
         _, _, x_test, y_test = _load_data(key, data_dir, cfg.get("test_split", 0.2), cfg.get("seed", 0), False, dtype,
                                           loss_name)

@@ -200,26 +200,38 @@ def default_data_dir(name):
     return os.path.join(root, name)
 
 
-def load_idx_dataset(name, data_dir, download=False, dtype=np.float32):
+def load_idx_dataset(name, data_dir, download=False, dtype=np.float32, test_only=False):
+    """(x_train, y_train, x_test, y_test) from the four IDX files in data_dir. test_only: the test
+    set alone, (None, None, x_test, y_test), whose two files are all that must be there (what
+    `nbnet evaluate` scores: it read, and required, the 60,000 training images too)."""
     data_dir = os.fspath(data_dir)
+    roles = [role for role, _ in IDX_FILES if not test_only or role.startswith("test")]
     found = find_idx(name, data_dir)
-    if len(found) < len(IDX_FILES):
+    if any(role not in found for role in roles):
         if not download:
-            missing = [base for role, base in IDX_FILES if role not in found]
+            missing = [base for role, base in IDX_FILES if role in roles and role not in found]
+            # --data-dir data/ for data/mnist/: the default is $NBNET_DATA_DIR/<name>, a folder a level down
+            inner = os.path.join(data_dir, name)
+            there = f"; {inner} has them" if all(role in find_idx(name, inner) for role in roles) else ""
             raise ValueError(
-                f"{name}: {missing[0]}[.gz] not found in {data_dir} "
+                f"{name}: {missing[0]}[.gz] not found in {data_dir}{there} "
                 f"(point --data-dir, data_dir= in Python, at the folder with the four IDX files, or pass --download, download=True)"
             )
         fetch(name, data_dir)
         found = find_idx(name, data_dir)
-    x_train = images_to_features(read_idx(found["train_images"], 3, dtype), found["train_images"], dtype)
-    y_train = _idx_labels(found["train_labels"])
-    x_test = images_to_features(read_idx(found["test_images"], 3, dtype), found["test_images"], dtype)
-    y_test = _idx_labels(found["test_labels"])
-    for x, y, xi, yi in ((x_train, y_train, "train_images", "train_labels"), (x_test, y_test, "test_images", "test_labels")):
+    parts = []
+    for split in ("train", "test"):
+        if split == "train" and test_only:
+            parts += [None, None]
+            continue
+        xi, yi = f"{split}_images", f"{split}_labels"
+        x = images_to_features(read_idx(found[xi], 3, dtype), found[xi], dtype)
+        y = _idx_labels(found[yi])
         if len(x) != len(y):
             raise ValueError(f"{name}: {found[xi]} has {len(x)} images but {found[yi]} has {len(y)} labels")
-    if x_train.shape[1] != x_test.shape[1]:
+        parts += [x, y]
+    x_train, y_train, x_test, y_test = parts
+    if x_train is not None and x_train.shape[1] != x_test.shape[1]:
         raise ValueError(f"{name}: train images have {x_train.shape[1]} pixels, test images {x_test.shape[1]}")
     return x_train, y_train, x_test, y_test
 

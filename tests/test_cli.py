@@ -632,6 +632,25 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
 # --------------------------------------------------------------------------------------------- real data
 
 
+def test_evaluate_on_an_image_dataset_reads_only_its_test_files(tmp_path):
+    """A folder of the two t10k files was "train-images-idx3-ubyte[.gz] not found": evaluate read
+    the 60,000 training images too, to score none of them."""
+    from test_datasets import make_mnist
+
+    make_mnist(tmp_path / "mnist", n_train=60, n_test=30)
+    ck = tmp_path / "c.npz"
+    r = nbnet("train", "--dataset", "mnist", "--data-dir", tmp_path / "mnist", *FAST, "--save", ck, "-q",
+              "--metrics-out", tmp_path / "m.jsonl")
+    assert r.exit_code == 0, r.output
+    last = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
+    for base in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (tmp_path / "mnist" / base).unlink()
+    r = nbnet("evaluate", "--checkpoint", ck, "--json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["samples"] == 30 and got["accuracy"] == last["test_accuracy"]
+
+
 def test_tiny_mnist_subset_trains(tmp_path):
     root = os.environ.get("NBNET_DATA_DIR") or str(REPO.parent / "shared" / "data")
     folder = Path(root) / "mnist"

@@ -104,6 +104,35 @@ def test_missing_idx_file_suggests_download(tmp_path):
         datasets.load("fashion-mnist", data_dir=tmp_path)
 
 
+def test_the_test_set_alone_needs_only_its_two_files(tmp_path):
+    """`nbnet evaluate` scores the test set, yet read (and required) the training images too: a
+    folder of the two t10k files was "train-images-idx3-ubyte[.gz] not found"."""
+    arrays = make_mnist(tmp_path / "full")
+    both = datasets.load_idx_dataset("mnist", tmp_path / "full")
+    alone = datasets.load_idx_dataset("mnist", tmp_path / "full", test_only=True)
+    assert alone[:2] == (None, None)
+    np.testing.assert_array_equal(alone[2], both[2])
+    np.testing.assert_array_equal(alone[3], arrays["t10k-labels-idx1-ubyte"])
+    for base in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (tmp_path / "full" / base).unlink()
+    np.testing.assert_array_equal(datasets.load_idx_dataset("mnist", tmp_path / "full", test_only=True)[2], both[2])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\[.gz\] not found"):
+        datasets.load_idx_dataset("mnist", tmp_path / "full")
+    (tmp_path / "full" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\[.gz\] not found"):
+        datasets.load_idx_dataset("mnist", tmp_path / "full", test_only=True)
+
+
+def test_a_data_dir_one_level_up_says_where_the_files_are(tmp_path):
+    """data_dir="data" for data/mnist/ (the default is $NBNET_DATA_DIR/<name>, a level down) was
+    "not found in data" with no word of the folder that has them."""
+    make_mnist(tmp_path / "mnist")
+    with pytest.raises(ValueError, match=rf"not found in {tmp_path}; {tmp_path / 'mnist'} has them \(point --data-dir"):
+        datasets.load("mnist", data_dir=tmp_path)
+    with pytest.raises(ValueError, match=rf"not found in {tmp_path} \(point --data-dir"):
+        datasets.load("fashion-mnist", data_dir=tmp_path)  # no fashion-mnist/ there: no such hint
+
+
 # --------------------------------------------------------------------------------------------- download
 
 

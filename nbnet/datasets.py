@@ -12,6 +12,7 @@ never past the size its header declares.
 import gzip
 import hashlib
 import io
+import bisect
 import math
 import os
 import re
@@ -20,6 +21,8 @@ import time
 import zlib
 
 import numpy as np
+
+from array import array
 
 from .files import (
     check_creatable, check_memory, described, file_in_the_way, load_bytes, memory_budget, open_input, read_bounded,
@@ -343,13 +346,36 @@ def is_real(dtype):
     return dtype.kind in "biuf"
 
 
-def check_xy(x, y, source, targets="labels", dtype=np.float32):
+class CsvCells:
+    """Names an element of a CSV's x or y in an error as the file's row (its line, from 1) and
+    column (from 1), as read_csv's own errors do: not as the 0-based indices of the arrays cut
+    from its table (a CSV has no x[3, 0]; that was its line 5, column 2 after a header).
+    line_of(i): the line of the table's row i; first_x: the column of x[:, 0] in the file."""
+
+    def __init__(self, line_of, first_x):
+        self.line_of, self.first_x = line_of, first_x
+
+    def x(self, i, j):
+        return f"row {self.line_of(i)}, column {j + self.first_x}"
+
+    def y(self, at):
+        return f"row {self.line_of(at[0])}, column 1"  # a CSV's one target column, its first
+
+
+def _y_at(where, at):
+    """An element of y, at index tuple `at`, as an error names it: NumPy's y[i] (counted from 0),
+    or where.y's (a CSV's row and column)."""
+    return f"y[{', '.join(map(str, at))}]" if where is None else where.y(at)
+
+
+def check_xy(x, y, source, targets="labels", dtype=np.float32, where=None):
     """Validate features and targets; returns (x as `dtype`, y). targets: "labels" (class labels,
     (N,) int64 out), "values" (regression: finite reals, (N,) or (N, D), float64 out), "binary"
     (yes/no labels or probabilities in [0, 1], (N,) or (N, L), float64 out). Arrays already in
-    their dtype and C order come back as they are, not copied."""
+    their dtype and C order come back as they are, not copied. where: None (errors name a value
+    x[i, j] or y[i], counted from 0) or a CsvCells (its file's row and column)."""
     if targets != "labels":
-        return _check_x_values(x, y, source, targets, dtype)
+        return _check_x_values(x, y, source, targets, dtype, where)
     if x.ndim != 2:
         raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}{ONE_FEATURE if x.ndim == 1 else ''}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -364,35 +390,42 @@ def check_xy(x, y, source, targets="labels", dtype=np.float32):
         )
     if len(x) != len(y):
         raise ValueError(f"{source}: x has {len(x)} rows but y has {len(y)} labels")
-    x = check_features(x, source, dtype)
-    return x, check_labels(y, source)
+    x = check_features(x, source, dtype, where)
+    return x, check_labels(y, source, where)
 
 
-def check_labels(y, source):
+def check_labels(y, source, where=None):
     """Class labels 0 .. MAX_CLASSES-1 (whole numbers, integer or float) as int64: checked before
-    the cast, so a huge or fractional label is an error, not a wrapped or truncated class."""
+    the cast, so a huge or fractional label is an error, not a wrapped or truncated class. An
+    error names the first bad label's place (where: as check_xy's)."""
     if np.issubdtype(y.dtype, np.floating):
         at = first_where(y, not_whole)  # a block at a time: np.round of all of y and its bools held more than y
         if at is not None:
-            raise ValueError(f"{source}: labels must be whole numbers (row {at[0]} has {y[at]}); "
-                             "real-valued targets train with --loss mse (targets='values' in Python)")
+            raise ValueError(f"{source}: {_y_at(where, at)}: label {y[at]} is not a whole number: labels are class "
+                             "numbers 0 .. classes-1; real-valued targets train with --loss mse (targets='values' "
+                             "in Python)")
     elif y.dtype.kind not in "iu":
         names = " (class names must be numbered 0 .. classes-1 first)" if y.dtype.kind in "USO" else ""
         raise ValueError(f"{source}: labels must be integers, got {y.dtype}{names}")
     lo, hi = y.min().item(), y.max().item()  # Python numbers: MAX_CLASSES cast to float16 overflows
+    # Which label, only once one is bad: the first in file order (a dtype that holds MAX_CLASSES,
+    # as one with a label that large does)
     if lo < 0:
-        raise ValueError(f"{source}: label {lo} is negative (labels are 0 .. classes-1)")
+        at = first_where(y, lambda block: block < 0)
+        raise ValueError(f"{source}: {_y_at(where, at)}: label {y[at].item():g} is negative "
+                         "(labels are 0 .. classes-1)")
     if hi >= MAX_CLASSES:
+        at = first_where(y, lambda block: block >= MAX_CLASSES)
         raise ValueError(
-            f"{source}: label {hi:g} is too large: labels are class numbers 0 .. classes-1, "
-            f"at most {MAX_CLASSES - 1}"
+            f"{source}: {_y_at(where, at)}: label {y[at].item():g} is too large: labels are class numbers "
+            f"0 .. classes-1, at most {MAX_CLASSES - 1}"
         )
     # Native int64 labels (a .npz's) as they are: astype copied them every time (0.48 MB for 60000
     # labels); check_features keeps x so. The one caller, load(), splits them into copies.
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
-def _check_x_values(x, y, source, targets, dtype):
+def _check_x_values(x, y, source, targets, dtype, where=None):
     if x.ndim != 2:
         raise ValueError(f"{source}: x must be 2-D (N, D), got shape {x.shape}{ONE_FEATURE if x.ndim == 1 else ''}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -401,21 +434,26 @@ def _check_x_values(x, y, source, targets, dtype):
         raise ValueError(f"{source}: y must be (N,) or (N, D) with N = {len(x)} rows, got shape {y.shape}")
     if not is_real(y.dtype):
         raise ValueError(f"{source}: targets must be real numbers, got {y.dtype}")
-    x = check_features(x, source, dtype)
+    x = check_features(x, source, dtype, where)
     y = y.astype(np.float64)
     # Both checks look at a block of rows at a time: a `dtype` copy of all of y and its bools held
     # 3 MB beside 60000 rows of 10 targets (4.8 MB in float64), 5.4 MB as float64.
-    if first_nonfinite(y) is not None:
-        raise ValueError(f"{source}: targets hold NaN or Inf")
+    at = first_nonfinite(y)
+    if at is not None:
+        raise ValueError(f"{source}: targets hold NaN or Inf: {_y_at(where, at)} is {y[at]}"
+                         + (" (counted from 0)" if where is None else ""))
     # The targets are trained on in `dtype` (the command converts them): one too large for it
     # became Inf there, with NumPy's overflow warning and then an error that named no file.
     with np.errstate(over="ignore"):
         at = first_where(y, lambda block: nonfinite(block.astype(dtype)))
     if at is not None:
-        raise ValueError(f"{source}: target y[{', '.join(map(str, at))}] is {y[at]:g} (counted from 0), "
-                         f"too large for {np.dtype(dtype)}")
+        if where is None:
+            raise ValueError(f"{source}: target y[{', '.join(map(str, at))}] is {y[at]:g} (counted from 0), "
+                             f"too large for {np.dtype(dtype)}")
+        raise ValueError(f"{source}: {where.y(at)}: target {y[at]:g} is too large for {np.dtype(dtype)}")
     if targets == "binary" and (y.min() < 0 or y.max() > 1):
-        raise ValueError(f"{source}: binary targets must lie in [0, 1], found {y.min() if y.min() < 0 else y.max()}")
+        at = first_where(y, lambda block: (block < 0) | (block > 1))
+        raise ValueError(f"{source}: {_y_at(where, at)}: binary targets must lie in [0, 1], found {y[at]}")
     return x, y
 
 
@@ -461,8 +499,9 @@ def not_whole(y):
     return flags
 
 
-def check_features(x, source, dtype=np.float32):
-    """x as a C-contiguous array of `dtype`; NaN, Inf, or a value too large for `dtype`, is an error."""
+def check_features(x, source, dtype=np.float32, where=None):
+    """x as a C-contiguous array of `dtype`; NaN, Inf, or a value too large for `dtype`, is an
+    error naming the first such value (where: as check_xy's)."""
     dtype = np.dtype(dtype)
     if not is_real(x.dtype):
         raise ValueError(f"{source}: x must be real numbers, got {x.dtype}")
@@ -471,6 +510,10 @@ def check_features(x, source, dtype=np.float32):
     at = first_nonfinite(xd)
     if at is not None:
         row, col = at
+        if where is not None:  # as read_csv's own error for NaN: 'row 5, column 2: nan (...)'
+            v = x[row, col]
+            raise ValueError(f"{source}: {where.x(row, col)}: "
+                             + (f"{v} is too large for {dtype}" if np.isfinite(v) else f"{v} (NaN and Inf are not allowed)"))
         raise ValueError(
             f"{source}: x[{row}, {col}] is {x[row, col]} (counted from 0; NaN/Inf, or too large for {dtype}, "
             "are not allowed)"
@@ -609,6 +652,12 @@ def read_csv(path, label_first=False):
     The text is parsed a line, and a piece of a line, at a time: a list of all its lines (or of
     all the fields of a long line) takes some 50 bytes per string, 10 to 50 times the text. What
     is held is the text and the table (at most 4 times the text: a field takes 2 bytes or more)."""
+    return _read_csv(path, label_first)[0]
+
+
+def _read_csv(path, label_first=False):
+    """read_csv's (table, line_of): line_of(i) is the file's line (from 1) of the table's row i,
+    for errors found in the table later (CsvCells): blank lines are skipped, a header may lead."""
     path = os.fspath(path)
     raw = read_input_bytes(path, limit=memory_budget() // 4)  # parsing takes a few times the text
     try:
@@ -638,8 +687,16 @@ def read_csv(path, label_first=False):
             next(rows)
         yield from rows
 
+    # Where a row's line is not the line after the previous row's (the first row; after blank
+    # lines): row i's line is that of the last such row at or before it, plus the rows between.
+    # Two int arrays, not a line number per row (a Python int each).
+    gap_rows, gap_lines, last = array("q"), array("q"), -1
     count, width, uneven = 0, None, None
     for n, line in data_rows():  # the table's size, before it is allocated
+        if n != last + 1:
+            gap_rows.append(count)
+            gap_lines.append(n)
+        last = n
         columns = line.count(",") + 1
         if width is None:
             width = columns
@@ -666,12 +723,16 @@ def read_csv(path, label_first=False):
             col += len(fields)
     if uneven:
         raise ValueError(uneven)
+
+    def line_of(i):
+        k = bisect.bisect_right(gap_rows, i) - 1
+        return gap_lines[k] + i - gap_rows[k]
+
     at = first_nonfinite(out)  # a block at a time: bools of the whole table were an eighth of it
     if at is not None:
         i, col = at
-        n = next(n for j, (n, _) in enumerate(data_rows()) if j == i)
-        raise ValueError(f"{path}: row {n}, column {col + 1}: {out[i, col]} (NaN and Inf are not allowed)")
-    return out
+        raise ValueError(f"{path}: row {line_of(i)}, column {col + 1}: {out[i, col]} (NaN and Inf are not allowed)")
+    return out, line_of
 
 
 def flat_samples(x):
@@ -688,10 +749,11 @@ def load_file(path, targets="labels", dtype=np.float32):
         x, y = read_npz_xy(path, dtype=dtype)
         x = flat_samples(x)
     elif path.endswith(".csv"):
-        table = read_csv(path, label_first=True)
+        table, line_of = _read_csv(path, label_first=True)
         if table.shape[1] < 2:
             raise ValueError(f"{path}: needs a label column and at least one feature column")
-        x, y = table[:, 1:], table[:, 0]
+        # errors name the file's row and column, as read_csv's do, not x[i, j] of this cut
+        return check_xy(table[:, 1:], table[:, 0], path, targets, dtype, CsvCells(line_of, 2))
     else:
         raise ValueError(f"{path}: unknown file type (use .npz with x and y, or .csv with the label first)")
     return check_xy(np.asarray(x), np.asarray(y), path, targets, dtype)
@@ -706,7 +768,8 @@ def load_inputs(path, dtype=np.float32):
         x = read_npy(path, into=dtype) if path.endswith(".npy") else read_npz_xy(path, False, dtype)[0]
         x = flat_samples(np.asarray(x))
     elif path.endswith(".csv"):
-        x = read_csv(path)
+        x, line_of = _read_csv(path)
+        return check_features(x, path, dtype, CsvCells(line_of, 1))  # read_csv's table: 2-D, rows > 0
     else:
         images = read_idx(path, into=dtype)
         return images_to_features(images, path, dtype)

@@ -134,7 +134,7 @@ def test_loss_errors(tmp_path):
     regression_file(tmp_path / "r.npz")
     assert_error(nbnet("train", "--loss", "mse"), "spiral", "class labels")
     assert_error(nbnet("train", "--dataset", tmp_path / "r.npz", "--loss", "bce"), "[0, 1]")
-    assert_error(nbnet("train", "--dataset", tmp_path / "r.npz"), "whole numbers")  # float targets, cross-entropy
+    assert_error(nbnet("train", "--dataset", tmp_path / "r.npz"), "is not a whole number")  # float targets, cross-entropy
     assert_error(nbnet("train", "--loss", "hinge"), "--loss")
     np.savez(tmp_path / "nan.npz", x=np.ones((10, 2)), y=np.r_[np.ones(9), np.nan])
     assert_error(nbnet("train", "--dataset", tmp_path / "nan.npz", "--loss", "mse"), "NaN")

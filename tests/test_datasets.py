@@ -282,8 +282,9 @@ def test_npz_and_csv_load_and_split(tmp_path):
         ({"x": np.zeros((4, 2))}, "no array 'y'"),
         ({"x": np.array([[0.0, np.nan]] * 4), "y": np.zeros(4, int)}, "NaN/Inf"),
         ({"x": np.array([[0.0, np.inf]] * 4), "y": np.zeros(4, int)}, "NaN/Inf"),
-        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, -1, 0])}, "label -1 is negative"),
-        ({"x": np.zeros((4, 2)), "y": np.array([0, 1.5, 1, 0])}, "whole numbers"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, -1, 0])}, r"d\.npz: y\[2\]: label -1 is negative"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 1.5, 1, 0])}, r"d\.npz: y\[1\]: label 1.5 is not a whole number"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 70000, 0])}, r"d\.npz: y\[2\]: label 70000 is too large"),
         ({"x": np.zeros((4, 2)), "y": np.array(["a", "b", "c", "d"])}, "integers"),
         ({"x": np.zeros((4, 2)), "y": np.zeros(3, int)}, "4 rows but y has 3"),
         ({"x": np.zeros((0, 2)), "y": np.zeros(0, int)}, "no data"),
@@ -315,6 +316,44 @@ def test_bad_csv_contents(tmp_path, text, match):
     (tmp_path / "d.csv").write_text(text)
     with pytest.raises(ValueError, match=match):
         datasets.load(str(tmp_path / "d.csv"))
+
+
+@pytest.mark.parametrize(
+    "row, targets, message",
+    [
+        ("0.5,2", "labels", "label 0.5 is not a whole number: labels are class numbers 0 .. classes-1; "
+                            "real-valued targets train with --loss mse (targets='values' in Python)"),
+        ("-2,2", "labels", "label -2 is negative (labels are 0 .. classes-1)"),
+        ("70000,1", "labels", "label 70000 is too large: labels are class numbers 0 .. classes-1, at most 65535"),
+        ("1,1e39", "labels", "1e+39 is too large for float32"),
+        ("1,nan", "labels", "nan (NaN and Inf are not allowed)"),
+        ("1e39,2", "values", "target 1e+39 is too large for float32"),
+        ("2,2", "binary", "binary targets must lie in [0, 1], found 2.0"),
+    ],
+)
+def test_csv_value_errors_name_the_files_row_and_column(tmp_path, row, targets, message):
+    """A bad value of a .csv is named as read_csv names one it cannot read: the file's row (its
+    line, blank lines and the header counted) and column, both from 1. A fractional label was
+    'row 3' (its index in the table), 1e39 'x[3, 0]' (column 2 of the file as 0 of x) and a
+    negative or too large label had no row at all, all of them line 5, after a header."""
+    import re
+
+    path = tmp_path / "d.csv"
+    for text, line in ((f"label,a\n1,0\n0,1\n1,1\n{row}\n1,1\n", 5),
+                       (f"\nlabel,a\n\n1,0\n0,1\n\n\n1,1\n{row}\n\n1,1\n", 9),  # blank lines count
+                       (f"1,0\n0,1\n{row}\n", 3)):  # no header
+        path.write_text(text)
+        col = 2 if row.startswith("1,") else 1
+        with pytest.raises(ValueError, match="^" + re.escape(f"{path}: row {line}, column {col}: {message}") + "$"):
+            datasets.load(str(path), targets=targets)
+
+
+def test_csv_inputs_name_the_files_row_and_column(tmp_path):
+    """Prediction's .csv (features only) names a value too large for the model's dtype by its row
+    and column in the file, not as x[1, 1] (counted from 0, its blank line not counted)."""
+    (tmp_path / "p.csv").write_text("1,2\n\n3,1e39\n")
+    with pytest.raises(ValueError, match=r"p\.csv: row 3, column 2: 1e\+39 is too large for float32$"):
+        datasets.load_inputs(str(tmp_path / "p.csv"))
 
 
 def test_csv_values_are_checked_for_nan_a_block_of_rows_at_a_time(tmp_path):
@@ -553,7 +592,7 @@ def test_npz_labels_as_a_column_load(tmp_path):
         ({"X": np.zeros((4, 2)), "y": np.zeros(4, int)}, r"no array 'x' \(found \['X', 'y'\]; save them as np.savez"),
         ({"x": np.zeros(4), "y": np.zeros(4, int)}, r"got shape \(4,\) \(one feature a row: save x.reshape"),
         ({"x": np.zeros((4, 2)), "y": np.array(list("abab"))}, r"got <U1 \(class names must be numbered"),
-        ({"x": np.zeros((4, 2)), "y": np.array([0.5, 1, 2, 3])}, r"whole numbers .*train with --loss mse"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0.5, 1, 2, 3])}, r"not a whole number: .*train with --loss mse"),
         ({"x": np.zeros((3, 2)), "y": np.eye(3)}, r"got shape \(3, 3\) \(one-hot rows\? save y.argmax\(axis=1\)"),
     ],
 )

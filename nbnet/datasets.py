@@ -620,26 +620,39 @@ def _check_header(path, line, label_first):
                 )
 
 
-def _not_a_number(path, n, col, field, first_row, label_first):
+def _not_a_number(path, n, col, field, first_row, label_first, header=False):
     """The error for a field of row n (column col, both from 1) that is not a number, saying why
-    where a common export habit explains it."""
+    where a common export habit explains it. first_row: the line of the file's first row; header:
+    whether that row was read as a header (said where the habit mangled it too, so that its row
+    is not a number either: the error is then about row 2)."""
     shown = field.strip()
-    why = []
+    why, mangled = [], True  # mangled: a habit that makes a whole row, the first too, no number
     if shown.lower() in MISSING:
         why.append("empty, or a missing value: nbnet fills in none; drop or fill such rows, or the empty column")
-    elif ";" in shown or "\t" in shown:
-        sep = "';'" if ";" in shown else "a tab"
+        mangled = False
+    elif ";" in shown or "\t" in shown or _space_separated(shown):
+        sep = "';'" if ";" in shown else "a tab" if "\t" in shown else "spaces"
         why.append(f"the columns seem separated by {sep}: nbnet reads comma-separated values with '.' as the "
                    "decimal point")
     elif shown.startswith('"'):
         why.append("quoted fields are not read: save the numbers without quotes")
     else:
+        mangled = False
         if n == first_row:
             why.append("a first row is a header only when none of its fields is a number")
         if label_first and col == 1:
             why.append("the first column, the label, must be a number: number class names 0 .. classes-1 first")
+    if mangled and header and n != first_row:
+        why.append(f"row {first_row} was read as a header, as none of its fields is a number")
     why = f" ({'; '.join(why)})" if why else ""
     return ValueError(f"{path}: row {n}, column {col}: {shown[:40]!r} is not a number{why}")
+
+
+def _space_separated(field):
+    """Whether a field that is not a number is numbers between spaces: a row of a file whose
+    columns are separated by spaces (np.savetxt's default, many .txt and .dat files)."""
+    parts = field.split()
+    return len(parts) > 1 and all(_is_number(p) for p in parts)
 
 
 def read_csv(path, label_first=False):
@@ -700,6 +713,12 @@ def _read_csv(path, label_first=False):
         columns = line.count(",") + 1
         if width is None:
             width = columns
+            if header and first[1].lstrip().startswith("#") and first[1].count(",") + 1 != columns:
+                raise ValueError(
+                    f"{path}: row {first[0]} was read as a header (none of its fields is a number) of "
+                    f"{first[1].count(',') + 1} column(s), the rows below it have {columns}: "
+                    f"{first[1].strip()[:40]!r} looks like a comment line, which nbnet does not skip: remove it"
+                )
         elif columns != width:
             uneven = f"{path}: row {n} has {columns} columns, the first row has {width}"
             if '"' in line:
@@ -719,7 +738,7 @@ def _read_csv(path, label_first=False):
                 out[i, col:col + len(fields)] = [float(v) for v in fields]
             except ValueError:
                 bad = next(c for c, v in enumerate(fields) if not _is_number(v))
-                raise _not_a_number(path, n, col + bad + 1, fields[bad], first[0], label_first) from None
+                raise _not_a_number(path, n, col + bad + 1, fields[bad], first[0], label_first, header) from None
             col += len(fields)
     if uneven:
         raise ValueError(uneven)

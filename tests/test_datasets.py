@@ -535,7 +535,7 @@ def test_a_header_naming_the_label_past_the_first_column_is_an_error(tmp_path, h
     datasets.load_inputs(tmp_path / "d.csv")  # prediction inputs have no label column to misplace
 
 
-@pytest.mark.parametrize("header", ["label,a,b", "Y,a,b", "price,a,b", "a,b,c", "cluster,x,y"])
+@pytest.mark.parametrize("header", ["label,a,b", "Y,a,b", "price,a,b", "a,b,c", "cluster,x,y", "#,a,b"])
 def test_a_header_with_the_label_first_or_named_otherwise_loads(tmp_path, header):
     (tmp_path / "d.csv").write_text(header + "\n" + "".join(f"{y},{a},{b}\n" for y, a, b in xy_rows()))
     x, y, x_te, y_te = datasets.load(str(tmp_path / "d.csv"), val_split=0.5)
@@ -553,6 +553,21 @@ def test_a_header_with_the_label_first_or_named_otherwise_loads(tmp_path, header
         ('0,0.5\n1,"1,5"\n', r"row 2 has 3 columns, the first row has 2 \(quoted fields are not read"),
         ("cat,0.5\ndog,1.5\n", r"row 1, column 1: 'cat' .*header only when none .*; the first column, the label, must be a number"),
         ("label,a\ncat,0.5\n", r"row 2, column 1: 'cat' is not a number \(the first column, the label, must be a number"),
+        # np.savetxt's default: no hint was given, where ';' and a tab got one
+        ("1 -0.535669 0.361595\n0 1.2 0.5\n", r"row 2, column 1: '0 1\.2 0\.5' is not a number \(the columns seem "
+         r"separated by spaces: nbnet reads comma-separated values with '\.' as the decimal point; row 1 was read as "
+         r"a header, as none of its fields is a number\)$"),
+        # the first row, as mangled, was taken as a header, silently: why the error is about row 2
+        ("0;0,5;1\n1;1,5;2\n", r"row 2, column 1: '1;1' is not a number \(the columns seem separated by ';': .*; "
+         r"row 1 was read as a header, as none of its fields is a number\)$"),
+        ('"0","0.5"\n"1","1.5"\n', r"row 2, column 1: '\"1\"' is not a number \(quoted fields are not read: save the "
+         r"numbers without quotes; row 1 was read as a header, as none of its fields is a number\)$"),
+        ("label,a\n0,\n", r"row 2, column 2: '' is not a number \(empty, or a missing value: nbnet fills in none; "
+         r"drop or fill such rows, or the empty column\)$"),  # a header of its own: no word of it
+        # a comment line was a one-column header, silently, the rows below it trained on
+        ("# exported from R\n0,0.5\n1,1.5\n", r"d\.csv: row 1 was read as a header \(none of its fields is a number\) "
+         r"of 1 column\(s\), the rows below it have 2: '# exported from R' looks like a comment line, which nbnet "
+         r"does not skip: remove it$"),
     ],
 )
 def test_csv_export_habits_are_named_in_the_error(tmp_path, text, match):

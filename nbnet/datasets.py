@@ -402,8 +402,8 @@ def check_labels(y, source, where=None):
         at = first_where(y, not_whole)  # a block at a time: np.round of all of y and its bools held more than y
         if at is not None:
             raise ValueError(f"{source}: {_y_at(where, at)}: label {y[at]} is not a whole number: labels are class "
-                             "numbers 0 .. classes-1; real-valued targets train with --loss mse (targets='values' "
-                             "in Python)")
+                             "numbers 0 .. classes-1; real-valued targets train with --loss mse (in Python: "
+                             "loss='mse', and nb.datasets.load(..., targets='values') to read them)")
     elif y.dtype.kind not in "iu":
         names = " (class names must be numbered 0 .. classes-1 first)" if y.dtype.kind in "USO" else ""
         raise ValueError(f"{source}: labels must be integers, got {y.dtype}{names}")

@@ -322,7 +322,8 @@ def test_bad_csv_contents(tmp_path, text, match):
     "row, targets, message",
     [
         ("0.5,2", "labels", "label 0.5 is not a whole number: labels are class numbers 0 .. classes-1; "
-                            "real-valued targets train with --loss mse (targets='values' in Python)"),
+                            "real-valued targets train with --loss mse (in Python: loss='mse', and "
+                            "nb.datasets.load(..., targets='values') to read them)"),
         ("-2,2", "labels", "label -2 is negative (labels are 0 .. classes-1)"),
         ("70000,1", "labels", "label 70000 is too large: labels are class numbers 0 .. classes-1, at most 65535"),
         ("1,1e39", "labels", "1e+39 is too large for float32"),

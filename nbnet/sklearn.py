@@ -27,12 +27,13 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
 - Weights start Glorot-uniform as scikit-learn's (nbnet.Linear's He-uniform draws, rescaled: see
   glorot_like_sklearn); intercepts start at zero (scikit-learn: uniform too).
 - No solver="lbfgs", and none of the parameters learning_rate (the step is constant), power_t,
-  warm_start, max_fun or the regressor's loss (it is squared error): passing one is a TypeError.
+  warm_start (partial_fit goes on from the weights), max_fun or the regressor's loss (it is squared
+  error): passing one is a TypeError that says so and what to do instead (see SKLEARN_ONLY).
   So both estimators take hidden_layer_sizes, activation positionally, as MLPClassifier and
   scikit-learn < 1.7's MLPRegressor do (scikit-learn >= 1.7's MLPRegressor puts loss first: there
   MLPRegressor((64,)) is an error, here MLPRegressor("squared_error", ...) is one that says so).
-  No sample_weight (partial_fit has the argument where scikit-learn 1.9 has it, third, and it must
-  be None; classes go by keyword), and X is dense (scikit-learn's also take scipy.sparse: here a TypeError that
+  No sample_weight (fit's is a TypeError; partial_fit has the argument where scikit-learn 1.9 has
+  it, third, and it must be None; classes go by keyword), and X is dense (scikit-learn's also take scipy.sparse: here a TypeError that
   says to use .toarray()); a sparse y is taken, as a dense copy.
 - X is converted to `dtype` at fit and predict (scikit-learn's estimators convert to float64): a
   float64 X is rounded to float32 unless dtype=np.float64, and a value too large for float32 is
@@ -51,8 +52,11 @@ Where they differ from scikit-learn (on purpose, or because nbnet works that way
   (it counts only the last call's epochs).
 """
 
+import functools
+import inspect
 import math
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -136,6 +140,60 @@ def _quiet_cast():
     return np.errstate(over="ignore", invalid="ignore")
 
 
+# scikit-learn's MLPClassifier/MLPRegressor take these, nbnet.sklearn does not: (method, name) ->
+# what to do instead (see _public_signature).
+SKLEARN_ONLY = {
+    ("__init__", "warm_start"): "fit always starts anew; partial_fit goes on from the fitted weights",
+    ("__init__", "learning_rate"): "the step is always constant, as with scikit-learn's default "
+                                   "learning_rate='constant': leave it out; there is no 'invscaling' or 'adaptive'",
+    ("__init__", "power_t"): "it is the exponent of learning_rate='invscaling', which nbnet.sklearn does not have: "
+                             "the step is constant",
+    ("__init__", "max_fun"): "it is for solver='lbfgs', which nbnet does not have",
+    ("fit", "sample_weight"): "nbnet has no sample weights",
+}
+
+
+def _public_signature(method):
+    """A method of _BaseMLP (__init__, fit) that checks its arguments first, so that a wrong one is
+    Python's TypeError under the estimator's name, not the private class's, and a parameter of
+    scikit-learn's that nbnet lacks says so and gives the way nbnet has. A wrapper, as **kwargs in
+    __init__ is not: scikit-learn's check_estimator passes every name in its signature, and
+    functools.wraps keeps the method's signature for get_params, clone and that check."""
+    signature = inspect.signature(method)
+    positional = [p.name for p in list(signature.parameters.values())[1:] if p.kind == p.POSITIONAL_OR_KEYWORD]
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        cls, name = type(self).__name__, method.__name__
+        unknown = next((k for k in kwargs if k not in signature.parameters), None)
+        if unknown is not None:
+            hint = self._sklearn_only.get((name, unknown))
+            where = cls if name == "__init__" else f"{cls}.{name}"
+            hint = f": scikit-learn's {where} has it, nbnet.sklearn does not ({hint})" if hint else ""
+            raise TypeError(f"{cls}.{name}() got an unexpected keyword argument {unknown!r}{hint}")
+        if len(args) > len(positional):
+            hint = " (scikit-learn's third is sample_weight: nbnet has no sample weights)" if name == "fit" else ""
+            raise TypeError(f"{cls}.{name}() takes {len(positional)} positional arguments ({', '.join(positional)}) "
+                            f"but {len(args)} were given{hint}")
+        try:
+            signature.bind(self, *args, **kwargs)
+        except TypeError as e:  # a missing argument
+            raise TypeError(f"{cls}.{name}(): {e}") from None
+        return method(self, *args, **kwargs)
+
+    return checked
+
+
+def _warn_at_caller(message, category=UserWarning):
+    """warnings.warn at the first frame outside this module, the caller's fit or partial_fit line,
+    where a filter by module or a reader looking for their own call finds it. Counted, not a fixed
+    stacklevel: fit is one frame deeper than partial_fit (_public_signature's wrapper)."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2 is this function's caller
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 class _Converged(Exception):
     """Raised from the loop's on_epoch to end training early."""
 
@@ -143,6 +201,9 @@ class _Converged(Exception):
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, the model, the optimizer, fit."""
 
+    _sklearn_only = SKLEARN_ONLY
+
+    @_public_signature
     def __init__(
         self,
         hidden_layer_sizes=(100,),
@@ -270,8 +331,7 @@ class _BaseMLP(BaseEstimator):
         if self.batch_size == "auto":
             return min(200, n)
         if self.batch_size > n:
-            # at the caller's fit or partial_fit line: fit -> _fit -> _fit_steps -> here
-            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped", stacklevel=5)
+            _warn_at_caller("Got `batch_size` larger than sample size. It is going to be clipped")
         return min(self.batch_size, n)
 
     # -- model and optimizer ----------------------------------------------------------------
@@ -313,8 +373,9 @@ class _BaseMLP(BaseEstimator):
 
     # -- fitting --------------------------------------------------------------------------
 
+    @_public_signature
     def fit(self, X, y):
-        """Train from scratch for up to max_iter epochs. Returns self."""
+        """Train from scratch for up to max_iter epochs. Returns self. (No sample_weight.)"""
         return self._fit(X, y, incremental=False)
 
     def _fit(self, X, y, incremental, classes=None):
@@ -337,8 +398,8 @@ class _BaseMLP(BaseEstimator):
         # After the fit is whole (early stopping's best weights back), so that this warning made an
         # error leaves a fitted estimator, and any other warning made one leaves it as it was
         if not converged:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+            _warn_at_caller(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                            "optimization hasn't converged yet.", ConvergenceWarning)
         return self
 
     def _fit_steps(self, X, y, incremental, classes):
@@ -604,6 +665,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _classifies = False
     _loss = "mse"
+    _sklearn_only = {**SKLEARN_ONLY, ("__init__", "loss"): "the regressor's loss is squared error, scikit-learn's "
+                     "default: leave it out; there is no 'poisson'"}
 
     def _n_outputs(self, y):
         return y.shape[1]

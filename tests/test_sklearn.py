@@ -837,3 +837,41 @@ def test_a_tie_predicts_as_sklearn_does(targets):
             a[...] = 0
     np.testing.assert_array_equal(ours.predict(x), theirs.predict(x))
     np.testing.assert_array_equal(ours.predict_proba(x), theirs.predict_proba(x).astype(np.float32))
+
+
+@pytest.mark.parametrize("make", [MLPClassifier, MLPRegressor])
+def test_sklearns_parameters_nbnet_lacks_are_refused_naming_the_estimator_and_the_way(make):
+    """MLPClassifier(warm_start=True) was "TypeError: _BaseMLP.__init__() got an unexpected keyword
+    argument 'warm_start'", fit(X, y, sample_weight=w) "_BaseMLP.fit() got ..." and fit(X, y, w)
+    "_BaseMLP.fit() takes 3 positional arguments but 4 were given": a private class's name, and no
+    word that scikit-learn has the parameter and nbnet does not, nor of the way nbnet has
+    (partial_fit goes on from the weights). Still a TypeError, as Python's and scikit-learn's own
+    for a keyword they do not take; get_params, clone and set_params as before."""
+    name = make.__name__
+    lacking = [("warm_start", True, "partial_fit"), ("learning_rate", "adaptive", "constant"),
+               ("power_t", 0.5, "invscaling"), ("max_fun", 100, "lbfgs")]
+    if make is MLPRegressor:
+        lacking.append(("loss", "poisson", "squared error"))
+    for param, value, way in lacking:
+        with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) got an unexpected keyword argument "
+                                            rf"'{param}': scikit-learn's {name} has it, nbnet.sklearn does not .*{way}"):
+            make(**{param: value})
+    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) got an unexpected keyword argument 'epochs'$"):
+        make(epochs=3)
+    x, y = blobs(n=50)
+    est = make((4,), max_iter=1, random_state=0)
+    with pytest.raises(TypeError, match=rf"^{name}\.fit\(\) got an unexpected keyword argument 'sample_weight': "
+                                        rf"scikit-learn's {name}\.fit has it, nbnet.sklearn does not .*sample weights"):
+        est.fit(x, y, sample_weight=np.ones(len(y)))
+    with pytest.raises(TypeError, match=rf"^{name}\.fit\(\) got an unexpected keyword argument 'classes'$"):
+        est.fit(x, y, classes=[0, 1, 2])
+    with pytest.raises(TypeError, match=rf"^{name}\.fit\(\) takes 2 positional arguments \(X, y\) but 3 were given "
+                                        r"\(scikit-learn's third is sample_weight"):
+        est.fit(x, y, np.ones(len(y)))
+    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) takes 2 positional arguments"):
+        make((4,), "relu", "adam")
+    assert not hasattr(est, "n_features_in_")  # refused before anything
+    params = est.get_params()
+    assert "unknown" not in params and "warm_start" not in params and clone(est).get_params() == params
+    with pytest.raises(ValueError, match=rf"Invalid parameter 'warm_start' for estimator {name}"):
+        est.set_params(warm_start=True)  # scikit-learn's own words, naming the estimator

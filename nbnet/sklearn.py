@@ -375,35 +375,40 @@ class _BaseMLP(BaseEstimator):
 
     @_public_signature
     def fit(self, X, y):
-        """Train from scratch for up to max_iter epochs. Returns self. (No sample_weight.)"""
+        """Train from scratch for up to max_iter epochs. Returns self. (No sample_weight.) Ctrl-C
+        ends training with a warning, "Training interrupted by user.", and returns the model so far,
+        as scikit-learn's does; so does partial_fit."""
         return self._fit(X, y, incremental=False)
 
     def _fit(self, X, y, incremental, classes=None):
         if incremental and hasattr(self, "_model"):  # trains the model in place: nothing to go back to
-            self._fit_steps(X, y, incremental, classes)
-            return self
-        # A fit that builds a new model and then raises (y too large for dtype, a diverged loss, a
-        # validation set too small, a bad random_state, a warning made an error) left that half-made
-        # model behind: an unfitted estimator became "fitted" and predicted from untrained or
-        # blown-up weights without a word, a refit mixed the old model with the new classes_ and
-        # n_features_in_. It now leaves the estimator as it was. Not on KeyboardInterrupt: an
-        # interrupted fit keeps its epochs so far.
-        before = dict(self.__dict__)
-        try:
-            converged = self._fit_steps(X, y, incremental, classes)
-        except Exception:
-            self.__dict__.clear()
-            self.__dict__.update(before)
-            raise
+            ended = self._fit_steps(X, y, incremental, classes)
+        else:
+            # A fit that builds a new model and then raises (y too large for dtype, a diverged loss, a
+            # validation set too small, a bad random_state, a warning made an error) left that
+            # half-made model behind: an unfitted estimator became "fitted" and predicted from
+            # untrained or blown-up weights without a word, a refit mixed the old model with the new
+            # classes_ and n_features_in_. It now leaves the estimator as it was; so does a Ctrl-C
+            # before the first step (one after it ends training: see _fit_steps).
+            before = dict(self.__dict__)
+            try:
+                ended = self._fit_steps(X, y, incremental, classes)
+            except BaseException:
+                self.__dict__.clear()
+                self.__dict__.update(before)
+                raise
         # After the fit is whole (early stopping's best weights back), so that this warning made an
         # error leaves a fitted estimator, and any other warning made one leaves it as it was
-        if not converged:
+        if ended == "interrupted":
+            _warn_at_caller("Training interrupted by user.")  # scikit-learn's words (a UserWarning)
+        elif ended == "max_iter":
             _warn_at_caller(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                             "optimization hasn't converged yet.", ConvergenceWarning)
         return self
 
     def _fit_steps(self, X, y, incremental, classes):
-        """The fit; answers whether it stopped before max_iter (partial_fit's epoch: True)."""
+        """The fit; answers what _fit warns of: "max_iter" (fit ran them all), "interrupted"
+        (Ctrl-C), or None (stopped early, or partial_fit's epoch)."""
         sizes, dtype = self._check_params()
         if incremental and self.early_stopping:
             # scikit-learn's rule and words; after a fit with early stopping, best_loss_ is None
@@ -456,13 +461,21 @@ class _BaseMLP(BaseEstimator):
         n = len(X)
 
         def on_epoch(state, metrics):
-            self.n_iter_ += 1
-            self.t_ += n
-            self.loss_ = metrics["train_loss"]
-            self.loss_curve_.append(self.loss_)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            self._update_no_improvement_count(metrics.get(f"val_{METRIC[self._loss]}"))
+            # All of an epoch's bookkeeping or none: a Ctrl-C inside it (early stopping copying the
+            # best weights, say) left n_iter_ counting an epoch that loss_curve_ did not
+            before = {k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()}
+            try:
+                self.n_iter_ += 1
+                self.t_ += n
+                self.loss_ = metrics["train_loss"]
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                self._update_no_improvement_count(metrics.get(f"val_{METRIC[self._loss]}"))
+            except KeyboardInterrupt:
+                self.__dict__.clear()
+                self.__dict__.update(before)
+                raise
             if not incremental and self._no_improvement_count > self.n_iter_no_change:
                 if self.verbose:
                     what = "Validation score" if self.early_stopping else "Training loss"
@@ -474,19 +487,36 @@ class _BaseMLP(BaseEstimator):
                     val_data=val_data, on_epoch=on_epoch)
         if incremental:  # one more epoch, continuing the loop's state (epoch i shuffles with (seed, i))
             steps = -(-n // batch_size)
-            state = TrainState(epoch=self.n_iter_, step=self.n_iter_ * steps)
-            train(self._model, self._optimizer, (X, y), epochs=self.n_iter_ + 1, state=state, **loop)
-            return True
-        converged = False
+            state, epochs = TrainState(epoch=self.n_iter_, step=self.n_iter_ * steps), self.n_iter_ + 1
+        else:
+            state, epochs = TrainState(), self.max_iter
+        start, ended = state.step, "max_iter"
         try:
-            train(self._model, self._optimizer, (X, y), epochs=self.max_iter, **loop)
+            train(self._model, self._optimizer, (X, y), epochs=epochs, state=state, **loop)
         except _Converged:
-            converged = True
+            ended = None
+        except KeyboardInterrupt:
+            # Ctrl-C ends training and fit returns the model so far, as scikit-learn's does
+            # (_fit_stochastic). nb.train never lets it land between a step's update and its count,
+            # so the weights and the optimizer agree. As scikit-learn's, n_iter_, t_, loss_,
+            # loss_curve_, best_loss_ and validation_scores_ count the epochs completed (on_epoch:
+            # each whole or not at all), and the weights hold the interrupted epoch's steps too
+            # (with early stopping the best epoch's weights are put back, below). Putting them back
+            # to the last epoch's end instead would take a copy of the weights and the optimizer's
+            # state every epoch. A partial_fit after it runs epoch n_iter_ + 1 on these weights.
+            # Before this call's first step there is nothing to return (a new estimator would be
+            # "fitted" with its untrained start): the KeyboardInterrupt goes on, and a fit leaves
+            # the estimator as it was. nbnet compiles its kernels there, seconds the first time.
+            if state.step == start:
+                raise
+            ended = "interrupted"
+        if incremental:
+            return "interrupted" if ended == "interrupted" else None
         if self.early_stopping:
             for p, best in zip(self._model.parameters(), self._best_params or ()):  # None: no finite score
                 p.data[...] = best
             del self._best_params
-        return converged
+        return ended
 
     def _update_no_improvement_count(self, score):
         """scikit-learn's rule: an epoch that does not beat the best by tol counts; n_iter_no_change

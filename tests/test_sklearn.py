@@ -875,3 +875,129 @@ def test_sklearns_parameters_nbnet_lacks_are_refused_naming_the_estimator_and_th
     assert "unknown" not in params and "warm_start" not in params and clone(est).get_params() == params
     with pytest.raises(ValueError, match=rf"Invalid parameter 'warm_start' for estimator {name}"):
         est.set_params(warm_start=True)  # scikit-learn's own words, naming the estimator
+
+
+def interrupt_at_step(monkeypatch, step, weights=None):
+    """nb.train under nbnet.sklearn, with a Ctrl-C after its `step`-th step as nb.train lets one
+    land (after the step is counted, before anything else), or, given a list `weights`, the weights
+    after that step appended to it and no Ctrl-C."""
+    import nbnet.sklearn
+
+    real = nbnet.sklearn.train
+
+    def train(model, *args, **kwargs):
+        def on_step(state, batch, n_batches, loss):
+            if state.step == step:
+                if weights is None:
+                    raise KeyboardInterrupt
+                weights.append([p.data.copy() for p in model.parameters()])
+
+        return real(model, *args, on_step=on_step, **kwargs)
+
+    monkeypatch.setattr(nbnet.sklearn, "train", train)
+
+
+def returns(call):
+    """call(), as a test failure where it lets a KeyboardInterrupt out (pytest ends the run on one)."""
+    try:
+        return call()
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt came out")
+
+
+@pytest.mark.parametrize("make", [MLPClassifier, MLPRegressor])
+def test_ctrl_c_ends_fit_with_the_model_so_far_as_sklearn(make, monkeypatch):
+    """A Ctrl-C in fit raised KeyboardInterrupt and left the estimator half fitted (classes_ set,
+    n_iter_ 14), where scikit-learn's MLP (_fit_stochastic) warns "Training interrupted by user."
+    and returns the model trained so far. Now as scikit-learn's: fit returns self, the weights are
+    those after the last step taken, and n_iter_, t_ and loss_curve_ count the epochs completed,
+    the same as an uninterrupted fit's first ones."""
+    x, y = blobs(n=300)
+    if make is MLPRegressor:
+        y = y.astype(float)
+    kwargs = dict(hidden_layer_sizes=(8,), batch_size=100, max_iter=20, random_state=0)  # 3 steps an epoch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        whole = make(**kwargs).fit(x, y)
+    after_8 = []
+    with monkeypatch.context() as m:
+        interrupt_at_step(m, 8, after_8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            make(**kwargs).fit(x, y)
+
+    est = make(**kwargs)
+    with monkeypatch.context() as m:
+        interrupt_at_step(m, 8)  # in the third epoch, after 2 of its 3 steps
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert returns(lambda: est.fit(x, y)) is est
+    assert [(w.category, str(w.message), w.filename) for w in caught] == \
+        [(UserWarning, "Training interrupted by user.", __file__)]  # and no ConvergenceWarning
+    assert est.n_iter_ == 2 and est.t_ == 600 and est.loss_curve_ == whole.loss_curve_[:2]
+    assert est.loss_ == est.loss_curve_[-1] and est.best_loss_ == min(est.loss_curve_)
+    for got, want in zip([c.T for c in est.coefs_] + est.intercepts_, after_8[0][0::2] + after_8[0][1::2]):
+        np.testing.assert_array_equal(got, want)
+    assert est.predict(x).shape == y.shape
+
+    # partial_fit: the same, and the next one goes on from the epochs counted
+    with monkeypatch.context() as m:
+        interrupt_at_step(m, 7)  # the first step of partial_fit's epoch (the third)
+        with pytest.warns(UserWarning, match=r"^Training interrupted by user\.$"):
+            assert returns(lambda: est.partial_fit(x, y)) is est
+    assert est.n_iter_ == 2 and est.t_ == 600 and len(est.loss_curve_) == 2
+    est.partial_fit(x, y)
+    assert est.n_iter_ == 3 and est.t_ == 900 and len(est.loss_curve_) == 3
+
+
+def test_ctrl_c_keeps_each_epochs_bookkeeping_whole_and_the_best_epoch(monkeypatch):
+    """With early stopping an interrupted fit ends as one that stopped there: the best epoch's
+    weights put back, as scikit-learn's. A Ctrl-C inside an epoch's bookkeeping (here while it
+    appends the validation score) undoes that epoch's, so that n_iter_ does not count an epoch
+    that loss_curve_ or validation_scores_ do not. One before the first step goes on as a
+    KeyboardInterrupt and leaves the estimator as it was: there is no model to return."""
+    from sklearn.exceptions import NotFittedError
+
+    x, y = blobs(n=300)
+    kwargs = dict(hidden_layer_sizes=(8,), batch_size=100, max_iter=20, random_state=0, early_stopping=True,
+                  learning_rate_init=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        want = MLPClassifier(**dict(kwargs, max_iter=4)).fit(x, y)
+    assert want.validation_scores_[-1] < want.best_validation_score_, "the test needs a best epoch before the last"
+
+    est = MLPClassifier(**kwargs)
+    real = MLPClassifier._update_no_improvement_count
+
+    def fifth(self, score):
+        if self.n_iter_ == 5:
+            self.validation_scores_.append(score)
+            raise KeyboardInterrupt
+        return real(self, score)
+
+    monkeypatch.setattr(MLPClassifier, "_update_no_improvement_count", fifth)
+    with pytest.warns(UserWarning, match=r"^Training interrupted by user\.$"):
+        returns(lambda: est.fit(x, y))
+    assert est.n_iter_ == 4 and est.t_ == want.t_ and est.loss_curve_ == want.loss_curve_
+    assert est.validation_scores_ == want.validation_scores_
+    assert est.best_validation_score_ == want.best_validation_score_ and not hasattr(est, "_best_params")
+    np.testing.assert_array_equal(est.predict_proba(x), want.predict_proba(x))
+
+    import nbnet.sklearn
+
+    def no_step(*args, **kwargs):  # a Ctrl-C while nb.train compiles its kernels, say
+        raise KeyboardInterrupt
+
+    fresh = MLPClassifier(**kwargs)
+
+    monkeypatch.setattr(nbnet.sklearn, "train", no_step)
+    with pytest.raises(KeyboardInterrupt):
+        fresh.fit(x, y)
+    assert not hasattr(fresh, "classes_") and not hasattr(fresh, "n_iter_")
+    with pytest.raises(NotFittedError):
+        fresh.predict(x)
+    before = want.set_params(early_stopping=False).predict_proba(x)
+    with pytest.raises(KeyboardInterrupt):  # a fitted one goes on unchanged
+        want.partial_fit(x, y)
+    assert want.n_iter_ == 4 and len(want.loss_curve_) == 4
+    np.testing.assert_array_equal(want.predict_proba(x), before)

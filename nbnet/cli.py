@@ -526,6 +526,8 @@ def train_cmd(ctx, **opts):
                            "(a yes/no target takes --loss bce, values --loss mse)")
         check_memory([data[0].shape[1], *cfg["hidden"], outputs], dtype, min(cfg["batch_size"], len(data[0])),
                      cfg["optimizer"])
+        if cfg["loss"] == "cross-entropy" and comm.rank == 0:
+            _say_unused_classes(cfg["dataset"], outputs, data[1], data[3])
         model = build_model(data[0].shape[1], cfg["hidden"], outputs, cfg["activation"], dtype, cfg["seed"])
         state = None
     check_data(model, data if val_data is None else (*data, *val_data), cfg["loss"])
@@ -956,6 +958,16 @@ def _duration(seconds):
     """An epoch's time as the epoch line shows it: a fast one (the spiral data's take ~1 ms) in
     milliseconds, where "0.00s" said nothing."""
     return f"{seconds:.2f}s" if seconds >= 0.1 else f"{1e3 * seconds:.3g}ms"
+
+
+def _say_unused_classes(dataset, outputs, *labels):
+    """Labels 60000, 60001, 60002 (a year, an id) made a model of 60,003 outputs, 60,000 of them for
+    classes no row has, silently: it trains (slowly, and each unused class takes some probability).
+    Said when most of the outputs are unused, not for labels that start at 1."""
+    used = int(np.unique(np.concatenate([y for y in labels if y is not None and len(y)])).size)
+    if outputs - used >= max(10, used + 1):
+        click.echo(f"note: --dataset {dataset}: the labels run up to {outputs - 1}, so the model has {outputs:,} "
+                   f"outputs, but only {used} different labels occur: numbered 0 .. {used - 1}, they need {used}", err=True)
 
 
 def _resumed_at(state):

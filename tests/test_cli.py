@@ -651,6 +651,21 @@ def test_evaluate_on_an_image_dataset_reads_only_its_test_files(tmp_path):
     assert got["samples"] == 30 and got["accuracy"] == last["test_accuracy"]
 
 
+def test_labels_that_leave_most_classes_unused_are_said(tmp_path):
+    """Labels 60000..60002 (an id, a year) made a model of 60,003 outputs, 60,000 of them for
+    classes no row has, silently. Labels from 1 (class 0 unused) are common and fine: no note."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    np.savez(tmp_path / "ids.npz", x=x, y=60000 + rng.integers(0, 3, 300))
+    np.savez(tmp_path / "from1.npz", x=x, y=1 + rng.integers(0, 10, 300))
+    r = nbnet("train", "--dataset", tmp_path / "ids.npz", "--epochs", "1", "--hidden", "4", "-q")
+    assert r.exit_code == 0, r.output
+    assert r.stderr == (f"note: --dataset {tmp_path / 'ids.npz'}: the labels run up to 60002, so the model has "
+                        "60,003 outputs, but only 3 different labels occur: numbered 0 .. 2, they need 3\n")
+    r = nbnet("train", "--dataset", tmp_path / "from1.npz", "--epochs", "1", "--hidden", "4", "-q")
+    assert r.exit_code == 0 and r.stderr == "", r.output
+
+
 def test_tiny_mnist_subset_trains(tmp_path):
     root = os.environ.get("NBNET_DATA_DIR") or str(REPO.parent / "shared" / "data")
     folder = Path(root) / "mnist"

@@ -309,8 +309,11 @@ class Layer:
             swapped = (f" in the other byte order (x.astype('{x.dtype.newbyteorder('=').name}') makes it native)"
                        if x.dtype.kind == "f" and not x.dtype.isnative else "")
             raise ValueError(f"{self.describe()}: expected dtype float32 or float64, got {x.dtype}{swapped}")
-        if dtype is not None and x.dtype != dtype:
-            raise ValueError(f"{self.describe()}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+        if dtype is not None and x.dtype != dtype:  # never converted here (no silent casts): said how
+            want = np.dtype(dtype).name
+            raise ValueError(f"{self.describe()}: expected dtype {want}, got {x.dtype} (x.astype(np.{want}), or "
+                             f"model.astype(np.{x.dtype.name}) for a {x.dtype.name} model; nb.predict and nb.train "
+                             "convert their input)")
         if x.ndim != 2 or (width is not None and x.shape[1] != width):
             expected = f"(N, {width})" if width is not None else "(N, D)"
             raise ValueError(f"{self.describe()}: expected input of shape {expected}, got {tuple(x.shape)}")

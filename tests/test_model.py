@@ -376,7 +376,9 @@ def test_shape_errors_name_layer_expected_and_received():
 
 
 def test_dtype_errors_are_not_silently_converted():
-    with pytest.raises(ValueError, match=r"Linear\(3, 2\): expected dtype float32, got float64"):
+    with pytest.raises(ValueError, match=r"Linear\(3, 2\): expected dtype float32, got float64 \(x.astype\(np.float32\), "
+                                         r"or model.astype\(np.float64\) for a float64 model; nb.predict and nb.train "
+                                         r"convert their input\)$"):
         nb.Linear(3, 2).forward(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="float32 or float64, got int64"):
         nb.ReLU().forward(np.zeros((1, 3), np.int64))

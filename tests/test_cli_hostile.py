@@ -894,6 +894,34 @@ def test_a_signal_while_the_command_starts_is_one_line(sig, code, line):
     assert (p.returncode, p.stderr) == (code, line + "\n")
 
 
+def test_a_signal_while_the_command_starts_with_stderr_gone_still_ends_it():
+    """The closed terminal that sends SIGHUP also fails the write of "Error: terminated" (EIO): the
+    handler's OSError would escape into whatever the process was doing, a traceback and exit 1 in
+    place of 129/143. Here stderr is a pipe whose reader has gone (EPIPE), from the start."""
+    script = ("import sys; sys.argv[0] = 'nbnet'; import nbnet, os, signal; os.kill(os.getpid(), signal.SIGTERM); "
+              "import time; time.sleep(30)")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=write, env=_env(),
+                           timeout=60, preexec_fn=default_signals)
+    finally:
+        os.close(write)
+    assert (p.returncode, p.stdout) == (143, b"")
+
+
+def test_import_nbnet_in_a_program_leaves_its_signals_alone():
+    """Outside the `nbnet` command (a program or notebook that imports nbnet) Ctrl-C stays Python's
+    KeyboardInterrupt and SIGTERM its default: nbnet's start-up handlers, which end the process with
+    os._exit, are the command's only."""
+    script = ("import signal, nbnet\n"
+              "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,\n"
+              "      *(signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTERM, getattr(signal, 'SIGHUP', 15))))")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=60,
+                       preexec_fn=default_signals)
+    assert (p.returncode, p.stdout.split(), p.stderr) == (0, ["True"] * 3, "")
+
+
 @pytest.mark.parametrize("sig, code", [("SIGTERM", 143), *([("SIGHUP", 129)] if hasattr(signal, "SIGHUP") else [])])
 def test_a_signal_while_loading_data_is_one_line(tmp_path, sig, code):
     script = ("import sys, time, signal, os; sys.argv[0] = 'nbnet'; import nbnet.cli, nbnet.datasets as d; "
@@ -1217,6 +1245,22 @@ def test_numba_refusing_to_load_is_one_error_line(tmp_path):
     assert p.stderr == "Error: Numba cannot start: ValueError: Number of threads specified must be > 0\n"
 
 
+def test_a_numba_warning_in_a_form_not_known_is_still_one_error_line(tmp_path):
+    """A RuntimeWarning about a NUMBA_ variable that does not read as Numba's "is defined but its
+    associated value ... could not be parsed" (another Numba version's wording) is said as it is, in
+    one line: the command must not go on as if Numba had loaded, to a traceback. A numba package
+    that warns so stands in for it."""
+    fake = tmp_path / "fake" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import warnings\n"
+                                      "warnings.warn(\"Environment variable 'NUMBA_X' is not\\n  understood\", RuntimeWarning)\n")
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(fake.parent), _env()["PYTHONPATH"]])}
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=tmp_path)
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr[-2000:]
+    assert p.stderr == "Error: Numba cannot start: Environment variable 'NUMBA_X' is not\n", p.stderr
+
+
 def test_a_numba_config_yaml_numba_cannot_read_is_one_warning(tmp_path):
     """Without pyyaml Numba warns that it cannot read ./.numba_config.yaml each time it reads its
     settings: as numba and numba-cuda load, and for every function it compiles, so `nbnet info`
@@ -1235,6 +1279,35 @@ def test_a_numba_config_yaml_numba_cannot_read_is_one_warning(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert p.returncode == 0 and p.stderr.count("Warning: ") == 1, p.stderr[-2000:]
     assert "UserWarning: ./.numba_config.yaml is ignored" in p.stderr
+
+
+def test_a_numba_config_yaml_warning_asked_for_with_w_always_is_shown(tmp_path):
+    """nbnet's filter of Numba's unread-.numba_config.yaml warning is appended to the filters, so a
+    filter of the user's own (-W always, to see every warning) comes first and still shows it."""
+    (tmp_path / ".numba_config.yaml").write_text("num_threads: 1\n")
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "yaml.py").write_text('raise ImportError("no yaml here")\n')
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(stub), _env()["PYTHONPATH"]])}
+    p = subprocess.run([sys.executable, "-W", "always", "-c", "import nbnet"], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "A Numba config file is found but YAML parsing" in p.stderr, p.stderr[-2000:]
+
+
+def test_values_in_the_start_up_errors_are_cut_to_40_characters(monkeypatch):
+    """The environment's values are echoed in the one Error line cut to 40 characters, as the CLI's
+    options are: a NUMBA_NUM_THREADS, NBNET_SIMD_LAYOUT or NUMBA_CPU_NAME of 5000 characters (a
+    variable filled by a script gone wrong) was a 5000-character line."""
+    from nbnet import _startup
+
+    long = "x" * 5000
+    monkeypatch.setenv("NBNET_SIMD_LAYOUT", long)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/tmp")
+    monkeypatch.setenv("NUMBA_NUM_THREADS", long)
+    monkeypatch.setattr(numba.config, "CPU_NAME", long)
+    for why in (_startup.simd_layout()[1], _startup.numba_threads_fault(), _startup.numba_cpu_name_fault()):
+        assert f"{'x' * 40!r}" in why and len(why) < 200, why[:300]
 
 
 @pytest.mark.parametrize("command", ["info", "check"])

@@ -991,6 +991,19 @@ def test_cpu_names_llvm_knows_are_not_refused(monkeypatch):
     assert "NUMBA_CPU_NAME='haswel' is not a CPU name LLVM knows" in simd.foreign_code()
 
 
+def test_a_cpu_name_is_let_be_where_there_is_no_stderr_to_catch_llvms_warning_on(monkeypatch):
+    """With fd 2 closed and a lower one free for the capture file (`nbnet check 0<&- 2>&-`) LLVM's
+    "not a recognized processor" cannot be caught: the name is let be (LLVM's own warning goes
+    nowhere), not refused, since a name LLVM knows would be refused too."""
+    from nbnet import _startup  # noqa: PLC0415
+
+    def no_fd_2(fd):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(os, "dup", no_fd_2)
+    assert _startup._llvm_knows_cpu.__wrapped__("haswell") is True
+
+
 def fake_cpu(monkeypatch, name, features, host=None, host_name=None, triple="x86_64-unknown-linux-gnu"):
     """NUMBA_CPU_NAME and NUMBA_CPU_FEATURES as Numba read them, the process's triple, and where given
     the host's feature flags and CPU name as llvmlite reports them: what simd's readings see."""
@@ -1104,6 +1117,17 @@ def test_nbnet_simd_layout_values(monkeypatch, text, name, ok):
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/tmp")
     got, why = _startup.simd_layout()
     assert got == name and (why is None) is ok, why
+
+
+def test_nbnet_simd_layout_needs_a_numba_cache_dir_that_is_not_blank(monkeypatch):
+    """NUMBA_CACHE_DIR= (set, empty) is unset to Numba, which then caches beside the sources, under
+    this machine's CPU: a layout's kernels filed there would be loaded by a later plain run."""
+    from nbnet import _startup
+
+    monkeypatch.setenv("NBNET_SIMD_LAYOUT", "neon")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")
+    name, why = _startup.simd_layout()
+    assert name == "neon" and why is not None and "needs NUMBA_CACHE_DIR" in why, why
 
 
 @pytest.mark.parametrize("triple,name,features,want", [

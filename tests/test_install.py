@@ -203,8 +203,29 @@ def test_python_with_interpreter_options_dash_m_nbnet_is_the_command(tmp_path):
     (["python", "-uW", "error", "-m", "x"], "x"), (["python", "script.py", "-m", "nbnet"], None),
     (["python", "-c", "import nbnet", "-m", "nbnet"], None), (["python", "-uc", "pass", "-m", "nbnet"], None),
     (["python", "--check-hash-based-pycs", "always", "-m", "nbnet"], "nbnet"), (["python"], None),
-    (["python", "-", "-m", "nbnet"], None)])
+    (["python", "-", "-m", "nbnet"], None),
+    # after "--" comes the script (here one named -m), and a -c's code may be in its group; an -X
+    # or -W value in its group is the option's whole value, whatever letters it holds (m, c)
+    (["python", "--", "-m", "nbnet"], None), (["python", "-cimport nbnet", "-m", "nbnet"], None),
+    (["python", "-Xfrozen_modules=off", "-m", "nbnet"], "nbnet"),
+    (["python", "-Wignore::DeprecationWarning", "-m", "nbnet"], "nbnet")])
 def test_the_module_python_runs(argv, module):
     from nbnet import _startup
 
     assert _startup.module_run(argv) == module
+
+
+@pytest.mark.parametrize("argv,orig,command", [
+    (["/usr/local/bin/nbnet", "train"], ["/usr/bin/python3", "/usr/local/bin/nbnet", "train"], True),
+    (["nbnet", "train"], ["python", "nbnet", "train"], True),
+    (["/home/me/nbnet/run.py"], ["python", "/home/me/nbnet/run.py"], False),
+    (["-m", "train"], ["python", "-m", "nbnet", "train"], True), (["-c"], ["python", "-c", "import nbnet"], False)])
+def test_the_command_is_known_by_its_scripts_name_or_module(monkeypatch, argv, orig, command):
+    """The console script pip installs runs with sys.argv[0] its full path (/usr/local/bin/nbnet, a
+    venv's bin/nbnet): the command is known by the name, not the path (tests elsewhere set argv[0]
+    to plain 'nbnet'), else its start-up checks and signal handling were off for every user."""
+    from nbnet import _startup
+
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "orig_argv", orig, raising=False)
+    assert _startup._is_the_command() is command

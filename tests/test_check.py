@@ -31,6 +31,9 @@ def test_check_passes_and_says_what_it_compiled_for():
     ("haswell", None, "avx2", None),  # an AVX2 host: nothing wider was added
     ("znver5", None, "avx512", None),
     (None, None, "avx512", None),
+    ("sandybridge", None, "avx512", "for sandybridge's own, avx)"),  # AVX without AVX2: not SSE2
+    ("haswell", "+avx512f", "avx512", None),  # NUMBA_CPU_FEATURES set: the ISA is what was asked for
+    ("neoverse-n1", None, "neon", None),  # not x86: no width to compare (it raised ValueError)
 ])
 def test_check_says_how_to_get_the_named_cpus_own_isa(monkeypatch, name, features, isa, hint):
     """NUMBA_CPU_NAME=haswell without NUMBA_CPU_FEATURES compiles AVX-512 code on an AVX-512 machine
@@ -42,6 +45,76 @@ def test_check_says_how_to_get_the_named_cpus_own_isa(monkeypatch, name, feature
     monkeypatch.setattr(simd, "EMULATED", False)
     said = check.own_isa_hint()
     assert (said is None) if hint is None else (said is not None and said.endswith(hint)), said
+
+
+def test_check_gives_no_named_cpu_hint_in_an_emulated_layout(monkeypatch):
+    """Under NBNET_SIMD_LAYOUT the ISA line is the layout's, not what Numba compiles for the named
+    CPU: NUMBA_CPU_FEATURES= would not change it, and is not offered."""
+    monkeypatch.setattr(numba.config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    monkeypatch.setattr(simd, "ISA", "avx512")
+    monkeypatch.setattr(simd, "EMULATED", True)
+    assert check.own_isa_hint() is None
+
+
+def test_check_prints_the_hint_and_says_compiling_while_it_checks(monkeypatch, capsys):
+    """`nbnet check` prints own_isa_hint() after the ISA line, and its checks, which compile the
+    kernels on a cold cache, say so on stderr as training does (a minute of silence otherwise)."""
+    monkeypatch.setattr(check, "own_isa_hint", lambda: "(a hint)")
+    monkeypatch.setattr(check._SayCompiling, "said", False)
+    monkeypatch.setattr(check, "_run_checks", lambda out: (numba.njit(lambda a: 5 * a)(1), (0, 0))[1])
+    said = []
+    assert check.main(out=said.append) == 0
+    assert said[1:3] == [simd.describe(), "(a hint)"], said
+    assert capsys.readouterr().err == check.compiling_note() + "\n"
+
+
+def test_check_counts_the_failures_each_check_names(monkeypatch):
+    """The last line counts the failures (the lines under FAIL), not the checks that failed."""
+    monkeypatch.setattr(check, "check_linear", lambda dtype: ["one", "two"] if dtype is np.float32 else [])
+    monkeypatch.setattr(check, "check_threads", lambda: [])
+    monkeypatch.setattr(check, "check_finite_differences", lambda: ["three"])
+    said = []
+    assert check.main(out=said.append) == 1
+    assert said[-1].startswith("3 check(s) failed in "), said
+    assert "     one" in said and "     three" in said, said
+
+
+@pytest.mark.parametrize("kernel,says", [("linear_relu_forward", "linear_relu_forward "),
+                                         ("linear_forward", "linear_forward "),
+                                         ("linear_relu_backward_input", "linear_relu_backward_input "),
+                                         ("linear_backward_params", "linear_backward_params (writing) ")])
+def test_check_linear_names_each_wrong_kernel(monkeypatch, kernel, says):
+    """Each fast Linear kernel check_linear compares, made wrong in what only its own comparison
+    reads (the forward's ReLU'd copy, the write of dW after zero_grad, ...), is named: only a wrong
+    dW with += was (test_check_fails_on_a_wrong_kernel)."""
+    real = getattr(cpu, kernel)
+
+    def wrong(*args):
+        if kernel == "linear_backward_params":
+            return real(*args[:4], True)  # adds to what is there, when told to write
+        real(*args)
+        wrong_one = {"linear_relu_forward": args[1]}.get(kernel, args[0])  # act: the ReLU'd copy
+        wrong_one[-1, -1] += 1e-3
+
+    monkeypatch.setattr(cpu, kernel, wrong)
+    bad = check.check_linear(np.float64)
+    assert bad and all(line.startswith(says) for line in bad), bad
+
+
+@pytest.mark.parametrize("kernel,says", [("linear_backward_params", "dweight"), ("linear_backward_input", "dX[")])
+def test_check_finite_differences_names_a_wrong_gradient(monkeypatch, kernel, says):
+    """A gradient kernel that is off (dW, or the dX = G W of the first layer, which only the input's
+    gradient reads) fails the comparison with central differences."""
+    real = getattr(cpu, kernel)
+
+    def off(out, *args):
+        real(out, *args)
+        out *= 1.001
+
+    monkeypatch.setattr(cpu, kernel, off)
+    bad = check.check_finite_differences()
+    assert bad and all(line.startswith(says) for line in bad), bad
 
 
 def test_describe_names_the_processor_the_llvm_cpu_cores_and_isa(monkeypatch):
@@ -316,6 +389,29 @@ def test_check_threads_fails_on_a_kernel_whose_result_depends_on_the_thread_coun
     assert check.check_threads() == [f"forward {np.dtype(dtype).name}: 1 thread and {top} threads differ"]
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one thread: nothing to restore")
+def test_check_threads_gives_back_the_thread_count_it_found():
+    """check_threads sets 1 thread, then all: a program that had set fewer (numba.set_num_threads)
+    ran on with all of them after calling it."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        check.check_threads(dtypes=(np.float32,))
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_the_warm_up_compiles_the_accuracy_count(monkeypatch):
+    """An epoch counts correct predictions (count_correct) for its accuracy: the warm-up runs it too,
+    or its compilation fell in epoch 1's time."""
+    counted = []
+    real = cpu.count_correct
+    monkeypatch.setattr(cpu, "count_correct", lambda *args: counted.append(args) or real(*args))
+    check.compile_kernels(nb.Sequential(nb.Linear(2, 3, seed=0)), train_rows=(8,), eval_rows=(4,), say=False)
+    assert [len(logits) for logits, _ in counted] == [8, 4]
+
+
 def test_the_warm_up_runs_each_batch_size_once(monkeypatch):
     """A batch size above the rows asks for train rows (n, n % batch) = (n, n): the same throwaway
     step ran twice, an epoch's worth of work for full-batch training."""
@@ -346,6 +442,28 @@ def test_the_warm_up_skips_empty_batches_and_runs_on_copies_of_every_layer_and_t
     for before, now in zip(kept, (vars(model.layers[1]), vars(loss_fn))):
         assert before.keys() == now.keys() and all(now[k] is v for k, v in before.items())
     check.compile_kernels(nb.Sequential([nb.ReLU()]))
+
+
+def test_not_saying_compiling_ends_with_an_error_too(monkeypatch, capsys):
+    """`nbnet train --quiet` that ends in an error (run in process: CliRunner, a notebook) left the
+    note silenced for the rest of the process: a later plain run compiled without a word."""
+    monkeypatch.setattr(check._SayCompiling, "said", False)
+    with pytest.raises(RuntimeError), check.not_saying_compiling():
+        raise RuntimeError("the run's error")
+    with check.saying_compiling():
+        numba.njit(lambda a: 6 * a)(1)
+    assert capsys.readouterr().err == check.compiling_note() + "\n"
+
+
+def test_a_refused_save_is_not_said_while_quiet(monkeypatch, capsys):
+    """A note promised a cache earlier in the process, and a save was refused since: a `--quiet` run
+    (which prints nothing but errors) must not say "some kernels were not cached after all"."""
+    monkeypatch.setattr(check._SayCompiling, "promised", True)
+    monkeypatch.setattr(simd, "CACHE_OFF", None)
+    monkeypatch.setattr(simd, "_REFUSED", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))])
+    with check.not_saying_compiling(), check.saying_compiling():
+        pass
+    assert capsys.readouterr().err == ""
 
 
 def test_compile_kernels_says_nothing_when_told_not_to(monkeypatch, capsys):
@@ -383,16 +501,19 @@ import numba.np.ufunc.parallel as layer
 import nbnet as nb
 from nbnet import check
 model = nb.Sequential([nb.Linear(2, 4, seed=0), nb.ReLU(), nb.Linear(4, 3, seed=1)])
-check.compile_kernels(model, nb.SGD(model.parameters(), lr=0.1), train_rows=(8,), say=False)
+check.compile_kernels(model, {opt}, train_rows=(8,), say=False)
 print(layer._is_initialized)
 """
 
 
-def test_the_warm_up_starts_numbas_threads():
+@pytest.mark.parametrize("opt", ["nb.SGD(model.parameters(), lr=0.1)", "None"])
+def test_the_warm_up_starts_numbas_threads(opt):
     """A small model's warm-up ran no parallel kernel, and Numba's threading layer started (~20 ms,
     on one thread too) in epoch 1's second step: its samples/s were a quarter of epoch 2's on the
-    spiral data."""
+    spiral data. Without an optimizer too (whose step asks nbnet.threads, and so starts them: the
+    warm-up's own start went unseen with one)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    p = subprocess.run([sys.executable, "-c", STARTS_THREADS], env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", STARTS_THREADS.format(opt=opt)], env=env, capture_output=True,
+                       text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.split() == ["True"], p.stdout + p.stderr

@@ -1061,6 +1061,27 @@ def test_features_named_one_by_one_are_each_compared_with_the_hosts(monkeypatch)
     assert f"lacks: {missing}" in simd.foreign_code()
 
 
+def test_isa_reads_the_hosts_enabled_features_only(monkeypatch):
+    """Unset, NUMBA_CPU_FEATURES is the host's list, which names every feature LLVM knows with + or -:
+    an AVX2 CPU's -avx512f read as a feature gave it AVX-512's layout (a Zen 3, faked here)."""
+    zen3 = "+64bit,+sse2,+avx,+avx2,+fma,-avx512f,-avx512vl,-egpr"
+    fake_cpu(monkeypatch, None, None, host=zen3, host_name="znver3")
+    assert simd.isa() == ("avx2", 32, 16, True)
+
+
+def test_features_this_llvm_does_not_know_are_not_said_to_be_lacking(monkeypatch):
+    """A feature NUMBA_CPU_FEATURES names that this LLVM does not know, LLVM ignores (with a warning):
+    no code uses it, and the host cannot be said to lack it (the host's list names only the features
+    LLVM knows)."""
+    import llvmlite.binding as llb  # noqa: PLC0415
+    from numba import config  # noqa: PLC0415
+
+    own = ",".join(f for f in llb.get_host_cpu_features().flatten().split(",") if f.startswith("+"))
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", f"{own},+not-a-feature")
+    assert simd.foreign_code() is None
+
+
 # The tests of this file that the register layout changes: every fast kernel against its formula
 # kernel, the twins bitwise, units, routes, transposes, the stack. Left out: compile-only, cache and
 # IR checks, and kernels that do not read through nbnet.simd.
@@ -1148,6 +1169,7 @@ def test_nbnet_simd_layout_needs_a_numba_cache_dir_that_is_not_blank(monkeypatch
     ("aarch64-unknown-linux-gnu", "neoverse-n1", "", ("neon", 16, 32, True)),
     ("arm64-apple-darwin22.0.0", "apple-m1", "+neon", ("neon", 16, 32, True)),
     ("riscv64-unknown-linux-gnu", "generic-rv64", "+v", ("generic", 16, 16, False)),
+    ("amd64-unknown-freebsd14.0", "haswell", "", ("avx2", 32, 16, True)),  # x86-64 by its other name
 ])
 def test_isa_follows_numba_cpu_name_and_features(monkeypatch, triple, name, features, want):
     """simd.isa() reads what Numba compiles for: the named CPU's own features, changed in order by

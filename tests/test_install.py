@@ -81,6 +81,21 @@ def test_a_numba_cache_dir_numba_passes_over_is_named_with_where_the_kernels_go(
                                      "written: [Errno 20] Not a directory, nor any folder Numba falls back to)", "None"]
 
 
+def test_a_numba_cache_dir_passed_over_for_a_folder_its_name_begins_is_still_named(tmp_path):
+    """NUMBA_CACHE_DIR=.../cache, unwritable, and Numba's fallback in .../cache2 (here its user-wide
+    folder, XDG_CACHE_HOME): the fallback's path begins with the text of the one named, and a plain
+    prefix test took it for inside it, the note promising the named folder's cache."""
+    asked = tmp_path / "cache"
+    asked.write_text("")  # a file: no folder can be made there
+    env = {"NUMBA_CACHE_DIR": str(asked), "XDG_CACHE_HOME": str(tmp_path / "cache2")}
+    p = run_python(PASSED_OVER.format(fallback=True), **env)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    note, path = p.stdout.splitlines()
+    assert path.startswith(str(tmp_path / "cache2" / "numba"))
+    assert note.startswith(f"compiling kernels for this CPU (cached for later runs in {path}, as NUMBA_CACHE_DIR "
+                           f"{asked} cannot be written"), note
+
+
 def test_nbnet_sklearn_without_scikit_learn_names_the_extra(monkeypatch):
     """`from nbnet.sklearn import MLPClassifier` in an install without scikit-learn ended in
     Python's "No module named 'sklearn'", which does not say that nbnet has an extra for it, as

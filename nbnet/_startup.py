@@ -155,6 +155,22 @@ def numba_cpu_name_fault():
             "fix or unset it")
 
 
+def numba_cpu_features_fault():
+    """Why NUMBA_CPU_FEATURES cannot be used, or None (unset, or every entry a + or - flag). LLVM
+    takes the list as it is, comma-separated: an entry without its sign ("avx2"), or one after a
+    comma and a space ("+avx2, +fma"), stopped the process on an LLVM assertion as nbnet loaded, with
+    nothing said of the variable. (Empty entries LLVM skips.) Imports Numba's settings: call after
+    numba_disable_jit_fault."""
+    from numba.core import config  # noqa: PLC0415
+
+    text = config.CPU_FEATURES
+    bad = None if text is None else next((f for f in text.split(",") if f and f[0] not in "+-"), None)
+    if bad is None:
+        return None
+    return (f"NUMBA_CPU_FEATURES={text[:40]!r}: {bad[:40]!r} is not a feature LLVM takes (each is + or - and a "
+            "name, comma-separated without spaces: +avx2,+fma); fix or unset it")
+
+
 @functools.lru_cache(maxsize=None)
 def _llvm_knows_cpu(name):
     """Whether LLVM takes `name` as a CPU: it is asked, and its warning caught from stderr (llvmlite
@@ -223,7 +239,7 @@ def refuse_bad_environment(meet=None):
     unread = numba_yaml_unread()  # said after the checks, so that a refusal is still one line
     # In this order: Numba is imported only once NUMBA_NUM_THREADS lets it load.
     for fault in (cwd_fault, lambda: simd_layout()[1], numba_threads_fault, numba_disable_jit_fault,
-                  numba_cpu_name_fault):
+                  numba_cpu_features_fault, numba_cpu_name_fault):
         why = fault()
         if why is not None:
             if meet is not None:

@@ -49,10 +49,12 @@ from numba import config, njit, types
 from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
-from ._startup import NO_JIT, SIMD_LAYOUTS, numba_cpu_name_fault, simd_layout
+from ._startup import NO_JIT, SIMD_LAYOUTS, numba_cpu_features_fault, numba_cpu_name_fault, simd_layout
 
 if config.DISABLE_JIT:
     raise ValueError(NO_JIT)
+if numba_cpu_features_fault() is not None:  # LLVM would stop the process at the first kernel below
+    raise ValueError(numba_cpu_features_fault())
 
 # ----------------------------------------------------------------------------------------------
 # 1. The ISA and the register blocks
@@ -1039,7 +1041,7 @@ def foreign_code():
     ISA, FMA and APX) that this LLVM knows are compared with the host's (a partial guard: llvmlite
     gives no named CPU's other features). A NUMBA_CPU_NAME that LLVM does not know is refused too:
     LLVM ignores it with a warning at every compile, or aborts with NUMBA_CPU_FEATURES set."""
-    unknown = numba_cpu_name_fault()
+    unknown = numba_cpu_name_fault()  # (NUMBA_CPU_FEATURES is refused at import, above)
     if unknown is not None:
         return unknown
     if config.CPU_NAME is None and config.CPU_FEATURES is None:

@@ -979,6 +979,36 @@ def test_a_cpu_name_llvm_does_not_know_is_refused(tmp_path, features):
                            "lower-case: 'haswell'?); fix or unset it\n"), done.stderr
 
 
+def test_cpu_features_llvm_cannot_read_are_refused_not_an_abort(monkeypatch, tmp_path):
+    """NUMBA_CPU_FEATURES="+avx2, +fma" (a space after the comma) or "avx2" (no sign) stopped the
+    process on an LLVM assertion ("Feature flags should start with '+' or '-'") as nbnet loaded:
+    SIGABRT, nothing said of the variable. The command says it in one Error line; import nbnet
+    raises ValueError."""
+    from numba import config  # noqa: PLC0415
+
+    from nbnet import _startup  # noqa: PLC0415
+
+    for ok in (None, "", "+avx2,,+fma", "-avx512f", "+avx2,+fma,"):
+        monkeypatch.setattr(config, "CPU_FEATURES", ok)
+        assert _startup.numba_cpu_features_fault() is None, ok
+    for bad, entry in (("avx2", "'avx2'"), ("+avx2, +fma", "' +fma'")):
+        monkeypatch.setattr(config, "CPU_FEATURES", bad)
+        assert _startup.numba_cpu_features_fault() == (
+            f"NUMBA_CPU_FEATURES={bad!r}: {entry} is not a feature LLVM takes (each is + or - and a name, "
+            "comma-separated without spaces: +avx2,+fma); fix or unset it")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CPU_FEATURES="+avx2, +fma", NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "nbnet", "info"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stderr[-2000:])
+    assert done.stderr == ("Error: NUMBA_CPU_FEATURES='+avx2, +fma': ' +fma' is not a feature LLVM takes (each is "
+                           "+ or - and a name, comma-separated without spaces: +avx2,+fma); fix or unset it\n"), done.stderr
+    done = subprocess.run([sys.executable, "-c", "import nbnet"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])  # not -6 (SIGABRT)
+    assert done.stderr.splitlines()[-1].startswith("ValueError: NUMBA_CPU_FEATURES='+avx2, +fma': "), done.stderr
+
+
 def test_cpu_names_llvm_knows_are_not_refused(monkeypatch):
     from numba import config  # noqa: PLC0415
 

@@ -347,14 +347,18 @@ def test_nbnet_run_by_a_process_of_a_job_is_a_command_of_its_own(problem, tmp_pa
     launcher's variables but not its socket (PMI_FD), so it is no member of the job and runs as
     plain nbnet does, on every process (it tried MPI_Init: a wall of MPICH errors, exit 15)."""
     ok(run(1, "train", "--dataset", problem, *TRAIN, "--epochs", "1", "--save", tmp_path / "ck.npz"))
-    script = ("import subprocess, sys\n"
+    # Each process's result in a file of its own: the two lines printed through mpiexec's stdout
+    # came interleaved once in CI ('00 {"loss": ...' then ' {"loss": ...'), failing a passing run.
+    script = ("import os, subprocess, sys\n"
               f"r = subprocess.run([sys.executable, '-m', 'nbnet', 'evaluate', '--checkpoint', {str(tmp_path / 'ck.npz')!r},"
               " '--json'], capture_output=True, text=True, timeout=30)\n"
-              "print(r.returncode, r.stdout.strip(), r.stderr.strip()[-300:], flush=True)\n")
+              f"with open(os.path.join({str(tmp_path)!r}, f'out-{{os.getpid()}}.txt'), 'w') as f:\n"
+              "    f.write(f'{r.returncode} {r.stdout.strip()} {r.stderr.strip()[-300:]}')\n")
     result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", script], cwd=REPO, env=_env(),
                             capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-    lines = ok(result).stdout.splitlines()
-    assert len(lines) == 2 and all(line.startswith('0 {"loss"') for line in lines), result.stdout
+    ok(result)
+    lines = [p.read_text() for p in sorted(tmp_path.glob("out-*.txt"))]
+    assert len(lines) == 2 and all(line.startswith('0 {"loss"') for line in lines), lines
 
 
 @needs_mpi

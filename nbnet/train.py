@@ -687,7 +687,7 @@ def _stop_training(keys):
             _TRAINING.pop(k, None)
 
 
-def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
+def train(model, opt, data, *more, epochs, batch_size=128, seed=0, lr_schedule="constant", lr=None,
           loss="cross-entropy", val_data=None, val_split=0.0, early_stopping=None, min_delta=0.0,
           restore_best=False, shuffle=True, state=None, on_step=None, on_epoch=None, on_best=None,
           should_stop=None, eval_batch_size=1000, comm=None, **unknown):
@@ -737,6 +737,9 @@ def train(model, opt, data, *, epochs, batch_size=128, seed=0, lr_schedule="cons
     `mpiexec -n N python -m mpi4py script.py`, so that an exception on one process ends them all
     (examples/mpi_train.py).
     """
+    if more:  # Keras' fit(x, y): Python's "takes 3 positional arguments but 4 ... were given" said not which
+        raise TypeError(f"train() takes 3 positional arguments (model, opt, data) but {3 + len(more)} were given: "
+                        "data is one tuple, nb.train(model, opt, (x_train, y_train), epochs=...)")
     refuse_unknown_keywords("train", unknown)
     check_optimizer(opt)
     check_loss(loss)

@@ -98,6 +98,17 @@ def test_an_optimizer_named_or_given_as_its_class_says_how_to_make_one(opt, says
         nb.train(model, opt, (x, y), epochs=1)
 
 
+def test_x_and_y_as_two_arguments_say_that_data_is_one_tuple():
+    """Keras' fit(x, y): nb.train(model, opt, x, y) was Python's "train() takes 3 positional arguments
+    but 4 positional arguments (and 1 keyword-only argument) were given", with no word of the tuple."""
+    model, opt, x, y = setup()
+    with pytest.raises(TypeError, match=r"^train\(\) takes 3 positional arguments \(model, opt, data\) but 4 were "
+                                        r"given: data is one tuple, nb.train\(model, opt, \(x_train, y_train\), "):
+        nb.train(model, opt, x, y, epochs=1)
+    with pytest.raises(TypeError, match=r"but 6 were given"):
+        nb.train(model, opt, x, y, x, y, epochs=1)
+
+
 def test_a_loss_object_for_loss_says_its_name():
     """PyTorch's habit, loss=nb.SoftmaxCrossEntropy(): "unknown loss SoftmaxCrossEntropy()", with
     no word of the name that is that loss."""

@@ -254,7 +254,15 @@ class Finite(click.FloatRange):
     """A float in a range, and finite: `--lr nan` or `lr = inf` is an error like any other."""
 
     def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
+        try:
+            rv = super().convert(value, param, ctx)
+        except click.BadParameter:
+            # --lr 1e-400 reads as 0.0: "0.0 is not in the range x>0" named a value no one gave
+            if isinstance(value, str) and re.search(r"[1-9]", re.split(r"[eE]", value)[0]):
+                with contextlib.suppress(ValueError):
+                    if float(value) == 0.0:
+                        self.fail(f"{value} is too small for a float: it reads as 0.0", param, ctx)
+            raise
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return rv

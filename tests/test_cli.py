@@ -451,6 +451,9 @@ def test_error_bad_option_values(tmp_path):
     assert_error(nbnet("train", "--hidden", ",".join(["1"] * 1001)), "--hidden", "1001 hidden layers: at most 1000")
     assert_error(nbnet("train", "--activation", "gelu"), "--activation")
     assert_error(nbnet("train", "--val-split", "1.5"), "--val-split")
+    # was "0.0 is not in the range x>0", of a value no one gave
+    assert_error(nbnet("train", "--lr", "1e-400"), "--lr", "1e-400 is too small for a float: it reads as 0.0")
+    assert_error(nbnet("train", "--lr", "0"), "--lr", "0.0 is not in the range x>0")
     assert_error(nbnet("train", "--threads", "9999"), "--threads 9999")
     assert_error(nbnet("train", "--dataset", "cifar"), "unknown dataset")
     assert_error(nbnet("train", "--bogus"), "--bogus")

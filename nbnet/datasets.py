@@ -9,20 +9,19 @@ nbnet.files (regular files only, within a size budget); IDX data is decompressed
 never past the size its header declares.
 """
 
+import bisect
 import gzip
 import hashlib
 import io
-import bisect
 import math
 import os
 import re
 import struct
 import time
 import zlib
+from array import array
 
 import numpy as np
-
-from array import array
 
 from .files import (
     check_creatable, check_memory, described, file_in_the_way, load_bytes, memory_budget, open_input, read_bounded,

@@ -1309,10 +1309,13 @@ def _describe_checkpoint(path):
                    "`nbnet evaluate` and `nbnet predict` take it")
         click.echo(model.summary())
         return
-    epochs, steps = cfg["epochs"], f"{state.step:,} step{'s' * (state.step != 1)}"
+    # cfg.get: a hand-made or damaged file may store no options ({}: --resume refuses it)
+    epochs, steps = cfg.get("epochs"), f"{state.step:,} step{'s' * (state.step != 1)}"
     click.echo(f"{path}: a checkpoint of `nbnet train`, {model.num_parameters():,} parameters")
     n = cfg.get("early_stopping")
-    if state.seen:  # stopped inside the epoch after those done: as the Interrupted line said
+    if epochs is None:
+        where = f"{state.epoch} epochs done ({steps}); it stores no --epochs"
+    elif state.seen:  # stopped inside the epoch after those done: as the Interrupted line said
         where = (f"{state.epoch} of {epochs} epochs done, then stopped in epoch {state.epoch + 1} after step "
                  f"{state.step}: `nbnet train --resume {_quoted(path)}` finishes the run")
     elif n is not None and state.bad_epochs >= n and state.epoch < epochs:
@@ -1331,7 +1334,8 @@ def _describe_checkpoint(path):
                    + "  ".join(_scores(last, cfg.get("loss") == "bce")))
     if state.best_epoch is not None and state.best_val_loss is not None:
         click.echo(f"best epoch {state.best_epoch} (validation loss {state.best_val_loss:.4f})")
-    click.echo("trained with: nbnet train " + " ".join(_as_options(cfg)))
+    if cfg:
+        click.echo("trained with: nbnet train " + " ".join(_as_options(cfg)))
     click.echo(model.summary())
 
 

@@ -409,6 +409,15 @@ def test_info_on_a_checkpoint_says_where_the_run_stands_and_how_it_was_trained(t
     arrays["train/config"] = np.array(json.dumps({**json.loads(str(arrays["train/config"])), "batch_size": 0}))
     np.savez(tmp_path / "d.npz", **arrays)
     assert_error(nbnet("info", tmp_path / "d.npz"), "d.npz: damaged checkpoint", "batch_size")
+    # A file that stores no options, or no --epochs (hand-made, damaged): said, not a KeyError
+    for config in ({}, {"dataset": "spiral"}):
+        arrays["train/config"] = np.array(json.dumps(config))
+        np.savez(tmp_path / "n.npz", **arrays)
+        r = nbnet("info", tmp_path / "n.npz")
+        assert r.exit_code == 0, r.output
+        lines = r.stdout.splitlines()
+        assert lines[1] == "2 epochs done (6 steps); it stores no --epochs", lines
+        assert any(line.startswith("trained with: ") for line in lines) == bool(config), lines
     # A history may hold a loss with no accuracy (NaN is "absent"): shown alone, not a KeyError
     with np.load(a) as f:
         arrays = dict(f)

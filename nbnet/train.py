@@ -622,14 +622,16 @@ KERAS_KEYWORDS = {
     "return_dict": "nb.evaluate returns a dict",
 }
 
+# Where train's way differs from evaluate's and predict's, which take no callbacks.
+TRAIN_KEYWORDS = {"verbose": "nbnet prints no progress: print from on_epoch or on_step"}
+
 
 def refuse_unknown_keywords(function, keywords):
     """A TypeError for keywords `function` does not take, as Python's, with nbnet's way for Keras' names."""
     if keywords:
         name = next(iter(keywords))
-        hint = f" ({KERAS_KEYWORDS[name]})" if name in KERAS_KEYWORDS else ""
-        if name == "verbose" and function == "train":
-            hint = hint[:-1] + ": print from on_epoch or on_step)"
+        way = (TRAIN_KEYWORDS if function == "train" else {}).get(name) or KERAS_KEYWORDS.get(name)
+        hint = f" ({way})" if way else ""
         raise TypeError(f"{function}() got an unexpected keyword argument {name!r}{hint}")
 
 
@@ -738,8 +740,9 @@ def train(model, opt, data, *more, epochs, batch_size=128, seed=0, lr_schedule="
     (examples/mpi_train.py).
     """
     if more:  # Keras' fit(x, y): Python's "takes 3 positional arguments but 4 ... were given" said not which
-        raise TypeError(f"train() takes 3 positional arguments (model, opt, data) but {3 + len(more)} were given: "
-                        "data is one tuple, nb.train(model, opt, (x_train, y_train), epochs=...)")
+        how = ("epochs and the other options go by keyword, nb.train(model, opt, data, epochs=...)"
+               if isinstance(data, tuple) else "data is one tuple, nb.train(model, opt, (x_train, y_train), epochs=...)")
+        raise TypeError(f"train() takes 3 positional arguments (model, opt, data) but {3 + len(more)} were given: {how}")
     refuse_unknown_keywords("train", unknown)
     check_optimizer(opt)
     check_loss(loss)

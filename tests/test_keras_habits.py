@@ -107,6 +107,9 @@ def test_x_and_y_as_two_arguments_say_that_data_is_one_tuple():
         nb.train(model, opt, x, y, epochs=1)
     with pytest.raises(TypeError, match=r"but 6 were given"):
         nb.train(model, opt, x, y, x, y, epochs=1)
+    with pytest.raises(TypeError, match=r"but 4 were given: epochs and the other options go by keyword, "
+                                        r"nb.train\(model, opt, data, epochs=...\)$"):
+        nb.train(model, opt, (x, y), 32, epochs=1)  # the tuple given, batch_size positional (Keras' third)
 
 
 def test_a_loss_object_for_loss_says_its_name():

@@ -53,8 +53,9 @@ from ._startup import NO_JIT, SIMD_LAYOUTS, numba_cpu_features_fault, numba_cpu_
 
 if config.DISABLE_JIT:
     raise ValueError(NO_JIT)
-if numba_cpu_features_fault() is not None:  # LLVM would stop the process at the first kernel below
-    raise ValueError(numba_cpu_features_fault())
+_BAD_FEATURES = numba_cpu_features_fault()
+if _BAD_FEATURES is not None:  # LLVM would stop the process at the first kernel below
+    raise ValueError(_BAD_FEATURES)
 
 # ----------------------------------------------------------------------------------------------
 # 1. The ISA and the register blocks

@@ -47,12 +47,24 @@ def default_signals():
 # said. faulthandler's watchdog is a C thread: it fires even while a Numba kernel holds the GIL.
 # The slowest test took 8 s with a warm cache (2026-11-24); 0 turns the guard off. A debugger
 # (--pdb, breakpoint()) turns it off for the test it stops in.
-TEST_TIMEOUT = float(os.environ.get("NBNET_TEST_TIMEOUT", "300"))
+TEST_TIMEOUT = 300.0
 _stderr_fd = None
 
 
+def _test_timeout():
+    text = os.environ.get("NBNET_TEST_TIMEOUT", "300")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise pytest.UsageError(f"NBNET_TEST_TIMEOUT={text!r}: give the seconds a test may run, or 0 for no limit")
+    return seconds
+
+
 def pytest_configure(config):
-    global _stderr_fd
+    global _stderr_fd, TEST_TIMEOUT
+    TEST_TIMEOUT = _test_timeout()
     # pytest captures fd 2 inside each test; the traceback must reach the real stderr
     _stderr_fd = os.dup(2)
 

@@ -42,6 +42,21 @@ KEPT_PLANS = 4  # batch shapes a Sequential keeps a plan for: training's, its sh
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+# torch's and Keras' model methods that nbnet spells otherwise (Sequential.__getattr__)
+_OTHER_FRAMEWORKS = {
+    "double": "use model.astype(np.float64), which returns a float64 copy",
+    "float": "use model.astype(np.float32), which returns a float32 copy",
+    "half": "nbnet computes in float32 or float64 (model.astype), not float16",
+    "cuda": 'use model.to("cuda")',
+    "cpu": 'use model.to("cpu")',
+    "fit": "use nb.train(model, opt, (x_train, y_train), epochs=...), or nbnet.sklearn's estimators",
+    "compile": "there is no compile step: give the optimizer and loss= to nb.train(model, opt, data, loss=...)",
+    "predict": "use nb.predict(model, x), or model(x) for the raw outputs of one batch",
+    "evaluate": "use nb.evaluate(model, x, y)",
+    "count_params": "use model.num_parameters()",
+}
+
+
 class Sequential:
     """Layers applied in order. `backward(grad)` runs them in reverse and fills the gradients;
     `backward(grad, need_input_grad=True)` also returns dL/dX.
@@ -108,6 +123,14 @@ class Sequential:
         # steps in one pass (one launch on the GPU), as the original's
         pack_parameters(new.parameters())
         return new
+
+    def __getattr__(self, name):
+        # Called only for a name the model lacks. Users bring torch's and Keras' model methods;
+        # "no attribute 'double'" leaves them to search for nbnet's way.
+        if name in _OTHER_FRAMEWORKS:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}': "
+                                 f"{_OTHER_FRAMEWORKS[name]}")
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)

@@ -864,3 +864,20 @@ def test_named_parameters_are_state_dicts_keys_in_parameter_order():
     assert [k for k, _ in named] == list(model.state_dict()) == ["0.weight", "0.bias", "2.weight"]
     assert [p for _, p in named] == model.parameters()
     assert dict(named)["2.weight"].data is model[2].weight
+
+
+@pytest.mark.parametrize("name, says", [
+    ("double", r"model.astype\(np.float64\)"), ("float", r"model.astype\(np.float32\)"),
+    ("cuda", r'model.to\("cuda"\)'), ("cpu", r'model.to\("cpu"\)'), ("fit", r"nb.train\(model, opt"),
+    ("compile", "no compile step"), ("predict", r"nb.predict\(model, x\)"),
+    ("evaluate", r"nb.evaluate\(model, x, y\)"), ("count_params", r"model.num_parameters\(\)")])
+def test_torch_and_keras_model_methods_name_nbnets_way(name, says):
+    """model.double(), model.cuda(), model.fit(...) said only "no attribute 'double'"."""
+    model = mlp()
+    with pytest.raises(AttributeError, match=f"has no attribute '{name}': .*{says}"):
+        getattr(model, name)
+    assert not hasattr(model, name)
+    with pytest.raises(AttributeError, match=r"has no attribute 'fitt'$"):
+        model.fitt
+    # what the hint says to use exists
+    assert model.astype(np.float64).dtype == np.float64 and model.num_parameters() > 0

@@ -870,7 +870,8 @@ def test_named_parameters_are_state_dicts_keys_in_parameter_order():
     ("double", r"model.astype\(np.float64\)"), ("float", r"model.astype\(np.float32\)"),
     ("cuda", r'model.to\("cuda"\)'), ("cpu", r'model.to\("cpu"\)'), ("fit", r"nb.train\(model, opt"),
     ("compile", "no compile step"), ("predict", r"nb.predict\(model, x\)"),
-    ("evaluate", r"nb.evaluate\(model, x, y\)"), ("count_params", r"model.num_parameters\(\)")])
+    ("evaluate", r"nb.evaluate\(model, x, y\)"), ("count_params", r"model.num_parameters\(\)"),
+    ("half", "not float16")])
 def test_torch_and_keras_model_methods_name_nbnets_way(name, says):
     """model.double(), model.cuda(), model.fit(...) said only "no attribute 'double'"."""
     model = mlp()

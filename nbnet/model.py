@@ -390,12 +390,20 @@ class Sequential:
         """The forward layer by layer, through each layer's own checks and buffers."""
         layers, i = self.layers, 0
         while i < len(layers):
-            if self._fuses_relu(i, x):
-                x = layers[i].forward_relu(x, layers[i + 1])
-                i += 2
-            else:
-                x = layers[i].forward(x)
-                i += 1
+            try:
+                if self._fuses_relu(i, x):
+                    x = layers[i].forward_relu(x, layers[i + 1])
+                    i += 2
+                else:
+                    x = layers[i].forward(x)
+                    i += 1
+            except ValueError as e:
+                if i and type(layers[i]) in _OWN_BACKWARD and type(layers[i - 1]) not in _OWN_BACKWARD:
+                    width = layers[i].in_features if type(layers[i]) is Linear else None
+                    fault = _made_by_own_layer(layers, i - 1, i, "forward", x, self.dtype, (None, width))
+                    if fault is not None:
+                        raise fault from e
+                raise
         return x
 
     def _fuses_relu(self, i, x):
@@ -433,20 +441,29 @@ class Sequential:
         # does not want dL/dX, and that first layer needs only its parameters' gradients.
         stop = 0 if need_input_grad else self._first_with_parameters()
         i = len(self.layers) - 1
+        layers = self.layers
         while i >= stop:
-            layer = self.layers[i]
-            if i - 1 >= stop and self._after_relu(i, grad):
-                # Linear after a ReLU: its dX and the ReLU's backward in one pass.
-                grad = layer.backward(grad, relu=self.layers[i - 1])
-                i -= 2
-            elif type(layer) in _OWN_BACKWARD:
-                grad = layer.backward(grad, need_input_grad=need_input_grad or i > stop)
-                i -= 1
-            else:
-                # A layer of the user's own gets backward(grad_y), the documented signature: with
-                # need_input_grad= every one written as `def backward(self, grad)` was a TypeError.
-                grad = layer.backward(grad)
-                i -= 1
+            layer = layers[i]
+            try:
+                if i - 1 >= stop and self._after_relu(i, grad):
+                    # Linear after a ReLU: its dX and the ReLU's backward in one pass.
+                    grad = layer.backward(grad, relu=layers[i - 1])
+                    i -= 2
+                elif type(layer) in _OWN_BACKWARD:
+                    grad = layer.backward(grad, need_input_grad=need_input_grad or i > stop)
+                    i -= 1
+                else:
+                    # A layer of the user's own gets backward(grad_y), the documented signature: with
+                    # need_input_grad= every one written as `def backward(self, grad)` was a TypeError.
+                    grad = layer.backward(grad)
+                    i -= 1
+            except ValueError as e:
+                if i + 1 < len(layers) and type(layer) in _OWN_BACKWARD and type(layers[i + 1]) not in _OWN_BACKWARD:
+                    shape = getattr(layer.out, "shape", None)
+                    fault = shape and _made_by_own_layer(layers, i + 1, i, "backward", grad, self.dtype, shape)
+                    if fault:
+                        raise fault from e
+                raise
         if not need_input_grad:
             return None
         return grad.copy() if isinstance(grad, np.ndarray) else copy_device_array(grad)
@@ -875,6 +892,30 @@ def _named(layer):
     """A layer as a message or summary() shows it: its repr, or its class's name where the repr is
     object's own ("<__main__.Square object at 0x7f...>": a layer written as a plain class)."""
     return type(layer).__name__ + "()" if type(layer).__repr__ is object.__repr__ else repr(layer)
+
+
+def _made_by_own_layer(layers, j, i, what, arr, dtype, shape):
+    """The ValueError that names what is wrong with `arr`, what layer j, one of the user's own,
+    returned from its `what` ("forward" or "backward"), which nbnet's layer i refused; None where arr
+    is not at fault. Layer i's own error names layer i alone ('Linear(3, 8): expected gradient dtype
+    float32, got float64'), not the layer to fix, with hints for a caller's input (model.astype,
+    which refuses a layer of one's own; nb.train converting features). `shape`: what layer i takes,
+    None for any size."""
+    mine, theirs = f"layer {j}, {_named(layers[j])}", f"layer {i}, {_named(layers[i])}"
+    if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
+        why = f"returned {type(arr).__name__}, not an array (a missing `return`?)"
+    elif arr.dtype != dtype:
+        why = (f"returned a {arr.dtype} array in a {dtype} model, whose layers take exactly {dtype}: compute in "
+               "the input's dtype (np.where(x >= 0, 1.0, 0.1) is float64 whatever x is: add .astype(x.dtype), or "
+               "write x.dtype.type(0.1))")
+    elif len(arr.shape) != len(shape) or any(w is not None and w != a for a, w in zip(arr.shape, shape)):
+        want = "(" + ", ".join("N" if w is None else str(w) for w in shape) + ")"
+        why = (f"returned shape {tuple(arr.shape)}, where {theirs} takes {want}"
+               + (" (dL/dx has the shape of the layer's input)" if what == "backward" else ""))
+        return ValueError(f"{mine}: its {what}() {why}")
+    else:
+        return None
+    return ValueError(f"{mine}: its {what}() {why} ({theirs} refused it)")
 
 
 def _checked_layers(layers):

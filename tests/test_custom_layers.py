@@ -149,3 +149,56 @@ def test_the_readme_example_of_a_layer_of_ones_own_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md: Writing your own layer", "exec"), {"__name__": "readme_layer"})
     assert (tmp_path / "weights.npz").exists()
+
+
+class _Returns(nb.Layer):
+    """A layer of one's own whose forward or backward returns `bad(array)` instead of the array."""
+
+    def __init__(self, where, bad):
+        self.where, self.bad = where, bad
+
+    def forward(self, x):
+        return self.bad(x) if self.where == "forward" else x
+
+    def backward(self, grad):
+        return self.bad(grad) if self.where == "backward" else grad
+
+
+@pytest.mark.parametrize("where, bad, said", [
+    ("forward", lambda x: x * np.ones(x.shape), r"forward\(\) returned a float64 array in a float32 model"),
+    ("forward", lambda x: None, r"forward\(\) returned NoneType, not an array"),
+    ("backward", lambda g: g * np.where(g >= 0, 1.0, 0.1), r"backward\(\) returned a float64 array in a float32 model"),
+    ("backward", lambda g: None, r"backward\(\) returned NoneType, not an array"),
+    ("forward", lambda x: x[:, :5],
+     r"forward\(\) returned shape \(6, 5\), where layer 2, Linear\(8, 2\) takes \(N, 8\)"),
+    ("backward", lambda g: g.sum(axis=0),
+     r"backward\(\) returned shape \(8,\), where layer 0, Linear\(3, 8\) takes \(6, 8\)"),
+], ids=["forward-float64", "forward-none", "backward-float64", "backward-none", "forward-shape", "backward-shape"])
+@pytest.mark.parametrize("how", ["loop", "nb.train"])
+def test_an_array_a_layer_of_ones_own_returns_wrong_is_blamed_on_that_layer(where, bad, said, how):
+    """What a layer of one's own returned wrong was refused by the nbnet layer it went to, in that
+    layer's name alone ('Linear(3, 8): expected gradient dtype float32, got float64'), with hints for
+    a caller's input (model.astype, which refuses a layer of one's own; nb.train converting, where
+    nb.train was running): the message now names the layer that made the array, and what is wrong."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 3)).astype(np.float32), rng.integers(0, 2, 6)
+    model = nb.Sequential(nb.Linear(3, 8, seed=0), _Returns(where, bad), nb.Linear(8, 2, seed=1))
+    with pytest.raises(ValueError, match=r"^layer 1, _Returns\(\): its " + said) as err:
+        if how == "loop":
+            loss_fn = nb.SoftmaxCrossEntropy()
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward())
+        else:
+            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=6)
+    assert "model.astype" not in str(err.value)
+    assert ("layer 2, Linear(8, 2)" if where == "forward" else "layer 0, Linear(3, 8)") in str(err.value)
+
+
+def test_a_fault_of_the_nbnet_layer_after_a_layer_of_ones_own_is_not_blamed_on_it():
+    """Only what the layer of one's own returned is blamed on it: a weight assigned wrong in the
+    nbnet layer after it keeps that layer's own error."""
+    x = np.ones((4, 3), np.float32)
+    model = nb.Sequential(nb.Linear(3, 8, seed=0), _Returns("forward", lambda x: x), nb.Linear(8, 2, seed=1))
+    model[2].weight = np.zeros((2, 7), np.float32)
+    with pytest.raises(ValueError, match=r"^Linear\(8, 2\): weight must be"):
+        model(x)

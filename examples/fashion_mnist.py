@@ -1,6 +1,6 @@
 """Fashion-MNIST: the same network and training as mnist.py, on photos of clothes.
 
-    python examples/fashion_mnist.py [--data-dir DIR] [--epochs 2] [--limit N]
+    python examples/fashion_mnist.py [--data-dir DIR] [--download] [--epochs 2] [--limit N]
 
 The files have MNIST's format and sizes; the data dir defaults to where the library
 looks: $NBNET_DATA_DIR/fashion-mnist, else ~/.cache/nbnet/fashion-mnist. Harder than digits: shirts, T-shirts,

@@ -1,10 +1,10 @@
 """MNIST end to end with the Python API: load, train, evaluate, print a confusion matrix.
 
-    python examples/mnist.py [--data-dir DIR] [--epochs 2] [--limit N]
+    python examples/mnist.py [--data-dir DIR] [--download] [--epochs 2] [--limit N]
 
 The data are the four original IDX files (train-images-idx3-ubyte.gz, ...) in --data-dir, by
 default where `nbnet train --dataset mnist` looks: $NBNET_DATA_DIR/mnist, else ~/.cache/nbnet/mnist
-(`nbnet train --dataset mnist --download` fetches them there).
+(--download fetches the missing ones there, as `nbnet train --dataset mnist --download` does).
 --limit N trains on the first N training images only (quick runs); the test set is always whole.
 """
 
@@ -56,6 +56,7 @@ def print_confusion(cm, names):
 def main(dataset="mnist", class_names=DIGITS):
     parser = argparse.ArgumentParser(description=f"Train an MLP on {dataset}, print a confusion matrix.")
     parser.add_argument("--data-dir", default=default_data_dir(dataset))
+    parser.add_argument("--download", action="store_true", help="fetch the four files into --data-dir if missing")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -74,9 +75,11 @@ def main(dataset="mnist", class_names=DIGITS):
                 parser.error(f"--save {args.save} is {dataset}'s {os.path.basename(path)}: it would be overwritten")
 
     try:
-        x_train, y_train, x_test, y_test = nb.datasets.load(dataset, data_dir=args.data_dir)
+        x_train, y_train, x_test, y_test = nb.datasets.load(dataset, data_dir=args.data_dir, download=args.download)
     except (OSError, ValueError) as e:
-        sys.exit(f"Error: {e}\n(point --data-dir at the folder holding the four {dataset} IDX files)")
+        # The library's message for missing files already says where to point and to pass --download
+        hint = "" if "--data-dir" in str(e) else f"\n(point --data-dir at the folder holding the four {dataset} IDX files)"
+        sys.exit(f"Error: {e}{hint}")
     x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     print(f"{dataset}: {len(x_train)} training and {len(x_test)} test images")
 

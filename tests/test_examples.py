@@ -210,3 +210,20 @@ def test_mnist_save_to_an_unwritable_path_is_one_error(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "Error: cannot save /proc/nbnet-model.npz" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_mnist_without_its_data_says_how_to_get_them_once(tmp_path):
+    """The library's error for missing files says to pass --download, which the example did not
+    take ('unrecognized arguments: --download'), and the example added a second hint of its own."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    example = [sys.executable, str(REPO / "examples" / "mnist.py")]
+    done = subprocess.run([*example, "--epochs", "1", "--data-dir", str(empty)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "--download" in done.stderr, done.stderr
+    assert done.stderr.count("point --data-dir") == 1 and "Traceback" not in done.stderr, done.stderr
+    # the option it names is taken (checked up to the first error, before any download)
+    done = subprocess.run([*example, "--download", "--epochs", "0", "--data-dir", str(empty)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "--epochs must be at least 1" in done.stderr, done.stderr

@@ -349,14 +349,16 @@ def _forward(out, act, inp, weight, bias, weight_t, relu):
 
 def linear_forward(out, inp, weight, bias, weight_t=None):
     """y_ij = Σ_l x_il w_jl + b_j   out (k, m), inp (k, n), weight (m, n), bias (m,);
-    weight_t (n, m) optional scratch for Wᵀ: without it the forward always uses the dot form"""
+    weight_t (n, m) optional scratch for Wᵀ: without it the forward always uses the dot form.
+    The plain formula: linear_forward_ref (to step through in Python: linear_forward_ref.py_func)."""
     _forward(out, out, inp, weight, bias, weight_t, False)
 
 
 def linear_relu_forward(out, act, inp, weight, bias, weight_t=None):
     """y_ij = Σ_l x_il w_jl + b_j,  a_ij = max(0, y_ij)   (Linear then ReLU in one pass; Y is kept
     as the ReLU's input for its backward)
-    out (k, m) = Y, act (k, m) = A, inp (k, n), weight (m, n), bias (m,), weight_t as linear_forward's"""
+    out (k, m) = Y, act (k, m) = A, inp (k, n), weight (m, n), bias (m,), weight_t as linear_forward's.
+    The plain formula: linear_forward_ref, then relu_forward."""
     _forward(out, act, inp, weight, bias, weight_t, True)
 
 
@@ -538,14 +540,16 @@ def linear_backward_input_act(dinp, dout, weight, preact, relu):
 
 
 def linear_backward_input(dinp, dout, weight):
-    """dx_il = Σ_j g_ij w_jl   dinp (k, n), dout (k, m), weight (m, n)"""
+    """dx_il = Σ_j g_ij w_jl   dinp (k, n), dout (k, m), weight (m, n)
+    The plain formula: linear_backward_input_ref (in Python: linear_backward_input_ref.py_func)."""
     linear_backward_input_act(dinp, dout, weight, dinp, False)
 
 
 def linear_relu_backward_input(dinp, dout, weight, preact):
     """dx_il = [x'_il ≥ 0] Σ_j g_ij w_jl: this Linear's input gradient, passed back through the
     ReLU before it (whose input was x' = preact), in one pass. ReLU'(0) = 1 as in relu_backward.
-    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) = x'"""
+    dinp (k, n), dout (k, m) = G, weight (m, n), preact (k, n) = x'
+    The plain formula: linear_backward_input_ref, then relu_backward."""
     linear_backward_input_act(dinp, dout, weight, preact, True)
 
 
@@ -559,7 +563,8 @@ def backward_params_route(dweight, dbias, dout, inp, accumulate):
 
 def linear_backward_params(dweight, dbias, dout, inp, accumulate):
     """dw_jl (+)= Σ_i g_ij x_il,   db_j (+)= Σ_i g_ij   (accumulate: +=, else =)
-    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X"""
+    dweight (m, n), dbias (m,), dout (k, m) = G, inp (k, n) = X
+    The plain formula (+=): linear_backward_params_ref (in Python: linear_backward_params_ref.py_func)."""
     if dout.shape[0] <= SHORT_SUM:
         linear_backward_params_rows(dweight, dbias, dout, inp, accumulate)
     else:
@@ -608,9 +613,10 @@ relu_forward = Kernel(_relu_forward, _elements, STEP_PARALLEL_WORK)
 def _relu_backward(dinp, dout, inp):
     """dx_ij = g_ij if x_ij >= 0 else 0   dinp (k, n), dout (k, n) = G, inp (k, n) = X (the forward's input)
 
-    ReLU'(0) = 1 is the design notes' convention; PyTorch takes ReLU'(0) = 0. The two differ only
-    when an input is exactly 0. Written as "0 where x < 0", as the fused linear_relu_backward_input
-    and torch do, so that at a NaN input the gradient passes in every form (the forward passes NaN).
+    ReLU'(0) = 1 is nbnet's convention (README, "Each kernel and the equation it implements");
+    PyTorch takes ReLU'(0) = 0. The two differ only when an input is exactly 0. Written as "0 where
+    x < 0", as the fused linear_relu_backward_input and torch do, so that at a NaN input the
+    gradient passes in every form (the forward passes NaN).
     """
     zero = inp.dtype.type(0)
     for i in prange(inp.shape[0]):

@@ -645,8 +645,8 @@ class _Activation(Layer):
 
 @dataclass(eq=False)
 class ReLU(_Activation):
-    """y = max(0, x); dx = g where x ≥ 0, else 0 (ReLU'(0) = 1, the notes' convention; PyTorch
-    uses 0 there)."""
+    """y = max(0, x); dx = g where x ≥ 0, else 0 (ReLU'(0) = 1, nbnet's convention: README, "Each
+    kernel and the equation it implements"; PyTorch uses 0 there)."""
 
     kernel = "relu"
     backward_uses_input = True

@@ -614,7 +614,8 @@ class Linear(Layer):
 class _Activation(Layer):
     """An activation: y = f(x), dx = g ⊙ f'(x) element by element (ReLU, Sigmoid, Tanh), or row by
     row for Softmax (dx_i = J_i g_i, its Jacobian-vector product). Subclasses name their two kernels
-    and whether the backward reads the forward's input (ReLU) or its output (Sigmoid, Tanh, Softmax)."""
+    (`kernel = "relu"`: relu_forward and relu_backward, in nbnet.cpu and nbnet.gpu) and whether the
+    backward reads the forward's input (ReLU) or its output (Sigmoid, Tanh, Softmax)."""
 
     inp: Any = field(init=False, default=None, repr=False)
     out: Any = field(init=False, default=None, repr=False)

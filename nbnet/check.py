@@ -51,8 +51,11 @@ def _note(refusal):
 
 
 class _SayCompiling(numba.core.event.Listener):
-    """Prints compiling_note() on stderr when Numba starts a real compilation ("numba:compile" fires
-    only on a cache miss: a kernel loaded from the on-disk cache says nothing), once per process."""
+    """Prints compiling_note() on stderr when Numba starts a real compilation of one of nbnet's CPU
+    kernels ("numba:compile" fires only on a cache miss: a kernel loaded from the on-disk cache says
+    nothing), once per process, wherever it happens: in nb.train's warm-up, or in the first
+    forward of a loop of one's own, which otherwise sat silent for seconds. Registered with Numba
+    when nbnet loads; not_saying_compiling() silences it."""
 
     said = False
     promised = False  # the note promised a cache, and no save has been refused since
@@ -60,7 +63,7 @@ class _SayCompiling(numba.core.event.Listener):
     silenced = 0  # > 0 inside not_saying_compiling()
 
     def on_start(self, event):
-        if not _SayCompiling.said and not _SayCompiling.silenced:
+        if not _SayCompiling.said and not _SayCompiling.silenced and _ours(event.data.get("dispatcher")):
             _SayCompiling.said = True
             why = simd.cache_refusal()
             _SayCompiling.promised = why is None
@@ -70,13 +73,22 @@ class _SayCompiling(numba.core.event.Listener):
         pass
 
 
+def _ours(dispatcher):
+    """Whether a Numba dispatcher is one of nbnet's CPU kernels: not a user's own @njit function
+    (a note about nbnet's kernels then would be wrong), nor a CUDA kernel (COMPILING_GPU)."""
+    module = getattr(getattr(dispatcher, "py_func", None), "__module__", None) or ""
+    return module.startswith("nbnet.") and type(dispatcher).__module__.startswith("numba.core")
+
+
+numba.core.event.register("numba:compile", _SayCompiling())
+
+
 @contextlib.contextmanager
 def saying_compiling():
-    """A context in which the first kernel that really compiles prints compiling_note() (once per
-    process). A save refused after the note promised a cache (a disk that filled as the kernels
-    were written: Numba saves each after compiling it) is said when the context ends, once."""
-    with numba.core.event.install_listener("numba:compile", _SayCompiling()):
-        yield
+    """A context whose kernels that really compile say so (as they do anywhere: _SayCompiling), and
+    where a save refused after the note promised a cache (a disk that filled as the kernels were
+    written: Numba saves each after compiling it) is said when the context ends, once."""
+    yield
     if _SayCompiling.promised and not _SayCompiling.silenced:
         why = simd.cache_refusal(probe=False)
         if why is not None:
@@ -112,7 +124,7 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
             print(COMPILING_GPU, file=sys.stderr, flush=True)
         _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device="cuda")
         return
-    with saying_compiling() if say else contextlib.nullcontext():
+    with saying_compiling() if say else not_saying_compiling():
         _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
     # Numba's threads start at the first parallel kernel, which the warm-up's copy may never reach
     # (too little work a layer; the training loop's planned steps ask at step 2): that start, ~20 ms,

@@ -57,12 +57,18 @@ def test_check_gives_no_named_cpu_hint_in_an_emulated_layout(monkeypatch):
     assert check.own_isa_hint() is None
 
 
+def _as_nbnets(func):
+    """func, taken for one of nbnet's kernels: the compiling note is about those alone."""
+    func.__module__ = "nbnet._test_kernels"
+    return func
+
+
 def test_check_prints_the_hint_and_says_compiling_while_it_checks(monkeypatch, capsys):
     """`nbnet check` prints own_isa_hint() after the ISA line, and its checks, which compile the
     kernels on a cold cache, say so on stderr as training does (a minute of silence otherwise)."""
     monkeypatch.setattr(check, "own_isa_hint", lambda: "(a hint)")
     monkeypatch.setattr(check._SayCompiling, "said", False)
-    monkeypatch.setattr(check, "_run_checks", lambda out: (numba.njit(lambda a: 5 * a)(1), (0, 0))[1])
+    monkeypatch.setattr(check, "_run_checks", lambda out: (numba.njit(_as_nbnets(lambda a: 5 * a))(1), (0, 0))[1])
     said = []
     assert check.main(out=said.append) == 0
     assert said[1:3] == [simd.describe(), "(a hint)"], said
@@ -205,7 +211,7 @@ def test_compile_kernels_draws_its_batches_in_the_models_dtype():
 
 def test_compiling_is_said_on_a_real_compilation_only_and_once(monkeypatch, capsys):
     monkeypatch.setattr(check._SayCompiling, "said", False)
-    twice = numba.njit(lambda a: 2 * a)  # not cached: calling it compiles
+    twice = numba.njit(_as_nbnets(lambda a: 2 * a))  # not cached: calling it compiles
     with check.saying_compiling():
         pass
     assert capsys.readouterr().err == ""
@@ -265,8 +271,47 @@ def test_a_cache_folder_that_refuses_the_kernels_is_not_promised_as_a_cache(tmp_
     assert p.stderr.endswith(": [Errno 27] File too large)\n") and p.stderr.count("\n") == 1, p.stderr
 
 
+@_as_nbnets
 def _plus_one(a):
     return a + 1
+
+
+def _users_own(a):
+    return a + 2
+
+
+def test_the_compiling_note_is_for_nbnets_cpu_kernels_alone(monkeypatch, capsys):
+    """A user's own @njit function compiling in nb.train (a custom layer's kernel) or anywhere else
+    is not nbnet's kernels: no note about them."""
+    monkeypatch.setattr(check._SayCompiling, "said", False)
+    with check.saying_compiling():
+        assert numba.njit(_users_own)(1) == 3
+    assert capsys.readouterr().err == ""
+    assert not check._ours(None) and not check._ours(numba.njit(_users_own))
+    assert check._ours(cpu.linear_forward_ref) and check._ours(numba.njit(_as_nbnets(lambda a: a)))
+
+
+COLD_LOOP = """
+import sys
+import numba, numpy as np
+import nbnet as nb
+numba.njit(lambda a: a + 1)(1)  # the user's own: says nothing
+print("before", file=sys.stderr, flush=True)
+nb.ReLU()(np.ones((2, 3), np.float32))
+print("after", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_loop_of_ones_own_says_it_compiles_nbnets_kernels_on_a_cold_cache(tmp_path):
+    """Only nb.train and nbnet train said "compiling kernels": the loop interface.md shows sat
+    silent for seconds in its first forward on a new machine. With the cache warm, nothing is said."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    run = lambda: subprocess.run([sys.executable, "-c", COLD_LOOP], env=env, capture_output=True, text=True,
+                                 timeout=600)
+    cold, warm = run(), run()
+    assert cold.returncode == 0, cold.stderr[-3000:]
+    assert cold.stderr == f"before\n{check.COMPILING}\nafter\n", cold.stderr
+    assert (warm.returncode, warm.stderr) == (0, "before\nafter\n"), warm.stderr
 
 
 def test_a_save_refused_after_the_note_promised_a_cache_is_said_once(monkeypatch, capsys):
@@ -323,7 +368,7 @@ def test_train_quiet_says_nothing_about_compiling(monkeypatch):
     def compiles_something_new(*args, **kwargs):
         monkeypatch.setattr(check._SayCompiling, "said", False)
         with check.saying_compiling():  # as on a cold cache: a kernel that really compiles
-            numba.njit(lambda a: 3 * a)(1)
+            numba.njit(_as_nbnets(lambda a: 3 * a))(1)
         real(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "compile_kernels", compiles_something_new)
@@ -451,7 +496,7 @@ def test_not_saying_compiling_ends_with_an_error_too(monkeypatch, capsys):
     with pytest.raises(RuntimeError), check.not_saying_compiling():
         raise RuntimeError("the run's error")
     with check.saying_compiling():
-        numba.njit(lambda a: 6 * a)(1)
+        numba.njit(_as_nbnets(lambda a: 6 * a))(1)
     assert capsys.readouterr().err == check.compiling_note() + "\n"
 
 
@@ -469,7 +514,7 @@ def test_a_refused_save_is_not_said_while_quiet(monkeypatch, capsys):
 def test_compile_kernels_says_nothing_when_told_not_to(monkeypatch, capsys):
     """say=False (MPI ranks other than 0: one note, not one a process) prints nothing, even where a
     kernel really compiles; say=True prints COMPILING."""
-    monkeypatch.setattr(check, "_warm_up", lambda *args, **kwargs: numba.njit(lambda a: 4 * a)(1))
+    monkeypatch.setattr(check, "_warm_up", lambda *args, **kwargs: numba.njit(_as_nbnets(lambda a: 4 * a))(1))
     model = nb.Sequential(nb.Linear(2, 3, seed=0))
     for say in (False, True):
         monkeypatch.setattr(check._SayCompiling, "said", False)

@@ -18,7 +18,6 @@ the time.
 """
 
 import os
-import sys
 
 # One BLAS thread and one Numba thread: set before numpy and numba start their pools.
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -30,9 +29,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, parse_args, positive_int, positive_ints, seconds  # noqa: E402
-from common import load_warning, match_blas, rand, training_step  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import load_warning, match_blas, rand, training_step  # noqa: E402  (puts this checkout's nbnet first)
 from nbnet import cpu, simd  # noqa: E402
 
 LAYERS = ((784, 256), (256, 128), (128, 10))

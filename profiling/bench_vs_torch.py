@@ -15,12 +15,13 @@ import time
 
 import numpy as np
 
+from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, largest, positive_int, positive_ints
+from common import load_warning, match_blas, thread_counts  # first: it puts this checkout's nbnet first
+
 import nbnet as nb
 from nbnet import simd
 from nbnet import threads as nbthreads
 from nbnet.data import batches_reusing
-from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, largest, positive_int, positive_ints
-from common import load_warning, match_blas, thread_counts
 
 SIZES = (784, 256, 128, 10)
 PARAMS = sum(a * b + b for a, b in zip(SIZES, SIZES[1:]))  # 235,146

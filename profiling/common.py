@@ -19,8 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 from numba.core.errors import NumbaPerformanceWarning
 
-import nbnet as nb
-from nbnet import cpu
+# This checkout's nbnet, ahead of any other the environment holds (another worktree's editable
+# install, a release): a script measures and describes the code beside it, as its child processes
+# do (child_env). Run from a second checkout, the scripts timed the first one's kernels.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [CHECKOUT]:
+    sys.path.insert(0, CHECKOUT)
+
+import nbnet as nb  # noqa: E402
+from nbnet import cpu  # noqa: E402
 
 # "parallel=True but nothing to parallelise" is about nbnet's code, not about these measurements.
 warnings.simplefilter("ignore", NumbaPerformanceWarning)
@@ -291,9 +298,6 @@ def training_step(batch=128, dtype=np.float32):
         opt.step()
 
     return step
-
-
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def child_env(base=None, **variables):

@@ -17,10 +17,11 @@ import time
 
 import numpy as np
 
+from argtypes import directory, positive_int
+from common import load_warning  # first: it puts this checkout's nbnet first
+
 import nbnet as nb
 from nbnet import cpu, simd
-from argtypes import directory, positive_int
-from common import load_warning
 
 
 def subnormals(arr):

@@ -115,6 +115,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="4,096 rows, one repeat: a check that it runs (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, rows=4096, repeat=1, allreduce_reps=20)
+    if not args.worker:  # this checkout's nbnet, as the workers get (child_env), not another installed
+        import common  # noqa: F401, PLC0415
     # Every one of --procs processes loads the data (MNIST: all 60,000 rows, of which --rows are
     # used) and steps at its share of the batch, and keeps its Allreduce times.
     if args.data_dir and not args.worker:

@@ -4,6 +4,7 @@ profiling/common.py binds each kernel's arguments by parameter name; a kernel wi
 has no array for would silently drop out of the tables, so that fails here instead.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -399,3 +400,25 @@ def test_peers_get_blas_kernels_of_nbnets_isa(monkeypatch):
     monkeypatch.setattr(simd, "ISA", "avx2")  # NUMBA_CPU_NAME=haswell on an AVX-512 machine
     common.match_blas()
     assert calls and os.environ["OPENBLAS_CORETYPE"] == "Haswell"
+
+
+def test_scripts_measure_this_checkouts_nbnet_not_another_installed(tmp_path):
+    """Run from a second checkout (a git worktree for an A/B run), kernels.py, bench_gemm.py,
+    bench_vs_torch.py, denormals.py, bench_sklearn.py, ... imported the nbnet installed in the
+    environment (the first checkout's editable install), while their child processes (child_env)
+    and the file beside them were this checkout's: a table of the other code, or a CPU line of one
+    and timings of the other. Here another nbnet comes first on PYTHONPATH and cannot be imported."""
+    other = tmp_path / "nbnet"
+    other.mkdir()
+    (other / "__init__.py").write_text("raise ImportError('the nbnet of another checkout was imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    runs = [([script, "--help"], 0) for script in SCRIPTS]
+    # These two import nbnet only past --help: mpi_scaling's check of a --data-dir, bench_sklearn's run.
+    runs.append((["mpi_scaling.py", "--data-dir", str(tmp_path)], 2))
+    if importlib.util.find_spec("sklearn") is not None:
+        runs.append((["bench_sklearn.py", "--quick", "--samples", "500", "--features", "10", "--hidden", "4",
+                      "--solvers", "sgd", "--epochs", "1"], 0))
+    for run, code in runs:
+        done = subprocess.run([sys.executable, str(PROFILING / run[0]), *run[1:]], capture_output=True,
+                              text=True, cwd=PROFILING, timeout=300, env=env)
+        assert done.returncode == code and "another checkout" not in done.stderr, (run, done.stderr[-2000:])

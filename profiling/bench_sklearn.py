@@ -18,7 +18,7 @@ import time
 import warnings
 
 import numpy as np
-from argtypes import PROCESS, at_least, check_memory, names_from, positive_int, positive_ints
+from argtypes import PROCESS, at_least, check_memory, directory, names_from, positive_int, positive_ints
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
@@ -126,7 +126,7 @@ def main(argv=None):
                     help="synthetic rows, 80%% train, 20%% test (default 20,000; --quick 2,000)")
     # make_classification's 10 classes of 2 clusters need 2**(features // 2) >= 20 informative corners
     ap.add_argument("--features", type=at_least(10), default=100, help="synthetic features (at least 10)")
-    ap.add_argument("--mnist-dir", default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")
+    ap.add_argument("--mnist-dir", type=directory, default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")
     args = ap.parse_args(argv)
     try:
         import sklearn  # noqa: PLC0415
@@ -135,6 +135,10 @@ def main(argv=None):
         return 1
     sys.path.insert(0, os.path.dirname(__file__))
     from common import load_warning, match_blas  # noqa: PLC0415
+    from nbnet.datasets import IDX_FILES, find_idx  # noqa: PLC0415
+
+    if args.mnist_dir and len(find_idx("mnist", args.mnist_dir)) < len(IDX_FILES):  # else the loader's traceback
+        ap.error(f"argument --mnist-dir: {args.mnist_dir!r} does not hold MNIST's four IDX files")
 
     if args.quick:
         args.samples, args.threads = args.samples or 2000, args.threads or "1"

@@ -342,14 +342,20 @@ def test_the_memory_check_passes_the_default_sizes(monkeypatch):
         argtypes.check_memory(parser, {"--batch": 1 << 40, "--steps": 1})
 
 
-@pytest.mark.parametrize("script", ["mpi_scaling.py", "denormals.py"])
-def test_a_data_dir_without_mnist_is_a_usage_error(script, tmp_path):
-    """A folder the user named that holds no MNIST: denormals scanned random rows in its stead, and
-    mpi_scaling's workers each ended in the loader's traceback."""
-    done = subprocess.run([sys.executable, str(PROFILING / script), "--data-dir", str(tmp_path)],
+@pytest.mark.parametrize("script, option", [("mpi_scaling.py", "--data-dir"), ("denormals.py", "--data-dir"),
+                                            ("bench_sklearn.py", "--mnist-dir")])
+@pytest.mark.parametrize("missing", [False, True])
+def test_a_data_dir_without_mnist_is_a_usage_error(script, option, missing, tmp_path):
+    """A folder the user named that holds no MNIST, or no folder: denormals scanned random rows in
+    its stead, mpi_scaling's workers each ended in the loader's traceback, and bench_sklearn ended in
+    it (a ValueError) after the synthetic rows' table."""
+    if script == "bench_sklearn.py":
+        pytest.importorskip("sklearn")
+    folder = tmp_path / "nowhere" if missing else tmp_path
+    done = subprocess.run([sys.executable, str(PROFILING / script), option, str(folder)],
                           capture_output=True, text=True, cwd=PROFILING, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
-    assert done.returncode == 2 and "error: argument --data-dir: " in done.stderr, done.stderr
+    assert done.returncode == 2 and f"error: argument {option}: " in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "CPU " not in done.stdout, (done.stdout, done.stderr)
 
 

@@ -6,6 +6,7 @@ has no array for would silently drop out of the tables, so that fails here inste
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -428,3 +429,16 @@ def test_scripts_measure_this_checkouts_nbnet_not_another_installed(tmp_path):
         done = subprocess.run([sys.executable, str(PROFILING / run[0]), *run[1:]], capture_output=True,
                               text=True, cwd=PROFILING, timeout=300, env=env)
         assert done.returncode == code and "another checkout" not in done.stderr, (run, done.stderr[-2000:])
+
+
+def test_readmes_numba_inspection_block_runs_as_written(tmp_path):
+    """The README's block for Numba's own tools on a kernel (inspect_asm, parallel_diagnostics)
+    names nbnet.cpu's routes and twins: it runs, with the empty cache it asks for, and prints the
+    kernel's assembly and Numba's parallel diagnostics."""
+    readme = (PROFILING.parent / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"^NUMBA_CACHE_DIR=\$\(mktemp -d\) python - <<'EOF'\n(.*?)^EOF\n", readme, re.S | re.M).group(1)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(PROFILING.parent), "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "_linear_blocks" in done.stdout and "Parallel Accelerator Optimizing" in done.stdout
+    assert "Inspection disabled" not in done.stderr, done.stderr[-3000:]

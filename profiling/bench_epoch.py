@@ -107,7 +107,7 @@ def main():
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from common import child_env, match_blas, thread_counts  # noqa: PLC0415
+    from common import child_env, match_blas, missing_peers, thread_counts  # noqa: PLC0415
     from nbnet import simd  # noqa: PLC0415
 
     blas = match_blas()  # the workers inherit its OPENBLAS_CORETYPE
@@ -119,6 +119,7 @@ def main():
     print(f"\n{'threads':>7} {'batch':>5} " + " ".join(f"{n:>9}" for n in ("nbnet", "torch", "numpy", "sklearn"))
           + f" {'nbnet / best':>13} {'nbnet thr':>9}   (seconds per epoch; nbnet thr: the thread counts nbnet ran on,"
           " fewer than threads while other processes keep the cores busy)")
+    results = []
     for t in args.threads.split(","):
         env = child_env(NUMBA_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t)
         cmd = [sys.executable, __file__, "--worker", "--threads", t, "--samples", str(args.samples),
@@ -133,6 +134,9 @@ def main():
             others = [v for n, v in best.items() if n != "nbnet"]
             ratio = f"{best['nbnet'] / min(others):12.2f}x" if others else f"{'-':>13}"
             print(f"{t:>7} {bs:>5} {cells} {ratio} {thread_counts(res['nbnet threads']):>9}")
+            results.append(best)
+    for line in missing_peers(results, ["torch", "sklearn"]):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def main():
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from common import match_blas  # noqa: PLC0415
+    from common import match_blas, missing_peers  # noqa: PLC0415
     from nbnet import simd  # noqa: PLC0415
 
     blas = match_blas()  # the workers inherit its OPENBLAS_CORETYPE (the bound's sgemm rate)
@@ -227,7 +227,7 @@ def main():
           "takes at least this: bound/torch is the best ratio to PyTorch any code could reach here)")
     print(f"\n{'threads':>7} {'batch':>5} {'nbnet µs':>9} {'layers µs':>10} {'bound µs':>9} {'torch µs':>9} "
           f"{'nbnet/torch':>12} {'bound/torch':>12} {'nbnet thr':>9}")
-    phases = []
+    phases, results = [], []
     for t in args.threads.split(","):
         env = child_env(NUMBA_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
         done = subprocess.run([sys.executable, __file__, "--worker", "--threads", t, "--batch-sizes", args.batch_sizes,
@@ -242,6 +242,9 @@ def main():
             print(f"{t:>7} {bs:>5} {res['nbnet'] * 1e6:9.0f} {res['layers'] * 1e6:10.0f} {bound * 1e6:9.0f} "
                   f"{torch_us} {ratio} {best} {res['nbnet threads']:>9}")
             phases.append((t, bs, res["phases"]))
+            results.append(res)
+    for line in missing_peers(results, ["torch"]):
+        print(line)
     print(f"\nnbnet's step phase by phase, µs (medians, timed after the above)\n{'threads':>7} {'batch':>5} "
           + " ".join(f"{p:>9}" for p in PHASES) + f" {'sum':>7}")
     for t, bs, times in phases:

@@ -247,7 +247,7 @@ def main(argv=None):
         have_torch = True
     except ImportError:
         have_torch = False
-        print("PyTorch not installed: its column is skipped (pip install torch --index-url .../cpu)")
+        print("PyTorch not installed: its column is skipped (pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 
     rng = np.random.default_rng(0)
     x = rng.random((args.samples, 784), dtype=np.float32)

@@ -331,6 +331,16 @@ def thread_counts(used):
     return str(used[0]) if used[0] == used[-1] else f"{used[0]}-{used[-1]}"
 
 
+# Why a peer's column shows "-" in every row: its package did not import in the workers.
+PEERS = {"torch": "PyTorch could not be imported (pip install torch --index-url https://download.pytorch.org/whl/cpu)",
+         "sklearn": "scikit-learn could not be imported (pip install 'nbnet[bench]')"}
+
+
+def missing_peers(results, peers):
+    """The lines that say why: one for each of `peers` that no result (a dict by contender name) has."""
+    return [f"{name}: '-', {PEERS[name]}" for name in peers if not any(name in r for r in results)]
+
+
 def load_warning():
     """A line to print when other processes compete for the cores (timings are then unreliable)."""
     load, cores = os.getloadavg()[0], os.cpu_count()

@@ -442,3 +442,22 @@ def test_readmes_numba_inspection_block_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "_linear_blocks" in done.stdout and "Parallel Accelerator Optimizing" in done.stdout
     assert "Inspection disabled" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("script, args, peers", [
+    ("bench_step.py", ["--quick", "--steps", "2", "--batch-sizes", "1"], ["torch"]),
+    ("bench_epoch.py", ["--quick", "--samples", "256"], ["torch", "sklearn"]),
+])
+def test_a_missing_peer_is_said_not_just_a_dash(script, args, peers, tmp_path):
+    """Without PyTorch (or scikit-learn) bench_step.py and bench_epoch.py filled its columns with
+    "-" and said nothing, where bench_vs_torch.py says "PyTorch not installed". Each peer here is
+    a module that cannot be imported, first on the PYTHONPATH the workers inherit."""
+    for name in peers:
+        (tmp_path / f"{name}.py").write_text(f"raise ModuleNotFoundError({f'No module named {name!r}'!r}, name={name!r})\n")
+    done = subprocess.run([sys.executable, str(PROFILING / script), *args], capture_output=True, text=True,
+                          cwd=PROFILING, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PROFILING.parent), str(tmp_path)])})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    said = {"torch": "PyTorch could not be imported", "sklearn": "scikit-learn could not be imported"}
+    for name in peers:
+        assert said[name] in done.stdout, (name, done.stdout)

@@ -26,7 +26,10 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path[:1] != [CHECKOUT]:
     sys.path.insert(0, CHECKOUT)
 
-import nbnet as nb  # noqa: E402
+try:
+    import nbnet as nb
+except ValueError as e:  # a setting nbnet refuses (NUMBA_DISABLE_JIT, ...): one line, as `nbnet train` says it
+    sys.exit(f"Error: {e}")
 from nbnet import cpu  # noqa: E402
 
 # "parallel=True but nothing to parallelise" is about nbnet's code, not about these measurements.

@@ -139,10 +139,10 @@ def main():
         return
 
     sys.path.insert(0, os.path.dirname(HERE))
+    from common import load_warning, thread_counts  # noqa: PLC0415
     from nbnet import simd  # noqa: PLC0415
 
     print(simd.describe())
-    from common import load_warning, thread_counts  # noqa: PLC0415
 
     if load_warning():  # the "quiet" columns are only quiet on a quiet machine
         print(load_warning())

@@ -18,6 +18,7 @@ PROFILING = Path(__file__).resolve().parents[1] / "profiling"
 sys.path.insert(0, str(PROFILING))
 import common  # noqa: E402
 
+from nbnet import _startup as nbnet_startup  # noqa: E402
 from nbnet import simd  # noqa: E402
 
 
@@ -461,3 +462,16 @@ def test_a_missing_peer_is_said_not_just_a_dash(script, args, peers, tmp_path):
     said = {"torch": "PyTorch could not be imported", "sklearn": "scikit-learn could not be imported"}
     for name in peers:
         assert said[name] in done.stdout, (name, done.stdout)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_setting_nbnet_refuses_is_one_error_line(script):
+    """NUMBA_DISABLE_JIT=1 (or NBNET_SIMD_LAYOUT without NUMBA_CACHE_DIR, a NUMBA_CPU_FEATURES LLVM
+    cannot compile for): `nbnet train` says so in one line, every profiling script ended in a
+    20-line traceback from `import nbnet`. A real run's options: a script imports nbnet past --help."""
+    args = ["--quick"] if "--quick" in (PROFILING / script).read_text(encoding="utf-8") else []
+    done = subprocess.run([sys.executable, str(PROFILING / script), *args], capture_output=True, text=True,
+                          cwd=PROFILING, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(PROFILING.parent), "NUMBA_DISABLE_JIT": "1"})
+    assert done.returncode != 0 and "Traceback" not in done.stderr, (script, done.stderr[-3000:])
+    assert done.stderr.splitlines() == [f"Error: {nbnet_startup.NO_JIT}"], (script, done.stderr[-3000:])

@@ -28,6 +28,8 @@ if sys.path[:1] != [CHECKOUT]:
 
 try:
     import nbnet as nb
+
+    nb.threads.env_fixed()  # NBNET_THREADS, else read at the first parallel kernel, after the CPU line
 except ValueError as e:  # a setting nbnet refuses (NUMBA_DISABLE_JIT, ...): one line, as `nbnet train` says it
     sys.exit(f"Error: {e}")
 from nbnet import cpu  # noqa: E402

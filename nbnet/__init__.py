@@ -16,6 +16,7 @@ warn_numba_yaml_unread()  # before Numba loads and warns
 from . import threads  # noqa: F401 - first: it sets how Numba's threads wait, before anything starts them
 
 from . import datasets
+from .check import gradcheck
 from .api import History, NothingToTrain, TrainingDiverged, TrainingInterrupted, evaluate, predict, train
 from .data import batches
 from .layers import Layer, Linear, Parameter, ReLU, Sigmoid, Softmax, Tanh
@@ -29,5 +30,5 @@ __all__ = [
     "Adam", "AdamW", "BCEWithLogits", "CrossEntropy", "History", "Layer", "Linear", "MSELoss", "NothingToTrain", "Parameter",
     "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh", "TrainingDiverged",
     "TrainingInterrupted",
-    "batches", "clip_grad_norm_", "datasets", "evaluate", "load", "predict", "train",
+    "batches", "clip_grad_norm_", "datasets", "evaluate", "gradcheck", "load", "predict", "train",
 ]

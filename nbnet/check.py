@@ -24,6 +24,7 @@ import numba.core.event
 import numpy as np
 
 from . import cpu, simd, threads
+from .data import whole
 
 COMPILING = "compiling kernels for this CPU (cached for later runs)"
 COMPILING_GPU = "compiling CUDA kernels for this GPU"
@@ -260,41 +261,90 @@ def check_threads(dtypes=(np.float32, np.float64)):
 def check_finite_differences():
     """Failures of a small float64 model's gradients against central differences."""
     from .layers import Linear, ReLU  # noqa: PLC0415
-    from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
     from .model import Sequential  # noqa: PLC0415
 
     rng = np.random.default_rng(3)
     model = Sequential([Linear(9, 17, dtype=np.float64, seed=1), ReLU(), Linear(17, 4, dtype=np.float64, seed=2)])
-    x, y = rng.standard_normal((5, 9)), rng.integers(0, 4, 5)
-    loss_fn = SoftmaxCrossEntropy()
-    model.zero_grad()
-    loss_fn.forward(model.forward(x), y)
-    dx = model.backward(loss_fn.backward(), need_input_grad=True)
-    bad = []
-    h = 1e-6
-    for p in model.parameters():
-        flat, grad = p.data.reshape(-1), p.grad.reshape(-1)
-        for i in rng.choice(flat.size, size=min(6, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + h
-            up = loss_fn.forward(model.forward(x), y)
-            flat[i] = old - h
-            down = loss_fn.forward(model.forward(x), y)
-            flat[i] = old
-            num = (up - down) / (2 * h)
-            if abs(num - grad[i]) > 1e-6 * max(1.0, abs(num)):
-                bad.append(f"d{p.name} of a {p.shape} parameter: {grad[i]:.8g}, finite difference {num:.8g}")
-    for i, j in ((0, 0), (4, 8)):
-        old = x[i, j]
-        x[i, j] = old + h
-        up = loss_fn.forward(model.forward(x), y)
-        x[i, j] = old - h
-        down = loss_fn.forward(model.forward(x), y)
-        x[i, j] = old
-        num = (up - down) / (2 * h)
-        if abs(num - dx[i, j]) > 1e-6 * max(1.0, abs(num)):
-            bad.append(f"dX[{i}, {j}]: {dx[i, j]:.8g}, finite difference {num:.8g}")
-    return bad
+    return gradcheck(model, rng.standard_normal((5, 9)), rng.integers(0, 4, 5), seed=3)
+
+
+def gradcheck(model, x, y, *, loss="cross-entropy", eps=1e-6, tol=1e-6, samples=6, seed=0):
+    """Checks the model's backward against the loss's central differences, in float64: the lines
+    that disagree, [] when none does. For a layer of one's own, put it in a float64 model:
+
+        model = nb.Sequential(nb.Linear(3, 4, dtype=np.float64, seed=0), MyLayer(), nb.Linear(4, 2, dtype=np.float64, seed=1))
+        assert nb.gradcheck(model, x, y) == []
+
+    For `samples` elements of each parameter and of x (all of them with samples=None), drawn with
+    `seed`: the gradient backward gives, dL/dθ, against (L(θ + eps) − L(θ − eps)) / (2 eps), the
+    mean loss `loss` (as nb.train's: "cross-entropy", "mse", "bce") on the whole batch (x, y). A
+    line is written where |dL/dθ − difference| > tol · max(1, |difference|), naming the element as
+    state_dict does ("0.weight[2, 1]"), or x[i, j]. A difference across a kink (ReLU at 0) is not a
+    derivative: such an element can disagree by itself. The parameters are put back bit for bit
+    (x is copied); the model's gradients are left holding this batch's, and its mode (train/eval)
+    as it is: a forward that draws random numbers (a Dropout in training mode) is refused."""
+    from .losses import LOSSES, check_loss  # noqa: PLC0415
+
+    if not hasattr(model, "named_parameters") or not hasattr(model, "lock"):
+        raise TypeError(f"gradcheck takes an nb.Sequential, not {type(model).__name__}: wrap a layer, "
+                        "nb.Sequential(layer)")
+    check_loss(loss)
+    for name, value, ok in (("eps", eps, lambda v: 0 < v < np.inf), ("tol", tol, lambda v: 0 <= v < np.inf)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not ok(value):
+            raise ValueError(f"{name} must be a finite number {'> 0' if name == 'eps' else '>= 0'}, got {value!r}")
+    if samples is not None and not whole(samples, 1):
+        raise ValueError(f"samples must be a positive integer or None (every element), got {samples!r}")
+    named = model.named_parameters()
+    for key, p in named:
+        if not isinstance(p.data, np.ndarray):
+            raise ValueError("gradcheck runs on the host: model.to('cpu') first")
+        if p.data.dtype != np.float64:
+            raise ValueError(f"gradcheck needs float64 parameters, {key} is {p.data.dtype}: in float32 a difference "
+                             f"of step {eps:g} is rounding noise (model.astype(np.float64), or dtype=np.float64 "
+                             "in each layer of one's own)")
+    x = np.array(x, dtype=np.float64, order="C")  # a copy: its elements are moved in turn
+    if x.ndim != 2 or not len(x):
+        raise ValueError(f"x must be a batch (N, D) with N >= 1, got shape {x.shape}")
+    if loss == "cross-entropy":
+        y = np.asarray(y)
+    else:
+        y = np.asarray(y, dtype=np.float64)
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+    loss_fn = LOSSES[loss]()
+    rng = np.random.default_rng(seed)
+
+    def chosen(shape):
+        size = int(np.prod(shape))
+        flat = np.arange(size) if samples is None else rng.choice(size, size=min(samples, size), replace=False)
+        return [np.unravel_index(i, shape) for i in flat]
+
+    def value():
+        return loss_fn.forward(model.forward(x), y)
+
+    def difference(arr, at):
+        old = arr[at]
+        arr[at] = old + eps
+        up = value()
+        arr[at] = old - eps
+        down = value()
+        arr[at] = old
+        return (up - down) / (2 * eps)
+
+    with model.lock:
+        if not np.array_equal(model.forward(x), model.forward(x), equal_nan=True):
+            raise ValueError("the model's forward gave two outputs for one x: a layer draws random numbers (a Dropout "
+                             "in training mode?); call model.eval() first, or check that layer without them")
+        if not np.isfinite(value()):
+            raise ValueError(f"the loss is {value()} on this batch: no derivative to check")
+        numeric = [(key, at, difference(p.data, at)) for key, p in named for at in chosen(p.data.shape)]
+        numeric += [("x", at, difference(x, at)) for at in chosen(x.shape)]
+        # last, on the unperturbed batch: the gradients and the layers' caches are this batch's
+        model.zero_grad()
+        value()
+        grads = {"x": model.backward(loss_fn.backward(), need_input_grad=True)}
+        grads.update((key, p.grad) for key, p in named)  # read now: a layer's zero_grad may make new arrays
+    return [f"{key}[{', '.join(map(str, at))}]: backward {grads[key][at]:.8g}, finite difference {num:.8g}"
+            for key, at, num in numeric if not abs(grads[key][at] - num) <= tol * max(1.0, abs(num))]
 
 
 def threading_layer():

@@ -45,7 +45,8 @@ from .train import (
     check_memory, evaluate,
     make_optimizer, predict, split_validation, train,
 )
-from .train import LOSSES, METRIC
+from .losses import LOSSES
+from .train import METRIC
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 # Options that fix the model, the data or the order of the batches: a resumed run must keep them.

@@ -232,3 +232,16 @@ class BCEWithLogits(Layer):
         dlogits = self._buffer("dinp", self.logits, self.logits.shape, self.logits.dtype)
         kernels(dlogits).bce_with_logits_backward(dlogits, self.logits, self.target)
         return dlogits
+
+
+# The losses by the names nb.train, nb.evaluate, nb.gradcheck and `nbnet train --loss` take.
+LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSELoss, "bce": BCEWithLogits}
+
+
+def check_loss(loss):
+    if not isinstance(loss, str) or loss not in LOSSES:
+        # PyTorch's habit, a loss object: said as unknown, with no word of which name is that loss
+        name = {cls: key for key, cls in LOSSES.items()}.get(type(loss))
+        hint = f"; loss= takes a name: {type(loss).__name__}() is loss={name!r}" if name else ""
+        raise ValueError(f"unknown loss {loss!r} (use {', '.join(LOSSES)}){hint}")
+    return loss

@@ -30,7 +30,7 @@ from .check import compile_kernels
 from .data import batches_reusing, share, whole
 from .datasets import check_features, first_nonfinite, first_where, is_real, not_whole
 from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels, let_go_of_batch
-from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy, check_labels
+from .losses import LOSSES, check_labels, check_loss
 from .model import Sequential, modes, set_modes, to_host
 from .optim import OPTIMIZERS, _check_nonneg
 
@@ -183,20 +183,10 @@ def learning_rate(schedule, lr, step, epoch, epochs, steps_per_epoch):
     raise ValueError(f"unknown lr schedule {schedule!r} (use {', '.join(SCHEDULES)})")
 
 
-LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSELoss, "bce": BCEWithLogits}
 # What each loss reports beside itself: accuracy for the classifiers (for bce: the fraction of
 # correct labels, every output a label), R² for mse (whose loss is the MSE).
 METRIC = {"cross-entropy": "accuracy", "mse": "r2", "bce": "accuracy"}
 VAL_SEED_TAG = 0x56414C  # "VAL": the validation split's own seed stream, (seed, VAL_SEED_TAG)
-
-
-def check_loss(loss):
-    if not isinstance(loss, str) or loss not in LOSSES:
-        # PyTorch's habit, a loss object: said as unknown, with no word of which name is that loss
-        name = {SoftmaxCrossEntropy: "cross-entropy", MSELoss: "mse", BCEWithLogits: "bce"}.get(type(loss))
-        hint = f"; loss= takes a name: {type(loss).__name__}() is loss={name!r}" if name else ""
-        raise ValueError(f"unknown loss {loss!r} (use {', '.join(LOSSES)}){hint}")
-    return loss
 
 
 def check_optimizer(opt):

@@ -5,6 +5,7 @@ respect to y is u: so backward(u) must equal the numerical dL/dx (and dL/dW, dL/
 """
 
 import ast
+from dataclasses import dataclass
 import re
 
 import numpy as np
@@ -13,6 +14,7 @@ from conftest import ROOT, numerical_grad, rel_err
 
 import nbnet as nb
 from nbnet import cpu
+from nbnet.losses import LOSSES
 
 TOL = 1e-6
 F64 = np.float64
@@ -426,3 +428,104 @@ def test_readme_kernel_table_names_kernels_and_tests_that_exist():
         for file, test in re.findall(r"`(\w+\.py)?::(\w+)`", tests):
             path = ROOT / "tests" / file if file else path
             assert test in _defined(path), f"README's {layer} row names {path.name}::{test}, which does not exist"
+
+
+class _Scale(nb.Layer):
+    """y = x ⊙ w, with a backward that can be made wrong: `bug` scales dL/dw or dL/dx by 2."""
+
+    def __init__(self, features, bug=None):
+        self.training, self.bug = True, bug
+        self.weight = np.linspace(0.5, 1.5, features)
+        self.grad_weight = np.zeros(features)
+
+    def parameters(self):
+        return [nb.Parameter(self, "weight")]
+
+    def zero_grad(self):
+        self.grad_weight = np.zeros_like(self.weight)  # a new array: gradcheck must read it after backward
+
+    def forward(self, x):
+        self.inp = x
+        return x * self.weight
+
+    def backward(self, grad_y):
+        self.grad_weight += (grad_y * self.inp).sum(axis=0) * (2 if self.bug == "dw" else 1)
+        return grad_y * self.weight * (2 if self.bug == "dx" else 1)
+
+
+def _scaled(bug=None):
+    return nb.Sequential(nb.Linear(3, 4, dtype=F64, seed=0), nb.Tanh(), _Scale(4, bug), nb.Linear(4, 2, dtype=F64, seed=1))
+
+
+X3 = np.random.default_rng(5).standard_normal((6, 3))
+Y3 = np.array([0, 1, 1, 0, 1, 0])
+
+
+@pytest.mark.parametrize("loss, y", [("cross-entropy", Y3), ("mse", np.random.default_rng(6).standard_normal((6, 2))),
+                                     ("bce", np.eye(2)[Y3])])
+def test_gradcheck_passes_a_right_backward_and_keeps_the_model(loss, y):
+    model = _scaled()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    x = X3.astype(np.float32)  # converted to float64, copied: the caller's x is not moved
+    assert nb.gradcheck(model, x, y, loss=loss, samples=None) == []
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # put back bit for bit
+    assert np.array_equal(x, X3.astype(np.float32))
+    # the gradients left are this batch's: those of one forward and backward on it
+    fresh, loss_fn = _scaled(), LOSSES[loss]()
+    loss_fn(fresh(x.astype(F64)), y if loss == "cross-entropy" else np.asarray(y, F64))
+    fresh.backward(loss_fn.backward())
+    assert all(np.array_equal(p.grad, q.grad) for p, q in zip(model.parameters(), fresh.parameters()))
+
+
+@pytest.mark.parametrize("bug, names", [("dw", ["2.weight"]), ("dx", ["0.weight", "0.bias", "x"])])
+def test_gradcheck_names_the_elements_a_wrong_backward_gets_wrong(bug, names):
+    """A layer whose dL/dw is twice the truth is named by its weight; one whose dL/dx is, by every
+    gradient computed from it: the layers before it, and x."""
+    bad = nb.gradcheck(_scaled(bug), X3, Y3, samples=None)
+    assert sorted({line.split("[")[0] for line in bad}) == sorted(names), bad
+    assert len([line for line in bad if line.startswith(names[0] + "[")]) >= 3
+    assert re.fullmatch(r"\S+\[\d+(, \d+)?\]: backward -?[\d.e+-]+, finite difference -?[\d.e+-]+", bad[0]), bad[0]
+    # sampled: a few elements of each array, the same ones for the same seed
+    some = nb.gradcheck(_scaled(bug), X3, Y3, samples=2, seed=4)
+    assert 0 < len(some) <= 2 * len(names) and some == nb.gradcheck(_scaled(bug), X3, Y3, samples=2, seed=4)
+
+
+def test_gradcheck_tolerance_and_step():
+    model = _scaled()
+    assert nb.gradcheck(model, X3, Y3, tol=0.0, samples=None) != []  # rounding: never exactly equal
+    assert nb.gradcheck(_scaled("dw"), X3, Y3, tol=10.0) == []  # 2x off, within ten times max(1, |d|)
+    assert nb.gradcheck(model, X3, Y3, eps=1.0) != []  # a step that large is no derivative
+
+
+def test_gradcheck_refuses_what_it_cannot_check():
+    x32 = nb.Sequential(nb.Linear(3, 2, seed=0))
+    with pytest.raises(ValueError, match=r"gradcheck needs float64 parameters, 0.weight is float32: .*astype"):
+        nb.gradcheck(x32, X3, Y3)
+    with pytest.raises(TypeError, match=r"takes an nb.Sequential, not Linear: wrap a layer"):
+        nb.gradcheck(nb.Linear(3, 2, dtype=F64), X3, Y3)
+
+    @dataclass(eq=False)
+    class Noise(nb.Layer):
+        def forward(self, x):
+            return x + np.random.default_rng().standard_normal(x.shape) if self.training else x
+
+        def backward(self, grad_y):
+            return grad_y
+
+    noisy = nb.Sequential(nb.Linear(3, 2, dtype=F64, seed=0), Noise())
+    with pytest.raises(ValueError, match=r"two outputs for one x: .*model.eval\(\) first"):
+        nb.gradcheck(noisy, X3, Y3)
+    noisy.eval()
+    assert nb.gradcheck(noisy, X3, Y3) == []
+    model = _scaled()
+    for kwargs, says in [({"eps": 0}, "eps must be a finite number > 0"), ({"eps": float("nan")}, "eps must"),
+                         ({"tol": -1}, "tol must be a finite number >= 0"), ({"tol": True}, "tol must"),
+                         ({"samples": 0}, "samples must be a positive integer or None"),
+                         ({"loss": "hinge"}, "unknown loss 'hinge'")]:
+        with pytest.raises(ValueError, match=says):
+            nb.gradcheck(model, X3, Y3, **kwargs)
+    with pytest.raises(ValueError, match=r"x must be a batch \(N, D\) with N >= 1, got shape \(3,\)"):
+        nb.gradcheck(model, X3[0], Y3[:1])
+    with pytest.raises(ValueError, match="the loss is nan on this batch"):
+        nb.gradcheck(model, np.full((6, 3), np.nan), Y3)

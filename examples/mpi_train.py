@@ -41,7 +41,7 @@ def main():
     def on_epoch(state, m):  # every process has the same metrics; one prints them
         if comm.rank == 0:
             print(f"epoch {m['epoch']}  train loss {m['train_loss']:.4f}  "
-                  f"test accuracy {m['test_accuracy']:.1%}  ({comm.size} processes)")
+                  f"test accuracy {m['test_accuracy']:.1%}  ({comm.size} process{'es' * (comm.size != 1)})")
 
     nb.train(model, opt, data, epochs=args.epochs, batch_size=args.batch_size, seed=0, on_epoch=on_epoch, comm=comm)
 

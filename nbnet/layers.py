@@ -316,7 +316,9 @@ class Layer:
                              "convert their input)")
         if x.ndim != 2 or (width is not None and x.shape[1] != width):
             expected = f"(N, {width})" if width is not None else "(N, D)"
-            raise ValueError(f"{self.describe()}: expected input of shape {expected}, got {tuple(x.shape)}")
+            # one sample given as a row (a torch habit: nn.Linear takes (in,)): said as nb.predict says it
+            one = " (one sample: x[None])" if x.ndim == 1 and x.shape[0] == (width or x.shape[0]) else ""
+            raise ValueError(f"{self.describe()}: expected input of shape {expected}, got {tuple(x.shape)}{one}")
         if x.shape[0] == 0:
             raise ValueError(f"{self.describe()}: got an empty batch of shape {tuple(x.shape)}")
         if isinstance(x, np.ndarray) and not x.flags.c_contiguous:

@@ -882,3 +882,15 @@ def test_torch_and_keras_model_methods_name_nbnets_way(name, says):
         model.fitt
     # what the hint says to use exists
     assert model.astype(np.float64).dtype == np.float64 and model.num_parameters() > 0
+
+
+def test_one_sample_as_a_row_says_how_to_make_it_a_batch():
+    """torch's nn.Linear takes one sample of shape (in,); nbnet's layers take batches (N, in)."""
+    model = mlp()
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4\), got \(4,\) \(one sample: x\[None\]\)$"):
+        model(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4\), got \(5,\)$"):  # not one sample of it
+        model(np.ones(5, np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4\), got \(1, 1, 4\)$"):
+        model(np.ones((1, 1, 4), np.float32))
+    assert model(np.ones(4, np.float32)[None]).shape == (1, 3)

@@ -404,6 +404,7 @@ def main(out=print):
         out(hint)
     out(f"threads: {describe_threads()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}, threading layer "
         f"{threading_layer()}, " + ", ".join(f"{k}={v}" for k, v in threads.waiting().items()))
+    out(simd.describe_cache())
     t0 = time.perf_counter()
     with saying_compiling():
         failures, skipped = _run_checks(out)

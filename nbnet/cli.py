@@ -1288,6 +1288,7 @@ def info_cmd(checkpoint):
     click.echo(simd.describe())  # as `nbnet check` and the benchmarks print it
     click.echo(f"CPU threads: {describe_threads()}; NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS}")
     click.echo(f"threading layer: {threading_layer()}")
+    click.echo(simd.describe_cache())
     try:
         from .gpu import gpu_status  # noqa: PLC0415
 

@@ -1009,6 +1009,14 @@ CACHE = CACHE_OFF is None
 _REFUSED = []  # the OSErrors of saves the disk refused (DiskCache.save_overload), in this process
 
 
+def describe_cache():
+    """Where compiled kernels are kept between runs, for `nbnet info` and `nbnet check`: the folder
+    Numba took (and why it is not the NUMBA_CACHE_DIR given, where it passed over it), or why none."""
+    if CACHE_OFF is not None:
+        return f"kernel cache: none ({CACHE_OFF}): each run compiles"
+    return f"kernel cache: {CACHE_PATH}" + (f" ({CACHE_DIR_REFUSAL})" if CACHE_DIR_REFUSAL is not None else "")
+
+
 def cache_refusal(probe=True):
     """Why kernels compiled from now on will not be in Numba's on-disk cache for later runs, or
     None. Numba checks its folder with an empty file when a kernel is defined; a folder that takes

@@ -16,6 +16,7 @@ when Numba's on-disk cache does not hold them yet (a real compilation, not a cac
 
 import contextlib
 import os
+import shutil
 import sys
 import time
 
@@ -68,7 +69,7 @@ class _SayCompiling(numba.core.event.Listener):
             _SayCompiling.said = True
             why = simd.cache_refusal()
             _SayCompiling.promised = why is None
-            print(_note(why), file=sys.stderr, flush=True)
+            print(_on_a_line_of_its_own() + _note(why), file=sys.stderr, flush=True)
 
     def on_end(self, event):
         pass
@@ -82,6 +83,18 @@ def _ours(dispatcher):
 
 
 numba.core.event.register("numba:compile", _SayCompiling())
+
+
+def _on_a_line_of_its_own():
+    """What clears a terminal's current line before the note: a kernel that first compiles in the
+    middle of an epoch (a thread count the load changed asks for the other twin) printed the note
+    after the half-drawn progress bar, on its line."""
+    try:
+        if not sys.stderr.isatty():
+            return ""
+    except (AttributeError, ValueError, OSError):  # None (pythonw), closed, a file-like without isatty
+        return ""
+    return "\r" + " " * (shutil.get_terminal_size().columns - 1) + "\r"
 
 
 @contextlib.contextmanager

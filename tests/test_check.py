@@ -586,3 +586,21 @@ def test_info_and_check_say_where_the_kernels_are_cached(monkeypatch):
     monkeypatch.setattr(check, "_run_checks", lambda out: (0, 0))
     check.main(out=said.append)
     assert simd.describe_cache() in said, said
+
+
+def test_the_note_clears_a_terminals_line_first(monkeypatch):
+    """A kernel first compiled mid-epoch (the load changed the thread count: the other twin) put the
+    note after the half-drawn progress bar, on its line. On a terminal the line is cleared first;
+    into a file or pipe the note is the line alone."""
+    import io  # noqa: PLC0415
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(check.shutil, "get_terminal_size", lambda: os.terminal_size((30, 24)))
+    for stream, lead in ((Terminal(), "\r" + " " * 29 + "\r"), (io.StringIO(), "")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        monkeypatch.setattr(check._SayCompiling, "said", False)
+        numba.njit(_as_nbnets(lambda a: 7 * a))(1)
+        assert stream.getvalue() == lead + check.compiling_note() + "\n"

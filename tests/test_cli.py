@@ -446,6 +446,51 @@ def test_info_on_a_checkpoint_that_stopped_early(tmp_path):
                         "validation loss for 1 epoch")
     assert lines[3] == f"best epoch {state.best_epoch} (validation loss {state.best_val_loss:.4f})"
     assert "--early-stopping 1 " in lines[4]
+    # The same run to that epoch ends there with the same epoch without improvement: it finished,
+    # it did not stop early
+    r = nbnet("train", "--dataset", data, *FAST, "--epochs", state.epoch, "--val-split", "0.25", "--early-stopping",
+              "1", "--lr", "0.5", "--save", ck, "-q")
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(ck).state.bad_epochs == 1
+    assert nbnet("info", ck).stdout.splitlines()[1] == (
+        f"all {state.epoch} epochs done ({state.step} steps), a finished run: `nbnet train --resume {ck} --epochs "
+        f"{state.epoch + 1}` or more trains on")
+
+
+def test_info_on_a_one_step_bce_run_in_a_folder_with_a_space(tmp_path):
+    """One epoch of one step is said in the singular; a yes/no model's scores as its epoch lines
+    say them (label acc); no best epoch without a validation set; paths quoted for the shell, and
+    the options in `nbnet train --help`'s order, whatever order they were given in. A key that is
+    no option of this nbnet's train (a newer version's, a hand-made file's) is left out."""
+    import shlex
+
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    data, ck = folder / "d.npz", folder / "c.npz"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    np.savez(data, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    r = nbnet("train", "--seed", "2", "--loss", "bce", "--dataset", data, "--epochs", "1", "--hidden", "4",
+              "--batch-size", "64", "--save", ck, "-q")
+    assert r.exit_code == 0, r.output
+    lines = nbnet("info", ck).stdout.splitlines()
+    assert lines[1] == (f"all 1 epoch done (1 step), a finished run: `nbnet train --resume {shlex.quote(str(ck))} "
+                        "--epochs 2` or more trains on")
+    assert lines[2].startswith("epoch 1: train loss ") and " label acc " in lines[2] and " test loss " in lines[2]
+    assert lines[3].startswith("trained with: nbnet train ")
+    args = shlex.split(lines[3].removeprefix("trained with: nbnet train "))
+    assert args[args.index("--dataset") + 1] == str(data)
+    order = ["--" + p.name.replace("_", "-") for p in cli_module.train_cmd.params]
+    flags = [a for a in args if a.startswith("--")]
+    assert flags == sorted(flags, key=order.index) and "--seed" in flags, flags
+
+    with np.load(ck) as f:
+        arrays = dict(f)
+    arrays["train/config"] = np.array(json.dumps({**json.loads(str(arrays["train/config"])), "future_option": 3}))
+    np.savez(tmp_path / "n.npz", **arrays)
+    r = nbnet("info", tmp_path / "n.npz")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[3] == lines[3]
 
 
 # --------------------------------------------------------------------------------------------- errors

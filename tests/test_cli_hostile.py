@@ -990,11 +990,13 @@ def test_train_with_stdout_closed_trains_and_saves(tmp_path):
     assert stored(tmp_path / "c.npz", "train/state")["epoch"] == 1
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_predict_and_evaluate_refuse_a_closed_stdout(run, tmp_path, command):
-    """Their result is what they print: with stdout closed, click.echo dropped it and they exited 0."""
+@pytest.mark.parametrize("command", ["predict", "evaluate", "info"])
+def test_predict_evaluate_and_info_refuse_a_closed_stdout(run, tmp_path, command):
+    """Their result is what they print: with stdout closed, click.echo dropped it and they exited 0
+    (`nbnet info CHECKPOINT` too: what the checkpoint holds)."""
     folder, ck, _ = run
-    args = ["predict", "--checkpoint", ck, folder / "blobs.npz"] if command == "predict" else ["evaluate", "--checkpoint", ck]
+    args = {"predict": ["predict", "--checkpoint", ck, folder / "blobs.npz"], "evaluate": ["evaluate", "--checkpoint", ck],
+            "info": ["info", ck]}[command]
     p = subprocess.run([sys.executable, "-m", "nbnet", *map(str, args)], stdout=None, stderr=subprocess.PIPE,
                        text=True, env=_env(), cwd=tmp_path, timeout=120, preexec_fn=_closed_stdout)
     assert p.returncode == 1 and p.stderr.startswith("Error: stdout is closed: nowhere to print"), p.stderr

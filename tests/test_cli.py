@@ -269,7 +269,7 @@ def test_an_error_in_training_starts_a_line_of_its_own_after_the_bar(monkeypatch
     assert "\repoch 1/2 [" in r.stdout and r.stdout.endswith("\n"), repr(r.stdout)
 
 
-@pytest.mark.parametrize("columns, bar", [(200, 30), (50, 18), (30, None)])
+@pytest.mark.parametrize("columns, bar", [(200, 30), (50, 18), (37, 5), (36, None), (30, None)])
 def test_the_bar_fits_the_terminal(monkeypatch, columns, bar):
     """The bar was 30 characters whatever the terminal: its ~60-character line wrapped on a narrower
     one, and each redraw (\r) then began a new row."""
@@ -289,6 +289,43 @@ def test_the_bar_fits_the_terminal(monkeypatch, columns, bar):
         assert all("[" not in d for d in draws) and draws[-1].startswith("epoch 1/1 75/75 loss "), draws
     else:
         assert all(len(d.split("[")[1].split("]")[0]) == bar for d in draws), draws
+def bar_draws(monkeypatch, capsys, *steps):
+    """What an Output on a terminal draws for each (columns, batch, n_batches, loss) in turn: the
+    text between its carriage returns, padding and all."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    out = cli_module.Output(quiet=False)
+    out.epochs = 1
+    for columns, batch, n_batches, loss in steps:
+        monkeypatch.setenv("COLUMNS", str(columns))
+        out._last = 0.0  # each draws (it draws every 0.1 s)
+        out.step(TrainState(), batch, n_batches, loss)
+    out.end_bar()
+    return capsys.readouterr().out.removesuffix("\n").split("\r")[1:]
+
+
+def test_a_loss_wider_than_the_bar_leaves_room_for_is_cut_to_the_terminal(monkeypatch, capsys):
+    """The bar leaves room for a loss of two digits before the point; a larger one (targets in the
+    thousands under --loss mse) still ends the line at the terminal's width, bar or no bar."""
+    for columns in (50, 30):
+        (drawn,) = bar_draws(monkeypatch, capsys, (columns, 1, 8, 1234567.8))
+        assert len(drawn) == columns - 1 and drawn.startswith("epoch 1/1 "), repr(drawn)
+        assert ("[" in drawn) == (columns == 50), repr(drawn)
+
+
+def test_a_terminal_narrowed_during_an_epoch_is_not_padded_past_its_width(monkeypatch, capsys):
+    """The spaces that blank a longer line drawn before stop at the terminal's width: padded to the
+    wider line of a window since narrowed, the redraw wrapped."""
+    wide, narrow = bar_draws(monkeypatch, capsys, (200, 1, 8, 0.5), (40, 8, 8, 0.5))
+    assert len(wide) > 39 and len(narrow) == 39 and narrow.startswith("epoch 1/1 ["), (wide, narrow)
+
+
+def test_a_terminal_narrower_than_20_columns_is_drawn_on_as_20(monkeypatch, capsys):
+    """A width below 20 (a tiny pane, COLUMNS=1) is taken as 20: the count and the loss's start,
+    not a line cut to 'epoch' or to nothing."""
+    for columns in (8, 1):
+        assert bar_draws(monkeypatch, capsys, (columns, 1, 8, 0.5)) == ["epoch 1/1 1/8 loss "]
+
+
 # --------------------------------------------------------------------------------------------- evaluate, predict
 
 

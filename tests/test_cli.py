@@ -545,6 +545,10 @@ def test_error_bad_option_values(tmp_path):
     # was "0.0 is not in the range x>0", of a value no one gave
     assert_error(nbnet("train", "--lr", "1e-400"), "--lr", "1e-400 is too small for a float: it reads as 0.0")
     assert_error(nbnet("train", "--lr", "0"), "--lr", "0.0 is not in the range x>0")
+    # not "too small": a zero written with an exponent, a negative rate, a typo
+    assert_error(nbnet("train", "--lr", "0e-5"), "--lr", "0.0 is not in the range x>0")
+    assert_error(nbnet("train", "--lr", "-0.5"), "--lr", "-0.5 is not in the range x>0")
+    assert_error(nbnet("train", "--lr", "1x"), "--lr", "'1x' is not a valid float")
     assert_error(nbnet("train", "--threads", "9999"), "--threads 9999")
     assert_error(nbnet("train", "--dataset", "cifar"), "unknown dataset")
     assert_error(nbnet("train", "--bogus"), "--bogus")
@@ -757,6 +761,29 @@ def test_labels_that_leave_most_classes_unused_are_said(tmp_path):
     assert r.stderr == (f"note: --dataset {tmp_path / 'ids.npz'}: the labels run up to 60002, so the model has "
                         "60,003 outputs, but only 3 different labels occur: numbered 0 .. 2, they need 3\n")
     r = nbnet("train", "--dataset", tmp_path / "from1.npz", "--epochs", "1", "--hidden", "4", "-q")
+    assert r.exit_code == 0 and r.stderr == "", r.output
+
+
+@pytest.mark.parametrize("labels, said", [
+    ([0, 1, 12], True),  # 10 of 13 outputs unused: at least 10, and more than the 3 used
+    ([0, 1, 11], False),  # 9 unused: fewer than 10
+    ([*range(15), 29], False),  # 14 unused: at least 10, but fewer than the 16 used
+])
+def test_the_unused_classes_note_takes_ten_unused_and_most_of_the_outputs(capsys, labels, said):
+    """The note's rule: said where at least 10 outputs, and more of them than are used, have no
+    label (labels 60000..60002); labels from 1, or a few classes missing from many, are let be."""
+    cli_module._say_unused_classes("d.npz", max(labels) + 1, np.array(labels[:2]), np.array(labels[2:]))
+    assert ("note: --dataset d.npz: the labels run up to" in capsys.readouterr().err) == said
+
+
+def test_labels_only_in_the_test_split_count_as_used(tmp_path):
+    """The note counts the labels of the training and the test rows: a class whose few rows all fell
+    into the test split is no unused output."""
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.integers(0, 3, 99), 12]  # 0, 1, 2 and one row of 12: 9 of 13 outputs unused
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(100, 2)).astype(np.float32), y=y)
+    seed = next(s for s in range(100) if 12 not in nb.datasets.load(str(tmp_path / "d.npz"), test_split=0.2, seed=s)[1])
+    r = nbnet("train", "--dataset", tmp_path / "d.npz", "--seed", seed, "--epochs", "1", "--hidden", "4", "-q")
     assert r.exit_code == 0 and r.stderr == "", r.output
 
 

@@ -490,7 +490,9 @@ def test_warnings_point_at_the_callers_line():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             call()
-        assert caught and {w.filename for w in caught} == {__file__}, [(w.filename, str(w.message)) for w in caught]
+        # the call's own line, not that of the function that called it (here in this file too)
+        assert caught and {(w.filename, w.lineno) for w in caught} == {(__file__, call.__code__.co_firstlineno)}, \
+            [(w.filename, w.lineno, str(w.message)) for w in caught]
 
 
 def test_early_stopping_splits_without_strata_where_a_class_cannot_be_on_both_sides():
@@ -868,8 +870,11 @@ def test_sklearns_parameters_nbnet_lacks_are_refused_naming_the_estimator_and_th
     with pytest.raises(TypeError, match=rf"^{name}\.fit\(\) takes 2 positional arguments \(X, y\) but 3 were given "
                                         r"\(scikit-learn's third is sample_weight"):
         est.fit(x, y, np.ones(len(y)))
-    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) takes 2 positional arguments"):
+    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) takes 2 positional arguments \(hidden_layer_sizes, "
+                                        r"activation\) but 3 were given$"):  # no word of fit's sample_weight
         make((4,), "relu", "adam")
+    with pytest.raises(TypeError, match=rf"^{name}\.fit\(\): missing a required argument: 'y'$"):
+        est.fit(x)
     assert not hasattr(est, "n_features_in_")  # refused before anything
     params = est.get_params()
     assert "unknown" not in params and "warm_start" not in params and clone(est).get_params() == params

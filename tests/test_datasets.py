@@ -285,6 +285,9 @@ def test_npz_and_csv_load_and_split(tmp_path):
         ({"x": np.zeros((4, 2)), "y": np.array([0, 1, -1, 0])}, r"d\.npz: y\[2\]: label -1 is negative"),
         ({"x": np.zeros((4, 2)), "y": np.array([0, 1.5, 1, 0])}, r"d\.npz: y\[1\]: label 1.5 is not a whole number"),
         ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 70000, 0])}, r"d\.npz: y\[2\]: label 70000 is too large"),
+        # the first bad label, not the smallest or the largest
+        ({"x": np.zeros((4, 2)), "y": np.array([0, -1, -5, 0])}, r"d\.npz: y\[1\]: label -1 is negative"),
+        ({"x": np.zeros((4, 2)), "y": np.array([0, 65536, 70000, 0])}, r"d\.npz: y\[1\]: label 65536 is too large"),
         ({"x": np.zeros((4, 2)), "y": np.array(["a", "b", "c", "d"])}, "integers"),
         ({"x": np.zeros((4, 2)), "y": np.zeros(3, int)}, "4 rows but y has 3"),
         ({"x": np.zeros((0, 2)), "y": np.zeros(0, int)}, "no data"),
@@ -354,6 +357,14 @@ def test_csv_inputs_name_the_files_row_and_column(tmp_path):
     and column in the file, not as x[1, 1] (counted from 0, its blank line not counted)."""
     (tmp_path / "p.csv").write_text("1,2\n\n3,1e39\n")
     with pytest.raises(ValueError, match=r"p\.csv: row 3, column 2: 1e\+39 is too large for float32$"):
+        datasets.load_inputs(str(tmp_path / "p.csv"))
+
+
+def test_a_feature_csvs_first_column_is_not_called_a_label(tmp_path):
+    """Prediction's .csv holds features alone: a word in its first column is not a number, and no
+    label ('the first column, the label, must be a number' is a training file's hint)."""
+    (tmp_path / "p.csv").write_text("0.5,1\ncat,2\n")
+    with pytest.raises(ValueError, match=r"p\.csv: row 2, column 1: 'cat' is not a number$"):
         datasets.load_inputs(str(tmp_path / "p.csv"))
 
 
@@ -565,10 +576,20 @@ def test_a_header_with_the_label_first_or_named_otherwise_loads(tmp_path, header
          r"numbers without quotes; row 1 was read as a header, as none of its fields is a number\)$"),
         ("label,a\n0,\n", r"row 2, column 2: '' is not a number \(empty, or a missing value: nbnet fills in none; "
          r"drop or fill such rows, or the empty column\)$"),  # a header of its own: no word of it
+        # a word in a header file's data is not a number, and nothing more is said of it
+        ("label,a\n0,x\n", r"row 2, column 2: 'x' is not a number$"),
+        # no header was read: no word of one
+        ('0,0.5\n1,"1.5"\n', r"row 2, column 2: '\"1\.5\"' is not a number \(quoted fields are not read: save the "
+         r"numbers without quotes\)$"),
+        # a label of words and a number is no space-separated row; two columns between spaces are
+        ("label,a\nclass 1,0.5\n", r"row 2, column 1: 'class 1' is not a number \(the first column, the label, must "),
+        ("0 0.5\n1 1.5\n", r"row 2, column 1: '1 1\.5' is not a number \(the columns seem separated by spaces"),
         # a comment line was a one-column header, silently, the rows below it trained on
         ("# exported from R\n0,0.5\n1,1.5\n", r"d\.csv: row 1 was read as a header \(none of its fields is a number\) "
          r"of 1 column\(s\), the rows below it have 2: '# exported from R' looks like a comment line, which nbnet "
          r"does not skip: remove it$"),
+        ("  # exported from R\n0,0.5\n1,1.5\n", r"d\.csv: row 1 was read as a header .* '# exported from R' looks "
+         r"like a comment line"),  # indented
     ],
 )
 def test_csv_export_habits_are_named_in_the_error(tmp_path, text, match):

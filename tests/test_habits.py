@@ -64,6 +64,8 @@ def test_a_module_with_no_backward_is_not_a_layer():
 
     with pytest.raises(ValueError, match=r"^Sequential: Module\(\) is not a layer: it has no backward\(\)$"):
         nb.Sequential(nb.Linear(2, 3), Module())
+    with pytest.raises(ValueError, match=r"^Sequential: 5 is not a layer: it has no forward\(\)$"):  # the first it lacks
+        nb.Sequential(nb.Linear(2, 3), 5)
 
     class NoBack(nb.Layer):  # an nb.Layer was "<__main__.NoBack object at 0x..> is not a layer"
         def forward(self, x):

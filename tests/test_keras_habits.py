@@ -1,6 +1,8 @@
 """Keras habits with nb.train / nb.evaluate / nb.predict: each either works, or is refused with
 the nbnet way named, before any training (never after an epoch, never a silent wrong answer)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -83,12 +85,17 @@ def test_a_keras_keyword_names_the_nbnet_way(function, keyword, hint):
         assert "on_epoch" not in str(e.value)
 
 
-@pytest.mark.parametrize("opt, says", [
-    ("adam", r"such as nb.Adam\(model.parameters\(\), lr=...\), not the string 'adam'$"),
-    ("SGD", r"such as nb.SGD\(model.parameters\(\), lr=...\), not the string 'SGD'$"),
-    ("rmsprop", r"such as nb.SGD\(model.parameters\(\), lr=0.1\), not the string 'rmsprop'$"),
-    (nb.Adam, r"Adam\(model.parameters\(\), ...\), not the class Adam$"),
-    (None, r"such as nb.SGD\(model.parameters\(\), lr=0.1\), got NoneType$"),
+@pytest.mark.parametrize("opt, says", [  # (lr=\.\.\.: a bare ... matched lr=0.1 too)
+    ("adam", r"such as nb.Adam\(model.parameters\(\), lr=\.\.\.\), not the string 'adam'$"),
+    ("SGD", r"such as nb.SGD\(model.parameters\(\), lr=\.\.\.\), not the string 'SGD'$"),
+    (" Adam\n", r"such as nb.Adam\(model.parameters\(\), lr=\.\.\.\), not the string ' Adam\\n'$"),
+    ("rmsprop", r"such as nb.SGD\(model.parameters\(\), lr=0\.1\), not the string 'rmsprop'$"),
+    ("x" * 100, r"such as nb.SGD\(model.parameters\(\), lr=0\.1\), not the string '" + "x" * 40 + "'$"),  # cut
+    (nb.Adam, r"Adam\(model.parameters\(\), \.\.\.\), not the class Adam$"),
+    (None, r"such as nb.SGD\(model.parameters\(\), lr=0\.1\), got NoneType$"),
+    # torch's optimizer has step() and zero_grad(), and param_groups where nbnet's has params
+    (SimpleNamespace(step=lambda: None, zero_grad=lambda: None, param_groups=[]),
+     r"such as nb.SGD\(model.parameters\(\), lr=0\.1\), got SimpleNamespace$"),
 ])
 def test_an_optimizer_named_or_given_as_its_class_says_how_to_make_one(opt, says):
     """Keras' compile(optimizer="adam"), or nb.Adam for nb.Adam(...): "'str' object has no attribute

@@ -184,6 +184,8 @@ def test_load_state_dict_rejects_mismatched_shapes(rng):
         opt.load_state_dict({"type": "Adam"})
     with pytest.raises(ValueError, match="^Adam: cannot load the state_dict of SGD, another optimizer$"):
         nb.Adam(params).load_state_dict({"type": "SGD"})
+    with pytest.raises(ValueError, match="^SGD: cannot load the state_dict of A{40}, another optimizer$"):
+        opt.load_state_dict({"type": "A" * 5000})  # a damaged file's: cut to 40 characters
 
 
 @pytest.mark.parametrize("index", ["\u00b2", "\u0663", "00", "01", "+1", " 1", "1_0", "-0", "2", "9" * 5000, ""])

@@ -307,6 +307,8 @@ def gradcheck(model, x, y, *, loss="cross-entropy", eps=1e-6, tol=1e-6, samples=
             raise ValueError(f"{name} must be a finite number {'> 0' if name == 'eps' else '>= 0'}, got {value!r}")
     if samples is not None and not whole(samples, 1):
         raise ValueError(f"samples must be a positive integer or None (every element), got {samples!r}")
+    if not whole(seed, 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     named = model.named_parameters()
     for key, p in named:
         if not isinstance(p.data, np.ndarray):
@@ -315,7 +317,10 @@ def gradcheck(model, x, y, *, loss="cross-entropy", eps=1e-6, tol=1e-6, samples=
             raise ValueError(f"gradcheck needs float64 parameters, {key} is {p.data.dtype}: in float32 a difference "
                              f"of step {eps:g} is rounding noise (model.astype(np.float64), or dtype=np.float64 "
                              "in each layer of one's own)")
-    x = np.array(x, dtype=np.float64, order="C")  # a copy: its elements are moved in turn
+    try:
+        x = np.array(x, dtype=np.float64, order="C")  # a copy: its elements are moved in turn
+    except (TypeError, ValueError) as e:  # NumPy's words name no argument: "could not convert string to float"
+        raise ValueError(f"x must be real numbers: {e}") from None
     if x.ndim != 2 or not len(x):
         raise ValueError(f"x must be a batch (N, D) with N >= 1, got shape {x.shape}")
     if loss == "cross-entropy":

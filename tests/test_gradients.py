@@ -522,10 +522,13 @@ def test_gradcheck_refuses_what_it_cannot_check():
     for kwargs, says in [({"eps": 0}, "eps must be a finite number > 0"), ({"eps": float("nan")}, "eps must"),
                          ({"tol": -1}, "tol must be a finite number >= 0"), ({"tol": True}, "tol must"),
                          ({"samples": 0}, "samples must be a positive integer or None"),
+                         ({"seed": "s"}, "seed must be a non-negative integer, got 's'"), ({"seed": -1}, "seed must"),
                          ({"loss": "hinge"}, "unknown loss 'hinge'")]:
         with pytest.raises(ValueError, match=says):
             nb.gradcheck(model, X3, Y3, **kwargs)
     with pytest.raises(ValueError, match=r"x must be a batch \(N, D\) with N >= 1, got shape \(3,\)"):
         nb.gradcheck(model, X3[0], Y3[:1])
+    with pytest.raises(ValueError, match="x must be real numbers: could not convert string to float: 'a'"):
+        nb.gradcheck(model, [["a", "b", "c"]], Y3[:1])
     with pytest.raises(ValueError, match="the loss is nan on this batch"):
         nb.gradcheck(model, np.full((6, 3), np.nan), Y3)

@@ -46,6 +46,7 @@ it one parallel kernel runs at a time (`alone`), and a thread that finds one run
 serial twin meanwhile (the same bits).
 """
 
+import contextlib
 import math
 import os
 import sys
@@ -310,6 +311,33 @@ def parallel():
     elif _n > 1 and getattr(_here, "applied", None) != _applied:  # one thread: the serial twin, any count
         _enter()
     return _n > 1
+
+
+def other_count():
+    """The thread count whose kernels (serial or parallel twins) a change in the load may ask for
+    later in this run: 1 while more are in use, the limit while 1 is; None where the count does not
+    change (fixed, a limit of 1, no load to read, a forked child). nbnet.check.compile_kernels
+    compiles those too."""
+    parallel()  # the count in use now, read from the load
+    if _fixed or _forked or _limit <= 1 or _last is None or _next == math.inf:
+        return None
+    return 1 if _n > 1 else _limit
+
+
+@contextlib.contextmanager
+def as_if(n):
+    """Kernels choose their twins as if n threads were in use, and the load is not read meanwhile
+    (a warm-up that compiles the twins a load change would ask for mid-epoch: other_count). Numba's
+    own count stays as it is: a twin compiles the same for any count, and a parallel one runs on
+    fewer threads than its units (optim's lanes, prange) the same bits, only slower."""
+    global _n, _next
+    parallel()
+    saved = _n, _next
+    _n, _next = (1 if _forked else n), math.inf
+    try:
+        yield
+    finally:
+        _n, _next = saved
 
 
 def _enter():

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import nbnet as nb
-from nbnet import check, cpu, simd
+from nbnet import check, cpu, simd, threads
 from nbnet.cli import cli
 
 
@@ -237,10 +237,10 @@ for opt in ("sgd", "adam"):
 
 def test_a_warm_cache_says_nothing_about_compiling():
     """The second fit in a fresh process finds every kernel in Numba's on-disk cache: it must not
-    announce a compilation (the first one may, on a cold cache). With the thread count fixed: while
-    it adapts to the load, a run on a busier machine takes the serial twin of a kernel whose
-    parallel twin a quieter one compiled, compiles it then, and says so, truthfully."""
-    env = dict(os.environ, NBNET_THREADS="fixed")
+    announce a compilation (the first one may, on a cold cache). With the thread count adapting to
+    the load: a run on a busier machine takes the serial twin of a kernel whose parallel twin a
+    quieter one ran, and the warm-up compiles both (test_threads' test_a_load_change_...)."""
+    env = {k: v for k, v in os.environ.items() if k != "NBNET_THREADS"}
     run = lambda: subprocess.run([sys.executable, "-c", TINY_FIT], capture_output=True, text=True, timeout=600,
                                  env=env)
     first = run()
@@ -452,7 +452,14 @@ def test_check_threads_gives_back_the_thread_count_it_found():
         numba.set_num_threads(before)
 
 
-def test_the_warm_up_compiles_the_accuracy_count(monkeypatch):
+@pytest.fixture
+def one_pass(monkeypatch):
+    """compile_kernels' warm-up run once, for the thread count in use: where the count adapts to
+    the load it runs again for the other count (test_threads' test_a_load_change_...)."""
+    monkeypatch.setattr(threads, "other_count", lambda: None)
+
+
+def test_the_warm_up_compiles_the_accuracy_count(monkeypatch, one_pass):
     """An epoch counts correct predictions (count_correct) for its accuracy: the warm-up runs it too,
     or its compilation fell in epoch 1's time."""
     counted = []
@@ -462,7 +469,7 @@ def test_the_warm_up_compiles_the_accuracy_count(monkeypatch):
     assert [len(logits) for logits, _ in counted] == [8, 4]
 
 
-def test_the_warm_up_runs_each_batch_size_once(monkeypatch):
+def test_the_warm_up_runs_each_batch_size_once(monkeypatch, one_pass):
     """A batch size above the rows asks for train rows (n, n % batch) = (n, n): the same throwaway
     step ran twice, an epoch's worth of work for full-batch training."""
     steps = []
@@ -473,7 +480,7 @@ def test_the_warm_up_runs_each_batch_size_once(monkeypatch):
     assert len(steps) == 1
 
 
-def test_the_warm_up_skips_empty_batches_and_runs_on_copies_of_every_layer_and_the_loss(monkeypatch):
+def test_the_warm_up_skips_empty_batches_and_runs_on_copies_of_every_layer_and_the_loss(monkeypatch, one_pass):
     """Rows 0 (n % batch_size for batches that divide n) are no step: one would end the warm-up
     (its errors are swallowed) before the sizes after it. The copy has its own activations and loss,
     whose buffers the model's and the caller's keep; a model without parameters has nothing to compile."""

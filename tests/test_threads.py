@@ -137,6 +137,83 @@ def test_fix_keeps_the_number_whatever_the_load(fresh, monkeypatch):
 
 
 @pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_other_count_is_the_count_a_load_change_would_ask_for(fresh, monkeypatch):
+    """compile_kernels warms up the twins of other_count() too: 1 while 2 run, 2 while a busy core
+    leaves 1, none where the count cannot change. as_if(n) makes kernels choose as n threads
+    would, without reading the load, and puts the count in use back after."""
+    load, advance = _fake_machine(monkeypatch, 2)
+    numba.set_num_threads(2)
+    threads.parallel()
+    advance(threads.FIRST_POLL)
+    assert threads.other_count() == 1
+    with threads.as_if(1):
+        load["others_rate"] = 0.0
+        advance(threads.POLL)  # a look would be due: as_if holds the count
+        assert not threads.parallel() and threads.in_use() == 1
+        with threads.as_if(2):
+            assert threads.parallel()
+        assert not threads.parallel()
+    assert threads.parallel() and threads.in_use() == 2
+    load["others_rate"] = 1.0
+    advance(threads.POLL)
+    assert threads.other_count() == 2 and threads.in_use() == 1
+    with pytest.raises(KeyError), threads.as_if(2):  # put back when the warm-up fails too
+        raise KeyError
+    assert threads.in_use() == 1
+    threads.fix(2)
+    assert threads.other_count() is None  # fixed: no other count
+    threads.auto()
+    numba.set_num_threads(1)  # the user's limit: one thread, whatever the load
+    advance(threads.POLL)
+    assert threads.other_count() is None
+    monkeypatch.setattr(threads, "busy_seconds", lambda *a: None)  # no /proc/stat: the limit, always
+    monkeypatch.setattr(threads, "_last", None)
+    numba.set_num_threads(2)
+    advance(threads.POLL)
+    assert threads.other_count() is None and threads.in_use() == 2
+
+
+LOAD_CHANGE = """
+import numba, numpy as np, nbnet as nb
+from nbnet import cpu, simd, threads
+from nbnet.check import compile_kernels
+def overloads():
+    found = [d for m in (cpu, simd) for v in vars(m).values()
+             for d in ((v.serial, v.parallel) if isinstance(v, cpu.Kernel) else (v,))
+             if isinstance(d, numba.core.dispatcher.Dispatcher)]
+    return {d.py_func.__qualname__: len(d.overloads) for d in found}
+m = nb.Sequential([nb.Linear(784, 256, seed=0), nb.ReLU(), nb.Linear(256, 128, seed=1), nb.ReLU(),
+                   nb.Linear(128, 10, seed=2)])
+opt, loss_fn = nb.SGD(m.parameters(), lr=0.01, momentum=0.9), nb.SoftmaxCrossEntropy()
+y = np.zeros(128, np.int64)
+compile_kernels(m, opt, loss_fn, y, train_rows=(128,), say=False)
+before = overloads()
+x = np.random.default_rng(0).random((128, 784), dtype=np.float32)
+for n in (1, 2):  # what the load may choose later in the run
+    threads.fix(n)
+    for _ in range(3):  # the third step runs the model's plan
+        opt.zero_grad()
+        loss_fn.forward(m.forward(x), y)
+        m.backward(loss_fn.backward())
+        opt.step()
+new = {k: v - before.get(k, 0) for k, v in overloads().items() if v != before.get(k, 0)}
+assert not new, new
+print("ok", threads.in_use())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adapts to the load only where /proc/stat is")
+def test_a_load_change_after_the_warm_up_compiles_nothing():
+    """A run that starts quiet and meets a busy core (or the other way round) asks for the other
+    twin of its parallel kernels: compiled mid-epoch, it took seconds of that epoch's samples/s,
+    and its note broke the progress bar. compile_kernels warms up both (threads.other_count)."""
+    env = {k: v for k, v in os.environ.items() if k != "NBNET_THREADS"}
+    env["NUMBA_NUM_THREADS"] = "2"
+    p = subprocess.run([sys.executable, "-c", LOAD_CHANGE], capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr[-3000:]
+
+
+@pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
 def test_fixing_the_number_this_module_last_set_is_still_the_users(fresh, monkeypatch):
     """Under load the module set 1 thread; the user's `--threads 1` (numba.set_num_threads(1),
     then fix()) must keep 1 after the load is gone, not return to the old limit of 2."""

@@ -85,6 +85,35 @@ def _ours(dispatcher):
 numba.core.event.register("numba:compile", _SayCompiling())
 
 
+class _CompileClock(numba.core.event.Listener):
+    """Seconds Numba spent compiling (a cache miss) any function since nbnet loaded: nbnet's kernels,
+    a custom layer's own @njit, a CUDA kernel. A compilation's callees compile inside it (nested
+    events): only the outermost is timed. Numba compiles under one global lock, so one at a time."""
+
+    depth = 0
+    started = 0.0
+    seconds = 0.0
+
+    def on_start(self, event):
+        if _CompileClock.depth == 0:
+            _CompileClock.started = time.perf_counter()
+        _CompileClock.depth += 1
+
+    def on_end(self, event):
+        _CompileClock.depth -= 1
+        if _CompileClock.depth == 0:
+            _CompileClock.seconds += time.perf_counter() - _CompileClock.started
+
+
+numba.core.event.register("numba:compile", _CompileClock())
+
+
+def compile_seconds():
+    """Seconds spent compiling so far in this process (see _CompileClock): nb.train takes what
+    falls inside an epoch out of its seconds and samples/s (a kernel its warm-up could not reach)."""
+    return _CompileClock.seconds
+
+
 def _on_a_line_of_its_own():
     """What clears a terminal's current line before the note: a kernel that first compiles in the
     middle of an epoch (a thread count the load changed asks for the other twin) printed the note

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dist
-from .check import compile_kernels
+from .check import compile_kernels, compile_seconds
 from .data import batches_reusing, share, whole
 from .datasets import check_features, first_nonfinite, first_where, is_real, not_whole
 from .layers import Linear, ReLU, Sigmoid, Softmax, Tanh, kernels, let_go_of_batch
@@ -686,7 +686,8 @@ def train(model, opt, data, *more, epochs, batch_size=128, seed=0, lr_schedule="
     """Train up to `epochs` epochs in total (continuing from `state`), and return the History:
     one dict per epoch with epoch, train_loss, train_<metric>, [val_loss, val_<metric>,]
     [test_loss, test_<metric>,] lr, seconds, samples_per_second; <metric> is accuracy for
-    cross-entropy and bce, r2 for mse (whose loss is the MSE).
+    cross-entropy and bce, r2 for mse (whose loss is the MSE). seconds: the epoch's steps and
+    callbacks, not its evaluation, and not Numba compiling (which samples_per_second leaves out too).
 
     data: (x_train, y_train) or (x_train, y_train, x_test, y_test): NumPy arrays or lists;
         features are converted to the model's dtype (float64 or integers for a float32 model),
@@ -891,7 +892,9 @@ def train(model, opt, data, *more, epochs, batch_size=128, seed=0, lr_schedule="
                     f"training state (epoch {epoch}, step {state.step}) counts {state.seen} rows seen in the "
                     f"{skip} steps done of its epoch, at most {batch_size} rows a step: was the batch size changed?"
                 )
-            t0 = time.perf_counter()
+            # The epoch's clock leaves out compilation: the warm-up's copy cannot reach every kernel
+            # (a custom layer that takes arguments, its own @njit), which then compiled in epoch 1.
+            t0, c0 = time.perf_counter(), compile_seconds()
             for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
                 if b < skip:
                     continue
@@ -944,9 +947,9 @@ def train(model, opt, data, *more, epochs, batch_size=128, seed=0, lr_schedule="
                     on_step(state, b + 1, steps_per_epoch, state.loss_sum / state.seen)
                     stale_modes = True
                 if stop:
-                    state.seconds += time.perf_counter() - t0
+                    state.seconds += time.perf_counter() - t0 - (compile_seconds() - c0)
                     raise TrainingInterrupted(state)
-            seconds = state.seconds + time.perf_counter() - t0
+            seconds = state.seconds + time.perf_counter() - t0 - (compile_seconds() - c0)
             # The loss of each step is checked before its update; the update of the epoch's last step
             # is checked here, with the weights, before anyone (on_epoch: --save) sees them.
             check_finite_parameters(model, f"training diverged: the weights became NaN or Inf in epoch {epoch + 1}")

@@ -15,6 +15,7 @@ when Numba's on-disk cache does not hold them yet (a real compilation, not a cac
 """
 
 import contextlib
+import copy
 import os
 import shutil
 import sys
@@ -192,7 +193,7 @@ def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device=None):
 
     try:
         layers = [Linear(layer.in_features, layer.out_features, dtype=layer.dtype, seed=0)
-                  if isinstance(layer, Linear) else type(layer)() for layer in model.layers]
+                  if isinstance(layer, Linear) else _like(layer) for layer in model.layers]
         copy = Sequential(layers)
         if device is not None:
             copy.to(device)
@@ -224,6 +225,17 @@ def _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device=None):
                     copy_opt.step()
     except Exception:  # noqa: BLE001, S110 - a warm-up only: what it could not run compiles on first use
         pass
+
+
+def _like(layer):
+    """A layer to stand for `layer` in the warm-up's copy: rebuilt from its config() (nbnet's
+    activations, a layer of one's own that gives its arguments), else a deep copy of it (its
+    parameters and forward cache too). type(layer)() alone failed for the README's own Scale(features):
+    that ended the warm-up before its first step, and every kernel compiled in epoch 1."""
+    try:
+        return type(layer)(**layer.config())
+    except Exception:  # noqa: BLE001 - a constructor of one's own may raise anything for missing arguments
+        return copy.deepcopy(layer)
 
 
 def _rand(rng, shape, dtype):

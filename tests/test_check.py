@@ -501,6 +501,52 @@ def test_the_warm_up_skips_empty_batches_and_runs_on_copies_of_every_layer_and_t
     check.compile_kernels(nb.Sequential([nb.ReLU()]))
 
 
+class _Scaled(nb.Layer):
+    """The README's kind of layer of one's own: a constructor argument, a parameter, a forward
+    cache; config() gives the argument back when `configured`."""
+
+    built = 0
+
+    def __init__(self, features, configured=False):
+        _Scaled.built += 1
+        self.features, self.configured = features, configured
+        self.weight, self.grad_weight = np.full(features, 2, np.float32), np.zeros(features, np.float32)
+
+    def config(self):
+        return {"features": self.features, "configured": True} if self.configured else {}
+
+    def parameters(self):
+        return [nb.Parameter(self, "weight")]
+
+    def forward(self, x):
+        self.inp = x
+        return x * self.weight
+
+    def backward(self, grad_y):
+        self.grad_weight += (grad_y * self.inp).sum(axis=0)
+        return grad_y * self.weight
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_the_warm_up_copies_a_layer_of_ones_own_that_needs_arguments(monkeypatch, one_pass, configured):
+    """type(layer)() failed for a layer whose constructor takes an argument (the README's Scale):
+    the warm-up ended before its first step, and every kernel compiled inside epoch 1. Such a layer
+    is rebuilt from its config(), else deep-copied; the model's own layer is left as it was."""
+    steps = []
+    real_step = nb.SGD.step
+    monkeypatch.setattr(nb.SGD, "step", lambda opt: steps.append(opt) or real_step(opt))
+    own = _Scaled(3, configured)
+    model = nb.Sequential([nb.Linear(2, 3, seed=0), own, nb.ReLU(), nb.Linear(3, 3, seed=1)])
+    model.forward(np.ones((5, 2), np.float32))
+    kept = dict(vars(own))
+    built = _Scaled.built
+    check.compile_kernels(model, nb.SGD(model.parameters(), lr=0.1), train_rows=(4,), say=False)
+    assert len(steps) == 1 and steps[0].params[1].data is not own.weight
+    assert _Scaled.built == built + configured  # rebuilt from config(), or copied (no constructor call)
+    assert vars(own).keys() == kept.keys() and all(vars(own)[k] is v for k, v in kept.items())
+    assert np.array_equal(own.weight, np.full(3, 2, np.float32)) and not own.grad_weight.any()
+
+
 def test_not_saying_compiling_ends_with_an_error_too(monkeypatch, capsys):
     """`nbnet train --quiet` that ends in an error (run in process: CliRunner, a notebook) left the
     note silenced for the rest of the process: a later plain run compiled without a word."""

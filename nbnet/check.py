@@ -155,8 +155,8 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
     it on a throwaway copy of the same widths: training steps (forward, `loss_fn`, backward,
     `opt`'s step) at each of `train_rows` batch sizes and forwards at `eval_rows`, so exactly the
     kernels those shapes choose (serial or parallel twin, dot or broadcast forward) get compiled,
-    or loaded from Numba's cache, for the thread count in use and for the one a change in the load
-    may ask for later (threads.other_count). The model and optimizer are not touched. Says COMPILING on
+    or loaded from Numba's cache, for each thread count a change in the load may choose (one and
+    all: threads.counts_to_warm). The model and optimizer are not touched. Says COMPILING on
     stderr when a kernel is not in Numba's cache. What it cannot copy is left to compile on first use."""
     params = model.parameters()
     if not params:
@@ -170,15 +170,13 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
         _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows, device="cuda")
         return
     with saying_compiling() if say else not_saying_compiling():
-        _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
-        # The twins of the other thread count too: a load that came or went mid-run asked for them
-        # there (one thread while another process keeps a core busy), and their compilation, seconds,
-        # fell in that epoch's samples/s. Measured (Zen 5, 2 cores, 784-256-128-10, batch 128):
-        # started quiet, 8.9 s + 0.6 s for the serial twins; started loaded, 4.0 s + 5.2 s for the
-        # parallel ones; from the cache 0.2 s + 0.01-0.02 s.
-        other = threads.other_count()
-        if other is not None:
-            with threads.as_if(other):
+        # While the thread count adapts to the load, the twins of both counts: a load that came or
+        # went mid-run asked for the others there (one thread while another process keeps a core
+        # busy), and their compilation, seconds, fell in that epoch. Measured (Zen 5, 2 cores,
+        # 784-256-128-10, batch 128): started quiet, 8.9 s + 0.6 s for the serial twins; started
+        # loaded, 4.0 s + 5.2 s for the parallel ones; from the cache 0.2 s + 0.01-0.02 s.
+        for n in threads.counts_to_warm() or (None,):
+            with threads.as_if(n) if n is not None else contextlib.nullcontext():
                 _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
     # Numba's threads start at the first parallel kernel, which the warm-up's copy may never reach
     # (too little work a layer; the training loop's planned steps ask at step 2): that start, ~20 ms,

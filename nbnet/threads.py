@@ -313,21 +313,21 @@ def parallel():
     return _n > 1
 
 
-def other_count():
-    """The thread count whose kernels (serial or parallel twins) a change in the load may ask for
-    later in this run: 1 while more are in use, the limit while 1 is; None where the count does not
+def counts_to_warm():
+    """The thread counts whose kernels (serial and parallel twins) this run may ask for, in a change
+    of the load: (1, the limit) while the count adapts to it; () where the count in use does not
     change (fixed, a limit of 1, no load to read, a forked child). nbnet.check.compile_kernels
-    compiles those too."""
-    parallel()  # the count in use now, read from the load
+    warms up each, as_if(n)."""
+    parallel()  # the limit, and whether the load could be read
     if _fixed or _forked or _limit <= 1 or _last is None or _next == math.inf:
-        return None
-    return 1 if _n > 1 else _limit
+        return ()
+    return (1, _limit)
 
 
 @contextlib.contextmanager
 def as_if(n):
     """Kernels choose their twins as if n threads were in use, and the load is not read meanwhile
-    (a warm-up that compiles the twins a load change would ask for mid-epoch: other_count). Numba's
+    (a warm-up that compiles the twins a load change would ask for mid-epoch: counts_to_warm). Numba's
     own count stays as it is: a twin compiles the same for any count, and a parallel one runs on
     fewer threads than its units (optim's lanes, prange) the same bits, only slower."""
     global _n, _next

@@ -455,8 +455,8 @@ def test_check_threads_gives_back_the_thread_count_it_found():
 @pytest.fixture
 def one_pass(monkeypatch):
     """compile_kernels' warm-up run once, for the thread count in use: where the count adapts to
-    the load it runs again for the other count (test_threads' test_a_load_change_...)."""
-    monkeypatch.setattr(threads, "other_count", lambda: None)
+    the load it runs once for 1 thread and once for all (test_threads' test_a_load_change_...)."""
+    monkeypatch.setattr(threads, "counts_to_warm", lambda: ())
 
 
 def test_the_warm_up_compiles_the_accuracy_count(monkeypatch, one_pass):

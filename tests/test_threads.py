@@ -137,17 +137,16 @@ def test_fix_keeps_the_number_whatever_the_load(fresh, monkeypatch):
 
 
 @pytest.mark.skipif(not TWO, reason="needs NUMBA_NUM_THREADS >= 2")
-def test_other_count_is_the_count_a_load_change_would_ask_for(fresh, monkeypatch):
-    """compile_kernels warms up the twins of other_count() too: 1 while 2 run, 2 while a busy core
-    leaves 1, none where the count cannot change. as_if(n) makes kernels choose as n threads
-    would, without reading the load, and puts the count in use back after."""
+def test_the_counts_to_warm_are_those_a_load_change_may_ask_for(fresh, monkeypatch):
+    """compile_kernels warms up the twins of each of counts_to_warm(): 1 thread and the limit while
+    the count adapts to the load (whatever it is now), none where the count cannot change. as_if(n)
+    makes kernels choose as n threads would, without reading the load, and puts the count back after."""
     load, advance = _fake_machine(monkeypatch, 2)
     numba.set_num_threads(2)
     threads.parallel()
     advance(threads.FIRST_POLL)
-    assert threads.other_count() == 1
+    assert threads.counts_to_warm() == (1, 2) and threads.in_use() == 2
     with threads.as_if(1):
-        load["others_rate"] = 0.0
         advance(threads.POLL)  # a look would be due: as_if holds the count
         assert not threads.parallel() and threads.in_use() == 1
         with threads.as_if(2):
@@ -156,21 +155,21 @@ def test_other_count_is_the_count_a_load_change_would_ask_for(fresh, monkeypatch
     assert threads.parallel() and threads.in_use() == 2
     load["others_rate"] = 1.0
     advance(threads.POLL)
-    assert threads.other_count() == 2 and threads.in_use() == 1
+    assert threads.counts_to_warm() == (1, 2) and threads.in_use() == 1
     with pytest.raises(KeyError), threads.as_if(2):  # put back when the warm-up fails too
         raise KeyError
     assert threads.in_use() == 1
     threads.fix(2)
-    assert threads.other_count() is None  # fixed: no other count
+    assert threads.counts_to_warm() == ()  # fixed: the count in use, always
     threads.auto()
     numba.set_num_threads(1)  # the user's limit: one thread, whatever the load
     advance(threads.POLL)
-    assert threads.other_count() is None
+    assert threads.counts_to_warm() == ()
     monkeypatch.setattr(threads, "busy_seconds", lambda *a: None)  # no /proc/stat: the limit, always
     monkeypatch.setattr(threads, "_last", None)
     numba.set_num_threads(2)
     advance(threads.POLL)
-    assert threads.other_count() is None and threads.in_use() == 2
+    assert threads.counts_to_warm() == () and threads.in_use() == 2
 
 
 LOAD_CHANGE = """
@@ -206,7 +205,7 @@ print("ok", threads.in_use())
 def test_a_load_change_after_the_warm_up_compiles_nothing():
     """A run that starts quiet and meets a busy core (or the other way round) asks for the other
     twin of its parallel kernels: compiled mid-epoch, it took seconds of that epoch's samples/s,
-    and its note broke the progress bar. compile_kernels warms up both (threads.other_count)."""
+    and its note broke the progress bar. compile_kernels warms up both (threads.counts_to_warm)."""
     env = {k: v for k, v in os.environ.items() if k != "NBNET_THREADS"}
     env["NUMBA_NUM_THREADS"] = "2"
     p = subprocess.run([sys.executable, "-c", LOAD_CHANGE], capture_output=True, text=True, timeout=600, env=env)

@@ -1294,7 +1294,8 @@ def info_cmd(checkpoint):
 
         gpu = gpu_status()
     except Exception as e:  # noqa: BLE001 - any failure means "not usable", and says why
-        gpu = f"not usable: {_one_line(e) or type(e).__name__}"
+        gpu = _one_line(e) or type(e).__name__
+        gpu = gpu if gpu.startswith("no usable CUDA GPU") else f"not usable: {gpu}"  # (said once, not twice)
     click.echo(f"GPU: {gpu}")
     click.echo(f"MPI: {dist.mpi_status()}")
 

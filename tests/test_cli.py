@@ -388,6 +388,22 @@ def test_info():
     assert nbnet("--version").stdout.strip() == f"nbnet, version {nb.__version__}"
 
 
+@pytest.mark.parametrize("why,line", [
+    ("no usable CUDA GPU: Error at driver init", "GPU: no usable CUDA GPU: Error at driver init"),
+    ("numba-cuda is not installed", "GPU: not usable: numba-cuda is not installed"),
+])
+def test_info_says_why_there_is_no_gpu_once(monkeypatch, why, line):
+    """"GPU: not usable: no usable CUDA GPU: ..." said it twice, on every machine without a GPU."""
+    gpu = pytest.importorskip("nbnet.gpu", exc_type=ImportError)
+
+    def status():
+        raise RuntimeError(why)
+    monkeypatch.setattr(gpu, "gpu_status", status)
+    r = nbnet("info")
+    assert r.exit_code == 0, r.output
+    assert line in r.stdout.splitlines()
+
+
 def test_info_on_a_checkpoint_says_where_the_run_stands_and_how_it_was_trained(tmp_path, monkeypatch):
     """`nbnet info CHECKPOINT`: a .npz is opaque, and what a user asks of one (how far did it get,
     with which options, which layers) was answered only by loading it in Python. Its "trained with"

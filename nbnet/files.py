@@ -105,7 +105,8 @@ def open_input(path, what=None):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{name}: not a regular file ({_kind(st.st_mode)})")
-        os.set_blocking(fd, True)
+        if hasattr(os, "O_NONBLOCK"):  # not on Windows, whose os.set_blocking is from Python 3.12
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
@@ -425,8 +426,9 @@ def write_atomic(path, write, suffix=""):
     except OSError as e:
         raise _naming(e, path) from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # closed before the except's unlink, which Windows refuses on an open file
+            if hasattr(os, "fchmod"):  # Windows has it from Python 3.13, and a mode there is only read-only or not
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())

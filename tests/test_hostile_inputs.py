@@ -336,6 +336,20 @@ def test_written_files_follow_the_umask(tmp_path):
         os.umask(old)
 
 
+def test_files_are_read_and_written_without_posix_only_calls(tmp_path, monkeypatch):
+    """Windows has no os.O_NONBLOCK, os.set_blocking before Python 3.12 nor os.fchmod before 3.13
+    (nbnet supports 3.10): every input file (a CSV, a checkpoint) and every save ended there in an
+    AttributeError traceback."""
+    for name in ("O_NONBLOCK", "set_blocking", "fchmod"):
+        monkeypatch.delattr(os, name, raising=False)
+    model = nb.Sequential([nb.Linear(2, 2, seed=0)])
+    model.save(tmp_path / "m.npz")
+    assert nb.load(tmp_path / "m.npz").state_dict().keys() == model.state_dict().keys()
+    with files.open_input(tmp_path / "m.npz") as f:
+        assert f.read(2) == b"PK"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
 def test_the_next_save_removes_temporary_files_of_a_killed_save(tmp_path):
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415

@@ -21,6 +21,7 @@ import platform
 import re
 import stat
 import struct
+import sys
 import tempfile
 import time
 import zipfile
@@ -311,6 +312,9 @@ def _temp_prefix():
 
 
 def _pid_alive(pid):
+    """Whether process `pid` is running; True where that cannot be told (its file is then kept)."""
+    if sys.platform == "win32":
+        return _pid_alive_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -318,6 +322,31 @@ def _pid_alive(pid):
     except (PermissionError, OSError):
         return True
     return True
+
+
+def _pid_alive_windows(pid):
+    """os.kill(pid, 0) is no probe on Windows: any signal but its two console events ends the process
+    (TerminateProcess), so a save ended whatever process had the id in a temporary file's name, a
+    save under way in another nbnet included. The process is opened and its exit code asked instead."""
+    try:
+        import ctypes  # noqa: PLC0415 - Windows only
+        from ctypes import wintypes  # noqa: PLC0415
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # its own: argtypes set here only
+        kernel32.OpenProcess.restype = wintypes.HANDLE
+        kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+        kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+        kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process (5: not ours, alive)
+        try:
+            code = wintypes.DWORD()
+            return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    except Exception:  # noqa: BLE001 - cannot tell: keep the file
+        return True
 
 
 # Temporary files of nbnet before they carried a process id: removed once an hour old.

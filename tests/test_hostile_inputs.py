@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 import struct
+import sys
 import threading
 import time
 import tracemalloc
@@ -352,7 +353,6 @@ def test_files_are_read_and_written_without_posix_only_calls(tmp_path, monkeypat
 
 def test_the_next_save_removes_temporary_files_of_a_killed_save(tmp_path):
     import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has ended
@@ -370,6 +370,19 @@ def test_the_next_save_removes_temporary_files_of_a_killed_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name, recent.name])
 
 
+def test_a_save_on_windows_sends_no_signal_to_the_process_of_a_temporary_file(tmp_path, monkeypatch):
+    """os.kill(pid, 0), the POSIX probe, ends the process on Windows (TerminateProcess): a save
+    killed whatever process had the id in a temporary file's name. Here, where Windows' own probe
+    cannot run, the file is kept."""
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(sys, "platform", "win32")
+    other = tmp_path / f"{files.TMP_PREFIX}{os.getpid() + 1}.{files._pid_space()}-abc123.npz"
+    other.write_bytes(b"being written, or half a checkpoint")
+    nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "m.npz")
+    assert sent == [] and other.exists()
+
+
 def test_a_save_leaves_the_temporary_files_of_processes_of_another_pid_namespace(tmp_path, monkeypatch):
     """A save removed every temporary file whose process id is no process here: one written from a
     container (its own PID namespace) or another machine sharing the folder names a process there,
@@ -377,7 +390,6 @@ def test_a_save_leaves_the_temporary_files_of_processes_of_another_pid_namespace
     run under `unshare --pid` beside one outside it). Temporary names carry where their process id
     means something; only those of this machine and namespace are judged by it."""
     import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True).stdout)  # no process here

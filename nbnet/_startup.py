@@ -44,7 +44,11 @@ def module_run(argv):
 
 def _is_the_command():
     argv0 = sys.argv[0] if sys.argv else ""
-    return os.path.basename(argv0) == "nbnet" or module_run(getattr(sys, "orig_argv", [])) in ("nbnet", "nbnet.cli")
+    # On Windows the console script is nbnet.exe, and argv[0] its path (C:\...\Scripts\nbnet.exe) while
+    # nbnet imports: pip's launcher takes ".exe" off only after its import of nbnet.cli, when the
+    # start-up checks and signal handlers have been passed by.
+    name = re.sub(r"(\.exe|-script\.pyw?)\Z", "", os.path.basename(argv0))
+    return name == "nbnet" or module_run(getattr(sys, "orig_argv", [])) in ("nbnet", "nbnet.cli")
 
 
 def caught_signals():

@@ -234,13 +234,21 @@ def test_the_module_python_runs(argv, module):
     (["/usr/local/bin/nbnet", "train"], ["/usr/bin/python3", "/usr/local/bin/nbnet", "train"], True),
     (["nbnet", "train"], ["python", "nbnet", "train"], True),
     (["/home/me/nbnet/run.py"], ["python", "/home/me/nbnet/run.py"], False),
-    (["-m", "train"], ["python", "-m", "nbnet", "train"], True), (["-c"], ["python", "-c", "import nbnet"], False)])
+    (["-m", "train"], ["python", "-m", "nbnet", "train"], True), (["-c"], ["python", "-c", "import nbnet"], False),
+    # Windows: pip's nbnet.exe runs its own zip with argv[0] the .exe's path until nbnet has loaded
+    ([r"C:\venv\Scripts\nbnet.exe", "train"], [r"C:\Python311\python.exe", r"C:\venv\Scripts\nbnet.exe"], True),
+    ([r"C:\venv\Scripts\nbnet-script.py"], ["python", r"C:\venv\Scripts\nbnet-script.py"], True),
+    ([r"C:\work\nbnet.exe.py"], ["python", r"C:\work\nbnet.exe.py"], False)])
 def test_the_command_is_known_by_its_scripts_name_or_module(monkeypatch, argv, orig, command):
     """The console script pip installs runs with sys.argv[0] its full path (/usr/local/bin/nbnet, a
     venv's bin/nbnet): the command is known by the name, not the path (tests elsewhere set argv[0]
     to plain 'nbnet'), else its start-up checks and signal handling were off for every user."""
+    import ntpath  # noqa: PLC0415
+
     from nbnet import _startup
 
+    if argv[0].startswith("C:"):  # read as Windows reads it
+        monkeypatch.setattr(_startup.os, "path", ntpath)
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(sys, "orig_argv", orig, raising=False)
     assert _startup._is_the_command() is command

@@ -154,6 +154,22 @@ def _quiet_broken_pipe():
     sys.exit(EXIT_BROKEN_PIPE)
 
 
+def _replacing_unencodable():
+    """The standard streams that were strict, now writing "?" for a character their encoding lacks:
+    on Windows a redirected or piped stdout is in the ANSI code page (cp1252), which has no π, σ,
+    ≥ or ᵀ, and `nbnet train --help > help.txt` (or `| more`) ended in "Error: 'charmap' codec
+    can't encode character" instead of the help. (The console itself takes any character.)"""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):  # closed, or a stream that refuses
+                continue
+            changed.append(stream)
+    return changed
+
+
 class Group(click.Group):
     def invoke(self, ctx):
         try:
@@ -184,11 +200,15 @@ class Group(click.Group):
         stderr = sys.stderr
         if stderr is None:
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed in finally
+        replacing = _replacing_unencodable()
         try:
             self._main(args, prog_name, **extra)
-        finally:  # called in process (tests, scripts): leave the caller's handlers as they were
+        finally:  # called in process (tests, scripts): leave the caller's handlers and streams as they were
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+            for stream in replacing:
+                with contextlib.suppress(ValueError, OSError):
+                    stream.reconfigure(errors="strict")
             if stderr is None:
                 sys.stderr.close()
                 sys.stderr = None

@@ -1376,3 +1376,22 @@ def test_user_csv_exports_are_one_error_line_saying_what_to_do(tmp_path):
     r = nbnet("predict", "--checkpoint", tmp_path / "m.npz", tmp_path / "a.csv")
     assert_error(r, f"a.csv has 1 features per row, the model in {tmp_path / 'm.npz'} expects 2")
     assert "label column" not in r.output
+
+
+def test_help_reaches_a_stdout_whose_encoding_lacks_its_characters(monkeypatch):
+    """Windows writes a redirected stdout (`nbnet train --help > help.txt`, `| more`) in its ANSI
+    code page, cp1252, strictly: the help's π and σ ended the command in "Error: 'charmap' codec
+    can't encode character". Such a character is written as "?" instead, and the stream is given
+    back strict."""
+    import io  # noqa: PLC0415
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")  # errors="strict", as Windows opens it
+    monkeypatch.setattr(sys, "stdout", out)
+    for command in ("train", "predict"):
+        with pytest.raises(SystemExit) as e:
+            nbnet_cli.main([command, "--help"])
+        assert e.value.code == 0
+    out.flush()
+    text = " ".join(out.buffer.getvalue().decode("cp1252").split())  # as wrapped to any width
+    assert "lr·½(1+cos(?·step/total_steps))" in text and "or ?(z) for bce" in text
+    assert out.errors == "strict"

@@ -380,7 +380,8 @@ def _package_copy(tmp_path):
     fresh process (Numba's default cache, next to the copy's sources) and returns its words."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     shutil.copytree(os.path.join(root, "nbnet"), tmp_path / "nbnet", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+    # the host's own layout: NBNET_SIMD_LAYOUT (a run of the suite as another CPU) needs NUMBA_CACHE_DIR
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH", "NBNET_SIMD_LAYOUT")}
 
     def run(script):
         done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,

@@ -8,6 +8,7 @@ import sys
 import numba
 import numpy as np
 import pytest
+from conftest import needs_posix
 from click.testing import CliRunner
 
 import nbnet as nb
@@ -261,6 +262,7 @@ with check.saying_compiling():
 """
 
 
+@needs_posix("the resource module")
 def test_a_cache_folder_that_refuses_the_kernels_is_not_promised_as_a_cache(tmp_path):
     """A NUMBA_CACHE_DIR that takes Numba's check (an empty file) but no kernel (a full disk, a
     quota; here a file size limit, which stops root too, where chmod does not): every save failed

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import default_signals
+from conftest import default_signals, needs_posix
 
 import nbnet as nb
 from nbnet import cli as cli_module
@@ -711,6 +711,7 @@ def test_no_traceback_from_a_real_process(tmp_path):
 PLOT = importlib.util.find_spec("matplotlib") is not None
 
 
+@needs_posix("preexec_fn")
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     data = tmp_path / "d.npz"
     blobs(data, n=2000, d=8)

@@ -17,7 +17,7 @@ import time
 import numba
 import numpy as np
 import pytest
-from conftest import default_signals
+from conftest import default_signals, needs_posix
 
 import nbnet as nb
 from nbnet import cpu
@@ -183,7 +183,9 @@ def test_predictions_equal_model_argmax(run, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["save=dataset", "metrics=dataset", "metrics=resume", "plot=resume",
-                                  "save_best=dataset", "save=config", "symlink", "two outputs"])
+                                  "save_best=dataset", "save=config",
+                                  pytest.param("symlink", marks=needs_posix("symbolic links without privileges")),
+                                  "two outputs"])
 def test_an_output_that_is_an_input_is_an_error(run, tmp_path, case):
     d, ck, _ = run
     data = tmp_path / "data.npz"
@@ -208,6 +210,7 @@ def test_an_output_that_is_an_input_is_an_error(run, tmp_path, case):
     assert {p: p.read_bytes() for p in before} == before
 
 
+@needs_posix("os.mkfifo")
 def test_an_output_never_replaces_a_device_or_fifo(run, tmp_path):
     # (a FIFO stands for /dev/null here: a regression must not replace a device of the machine)
     _, ck, x = run
@@ -448,6 +451,7 @@ def test_a_file_name_the_file_system_refuses_is_one_error_line_before_training(t
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_posix("os.mkfifo and O_NONBLOCK")
 def test_a_metrics_fifo_nobody_reads_is_an_error_not_a_hang(tmp_path):
     # a real process: opening a FIFO for writing waits for a reader, and would hang this test
     os.mkfifo(tmp_path / "m.fifo")
@@ -732,6 +736,7 @@ def test_epoch_1e400_in_a_checkpoint(run, tmp_path):
     assert_error(nbnet("train", "--resume", p, "--epochs", "5"), "train/state epoch")
 
 
+@needs_posix("os.mkfifo and /dev/zero")
 def test_dev_zero_and_fifos_are_errors_not_hangs(run, tmp_path):
     _, ck, _ = run
     os.mkfifo(tmp_path / "f.csv")
@@ -782,6 +787,7 @@ def _env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
+@needs_posix("SIGTERM as a signal a process handles")
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     data = tmp_path / "d.npz"
     blobs(data, n=2000, d=8)
@@ -861,6 +867,7 @@ def test_closing_the_terminal_of_a_training_run_saves_a_checkpoint_and_exits_129
     assert state["step"] > 0
 
 
+@needs_posix("Unix signals and preexec_fn")
 @pytest.mark.parametrize("name", ["SIGHUP", "SIGINT"])
 def test_a_signal_ignored_at_start_stays_ignored(tmp_path, name):
     """`nohup nbnet train ...` starts it with SIGHUP ignored, to outlive its terminal; a script's
@@ -881,6 +888,7 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path, name):
         os.close(master)
 
 
+@needs_posix("Unix signals and preexec_fn")
 @pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "Error: interrupted"),
                                              (signal.SIGTERM, 143, "Error: terminated"),
                                              *([(signal.SIGHUP, 129, "Error: terminated")]
@@ -894,6 +902,7 @@ def test_a_signal_while_the_command_starts_is_one_line(sig, code, line):
     assert (p.returncode, p.stderr) == (code, line + "\n")
 
 
+@needs_posix("Unix signals and preexec_fn")
 def test_a_signal_while_the_command_starts_with_stderr_gone_still_ends_it():
     """The closed terminal that sends SIGHUP also fails the write of "Error: terminated" (EIO): the
     handler's OSError would escape into whatever the process was doing, a traceback and exit 1 in
@@ -910,6 +919,7 @@ def test_a_signal_while_the_command_starts_with_stderr_gone_still_ends_it():
     assert (p.returncode, p.stdout) == (143, b"")
 
 
+@needs_posix("preexec_fn")
 def test_import_nbnet_in_a_program_leaves_its_signals_alone():
     """Outside the `nbnet` command (a program or notebook that imports nbnet) Ctrl-C stays Python's
     KeyboardInterrupt and SIGTERM its default: nbnet's start-up handlers, which end the process with
@@ -922,6 +932,7 @@ def test_import_nbnet_in_a_program_leaves_its_signals_alone():
     assert (p.returncode, p.stdout.split(), p.stderr) == (0, ["True"] * 3, "")
 
 
+@needs_posix("Unix signals and preexec_fn")
 @pytest.mark.parametrize("sig, code", [("SIGTERM", 143), *([("SIGHUP", 129)] if hasattr(signal, "SIGHUP") else [])])
 def test_a_signal_while_loading_data_is_one_line(tmp_path, sig, code):
     script = ("import sys, time, signal, os; sys.argv[0] = 'nbnet'; import nbnet.cli, nbnet.datasets as d; "
@@ -948,6 +959,7 @@ nbnet.cli.main({args!r})
 """
 
 
+@needs_posix("Unix signals and preexec_fn")
 @pytest.mark.parametrize("sig, code, line", [("SIGINT", 130, "Error: interrupted"), ("SIGTERM", 143, "Error: terminated")])
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
 def test_a_signal_a_library_swallowed_still_ends_the_command(run, tmp_path, command, sig, code, line):
@@ -964,6 +976,7 @@ def test_a_signal_a_library_swallowed_still_ends_the_command(run, tmp_path, comm
     assert p.stdout == ("" if command != "train" else p.stdout.splitlines()[0] + "\n")  # no epoch, no result
     assert not (tmp_path / "c.npz").exists()
 
+@needs_posix("SIGPIPE's exit status 141")
 def test_a_closed_stdout_ends_quietly(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "nbnet", "train", "--epochs", "50", "--hidden", "8"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=tmp_path)
@@ -979,6 +992,7 @@ def _closed_stdout():
     os.close(1)  # as the shell's `>&-` does
 
 
+@needs_posix("preexec_fn")
 def test_train_with_stdout_closed_trains_and_saves(tmp_path):
     """Python makes sys.stdout None where fd 1 is closed: the progress output's isatty() was an
     AttributeError traceback before the first epoch."""
@@ -990,6 +1004,7 @@ def test_train_with_stdout_closed_trains_and_saves(tmp_path):
     assert stored(tmp_path / "c.npz", "train/state")["epoch"] == 1
 
 
+@needs_posix("preexec_fn")
 @pytest.mark.parametrize("command", ["predict", "evaluate", "info"])
 def test_predict_evaluate_and_info_refuse_a_closed_stdout(run, tmp_path, command):
     """Their result is what they print: with stdout closed, click.echo dropped it and they exited 0
@@ -1003,6 +1018,7 @@ def test_predict_evaluate_and_info_refuse_a_closed_stdout(run, tmp_path, command
     assert len(p.stderr.splitlines()) == 1
 
 
+@needs_posix("preexec_fn")
 def test_with_stderr_closed_an_error_line_does_not_go_into_the_output(tmp_path):
     """print(..., file=sys.stderr) writes to stdout when the shell closed stderr (sys.stderr None):
     `nbnet predict ... 2>&- | next-tool` fed the Error line to the next tool as a prediction."""
@@ -1312,6 +1328,7 @@ def test_values_in_the_start_up_errors_are_cut_to_40_characters(monkeypatch):
         assert f"{'x' * 40!r}" in why and len(why) < 200, why[:300]
 
 
+@needs_posix("a current folder that can be deleted, and preexec_fn")
 @pytest.mark.parametrize("command", ["info", "check"])
 def test_a_deleted_current_folder_is_one_error_line(tmp_path, command):
     """`mkdir d; cd d; rmdir ../d; nbnet ...`: relative paths cannot be resolved there, Numba's

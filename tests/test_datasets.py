@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_posix
 
 from nbnet import datasets
 
@@ -220,7 +221,8 @@ def test_a_download_stopped_while_writing_leaves_no_partial_file(tmp_path, monke
     assert list(dest.iterdir()) == []
 
 
-@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+@pytest.mark.parametrize("where", ["a file", "under a file",
+                                   pytest.param("read-only", marks=needs_posix("Unix folder modes and os.geteuid"))])
 def test_a_data_folder_that_cannot_be_written_is_named_before_anything_downloads(tmp_path, monkeypatch, where):
     """--download into a --data-dir (or ~/.cache/nbnet/...) that is a file, is under one, or is
     read-only: makedirs' "[Errno 17] File exists: '...'" or "[Errno 20] Not a directory", naming

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_linux
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NBNET_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -178,11 +179,13 @@ def test_readme_python_blocks_run_one_after_another(tmp_path):
     ("xor.py", ["--lr", -1], "--lr must be a finite number"),
     ("xor.py", ["--lr", "1e38", "--steps", 50], "Error: training diverged"),  # printed 'loss nan, 2/4 correct'
     ("spiral.py", ["--epochs", -1], "--epochs must be at least 1"),
-    ("spiral.py", ["--epochs", 1, "--out", "/proc/spiral.png"], "Error: cannot write /proc/spiral.png"),
+    pytest.param("spiral.py", ["--epochs", 1, "--out", "/proc/spiral.png"], "Error: cannot write /proc/spiral.png",
+                 marks=needs_linux("/proc")),
     ("spiral.py", ["--epochs", 1, "--out", "regions.foo"], "matplotlib cannot write .foo files"),
     ("custom_csv.py", ["--api-only", "--epochs", 0], "--epochs must be at least 1"),
     ("custom_csv.py", ["--api-only", "--rows", 0], "--rows must be at least 10"),
-    ("custom_csv.py", ["--api-only", "--workdir", "/proc/nbnet-rings"], "Error: cannot create --workdir"),
+    pytest.param("custom_csv.py", ["--api-only", "--workdir", "/proc/nbnet-rings"], "Error: cannot create --workdir",
+                 marks=needs_linux("/proc")),
     ("mnist.py", ["--epochs", 0], "--epochs must be at least 1"),
     ("mnist.py", ["--limit", -5], "--limit must be at least 1"),
     ("mnist.py", ["--batch-size", 0], "--batch-size must be at least 1"),
@@ -200,6 +203,7 @@ def test_bad_arguments_give_one_error_not_a_traceback(tmp_path, name, args, says
     assert not list(tmp_path.iterdir())  # nothing left in the current directory
 
 
+@needs_linux("/proc")
 def test_mnist_save_to_an_unwritable_path_is_one_error(tmp_path):
     data_dir = DATA / "mnist"
     if not (data_dir / "train-images-idx3-ubyte.gz").exists():

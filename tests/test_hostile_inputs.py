@@ -19,6 +19,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import needs_posix
 
 import nbnet as nb
 from nbnet import datasets, files
@@ -198,6 +199,7 @@ def test_float64_features_never_pass_through_float32(tmp_path):
 # --------------------------------------------------------------------------------------------- regular files only
 
 
+@needs_posix("os.mkfifo, /dev/zero and SIGALRM")
 @pytest.mark.parametrize("suffix", [".csv", ".npz", "-idx3-ubyte"])
 def test_a_fifo_or_a_device_is_an_error_not_a_hang(tmp_path, suffix):
     fifo = tmp_path / ("pipe" + suffix)
@@ -325,6 +327,7 @@ def test_shipped_sizes_match_the_shared_data():
 # --------------------------------------------------------------------------------------------- written files
 
 
+@needs_posix("Unix file modes")
 def test_written_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
@@ -372,12 +375,12 @@ def test_the_next_save_removes_temporary_files_of_a_killed_save(tmp_path):
 
 def test_a_save_on_windows_sends_no_signal_to_the_process_of_a_temporary_file(tmp_path, monkeypatch):
     """os.kill(pid, 0), the POSIX probe, ends the process on Windows (TerminateProcess): a save
-    killed whatever process had the id in a temporary file's name. Here, where Windows' own probe
-    cannot run, the file is kept."""
+    killed whatever process had the id in a temporary file's name, here this one's parent. Its file
+    is kept (here, where Windows' own probe cannot run, as one cannot tell)."""
     sent = []
     monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
     monkeypatch.setattr(sys, "platform", "win32")
-    other = tmp_path / f"{files.TMP_PREFIX}{os.getpid() + 1}.{files._pid_space()}-abc123.npz"
+    other = tmp_path / f"{files.TMP_PREFIX}{os.getppid()}.{files._pid_space()}-abc123.npz"
     other.write_bytes(b"being written, or half a checkpoint")
     nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "m.npz")
     assert sent == [] and other.exists()
@@ -412,6 +415,7 @@ def test_a_save_leaves_the_temporary_files_of_processes_of_another_pid_namespace
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here.npz", "there.npz"]
 
 
+@needs_posix("symbolic links without privileges")
 def test_outputs_never_clobber_inputs(tmp_path):
     (tmp_path / "data.csv").write_text("0,1\n")
     os.symlink(tmp_path / "data.csv", tmp_path / "link.csv")
@@ -583,6 +587,7 @@ def test_npy_checked_before_np_load(tmp_path):
         datasets.load_inputs(tmp_path / "o.npy")
 
 
+@needs_posix("os.mkfifo")
 def test_write_atomic_replaces_only_a_regular_file_and_syncs_it(tmp_path, monkeypatch):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)

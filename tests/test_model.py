@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import needs_posix
 
 import nbnet as nb
 
@@ -463,6 +464,7 @@ def test_batches_cover_everything_once_and_are_seeded():
         list(nb.batches(x, y, 4, shuffle=1))
 
 
+@needs_posix("symbolic links without privileges")
 def test_save_writes_through_a_symbolic_link(tmp_path):
     """The atomic rename replaced the link itself with the new file; the file it named kept the
     old model."""

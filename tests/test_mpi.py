@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_posix
 
 import nbnet as nb
 from nbnet import dist
@@ -380,6 +381,7 @@ def test_another_command_beside_training_is_one_error_line(problem, tmp_path):
 
 
 @needs_mpi
+@needs_posix("os.killpg and SIGTERM as a signal a process handles")
 def test_sigterm_ends_a_job_whose_other_process_never_starts_mpi(problem):
     """A process that exits without MPI (here a Python that is not nbnet) leaves the trainer in
     MPI_Init, which waits in C: the command's Python handlers never ran, so mpiexec's SIGTERM (or a

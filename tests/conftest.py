@@ -42,7 +42,6 @@ def default_signals():
             signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
-
 def needs_posix(what):
     """Skip a test of what Windows lacks (FIFOs, Unix signals and modes, preexec_fn, symbolic links
     without privileges) there, saying which, instead of failing; it runs on Linux and macOS."""
@@ -52,6 +51,7 @@ def needs_posix(what):
 def needs_linux(what):
     """Skip a test of what only Linux has (/proc: a folder nothing can be written in) elsewhere."""
     return pytest.mark.skipif(not sys.platform.startswith("linux"), reason=f"needs {what}: Linux only")
+
 
 # A test that hangs (a child process waited on for ever, a lock never released) ends the run after
 # this many seconds with every thread's traceback, instead of running into CI's limit with nothing

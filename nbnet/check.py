@@ -19,6 +19,7 @@ import copy
 import os
 import shutil
 import sys
+import threading
 import time
 
 import numba
@@ -87,32 +88,34 @@ numba.core.event.register("numba:compile", _SayCompiling())
 
 
 class _CompileClock(numba.core.event.Listener):
-    """Seconds Numba spent compiling (a cache miss) any function since nbnet loaded: nbnet's kernels,
-    a custom layer's own @njit, a CUDA kernel. A compilation's callees compile inside it (nested
-    events): only the outermost is timed. Numba compiles under one global lock, so one at a time."""
+    """Seconds each Python thread spent in Numba compiling (a cache miss) any function since nbnet
+    loaded: nbnet's kernels, a custom layer's own @njit, a CUDA kernel. A compilation's callees
+    compile inside it (nested events): only the outermost is timed. Per thread: another thread's
+    compilation (a GUI predicting in float64) does not stop this one's training."""
 
-    depth = 0
-    started = 0.0
-    seconds = 0.0
+    here = threading.local()  # .depth, .started, .seconds
 
     def on_start(self, event):
-        if _CompileClock.depth == 0:
-            _CompileClock.started = time.perf_counter()
-        _CompileClock.depth += 1
+        here = _CompileClock.here
+        depth = getattr(here, "depth", 0)
+        if depth == 0:
+            here.started = time.perf_counter()
+        here.depth = depth + 1
 
     def on_end(self, event):
-        _CompileClock.depth -= 1
-        if _CompileClock.depth == 0:
-            _CompileClock.seconds += time.perf_counter() - _CompileClock.started
+        here = _CompileClock.here
+        here.depth -= 1
+        if here.depth == 0:
+            here.seconds = getattr(here, "seconds", 0.0) + time.perf_counter() - here.started
 
 
 numba.core.event.register("numba:compile", _CompileClock())
 
 
 def compile_seconds():
-    """Seconds spent compiling so far in this process (see _CompileClock): nb.train takes what
+    """Seconds this Python thread spent compiling so far (see _CompileClock): nb.train takes what
     falls inside an epoch out of its seconds and samples/s (a kernel its warm-up could not reach)."""
-    return _CompileClock.seconds
+    return getattr(_CompileClock.here, "seconds", 0.0)
 
 
 def _on_a_line_of_its_own():

@@ -893,7 +893,7 @@ def train(model, opt, data, *more, epochs, batch_size=128, seed=0, lr_schedule="
                     f"{skip} steps done of its epoch, at most {batch_size} rows a step: was the batch size changed?"
                 )
             # The epoch's clock leaves out compilation: the warm-up's copy cannot reach every kernel
-            # (a custom layer that takes arguments, its own @njit), which then compiled in epoch 1.
+            # (a layer of one's own that cannot be copied, its own @njit), which then compiled in epoch 1.
             t0, c0 = time.perf_counter(), compile_seconds()
             for b, (xb, yb) in enumerate(train_batches(batch_size, shuffle=shuffle, seed=(seed, epoch))):
                 if b < skip:

@@ -959,6 +959,25 @@ def test_an_interrupted_epoch_keeps_the_seconds_it_ran():
     assert stopped.value.state.seconds > 0 and stopped.value.state.seen == 20
 
 
+def test_an_interrupted_epochs_seconds_leave_out_compilation():
+    """The seconds kept for a resumed epoch (state.seconds) leave compilation out as a whole epoch's
+    do: 0.3 s inside Numba's compile event in the step the stop comes after."""
+    import numba.core.event as ev  # noqa: PLC0415
+
+    def on_step(state, batch, n_batches, running_loss):
+        if batch == 2:
+            with ev.trigger_event("numba:compile", data={"dispatcher": None}):
+                time.sleep(0.3)
+
+    x, y = blobs()
+    model = spiral_model()
+    steps = iter(range(1, 100))
+    with pytest.raises(nb.TrainingInterrupted) as stopped:
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=2, batch_size=10, on_step=on_step,
+                 should_stop=lambda: next(steps) == 2)
+    assert 0 < stopped.value.state.seconds < 0.2 and stopped.value.state.seen == 20
+
+
 def test_a_test_loss_that_overflows_stops_the_run_as_diverged():
     """A finite test row whose logits overflow makes the test loss NaN: the run stops (as for a
     validation loss), not a history with a NaN test loss in it."""

@@ -543,10 +543,61 @@ def test_the_warm_up_copies_a_layer_of_ones_own_that_needs_arguments(monkeypatch
     kept = dict(vars(own))
     built = _Scaled.built
     check.compile_kernels(model, nb.SGD(model.parameters(), lr=0.1), train_rows=(4,), say=False)
-    assert len(steps) == 1 and steps[0].params[1].data is not own.weight
+    assert len(steps) == 1 and steps[0].params[2].data is not own.weight  # [2]: the layer's own weight
     assert _Scaled.built == built + configured  # rebuilt from config(), or copied (no constructor call)
     assert vars(own).keys() == kept.keys() and all(vars(own)[k] is v for k, v in kept.items())
     assert np.array_equal(own.weight, np.full(3, 2, np.float32)) and not own.grad_weight.any()
+
+
+class _Counting(_Scaled):
+    """A layer of one's own whose constructor refuses a missing argument with a ValueError of its own
+    (not Python's TypeError), and that keeps a count of the rows it saw in place, as running
+    statistics are kept."""
+
+    def __init__(self, features=None):
+        if features is None:
+            raise ValueError("features must be given")
+        super().__init__(features)
+        self.rows = np.zeros(1, np.int64)
+
+    def forward(self, x):
+        self.rows += len(x)
+        return super().forward(x)
+
+
+def test_the_warm_up_copies_a_layer_whatever_its_constructor_raises_and_leaves_its_state_alone(monkeypatch,
+                                                                                               one_pass):
+    """Any exception from rebuilding the layer falls back to a deep copy (a ValueError ended the
+    warm-up before its first step); a copy of its own (not copy.copy's, which shares the arrays it
+    updates in place): the model's own count is not moved by the warm-up's steps."""
+    steps = []
+    real_step = nb.SGD.step
+    monkeypatch.setattr(nb.SGD, "step", lambda opt: steps.append(opt) or real_step(opt))
+    own = _Counting(3)
+    model = nb.Sequential([nb.Linear(2, 3, seed=0), own, nb.Linear(3, 3, seed=1)])
+    model.forward(np.ones((5, 2), np.float32))
+    check.compile_kernels(model, nb.SGD(model.parameters(), lr=0.1), train_rows=(4,), say=False)
+    assert len(steps) == 1 and steps[0].params[2].data is not own.weight
+    assert own.rows.tolist() == [5]
+
+
+def test_the_compile_clock_times_whole_outermost_compilations_and_adds_them_up():
+    """A compilation's own work before its callees compile (nested events) counts too, and each
+    compilation adds to the seconds so far (nb.train subtracts the difference over an epoch)."""
+    import time  # noqa: PLC0415
+
+    import numba.core.event as ev  # noqa: PLC0415
+
+    before = check.compile_seconds()
+    with ev.trigger_event("numba:compile", data={"dispatcher": None}):
+        time.sleep(0.05)  # typing the outer function, say
+        with ev.trigger_event("numba:compile", data={"dispatcher": None}):
+            time.sleep(0.05)
+    first = check.compile_seconds() - before
+    with ev.trigger_event("numba:compile", data={"dispatcher": None}):
+        time.sleep(0.05)
+    both = check.compile_seconds() - before
+    assert 0.1 <= first < 5 and both - first >= 0.05
 
 
 def test_not_saying_compiling_ends_with_an_error_too(monkeypatch, capsys):

@@ -121,7 +121,7 @@ def test_plot_curves_of_a_regression_show_r2(tmp_path, monkeypatch):
 def test_a_failed_plot_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     """The curves were written in place: a full disk (or Ctrl-C) half-way through the PNG left a
     torn file over the previous run's plot. Now written to a temporary file and renamed."""
-    pytest.importorskip("matplotlib")
+    plt = pytest.importorskip("matplotlib.pyplot")
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     path = tmp_path / "curves.png"
@@ -134,9 +134,10 @@ def test_a_failed_plot_leaves_the_previous_one_whole(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Figure, "savefig", full_disk)
+    open_before = plt.get_fignums()
     with pytest.raises(OSError, match="No space left"):
         plot_curves(fake_history(5), path)
-    assert path.read_bytes() == before
+    assert path.read_bytes() == before and plt.get_fignums() == open_before  # its figure closed too
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left
 
 
@@ -167,3 +168,60 @@ def test_plot_curves_draws_the_values_as_given_and_closes_its_figure(tmp_path, m
                 tmp_path / "a.png")
     assert seen["accuracy"] == {"train": [0.0, 25.0]}
     assert plt.get_fignums() == open_before
+
+
+def test_file_format_without_matplotlib_says_how_to_install(monkeypatch):
+    """file_format is asked before training: without matplotlib it says how to install it, as
+    plot_curves does, rather than "import of matplotlib halted"."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'nbnet\[plot\]'"):
+        file_format("curves.pdf")
+
+
+def figure_seen(monkeypatch):
+    """What each figure plot_curves saves holds: [{panel title: (x data per line, xticks)}]."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    seen = []
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        seen.append({ax.get_title(): ([list(line.get_xdata()) for line in ax.lines], list(ax.get_xticks()))
+                     for ax in fig.axes})
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def test_plot_curves_of_later_epochs_any_iterable_ties_and_none(tmp_path, monkeypatch):
+    """The epochs as numbered (a resumed run's, 4 to 6, from a generator), the best validation epoch
+    the first of equal losses (as --save-best keeps it), a val_loss of None no epoch at all, the
+    title's final test accuracy the last epoch's, and 20 epochs still whole ticks."""
+    pytest.importorskip("matplotlib")
+    seen = figure_seen(monkeypatch)
+    history = [dict(h, epoch=h["epoch"] + 3, val_loss=0.5, val_accuracy=0.5) for h in fake_history(3)]
+    history[1]["test_accuracy"], history[2]["test_accuracy"] = 0.125, 0.25
+    plot_curves((h for h in history), tmp_path / "a.png")
+    lines, ticks = seen[0]["loss"]
+    assert lines[:3] == [[4, 5, 6]] * 3 and ticks == [4, 5, 6]
+    assert lines[3] == [4, 4]  # the marker: epoch 4, not 6
+    assert seen[0]["accuracy  (final test 25.00%)"][0][3] == [4, 4]
+    plot_curves([dict(h, val_loss=None) for h in fake_history(20)], tmp_path / "b.png")
+    lines, ticks = seen[1]["loss"]
+    assert len(lines) == 2 and ticks == list(range(1, 21))  # train and test, no marker
+
+
+def test_plot_curves_of_a_loss_alone_or_no_test_r2(tmp_path):
+    """A history with no accuracy or R² leaves the right panel empty: a legend there warned
+    "No artists with labels found to put in legend". A regression's test_r2 of None is no final
+    test R² in the title (as test_accuracy's None)."""
+    pytest.importorskip("matplotlib")
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_curves([{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}], tmp_path / "c.png")
+    png_size(tmp_path / "c.png")
+    plot_curves([{"epoch": 1, "train_loss": 1.0, "train_r2": 0.5, "test_loss": None, "test_r2": None}], tmp_path / "d.png")
+    png_size(tmp_path / "d.png")

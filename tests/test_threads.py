@@ -172,19 +172,19 @@ def test_the_counts_to_warm_are_those_a_load_change_may_ask_for(fresh, monkeypat
     assert threads.counts_to_warm() == () and threads.in_use() == 2
 
 
-def test_other_count_is_the_limit_and_none_in_a_forked_child_or_inside_as_if(fresh, monkeypatch):
-    """With 1 thread in use the other count is the user's limit (4 here, not 2); a forked child has
-    only serial twins (Numba ends it at a parallel one), so none there, and as_if keeps it serial;
-    inside as_if the count does not change, so none there either. Module state set directly: no
-    look at the load and no Numba call, any NUMBA_NUM_THREADS."""
+def test_the_counts_to_warm_name_the_limit_and_none_in_a_forked_child_or_inside_as_if(fresh, monkeypatch):
+    """While the count adapts, the counts to warm are 1 and the user's limit (4 here, not 2); a forked
+    child has only serial twins (Numba ends it at a parallel one), so none there, and as_if keeps it
+    serial; inside as_if the count does not change, so none there either. Module state set
+    directly: no look at the load and no Numba call, any NUMBA_NUM_THREADS."""
     for name, value in (("_clock", lambda: 0.0), ("_fixed", False), ("_forked", False), ("_limit", 4),
                         ("_n", 1), ("_last", (0.0, 0.0, 0.0)), ("_next", 1.0)):
         monkeypatch.setattr(threads, name, value)
-    assert threads.other_count() == 4
+    assert threads.counts_to_warm() == (1, 4)
     with threads.as_if(1):
-        assert threads.other_count() is None
+        assert threads.counts_to_warm() == ()
     monkeypatch.setattr(threads, "_forked", True)
-    assert threads.other_count() is None
+    assert threads.counts_to_warm() == ()
     with threads.as_if(4):
         assert not threads.parallel() and threads.in_use() == 1
     assert threads.in_use() == 1

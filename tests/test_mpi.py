@@ -487,6 +487,56 @@ def test_launcher_variables_give_the_job_and_the_machine(monkeypatch):
     assert dist.launched_size() == 3
 
 
+def test_a_launcher_size_below_1_is_one_process(monkeypatch):
+    for name in dist._SIZE_VARS + dist._RANK_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PMI_SIZE", "0")
+    assert dist.launched_size() == 1
+
+
+def _meeting(capsys, rank, codes, texts):
+    """MPIComm._meet on process `rank` of len(codes), every process's (code, text) as given (no MPI
+    needed): (exit code or None where it returns, what it printed on stderr)."""
+    comm = object.__new__(dist.MPIComm)
+    comm.rank, comm.size = rank, len(codes)
+    comm._exchange = lambda code, text: (codes, texts)
+    try:
+        comm._meet(codes[rank], texts[rank])
+        code = None
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_the_meeting_reports_the_first_failed_process_its_exit_code_and_which_runs_what(capsys):
+    """Process 0 prints the first failed process's error as one line (its own without a "process
+    0:" prefix) and every process exits with that process's code; where some run another command
+    beside training, it says which process runs what, and all exit 2; all running one other
+    command go on."""
+    other = dist.OTHER_COMMAND
+    assert _meeting(capsys, 0, [0, 2, 1], ["fp", "bad --epochs", "disk full"]) == (2, "Error: process 1: bad --epochs\n")
+    assert _meeting(capsys, 1, [0, 2, 1], ["fp", "bad --epochs", "disk full"]) == (2, "")
+    assert _meeting(capsys, 0, [2, 2], ["no such file", "no such file"]) == (2, "Error: no such file\n")
+    code, err = _meeting(capsys, 0, [other, other, 0], ["info", "info", "fp"])
+    assert code == 2 and "process 0 runs `nbnet info` beside process 2's `nbnet train`" in err
+    assert _meeting(capsys, 0, [other, other], ["info", "info"]) == (None, "")
+    code, err = _meeting(capsys, 0, [other, other], ["info", "predict a.npz"])
+    assert code == 2 and "process 1 runs `nbnet predict a.npz`, process 0 `nbnet info`" in err
+
+
+def test_an_error_every_process_raised_alike_is_printed_by_process_0_alone(monkeypatch, capsys):
+    """fail(agreed=True) (a divergence every process sees at the same step): one Error: line for
+    the job, process 0's; every process exits with the code."""
+    comm = object.__new__(dist.MPIComm)
+    comm.size, comm.setup_done = 2, True
+    monkeypatch.setattr(dist, "_world", comm)
+    for rank, said in ((1, ""), (0, "Error: training diverged\n")):
+        comm.rank = rank
+        with pytest.raises(SystemExit) as e:
+            dist.fail("training diverged", 1, agreed=True)
+        assert e.value.code == 1 and capsys.readouterr().err == said
+
+
 @needs_mpi
 def test_processes_with_other_pixels_in_the_same_files_are_stopped(tmp_path):
     """NBNET_DATA_DIR (an environment-dependent default) gives process 1 MNIST files whose

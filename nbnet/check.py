@@ -67,7 +67,7 @@ class _SayCompiling(numba.core.event.Listener):
     silenced = 0  # > 0 inside not_saying_compiling()
 
     def on_start(self, event):
-        if not _SayCompiling.said and not _SayCompiling.silenced and _ours(event.data.get("dispatcher")):
+        if not _SayCompiling.said and not _SayCompiling.silenced and _ours((event.data or {}).get("dispatcher")):
             _SayCompiling.said = True
             why = simd.cache_refusal()
             _SayCompiling.promised = why is None
@@ -103,7 +103,11 @@ class _CompileClock(numba.core.event.Listener):
         here.depth = depth + 1
 
     def on_end(self, event):
+        # An end without its start (nbnet imported inside a compilation, by a user's @overload) is
+        # skipped: an exception here would fail that compilation, in Numba's own event machinery.
         here = _CompileClock.here
+        if getattr(here, "depth", 0) == 0:
+            return
         here.depth -= 1
         if here.depth == 0:
             here.seconds = getattr(here, "seconds", 0.0) + time.perf_counter() - here.started

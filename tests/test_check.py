@@ -600,6 +600,20 @@ def test_the_compile_clock_times_whole_outermost_compilations_and_adds_them_up()
     assert 0.1 <= first < 5 and both - first >= 0.05
 
 
+def test_a_compile_event_without_its_start_or_data_is_taken_quietly():
+    """nbnet imported inside a compilation (a user's @overload) sees that compilation's end without
+    its start: a listener that raised there would fail the user's compilation. An event with no data
+    is not nbnet's kernel either."""
+    import numba.core.event as ev  # noqa: PLC0415
+
+    before = check.compile_seconds()
+    for listener in (check._CompileClock(), check._SayCompiling()):
+        listener.on_end(ev.Event("numba:compile", ev.EventStatus.END, data=None))
+    with ev.trigger_event("numba:compile", data=None):
+        pass
+    assert 0 <= check.compile_seconds() - before < 1
+
+
 def test_not_saying_compiling_ends_with_an_error_too(monkeypatch, capsys):
     """`nbnet train --quiet` that ends in an error (run in process: CliRunner, a notebook) left the
     note silenced for the rest of the process: a later plain run compiled without a word."""

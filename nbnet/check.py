@@ -182,8 +182,11 @@ def compile_kernels(model, opt=None, loss_fn=None, targets=None, train_rows=(128
         # busy), and their compilation, seconds, fell in that epoch. Measured (Zen 5, 2 cores,
         # 784-256-128-10, batch 128): started quiet, 8.9 s + 0.6 s for the serial twins; started
         # loaded, 4.0 s + 5.2 s for the parallel ones; from the cache 0.2 s + 0.01-0.02 s.
-        for n in threads.counts_to_warm() or (None,):
-            with threads.as_if(n) if n is not None else contextlib.nullcontext():
+        counts = threads.counts_to_warm()
+        if not counts:  # the count in use is the only one this run will see
+            _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
+        for n in counts:
+            with threads.as_if(n):
                 _warm_up(model, opt, loss_fn, targets, train_rows, eval_rows)
     # Numba's threads start at the first parallel kernel, which the warm-up's copy may never reach
     # (too little work a layer; the training loop's planned steps ask at step 2): that start, ~20 ms,
@@ -408,8 +411,9 @@ def gradcheck(model, x, y, *, loss="cross-entropy", eps=1e-6, tol=1e-6, samples=
         if not np.array_equal(model.forward(x), model.forward(x), equal_nan=True):
             raise ValueError("the model's forward gave two outputs for one x: a layer draws random numbers (a Dropout "
                              "in training mode?); call model.eval() first, or check that layer without them")
-        if not np.isfinite(value()):
-            raise ValueError(f"the loss is {value()} on this batch: no derivative to check")
+        at_x = value()
+        if not np.isfinite(at_x):
+            raise ValueError(f"the loss is {at_x} on this batch: no derivative to check")
         numeric = [(key, at, difference(p.data, at)) for key, p in named for at in chosen(p.data.shape)]
         numeric += [("x", at, difference(x, at)) for at in chosen(x.shape)]
         # last, on the unperturbed batch: the gradients and the layers' caches are this batch's

@@ -87,6 +87,14 @@ def array_fault(arr, shape, dtype, on_host):
 
 
 KEPT_VIEWS = 4  # row counts Layer._first_rows keeps a view for, per buffer
+
+# A smaller batch runs in the first rows of a layer's larger buffer (Layer._buffer) unless that
+# buffer is both over KEPT_BYTES and more than KEPT_ROWS times the rows asked for: then it is let
+# go and one of the batch's size made. Kept, one model(x) of 100,000 rows left a 784-256-128-10 MLP
+# (0.94 MB of weights) holding 313 MB for the rest of its life, however small its batches after.
+# Below the limits, an epoch's short last batch and a batch of 1 after 128 still allocate nothing.
+KEPT_BYTES = 16 << 20
+KEPT_ROWS = 4
 _MADE_AGAIN = ("_kept_", "_views_", "_apart_")  # attribute prefixes of Layer._buffer, _first_rows, _device_overlap
 
 
@@ -96,6 +104,11 @@ def forward_state(name, attrs):
     one kept behind it, and its views), or what the checks keep by identity. A copy of the layer
     (Layer.__getstate__) and a move to another device (nbnet.gpu.move_model) leave them behind."""
     return name in ("inp", "_checked") or name.startswith(_MADE_AGAIN) or "_kept_" + name in attrs
+
+
+def _worth_keeping(kept, rows):
+    """Whether a batch of `rows` rows runs in the first rows of the buffer `kept` (see KEPT_BYTES)."""
+    return kept.nbytes <= KEPT_BYTES or kept.shape[0] <= KEPT_ROWS * rows
 
 
 def _view_of(buf, kept, like):
@@ -211,7 +224,8 @@ class Layer:
         rows (an epoch's last, short one) gets the first rows of the largest one
         (self._kept_<name>), and the next full batch that one again: reallocating both ways cost
         two allocations of every buffer an epoch, every other step where an epoch has two (on the
-        GPU too, where each is a cudaMalloc and a free)."""
+        GPU too, where each is a cudaMalloc and a free). Not where the larger one is far larger
+        (KEPT_BYTES): a big forward's buffers are let go at the next small batch."""
         buf = getattr(self, name, None)
         if (
             buf is None
@@ -222,7 +236,8 @@ class Layer:
             kept = getattr(self, "_kept_" + name, None)
             # Only while self.<name> is its view: None there asks for a new array (see _out).
             if (kept is not None and buf is not None and kept.dtype == dtype and kept.shape[1:] == shape[1:]
-                    and kept.shape[0] >= shape[0] and len(shape) == kept.ndim and _view_of(buf, kept, like)):
+                    and kept.shape[0] >= shape[0] and len(shape) == kept.ndim and _worth_keeping(kept, shape[0])
+                    and _view_of(buf, kept, like)):
                 buf = kept if kept.shape[0] == shape[0] else self._first_rows(name, kept, shape[0], like)
             else:
                 buf = empty_like_shape(like, shape, dtype)

@@ -627,6 +627,45 @@ def test_a_short_last_batch_runs_in_the_full_batchs_buffers(loss):
         assert step(rows) == {key: (start, rows) for key, (start, _) in full.items()}, rows
 
 
+def test_a_big_forwards_buffers_are_let_go_at_the_next_much_smaller_batch():
+    """The first rows of a layer's buffer serve a smaller batch only while that buffer is not far
+    larger (layers.KEPT_BYTES): one model(x) of 100,000 rows left a 784-256-128-10 MLP holding
+    313 MB for the rest of its life, whatever its batches after. A batch of a quarter of the rows
+    or more still runs in the first rows, as does any batch in a buffer of at most KEPT_BYTES."""
+    from nbnet import layers
+
+    model = nb.Sequential([nb.Linear(8, 600, seed=0), nb.ReLU(), nb.Linear(600, 3, seed=1)])
+    loss_fn, opt = nb.SoftmaxCrossEntropy(), nb.SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8000, 8), np.float32), rng.integers(0, 3, 8000)
+    twin = nb.Sequential([nb.Linear(8, 600, seed=0), nb.ReLU(), nb.Linear(600, 3, seed=1)])
+
+    def held():  # each distinct array a layer keeps, by its base, the batch itself left out
+        bases = {id(a if a.base is None else a.base): (a if a.base is None else a.base)
+                 for layer in model for name, a in vars(layer).items() if type(a) is np.ndarray and name != "inp"}
+        return {i: a.nbytes for i, a in bases.items()}
+
+    model(x)
+    big = model[0]._kept_out
+    assert big.nbytes > layers.KEPT_BYTES  # 19.2 MB: a test of the limit, not below it
+    model(x[:2000])  # a quarter: the first rows
+    assert np.shares_memory(model[0].out, big)
+    for rows in (32, 32):  # a training step at 32 rows: the big buffers are let go
+        opt.zero_grad()
+        loss_fn(model(x[:rows]), y[:rows])
+        model.backward(loss_fn.backward())
+        opt.step()
+    assert not np.shares_memory(model[0].out, big)
+    assert sum(held().values()) < 1_000_000  # 38.5 MB held before: two of 19.2 MB
+    twin_opt = nb.SGD(twin.parameters(), lr=0.1)
+    for _ in range(2):  # the same steps on a model that never ran the big batch: the same bits
+        twin_opt.zero_grad()
+        loss_fn(twin(x[:32]), y[:32])
+        twin.backward(loss_fn.backward())
+        twin_opt.step()
+    np.testing.assert_array_equal(model(x), twin(x))
+
+
 # --------------------------------------------------------------------------------------------- mutation-found gaps
 
 

@@ -479,8 +479,9 @@ def _dataset_key(name):
                    "never stopped; options not given are taken from it. (cosine/step schedules are "
                    "functions of --epochs: raising --epochs after a finished run changes the rates from there on.)")
 @click.option("--metrics-out", type=FilePath(), default=None,
-              help="JSON Lines file: one object per epoch (epoch, train/test loss and accuracy, seconds, samples_per_second, "
-                   "lr); a .csv name gets CSV, one row per epoch under a header of those names.")
+              help="JSON Lines file (.jsonl): one object per epoch (epoch, train/test loss and accuracy, seconds, "
+                   "samples_per_second, lr); a .csv name gets CSV, one row per epoch under a header of those names "
+                   "(a .json name is refused: json.load cannot read JSON Lines).")
 @click.option("--plot", type=FilePath(), default=None,
               help="Save loss/accuracy curves to this .png (needs matplotlib: pip install 'nbnet[plot]').")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
@@ -885,6 +886,9 @@ def _check_writable(path, option):
         raise CliError(f"{name} {path}: is a folder")
     if names_a_folder(path):
         raise CliError(f"{name} {path}: names a folder (it ends in a separator), not a file")
+    if option == "metrics_out" and path.lower().endswith(".json"):  # a file json.load would fail on
+        raise CliError(f"{name} {path}: it gets JSON Lines, one object per line, which json.load cannot read: "
+                       "name it .jsonl (pandas.read_json(path, lines=True) reads it), or .csv for CSV")
     if option != "metrics_out":  # that one is opened before training (_open_metrics)
         try:  # replaced atomically: only a regular file
             check_replaceable(path, name)

@@ -402,6 +402,17 @@ def test_a_metrics_file_the_file_system_refuses_is_one_error_line_before_trainin
     assert "epoch" not in r.stdout
 
 
+@pytest.mark.parametrize("name", ["m.json", "M.JSON"])
+def test_a_metrics_file_named_json_is_an_error_before_training(tmp_path, name):
+    """--metrics-out writes JSON Lines: under a .json name it made a file json.load (and
+    pandas.read_json without lines=True) fails on after the first epoch. Said before training,
+    naming .jsonl and .csv; nothing is written."""
+    path = tmp_path / name
+    r = nbnet("train", "--metrics-out", path, *FAST)
+    assert_error(r, "--metrics-out", name, ".jsonl", ".csv")
+    assert "epoch" not in r.stdout and not path.exists()
+
+
 @pytest.mark.parametrize("option", ["--save", "--save-best", "--metrics-out", "--plot"])
 def test_an_output_named_as_a_folder_is_an_error_before_training(tmp_path, option):
     """A name ending in a separator ("out/") names a folder even before one exists: --save and

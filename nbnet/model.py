@@ -26,7 +26,7 @@ except ImportError:  # NumPy < 2
 
 from . import cpu, simd, threads
 from .files import check_memory, read_npz, write_npz_atomic  # noqa: F401 - nbnet.model.write_npz_atomic is used elsewhere
-from .layers import LAYERS, Layer, Linear, ReLU, check_set_to_none, forward_state, to_host
+from .layers import LAYERS, Layer, Linear, Parameter, ReLU, check_set_to_none, forward_state, to_host
 
 ARCH_KEY = "nbnet/architecture"
 FORMAT_VERSION = 1
@@ -949,12 +949,51 @@ def _checked_layers(layers):
         if j != i:
             raise ValueError(f"Sequential: layers {j} and {i} are the same {layer!r}: give each place a layer "
                              f"of its own (a layer keeps its forward's input for backward)")
-    dtypes = {np.dtype(layer.dtype).name: layer for layer in layers if getattr(layer, "dtype", None) is not None}
+    dtypes = {np.dtype(layer.dtype).name: repr(layer) for layer in layers if getattr(layer, "dtype", None) is not None}
+    own = None  # a layer of one's own among them, whose parameters come from its own constructor
+    for layer in layers:
+        for name, dtype in _own_parameter_dtypes(layer):
+            if dtype not in dtypes:
+                dtypes[dtype] = f"{name} of {_named(layer)}"
+            own = own or _named(layer)
     if len(dtypes) > 1:
-        kinds = " and ".join(f"{name} ({layer!r})" for name, layer in dtypes.items())
-        raise ValueError(f"Sequential: layers of different dtypes, {kinds}: convert one with "
-                         "Linear(..., dtype=...) or model.astype(dtype)")
+        kinds = " and ".join(f"{name} ({who})" for name, who in dtypes.items())
+        how = "Linear(..., dtype=...) or model.astype(dtype)"
+        if own is not None:  # model.astype refuses a layer of one's own
+            how += (f"; {own} makes its arrays itself (np.ones(n) and np.zeros(n) are float64: give them the "
+                    "model's dtype=)")
+        raise ValueError(f"Sequential: layers of different dtypes, {kinds}: convert one with {how}")
     return layers
+
+
+def _own_parameter_dtypes(layer):
+    """[(name, dtype name)] of a layer's parameters, checked as packing and the optimizers read them:
+    each Parameter(layer, name) needs the arrays layer.<name> and layer.grad_<name> of one shape and
+    dtype. A layer of one's own without grad_<name> was an AttributeError from inside packing, and
+    one whose arrays were float64 (np.ones(n)) in a float32 model was taken, its outputs float64,
+    refused one layer later with a hint about the layer's arithmetic, not its parameters."""
+    if isinstance(layer, Linear) or type(layer) in LAYERS.values():
+        return []  # nbnet's own: made in their dtype, and Linear checks its arrays at each call
+    found = []
+    for p in layer.parameters():
+        if not isinstance(p, Parameter):
+            continue
+        for attr in (p.name, "grad_" + p.name):
+            if not hasattr(p.layer, attr):
+                raise ValueError(f"Sequential: {_named(p.layer)} has no {attr}, which its Parameter(self, {p.name!r}) "
+                                 f"reads: a parameter `{p.name}` needs the array self.{p.name} and its gradient "
+                                 f"self.grad_{p.name} (np.zeros_like(self.{p.name})), both set in the constructor")
+        data, grad = p.data, p.grad
+        if not (hasattr(data, "dtype") and hasattr(data, "shape") and hasattr(grad, "dtype") and hasattr(grad, "shape")):
+            bad = p.name if not hasattr(data, "dtype") else "grad_" + p.name
+            raise ValueError(f"Sequential: {bad} of {_named(p.layer)} is a {type(getattr(p.layer, bad)).__name__}, "
+                             "not an array")
+        if tuple(data.shape) != tuple(grad.shape) or data.dtype != grad.dtype:
+            raise ValueError(f"Sequential: {_named(p.layer)}'s grad_{p.name} is {grad.dtype} {tuple(grad.shape)} and its "
+                             f"{p.name} {data.dtype} {tuple(data.shape)}: a gradient has its parameter's shape and dtype "
+                             f"(np.zeros_like(self.{p.name}))")
+        found.append((p.name, np.dtype(data.dtype).name))
+    return found
 
 
 _DEVICE_TYPES = {}  # type -> whether its objects are device arrays (see _on_device)

@@ -202,3 +202,54 @@ def test_a_fault_of_the_nbnet_layer_after_a_layer_of_ones_own_is_not_blamed_on_i
     model[2].weight = np.zeros((2, 7), np.float32)
     with pytest.raises(ValueError, match=r"^Linear\(8, 2\): weight must be"):
         model(x)
+
+
+class _Factor(nb.Layer):
+    """y = x ⊙ w, a parameter of one's own made by `make(features)` -> (w, its gradient)."""
+
+    def __init__(self, make, features=8):
+        self.weight, self.grad_weight = make(features)
+
+    def parameters(self):
+        return [nb.Parameter(self, "weight")]
+
+    def forward(self, x):
+        self.inp = x
+        return x * self.weight
+
+    def backward(self, grad):
+        self.grad_weight += (grad * self.inp).sum(axis=0)
+        return grad * self.weight
+
+
+def test_a_parameter_of_ones_own_made_float64_in_a_float32_model_is_refused_at_build():
+    """np.ones(n) is float64: such a parameter among float32 Linears was taken (the README says layers
+    of different dtypes are a ValueError when the model is built), its layer's outputs then float64,
+    refused one layer later with a hint about the layer's arithmetic (np.where), not its arrays; made
+    float32 by .astype there, the model trained in mixed precision and summary() said float32."""
+    def float64(n):
+        return np.ones(n), np.zeros(n)
+
+    with pytest.raises(ValueError, match=r"different dtypes, float32 \(Linear\(8, 2\)\) and float64 \(weight of "
+                                         r"_Factor\(\)\).*give them the model's dtype="):
+        nb.Sequential(nb.Linear(3, 8, seed=0), _Factor(float64), nb.Linear(8, 2, seed=1))
+    nb.Sequential(nb.Linear(3, 8, seed=0, dtype=np.float64), _Factor(float64), nb.Linear(8, 2, seed=1, dtype=np.float64))
+    nb.Sequential(nb.Linear(3, 8, seed=0), _Factor(lambda n: (np.ones(n, np.float32), np.zeros(n, np.float32))))
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda n: (np.ones(n, np.float32), None), r"has no grad_weight, which its Parameter\(self, 'weight'\) reads: .*"
+                                               r"self.grad_weight \(np.zeros_like\(self.weight\)\)"),
+    (lambda n: (np.ones(n, np.float32), np.zeros(n - 1, np.float32)),
+     r"_Factor\(\)'s grad_weight is float32 \(7,\) and its weight float32 \(8,\): a gradient has its parameter's shape"),
+    (lambda n: ([1.0] * n, np.zeros(n, np.float32)), r"weight of _Factor\(\) is a list, not an array"),
+], ids=["no-gradient", "gradient-of-another-shape", "a-list"])
+def test_a_parameter_of_ones_own_without_a_gradient_array_of_its_shape_is_named_at_build(make, said):
+    """A Parameter(self, "weight") whose layer had no grad_weight was an AttributeError from inside
+    packing ("'_Factor' object has no attribute 'grad_weight'"), one of another size NumPy's "could
+    not broadcast" from there: now a ValueError at Sequential(...) naming the layer and what to make."""
+    layer = _Factor(make)
+    if layer.grad_weight is None:
+        del layer.grad_weight
+    with pytest.raises(ValueError, match="^Sequential: .*" + said):
+        nb.Sequential(nb.Linear(3, 8, seed=0), layer, nb.Linear(8, 2, seed=1))

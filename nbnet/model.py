@@ -442,6 +442,7 @@ class Sequential:
         stop = 0 if need_input_grad else self._first_with_parameters()
         i = len(self.layers) - 1
         layers = self.layers
+        given = None  # the gradient the last layer of one's own was given (for _made_by_own_layer)
         while i >= stop:
             layer = layers[i]
             try:
@@ -455,12 +456,13 @@ class Sequential:
                 else:
                     # A layer of the user's own gets backward(grad_y), the documented signature: with
                     # need_input_grad= every one written as `def backward(self, grad)` was a TypeError.
+                    given = grad
                     grad = layer.backward(grad)
                     i -= 1
             except ValueError as e:
                 if i + 1 < len(layers) and type(layer) in _OWN_BACKWARD and type(layers[i + 1]) not in _OWN_BACKWARD:
                     shape = getattr(layer.out, "shape", None)
-                    fault = shape and _made_by_own_layer(layers, i + 1, i, "backward", grad, self.dtype, shape)
+                    fault = shape and _made_by_own_layer(layers, i + 1, i, "backward", grad, self.dtype, shape, given)
                     if fault:
                         raise fault from e
                 raise
@@ -894,16 +896,22 @@ def _named(layer):
     return type(layer).__name__ + "()" if type(layer).__repr__ is object.__repr__ else repr(layer)
 
 
-def _made_by_own_layer(layers, j, i, what, arr, dtype, shape):
+def _made_by_own_layer(layers, j, i, what, arr, dtype, shape, given=None):
     """The ValueError that names what is wrong with `arr`, what layer j, one of the user's own,
     returned from its `what` ("forward" or "backward"), which nbnet's layer i refused; None where arr
     is not at fault. Layer i's own error names layer i alone ('Linear(3, 8): expected gradient dtype
     float32, got float64'), not the layer to fix, with hints for a caller's input (model.astype,
     which refuses a layer of one's own; nb.train converting features). `shape`: what layer i takes,
-    None for any size."""
+    None for any size; `given`: the gradient layer j's backward was given."""
     mine, theirs = f"layer {j}, {_named(layers[j])}", f"layer {i}, {_named(layers[i])}"
     if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
         why = f"returned {type(arr).__name__}, not an array (a missing `return`?)"
+    elif arr.dtype != dtype and what == "backward" and getattr(given, "dtype", None) == arr.dtype:
+        # its backward passed on the gradient it got (`return grad`, right): the loss took predictions
+        # of that dtype, so a forward made them (the last layer of one's own, or one after it)
+        why = (f"returned a {arr.dtype} array in a {dtype} model, as it was given: the loss got {arr.dtype} "
+               f"predictions, so its forward() or a later layer's returned {arr.dtype}: compute in the input's "
+               "dtype (np.ones(x.shape) is float64 whatever x is: np.ones_like(x), or add .astype(x.dtype))")
     elif arr.dtype != dtype:
         why = (f"returned a {arr.dtype} array in a {dtype} model, whose layers take exactly {dtype}: compute in "
                "the input's dtype (np.where(x >= 0, 1.0, 0.1) is float64 whatever x is: add .astype(x.dtype), or "

@@ -253,3 +253,22 @@ def test_a_parameter_of_ones_own_without_a_gradient_array_of_its_shape_is_named_
         del layer.grad_weight
     with pytest.raises(ValueError, match="^Sequential: .*" + said):
         nb.Sequential(nb.Linear(3, 8, seed=0), layer, nb.Linear(8, 2, seed=1))
+
+
+@pytest.mark.parametrize("how", ["loop", "nb.train"])
+def test_a_float64_gradient_passed_through_is_blamed_on_the_forward_that_made_the_loss_float64(how):
+    """A layer of one's own last in a float32 model whose forward returns float64 gives the loss
+    float64 predictions, so the gradient it is given is float64 and its backward, `return grad`,
+    hands it on: the message told the student to fix that backward (np.where(x >= 0, 1.0, 0.1)),
+    which is right, and said nothing of the forward, which is not."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 3)).astype(np.float32), rng.integers(0, 2, 6)
+    model = nb.Sequential(nb.Linear(3, 2, seed=0), _Returns("forward", lambda x: x * np.ones(x.shape)))
+    with pytest.raises(ValueError, match=r"^layer 1, _Returns\(\): its backward\(\) returned a float64 array in a "
+                                         r"float32 model, as it was given: .*its forward\(\) or a later layer's"):
+        if how == "loop":
+            loss_fn = nb.SoftmaxCrossEntropy()
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward())
+        else:
+            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=6)

@@ -499,8 +499,18 @@ class Sequential:
 
     @property
     def dtype(self):
+        """The dtype of the model's arrays: its first Linear's, else its first parameter's (a layer of
+        one's own: a float64 Scale alone read float32, and nb.train fed it float32 features), else a
+        layer's own dtype, else float32. (The build refuses layers of different dtypes.)"""
         for layer in self.layers:
             if isinstance(layer, Linear):
+                return np.dtype(layer.dtype)
+        for layer in self.layers:
+            for p in layer.parameters():
+                if hasattr(p.data, "dtype"):
+                    return np.dtype(p.data.dtype)
+        for layer in self.layers:
+            if getattr(layer, "dtype", None) is not None:
                 return np.dtype(layer.dtype)
         return np.dtype(np.float32)
 

@@ -237,6 +237,15 @@ def test_a_parameter_of_ones_own_made_float64_in_a_float32_model_is_refused_at_b
     nb.Sequential(nb.Linear(3, 8, seed=0), _Factor(lambda n: (np.ones(n, np.float32), np.zeros(n, np.float32))))
 
 
+def test_a_model_of_ones_own_float64_layers_alone_says_float64():
+    """model.dtype was the first Linear's, else float32: a model of a float64 layer of one's own
+    alone said float32, in summary() too (nb.train and nb.predict ask for a Linear)."""
+    model = nb.Sequential(_Factor(lambda n: (np.ones(n), np.zeros(n))))
+    assert model.dtype == np.float64 and "float64" in model.summary() and "float32" not in model.summary()
+    assert nb.Sequential(_Factor(lambda n: (np.ones(n, np.float32), np.zeros(n, np.float32)))).dtype == np.float32
+    assert nb.Sequential(nb.ReLU()).dtype == np.float32
+
+
 @pytest.mark.parametrize("make, said", [
     (lambda n: (np.ones(n, np.float32), None), r"has no grad_weight, which its Parameter\(self, 'weight'\) reads: .*"
                                                r"self.grad_weight \(np.zeros_like\(self.weight\)\)"),

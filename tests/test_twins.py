@@ -176,3 +176,22 @@ def test_the_twins_of_linear_blocks_share_one_compilation_of_bcast_unit(tmp_path
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0", "1"]  # no literal argument types; one signature
+
+
+def test_cprofile_shows_the_twins_as_two_rows():
+    """cProfile names a Numba call by its dispatcher's __code__; the twins share one code object, so
+    `python -m cProfile` summed both into one row, `cpu.py:N(_relu_forward)`. The serial twin's row is
+    `_relu_forward_serial`; what Numba compiles and caches stays the code as written."""
+    import cProfile  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    out, inp = _args("relu_forward", np.random.default_rng(0))
+    kernel = cpu.relu_forward
+    kernel.serial(out, inp), kernel.parallel(out, inp)  # compiled (or loaded) outside the profile
+    profile = cProfile.Profile()
+    profile.runcall(lambda: (kernel.serial(out, inp), kernel.parallel(out, inp), kernel.parallel(out, inp)))
+    rows = {(line, name): stat[0] for (path, line, name), stat in pstats.Stats(profile).stats.items()
+            if path == cpu.__file__}
+    line = kernel.py_func.__code__.co_firstlineno
+    assert rows == {(line, "_relu_forward_serial"): 1, (line, "_relu_forward"): 2}
+    assert kernel.serial.py_func.__code__ is kernel.parallel.py_func.__code__  # co_name found by NUMBA_DEBUGINFO

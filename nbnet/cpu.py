@@ -186,6 +186,19 @@ class Kernel:
         NUMBA_DISABLE_JIT. The Linear kernels' micro-kernels (nbnet.simd) run only compiled."""
         return self.parallel.py_func
 
+    def __getattr__(self, name):
+        """Numba's dispatcher API (inspect_asm, signatures, parallel_diagnostics, ...) is the twins':
+        an AttributeError that names them, rather than answering for one twin, which may not be the
+        one that ran (on one thread the parallel twin has no signatures)."""
+        parallel, serial = vars(self).get("parallel"), vars(self).get("serial")
+        if name.startswith("_") or parallel is None or serial is None or not hasattr(parallel, name):
+            raise AttributeError(f"'Kernel' object has no attribute {name!r}")
+        raise AttributeError(
+            f"a Kernel is two Numba dispatchers of {parallel.py_func.__name__}: use .parallel.{name} (the "
+            f"prange twin, which a call runs from a work threshold while more than one thread is in use) or "
+            f".serial.{name} (the other calls); compiled so far: .parallel {len(parallel.signatures)} "
+            f"signature(s), .serial {len(serial.signatures)}")
+
     def __call__(self, *args):
         if self.work(*args) >= self.threshold and threads.parallel():
             if threads.exclusive:

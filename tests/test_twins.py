@@ -195,3 +195,14 @@ def test_cprofile_shows_the_twins_as_two_rows():
     line = kernel.py_func.__code__.co_firstlineno
     assert rows == {(line, "_relu_forward_serial"): 1, (line, "_relu_forward"): 2}
     assert kernel.serial.py_func.__code__ is kernel.parallel.py_func.__code__  # co_name found by NUMBA_DEBUGINFO
+
+
+@pytest.mark.parametrize("name", ["inspect_asm", "inspect_llvm", "inspect_types", "signatures", "parallel_diagnostics"])
+def test_numbas_dispatcher_api_on_a_kernel_names_its_twins(name):
+    """A user following Numba's docs asks the Kernel itself: an AttributeError that says where the
+    dispatchers are and which has compiled, not Python's bare "no attribute"."""
+    kernel = cpu.relu_forward
+    with pytest.raises(AttributeError, match=rf"\.parallel\.{name} .* or \.serial\.{name} .*compiled so far"):
+        getattr(kernel, name)
+    assert getattr(kernel.parallel, name) is not None and not hasattr(kernel, "no_such_thing")
+    assert getattr(kernel, "__deepcopy__", None) is None  # Python's own protocol lookups answer as before

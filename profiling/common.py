@@ -276,6 +276,19 @@ def match_blas():
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
+def limit_blas(n):
+    """Give NumPy's BLAS n threads, as many as nbnet's kernels it is set against get, and return the
+    line that says so. Left at its default (all cores), a reference measured contention instead: two
+    OpenBLAS threads sharing one core took 16-20 ms for a 784->256 product at batch 8 that one thread
+    does in ~50 µs (taskset -c 0; the same on a loaded 2-core machine)."""
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        return f"NumPy's BLAS: its default thread count, not {n} (threadpoolctl not installed)"
+    threadpool_limits(n, user_api="blas")  # stays in effect: the object only restores on exit or when asked
+    return f"NumPy's BLAS: {n} thread(s), as nbnet's"
+
+
 def sgemm_peak(n=1024, dtype=np.float32):
     """GFLOP/s of np.dot on two n x n matrices: what this machine's BLAS reaches, measured now,
     with the threads NumPy's BLAS uses (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS)."""

@@ -4,7 +4,8 @@ Measures, for the 784-256-128-10 MLP (Linear 784->256, 256->128, 128->10; ReLU, 
 Softmax on 128x256; the losses on 128x10; SGD and Adam steps over its 235,146 parameters):
 microseconds per call (best of several rounds, compilation excluded), GFLOP/s for the matmuls and
 that as a % of the sgemm peak (np.dot on 1024x1024, measured in the same run), and the same
-computation in NumPy with the ratio NumPy time / nbnet time (> 1: nbnet is faster).
+computation in NumPy with the ratio NumPy time / nbnet time (> 1: nbnet is faster). NumPy's BLAS
+gets as many threads as nbnet's kernels (--threads, else Numba's count).
 Every kernel nbnet.cpu holds is measured (see common.py), so new or fused kernels appear by
 themselves; Linear FLOPs count the matmul only, fused extras (bias, ReLU) are not counted.
 
@@ -17,7 +18,7 @@ import argparse
 import numba
 import numpy as np
 
-from common import load_warning, match_blas, mnist_cases, sgemm_peak, table, thread_counts, threads_in_use, time_call
+from common import limit_blas, load_warning, match_blas, mnist_cases, sgemm_peak, table, thread_counts, threads_in_use, time_call
 
 from nbnet import simd
 from argtypes import GROUPS_ROW, PROCESS, check_memory, positive_int, seconds
@@ -41,9 +42,10 @@ def main():
 
     dtype = np.dtype(args.dtype).type
     blas = match_blas()
+    blas_threads = limit_blas(args.threads or numba.get_num_threads())  # the NumPy column and the peak
     peak = sgemm_peak(dtype=dtype)
     print(simd.describe())
-    print(blas)
+    print(f"{blas}; {blas_threads}")
     print(f"nbnet.cpu kernels, batch {args.batch}, {args.dtype}, {numba.get_num_threads()} Numba "
           f"thread(s); sgemm peak (np.dot 1024x1024 {args.dtype}): {peak:.1f} GFLOP/s")
     if load_warning():

@@ -479,3 +479,15 @@ def test_a_setting_nbnet_refuses_is_one_error_line(script, variable, value, says
     assert done.returncode != 0 and "Traceback" not in done.stderr, (script, done.stderr[-3000:])
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {says}"), (script, done.stderr[-3000:])
+
+
+def test_kernels_py_gives_numpys_blas_as_many_threads_as_nbnet():
+    """kernels.py's NumPy column ran OpenBLAS on all cores whatever --threads said: on a loaded
+    2-core machine (or under taskset -c 0) a 784->256 product at batch 8 took 8-20 ms there against
+    ~50 µs on one thread, so the column measured contention."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=None):  # puts the process's limits back on exit
+        assert common.limit_blas(1) == "NumPy's BLAS: 1 thread(s), as nbnet's"
+        blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        assert blas and all(lib["num_threads"] == 1 for lib in blas)
+    assert "limit_blas(args.threads or numba.get_num_threads())" in (PROFILING / "kernels.py").read_text(encoding="utf-8")

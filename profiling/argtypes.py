@@ -8,6 +8,17 @@ import math
 import os
 
 
+class ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default as "(default: X)", where its text does not say it already;
+    not for flags (False), nor options whose default is worked out when the script runs (None: their
+    text says how). Every script's parser uses it (tests/test_profiling.py)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def positive_int(text):
     try:
         value = int(text)

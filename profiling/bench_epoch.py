@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import warnings
-from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, largest, parse_args, positive_int, positive_ints
+from argtypes import MNIST_ROW, PROCESS, STEP_ROW, ShowDefaults, check_memory, largest, parse_args, positive_int, positive_ints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -89,10 +89,10 @@ def worker(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="epoch time: nbnet vs PyTorch CPU, NumPy, scikit-learn")
-    parser.add_argument("--batch-sizes", type=positive_ints, default="32,128,512")
-    parser.add_argument("--threads", type=positive_ints, default="1,2")
-    parser.add_argument("--samples", type=positive_int, default=60000)
+    parser = argparse.ArgumentParser(description="epoch time: nbnet vs PyTorch CPU, NumPy, scikit-learn", formatter_class=ShowDefaults)
+    parser.add_argument("--batch-sizes", type=positive_ints, default="32,128,512", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=positive_ints, default="1,2", help="comma-separated thread counts, each in a process of its own")
+    parser.add_argument("--samples", type=positive_int, default=60000, help="training rows per epoch")
     parser.add_argument("--repeats", type=positive_int, default=2, help="timed epochs per contender (best kept)")
     parser.add_argument("--quick", action="store_true", help="4,096 samples, batch 128, 1 thread, 1 repeat (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

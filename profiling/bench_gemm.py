@@ -28,7 +28,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, parse_args, positive_int, positive_ints, seconds  # noqa: E402
+from argtypes import PROCESS, STEP_ROW, ShowDefaults, check_memory, largest, names_from, parse_args, positive_int, positive_ints, seconds  # noqa: E402
 from common import load_warning, match_blas, rand, training_step  # noqa: E402  (puts this checkout's nbnet first)
 from nbnet import cpu, simd  # noqa: E402
 
@@ -105,10 +105,10 @@ def as_step(route):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Linear kernels vs single-thread BLAS, and a step vs sgemm")
-    parser.add_argument("--batches", type=positive_ints, default="32,128,512")
-    parser.add_argument("--dtypes", type=names_from("float32", "float64"), default="float32,float64")
-    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser = argparse.ArgumentParser(description="Linear kernels vs single-thread BLAS, and a step vs sgemm", formatter_class=ShowDefaults)
+    parser.add_argument("--batches", type=positive_ints, default="32,128,512", help="comma-separated batch sizes")
+    parser.add_argument("--dtypes", type=names_from("float32", "float64"), default="float32,float64", help="comma-separated dtypes")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds per kernel (the best kept)")
     parser.add_argument("--min-time", type=seconds, default=0.3, help="seconds of timing per kernel")
     parser.add_argument("--quick", action="store_true", help="batch 128, float32, short timings (options given win)")
     parser.add_argument("--wall", action="store_true", help="wall-clock time instead of the thread's CPU time")

@@ -18,7 +18,7 @@ import time
 import warnings
 
 import numpy as np
-from argtypes import PROCESS, at_least, check_memory, directory, names_from, positive_int, positive_ints
+from argtypes import PROCESS, ShowDefaults, at_least, check_memory, directory, names_from, positive_int, positive_ints
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
@@ -115,15 +115,15 @@ def needs(args, mnist_dir):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=ShowDefaults)
     ap.add_argument("--quick", action="store_true", help="2,000 x 100 synthetic, 2 epochs, 1 repeat, no MNIST")
     ap.add_argument("--threads", type=positive_ints, default=None, help="comma list (default: 1,2; --quick: 1)")
-    ap.add_argument("--solvers", type=names_from("adam", "sgd"), default="adam,sgd")
-    ap.add_argument("--epochs", type=positive_int, default=None, help="default 10 (synthetic), 5 (MNIST); --quick 2")
-    ap.add_argument("--repeats", type=positive_int, default=None, help="fits per side, best time kept (default 2; --quick 1)")
+    ap.add_argument("--solvers", type=names_from("adam", "sgd"), default="adam,sgd", help="comma-separated solvers, of adam and sgd")
+    ap.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: 10 synthetic, 5 MNIST; --quick: 2)")
+    ap.add_argument("--repeats", type=positive_int, default=None, help="fits per side, best time kept (default: 2; --quick: 1)")
     ap.add_argument("--hidden", type=positive_ints, default="100", help="hidden layer sizes, comma list (scikit-learn's default 100)")
     ap.add_argument("--samples", type=positive_int, default=None,
-                    help="synthetic rows, 80%% train, 20%% test (default 20,000; --quick 2,000)")
+                    help="synthetic rows, 80%% train, 20%% test (default: 20,000; --quick: 2,000)")
     # make_classification's 10 classes of 2 clusters need 2**(features // 2) >= 20 informative corners
     ap.add_argument("--features", type=at_least(10), default=100, help="synthetic features (at least 10)")
     ap.add_argument("--mnist-dir", type=directory, default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")

@@ -26,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from argtypes import PROCESS, STEP_ROW, check_memory, largest, parse_args, positive_int, positive_ints  # noqa: E402
+from argtypes import PROCESS, STEP_ROW, ShowDefaults, check_memory, largest, parse_args, positive_int, positive_ints  # noqa: E402
 from bench_vs_torch import torch_mlp  # noqa: E402
 from common import child_env, sgemm_peak, thread_counts, threads_in_use  # noqa: E402
 
@@ -190,9 +190,9 @@ def worker(threads, batches, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="step latency at batch 1 and 8: nbnet vs PyTorch CPU")
-    parser.add_argument("--batch-sizes", type=positive_ints, default="1,8")
-    parser.add_argument("--threads", type=positive_ints, default="1,2")
+    parser = argparse.ArgumentParser(description="step latency at batch 1 and 8: nbnet vs PyTorch CPU", formatter_class=ShowDefaults)
+    parser.add_argument("--batch-sizes", type=positive_ints, default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=positive_ints, default="1,2", help="comma-separated thread counts, each in a process of its own")
     parser.add_argument("--steps", type=positive_int, default=1000, help="timed steps per contender and batch size")
     parser.add_argument("--quick", action="store_true", help="1 thread, 100 steps (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

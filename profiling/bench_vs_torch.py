@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from argtypes import MNIST_ROW, PROCESS, STEP_ROW, check_memory, largest, positive_int, positive_ints
+from argtypes import MNIST_ROW, PROCESS, STEP_ROW, ShowDefaults, check_memory, largest, positive_int, positive_ints
 from common import load_warning, match_blas, thread_counts  # first: it puts this checkout's nbnet first
 
 import nbnet as nb
@@ -213,12 +213,12 @@ def set_threads(n, have_torch):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch-sizes", type=positive_ints, default=None, help="default 32,128,512 (cpu), 128,512,2048 (cuda)")
-    ap.add_argument("--threads", type=positive_ints, default="1,2")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=ShowDefaults)
+    ap.add_argument("--batch-sizes", type=positive_ints, default=None, help="comma-separated batch sizes (default: 32,128,512 on cpu, 128,512,2048 on cuda)")
+    ap.add_argument("--threads", type=positive_ints, default="1,2", help="comma-separated thread counts")
     ap.add_argument("--samples", type=positive_int, default=60000, help="samples per epoch (fewer for a quick run)")
     ap.add_argument("--repeats", "--epochs", type=positive_int, default=3, help="timed epochs per contender (best kept)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where nbnet and PyTorch train")
     args = ap.parse_args(argv)
     # The data, three contenders' steps at the largest batch (at most the data), sgemm's matrices:
     # the host's memory, also under --device cuda (the data is made there first).

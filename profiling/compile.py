@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from argtypes import PROCESS, STEP_ROW, check_memory, positive_int
+from argtypes import PROCESS, STEP_ROW, ShowDefaults, check_memory, positive_int
 from common import child_env, load_warning, table
 
 from nbnet import simd
@@ -61,9 +61,9 @@ def run_child(code, cache_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="cold vs cached compile time")
-    parser.add_argument("--batch", type=positive_int, default=128)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser = argparse.ArgumentParser(description="cold vs cached compile time", formatter_class=ShowDefaults)
+    parser.add_argument("--batch", type=positive_int, default=128, help="batch size of the first training step")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the model's dtype")
     args = parser.parse_args()
     # The child's training step and nb.train's warm-up each hold a step at --batch (float64: twice).
     size = 2 if args.dtype == "float64" else 1

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from argtypes import directory, positive_int
+from argtypes import ShowDefaults, directory, positive_int
 from common import load_warning  # first: it puts this checkout's nbnet first
 
 import nbnet as nb
@@ -60,10 +60,10 @@ def best_of(fn, repeats=20):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=ShowDefaults)
     default = os.path.join(os.environ.get("NBNET_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "mnist")
-    ap.add_argument("--data-dir", type=directory, default=None, help=f"MNIST's IDX files [default: {default}, "
-                    "random MNIST-shaped rows where it has none]")
+    ap.add_argument("--data-dir", type=directory, default=None, help=f"MNIST's IDX files (default: {default}, "
+                    "random MNIST-shaped rows where it has none)")
     ap.add_argument("--steps", type=positive_int, default=469, help="training steps to scan (469 = one epoch at batch 128)")
     args = ap.parse_args()
     if args.data_dir and len(nb.datasets.find_idx("mnist", args.data_dir)) < len(nb.datasets.IDX_FILES):

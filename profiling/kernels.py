@@ -21,14 +21,14 @@ import numpy as np
 from common import limit_blas, load_warning, match_blas, mnist_cases, sgemm_peak, table, thread_counts, threads_in_use, time_call
 
 from nbnet import simd
-from argtypes import GROUPS_ROW, PROCESS, check_memory, positive_int, seconds
+from argtypes import GROUPS_ROW, PROCESS, ShowDefaults, check_memory, positive_int, seconds
 
 
 def main():
-    parser = argparse.ArgumentParser(description="per-kernel timings at MNIST shapes")
-    parser.add_argument("--batch", type=positive_int, default=128)
+    parser = argparse.ArgumentParser(description="per-kernel timings at MNIST shapes", formatter_class=ShowDefaults)
+    parser.add_argument("--batch", type=positive_int, default=128, help="rows of every kernel's input")
     parser.add_argument("--threads", type=positive_int, default=None, help="Numba threads (default: all)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of every array")
     parser.add_argument("--min-time", type=seconds, default=0.2, help="seconds of timing per kernel")
     args = parser.parse_args()
     size = np.dtype(args.dtype).itemsize  # the rows are counted in float32

@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from argtypes import PROCESS, STEP_ROW, check_memory, largest, names_from, parse_args, positive_int, positive_ints
+from argtypes import PROCESS, STEP_ROW, ShowDefaults, check_memory, largest, names_from, parse_args, positive_int, positive_ints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -121,7 +121,7 @@ def spin():
 
 
 def main():
-    parser = argparse.ArgumentParser(description="1 vs 2 threads (fixed, adaptive), quiet vs one core busy")
+    parser = argparse.ArgumentParser(description="1 vs 2 threads (fixed, adaptive), quiet vs one core busy", formatter_class=ShowDefaults)
     parser.add_argument("--batch", type=positive_ints, default="128", help="batch sizes, comma-separated")
     parser.add_argument("--steps", type=positive_int, default=200, help="timed steps per setting (over all rounds)")
     parser.add_argument("--rounds", type=positive_int, default=3,

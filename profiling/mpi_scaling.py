@@ -22,7 +22,7 @@ import sys
 import time
 
 import numpy as np
-from argtypes import MNIST_ROW, PROCESS, STEP_ROW, at_least, check_memory, directory, parse_args, positive_int
+from argtypes import MNIST_ROW, PROCESS, STEP_ROW, ShowDefaults, at_least, check_memory, directory, parse_args, positive_int
 
 MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 SIZES = (784, 256, 128, 10)
@@ -104,14 +104,15 @@ def ring_allreduce_s(n, nbytes, gbit, latency=LATENCY_S):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=ShowDefaults)
     # 1 process is the reference each run is compared with, and has no Allreduce to time
     parser.add_argument("--procs", type=at_least(2), default=2, help="processes compared with 1 (at least 2)")
     parser.add_argument("--rows", type=positive_int, default=60000, help="training rows (MNIST has 60,000)")
     parser.add_argument("--batch", type=positive_int, default=512, help="the global batch")
-    parser.add_argument("--repeat", type=positive_int, default=3)
-    parser.add_argument("--allreduce-reps", type=positive_int, default=200)
-    parser.add_argument("--data-dir", type=directory, default=None, help="MNIST's IDX files [default: /work/shared/data/mnist]")
+    parser.add_argument("--repeat", type=positive_int, default=3, help="timed epochs per process count (the best kept)")
+    parser.add_argument("--allreduce-reps", type=positive_int, default=200, help="timed Allreduce calls of the gradients")
+    parser.add_argument("--data-dir", type=directory, default=None, help="MNIST's IDX files (default: /work/shared/data/mnist or shared/data/mnist beside the checkout, "
+                        "else random MNIST-shaped rows)")
     parser.add_argument("--quick", action="store_true", help="4,096 rows, one repeat: a check that it runs (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, rows=4096, repeat=1, allreduce_reps=20)

@@ -19,14 +19,14 @@ from common import load_warning, mnist_cases, table, time_call, training_step
 from nbnet import simd
 from nbnet import threads as nbthreads
 from nbnet.check import threading_layer
-from argtypes import GROUPS_ROW, PROCESS, STEP_ROW, check_memory, positive_int, positive_ints, seconds
+from argtypes import GROUPS_ROW, PROCESS, STEP_ROW, ShowDefaults, check_memory, positive_int, positive_ints, seconds
 
 
 def main():
-    parser = argparse.ArgumentParser(description="thread scaling of nbnet.cpu kernels")
+    parser = argparse.ArgumentParser(description="thread scaling of nbnet.cpu kernels", formatter_class=ShowDefaults)
     parser.add_argument("--threads", type=positive_ints, default=None,
-                        help="comma-separated thread counts (default 1,2, or 1 where Numba has one thread)")
-    parser.add_argument("--batch", type=positive_int, default=128)
+                        help="comma-separated thread counts (default: 1,2, or 1 where Numba has one thread)")
+    parser.add_argument("--batch", type=positive_int, default=128, help="rows of every kernel's input and of the training step")
     parser.add_argument("--min-time", type=seconds, default=0.1, help="seconds of timing per point")
     args = parser.parse_args()
     check_memory(parser, {"--batch": (GROUPS_ROW + STEP_ROW) * args.batch}, fixed=PROCESS)  # the kernels' arrays, a step

@@ -22,7 +22,7 @@ import numba
 from common import load_warning, mnist_cases, table, time_call
 
 from nbnet import simd
-from argtypes import GROUPS_ROW, PROCESS, check_memory, positive_int, seconds
+from argtypes import GROUPS_ROW, PROCESS, ShowDefaults, check_memory, positive_int, seconds
 
 # The kernels with a parallel twin: linear_forward and linear_backward_* are Python functions that
 # choose among these (and the register-blocked linear_blocks) by shape, so they have none to time.
@@ -43,9 +43,10 @@ def serial_and_parallel(kernel):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="parallel vs serial crossover per kernel")
-    parser.add_argument("--kernels", default=DEFAULT, help="comma-separated nbnet.cpu kernel names")
-    parser.add_argument("--max-batch", type=positive_int, default=1024)
+    parser = argparse.ArgumentParser(description="parallel vs serial crossover per kernel", formatter_class=ShowDefaults)
+    parser.add_argument("--kernels", default=DEFAULT, help="comma-separated nbnet.cpu kernel names (default: "
+                        + ", ".join(DEFAULT.split(",")) + ")")
+    parser.add_argument("--max-batch", type=positive_int, default=1024, help="the largest batch size measured (powers of 2 up to it)")
     parser.add_argument("--min-time", type=seconds, default=0.05, help="seconds of timing per point")
     args = parser.parse_args()
     # The kernels' arrays at every power of two up to --max-batch are all made first: 2 x the largest rows.

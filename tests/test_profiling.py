@@ -56,6 +56,11 @@ def test_scripts_have_help_and_say_what_they_measure():
                               capture_output=True, text=True, cwd=PROFILING, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(PROFILING.parent)})
         assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)
+        # Each option that takes a value says its default (argtypes.ShowDefaults): kernels.py's
+        # --batch and --dtype, compile.py's, bench_gemm's --rounds ... did not.
+        options = re.split(r"\n(?=  -)", done.stdout.split("options:", 1)[1])
+        silent = [o.split()[0] for o in options if re.match(r"  --?[\w-]+ [A-Z{]", o) and "default" not in o]
+        assert not silent, (script, silent)
 
 
 def test_every_script_prints_the_machine_it_ran_on():

@@ -186,6 +186,9 @@ class Kernel:
         NUMBA_DISABLE_JIT. The Linear kernels' micro-kernels (nbnet.simd) run only compiled."""
         return self.parallel.py_func
 
+    def __repr__(self):
+        return f"<Kernel {self.parallel.py_func.__name__}: Numba dispatchers .serial and .parallel>"
+
     def __getattr__(self, name):
         """Numba's dispatcher API (inspect_asm, signatures, parallel_diagnostics, ...) is the twins':
         an AttributeError that names them, rather than answering for one twin, which may not be the

@@ -206,3 +206,4 @@ def test_numbas_dispatcher_api_on_a_kernel_names_its_twins(name):
         getattr(kernel, name)
     assert getattr(kernel.parallel, name) is not None and not hasattr(kernel, "no_such_thing")
     assert getattr(kernel, "__deepcopy__", None) is None  # Python's own protocol lookups answer as before
+    assert repr(kernel) == "<Kernel _relu_forward: Numba dispatchers .serial and .parallel>"

@@ -337,7 +337,7 @@ def threads_in_use():
     with enough work to go parallel has run)."""
     from nbnet import threads  # noqa: PLC0415
 
-    return threads._n
+    return threads.in_use()
 
 
 def thread_counts(used):

@@ -8,7 +8,9 @@ Outputs: `write_atomic` writes a temporary file in the target's folder and renam
 target, so a crash leaves the old file or the new one, never a torn one; the file gets the mode
 the umask gives (as `open` would), and temporary files left by a killed save are removed by the
 next save in that folder from the same machine and PID namespace (another's process ids say nothing
-here). `append_whole` appends to a log (--metrics-out) whole lines or nothing.
+here). A rename refused (on Windows: the target open in another program) leaves what was written
+beside the target, as model.unsaved.npz, and the error says so. `append_whole` appends to a log
+(--metrics-out) whole lines or nothing.
 `check_outputs` refuses an output path that is one of the run's inputs.
 """
 
@@ -454,6 +456,7 @@ def write_atomic(path, write, suffix=""):
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), suffix=suffix, dir=folder)
     except OSError as e:
         raise _naming(e, path) from None
+    written = False
     try:
         with os.fdopen(fd, "wb") as f:  # closed before the except's unlink, which Windows refuses on an open file
             if hasattr(os, "fchmod"):  # Windows has it from Python 3.13, and a mode there is only read-only or not
@@ -461,13 +464,67 @@ def write_atomic(path, write, suffix=""):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        written = True
+        _replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        kept = _keep(tmp, path) if written and isinstance(e, PermissionError) else None
+        if kept is not None:
+            raise _not_replaced(e, path, kept) from None
+        try:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        except OSError:  # Windows: a virus scanner still has it open; the next save there removes it
+            pass
         if isinstance(e, OSError):
             raise _naming(e, path) from None
         raise
+
+
+# Windows refuses to rename over a file that another process has open (an editor; a virus scanner or
+# the search indexer, for a moment, often just after the file was written), and to rename the
+# temporary file while a scanner reads it (just closed): PermissionError. Tried again over about a
+# second, as pip and git do there; elsewhere that error is lasting (a folder's sticky bit), not retried.
+REPLACE_RETRIES = (0.05, 0.1, 0.2, 0.25, 0.4)  # seconds slept after each failed try
+
+
+def _replace(tmp, path):
+    for delay in REPLACE_RETRIES if sys.platform == "win32" else ():
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            time.sleep(delay)
+    os.replace(tmp, path)
+
+
+def _keep(tmp, path):
+    """The name the finished temporary file `tmp` is given beside `path` when it cannot be renamed
+    over `path`, or None where that fails too: what was written (a checkpoint after hours of
+    training) is not lost, and its name is no temporary file's, which the next save there would
+    remove. model.npz's is model.unsaved.npz (then model.unsaved-2.npz, ...): still an .npz."""
+    root, ext = os.path.splitext(path)
+    for n in range(1, 100):
+        kept = f"{root}.unsaved{'' if n == 1 else f'-{n}'}{ext}"
+        if os.path.lexists(kept):
+            continue
+        try:
+            os.rename(tmp, kept)
+        except FileExistsError:  # Windows' rename refuses an existing name: made meanwhile
+            continue
+        except OSError:
+            return None
+        return kept
+    return None
+
+
+def _not_replaced(error, path, kept):
+    """The error of a write whose rename over `path` was refused, saying where its content is."""
+    why = error.strerror or str(error)
+    if sys.platform == "win32":
+        why = f"another program has it open, or it is read-only: {why}"
+    refused = PermissionError(f"{path}: cannot replace it ({why}); what was to be written to it is in {kept}")
+    refused.errno = error.errno
+    return refused
 
 
 def append_whole(fd, data, path):

@@ -257,6 +257,31 @@ def test_predict_output_that_is_its_input_is_an_error(run, tmp_path):
     assert_error(nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", ck), "--checkpoint")
 
 
+def test_an_output_another_program_holds_open_on_windows_is_one_error_naming_where_the_result_is(run, tmp_path, monkeypatch):
+    """Windows refuses to rename over a file that is open elsewhere (the last predictions, open in
+    Excel): one Error line that names the output and the file its new content was kept in, after
+    the rename was tried again for about a second, and no traceback."""
+    _, ck, x = run
+    np.savez(tmp_path / "in.npz", x=x[:3])
+    out = tmp_path / "p.csv"
+    out.write_text("the predictions before\n")
+    tries = []
+
+    def refused(src, dst):
+        tries.append(dst)
+        raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "replace", refused)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    r = nbnet("predict", "--checkpoint", ck, tmp_path / "in.npz", "-o", out)
+    monkeypatch.undo()
+    assert_error(r, f"{out}: cannot replace it (another program has it open", f"is in {tmp_path / 'p.unsaved.csv'}")
+    assert len(tries) > 1
+    assert out.read_text() == "the predictions before\n"
+    assert len((tmp_path / "p.unsaved.csv").read_text().splitlines()) == 3  # a class a row
+
+
 def test_a_predict_output_that_cannot_be_written_is_an_error_naming_it_before_predicting(run, tmp_path, monkeypatch):
     """As train's outputs are: it was found only when the predictions were written, and the error
     named nbnet's temporary file ('No such file or directory: /proc/.tmp-nbnet-...'), or the

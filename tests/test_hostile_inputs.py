@@ -386,6 +386,78 @@ def test_a_save_on_windows_sends_no_signal_to_the_process_of_a_temporary_file(tm
     assert sent == [] and other.exists()
 
 
+def _refusing_replace(monkeypatch, times):
+    """os.replace refusing the first `times` calls as Windows does while another program has the
+    target open (ERROR_SHARING_VIOLATION: a PermissionError); returns the list of its calls."""
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) <= times:
+            raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def test_a_save_on_windows_tries_again_while_another_program_holds_the_target(tmp_path, monkeypatch):
+    """A virus scanner or the search indexer opens a file for a moment just after it is written, and
+    Windows refuses a rename over an open file: the next epoch's --save failed with "Permission
+    denied" and ended hours of training. The rename is tried again over about a second."""
+    slept = []
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(time, "sleep", slept.append)
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"the epoch before")
+    calls = _refusing_replace(monkeypatch, 3)
+    files.write_atomic(target, lambda f: f.write(b"this epoch"), suffix=".npz")
+    assert target.read_bytes() == b"this epoch" and len(calls) == 4 and len(slept) == 3
+    assert 0.5 <= sum(files.REPLACE_RETRIES) <= 2  # bounded: a lasting refusal is said in about a second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+@pytest.mark.parametrize("platform", ["win32", "linux"])
+def test_a_save_whose_rename_is_refused_keeps_what_it_wrote_and_says_where(tmp_path, monkeypatch, platform):
+    """A target held open for good (an editor, Excel on a predictions .csv) or a folder's sticky bit:
+    the temporary file, a whole checkpoint, was removed and the error named only the target. It is
+    kept beside it under a name no save removes; the error names both. Elsewhere than on Windows a
+    refusal is not tried again."""
+    slept = []
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(time, "sleep", slept.append)
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"the epoch before")
+    (tmp_path / "m.unsaved.npz").write_bytes(b"an earlier refused save")
+    calls = _refusing_replace(monkeypatch, 1000)
+    with pytest.raises(PermissionError) as e:
+        files.write_atomic(target, lambda f: f.write(b"this epoch"), suffix=".npz")
+    kept = tmp_path / "m.unsaved-2.npz"
+    assert str(e.value) == (f"{target}: cannot replace it ("
+                            + ("another program has it open, or it is read-only: " if platform == "win32" else "")
+                            + f"The process cannot access the file because it is being used by another process); "
+                            f"what was to be written to it is in {kept}")
+    assert e.value.errno == 13
+    assert len(calls) == (len(files.REPLACE_RETRIES) + 1 if platform == "win32" else 1)
+    assert kept.read_bytes() == b"this epoch" and target.read_bytes() == b"the epoch before"
+    assert (tmp_path / "m.unsaved.npz").read_bytes() == b"an earlier refused save"
+    monkeypatch.undo()
+    nb.Sequential([nb.Linear(2, 2, seed=0)]).save(tmp_path / "other.npz")  # the next save there keeps it
+    assert kept.read_bytes() == b"this epoch"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "m.unsaved-2.npz", "m.unsaved.npz", "other.npz"]
+
+
+def test_a_failed_save_whose_temporary_file_cannot_be_removed_still_names_the_target(tmp_path, monkeypatch):
+    """Windows refuses to remove a file a virus scanner has open: the clean-up's own error, naming
+    nbnet's temporary file, replaced the save's (a full disk here). The next save there removes it."""
+    def full(f):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "unlink", lambda p: (_ for _ in ()).throw(PermissionError(13, "Access is denied", p)))
+    with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device: '.*m\.npz'$"):
+        files.write_atomic(tmp_path / "m.npz", full, suffix=".npz")
+
+
 def test_a_save_leaves_the_temporary_files_of_processes_of_another_pid_namespace(tmp_path, monkeypatch):
     """A save removed every temporary file whose process id is no process here: one written from a
     container (its own PID namespace) or another machine sharing the folder names a process there,

@@ -19,6 +19,24 @@ def _end(signum, frame):
     os._exit(128 + signum)  # nothing to clean up yet: no file is open for writing
 
 
+def say(line):
+    """`line` and a newline on stderr, a character its encoding lacks written as a \\u escape, as
+    Python writes a traceback there: a cp1252 stderr on Windows (redirected, or strict by
+    PYTHONIOENCODING) has no ≥, × or a Cyrillic path's letters, and a strict one raised
+    UnicodeEncodeError instead of the Error line. Through sys.stderr, which writes to a Windows
+    console as the console reads; os.write(2, line.encode()) gave it UTF-8, shown as cp1252 ('â‰¥').
+    Nothing where stderr is closed (2>&-) or refuses (a terminal gone)."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(f"{line}\n".encode(encoding, "backslashreplace").decode(encoding))
+        stream.flush()
+    except (OSError, ValueError, LookupError):  # closed, a terminal gone, an encoding Python lacks
+        pass
+
+
 def module_run(argv):
     """The module that `python [options] -m MODULE` runs, from sys.orig_argv, or None (a script, -c,
     stdin). Interpreter options (-u, -X dev, -W error, -OO, grouped as -uW error) come before -m."""
@@ -248,7 +266,7 @@ def refuse_bad_environment(meet=None):
         if why is not None:
             if meet is not None:
                 meet(why)
-            os.write(2, f"Error: {why}\n".encode())
+            say(f"Error: {why}")
             sys.exit(2)
     if unread is not None:
-        os.write(2, f"Warning: {unread}\n".encode())
+        say(f"Warning: {unread}")

@@ -27,6 +27,8 @@ import zlib
 
 import numpy as np
 
+from ._startup import say
+
 # What MPI launchers put in each process's environment: MPICH/Intel (hydra), Open MPI, MVAPICH.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
@@ -576,7 +578,7 @@ def _parts(text):
 
 
 def _print_error(message, before=""):
-    print(f"{before}Error: {message}", file=sys.stderr, flush=True)
+    say(f"{before}Error: {message}")
 
 
 def fail(message, code, agreed=False, before=""):

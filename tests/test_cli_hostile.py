@@ -1243,6 +1243,34 @@ def test_a_numba_num_threads_numba_cannot_use_is_one_error_line(value):
     assert p.stderr == f"Error: NUMBA_NUM_THREADS must be a positive number of threads, got {value!r}\n"
 
 
+@pytest.mark.parametrize("encoding", ["cp1252", "cp1252:strict"])
+def test_a_start_up_error_on_a_stderr_whose_encoding_lacks_its_characters_is_readable(encoding):
+    """The start-up refusals were written to fd 2 as UTF-8 whatever the stream's encoding: on a
+    Windows console or a cp1252 file '≥' read 'â‰¥'. They go through sys.stderr now, a character
+    the encoding lacks written as Python writes it in a traceback there (a \\u escape)."""
+    p = subprocess.run([sys.executable, "-m", "nbnet", "info"], capture_output=True, timeout=60,
+                       env={**_env(), "NUMBA_NUM_THREADS": "≥4", "PYTHONIOENCODING": encoding})
+    assert (p.returncode, p.stdout) == (2, b""), p.stderr[-2000:]
+    assert p.stderr.decode("cp1252") == "Error: NUMBA_NUM_THREADS must be a positive number of threads, got '\\u22654'\n"
+
+
+def test_an_error_line_outside_the_command_on_a_strict_cp1252_stderr_is_written(monkeypatch):
+    """dist.fail prints where the command's streams are not made lenient (an MPI process refusing a
+    setting as nbnet loads, a bug's traceback after the command): on a strict cp1252 stderr a path's
+    Cyrillic letters or a '≥' raised UnicodeEncodeError, a traceback instead of the line."""
+    import io  # noqa: PLC0415
+
+    from nbnet import dist  # noqa: PLC0415
+
+    err = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")  # errors="strict"
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(SystemExit) as e:
+        dist.fail("C:\\Данные\\x.npz: --lr must be ≥ 0 (é is in cp1252)", 2)
+    assert e.value.code == 2
+    assert err.buffer.getvalue().decode("cp1252") == (
+        "Error: C:\\\\u0414\\u0430\\u043d\\u043d\\u044b\\u0435\\x.npz: --lr must be \\u2265 0 (é is in cp1252)\n")
+
+
 @pytest.mark.parametrize("name,value,says", [("NUMBA_OPT", "9", "supported values are 0, 1, 2, 3, and 'max'"),
                                              ("NUMBA_BOUNDSCHECK", "yes", "invalid literal for int()"),
                                              ("NUMBA_DEBUGINFO", "x", "invalid literal for int()")])

@@ -393,7 +393,9 @@ def _inject(kind, values):
     if kind in ("sigint", "sigterm"):
         import signal  # noqa: PLC0415
 
-        os.kill(os.getpid(), getattr(signal, kind.upper()))  # the handler runs before the next Python line
+        # raise_signal, not os.kill(os.getpid(), ...): on Windows os.kill ends the process
+        # (TerminateProcess) for any signal but its console events, and no handler ran.
+        signal.raise_signal(getattr(signal, kind.upper()))  # the handler runs before the next Python line
         return values
     raise ValueError("injected fault (NBNET_MPI_FAULT)")
 

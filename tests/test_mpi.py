@@ -172,6 +172,51 @@ def test_launched_without_mpi4py_is_one_error_line(tmp_path):
     assert "nbnet[mpi]" in result.stderr
 
 
+class _Signalled(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["sigint", "sigterm"])
+def test_the_signal_fault_runs_this_process_s_handler_without_os_kill(monkeypatch, kind):
+    """NBNET_MPI_FAULT's sigint and sigterm sent os.kill(os.getpid(), ...): on Windows that ends the
+    process (TerminateProcess) for any signal but its console events, and no handler ran, so the
+    Ctrl-C path it tests was never taken. The signal is raised in this process, its handler run at once."""
+    import signal  # noqa: PLC0415
+
+    def terminate_process(pid, sig):
+        raise AssertionError("os.kill: on Windows, TerminateProcess")
+
+    def handler(signum, frame):
+        raise _Signalled(signum)
+
+    monkeypatch.setattr(os, "kill", terminate_process)
+    sig = getattr(signal, kind.upper())
+    old = signal.signal(sig, handler)
+    try:
+        with pytest.raises(_Signalled) as e:
+            dist._inject(kind, (1.0, 1, 1, 0))
+    finally:
+        signal.signal(sig, old)
+    assert e.value.args == (sig,)
+
+
+def test_signal_handling_needs_none_of_the_signals_windows_lacks(monkeypatch):
+    """Windows' signal module has no SIGHUP, SIGKILL, SIGPIPE, SIGQUIT or SIGALRM: what handles the
+    command's signals and MPI_Init's takes only those there are."""
+    import signal  # noqa: PLC0415
+
+    from nbnet import _startup, cli  # noqa: PLC0415
+
+    for name in ("SIGHUP", "SIGKILL", "SIGPIPE", "SIGQUIT", "SIGALRM", "SIGUSR1"):
+        monkeypatch.delattr(signal, name, raising=False)
+    assert set(_startup.caught_signals()) <= {signal.SIGINT, signal.SIGTERM}
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with dist._signals_end_the_process():
+        pass
+    cli._leave_a_closed_terminal(signal.SIGTERM)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 # ------------------------------------------------------------------------------ with mpiexec
 
 

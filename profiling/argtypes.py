@@ -19,6 +19,27 @@ class ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def mnist_dirs():
+    """Where a script looks for MNIST when given no --data-dir, in order: nbnet's own default
+    ($NBNET_DATA_DIR/mnist, else ~/.cache/nbnet/mnist: where `nbnet train --dataset mnist
+    --download` puts it), then shared/data/mnist beside the checkout (the project's test data).
+    The scripts had three rules: one machine's absolute path, the checkout's, $NBNET_DATA_DIR."""
+    root = os.environ.get("NBNET_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nbnet")
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return (os.path.join(root, "mnist"), os.path.join(os.path.dirname(checkout), "shared", "data", "mnist"))
+
+
+def found_mnist(folders):
+    """The first of `folders` that holds MNIST's four IDX files, or None (imports nbnet)."""
+    from nbnet.datasets import IDX_FILES, find_idx  # noqa: PLC0415
+
+    return next((d for d in folders if d and os.path.isdir(d) and len(find_idx("mnist", d)) == len(IDX_FILES)), None)
+
+
+MNIST_HELP = ("folder with MNIST's four IDX files (default: $NBNET_DATA_DIR/mnist or ~/.cache/nbnet/mnist, else "
+              "shared/data/mnist beside the checkout")
+
+
 def positive_int(text):
     try:
         value = int(text)

@@ -8,7 +8,7 @@ each keeps its best time, so a loaded machine hurts them alike: read the ratios.
 
     python profiling/bench_sklearn.py                   # 20,000 x 100 synthetic and MNIST (if found)
     python profiling/bench_sklearn.py --quick           # seconds: a small synthetic run (the tests use it)
-    python profiling/bench_sklearn.py --threads 1,2 --solvers adam,sgd --mnist-dir /work/shared/data/mnist
+    python profiling/bench_sklearn.py --threads 1,2 --solvers adam,sgd --data-dir DIR
 """
 
 import argparse
@@ -18,9 +18,8 @@ import time
 import warnings
 
 import numpy as np
-from argtypes import PROCESS, ShowDefaults, at_least, check_memory, directory, names_from, positive_int, positive_ints
+from argtypes import MNIST_HELP, PROCESS, ShowDefaults, at_least, check_memory, directory, found_mnist, mnist_dirs, names_from, positive_int, positive_ints
 
-MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
 
 def synthetic_label(n):
@@ -109,7 +108,7 @@ def needs(args, mnist_dir):
     params = sum(a * b + b for a, b in zip([inputs, *widths], [*widths, 10]))
     data = 40 * args.samples * args.features
     return {"--samples" if args.samples / 20000 >= args.features / 100 else "--features": data,
-            "--mnist-dir": 70000 * 784 * 9 if mnist_dir else 0,
+            "--data-dir": 70000 * 784 * 9 if mnist_dir else 0,
             "--hidden": 48 * params + sum(widths) * (200 * 32 + 8 * test_rows),
             "--epochs": 2000 * (args.epochs or 10)}
 
@@ -126,7 +125,7 @@ def main(argv=None):
                     help="synthetic rows, 80%% train, 20%% test (default: 20,000; --quick: 2,000)")
     # make_classification's 10 classes of 2 clusters need 2**(features // 2) >= 20 informative corners
     ap.add_argument("--features", type=at_least(10), default=100, help="synthetic features (at least 10)")
-    ap.add_argument("--mnist-dir", type=directory, default=None, help="folder with MNIST's IDX files (default: shared/data/mnist if present)")
+    ap.add_argument("--data-dir", type=directory, default=None, help=MNIST_HELP + ")")
     args = ap.parse_args(argv)
     try:
         import sklearn  # noqa: PLC0415
@@ -137,16 +136,16 @@ def main(argv=None):
     from common import load_warning, match_blas  # noqa: PLC0415
     from nbnet.datasets import IDX_FILES, find_idx  # noqa: PLC0415
 
-    if args.mnist_dir and len(find_idx("mnist", args.mnist_dir)) < len(IDX_FILES):  # else the loader's traceback
-        ap.error(f"argument --mnist-dir: {args.mnist_dir!r} does not hold MNIST's four IDX files")
+    if args.data_dir and len(find_idx("mnist", args.data_dir)) < len(IDX_FILES):  # else the loader's traceback
+        ap.error(f"argument --data-dir: {args.data_dir!r} does not hold MNIST's four IDX files")
+    mnist_dir = None if args.quick else args.data_dir or found_mnist(mnist_dirs())
 
     if args.quick:
         args.samples, args.threads = args.samples or 2000, args.threads or "1"
         args.epochs, args.repeats = args.epochs or 2, args.repeats or 1
     args.samples = args.samples or 20000
     threads = [int(t) for t in (args.threads or "1,2").split(",")]
-    check_memory(ap, needs(args, mnist_dir=None if args.quick else args.mnist_dir or next(
-        (d for d in MNIST_DIRS if os.path.isdir(d)), None)), fixed=PROCESS)
+    check_memory(ap, needs(args, mnist_dir=mnist_dir), fixed=PROCESS)
     import numba  # noqa: PLC0415
 
     # Both sides get the count asked for: nbnet's was capped at NUMBA_NUM_THREADS while
@@ -167,11 +166,10 @@ def main(argv=None):
     print(f"{'data':<10} {'thr':>3} {'solver':>5} {'nbnet s':>9} {'nb acc':>8} {'sklearn s':>9} {'sk acc':>8} {'speedup':>8} {'nb cpu':>7} {'sk cpu':>7} {'cpu sp':>8}")
     lr = {"adam": 1e-3, "sgd": 0.01, "adamw": 1e-3}
     works = [(synthetic_label(args.samples), synthetic(args.samples, args.features), args.epochs or 10)]
-    mnist_dir = args.mnist_dir or next((d for d in MNIST_DIRS if os.path.isdir(d)), None)
-    if not args.quick and mnist_dir:
+    if mnist_dir:
         works.append(("mnist", mnist(mnist_dir), args.epochs or 5))
     elif not args.quick:
-        print("MNIST not found (--mnist-dir): synthetic only")
+        print("MNIST not found (--data-dir): synthetic only")
     for name, data, epochs in works:
         for solver in args.solvers.split(","):
             run(name, data, hidden, solver, epochs, lr[solver], threads, repeats)

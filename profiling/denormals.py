@@ -8,16 +8,15 @@ Two measurements, one run:
    case), to see what the hardware charges for them (x86 cores without FTZ/DAZ often take a
    microcode assist per subnormal operand).
 
-    python profiling/denormals.py [--data-dir ../shared/data/mnist] [--steps 469]
+    python profiling/denormals.py [--data-dir DIR] [--steps 469]
 """
 
 import argparse
-import os
 import time
 
 import numpy as np
 
-from argtypes import ShowDefaults, directory, positive_int
+from argtypes import MNIST_HELP, ShowDefaults, directory, found_mnist, mnist_dirs, positive_int
 from common import load_warning  # first: it puts this checkout's nbnet first
 
 import nbnet as nb
@@ -61,9 +60,7 @@ def best_of(fn, repeats=20):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=ShowDefaults)
-    default = os.path.join(os.environ.get("NBNET_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "mnist")
-    ap.add_argument("--data-dir", type=directory, default=None, help=f"MNIST's IDX files (default: {default}, "
-                    "random MNIST-shaped rows where it has none)")
+    ap.add_argument("--data-dir", type=directory, default=None, help=MNIST_HELP + ", else random MNIST-shaped rows)")
     ap.add_argument("--steps", type=positive_int, default=469, help="training steps to scan (469 = one epoch at batch 128)")
     args = ap.parse_args()
     if args.data_dir and len(nb.datasets.find_idx("mnist", args.data_dir)) < len(nb.datasets.IDX_FILES):
@@ -71,9 +68,12 @@ def main():
     print(simd.describe())
     if load_warning():
         print(load_warning())
+    folder = args.data_dir or found_mnist(mnist_dirs())
     try:
-        x, y, _, _ = nb.datasets.load("mnist", data_dir=args.data_dir or default)
-        source = f"MNIST from {args.data_dir or default}"
+        if folder is None:
+            raise ValueError("no MNIST found")
+        x, y, _, _ = nb.datasets.load("mnist", data_dir=folder)
+        source = f"MNIST from {folder}"
     except ValueError as e:
         if args.data_dir:  # a folder the user named: its MNIST, not random rows in its stead
             ap.error(f"argument --data-dir: {e}")

@@ -3,7 +3,7 @@ of 1 thread each (`mpiexec -n 2`, nbnet.dist) against 1 process of 1 thread, the
 Allreduce of its gradient (235,146 float32, 0.94 MB), and from those a ring-allreduce estimate of
 what N machines at 10/25/100 Gb/s would give.
 
-    python profiling/mpi_scaling.py                 # MNIST from /work/shared/data/mnist, else random rows of its shape
+    python profiling/mpi_scaling.py                 # MNIST if found (--help: where), else random rows of its shape
     python profiling/mpi_scaling.py --quick         # seconds: 4,096 rows, one repeat (the tests use it)
     python profiling/mpi_scaling.py --procs 2 --repeat 5 --data-dir DIR
 
@@ -22,9 +22,9 @@ import sys
 import time
 
 import numpy as np
-from argtypes import MNIST_ROW, PROCESS, STEP_ROW, ShowDefaults, at_least, check_memory, directory, parse_args, positive_int
+from argtypes import MNIST_HELP, MNIST_ROW, PROCESS, STEP_ROW, ShowDefaults, at_least, check_memory, directory, found_mnist, mnist_dirs, parse_args, positive_int
 
-MNIST_DIRS = ("/work/shared/data/mnist", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
+MNIST_DIRS = mnist_dirs()  # (argtypes)
 SIZES = (784, 256, 128, 10)
 LINKS_GBIT = (10, 25, 100)
 LATENCY_S = 10e-6  # per message of the ring, assumed for a cluster network (TCP ~10-30 µs, RDMA ~2-5 µs)
@@ -32,12 +32,12 @@ LATENCY_S = 10e-6  # per message of the ring, assumed for a cluster network (TCP
 
 def load_data(rows, data_dir):
     """(x, y, what): MNIST's training rows when found, else random rows of its shape (same cost)."""
-    for folder in ([data_dir] if data_dir else MNIST_DIRS):
-        if folder and os.path.isdir(folder):
-            import nbnet as nb  # noqa: PLC0415
+    folder = data_dir or found_mnist(MNIST_DIRS)
+    if folder:
+        import nbnet as nb  # noqa: PLC0415
 
-            x, y, _, _ = nb.datasets.load("mnist", data_dir=folder)
-            return x[:rows], y[:rows], f"MNIST ({folder})"
+        x, y, _, _ = nb.datasets.load("mnist", data_dir=folder)
+        return x[:rows], y[:rows], f"MNIST ({folder})"
     rng = np.random.default_rng(0)
     return (rng.random((rows, 784), dtype=np.float32), rng.integers(0, 10, rows),
             "random rows of MNIST's shape (no MNIST found)")
@@ -111,8 +111,7 @@ def main():
     parser.add_argument("--batch", type=positive_int, default=512, help="the global batch")
     parser.add_argument("--repeat", type=positive_int, default=3, help="timed epochs per process count (the best kept)")
     parser.add_argument("--allreduce-reps", type=positive_int, default=200, help="timed Allreduce calls of the gradients")
-    parser.add_argument("--data-dir", type=directory, default=None, help="MNIST's IDX files (default: /work/shared/data/mnist or shared/data/mnist beside the checkout, "
-                        "else random MNIST-shaped rows)")
+    parser.add_argument("--data-dir", type=directory, default=None, help=MNIST_HELP + ", else random MNIST-shaped rows)")
     parser.add_argument("--quick", action="store_true", help="4,096 rows, one repeat: a check that it runs (options given win)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, rows=4096, repeat=1, allreduce_reps=20)
@@ -125,7 +124,7 @@ def main():
 
         if len(find_idx("mnist", args.data_dir)) < len(IDX_FILES):  # else each worker's traceback
             parser.error(f"argument --data-dir: {args.data_dir!r} does not hold MNIST's four IDX files")
-    mnist = any(d and os.path.isdir(d) for d in ([args.data_dir] if args.data_dir else MNIST_DIRS))
+    mnist = bool(args.data_dir or found_mnist(MNIST_DIRS))
     data = 70000 * 784 * 9 if mnist else MNIST_ROW * args.rows  # MNIST as loaded (nbnet/files.py), or the rows made
     check_memory(parser, {"--rows": 0 if mnist else args.procs * data,
                           "--batch": STEP_ROW * min(args.batch, args.rows) + args.procs * STEP_ROW,

@@ -350,7 +350,7 @@ def test_the_memory_check_passes_the_default_sizes(monkeypatch):
 
 
 @pytest.mark.parametrize("script, option", [("mpi_scaling.py", "--data-dir"), ("denormals.py", "--data-dir"),
-                                            ("bench_sklearn.py", "--mnist-dir")])
+                                            ("bench_sklearn.py", "--data-dir")])
 @pytest.mark.parametrize("missing", [False, True])
 def test_a_data_dir_without_mnist_is_a_usage_error(script, option, missing, tmp_path):
     """A folder the user named that holds no MNIST, or no folder: denormals scanned random rows in
@@ -496,3 +496,28 @@ def test_kernels_py_gives_numpys_blas_as_many_threads_as_nbnet():
         blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
         assert blas and all(lib["num_threads"] == 1 for lib in blas)
     assert "limit_blas(args.threads or numba.get_num_threads())" in (PROFILING / "kernels.py").read_text(encoding="utf-8")
+
+
+def test_the_scripts_look_for_mnist_in_one_order(tmp_path, monkeypatch):
+    """mpi_scaling and bench_sklearn looked in one machine's absolute path, denormals in
+    $NBNET_DATA_DIR: now each takes the first of nbnet's own default ($NBNET_DATA_DIR/mnist) and
+    the checkout's shared/data/mnist that holds all four IDX files (a partial folder is passed over)."""
+    from argtypes import found_mnist, mnist_dirs
+
+    from nbnet.datasets import IDX_FILES
+
+    monkeypatch.setenv("NBNET_DATA_DIR", str(tmp_path))
+    first, second = mnist_dirs()
+    assert first == str(tmp_path / "mnist") and second.endswith(os.path.join("shared", "data", "mnist"))
+    mine = tmp_path / "mnist"
+    mine.mkdir()
+    for _, base in IDX_FILES[:3]:
+        (mine / (base + ".gz")).write_bytes(b"")
+    other = tmp_path / "other"
+    other.mkdir()
+    for _, base in IDX_FILES:
+        (other / base).write_bytes(b"")
+    assert found_mnist([str(mine), str(other)]) == str(other)  # three of four: passed over
+    (mine / IDX_FILES[3][1]).write_bytes(b"")
+    assert found_mnist([str(mine), str(other)]) == str(mine)
+    assert found_mnist([str(tmp_path / "nowhere"), None]) is None

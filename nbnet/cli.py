@@ -911,6 +911,8 @@ def _open_metrics(path):
         fd = os.open(path, flags, 0o666)
     except OSError as e:
         why = "a FIFO that no process reads" if e.errno == errno.ENXIO else e.strerror or e
+        if isinstance(e, PermissionError) and sys.platform == "win32":  # Windows refuses a file open elsewhere
+            why = f"another program has it open, or it is read-only: {why}"
         raise CliError(f"--metrics-out {path}: cannot write it ({why})") from None
     if hasattr(os, "O_NONBLOCK"):  # not on Windows, whose os.set_blocking is from Python 3.12
         os.set_blocking(fd, True)

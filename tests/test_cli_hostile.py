@@ -418,6 +418,28 @@ def test_empty_paths_are_errors(option):
     assert_error(nbnet("train", option, ""), option, "empty path")
 
 
+def test_a_metrics_file_open_in_another_program_on_windows_says_so(tmp_path, monkeypatch):
+    """Windows refuses to open a file another program holds (a spreadsheet showing the last run's
+    metrics): 'Permission denied' alone did not say why. Simulated: os.open refused as there."""
+    import nbnet.cli as cli
+
+    real_open = os.open
+
+    def refused(path, flags, *args):
+        if str(path).endswith("m.jsonl"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(cli.os, "open", refused)
+    monkeypatch.setattr(cli.sys, "platform", "win32")
+    with pytest.raises(cli.CliError, match=r"--metrics-out .*m\.jsonl: cannot write it \(another program has it "
+                                           r"open, or it is read-only: Permission denied\)"):
+        cli._open_metrics(str(tmp_path / "m.jsonl"))
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    with pytest.raises(cli.CliError, match=r"cannot write it \(Permission denied\)"):
+        cli._open_metrics(str(tmp_path / "m.jsonl"))
+
+
 def test_a_metrics_file_the_file_system_refuses_is_one_error_line_before_training(tmp_path):
     """The folder is writable (so the early check passes) but the name is not a file one can
     create: too long here, as /proc or an ACL would refuse it. One line that names the option."""

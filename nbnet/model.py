@@ -967,13 +967,15 @@ def _checked_layers(layers):
         if j != i:
             raise ValueError(f"Sequential: layers {j} and {i} are the same {layer!r}: give each place a layer "
                              f"of its own (a layer keeps its forward's input for backward)")
-    dtypes = {np.dtype(layer.dtype).name: repr(layer) for layer in layers if getattr(layer, "dtype", None) is not None}
-    own = None  # a layer of one's own among them, whose parameters come from its own constructor
+    dtypes = {np.dtype(layer.dtype).name: _named(layer) for layer in layers if getattr(layer, "dtype", None) is not None}
+    # The layer of one's own whose parameters (made by its own constructor) brought the dtype that
+    # the layers before lack: the first of them with parameters named a float32 one that was right.
+    own = None
     for layer in layers:
         for name, dtype in _own_parameter_dtypes(layer):
             if dtype not in dtypes:
                 dtypes[dtype] = f"{name} of {_named(layer)}"
-            own = own or _named(layer)
+                own = _named(layer)
     if len(dtypes) > 1:
         kinds = " and ".join(f"{name} ({who})" for name, who in dtypes.items())
         how = "Linear(..., dtype=...) or model.astype(dtype)"
@@ -994,8 +996,10 @@ def _own_parameter_dtypes(layer):
         return []  # nbnet's own: made in their dtype, and Linear checks its arrays at each call
     found = []
     for p in layer.parameters():
-        if not isinstance(p, Parameter):
-            continue
+        if not isinstance(p, Parameter):  # its arrays (`return [self.weight]`): packing read p.data.dtype, a memoryview's
+            raise ValueError(f"Sequential: {_named(layer)}.parameters() holds a {type(p).__name__}, not an nb.Parameter: "
+                             "return nb.Parameter(self, name) for each array self.<name>, whose gradient is "
+                             "self.grad_<name> (README: \"Writing your own layer\")")
         for attr in (p.name, "grad_" + p.name):
             if not hasattr(p.layer, attr):
                 raise ValueError(f"Sequential: {_named(p.layer)} has no {attr}, which its Parameter(self, {p.name!r}) "

@@ -192,6 +192,9 @@ def test_an_array_a_layer_of_ones_own_returns_wrong_is_blamed_on_that_layer(wher
             nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=6)
     assert "model.astype" not in str(err.value)
     assert ("layer 2, Linear(8, 2)" if where == "forward" else "layer 0, Linear(3, 8)") in str(err.value)
+    # Not the message for a float64 gradient passed on as given (below): np.dtype(None) is float64,
+    # so a `given` left None compared equal to these float64 arrays (mutation round 23).
+    assert "as it was given" not in str(err.value)
 
 
 def test_a_fault_of_the_nbnet_layer_after_a_layer_of_ones_own_is_not_blamed_on_it():
@@ -237,6 +240,36 @@ def test_a_parameter_of_ones_own_made_float64_in_a_float32_model_is_refused_at_b
     nb.Sequential(nb.Linear(3, 8, seed=0), _Factor(lambda n: (np.ones(n, np.float32), np.zeros(n, np.float32))))
 
 
+class _Scale(_Factor):
+    """_Factor under another name."""
+
+
+class _Cast(nb.Layer):
+    """A layer of one's own that says its dtype: no parameters, and no repr of its own."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.astype(self.dtype)
+
+    def backward(self, grad):
+        return grad
+
+
+def test_layers_of_different_dtypes_are_named_as_the_student_wrote_them_and_the_hint_names_the_odd_one():
+    """The hint named the first layer of one's own with parameters, here a float32 _Factor that was
+    right, not the float64 _Scale; and a layer of one's own with a dtype attribute was its object
+    repr, '<test_custom_layers._Cast object at 0x7f...>', where messages write _Cast()."""
+    f32 = lambda n: (np.ones(n, np.float32), np.zeros(n, np.float32))  # noqa: E731
+    with pytest.raises(ValueError, match=r"float32 \(Linear\(3, 8\)\) and float64 \(weight of _Scale\(\)\): .*; "
+                                         r"_Scale\(\) makes its arrays itself") as err:
+        nb.Sequential(nb.Linear(3, 8, seed=0), _Factor(f32), _Scale(lambda n: (np.ones(n), np.zeros(n))))
+    assert "_Factor()" not in str(err.value)
+    with pytest.raises(ValueError, match=r"float32 \(Linear\(3, 8\)\) and float64 \(_Cast\(\)\): "):
+        nb.Sequential(nb.Linear(3, 8, seed=0), _Cast(np.float64))
+
+
 def test_a_model_of_ones_own_float64_layers_alone_says_float64():
     """model.dtype was the first Linear's, else float32: a model of a float64 layer of one's own
     alone said float32, in summary() too (nb.train and nb.predict ask for a Linear)."""
@@ -244,6 +277,7 @@ def test_a_model_of_ones_own_float64_layers_alone_says_float64():
     assert model.dtype == np.float64 and "float64" in model.summary() and "float32" not in model.summary()
     assert nb.Sequential(_Factor(lambda n: (np.ones(n, np.float32), np.zeros(n, np.float32)))).dtype == np.float32
     assert nb.Sequential(nb.ReLU()).dtype == np.float32
+    assert nb.Sequential(nb.ReLU(), _Cast(np.float64)).dtype == np.float64  # no parameters: its own dtype
 
 
 @pytest.mark.parametrize("make, said", [
@@ -252,7 +286,10 @@ def test_a_model_of_ones_own_float64_layers_alone_says_float64():
     (lambda n: (np.ones(n, np.float32), np.zeros(n - 1, np.float32)),
      r"_Factor\(\)'s grad_weight is float32 \(7,\) and its weight float32 \(8,\): a gradient has its parameter's shape"),
     (lambda n: ([1.0] * n, np.zeros(n, np.float32)), r"weight of _Factor\(\) is a list, not an array"),
-], ids=["no-gradient", "gradient-of-another-shape", "a-list"])
+    (lambda n: (np.ones(n, np.float32), np.zeros(n)),
+     r"_Factor\(\)'s grad_weight is float64 \(8,\) and its weight float32 \(8,\): a gradient has its parameter's"),
+    (lambda n: (np.ones(n, np.float32), [0.0] * n), r"grad_weight of _Factor\(\) is a list, not an array"),
+], ids=["no-gradient", "gradient-of-another-shape", "a-list", "gradient-of-another-dtype", "gradient-a-list"])
 def test_a_parameter_of_ones_own_without_a_gradient_array_of_its_shape_is_named_at_build(make, said):
     """A Parameter(self, "weight") whose layer had no grad_weight was an AttributeError from inside
     packing ("'_Factor' object has no attribute 'grad_weight'"), one of another size NumPy's "could
@@ -261,6 +298,30 @@ def test_a_parameter_of_ones_own_without_a_gradient_array_of_its_shape_is_named_
     if layer.grad_weight is None:
         del layer.grad_weight
     with pytest.raises(ValueError, match="^Sequential: .*" + said):
+        nb.Sequential(nb.Linear(3, 8, seed=0), layer, nb.Linear(8, 2, seed=1))
+
+
+class _Linear(nb.Linear):
+    """nbnet's Linear under another name: its arrays are nbnet's, made in its dtype."""
+
+
+@pytest.mark.parametrize("first", [nb.Linear, _Linear], ids=["Linear", "a-subclass"])
+def test_nbnets_layers_of_two_dtypes_get_no_hint_about_a_layer_of_ones_own(first):
+    """The hint that a layer of one's own makes its arrays itself is for such a layer (mutation round
+    23: checking nbnet's layers' parameters as one's own, a Linear (or a subclass) was named there)."""
+    with pytest.raises(ValueError, match=r"float32 \(.*Linear\(3, 8\)\) and float64 \(Linear\(8, 2, dtype=np.float64\)\): "
+                                         r"convert one with Linear\(..., dtype=...\) or model.astype\(dtype\)$"):
+        nb.Sequential(first(3, 8, seed=0), nb.Linear(8, 2, seed=1, dtype=np.float64))
+
+
+def test_parameters_that_are_not_nb_parameters_are_named_at_build():
+    """`def parameters(self): return [self.weight]` (the arrays, not nb.Parameter handles) was an
+    AttributeError from inside packing ("'memoryview' object has no attribute 'dtype'": an ndarray's
+    .data) when the Sequential was built."""
+    layer = _Factor(lambda n: (np.ones(n, np.float32), np.zeros(n, np.float32)))
+    layer.parameters = lambda: [layer.weight]
+    with pytest.raises(ValueError, match=r"^Sequential: _Factor\(\).parameters\(\) holds a ndarray, not an "
+                                         r"nb.Parameter: return nb.Parameter\(self, name\)"):
         nb.Sequential(nb.Linear(3, 8, seed=0), layer, nb.Linear(8, 2, seed=1))
 
 

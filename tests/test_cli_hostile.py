@@ -460,6 +460,16 @@ def test_a_metrics_file_named_json_is_an_error_before_training(tmp_path, name):
     assert "epoch" not in r.stdout and not path.exists()
 
 
+def test_only_a_metrics_file_named_dot_json_is_refused(tmp_path):
+    """The refusal above is for --metrics-out's .json names alone (mutation round 23): a name that
+    ends in 'json' without the dot still gets JSON Lines, and --save keeps whatever name it is given."""
+    metrics, save = tmp_path / "epochs_json", tmp_path / "model.json"
+    r = nbnet("train", *FAST, "--metrics-out", metrics, "--save", save, "-q")
+    assert r.exit_code == 0, r.output
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    assert nb.load(save).layers
+
+
 @pytest.mark.parametrize("option", ["--save", "--save-best", "--metrics-out", "--plot"])
 def test_an_output_named_as_a_folder_is_an_error_before_training(tmp_path, option):
     """A name ending in a separator ("out/") names a folder even before one exists: --save and

@@ -666,6 +666,29 @@ def test_a_big_forwards_buffers_are_let_go_at_the_next_much_smaller_batch():
     np.testing.assert_array_equal(model(x), twin(x))
 
 
+
+def test_a_buffer_of_at_most_kept_bytes_or_of_at_most_kept_rows_times_the_batch_serves_it():
+    """The limits of the test above, at their edges (mutation round 23): a buffer of exactly
+    KEPT_BYTES, or of exactly KEPT_ROWS times the rows asked for, still serves a smaller batch in its
+    first rows; one row more (or less) and it is let go. KEPT_ROWS 5 or 64, or `<` for `<=`, passed."""
+    from nbnet import layers
+
+    model = nb.Sequential([nb.Linear(8, 1024, seed=0)])
+    x = np.random.default_rng(0).random((8192, 8), np.float32)
+
+    def serves(big, rows):  # whether a batch of `rows` after one of `big` runs in the big one's first rows
+        model(x[:big])
+        kept = model[0]._kept_out
+        model(x[:rows])
+        return np.shares_memory(model[0].out, kept)
+
+    assert 4096 * 1024 * 4 == layers.KEPT_BYTES and layers.KEPT_ROWS == 4  # the edges below
+    assert serves(4096, 32)  # exactly KEPT_BYTES, 128 times the rows
+    assert not serves(4097, 32)
+    assert serves(8192, 2048)  # twice KEPT_BYTES, exactly KEPT_ROWS times the rows
+    assert not serves(8192, 2047)
+
+
 # --------------------------------------------------------------------------------------------- mutation-found gaps
 
 

@@ -495,7 +495,8 @@ def test_kernels_py_gives_numpys_blas_as_many_threads_as_nbnet():
         assert common.limit_blas(1) == "NumPy's BLAS: 1 thread(s), as nbnet's"
         blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
         assert blas and all(lib["num_threads"] == 1 for lib in blas)
-    assert "limit_blas(args.threads or numba.get_num_threads())" in (PROFILING / "kernels.py").read_text(encoding="utf-8")
+    source = (PROFILING / "kernels.py").read_text(encoding="utf-8")
+    assert "limit_blas(args.threads or numba.get_num_threads())" in source and '{blas}; {blas_threads}' in source
 
 
 def test_the_scripts_look_for_mnist_in_one_order(tmp_path, monkeypatch):
@@ -521,3 +522,43 @@ def test_the_scripts_look_for_mnist_in_one_order(tmp_path, monkeypatch):
     (mine / IDX_FILES[3][1]).write_bytes(b"")
     assert found_mnist([str(mine), str(other)]) == str(mine)
     assert found_mnist([str(tmp_path / "nowhere"), None]) is None
+
+
+def test_limit_blas_sets_the_count_it_is_given_and_says_where_it_cannot(monkeypatch):
+    """Under taskset -c N OpenBLAS starts with one thread, so the test above passes without a call
+    (mutation round 23): the call itself, with n, and the line without threadpoolctl."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    calls = []
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert common.limit_blas(3) == "NumPy's BLAS: 3 thread(s), as nbnet's"
+    assert calls == [((3,), {"user_api": "blas"})]
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # an import of it raises ImportError
+    assert common.limit_blas(2) == "NumPy's BLAS: its default thread count, not 2 (threadpoolctl not installed)"
+
+
+def test_threads_in_use_is_the_count_nbnet_runs_its_kernels_on():
+    from nbnet import threads  # noqa: PLC0415
+
+    threads.parallel()  # nbnet looks at the load
+    assert common.threads_in_use() == threads.in_use() >= 1
+
+
+def test_show_defaults_adds_a_default_where_the_help_does_not_say_one():
+    """argtypes.ShowDefaults, each case once (mutation round 23: the scripts' --help check asks only
+    that each option says a default): not for None or a flag's False, not twice, and 0 is a default."""
+    import argparse  # noqa: PLC0415
+
+    from argtypes import ShowDefaults  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds")
+    parser.add_argument("--skip", type=int, default=0, help="rows skipped")
+    parser.add_argument("--threads", default=None, help="threads (default: all)")
+    parser.add_argument("--batch", type=int, default=128, help="batch (default: 128, or 8 with --quick)")
+    parser.add_argument("--seed", type=int, default=None, help="worked out when it runs")
+    parser.add_argument("--quick", action="store_true", help="quickly")
+    text = " ".join(parser.format_help().split())
+    assert "--seed SEED worked out when it runs --quick" in text
+    assert "rounds (default: 5)" in text and "rows skipped (default: 0)" in text
+    assert "threads (default: all) --batch" in text and "(default: 128, or 8 with --quick) --seed" in text
+    assert text.endswith("--quick quickly")

@@ -207,3 +207,28 @@ def test_numbas_dispatcher_api_on_a_kernel_names_its_twins(name):
     assert getattr(kernel.parallel, name) is not None and not hasattr(kernel, "no_such_thing")
     assert getattr(kernel, "__deepcopy__", None) is None  # Python's own protocol lookups answer as before
     assert repr(kernel) == "<Kernel _relu_forward: Numba dispatchers .serial and .parallel>"
+
+
+def _doubled(out, inp):
+    for i in range(inp.shape[0]):
+        out[i] = 2 * inp[i]
+
+
+def test_a_kernels_attribute_errors_count_each_twins_signatures_and_leave_other_names_bare():
+    """What the test above leaves open (mutation round 23): the counts are each twin's own (here the
+    serial twin alone has compiled), the function is named as written, not as its serial copy; a name
+    no dispatcher has, or a private one, gets Python's own message; a copy (which looks for
+    __setstate__ before its attributes are there) does not recurse; and the serial twin's __code__,
+    which profilers read, has its qualified name too (Python 3.11+)."""
+    import copy  # noqa: PLC0415
+
+    kernel = cpu.Kernel(_doubled, lambda out, inp: inp.size, threshold=1)
+    kernel.serial(np.empty(3), np.ones(3))
+    with pytest.raises(AttributeError, match=r"^a Kernel is two Numba dispatchers of _doubled: .*compiled so far: "
+                                             r"\.parallel 0 signature\(s\), \.serial 1$"):
+        kernel.signatures
+    for name in ("no_such_thing", "_cache"):  # the dispatchers have _cache
+        with pytest.raises(AttributeError, match=rf"^'Kernel' object has no attribute '{name}'$"):
+            getattr(kernel, name)
+    assert repr(copy.copy(kernel)) == "<Kernel _doubled: Numba dispatchers .serial and .parallel>"
+    assert getattr(kernel.serial.__code__, "co_qualname", "_doubled_serial") == "_doubled_serial"

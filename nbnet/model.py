@@ -916,7 +916,7 @@ def _made_by_own_layer(layers, j, i, what, arr, dtype, shape, given=None):
     mine, theirs = f"layer {j}, {_named(layers[j])}", f"layer {i}, {_named(layers[i])}"
     if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
         why = f"returned {type(arr).__name__}, not an array (a missing `return`?)"
-    elif arr.dtype != dtype and what == "backward" and getattr(given, "dtype", None) == arr.dtype:
+    elif arr.dtype != dtype and what == "backward" and hasattr(given, "dtype") and given.dtype == arr.dtype:
         # its backward passed on the gradient it got (`return grad`, right): the loss took predictions
         # of that dtype, so a forward made them (the last layer of one's own, or one after it)
         why = (f"returned a {arr.dtype} array in a {dtype} model, as it was given: the loss got {arr.dtype} "

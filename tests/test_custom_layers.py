@@ -164,6 +164,16 @@ class _Returns(nb.Layer):
         return self.bad(grad) if self.where == "backward" else grad
 
 
+def _one_step(model, x, y, how):
+    """One training step on (x, y): the loop a user writes ("loop") or nb.train's ("nb.train")."""
+    if how == "loop":
+        loss_fn = nb.SoftmaxCrossEntropy()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+    else:
+        nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=6)
+
+
 @pytest.mark.parametrize("where, bad, said", [
     ("forward", lambda x: x * np.ones(x.shape), r"forward\(\) returned a float64 array in a float32 model"),
     ("forward", lambda x: None, r"forward\(\) returned NoneType, not an array"),
@@ -184,12 +194,7 @@ def test_an_array_a_layer_of_ones_own_returns_wrong_is_blamed_on_that_layer(wher
     x, y = rng.standard_normal((6, 3)).astype(np.float32), rng.integers(0, 2, 6)
     model = nb.Sequential(nb.Linear(3, 8, seed=0), _Returns(where, bad), nb.Linear(8, 2, seed=1))
     with pytest.raises(ValueError, match=r"^layer 1, _Returns\(\): its " + said) as err:
-        if how == "loop":
-            loss_fn = nb.SoftmaxCrossEntropy()
-            loss_fn(model(x), y)
-            model.backward(loss_fn.backward())
-        else:
-            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=6)
+        _one_step(model, x, y, how)
     assert "model.astype" not in str(err.value)
     assert ("layer 2, Linear(8, 2)" if where == "forward" else "layer 0, Linear(3, 8)") in str(err.value)
     # Not the message for a float64 gradient passed on as given (below): np.dtype(None) is float64,
@@ -336,9 +341,4 @@ def test_a_float64_gradient_passed_through_is_blamed_on_the_forward_that_made_th
     model = nb.Sequential(nb.Linear(3, 2, seed=0), _Returns("forward", lambda x: x * np.ones(x.shape)))
     with pytest.raises(ValueError, match=r"^layer 1, _Returns\(\): its backward\(\) returned a float64 array in a "
                                          r"float32 model, as it was given: .*its forward\(\) or a later layer's"):
-        if how == "loop":
-            loss_fn = nb.SoftmaxCrossEntropy()
-            loss_fn(model(x), y)
-            model.backward(loss_fn.backward())
-        else:
-            nb.train(model, nb.SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=6)
+        _one_step(model, x, y, how)
